@@ -1,0 +1,191 @@
+"""Multi-level InfoNCE over ordered pairs of quality/disease levels (CoMCL Eq. 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from qualcl._validation import check_embeddings, check_mask, check_positive, check_weights
+from qualcl.functional.info_nce import compute_dtype, info_nce_from_logits
+from qualcl.functional.reduction import weighted_reduce
+
+__all__ = [
+    "MinerOutput",
+    "MultiLevelResult",
+    "NegativeMiner",
+    "multi_level_info_nce",
+    "validate_levels",
+]
+
+NEGATIVE_SOURCES = ("view2", "both")
+
+
+class MinerOutput(NamedTuple):
+    """What a negative miner returns for one block of anchors.
+
+    Attributes:
+        negative_mask: ``(b, M)`` bool, True = negative kept, or ``None`` to keep all.
+        weights: ``(b,)`` non-negative per-anchor weights (e.g. self-paced selection ``s_i``), or
+            ``None`` for all ones.
+    """
+
+    negative_mask: Tensor | None
+    weights: Tensor | None
+
+
+@runtime_checkable
+class NegativeMiner(Protocol):
+    """Restricts negatives and weights anchors given detached similarities.
+
+    Called once per level pair with cosine similarities of the anchors to their positives
+    (``(b,)``) and to the candidate negatives (``(b, M)``), the temperature, and the training step.
+    The self-paced hard-negative miner of CoMCL (``qualcl.samplers``) implements it.
+    """
+
+    def __call__(
+        self, positive_sim: Tensor, negative_sim: Tensor, *, temperature: float, step: int | None
+    ) -> MinerOutput:
+        """Return the kept negatives and the anchor weights for one block."""
+        ...
+
+
+class MultiLevelResult(NamedTuple):
+    """Per-pair losses and counts of :func:`multi_level_info_nce`.
+
+    Attributes:
+        loss: Scalar total ``sum_p w_p L_p``.
+        pair_losses: Loss of each pair, keyed ``"m/n"``.
+        counts: ``{"m/n": {"anchors": int, "negatives": int}}``, plus ``"selected_anchors"`` (anchors
+            with a weight > 0) when a miner returned weights.
+    """
+
+    loss: Tensor
+    pair_losses: dict[str, Tensor]
+    counts: dict[str, dict[str, int]]
+
+
+def validate_levels(levels: Tensor, n: int, level_names: Sequence[str] | None = None) -> None:
+    """Check a ``(N,)`` integer level-id vector (and its ids against ``level_names`` if given)."""
+    if not isinstance(levels, Tensor):
+        raise TypeError(f"levels must be a torch.Tensor, got {type(levels).__name__}")
+    if levels.shape != (n,):
+        raise ValueError(f"levels must have shape ({n},), got {tuple(levels.shape)}")
+    if levels.is_floating_point() or levels.dtype == torch.bool or levels.is_complex():
+        raise TypeError(f"levels must be an integer tensor, got dtype {levels.dtype}")
+    if level_names is None:
+        return
+    if n and (bool((levels < 0).any()) or bool((levels >= len(level_names)).any())):
+        bad = sorted({int(v) for v in levels.tolist() if not 0 <= int(v) < len(level_names)})
+        raise ValueError(
+            f"levels holds unknown level id(s) {bad}; valid ids are 0..{len(level_names) - 1} "
+            f"for level_names {tuple(level_names)}"
+        )
+
+
+def multi_level_info_nce(
+    view1: Tensor,
+    view2: Tensor,
+    levels: Tensor,
+    pairs: Sequence[tuple[int, int]],
+    *,
+    temperature: float = 0.07,
+    pair_weights: Sequence[float] | None = None,
+    negatives_from: str = "view2",
+    miner: NegativeMiner | None = None,
+    step: int | None = None,
+    pair_names: Sequence[str] | None = None,
+) -> MultiLevelResult:
+    r"""Sum of InfoNCE losses over ordered level pairs, negatives drawn only from the paired level.
+
+    For each pair ``(m, n)``: anchors are ``view1[levels == m]``, each anchor's positive is its own
+    row of ``view2``, and the negatives are all rows of level ``n`` (from ``view2``, or from both
+    views with ``negatives_from="both"``). There are no same-level negatives.
+
+    .. math::
+        L = \sum_{(m,n)} w_{mn}\, \frac{\sum_i s_i\, \ell_i^{m,n}}{\sum_i s_i}, \quad
+        \ell_i^{m,n} = -\log \frac{e^{s(e_i, \tilde e_i)/\tau}}
+        {e^{s(e_i, \tilde e_i)/\tau} + \sum_{k \in K_i} e^{s(e_i, e^n_k)/\tau}}
+
+    where ``s_i`` and ``K_i`` come from the ``miner`` (all ones / all negatives without one). A pair
+    with no anchors or no negatives contributes a zero that stays attached to the graph.
+
+    Args:
+        view1: ``(N, D)`` embeddings of the first augmentation.
+        view2: ``(N, D)`` embeddings of the second augmentation.
+        levels: ``(N,)`` integer level id of each row.
+        pairs: Ordered ``(m, n)`` level-id pairs.
+        temperature: ``tau > 0``.
+        pair_weights: One weight per pair (default all 1, the paper's plain sum).
+        negatives_from: ``"view2"`` or ``"both"``.
+        miner: Optional :class:`NegativeMiner` (self-paced hard-negative mining).
+        step: Training step passed to the miner.
+        pair_names: Names used as keys (default ``"m/n"`` with ids).
+
+    Returns:
+        A :class:`MultiLevelResult`.
+
+    Example:
+        >>> import torch
+        >>> z1, z2 = torch.randn(8, 16), torch.randn(8, 16)
+        >>> levels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+        >>> out = multi_level_info_nce(z1, z2, levels, [(0, 1), (0, 2), (1, 3)])
+        >>> sorted(out.pair_losses)
+        ['0/1', '0/2', '1/3']
+
+    Reference:
+        CoMCL, "Clinical-oriented Multi-level Contrastive Learning", MICCAI 2024 (seed 000), Eq. 1.
+    """
+    tau = check_positive("temperature", temperature)
+    check_embeddings("view1", view1)
+    n, d = view1.shape
+    check_embeddings("view2", view2, dim=d)
+    if view2.shape[0] != n:
+        raise ValueError(f"view2 must have shape ({n}, {d}) like view1, got {tuple(view2.shape)}")
+    validate_levels(levels, n)
+    if negatives_from not in NEGATIVE_SOURCES:
+        raise ValueError(f"negatives_from must be one of {NEGATIVE_SOURCES}, got {negatives_from!r}")
+    if pair_weights is not None and len(pair_weights) != len(pairs):
+        raise ValueError(
+            f"pair_weights must have one weight per pair ({len(pairs)}), got {len(pair_weights)}"
+        )
+    names = [f"{m}/{k}" for m, k in pairs] if pair_names is None else list(pair_names)
+
+    dtype = compute_dtype(view1, view2)
+    z1 = F.normalize(view1.to(dtype), dim=1)
+    z2 = F.normalize(view2.to(dtype), dim=1)
+    anchor_zero = 0.0 * (z1.sum() + z2.sum())
+
+    total = anchor_zero
+    pair_losses: dict[str, Tensor] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for index, ((m, k), name) in enumerate(zip(pairs, names, strict=True)):
+        rows_m = levels == m
+        rows_k = levels == k
+        anchors, positives = z1[rows_m], z2[rows_m]
+        negatives = z2[rows_k] if negatives_from == "view2" else torch.cat([z1[rows_k], z2[rows_k]])
+        if anchors.shape[0] == 0 or negatives.shape[0] == 0:
+            loss = anchor_zero
+        else:
+            positive_sim = (anchors * positives).sum(dim=1)
+            negative_sim = anchors @ negatives.T
+            mask, weights = None, None
+            if miner is not None:
+                mask, weights = miner(
+                    positive_sim.detach(), negative_sim.detach(), temperature=tau, step=step
+                )
+                if mask is not None:
+                    check_mask("miner negative_mask", mask, tuple(negative_sim.shape))
+                if weights is not None:
+                    check_weights("miner weights", weights, anchors.shape[0])
+                    counts.setdefault(name, {})["selected_anchors"] = int((weights > 0).sum())
+            losses = info_nce_from_logits(positive_sim / tau, negative_sim / tau, mask)
+            loss = weighted_reduce(losses, weights, "mean")
+        weight = 1.0 if pair_weights is None else float(pair_weights[index])
+        total = total + weight * loss
+        pair_losses[name] = loss
+        counts.setdefault(name, {}).update(anchors=int(anchors.shape[0]), negatives=int(negatives.shape[0]))
+    return MultiLevelResult(total, pair_losses, counts)

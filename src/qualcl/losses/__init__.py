@@ -1,0 +1,8 @@
+"""Losses: thin stateful ``nn.Module`` wrappers over :mod:`qualcl.functional`."""
+
+from qualcl.losses.clip import ClipLoss
+from qualcl.losses.focal import FocalLoss
+from qualcl.losses.info_nce import InfoNCE
+from qualcl.losses.multi_level import MultiLevelInfoNCE
+
+__all__ = ["ClipLoss", "FocalLoss", "InfoNCE", "MultiLevelInfoNCE"]

@@ -1,0 +1,168 @@
+"""``MultiLevelInfoNCE``: CoMCL's multi-level contrastive loss over named quality/disease levels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, overload
+
+from torch import Tensor, nn
+
+from qualcl._validation import check_embeddings, check_positive
+from qualcl.functional import NegativeMiner, multi_level_info_nce
+from qualcl.functional.multi_level import NEGATIVE_SOURCES, validate_levels
+
+__all__ = ["MultiLevelInfoNCE"]
+
+COMCL_LEVELS = ("L", "LQ_L", "H", "LQ_H")
+COMCL_PAIRS = (("L", "LQ_L"), ("L", "H"), ("LQ_L", "LQ_H"))
+
+
+class MultiLevelInfoNCE(nn.Module):
+    r"""Sum of InfoNCE losses over ordered pairs of levels, with no same-level negatives.
+
+    .. math::
+        L = \sum_{(m,n)} w_{mn} L^{m,n}, \qquad
+        \ell_i^{m,n} = -\log \frac{e^{s(e_i, \tilde e_i)/\tau}}
+        {e^{s(e_i, \tilde e_i)/\tau} + \sum_k e^{s(e_i, e^n_k)/\tau}}
+
+    For a pair ``(m, n)`` the anchors are ``view1`` rows of level ``m``, each positive is the same
+    row of ``view2`` (the other augmentation), and the negatives are the rows of level ``n``
+    (``view2`` only, or both views with ``negatives_from="both"``). ``L^{m,n}`` is the mean of
+    ``ell_i`` over anchors (the weighted mean ``sum s_i ell_i / sum s_i`` under a self-paced
+    miner). The CoMCL defaults are the four levels HQ lesion ``L``, LQ lesion ``LQ_L``, HQ healthy
+    ``H``, LQ healthy ``LQ_H`` and the three pairs ``(L, LQ_L)``, ``(L, H)``, ``(LQ_L, LQ_H)``
+    with equal weights.
+
+    Args:
+        pairs: Ordered ``(m, n)`` pairs of level names.
+        level_names: Names of the level ids used in ``levels`` (id ``j`` is ``level_names[j]``).
+        temperature: ``tau > 0`` (paper: 0.07).
+        pair_weights: One weight per pair (default: all 1, the paper's plain sum).
+        negatives_from: ``"view2"`` or ``"both"``.
+        miner: Optional :class:`qualcl.functional.NegativeMiner` restricting negatives and weighting
+            anchors from the detached similarity block and the step (CoMCL's self-paced
+            hard-negative miner). An ``nn.Module`` miner is registered as a submodule.
+
+    Shape:
+        - view1, view2: ``(N, D)``; levels: ``(N,)`` integer ids into ``level_names``.
+        - Output: scalar (float32 for half inputs), or a dict with ``output_dict=True``:
+          ``{"loss": total, "L/LQ_L": ..., ..., "counts": {"L/LQ_L": {"anchors": a, "negatives": b}}}``.
+
+    Raises:
+        ValueError: A pair naming an unknown level, duplicate level names, a bad temperature or
+            weights (at construction); an unknown level id or bad shapes (in ``forward``).
+
+    Example:
+        >>> import torch
+        >>> from qualcl.losses import MultiLevelInfoNCE
+        >>> loss_fn = MultiLevelInfoNCE()  # CoMCL levels and pairs
+        >>> z1, z2 = torch.randn(8, 128), torch.randn(8, 128)
+        >>> levels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])  # L, LQ_L, H, LQ_H
+        >>> out = loss_fn(z1, z2, levels, output_dict=True)
+        >>> sorted(k for k in out if "/" in k)
+        ['L/H', 'L/LQ_L', 'LQ_L/LQ_H']
+
+    Reference:
+        CoMCL, "Clinical-oriented Multi-level Contrastive Learning", MICCAI 2024 (seed 000), Eq. 1.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[tuple[str, str]] = COMCL_PAIRS,
+        level_names: Sequence[str] = COMCL_LEVELS,
+        temperature: float = 0.07,
+        pair_weights: Sequence[float] | None = None,
+        negatives_from: str = "view2",
+        miner: NegativeMiner | None = None,
+    ) -> None:
+        super().__init__()
+        self.level_names = tuple(str(name) for name in level_names)
+        if len(set(self.level_names)) != len(self.level_names):
+            raise ValueError(f"level_names must be unique, got {self.level_names}")
+        if not pairs:
+            raise ValueError("pairs must name at least one (anchor level, negative level) pair")
+        ids = {name: i for i, name in enumerate(self.level_names)}
+        self.pairs = tuple((str(m), str(n)) for m, n in pairs)
+        for m, n in self.pairs:
+            for name in (m, n):
+                if name not in ids:
+                    raise ValueError(f"pairs names unknown level {name!r}; known levels: {self.level_names}")
+            if m == n:
+                raise ValueError(f"pair ({m!r}, {n!r}) would use same-level negatives")
+        self._pair_ids = [(ids[m], ids[n]) for m, n in self.pairs]
+        self._pair_names = [f"{m}/{n}" for m, n in self.pairs]
+        self.temperature = check_positive("temperature", temperature)
+        if pair_weights is not None:
+            if len(pair_weights) != len(self.pairs):
+                raise ValueError(
+                    f"pair_weights must have one weight per pair ({len(self.pairs)}), got {len(pair_weights)}"
+                )
+            for w in pair_weights:
+                if not float(w) >= 0:
+                    raise ValueError(f"pair_weights must be non-negative, got {list(pair_weights)}")
+        self.pair_weights = None if pair_weights is None else tuple(float(w) for w in pair_weights)
+        if negatives_from not in NEGATIVE_SOURCES:
+            raise ValueError(f"negatives_from must be one of {NEGATIVE_SOURCES}, got {negatives_from!r}")
+        self.negatives_from = negatives_from
+        if miner is not None and not callable(miner):
+            raise TypeError(f"miner must be callable, got {type(miner).__name__}")
+        self.miner = miner
+
+    def extra_repr(self) -> str:
+        """Constructor arguments shown in ``repr``."""
+        return (
+            f"pairs={self.pairs}, level_names={self.level_names}, temperature={self.temperature}, "
+            f"pair_weights={self.pair_weights}, negatives_from={self.negatives_from!r}"
+        )
+
+    @overload
+    def forward(
+        self,
+        view1: Tensor,
+        view2: Tensor,
+        levels: Tensor,
+        *,
+        step: int | None = ...,
+        output_dict: Literal[False] = ...,
+    ) -> Tensor: ...
+
+    @overload
+    def forward(
+        self,
+        view1: Tensor,
+        view2: Tensor,
+        levels: Tensor,
+        *,
+        step: int | None = ...,
+        output_dict: Literal[True],
+    ) -> dict[str, object]: ...
+
+    def forward(
+        self,
+        view1: Tensor,
+        view2: Tensor,
+        levels: Tensor,
+        *,
+        step: int | None = None,
+        output_dict: bool = False,
+    ) -> Tensor | dict[str, object]:
+        """Compute the loss; see the class docstring for shapes and the dict layout."""
+        check_embeddings("view1", view1)
+        validate_levels(levels, view1.shape[0], self.level_names)
+        result = multi_level_info_nce(
+            view1,
+            view2,
+            levels,
+            self._pair_ids,
+            temperature=self.temperature,
+            pair_weights=self.pair_weights,
+            negatives_from=self.negatives_from,
+            miner=self.miner,
+            step=step,
+            pair_names=self._pair_names,
+        )
+        if not output_dict:
+            return result.loss
+        out: dict[str, object] = {"loss": result.loss, **result.pair_losses}
+        out["counts"] = result.counts
+        return out

@@ -1,0 +1,105 @@
+"""Naive float64 loop references the primitives must match. Written for clarity, not speed."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def _cos(a: list[float], b: list[float]) -> float:
+    na = math.sqrt(sum(x * x for x in a))
+    nb = math.sqrt(sum(x * x for x in b))
+    return sum(x * y for x, y in zip(a, b, strict=True)) / (na * nb)
+
+
+def _reduce(losses: list[float], weights: list[float] | None, reduction: str) -> float | list[float]:
+    w = weights if weights is not None else [1.0] * len(losses)
+    weighted = [li * wi for li, wi in zip(losses, w, strict=True)]
+    if reduction == "none":
+        return weighted
+    if reduction == "sum":
+        return sum(weighted)
+    return sum(weighted) / sum(w) if sum(w) > 0 else 0.0
+
+
+def info_nce(
+    query: Tensor,
+    positive: Tensor,
+    negatives: Tensor | None,
+    tau: float,
+    mask: Tensor | None = None,
+    top_k: int | None = None,
+    weights: Tensor | None = None,
+    reduction: str = "mean",
+) -> float | list[float]:
+    q, p = query.double().tolist(), positive.double().tolist()
+    c = p if negatives is None else negatives.double().tolist()
+    losses = []
+    for i in range(len(q)):
+        pos = _cos(q[i], p[i]) / tau
+        kept = []
+        for k in range(len(c)):
+            if negatives is None and k == i:
+                continue
+            if mask is not None and not bool(mask[i, k]):
+                continue
+            kept.append(_cos(q[i], c[k]) / tau)
+        if top_k is not None and len(kept) > top_k:
+            kth = sorted(kept, reverse=True)[top_k - 1]
+            kept = [v for v in kept if v >= kth]
+        denominator = math.exp(pos) + sum(math.exp(v) for v in kept)
+        losses.append(-math.log(math.exp(pos) / denominator))
+    return _reduce(losses, None if weights is None else weights.double().tolist(), reduction)
+
+
+def multi_level(
+    view1: Tensor,
+    view2: Tensor,
+    levels: list[int],
+    pairs: list[tuple[int, int]],
+    tau: float,
+    negatives_from: str = "view2",
+    pair_weights: list[float] | None = None,
+) -> tuple[float, list[float]]:
+    total, per_pair = 0.0, []
+    for index, (m, n) in enumerate(pairs):
+        anchors = [i for i, lv in enumerate(levels) if lv == m]
+        negs = [i for i, lv in enumerate(levels) if lv == n]
+        if not anchors or not negs:
+            per_pair.append(0.0)
+            continue
+        candidates = view2[negs] if negatives_from == "view2" else torch.cat([view1[negs], view2[negs]])
+        loss = info_nce(view1[anchors], view2[anchors], candidates, tau)
+        assert isinstance(loss, float)
+        per_pair.append(loss)
+        total += (1.0 if pair_weights is None else pair_weights[index]) * loss
+    return total, per_pair
+
+
+def clip(img: Tensor, txt: Tensor, scale: float, labels: list[int] | None = None) -> float:
+    i, t = img.double().tolist(), txt.double().tolist()
+    n = len(i)
+    lab = labels if labels is not None else list(range(n))
+
+    def direction(a: list[list[float]], b: list[list[float]]) -> float:
+        total = 0.0
+        for r in range(n):
+            logits = [scale * _cos(a[r], b[c]) for c in range(n)]
+            lse = math.log(sum(math.exp(x) for x in logits))
+            positives = [c for c in range(n) if lab[c] == lab[r]]
+            total += sum(lse - logits[c] for c in positives) / len(positives)
+        return total / n
+
+    return 0.5 * (direction(i, t) + direction(t, i))
+
+
+def focal(logits: Tensor, target: Tensor, gamma: float) -> list[float]:
+    out = []
+    for row, tgt in zip(logits.double().tolist(), target.tolist(), strict=True):
+        z = [math.exp(v) for v in row]
+        probs = [v / sum(z) for v in z]
+        y = tgt if isinstance(tgt, list) else [1.0 if c == tgt else 0.0 for c in range(len(row))]
+        out.append(-sum(yc * (1 - pc) ** gamma * math.log(pc) for yc, pc in zip(y, probs, strict=True)))
+    return out
