@@ -1,0 +1,12 @@
+"""Samplers and miners: which rows, patches and negatives a step sees."""
+
+from qualcl.samplers.balanced import LevelBalancedBatchSampler
+from qualcl.samplers.schedule import CosineCountSchedule
+from qualcl.samplers.self_paced import MinerStats, SelfPacedHardNegativeMiner
+
+__all__ = [
+    "CosineCountSchedule",
+    "LevelBalancedBatchSampler",
+    "MinerStats",
+    "SelfPacedHardNegativeMiner",
+]
