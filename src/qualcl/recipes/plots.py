@@ -1,0 +1,96 @@
+"""Plots every recipe writes: curves, confusion matrices and 2-D embedding maps (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import torch
+from torch import Tensor
+
+__all__ = ["plot_confusion", "plot_curves", "plot_embedding"]
+
+
+def plot_curves(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | Path,
+    *,
+    title: str,
+    xlabel: str = "step",
+    ylabel: str = "",
+    secondary: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+    secondary_label: str = "",
+) -> Path:
+    """Line plot of named ``(x, y)`` series, optionally with a second y axis; returns the PNG path."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for name, (x, y) in series.items():
+        ax.plot(list(x), list(y), label=name, lw=1.4)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if secondary:
+        right = ax.twinx()
+        for name, (x, y) in secondary.items():
+            right.plot(list(x), list(y), label=name, lw=1.2, ls="--")
+        right.set_ylabel(secondary_label)
+        h2, l2 = right.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    if handles:
+        ax.legend(handles, labels, fontsize=8, loc="best")
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_confusion(matrix: Tensor, class_names: Sequence[str], path: str | Path, *, title: str) -> Path:
+    """Heat map of a ``(C, C)`` confusion matrix (rows true, columns predicted) with counts."""
+    counts = matrix.detach().cpu().to(torch.float64)
+    rates = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
+    fig, ax = plt.subplots(figsize=(4.8, 4.2), dpi=110)
+    ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    for i in range(counts.shape[0]):
+        for j in range(counts.shape[1]):
+            colour = "white" if rates[i, j] > 0.6 else "black"
+            ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", color=colour, fontsize=8)
+    ticks = list(range(len(class_names)))
+    ax.set_xticks(ticks, list(class_names))
+    ax.set_yticks(ticks, list(class_names))
+    ax.set(title=title, xlabel="predicted", ylabel="true")
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_embedding(
+    features: Tensor, labels: Tensor, class_names: Sequence[str], path: str | Path, *, title: str
+) -> Path:
+    """2-D PCA map of ``(N, D)`` features coloured by ``(N,)`` integer labels."""
+    x = features.detach().cpu().to(torch.float64)
+    x = x - x.mean(dim=0, keepdim=True)
+    if x.shape[0] >= 2 and x.shape[1] >= 2:
+        _, _, v = torch.linalg.svd(x, full_matrices=False)
+        xy = x @ v[:2].T
+    else:
+        xy = torch.zeros(x.shape[0], 2, dtype=torch.float64)
+    fig, ax = plt.subplots(figsize=(5.2, 4.4), dpi=110)
+    cmap = plt.get_cmap("tab10")
+    for index, name in enumerate(class_names):
+        keep = labels.cpu() == index
+        if bool(keep.any()):
+            ax.scatter(xy[keep, 0].numpy(), xy[keep, 1].numpy(), s=8, color=cmap(index % 10), label=name)
+    ax.set(title=title, xlabel="PC 1", ylabel="PC 2")
+    ax.legend(fontsize=7, markerscale=2)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

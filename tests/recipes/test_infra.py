@@ -1,0 +1,104 @@
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from qualcl.heads.projection import ProjectionHead
+from qualcl.recipes.backbones import build_backbone
+from qualcl.recipes.config import apply_overrides, config_from_dict, config_to_dict, load_config, save_config
+from qualcl.recipes.run_folder import RunFolder, flatten_metrics
+
+
+@dataclass
+class Inner:
+    lr: float = 0.1
+    sizes: tuple[int, ...] = (1, 2)
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    epochs: int = 2
+    inner: Inner = field(default_factory=Inner)
+    maybe: float | None = None
+    pairs: tuple[tuple[str, str], ...] = (("L", "H"),)
+
+
+@given(
+    st.text(max_size=8),
+    st.integers(0, 10**6),
+    st.floats(0, 1),
+    st.lists(st.integers(0, 9), max_size=4),
+    st.none() | st.floats(0, 5),
+)
+def test_config_round_trips_through_yaml(tmp_path_factory, name, epochs, lr, sizes, maybe):
+    config = Outer(name=name, epochs=epochs, inner=Inner(lr=lr, sizes=tuple(sizes)), maybe=maybe)
+    path = save_config(config, tmp_path_factory.mktemp("cfg") / "config.yaml")
+    assert load_config(Outer, path) == config
+    assert config_from_dict(Outer, config_to_dict(config)) == config
+
+
+def test_overrides_and_errors():
+    config = apply_overrides(Outer(), ["inner.lr=0.5", "epochs=7", "maybe=1.5"])
+    assert (config.inner.lr, config.epochs, config.maybe) == (0.5, 7, 1.5)
+    with pytest.raises(ValueError, match="unknown key 'lrr'"):
+        apply_overrides(Outer(), ["inner.lrr=1"])
+    with pytest.raises(ValueError, match="key.sub=value"):
+        apply_overrides(Outer(), ["epochs"])
+    with pytest.raises(ValueError, match=r"config.epochs must be int"):
+        config_from_dict(Outer, {"epochs": "many"})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['bogus'\]"):
+        config_from_dict(Outer, {"bogus": 1})
+
+
+def test_run_folder_weights_metrics_stages(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    net = torch.nn.Linear(3, 2)
+    run.save_weights(net, "encoder")
+    other = torch.nn.Linear(3, 2)
+    run.load_weights(other, "encoder")
+    assert torch.equal(other.weight, net.weight)
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        run.load_weights(other, "missing")
+    run.write_metrics({"test": {"qwk": 0.5, "n": 3}, "note": "text"})
+    assert (run.root / "metrics.csv").read_text().splitlines() == ["name,value", "test/n,3", "test/qwk,0.5"]
+    assert not run.stage_done("pretrain")
+    run.mark_done("pretrain", steps=10)
+    assert run.stage_done("pretrain")
+    assert run.stage_info("pretrain")["steps"] == 10
+    for step in range(5):
+        run.append_history("pretrain", {"step": step, "loss": 1.0 / (step + 1)})
+    run.truncate_history("pretrain", keep_below=3)
+    assert [r["step"] for r in run.read_history("pretrain")] == [0, 1, 2]
+    card = run.write_model_card("t", "p", "body", {"a": 1.0})
+    assert "| a | 1.0000 |" in card.read_text()
+
+
+def test_flatten_metrics():
+    assert flatten_metrics({"a": {"b": 1, "c": {"d": 2.5}}, "e": "x", "f": True}) == {
+        "a/b": 1.0,
+        "a/c/d": 2.5,
+    }
+
+
+@pytest.mark.parametrize("name", ["resnet10", "resnet18", "vgg16_bn"])
+def test_backbones_give_declared_width(name):
+    net = build_backbone(name).eval()
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, net.out_dim)
+
+
+def test_backbone_errors_and_grey_input():
+    assert build_backbone("resnet10", in_channels=1).eval()(torch.randn(1, 1, 32, 32)).shape == (1, 512)
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_backbone("resnet9000")
+
+
+def test_projection_head():
+    head = ProjectionHead((8, 8, 4), batch_norm=True)
+    out = head(torch.randn(5, 8))
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(5))
+    assert ProjectionHead((8, 3), normalize=False)(torch.randn(2, 8)).shape == (2, 3)
+    with pytest.raises(ValueError, match="dims"):
+        ProjectionHead((8,))
