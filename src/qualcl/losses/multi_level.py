@@ -108,6 +108,11 @@ class MultiLevelInfoNCE(nn.Module):
             raise TypeError(f"miner must be callable, got {type(miner).__name__}")
         self.miner = miner
 
+    @property
+    def pair_names(self) -> tuple[str, ...]:
+        """Keys of the per-pair losses in the ``output_dict``, e.g. ``("L/LQ_L", "L/H", "LQ_L/LQ_H")``."""
+        return tuple(self._pair_names)
+
     def extra_repr(self) -> str:
         """Constructor arguments shown in ``repr``."""
         return (
