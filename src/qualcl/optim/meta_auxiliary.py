@@ -1,0 +1,365 @@
+"""``MetaAuxiliaryOptimizer``: the MAXL / MKCNet "learning to learn" step for an auxiliary-label generator."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, Literal, get_args
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+from qualcl.distributed import is_distributed, world_size
+
+__all__ = ["MetaAuxiliaryOptimizer", "MetaMode", "TaskForward"]
+
+MetaMode = Literal["second_order", "first_order", "finite_difference"]
+"""How :class:`MetaAuxiliaryOptimizer` differentiates through the pseudo update."""
+
+TaskForward = Callable[..., Any]
+"""``task_forward(*args, **kwargs)``: runs the task model's ``forward`` at a given set of weights."""
+
+LossFn = Callable[[TaskForward], Tensor]
+
+_MODES: tuple[str, ...] = get_args(MetaMode)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    while isinstance(model, (DistributedDataParallel, DataParallel)):
+        model = model.module
+    return model
+
+
+def _check_rate(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number >= 0, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return float(value)
+
+
+def _zeros_if_none(grads: tuple[Tensor | None, ...], like: list[Tensor]) -> list[Tensor]:
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, like, strict=True)]
+
+
+def _grad(output: Tensor, inputs: list[Tensor], *, create_graph: bool = False) -> list[Tensor]:
+    """``d output / d inputs`` with zeros for inputs the output does not depend on."""
+    if not output.requires_grad:
+        return [torch.zeros_like(p) for p in inputs]
+    grads = torch.autograd.grad(output, inputs, create_graph=create_graph, allow_unused=True)
+    return _zeros_if_none(grads, inputs)
+
+
+def _norm(tensors: list[Tensor]) -> Tensor:
+    if not tensors:
+        return torch.zeros(())
+    norms = torch.stack([torch.linalg.vector_norm(t.detach()).float() for t in tensors])
+    total: Tensor = torch.linalg.vector_norm(norms)
+    return total
+
+
+class MetaAuxiliaryOptimizer:
+    r"""One meta-auxiliary ("learning to learn") step for the model that generates auxiliary targets.
+
+    A task model ``f_θ`` is trained on an inner loss that contains auxiliary targets produced by a
+    meta model ``g_φ`` (MAXL's label generator, MKCNet's Meta Learner). The meta model is trained so
+    that one step of the task model on those targets lowers an outer loss:
+
+    .. math::
+        \tilde\theta(\phi) = \theta - \alpha\big(\nabla_\theta L_{inner}(\theta, \phi) + \lambda\,\theta\big),
+        \qquad
+        \phi \leftarrow \mathrm{opt}\Big(\frac{d}{d\phi} L_{outer}\big(\tilde\theta(\phi), \phi\big)\Big)
+
+    with ``α = inner_lr`` (in MKCNet the Task Net's current learning rate) and ``λ = weight_decay``
+    (MKCNet puts the SGD weight decay, 5e-4, inside the pseudo step; the paper's Eq. 3 and MAXL do
+    not, which is ``weight_decay=0``). By the chain rule the meta gradient has two parts,
+
+    .. math::
+        \frac{dL_{outer}}{d\phi} =
+        \underbrace{\partial_\phi L_{outer}(\tilde\theta, \phi)}_{\text{direct}}
+        \; - \; \alpha\, \underbrace{\nabla^2_{\phi\theta} L_{inner}(\theta, \phi)\;
+        \nabla_{\tilde\theta} L_{outer}(\tilde\theta, \phi)}_{\text{mixed second-order term}}
+
+    (the direct part is e.g. MKCNet's entropy regulariser on ``y_ω``; the mixed term is how the
+    auxiliary targets change the task model's step). ``mode`` chooses how it is computed:
+
+    - ``"second_order"`` (MAXL, MKCNet default): exact. ``∇θ L_inner`` is taken with
+      ``create_graph=True`` and ``L_outer`` is back-propagated through ``θ̃`` into ``φ``.
+    - ``"finite_difference"`` (DARTS; the official ``FirstOrder_MKCNet`` / MAXL "first order"
+      scripts): the direct part exactly, the mixed term by a central difference
+      ``(∇φ L_inner(θ + εd) − ∇φ L_inner(θ − εd)) / 2ε`` with ``d = ∇θ̃ L_outer`` and
+      ``ε = fd_radius / ‖d‖``. No double backward; error ``O(ε²)``; costs two extra inner passes.
+    - ``"first_order"``: the direct part only. ``θ̃`` is treated as a constant, i.e. the
+      dependence of ``θ̃`` on ``φ`` through ``∇θ L_inner`` is ignored, which drops the whole mixed
+      term ``−α ∇²_{φθ} L_inner · ∇θ̃ L_outer`` (there is no first-order piece of it: ``φ`` reaches
+      ``θ̃`` only through a gradient). It is DARTS' "first-order approximation" (``ξ = 0``), the
+      cheapest baseline; note it is *not* what the MKCNet/MAXL code calls "first order" — that is
+      ``"finite_difference"``. If the outer loss does not depend on ``φ`` directly, the meta
+      gradient is zero in this mode.
+
+    The step uses :func:`torch.func.functional_call` on the real module, so the pseudo-updated
+    model is the same function as the trained one (the official code re-implements a functional
+    forward that differs in the GAB/MAB, see ``specs/methods.md`` §2.8). It leaves ``θ``, the task
+    model's gradients and its buffers unchanged: every ``task_forward`` call runs on fresh copies of
+    the buffers, so BatchNorm running statistics are not touched by the pseudo step (BatchNorm
+    still uses batch statistics when the module is in training mode — the step does not change
+    ``train()``/``eval()``). It overwrites ``.grad`` of every trainable meta-model parameter with
+    the meta gradient (stale gradients, e.g. from a task step where ``y_ω`` was not detached, are
+    discarded) and calls ``meta_optimizer.step()``; ``.grad`` is left in place for inspection.
+
+    **Distributed.** DDP does not support double backward (pytorch #47562, #63929), so the step
+    never runs through a ``DistributedDataParallel`` wrapper: ``task_model`` and ``meta_model`` may
+    be passed wrapped or not, the step works on ``.module`` (see :attr:`task_module`,
+    :attr:`meta_module`), and, when a process group with more than one process is initialised
+    (``sync_meta_grads=None``) or when ``sync_meta_grads=True``, the meta gradient is all-reduced
+    and divided by the world size before ``meta_optimizer.step()``. Each rank's meta gradient is
+    computed from its own batch (its own pseudo update ``θ̃_r``), so the resulting update equals one
+    process stepping ``meta_optimizer`` on the *average of the per-rank meta gradients* — not the
+    meta gradient of the concatenated batch, which differs because ``θ̃`` depends non-linearly on
+    the batch. Every rank must call :meth:`step` together. Inside the loss closures call the
+    *unwrapped* meta model (``opt.meta_module``), never its DDP wrapper. ``SyncBatchNorm`` is not
+    twice differentiable and is not supported in ``"second_order"`` mode; neither is
+    ``torch.compile`` of the step (pytorch #183603).
+
+    Args:
+        task_model: The task network ``f_θ`` (optionally DDP/DataParallel-wrapped). Its trainable
+            parameters are ``θ``; frozen ones (``requires_grad=False``) are used as they are.
+        meta_model: The auxiliary-target generator ``g_φ`` (optionally wrapped); its trainable
+            parameters are ``φ``.
+        meta_optimizer: Optimizer over (a subset of) the meta model's parameters.
+        inner_lr: ``α`` of the pseudo update, ``>= 0``, or a zero-argument callable returning it at
+            each step, e.g. ``lambda: task_optimizer.param_groups[0]["lr"]`` to follow a scheduler.
+        weight_decay: ``λ`` of the pseudo update, ``>= 0``.
+        mode: ``"second_order"``, ``"first_order"`` or ``"finite_difference"`` (see above).
+        fd_radius: Step length ``ε ‖d‖`` of the finite difference (DARTS and MKCNet: 0.01).
+        sync_meta_grads: All-reduce the meta gradient; ``None`` (default) does so whenever a
+            process group with more than one process is initialised.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> task, meta = nn.Linear(4, 6), nn.Linear(4, 6)
+        >>> meta_optimizer = torch.optim.SGD(meta.parameters(), lr=1e-3)
+        >>> opt = MetaAuxiliaryOptimizer(task, meta, meta_optimizer, inner_lr=0.01)
+        >>> x, y = torch.randn(8, 4), torch.randint(0, 6, (8,))
+        >>> def inner(forward):  # task loss on the meta model's soft targets
+        ...     return -(torch.softmax(meta(x), 1) * torch.log_softmax(forward(x), 1)).sum(1).mean()
+        >>> def outer(forward):  # primary loss at the pseudo-updated weights
+        ...     return nn.functional.cross_entropy(forward(x), y)
+        >>> sorted(opt.step(inner, outer))
+        ['inner_grad_norm', 'inner_loss', 'inner_lr', 'meta_grad_norm', 'outer_loss']
+
+    Reference:
+        Liu, Davison and Johns, "Self-Supervised Generalisation with Meta Auxiliary Learning" (MAXL),
+        NeurIPS 2019; Che et al., "Image Quality-aware Diagnosis via Meta-knowledge Co-embedding"
+        (MKCNet), CVPR 2023, Eqs. 3–4; Liu, Simonyan and Yang, "DARTS", ICLR 2019 (finite difference).
+    """
+
+    def __init__(
+        self,
+        task_model: nn.Module,
+        meta_model: nn.Module,
+        meta_optimizer: torch.optim.Optimizer,
+        inner_lr: float | Callable[[], float],
+        weight_decay: float = 0.0,
+        mode: MetaMode = "second_order",
+        *,
+        fd_radius: float = 0.01,
+        sync_meta_grads: bool | None = None,
+    ) -> None:
+        if not isinstance(task_model, nn.Module):
+            raise TypeError(f"task_model must be a torch.nn.Module, got {type(task_model).__name__}")
+        if not isinstance(meta_model, nn.Module):
+            raise TypeError(f"meta_model must be a torch.nn.Module, got {type(meta_model).__name__}")
+        if not isinstance(meta_optimizer, torch.optim.Optimizer):
+            got = type(meta_optimizer).__name__
+            raise TypeError(f"meta_optimizer must be a torch.optim.Optimizer, got {got}")
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if not callable(inner_lr):
+            _check_rate("inner_lr", inner_lr)
+        self._task = _unwrap(task_model)
+        self._meta = _unwrap(meta_model)
+        self._theta = [(n, p) for n, p in self._task.named_parameters() if p.requires_grad]
+        self._phi: list[Tensor] = [p for p in self._meta.parameters() if p.requires_grad]
+        if not self._theta:
+            raise ValueError("task_model has no trainable parameters (requires_grad=True)")
+        if not self._phi:
+            raise ValueError("meta_model has no trainable parameters (requires_grad=True)")
+        phi_ids = {id(p) for p in self._phi}
+        if any(id(p) in phi_ids for _, p in self._theta):
+            raise ValueError("task_model and meta_model share trainable parameters; θ and φ must be disjoint")
+        foreign = [p for g in meta_optimizer.param_groups for p in g["params"] if id(p) not in phi_ids]
+        if foreign:
+            raise ValueError(
+                f"meta_optimizer holds {len(foreign)} parameter(s) that are not trainable parameters of "
+                "meta_model; it must optimise the meta model only"
+            )
+        if sync_meta_grads is not None and not isinstance(sync_meta_grads, bool):
+            raise TypeError(f"sync_meta_grads must be a bool or None, got {type(sync_meta_grads).__name__}")
+        self.meta_optimizer = meta_optimizer
+        self.inner_lr: float | Callable[[], float] = inner_lr
+        self.weight_decay = _check_rate("weight_decay", weight_decay)
+        self.mode: MetaMode = mode
+        self.fd_radius = _check_rate("fd_radius", fd_radius)
+        if self.fd_radius == 0:
+            raise ValueError("fd_radius must be a finite number > 0, got 0.0")
+        self.sync_meta_grads = sync_meta_grads
+
+    @property
+    def task_module(self) -> nn.Module:
+        """The task model with any DDP/DataParallel wrapper removed (what the step runs on)."""
+        return self._task
+
+    @property
+    def meta_module(self) -> nn.Module:
+        """The meta model with any DDP/DataParallel wrapper removed; call this one in the loss closures."""
+        return self._meta
+
+    def current_inner_lr(self) -> float:
+        """Return ``α`` for the next step (calling ``inner_lr`` if it is callable) after checking it."""
+        value = self.inner_lr() if callable(self.inner_lr) else self.inner_lr
+        return _check_rate("inner_lr", value)
+
+    def _forward_at(self, weights: list[Tensor]) -> TaskForward:
+        names = [n for n, _ in self._theta]
+        frozen = {n: p for n, p in self._task.named_parameters() if not p.requires_grad}
+        buffers = dict(self._task.named_buffers())
+
+        def task_forward(*args: Any, **kwargs: Any) -> Any:
+            state: dict[str, Tensor] = {**frozen, **{n: b.clone() for n, b in buffers.items()}}
+            state.update(zip(names, weights, strict=True))
+            return functional_call(self._task, state, args, kwargs, tie_weights=True, strict=False)
+
+        return task_forward
+
+    @staticmethod
+    def _loss(fn: LossFn, forward: TaskForward, name: str) -> Tensor:
+        if not callable(fn):
+            raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+        loss = fn(forward)
+        if not isinstance(loss, Tensor):
+            raise TypeError(f"{name} must return a scalar torch.Tensor, got {type(loss).__name__}")
+        if loss.numel() != 1 or not loss.is_floating_point():
+            got = f"shape {tuple(loss.shape)} and dtype {loss.dtype}"
+            raise ValueError(f"{name} must return a floating scalar tensor, got {got}")
+        loss = loss.reshape(())
+        if not bool(torch.isfinite(loss.detach())):
+            raise ValueError(f"{name} returned a non-finite loss ({loss.item()}); no step was taken")
+        return loss
+
+    def _meta_buffers(self) -> list[tuple[Tensor, Tensor]]:
+        return [(b, b.detach().clone()) for b in self._meta.buffers()]
+
+    def step(self, inner_loss_fn: LossFn, outer_loss_fn: LossFn) -> dict[str, Tensor]:
+        """Compute the meta gradient of ``φ``, all-reduce it if distributed, and step ``meta_optimizer``.
+
+        Args:
+            inner_loss_fn: ``inner_loss_fn(task_forward) -> L_inner``. ``task_forward(*args, **kwargs)``
+                runs the task model's ``forward`` at the current weights ``θ``. ``L_inner`` must depend
+                on the meta model's output (the auxiliary targets, not detached) for ``φ`` to learn
+                anything beyond the direct part.
+            outer_loss_fn: ``outer_loss_fn(task_forward) -> L_outer``, where ``task_forward`` runs at the
+                pseudo-updated weights ``θ̃``. It may add terms in the meta model's output directly
+                (MKCNet: ``-w · batch_entropy(y_ω)``).
+
+        Returns:
+            Detached scalar tensors for logging: ``inner_loss`` (``L_inner`` at ``θ``),
+            ``outer_loss`` (``L_outer`` at ``θ̃``), ``inner_grad_norm`` (``‖∇θ L_inner‖``),
+            ``meta_grad_norm`` (``‖dL_outer/dφ‖`` after any all-reduce) and ``inner_lr`` (``α``).
+            Losses and ``inner_grad_norm`` are this rank's values.
+
+        Raises:
+            ValueError: If a closure returns a non-scalar or non-finite loss, ``inner_lr`` is invalid, or
+                the meta gradient is not finite; ``φ`` and the optimizer state are then left untouched.
+                (Under DDP a rank that raises before the all-reduce leaves the other ranks waiting.)
+        """
+        lr = self.current_inner_lr()
+        wd = self.weight_decay
+        theta: list[Tensor] = [p for _, p in self._theta]
+        second = self.mode == "second_order"
+
+        inner = self._loss(inner_loss_fn, self._forward_at(theta), "inner_loss_fn")
+        grads = _grad(inner, theta, create_graph=second)
+        if second:
+            theta_tilde = [p - lr * (g + wd * p) for p, g in zip(theta, grads, strict=True)]
+        else:
+            with torch.no_grad():
+                theta_tilde = [p - lr * (g + wd * p) for p, g in zip(theta, grads, strict=True)]
+        if self.mode == "finite_difference":
+            theta_tilde = [t.requires_grad_() for t in theta_tilde]
+        outer = self._loss(outer_loss_fn, self._forward_at(theta_tilde), "outer_loss_fn")
+
+        if self.mode == "finite_difference":
+            n = len(theta_tilde)
+            both = _grad(outer, theta_tilde + self._phi)
+            direction, meta = both[:n], both[n:]
+            meta = self._add_mixed_term(meta, inner_loss_fn, theta, direction, lr)
+        else:
+            meta = _grad(outer, self._phi)
+
+        meta = [m.detach() for m in meta]
+        if self.sync_meta_grads or (self.sync_meta_grads is None and is_distributed()):
+            meta = self._all_reduce_mean(meta)
+        meta_norm = _norm(meta)
+        if not bool(torch.isfinite(meta_norm)):
+            raise ValueError("the meta gradient is not finite; meta_optimizer was not stepped")
+        for p, m in zip(self._phi, meta, strict=True):
+            p.grad = m
+        self.meta_optimizer.step()
+        device = inner.device
+        return {
+            "inner_loss": inner.detach(),
+            "outer_loss": outer.detach(),
+            "inner_grad_norm": _norm(grads).to(device),
+            "meta_grad_norm": meta_norm.to(device),
+            "inner_lr": torch.tensor(lr, device=device),
+        }
+
+    def _add_mixed_term(
+        self, direct: list[Tensor], inner_loss_fn: LossFn, theta: list[Tensor], d: list[Tensor], lr: float
+    ) -> list[Tensor]:
+        """``direct − α (∇φ L_inner(θ + εd) − ∇φ L_inner(θ − εd)) / 2ε``, the DARTS finite difference."""
+        d_norm = float(_norm(d))
+        if not math.isfinite(d_norm):
+            raise ValueError("the gradient of outer_loss_fn at the pseudo-updated weights is not finite")
+        if lr == 0 or d_norm == 0:
+            return direct
+        eps = self.fd_radius / d_norm
+        # The two extra inner passes must not move the meta model's running statistics: keep the
+        # buffer updates identical to those of the exact (second-order) step.
+        saved = self._meta_buffers()
+        try:
+            with torch.no_grad():
+                plus = [p + eps * v for p, v in zip(theta, d, strict=True)]
+                minus = [p - eps * v for p, v in zip(theta, d, strict=True)]
+            g_plus = _grad(self._loss(inner_loss_fn, self._forward_at(plus), "inner_loss_fn"), self._phi)
+            g_minus = _grad(self._loss(inner_loss_fn, self._forward_at(minus), "inner_loss_fn"), self._phi)
+        finally:
+            with torch.no_grad():
+                for live, copy in saved:
+                    live.copy_(copy)
+        scale = lr / (2 * eps)
+        return [m - scale * (gp - gm) for m, gp, gm in zip(direct, g_plus, g_minus, strict=True)]
+
+    @staticmethod
+    def _all_reduce_mean(grads: list[Tensor]) -> list[Tensor]:
+        """Average ``grads`` over ranks, one flat all-reduce per (dtype, device) bucket."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return grads
+        out: list[Tensor] = list(grads)
+        buckets: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+        for i, g in enumerate(grads):
+            buckets.setdefault((g.dtype, g.device), []).append(i)
+        for indices in buckets.values():
+            flat = torch.cat([grads[i].reshape(-1) for i in indices])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat /= world_size()
+            start = 0
+            for i in indices:
+                out[i] = flat[start : start + grads[i].numel()].view_as(grads[i])
+                start += grads[i].numel()
+        return out
