@@ -1,6 +1,9 @@
 """Readers for the real datasets the recipes use; each fails with a message naming what is missing."""
 
+from qualcl.data.readers.deepdrid import DEEPDRID_SCORES, read_deepdrid
+from qualcl.data.readers.drac import read_drac
 from qualcl.data.readers.eyeq import EYEQ_QUALITY, FundusRecord, read_eyeq
+from qualcl.data.readers.eyeq_quality import eyeq_to_quality_records, read_eyeq_quality
 from qualcl.data.readers.idrid import (
     IDRID_LESIONS,
     IDRiDGradingRecord,
@@ -10,21 +13,58 @@ from qualcl.data.readers.idrid import (
     read_idrid_grading,
     read_idrid_segmentation,
 )
+from qualcl.data.readers.iqad import CT_IQAD_HQ_CLASSES, CT_IQAD_LQ_CLASSES, build_ct_iqad, build_cxr_iqad
+from qualcl.data.readers.kermany import KERMANY_CLASSES, KERMANY_SPLITS, KermanyRecord, read_kermany_pneumonia
+from qualcl.data.readers.low_dose import load_quality_image, simulate_low_dose, write_low_dose_images
 from qualcl.data.readers.nih_cxr14 import NIH_FINDINGS, CXRRecord, findings_to_multi_hot, read_nih_cxr14
+from qualcl.data.readers.quality import (
+    QUALITY_SCHEMES,
+    QualityLabelledRecord,
+    QualityScheme,
+    is_low_quality,
+    mkcnet_diagnosis,
+    mkcnet_labels,
+    mkcnet_quality,
+    quality_scheme,
+)
 
 __all__ = [
+    "CT_IQAD_HQ_CLASSES",
+    "CT_IQAD_LQ_CLASSES",
+    "DEEPDRID_SCORES",
     "EYEQ_QUALITY",
     "IDRID_LESIONS",
+    "KERMANY_CLASSES",
+    "KERMANY_SPLITS",
     "NIH_FINDINGS",
+    "QUALITY_SCHEMES",
     "CXRRecord",
     "FundusRecord",
     "IDRiDGradingRecord",
     "IDRiDSegmentationRecord",
+    "KermanyRecord",
+    "QualityLabelledRecord",
+    "QualityScheme",
+    "build_ct_iqad",
+    "build_cxr_iqad",
+    "eyeq_to_quality_records",
     "findings_to_multi_hot",
+    "is_low_quality",
     "load_mask",
+    "load_quality_image",
     "mask_to_boxes",
+    "mkcnet_diagnosis",
+    "mkcnet_labels",
+    "mkcnet_quality",
+    "quality_scheme",
+    "read_deepdrid",
+    "read_drac",
     "read_eyeq",
+    "read_eyeq_quality",
     "read_idrid_grading",
     "read_idrid_segmentation",
+    "read_kermany_pneumonia",
     "read_nih_cxr14",
+    "simulate_low_dose",
+    "write_low_dose_images",
 ]

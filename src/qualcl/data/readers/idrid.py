@@ -68,9 +68,7 @@ def _check_split(split: str) -> tuple[str, str]:
     return _SPLIT[split]
 
 
-def read_idrid_grading(
-    root: str | Path, split: str = "train", *, check_files: bool = True
-) -> list[IDRiDGradingRecord]:
+def read_idrid_grading(root: str | Path, split: str = "train", *, check_files: bool = True) -> list[IDRiDGradingRecord]:
     """Read IDRiD's disease-grading labels (``B. Disease Grading``).
 
     Column names are stripped (some copies have ``"Risk of macular edema "`` with a trailing

@@ -80,9 +80,7 @@ def _image_index(root: Path) -> dict[str, Path]:
     return {p.name: p for p in root.glob("images_*/images/*.png")}
 
 
-def read_nih_cxr14(
-    root: str | Path, split: str | None = None, *, check_files: bool = True
-) -> list[CXRRecord]:
+def read_nih_cxr14(root: str | Path, split: str | None = None, *, check_files: bool = True) -> list[CXRRecord]:
     """Read ChestX-ray14 metadata (and check the images) for the whole set or an official split.
 
     Accepts ``Data_Entry_2017_v2020.csv`` or ``Data_Entry_2017.csv``. The bracketed header names
