@@ -50,8 +50,7 @@ def split_levels(disease: Tensor, quality: Tensor, low_quality: Collection[int] 
         low_quality = LOW_QUALITY[low_quality]
     if disease.shape != quality.shape or disease.ndim != 1:
         raise ValueError(
-            "disease and quality must be (N,) of equal length, "
-            f"got {tuple(disease.shape)} and {tuple(quality.shape)}"
+            f"disease and quality must be (N,) of equal length, got {tuple(disease.shape)} and {tuple(quality.shape)}"
         )
     lq = torch.isin(quality, torch.tensor(sorted(low_quality), dtype=quality.dtype, device=quality.device))
     healthy = disease == 0

@@ -58,9 +58,7 @@ def build_backbone(name: str, *, in_channels: int = 3) -> Backbone:
         try:
             model = models.get_model(name, weights=None)
         except ValueError:
-            raise ValueError(
-                f"unknown backbone {name!r}; try one of {BACKBONES} or a torchvision model name"
-            ) from None
+            raise ValueError(f"unknown backbone {name!r}; try one of {BACKBONES} or a torchvision model name") from None
     if isinstance(model, ResNet):
         if in_channels != 3:
             model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)

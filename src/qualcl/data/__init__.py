@@ -1,0 +1,62 @@
+"""Data: the embedded synthetic fundus set and the quality degradations.
+
+:mod:`qualcl.data.synthetic` generates SynthFundus and :mod:`qualcl.data.degrade` holds the Shen et al.
+degradations. Readers of the real datasets live in :mod:`qualcl.data.readers`, the CoMCL level split in
+:mod:`qualcl.data.levels`.
+"""
+
+from qualcl.data.degrade import (
+    FACTOR_CODES,
+    FACTORS,
+    QUALITY_NAMES,
+    apply_degradation,
+    degrade_blur,
+    degrade_illumination,
+    degrade_image,
+    degrade_spots,
+    degrade_tensor,
+    factor_labels,
+    fov_mask,
+    gaussian_blur,
+    quality_from_params,
+    quality_index,
+    sample_degradation,
+    type_code,
+)
+from qualcl.data.synthetic import (
+    FundusSample,
+    SyntheticFundusDataset,
+    generate_fundus,
+    generate_patient,
+    grade_from_lesions,
+    load_fundus_dataset,
+    save_preview_grid,
+    write_fundus_dataset,
+)
+
+__all__ = [
+    "FACTORS",
+    "FACTOR_CODES",
+    "QUALITY_NAMES",
+    "FundusSample",
+    "SyntheticFundusDataset",
+    "apply_degradation",
+    "degrade_blur",
+    "degrade_illumination",
+    "degrade_image",
+    "degrade_spots",
+    "degrade_tensor",
+    "factor_labels",
+    "fov_mask",
+    "gaussian_blur",
+    "generate_fundus",
+    "generate_patient",
+    "grade_from_lesions",
+    "load_fundus_dataset",
+    "quality_from_params",
+    "quality_index",
+    "sample_degradation",
+    "save_preview_grid",
+    "type_code",
+    "write_fundus_dataset",
+]

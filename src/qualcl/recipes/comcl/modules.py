@@ -1,0 +1,166 @@
+"""CoMCL's two Lightning modules: contrastive pre-training on patches, and DR-grading fine-tuning."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qualcl.functional import nt_xent
+from qualcl.heads.projection import ProjectionHead
+from qualcl.losses import MultiLevelInfoNCE
+from qualcl.metrics import quadratic_weighted_kappa
+from qualcl.recipes.backbones import Backbone
+from qualcl.samplers import SelfPacedHardNegativeMiner
+
+__all__ = ["ContrastivePretraining", "GradingFineTuning"]
+
+
+class ContrastivePretraining(L.LightningModule):
+    """Encoder + projection head trained with :class:`MultiLevelInfoNCE` (or NT-Xent for basic CL).
+
+    Each step logs the loss, every pair's loss and, with a self-paced miner, ``K_t`` and the
+    selected fraction; :attr:`step_log` keeps them for the run folder's history and plots.
+
+    Args:
+        encoder: Patch encoder.
+        head: Projection head.
+        loss: The multi-level loss, or ``None`` for SimCLR's NT-Xent on the two views.
+        temperature: ``tau`` of NT-Xent (the multi-level loss carries its own).
+        lr: Adam learning rate.
+        weight_decay: Weight decay ``r(w)``.
+        max_steps: Steps of the cosine learning-rate decay.
+    """
+
+    def __init__(
+        self,
+        encoder: Backbone,
+        head: ProjectionHead,
+        loss: MultiLevelInfoNCE | None,
+        *,
+        temperature: float,
+        lr: float,
+        weight_decay: float,
+        max_steps: int,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.loss_fn = loss
+        self.temperature = temperature
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.max_steps = max_steps
+        self.step_log: list[dict[str, float]] = []
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        """One contrastive step on a level-balanced batch of patch pairs."""
+        view1, view2, levels = batch
+        z1 = self.head(self.encoder(view1))
+        z2 = self.head(self.encoder(view2))
+        row: dict[str, float] = {"step": float(self.global_step)}
+        if self.loss_fn is None:
+            loss = nt_xent(z1, z2, temperature=self.temperature)
+        else:
+            out = self.loss_fn(z1, z2, levels, step=self.global_step, output_dict=True)
+            loss = out["loss"]
+            assert isinstance(loss, Tensor)
+            for name in self.loss_fn.pair_names:
+                value = out[name]
+                assert isinstance(value, Tensor)
+                row[f"loss/{name}"] = float(value.detach())
+            miner = self.loss_fn.miner
+            if isinstance(miner, SelfPacedHardNegativeMiner) and miner.last_stats is not None:
+                row["k_t"] = float(miner.last_stats.count)
+                row["k_t_fraction"] = miner.last_stats.count / max(miner.last_stats.total, 1)
+                counts = out["counts"]
+                assert isinstance(counts, dict)
+                selected = sum(c.get("selected_anchors", 0) for c in counts.values())
+                anchors = sum(c["anchors"] for c in counts.values())
+                row["selected_fraction"] = selected / max(anchors, 1)
+        row["loss"] = float(loss.detach())
+        row["lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"]) if self._trainer else self.lr
+        self.step_log.append(row)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        """Adam (the paper's optimiser) with cosine decay over ``max_steps``."""
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.max_steps, 1))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class GradingFineTuning(L.LightningModule):
+    """Encoder + linear classifier trained with cross-entropy; validation QWK drives model selection.
+
+    Args:
+        encoder: Image encoder (pre-trained or not).
+        num_classes: Number of grades.
+        lr: Adam learning rate.
+        weight_decay: Weight decay.
+        epochs: Epochs of the cosine learning-rate decay.
+    """
+
+    def __init__(self, encoder: Backbone, num_classes: int, *, lr: float, weight_decay: float, epochs: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.classifier = nn.Linear(encoder.out_dim, num_classes)
+        self.num_classes = num_classes
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.epochs = epochs
+        self.epoch_log: list[dict[str, float]] = []
+        self._val: list[tuple[Tensor, Tensor]] = []
+        self._train_loss: list[float] = []
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``(N, 3, H, W)`` → ``(N, num_classes)`` logits."""
+        logits: Tensor = self.classifier(self.encoder(images))
+        return logits
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        """Cross-entropy on a batch of images."""
+        images, grades, _ = batch
+        loss = F.cross_entropy(self(images), grades)
+        self._train_loss.append(float(loss.detach()))
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        """Collect predictions for the epoch's QWK."""
+        images, grades, _ = batch
+        self._val.append((self(images).argmax(dim=1).cpu(), grades.cpu()))
+
+    def on_validation_epoch_end(self) -> None:
+        """Log validation QWK and accuracy; record the epoch."""
+        if not self._val:
+            return
+        preds = torch.cat([p for p, _ in self._val])
+        target = torch.cat([t for _, t in self._val])
+        self._val.clear()
+        qwk = quadratic_weighted_kappa(preds, target, self.num_classes)
+        qwk = qwk if qwk == qwk else 0.0
+        self.log("val/qwk", qwk, prog_bar=True)
+        self.log("val/accuracy", float((preds == target).float().mean()))
+        if self.trainer.sanity_checking:
+            return
+        train_loss = sum(self._train_loss) / max(len(self._train_loss), 1)
+        self._train_loss.clear()
+        self.epoch_log.append(
+            {
+                "epoch": float(self.current_epoch),
+                "train_loss": train_loss,
+                "val_qwk": qwk,
+                "val_accuracy": float((preds == target).float().mean()),
+            }
+        )
+
+    def configure_optimizers(self) -> Any:
+        """Adam with cosine decay over the epochs."""
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.epochs, 1))
+        return {"optimizer": optimizer, "lr_scheduler": schedule}

@@ -1,0 +1,85 @@
+import dataclasses
+
+import pytest
+import torch
+
+from qualcl.recipes.comcl import (
+    ABLATIONS,
+    PRESETS,
+    ComclConfig,
+    FasterRCNNDetector,
+    GroundTruthDetector,
+    LesionDetector,
+    comcl_config,
+    train_detector,
+)
+from qualcl.recipes.comcl.ablation import ablation_table
+from qualcl.recipes.comcl.data import patient_split
+from qualcl.recipes.config import config_from_dict, config_to_dict
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_round_trip(preset):
+    config = comcl_config(preset)
+    assert config_from_dict(ComclConfig, config_to_dict(config)) == config
+
+
+def test_comcl_config_overrides_data_and_rejects_unknown_preset():
+    config = comcl_config("smoke", dataset="eyeq", data_dir="/data/eyeq")
+    assert (config.data.dataset, config.data.data_dir) == ("eyeq", "/data/eyeq")
+    assert PRESETS["smoke"].data.dataset == "synthetic"  # presets are not mutated
+    with pytest.raises(ValueError, match="unknown preset"):
+        comcl_config("huge")
+
+
+def test_ablation_variants_are_valid_pretrain_overrides():
+    base = comcl_config("smoke").pretrain
+    for overrides in ABLATIONS.values():
+        dataclasses.replace(base, **overrides)
+
+
+def test_ablation_table_has_mean_std_and_paper_columns():
+    results = {
+        "baseline": {"original": {"qwk": [0.5, 0.7], "accuracy": [0.4, 0.6]}},
+        "comcl": {"original": {"qwk": [0.8, 0.8], "accuracy": [float("nan"), 0.7]}},
+    }
+    table = ablation_table(results, comcl_config("smoke"), [0, 1])
+    assert "| Baseline (no pre-training) | 0.600 ± 0.141 | 0.500 ± 0.141 | 0.804 / 0.783 |" in table
+    assert "0.700 ± 0.000" in table  # NaN seeds are left out
+
+
+def test_patient_split_keeps_patients_together():
+    patients = [f"p{i // 2}" for i in range(20)]
+    keep, held = patient_split(patients, 0.3, seed=1)
+    assert sorted(keep + held) == list(range(20))
+    assert not {patients[i] for i in keep} & {patients[i] for i in held}
+    assert len({patients[i] for i in held}) == 3
+
+
+def test_ground_truth_detector_protocol():
+    gt = GroundTruthDetector([torch.tensor([[1, 2, 5, 6]]), torch.zeros(0, 4)])
+    assert isinstance(gt, LesionDetector)
+    found = gt.detect(torch.zeros(2, 3, 8, 8), ids=[1, 0])
+    assert found[0].boxes.shape == (0, 4)
+    assert found[1].boxes.tolist() == [[1.0, 2.0, 5.0, 6.0]]
+    with pytest.raises(ValueError, match="ids"):
+        gt.detect(torch.zeros(1, 3, 8, 8))
+
+
+def test_faster_rcnn_trains_saves_and_loads(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 255, (3, 3, 64, 64), generator=g, dtype=torch.uint8)
+    boxes = [torch.tensor([[10.0, 10.0, 20.0, 22.0]]), torch.zeros(0, 4), torch.tensor([[30.0, 5.0, 40.0, 15.0]])]
+    labels = [torch.tensor([1]), torch.zeros(0, dtype=torch.long), torch.tensor([2])]
+    detector, losses = train_detector(images, boxes, labels, steps=2, batch_size=2, progress=False)
+    assert len(losses) == 2
+    assert all(loss == loss for loss in losses)
+    path = detector.save(tmp_path / "detector.safetensors")
+    loaded = FasterRCNNDetector.load(path)
+    assert isinstance(loaded, LesionDetector)
+    found = loaded.detect(images[:1].float() / 255)
+    assert found[0].boxes.shape[1] == 4
+    with pytest.raises(FileNotFoundError, match="comcl-detector"):
+        FasterRCNNDetector.load(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="no image has a lesion box"):
+        train_detector(images[:1], [torch.zeros(0, 4)], [torch.zeros(0, dtype=torch.long)], steps=1, progress=False)

@@ -1,0 +1,33 @@
+"""The README example and the recipe notebooks run as written."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_example_runs():
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks, "README has no python example"
+    exec(compile(blocks[0], "README.md", "exec"), {})
+
+
+def test_readme_commands_are_the_ci_commands():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert 'pip install torch==2.14.1 torchvision==0.29.1 -e ".[all]" && python -m pytest' in readme
+    assert "python -m pytest" in ci
+    assert 'torch==2.14.1 torchvision==0.29.1 -e ".[all]"' in ci
+
+
+@pytest.mark.parametrize("notebook", sorted((ROOT / "docs" / "recipes").glob("*.py")), ids=lambda p: p.name)
+def test_recipe_notebook_executes(notebook, tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(notebook)], cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
