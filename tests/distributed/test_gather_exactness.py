@@ -101,9 +101,7 @@ def _cases() -> dict[str, Callable[[], Pairs]]:
 
     return {
         "gather_with_grad": gather_identity,
-        "info_nce_in_batch": lambda: _leaf_case(
-            info_nce, lambda l, q, p: l(q, p), [_global(1, 8), _global(2, 8)]
-        ),
+        "info_nce_in_batch": lambda: _leaf_case(info_nce, lambda l, q, p: l(q, p), [_global(1, 8), _global(2, 8)]),
         "info_nce_negatives_top_k_weights": lambda: _leaf_case(
             info_nce, info_nce_weighted, [_global(3, 8), _global(4, 8), _global(5, 8)]
         ),

@@ -60,9 +60,7 @@ def test_output_dict_and_gradcheck():
     img.requires_grad_()
     txt.requires_grad_()
     labels = torch.tensor([0, 1, 0, 2])
-    assert torch.autograd.gradcheck(
-        lambda a, b: ClipLoss(init_logit_scale=3.0)(a, b, labels=labels), (img, txt)
-    )
+    assert torch.autograd.gradcheck(lambda a, b: ClipLoss(init_logit_scale=3.0)(a, b, labels=labels), (img, txt))
 
 
 def test_half_inputs_give_float32():

@@ -26,11 +26,7 @@ cases = st.tuples(st.integers(1, 8), st.integers(1, 6), st.integers(0, 2**31 - 1
 def test_matches_naive_reference(case, gamma, soft):
     n, c, seed = case
     logits = _logits(seed, n, c)
-    target = (
-        _soft(seed, n, c)
-        if soft
-        else torch.randint(0, c, (n,), generator=torch.Generator().manual_seed(seed))
-    )
+    target = _soft(seed, n, c) if soft else torch.randint(0, c, (n,), generator=torch.Generator().manual_seed(seed))
     got = focal_loss(logits, target, gamma=gamma, reduction="none")
     torch.testing.assert_close(got, torch.tensor(reference.focal(logits, target, gamma), dtype=torch.float64))
 
@@ -39,11 +35,7 @@ def test_matches_naive_reference(case, gamma, soft):
 def test_gamma_zero_is_cross_entropy(case, soft):
     n, c, seed = case
     logits = _logits(seed, n, c)
-    target = (
-        _soft(seed, n, c)
-        if soft
-        else torch.randint(0, c, (n,), generator=torch.Generator().manual_seed(seed))
-    )
+    target = _soft(seed, n, c) if soft else torch.randint(0, c, (n,), generator=torch.Generator().manual_seed(seed))
     torch.testing.assert_close(FocalLoss(gamma=0.0)(logits, target), F.cross_entropy(logits, target))
 
 
@@ -54,8 +46,7 @@ def test_focal_is_at_most_cross_entropy(case):
     target = torch.randint(0, c, (n,), generator=torch.Generator().manual_seed(seed))
     assert bool(
         (
-            focal_loss(logits, target, reduction="none")
-            <= F.cross_entropy(logits, target, reduction="none") + 1e-12
+            focal_loss(logits, target, reduction="none") <= F.cross_entropy(logits, target, reduction="none") + 1e-12
         ).all()
     )
 

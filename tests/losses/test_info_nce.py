@@ -133,9 +133,7 @@ def test_gradcheck():
     p = _embeddings(1, 3, 4).requires_grad_()
     c = _embeddings(2, 6, 4).requires_grad_()
     w = torch.rand(3, dtype=torch.float64)
-    assert torch.autograd.gradcheck(
-        lambda a, b, x: info_nce(a, b, x, temperature=0.3, top_k=3, weights=w), (q, p, c)
-    )
+    assert torch.autograd.gradcheck(lambda a, b, x: info_nce(a, b, x, temperature=0.3, top_k=3, weights=w), (q, p, c))
     assert torch.autograd.gradcheck(lambda a, b: info_nce(a, b, temperature=0.5), (q, p))
 
 

@@ -29,9 +29,7 @@ def test_matches_naive_reference(n, seed, negatives_from, tau):
     weights = [1.0, 0.5, 2.0]
     loss_fn = MultiLevelInfoNCE(temperature=tau, negatives_from=negatives_from, pair_weights=weights)
     out = loss_fn(z1, z2, levels, output_dict=True)
-    total, per_pair = reference.multi_level(
-        z1, z2, levels.tolist(), COMCL_PAIRS, tau, negatives_from, weights
-    )
+    total, per_pair = reference.multi_level(z1, z2, levels.tolist(), COMCL_PAIRS, tau, negatives_from, weights)
     torch.testing.assert_close(out["loss"], torch.tensor(total, dtype=torch.float64))
     for name, want in zip(["L/LQ_L", "L/H", "LQ_L/LQ_H"], per_pair, strict=True):
         torch.testing.assert_close(out[name], torch.tensor(want, dtype=torch.float64))

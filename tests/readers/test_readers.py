@@ -64,9 +64,7 @@ def _idrid(tmp_path: Path) -> Path:
     grading = tmp_path / "B. Disease Grading"
     csv = grading / "2. Groundtruths" / "a. IDRiD_Disease Grading_Training Labels.csv"
     csv.parent.mkdir(parents=True)
-    csv.write_text(
-        "Image name,Retinopathy grade,Risk of macular edema ,,\nIDRiD_001,3,2,,\nIDRiD_002,0,0,,\n,,,,\n"
-    )
+    csv.write_text("Image name,Retinopathy grade,Risk of macular edema ,,\nIDRiD_001,3,2,,\nIDRiD_002,0,0,,\n,,,,\n")
     for name in ("IDRiD_001", "IDRiD_002"):
         _png(grading / "1. Original Images" / "a. Training Set" / f"{name}.jpg")
     seg = tmp_path / "A. Segmentation"
@@ -75,11 +73,7 @@ def _idrid(tmp_path: Path) -> Path:
     mask[1:3, 2:5] = 255
     mask[6, 6] = 255
     _png(
-        seg
-        / "2. All Segmentation Groundtruths"
-        / "a. Training Set"
-        / "1. Microaneurysms"
-        / "IDRiD_01_MA.tif",
+        seg / "2. All Segmentation Groundtruths" / "a. Training Set" / "1. Microaneurysms" / "IDRiD_01_MA.tif",
         mask,
     )
     return tmp_path

@@ -74,9 +74,7 @@ def test_selection_for_each_threshold(b, m, seed, step):
     schedule = CosineCountSchedule(None, 40)
     k = schedule(step, total=m)
     for threshold, scale in (("literal", 1.0), ("scaled", 3.0)):
-        out = SelfPacedHardNegativeMiner(schedule, threshold, scale=scale)(
-            pos, neg, temperature=tau, step=step
-        )
+        out = SelfPacedHardNegativeMiner(schedule, threshold, scale=scale)(pos, neg, temperature=tau, step=step)
         losses = _restricted(pos, neg, out.negative_mask, tau)
         assert out.weights.tolist() == [float(v < scale / k) for v in losses.tolist()]
     miner = SelfPacedHardNegativeMiner(schedule, "quantile", rho_start=0.25, rho_end=0.75)

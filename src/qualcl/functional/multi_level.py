@@ -149,9 +149,7 @@ def multi_level_info_nce(
     if negatives_from not in NEGATIVE_SOURCES:
         raise ValueError(f"negatives_from must be one of {NEGATIVE_SOURCES}, got {negatives_from!r}")
     if pair_weights is not None and len(pair_weights) != len(pairs):
-        raise ValueError(
-            f"pair_weights must have one weight per pair ({len(pairs)}), got {len(pair_weights)}"
-        )
+        raise ValueError(f"pair_weights must have one weight per pair ({len(pairs)}), got {len(pair_weights)}")
     names = [f"{m}/{k}" for m, k in pairs] if pair_names is None else list(pair_names)
 
     dtype = compute_dtype(view1, view2)
@@ -174,9 +172,7 @@ def multi_level_info_nce(
             negative_sim = anchors @ negatives.T
             mask, weights = None, None
             if miner is not None:
-                mask, weights = miner(
-                    positive_sim.detach(), negative_sim.detach(), temperature=tau, step=step
-                )
+                mask, weights = miner(positive_sim.detach(), negative_sim.detach(), temperature=tau, step=step)
                 if mask is not None:
                     check_mask("miner negative_mask", mask, tuple(negative_sim.shape))
                 if weights is not None:

@@ -146,9 +146,7 @@ class ClipLoss(nn.Module):
         n, d = image_features.shape
         check_embeddings("text_features", text_features, dim=d)
         if text_features.shape[0] != n:
-            raise ValueError(
-                f"text_features must have {n} rows like image_features, got {tuple(text_features.shape)}"
-            )
+            raise ValueError(f"text_features must have {n} rows like image_features, got {tuple(text_features.shape)}")
         if labels is not None:
             if not isinstance(labels, Tensor) or labels.shape != (n,) or labels.is_floating_point():
                 raise ValueError(f"labels must be an integer tensor of shape ({n},)")
@@ -171,12 +169,8 @@ class ClipLoss(nn.Module):
         logits_per_text = scale * txt @ all_img.T
         target = _targets(labels, all_labels, n, offset, img.device, dtype)
         if distributed:
-            i2t = reduce_across_ranks(
-                F.cross_entropy(logits_per_image, target, reduction="none"), None, "mean"
-            )
-            t2i = reduce_across_ranks(
-                F.cross_entropy(logits_per_text, target, reduction="none"), None, "mean"
-            )
+            i2t = reduce_across_ranks(F.cross_entropy(logits_per_image, target, reduction="none"), None, "mean")
+            t2i = reduce_across_ranks(F.cross_entropy(logits_per_text, target, reduction="none"), None, "mean")
         else:
             i2t = F.cross_entropy(logits_per_image, target)
             t2i = F.cross_entropy(logits_per_text, target)

@@ -54,9 +54,7 @@ class InfoNCE(nn.Module):
         Oord et al., "Representation Learning with Contrastive Predictive Coding", 2018.
     """
 
-    def __init__(
-        self, temperature: float = 0.07, reduction: str = "mean", gather_distributed: bool = False
-    ) -> None:
+    def __init__(self, temperature: float = 0.07, reduction: str = "mean", gather_distributed: bool = False) -> None:
         super().__init__()
         self.temperature = check_positive("temperature", temperature)
         self.reduction = check_reduction(reduction)

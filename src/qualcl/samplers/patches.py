@@ -76,9 +76,7 @@ class LesionPatchSampler:
             ok &= scores > self.min_score
         return ok
 
-    def window(
-        self, box: Tensor, image_size: tuple[int, int], *, generator: torch.Generator | None = None
-    ) -> Window:
+    def window(self, box: Tensor, image_size: tuple[int, int], *, generator: torch.Generator | None = None) -> Window:
         """One window fully containing ``box`` and inside the image."""
         h, w = image_size
         p = self.patch_size

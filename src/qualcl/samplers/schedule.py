@@ -41,9 +41,7 @@ class CosineCountSchedule:
         self.min_count = min_count
 
     def __repr__(self) -> str:
-        return (
-            f"CosineCountSchedule(total={self.total}, max_steps={self.max_steps}, min_count={self.min_count})"
-        )
+        return f"CosineCountSchedule(total={self.total}, max_steps={self.max_steps}, min_count={self.min_count})"
 
     def __call__(self, step: int, total: int | None = None) -> int:
         """Return ``K_t`` at integer ``step``; ``total`` is required when ``self.total`` is None."""

@@ -144,9 +144,7 @@ class SelfPacedHardNegativeMiner:
         keep, selected = self._mine_block(positive_sim, negative_sim, tau, step)
         return MinerOutput(keep, selected)
 
-    def _mine_block(
-        self, positive_sim: Tensor, negative_sim: Tensor, tau: float, step: int
-    ) -> tuple[Tensor, Tensor]:
+    def _mine_block(self, positive_sim: Tensor, negative_sim: Tensor, tau: float, step: int) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
             b, total = negative_sim.shape
             count = self.schedule(step, total)
@@ -228,8 +226,7 @@ class SelfPacedHardNegativeMiner:
         check_embeddings("ref_emb", ref_emb, dim=embeddings.shape[1])
         if ref_emb.shape[0] != embeddings.shape[0]:
             raise ValueError(
-                f"ref_emb must have one positive per anchor ({embeddings.shape[0]} rows), "
-                f"got {tuple(ref_emb.shape)}"
+                f"ref_emb must have one positive per anchor ({embeddings.shape[0]} rows), got {tuple(ref_emb.shape)}"
             )
         n = embeddings.shape[0]
         if n < 2:
