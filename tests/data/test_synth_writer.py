@@ -263,3 +263,14 @@ def test_bad_arguments_are_rejected_before_writing(tmp_path, kwargs, name):
     with pytest.raises(ValueError, match=name):
         write_fundus_dataset(tmp_path / "out", **args)
     assert not (tmp_path / "out").exists()
+
+
+def test_ensure_fundus_dataset_reuses_only_a_matching_folder(tmp_path):
+    from qualcl.data.synthetic import ensure_fundus_dataset
+
+    root = ensure_fundus_dataset(tmp_path / "d", 4, size=64, seed=1, progress=False)
+    stamp = (root / "ground_truth.json").stat().st_mtime_ns
+    assert ensure_fundus_dataset(root, 4, size=64, seed=1, progress=False) == root
+    assert (root / "ground_truth.json").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="generated with"):
+        ensure_fundus_dataset(root, 6, size=64, seed=1, progress=False)

@@ -36,6 +36,7 @@ from qualcl.data.synthetic.reader import FundusFolder, SyntheticFundusDataset, l
 from qualcl.data.synthetic.writer import (
     CSV_HEADER,
     FundusDatasetSummary,
+    ensure_fundus_dataset,
     save_preview_grid,
     split_patients,
     write_fundus_dataset,
@@ -58,6 +59,7 @@ __all__ = [
     "Lesion",
     "SyntheticFundusDataset",
     "draw_labels",
+    "ensure_fundus_dataset",
     "generate_fundus",
     "generate_patient",
     "grade_from_lesions",

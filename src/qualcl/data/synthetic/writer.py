@@ -47,6 +47,7 @@ from qualcl.data.synthetic.grading import LESION_TYPES, QUADRANTS
 __all__ = [
     "CSV_HEADER",
     "FundusDatasetSummary",
+    "ensure_fundus_dataset",
     "save_preview_grid",
     "split_patients",
     "to_uint8",
@@ -350,3 +351,55 @@ def save_preview_grid(
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path, format="PNG")
     return path
+
+
+def ensure_fundus_dataset(
+    out_dir: str | Path,
+    num_images: int,
+    size: int = 128,
+    seed: int = 0,
+    lq_ratio: float = 0.34,
+    progress: bool = True,
+) -> Path:
+    """Return ``out_dir`` holding this SynthFundus set, generating it only if it is not there yet.
+
+    A complete folder (``ground_truth.json`` present) is reused when it was written with the same
+    ``num_images``, ``size``, ``seed`` and ``lq_ratio``; one written with other arguments raises
+    instead of being silently reused or overwritten.
+
+    Args:
+        out_dir: Dataset folder.
+        num_images: Number of images.
+        size: Image side in pixels.
+        seed: Master seed.
+        lq_ratio: Low-quality probability.
+        progress: Show a progress bar while generating.
+
+    Returns:
+        ``out_dir`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: The folder holds a SynthFundus set generated with other arguments.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     first = ensure_fundus_dataset(tmp, 4, size=64, progress=False)
+        ...     again = ensure_fundus_dataset(tmp, 4, size=64, progress=False)  # reused, not rewritten
+        ...     first == again
+        True
+    """
+    root = Path(out_dir)
+    truth = root / "ground_truth.json"
+    wanted = {"num_images": num_images, "size": size, "seed": seed, "lq_ratio": round(float(lq_ratio), _JSON_DIGITS)}
+    if truth.is_file():
+        metadata = json.loads(truth.read_text(encoding="utf-8")).get("metadata", {})
+        found = {key: metadata.get(key) for key in wanted}
+        if found != wanted:
+            raise ValueError(
+                f"{root} holds a synthetic set generated with {found}, not {wanted}: "
+                "choose another folder or delete this one"
+            )
+        return root
+    write_fundus_dataset(root, num_images, size=size, seed=seed, lq_ratio=lq_ratio, progress=progress)
+    return root

@@ -85,17 +85,15 @@ def _boxes_from_masks(masks: dict[str, Path], classes: tuple[str, ...], size: in
 
 def _dataset(config: DetectorConfig, run: RunFolder) -> tuple[Tensor, list[Tensor], list[Tensor], tuple[str, ...]]:
     if config.dataset == "synthetic":
-        from qualcl.data.synthetic import write_fundus_dataset
+        from qualcl.data.synthetic import ensure_fundus_dataset
 
-        root = Path(config.data_dir) if config.data_dir else run.path("data")
-        if not (root / "ground_truth.json").is_file():
-            write_fundus_dataset(
-                root,
-                num_images=config.num_images,
-                size=config.image_size,
-                seed=config.seed,
-                progress=config.progress,
-            )
+        root = ensure_fundus_dataset(
+            Path(config.data_dir) if config.data_dir else run.path("data"),
+            num_images=config.num_images,
+            size=config.image_size,
+            seed=config.seed,
+            progress=config.progress,
+        )
         classes = SYNTHETIC_CLASSES
         items = []
         for image in sorted((root / "images").glob("*.png")):

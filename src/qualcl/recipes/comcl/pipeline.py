@@ -53,18 +53,16 @@ class _EpochSetter(Callback):
 def _data(config: ComclConfig, run: RunFolder) -> tuple[FundusImages, FundusImages]:
     cfg = config.data
     if cfg.dataset == "synthetic":
-        from qualcl.data.synthetic import write_fundus_dataset
+        from qualcl.data.synthetic import ensure_fundus_dataset
 
-        root = Path(cfg.data_dir) if cfg.data_dir else run.path("data")
-        if not (root / "ground_truth.json").is_file():
-            write_fundus_dataset(
-                root,
-                num_images=cfg.num_images,
-                size=cfg.image_size,
-                seed=cfg.seed,
-                lq_ratio=cfg.lq_ratio,
-                progress=config.progress,
-            )
+        root = ensure_fundus_dataset(
+            Path(cfg.data_dir) if cfg.data_dir else run.path("data"),
+            num_images=cfg.num_images,
+            size=cfg.image_size,
+            seed=cfg.seed,
+            lq_ratio=cfg.lq_ratio,
+            progress=config.progress,
+        )
         truth = True
     elif cfg.dataset == "eyeq":
         if cfg.data_dir is None:
