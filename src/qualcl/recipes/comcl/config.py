@@ -33,7 +33,7 @@ class DataConfig:
 
     dataset: str = "synthetic"
     data_dir: str | None = None
-    num_images: int = 600
+    num_images: int = 1200
     image_size: int = 96
     lq_ratio: float = 0.336
     seed: int = 0
@@ -52,10 +52,12 @@ class PretrainConfig:
         miner: ``"self_paced"`` or ``"none"`` (CoMCL w/o SPL).
         spl_threshold: ``"quantile"``, ``"literal"``, ``"scaled"`` or ``"off"``.
         patch_size: Patch side in pixels (paper: 128 on 512-px images, a quarter of the side).
+        augmentation: ``"paper"`` (CoMCL's strong augmentation) or ``"light"`` (for small patches; see
+            :func:`qualcl.recipes.comcl.data.patch_augmentation`).
         per_level: Patches per level in a batch (paper: 100).
         steps: Optimisation steps ``T_max``.
         temperature: ``tau``.
-        lr: Adam learning rate (paper: 1e-3).
+        lr: AdamW learning rate (paper: Adam, 1e-3).
         weight_decay: ``r(w)``.
         projection_dim: Output of the projection head (paper: 128).
         negatives_from: ``"view2"`` or ``"both"``.
@@ -66,6 +68,7 @@ class PretrainConfig:
     miner: str = "self_paced"
     spl_threshold: str = "quantile"
     patch_size: int = 32
+    augmentation: str = "light"
     per_level: int = 16
     steps: int = 300
     temperature: float = 0.07
@@ -82,12 +85,12 @@ class FinetuneConfig:
     Attributes:
         epochs: Training epochs.
         batch_size: Images per batch.
-        lr: Adam learning rate.
+        lr: AdamW learning rate.
         weight_decay: Weight decay.
         val_fraction: Fraction of training patients held out for model selection (by QWK).
     """
 
-    epochs: int = 12
+    epochs: int = 15
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 5e-4
@@ -137,7 +140,9 @@ PRESETS: dict[str, ComclConfig] = {
         preset="paper",
         backbone="resnet50",
         data=DataConfig(dataset="eyeq", image_size=512, boxes="detector.safetensors"),
-        pretrain=PretrainConfig(patch_size=128, per_level=100, steps=800 * 30, projection_dim=128),
+        pretrain=PretrainConfig(
+            patch_size=128, augmentation="paper", per_level=100, steps=800 * 30, projection_dim=128
+        ),
         finetune=FinetuneConfig(epochs=25, batch_size=16, lr=1e-3),
     ),
 }

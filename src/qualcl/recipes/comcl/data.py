@@ -138,20 +138,33 @@ def patient_split(patients: Sequence[str], fraction: float, seed: int) -> tuple[
     return keep, out
 
 
-def patch_augmentation(patch_size: int) -> v2.Compose:
-    """CoMCL's patch augmentation (``data.py::data_transforms``), scaled to ``patch_size``."""
-    return v2.Compose(
-        [
+def patch_augmentation(patch_size: int, strength: str = "paper") -> v2.Compose:
+    """Patch augmentation: CoMCL's (``data.py::data_transforms``) or a lighter one for small patches.
+
+    ``"paper"``: flips, ColorJitter(0.4, 0.4, 0.4, 0.1), RandomResizedCrop(scale 0.8–1), RandomAffine(±180°),
+    RandomGrayscale(0.2) — made for 128-px patches. ``"light"``: flips, quarter turns and
+    ColorJitter(0.2, 0.2, 0.2, 0.02); at 24–32-px patches of 64–96-px images the paper's version leaves too little
+    shared content between the two views for a from-scratch encoder to learn in a few hundred steps.
+    """
+    if strength == "paper":
+        geometry: list[v2.Transform] = [
             v2.RandomHorizontalFlip(),
             v2.RandomVerticalFlip(),
             v2.ColorJitter(0.4, 0.4, 0.4, 0.1),
             v2.RandomResizedCrop(patch_size, scale=(0.8, 1.0), ratio=(0.8, 1.25), antialias=True),
             v2.RandomAffine(degrees=180),
             v2.RandomGrayscale(0.2),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(FUNDUS_MEAN, FUNDUS_STD),
         ]
-    )
+    elif strength == "light":
+        geometry = [
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+            v2.RandomChoice([v2.RandomRotation((angle, angle)) for angle in (0, 90, 180, 270)]),
+            v2.ColorJitter(0.2, 0.2, 0.2, 0.02),
+        ]
+    else:
+        raise ValueError(f"augmentation must be 'paper' or 'light', got {strength!r}")
+    return v2.Compose([*geometry, v2.ToDtype(torch.float32, scale=True), v2.Normalize(FUNDUS_MEAN, FUNDUS_STD)])
 
 
 class PatchPairDataset(Dataset[tuple[Tensor, Tensor, int]]):
@@ -167,16 +180,25 @@ class PatchPairDataset(Dataset[tuple[Tensor, Tensor, int]]):
         patch_size: Window side.
         seed: Seed of the window draws (mixed with the epoch and the index).
         binary_levels: Use lesion/healthy ids instead of the four levels.
+        augmentation: ``"paper"`` or ``"light"`` (see :func:`patch_augmentation`).
     """
 
-    def __init__(self, data: FundusImages, patch_size: int, seed: int, *, binary_levels: bool = False) -> None:
+    def __init__(
+        self,
+        data: FundusImages,
+        patch_size: int,
+        seed: int,
+        *,
+        binary_levels: bool = False,
+        augmentation: str = "paper",
+    ) -> None:
         self.data = data
         four = split_levels(data.grade, data.quality, "eyeq")
         self.levels = (four >= 2).long() if binary_levels else four
         self.lesion = LesionPatchSampler(patch_size)
         self.random = RandomPatchSampler(patch_size)
         self.patch_size = patch_size
-        self.augment = patch_augmentation(patch_size)
+        self.augment = patch_augmentation(patch_size, augmentation)
         self.seed = seed
         self.epoch = 0
 

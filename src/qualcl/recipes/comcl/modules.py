@@ -30,7 +30,7 @@ class ContrastivePretraining(L.LightningModule):
         head: Projection head.
         loss: The multi-level loss, or ``None`` for SimCLR's NT-Xent on the two views.
         temperature: ``tau`` of NT-Xent (the multi-level loss carries its own).
-        lr: Adam learning rate.
+        lr: AdamW learning rate.
         weight_decay: Weight decay ``r(w)``.
         max_steps: Steps of the cosine learning-rate decay.
     """
@@ -88,8 +88,8 @@ class ContrastivePretraining(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> Any:
-        """Adam (the paper's optimiser) with cosine decay over ``max_steps``."""
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        """AdamW (the paper's Adam, with decoupled weight decay as r(w)) and cosine decay over ``max_steps``."""
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.max_steps, 1))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
@@ -100,7 +100,7 @@ class GradingFineTuning(L.LightningModule):
     Args:
         encoder: Image encoder (pre-trained or not).
         num_classes: Number of grades.
-        lr: Adam learning rate.
+        lr: AdamW learning rate.
         weight_decay: Weight decay.
         epochs: Epochs of the cosine learning-rate decay.
     """
@@ -160,7 +160,7 @@ class GradingFineTuning(L.LightningModule):
         )
 
     def configure_optimizers(self) -> Any:
-        """Adam with cosine decay over the epochs."""
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        """AdamW with cosine decay over the epochs."""
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.epochs, 1))
         return {"optimizer": optimizer, "lr_scheduler": schedule}

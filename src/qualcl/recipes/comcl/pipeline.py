@@ -92,7 +92,7 @@ def _pretrain(config: ComclConfig, run: RunFolder, train: FundusImages, callback
         run.load_weights(encoder, "pretrain_encoder")
         return encoder
     binary = all(name in BINARY_LEVELS for pair in cfg.pairs for name in pair)
-    dataset = PatchPairDataset(train, cfg.patch_size, config.seed, binary_levels=binary)
+    dataset = PatchPairDataset(train, cfg.patch_size, config.seed, binary_levels=binary, augmentation=cfg.augmentation)
     sampler = LevelBalancedBatchSampler(
         dataset.levels,
         cfg.per_level,
