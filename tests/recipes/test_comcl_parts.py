@@ -83,3 +83,29 @@ def test_faster_rcnn_trains_saves_and_loads(tmp_path):
         FasterRCNNDetector.load(tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="no image has a lesion box"):
         train_detector(images[:1], [torch.zeros(0, 4)], [torch.zeros(0, dtype=torch.long)], steps=1, progress=False)
+
+
+def test_detector_recipe_trains_from_synthetic_masks(tmp_path):
+    from qualcl.recipes.comcl import DETECTOR_PRESETS, run_comcl_detector
+    from qualcl.recipes.comcl.detector import FasterRCNNDetector
+
+    metrics = run_comcl_detector(DETECTOR_PRESETS["smoke"], tmp_path / "det")
+    assert metrics["train_images"] + metrics["test_images"] == DETECTOR_PRESETS["smoke"].num_images
+    assert set(metrics["test"]) == {"recall_iou50", "precision_iou50", "boxes_per_image"}
+    detector = FasterRCNNDetector.load(tmp_path / "det" / "weights" / "detector.safetensors")
+    assert detector.classes == ("MA", "HE", "EX", "NV")
+    assert (tmp_path / "det" / "plots" / "detector_loss.png").is_file()
+
+
+def test_detect_boxes_returns_pixel_boxes_per_image(tmp_path):
+    from qualcl.recipes.comcl.detector import detect_boxes
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 255, (2, 3, 64, 64), generator=g, dtype=torch.uint8)
+    detector, _ = train_detector(
+        images, [torch.tensor([[8.0, 8.0, 16.0, 16.0]])] * 2, [torch.tensor([1])] * 2, steps=1, progress=False
+    )
+    path = detector.save(tmp_path / "d.safetensors")
+    boxes = detect_boxes(path, images, min_score=0.0)
+    assert len(boxes) == 2
+    assert all(b.dtype == torch.long and b.ndim == 2 and b.shape[1] == 4 for b in boxes)
