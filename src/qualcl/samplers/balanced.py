@@ -21,7 +21,8 @@ class LevelBalancedBatchSampler(Sampler[list[int]]):
     into a batch, so a batch is ``[level 0 rows..., level 1 rows..., ...]`` and no index repeats
     within an epoch. There are ``min_level_count // per_level`` batches (``drop_last``); with
     ``replacement=True`` smaller levels are re-shuffled and repeated up to the largest level's
-    count. Batch ``j`` goes to rank ``j % num_replicas``, truncated so every rank has as many.
+    count (at least one batch, repeating rows when even the largest level is smaller than
+    ``per_level``). Batch ``j`` goes to rank ``j % num_replicas``, truncated so every rank has as many.
     Call :meth:`set_epoch` each epoch.
 
     Args:
@@ -90,8 +91,9 @@ class LevelBalancedBatchSampler(Sampler[list[int]]):
 
     def _global_batch_count(self) -> int:
         sizes = [m.numel() for m in self.indices]
-        rows = max(sizes) if self.replacement else min(sizes)
-        return rows // self.per_level
+        if self.replacement:
+            return max(1, max(sizes) // self.per_level)
+        return min(sizes) // self.per_level
 
     def __len__(self) -> int:
         return self._global_batch_count() // self.num_replicas
