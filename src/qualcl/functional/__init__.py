@@ -6,6 +6,7 @@ from qualcl.functional.multi_level import (
     MinerOutput,
     MultiLevelResult,
     NegativeMiner,
+    PairLoss,
     multi_level_info_nce,
 )
 from qualcl.functional.reduction import weighted_reduce
@@ -14,6 +15,7 @@ __all__ = [
     "MinerOutput",
     "MultiLevelResult",
     "NegativeMiner",
+    "PairLoss",
     "batch_entropy",
     "focal_loss",
     "info_nce",

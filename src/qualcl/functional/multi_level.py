@@ -17,6 +17,7 @@ __all__ = [
     "MinerOutput",
     "MultiLevelResult",
     "NegativeMiner",
+    "PairLoss",
     "multi_level_info_nce",
     "validate_levels",
 ]
@@ -50,6 +51,20 @@ class NegativeMiner(Protocol):
         self, positive_sim: Tensor, negative_sim: Tensor, *, temperature: float, step: int | None
     ) -> MinerOutput:
         """Return the kept negatives and the anchor weights for one block."""
+        ...
+
+
+@runtime_checkable
+class PairLoss(Protocol):
+    """Computes one level pair's mean InfoNCE from its embeddings (e.g. a fused kernel).
+
+    Called with L2-normalised ``anchors`` (``(b, D)``), their ``positives`` (``(b, D)``) and the
+    pair's ``negatives`` (``(M, D)``), all in the compute dtype, and the temperature; returns the
+    scalar mean over anchors of ``-log(e^{a.p/tau} / (e^{a.p/tau} + sum_k e^{a.n_k/tau}))``.
+    """
+
+    def __call__(self, anchors: Tensor, positives: Tensor, negatives: Tensor, *, temperature: float) -> Tensor:
+        """Return the pair's mean loss."""
         ...
 
 
@@ -98,6 +113,7 @@ def multi_level_info_nce(
     miner: NegativeMiner | None = None,
     step: int | None = None,
     pair_names: Sequence[str] | None = None,
+    pair_loss: PairLoss | None = None,
 ) -> MultiLevelResult:
     r"""Sum of InfoNCE losses over ordered level pairs, negatives drawn only from the paired level.
 
@@ -124,6 +140,9 @@ def multi_level_info_nce(
         miner: Optional :class:`NegativeMiner` (self-paced hard-negative mining).
         step: Training step passed to the miner.
         pair_names: Names used as keys (default ``"m/n"`` with ids).
+        pair_loss: Optional :class:`PairLoss` that computes each pair's loss instead of the dense
+            logits here (``MultiLevelInfoNCE`` passes the fused kernel). Not used with a ``miner``,
+            which needs the dense similarity block.
 
     Returns:
         A :class:`MultiLevelResult`.
@@ -167,6 +186,8 @@ def multi_level_info_nce(
         negatives = z2[rows_k] if negatives_from == "view2" else torch.cat([z1[rows_k], z2[rows_k]])
         if anchors.shape[0] == 0 or negatives.shape[0] == 0:
             loss = anchor_zero
+        elif pair_loss is not None and miner is None:
+            loss = pair_loss(anchors, positives, negatives, temperature=tau)
         else:
             positive_sim = (anchors * positives).sum(dim=1)
             negative_sim = anchors @ negatives.T

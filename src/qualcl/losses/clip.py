@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qualcl import kernels
 from qualcl._validation import check_embeddings, check_finite, check_positive
 from qualcl.distributed import gather_no_grad, gather_with_grad, is_distributed
 from qualcl.functional.info_nce import compute_dtype
@@ -59,6 +60,10 @@ class ClipLoss(nn.Module):
         max_logit_scale: Clamp for the learnt scale (CLIP: 100).
         normalize: L2-normalise the features inside.
         gather_distributed: Gather across processes.
+        impl: ``"naive"`` (dense logits and ``F.cross_entropy``, open_clip's computation),
+            ``"torch"`` / ``"triton"`` (each direction through the fused
+            :func:`qualcl.kernels.info_nce`: no ``B × B`` logits), or ``"auto"`` (default: dense up
+            to ``qualcl.kernels.DENSE_LIMIT`` logits, fused beyond).
 
     Shape:
         - image_features, text_features: ``(N, D)``; labels: ``(N,)`` integer.
@@ -86,8 +91,10 @@ class ClipLoss(nn.Module):
         max_logit_scale: float = 100.0,
         normalize: bool = True,
         gather_distributed: bool = False,
+        impl: str = "auto",
     ) -> None:
         super().__init__()
+        self.impl = kernels.check_impl(impl)
         check_positive("init_logit_scale", init_logit_scale)
         self.max_logit_scale = check_positive("max_logit_scale", max_logit_scale)
         log_scale = torch.tensor(math.log(init_logit_scale))
@@ -103,7 +110,7 @@ class ClipLoss(nn.Module):
         """Constructor arguments shown in ``repr``."""
         return (
             f"learnable_logit_scale={self.learnable_logit_scale}, normalize={self.normalize}, "
-            f"gather_distributed={self.gather_distributed}"
+            f"gather_distributed={self.gather_distributed}, impl={self.impl!r}"
         )
 
     def current_logit_scale(self) -> Tensor:
@@ -165,20 +172,71 @@ class ClipLoss(nn.Module):
             all_txt, _ = gather_with_grad(txt)
             all_labels = None if labels is None else gather_no_grad(labels)
 
+        if kernels.prefers_dense(self.impl, n, all_txt.shape[0]):
+            i2t, t2i = self._dense(img, txt, all_img, all_txt, scale, labels, all_labels, offset, distributed)
+        else:
+            i2t, t2i = (
+                self._fused(a, b, scale, labels, all_labels, offset, distributed)
+                for a, b in ((img, all_txt), (txt, all_img))
+            )
+        loss = (i2t + t2i) / 2
+        if output_dict:
+            used_scale = scale.detach() if isinstance(scale, Tensor) else torch.tensor(scale)
+            return {"loss": loss, "image_to_text": i2t, "text_to_image": t2i, "logit_scale": used_scale}
+        return loss
+
+    def _dense(
+        self,
+        img: Tensor,
+        txt: Tensor,
+        all_img: Tensor,
+        all_txt: Tensor,
+        scale: Tensor | float,
+        labels: Tensor | None,
+        all_labels: Tensor | None,
+        offset: int,
+        distributed: bool,
+    ) -> tuple[Tensor, Tensor]:
+        """Both directions from dense logits (open_clip's computation)."""
+        n = img.shape[0]
         logits_per_image = scale * img @ all_txt.T
         logits_per_text = scale * txt @ all_img.T
-        target = _targets(labels, all_labels, n, offset, img.device, dtype)
+        target = _targets(labels, all_labels, n, offset, img.device, img.dtype)
         if distributed:
             i2t = reduce_across_ranks(F.cross_entropy(logits_per_image, target, reduction="none"), None, "mean")
             t2i = reduce_across_ranks(F.cross_entropy(logits_per_text, target, reduction="none"), None, "mean")
         else:
             i2t = F.cross_entropy(logits_per_image, target)
             t2i = F.cross_entropy(logits_per_text, target)
-        loss = (i2t + t2i) / 2
-        if output_dict:
-            used_scale = scale.detach() if isinstance(scale, Tensor) else torch.tensor(scale)
-            return {"loss": loss, "image_to_text": i2t, "text_to_image": t2i, "logit_scale": used_scale}
-        return loss
+        return i2t, t2i
+
+    def _fused(
+        self,
+        rows: Tensor,
+        columns: Tensor,
+        scale: Tensor | float,
+        labels: Tensor | None,
+        all_labels: Tensor | None,
+        offset: int,
+        distributed: bool,
+    ) -> Tensor:
+        """One direction (rows against gathered columns) through :func:`qualcl.kernels.info_nce`."""
+        n = rows.shape[0]
+        with_labels = labels is not None and all_labels is not None
+        loss = kernels.info_nce(
+            scale * rows,  # open_clip's (scale * features) @ others.T, with the scale's gradient
+            columns,
+            positive_index=None if with_labels else torch.arange(n, device=rows.device) + offset,
+            labels=labels if with_labels else None,
+            candidate_labels=all_labels if with_labels else None,
+            temperature=1.0,
+            normalize=False,
+            reduction="sum" if distributed else "mean",
+            impl=self.impl,
+        )
+        if not distributed:
+            return loss
+        return reduce_across_ranks(loss.reshape(1), rows.new_ones(n), "mean")
 
     def _resolve_scale(self, logit_scale: Tensor | float | None) -> Tensor | float:
         if logit_scale is None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from qualcl import kernels
 from qualcl._validation import check_embeddings, check_mask, check_positive, check_reduction
-from qualcl.distributed import gather_with_grad, is_distributed
+from qualcl.distributed import gather_with_grad, is_distributed, world_size
 from qualcl.functional import info_nce
 from qualcl.losses._distributed import reduce_across_ranks
 
@@ -30,10 +31,17 @@ class InfoNCE(nn.Module):
     DDP's gradient averaging gives exactly the gradients of one process on the concatenated batch
     (see :func:`qualcl.losses._distributed.reduce_across_ranks`).
 
+    ``impl`` picks the computation: ``"naive"`` builds the ``(N, M)`` logits
+    (:func:`qualcl.functional.info_nce`); ``"torch"`` / ``"triton"`` use the fused kernel
+    :func:`qualcl.kernels.info_nce` (streaming, memory O((N + M)·D)); ``"auto"`` (default) keeps the
+    dense path up to ``qualcl.kernels.DENSE_LIMIT`` logits and uses the kernel (Triton on CUDA)
+    beyond. All give the same loss and gradients up to float rounding.
+
     Args:
         temperature: ``tau > 0``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         gather_distributed: Gather candidates across processes.
+        impl: ``"auto"``, ``"naive"``, ``"torch"`` or ``"triton"``.
 
     Shape:
         - query, positive: ``(N, D)``; negatives: ``(M, D)``; negative_mask: ``(N, M)`` bool;
@@ -54,17 +62,24 @@ class InfoNCE(nn.Module):
         Oord et al., "Representation Learning with Contrastive Predictive Coding", 2018.
     """
 
-    def __init__(self, temperature: float = 0.07, reduction: str = "mean", gather_distributed: bool = False) -> None:
+    def __init__(
+        self,
+        temperature: float = 0.07,
+        reduction: str = "mean",
+        gather_distributed: bool = False,
+        impl: str = "auto",
+    ) -> None:
         super().__init__()
         self.temperature = check_positive("temperature", temperature)
         self.reduction = check_reduction(reduction)
         self.gather_distributed = bool(gather_distributed)
+        self.impl = kernels.check_impl(impl)
 
     def extra_repr(self) -> str:
         """Constructor arguments shown in ``repr``."""
         return (
             f"temperature={self.temperature}, reduction={self.reduction!r}, "
-            f"gather_distributed={self.gather_distributed}"
+            f"gather_distributed={self.gather_distributed}, impl={self.impl!r}"
         )
 
     def forward(
@@ -78,7 +93,12 @@ class InfoNCE(nn.Module):
         weights: Tensor | None = None,
     ) -> Tensor:
         """Compute the loss; see the class docstring for shapes."""
-        if not (self.gather_distributed and is_distributed()):
+        distributed = self.gather_distributed and is_distributed()
+        n = query.shape[0] if isinstance(query, Tensor) and query.ndim else 0
+        m = n if not isinstance(negatives, Tensor) or not negatives.ndim else negatives.shape[0]
+        if not kernels.prefers_dense(self.impl, n, m * (world_size() if distributed else 1)):
+            return self._fused(query, positive, negatives, negative_mask, top_k, weights, distributed)
+        if not distributed:
             return info_nce(
                 query,
                 positive,
@@ -115,3 +135,43 @@ class InfoNCE(nn.Module):
             reduction="none",
         )
         return reduce_across_ranks(losses, weights, self.reduction)
+
+    def _fused(
+        self,
+        query: Tensor,
+        positive: Tensor,
+        negatives: Tensor | None,
+        negative_mask: Tensor | None,
+        top_k: int | None,
+        weights: Tensor | None,
+        distributed: bool,
+    ) -> Tensor:
+        """The same loss through :func:`qualcl.kernels.info_nce` (no ``(N, M)`` logits)."""
+        check_embeddings("query", query)
+        check_embeddings("positive", positive, dim=query.shape[1])
+        n = query.shape[0]
+        offset = 0
+        if negatives is None:
+            candidates, offset = gather_with_grad(positive) if distributed else (positive, 0)
+        else:
+            check_embeddings("negatives", negatives, dim=query.shape[1])
+            candidates = gather_with_grad(negatives)[0] if distributed else negatives
+        local_reduction = "none" if self.reduction == "none" else ("sum" if distributed else self.reduction)
+        loss = kernels.info_nce(
+            query,
+            candidates,
+            positive=None if negatives is None else positive,
+            positive_index=torch.arange(n, device=query.device) + offset if negatives is None else None,
+            negative_mask=negative_mask,
+            temperature=self.temperature,
+            top_k=top_k,
+            weights=weights,
+            reduction=local_reduction,
+            impl=self.impl,
+        )
+        if not distributed or self.reduction == "none":
+            return loss
+        # reduce_across_ranks on one "row" holding the local weighted sum: the global denominator
+        # is the all-reduced sum of the weights (of ones without weights, i.e. the global N)
+        ones = weights if weights is not None else query.new_ones(n)
+        return reduce_across_ranks(loss.reshape(1), ones, self.reduction)

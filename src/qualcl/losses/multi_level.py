@@ -7,8 +7,9 @@ from typing import Literal, overload
 
 from torch import Tensor, nn
 
+from qualcl import kernels
 from qualcl._validation import check_embeddings, check_positive
-from qualcl.functional import NegativeMiner, multi_level_info_nce
+from qualcl.functional import NegativeMiner, PairLoss, multi_level_info_nce
 from qualcl.functional.multi_level import NEGATIVE_SOURCES, validate_levels
 
 __all__ = ["MultiLevelInfoNCE"]
@@ -42,6 +43,11 @@ class MultiLevelInfoNCE(nn.Module):
         miner: Optional :class:`qualcl.functional.NegativeMiner` restricting negatives and weighting
             anchors from the detached similarity block and the step (CoMCL's self-paced
             hard-negative miner). An ``nn.Module`` miner is registered as a submodule.
+        impl: ``"auto"`` (default), ``"naive"``, ``"torch"`` or ``"triton"``: ``"naive"`` builds each
+            pair's dense similarity block, ``"torch"`` / ``"triton"`` run each pair through the fused
+            :func:`qualcl.kernels.info_nce`, ``"auto"`` is dense up to ``qualcl.kernels.DENSE_LIMIT``
+            logits (N × N) and fused beyond. With a ``miner`` the dense path is always used: the
+            miner's hook receives the dense similarity block.
 
     Shape:
         - view1, view2: ``(N, D)``; levels: ``(N,)`` integer ids into ``level_names``.
@@ -74,8 +80,10 @@ class MultiLevelInfoNCE(nn.Module):
         pair_weights: Sequence[float] | None = None,
         negatives_from: str = "view2",
         miner: NegativeMiner | None = None,
+        impl: str = "auto",
     ) -> None:
         super().__init__()
+        self.impl = kernels.check_impl(impl)
         self.level_names = tuple(str(name) for name in level_names)
         if len(set(self.level_names)) != len(self.level_names):
             raise ValueError(f"level_names must be unique, got {self.level_names}")
@@ -117,7 +125,13 @@ class MultiLevelInfoNCE(nn.Module):
         """Constructor arguments shown in ``repr``."""
         return (
             f"pairs={self.pairs}, level_names={self.level_names}, temperature={self.temperature}, "
-            f"pair_weights={self.pair_weights}, negatives_from={self.negatives_from!r}"
+            f"pair_weights={self.pair_weights}, negatives_from={self.negatives_from!r}, impl={self.impl!r}"
+        )
+
+    def _pair_loss(self, anchors: Tensor, positives: Tensor, negatives: Tensor, *, temperature: float) -> Tensor:
+        """One pair's mean loss through the fused kernel (inputs are already normalised)."""
+        return kernels.info_nce(
+            anchors, negatives, positive=positives, temperature=temperature, normalize=False, impl=self.impl
         )
 
     @overload
@@ -153,7 +167,12 @@ class MultiLevelInfoNCE(nn.Module):
     ) -> Tensor | dict[str, object]:
         """Compute the loss; see the class docstring for shapes and the dict layout."""
         check_embeddings("view1", view1)
-        validate_levels(levels, view1.shape[0], self.level_names)
+        n = view1.shape[0]
+        validate_levels(levels, n, self.level_names)
+        candidates = 2 * n if self.negatives_from == "both" else n
+        fused: PairLoss | None = None
+        if self.miner is None and not kernels.prefers_dense(self.impl, n, candidates):
+            fused = self._pair_loss
         result = multi_level_info_nce(
             view1,
             view2,
@@ -165,6 +184,7 @@ class MultiLevelInfoNCE(nn.Module):
             miner=self.miner,
             step=step,
             pair_names=self._pair_names,
+            pair_loss=fused,
         )
         if not output_dict:
             return result.loss

@@ -1,0 +1,178 @@
+"""Compact descriptions of which candidate columns a row uses, and their evaluation on one block.
+
+A dense ``(N, M)`` bool mask costs as much memory as the similarity matrix the kernels avoid, so the
+kernels describe columns with per-row and per-column vectors (``(N,)`` indices, ``(N,)`` / ``(M,)``
+labels) and accept dense masks only as a fallback. The Triton kernels evaluate the same rules tile
+by tile; :func:`drop_block_` and :func:`positive_block` are the torch versions for one block.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DROP_DIFFERENT",
+    "DROP_SAME",
+    "KEEP_ALL_LABELS",
+    "CandidateFilter",
+    "ColumnSpec",
+    "check_index",
+    "check_labels",
+    "drop_block_",
+    "fill_index_",
+    "local_index",
+    "positive_block",
+]
+
+KEEP_ALL_LABELS, DROP_SAME, DROP_DIFFERENT = 0, 1, 2
+
+
+class ColumnSpec(NamedTuple):
+    """Positives and negatives of each row of an InfoNCE over ``(N, M)`` query × candidate pairs.
+
+    Column ``j`` is a positive of row ``i`` when ``j == positive_index[i]``, or
+    ``labels[i] == candidate_labels[j]``, or ``positive_mask[i, j]``, unless
+    ``j == exclude_index[i]``. Every other column that is not excluded and that ``negative_mask``
+    keeps (all, when it is ``None``) is a negative. Index entries ``-1`` mean "none".
+
+    Attributes:
+        positive_index: ``(N,)`` int64 or ``None``.
+        labels: ``(N,)`` int64 or ``None`` (set together with ``candidate_labels``).
+        candidate_labels: ``(M,)`` int64 or ``None``.
+        positive_mask: ``(N, M)`` bool or ``None``.
+        exclude_index: ``(N,)`` int64 or ``None``.
+        negative_mask: ``(N, M)`` bool, True = negative kept, or ``None``.
+    """
+
+    positive_index: Tensor | None
+    labels: Tensor | None
+    candidate_labels: Tensor | None
+    positive_mask: Tensor | None
+    exclude_index: Tensor | None
+    negative_mask: Tensor | None
+
+    def negatives(self) -> CandidateFilter:
+        """The filter that leaves exactly the negatives of each row (used to rank them for ``top_k``)."""
+        return CandidateFilter(
+            drop_index=self.positive_index,
+            exclude_index=self.exclude_index,
+            labels=self.labels,
+            candidate_labels=self.candidate_labels,
+            label_mode=KEEP_ALL_LABELS if self.labels is None else DROP_SAME,
+            drop_mask=self.positive_mask,
+            keep_mask=self.negative_mask,
+        )
+
+
+class CandidateFilter(NamedTuple):
+    """Which columns a row may select (top-K): everything not dropped by one of the rules.
+
+    Attributes:
+        drop_index: ``(N,)`` int64, column dropped from row ``i`` (``-1`` none), or ``None``.
+        exclude_index: ``(N,)`` int64, a second such column (e.g. the row itself), or ``None``.
+        labels: ``(N,)`` int64 or ``None``.
+        candidate_labels: ``(M,)`` int64 or ``None``.
+        label_mode: ``KEEP_ALL_LABELS``, ``DROP_SAME`` (keep other labels) or ``DROP_DIFFERENT``.
+        drop_mask: ``(N, M)`` bool, True = dropped, or ``None``.
+        keep_mask: ``(N, M)`` bool, False = dropped, or ``None``.
+    """
+
+    drop_index: Tensor | None
+    exclude_index: Tensor | None
+    labels: Tensor | None
+    candidate_labels: Tensor | None
+    label_mode: int
+    drop_mask: Tensor | None
+    keep_mask: Tensor | None
+
+
+def check_index(name: str, index: Tensor, n: int, m: int, device: torch.device) -> Tensor:
+    """Check an ``(n,)`` integer column-index vector with entries in ``[-1, m)``; return it as int64."""
+    if not isinstance(index, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(index).__name__}")
+    if index.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) (one column per query row), got {tuple(index.shape)}")
+    if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got dtype {index.dtype}")
+    if index.device != device:
+        raise ValueError(f"{name} must be on {device} like query, got {index.device}")
+    if n and (bool((index < -1).any()) or bool((index >= m).any())):
+        raise ValueError(
+            f"{name} entries must lie in [-1, M={m}) (-1 = none), got min {int(index.min())}, max {int(index.max())}"
+        )
+    return index.long()
+
+
+def check_labels(name: str, labels: Tensor, n: int, device: torch.device) -> Tensor:
+    """Check an ``(n,)`` integer label vector; return it as int64."""
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got dtype {labels.dtype}")
+    if labels.device != device:
+        raise ValueError(f"{name} must be on {device} like query, got {labels.device}")
+    return labels.long()
+
+
+def local_index(index: Tensor | None, r0: int, r1: int, c0: int, c1: int) -> Tensor | None:
+    """Rows ``r0:r1`` of a column-index vector, shifted into block ``c0:c1`` (``-1`` outside it)."""
+    if index is None:
+        return None
+    local = index[r0:r1] - c0
+    return local.where((local >= 0) & (local < c1 - c0), local.new_full((), -1))
+
+
+def fill_index_(block: Tensor, local: Tensor | None, value: float | bool) -> None:
+    """Set ``block[i, local[i]] = value`` for the rows with ``local[i] >= 0``."""
+    if local is None:
+        return
+    idx = local.clamp(min=0)[:, None]
+    current = block.gather(1, idx)
+    block.scatter_(1, idx, torch.where((local >= 0)[:, None], torch.full_like(current, value), current))
+
+
+def drop_block_(scores: Tensor, filt: CandidateFilter, r0: int, c0: int) -> None:
+    """Set the dropped entries of the ``(R, C)`` block at rows ``r0:``, columns ``c0:`` to ``-inf``."""
+    r1, c1 = r0 + scores.shape[0], c0 + scores.shape[1]
+    drop: Tensor | None = None
+    if filt.label_mode != KEEP_ALL_LABELS and filt.labels is not None and filt.candidate_labels is not None:
+        same = filt.labels[r0:r1, None] == filt.candidate_labels[None, c0:c1]
+        drop = same if filt.label_mode == DROP_SAME else ~same
+    if filt.drop_mask is not None:
+        block = filt.drop_mask[r0:r1, c0:c1]
+        drop = block if drop is None else drop | block
+    if filt.keep_mask is not None:
+        block = ~filt.keep_mask[r0:r1, c0:c1]
+        drop = block if drop is None else drop | block
+    if drop is not None:
+        scores.masked_fill_(drop, float("-inf"))
+    fill_index_(scores, local_index(filt.drop_index, r0, r1, c0, c1), float("-inf"))
+    fill_index_(scores, local_index(filt.exclude_index, r0, r1, c0, c1), float("-inf"))
+
+
+def positive_block(spec: ColumnSpec, r0: int, r1: int, c0: int, c1: int) -> tuple[Tensor | None, Tensor | None]:
+    """Positives of the block: ``(local column (R,), None)`` for index-only specs, else ``(None, (R, C) bool)``.
+
+    The excluded column is never a positive. Exactly one of the two results is set when the block
+    can hold positives; both are ``None`` when the spec has no positive columns at all.
+    """
+    dense: Tensor | None = None
+    if spec.labels is not None and spec.candidate_labels is not None:
+        dense = spec.labels[r0:r1, None] == spec.candidate_labels[None, c0:c1]
+    if spec.positive_mask is not None:
+        block = spec.positive_mask[r0:r1, c0:c1]
+        dense = block.clone() if dense is None else dense | block
+    index = local_index(spec.positive_index, r0, r1, c0, c1)
+    exclude = local_index(spec.exclude_index, r0, r1, c0, c1)
+    if dense is None:
+        if index is not None and exclude is not None:
+            index = index.where(index != exclude, index.new_full((), -1))
+        return index, None
+    fill_index_(dense, index, True)
+    fill_index_(dense, exclude, False)
+    return None, dense

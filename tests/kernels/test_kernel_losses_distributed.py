@@ -1,0 +1,92 @@
+"""With ``impl="torch"`` the gathered losses still reproduce one process on the concatenated batch."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from qualcl.losses import ClipLoss, InfoNCE
+
+pytestmark = pytest.mark.distributed
+WORLD, SIZES, D = 2, [3, 5], 6
+
+
+def _global(seed: int) -> torch.Tensor:
+    return torch.randn(sum(SIZES), D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _local(x: torch.Tensor) -> torch.Tensor:
+    start = sum(SIZES[: dist.get_rank()])
+    return x[start : start + SIZES[dist.get_rank()]]
+
+
+def _cases() -> dict[str, tuple]:
+    labels = torch.tensor([0, 1, 1, 2, 0, 2, 1, 0])
+    weights = torch.linspace(0.1, 2.0, sum(SIZES), dtype=torch.float64)
+    return {
+        "info_nce_in_batch": (lambda g: InfoNCE(0.2, gather_distributed=g, impl="torch"), 2, lambda l, t, s: l(*t)),
+        "info_nce_top_k_weights": (
+            lambda g: InfoNCE(0.2, gather_distributed=g, impl="torch"),
+            3,
+            lambda l, t, s: l(*t, top_k=4, weights=s(weights)),
+        ),
+        "info_nce_sum": (
+            lambda g: InfoNCE(0.2, reduction="sum", gather_distributed=g, impl="torch"),
+            2,
+            lambda l, t, s: l(*t),
+        ),
+        "clip": (lambda g: ClipLoss(4.0, gather_distributed=g, impl="torch"), 2, lambda l, t, s: l(*t)),
+        "clip_labels": (
+            lambda g: ClipLoss(4.0, gather_distributed=g, impl="torch"),
+            2,
+            lambda l, t, s: l(*t, labels=s(labels)),
+        ),
+    }
+
+
+def _run_case(build, n_inputs, call) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    tensors = [_global(10 * n_inputs + i) for i in range(n_inputs)]
+    local = [_local(t).clone().requires_grad_() for t in tensors]
+    loss = call(build(True), local, _local)
+    loss.backward()
+    full = [t.clone().requires_grad_() for t in tensors]
+    single = call(build(False), full, lambda x: x)
+    single.backward()
+    mean = loss.detach().clone()
+    dist.all_reduce(mean)
+    pairs = [(mean / WORLD, single.detach())]
+    pairs += [(lt.grad / WORLD, _local(ft.grad)) for lt, ft in zip(local, full, strict=True)]
+    return pairs
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        results = {name: _run_case(*case) for name, case in _cases().items()}
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gloo_kernels")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_worker, args=(port, str(out)), nprocs=WORLD, join=True)
+    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+
+
+@pytest.mark.parametrize("case", list(_cases()))
+def test_fused_losses_two_processes_equal_one_process(results, case):
+    for per_rank in results:
+        for got, want in per_rank[case]:
+            torch.testing.assert_close(got, want)

@@ -1,0 +1,140 @@
+import kernel_reference as ref
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from qualcl.kernels import topk_similarity
+
+
+def _ints(seed: int, *shape: int) -> torch.Tensor:
+    """Small-integer embeddings: dot products are exact in float32, so ties are exact on every path."""
+    return torch.randint(-2, 3, shape, generator=torch.Generator().manual_seed(seed)).float()
+
+
+def _keep(n, m, mask, labels, candidate_labels, relation, exclude):
+    keep = torch.ones(n, m, dtype=torch.bool) if mask is None else mask.clone()
+    if labels is not None:
+        same = labels[:, None] == candidate_labels[None, :]
+        keep &= ~same if relation == "different" else same
+    if exclude is not None:
+        for i, j in enumerate(exclude.tolist()):
+            if j >= 0:
+                keep[i, j] = False
+    return keep
+
+
+sizes = st.tuples(st.integers(1, 8), st.integers(1, 12), st.integers(1, 4), st.integers(0, 2**31 - 1))
+
+
+@given(sizes, st.booleans(), st.booleans(), st.sampled_from(["different", "same"]), st.booleans(), st.data())
+def test_streaming_matches_loop_reference_exactly_with_ties(size, use_mask, use_labels, relation, largest, data):
+    n, m, d, seed = size
+    q, c = _ints(seed, n, d), _ints(seed + 1, m, d)
+    g = torch.Generator().manual_seed(seed + 2)
+    mask = torch.rand(n, m, generator=g) > 0.3 if use_mask else None
+    labels = torch.randint(0, 3, (n,), generator=g) if use_labels else None
+    column_labels = torch.randint(0, 3, (m,), generator=g) if use_labels else None
+    exclude = torch.randint(-1, m, (n,), generator=g) if data.draw(st.booleans()) else None
+    k = data.draw(st.integers(1, m))
+    chunk, column_chunk = data.draw(st.none() | st.integers(1, n + 1)), data.draw(st.none() | st.integers(1, m + 1))
+    keep = _keep(n, m, mask, labels, column_labels, relation, exclude)
+    want_values, want_indices = ref.topk(q, c, k, keep=keep, largest=largest, normalize=False)
+    for impl, extra in (("naive", {}), ("torch", {"chunk_size": chunk, "column_chunk_size": column_chunk})):
+        values, indices = topk_similarity(
+            q, c, k, mask, labels=labels, candidate_labels=column_labels, label_relation=relation,
+            exclude_index=exclude, largest=largest, normalize=False, impl=impl, **extra,
+        )  # fmt: skip
+        assert indices.tolist() == want_indices, impl
+        assert values.tolist() == want_values, impl
+
+
+@given(st.integers(1, 40), st.integers(1, 60), st.integers(2, 16), st.integers(0, 2**31 - 1), st.data())
+def test_values_equal_torch_topk_and_indices_are_a_valid_top_k(n, m, d, seed, data):
+    g = torch.Generator().manual_seed(seed)
+    q, c = torch.randn(n, d, generator=g), torch.randn(m, d, generator=g)
+    k = data.draw(st.integers(1, m))
+    values, indices = topk_similarity(q, c, k, chunk_size=data.draw(st.integers(1, n)), impl="torch")
+    full = F.normalize(q, dim=1) @ F.normalize(c, dim=1).T
+    torch.testing.assert_close(values, torch.topk(full, k).values)
+    torch.testing.assert_close(full.gather(1, indices), values)
+    assert all(len(set(row)) == k for row in indices.tolist())  # recall@k = 1 up to ties
+
+
+def test_all_masked_rows_are_padded_and_k_equal_to_m():
+    q, c = _ints(0, 3, 4), _ints(1, 5, 4)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[1] = False
+    mask[2, 3:] = False
+    for impl in ("torch", "naive"):
+        values, indices = topk_similarity(q, c, 5, mask, normalize=False, impl=impl)
+        assert indices[1].tolist() == [-1] * 5 and torch.isinf(values[1]).all() and (values[1] < 0).all()
+        assert indices[2, 3:].tolist() == [-1, -1] and sorted(indices[2, :3].tolist()) == [0, 1, 2]
+        assert sorted(indices[0].tolist()) == [0, 1, 2, 3, 4]
+        values, _ = topk_similarity(q, c, 2, mask, largest=False, normalize=False, impl=impl)
+        assert (values[1] == float("inf")).all()
+
+
+def test_ties_prefer_lower_columns_and_come_in_column_order():
+    q = torch.tensor([[1.0, 0.0]])
+    c = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.5, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    for impl in ("torch", "naive"):
+        values, indices = topk_similarity(q, c, 2, normalize=False, impl=impl, column_chunk_size=2)
+        assert indices.tolist() == [[1, 3]] and values.tolist() == [[1.0, 1.0]]
+
+
+def test_cosine_is_scale_invariant_and_half_inputs_give_float32():
+    q, c = torch.randn(6, 8), torch.randn(20, 8)
+    a = topk_similarity(q, c, 4)
+    b = topk_similarity(q * 3.0, c * 0.5, 4)
+    torch.testing.assert_close(a[0], b[0])
+    assert torch.equal(a[1], b[1])
+    values, _ = topk_similarity(q.half(), c.half(), 4)
+    assert values.dtype == torch.float32
+
+
+def test_selection_carries_no_gradient():
+    q = torch.randn(4, 3, requires_grad=True)
+    values, _ = topk_similarity(q, torch.randn(6, 3), 2)
+    assert not values.requires_grad
+
+
+def test_opcheck():
+    q, c = F.normalize(torch.randn(5, 4), dim=1), F.normalize(torch.randn(9, 4), dim=1)
+    labels, clabels = torch.tensor([0, 1, 1, 2, 0]), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2])
+    mask = torch.rand(5, 9) > 0.2
+    for args in (
+        (q, c, 3, None, None, None, 0, None, True, "torch", 2, 4),
+        (q, c, 9, mask, labels, clabels, 1, torch.tensor([0, -1, 2, 3, 8]), False, "torch", 5, 9),
+    ):
+        torch.library.opcheck(torch.ops.qualcl.topk_similarity.default, args)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"k": 0}, "k must be"),
+        ({"k": 11}, "k must be"),
+        ({"k": 2.5}, "k must be"),
+        ({"mask": torch.ones(4, 9, dtype=torch.bool)}, "mask"),
+        ({"labels": torch.zeros(4, dtype=torch.long)}, "candidate_labels"),
+        ({"labels": torch.zeros(4), "candidate_labels": torch.zeros(10)}, "labels"),
+        ({"label_relation": "other"}, "label_relation"),
+        ({"exclude_index": torch.full((4,), 10)}, "exclude_index"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"impl": "fast"}, "impl"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, match):
+    q, c = torch.randn(4, 8), torch.randn(10, 8)
+    args = {"k": 3} | kwargs
+    with pytest.raises((ValueError, TypeError), match=match):
+        topk_similarity(q, c, **args)
+
+
+def test_bad_tensors_name_the_argument():
+    with pytest.raises(ValueError, match="candidates"):
+        topk_similarity(torch.randn(4, 8), torch.randn(10, 7), 2)
+    with pytest.raises(ValueError, match="query.*non-finite"):
+        topk_similarity(torch.full((4, 8), float("nan")), torch.randn(10, 8), 2)
