@@ -11,6 +11,7 @@ from torch import Tensor
 
 from qualcl._validation import check_embeddings, check_positive
 from qualcl.functional import MinerOutput, info_nce_from_logits, restrict_top_k
+from qualcl.kernels import topk_similarity
 from qualcl.samplers.schedule import CosineCountSchedule
 
 __all__ = ["MinerStats", "SelfPacedHardNegativeMiner"]
@@ -146,19 +147,23 @@ class SelfPacedHardNegativeMiner:
 
     def _mine_block(self, positive_sim: Tensor, negative_sim: Tensor, tau: float, step: int) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
-            b, total = negative_sim.shape
+            total = negative_sim.shape[1]
             count = self.schedule(step, total)
             keep = restrict_top_k(negative_sim, None, count)
             restricted = info_nce_from_logits(positive_sim / tau, negative_sim / tau, keep)
             selected, threshold = self._select(restricted, count, step)
-            self.last_stats = MinerStats(
-                step=int(step),
-                count=count,
-                total=total,
-                threshold=threshold,
-                selected_fraction=int(selected.sum()) / b if b else 0.0,
-            )
+            self._record(step, count, total, threshold, selected)
         return keep, selected.to(negative_sim.dtype)
+
+    def _record(self, step: int, count: int, total: int, threshold: float, selected: Tensor) -> None:
+        b = selected.numel()
+        self.last_stats = MinerStats(
+            step=int(step),
+            count=count,
+            total=total,
+            threshold=threshold,
+            selected_fraction=int(selected.sum()) / b if b else 0.0,
+        )
 
     def _select(self, losses: Tensor, count: int, step: int) -> tuple[Tensor, float]:
         if self.threshold == "off" or losses.numel() == 0:
@@ -210,7 +215,9 @@ class SelfPacedHardNegativeMiner:
         """pytorch-metric-learning pair tuple for a two-view batch: row ``i``'s positive is ``ref_emb[i]``.
 
         Negatives of anchor ``i`` are the rows ``j != i`` of ``ref_emb``, restricted to its hardest
-        ``K_t``; only selected anchors appear. Pass the result as ``indices_tuple`` to a PML loss
+        ``K_t`` by :func:`qualcl.kernels.topk_similarity` (streaming, no ``N x N`` matrix; exactly
+        ``K_t`` per anchor, ties broken towards the lower column); only selected anchors appear. Pass the
+        result as ``indices_tuple`` to a PML loss
         called with ``ref_emb=ref_emb`` (e.g. ``NTXentLoss``).
 
         Args:
@@ -234,16 +241,14 @@ class SelfPacedHardNegativeMiner:
             return empty, empty, empty, empty
         tau = check_positive("temperature", temperature)
         with torch.no_grad():
-            q = F.normalize(embeddings.detach().float(), dim=1)
-            r = F.normalize(ref_emb.detach().float(), dim=1)
-            similarity = q @ r.T
-            others = ~torch.eye(n, dtype=torch.bool, device=q.device)
-            # the miner sees only the n-1 true negatives of each row
-            negative_sim = similarity[others].view(n, n - 1)
-            keep, weights = self._mine_block(similarity.diagonal(), negative_sim, tau, step)
-            columns = torch.arange(n, device=q.device).expand(n, n)[others].view(n, n - 1)
-            selected = weights > 0
+            q, r = embeddings.detach().float(), ref_emb.detach().float()
+            positive_sim = F.cosine_similarity(q, r, dim=1)
+            count = self.schedule(step, n - 1)
+            own = torch.arange(n, device=q.device)
+            values, indices = topk_similarity(q, r, count, exclude_index=own)
+            restricted = torch.logsumexp(torch.cat([positive_sim[:, None], values], dim=1) / tau, dim=1)
+            restricted = restricted - positive_sim / tau
+            selected, threshold = self._select(restricted, count, step)
+            self._record(step, count, n - 1, threshold, selected)
             a1 = torch.nonzero(selected).flatten()
-            pair_mask = keep & selected[:, None]
-            a2, slot = torch.nonzero(pair_mask, as_tuple=True)
-            return a1, a1.clone(), a2, columns[a2, slot]
+            return a1, a1.clone(), a1.repeat_interleave(count), indices[a1].flatten()
