@@ -91,3 +91,26 @@ def test_cli_runs_the_smoke_preset(smoke, tmp_path, capsys):
     )
     assert status == 0
     assert "qwk" in capsys.readouterr().out
+
+
+def test_eyeq_layout_with_detector_boxes_runs(smoke, tmp_path):
+    """The real-data path: an EyeQ-format folder without boxes, lesion boxes from a trained detector."""
+    from qualcl.recipes.comcl import DETECTOR_PRESETS, run_comcl_detector
+
+    detector_config = dataclasses.replace(
+        DETECTOR_PRESETS["smoke"],
+        data_dir=smoke.data.data_dir,
+        num_images=smoke.data.num_images,
+        image_size=smoke.data.image_size,
+        steps=1,
+    )
+    run_comcl(smoke, tmp_path / "make-data")  # makes sure the shared synthetic folder exists
+    run_comcl_detector(detector_config, tmp_path / "det")
+    weights = tmp_path / "det" / "weights" / "detector.safetensors"
+    config = dataclasses.replace(
+        smoke, data=dataclasses.replace(smoke.data, dataset="eyeq", boxes=str(weights), detector_min_score=0.0)
+    )
+    metrics = run_comcl(config, tmp_path / "eyeq")
+    assert metrics["data"]["train_images"] + metrics["data"]["test_images"] == smoke.data.num_images
+    with pytest.raises(ValueError, match="data.boxes"):
+        run_comcl(dataclasses.replace(smoke, data=dataclasses.replace(smoke.data, dataset="eyeq")), tmp_path / "x")

@@ -33,6 +33,7 @@ class DetectorConfig:
         dataset: ``"synthetic"`` (masks of the generated set) or ``"idrid"`` (IDRiD segmentation layout).
         data_dir: Dataset folder (synthetic: generated there if missing).
         num_images: Synthetic images to generate.
+        lq_ratio: Synthetic low-quality fraction (as CoMCL's ``data.lq_ratio``, so both can share a folder).
         image_size: Side of the images the detector sees.
         architecture: ``"mobilenet_v3"`` or ``"resnet50"``.
         steps: SGD steps.
@@ -47,6 +48,7 @@ class DetectorConfig:
     dataset: str = "synthetic"
     data_dir: str | None = None
     num_images: int = 300
+    lq_ratio: float = 0.336
     image_size: int = 128
     architecture: str = "mobilenet_v3"
     steps: int = 300
@@ -92,6 +94,7 @@ def _dataset(config: DetectorConfig, run: RunFolder) -> tuple[Tensor, list[Tenso
             num_images=config.num_images,
             size=config.image_size,
             seed=config.seed,
+            lq_ratio=config.lq_ratio,
             progress=config.progress,
         )
         classes = SYNTHETIC_CLASSES
