@@ -9,7 +9,7 @@ import argparse
 from collections.abc import Callable
 from typing import NamedTuple
 
-from qualcl.recipes.comcl.cli import add_comcl_arguments, add_detector_arguments, main_comcl, main_detector
+from qualcl.recipes.comcl_cli import add_comcl_arguments, add_detector_arguments, main_comcl, main_detector
 
 __all__ = ["RECIPES", "Recipe"]
 

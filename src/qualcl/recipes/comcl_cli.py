@@ -1,4 +1,4 @@
-"""Command-line wiring of ``qualcl run comcl`` and ``qualcl run comcl-detector``."""
+"""Command-line wiring of ``qualcl run comcl`` and ``qualcl run comcl-detector`` (imports the recipe lazily)."""
 
 from __future__ import annotations
 
