@@ -102,3 +102,18 @@ def test_projection_head():
     assert ProjectionHead((8, 3), normalize=False)(torch.randn(2, 8)).shape == (2, 3)
     with pytest.raises(ValueError, match="dims"):
         ProjectionHead((8,))
+
+
+@given(st.lists(st.integers(1, 12), min_size=2, max_size=4), st.integers(1, 6), st.integers(0, 2**31 - 1))
+def test_projection_head_matches_a_float64_loop_reference(dims, n, seed):
+    torch.manual_seed(seed)
+    head = ProjectionHead(dims).double()
+    x = torch.randn(n, dims[0], dtype=torch.float64)
+    out = x
+    linears = [m for m in head.net if isinstance(m, torch.nn.Linear)]
+    for i, layer in enumerate(linears):
+        out = out @ layer.weight.T + layer.bias
+        if i < len(linears) - 1:
+            out = out.clamp_min(0)
+    want = out / out.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    torch.testing.assert_close(head(x), want)

@@ -7,11 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, OnExceptionCheckpoint
 
 from qualcl.recipes.run_folder import RunFolder
 
 __all__ = ["HistoryWriter", "make_trainer", "resume_path"]
+
+# Lightning's advice that does not apply to in-memory CPU datasets and our explicit resume logic.
+for _message in (".*does not have many workers.*", ".*LeafSpec.*", r".*fit\(ckpt_path=.*"):
+    warnings.filterwarnings("ignore", message=_message)
 
 
 class HistoryWriter(Callback):
@@ -55,8 +60,6 @@ def resume_path(run: RunFolder, stage: str, key: str) -> Path | None:
     if path is None:
         run.truncate_history(stage, keep_below=float("-inf"), key=key)
         return None
-    import torch
-
     state = torch.load(path, map_location="cpu", weights_only=True)
     position = state["global_step"] if key == "step" else state["epoch"]
     run.truncate_history(stage, keep_below=float(position), key=key)
@@ -89,9 +92,6 @@ def make_trainer(
         save_top_k=1 if monitor else 0,
         every_n_train_steps=every_n_train_steps,
     )
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=r".*fit\(ckpt_path=.*")
     return L.Trainer(
         default_root_dir=str(run.root),
         max_steps=max_steps,

@@ -144,8 +144,9 @@ class GradingFineTuning(L.LightningModule):
         self._val.clear()
         qwk = quadratic_weighted_kappa(preds, target, self.num_classes)
         qwk = qwk if qwk == qwk else 0.0
+        accuracy = float((preds == target).float().mean())
         self.log("val/qwk", qwk, prog_bar=True)
-        self.log("val/accuracy", float((preds == target).float().mean()))
+        self.log("val/accuracy", accuracy)
         if self.trainer.sanity_checking:
             return
         train_loss = sum(self._train_loss) / max(len(self._train_loss), 1)
@@ -155,7 +156,7 @@ class GradingFineTuning(L.LightningModule):
                 "epoch": float(self.current_epoch),
                 "train_loss": train_loss,
                 "val_qwk": qwk,
-                "val_accuracy": float((preds == target).float().mean()),
+                "val_accuracy": accuracy,
             }
         )
 

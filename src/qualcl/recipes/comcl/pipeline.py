@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from qualcl.data.levels import LEVEL_NAMES
+from qualcl.data.levels import LEVEL_NAMES, split_levels
 from qualcl.heads.projection import ProjectionHead
 from qualcl.losses import MultiLevelInfoNCE
 from qualcl.metrics import confusion_matrix, stratified_grading_metrics
@@ -247,8 +247,6 @@ def _evaluate(config: ComclConfig, run: RunFolder, module: GradingFineTuning, te
                 run.path("plots", "confusion_matrix.png"),
                 title=f"DR grade, test (LQ {original_ratio:.0%})",
             )
-            from qualcl.data.levels import split_levels
-
             plot_embedding(
                 features,
                 split_levels(data.grade, data.quality),
