@@ -18,7 +18,15 @@ def test_help_lists_commands(capsys):
 def test_list_shows_primitives_and_recipes(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in ("MultiLevelInfoNCE", "ClipLoss", "SelfPacedHardNegativeMiner", "gather_with_grad", "comcl"):
+    for name in (
+        "MultiLevelInfoNCE",
+        "ClipLoss",
+        "SelfPacedHardNegativeMiner",
+        "gather_with_grad",
+        "comcl",
+        "mkcnet",
+        "multiclass_auroc_ovo",
+    ):
         assert name in out
 
 

@@ -23,6 +23,7 @@ PACKAGES = (
     ("functional", "pure tensor functions"),
     ("distributed", "distributed helpers"),
     ("data", "data: synthetic generators, degradations, readers"),
+    ("metrics", "metrics: QWK, one-vs-one AUC, F1, stratified by quality"),
 )
 
 

@@ -87,10 +87,20 @@ def test_flatten_metrics():
 def test_backbones_give_declared_width(name):
     net = build_backbone(name).eval()
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, net.out_dim)
+    maps = build_backbone(name, pool=False).eval()
+    out = maps(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, net.out_dim, 2, 2)
+    assert not maps.pooled and net.pooled
 
 
 def test_backbone_errors_and_grey_input():
     assert build_backbone("resnet10", in_channels=1).eval()(torch.randn(1, 1, 32, 32)).shape == (1, 512)
+    assert build_backbone("vgg16_bn", in_channels=1, pool=False).eval()(torch.randn(1, 1, 32, 32)).shape == (
+        1,
+        512,
+        1,
+        1,
+    )
     with pytest.raises(ValueError, match="unknown backbone"):
         build_backbone("resnet9000")
 

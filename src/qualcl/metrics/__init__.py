@@ -1,10 +1,23 @@
-"""Metrics: thin adapters over torchmetrics (QWK, accuracy, macro F1, stratified by quality)."""
+"""Metrics: thin adapters over torchmetrics (QWK, accuracy, F1, one-vs-one AUC, stratified by quality)."""
 
 from qualcl.metrics.classification import (
+    binary_auroc,
     confusion_matrix,
+    diagnosis_metrics,
     grading_metrics,
+    multiclass_auroc_ovo,
     quadratic_weighted_kappa,
+    stratified_diagnosis_metrics,
     stratified_grading_metrics,
 )
 
-__all__ = ["confusion_matrix", "grading_metrics", "quadratic_weighted_kappa", "stratified_grading_metrics"]
+__all__ = [
+    "binary_auroc",
+    "confusion_matrix",
+    "diagnosis_metrics",
+    "grading_metrics",
+    "multiclass_auroc_ovo",
+    "quadratic_weighted_kappa",
+    "stratified_diagnosis_metrics",
+    "stratified_grading_metrics",
+]

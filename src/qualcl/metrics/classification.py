@@ -1,4 +1,4 @@
-"""Thin adapters over torchmetrics: grading metrics overall and per quality stratum."""
+"""Thin adapters over torchmetrics: grading and diagnosis metrics, overall and per quality stratum."""
 
 from __future__ import annotations
 
@@ -13,7 +13,16 @@ from torchmetrics.functional.classification import (
     multiclass_f1_score,
 )
 
-__all__ = ["confusion_matrix", "grading_metrics", "quadratic_weighted_kappa", "stratified_grading_metrics"]
+__all__ = [
+    "binary_auroc",
+    "confusion_matrix",
+    "diagnosis_metrics",
+    "grading_metrics",
+    "multiclass_auroc_ovo",
+    "quadratic_weighted_kappa",
+    "stratified_diagnosis_metrics",
+    "stratified_grading_metrics",
+]
 
 
 def _check(preds: Tensor, target: Tensor) -> None:
@@ -115,3 +124,184 @@ def confusion_matrix(preds: Tensor, target: Tensor, num_classes: int) -> Tensor:
     """``(C, C)`` counts, rows = true class, columns = predicted class."""
     _check(preds, target)
     return multiclass_confusion_matrix(preds, target, num_classes).to(torch.long)
+
+
+def _check_scores(probs: Tensor, target: Tensor) -> None:
+    if not isinstance(probs, Tensor) or probs.ndim != 2 or not probs.is_floating_point():
+        got = tuple(probs.shape) if isinstance(probs, Tensor) else type(probs).__name__
+        raise ValueError(f"probs must be a floating (N, C) tensor of class scores, got {got}")
+    if target.ndim != 1 or target.shape[0] != probs.shape[0]:
+        raise ValueError(f"target must have shape ({probs.shape[0]},) to match probs, got {tuple(target.shape)}")
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= probs.shape[1]):
+        raise ValueError(f"target must hold class ids in [0, {probs.shape[1] - 1}]")
+
+
+def binary_auroc(scores: Tensor, positive: Tensor) -> float:
+    """Area under the ROC curve of ``scores`` for the ``positive`` samples, ties counted as one half.
+
+    The Mann–Whitney form: the probability that a random positive scores above a random negative.
+    Equal to ``sklearn.metrics.roc_auc_score(positive, scores)``.
+
+    Args:
+        scores: ``(N,)`` real scores (probabilities, logits or hard predictions).
+        positive: ``(N,)`` booleans (or 0/1), true for positive samples.
+
+    Returns:
+        AUC in ``[0, 1]``; ``nan`` when there are no positives or no negatives.
+
+    Example:
+        >>> import torch
+        >>> binary_auroc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1]))
+        0.75
+    """
+    if scores.ndim != 1 or positive.shape != scores.shape:
+        raise ValueError(
+            f"scores and positive must be (N,) of equal length, got {tuple(scores.shape)} and {tuple(positive.shape)}"
+        )
+    pos = positive.bool()
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    x = scores.detach().to(torch.float64).cpu()
+    order = torch.argsort(x)
+    sorted_x = x[order]
+    ranks = torch.empty_like(x)
+    # average ranks over ties (1-based)
+    _, inverse, counts = torch.unique_consecutive(sorted_x, return_inverse=True, return_counts=True)
+    ends = torch.cumsum(counts, 0).to(torch.float64)
+    mean_rank = ends - (counts.to(torch.float64) - 1) / 2
+    ranks[order] = mean_rank[inverse]
+    u = float(ranks[pos.cpu()].sum()) - n_pos * (n_pos + 1) / 2
+    return u / (n_pos * n_neg)
+
+
+def multiclass_auroc_ovo(probs: Tensor, target: Tensor) -> float:
+    r"""Macro one-vs-one AUC (Hand & Till, 2001), as ``roc_auc_score(multi_class="ovo", average="macro")``.
+
+    .. math::
+        \mathrm{AUC} = \frac{2}{C(C-1)} \sum_{a < b} \tfrac12\big(A(a \mid b) + A(b \mid a)\big)
+
+    where ``A(a | b)`` is the AUC of the score ``p_a`` separating class ``a`` from class ``b`` among
+    the samples of these two classes. MKCNet reports this on probabilities for its 3-class sets.
+    With two classes it is the ordinary AUC of ``p_1``. Unlike scikit-learn, which refuses a class
+    that is absent from ``target``, pairs with an absent class are skipped (so that metrics within a
+    quality stratum stay defined); the result is ``nan`` when no pair is left.
+
+    Args:
+        probs: ``(N, C)`` class scores (softmax probabilities).
+        target: ``(N,)`` class ids in ``[0, C)``.
+
+    Returns:
+        The macro one-vs-one AUC, or ``nan``.
+
+    Example:
+        >>> import torch
+        >>> probs = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.7, 0.1], [0.2, 0.3, 0.5], [0.5, 0.4, 0.1]])
+        >>> round(multiclass_auroc_ovo(probs, torch.tensor([0, 1, 2, 1])), 4)
+        0.9583
+
+    Reference:
+        Hand and Till, "A Simple Generalisation of the Area Under the ROC Curve for Multiple Class
+        Classification Problems", Machine Learning 45, 2001.
+    """
+    _check_scores(probs, target)
+    c = probs.shape[1]
+    if c == 2:
+        return binary_auroc(probs[:, 1], target == 1)
+    scores = []
+    for a in range(c):
+        for b in range(a + 1, c):
+            keep = (target == a) | (target == b)
+            if not bool((target == a).any()) or not bool((target == b).any()):
+                continue
+            a_given_b = binary_auroc(probs[keep, a], target[keep] == a)
+            b_given_a = binary_auroc(probs[keep, b], target[keep] == b)
+            scores.append((a_given_b + b_given_a) / 2)
+    return sum(scores) / len(scores) if scores else float("nan")
+
+
+def diagnosis_metrics(probs: Tensor, target: Tensor, *, legacy_auc: bool = False) -> dict[str, float]:
+    """AUC, accuracy and F1 of a diagnosis classifier from its class probabilities (MKCNet's metrics).
+
+    ``auc`` is :func:`multiclass_auroc_ovo` on the probabilities. MKCNet's official code computes
+    the AUC of its binary sets (CT-IQAD, CXR-IQAD) on *hard* predictions instead,
+    ``roc_auc_score(label, argmax)``; ``legacy_auc=True`` reproduces that for two classes (it changes
+    nothing for more). ``macro_f1`` averages over the classes present in ``target`` or the
+    predictions; with two classes ``f1`` is the F1 of class 1, the paper's binary F1.
+
+    Args:
+        probs: ``(N, C)`` class probabilities.
+        target: ``(N,)`` class ids.
+        legacy_auc: Hard-label AUC on binary sets, as the official MKCNet evaluation.
+
+    Returns:
+        ``{"auc", "accuracy", "macro_f1", "n"}``, plus ``"f1"`` when ``C = 2``; ``nan`` where undefined.
+
+    Example:
+        >>> import torch
+        >>> probs = torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]])
+        >>> diagnosis_metrics(probs, torch.tensor([0, 1, 1]))["auc"]
+        1.0
+    """
+    _check_scores(probs, target)
+    c = probs.shape[1]
+    n = int(target.numel())
+    nan = float("nan")
+    if n == 0:
+        out = {"auc": nan, "accuracy": nan, "macro_f1": nan, "n": 0}
+        return {**out, "f1": nan} if c == 2 else out
+    preds = probs.argmax(dim=1)
+    if legacy_auc and c == 2:
+        auc = binary_auroc(preds.to(torch.float64), target == 1)
+    else:
+        auc = multiclass_auroc_ovo(probs, target)
+    out = {
+        "auc": auc,
+        "accuracy": float((preds == target).to(torch.float64).mean()),
+        "macro_f1": float(multiclass_f1_score(preds, target, c, average="macro")),
+        "n": n,
+    }
+    if c == 2:
+        tp = int(((preds == 1) & (target == 1)).sum())
+        fp = int(((preds == 1) & (target == 0)).sum())
+        fn = int(((preds == 0) & (target == 1)).sum())
+        out["f1"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else nan
+    return out
+
+
+def stratified_diagnosis_metrics(
+    probs: Tensor,
+    target: Tensor,
+    strata: Tensor,
+    strata_names: Sequence[str],
+    *,
+    legacy_auc: bool = False,
+) -> dict[str, dict[str, float]]:
+    """:func:`diagnosis_metrics` overall and within each stratum (e.g. image-quality level).
+
+    Args:
+        probs: ``(N, C)`` class probabilities.
+        target: ``(N,)`` class ids.
+        strata: ``(N,)`` stratum id of each sample, indexing ``strata_names``.
+        strata_names: Name of each stratum id.
+        legacy_auc: See :func:`diagnosis_metrics`.
+
+    Returns:
+        ``{"overall": {...}, name: {...} for each stratum}``.
+
+    Example:
+        >>> import torch
+        >>> probs = torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.2, 0.8]])
+        >>> out = stratified_diagnosis_metrics(probs, torch.tensor([0, 1, 1, 0]), torch.tensor([0, 0, 1, 1]),
+        ...                                    ["good", "not good"])
+        >>> out["good"]["accuracy"], out["not good"]["accuracy"]
+        (1.0, 0.0)
+    """
+    _check_scores(probs, target)
+    if strata.shape != target.shape:
+        raise ValueError(f"strata must have shape {tuple(target.shape)}, got {tuple(strata.shape)}")
+    out = {"overall": diagnosis_metrics(probs, target, legacy_auc=legacy_auc)}
+    for index, name in enumerate(strata_names):
+        keep = strata == index
+        out[name] = diagnosis_metrics(probs[keep], target[keep], legacy_auc=legacy_auc)
+    return out

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from qualcl.recipes.comcl_cli import add_comcl_arguments, add_detector_arguments, main_comcl, main_detector
+from qualcl.recipes.mkcnet_cli import add_mkcnet_arguments, main_mkcnet
 
 __all__ = ["RECIPES", "Recipe"]
 
@@ -33,5 +34,11 @@ RECIPES: dict[str, Recipe] = {
         "the lesion detector CoMCL takes lesion patches from (torchvision Faster R-CNN on lesion masks)",
         add_detector_arguments,
         main_detector,
+    ),
+    "mkcnet": Recipe(
+        "MKCNet (CVPR 2023): Task Net + meta-learned knowledge co-embedding (second-order meta step), "
+        "diagnosis AUC / ACC / F1 per quality level",
+        add_mkcnet_arguments,
+        main_mkcnet,
     ),
 }

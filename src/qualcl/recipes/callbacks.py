@@ -76,6 +76,7 @@ def make_trainer(
     callbacks: list[Callback] | None = None,
     every_n_train_steps: int | None = None,
     monitor: str | None = None,
+    check_val_every_n_epoch: int = 1,
 ) -> L.Trainer:
     """A CPU/GPU Lightning trainer writing resumable checkpoints into ``checkpoints/<stage>``.
 
@@ -102,6 +103,7 @@ def make_trainer(
         enable_progress_bar=progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        check_val_every_n_epoch=check_val_every_n_epoch,
         callbacks=[checkpoint, OnExceptionCheckpoint(directory, filename="last"), *(callbacks or [])],
         deterministic=False,
     )

@@ -7,6 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from qualcl.recipes._cli import ablation_arguments, add_run_arguments, config_from_arguments
 from qualcl.recipes.config import apply_overrides
 
 __all__ = ["add_comcl_arguments", "add_detector_arguments", "main_comcl", "main_detector"]
@@ -14,26 +15,14 @@ __all__ = ["add_comcl_arguments", "add_detector_arguments", "main_comcl", "main_
 
 def add_comcl_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``qualcl run comcl``."""
-    parser.add_argument("--preset", default="default", choices=["smoke", "default", "paper"])
-    parser.add_argument(
-        "--dataset",
-        default=None,
-        choices=["synthetic", "eyeq", "nih-cxr14"],
-        help="default: the preset's (synthetic for smoke/default)",
-    )
-    parser.add_argument("--data", default=None, help="dataset folder (real data, or an existing synthetic set)")
-    parser.add_argument("--out", default="runs/comcl", help="run folder (default runs/comcl); re-running resumes")
-    parser.add_argument("--seed", type=int, default=None, help="training seed")
-    parser.add_argument("--ablation", action="store_true", help="run the ablation variants (Tables 2-3)")
-    parser.add_argument("--seeds", default="0,1,2", help="ablation seeds, comma-separated (default 0,1,2)")
-    parser.add_argument("--variants", default=None, help="ablation variants, comma-separated (default all)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set pretrain.steps=100 (repeatable)",
+    add_run_arguments(
+        parser,
+        datasets=["synthetic", "eyeq", "nih-cxr14"],
+        default_out="runs/comcl",
+        data_help="dataset folder (real data, or an existing synthetic set)",
+        ablation_help="run the ablation variants (Tables 2-3)",
+        variants_help="ablation variants, comma-separated (default all)",
+        set_example="pretrain.steps=100",
     )
 
 
@@ -41,19 +30,10 @@ def main_comcl(args: argparse.Namespace) -> int:
     """Run CoMCL (or its ablation) from parsed arguments."""
     from qualcl.recipes.comcl import comcl_config, run_ablation, run_comcl
 
-    data: dict[str, object] = {}
-    if args.dataset is not None:
-        data["dataset"] = args.dataset
-    if args.data is not None:
-        data["data_dir"] = args.data
-    config = apply_overrides(comcl_config(args.preset, **data), args.overrides)
-    if args.seed is not None:
-        config = dataclasses.replace(config, seed=args.seed)
+    config = config_from_arguments(comcl_config, args)
     out = Path(args.out)
     if args.ablation:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        variants = args.variants.split(",") if args.variants else None
-        run_ablation(config, out, seeds=seeds, variants=variants)
+        run_ablation(config, out, **ablation_arguments(args))
         print(f"ablation table: {out / 'ablation.md'}")
         print((out / "ablation.md").read_text())
         return 0

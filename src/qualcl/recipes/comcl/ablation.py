@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from qualcl.recipes.ablation import mean_std, run_variants
 from qualcl.recipes.comcl.config import ABLATIONS, ComclConfig
 from qualcl.recipes.comcl.pipeline import run_comcl
 
@@ -73,35 +73,26 @@ def run_ablation(
     data_dir = config.data.data_dir
     if config.data.dataset == "synthetic" and data_dir is None:
         data_dir = str(root / "data")
+
+    def run(name: str, seed: int, folder: Path) -> dict[str, Any]:
+        return run_comcl(_variant(config, name, seed, data_dir), folder)
+
+    def summarise(metrics: dict[str, Any]) -> str:
+        original = metrics["test"]["original"]["overall"]
+        return f"QWK {original['qwk']:.3f}, ACC {original['accuracy']:.3f}"
+
     results: dict[str, Any] = {}
-    for name in names:
+    for name, by_seed in run_variants(root, names, seeds, run, summarise, progress=progress).items():
         per_setting: dict[str, dict[str, list[float]]] = {}
-        for seed in seeds:
-            run_dir = root / name / f"seed{seed}"
-            metrics_file = run_dir / "metrics.json"
-            if metrics_file.is_file():
-                metrics = json.loads(metrics_file.read_text())
-            else:
-                metrics = run_comcl(_variant(config, name, seed, data_dir), run_dir)
+        for metrics in by_seed.values():
             for setting, values in metrics["test"].items():
                 slot = per_setting.setdefault(setting, {"qwk": [], "accuracy": []})
                 slot["qwk"].append(values["overall"]["qwk"])
                 slot["accuracy"].append(values["overall"]["accuracy"])
-            if progress:
-                original = metrics["test"]["original"]["overall"]
-                print(f"[ablation] {name} seed {seed}: QWK {original['qwk']:.3f}, ACC {original['accuracy']:.3f}")
         results[name] = per_setting
     (root / "ablation.json").write_text(json.dumps(results, indent=2))
     (root / "ablation.md").write_text(ablation_table(results, config, seeds))
     return results
-
-
-def _mean_std(values: list[float]) -> str:
-    clean = [v for v in values if v == v]
-    if not clean:
-        return "n/a"
-    std = statistics.stdev(clean) if len(clean) > 1 else 0.0
-    return f"{statistics.fmean(clean):.3f} ± {std:.3f}"
 
 
 def ablation_table(results: dict[str, Any], config: ComclConfig, seeds: Sequence[int]) -> str:
@@ -124,7 +115,7 @@ def ablation_table(results: dict[str, Any], config: ComclConfig, seeds: Sequence
     ]
     for name, per_setting in results.items():
         cells = " | ".join(
-            f"{_mean_std(per_setting[s]['qwk'])} | {_mean_std(per_setting[s]['accuracy'])}" for s in settings
+            f"{mean_std(per_setting[s]['qwk'])} | {mean_std(per_setting[s]['accuracy'])}" for s in settings
         )
         paper = PAPER_TABLES.get(name)
         paper_cell = f"{paper[0]:.3f} / {paper[1]:.3f}" if paper else "—"

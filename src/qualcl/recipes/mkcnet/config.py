@@ -1,0 +1,263 @@
+"""MKCNet recipe configuration: dataclasses, the per-dataset settings of the paper, presets and ablations."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+__all__ = [
+    "ABLATIONS",
+    "DATASETS",
+    "LQ_SWEEP",
+    "PRESETS",
+    "DataConfig",
+    "DatasetSettings",
+    "MkcnetConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "mkcnet_config",
+]
+
+
+class DatasetSettings(NamedTuple):
+    """The official code's per-dataset settings (``configs/*.yaml``; ``specs/methods.md`` §2.6).
+
+    Attributes:
+        scheme: Key of the dataset's :class:`~qualcl.data.readers.QualityScheme`.
+        batch_size: Batch size.
+        epochs: Training epochs.
+        meta_lr: SGD learning rate of the Meta Learner (``φ``).
+        lr_step: StepLR step (epochs) of both learning rates, factor 0.5.
+        slice_length: ``META_LENGTH`` ``L``.
+        entropy_weight: ``LOSS_ENTROPY_WEIGHT``.
+        channels: Input channels (3 fundus, 1 OCTA / CT / X-ray).
+        mean: Fixed normalisation mean per channel (empty: computed from the training images).
+        std: Fixed normalisation std per channel.
+    """
+
+    scheme: str
+    batch_size: int
+    epochs: int
+    meta_lr: float
+    lr_step: int
+    slice_length: int
+    entropy_weight: float
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+#: Settings per ``--dataset``. The synthetic fundus set is EyeQ-like (EyeQ's quality codes and the
+#: 5 → 3 grade mapping) and is normalised with statistics of its own training images.
+DATASETS: dict[str, DatasetSettings] = {
+    "synthetic": DatasetSettings("eyeq", 4, 100, 1e-3, 25, 5, 0.2, 3, (), ()),
+    "eyeq": DatasetSettings("eyeq", 4, 100, 1e-3, 25, 5, 0.2, 3, (0.4021, 0.2667, 0.1847), (0.2991, 0.2090, 0.1680)),
+    "deepdrid": DatasetSettings(
+        "deepdrid", 4, 200, 1e-3, 20, 7, 0.3, 3, (0.3771, 0.2320, 0.1395), (0.1252, 0.0857, 0.0814)
+    ),
+    "drac": DatasetSettings("drac", 8, 200, 1e-2, 50, 10, 0.5, 1, (0.4134,), (0.0595,)),
+    "ct-iqad": DatasetSettings("ct_iqad", 4, 200, 1e-2, 20, 5, 0.2, 1, (0.6269,), (0.2909,)),
+    "cxr-iqad": DatasetSettings("cxr_iqad", 8, 200, 1e-3, 20, 7, 0.3, 1, (0.4813,), (0.2361,)),
+}
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are split and normalised.
+
+    Attributes:
+        dataset: One of :data:`DATASETS`: ``synthetic`` (generated and cached), ``eyeq``,
+            ``deepdrid``, ``drac``, ``cxr-iqad`` or ``ct-iqad``.
+        data_dir: Dataset folder. For ``cxr-iqad`` it holds ``kermany/`` (Kermany ``chest_xray``)
+            and ``nih/`` (NIH ChestX-ray14); for ``ct-iqad`` it holds ``hq/`` (SARS-CoV-2 CT-scan)
+            and ``lq/`` (COVID-CT).
+        num_images: Synthetic images to generate.
+        image_size: Side of the (square) network input (paper: 256).
+        lq_ratio: Synthetic low-quality fraction (EyeQ train: 0.336).
+        seed: Seed of the data (synthetic generation, random splits): fixed across training seeds.
+        val_fraction: Share of the training patients held out for model selection (EyeQ: 60/10/30).
+        test_fraction: Share of the images in the test split for sets without an official one
+            (DRAC, CXR-IQAD, CT-IQAD: 70/10/20).
+        train_lq_fraction: Share of the training LQ images kept, all HQ images kept (paper Fig. 5).
+        channels: Input channels.
+        mean: Normalisation mean per channel; empty computes it from the training images.
+        std: Normalisation std per channel.
+    """
+
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    num_images: int = 1200
+    image_size: int = 64
+    lq_ratio: float = 0.336
+    seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    train_lq_fraction: float = 1.0
+    channels: int = 3
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+
+@dataclass
+class ModelConfig:
+    """Task Net and Meta Learner architecture, with the switches of the paper's ablations.
+
+    Attributes:
+        backbone: torchvision backbone of both sub-nets (paper: ``vgg16_bn``, from scratch).
+        init: ``"xavier"`` (the official code: Xavier-uniform convolutions, zero bias) or
+            ``"torchvision"`` (the library's own initialisation).
+        feature_dim: Width of ``f^d``, ``f^ω``, ``f^q`` (0: half the backbone width, 256 for VGG).
+        gab: ``"cbam"`` (global attention block) or ``"fc"`` (MKCNet-FC: pooling + linear).
+        gab_input: ``"map"`` (the paper: CBAM on the last feature map) or ``"pooled"`` (the
+            official code: globally pooled first, which makes the spatial gate a per-sample scalar).
+        assist: ``"gated"`` (MAB), ``"concat"`` (MKCNet-Con) or ``"none"`` (w/o MAB: ``f^d`` alone).
+        assist_from: ``"co_embedding"`` (``f^ω``) or ``"quality"`` (w/o Meta: ``f^q`` assists).
+        quality_head: Train the image-quality branch.
+        meta: Train the co-embedding branch with the Meta Learner's targets (two-stage loop).
+        mask_by: ``"joint"`` (joint-encoding masking), ``"quality"`` or ``"diagnosis"`` (masking by
+            one label only; the output length ``L · N_d · N_q`` is kept, slices are regrouped).
+        slice_length: ``META_LENGTH`` ``L``.
+        mask_eps: Mask value outside the slice (0 exact; the official code 1e-8).
+    """
+
+    backbone: str = "resnet10"
+    init: str = "xavier"
+    feature_dim: int = 0
+    gab: str = "cbam"
+    gab_input: str = "map"
+    assist: str = "gated"
+    assist_from: str = "co_embedding"
+    quality_head: bool = True
+    meta: bool = True
+    mask_by: str = "joint"
+    slice_length: int = 5
+    mask_eps: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (the official code: SGD without momentum, StepLR(γ 0.5) on both nets).
+
+    Attributes:
+        epochs: Training epochs (each is two passes over the training set when ``model.meta``).
+        batch_size: Images per batch (a last batch of one image is dropped: BatchNorm needs two).
+        lr: Task Net SGD learning rate; also ``α`` of the pseudo update.
+        momentum: Task Net SGD momentum (official: 0).
+        weight_decay: Task Net weight decay, also inside the pseudo update.
+        meta_lr: Meta Learner SGD learning rate.
+        meta_weight_decay: Meta Learner weight decay.
+        lr_step: StepLR step in epochs.
+        lr_gamma: StepLR factor.
+        entropy_weight: ``w_ent`` of the batch-entropy regulariser in the outer loss.
+        focal_gamma: Focal-loss ``γ`` of all three losses.
+        meta_mode: ``"second_order"``, ``"finite_difference"`` (the official first-order script)
+            or ``"first_order"`` (see :class:`~qualcl.optim.MetaAuxiliaryOptimizer`).
+        val_every: Validate (and select the best model by AUC) every this many epochs.
+    """
+
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 5e-4
+    meta_lr: float = 1e-3
+    meta_weight_decay: float = 5e-4
+    lr_step: int = 10
+    lr_gamma: float = 0.5
+    entropy_weight: float = 0.2
+    focal_gamma: float = 2.0
+    meta_mode: str = "second_order"
+    val_every: int = 1
+
+
+@dataclass
+class MkcnetConfig:
+    """The whole MKCNet run.
+
+    Attributes:
+        preset: Name of the preset this config started from.
+        seed: Seed of training (initialisation, batch order).
+        legacy_auc: Report the official code's hard-label AUC on binary sets (see
+            :func:`qualcl.metrics.diagnosis_metrics`).
+        data: :class:`DataConfig`.
+        model: :class:`ModelConfig`.
+        train: :class:`TrainConfig`.
+        progress: Show progress bars.
+    """
+
+    preset: str = "default"
+    seed: int = 0
+    legacy_auc: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    progress: bool = True
+
+
+PRESETS: dict[str, MkcnetConfig] = {
+    # seconds: for tests and CI
+    "smoke": MkcnetConfig(
+        preset="smoke",
+        data=DataConfig(num_images=48, image_size=48),
+        model=ModelConfig(feature_dim=32, slice_length=2),
+        train=TrainConfig(epochs=2, batch_size=8, lr_step=1),
+        progress=False,
+    ),
+    # minutes on 2 CPU cores
+    "default": MkcnetConfig(),
+    # the paper's settings, for a GPU and the real data (per-dataset values come from DATASETS)
+    "paper": MkcnetConfig(
+        preset="paper",
+        data=DataConfig(dataset="eyeq", image_size=256),
+        model=ModelConfig(backbone="vgg16_bn"),
+        train=TrainConfig(epochs=100, batch_size=4, lr_step=25),
+    ),
+}
+
+#: Ablation variants (paper Fig. 4 and Fig. 6): name → overrides of the ``model`` section.
+ABLATIONS: dict[str, dict[str, object]] = {
+    "vanilla": {"quality_head": False, "meta": False, "assist": "none", "gab": "fc"},
+    "multitask": {"meta": False, "assist": "none", "gab": "fc"},
+    "wo_meta": {"meta": False, "assist_from": "quality"},
+    "wo_mab": {"assist": "none"},
+    "mkcnet_fc": {"gab": "fc"},
+    "mkcnet_con": {"assist": "concat"},
+    "mask_quality": {"mask_by": "quality"},
+    "mask_diagnosis": {"mask_by": "diagnosis"},
+    "mkcnet": {},
+}
+
+#: The low-quality-ratio sweep (paper Fig. 5): share of the training LQ images kept, HQ all kept.
+LQ_SWEEP: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def mkcnet_config(preset: str = "default", **data_overrides: object) -> MkcnetConfig:
+    """A copy of preset ``preset`` with ``data`` fields replaced and the dataset's settings applied.
+
+    The dataset's channels, normalisation, ``L``, entropy weight and meta learning rate (table in
+    :data:`DATASETS`) always apply; the ``paper`` preset also takes its batch size, epochs and
+    StepLR step, while ``smoke`` and ``default`` keep their short CPU schedules.
+
+    Example:
+        >>> config = mkcnet_config("paper", dataset="drac", data_dir="DRAC2022")
+        >>> config.data.channels, config.model.slice_length, config.train.epochs, config.train.meta_lr
+        (1, 10, 200, 0.01)
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    base = PRESETS[preset]
+    data = dataclasses.replace(base.data, **data_overrides)  # type: ignore[arg-type]
+    if data.dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {data.dataset!r}; choose one of {sorted(DATASETS)}")
+    settings = DATASETS[data.dataset]
+    data = dataclasses.replace(data, channels=settings.channels, mean=settings.mean, std=settings.std)
+    model = dataclasses.replace(base.model)
+    train = dataclasses.replace(base.train, meta_lr=settings.meta_lr, entropy_weight=settings.entropy_weight)
+    if preset != "smoke":
+        model.slice_length = settings.slice_length
+    if preset == "paper":
+        train = dataclasses.replace(
+            train, batch_size=settings.batch_size, epochs=settings.epochs, lr_step=settings.lr_step
+        )
+    return dataclasses.replace(base, data=data, model=model, train=train)

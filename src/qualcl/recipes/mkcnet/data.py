@@ -1,0 +1,313 @@
+"""MKCNet data: quality-labelled records of each dataset, their splits, in-memory images and the two-pass loader."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from qualcl.data.readers import (
+    QualityLabelledRecord,
+    build_ct_iqad,
+    build_cxr_iqad,
+    load_quality_image,
+    mkcnet_labels,
+    quality_scheme,
+    read_deepdrid,
+    read_drac,
+    read_eyeq_quality,
+)
+from qualcl.recipes.mkcnet.config import DATASETS, DataConfig
+
+__all__ = [
+    "MkcnetDataset",
+    "QualityImages",
+    "ResumableLoader",
+    "Splits",
+    "TwoPassBatchSampler",
+    "keep_lq_fraction",
+    "load_splits",
+    "random_split",
+]
+
+
+@dataclass
+class QualityImages:
+    """Quality-labelled images resized to ``size``, kept in memory as uint8.
+
+    Attributes:
+        images: ``(N, C, S, S)`` uint8.
+        diagnosis: ``(N,)`` diagnosis in MKCNet's coding (``DR_label``; EyeQ/DeepDRiD grades mapped 5 → 3).
+        quality_code: ``(N,)`` MKCNet's ``IQ_label`` (what the joint encoding uses).
+        quality: ``(N,)`` canonical best-first quality index (0 = best; for per-level metrics).
+        scheme: Key of the dataset's :class:`~qualcl.data.readers.QualityScheme`.
+    """
+
+    images: Tensor
+    diagnosis: Tensor
+    quality_code: Tensor
+    quality: Tensor
+    scheme: str
+
+    def __len__(self) -> int:
+        return int(self.diagnosis.shape[0])
+
+    def subset(self, index: Sequence[int] | Tensor) -> QualityImages:
+        """The images at ``index``."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return QualityImages(
+            self.images[idx], self.diagnosis[idx], self.quality_code[idx], self.quality[idx], self.scheme
+        )
+
+    @property
+    def num_diagnosis(self) -> int:
+        """``N_d`` of MKCNet's coding."""
+        return quality_scheme(self.scheme).num_mkcnet_diagnosis
+
+    @property
+    def num_quality(self) -> int:
+        """``N_q`` of MKCNet's coding."""
+        return quality_scheme(self.scheme).num_mkcnet_quality
+
+    @staticmethod
+    def load(records: Sequence[QualityLabelledRecord], size: int, channels: int, *, progress: bool) -> QualityImages:
+        """Read, resize (bicubic) and, where a record says so, degrade the images of ``records``."""
+        if not records:
+            raise ValueError("no images to load: the split is empty")
+        mode = "RGB" if channels == 3 else "L"
+        arrays = []
+        for record in tqdm(records, desc="loading images", disable=not progress, leave=False):
+            array = np.asarray(load_quality_image(record, mode=mode, size=(size, size)))
+            arrays.append(torch.from_numpy(array.copy()).view(size, size, channels).permute(2, 0, 1))
+        labels = [mkcnet_labels(r) for r in records]
+        return QualityImages(
+            images=torch.stack(arrays),
+            diagnosis=torch.tensor([d for d, _ in labels], dtype=torch.long),
+            quality_code=torch.tensor([q for _, q in labels], dtype=torch.long),
+            quality=torch.tensor([r.quality for r in records], dtype=torch.long),
+            scheme=records[0].dataset,
+        )
+
+
+@dataclass
+class Splits:
+    """Train / validation / test records of one dataset."""
+
+    train: list[QualityLabelledRecord]
+    val: list[QualityLabelledRecord]
+    test: list[QualityLabelledRecord]
+
+
+def random_split(
+    records: Sequence[QualityLabelledRecord], fraction: float, seed: int
+) -> tuple[list[QualityLabelledRecord], list[QualityLabelledRecord]]:
+    """Split ``records`` into ``(kept, held_out)`` with ``fraction`` of the patients held out.
+
+    Records without a patient id are their own group. The choice is a seeded permutation of the
+    groups, so that the same seed always gives the same split.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"split fraction must lie in [0, 1), got {fraction}")
+    groups: dict[str, list[int]] = {}
+    for index, record in enumerate(records):
+        key = record.patient_id if record.patient_id is not None else f"#{index}"
+        groups.setdefault(key, []).append(index)
+    names = sorted(groups)
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
+    count = round(fraction * len(names))
+    if fraction > 0 and len(names) >= 2:
+        count = min(max(count, 1), len(names) - 1)
+    held = {i for position in order[:count] for i in groups[names[position]]}
+    kept = [r for i, r in enumerate(records) if i not in held]
+    return kept, [r for i, r in enumerate(records) if i in held]
+
+
+def _subfolder(root: Path, name: str, what: str) -> Path:
+    path = root / name
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what}: expected the folder {path} (the --data folder holds {what}'s sources)")
+    return path
+
+
+def _records(config: DataConfig, root: Path) -> Splits:
+    """Read the dataset's records and split them (official splits where the dataset has them)."""
+    seed = config.seed
+    if config.dataset in ("synthetic", "eyeq"):
+        train, val = random_split(read_eyeq_quality(root, "train"), config.val_fraction, seed)
+        return Splits(train, val, read_eyeq_quality(root, "test"))
+    if config.dataset == "deepdrid":
+        return Splits(read_deepdrid(root, "train"), read_deepdrid(root, "val"), read_deepdrid(root, "test"))
+    if config.dataset == "drac":
+        records = read_drac(root)
+    elif config.dataset == "cxr-iqad":
+        kermany, nih = _subfolder(root, "kermany", "CXR-IQAD"), _subfolder(root, "nih", "CXR-IQAD")
+        records = build_cxr_iqad(kermany, nih, seed=43)
+    elif config.dataset == "ct-iqad":
+        records = build_ct_iqad(_subfolder(root, "hq", "CT-IQAD"), _subfolder(root, "lq", "CT-IQAD"), seed=43)
+    else:
+        raise ValueError(f"unknown dataset {config.dataset!r}; choose one of {sorted(DATASETS)}")
+    rest, test = random_split(records, config.test_fraction, seed)
+    train, val = random_split(rest, config.val_fraction / max(1e-9, 1 - config.test_fraction), seed + 1)
+    return Splits(train, val, test)
+
+
+def keep_lq_fraction(
+    records: Sequence[QualityLabelledRecord], fraction: float, seed: int
+) -> list[QualityLabelledRecord]:
+    """All HQ records and a seeded ``fraction`` of the LQ ones (MKCNet Fig. 5), in the original order."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"data.train_lq_fraction must lie in [0, 1], got {fraction}")
+    low = [i for i, r in enumerate(records) if r.quality > 0]
+    order = torch.randperm(len(low), generator=torch.Generator().manual_seed(seed)).tolist()
+    drop = {low[i] for i in order[round(fraction * len(low)) :]}
+    return [r for i, r in enumerate(records) if i not in drop]
+
+
+def load_splits(
+    config: DataConfig, root: Path, *, progress: bool
+) -> tuple[QualityImages, QualityImages, QualityImages]:
+    """``(train, val, test)`` images of ``config.dataset`` in ``root``; ``train_lq_fraction`` thins train."""
+    splits = _records(config, root)
+    for name in ("train", "val", "test"):
+        if not getattr(splits, name):
+            raise ValueError(f"{config.dataset}: the {name} split is empty; use more images or other fractions")
+    train = keep_lq_fraction(splits.train, config.train_lq_fraction, config.seed)
+    size, channels = config.image_size, config.channels
+    return (
+        QualityImages.load(train, size, channels, progress=progress),
+        QualityImages.load(splits.val, size, channels, progress=progress),
+        QualityImages.load(splits.test, size, channels, progress=progress),
+    )
+
+
+def normalisation(config: DataConfig, train: QualityImages) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The dataset's fixed ``(mean, std)``, or the per-channel statistics of the training images."""
+    if config.mean:
+        if len(config.mean) != config.channels or len(config.std) != config.channels:
+            raise ValueError(f"data.mean and data.std need {config.channels} values each")
+        return tuple(config.mean), tuple(config.std)
+    pixels = train.images.to(torch.float64).div(255).transpose(0, 1).reshape(config.channels, -1)
+    return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).clamp_min(1e-6).tolist())
+
+
+class MkcnetDataset(Dataset[tuple[Tensor, int, int, int, int]]):
+    """Item ``k``: image ``k mod N`` normalised, its diagnosis, MKCNet quality code, canonical quality, pass ``k // N``.
+
+    Indices past ``N`` come from :class:`TwoPassBatchSampler`'s second pass; the pass id tells the
+    training step which stage the batch belongs to, whatever the batch's position in the epoch.
+    No augmentation, as the official code.
+    """
+
+    def __init__(self, data: QualityImages, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.data = data
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, int, int, int]:
+        n = len(self.data)
+        i = index % n
+        image = (self.data.images[i].to(torch.float32) / 255 - self.mean) / self.std
+        return (
+            image,
+            int(self.data.diagnosis[i]),
+            int(self.data.quality_code[i]),
+            int(self.data.quality[i]),
+            index // n,
+        )
+
+
+class TwoPassBatchSampler(Sampler[list[int]]):
+    """Batches of ``passes`` shuffled passes over ``n`` items per epoch; pass ``p`` yields indices ``p·n + i``.
+
+    MKCNet's epoch is two full passes over the training set, the first updating the Task Net and
+    the second the Meta Learner, each with its own shuffle. A last batch of a single item is
+    dropped (BatchNorm in training mode needs two). Seeded by ``(seed, epoch)``; call
+    :meth:`set_epoch` at each epoch start. To resume an epoch that was interrupted after ``k``
+    batches, ``set_epoch(epoch, skip=k)`` yields the same epoch's batches from the ``k + 1``-th on
+    (``len`` stays the whole epoch's, as the training loop counts the ``k`` batches as done).
+
+    Args:
+        n: Number of items.
+        batch_size: Items per batch.
+        passes: Passes per epoch (1 for the variants without a Meta Learner).
+        seed: Seed of the shuffles.
+    """
+
+    def __init__(self, n: int, batch_size: int, passes: int, seed: int) -> None:
+        if n < 2 or batch_size < 2:
+            raise ValueError(f"need n >= 2 items and batch_size >= 2, got n={n}, batch_size={batch_size}")
+        if passes < 1:
+            raise ValueError(f"passes must be >= 1, got {passes}")
+        self.n = n
+        self.batch_size = batch_size
+        self.passes = passes
+        self.seed = seed
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Shuffle for ``epoch``; the next iteration leaves out its first ``skip`` batches (done before a resume)."""
+        if skip < 0:
+            raise ValueError(f"skip must be >= 0, got {skip}")
+        self.epoch = epoch
+        self.skip = skip
+
+    @property
+    def batches_per_pass(self) -> int:
+        """Batches in one pass."""
+        full, rest = divmod(self.n, self.batch_size)
+        return full + (1 if rest >= 2 else 0)
+
+    def __len__(self) -> int:
+        return self.passes * self.batches_per_pass
+
+    def __iter__(self) -> Iterator[list[int]]:
+        skip, self.skip = self.skip, 0  # the skip is for one (the resumed) iteration only
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        for p in range(self.passes):
+            order = torch.randperm(self.n, generator=generator).tolist()
+            for b in range(self.batches_per_pass):
+                if p * self.batches_per_pass + b >= skip:
+                    yield [p * self.n + i for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
+
+
+class ResumableLoader(DataLoader[Any]):
+    """A :class:`TwoPassBatchSampler` loader that Lightning can resume in the middle of an epoch.
+
+    Lightning saves :meth:`state_dict` in its checkpoints and hands it back to
+    :meth:`load_state_dict` before iterating again (its resumable-loader protocol), so a run
+    interrupted after ``k`` batches of epoch ``e`` continues with batch ``k + 1`` of the *same*
+    shuffled epoch — the second (Meta Learner) pass included — instead of restarting the epoch.
+
+    Args:
+        dataset: The training dataset.
+        sampler: Its batch sampler.
+        progress: Returns ``(epoch, batches completed in it)`` (the trainer's counters).
+    """
+
+    def __init__(self, dataset: MkcnetDataset, sampler: TwoPassBatchSampler, progress: Callable[[], tuple[int, int]]):
+        super().__init__(dataset, batch_sampler=sampler)
+        self.two_pass = sampler
+        self.progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "done"}``: where training stands."""
+        epoch, done = self.progress()
+        return {"epoch": int(epoch), "done": int(done)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue the saved epoch after its completed batches (or the next epoch, if it was complete)."""
+        epoch, done = int(state["epoch"]), int(state["done"])
+        if done >= len(self.two_pass):
+            epoch, done = epoch + 1, 0
+        self.two_pass.set_epoch(epoch, skip=done)
