@@ -71,12 +71,15 @@ def test_resume_after_interruption_continues_from_the_saved_epoch(smoke, tmp_pat
 
 
 def test_ablation_writes_both_tables(smoke, tmp_path):
-    results = run_ablation(smoke, tmp_path / "ablation", seeds=[0], variants=["vanilla", "mkcnet@lq50"], progress=False)
-    assert set(results) == {"vanilla", "mkcnet@lq50"}
+    results = run_ablation(
+        smoke, tmp_path / "ablation", seeds=[0], variants=["vanilla", "vanilla@lq50"], progress=False
+    )
+    assert set(results) == {"vanilla", "vanilla@lq50"}
     table = (tmp_path / "ablation" / "ablation.md").read_text()
     assert "Vanilla (backbone + diagnosis head)" in table
     assert "| 50% |" in table
-    lq = json.loads((tmp_path / "ablation" / "mkcnet@lq50" / "seed0" / "metrics.json").read_text())
+    assert (tmp_path / "ablation" / "ablation_lq_sweep.png").is_file()
+    lq = json.loads((tmp_path / "ablation" / "vanilla@lq50" / "seed0" / "metrics.json").read_text())
     full = json.loads((tmp_path / "ablation" / "vanilla" / "seed0" / "metrics.json").read_text())
     assert lq["data"]["train_lq_fraction"] < full["data"]["train_lq_fraction"]
 

@@ -11,6 +11,7 @@ from typing import Any
 from qualcl.recipes.ablation import mean_std, run_variants
 from qualcl.recipes.mkcnet.config import ABLATIONS, LQ_SWEEP, MkcnetConfig
 from qualcl.recipes.mkcnet.pipeline import run_mkcnet
+from qualcl.recipes.plots import plot_curves
 
 __all__ = ["DESCRIPTIONS", "PAPER_EYEQ", "ablation_table", "ablation_variants", "run_ablation", "variant_config"]
 
@@ -108,7 +109,24 @@ def run_ablation(
         results[name] = strata
     (root / "ablation.json").write_text(json.dumps(results, indent=2))
     (root / "ablation.md").write_text(ablation_table(results, config, seeds))
+    _plot_sweep(results, root / "ablation_lq_sweep.png")
     return results
+
+
+def _plot_sweep(results: dict[str, Any], path: Path) -> None:
+    """Mean test AUC against the share of training LQ images kept, Vanilla and MKCNet (paper Fig. 5)."""
+    series = {}
+    for base in _SWEEP_BASES:
+        points = []
+        for fraction in LQ_SWEEP:
+            name = base if fraction == 1.0 else _sweep_name(base, fraction)
+            values = [v for v in results.get(name, {}).get("overall", {}).get("auc", []) if v == v]
+            if values:
+                points.append((100 * fraction, sum(values) / len(values)))
+        if len(points) >= 2:
+            series[DESCRIPTIONS[base].split(" (")[0]] = ([x for x, _ in points], [y for _, y in points])
+    if series:
+        plot_curves(series, path, title="Test AUC vs LQ images used in training", xlabel="% of LQ kept", ylabel="AUC")
 
 
 def ablation_table(results: dict[str, Any], config: MkcnetConfig, seeds: Sequence[int]) -> str:
