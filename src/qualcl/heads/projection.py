@@ -25,8 +25,9 @@ class ProjectionHead(nn.Module):
     Example:
         >>> import torch
         >>> head = ProjectionHead((512, 512, 128))
-        >>> head(torch.randn(4, 512)).norm(dim=1)
-        tensor([1.0000, 1.0000, 1.0000, 1.0000], grad_fn=<LinalgVectorNormBackward0>)
+        >>> z = head(torch.randn(4, 512))
+        >>> z.shape, bool(torch.allclose(z.norm(dim=1), torch.ones(4)))
+        (torch.Size([4, 128]), True)
 
     Reference:
         Chen et al., SimCLR, 2020; CoMCL (seed 000) uses Linear(2048, 2048)–ReLU–Linear(2048, 128).
