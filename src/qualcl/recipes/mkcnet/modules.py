@@ -31,6 +31,10 @@ def step_lr(base: float, epoch: int, step: int, gamma: float) -> float:
     return base * gamma ** (epoch // max(step, 1))
 
 
+def _total(losses: dict[str, Tensor]) -> Tensor:
+    return torch.stack(list(losses.values())).sum()
+
+
 class MkcnetTraining(L.LightningModule):
     r"""MKCNet's training loop as a Lightning module (manual optimisation, two optimisers).
 
@@ -128,7 +132,7 @@ class MkcnetTraining(L.LightningModule):
             with torch.no_grad():
                 target = self._targets(images, diagnosis, quality)
         losses = self.task_losses(self.task(images), diagnosis, quality, target)
-        loss = torch.stack(list(losses.values())).sum()
+        loss = _total(losses)
         optimizer = self._optimizer_list()[0]
         optimizer.zero_grad()
         self.manual_backward(loss)
@@ -155,11 +159,10 @@ class MkcnetTraining(L.LightningModule):
         # three times and frees each graph, so the targets cannot be shared between calls.
         def inner(forward: TaskForward) -> Tensor:
             target = self._targets(images, diagnosis, quality)
-            return torch.stack(list(self.task_losses(forward(images), diagnosis, quality, target).values())).sum()
+            return _total(self.task_losses(forward(images), diagnosis, quality, target))
 
         def outer(forward: TaskForward) -> Tensor:
-            losses = self.task_losses(forward(images), diagnosis, quality, None)
-            primary = torch.stack(list(losses.values())).sum()
+            primary = _total(self.task_losses(forward(images), diagnosis, quality, None))
             self._last_target = self._targets(images, diagnosis, quality)
             return primary - self.config.entropy_weight * batch_entropy(self._last_target)
 
