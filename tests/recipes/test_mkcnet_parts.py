@@ -176,12 +176,12 @@ def test_step_lr_and_config_round_trip(tmp_path):
         mkcnet_config("huge")
 
 
-def _tiny_module(meta=True):
+def _tiny_module(meta=True, meta_batch="same"):
     config = dataclasses.replace(SMALL, meta=meta, assist="gated" if meta else "none")
     torch.manual_seed(0)
     task = build_task_net(config, 3, 3, 2)
     learner = build_meta_learner(config, 3, 3, 2)
-    train = TrainConfig(lr=0.05, meta_lr=0.05)
+    train = TrainConfig(lr=0.05, meta_lr=0.05, meta_batch=meta_batch)
     module = MkcnetTraining(task, learner, train, slice_length=2)
     return module
 
@@ -224,11 +224,15 @@ def test_stage_one_moves_only_the_task_net(monkeypatch):
     assert all(p.grad is None for p in module.meta.parameters())  # targets were detached
 
 
-def test_stage_two_moves_only_the_meta_learner_and_matches_its_losses(monkeypatch):
-    module = _tiny_module()
+@pytest.mark.parametrize("meta_batch", ["same", "split"])
+def test_stage_two_moves_only_the_meta_learner_and_matches_its_losses(monkeypatch, meta_batch):
+    module = _tiny_module(meta_batch=meta_batch)
     _wire(module, monkeypatch)
+    module.on_fit_start()
     task0, meta0 = copy.deepcopy(module.task.state_dict()), copy.deepcopy(module.meta.state_dict())
     images, d, q, _, _ = batch = _batch(1)
+    inner_rows = slice(0, 2) if meta_batch == "split" else slice(None)
+    outer_rows = slice(2, 4) if meta_batch == "split" else slice(None)
     loss = module.training_step(batch, 0)
     assert all(torch.equal(v, module.task.state_dict()[k]) for k, v in task0.items())  # θ and BN buffers
     assert any(not torch.equal(v, module.meta.state_dict()[k]) for k, v in meta0.items())
@@ -237,9 +241,10 @@ def test_stage_two_moves_only_the_meta_learner_and_matches_its_losses(monkeypatc
     probe = _tiny_module()
     probe.task.load_state_dict(task0)
     probe.meta.load_state_dict(meta0)
-    target = probe.meta(images, d, q)
-    out = probe.task(images)
-    inner = focal_loss(out.diagnosis, d) + focal_loss(out.quality, q) + focal_loss(out.co_embedding, target) / 2
+    xi, di, qi = images[inner_rows], d[inner_rows], q[inner_rows]
+    target = probe.meta(xi, di, qi)
+    out = probe.task(xi)
+    inner = focal_loss(out.diagnosis, di) + focal_loss(out.quality, qi) + focal_loss(out.co_embedding, target) / 2
     names = [n for n, p in probe.task.named_parameters()]
     params = list(probe.task.parameters())
     grads = torch.autograd.grad(inner, params, allow_unused=True)
@@ -247,9 +252,19 @@ def test_stage_two_moves_only_the_meta_learner_and_matches_its_losses(monkeypatc
         n: p - 0.05 * ((g if g is not None else 0) + 5e-4 * p) for n, p, g in zip(names, params, grads, strict=True)
     }
     buffers = {n: b.clone() for n, b in dict(probe.task.named_buffers()).items()}
-    out2 = torch.func.functional_call(probe.task, {**tilde, **buffers}, (images,))
-    outer = focal_loss(out2.diagnosis, d) + focal_loss(out2.quality, q) - 0.2 * batch_entropy(target)
+    xo, do, qo = images[outer_rows], d[outer_rows], q[outer_rows]
+    out2 = torch.func.functional_call(probe.task, {**tilde, **buffers}, (xo,))
+    outer = focal_loss(out2.diagnosis, do) + focal_loss(out2.quality, qo) - 0.2 * batch_entropy(target)
     assert float(loss) == pytest.approx(float(outer), rel=1e-4)
+
+
+def test_meta_batch_setting_is_checked():
+    with pytest.raises(ValueError, match="meta_batch must be"):
+        _tiny_module(meta_batch="other").on_fit_start()
+    module = _tiny_module(meta_batch="split")
+    module.config = dataclasses.replace(module.config, batch_size=2)
+    with pytest.raises(ValueError, match="batch_size >= 4"):
+        module.on_fit_start()
 
 
 def test_variants_without_meta_train_in_one_pass(monkeypatch):

@@ -155,6 +155,9 @@ class TrainConfig:
         focal_gamma: Focal-loss ``γ`` of all three losses.
         meta_mode: ``"second_order"``, ``"finite_difference"`` (the official first-order script)
             or ``"first_order"`` (see :class:`~qualcl.optim.MetaAuxiliaryOptimizer`).
+        meta_batch: ``"same"`` (the official code: inner and outer loss on the same batch) or
+            ``"split"`` (MAXL's held-out data: the inner loss on one half of the batch, the outer on
+            the other).
         val_every: Validate (and select the best model by AUC) every this many epochs.
     """
 
@@ -170,6 +173,7 @@ class TrainConfig:
     entropy_weight: float = 0.2
     focal_gamma: float = 2.0
     meta_mode: str = "second_order"
+    meta_batch: str = "same"
     val_every: int = 1
 
 

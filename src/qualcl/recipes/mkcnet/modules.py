@@ -46,7 +46,9 @@ class MkcnetTraining(L.LightningModule):
     2. **Meta Learner** (``φ``): :class:`~qualcl.optim.MetaAuxiliaryOptimizer` with
        ``L_inner = L_θ`` (``y_ω`` attached) at ``θ`` and ``L_outer = FL(p_d, y_d) + FL(p_q, y_q) −
        w_ent · H(mean_i y_ω,i)`` at ``θ̃ = θ − α(∇θ L_inner + wd · θ)``, ``α`` the Task Net's current
-       learning rate; one SGD step of the Meta Learner. ``θ`` is not changed by this pass.
+       learning rate; one SGD step of the Meta Learner. ``θ`` is not changed by this pass. With
+       ``config.meta_batch="split"`` the inner loss (and the entropy) use the first half of the batch
+       and the outer loss the second half, MAXL's held-out variant; ``"same"`` is the official code.
 
     Variants without a Meta Learner have one pass and ``L_θ = FL(p_d, y_d) [+ FL(p_q, y_q)]``.
     Both learning rates follow StepLR. Validation computes the diagnosis AUC (one-vs-one on
@@ -155,15 +157,22 @@ class MkcnetTraining(L.LightningModule):
         return self._meta_step
 
     def _meta_update(self, images: Tensor, diagnosis: Tensor, quality: Tensor) -> Tensor:
+        inner_part = outer_part = slice(None)
+        if self.config.meta_batch == "split":  # MAXL's held-out data: inner on one half, outer on the other
+            half = images.shape[0] // 2
+            inner_part, outer_part = slice(0, half), slice(half, None)
+        x_in, d_in, q_in = images[inner_part], diagnosis[inner_part], quality[inner_part]
+        x_out, d_out, q_out = images[outer_part], diagnosis[outer_part], quality[outer_part]
+
         # Each closure runs the Meta Learner itself: the finite-difference mode calls the inner loss
         # three times and frees each graph, so the targets cannot be shared between calls.
         def inner(forward: TaskForward) -> Tensor:
-            target = self._targets(images, diagnosis, quality)
-            return _total(self.task_losses(forward(images), diagnosis, quality, target))
+            target = self._targets(x_in, d_in, q_in)
+            return _total(self.task_losses(forward(x_in), d_in, q_in, target))
 
         def outer(forward: TaskForward) -> Tensor:
-            primary = _total(self.task_losses(forward(images), diagnosis, quality, None))
-            self._last_target = self._targets(images, diagnosis, quality)
+            primary = _total(self.task_losses(forward(x_out), d_out, q_out, None))
+            self._last_target = self._targets(x_in, d_in, q_in)
             return primary - self.config.entropy_weight * batch_entropy(self._last_target)
 
         stats = self._meta_optimizer().step(inner, outer)
@@ -231,6 +240,13 @@ class MkcnetTraining(L.LightningModule):
         statistics = checkpoint.get("mkcnet_epoch_statistics", {})
         self._sums = dict(statistics.get("sums", {}))
         self._counts = dict(statistics.get("counts", {}))
+
+    def on_fit_start(self) -> None:
+        """Check the settings that only matter once training starts."""
+        if self.config.meta_batch not in ("same", "split"):
+            raise ValueError(f"train.meta_batch must be 'same' or 'split', got {self.config.meta_batch!r}")
+        if self.config.meta_batch == "split" and self.config.batch_size < 4:
+            raise ValueError(f"train.meta_batch='split' needs train.batch_size >= 4, got {self.config.batch_size}")
 
     def configure_optimizers(self) -> Any:
         """SGD for the Task Net and, with a Meta Learner, SGD for it (learning rates set per epoch)."""
