@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import copy
-import os
-import socket
 from collections.abc import Callable
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from gloo import run_on_ranks
 from qualcl.distributed import gather_no_grad, gather_with_grad, rank, world_size
 from qualcl.losses import ClipLoss, InfoNCE
 
@@ -115,25 +113,13 @@ def _cases() -> dict[str, Callable[[], Pairs]]:
 CASE_NAMES = list(_cases())
 
 
-def _worker(rank_: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank_, world_size=WORLD)
-    try:
-        results = {name: case() for name, case in _cases().items()}
-        torch.save(results, os.path.join(out_dir, f"rank{rank_}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _work() -> dict:
+    return {name: case() for name, case in _cases().items()}
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gloo")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(port, str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+    return run_on_ranks(_work, WORLD, tmp_path_factory.mktemp("gloo"))
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from gloo import run_on_ranks
 from qualcl.losses import ClipLoss, InfoNCE
 
 pytestmark = pytest.mark.distributed
@@ -64,25 +61,13 @@ def _run_case(build, n_inputs, call) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return pairs
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        results = {name: _run_case(*case) for name, case in _cases().items()}
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _work() -> dict:
+    return {name: _run_case(*case) for name, case in _cases().items()}
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gloo_kernels")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(port, str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+    return run_on_ranks(_work, WORLD, tmp_path_factory.mktemp("gloo_kernels"))
 
 
 @pytest.mark.parametrize("case", list(_cases()))

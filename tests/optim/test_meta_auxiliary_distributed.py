@@ -10,17 +10,15 @@ task buffers stay unchanged, and the DDP wrapper still synchronises an ordinary 
 from __future__ import annotations
 
 import copy
-import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from _meta_problem import batch, closures, models
 from torch.nn.parallel import DistributedDataParallel
 
+from gloo import run_on_ranks
 from qualcl.distributed import rank
 from qualcl.optim import MetaAuxiliaryOptimizer
 
@@ -92,25 +90,13 @@ def _case(mode: str, wrap_meta: bool) -> Pairs:
     return out
 
 
-def _worker(rank_: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank_, world_size=WORLD)
-    try:
-        results = {case: _case(*case) for case in CASES}
-        torch.save(results, os.path.join(out_dir, f"rank{rank_}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _work() -> dict:
+    return {case: _case(*case) for case in CASES}
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gloo_meta")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(port, str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+    return run_on_ranks(_work, WORLD, tmp_path_factory.mktemp("gloo_meta"))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{m}-{'ddp_meta' if w else 'plain_meta'}" for m, w in CASES])
