@@ -82,6 +82,13 @@ def test_ablation_writes_both_tables(smoke, tmp_path):
     lq = json.loads((tmp_path / "ablation" / "vanilla@lq50" / "seed0" / "metrics.json").read_text())
     full = json.loads((tmp_path / "ablation" / "vanilla" / "seed0" / "metrics.json").read_text())
     assert lq["data"]["train_lq_fraction"] < full["data"]["train_lq_fraction"]
+    # collecting trains nothing: unfinished runs are left out and cells say how many seeds they hold
+    collected = run_ablation(
+        smoke, tmp_path / "ablation", seeds=[0, 1], variants=["vanilla", "mkcnet"], progress=False, run_missing=False
+    )
+    assert set(collected) == {"vanilla"}
+    assert not (tmp_path / "ablation" / "mkcnet").exists()
+    assert "(n=1)" in (tmp_path / "ablation" / "ablation.md").read_text()
 
 
 def test_cli_runs_the_smoke_preset(smoke, tmp_path, capsys):

@@ -34,6 +34,9 @@ def add_run_arguments(
     parser.add_argument("--seed", type=int, default=None, help="training seed")
     parser.add_argument("--ablation", action="store_true", help=ablation_help)
     parser.add_argument("--seeds", default="0,1,2", help="ablation seeds, comma-separated (default 0,1,2)")
+    parser.add_argument(
+        "--collect", action="store_true", help="with --ablation: train nothing, tabulate the finished runs only"
+    )
     parser.add_argument("--variants", default=None, help=variants_help)
     parser.add_argument(
         "--set",
@@ -59,7 +62,7 @@ def config_from_arguments(make_config: Callable[..., C], args: argparse.Namespac
 
 
 def ablation_arguments(args: argparse.Namespace) -> dict[str, Any]:
-    """``seeds`` and ``variants`` keyword arguments of a recipe's ``run_ablation``."""
+    """``seeds``, ``variants`` and ``run_missing`` keyword arguments of a recipe's ``run_ablation``."""
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     variants = args.variants.split(",") if args.variants else None
-    return {"seeds": seeds, "variants": variants}
+    return {"seeds": seeds, "variants": variants, "run_missing": not args.collect}

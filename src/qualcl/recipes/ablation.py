@@ -11,19 +11,24 @@ from typing import Any
 __all__ = ["mean_std", "run_variants"]
 
 
-def mean_std(values: Sequence[float]) -> str:
+def mean_std(values: Sequence[float], expected: int | None = None) -> str:
     """``"0.123 ± 0.004"`` (sample std) of the finite ``values``; ``"n/a"`` when there are none.
+
+    When fewer than ``expected`` values are finite, the count is added: ``"0.600 ± 0.141 (n=2)"``.
 
     Example:
         >>> mean_std([0.5, 0.7, float("nan")])
         '0.600 ± 0.141'
+        >>> mean_std([0.5, 0.7], expected=3)
+        '0.600 ± 0.141 (n=2)'
     """
     clean = [float(v) for v in values if math.isfinite(v)]
     if not clean:
         return "n/a"
     mean = sum(clean) / len(clean)
     std = math.sqrt(sum((v - mean) ** 2 for v in clean) / (len(clean) - 1)) if len(clean) > 1 else 0.0
-    return f"{mean:.3f} ± {std:.3f}"
+    count = f" (n={len(clean)})" if expected is not None and len(clean) < expected else ""
+    return f"{mean:.3f} ± {std:.3f}{count}"
 
 
 def run_variants(
@@ -34,11 +39,13 @@ def run_variants(
     summarise: Callable[[dict[str, Any]], str],
     *,
     progress: bool = True,
+    run_missing: bool = True,
 ) -> dict[str, dict[int, dict[str, Any]]]:
     """Run ``run(name, seed, folder)`` for every variant and seed unless ``folder/metrics.json`` exists.
 
     Each run lives in ``root/<name>/seed<k>``; a finished one is read back instead of re-run, so
-    an interrupted ablation continues where it stopped.
+    an interrupted ablation continues where it stopped. With ``run_missing=False`` nothing is
+    trained: only the finished runs are collected (variants without any are left out).
 
     Args:
         root: Folder of the ablation.
@@ -47,15 +54,18 @@ def run_variants(
         run: Runs one variant with one seed into a folder and returns its metrics.
         summarise: One line about a run's metrics, printed when ``progress``.
         progress: Print a line per finished run.
+        run_missing: Train the runs that are not finished yet.
 
     Returns:
-        ``{name: {seed: metrics}}``.
+        ``{name: {seed: metrics}}`` of the finished runs.
     """
     results: dict[str, dict[int, dict[str, Any]]] = {}
     for name in names:
         for seed in seeds:
             folder = root / name / f"seed{seed}"
             done = folder / "metrics.json"
+            if not done.is_file() and not run_missing:
+                continue
             metrics = json.loads(done.read_text()) if done.is_file() else run(name, seed, folder)
             results.setdefault(name, {})[seed] = metrics
             if progress:

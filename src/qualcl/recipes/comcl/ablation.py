@@ -49,6 +49,7 @@ def run_ablation(
     seeds: Sequence[int] = (0, 1, 2),
     variants: Sequence[str] | None = None,
     progress: bool = True,
+    run_missing: bool = True,
 ) -> dict[str, Any]:
     """Run every ablation variant for every seed (resumable), then write ``ablation.md`` and ``.json``.
 
@@ -61,6 +62,7 @@ def run_ablation(
         seeds: Training seeds.
         variants: Subset of ``ABLATIONS`` (default: all).
         progress: Print one line per finished run.
+        run_missing: ``False`` trains nothing and tabulates the finished runs only.
 
     Returns:
         ``{variant: {setting: {"qwk": [...], "accuracy": [...]}}}``.
@@ -82,7 +84,9 @@ def run_ablation(
         return f"QWK {original['qwk']:.3f}, ACC {original['accuracy']:.3f}"
 
     results: dict[str, Any] = {}
-    for name, by_seed in run_variants(root, names, seeds, run, summarise, progress=progress).items():
+    for name, by_seed in run_variants(
+        root, names, seeds, run, summarise, progress=progress, run_missing=run_missing
+    ).items():
         per_setting: dict[str, dict[str, list[float]]] = {}
         for metrics in by_seed.values():
             for setting, values in metrics["test"].items():
@@ -115,7 +119,8 @@ def ablation_table(results: dict[str, Any], config: ComclConfig, seeds: Sequence
     ]
     for name, per_setting in results.items():
         cells = " | ".join(
-            f"{mean_std(per_setting[s]['qwk'])} | {mean_std(per_setting[s]['accuracy'])}" for s in settings
+            f"{mean_std(per_setting[s]['qwk'], len(seeds))} | {mean_std(per_setting[s]['accuracy'], len(seeds))}"
+            for s in settings
         )
         paper = PAPER_TABLES.get(name)
         paper_cell = f"{paper[0]:.3f} / {paper[1]:.3f}" if paper else "—"

@@ -66,6 +66,7 @@ def run_ablation(
     seeds: Sequence[int] = (0, 1, 2),
     variants: Sequence[str] | None = None,
     progress: bool = True,
+    run_missing: bool = True,
 ) -> dict[str, Any]:
     """Run every variant for every seed (resumable), then write ``ablation.md`` and ``ablation.json``.
 
@@ -78,6 +79,8 @@ def run_ablation(
         seeds: Training seeds.
         variants: Subset of :func:`ablation_variants` (default: all, with the LQ sweep).
         progress: Print one line per finished run.
+        run_missing: ``False`` trains nothing and tabulates the finished runs only (cells with fewer
+            seeds than asked say how many).
 
     Returns:
         ``{variant: {stratum: {metric: [one value per seed]}}}``.
@@ -97,7 +100,7 @@ def run_ablation(
         o = metrics["test"]["overall"]
         return f"AUC {o['auc']:.3f}, ACC {o['accuracy']:.3f}, F1 {o['macro_f1']:.3f}"
 
-    raw = run_variants(root, names, seeds, run, summarise, progress=progress)
+    raw = run_variants(root, names, seeds, run, summarise, progress=progress, run_missing=run_missing)
     results: dict[str, Any] = {}
     for name, by_seed in raw.items():
         strata: dict[str, dict[str, list[float]]] = {}
@@ -151,9 +154,10 @@ def ablation_table(results: dict[str, Any], config: MkcnetConfig, seeds: Sequenc
         overall, low = strata["overall"], strata.get("low_quality", {"auc": []})
         paper = PAPER_EYEQ.get(name)
         paper_cell = " / ".join(f"{v / 100:.3f}" for v in paper) if paper else "—"
+        n = len(seeds)
         lines.append(
-            f"| {DESCRIPTIONS.get(name, name)} | {mean_std(overall['auc'])} | {mean_std(overall['accuracy'])} | "
-            f"{mean_std(overall['macro_f1'])} | {mean_std(low['auc'])} | {paper_cell} |"
+            f"| {DESCRIPTIONS.get(name, name)} | {mean_std(overall['auc'], n)} | {mean_std(overall['accuracy'], n)} | "
+            f"{mean_std(overall['macro_f1'], n)} | {mean_std(low['auc'], n)} | {paper_cell} |"
         )
     sweep = [n for n in results if "@lq" in n]
     if sweep:
@@ -170,6 +174,6 @@ def ablation_table(results: dict[str, Any], config: MkcnetConfig, seeds: Sequenc
                 for base in _SWEEP_BASES:
                     name = base if fraction == 1.0 else _sweep_name(base, fraction)
                     values = results.get(name, {}).get(stratum, {}).get("auc", [])
-                    cells.append(mean_std(values) if name in results else "—")
+                    cells.append(mean_std(values, len(seeds)) if name in results else "—")
             lines.append(f"| {fraction:.0%} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
