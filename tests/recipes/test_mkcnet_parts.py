@@ -56,8 +56,9 @@ def test_every_variant_builds_and_gives_the_heads_it_declares(name):
     if meta is not None:
         assert out.co_embedding.shape == (2, 2 * 3 * 2)
         assert meta.num_outputs == 12  # masking by one label regroups, never resizes
-    width = task.diagnosis_feature(torch.randn(2, 3, 48, 48)).shape[1]
-    assert width == (16 if config.assist == "none" else 32)
+    again, feature = task.eval().forward_with_feature(x := torch.randn(2, 3, 48, 48))
+    assert torch.equal(again.diagnosis, task(x).diagnosis)
+    assert feature.shape[1] == (16 if config.assist == "none" else 32)
 
 
 def test_pooled_gab_input_and_grey_images():

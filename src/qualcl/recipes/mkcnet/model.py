@@ -137,16 +137,16 @@ class TaskNet(nn.Module):
         joined = self.mab(f_d, helper) if self.mab is not None else torch.cat([f_d, helper], dim=1)
         return joined, f_w, f_q
 
-    def diagnosis_feature(self, x: Tensor) -> Tensor:
-        """The final diagnosis feature ``f^{d*}`` ``(N, w)`` (for embedding maps)."""
-        return self._features(x)[0]
-
-    def forward(self, x: Tensor) -> TaskOutput:
-        """Logits of every head for images ``x``."""
+    def forward_with_feature(self, x: Tensor) -> tuple[TaskOutput, Tensor]:
+        """The logits of every head and the final diagnosis feature ``f^{d*}`` ``(N, w)`` (for embedding maps)."""
         f_ds, f_w, f_q = self._features(x)
         co = self.co_embedding_head(f_w) if self.co_embedding_head is not None and f_w is not None else None
         quality = self.quality_head(f_q) if self.quality_head is not None and f_q is not None else None
-        return TaskOutput(self.diagnosis_head(f_ds), co, quality)
+        return TaskOutput(self.diagnosis_head(f_ds), co, quality), f_ds
+
+    def forward(self, x: Tensor) -> TaskOutput:
+        """Logits of every head for images ``x``."""
+        return self.forward_with_feature(x)[0]
 
 
 def xavier_init(backbone: nn.Module) -> None:

@@ -153,8 +153,9 @@ def _predict(module: MkcnetTraining, dataset: MkcnetDataset, batch_size: int) ->
     module.eval()
     probs, features, meta_logits = [], [], []
     for images, _, _, _, _ in _eval_loader(dataset, batch_size):
-        probs.append(torch.softmax(module.task(images).diagnosis.float(), dim=1))
-        features.append(module.task.diagnosis_feature(images))
+        logits, feature = module.task.forward_with_feature(images)
+        probs.append(torch.softmax(logits.diagnosis.float(), dim=1))
+        features.append(feature)
         if module.meta is not None:
             meta_logits.append(module.meta.logits(images))
     out = {"probs": torch.cat(probs), "features": torch.cat(features)}
