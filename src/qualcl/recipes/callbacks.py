@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, OnExceptionCh
 
 from qualcl.recipes.run_folder import RunFolder
 
-__all__ = ["HistoryWriter", "make_trainer", "resume_path"]
+__all__ = ["EpochSetter", "HistoryWriter", "load_best", "make_trainer", "resume_path"]
 
 # Lightning's advice that does not apply to in-memory CPU datasets and our explicit resume logic.
 for _message in (".*does not have many workers.*", ".*LeafSpec.*", r".*fit\(ckpt_path=.*"):
@@ -48,6 +48,31 @@ class HistoryWriter(Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Write what is left."""
         self._flush(pl_module)
+
+
+class EpochSetter(Callback):
+    """Calls ``set_epoch(trainer.current_epoch)`` on datasets and samplers at each epoch start."""
+
+    def __init__(self, *targets: Any) -> None:
+        self.targets = targets
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Reseed every target for the epoch that starts."""
+        for target in self.targets:
+            target.set_epoch(trainer.current_epoch)
+
+
+def load_best(run: RunFolder, stage: str, module: L.LightningModule) -> int | None:
+    """Load the stage's ``best.ckpt`` (the monitored metric's best epoch) into ``module``; return its epoch.
+
+    Returns ``None`` and leaves ``module`` as it is when the stage kept no best checkpoint.
+    """
+    best = run.checkpoint_dir(stage) / "best.ckpt"
+    if not best.is_file():
+        return None
+    state = torch.load(best, map_location="cpu", weights_only=True)
+    module.load_state_dict(state["state_dict"])
+    return int(state["epoch"])
 
 
 def resume_path(run: RunFolder, stage: str, key: str) -> Path | None:

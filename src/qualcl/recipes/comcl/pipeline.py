@@ -18,7 +18,7 @@ from qualcl.heads.projection import ProjectionHead
 from qualcl.losses import MultiLevelInfoNCE
 from qualcl.metrics import confusion_matrix, stratified_grading_metrics
 from qualcl.recipes.backbones import Backbone, build_backbone
-from qualcl.recipes.callbacks import HistoryWriter, make_trainer, resume_path
+from qualcl.recipes.callbacks import EpochSetter, HistoryWriter, load_best, make_trainer, resume_path
 from qualcl.recipes.comcl.config import ComclConfig
 from qualcl.recipes.comcl.data import (
     FundusImages,
@@ -37,17 +37,6 @@ __all__ = ["run_comcl"]
 
 QUALITY_NAMES = ("Good", "Usable", "Reject")
 BINARY_LEVELS = ("lesion", "healthy")
-
-
-class _EpochSetter(Callback):
-    """Calls ``set_epoch`` on the patch dataset and the batch sampler at each epoch start."""
-
-    def __init__(self, *targets: Any) -> None:
-        self.targets = targets
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for target in self.targets:
-            target.set_epoch(trainer.current_epoch)
 
 
 def _data(config: ComclConfig, run: RunFolder) -> tuple[FundusImages, FundusImages]:
@@ -132,7 +121,7 @@ def _pretrain(config: ComclConfig, run: RunFolder, train: FundusImages, callback
         "pretrain",
         max_steps=cfg.steps,
         progress=config.progress,
-        callbacks=[HistoryWriter(run, "pretrain", "step_log"), _EpochSetter(dataset, sampler), *callbacks],
+        callbacks=[HistoryWriter(run, "pretrain", "step_log"), EpochSetter(dataset, sampler), *callbacks],
         every_n_train_steps=max(1, min(50, cfg.steps // 4)),
     )
     start = time.perf_counter()
@@ -196,10 +185,7 @@ def _finetune(
         ckpt_path=resume_path(run, "finetune", "epoch"),
         weights_only=True,
     )
-    best = run.checkpoint_dir("finetune") / "best.ckpt"
-    if best.is_file():
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
+    load_best(run, "finetune", module)
     run.save_weights(module, "classifier")
     run.mark_done("finetune", epochs=cfg.epochs, seconds=round(time.perf_counter() - start, 1))
     rows = run.read_history("finetune")

@@ -255,12 +255,19 @@ class TwoPassBatchSampler(Sampler[list[int]]):
         self.epoch = 0
         self.skip = 0
 
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        """Shuffle for ``epoch``; the next iteration leaves out its first ``skip`` batches (done before a resume)."""
-        if skip < 0:
+    def set_epoch(self, epoch: int, skip: int | None = None) -> None:
+        """Shuffle for ``epoch``; the next iteration leaves out its first ``skip`` batches (done before a resume).
+
+        Without ``skip``, a skip already set for this same epoch (by a resume) is kept, so that the
+        usual per-epoch ``set_epoch`` call cannot undo it; a new epoch starts from its first batch.
+        """
+        if skip is not None and skip < 0:
             raise ValueError(f"skip must be >= 0, got {skip}")
+        if skip is not None:
+            self.skip = skip
+        elif epoch != self.epoch:
+            self.skip = 0
         self.epoch = epoch
-        self.skip = skip
 
     @property
     def batches_per_pass(self) -> int:

@@ -193,9 +193,9 @@ def mask_labels(mask_by: str, diagnosis: Tensor, quality: Tensor) -> tuple[Tenso
 
 def build_task_net(config: ModelConfig, channels: int, num_diagnosis: int, num_quality: int) -> TaskNet:
     """The Task Net of ``config`` for ``channels``-channel images."""
-    backbone = _backbone(config, channels, pool=config.gab_input == "pooled")
     if config.gab_input not in ("map", "pooled"):
         raise ValueError(f"model.gab_input must be 'map' or 'pooled', got {config.gab_input!r}")
+    backbone = _backbone(config, channels, pool=config.gab_input == "pooled")
     num_aux = config.slice_length * num_diagnosis * num_quality if config.meta else None
     return TaskNet(
         backbone,

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from qualcl.data.readers import quality_scheme
 from qualcl.metrics import confusion_matrix, diagnosis_metrics, stratified_diagnosis_metrics
-from qualcl.recipes.callbacks import HistoryWriter, make_trainer, resume_path
+from qualcl.recipes.callbacks import EpochSetter, HistoryWriter, load_best, make_trainer, resume_path
 from qualcl.recipes.mkcnet.config import MkcnetConfig
 from qualcl.recipes.mkcnet.data import (
     MkcnetDataset,
@@ -32,17 +32,6 @@ from qualcl.recipes.run_folder import RunFolder
 __all__ = ["run_mkcnet"]
 
 STAGE = "train"
-
-
-class _EpochSetter(Callback):
-    """Sets the sampler's epoch at each epoch start."""
-
-    def __init__(self, sampler: TwoPassBatchSampler) -> None:
-        self.sampler = sampler
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.sampler.epoch != trainer.current_epoch:  # a resumed epoch is already set (and iterating)
-            self.sampler.set_epoch(trainer.current_epoch)
 
 
 def _data_root(config: MkcnetConfig, run: RunFolder) -> Path:
@@ -121,7 +110,7 @@ def _train(
         STAGE,
         max_epochs=cfg.epochs,
         progress=config.progress,
-        callbacks=[HistoryWriter(run, STAGE, "epoch_log"), _EpochSetter(sampler), *callbacks],
+        callbacks=[HistoryWriter(run, STAGE, "epoch_log"), EpochSetter(sampler), *callbacks],
         monitor="val/auc",
         check_val_every_n_epoch=max(1, cfg.val_every),
     )
@@ -137,12 +126,7 @@ def _train(
         ckpt_path=resume_path(run, STAGE, "epoch"),
         weights_only=True,
     )
-    best = run.checkpoint_dir(STAGE) / "best.ckpt"
-    best_epoch = None
-    if best.is_file():
-        state = torch.load(best, map_location="cpu", weights_only=True)
-        module.load_state_dict(state["state_dict"])
-        best_epoch = int(state["epoch"])
+    best_epoch = load_best(run, STAGE, module)
     run.save_weights(module, "mkcnet")
     run.mark_done(STAGE, epochs=cfg.epochs, best_epoch=best_epoch, seconds=round(time.perf_counter() - start, 1))
     _plot_history(run)
