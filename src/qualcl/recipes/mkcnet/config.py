@@ -105,8 +105,8 @@ class ModelConfig:
 
     Attributes:
         backbone: torchvision backbone of both sub-nets, trained from scratch (paper and default:
-            ``vgg16_bn``; the ``smoke`` and ``default`` presets use ``resnet10``, about 30 times
-            cheaper for the second-order step on a CPU).
+            ``vgg16_bn``; the ``smoke`` and ``default`` presets use ``resnet10``, about ten times
+            cheaper per training epoch on a CPU: ``benchmarks/results/meta_step_cpu.md``).
         init: ``"xavier"`` (the official code: Xavier-uniform convolutions, zero bias) or
             ``"torchvision"`` (the library's own initialisation).
         feature_dim: Width of ``f^d``, ``f^ω``, ``f^q`` (0: half the backbone width, 256 for VGG).
