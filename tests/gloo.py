@@ -19,6 +19,9 @@ def _entry(rank: int, work: Callable[[], Any], port: int, world: int, out_dir: s
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.save(work(), os.path.join(out_dir, f"rank{rank}.pt"))
+        # No rank tears its group down while a peer may still be talking to it: gloo aborts the
+        # process ("terminate called without an active exception") when that happens.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
