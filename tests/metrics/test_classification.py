@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import cohen_kappa_score, f1_score
 
 from qualcl.metrics import (
+    cohen_kappa,
     confusion_matrix,
     grading_metrics,
     quadratic_weighted_kappa,
@@ -22,7 +23,11 @@ def test_qwk_and_f1_match_sklearn(pairs):
     theirs = cohen_kappa_score(target.numpy(), preds.numpy(), weights="quadratic", labels=list(range(5)))
     if theirs == theirs:  # sklearn gives nan when undefined
         assert ours == pytest.approx(theirs, abs=1e-5)
+    unweighted = cohen_kappa_score(target.numpy(), preds.numpy(), labels=list(range(5)))
+    if unweighted == unweighted:
+        assert cohen_kappa(preds, target, 5) == pytest.approx(unweighted, abs=1e-5)
     m = grading_metrics(preds, target, 5)
+    assert m["kappa"] == cohen_kappa(preds, target, 5) or unweighted != unweighted
     present = sorted(set(preds.tolist()) | set(target.tolist()))
     assert m["macro_f1"] == pytest.approx(f1_score(target, preds, average="macro", labels=present), abs=1e-5)
     assert m["accuracy"] == pytest.approx(float((preds == target).float().mean()), abs=1e-6)

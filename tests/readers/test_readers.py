@@ -12,6 +12,7 @@ from qualcl.data.readers import (
     read_eyeq,
     read_idrid_grading,
     read_idrid_segmentation,
+    read_nih_boxes,
     read_nih_cxr14,
 )
 
@@ -141,6 +142,39 @@ def test_nih_parses_bracket_header_ages_and_splits(tmp_path):
     assert hot.shape == (2, 14)
     assert hot[0, NIH_FINDINGS.index("Cardiomegaly")] == 1
     assert hot[1].sum() == 0
+
+
+def test_nih_boxes_read_by_position(tmp_path):
+    (tmp_path / "BBox_List_2017.csv").write_text(
+        "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+        "00000001_000.png,Cardiomegaly,10.5,20,30,40,,,\n"
+        "00000001_000.png,Infiltrate,0,0,5,5\n"
+        "00000003_000.png,Mass,1,2,3,4\n"
+    )
+    boxes = read_nih_boxes(tmp_path)
+    assert boxes == {
+        "00000001_000.png": [(10.5, 20.0, 40.5, 60.0, "Cardiomegaly"), (0.0, 0.0, 5.0, 5.0, "Infiltrate")],
+        "00000003_000.png": [(1.0, 2.0, 4.0, 6.0, "Mass")],
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ("x.png,Mass,1,2,3\n", "expected image, label"),
+        ("x.png,Mass,1,2,a,4\n", "not numbers"),
+        ("x.png,Mass,1,2,-3,4\n", "negative box size"),
+    ],
+)
+def test_nih_boxes_errors(tmp_path, body, match):
+    with pytest.raises(FileNotFoundError, match="BBox_List_2017.csv"):
+        read_nih_boxes(tmp_path)
+    (tmp_path / "BBox_List_2017.csv").write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n" + body)
+    with pytest.raises(ValueError, match=match):
+        read_nih_boxes(tmp_path)
+    (tmp_path / "BBox_List_2017.csv").write_text("Name,Label\n")
+    with pytest.raises(ValueError, match="expected the header"):
+        read_nih_boxes(tmp_path)
 
 
 def test_nih_errors(tmp_path):

@@ -1,7 +1,8 @@
-"""Metrics: thin adapters over torchmetrics (QWK, accuracy, F1, one-vs-one AUC, stratified by quality)."""
+"""Metrics: thin adapters over torchmetrics (QWK, kappa, accuracy, F1, one-vs-one AUC, stratified by quality)."""
 
 from qualcl.metrics.classification import (
     binary_auroc,
+    cohen_kappa,
     confusion_matrix,
     diagnosis_metrics,
     grading_metrics,
@@ -13,6 +14,7 @@ from qualcl.metrics.classification import (
 
 __all__ = [
     "binary_auroc",
+    "cohen_kappa",
     "confusion_matrix",
     "diagnosis_metrics",
     "grading_metrics",

@@ -15,6 +15,7 @@ from torchmetrics.functional.classification import (
 
 __all__ = [
     "binary_auroc",
+    "cohen_kappa",
     "confusion_matrix",
     "diagnosis_metrics",
     "grading_metrics",
@@ -56,8 +57,32 @@ def quadratic_weighted_kappa(preds: Tensor, target: Tensor, num_classes: int) ->
     return float(value)
 
 
+def cohen_kappa(preds: Tensor, target: Tensor, num_classes: int) -> float:
+    """Unweighted Cohen's kappa, for classes without an order (= sklearn's ``cohen_kappa_score``).
+
+    Args:
+        preds: ``(N,)`` predicted class ids.
+        target: ``(N,)`` true class ids.
+        num_classes: Number of classes ``C``.
+
+    Returns:
+        Kappa in ``[-1, 1]``; ``nan`` when undefined (a single class in both).
+
+    Example:
+        >>> import torch
+        >>> cohen_kappa(torch.tensor([0, 1, 2, 2]), torch.tensor([0, 1, 2, 1]), 3)
+        0.6363636255264282
+    """
+    _check(preds, target)
+    if preds.numel() == 0:
+        return float("nan")
+    return float(multiclass_cohen_kappa(preds, target, num_classes))
+
+
 def grading_metrics(preds: Tensor, target: Tensor, num_classes: int) -> dict[str, float]:
-    """QWK, accuracy and macro F1 (over the classes present) of class predictions.
+    """QWK, unweighted kappa, accuracy and macro F1 (over the classes present) of class predictions.
+
+    QWK suits ordered grades (DR); ``kappa`` (unweighted) suits unordered classes (chest findings).
 
     Args:
         preds: ``(N,)`` predicted class ids.
@@ -65,7 +90,7 @@ def grading_metrics(preds: Tensor, target: Tensor, num_classes: int) -> dict[str
         num_classes: Number of classes.
 
     Returns:
-        ``{"qwk", "accuracy", "macro_f1", "n"}``.
+        ``{"qwk", "kappa", "accuracy", "macro_f1", "n"}``.
 
     Example:
         >>> import torch
@@ -75,9 +100,11 @@ def grading_metrics(preds: Tensor, target: Tensor, num_classes: int) -> dict[str
     _check(preds, target)
     n = int(preds.numel())
     if n == 0:
-        return {"qwk": float("nan"), "accuracy": float("nan"), "macro_f1": float("nan"), "n": 0}
+        nan = float("nan")
+        return {"qwk": nan, "kappa": nan, "accuracy": nan, "macro_f1": nan, "n": 0}
     return {
         "qwk": quadratic_weighted_kappa(preds, target, num_classes),
+        "kappa": cohen_kappa(preds, target, num_classes),
         "accuracy": float(multiclass_accuracy(preds, target, num_classes, average="micro")),
         "macro_f1": float(multiclass_f1_score(preds, target, num_classes, average="macro")),
         "n": n,

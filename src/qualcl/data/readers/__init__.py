@@ -16,7 +16,14 @@ from qualcl.data.readers.idrid import (
 from qualcl.data.readers.iqad import CT_IQAD_HQ_CLASSES, CT_IQAD_LQ_CLASSES, build_ct_iqad, build_cxr_iqad
 from qualcl.data.readers.kermany import KERMANY_CLASSES, KERMANY_SPLITS, KermanyRecord, read_kermany_pneumonia
 from qualcl.data.readers.low_dose import load_quality_image, simulate_low_dose, write_low_dose_images
-from qualcl.data.readers.nih_cxr14 import NIH_FINDINGS, CXRRecord, findings_to_multi_hot, read_nih_cxr14
+from qualcl.data.readers.nih_cxr14 import (
+    CHESTXRAY8_FINDINGS,
+    NIH_FINDINGS,
+    CXRRecord,
+    findings_to_multi_hot,
+    read_nih_boxes,
+    read_nih_cxr14,
+)
 from qualcl.data.readers.quality import (
     QUALITY_SCHEMES,
     QualityLabelledRecord,
@@ -29,6 +36,7 @@ from qualcl.data.readers.quality import (
 )
 
 __all__ = [
+    "CHESTXRAY8_FINDINGS",
     "CT_IQAD_HQ_CLASSES",
     "CT_IQAD_LQ_CLASSES",
     "DEEPDRID_SCORES",
@@ -64,6 +72,7 @@ __all__ = [
     "read_idrid_grading",
     "read_idrid_segmentation",
     "read_kermany_pneumonia",
+    "read_nih_boxes",
     "read_nih_cxr14",
     "simulate_low_dose",
     "write_low_dose_images",

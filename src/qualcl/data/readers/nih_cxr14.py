@@ -12,7 +12,14 @@ from torch import Tensor
 
 from qualcl.data.readers._files import find_file
 
-__all__ = ["NIH_FINDINGS", "CXRRecord", "findings_to_multi_hot", "read_nih_cxr14"]
+__all__ = [
+    "CHESTXRAY8_FINDINGS",
+    "NIH_FINDINGS",
+    "CXRRecord",
+    "findings_to_multi_hot",
+    "read_nih_boxes",
+    "read_nih_cxr14",
+]
 
 #: The 14 findings of ChestX-ray14 (``No Finding`` is the empty set).
 NIH_FINDINGS = (
@@ -31,6 +38,8 @@ NIH_FINDINGS = (
     "Pleural_Thickening",
     "Hernia",
 )
+#: The eight findings of ChestX-ray8 (the first release), which also carry ``BBox_List_2017.csv`` boxes.
+CHESTXRAY8_FINDINGS = NIH_FINDINGS[:8]
 _REQUIRED = ("Image Index", "Finding Labels", "Patient ID", "Patient Age", "Patient Gender", "View Position")
 
 
@@ -152,3 +161,48 @@ def read_nih_cxr14(root: str | Path, split: str | None = None, *, check_files: b
                 )
             )
     return records
+
+
+def read_nih_boxes(root: str | Path) -> dict[str, list[tuple[float, float, float, float, str]]]:
+    """Read ``BBox_List_2017.csv``: the radiologists' boxes of 984 findings on 880 images.
+
+    The file's header is ``Image Index,Finding Label,Bbox [x,y,w,h],,,`` (the bracketed name spans
+    four columns), so values are read by position: name, label, then ``x, y, w, h`` in original
+    image pixels. Labels are kept as written (the file spells ``Infiltrate`` where the metadata
+    says ``Infiltration``).
+
+    Args:
+        root: Dataset folder holding ``BBox_List_2017.csv``.
+
+    Returns:
+        ``{image name: [(x1, y1, x2, y2, label), ...]}`` with ``x2 = x + w``, ``y2 = y + h``.
+
+    Raises:
+        FileNotFoundError: The CSV is missing (named).
+        ValueError: A row has fewer than six values or a non-numeric / negative-size box (line named).
+
+    Example:
+        >>> boxes = read_nih_boxes("NIH")  # doctest: +SKIP
+        >>> boxes["00013118_008.png"]  # doctest: +SKIP
+        [(225.08, 547.02, 311.86, 626.21, 'Atelectasis')]
+    """
+    table = find_file(Path(root), ["BBox_List_2017.csv"], "NIH ChestX-ray14 boxes")
+    out: dict[str, list[tuple[float, float, float, float, str]]] = {}
+    with table.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, [])
+        if not header or header[0].strip() != "Image Index":
+            raise ValueError(f"{table}: expected the header 'Image Index,Finding Label,Bbox [x,y,w,h]', got {header}")
+        for line, values in enumerate(reader, start=2):
+            if not values or not values[0].strip():
+                continue
+            if len(values) < 6:
+                raise ValueError(f"{table}:{line}: expected image, label, x, y, w, h; got {values}")
+            try:
+                x, y, w, h = (float(v) for v in values[2:6])
+            except ValueError:
+                raise ValueError(f"{table}:{line}: box values {values[2:6]} are not numbers") from None
+            if w < 0 or h < 0:
+                raise ValueError(f"{table}:{line}: negative box size {w} x {h}")
+            out.setdefault(values[0].strip(), []).append((x, y, x + w, y + h, values[1].strip()))
+    return out

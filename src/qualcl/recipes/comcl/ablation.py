@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from qualcl.recipes.ablation import mean_std, run_variants
-from qualcl.recipes.comcl.config import ABLATIONS, ComclConfig
-from qualcl.recipes.comcl.pipeline import run_comcl
+from qualcl.recipes.comcl.config import ABLATIONS, ComclConfig, headline_metric
+from qualcl.recipes.comcl.pipeline import METRIC_NAMES, run_comcl
 
 __all__ = ["PAPER_TABLES", "ablation_table", "run_ablation"]
 
@@ -25,6 +25,8 @@ PAPER_TABLES: dict[str, tuple[float, float]] = {
     "v1_L_LQL": (0.846, 0.835),
     "v2_L_LQL_H": (0.867, 0.856),
 }
+#: Chest X-ray at its original 43.2 % LQ (Table 1 only: ResNet-50 baseline and CoMCL).
+PAPER_TABLES_CXR: dict[str, tuple[float, float]] = {"baseline": (0.619, 0.626), "comcl": (0.682, 0.708)}
 DESCRIPTIONS = {
     "baseline": "Baseline (no pre-training)",
     "basic_cl": "Basic CL (SimCLR NT-Xent on patches)",
@@ -65,7 +67,8 @@ def run_ablation(
         run_missing: ``False`` trains nothing and tabulates the finished runs only.
 
     Returns:
-        ``{variant: {setting: {"qwk": [...], "accuracy": [...]}}}``.
+        ``{variant: {setting: {metric: [...], "accuracy": [...]}}}`` with ``metric`` the run's
+        :func:`~qualcl.recipes.comcl.config.headline_metric` (``"qwk"``, or ``"kappa"`` for X-rays).
     """
     root = Path(out)
     names = list(ABLATIONS) if variants is None else list(variants)
@@ -79,9 +82,11 @@ def run_ablation(
     def run(name: str, seed: int, folder: Path) -> dict[str, Any]:
         return run_comcl(_variant(config, name, seed, data_dir), folder)
 
+    metric = headline_metric(config)
+
     def summarise(metrics: dict[str, Any]) -> str:
         original = metrics["test"]["original"]["overall"]
-        return f"QWK {original['qwk']:.3f}, ACC {original['accuracy']:.3f}"
+        return f"{METRIC_NAMES[metric]} {original[metric]:.3f}, ACC {original['accuracy']:.3f}"
 
     results: dict[str, Any] = {}
     for name, by_seed in run_variants(
@@ -90,8 +95,8 @@ def run_ablation(
         per_setting: dict[str, dict[str, list[float]]] = {}
         for metrics in by_seed.values():
             for setting, values in metrics["test"].items():
-                slot = per_setting.setdefault(setting, {"qwk": [], "accuracy": []})
-                slot["qwk"].append(values["overall"]["qwk"])
+                slot = per_setting.setdefault(setting, {metric: [], "accuracy": []})
+                slot[metric].append(values["overall"][metric])
                 slot["accuracy"].append(values["overall"]["accuracy"])
         results[name] = per_setting
     (root / "ablation.json").write_text(json.dumps(results, indent=2))
@@ -100,29 +105,47 @@ def run_ablation(
 
 
 def ablation_table(results: dict[str, Any], config: ComclConfig, seeds: Sequence[int]) -> str:
-    """Markdown table: mean ± std of QWK and accuracy per variant and LQ ratio, with the paper's figures."""
+    """Markdown table: mean ± std of kappa and accuracy per variant and LQ ratio, with the paper's figures."""
+    metric = headline_metric(config)
+    label = METRIC_NAMES[metric]
+    cxr = config.data.dataset == "nih-cxr14"
+    paper_tables = PAPER_TABLES_CXR if cxr else PAPER_TABLES
     settings = list(next(iter(results.values())).keys()) if results else []
-    header = "| variant | " + " | ".join(f"QWK {s} | ACC {s}" for s in settings) + " | paper Kappa / ACC (EyeQ) |"
+    header = (
+        "| variant | "
+        + " | ".join(f"{label} {s} | ACC {s}" for s in settings)
+        + f" | paper Kappa / ACC ({'Chest X-ray' if cxr else 'EyeQ'}) |"
+    )
     rule = "|---|" + "---|---|" * len(settings) + "---|"
+    data = config.data
+    if data.dataset == "synthetic":
+        count = f"{data.num_images} images, "
+    else:
+        count = f"at most {data.max_images} images per split, " if data.max_images else ""
     lines = [
         "# CoMCL ablation",
         "",
-        f"Dataset `{config.data.dataset}` ({config.data.num_images} images, {config.data.image_size} px), "
+        f"Dataset `{data.dataset}` ({count}{data.image_size} px), "
         f"backbone `{config.backbone}`, preset `{config.preset}`, {config.pretrain.steps} pre-training steps, "
         f"{config.finetune.epochs} fine-tuning epochs; mean ± std over seeds {list(seeds)}. "
         "`original` is the test set as generated; `lq_70` / `lq_100` raise its low-quality ratio by "
-        "degrading Good images. Paper figures are EyeQ at its original 33.4 % LQ (Tables 2–3), for reference "
-        "only: the data, resolution and backbone differ.",
+        "degrading Good images. "
+        + (
+            "Paper figures are Chest X-ray at its original 43.2 % LQ (Table 1: ResNet-50 and CoMCL only)"
+            if cxr
+            else "Paper figures are EyeQ at its original 33.4 % LQ (Tables 2–3)"
+        )
+        + ", for reference only: the data, resolution and backbone differ.",
         "",
         header,
         rule,
     ]
     for name, per_setting in results.items():
         cells = " | ".join(
-            f"{mean_std(per_setting[s]['qwk'], len(seeds))} | {mean_std(per_setting[s]['accuracy'], len(seeds))}"
+            f"{mean_std(per_setting[s][metric], len(seeds))} | {mean_std(per_setting[s]['accuracy'], len(seeds))}"
             for s in settings
         )
-        paper = PAPER_TABLES.get(name)
+        paper = paper_tables.get(name)
         paper_cell = f"{paper[0]:.3f} / {paper[1]:.3f}" if paper else "—"
         lines.append(f"| {DESCRIPTIONS.get(name, name)} | {cells} | {paper_cell} |")
     return "\n".join(lines) + "\n"

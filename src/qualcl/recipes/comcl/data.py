@@ -1,4 +1,4 @@
-"""CoMCL data: labelled fundus images, patch-pair and grading datasets, test-time degradation."""
+"""CoMCL data: labelled fundus or chest X-ray images, patch-pair and grading datasets, test-time degradation."""
 
 from __future__ import annotations
 
@@ -16,14 +16,18 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from qualcl.data.levels import split_levels
-from qualcl.data.readers import FundusRecord, read_eyeq
+from qualcl.data.readers import CHESTXRAY8_FINDINGS, CXRRecord, FundusRecord, read_eyeq, read_nih_boxes, read_nih_cxr14
+from qualcl.data.readers._files import read_csv_rows
 from qualcl.samplers import LesionPatchSampler, RandomPatchSampler
 
 __all__ = [
+    "CXR_CLASSES",
     "FundusImages",
     "GradingDataset",
     "PatchPairDataset",
     "degrade_to_ratio",
+    "load_nih_layout",
+    "low_dose_tensor",
     "patch_augmentation",
     "patient_split",
 ]
@@ -31,19 +35,27 @@ __all__ = [
 #: Fundus mean / std of CoMCL's code (``data.py``), for [0, 1] RGB inputs.
 FUNDUS_MEAN = (0.4258, 0.2974, 0.2129)
 FUNDUS_STD = (0.2767, 0.2024, 0.1686)
+#: Grey chest radiographs in [0, 1], replicated to three channels: centred, unit-ish spread.
+CXR_MEAN = (0.5, 0.5, 0.5)
+CXR_STD = (0.25, 0.25, 0.25)
+NORMALIZATION = {"fundus": (FUNDUS_MEAN, FUNDUS_STD), "cxr": (CXR_MEAN, CXR_STD)}
+#: CoMCL's chest X-ray classes (a decision, methods.md §1.1/§1.11): "healthy" = No Finding (class 0, the
+#: H levels), then the eight ChestX-ray8 findings; images with a single finding among them.
+CXR_CLASSES = ("No Finding", *CHESTXRAY8_FINDINGS)
 
 
 @dataclass
 class FundusImages:
-    """Labelled fundus images resized to ``size``, kept in memory as uint8.
+    """Labelled images resized to ``size``, kept in memory as uint8 (fundus photographs or chest X-rays).
 
     Attributes:
         images: ``(N, 3, S, S)`` uint8.
-        grade: ``(N,)`` DR grades.
-        quality: ``(N,)`` EyeQ quality codes (0 Good, 1 Usable, 2 Reject).
+        grade: ``(N,)`` class ids: DR grades, or :data:`CXR_CLASSES` indices; 0 is "healthy".
+        quality: ``(N,)`` quality codes: EyeQ's 0 Good, 1 Usable, 2 Reject; for X-rays 0 high, 1 low.
         patient: Patient id per image.
         boxes: Per image, ``(K, 4)`` lesion boxes ``(x1, y1, x2, y2)`` in resized pixels.
-        fov: ``(N, S, S)`` bool field of view (the non-black disc).
+        fov: ``(N, S, S)`` bool field of view (the non-black disc; the central thorax for X-rays).
+        modality: ``"fundus"`` or ``"cxr"`` (normalisation, test-time degradation, quality names).
     """
 
     images: Tensor
@@ -52,6 +64,7 @@ class FundusImages:
     patient: list[str]
     boxes: list[Tensor]
     fov: Tensor
+    modality: str = "fundus"
 
     def __len__(self) -> int:
         return int(self.grade.shape[0])
@@ -66,6 +79,7 @@ class FundusImages:
             [self.patient[i] for i in idx.tolist()],
             [self.boxes[i] for i in idx.tolist()],
             self.fov[idx],
+            self.modality,
         )
 
     @staticmethod
@@ -73,7 +87,7 @@ class FundusImages:
         records: Sequence[FundusRecord],
         size: int,
         boxes: Sequence[Tensor] | None = None,
-        progress: Callable[[Sequence[FundusRecord]], Sequence[FundusRecord]] | None = None,
+        progress: Callable[[Sequence[Path]], Sequence[Path]] | None = None,
     ) -> FundusImages:
         """Read and resize ``records``; ``boxes`` are in original pixels and get rescaled.
 
@@ -81,22 +95,9 @@ class FundusImages:
             records: Image records (e.g. from :func:`qualcl.data.readers.read_eyeq`).
             size: Output side.
             boxes: Per-record lesion boxes in the original image's pixels, or ``None``.
-            progress: Optional wrapper (e.g. ``tqdm``) around the record iteration.
+            progress: Optional wrapper (e.g. ``tqdm``) around the iteration over image paths.
         """
-        images, scaled = [], []
-        iterator = progress(records) if progress is not None else records
-        for i, record in enumerate(iterator):
-            with Image.open(record.image) as image:
-                rgb = image.convert("RGB")
-                w, h = rgb.size
-                if (w, h) != (size, size):
-                    rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-                images.append(torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1))
-            raw = boxes[i] if boxes is not None else torch.zeros(0, 4)
-            factor = torch.tensor([size / w, size / h, size / w, size / h])
-            box = raw.to(torch.float64) * factor
-            scaled.append(torch.cat([box[:, :2].floor(), box[:, 2:].ceil()], dim=1).to(torch.long))
-        stack = torch.stack(images) if images else torch.zeros(0, 3, size, size, dtype=torch.uint8)
+        stack, scaled = _read_resized([r.image for r in records], size, boxes, progress)
         return FundusImages(
             images=stack,
             grade=torch.tensor([r.dr_grade for r in records], dtype=torch.long),
@@ -105,6 +106,30 @@ class FundusImages:
             boxes=scaled,
             fov=stack.amax(dim=1) > 12,
         )
+
+
+def _read_resized(
+    paths: Sequence[Path],
+    size: int,
+    boxes: Sequence[Tensor] | None,
+    progress: Callable[[Sequence[Path]], Sequence[Path]] | None,
+) -> tuple[Tensor, list[Tensor]]:
+    """``(N, 3, size, size)`` uint8 RGB images and their boxes rescaled from original pixels."""
+    images, scaled = [], []
+    iterator = progress(paths) if progress is not None else paths
+    for i, path in enumerate(iterator):
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+            w, h = rgb.size
+            if (w, h) != (size, size):
+                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+            images.append(torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1))
+        raw = boxes[i] if boxes is not None else torch.zeros(0, 4)
+        factor = torch.tensor([size / w, size / h, size / w, size / h])
+        box = raw.to(torch.float64) * factor
+        scaled.append(torch.cat([box[:, :2].floor(), box[:, 2:].ceil()], dim=1).to(torch.long))
+    stack = torch.stack(images) if images else torch.zeros(0, 3, size, size, dtype=torch.uint8)
+    return stack, scaled
 
 
 def synthetic_boxes(root: Path, records: Sequence[FundusRecord]) -> list[Tensor]:
@@ -128,6 +153,130 @@ def load_eyeq_layout(root: Path, split: str, size: int, *, with_truth_boxes: boo
     return FundusImages.load(records, size, boxes)
 
 
+#: Simulated low dose of X-rays (MKCNet's CXR-IQAD reading, :mod:`qualcl.data.readers.low_dose`), applied
+#: at the network's input size: factor 4 keeps a quarter of the resolution.
+LOW_DOSE_FACTOR = 4.0
+
+
+def low_dose_tensor(images: Tensor, factor: float = LOW_DOSE_FACTOR) -> Tensor:
+    """Simulated low-dose copies of ``(N, 3, S, S)`` uint8 grey images (bicubic down- and up-sampling).
+
+    Example:
+        >>> import torch
+        >>> out = low_dose_tensor(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
+        >>> out.shape, out.dtype
+        (torch.Size([2, 3, 32, 32]), torch.uint8)
+    """
+    from qualcl.data.readers import simulate_low_dose
+
+    out = []
+    for image in images:
+        grey = Image.fromarray(image[0].numpy())
+        low = torch.from_numpy(np.asarray(simulate_low_dose(grey, factor)).copy())
+        out.append(low.unsqueeze(0).expand(3, -1, -1))
+    return torch.stack(out) if out else images.clone()
+
+
+def _single_label(records: Sequence[CXRRecord]) -> list[tuple[CXRRecord, int]]:
+    keep = []
+    for record in records:
+        if not record.findings:
+            keep.append((record, 0))
+        elif len(record.findings) == 1 and record.findings[0] in CHESTXRAY8_FINDINGS:
+            keep.append((record, CXR_CLASSES.index(record.findings[0])))
+    return keep
+
+
+def _quality_sidecar(path: Path, names: Sequence[str]) -> Tensor:
+    rows = read_csv_rows(path, ["Image Index", "Quality"])
+    codes = {"0": 0, "1": 1, "high": 0, "low": 1, "hq": 0, "lq": 1}
+    table = {}
+    for row in rows:
+        value = row["Quality"].lower()
+        if value not in codes:
+            raise ValueError(f"{path}:{row['__line__']}: Quality must be 0/1 or high/low, got {row['Quality']!r}")
+        table[row["Image Index"]] = codes[value]
+    missing = [n for n in names if n not in table]
+    if missing:
+        raise ValueError(f"{path} has no Quality for {len(missing)} image(s), e.g. {missing[:3]}")
+    return torch.tensor([table[n] for n in names], dtype=torch.long)
+
+
+def load_nih_layout(
+    root: Path,
+    split: str,
+    size: int,
+    *,
+    lq_ratio: float = 0.432,
+    seed: int = 0,
+    max_images: int | None = None,
+    progress: Callable[[Sequence[Path]], Sequence[Path]] | None = None,
+) -> FundusImages:
+    """NIH ChestX-ray14 images as CoMCL's four-level data (qualcl's decisions, docs/comcl.md "Chest X-ray").
+
+    * **Classes**: :data:`CXR_CLASSES` — No Finding (0, the *healthy* levels) and the eight ChestX-ray8
+      findings; images with several findings, or one outside the eight, are left out (the paper evaluates
+      "multi-class" diagnosis with Kappa / ACC on 8,573 + 7,007 such images, selection unstated).
+    * **Quality**: NIH has no quality labels. A ``quality.csv`` (``Image Index,Quality`` with 0/1 or
+      high/low) in ``root`` is used when present; otherwise a seeded ``lq_ratio`` of the images (paper: 43.2 %)
+      is marked low quality and degraded by simulated low dose (:func:`low_dose_tensor`).
+    * **Lesion boxes**: the radiologists' boxes of ``BBox_List_2017.csv`` when the file is there (880
+      images); the other diseased images give random crops of the central field (``fov``, the middle
+      80 % of each side), as healthy images do.
+
+    Args:
+        root: Dataset folder (``Data_Entry_2017*.csv``, split lists, images).
+        split: ``"train"`` (``train_val_list.txt``) or ``"test"`` (``test_list.txt``).
+        size: Output side.
+        lq_ratio: Fraction marked low quality when there is no ``quality.csv``.
+        seed: Seed of the subset and of the simulated quality.
+        max_images: Keep a seeded subset of at most this many images.
+        progress: Optional wrapper (e.g. ``tqdm``) around the image loading.
+
+    Raises:
+        FileNotFoundError: A metadata file or an image is missing (named).
+        ValueError: No image qualifies, or ``quality.csv`` is malformed or incomplete.
+    """
+    splits = {"train": "train_val", "test": "test"}
+    if split not in splits:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if not 0.0 <= lq_ratio <= 1.0:
+        raise ValueError(f"lq_ratio must lie in [0, 1], got {lq_ratio}")
+    base = Path(root)
+    chosen = _single_label(read_nih_cxr14(base, splits[split]))
+    if not chosen:
+        raise ValueError(f"{base}: no {split} image has no finding or a single one of {CHESTXRAY8_FINDINGS}")
+    generator = torch.Generator().manual_seed(seed * 2 + (split == "test"))
+    if max_images is not None and len(chosen) > max_images:
+        keep = sorted(torch.randperm(len(chosen), generator=generator)[:max_images].tolist())
+        chosen = [chosen[i] for i in keep]
+    records = [r for r, _ in chosen]
+    names = [r.image.name for r in records]
+    truth_boxes = read_nih_boxes(base) if (base / "BBox_List_2017.csv").is_file() else {}
+    boxes = [torch.tensor([b[:4] for b in truth_boxes.get(n, [])], dtype=torch.float64).view(-1, 4) for n in names]
+    images, scaled = _read_resized([r.image for r in records], size, boxes, progress)
+    sidecar = base / "quality.csv"
+    if sidecar.is_file():
+        quality = _quality_sidecar(sidecar, names)
+    else:
+        quality = torch.zeros(len(records), dtype=torch.long)
+        low = torch.randperm(len(records), generator=generator)[: round(lq_ratio * len(records))]
+        quality[low] = 1
+        images[low] = low_dose_tensor(images[low])
+    margin = round(0.1 * size)
+    fov = torch.zeros(len(records), size, size, dtype=torch.bool)
+    fov[:, margin : size - margin, margin : size - margin] = True
+    return FundusImages(
+        images=images,
+        grade=torch.tensor([c for _, c in chosen], dtype=torch.long),
+        quality=quality,
+        patient=[r.patient_id for r in records],
+        boxes=scaled,
+        fov=fov,
+        modality="cxr",
+    )
+
+
 def patient_split(patients: Sequence[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Split indices into ``(keep, held_out)`` with ``fraction`` of the *patients* held out."""
     unique = sorted(set(patients))
@@ -138,13 +287,14 @@ def patient_split(patients: Sequence[str], fraction: float, seed: int) -> tuple[
     return keep, out
 
 
-def patch_augmentation(patch_size: int, strength: str = "paper") -> v2.Compose:
+def patch_augmentation(patch_size: int, strength: str = "paper", modality: str = "fundus") -> v2.Compose:
     """Patch augmentation: CoMCL's (``data.py::data_transforms``) or a lighter one for small patches.
 
     ``"paper"``: flips, ColorJitter(0.4, 0.4, 0.4, 0.1), RandomResizedCrop(scale 0.8–1), RandomAffine(±180°),
     RandomGrayscale(0.2) — made for 128-px patches. ``"light"``: flips, quarter turns and
     ColorJitter(0.2, 0.2, 0.2, 0.02); at 24–32-px patches of 64–96-px images the paper's version leaves too little
     shared content between the two views for a from-scratch encoder to learn in a few hundred steps.
+    ``modality`` picks the normalisation (``"fundus"`` or ``"cxr"``).
     """
     if strength == "paper":
         geometry: list[v2.Transform] = [
@@ -164,7 +314,14 @@ def patch_augmentation(patch_size: int, strength: str = "paper") -> v2.Compose:
         ]
     else:
         raise ValueError(f"augmentation must be 'paper' or 'light', got {strength!r}")
-    return v2.Compose([*geometry, v2.ToDtype(torch.float32, scale=True), v2.Normalize(FUNDUS_MEAN, FUNDUS_STD)])
+    mean, std = _normalization(modality)
+    return v2.Compose([*geometry, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
+def _normalization(modality: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if modality not in NORMALIZATION:
+        raise ValueError(f"modality must be one of {sorted(NORMALIZATION)}, got {modality!r}")
+    return NORMALIZATION[modality]
 
 
 class PatchPairDataset(Dataset[tuple[Tensor, Tensor, int]]):
@@ -198,7 +355,7 @@ class PatchPairDataset(Dataset[tuple[Tensor, Tensor, int]]):
         self.lesion = LesionPatchSampler(patch_size)
         self.random = RandomPatchSampler(patch_size)
         self.patch_size = patch_size
-        self.augment = patch_augmentation(patch_size, augmentation)
+        self.augment = patch_augmentation(patch_size, augmentation, data.modality)
         self.seed = seed
         self.epoch = 0
 
@@ -225,14 +382,20 @@ class PatchPairDataset(Dataset[tuple[Tensor, Tensor, int]]):
 
 
 class GradingDataset(Dataset[tuple[Tensor, int, int]]):
-    """Item ``i``: normalised image, DR grade, quality code (flips when ``train``)."""
+    """Item ``i``: normalised image, class id, quality code (flips when ``train``; X-rays only left-right)."""
 
     def __init__(self, data: FundusImages, *, train: bool) -> None:
         self.data = data
-        steps: list[v2.Transform] = [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()] if train else []
-        self.transform = v2.Compose(
-            [*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(FUNDUS_MEAN, FUNDUS_STD)]
-        )
+        steps: list[v2.Transform] = []
+        if train:
+            # a chest radiograph upside down is not a plausible image; a mirrored one nearly is
+            steps = (
+                [v2.RandomHorizontalFlip()]
+                if data.modality == "cxr"
+                else [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
+            )
+        mean, std = _normalization(data.modality)
+        self.transform = v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 
     def __len__(self) -> int:
         return len(self.data)
@@ -249,8 +412,9 @@ def degrade_to_ratio(data: FundusImages, ratio: float, seed: int) -> FundusImage
     """A copy of ``data`` whose low-quality fraction is raised to ``ratio`` (CoMCL's 70 % / 100 % test sets).
 
     Good images are drawn at random and degraded with :func:`qualcl.data.degrade.degrade_tensor`
-    to Usable or Reject (alternately); their quality codes are updated. A ratio at or below the
-    current one returns ``data`` unchanged.
+    to Usable or Reject (alternately); X-rays get simulated low dose (:func:`low_dose_tensor`) and
+    quality 1. Their quality codes are updated. A ratio at or below the current one returns ``data``
+    unchanged.
 
     Args:
         data: Test images.
@@ -259,8 +423,6 @@ def degrade_to_ratio(data: FundusImages, ratio: float, seed: int) -> FundusImage
     """
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"ratio must lie in [0, 1], got {ratio}")
-    from qualcl.data.degrade import degrade_tensor
-
     n = len(data)
     good = torch.nonzero(data.quality == 0).flatten()
     needed = min(good.numel(), math.ceil(ratio * n - 1e-9) - (n - good.numel()))
@@ -268,9 +430,15 @@ def degrade_to_ratio(data: FundusImages, ratio: float, seed: int) -> FundusImage
         return data
     generator = torch.Generator().manual_seed(seed)
     chosen = good[torch.randperm(good.numel(), generator=generator)[:needed]]
-    levels = torch.tensor([1 + rank % 2 for rank in range(needed)])
     images = data.images.clone()
     quality = data.quality.clone()
-    images[chosen] = degrade_tensor(images[chosen], levels, generator=generator)
+    if data.modality == "cxr":
+        levels = torch.ones(needed, dtype=torch.long)
+        images[chosen] = low_dose_tensor(images[chosen])
+    else:
+        from qualcl.data.degrade import degrade_tensor
+
+        levels = torch.tensor([1 + rank % 2 for rank in range(needed)])
+        images[chosen] = degrade_tensor(images[chosen], levels, generator=generator)
     quality[chosen] = levels
-    return FundusImages(images, data.grade, quality, data.patient, data.boxes, data.fov)
+    return FundusImages(images, data.grade, quality, data.patient, data.boxes, data.fov, data.modality)

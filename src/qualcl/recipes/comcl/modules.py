@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from qualcl.functional import nt_xent
 from qualcl.heads.projection import ProjectionHead
 from qualcl.losses import MultiLevelInfoNCE
-from qualcl.metrics import quadratic_weighted_kappa
+from qualcl.metrics import cohen_kappa, quadratic_weighted_kappa
 from qualcl.recipes.backbones import Backbone
 from qualcl.samplers import SelfPacedHardNegativeMiner
 
@@ -95,18 +95,32 @@ class ContrastivePretraining(L.LightningModule):
 
 
 class GradingFineTuning(L.LightningModule):
-    """Encoder + linear classifier trained with cross-entropy; validation QWK drives model selection.
+    """Encoder + linear classifier trained with cross-entropy; validation kappa drives model selection.
 
     Args:
         encoder: Image encoder (pre-trained or not).
-        num_classes: Number of grades.
+        num_classes: Number of classes.
         lr: AdamW learning rate.
         weight_decay: Weight decay.
         epochs: Epochs of the cosine learning-rate decay.
+        kappa: ``"qwk"`` (quadratic weights, ordered DR grades) or ``"kappa"`` (unweighted, chest
+            classes); logged as ``val/kappa``.
     """
 
-    def __init__(self, encoder: Backbone, num_classes: int, *, lr: float, weight_decay: float, epochs: int) -> None:
+    def __init__(
+        self,
+        encoder: Backbone,
+        num_classes: int,
+        *,
+        lr: float,
+        weight_decay: float,
+        epochs: int,
+        kappa: str = "qwk",
+    ) -> None:
         super().__init__()
+        if kappa not in ("qwk", "kappa"):
+            raise ValueError(f"kappa must be 'qwk' or 'kappa', got {kappa!r}")
+        self.kappa = kappa
         self.encoder = encoder
         self.classifier = nn.Linear(encoder.out_dim, num_classes)
         self.num_classes = num_classes
@@ -131,21 +145,22 @@ class GradingFineTuning(L.LightningModule):
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
-        """Collect predictions for the epoch's QWK."""
+        """Collect predictions for the epoch's kappa."""
         images, grades, _ = batch
         self._val.append((self(images).argmax(dim=1).cpu(), grades.cpu()))
 
     def on_validation_epoch_end(self) -> None:
-        """Log validation QWK and accuracy; record the epoch."""
+        """Log validation kappa and accuracy; record the epoch."""
         if not self._val:
             return
         preds = torch.cat([p for p, _ in self._val])
         target = torch.cat([t for _, t in self._val])
         self._val.clear()
-        qwk = quadratic_weighted_kappa(preds, target, self.num_classes)
-        qwk = qwk if qwk == qwk else 0.0
+        measure = quadratic_weighted_kappa if self.kappa == "qwk" else cohen_kappa
+        kappa = measure(preds, target, self.num_classes)
+        kappa = kappa if kappa == kappa else 0.0
         accuracy = float((preds == target).float().mean())
-        self.log("val/qwk", qwk, prog_bar=True)
+        self.log("val/kappa", kappa, prog_bar=True)
         self.log("val/accuracy", accuracy)
         if self.trainer.sanity_checking:
             return
@@ -155,7 +170,7 @@ class GradingFineTuning(L.LightningModule):
             {
                 "epoch": float(self.current_epoch),
                 "train_loss": train_loss,
-                "val_qwk": qwk,
+                "val_kappa": kappa,
                 "val_accuracy": accuracy,
             }
         )

@@ -1,4 +1,4 @@
-"""``run_comcl``: data → multi-level contrastive pre-training → DR-grading fine-tuning → evaluation."""
+"""``run_comcl``: data → multi-level contrastive pre-training → diagnosis fine-tuning → evaluation."""
 
 from __future__ import annotations
 
@@ -19,13 +19,15 @@ from qualcl.losses import MultiLevelInfoNCE
 from qualcl.metrics import confusion_matrix, stratified_grading_metrics
 from qualcl.recipes.backbones import Backbone, build_backbone
 from qualcl.recipes.callbacks import EpochSetter, HistoryWriter, load_best, make_trainer, resume_path
-from qualcl.recipes.comcl.config import ComclConfig
+from qualcl.recipes.comcl.config import ComclConfig, headline_metric
 from qualcl.recipes.comcl.data import (
+    CXR_CLASSES,
     FundusImages,
     GradingDataset,
     PatchPairDataset,
     degrade_to_ratio,
     load_eyeq_layout,
+    load_nih_layout,
     patient_split,
 )
 from qualcl.recipes.comcl.modules import ContrastivePretraining, GradingFineTuning
@@ -35,7 +37,8 @@ from qualcl.samplers import CosineCountSchedule, LevelBalancedBatchSampler, Self
 
 __all__ = ["run_comcl"]
 
-QUALITY_NAMES = ("Good", "Usable", "Reject")
+QUALITY_NAMES = {"fundus": ("Good", "Usable", "Reject"), "cxr": ("HQ", "LQ")}
+METRIC_NAMES = {"qwk": "QWK", "kappa": "Kappa"}
 BINARY_LEVELS = ("lesion", "healthy")
 
 
@@ -60,8 +63,10 @@ def _data(config: ComclConfig, run: RunFolder) -> tuple[FundusImages, FundusImag
         truth = False
         if cfg.boxes == "ground_truth":
             raise ValueError("EyeQ has no lesion boxes: pass data.boxes=<detector weights from comcl-detector>")
+    elif cfg.dataset == "nih-cxr14":
+        return _nih_data(config)
     else:
-        raise ValueError(f"dataset {cfg.dataset!r} is not supported by comcl yet; use 'synthetic' or 'eyeq'")
+        raise ValueError(f"dataset {cfg.dataset!r} is not supported by comcl; use 'synthetic', 'eyeq' or 'nih-cxr14'")
     train = load_eyeq_layout(root, "train", cfg.image_size, with_truth_boxes=truth)
     test = load_eyeq_layout(root, "test", cfg.image_size, with_truth_boxes=truth)
     if not truth:
@@ -70,6 +75,39 @@ def _data(config: ComclConfig, run: RunFolder) -> tuple[FundusImages, FundusImag
         train.boxes = detect_boxes(Path(cfg.boxes), train.images, min_score=cfg.detector_min_score)
         test.boxes = detect_boxes(Path(cfg.boxes), test.images, min_score=cfg.detector_min_score)
     return train, test
+
+
+def _nih_data(config: ComclConfig) -> tuple[FundusImages, FundusImages]:
+    cfg = config.data
+    if cfg.data_dir is None:
+        raise ValueError("--data DIR is required with --dataset nih-cxr14")
+    if cfg.boxes != "ground_truth":
+        raise ValueError(
+            "nih-cxr14 takes its lesion boxes from BBox_List_2017.csv (data.boxes='ground_truth'); "
+            "qualcl has no chest X-ray lesion detector"
+        )
+    if config.num_classes != len(CXR_CLASSES):
+        raise ValueError(
+            f"nih-cxr14 has {len(CXR_CLASSES)} classes {CXR_CLASSES}; got num_classes={config.num_classes}"
+        )
+    progress = None
+    if config.progress:
+        from tqdm.auto import tqdm
+
+        def progress(paths: Any) -> Any:
+            return tqdm(paths, desc="loading X-rays", leave=False)
+
+    root = Path(cfg.data_dir)
+    kwargs: dict[str, Any] = {
+        "lq_ratio": cfg.lq_ratio,
+        "seed": cfg.seed,
+        "max_images": cfg.max_images,
+        "progress": progress,
+    }
+    return (
+        load_nih_layout(root, "train", cfg.image_size, **kwargs),
+        load_nih_layout(root, "test", cfg.image_size, **kwargs),
+    )
 
 
 def _pretrain(config: ComclConfig, run: RunFolder, train: FundusImages, callbacks: list[Callback]) -> Backbone:
@@ -163,7 +201,10 @@ def _finetune(
     config: ComclConfig, run: RunFolder, encoder: Backbone, train: FundusImages, callbacks: list[Callback]
 ) -> GradingFineTuning:
     cfg = config.finetune
-    module = GradingFineTuning(encoder, config.num_classes, lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=cfg.epochs)
+    metric = headline_metric(config)
+    module = GradingFineTuning(
+        encoder, config.num_classes, lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=cfg.epochs, kappa=metric
+    )
     if run.stage_done("finetune"):
         run.load_weights(module, "classifier")
         return module
@@ -175,7 +216,7 @@ def _finetune(
         max_epochs=cfg.epochs,
         progress=config.progress,
         callbacks=[HistoryWriter(run, "finetune", "epoch_log"), *callbacks],
-        monitor="val/qwk",
+        monitor="val/kappa",
     )
     start = time.perf_counter()
     trainer.fit(
@@ -194,11 +235,11 @@ def _finetune(
         plot_curves(
             {"train loss": (epochs, [r["train_loss"] for r in rows])},
             run.path("plots", "finetune_curves.png"),
-            title="DR-grading fine-tuning",
+            title="Diagnosis fine-tuning",
             xlabel="epoch",
             ylabel="cross-entropy",
-            secondary={"val QWK": (epochs, [r["val_qwk"] for r in rows])},
-            secondary_label="QWK",
+            secondary={f"val {METRIC_NAMES[metric]}": (epochs, [r["val_kappa"] for r in rows])},
+            secondary_label=METRIC_NAMES[metric],
         )
     return module
 
@@ -216,22 +257,25 @@ def _predict(module: GradingFineTuning, data: FundusImages, batch_size: int) -> 
 
 def _evaluate(config: ComclConfig, run: RunFolder, module: GradingFineTuning, test: FundusImages) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    grades = [str(g) for g in range(config.num_classes)]
+    cxr = test.modality == "cxr"
+    classes = list(CXR_CLASSES) if cxr else [str(g) for g in range(config.num_classes)]
     original_ratio = int((test.quality > 0).sum()) / max(len(test), 1)
     settings = [("original", test)] + [
         (f"lq_{round(100 * r)}", degrade_to_ratio(test, r, seed=config.data.seed)) for r in config.lq_ratios
     ]
     for name, data in settings:
         preds, features = _predict(module, data, config.finetune.batch_size)
-        metrics = stratified_grading_metrics(preds, data.grade, config.num_classes, data.quality, QUALITY_NAMES)
+        metrics = stratified_grading_metrics(
+            preds, data.grade, config.num_classes, data.quality, QUALITY_NAMES[data.modality]
+        )
         metrics["overall"]["lq_ratio"] = int((data.quality > 0).sum()) / max(len(data), 1)
         results[name] = metrics
         if name == "original":
             plot_confusion(
                 confusion_matrix(preds, data.grade, config.num_classes),
-                grades,
+                classes,
                 run.path("plots", "confusion_matrix.png"),
-                title=f"DR grade, test (LQ {original_ratio:.0%})",
+                title=f"{'Chest X-ray class' if cxr else 'DR grade'}, test (LQ {original_ratio:.0%})",
             )
             plot_embedding(
                 features,
@@ -246,11 +290,13 @@ def _evaluate(config: ComclConfig, run: RunFolder, module: GradingFineTuning, te
 def run_comcl(config: ComclConfig, out: str | Path, *, callbacks: list[Callback] | None = None) -> dict[str, Any]:
     """Run CoMCL end to end and write the run folder ``out``; re-running resumes where it stopped.
 
-    Stages: (1) data — the synthetic set is generated once into ``out/data``; (2) multi-level
-    contrastive pre-training of ``config.backbone`` on level-balanced lesion/healthy patch pairs;
-    (3) DR-grading fine-tuning with validation-QWK model selection; (4) evaluation with QWK and
-    accuracy overall and per quality level, on the original test set and with the low-quality
-    ratio raised to each of ``config.lq_ratios`` by :mod:`qualcl.data.degrade`. Finished stages are
+    Stages: (1) data — the synthetic set is generated once into ``out/data`` (or EyeQ / NIH
+    ChestX-ray14 is read); (2) multi-level contrastive pre-training of ``config.backbone`` on
+    level-balanced lesion/healthy patch pairs; (3) fine-tuning for DR grading (or the 9 chest
+    classes) with model selection by validation kappa (QWK for grades, unweighted for chest
+    classes); (4) evaluation with that kappa and accuracy overall and per quality level, on the
+    original test set and with the low-quality ratio raised to each of ``config.lq_ratios``
+    (:mod:`qualcl.data.degrade` for fundus, simulated low dose for X-rays). Finished stages are
     skipped on a re-run and an interrupted stage continues from its ``last.ckpt``.
 
     Args:
@@ -283,6 +329,7 @@ def run_comcl(config: ComclConfig, out: str | Path, *, callbacks: list[Callback]
     }
     run.write_metrics(results)
     original = results["test"]["original"]["overall"]
+    metric = headline_metric(config)
     run.write_model_card(
         title=f"CoMCL ({config.pretrain.method}, {config.backbone}) on {config.data.dataset}",
         paper="Hou et al., MICCAI 2024 — Clinical-oriented Multi-level Contrastive Learning (seed 000)",
@@ -291,7 +338,7 @@ def run_comcl(config: ComclConfig, out: str | Path, *, callbacks: list[Callback]
             f"pairs {list(config.pretrain.pairs)}, miner {config.pretrain.miner} "
             f"({config.pretrain.spl_threshold}), "
             f"{config.pretrain.steps} steps. Fine-tuning: {config.finetune.epochs} epochs. "
-            f"Test QWK {original['qwk']:.3f}, accuracy {original['accuracy']:.3f}."
+            f"Test {METRIC_NAMES[metric]} {original[metric]:.3f}, accuracy {original['accuracy']:.3f}."
         ),
         metrics=results["test"],
     )
