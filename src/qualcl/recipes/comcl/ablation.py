@@ -10,7 +10,9 @@ from typing import Any
 
 from qualcl.recipes.ablation import mean_std, run_variants
 from qualcl.recipes.comcl.config import ABLATIONS, ComclConfig, headline_metric
-from qualcl.recipes.comcl.pipeline import METRIC_NAMES, run_comcl
+from qualcl.recipes.comcl.pipeline import METRIC_NAMES, load_datasets, run_comcl
+from qualcl.recipes.comcl.probe import probe_run
+from qualcl.recipes.run_folder import RunFolder
 
 __all__ = ["PAPER_TABLES", "ablation_table", "run_ablation"]
 
@@ -52,6 +54,7 @@ def run_ablation(
     variants: Sequence[str] | None = None,
     progress: bool = True,
     run_missing: bool = True,
+    probe: bool = True,
 ) -> dict[str, Any]:
     """Run every ablation variant for every seed (resumable), then write ``ablation.md`` and ``.json``.
 
@@ -65,6 +68,9 @@ def run_ablation(
         variants: Subset of ``ABLATIONS`` (default: all).
         progress: Print one line per finished run.
         run_missing: ``False`` trains nothing and tabulates the finished runs only.
+        probe: Also score each run's pre-trained encoder with a linear probe on frozen features
+            (:func:`~qualcl.recipes.comcl.probe.probe_run`, cached per run), reported as the setting
+            ``"probe"``: it separates what pre-training learned from fine-tuning's seed noise.
 
     Returns:
         ``{variant: {setting: {metric: [...], "accuracy": [...]}}}`` with ``metric`` the run's
@@ -88,13 +94,18 @@ def run_ablation(
         original = metrics["test"]["original"]["overall"]
         return f"{METRIC_NAMES[metric]} {original[metric]:.3f}, ACC {original['accuracy']:.3f}"
 
+    finished = run_variants(root, names, seeds, run, summarise, progress=progress, run_missing=run_missing)
+    data = None
+    if probe and finished:
+        data = load_datasets(_variant(config, names[0], seeds[0], data_dir), RunFolder(root))
     results: dict[str, Any] = {}
-    for name, by_seed in run_variants(
-        root, names, seeds, run, summarise, progress=progress, run_missing=run_missing
-    ).items():
+    for name, by_seed in finished.items():
         per_setting: dict[str, dict[str, list[float]]] = {}
-        for metrics in by_seed.values():
-            for setting, values in metrics["test"].items():
+        for seed, metrics in by_seed.items():
+            settings = dict(metrics["test"])
+            if data is not None:
+                settings["probe"] = probe_run(root / name / f"seed{seed}", *data)
+            for setting, values in settings.items():
                 slot = per_setting.setdefault(setting, {metric: [], "accuracy": []})
                 slot[metric].append(values["overall"][metric])
                 slot["accuracy"].append(values["overall"]["accuracy"])
@@ -129,7 +140,8 @@ def ablation_table(results: dict[str, Any], config: ComclConfig, seeds: Sequence
         f"backbone `{config.backbone}`, preset `{config.preset}`, {config.pretrain.steps} pre-training steps, "
         f"{config.finetune.epochs} fine-tuning epochs; mean ± std over seeds {list(seeds)}. "
         "`original` is the test set as generated; `lq_70` / `lq_100` raise its low-quality ratio by "
-        "degrading Good images. "
+        "degrading Good images; `probe` is a linear probe (logistic regression on the frozen pre-trained "
+        "encoder's features; the baseline's encoder is its random init) on the original test set. "
         + (
             "Paper figures are Chest X-ray at its original 43.2 % LQ (Table 1: ResNet-50 and CoMCL only)"
             if cxr

@@ -35,14 +35,19 @@ from qualcl.recipes.plots import plot_confusion, plot_curves, plot_embedding
 from qualcl.recipes.run_folder import RunFolder
 from qualcl.samplers import CosineCountSchedule, LevelBalancedBatchSampler, SelfPacedHardNegativeMiner
 
-__all__ = ["run_comcl"]
+__all__ = ["load_datasets", "run_comcl"]
 
 QUALITY_NAMES = {"fundus": ("Good", "Usable", "Reject"), "cxr": ("HQ", "LQ")}
 METRIC_NAMES = {"qwk": "QWK", "kappa": "Kappa"}
 BINARY_LEVELS = ("lesion", "healthy")
 
 
-def _data(config: ComclConfig, run: RunFolder) -> tuple[FundusImages, FundusImages]:
+def load_datasets(config: ComclConfig, run: RunFolder) -> tuple[FundusImages, FundusImages]:
+    """The run's ``(train, test)`` images.
+
+    The synthetic set is generated into ``run/data`` unless ``data.data_dir`` names one; EyeQ gets
+    detector boxes; NIH ChestX-ray14 is read by :func:`~qualcl.recipes.comcl.data.load_nih_layout`.
+    """
     cfg = config.data
     if cfg.dataset == "synthetic":
         from qualcl.data.synthetic import ensure_fundus_dataset
@@ -319,7 +324,7 @@ def run_comcl(config: ComclConfig, out: str | Path, *, callbacks: list[Callback]
     run.save_config(config)
     L.seed_everything(config.seed, workers=True, verbose=False)
     start = time.perf_counter()
-    train, test = _data(config, run)
+    train, test = load_datasets(config, run)
     encoder = _pretrain(config, run, train, callbacks or [])
     module = _finetune(config, run, encoder, train, callbacks or [])
     results: dict[str, Any] = {
