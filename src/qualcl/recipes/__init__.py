@@ -26,7 +26,7 @@ class Recipe(NamedTuple):
 RECIPES: dict[str, Recipe] = {
     "comcl": Recipe(
         "CoMCL (MICCAI 2024): multi-level contrastive pre-training with self-paced hard negatives, "
-        "then DR grading evaluated per quality level",
+        "then DR grading (or chest X-ray diagnosis) evaluated per quality level",
         add_comcl_arguments,
         main_comcl,
     ),
