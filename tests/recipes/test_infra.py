@@ -127,3 +127,17 @@ def test_projection_head_matches_a_float64_loop_reference(dims, n, seed):
             out = out.clamp_min(0)
     want = out / out.norm(dim=1, keepdim=True).clamp_min(1e-12)
     torch.testing.assert_close(head(x), want)
+
+
+def test_lightning_litlogger_tip_is_filtered_but_other_info_is_not():
+    import logging
+
+    import qualcl.recipes.callbacks  # noqa: F401  (installs the filter)
+
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+
+    def record(message: str) -> logging.LogRecord:
+        return logger.makeRecord(logger.name, logging.INFO, __file__, 0, message, None, None)
+
+    assert not logger.filter(record("💡 Tip: try installing [litlogger](https://pypi.org/project/litlogger/)"))
+    assert logger.filter(record("GPU available: False, used: False"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,17 @@ __all__ = ["EpochSetter", "HistoryWriter", "load_best", "make_trainer", "resume_
 # Lightning's advice that does not apply to in-memory CPU datasets and our explicit resume logic.
 for _message in (".*does not have many workers.*", ".*LeafSpec.*", r".*fit\(ckpt_path=.*"):
     warnings.filterwarnings("ignore", message=_message)
+
+
+class _DropAdverts(logging.Filter):
+    """Lightning logs a product tip ("💡 Tip: ... litlogger") at every Trainer construction."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_DropAdverts())
 
 
 class HistoryWriter(Callback):
