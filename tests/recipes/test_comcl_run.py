@@ -73,6 +73,7 @@ def test_ablation_writes_a_table(smoke, tmp_path):
     assert (tmp_path / "ablation" / "wo_multi_level" / "seed0" / "probe.json").is_file()
     table = (tmp_path / "ablation" / "ablation.md").read_text()
     assert "QWK probe" in table
+    assert (tmp_path / "ablation" / "ablation.png").is_file()
     assert "Baseline (no pre-training)" in table
     assert "CoMCL w/o multi-level" in table
 

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
-__all__ = ["plot_confusion", "plot_curves", "plot_embedding"]
+__all__ = ["plot_confusion", "plot_curves", "plot_embedding", "plot_variant_dots"]
 
 
 def plot_curves(
@@ -91,6 +91,54 @@ def plot_embedding(
     ax.legend(fontsize=7, markerscale=2)
     fig.tight_layout()
     out = Path(path)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_variant_dots(
+    values: Mapping[str, Mapping[str, Sequence[float]]],
+    path: str | Path,
+    *,
+    title: str,
+    ylabel: str,
+) -> Path:
+    """Per variant (rows) and setting (colours): every seed as a dot, the mean as a bar; returns the PNG path.
+
+    Args:
+        values: ``{variant: {setting: [value per seed]}}`` (non-finite values are skipped).
+        path: Output PNG.
+        title: Figure title.
+        ylabel: Axis label of the values.
+    """
+    variants = list(values)
+    settings = list(dict.fromkeys(s for per in values.values() for s in per))
+    fig, ax = plt.subplots(figsize=(8.0, 0.55 * max(len(variants), 2) + 1.4), dpi=110)
+    height = 0.8 / max(len(settings), 1)
+    colours = plt.get_cmap("tab10")
+    for j, setting in enumerate(settings):
+        for i, variant in enumerate(variants):
+            points = [float(v) for v in values[variant].get(setting, []) if v == v and abs(v) != float("inf")]
+            if not points:
+                continue
+            y = i - 0.4 + height * (j + 0.5)
+            ax.barh(
+                y,
+                sum(points) / len(points),
+                height=height * 0.9,
+                color=colours(j),
+                alpha=0.35,
+                label=setting if i == 0 else None,
+            )
+            ax.scatter(points, [y] * len(points), color=colours(j), s=14, zorder=3)
+    ax.set_yticks(range(len(variants)), variants)
+    ax.invert_yaxis()
+    ax.set(title=title, xlabel=ylabel)
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
     return out

@@ -12,6 +12,7 @@ from qualcl.recipes.ablation import mean_std, run_variants
 from qualcl.recipes.comcl.config import ABLATIONS, ComclConfig, headline_metric
 from qualcl.recipes.comcl.pipeline import METRIC_NAMES, load_datasets, run_comcl
 from qualcl.recipes.comcl.probe import probe_run
+from qualcl.recipes.plots import plot_variant_dots
 from qualcl.recipes.run_folder import RunFolder
 
 __all__ = ["PAPER_TABLES", "ablation_table", "run_ablation"]
@@ -56,7 +57,7 @@ def run_ablation(
     run_missing: bool = True,
     probe: bool = True,
 ) -> dict[str, Any]:
-    """Run every ablation variant for every seed (resumable), then write ``ablation.md`` and ``.json``.
+    """Run every ablation variant for every seed (resumable), then write ``ablation.md``, ``.json`` and ``.png``.
 
     All variants share one synthetic dataset (generated into ``out/data``), so only training
     differs. Each run lives in ``out/<variant>/seed<k>`` and is skipped when already finished.
@@ -112,6 +113,13 @@ def run_ablation(
         results[name] = per_setting
     (root / "ablation.json").write_text(json.dumps(results, indent=2))
     (root / "ablation.md").write_text(ablation_table(results, config, seeds))
+    if results:
+        plot_variant_dots(
+            {DESCRIPTIONS.get(n, n): {s: v[metric] for s, v in per.items()} for n, per in results.items()},
+            root / "ablation.png",
+            title=f"CoMCL ablation: test {METRIC_NAMES[metric]} per seed (bars: means)",
+            ylabel=METRIC_NAMES[metric],
+        )
     return results
 
 
