@@ -38,6 +38,7 @@ DESCRIPTIONS = {
     "comcl": "CoMCL (full) = v3 {L, LQ_L, H, LQ_H}",
     "v1_L_LQL": "CoMCL v1 {L, LQ_L}",
     "v2_L_LQL_H": "CoMCL v2 {L, LQ_L, H}",
+    "spl_literal": "CoMCL with the printed SPL threshold 1/K_t",
 }
 
 

@@ -162,6 +162,8 @@ ABLATIONS: dict[str, dict[str, object]] = {
     "comcl": {},
     "v1_L_LQL": {"pairs": (("L", "LQ_L"),)},
     "v2_L_LQL_H": {"pairs": (("L", "LQ_L"), ("L", "H"))},
+    # not in the paper: its printed threshold lambda_t = 1 / K_t instead of qualcl's quantile default
+    "spl_literal": {"spl_threshold": "literal"},
 }
 
 
