@@ -51,7 +51,7 @@ def test_probe_run_is_cached_and_covers_the_baseline(tmp_path):
     test = load_eyeq_layout(tmp_path / "data", "test", config.data.image_size, with_truth_boxes=True)
     for method in ("comcl", "none"):
         result = probe_run(tmp_path / method, train, test)
-        assert set(result) == {"overall", "Good", "Usable", "Reject"}
-        assert result["overall"]["n"] == len(test)
+        assert set(result["grade"]) == {"overall", "Good", "Usable", "Reject"}
+        assert result["grade"]["overall"]["n"] == result["low_quality"]["n"] == len(test)
         assert (tmp_path / method / "probe.json").is_file()
         assert probe_run(tmp_path / method, train, test) == result

@@ -72,7 +72,8 @@ def run_ablation(
         run_missing: ``False`` trains nothing and tabulates the finished runs only.
         probe: Also score each run's pre-trained encoder with a linear probe on frozen features
             (:func:`~qualcl.recipes.comcl.probe.probe_run`, cached per run), reported as the setting
-            ``"probe"``: it separates what pre-training learned from fine-tuning's seed noise.
+            ``"probe"``: it separates what pre-training learned from fine-tuning's seed noise. The
+            setting ``"probe_lq"`` is a second probe that reads low vs high quality off the features.
 
     Returns:
         ``{variant: {setting: {metric: [...], "accuracy": [...]}}}`` with ``metric`` the run's
@@ -106,7 +107,9 @@ def run_ablation(
         for seed, metrics in by_seed.items():
             settings = dict(metrics["test"])
             if data is not None:
-                settings["probe"] = probe_run(root / name / f"seed{seed}", *data)
+                probes = probe_run(root / name / f"seed{seed}", *data)
+                settings["probe"] = probes["grade"]
+                settings["probe_lq"] = {"overall": probes["low_quality"]}
             for setting, values in settings.items():
                 slot = per_setting.setdefault(setting, {metric: [], "accuracy": []})
                 slot[metric].append(values["overall"][metric])
@@ -150,7 +153,8 @@ def ablation_table(results: dict[str, Any], config: ComclConfig, seeds: Sequence
         f"{config.finetune.epochs} fine-tuning epochs; mean ± std over seeds {list(seeds)}. "
         "`original` is the test set as generated; `lq_70` / `lq_100` raise its low-quality ratio by "
         "degrading Good images; `probe` is a linear probe (logistic regression on the frozen pre-trained "
-        "encoder's features; the baseline's encoder is its random init) on the original test set. "
+        "encoder's features; the baseline's encoder is its random init) on the original test set, "
+        "`probe_lq` the same probe predicting low vs high quality (binary kappa and accuracy). "
         + (
             "Paper figures are Chest X-ray at its original 43.2 % LQ (Table 1: ResNet-50 and CoMCL only)"
             if cxr

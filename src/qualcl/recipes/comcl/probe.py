@@ -20,14 +20,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from qualcl.metrics import stratified_grading_metrics
+from qualcl.metrics import grading_metrics, stratified_grading_metrics
 from qualcl.recipes.backbones import build_backbone
 from qualcl.recipes.comcl.config import ComclConfig
 from qualcl.recipes.comcl.data import FundusImages, GradingDataset
 from qualcl.recipes.config import load_config
 from qualcl.recipes.run_folder import RunFolder
 
-__all__ = ["LinearProbe", "encode", "linear_probe", "probe_run"]
+__all__ = ["LinearProbe", "encode", "linear_probe", "probe_run", "quality_probe"]
 
 
 @torch.no_grad()
@@ -146,8 +146,25 @@ def linear_probe(
     return stratified_grading_metrics(preds, test.grade, num_classes, test.quality, quality_names)
 
 
+def quality_probe(
+    encoder: nn.Module, train: FundusImages, test: FundusImages, *, weight_decay: float = 1e-3
+) -> dict[str, float]:
+    """How linearly readable image quality (low vs high) is from ``encoder``'s features.
+
+    A pre-training that separates lesions from degradations (CoMCL's ``(L, LQ_L)`` pair) puts
+    quality into the features; a grading head may or may not profit from that.
+
+    Returns:
+        :func:`qualcl.metrics.grading_metrics` of the binary LQ-vs-HQ predictions on ``test``
+        (``qwk`` = ``kappa`` for two classes).
+    """
+    probe = LinearProbe(2, weight_decay=weight_decay).fit(encode(encoder, train), (train.quality > 0).long())
+    preds = probe.predict(encode(encoder, test))
+    return grading_metrics(preds, (test.quality > 0).long(), 2)
+
+
 def probe_run(folder: str | Path, train: FundusImages, test: FundusImages) -> dict[str, Any]:
-    """The linear probe of a finished CoMCL run's pre-trained encoder, cached in ``folder/probe.json``.
+    """Linear probes of a finished CoMCL run's pre-trained encoder, cached in ``folder/probe.json``.
 
     Runs without pre-training (the baseline) are probed with the randomly initialised encoder that
     ``config.seed`` gives, the reference every pre-training should beat.
@@ -156,6 +173,9 @@ def probe_run(folder: str | Path, train: FundusImages, test: FundusImages) -> di
         folder: Run folder written by :func:`~qualcl.recipes.comcl.run_comcl`.
         train: Its training images (probe fit).
         test: Its test images.
+
+    Returns:
+        ``{"grade": linear_probe(...), "low_quality": quality_probe(...)}``.
     """
     from qualcl.recipes.comcl.pipeline import QUALITY_NAMES
 
@@ -163,12 +183,16 @@ def probe_run(folder: str | Path, train: FundusImages, test: FundusImages) -> di
     cached = run.path("probe.json")
     if cached.is_file():
         result: dict[str, Any] = json.loads(cached.read_text())
-        return result
+        if {"grade", "low_quality"} <= set(result):
+            return result
     config = load_config(ComclConfig, run.path("config.yaml"))
     L.seed_everything(config.seed, verbose=False)
     encoder = build_backbone(config.backbone)
     if config.pretrain.method != "none":
         run.load_weights(encoder, "pretrain_encoder")
-    result = linear_probe(encoder, train, test, config.num_classes, QUALITY_NAMES[test.modality])
+    result = {
+        "grade": linear_probe(encoder, train, test, config.num_classes, QUALITY_NAMES[test.modality]),
+        "low_quality": quality_probe(encoder, train, test),
+    }
     cached.write_text(json.dumps(result, indent=2))
     return result
