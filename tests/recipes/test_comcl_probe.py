@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 
 from qualcl.recipes.comcl import comcl_config, run_comcl
 from qualcl.recipes.comcl.data import load_eyeq_layout
-from qualcl.recipes.comcl.probe import LinearProbe, probe_run
+from qualcl.recipes.comcl.probe import LinearProbe, feature_geometry, probe_run
 
 
 @settings(max_examples=15, deadline=None)
@@ -53,5 +53,44 @@ def test_probe_run_is_cached_and_covers_the_baseline(tmp_path):
         result = probe_run(tmp_path / method, train, test)
         assert set(result["grade"]) == {"overall", "Good", "Usable", "Reject"}
         assert result["grade"]["overall"]["n"] == result["low_quality"]["n"] == len(test)
+        assert 1.0 <= result["geometry"]["effective_rank"] <= 512
         assert (tmp_path / method / "probe.json").is_file()
         assert probe_run(tmp_path / method, train, test) == result
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.integers(3, 12), st.integers(1, 6), st.integers(1, 4))
+def test_feature_geometry_matches_a_naive_loop(seed, n, d, num_levels):
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(n, d, generator=g, dtype=torch.float64)
+    levels = torch.randint(0, num_levels, (n,), generator=g)
+    out = feature_geometry(features, levels)
+    x = (features - features.mean(0)).numpy()
+    within, between = [], []
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            c = float(x[i] @ x[j] / (np.linalg.norm(x[i]) * np.linalg.norm(x[j])))
+            (within if levels[i] == levels[j] else between).append(c)
+    for key, ref in (("within_level_cosine", within), ("between_level_cosine", between)):
+        if ref:
+            assert out[key] == pytest.approx(float(np.mean(ref)), abs=1e-9)
+        else:
+            assert out[key] != out[key]  # nan
+    sv = np.linalg.svd(x, compute_uv=False)
+    p = sv / sv.sum()
+    p = p[p > 0]
+    assert out["effective_rank"] == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-9)
+    assert 1.0 - 1e-9 <= out["effective_rank"] <= min(n, d) + 1e-9
+
+
+def test_feature_geometry_sees_level_collapse():
+    levels = torch.arange(4).repeat(50)
+    collapsed = 5 * torch.eye(4, dtype=torch.float64)[levels] + 1e-3 * torch.randn(200, 4, dtype=torch.float64)
+    out = feature_geometry(collapsed, levels)
+    assert out["within_level_cosine"] > 0.999
+    assert out["between_level_cosine"] == pytest.approx(-1 / 3, abs=1e-3)
+    assert out["effective_rank"] == pytest.approx(3.0, abs=0.05)
+    with pytest.raises(ValueError, match="at least two"):
+        feature_geometry(torch.zeros(1, 3), torch.zeros(1))

@@ -69,10 +69,10 @@ def test_ablation_writes_a_table(smoke, tmp_path):
         config, tmp_path / "ablation", seeds=[0], variants=["baseline", "wo_multi_level"], progress=False
     )
     assert set(results) == {"baseline", "wo_multi_level"}
-    assert set(results["baseline"]) == {"original", "lq_70", "lq_100", "probe", "probe_lq"}
+    assert set(results["baseline"]) == {"original", "lq_70", "lq_100", "probe", "probe_lq", "geometry"}
     assert (tmp_path / "ablation" / "wo_multi_level" / "seed0" / "probe.json").is_file()
     table = (tmp_path / "ablation" / "ablation.md").read_text()
-    assert "QWK probe" in table
+    assert "## The frozen pre-trained encoders" in table and "QWK probe" not in table
     assert (tmp_path / "ablation" / "ablation.png").is_file()
     assert "Baseline (no pre-training)" in table
     assert "CoMCL w/o multi-level" in table

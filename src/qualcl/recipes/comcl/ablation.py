@@ -70,14 +70,16 @@ def run_ablation(
         variants: Subset of ``ABLATIONS`` (default: all).
         progress: Print one line per finished run.
         run_missing: ``False`` trains nothing and tabulates the finished runs only.
-        probe: Also score each run's pre-trained encoder with a linear probe on frozen features
-            (:func:`~qualcl.recipes.comcl.probe.probe_run`, cached per run), reported as the setting
-            ``"probe"``: it separates what pre-training learned from fine-tuning's seed noise. The
-            setting ``"probe_lq"`` is a second probe that reads low vs high quality off the features.
+        probe: Also diagnose each run's frozen pre-trained encoder
+            (:func:`~qualcl.recipes.comcl.probe.probe_run`, cached per run): a linear probe of the
+            class (``"probe"``) and of low vs high quality (``"probe_lq"``), and the features'
+            effective rank and within/between-level cosines (``"geometry"``). They separate what
+            pre-training learned from fine-tuning's seed noise; ``ablation.md`` gets a second table.
 
     Returns:
         ``{variant: {setting: {metric: [...], "accuracy": [...]}}}`` with ``metric`` the run's
-        :func:`~qualcl.recipes.comcl.config.headline_metric` (``"qwk"``, or ``"kappa"`` for X-rays).
+        :func:`~qualcl.recipes.comcl.config.headline_metric` (``"qwk"``, or ``"kappa"`` for X-rays);
+        with ``probe``, also ``"probe"``, ``"probe_lq"`` and ``"geometry"`` (``{name: [...]}``).
     """
     root = Path(out)
     names = list(ABLATIONS) if variants is None else list(variants)
@@ -110,6 +112,9 @@ def run_ablation(
                 probes = probe_run(root / name / f"seed{seed}", *data)
                 settings["probe"] = probes["grade"]
                 settings["probe_lq"] = {"overall": probes["low_quality"]}
+                geometry = per_setting.setdefault("geometry", {})
+                for key, value in probes["geometry"].items():
+                    geometry.setdefault(key, []).append(value)
             for setting, values in settings.items():
                 slot = per_setting.setdefault(setting, {metric: [], "accuracy": []})
                 slot[metric].append(values["overall"][metric])
@@ -119,7 +124,10 @@ def run_ablation(
     (root / "ablation.md").write_text(ablation_table(results, config, seeds))
     if results:
         plot_variant_dots(
-            {DESCRIPTIONS.get(n, n): {s: v[metric] for s, v in per.items()} for n, per in results.items()},
+            {
+                DESCRIPTIONS.get(n, n): {s: v[metric] for s, v in per.items() if s in ("original", "lq_100", "probe")}
+                for n, per in results.items()
+            },
             root / "ablation.png",
             title=f"CoMCL ablation: test {METRIC_NAMES[metric]} per seed (bars: means)",
             ylabel=METRIC_NAMES[metric],
@@ -133,7 +141,8 @@ def ablation_table(results: dict[str, Any], config: ComclConfig, seeds: Sequence
     label = METRIC_NAMES[metric]
     cxr = config.data.dataset == "nih-cxr14"
     paper_tables = PAPER_TABLES_CXR if cxr else PAPER_TABLES
-    settings = list(next(iter(results.values())).keys()) if results else []
+    diagnostics = ("probe", "probe_lq", "geometry")
+    settings = [s for s in next(iter(results.values())).keys() if s not in diagnostics] if results else []
     header = (
         "| variant | "
         + " | ".join(f"{label} {s} | ACC {s}" for s in settings)
@@ -152,9 +161,7 @@ def ablation_table(results: dict[str, Any], config: ComclConfig, seeds: Sequence
         f"backbone `{config.backbone}`, preset `{config.preset}`, {config.pretrain.steps} pre-training steps, "
         f"{config.finetune.epochs} fine-tuning epochs; mean ± std over seeds {list(seeds)}. "
         "`original` is the test set as generated; `lq_70` / `lq_100` raise its low-quality ratio by "
-        "degrading Good images; `probe` is a linear probe (logistic regression on the frozen pre-trained "
-        "encoder's features; the baseline's encoder is its random init) on the original test set, "
-        "`probe_lq` the same probe predicting low vs high quality (binary kappa and accuracy). "
+        "degrading Good images. "
         + (
             "Paper figures are Chest X-ray at its original 43.2 % LQ (Table 1: ResNet-50 and CoMCL only)"
             if cxr
@@ -173,4 +180,38 @@ def ablation_table(results: dict[str, Any], config: ComclConfig, seeds: Sequence
         paper = paper_tables.get(name)
         paper_cell = f"{paper[0]:.3f} / {paper[1]:.3f}" if paper else "—"
         lines.append(f"| {DESCRIPTIONS.get(name, name)} | {cells} | {paper_cell} |")
+    if any("probe" in per for per in results.values()):
+        lines += _diagnostics_table(results, label, metric, len(seeds))
     return "\n".join(lines) + "\n"
+
+
+def _diagnostics_table(results: dict[str, Any], label: str, metric: str, seeds: int) -> list[str]:
+    lines = [
+        "",
+        "## The frozen pre-trained encoders",
+        "",
+        "Linear probes (logistic regression on the frozen encoder's whole-image features, fitted on the "
+        "training images, scored on the original test set; the baseline's encoder is its random init) of the "
+        "class and of low vs high quality, and the geometry of the test features by CoMCL level: effective "
+        "rank of the centred features (of 512) and mean cosine between images of the same / of different levels.",
+        "",
+        f"| variant | probe {label} | probe ACC | LQ-probe kappa | LQ-probe ACC | effective rank "
+        "| cosine within level | cosine between levels |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, per in results.items():
+        if "probe" not in per:
+            continue
+        geometry = per.get("geometry", {})
+        cells = [
+            mean_std(per["probe"][metric], seeds),
+            mean_std(per["probe"]["accuracy"], seeds),
+            mean_std(per["probe_lq"][metric], seeds),
+            mean_std(per["probe_lq"]["accuracy"], seeds),
+            *(
+                mean_std(geometry.get(k, []), seeds)
+                for k in ("effective_rank", "within_level_cosine", "between_level_cosine")
+            ),
+        ]
+        lines.append(f"| {DESCRIPTIONS.get(name, name)} | " + " | ".join(cells) + " |")
+    return lines

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from qualcl.data.levels import split_levels
 from qualcl.metrics import grading_metrics, stratified_grading_metrics
 from qualcl.recipes.backbones import build_backbone
 from qualcl.recipes.comcl.config import ComclConfig
@@ -27,7 +28,7 @@ from qualcl.recipes.comcl.data import FundusImages, GradingDataset
 from qualcl.recipes.config import load_config
 from qualcl.recipes.run_folder import RunFolder
 
-__all__ = ["LinearProbe", "encode", "linear_probe", "probe_run", "quality_probe"]
+__all__ = ["LinearProbe", "encode", "feature_geometry", "linear_probe", "probe_run", "quality_probe"]
 
 
 @torch.no_grad()
@@ -163,6 +164,51 @@ def quality_probe(
     return grading_metrics(preds, (test.quality > 0).long(), 2)
 
 
+def feature_geometry(features: Tensor, levels: Tensor) -> dict[str, float]:
+    """Collapse diagnostics of ``(N, D)`` features grouped by ``(N,)`` level ids.
+
+    Features are centred on their mean first (ReLU features are all positive, which makes raw
+    cosines uninformative).
+
+    * ``effective_rank``: ``exp(H(p))`` with ``p`` the normalised singular values of the centred
+      features (Roy & Vetterli 2007; RankMe, Garrido et al. 2023). ``D`` for isotropic features, 1 for
+      features on a line.
+    * ``within_level_cosine`` / ``between_level_cosine``: mean cosine of the centred features over
+      pairs of distinct images of the same / of different levels. A loss without same-level
+      negatives (CoMCL's Eq. 1) is minimised by features that encode the level and little else:
+      within → 1.
+
+    Example:
+        >>> import torch
+        >>> levels = torch.tensor([0, 0, 1, 1])
+        >>> out = feature_geometry(torch.eye(2, dtype=torch.float64)[levels], levels)
+        >>> round(out["within_level_cosine"], 3), round(out["between_level_cosine"], 3)
+        (1.0, -1.0)
+    """
+    if features.ndim != 2 or levels.shape != (features.shape[0],):
+        raise ValueError(
+            f"features must be (N, D) and levels (N,), got {tuple(features.shape)} and {tuple(levels.shape)}"
+        )
+    if features.shape[0] < 2:
+        raise ValueError("feature_geometry needs at least two samples")
+    x = features.double() - features.double().mean(dim=0)
+    singular = torch.linalg.svdvals(x)
+    p = singular / singular.sum().clamp_min(1e-300)
+    p = p[p > 0]
+    rank = float(torch.exp(-(p * p.log()).sum()))
+    unit = F.normalize(x, dim=1)
+    cosine = unit @ unit.T
+    same = levels[:, None] == levels[None, :]
+    off_diagonal = ~torch.eye(len(levels), dtype=torch.bool)
+    within, between = cosine[same & off_diagonal], cosine[~same]
+    nan = float("nan")
+    return {
+        "effective_rank": rank,
+        "within_level_cosine": float(within.mean()) if within.numel() else nan,
+        "between_level_cosine": float(between.mean()) if between.numel() else nan,
+    }
+
+
 def probe_run(folder: str | Path, train: FundusImages, test: FundusImages) -> dict[str, Any]:
     """Linear probes of a finished CoMCL run's pre-trained encoder, cached in ``folder/probe.json``.
 
@@ -175,7 +221,8 @@ def probe_run(folder: str | Path, train: FundusImages, test: FundusImages) -> di
         test: Its test images.
 
     Returns:
-        ``{"grade": linear_probe(...), "low_quality": quality_probe(...)}``.
+        ``{"grade": linear_probe(...), "low_quality": quality_probe(...), "geometry":
+        feature_geometry(test features, test levels)}``.
     """
     from qualcl.recipes.comcl.pipeline import QUALITY_NAMES
 
@@ -183,7 +230,7 @@ def probe_run(folder: str | Path, train: FundusImages, test: FundusImages) -> di
     cached = run.path("probe.json")
     if cached.is_file():
         result: dict[str, Any] = json.loads(cached.read_text())
-        if {"grade", "low_quality"} <= set(result):
+        if {"grade", "low_quality", "geometry"} <= set(result):
             return result
     config = load_config(ComclConfig, run.path("config.yaml"))
     L.seed_everything(config.seed, verbose=False)
@@ -193,6 +240,7 @@ def probe_run(folder: str | Path, train: FundusImages, test: FundusImages) -> di
     result = {
         "grade": linear_probe(encoder, train, test, config.num_classes, QUALITY_NAMES[test.modality]),
         "low_quality": quality_probe(encoder, train, test),
+        "geometry": feature_geometry(encode(encoder, test), split_levels(test.grade, test.quality)),
     }
     cached.write_text(json.dumps(result, indent=2))
     return result
