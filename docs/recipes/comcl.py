@@ -99,3 +99,24 @@ out_dir = Path(tempfile.mkdtemp()) / "comcl-smoke"
 metrics = run_comcl(comcl_config("smoke"), out_dir)
 print(json.dumps(metrics["test"]["original"]["overall"], indent=2))
 print(sorted(p.name for p in (out_dir / "plots").iterdir()))
+
+# %% [markdown]
+# ## 6. Did pre-training put anything into the features?
+#
+# Fine-tuned scores vary a lot between seeds at this scale. A linear probe on the *frozen*
+# pre-trained encoder is deterministic given the encoder; `feature_geometry` shows whether the
+# features collapsed onto the four levels (Eq. 1 has no same-level negatives). The ablation
+# (`qualcl run comcl --ablation`) reports both for every run; results in `docs/comcl.md`.
+
+# %%
+from qualcl.recipes.comcl.data import load_eyeq_layout
+from qualcl.recipes.comcl.probe import probe_run
+
+data_dir = out_dir / "data"
+size = comcl_config("smoke").data.image_size
+train = load_eyeq_layout(data_dir, "train", size, with_truth_boxes=True)
+test = load_eyeq_layout(data_dir, "test", size, with_truth_boxes=True)
+diagnostics = probe_run(out_dir, train, test)
+print("grade probe:", {k: round(v, 3) for k, v in diagnostics["grade"]["overall"].items()})
+print("quality probe:", {k: round(v, 3) for k, v in diagnostics["low_quality"].items()})
+print("geometry:", {k: round(v, 3) for k, v in diagnostics["geometry"].items()})
