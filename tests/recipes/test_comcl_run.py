@@ -74,6 +74,7 @@ def test_ablation_writes_a_table(smoke, tmp_path):
     table = (tmp_path / "ablation" / "ablation.md").read_text()
     assert "## The frozen pre-trained encoders" in table and "QWK probe" not in table
     assert (tmp_path / "ablation" / "ablation.png").is_file()
+    assert not (tmp_path / "ablation" / "weights").exists()  # the ablation root is not a run folder
     assert "Baseline (no pre-training)" in table
     assert "CoMCL w/o multi-level" in table
 

@@ -13,7 +13,6 @@ from qualcl.recipes.comcl.config import ABLATIONS, ComclConfig, headline_metric
 from qualcl.recipes.comcl.pipeline import METRIC_NAMES, load_datasets, run_comcl
 from qualcl.recipes.comcl.probe import probe_run
 from qualcl.recipes.plots import plot_variant_dots
-from qualcl.recipes.run_folder import RunFolder
 
 __all__ = ["PAPER_TABLES", "ablation_table", "run_ablation"]
 
@@ -102,7 +101,7 @@ def run_ablation(
     finished = run_variants(root, names, seeds, run, summarise, progress=progress, run_missing=run_missing)
     data = None
     if probe and finished:
-        data = load_datasets(_variant(config, names[0], seeds[0], data_dir), RunFolder(root))
+        data = load_datasets(_variant(config, names[0], seeds[0], data_dir), root / "data")
     results: dict[str, Any] = {}
     for name, by_seed in finished.items():
         per_setting: dict[str, dict[str, list[float]]] = {}

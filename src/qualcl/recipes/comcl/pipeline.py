@@ -42,10 +42,10 @@ METRIC_NAMES = {"qwk": "QWK", "kappa": "Kappa"}
 BINARY_LEVELS = ("lesion", "healthy")
 
 
-def load_datasets(config: ComclConfig, run: RunFolder) -> tuple[FundusImages, FundusImages]:
+def load_datasets(config: ComclConfig, synthetic_dir: Path) -> tuple[FundusImages, FundusImages]:
     """The run's ``(train, test)`` images.
 
-    The synthetic set is generated into ``run/data`` unless ``data.data_dir`` names one; EyeQ gets
+    The synthetic set is generated into ``synthetic_dir`` unless ``data.data_dir`` names one; EyeQ gets
     detector boxes; NIH ChestX-ray14 is read by :func:`~qualcl.recipes.comcl.data.load_nih_layout`.
     """
     cfg = config.data
@@ -53,7 +53,7 @@ def load_datasets(config: ComclConfig, run: RunFolder) -> tuple[FundusImages, Fu
         from qualcl.data.synthetic import ensure_fundus_dataset
 
         root = ensure_fundus_dataset(
-            Path(cfg.data_dir) if cfg.data_dir else run.path("data"),
+            Path(cfg.data_dir) if cfg.data_dir else synthetic_dir,
             num_images=cfg.num_images,
             size=cfg.image_size,
             seed=cfg.seed,
@@ -324,7 +324,7 @@ def run_comcl(config: ComclConfig, out: str | Path, *, callbacks: list[Callback]
     run.save_config(config)
     L.seed_everything(config.seed, workers=True, verbose=False)
     start = time.perf_counter()
-    train, test = load_datasets(config, run)
+    train, test = load_datasets(config, run.path("data"))
     encoder = _pretrain(config, run, train, callbacks or [])
     module = _finetune(config, run, encoder, train, callbacks or [])
     results: dict[str, Any] = {
