@@ -109,3 +109,23 @@ def test_detect_boxes_returns_pixel_boxes_per_image(tmp_path):
     boxes = detect_boxes(path, images, min_score=0.0)
     assert len(boxes) == 2
     assert all(b.dtype == torch.long and b.ndim == 2 and b.shape[1] == 4 for b in boxes)
+
+
+def test_ablation_table_orders_settings_and_adds_the_diagnostics_table():
+    cell = {"qwk": [0.1], "accuracy": [0.2]}
+    results = {
+        "comcl": {
+            "lq_100": cell,
+            "lq_70": cell,
+            "original": cell,
+            "probe": {"qwk": [0.3], "accuracy": [0.4]},
+            "probe_lq": {"qwk": [0.9], "accuracy": [0.95]},
+            "geometry": {"effective_rank": [50.0], "within_level_cosine": [0.2], "between_level_cosine": [-0.1]},
+        }
+    }
+    table = ablation_table(results, comcl_config("smoke"), [0])
+    assert "| variant | QWK original | ACC original | QWK lq_70 | ACC lq_70 | QWK lq_100 | ACC lq_100 |" in table
+    assert "## The frozen pre-trained encoders" in table
+    row = [line for line in table.splitlines() if line.startswith("| CoMCL (full)")][-1]
+    assert row.split(" | ")[1:4] == ["0.300 ± 0.000", "0.400 ± 0.000", "0.900 ± 0.000"]
+    assert "50.000 ± 0.000" in row

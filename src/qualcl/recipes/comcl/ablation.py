@@ -142,6 +142,8 @@ def ablation_table(results: dict[str, Any], config: ComclConfig, seeds: Sequence
     paper_tables = PAPER_TABLES_CXR if cxr else PAPER_TABLES
     diagnostics = ("probe", "probe_lq", "geometry")
     settings = [s for s in next(iter(results.values())).keys() if s not in diagnostics] if results else []
+    # metrics.json stores settings sorted by name: put the original test set first, then rising LQ ratios
+    settings.sort(key=lambda s: (s != "original", float(s[3:]) if s[3:].isdigit() else 0.0))
     header = (
         "| variant | "
         + " | ".join(f"{label} {s} | ACC {s}" for s in settings)
