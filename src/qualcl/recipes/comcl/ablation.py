@@ -124,7 +124,7 @@ def run_ablation(
     if results:
         plot_variant_dots(
             {
-                DESCRIPTIONS.get(n, n): {s: v[metric] for s, v in per.items() if s in ("original", "lq_100", "probe")}
+                DESCRIPTIONS.get(n, n): {s: per[s][metric] for s in ("original", "lq_100", "probe") if s in per}
                 for n, per in results.items()
             },
             root / "ablation.png",
