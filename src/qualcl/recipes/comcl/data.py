@@ -16,7 +16,15 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from qualcl.data.levels import split_levels
-from qualcl.data.readers import CHESTXRAY8_FINDINGS, CXRRecord, FundusRecord, read_eyeq, read_nih_boxes, read_nih_cxr14
+from qualcl.data.readers import (
+    CHESTXRAY8_FINDINGS,
+    CXRRecord,
+    FundusRecord,
+    read_eyeq,
+    read_nih_boxes,
+    read_nih_cxr14,
+    simulate_low_dose,
+)
 from qualcl.data.readers._files import read_csv_rows
 from qualcl.samplers import LesionPatchSampler, RandomPatchSampler
 
@@ -42,6 +50,8 @@ NORMALIZATION = {"fundus": (FUNDUS_MEAN, FUNDUS_STD), "cxr": (CXR_MEAN, CXR_STD)
 #: CoMCL's chest X-ray classes (a decision, methods.md §1.1/§1.11): "healthy" = No Finding (class 0, the
 #: H levels), then the eight ChestX-ray8 findings; images with a single finding among them.
 CXR_CLASSES = ("No Finding", *CHESTXRAY8_FINDINGS)
+#: Names of the quality codes, per modality (the strata of the per-quality metrics).
+QUALITY_LEVELS = {"fundus": ("Good", "Usable", "Reject"), "cxr": ("HQ", "LQ")}
 
 
 @dataclass
@@ -68,6 +78,11 @@ class FundusImages:
 
     def __len__(self) -> int:
         return int(self.grade.shape[0])
+
+    @property
+    def quality_names(self) -> tuple[str, ...]:
+        """Name of each quality code of this modality."""
+        return QUALITY_LEVELS[self.modality]
 
     def subset(self, index: Sequence[int] | Tensor) -> FundusImages:
         """The images at ``index``."""
@@ -167,8 +182,6 @@ def low_dose_tensor(images: Tensor, factor: float = LOW_DOSE_FACTOR) -> Tensor:
         >>> out.shape, out.dtype
         (torch.Size([2, 3, 32, 32]), torch.uint8)
     """
-    from qualcl.data.readers import simulate_low_dose
-
     out = []
     for image in images:
         grey = Image.fromarray(image[0].numpy())

@@ -37,7 +37,6 @@ from qualcl.samplers import CosineCountSchedule, LevelBalancedBatchSampler, Self
 
 __all__ = ["load_datasets", "run_comcl"]
 
-QUALITY_NAMES = {"fundus": ("Good", "Usable", "Reject"), "cxr": ("HQ", "LQ")}
 METRIC_NAMES = {"qwk": "QWK", "kappa": "Kappa"}
 BINARY_LEVELS = ("lesion", "healthy")
 
@@ -270,9 +269,7 @@ def _evaluate(config: ComclConfig, run: RunFolder, module: GradingFineTuning, te
     ]
     for name, data in settings:
         preds, features = _predict(module, data, config.finetune.batch_size)
-        metrics = stratified_grading_metrics(
-            preds, data.grade, config.num_classes, data.quality, QUALITY_NAMES[data.modality]
-        )
+        metrics = stratified_grading_metrics(preds, data.grade, config.num_classes, data.quality, data.quality_names)
         metrics["overall"]["lq_ratio"] = int((data.quality > 0).sum()) / max(len(data), 1)
         results[name] = metrics
         if name == "original":

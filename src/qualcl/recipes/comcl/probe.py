@@ -10,7 +10,6 @@ ablations need to tell a better pre-training from a lucky fine-tuning.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,29 +127,34 @@ class LinearProbe:
 
 
 def linear_probe(
-    encoder: nn.Module,
+    train_features: Tensor,
     train: FundusImages,
+    test_features: Tensor,
     test: FundusImages,
     num_classes: int,
-    quality_names: Sequence[str],
     *,
     weight_decay: float = 1e-3,
 ) -> dict[str, dict[str, float]]:
-    """Fit a :class:`LinearProbe` on ``encoder``'s features of ``train`` and score it on ``test``.
+    """Fit a :class:`LinearProbe` of the class on ``(N_train, D)`` features of ``train``, score it on ``test``'s.
 
     Returns:
         :func:`qualcl.metrics.stratified_grading_metrics` of the test predictions (QWK, kappa,
         accuracy, macro F1, overall and per quality level).
     """
-    probe = LinearProbe(num_classes, weight_decay=weight_decay).fit(encode(encoder, train), train.grade)
-    preds = probe.predict(encode(encoder, test))
-    return stratified_grading_metrics(preds, test.grade, num_classes, test.quality, quality_names)
+    probe = LinearProbe(num_classes, weight_decay=weight_decay).fit(train_features, train.grade)
+    preds = probe.predict(test_features)
+    return stratified_grading_metrics(preds, test.grade, num_classes, test.quality, test.quality_names)
 
 
 def quality_probe(
-    encoder: nn.Module, train: FundusImages, test: FundusImages, *, weight_decay: float = 1e-3
+    train_features: Tensor,
+    train: FundusImages,
+    test_features: Tensor,
+    test: FundusImages,
+    *,
+    weight_decay: float = 1e-3,
 ) -> dict[str, float]:
-    """How linearly readable image quality (low vs high) is from ``encoder``'s features.
+    """How linearly readable image quality (low vs high) is from ``(N, D)`` features.
 
     A pre-training that separates lesions from degradations (CoMCL's ``(L, LQ_L)`` pair) puts
     quality into the features; a grading head may or may not profit from that.
@@ -159,9 +163,8 @@ def quality_probe(
         :func:`qualcl.metrics.grading_metrics` of the binary LQ-vs-HQ predictions on ``test``
         (``qwk`` = ``kappa`` for two classes).
     """
-    probe = LinearProbe(2, weight_decay=weight_decay).fit(encode(encoder, train), (train.quality > 0).long())
-    preds = probe.predict(encode(encoder, test))
-    return grading_metrics(preds, (test.quality > 0).long(), 2)
+    probe = LinearProbe(2, weight_decay=weight_decay).fit(train_features, (train.quality > 0).long())
+    return grading_metrics(probe.predict(test_features), (test.quality > 0).long(), 2)
 
 
 def feature_geometry(features: Tensor, levels: Tensor) -> dict[str, float]:
@@ -224,8 +227,6 @@ def probe_run(folder: str | Path, train: FundusImages, test: FundusImages) -> di
         ``{"grade": linear_probe(...), "low_quality": quality_probe(...), "geometry":
         feature_geometry(test features, test levels)}``.
     """
-    from qualcl.recipes.comcl.pipeline import QUALITY_NAMES
-
     run = RunFolder(folder)
     cached = run.path("probe.json")
     if cached.is_file():
@@ -237,10 +238,11 @@ def probe_run(folder: str | Path, train: FundusImages, test: FundusImages) -> di
     encoder = build_backbone(config.backbone)
     if config.pretrain.method != "none":
         run.load_weights(encoder, "pretrain_encoder")
+    train_features, test_features = encode(encoder, train), encode(encoder, test)
     result = {
-        "grade": linear_probe(encoder, train, test, config.num_classes, QUALITY_NAMES[test.modality]),
-        "low_quality": quality_probe(encoder, train, test),
-        "geometry": feature_geometry(encode(encoder, test), split_levels(test.grade, test.quality)),
+        "grade": linear_probe(train_features, train, test_features, test, config.num_classes),
+        "low_quality": quality_probe(train_features, train, test_features, test),
+        "geometry": feature_geometry(test_features, split_levels(test.grade, test.quality)),
     }
     cached.write_text(json.dumps(result, indent=2))
     return result
