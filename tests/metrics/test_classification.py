@@ -42,5 +42,8 @@ def test_stratified_and_confusion():
     assert confusion_matrix(preds, target, 3).tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
     with pytest.raises(ValueError, match="preds and target"):
         grading_metrics(preds, target[:2], 3)
+    with pytest.raises(ValueError, match="preds and target"):
+        cohen_kappa(preds[:, None], target[:, None], 3)
+    assert cohen_kappa(preds[:0], target[:0], 3) != cohen_kappa(preds[:0], target[:0], 3)  # nan when empty
     with pytest.raises(ValueError, match="strata"):
         stratified_grading_metrics(preds, target, 3, torch.tensor([0]), ["a"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -118,7 +119,7 @@ def plot_variant_dots(
     colours = plt.get_cmap("tab10")
     for j, setting in enumerate(settings):
         for i, variant in enumerate(variants):
-            points = [float(v) for v in values[variant].get(setting, []) if v == v and abs(v) != float("inf")]
+            points = [float(v) for v in values[variant].get(setting, []) if math.isfinite(v)]
             if not points:
                 continue
             y = i - 0.4 + height * (j + 0.5)
