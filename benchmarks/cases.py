@@ -463,7 +463,7 @@ GROUPS: tuple[Group, ...] = (
         ),
         notes=(
             "PML `NTXentLoss` is not run here: its [pos pairs × neg pairs] mask needs one 34.3 GB allocation at "
-            "1024 pairs (`shared/specs/performance.md` §2.4).",
+            "1024 pairs (its dense pair masks, pytorch-metric-learning 2.9).",
         ),
     ),
     Group(

@@ -4,7 +4,7 @@
     python -m benchmarks.compare --device cuda         # GPU (bf16, N = M = 65,536 by default)
     python -m benchmarks.compare --groups info_nce topk --quick
 
-Protocol (``shared/specs/performance.md`` §4): inputs are built once per case; every case is warmed
+Protocol (``docs/performance.md``, "How to reproduce"): inputs are built once per case; every case is warmed
 up, then the cases of a group are timed interleaved (A, B, C, A, B, C, ...) and the median is
 reported. Peak memory: on CPU one fresh subprocess per case, the peak RSS of one iteration (the
 kernel's ``VmHWM`` counter behind ``ru_maxrss``, reset once the inputs exist) minus the RSS before

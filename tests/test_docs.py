@@ -31,3 +31,20 @@ def test_recipe_notebook_executes(notebook, tmp_path):
         [sys.executable, str(notebook)], cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_the_repository_stands_alone():
+    """No docstring, comment or doc points outside the repository or at internal task tags."""
+    outside = re.compile(
+        r"\.\./shared|shared/specs|DESIGN\.md|specs/methods|methods\.md|anchors\.md|\(seed 00\d|seed 00\d\)"
+    )
+    offenders = []
+    for folder in ("src", "tests", "docs", "benchmarks"):
+        for path in (ROOT / folder).rglob("*"):
+            if path.suffix in {".py", ".md", ".sh", ".toml", ".yaml"} and path.is_file():
+                for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+                    if outside.search(line) and path.name != "test_docs.py":
+                        offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:80]}")
+    for name in ("README.md", "pyproject.toml"):
+        offenders += [f"{name}: {line}" for line in (ROOT / name).read_text().splitlines() if outside.search(line)]
+    assert not offenders, "\n".join(offenders)

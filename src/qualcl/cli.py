@@ -13,8 +13,10 @@ from qualcl import __version__
 
 __all__ = ["build_parser", "main"]
 
-# Public packages shown by ``qualcl list``, bottom layer last (DESIGN.md).
+# Public packages shown by ``qualcl list``, models and losses first, the bottom layers last.
 PACKAGES = (
+    ("models", "encoders (CNN and ViT, one contract)"),
+    ("evaluation", "evaluation: linear / kNN probes, feature geometry, retrieval index"),
     ("losses", "losses (nn.Modules)"),
     ("samplers", "samplers and miners"),
     ("heads", "heads and attention blocks"),
@@ -44,6 +46,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print("qualcl run — recipes")
         for name, recipe in RECIPES.items():
             print(f"    {name:16s} {recipe.description}")
+    if args.what == "models":
+        from qualcl.models import ENCODERS
+
+        print("qualcl.models — build_encoder(name)")
+        for name, info in ENCODERS.items():
+            print(f"    {name:16s} {info.family:4s} {info.description}")
+        return 0
     for package, title in PACKAGES:
         if args.what not in ("all", package):
             continue
@@ -54,6 +63,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
         for name in names:
             print(f"    {name}")
     return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from qualcl.recipes import RECIPES
+    from qualcl.recipes._cli import main_recipe
+
+    return main_recipe(RECIPES[args.recipe], args.recipe, args.options)
 
 
 def _cmd_synth_fundus(args: argparse.Namespace) -> int:
@@ -106,12 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     from qualcl.recipes import RECIPES
 
-    run = commands.add_parser("run", help="run a paper recipe end to end (see `qualcl list recipes`)")
-    recipes = run.add_subparsers(dest="recipe", required=True, metavar="RECIPE")
-    for name, recipe in RECIPES.items():
-        sub = recipes.add_parser(name, help=recipe.description, description=recipe.description)
-        recipe.add_arguments(sub)
-        sub.set_defaults(func=recipe.main)
+    run = commands.add_parser(
+        "run",
+        help="run a paper recipe end to end (see `qualcl list recipes`)",
+        description="Run a recipe; `qualcl run RECIPE --help` shows its options.",
+    )
+    run.add_argument("recipe", choices=list(RECIPES), metavar="RECIPE", help=", ".join(RECIPES))
+    run.add_argument("options", nargs=argparse.REMAINDER, help="the recipe's options")
+    run.set_defaults(func=_cmd_run)
 
     data = commands.add_parser("data", help="embedded data")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")

@@ -1,4 +1,4 @@
-"""SynthFundus has no shortcuts (``shared/specs/data.md`` §3.2, "What makes it a fair test").
+"""SynthFundus has no shortcuts (``docs/data.md``, "What makes it a fair test").
 
 Global colour statistics (per-channel mean and std inside the FOV) must not predict the DR grade,
 and quality must be independent of grade. The statistical checks come with positive controls

@@ -1,4 +1,4 @@
-"""Triton kernels without a GPU: the CPU interpreter (values, gradients) and an offline sm_90 compile.
+"""Triton kernels: the CPU interpreter (values, gradients), an offline sm_90 compile, and CUDA when there is one.
 
 ``TRITON_INTERPRET=1`` must be set before triton is imported, and other tests import triton
 normally, so both checks run in fresh subprocesses.
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from qualcl.kernels import triton_available
 
@@ -44,6 +45,13 @@ def test_triton_kernels_in_the_interpreter():
 def test_triton_kernels_in_the_interpreter_random_sweep(request):
     _only_when_selected(request)
     result = _run("triton_checks.py", "slow", interpret=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh runs it)")
+def test_triton_kernels_on_cuda():
+    """The same checks on the GPU, bf16 included (the interpreter cannot check bf16)."""
+    result = _run("triton_checks.py", "all", "--cuda", interpret=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -1,11 +1,13 @@
-"""The Triton kernels at tiny shapes in the CPU interpreter, against the naive torch path.
+"""The Triton kernels at small shapes against the naive torch path: in the CPU interpreter, or on a GPU.
 
 Run in a fresh process with the interpreter switched on before triton is imported::
 
     TRITON_INTERPRET=1 python tests/kernels/triton_checks.py fast   # or: slow, all, <check name>
+    python tests/kernels/triton_checks.py all --cuda                 # the same checks on CUDA, plus bf16
 
 ``tests/kernels/test_kernel_triton.py`` does exactly this. Shapes are ragged (not multiples of the
-16 × 16 tiles), dtypes fp32 and fp16 (the interpreter's bf16 ``tl.dot`` is wrong, triton#11584).
+16 × 16 tiles), dtypes fp32 and fp16 (the interpreter's bf16 ``tl.dot`` is wrong, triton#11584), and
+bf16 on CUDA. The Triton path runs on the check's device, the naive reference on the CPU.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-if os.environ.get("TRITON_INTERPRET") != "1":
-    raise SystemExit("run with TRITON_INTERPRET=1 (set before triton is imported)")
+if "--cuda" not in sys.argv and os.environ.get("TRITON_INTERPRET") != "1":
+    raise SystemExit("run with TRITON_INTERPRET=1 (set before triton is imported), or with --cuda on a GPU")
 
 import torch
 import torch.nn.functional as F
@@ -26,14 +28,31 @@ import torch.nn.functional as F
 from qualcl.kernels import _triton_launch, info_nce, topk_similarity
 
 CHECKS: dict[str, tuple[Callable[[], None], bool]] = {}
+CUDA = "--cuda" in sys.argv
+#: Where the Triton path runs: the GPU with --cuda, else the CPU (interpreter).
+DEVICE = torch.device("cuda" if CUDA else "cpu")
 
 
-def check(slow: bool = False) -> Callable[[Callable[[], None]], Callable[[], None]]:
+def check(slow: bool = False, cuda_only: bool = False) -> Callable[[Callable[[], None]], Callable[[], None]]:
     def register(fn: Callable[[], None]) -> Callable[[], None]:
-        CHECKS[fn.__name__] = (fn, slow)
+        if CUDA or not cuda_only:
+            CHECKS[fn.__name__] = (fn, slow)
         return fn
 
     return register
+
+
+def dev(value: object) -> object:
+    """``value`` (a tensor, or a dict of them) on the Triton device."""
+    if isinstance(value, torch.Tensor):
+        return value.to(DEVICE)
+    if isinstance(value, dict):
+        return {k: dev(v) for k, v in value.items()}
+    return value
+
+
+def cpu(value: torch.Tensor) -> torch.Tensor:
+    return value.detach().cpu()
 
 
 @contextmanager
@@ -91,14 +110,15 @@ def compare_info_nce(
     """Loss and gradients (query, candidates, positive) of the Triton path against the naive path."""
     results = []
     for impl in ("triton", "naive"):
-        leaves = [q.clone().requires_grad_(), c.clone().requires_grad_()]
-        args = dict(kw)
+        move = dev if impl == "triton" else (lambda x: x)
+        leaves = [move(q).clone().requires_grad_(), move(c).clone().requires_grad_()]
+        args = move(dict(kw))
         if "positive" in args:
             args["positive"] = args["positive"].clone().requires_grad_()
             leaves.append(args["positive"])
-        loss = info_nce(leaves[0], leaves[1], impl=impl, **args, **options)
+        loss = info_nce(leaves[0], leaves[1], impl=impl, **args, **move(options))
         grads = torch.autograd.grad(loss.sum(), leaves)
-        results.append((loss.float(), [g.float() for g in grads]))
+        results.append((cpu(loss).float(), [cpu(g).float() for g in grads]))
     (got, got_grads), (want, want_grads) = results
     torch.testing.assert_close(got, want, atol=tol, rtol=tol, msg=lambda m: f"{label} loss: {m}")
     for name, a, b in zip(("query", "candidates", "positive"), got_grads, want_grads, strict=False):
@@ -112,7 +132,7 @@ def compare_info_nce(
 def info_nce_every_column_form() -> None:
     n, m, d = 37, 53, 20
     q, c = torch.randn(n, d, generator=_gen(0)), torch.randn(m, d, generator=_gen(1))
-    w = torch.rand(n, generator=_gen(2))
+    w = torch.rand(n, generator=_gen(2))  # moved with the other options
     for name, kw in forms(n, m, d, 3).items():
         for top_k, reduction in ((None, "mean"), (5, "none")):
             compare_info_nce(
@@ -120,24 +140,34 @@ def info_nce_every_column_form() -> None:
             )
 
 
+def _half_precision(dtype: torch.dtype, loss_tol: float, grad_tol: tuple[float, float]) -> None:
+    n, m, d = 21, 35, 24
+    q = F.normalize(torch.randn(n, d, generator=_gen(0)), dim=1).to(dtype)
+    c = F.normalize(torch.randn(m, d, generator=_gen(1)), dim=1).to(dtype)
+    for top_k in (None, 4):
+        results = []
+        for impl, (a, b) in (("triton", (dev(q), dev(c))), ("naive", (q.float(), c.float()))):
+            a, b = a.clone().requires_grad_(), b.clone().requires_grad_()
+            index = torch.arange(n, device=a.device)
+            loss = info_nce(a, b, positive_index=index, temperature=0.05, top_k=top_k, normalize=False, impl=impl)
+            loss.backward()
+            results.append((cpu(loss), cpu(a.grad), cpu(b.grad)))
+        (loss16, gq16, gc16), (loss32, gq32, gc32) = results
+        assert loss16.dtype == torch.float32 and gq16.dtype == dtype
+        torch.testing.assert_close(loss16, loss32, atol=loss_tol, rtol=loss_tol)
+        torch.testing.assert_close(gq16.float(), gq32, atol=grad_tol[0], rtol=grad_tol[1])
+        torch.testing.assert_close(gc16.float(), gc32, atol=grad_tol[0], rtol=grad_tol[1])
+
+
 @check()
 def info_nce_float16() -> None:
-    n, m, d = 21, 35, 24
-    q = F.normalize(torch.randn(n, d, generator=_gen(0)), dim=1).half()
-    c = F.normalize(torch.randn(m, d, generator=_gen(1)), dim=1).half()
-    for top_k in (None, 4):
-        kw = {"positive_index": torch.arange(n)}
-        results = []
-        for impl, (a, b) in (("triton", (q, c)), ("naive", (q.float(), c.float()))):
-            a, b = a.clone().requires_grad_(), b.clone().requires_grad_()
-            loss = info_nce(a, b, temperature=0.05, top_k=top_k, normalize=False, impl=impl, **kw)
-            loss.backward()
-            results.append((loss, a.grad, b.grad))
-        (loss16, gq16, gc16), (loss32, gq32, gc32) = results
-        assert loss16.dtype == torch.float32 and gq16.dtype == torch.float16
-        torch.testing.assert_close(loss16, loss32, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(gq16.float(), gq32, atol=2e-3, rtol=1e-2)
-        torch.testing.assert_close(gc16.float(), gc32, atol=2e-3, rtol=1e-2)
+    _half_precision(torch.float16, 1e-5, (2e-3, 1e-2))
+
+
+@check(cuda_only=True)
+def info_nce_bfloat16() -> None:
+    """bf16 inputs (8 mantissa bits): the loss accumulates in fp32 and stays within bf16 rounding of the inputs."""
+    _half_precision(torch.bfloat16, 2e-2, (2e-2, 8e-2))
 
 
 @check()
@@ -150,7 +180,7 @@ def info_nce_all_masked_rows() -> None:
     no_positive = torch.randint(0, m, (n,), generator=_gen(6))
     no_positive[[2, 9]] = -1  # rows without any positive: zero loss, zero gradient
     compare_info_nce(q, c, {"positive_index": no_positive}, temperature=0.2, reduction="none", label="no positive")
-    loss = info_nce(q, c, positive_index=torch.full((n,), -1), impl="triton")
+    loss = info_nce(dev(q), dev(c), positive_index=dev(torch.full((n,), -1)), impl="triton")
     assert loss.item() == 0.0
 
 
@@ -163,8 +193,8 @@ def info_nce_ties_and_k_equal_m() -> None:
     kw = {"positive": torch.randn(13, d, generator=_gen(2))}
     for top_k in (1, 2, 5, c.shape[0]):
         compare_info_nce(q, c, kw, temperature=0.3, top_k=top_k, normalize=False, label=f"ties k={top_k}")
-    full = info_nce(q, c, **kw, temperature=0.3, top_k=c.shape[0], impl="triton")
-    torch.testing.assert_close(full, info_nce(q, c, **kw, temperature=0.3, impl="triton"))
+    full = info_nce(dev(q), dev(c), **dev(kw), temperature=0.3, top_k=c.shape[0], impl="triton")
+    torch.testing.assert_close(full, info_nce(dev(q), dev(c), **dev(kw), temperature=0.3, impl="triton"))
 
 
 @check()
@@ -191,7 +221,8 @@ def _ints(seed: int, *shape: int) -> torch.Tensor:
 
 
 def compare_topk(q: torch.Tensor, c: torch.Tensor, k: int, label: str, **kw: object) -> None:
-    got = topk_similarity(q, c, k, impl="triton", normalize=False, **kw)
+    values, indices = topk_similarity(dev(q), dev(c), k, impl="triton", normalize=False, **dev(kw))
+    got = (cpu(values), cpu(indices))
     want = topk_similarity(q.float(), c.float(), k, impl="naive", normalize=False, **kw)
     assert torch.equal(got[1], want[1]), f"{label}: indices differ\n{got[1]}\n{want[1]}"
     assert torch.equal(got[0], want[0]), f"{label}: values differ"
@@ -228,10 +259,10 @@ def topk_overflow_fallback_and_splits() -> None:
         compare_topk(q, c, 4, "2 splits")
         compare_topk(q, c, 2, "2 splits, smallest", largest=False)
     values, indices = _triton_launch.topk(
-        q, c, _filter(), 3, largest=True, scale=1.0, capacity=1, fallback_rows=7
+        dev(q), dev(c), _filter(), 3, largest=True, scale=1.0, capacity=1, fallback_rows=7
     )  # every row overflows a 1-slot buffer and is recomputed
     want = topk_similarity(q, c, 3, impl="naive", normalize=False)
-    assert torch.equal(indices, want[1]) and torch.equal(values, want[0])
+    assert torch.equal(cpu(indices), want[1]) and torch.equal(cpu(values), want[0])
 
 
 def _filter() -> object:
@@ -256,6 +287,7 @@ def random_sweep() -> None:
 
 
 def main(argv: list[str]) -> int:
+    argv = [a for a in argv if a != "--cuda"]
     mode = argv[1] if len(argv) > 1 else "fast"
     selected = [
         name

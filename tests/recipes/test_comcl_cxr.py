@@ -27,7 +27,7 @@ def nih(tmp_path_factory):
 
 def test_classes_exclude_multi_and_other_findings(nih):
     data = load_nih_layout(nih, "train", 64, lq_ratio=0.0)
-    names = [CXR_CLASSES[g] for g in data.grade.tolist()]
+    names = [CXR_CLASSES[g] for g in data.label.tolist()]
     assert "Mass|Effusion" not in names and "Hernia" not in names
     expected = [label for i, label in enumerate(LABELS * 2) if i < 28 and label in CXR_CLASSES]
     assert names == expected
@@ -45,14 +45,14 @@ def test_simulated_quality_marks_and_degrades_a_seeded_fraction(nih):
     assert not torch.equal(data.images[low], clean.images[low])
     again = load_nih_layout(nih, "train", 64, lq_ratio=0.432, seed=3)
     assert torch.equal(again.quality, data.quality)
-    levels = split_levels(data.grade, data.quality, "eyeq")
+    levels = split_levels(data.label, data.quality, "eyeq")
     assert set(levels.tolist()) == {0, 1, 2, 3}  # all four CoMCL levels exist
 
 
 def test_boxes_are_rescaled_and_fov_is_the_central_field(nih):
     data = load_nih_layout(nih, "train", 64, lq_ratio=0.0)
     with_box = [i for i, b in enumerate(data.boxes) if len(b)]
-    assert with_box and all(int(data.grade[i]) > 0 for i in with_box)
+    assert with_box and all(int(data.label[i]) > 0 for i in with_box)
     for i in with_box:
         x1, y1, x2, y2 = data.boxes[i][0].tolist()
         assert 0 <= x1 < x2 <= 64 and 0 <= y1 < y2 <= 64 and x2 - x1 <= 9 and y2 - y1 <= 9

@@ -27,9 +27,21 @@ def test_presets_round_trip(preset):
 def test_comcl_config_overrides_data_and_rejects_unknown_preset():
     config = comcl_config("smoke", dataset="eyeq", data_dir="/data/eyeq")
     assert (config.data.dataset, config.data.data_dir) == ("eyeq", "/data/eyeq")
-    assert PRESETS["smoke"].data.dataset == "synthetic"  # presets are not mutated
+    assert comcl_config("smoke").data.dataset == "synthetic"  # presets are not mutated
     with pytest.raises(ValueError, match="unknown preset"):
         comcl_config("huge")
+
+
+def test_mode_fields_are_checked_when_the_config_is_built():
+    with pytest.raises(ValueError, match=r"config.pretrain.method must be one of \['comcl', 'simclr', 'none'\]"):
+        comcl_config("smoke", overrides=["pretrain.method=moco"])
+    with pytest.raises(ValueError, match="pretrain.pairs must name levels"):
+        comcl_config("smoke", overrides=["pretrain.pairs=[[L, Q]]"])
+    with pytest.raises(ValueError, match="backbone must be one of the CNN encoders"):
+        comcl_config("smoke", overrides=["backbone=vit_tiny"])
+    with pytest.raises(ValueError, match=r"data.dataset must be one of"):
+        comcl_config("smoke", dataset="imagenet")
+    assert comcl_config("smoke", overrides=["trainer.precision=32"]).trainer.precision == "32"
 
 
 def test_ablation_variants_are_valid_pretrain_overrides():
@@ -86,11 +98,12 @@ def test_faster_rcnn_trains_saves_and_loads(tmp_path):
 
 
 def test_detector_recipe_trains_from_synthetic_masks(tmp_path):
-    from qualcl.recipes.comcl import DETECTOR_PRESETS, run_comcl_detector
+    from qualcl.recipes.comcl import detector_config, run_comcl_detector
     from qualcl.recipes.comcl.detector import FasterRCNNDetector
 
-    metrics = run_comcl_detector(DETECTOR_PRESETS["smoke"], tmp_path / "det")
-    assert metrics["train_images"] + metrics["test_images"] == DETECTOR_PRESETS["smoke"].num_images
+    config = detector_config("smoke")
+    metrics = run_comcl_detector(config, tmp_path / "det")
+    assert metrics["train_images"] + metrics["test_images"] == config.num_images
     assert set(metrics["test"]) == {"recall_iou50", "precision_iou50", "boxes_per_image"}
     detector = FasterRCNNDetector.load(tmp_path / "det" / "weights" / "detector.safetensors")
     assert detector.classes == ("MA", "HE", "EX", "NV")

@@ -100,10 +100,11 @@ def test_cli_runs_the_smoke_preset(smoke, tmp_path, capsys):
 
 def test_eyeq_layout_with_detector_boxes_runs(smoke, tmp_path):
     """The real-data path: an EyeQ-format folder without boxes, lesion boxes from a trained detector."""
-    from qualcl.recipes.comcl import DETECTOR_PRESETS, run_comcl_detector
+    from qualcl.recipes.comcl import detector_config as make_detector_config
+    from qualcl.recipes.comcl import run_comcl_detector
 
     detector_config = dataclasses.replace(
-        DETECTOR_PRESETS["smoke"],
+        make_detector_config("smoke"),
         data_dir=smoke.data.data_dir,
         num_images=smoke.data.num_images,
         image_size=smoke.data.image_size,
@@ -119,3 +120,4 @@ def test_eyeq_layout_with_detector_boxes_runs(smoke, tmp_path):
     assert metrics["data"]["train_images"] + metrics["data"]["test_images"] == smoke.data.num_images
     with pytest.raises(ValueError, match="data.boxes"):
         run_comcl(dataclasses.replace(smoke, data=dataclasses.replace(smoke.data, dataset="eyeq")), tmp_path / "x")
+    assert not (tmp_path / "x").exists()  # checked before anything is written

@@ -6,9 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qualcl.heads.projection import ProjectionHead
-from qualcl.recipes.backbones import build_backbone
 from qualcl.recipes.config import apply_overrides, config_from_dict, config_to_dict, load_config, save_config
-from qualcl.recipes.run_folder import RunFolder, flatten_metrics
+from qualcl.recipes.run_folder import ModelCard, RunFolder, flatten_metrics
 
 
 @dataclass
@@ -72,8 +71,9 @@ def test_run_folder_weights_metrics_stages(tmp_path):
         run.append_history("pretrain", {"step": step, "loss": 1.0 / (step + 1)})
     run.truncate_history("pretrain", keep_below=3)
     assert [r["step"] for r in run.read_history("pretrain")] == [0, 1, 2]
-    card = run.write_model_card("t", "p", "body", {"a": 1.0})
-    assert "| a | 1.0000 |" in card.read_text()
+    card = run.write_model_card(ModelCard("t", "p", "body", {"AUC": 0.5}, "| table |", ["missing.png"]))
+    text = card.read_text()
+    assert "**AUC** 0.500" in text and "| table |" in text and "missing.png" not in text
 
 
 def test_flatten_metrics():
@@ -81,28 +81,6 @@ def test_flatten_metrics():
         "a/b": 1.0,
         "a/c/d": 2.5,
     }
-
-
-@pytest.mark.parametrize("name", ["resnet10", "resnet18", "vgg16_bn"])
-def test_backbones_give_declared_width(name):
-    net = build_backbone(name).eval()
-    assert net(torch.randn(2, 3, 32, 32)).shape == (2, net.out_dim)
-    maps = build_backbone(name, pool=False).eval()
-    out = maps(torch.randn(2, 3, 64, 64))
-    assert out.shape == (2, net.out_dim, 2, 2)
-    assert not maps.pooled and net.pooled
-
-
-def test_backbone_errors_and_grey_input():
-    assert build_backbone("resnet10", in_channels=1).eval()(torch.randn(1, 1, 32, 32)).shape == (1, 512)
-    assert build_backbone("vgg16_bn", in_channels=1, pool=False).eval()(torch.randn(1, 1, 32, 32)).shape == (
-        1,
-        512,
-        1,
-        1,
-    )
-    with pytest.raises(ValueError, match="unknown backbone"):
-        build_backbone("resnet9000")
 
 
 def test_projection_head():
@@ -132,7 +110,7 @@ def test_projection_head_matches_a_float64_loop_reference(dims, n, seed):
 def test_lightning_litlogger_tip_is_filtered_but_other_info_is_not():
     import logging
 
-    import qualcl.recipes.callbacks  # noqa: F401  (installs the filter)
+    import qualcl.recipes.trainer  # noqa: F401  (installs the filter)
 
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
 

@@ -10,6 +10,7 @@ from _mkcnet_fixtures import ct_tree
 from hypothesis import given
 from hypothesis import strategies as st
 
+from qualcl.data import ImageTable
 from qualcl.data.readers import QualityLabelledRecord
 from qualcl.functional import batch_entropy, focal_loss
 from qualcl.recipes.config import load_config, save_config
@@ -29,11 +30,12 @@ from qualcl.recipes.mkcnet import (
     variant_config,
 )
 from qualcl.recipes.mkcnet.data import (
+    MKCNET_QUALITY,
     MkcnetDataset,
-    QualityImages,
     TwoPassBatchSampler,
     keep_lq_fraction,
     load_splits,
+    mkcnet_sizes,
     normalisation,
     random_split,
 )
@@ -64,7 +66,7 @@ def test_every_variant_builds_and_gives_the_heads_it_declares(name):
 def test_pooled_gab_input_and_grey_images():
     config = dataclasses.replace(SMALL, gab_input="pooled")
     task = build_task_net(config, 1, 2, 2)
-    assert task.backbone.pooled
+    assert task.features == "pooled"
     assert task(torch.randn(3, 1, 48, 48)).diagnosis.shape == (3, 2)
 
 
@@ -178,7 +180,7 @@ def test_step_lr_and_config_round_trip(tmp_path):
         assert config.train.epochs == settings.epochs and config.data.channels == settings.channels
         save_config(config, tmp_path / f"{dataset}.yaml")
         assert load_config(MkcnetConfig, tmp_path / f"{dataset}.yaml") == config
-    with pytest.raises(ValueError, match="unknown dataset"):
+    with pytest.raises(ValueError, match="data.dataset must be one of"):
         mkcnet_config("default", dataset="aptos")
     with pytest.raises(ValueError, match="unknown preset"):
         mkcnet_config("huge")
@@ -236,7 +238,6 @@ def test_stage_one_moves_only_the_task_net(monkeypatch):
 def test_stage_two_moves_only_the_meta_learner_and_matches_its_losses(monkeypatch, meta_batch):
     module = _tiny_module(meta_batch=meta_batch)
     _wire(module, monkeypatch)
-    module.on_fit_start()
     task0, meta0 = copy.deepcopy(module.task.state_dict()), copy.deepcopy(module.meta.state_dict())
     images, d, q, _, _ = batch = _batch(1)
     inner_rows = slice(0, 2) if meta_batch == "split" else slice(None)
@@ -266,13 +267,16 @@ def test_stage_two_moves_only_the_meta_learner_and_matches_its_losses(monkeypatc
     assert float(loss) == pytest.approx(float(outer), rel=1e-4)
 
 
-def test_meta_batch_setting_is_checked():
-    with pytest.raises(ValueError, match="meta_batch must be"):
-        _tiny_module(meta_batch="other").on_fit_start()
-    module = _tiny_module(meta_batch="split")
-    module.config = dataclasses.replace(module.config, batch_size=2)
+def test_mode_settings_are_checked_when_the_config_is_built():
+    with pytest.raises(ValueError, match=r"config.train.meta_batch must be one of \['same', 'split'\], got 'other'"):
+        mkcnet_config("smoke", overrides=["train.meta_batch=other"])
     with pytest.raises(ValueError, match="batch_size >= 4"):
-        module.on_fit_start()
+        mkcnet_config("smoke", overrides=["train.meta_batch=split", "train.batch_size=2"])
+    with pytest.raises(ValueError, match="model.mask_by must be one of"):
+        mkcnet_config("smoke", overrides=["model.mask_by=patient"])
+    with pytest.raises(ValueError, match="needs model.meta=true"):
+        mkcnet_config("smoke", overrides=["model.meta=false"])
+    assert mkcnet_config("smoke", overrides=["model.meta=false", "model.assist=none"]).model.meta is False
 
 
 def test_variants_without_meta_train_in_one_pass(monkeypatch):
@@ -292,9 +296,10 @@ def test_ct_iqad_splits_load_grey_binary_images(tmp_path):
     train, val, test = load_splits(config, tmp_path, progress=False)
     assert len(train) + len(val) + len(test) == 24
     assert train.images.shape[1:] == (1, 48, 48) and train.images.dtype == torch.uint8
-    assert (train.num_diagnosis, train.num_quality) == (2, 2)
-    assert set(train.quality_code.tolist()) <= {0, 1}
-    assert torch.equal(train.quality_code, 1 - train.quality)  # CT-IQAD: MKCNet IQ 1 = HQ
+    assert mkcnet_sizes(train) == (2, 2) and train.modality == "ct"
+    codes = train.codes[MKCNET_QUALITY]
+    assert set(codes.tolist()) <= {0, 1}
+    assert torch.equal(codes, 1 - train.quality)  # CT-IQAD: MKCNet IQ 1 = HQ
     mean, std = normalisation(config, train)
     assert mean == DATASETS["ct-iqad"].mean
     item = MkcnetDataset(train, mean, std)[len(train) + 1]
@@ -306,12 +311,8 @@ def test_missing_sources_and_statistics_from_training_images(tmp_path):
     with pytest.raises(FileNotFoundError, match="kermany"):
         load_splits(config, tmp_path, progress=False)
     images = torch.randint(0, 256, (5, 3, 4, 4), dtype=torch.uint8)
-    data = QualityImages(
-        images,
-        torch.zeros(5, dtype=torch.long),
-        torch.zeros(5, dtype=torch.long),
-        torch.zeros(5, dtype=torch.long),
-        "eyeq",
+    data = ImageTable(
+        images, torch.zeros(5, dtype=torch.long), torch.zeros(5, dtype=torch.long), ("Good", "Usable", "Reject")
     )
     mean, std = normalisation(mkcnet_config("smoke").data, data)
     pixels = images.double().div(255).transpose(0, 1).reshape(3, -1)

@@ -2,7 +2,7 @@
 
 :mod:`qualcl.data.synthetic` generates SynthFundus and :mod:`qualcl.data.degrade` holds the Shen et al.
 degradations. Readers of the real datasets live in :mod:`qualcl.data.readers`, the CoMCL level split in
-:mod:`qualcl.data.levels`.
+:mod:`qualcl.data.levels`, and :class:`ImageTable` is the in-memory table every recipe trains on.
 """
 
 from qualcl.data.degrade import (
@@ -33,12 +33,14 @@ from qualcl.data.synthetic import (
     save_preview_grid,
     write_fundus_dataset,
 )
+from qualcl.data.table import ImageTable
 
 __all__ = [
     "FACTORS",
     "FACTOR_CODES",
     "QUALITY_NAMES",
     "FundusSample",
+    "ImageTable",
     "SyntheticFundusDataset",
     "apply_degradation",
     "degrade_blur",

@@ -1,6 +1,6 @@
 """Fundus image-quality degradations after Shen et al. (TMI 2021), with recorded parameters.
 
-Three factors, re-implemented from the description in the paper (and ``shared/specs/data.md`` §3.2),
+Three factors, re-implemented from the description in the paper (and ``docs/data.md``),
 each returning the degraded image and the parameters it used:
 
 - **illumination** (type bit ``'001'``): colour jitter (brightness 0.7–1.2, contrast 0.6–1.4,

@@ -13,7 +13,7 @@ __all__ = ["LEVEL_NAMES", "LOW_QUALITY", "split_levels"]
 LEVEL_NAMES = ("L", "LQ_L", "H", "LQ_H")
 
 #: Quality codes that count as low quality, per dataset. EyeQ: 0 Good, 1 Usable, 2 Reject; CoMCL's
-#: 33.4 % LQ matches Usable ∪ Reject on EyeQ train (methods.md §1.1). The synthetic set uses EyeQ's
+#: 33.4 % LQ matches Usable ∪ Reject on EyeQ train (docs/comcl.md, "Decisions"). The synthetic set uses EyeQ's
 #: codes. DeepDRiD: "Overall quality" 0 = not good enough for diagnosis.
 LOW_QUALITY: dict[str, frozenset[int]] = {
     "eyeq": frozenset({1, 2}),
@@ -42,7 +42,7 @@ def split_levels(disease: Tensor, quality: Tensor, low_quality: Collection[int] 
         [0, 1, 2, 3]
 
     Reference:
-        CoMCL (seed 000) Sec. 2.1.
+        CoMCL (Hou et al., MICCAI 2024), Sec. 2.1.
     """
     if isinstance(low_quality, str):
         if low_quality not in LOW_QUALITY:

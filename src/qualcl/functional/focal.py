@@ -80,7 +80,7 @@ def focal_loss(
 
     Reference:
         Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017; in the MAXL form used by
-        MKCNet (seed 001, Eq. 1).
+        MKCNet (Che et al., CVPR 2023), Eq. 1.
     """
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma >= 0:
         raise ValueError(f"gamma must be a number >= 0, got {gamma!r}")
@@ -121,7 +121,7 @@ def batch_entropy(probs: Tensor, *, eps: float = 1e-20) -> Tensor:
 
     Reference:
         Liu et al., "Self-Supervised Generalisation with Meta Auxiliary Learning" (MAXL), NeurIPS 2019;
-        MKCNet (seed 001).
+        MKCNet (Che et al., CVPR 2023).
     """
     if not isinstance(probs, Tensor):
         raise TypeError(f"probs must be a torch.Tensor, got {type(probs).__name__}")

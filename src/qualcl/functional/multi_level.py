@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -114,6 +114,8 @@ def multi_level_info_nce(
     step: int | None = None,
     pair_names: Sequence[str] | None = None,
     pair_loss: PairLoss | None = None,
+    negative_pool: tuple[Tensor, Tensor, Tensor] | None = None,
+    reduce: Callable[[Tensor, Tensor | None], Tensor] | None = None,
 ) -> MultiLevelResult:
     r"""Sum of InfoNCE losses over ordered level pairs, negatives drawn only from the paired level.
 
@@ -143,6 +145,13 @@ def multi_level_info_nce(
         pair_loss: Optional :class:`PairLoss` that computes each pair's loss instead of the dense
             logits here (``MultiLevelInfoNCE`` passes the fused kernel). Not used with a ``miner``,
             which needs the dense similarity block.
+        negative_pool: ``(view1, view2, levels)`` the negatives are drawn from instead of the local
+            rows — under DDP the rows gathered from every rank (``MultiLevelInfoNCE`` with
+            ``gather_distributed=True``). A pair then counts as empty only when the *pool* has no
+            anchor or negative of its levels, so every rank takes the same path (collectives inside
+            ``reduce`` and the miner stay matched).
+        reduce: ``reduce(losses, weights) -> scalar``, the per-pair reduction of the anchors' losses
+            (default the weighted mean ``Σ wℓ / Σ w``); under DDP a reduction across ranks.
 
     Returns:
         A :class:`MultiLevelResult`.
@@ -156,7 +165,7 @@ def multi_level_info_nce(
         ['0/1', '0/2', '1/3']
 
     Reference:
-        CoMCL, "Clinical-oriented Multi-level Contrastive Learning", MICCAI 2024 (seed 000), Eq. 1.
+        CoMCL, "Clinical-oriented Multi-level Contrastive Learning", MICCAI 2024 (Hou et al.), Eq. 1.
     """
     tau = check_positive("temperature", temperature)
     check_embeddings("view1", view1)
@@ -175,18 +184,30 @@ def multi_level_info_nce(
     z1 = F.normalize(view1.to(dtype), dim=1)
     z2 = F.normalize(view2.to(dtype), dim=1)
     anchor_zero = 0.0 * (z1.sum() + z2.sum())
+    if negative_pool is None:
+        p1, p2, pool_levels = z1, z2, levels
+    else:
+        p1 = F.normalize(negative_pool[0].to(dtype), dim=1)
+        p2 = F.normalize(negative_pool[1].to(dtype), dim=1)
+        pool_levels = negative_pool[2]
+        anchor_zero = anchor_zero + 0.0 * (p1.sum() + p2.sum())
+    if reduce is None:
+
+        def reduce(losses: Tensor, weights: Tensor | None) -> Tensor:
+            return weighted_reduce(losses, weights, "mean")
 
     total = anchor_zero
     pair_losses: dict[str, Tensor] = {}
     counts: dict[str, dict[str, int]] = {}
     for index, ((m, k), name) in enumerate(zip(pairs, names, strict=True)):
         rows_m = levels == m
-        rows_k = levels == k
+        rows_k = pool_levels == k
         anchors, positives = z1[rows_m], z2[rows_m]
-        negatives = z2[rows_k] if negatives_from == "view2" else torch.cat([z1[rows_k], z2[rows_k]])
-        if anchors.shape[0] == 0 or negatives.shape[0] == 0:
+        negatives = p2[rows_k] if negatives_from == "view2" else torch.cat([p1[rows_k], p2[rows_k]])
+        pool_anchors = int((pool_levels == m).sum()) if negative_pool is not None else anchors.shape[0]
+        if pool_anchors == 0 or negatives.shape[0] == 0:
             loss = anchor_zero
-        elif pair_loss is not None and miner is None:
+        elif pair_loss is not None and miner is None and negative_pool is None:
             loss = pair_loss(anchors, positives, negatives, temperature=tau)
         else:
             positive_sim = (anchors * positives).sum(dim=1)
@@ -200,7 +221,7 @@ def multi_level_info_nce(
                     check_weights("miner weights", weights, anchors.shape[0])
                     counts.setdefault(name, {})["selected_anchors"] = int((weights > 0).sum())
             losses = info_nce_from_logits(positive_sim / tau, negative_sim / tau, mask)
-            loss = weighted_reduce(losses, weights, "mean")
+            loss = reduce(losses, weights)
         weight = 1.0 if pair_weights is None else float(pair_weights[index])
         total = total + weight * loss
         pair_losses[name] = loss

@@ -46,7 +46,7 @@ class JointEncodingMask(nn.Module):
     reproduces the official mask. With ``L = 1`` the target is the one-hot joint label.
 
     Joint-label order: ``j = y_q · N_d + y_d`` (quality-major), as in the official dataset code
-    (``label_M = IQ · NUM_T + T``) and ``specs/methods.md`` §2.3. The paper's 2 × 2 example lists the
+    (``label_M = IQ · NUM_T + T``) and ``docs/mkcnet.md`` ("Decisions"). The paper's 2 × 2 example lists the
     codes as ``y_{d,q} ∈ {00, 01, 10, 11}``, which would read diagnosis-major; the order only
     permutes the slices (the co-embedding head learns whichever order is used), and qualcl follows
     the code so that official checkpoints and split files map one to one.

@@ -30,7 +30,7 @@ class ProjectionHead(nn.Module):
         (torch.Size([4, 128]), True)
 
     Reference:
-        Chen et al., SimCLR, 2020; CoMCL (seed 000) uses Linear(2048, 2048)–ReLU–Linear(2048, 128).
+        Chen et al., SimCLR, 2020; CoMCL (Hou et al., MICCAI 2024) uses Linear(2048, 2048)–ReLU–Linear(2048, 128).
     """
 
     def __init__(self, dims: Sequence[int], *, batch_norm: bool = False, normalize: bool = True) -> None:

@@ -5,7 +5,7 @@ Every kernel computes a tile of logits the same way, ``tl.dot(q_tile, trans(c_ti
 the same block sizes, so the top-K threshold found by one kernel compares bit for bit with the
 logits recomputed by the others. Column rules (positives, exclusions, masks, labels) are evaluated
 per tile from per-row / per-column vectors; dense ``(N, M)`` masks are read as uint8 tiles.
-Design: ``shared/specs/performance.md`` §6 (online LSE, FlashAttention-2 split backward, exact
+Design: ``docs/performance.md`` ("Implementations") (online LSE, FlashAttention-2 split backward, exact
 threshold-filter top-K without atomics).
 """
 

@@ -168,7 +168,7 @@ def topk_similarity(
 
     Reference:
         Johnson et al., "Billion-scale similarity search with GPUs" (FAISS WarpSelect), 2017;
-        CoMCL (seed 000) hard-negative mining.
+        CoMCL (Hou et al., MICCAI 2024) hard-negative mining.
     """
     check_embeddings("query", query)
     n, d = query.shape

@@ -4,5 +4,6 @@ from qualcl.losses.clip import ClipLoss
 from qualcl.losses.focal import FocalLoss
 from qualcl.losses.info_nce import InfoNCE
 from qualcl.losses.multi_level import MultiLevelInfoNCE
+from qualcl.losses.nt_xent import NTXentLoss
 
-__all__ = ["ClipLoss", "FocalLoss", "InfoNCE", "MultiLevelInfoNCE"]
+__all__ = ["ClipLoss", "FocalLoss", "InfoNCE", "MultiLevelInfoNCE", "NTXentLoss"]

@@ -81,7 +81,7 @@ class ClipLoss(nn.Module):
 
     Reference:
         Radford et al., "Learning Transferable Visual Models From Natural Language Supervision",
-        2021; open_clip ``ClipLoss``; used by the image–text recipe (seed 002).
+        2021; open_clip ``ClipLoss``.
     """
 
     def __init__(

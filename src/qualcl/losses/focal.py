@@ -30,7 +30,7 @@ class FocalLoss(nn.Module):
         torch.Size([])
 
     Reference:
-        Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017; MKCNet (seed 001).
+        Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017; MKCNet (Che et al., CVPR 2023).
     """
 
     def __init__(self, gamma: float = 2.0, reduction: str = "mean") -> None:

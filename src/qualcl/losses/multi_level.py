@@ -9,8 +9,10 @@ from torch import Tensor, nn
 
 from qualcl import kernels
 from qualcl._validation import check_embeddings, check_positive
+from qualcl.distributed import gather_no_grad, gather_with_grad, is_distributed
 from qualcl.functional import NegativeMiner, PairLoss, multi_level_info_nce
 from qualcl.functional.multi_level import NEGATIVE_SOURCES, validate_levels
+from qualcl.losses._distributed import reduce_across_ranks
 
 __all__ = ["MultiLevelInfoNCE"]
 
@@ -43,6 +45,13 @@ class MultiLevelInfoNCE(nn.Module):
         miner: Optional :class:`qualcl.functional.NegativeMiner` restricting negatives and weighting
             anchors from the detached similarity block and the step (CoMCL's self-paced
             hard-negative miner). An ``nn.Module`` miner is registered as a submodule.
+        gather_distributed: Under ``torch.distributed``, draw each pair's negatives from the rows of
+            every rank (gathered with :func:`qualcl.distributed.gather_with_grad`) and reduce each
+            pair's mean across ranks, so that the value averaged over ranks and the gradients after
+            DDP's averaging equal one process on the concatenated batch (the local-loss scheme of
+            :class:`~qualcl.losses.InfoNCE`). Give a self-paced miner ``gather_distributed=True``
+            too, so that its quantile threshold is global. Dense per-pair blocks of local anchors ×
+            global negatives: memory linear in the global batch.
         impl: ``"auto"`` (default), ``"naive"``, ``"torch"`` or ``"triton"``: ``"naive"`` builds each
             pair's dense similarity block, ``"torch"`` / ``"triton"`` run each pair through the fused
             :func:`qualcl.kernels.info_nce`, ``"auto"`` is dense up to ``qualcl.kernels.DENSE_LIMIT``
@@ -69,7 +78,7 @@ class MultiLevelInfoNCE(nn.Module):
         ['L/H', 'L/LQ_L', 'LQ_L/LQ_H']
 
     Reference:
-        CoMCL, "Clinical-oriented Multi-level Contrastive Learning", MICCAI 2024 (seed 000), Eq. 1.
+        CoMCL, "Clinical-oriented Multi-level Contrastive Learning", MICCAI 2024 (Hou et al.), Eq. 1.
     """
 
     def __init__(
@@ -81,8 +90,10 @@ class MultiLevelInfoNCE(nn.Module):
         negatives_from: str = "view2",
         miner: NegativeMiner | None = None,
         impl: str = "auto",
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
+        self.gather_distributed = bool(gather_distributed)
         self.impl = kernels.check_impl(impl)
         self.level_names = tuple(str(name) for name in level_names)
         if len(set(self.level_names)) != len(self.level_names):
@@ -125,7 +136,8 @@ class MultiLevelInfoNCE(nn.Module):
         """Constructor arguments shown in ``repr``."""
         return (
             f"pairs={self.pairs}, level_names={self.level_names}, temperature={self.temperature}, "
-            f"pair_weights={self.pair_weights}, negatives_from={self.negatives_from!r}, impl={self.impl!r}"
+            f"pair_weights={self.pair_weights}, negatives_from={self.negatives_from!r}, impl={self.impl!r}, "
+            f"gather_distributed={self.gather_distributed}"
         )
 
     def _pair_loss(self, anchors: Tensor, positives: Tensor, negatives: Tensor, *, temperature: float) -> Tensor:
@@ -173,6 +185,18 @@ class MultiLevelInfoNCE(nn.Module):
         fused: PairLoss | None = None
         if self.miner is None and not kernels.prefers_dense(self.impl, n, candidates):
             fused = self._pair_loss
+        pool: tuple[Tensor, Tensor, Tensor] | None = None
+        reduce = None
+        if self.gather_distributed and is_distributed():
+            check_embeddings("view2", view2, dim=view1.shape[1])
+            view2_all = gather_with_grad(view2)[0]
+            view1_all = gather_with_grad(view1)[0] if self.negatives_from == "both" else view2_all
+            pool = (view1_all, view2_all, gather_no_grad(levels.to(view1.device)))
+
+            def reduce(losses: Tensor, weights: Tensor | None) -> Tensor:
+                weighted = losses if weights is None else losses * weights.to(losses.dtype)
+                return reduce_across_ranks(weighted, weights, "mean")
+
         result = multi_level_info_nce(
             view1,
             view2,
@@ -185,6 +209,8 @@ class MultiLevelInfoNCE(nn.Module):
             step=step,
             pair_names=self._pair_names,
             pair_loss=fused,
+            negative_pool=pool,
+            reduce=reduce,
         )
         if not output_dict:
             return result.loss

@@ -102,7 +102,7 @@ class MetaAuxiliaryOptimizer:
 
     The step uses :func:`torch.func.functional_call` on the real module, so the pseudo-updated
     model is the same function as the trained one (the official code re-implements a functional
-    forward that differs in the GAB/MAB, see ``specs/methods.md`` §2.8). It leaves ``θ``, the task
+    forward that differs in the GAB/MAB, see ``docs/mkcnet.md``, "Decisions"). It leaves ``θ``, the task
     model's gradients and its buffers unchanged: every ``task_forward`` call runs on fresh copies of
     the buffers, so BatchNorm running statistics are not touched by the pseudo step (BatchNorm
     still uses batch statistics when the module is in training mode — the step does not change

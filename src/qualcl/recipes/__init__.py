@@ -1,44 +1,34 @@
-"""Paper recipes: each wires qualcl primitives into an end-to-end, resumable run.
+"""Paper recipes: each fills in the shared run skeleton (:mod:`qualcl.recipes.driver`).
 
-``RECIPES`` maps the names accepted by ``qualcl run NAME`` to their command-line wiring.
+A recipe brings its config, LightningModules and stages. ``RECIPES`` maps the names accepted by
+``qualcl run NAME`` to where the recipe lives; importing this package does not import torch, so
+``qualcl list`` stays quick.
 """
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Callable
-from typing import NamedTuple
+from qualcl.recipes._cli import RecipeEntry
 
-from qualcl.recipes.comcl_cli import add_comcl_arguments, add_detector_arguments, main_comcl, main_detector
-from qualcl.recipes.mkcnet_cli import add_mkcnet_arguments, main_mkcnet
+__all__ = ["RECIPES", "RecipeEntry"]
 
-__all__ = ["RECIPES", "Recipe"]
-
-
-class Recipe(NamedTuple):
-    """A runnable recipe: its one-line description, its options and its entry point."""
-
-    description: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    main: Callable[[argparse.Namespace], int]
-
-
-RECIPES: dict[str, Recipe] = {
-    "comcl": Recipe(
+RECIPES: dict[str, RecipeEntry] = {
+    "comcl": RecipeEntry(
+        "qualcl.recipes.comcl.recipe",
+        "COMCL",
         "CoMCL (MICCAI 2024): multi-level contrastive pre-training with self-paced hard negatives, "
         "then DR grading (or chest X-ray diagnosis) evaluated per quality level",
-        add_comcl_arguments,
-        main_comcl,
+        ablation="qualcl.recipes.comcl.ablation:run_ablation",
     ),
-    "comcl-detector": Recipe(
+    "comcl-detector": RecipeEntry(
+        "qualcl.recipes.comcl.detector_run",
+        "DETECTOR",
         "the lesion detector CoMCL takes lesion patches from (torchvision Faster R-CNN on lesion masks)",
-        add_detector_arguments,
-        main_detector,
     ),
-    "mkcnet": Recipe(
+    "mkcnet": RecipeEntry(
+        "qualcl.recipes.mkcnet.recipe",
+        "MKCNET",
         "MKCNet (CVPR 2023): Task Net + meta-learned knowledge co-embedding (second-order meta step), "
         "diagnosis AUC / ACC / F1 per quality level",
-        add_mkcnet_arguments,
-        main_mkcnet,
+        ablation="qualcl.recipes.mkcnet.ablation:run_ablation",
     ),
 }

@@ -1,68 +1,131 @@
-"""Command-line options every recipe shares: preset, dataset, folders, seeds, ablation, ``--set`` overrides."""
+"""``qualcl run <recipe>``: the options every recipe shares, built from the recipe itself."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+import importlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
 
-from qualcl.recipes.config import apply_overrides
+__all__ = ["RecipeEntry", "add_run_arguments", "build_recipe_parser", "config_from_arguments", "main_recipe"]
 
-__all__ = ["ablation_arguments", "add_run_arguments", "config_from_arguments"]
+#: Command-line options that set ``trainer.*`` fields: ``(flag, field, choices, type)``.
+TRAINER_OPTIONS: tuple[tuple[str, str, tuple[str, ...] | None, type], ...] = (
+    ("--accelerator", "accelerator", ("auto", "cpu", "gpu"), str),
+    ("--devices", "devices", None, int),
+    ("--num-nodes", "num_nodes", None, int),
+    ("--strategy", "strategy", ("auto", "ddp"), str),
+    ("--precision", "precision", ("32", "bf16-mixed", "16-mixed"), str),
+    ("--logger", "logger", ("csv", "tensorboard", "wandb", "mlflow", "none"), str),
+)
 
-C = TypeVar("C")
+
+class RecipeEntry(NamedTuple):
+    """Where a recipe lives, so that ``qualcl list`` does not import torch to name it.
+
+    Attributes:
+        module: Module holding the recipe object.
+        attribute: Name of the :class:`~qualcl.recipes.driver.Recipe` instance in it.
+        description: One line for ``qualcl list recipes``.
+        ablation: ``"module:function"`` of its ablation runner (``run_ablation(config, out, *, seeds,
+            variants, run_missing)``), if it has one.
+    """
+
+    module: str
+    attribute: str
+    description: str
+    ablation: str | None = None
+
+    def load(self) -> Any:
+        """Import and return the recipe object."""
+        return getattr(importlib.import_module(self.module), self.attribute)
+
+    def load_ablation(self) -> Any:
+        """Import and return the ablation runner."""
+        if self.ablation is None:
+            raise ValueError("this recipe has no ablation")
+        module, _, name = self.ablation.partition(":")
+        return getattr(importlib.import_module(module), name)
 
 
-def add_run_arguments(
-    parser: argparse.ArgumentParser,
-    *,
-    datasets: Sequence[str],
-    default_out: str,
-    data_help: str,
-    ablation_help: str,
-    variants_help: str,
-    set_example: str,
-) -> None:
-    """Add the options of ``qualcl run <recipe>``."""
-    parser.add_argument("--preset", default="default", choices=["smoke", "default", "paper"])
+def add_run_arguments(parser: argparse.ArgumentParser, recipe: Any, *, ablation: bool) -> None:
+    """Add the options of ``qualcl run <recipe>`` for ``recipe`` (a :class:`~qualcl.recipes.driver.Recipe`)."""
+    parser.add_argument("--preset", default="default", choices=sorted(recipe.presets))
     parser.add_argument(
-        "--dataset", default=None, choices=list(datasets), help="default: the preset's (synthetic for smoke/default)"
+        "--dataset",
+        default=None,
+        choices=list(recipe.datasets),
+        help="default: the preset's (synthetic for smoke/default)",
     )
-    parser.add_argument("--data", default=None, help=data_help)
-    parser.add_argument("--out", default=default_out, help=f"run folder (default {default_out}); re-running resumes")
+    parser.add_argument("--data", default=None, help=recipe.data_help)
+    out = f"runs/{recipe.name}"
+    parser.add_argument("--out", default=out, help=f"run folder (default {out}); re-running resumes")
     parser.add_argument("--seed", type=int, default=None, help="training seed")
-    parser.add_argument("--ablation", action="store_true", help=ablation_help)
-    parser.add_argument("--seeds", default="0,1,2", help="ablation seeds, comma-separated (default 0,1,2)")
-    parser.add_argument(
-        "--collect", action="store_true", help="with --ablation: train nothing, tabulate the finished runs only"
-    )
-    parser.add_argument("--variants", default=None, help=variants_help)
+    scale = parser.add_argument_group("scale-out (Lightning: devices, DDP under torchrun / SLURM, precision, logging)")
+    for flag, _, choices, kind in TRAINER_OPTIONS:
+        scale.add_argument(flag, default=None, type=kind, choices=choices, help="default: the preset's")
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=f"override a config field, e.g. --set {set_example} (repeatable)",
+        help=f"override a config field, e.g. --set {recipe.set_example} (repeatable)",
+    )
+    if ablation:
+        group = parser.add_argument_group("ablation")
+        group.add_argument("--ablation", action="store_true", help="run the paper's ablation variants over seeds")
+        group.add_argument("--seeds", default="0,1,2", help="ablation seeds, comma-separated (default 0,1,2)")
+        group.add_argument("--collect", action="store_true", help="train nothing, tabulate the finished runs only")
+        group.add_argument("--variants", default=None, help="ablation variants, comma-separated (default all)")
+
+
+def config_from_arguments(recipe: Any, args: argparse.Namespace) -> Any:
+    """The recipe's config from parsed options: preset, dataset, folder, seed, scale-out options, ``--set``."""
+    overrides = [
+        f"trainer.{name}={getattr(args, flag[2:].replace('-', '_'))}"
+        for flag, name, _, _ in TRAINER_OPTIONS
+        if getattr(args, flag[2:].replace("-", "_")) is not None
+    ]
+    return recipe.config(
+        args.preset,
+        dataset=args.dataset,
+        data_dir=args.data,
+        overrides=[*overrides, *args.overrides],
+        seed=args.seed,
     )
 
 
-def config_from_arguments(make_config: Callable[..., C], args: argparse.Namespace) -> C:
-    """``make_config(preset, dataset=..., data_dir=...)`` with the ``--set`` overrides and ``--seed`` applied."""
-    data: dict[str, object] = {}
-    if args.dataset is not None:
-        data["dataset"] = args.dataset
-    if args.data is not None:
-        data["data_dir"] = args.data
-    config = apply_overrides(make_config(args.preset, **data), args.overrides)
-    if args.seed is not None:
-        config = dataclasses.replace(config, seed=args.seed)  # type: ignore[type-var]
-    return config
+def build_recipe_parser(entry: RecipeEntry, name: str) -> tuple[argparse.ArgumentParser, Any]:
+    """The parser of ``qualcl run <name>`` and the recipe object."""
+    recipe = entry.load()
+    parser = argparse.ArgumentParser(prog=f"qualcl run {name}", description=entry.description)
+    add_run_arguments(parser, recipe, ablation=entry.ablation is not None)
+    return parser, recipe
 
 
-def ablation_arguments(args: argparse.Namespace) -> dict[str, Any]:
-    """``seeds``, ``variants`` and ``run_missing`` keyword arguments of a recipe's ``run_ablation``."""
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    variants = args.variants.split(",") if args.variants else None
-    return {"seeds": seeds, "variants": variants, "run_missing": not args.collect}
+def main_recipe(entry: RecipeEntry, name: str, argv: Sequence[str]) -> int:
+    """Parse ``argv`` for recipe ``name`` and run it (or its ablation)."""
+    parser, recipe = build_recipe_parser(entry, name)
+    args = parser.parse_args(list(argv))
+    config = config_from_arguments(recipe, args)
+    out = Path(args.out)
+    if getattr(args, "ablation", False):
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        variants = args.variants.split(",") if args.variants else None
+        entry.load_ablation()(config, out, seeds=seeds, variants=variants, run_missing=not args.collect)
+        print((out / "ablation.md").read_text())
+        return 0
+    metrics = recipe.run(config, out)
+    from qualcl.recipes.driver import is_global_zero
+
+    if not is_global_zero():  # one summary, from the process that wrote the run folder
+        return 0
+    headline = metrics.get("test", {})
+    for key in ("original", "overall"):
+        headline = headline.get(key, headline) if isinstance(headline, dict) else headline
+    print(json.dumps(headline, indent=2, default=float))
+    print(f"run folder: {out}  (metrics.json, plots/, weights/, MODEL_CARD.md)")
+    return 0

@@ -1,34 +1,17 @@
-"""Lightning plumbing shared by the recipes: history rows to CSV, resumable checkpoints, a quiet trainer."""
+"""Lightning callbacks and checkpoint helpers shared by the recipes: history rows to CSV, resume, best epoch."""
 
 from __future__ import annotations
 
-import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, OnExceptionCheckpoint
+from lightning.pytorch.callbacks import Callback
 
 from qualcl.recipes.run_folder import RunFolder
 
-__all__ = ["EpochSetter", "HistoryWriter", "load_best", "make_trainer", "resume_path"]
-
-# Lightning's advice that does not apply to in-memory CPU datasets and our explicit resume logic.
-for _message in (".*does not have many workers.*", ".*LeafSpec.*", r".*fit\(ckpt_path=.*"):
-    warnings.filterwarnings("ignore", message=_message)
-
-
-class _DropAdverts(logging.Filter):
-    """Lightning logs a product tip ("💡 Tip: ... litlogger") at every Trainer construction."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
-
-
-for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-    logging.getLogger(_name).addFilter(_DropAdverts())
+__all__ = ["EpochSetter", "HistoryWriter", "load_best", "resume_path"]
 
 
 class HistoryWriter(Callback):
@@ -101,46 +84,3 @@ def resume_path(run: RunFolder, stage: str, key: str) -> Path | None:
     position = state["global_step"] if key == "step" else state["epoch"]
     run.truncate_history(stage, keep_below=float(position), key=key)
     return path
-
-
-def make_trainer(
-    run: RunFolder,
-    stage: str,
-    *,
-    max_steps: int = -1,
-    max_epochs: int | None = None,
-    progress: bool,
-    callbacks: list[Callback] | None = None,
-    every_n_train_steps: int | None = None,
-    monitor: str | None = None,
-    check_val_every_n_epoch: int = 1,
-) -> L.Trainer:
-    """A CPU/GPU Lightning trainer writing resumable checkpoints into ``checkpoints/<stage>``.
-
-    ``last.ckpt`` is refreshed every ``every_n_train_steps`` steps (or every epoch) and on any
-    exception, including an interruption, so a re-run continues from there.
-    """
-    directory = run.checkpoint_dir(stage)
-    checkpoint = ModelCheckpoint(
-        dirpath=directory,
-        filename="best",
-        save_last=True,
-        monitor=monitor,
-        mode="max",
-        save_top_k=1 if monitor else 0,
-        every_n_train_steps=every_n_train_steps,
-    )
-    return L.Trainer(
-        default_root_dir=str(run.root),
-        max_steps=max_steps,
-        max_epochs=max_epochs,
-        accelerator="auto",
-        devices=1,
-        logger=False,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        check_val_every_n_epoch=check_val_every_n_epoch,
-        callbacks=[checkpoint, OnExceptionCheckpoint(directory, filename="last"), *(callbacks or [])],
-        deterministic=False,
-    )

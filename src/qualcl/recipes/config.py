@@ -1,18 +1,103 @@
-"""Recipe configs: nested dataclasses that round-trip to YAML, with presets and dotted overrides."""
+"""Recipe configs: nested dataclasses that round-trip to YAML, one preset mechanism, dotted overrides.
+
+Every recipe config derives from :class:`RecipeConfig` (``preset``, ``seed`` and the shared
+:class:`TrainerConfig`). Field types are checked when a config is built: ``Literal`` fields accept
+only their listed values, so a wrong ``--set train.meta_batch=...`` fails at once and names the
+allowed values; ``__post_init__`` methods check what depends on several fields.
+"""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-__all__ = ["apply_overrides", "config_from_dict", "config_to_dict", "load_config", "save_config"]
+__all__ = [
+    "RecipeConfig",
+    "TrainerConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "merge",
+    "parse_overrides",
+    "resolve_config",
+    "save_config",
+]
 
 C = TypeVar("C")
+
+
+@dataclass
+class TrainerConfig:
+    """How a run executes: devices, distribution, precision, logging. Shared by every recipe.
+
+    The values map onto Lightning's ``Trainer`` (``accelerator``, ``devices``, ``num_nodes``,
+    ``strategy``, ``precision``); under ``torchrun`` or SLURM, Lightning's cluster environments take
+    the ranks from the launcher (see ``docs/recipes.md``, "Scale-out").
+
+    Attributes:
+        accelerator: ``"auto"`` (a GPU when there is one), ``"cpu"`` or ``"gpu"``.
+        devices: Devices per node (processes per node under DDP).
+        num_nodes: Nodes.
+        strategy: ``"auto"`` (DDP when ``devices × num_nodes > 1``) or ``"ddp"``.
+        precision: ``"32"``, ``"bf16-mixed"`` or ``"16-mixed"`` (Lightning's mixed precision; the
+            losses keep their log-sum-exp in float32).
+        logger: ``"csv"`` (``logs/<stage>/metrics.csv`` in the run folder), ``"tensorboard"``,
+            ``"wandb"``, ``"mlflow"`` (a local ``mlruns/`` store) or ``"none"``.
+        sync_batchnorm: Under DDP, synchronise BatchNorm statistics across processes where the recipe
+            allows it (contrastive pre-training, so that a step equals one process on the whole batch).
+        channels_last: Train convolutional encoders in channels-last memory format.
+        progress: Show progress bars.
+    """
+
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: Literal["auto", "ddp"] = "auto"
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    logger: Literal["csv", "tensorboard", "wandb", "mlflow", "none"] = "csv"
+    sync_batchnorm: bool = True
+    channels_last: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("devices", "num_nodes"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"trainer.{name} must be >= 1, got {value}")
+
+    @property
+    def world_size(self) -> int:
+        """Processes of the run: ``devices × num_nodes``."""
+        return self.devices * self.num_nodes
+
+    @property
+    def distributed(self) -> bool:
+        """Whether the run uses DDP."""
+        return self.strategy == "ddp" or self.world_size > 1
+
+
+@dataclass
+class RecipeConfig:
+    """Fields every recipe config starts with.
+
+    Attributes:
+        preset: Name of the preset the config was built from.
+        seed: Training seed (initialisation, sampling, augmentation).
+        trainer: :class:`TrainerConfig`.
+    """
+
+    preset: str = "default"
+    seed: int = 0
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -35,6 +120,13 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 def _coerce(kind: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(kind)
+    if origin is Literal:
+        allowed = typing.get_args(kind)
+        if value in allowed and type(value) is type(allowed[allowed.index(value)]):
+            return value
+        if not isinstance(value, bool) and str(value) in allowed:  # --set trainer.precision=32 parses as int
+            return str(value)
+        raise ValueError(f"{where} must be one of {list(allowed)}, got {value!r}")
     if origin in (Union, types.UnionType):
         options = [k for k in typing.get_args(kind) if k is not type(None)]
         if value is None:
@@ -50,19 +142,23 @@ def _coerce(kind: Any, value: Any, where: str) -> Any:
             raise ValueError(f"{where} must be a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ValueError(f"{where} must have {len(args)} items, got {value!r}")
         return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
     if origin is list:
         (item,) = typing.get_args(kind)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where} must be a list, got {value!r}")
         return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if kind in (int, float, str, bool) and not isinstance(value, kind):
+    if kind in (int, float, str, bool) and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
         raise ValueError(f"{where} must be {kind.__name__}, got {value!r}")
     return value
 
 
-def config_from_dict(cls: type[C], data: dict[str, Any], *, _where: str = "config") -> C:
-    """Build dataclass ``cls`` from a ``dict``; unknown keys and wrong types raise ``ValueError``."""
+def config_from_dict(cls: type[C], data: Mapping[str, Any], *, _where: str = "config") -> C:
+    """Build dataclass ``cls`` from a mapping; unknown keys, wrong types and bad values raise ``ValueError``."""
     if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):
         raise TypeError(f"cls must be a dataclass type, got {cls!r}")
     hints = typing.get_type_hints(cls)
@@ -71,7 +167,10 @@ def config_from_dict(cls: type[C], data: dict[str, Any], *, _where: str = "confi
     if unknown:
         raise ValueError(f"{_where}: unknown key(s) {unknown}; known keys: {sorted(names)}")
     kwargs = {k: _coerce(hints[k], v, f"{_where}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as error:
+        raise ValueError(f"{_where}: {error}") from None
 
 
 def save_config(config: Any, path: str | Path) -> Path:
@@ -90,7 +189,43 @@ def load_config(cls: type[C], path: str | Path) -> C:
     return config_from_dict(cls, data)
 
 
-def apply_overrides(config: C, overrides: list[str]) -> C:
+def merge(base: dict[str, Any], changes: Mapping[str, Any], *, where: str = "config") -> dict[str, Any]:
+    """Merge nested ``changes`` into ``base`` in place (mappings recursively, other values replaced)."""
+    for key, value in changes.items():
+        if key not in base:
+            raise ValueError(f"{where}: unknown key {key!r}; known: {sorted(base)}")
+        if isinstance(value, Mapping) and isinstance(base[key], dict):
+            merge(base[key], value, where=f"{where}.{key}")
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` → ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML, safe tags only)."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key.sub=value")
+        key, text = item.split("=", 1)
+        parts = [p for p in key.strip().split(".")]
+        if not all(parts):
+            raise ValueError(f"override {item!r} must look like key.sub=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({type(error).__name__})") from None
+        node = nested
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"override {item!r} conflicts with an earlier override of {part!r}")
+            node = child
+        node[parts[-1]] = value
+    return nested
+
+
+def apply_overrides(config: C, overrides: Sequence[str]) -> C:
     """Return a copy of ``config`` with ``key.sub=value`` overrides (values parsed as YAML).
 
     Example:
@@ -103,17 +238,61 @@ def apply_overrides(config: C, overrides: list[str]) -> C:
         Cfg(lr=0.01, epochs=3)
     """
     data = config_to_dict(config)
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key.sub=value")
-        key, text = item.split("=", 1)
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
+    changes = parse_overrides(overrides)
+    for item in overrides:  # name the offending override, not just the key
+        key = item.split("=", 1)[0].strip()
+        node: Any = data
+        for part in key.split(".")[:-1]:
             if not isinstance(node.get(part), dict):
                 raise ValueError(f"override {item!r}: {part!r} is not a section of the config")
             node = node[part]
-        if parts[-1] not in node:
-            raise ValueError(f"override {item!r}: unknown key {parts[-1]!r}; known: {sorted(node)}")
-        node[parts[-1]] = yaml.safe_load(text)
-    return config_from_dict(type(config), data)
+        if key.split(".")[-1] not in node:
+            raise ValueError(f"override {item!r}: unknown key {key.split('.')[-1]!r}; known: {sorted(node)}")
+    return config_from_dict(type(config), merge(data, changes))
+
+
+def resolve_config(
+    cls: type[C],
+    presets: Mapping[str, Mapping[str, Any]],
+    preset: str = "default",
+    *,
+    dataset_settings: Any = None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    overrides: Sequence[str] = (),
+    seed: int | None = None,
+) -> C:
+    """The one way a recipe config is built: defaults ← preset ← dataset settings ← arguments ← ``--set``.
+
+    Args:
+        cls: The recipe's config dataclass; its defaults are the ``default`` preset.
+        presets: ``{name: nested overrides of the defaults}``.
+        preset: Preset name.
+        dataset_settings: ``(dataset, preset) -> nested overrides`` a dataset implies (e.g. its number of
+            classes), or ``None``.
+        dataset: ``data.dataset`` (default: the preset's, or a ``--set data.dataset=...``).
+        data_dir: ``data.data_dir``.
+        overrides: ``key.sub=value`` strings, applied last (they win over everything else).
+        seed: The training seed, if given.
+
+    Raises:
+        ValueError: Unknown preset, key or value; the message names it and what is allowed.
+    """
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(presets)}")
+    data = config_to_dict(cls())
+    merge(data, presets[preset])
+    data["preset"] = preset
+    changes = parse_overrides(overrides)
+    if dataset is None:
+        dataset = changes.get("data", {}).get("dataset") if isinstance(changes.get("data"), dict) else None
+    if dataset is not None and "data" in data:
+        data["data"]["dataset"] = dataset
+    if dataset_settings is not None and "data" in data:
+        merge(data, dataset_settings(str(data["data"]["dataset"]), preset))
+    if data_dir is not None:
+        data["data"]["data_dir"] = data_dir
+    merge(data, changes)
+    if seed is not None:
+        data["seed"] = seed
+    return config_from_dict(cls, data)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import platform
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -17,7 +20,107 @@ from torch import nn
 from qualcl import __version__
 from qualcl.recipes.config import save_config
 
-__all__ = ["RunFolder", "flatten_metrics"]
+__all__ = ["ModelCard", "RunFolder", "flatten_metrics", "strata_table"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _cell(value: float) -> str:
+    return "—" if not math.isfinite(value) else f"{value:.3f}"
+
+
+def strata_table(
+    results: dict[str, dict[str, dict[str, float]]],
+    metrics: dict[str, str],
+    *,
+    strata: list[str] | None = None,
+) -> str:
+    """Markdown table of strata (rows) × test settings (columns); each cell lists ``metrics`` and ``n``.
+
+    Strata without images in a setting get "—"; a stratum without images anywhere is left out.
+
+    Args:
+        results: ``{setting: {stratum: {metric: value, "n": count}}}``.
+        metrics: ``{key: label}`` of the metrics to show, in order.
+        strata: Row order (default: the order of the first setting).
+
+    Example:
+        >>> table = {"test": {"overall": {"auc": 0.7, "n": 4}, "Good": {"auc": 0.8, "n": 4}, "Bad": {"n": 0}}}
+        >>> print(strata_table(table, {"auc": "AUC"}))
+        | stratum | test |
+        |---|---|
+        | overall | 0.700 (n=4) |
+        | Good | 0.800 (n=4) |
+        <BLANKLINE>
+        Cells: AUC (n images).
+    """
+    settings = list(results)
+    rows = strata or list(dict.fromkeys(s for per in results.values() for s in per))
+    lines = ["| stratum | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+    for stratum in rows:
+        cells = []
+        for setting in settings:
+            entry = results[setting].get(stratum)
+            count = int(entry.get("n", 0)) if entry else 0
+            if not entry or count == 0:
+                cells.append("—")
+                continue
+            values = " / ".join(_cell(float(entry.get(key, math.nan))) for key in metrics)
+            cells.append(f"{values} (n={count})")
+        if any(c != "—" for c in cells):
+            lines.append(f"| {stratum} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\nCells: " + " / ".join(metrics.values()) + " (n images)."
+
+
+@dataclass
+class ModelCard:
+    """What ``MODEL_CARD.md`` says about a run.
+
+    Attributes:
+        title: Heading.
+        paper: The paper the recipe reproduces.
+        summary: What was trained, on what, how long.
+        headline: The run's main numbers, ``{label: value}``.
+        table: A markdown results table (:func:`strata_table`).
+        plots: File names in ``plots/`` to show.
+    """
+
+    title: str
+    paper: str
+    summary: str
+    headline: dict[str, float] = field(default_factory=dict)
+    table: str = ""
+    plots: list[str] = field(default_factory=list)
+
+    def render(self, root: Path) -> str:
+        """The card as markdown (plots that exist under ``root/plots`` only)."""
+        headline = ", ".join(f"**{k}** {_cell(v)}" for k, v in self.headline.items())
+        images = [p for p in self.plots if (root / "plots" / p).is_file()]
+        parts = [f"# {self.title}", f"Paper: {self.paper}", self.summary.strip()]
+        if headline:
+            parts.append(f"Headline: {headline}.")
+        if self.table:
+            parts += ["## Results", self.table.strip()]
+        if images:
+            parts += ["## Plots", "\n".join(f"![{Path(p).stem}](plots/{p})" for p in images)]
+        parts += [
+            "## Environment",
+            f"qualcl {__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
+            f"{platform.machine()} ({torch.get_num_threads()} threads), written {time.strftime('%Y-%m-%d %H:%M')}. "
+            "Weights are in `weights/` as safetensors; `config.yaml` reproduces the run; all metrics are in "
+            "`metrics.json` / `metrics.csv`.",
+        ]
+        return "\n\n".join(parts) + "\n"
+
+
+def _writes(method: F) -> F:
+    """A write of the run folder: skipped (returning ``None``) on a folder opened read-only (DDP ranks > 0)."""
+
+    @functools.wraps(method)
+    def wrapper(self: RunFolder, *args: Any, **kwargs: Any) -> Any:
+        return method(self, *args, **kwargs) if self.writable else None
+
+    return wrapper  # type: ignore[return-value]
 
 
 def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -46,20 +149,27 @@ class RunFolder:
         stages.json            which stages finished, with their timing
         MODEL_CARD.md          what was trained, on what, with which results
 
+    Under DDP every process opens the folder, but only global rank 0 writes: the others open it
+    with ``writable=False``, and every writing method then does nothing (and returns ``None``).
+
     Args:
-        root: The folder (created if missing).
+        root: The folder (created if missing, when writable).
+        writable: Whether this process writes.
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, writable: bool = True) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        for sub in ("plots", "history", "checkpoints", "weights"):
-            (self.root / sub).mkdir(exist_ok=True)
+        self.writable = writable
+        if writable:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for sub in ("plots", "history", "checkpoints", "weights"):
+                (self.root / sub).mkdir(exist_ok=True)
 
     def path(self, *parts: str) -> Path:
         """A path inside the run folder."""
         return self.root.joinpath(*parts)
 
+    @_writes
     def save_config(self, config: Any) -> Path:
         """Write ``config.yaml``."""
         return save_config(config, self.root / "config.yaml")
@@ -79,6 +189,7 @@ class RunFolder:
         info: dict[str, Any] = self._stages()[name]
         return info
 
+    @_writes
     def mark_done(self, name: str, **info: Any) -> None:
         """Record that stage ``name`` finished (atomically, so an interruption leaves no half file)."""
         stages = self._stages()
@@ -90,7 +201,8 @@ class RunFolder:
     def checkpoint_dir(self, stage: str) -> Path:
         """Folder of a stage's resumable Lightning checkpoints."""
         path = self.root / "checkpoints" / stage
-        path.mkdir(parents=True, exist_ok=True)
+        if self.writable:
+            path.mkdir(parents=True, exist_ok=True)
         return path
 
     def last_checkpoint(self, stage: str) -> Path | None:
@@ -99,6 +211,7 @@ class RunFolder:
         return path if path.is_file() else None
 
     # ------------------------------------------------------------------ weights
+    @_writes
     def save_weights(self, module: nn.Module, name: str) -> Path:
         """Write ``module``'s state dict as safetensors."""
         path = self.root / "weights" / f"{name}.safetensors"
@@ -115,6 +228,7 @@ class RunFolder:
         return module
 
     # ------------------------------------------------------------------ metrics
+    @_writes
     def write_metrics(self, metrics: dict[str, Any]) -> Path:
         """Write ``metrics.json`` (nested) and ``metrics.csv`` (flat ``name,value``)."""
         clean = json.loads(json.dumps(metrics, default=float, allow_nan=True))
@@ -126,6 +240,7 @@ class RunFolder:
                 writer.writerow([key, "nan" if math.isnan(value) else f"{value:.6g}"])
         return self.root / "metrics.json"
 
+    @_writes
     def append_history(self, stage: str, row: dict[str, float]) -> None:
         """Append one row to ``history/<stage>.csv`` (header from the first row)."""
         path = self.root / "history" / f"{stage}.csv"
@@ -144,6 +259,7 @@ class RunFolder:
         with path.open(newline="") as handle:
             return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
 
+    @_writes
     def truncate_history(self, stage: str, keep_below: float, key: str = "step") -> None:
         """Drop history rows at or past ``keep_below`` (rows written after the checkpoint we resume from)."""
         rows = [r for r in self.read_history(stage) if r.get(key, -1) < keep_below]
@@ -154,19 +270,9 @@ class RunFolder:
             self.append_history(stage, row)
 
     # ------------------------------------------------------------------ card
-    def write_model_card(self, title: str, paper: str, body: str, metrics: dict[str, Any]) -> Path:
-        """Write ``MODEL_CARD.md``: what, from which paper, on which machine, with which results."""
-        flat = flatten_metrics(metrics)
-        rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(flat.items()))
-        text = (
-            f"# {title}\n\n"
-            f"Paper: {paper}\n\n{body.strip()}\n\n"
-            f"## Results\n\n| metric | value |\n|---|---|\n{rows}\n\n"
-            f"## Environment\n\nqualcl {__version__}, torch {torch.__version__}, "
-            f"Python {platform.python_version()}, {platform.machine()} "
-            f"({torch.get_num_threads()} threads), written {time.strftime('%Y-%m-%d %H:%M')}.\n\n"
-            "Weights are in `weights/` as safetensors; `config.yaml` reproduces the run.\n"
-        )
+    @_writes
+    def write_model_card(self, card: ModelCard) -> Path:
+        """Write ``MODEL_CARD.md``: what, from which paper, the headline numbers, the table, the plots."""
         path = self.root / "MODEL_CARD.md"
-        path.write_text(text)
+        path.write_text(card.render(self.root))
         return path

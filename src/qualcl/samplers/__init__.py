@@ -4,6 +4,7 @@ from qualcl.samplers.balanced import LevelBalancedBatchSampler
 from qualcl.samplers.patches import LesionPatchSampler, RandomPatchSampler, Window
 from qualcl.samplers.schedule import CosineCountSchedule
 from qualcl.samplers.self_paced import MinerStats, SelfPacedHardNegativeMiner
+from qualcl.samplers.shard import ShardedShuffleSampler, ShardSampler
 
 __all__ = [
     "CosineCountSchedule",
@@ -12,5 +13,7 @@ __all__ = [
     "MinerStats",
     "RandomPatchSampler",
     "SelfPacedHardNegativeMiner",
+    "ShardSampler",
+    "ShardedShuffleSampler",
     "Window",
 ]

@@ -31,8 +31,9 @@ class LevelBalancedBatchSampler(Sampler[list[int]]):
         num_levels: Number of levels that must all be present (default ``max(levels) + 1``).
         replacement: Repeat smaller levels instead of truncating to the smallest.
         seed: Shared seed (must be equal on all ranks).
-        num_replicas: DDP world size (default: from ``torch.distributed``, else 1).
-        rank: This process's rank (default: from ``torch.distributed``, else 0).
+        num_replicas: DDP world size (default: from ``torch.distributed`` at iteration time, else 1), so
+            the sampler can be built before the process group exists.
+        rank: This process's rank (default: likewise, else 0).
 
     Example:
         >>> levels = [0, 1, 2, 3] * 4
@@ -43,7 +44,7 @@ class LevelBalancedBatchSampler(Sampler[list[int]]):
         [0, 0, 1, 1, 2, 2, 3, 3]
 
     Reference:
-        CoMCL (seed 000): balanced batches of the four levels L, LQ_L, H, LQ_H.
+        CoMCL (Hou et al., MICCAI 2024): balanced batches of the four levels L, LQ_L, H, LQ_H.
     """
 
     def __init__(
@@ -80,10 +81,23 @@ class LevelBalancedBatchSampler(Sampler[list[int]]):
         self.replacement = replacement
         self.seed = seed
         self.epoch = 0
-        self.num_replicas = world_size() if num_replicas is None else num_replicas
-        self.rank = current_rank() if rank is None else rank
-        if not 0 <= self.rank < self.num_replicas:
-            raise ValueError(f"rank must lie in [0, num_replicas={self.num_replicas}), got {self.rank}")
+        self._replicas = num_replicas
+        self._rank = rank
+        if num_replicas is not None and rank is not None and not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must lie in [0, num_replicas={num_replicas}), got {rank}")
+
+    @property
+    def num_replicas(self) -> int:
+        """DDP world size (read from ``torch.distributed`` when iterated, unless given)."""
+        return world_size() if self._replicas is None else self._replicas
+
+    @property
+    def rank(self) -> int:
+        """This process's rank (likewise)."""
+        value = current_rank() if self._rank is None else self._rank
+        if not 0 <= value < self.num_replicas:
+            raise ValueError(f"rank must lie in [0, num_replicas={self.num_replicas}), got {value}")
+        return value
 
     def set_epoch(self, epoch: int) -> None:
         """Use a new shuffle for ``epoch`` (same on every rank)."""
@@ -107,6 +121,7 @@ class LevelBalancedBatchSampler(Sampler[list[int]]):
             order = torch.cat([torch.randperm(members.numel(), generator=generator) for _ in range(repeats)])
             shuffled.append(members[order[:total]].view(-1, self.per_level))
         batches = torch.cat(shuffled, dim=1)
-        usable = len(self) * self.num_replicas
-        for batch in batches[self.rank : usable : self.num_replicas]:
+        world, me = self.num_replicas, self.rank
+        usable = len(self) * world
+        for batch in batches[me:usable:world]:
             yield batch.tolist()

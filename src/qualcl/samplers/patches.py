@@ -45,7 +45,7 @@ class LesionPatchSampler:
         True
 
     Reference:
-        CoMCL (seed 000) Sec. 2.1; Huang et al., "Lesion-based Contrastive Learning", MICCAI 2021.
+        CoMCL (Hou et al., MICCAI 2024), Sec. 2.1; Huang et al., "Lesion-based Contrastive Learning", MICCAI 2021.
     """
 
     def __init__(self, patch_size: int, *, min_score: float = 0.5, margin: int = 0) -> None:
@@ -126,7 +126,7 @@ class RandomPatchSampler:
         True
 
     Reference:
-        CoMCL (seed 000) Sec. 2.1: healthy patches are random crops.
+        CoMCL (Hou et al., MICCAI 2024), Sec. 2.1: healthy patches are random crops.
     """
 
     def __init__(self, patch_size: int) -> None:

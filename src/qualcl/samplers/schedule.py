@@ -27,7 +27,7 @@ class CosineCountSchedule:
         5
 
     Reference:
-        CoMCL (seed 000), Sec. 2.2: ``K_t = floor(delta * cos(pi t / (2 T_max)))``.
+        CoMCL (Hou et al., MICCAI 2024), Sec. 2.2: ``K_t = floor(delta * cos(pi t / (2 T_max)))``.
     """
 
     def __init__(self, total: int | None, max_steps: int, min_count: int = 1) -> None:

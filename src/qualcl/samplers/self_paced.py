@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qualcl._validation import check_embeddings, check_positive
+from qualcl.distributed import gather_no_grad, is_distributed
 from qualcl.functional import MinerOutput, info_nce_from_logits, restrict_top_k
 from qualcl.kernels import topk_similarity
 from qualcl.samplers.schedule import CosineCountSchedule
@@ -70,6 +71,11 @@ class SelfPacedHardNegativeMiner:
         scale: ``c`` of ``"scaled"``.
         rho_start: Fraction of anchors kept at ``t = 0`` with ``"quantile"``.
         rho_end: Fraction kept at ``max_steps``.
+        gather_distributed: Under ``torch.distributed``, take the ``"quantile"`` threshold over the
+            anchors of every rank (the losses are all-gathered without gradient), so that the
+            selection equals one process's on the concatenated batch. Every rank must then call
+            the miner for every level pair, also with no local anchor (``MultiLevelInfoNCE`` with
+            ``gather_distributed=True`` does).
 
     Example:
         >>> import torch
@@ -82,7 +88,7 @@ class SelfPacedHardNegativeMiner:
         1
 
     Reference:
-        CoMCL (seed 000), Sec. 2.2, Eqs. 2–3; Kumar et al., "Self-Paced Learning for Latent
+        CoMCL (Hou et al., MICCAI 2024), Sec. 2.2, Eqs. 2–3; Kumar et al., "Self-Paced Learning for Latent
         Variable Models", NeurIPS 2010.
     """
 
@@ -94,6 +100,7 @@ class SelfPacedHardNegativeMiner:
         scale: float = 1.0,
         rho_start: float = 0.5,
         rho_end: float = 1.0,
+        gather_distributed: bool = False,
     ) -> None:
         if not isinstance(schedule, CosineCountSchedule):
             raise TypeError(f"schedule must be a CosineCountSchedule, got {type(schedule).__name__}")
@@ -107,12 +114,14 @@ class SelfPacedHardNegativeMiner:
         self.scale = check_positive("scale", scale)
         self.rho_start = float(rho_start)
         self.rho_end = float(rho_end)
+        self.gather_distributed = bool(gather_distributed)
         self.last_stats: MinerStats | None = None
 
     def __repr__(self) -> str:
         return (
             f"SelfPacedHardNegativeMiner({self.schedule!r}, threshold={self.threshold!r}, "
-            f"scale={self.scale}, rho_start={self.rho_start}, rho_end={self.rho_end})"
+            f"scale={self.scale}, rho_start={self.rho_start}, rho_end={self.rho_end}, "
+            f"gather_distributed={self.gather_distributed})"
         )
 
     def keep_fraction(self, step: int) -> float:
@@ -166,13 +175,16 @@ class SelfPacedHardNegativeMiner:
         )
 
     def _select(self, losses: Tensor, count: int, step: int) -> tuple[Tensor, float]:
-        if self.threshold == "off" or losses.numel() == 0:
+        if self.threshold == "off":
             return torch.ones_like(losses, dtype=torch.bool), math.inf
         if self.threshold in ("literal", "scaled"):
             lam = (1.0 if self.threshold == "literal" else self.scale) / count
             return losses < lam, lam
-        keep = max(1, math.ceil(self.keep_fraction(step) * losses.numel()))
-        lam = float(torch.kthvalue(losses.cpu(), keep).values)
+        pool = gather_no_grad(losses) if self.gather_distributed and is_distributed() else losses
+        if pool.numel() == 0:
+            return torch.ones_like(losses, dtype=torch.bool), math.inf
+        keep = max(1, math.ceil(self.keep_fraction(step) * pool.numel()))
+        lam = float(torch.kthvalue(pool.cpu(), keep).values)
         return losses <= lam, lam
 
     def select(

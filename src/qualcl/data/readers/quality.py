@@ -28,7 +28,7 @@ Notes on the MKCNet encodings (checked against ``chehx/MKCNet/dataset_splits``):
   codes is HQ is inferred (both are ~2,930 images).
 - CT-IQAD: IQ 1 = HQ (SARS-CoV-2 CT-scan, file names ``Covid (n).png`` / ``Non-Covid (n).png``),
   0 = LQ (COVID-CT); **DR 1 = COVID, 0 = non-COVID** in the split files (``Covid (1109).png,1,1``,
-  ``Non-Covid (529).png,0,1``) — the opposite of what ``methods.md`` §6 says.
+  ``Non-Covid (529).png,0,1``) — the opposite of what the CT-IQAD description suggests.
 
 Reference:
     H. Che, S. Chen, H. Chen, "Image Quality-aware Diagnosis via Meta-knowledge Co-embedding",

@@ -5,7 +5,7 @@ two eyes; each eye gets its own grade (fixed rule :func:`grade_from_lesions`), l
 degradation (:mod:`qualcl.data.degrade`). :func:`write_fundus_dataset` writes it in EyeQ's format.
 
 Reference:
-    ``shared/specs/data.md`` §3.2 ("Synthetic fundus") and §4 (EyeQ format).
+    ``docs/data.md`` ("SynthFundus" and the EyeQ reader).
 """
 
 from qualcl.data.synthetic.anatomy import FOV_RADIUS

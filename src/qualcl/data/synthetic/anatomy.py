@@ -3,7 +3,7 @@
 A patient's anatomy is drawn once, in the canonical right-eye frame (disc on the right, the nasal
 side of a right eye in a fundus photograph), and rendered for both eyes: the left eye is the exact
 mirror image, so the two eyes share background colour, texture and vessel layout. Every parameter
-here is drawn independently of grade and quality (``shared/specs/data.md`` §3.2, "no shortcuts").
+here is drawn independently of grade and quality (``docs/data.md``, "no shortcuts").
 """
 
 from __future__ import annotations

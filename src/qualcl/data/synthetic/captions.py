@@ -8,7 +8,7 @@ quality with its degradation factors, for example::
 
 Paraphrase slots (how the eye is named, the connecting verb) vary with an optional generator; the
 keywords (eye, grade name, counts, quadrant, quality name, factors) are always present, so that
-zero-shot grading and caption keyword accuracy are meaningful (``shared/specs/data.md`` §3.3.4).
+zero-shot grading and caption keyword accuracy are meaningful (``docs/data.md``).
 """
 
 from __future__ import annotations

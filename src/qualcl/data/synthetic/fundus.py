@@ -8,7 +8,7 @@ texture, vessels, disc, macula) is shared by both eyes (mirrored); each eye draw
 and quality are independent of each other and of the anatomy.
 
 Reference:
-    ``shared/specs/data.md`` §3.2 (SynthFundus); degradations after Shen et al., TMI 2021.
+    ``docs/data.md`` (SynthFundus); degradations after Shen et al., TMI 2021.
 """
 
 from __future__ import annotations
@@ -347,7 +347,7 @@ def generate_patient(
         (True, 'left', 'right')
 
     Reference:
-        ``shared/specs/data.md`` §3.2 (patient structure).
+        ``docs/data.md`` (patient structure).
     """
     size = check_size(size)
     lq_ratio = check_lq_ratio(lq_ratio)
@@ -408,7 +408,7 @@ def generate_fundus(
         ((64, 64, 3), 'right', True)
 
     Reference:
-        ``shared/specs/data.md`` §3.2.
+        ``docs/data.md``.
     """
     number = _check_index("index", index)
     grade = _check_forced("grade", grade, 5)

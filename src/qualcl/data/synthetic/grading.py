@@ -1,6 +1,6 @@
 """The synthetic fundus set's fixed, deterministic DR-grade rule and its grade priors.
 
-The rule is ICDR-like (``shared/specs/data.md`` §3.2) and is a pure function of the lesion counts:
+The rule is ICDR-like (``docs/data.md``) and is a pure function of the lesion counts:
 
 - 4 (proliferative): neovascularisation (NV) present, whatever else;
 - 3 (severe NPDR): haemorrhages (HE) in all four quadrants, at least 3 in each (a "4-2-1"-style rule);
@@ -112,7 +112,7 @@ def grade_from_lesions(counts: Mapping[str, Sequence[int]]) -> int:
         3
 
     Reference:
-        ``shared/specs/data.md`` §3.2 (grade rule, ICDR-like).
+        ``docs/data.md`` (grade rule, ICDR-like).
     """
     if not isinstance(counts, Mapping):
         raise ValueError(f"counts must be a mapping of lesion type to 4 per-quadrant counts, got {counts!r}")

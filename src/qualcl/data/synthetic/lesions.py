@@ -1,6 +1,6 @@
 """DR lesions for a synthetic fundus: how many of each type a grade gets, where they go, how they look.
 
-Types (``shared/specs/data.md`` §3.2), with ``u = size / 128``:
+Types (``docs/data.md``), with ``u = size / 128``:
 
 - ``MA`` microaneurysms: dark-red dots of radius ``u``·(0.85–1.25), at least 1 px;
 - ``HE`` haemorrhages: dark-red elliptic blots, semi-major axis ``u``·(1.5–3.5) (≥ 1.25 px);

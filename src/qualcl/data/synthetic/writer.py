@@ -11,7 +11,7 @@ The same arguments give byte-identical files. ``ground_truth.json`` is written l
 means the folder is complete.
 
 Reference:
-    ``shared/specs/data.md`` §3.2 (outputs in the real datasets' formats) and §4 (EyeQ).
+    ``docs/data.md`` (outputs in the real datasets' formats, EyeQ's CSVs).
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def write_fundus_dataset(
         (4, 2, 4)
 
     Reference:
-        ``shared/specs/data.md`` §3.2 and §4 (EyeQ: ``,image,quality,DR_grade``, 0 Good/1 Usable/2 Reject).
+        ``docs/data.md`` (EyeQ: ``,image,quality,DR_grade``, 0 Good/1 Usable/2 Reject).
     """
     num_images = _check_num_images(num_images)
     seed = check_seed(seed)
@@ -258,7 +258,9 @@ def write_fundus_dataset(
         "degradation": "Shen et al., TMI 2021; type codes '001' illumination, '010' spot, '100' blur",
     }
     text = json.dumps({"metadata": _round(metadata), "images": records}, indent=1, ensure_ascii=False)
-    (root / "ground_truth.json").write_text(text + "\n", encoding="utf-8", newline="\n")
+    partial = root / "ground_truth.json.tmp"  # written whole, then renamed: its presence means complete
+    partial.write_text(text + "\n", encoding="utf-8", newline="\n")
+    partial.replace(root / "ground_truth.json")
     grades = np.bincount([r["dr_grade"] for r in records], minlength=5)
     qualities = np.bincount([r["quality"] for r in records], minlength=3)
     return FundusDatasetSummary(
@@ -318,7 +320,7 @@ def save_preview_grid(
         (264, 364)
 
     Reference:
-        ``shared/specs/synth_fundus_prototype_grid.png`` (the prototype's layout).
+        the layout of ``docs/data.md``'s preview (rows grade, columns quality).
     """
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 16:
         raise ValueError(f"tile must be an integer >= 16, got {tile!r}")

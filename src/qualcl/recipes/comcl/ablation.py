@@ -10,14 +10,14 @@ from typing import Any
 
 from qualcl.recipes.ablation import mean_std, run_variants
 from qualcl.recipes.comcl.config import ABLATIONS, ComclConfig, headline_metric
-from qualcl.recipes.comcl.pipeline import METRIC_NAMES, load_datasets, run_comcl
 from qualcl.recipes.comcl.probe import probe_run
+from qualcl.recipes.comcl.recipe import METRIC_NAMES, load_datasets, run_comcl
 from qualcl.recipes.plots import plot_variant_dots
 
 __all__ = ["PAPER_TABLES", "ablation_table", "run_ablation"]
 
 #: The paper's EyeQ figures as (Kappa, ACC); Table 2 prints them as "ACC, Kappa" but they equal
-#: Table 1's "Kappa, ACC" columns, so we read them as Kappa first (methods.md §1.11).
+#: Table 1's "Kappa, ACC" columns, so we read them as Kappa first (docs/comcl.md, "Decisions").
 PAPER_TABLES: dict[str, tuple[float, float]] = {
     "baseline": (0.804, 0.783),
     "basic_cl": (0.842, 0.827),
@@ -44,7 +44,8 @@ DESCRIPTIONS = {
 def _variant(config: ComclConfig, name: str, seed: int, data_dir: str | None) -> ComclConfig:
     pretrain = dataclasses.replace(config.pretrain, **ABLATIONS[name])  # type: ignore[arg-type]
     data = dataclasses.replace(config.data, data_dir=data_dir) if data_dir else config.data
-    return dataclasses.replace(config, seed=seed, pretrain=pretrain, data=data, progress=False)
+    trainer = dataclasses.replace(config.trainer, progress=False)
+    return dataclasses.replace(config, seed=seed, pretrain=pretrain, data=data, trainer=trainer)
 
 
 def run_ablation(
@@ -101,7 +102,9 @@ def run_ablation(
     finished = run_variants(root, names, seeds, run, summarise, progress=progress, run_missing=run_missing)
     data = None
     if probe and finished:
-        data = load_datasets(_variant(config, names[0], seeds[0], data_dir), root / "data")
+        variant = _variant(config, names[0], seeds[0], data_dir)
+        synthetic = Path(data_dir) if variant.data.dataset == "synthetic" and data_dir else None
+        data = load_datasets(variant, synthetic)
     results: dict[str, Any] = {}
     for name, by_seed in finished.items():
         per_setting: dict[str, dict[str, list[float]]] = {}

@@ -1,19 +1,20 @@
-"""CoMCL recipe configuration: dataclasses, presets and ablation variants."""
+"""CoMCL recipe configuration: dataclasses, presets, dataset settings and ablation variants."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from qualcl.recipes.config import RecipeConfig
 
 __all__ = [
     "ABLATIONS",
-    "DATASET_DEFAULTS",
     "PRESETS",
     "ComclConfig",
     "DataConfig",
     "FinetuneConfig",
     "PretrainConfig",
-    "comcl_config",
+    "dataset_settings",
     "headline_metric",
 ]
 
@@ -36,7 +37,7 @@ class DataConfig:
         max_images: Real datasets: a seeded subset of at most this many images per split (``None``: all).
     """
 
-    dataset: str = "synthetic"
+    dataset: Literal["synthetic", "eyeq", "nih-cxr14"] = "synthetic"
     data_dir: str | None = None
     num_images: int = 1200
     image_size: int = 96
@@ -45,6 +46,10 @@ class DataConfig:
     boxes: str = "ground_truth"
     detector_min_score: float = 0.8
     max_images: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.lq_ratio <= 1.0:
+            raise ValueError(f"data.lq_ratio must lie in [0, 1], got {self.lq_ratio}")
 
 
 @dataclass
@@ -69,19 +74,30 @@ class PretrainConfig:
         negatives_from: ``"view2"`` or ``"both"``.
     """
 
-    method: str = "comcl"
+    method: Literal["comcl", "simclr", "none"] = "comcl"
     pairs: tuple[tuple[str, str], ...] = (("L", "LQ_L"), ("L", "H"), ("LQ_L", "LQ_H"))
-    miner: str = "self_paced"
-    spl_threshold: str = "quantile"
+    miner: Literal["self_paced", "none"] = "self_paced"
+    spl_threshold: Literal["quantile", "literal", "scaled", "off"] = "quantile"
     patch_size: int = 32
-    augmentation: str = "light"
+    augmentation: Literal["paper", "light"] = "light"
     per_level: int = 16
     steps: int = 300
     temperature: float = 0.07
     lr: float = 1e-3
     weight_decay: float = 5e-4
     projection_dim: int = 128
-    negatives_from: str = "view2"
+    negatives_from: Literal["view2", "both"] = "view2"
+
+    def __post_init__(self) -> None:
+        known = {"L", "LQ_L", "H", "LQ_H", "lesion", "healthy"}
+        for pair in self.pairs:
+            if len(pair) != 2 or not set(pair) <= known:
+                raise ValueError(f"pretrain.pairs must name levels among {sorted(known)}, got {pair!r}")
+        binary = {name for pair in self.pairs for name in pair} & {"lesion", "healthy"}
+        if binary and not {name for pair in self.pairs for name in pair} <= {"lesion", "healthy"}:
+            raise ValueError("pretrain.pairs must use either the four levels or lesion/healthy, not both")
+        if self.steps < 1 or self.per_level < 1:
+            raise ValueError(f"pretrain.steps and pretrain.per_level must be >= 1, got {self.steps}, {self.per_level}")
 
 
 @dataclass
@@ -104,56 +120,70 @@ class FinetuneConfig:
 
 
 @dataclass
-class ComclConfig:
-    """The whole CoMCL run.
+class ComclConfig(RecipeConfig):
+    """The whole CoMCL run (``preset``, ``seed`` and ``trainer`` come from :class:`RecipeConfig`).
 
     Attributes:
-        preset: Name of the preset this config started from.
-        seed: Seed of training (model init, sampling, augmentation).
-        backbone: torchvision backbone name (paper: resnet50).
+        backbone: Encoder name for :func:`qualcl.models.build_encoder` (paper: resnet50).
+        pretrained: Optional local weights file for the encoder (nothing is downloaded).
         num_classes: DR grades (5), or chest classes (9: No Finding + the ChestX-ray8 findings).
         lq_ratios: Test-time low-quality ratios to evaluate, besides the original (paper: 0.7, 1.0).
         data: :class:`DataConfig`.
         pretrain: :class:`PretrainConfig`.
         finetune: :class:`FinetuneConfig`.
-        progress: Show progress bars.
     """
 
-    preset: str = "default"
-    seed: int = 0
     backbone: str = "resnet10"
+    pretrained: str | None = None
     num_classes: int = 5
     lq_ratios: tuple[float, ...] = (0.7, 1.0)
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    progress: bool = True
+
+    def __post_init__(self) -> None:
+        from qualcl.models import ENCODERS
+
+        if self.backbone not in ENCODERS or ENCODERS[self.backbone].family != "cnn":
+            cnns = [n for n, info in ENCODERS.items() if info.family == "cnn"]
+            raise ValueError(f"backbone must be one of the CNN encoders {cnns}, got {self.backbone!r}")
 
 
-PRESETS: dict[str, ComclConfig] = {
+#: ``{preset: overrides of the ComclConfig defaults}`` (the defaults are the ``default`` preset).
+PRESETS: dict[str, dict[str, Any]] = {
     # seconds: for tests and CI
-    "smoke": ComclConfig(
-        preset="smoke",
-        data=DataConfig(num_images=48, image_size=64),
-        pretrain=PretrainConfig(patch_size=24, per_level=4, steps=4, projection_dim=32),
-        finetune=FinetuneConfig(epochs=1, batch_size=16),
-        progress=False,
-    ),
+    "smoke": {
+        "trainer": {"progress": False},
+        "data": {"num_images": 48, "image_size": 64},
+        "pretrain": {"patch_size": 24, "per_level": 4, "steps": 4, "projection_dim": 32},
+        "finetune": {"epochs": 1, "batch_size": 16},
+    },
     # minutes on 2 CPU cores: the README's main job
-    "default": ComclConfig(),
+    "default": {},
     # the paper's hyper-parameters, for a GPU and the real data
-    "paper": ComclConfig(
-        preset="paper",
-        backbone="resnet50",
-        data=DataConfig(dataset="eyeq", image_size=512, boxes="detector.safetensors"),
-        pretrain=PretrainConfig(
-            patch_size=128, augmentation="paper", per_level=100, steps=800 * 30, projection_dim=128
-        ),
-        finetune=FinetuneConfig(epochs=25, batch_size=16, lr=1e-3),
-    ),
+    "paper": {
+        "backbone": "resnet50",
+        "data": {"dataset": "eyeq", "image_size": 512, "boxes": "detector.safetensors"},
+        "pretrain": {
+            "patch_size": 128,
+            "augmentation": "paper",
+            "per_level": 100,
+            "steps": 800 * 30,
+            "projection_dim": 128,
+        },
+        "finetune": {"epochs": 25, "batch_size": 16, "lr": 1e-3},
+    },
 }
 
-#: Ablation variants (CoMCL Tables 2 and 3): name → dotted overrides of the pretrain section.
+
+def dataset_settings(dataset: str, preset: str) -> dict[str, Any]:
+    """What a dataset implies: NIH ChestX-ray14 brings 9 classes, 43.2 % LQ and its own boxes."""
+    if dataset == "nih-cxr14":
+        return {"num_classes": 9, "data": {"lq_ratio": 0.432, "boxes": "ground_truth"}}
+    return {}
+
+
+#: Ablation variants (CoMCL Tables 2 and 3): name → overrides of the pretrain section.
 ABLATIONS: dict[str, dict[str, object]] = {
     "baseline": {"method": "none"},
     "basic_cl": {"method": "simclr"},
@@ -167,33 +197,6 @@ ABLATIONS: dict[str, dict[str, object]] = {
 }
 
 
-#: Settings a dataset implies: ``{dataset: ({top-level field: value}, {data field: value})}``.
-DATASET_DEFAULTS: dict[str, tuple[dict[str, object], dict[str, object]]] = {
-    "nih-cxr14": ({"num_classes": 9}, {"lq_ratio": 0.432, "boxes": "ground_truth"}),
-}
-
-
 def headline_metric(config: ComclConfig) -> str:
     """The kappa a run reports and selects by: ``"qwk"`` for ordered DR grades, ``"kappa"`` for chest classes."""
     return "kappa" if config.data.dataset == "nih-cxr14" else "qwk"
-
-
-def comcl_config(preset: str = "default", **data_overrides: object) -> ComclConfig:
-    """A copy of preset ``preset`` with ``data`` fields replaced (e.g. ``dataset``, ``data_dir``).
-
-    A ``dataset`` also brings its :data:`DATASET_DEFAULTS` (``nih-cxr14``: 9 classes, 43.2 % LQ),
-    unless ``data_overrides`` set them.
-
-    Example:
-        >>> comcl_config("smoke", dataset="nih-cxr14", data_dir="NIH").num_classes
-        9
-    """
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    config = dataclasses.replace(PRESETS[preset])
-    top, data = DATASET_DEFAULTS.get(str(data_overrides.get("dataset", config.data.dataset)), ({}, {}))
-    config = dataclasses.replace(config, **top)  # type: ignore[arg-type]
-    config.data = dataclasses.replace(config.data, **{**data, **data_overrides})  # type: ignore[arg-type]
-    config.pretrain = dataclasses.replace(config.pretrain)
-    config.finetune = dataclasses.replace(config.finetune)
-    return config

@@ -1,11 +1,10 @@
-"""CoMCL data: labelled fundus or chest X-ray images, patch-pair and grading datasets, test-time degradation."""
+"""CoMCL data: fundus or chest X-ray image tables, patch-pair and grading datasets, test-time degradation."""
 
 from __future__ import annotations
 
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +25,16 @@ from qualcl.data.readers import (
     simulate_low_dose,
 )
 from qualcl.data.readers._files import read_csv_rows
+from qualcl.data.table import ImageTable
 from qualcl.samplers import LesionPatchSampler, RandomPatchSampler
 
 __all__ = [
     "CXR_CLASSES",
-    "FundusImages",
     "GradingDataset",
     "PatchPairDataset",
     "degrade_to_ratio",
+    "load_eyeq_layout",
+    "load_fundus_table",
     "load_nih_layout",
     "low_dose_tensor",
     "patch_augmentation",
@@ -47,80 +48,40 @@ FUNDUS_STD = (0.2767, 0.2024, 0.1686)
 CXR_MEAN = (0.5, 0.5, 0.5)
 CXR_STD = (0.25, 0.25, 0.25)
 NORMALIZATION = {"fundus": (FUNDUS_MEAN, FUNDUS_STD), "cxr": (CXR_MEAN, CXR_STD)}
-#: CoMCL's chest X-ray classes (a decision, methods.md §1.1/§1.11): "healthy" = No Finding (class 0, the
+#: CoMCL's chest X-ray classes (a decision, docs/comcl.md "Chest X-ray"): "healthy" = No Finding (class 0, the
 #: H levels), then the eight ChestX-ray8 findings; images with a single finding among them.
 CXR_CLASSES = ("No Finding", *CHESTXRAY8_FINDINGS)
 #: Names of the quality codes, per modality (the strata of the per-quality metrics).
 QUALITY_LEVELS = {"fundus": ("Good", "Usable", "Reject"), "cxr": ("HQ", "LQ")}
 
 
-@dataclass
-class FundusImages:
-    """Labelled images resized to ``size``, kept in memory as uint8 (fundus photographs or chest X-rays).
+def load_fundus_table(
+    records: Sequence[FundusRecord],
+    size: int,
+    boxes: Sequence[Tensor] | None = None,
+    progress: Callable[[Sequence[Path]], Sequence[Path]] | None = None,
+) -> ImageTable:
+    """Read and resize fundus ``records`` into an :class:`~qualcl.data.ImageTable`; ``boxes`` get rescaled.
 
-    Attributes:
-        images: ``(N, 3, S, S)`` uint8.
-        grade: ``(N,)`` class ids: DR grades, or :data:`CXR_CLASSES` indices; 0 is "healthy".
-        quality: ``(N,)`` quality codes: EyeQ's 0 Good, 1 Usable, 2 Reject; for X-rays 0 high, 1 low.
-        patient: Patient id per image.
-        boxes: Per image, ``(K, 4)`` lesion boxes ``(x1, y1, x2, y2)`` in resized pixels.
-        fov: ``(N, S, S)`` bool field of view (the non-black disc; the central thorax for X-rays).
-        modality: ``"fundus"`` or ``"cxr"`` (normalisation, test-time degradation, quality names).
+    Args:
+        records: Image records (e.g. from :func:`qualcl.data.readers.read_eyeq`).
+        size: Output side.
+        boxes: Per-record lesion boxes in the original image's pixels, or ``None``.
+        progress: Optional wrapper (e.g. ``tqdm``) around the iteration over image paths.
     """
-
-    images: Tensor
-    grade: Tensor
-    quality: Tensor
-    patient: list[str]
-    boxes: list[Tensor]
-    fov: Tensor
-    modality: str = "fundus"
-
-    def __len__(self) -> int:
-        return int(self.grade.shape[0])
-
-    @property
-    def quality_names(self) -> tuple[str, ...]:
-        """Name of each quality code of this modality."""
-        return QUALITY_LEVELS[self.modality]
-
-    def subset(self, index: Sequence[int] | Tensor) -> FundusImages:
-        """The images at ``index``."""
-        idx = torch.as_tensor(index, dtype=torch.long)
-        return FundusImages(
-            self.images[idx],
-            self.grade[idx],
-            self.quality[idx],
-            [self.patient[i] for i in idx.tolist()],
-            [self.boxes[i] for i in idx.tolist()],
-            self.fov[idx],
-            self.modality,
-        )
-
-    @staticmethod
-    def load(
-        records: Sequence[FundusRecord],
-        size: int,
-        boxes: Sequence[Tensor] | None = None,
-        progress: Callable[[Sequence[Path]], Sequence[Path]] | None = None,
-    ) -> FundusImages:
-        """Read and resize ``records``; ``boxes`` are in original pixels and get rescaled.
-
-        Args:
-            records: Image records (e.g. from :func:`qualcl.data.readers.read_eyeq`).
-            size: Output side.
-            boxes: Per-record lesion boxes in the original image's pixels, or ``None``.
-            progress: Optional wrapper (e.g. ``tqdm``) around the iteration over image paths.
-        """
-        stack, scaled = _read_resized([r.image for r in records], size, boxes, progress)
-        return FundusImages(
-            images=stack,
-            grade=torch.tensor([r.dr_grade for r in records], dtype=torch.long),
-            quality=torch.tensor([r.quality for r in records], dtype=torch.long),
-            patient=[r.patient_id for r in records],
-            boxes=scaled,
-            fov=stack.amax(dim=1) > 12,
-        )
+    stack, scaled = _read_resized([r.image for r in records], size, boxes, progress)
+    return ImageTable(
+        images=stack,
+        label=torch.tensor([r.dr_grade for r in records], dtype=torch.long),
+        quality=torch.tensor([r.quality for r in records], dtype=torch.long),
+        quality_names=QUALITY_LEVELS["fundus"],
+        label_names=tuple(str(g) for g in range(5)),
+        path=[str(r.image) for r in records],
+        patient=[r.patient_id for r in records],
+        eye=[r.eye or "" for r in records],
+        boxes=scaled,
+        fov=stack.amax(dim=1) > 12,
+    )
 
 
 def _read_resized(
@@ -161,11 +122,11 @@ def synthetic_boxes(root: Path, records: Sequence[FundusRecord]) -> list[Tensor]
     return out
 
 
-def load_eyeq_layout(root: Path, split: str, size: int, *, with_truth_boxes: bool) -> FundusImages:
+def load_eyeq_layout(root: Path, split: str, size: int, *, with_truth_boxes: bool) -> ImageTable:
     """Images of an EyeQ-format folder (real EyeQ, or the synthetic set that writes the same CSVs)."""
     records = read_eyeq(root, split)
     boxes = synthetic_boxes(root, records) if with_truth_boxes else None
-    return FundusImages.load(records, size, boxes)
+    return load_fundus_table(records, size, boxes)
 
 
 #: Simulated low dose of X-rays (MKCNet's CXR-IQAD reading, :mod:`qualcl.data.readers.low_dose`), applied
@@ -224,7 +185,7 @@ def load_nih_layout(
     seed: int = 0,
     max_images: int | None = None,
     progress: Callable[[Sequence[Path]], Sequence[Path]] | None = None,
-) -> FundusImages:
+) -> ImageTable:
     """NIH ChestX-ray14 images as CoMCL's four-level data (qualcl's decisions, docs/comcl.md "Chest X-ray").
 
     * **Classes**: :data:`CXR_CLASSES` — No Finding (0, the *healthy* levels) and the eight ChestX-ray8
@@ -279,14 +240,17 @@ def load_nih_layout(
     margin = round(0.1 * size)
     fov = torch.zeros(len(records), size, size, dtype=torch.bool)
     fov[:, margin : size - margin, margin : size - margin] = True
-    return FundusImages(
+    return ImageTable(
         images=images,
-        grade=torch.tensor([c for _, c in chosen], dtype=torch.long),
+        label=torch.tensor([c for _, c in chosen], dtype=torch.long),
         quality=quality,
+        quality_names=QUALITY_LEVELS["cxr"],
+        label_names=CXR_CLASSES,
+        modality="cxr",
+        path=[str(r.image) for r in records],
         patient=[r.patient_id for r in records],
         boxes=scaled,
         fov=fov,
-        modality="cxr",
     )
 
 
@@ -355,7 +319,7 @@ class PatchPairDataset(Dataset[tuple[Tensor, Tensor, int]]):
 
     def __init__(
         self,
-        data: FundusImages,
+        data: ImageTable,
         patch_size: int,
         seed: int,
         *,
@@ -363,7 +327,7 @@ class PatchPairDataset(Dataset[tuple[Tensor, Tensor, int]]):
         augmentation: str = "paper",
     ) -> None:
         self.data = data
-        four = split_levels(data.grade, data.quality, "eyeq")
+        four = split_levels(data.label, data.quality, "eyeq")
         self.levels = (four >= 2).long() if binary_levels else four
         self.lesion = LesionPatchSampler(patch_size)
         self.random = RandomPatchSampler(patch_size)
@@ -384,9 +348,11 @@ class PatchPairDataset(Dataset[tuple[Tensor, Tensor, int]]):
         image = self.data.images[index]
         size = (image.shape[1], image.shape[2])
         p = self.patch_size
-        if self.data.grade[index] > 0 and bool(self.lesion.usable(self.data.boxes[index], size).any()):
-            (x1, y1), (x2, y2) = self.lesion.sample(self.data.boxes[index], size, generator=g)
+        boxes = self.data.boxes[index] if self.data.boxes is not None else torch.zeros(0, 4, dtype=torch.long)
+        if self.data.label[index] > 0 and bool(self.lesion.usable(boxes, size).any()):
+            (x1, y1), (x2, y2) = self.lesion.sample(boxes, size, generator=g)
         else:
+            assert self.data.fov is not None
             x1, y1 = self.random.sample(self.data.fov[index], generator=g)
             x2, y2 = x1, y1
         first = self.augment(image[:, y1 : y1 + p, x1 : x1 + p])
@@ -397,7 +363,7 @@ class PatchPairDataset(Dataset[tuple[Tensor, Tensor, int]]):
 class GradingDataset(Dataset[tuple[Tensor, int, int]]):
     """Item ``i``: normalised image, class id, quality code (flips when ``train``; X-rays only left-right)."""
 
-    def __init__(self, data: FundusImages, *, train: bool) -> None:
+    def __init__(self, data: ImageTable, *, train: bool) -> None:
         self.data = data
         steps: list[v2.Transform] = []
         if train:
@@ -416,12 +382,12 @@ class GradingDataset(Dataset[tuple[Tensor, int, int]]):
     def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
         return (
             self.transform(self.data.images[index]),
-            int(self.data.grade[index]),
+            int(self.data.label[index]),
             int(self.data.quality[index]),
         )
 
 
-def degrade_to_ratio(data: FundusImages, ratio: float, seed: int) -> FundusImages:
+def degrade_to_ratio(data: ImageTable, ratio: float, seed: int) -> ImageTable:
     """A copy of ``data`` whose low-quality fraction is raised to ``ratio`` (CoMCL's 70 % / 100 % test sets).
 
     Good images are drawn at random and degraded with :func:`qualcl.data.degrade.degrade_tensor`
@@ -454,4 +420,4 @@ def degrade_to_ratio(data: FundusImages, ratio: float, seed: int) -> FundusImage
         levels = torch.tensor([1 + rank % 2 for rank in range(needed)])
         images[chosen] = degrade_tensor(images[chosen], levels, generator=generator)
     quality[chosen] = levels
-    return FundusImages(images, data.grade, quality, data.patient, data.boxes, data.fov, data.modality)
+    return data.replace_images(images, quality)

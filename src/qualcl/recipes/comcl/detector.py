@@ -13,20 +13,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple, Protocol, runtime_checkable
 
+import lightning as L
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 from torchvision.models import detection
-from tqdm import tqdm
+
+from qualcl.recipes.callbacks import EpochSetter
+from qualcl.samplers import ShardedShuffleSampler
 
 __all__ = [
     "LESION_CLASSES",
+    "BoxDataset",
     "Detections",
+    "DetectorTraining",
     "FasterRCNNDetector",
     "GroundTruthDetector",
     "LesionDetector",
+    "collate_detection",
     "detect_boxes",
     "train_detector",
+    "usable_images",
 ]
 
 #: IDRiD's lesion classes (label ids 1..4; 0 is background). The synthetic set has NV instead of SE.
@@ -167,6 +175,86 @@ class FasterRCNNDetector(nn.Module):
         return detector
 
 
+class BoxDataset(Dataset[tuple[Tensor, dict[str, Tensor]]]):
+    """Item ``i``: image ``i`` as float in ``[0, 1]`` and its Faster R-CNN target, flipped left-right at random.
+
+    The flip is drawn from ``(seed, epoch, index)``, so an epoch is reproducible (and resumable).
+
+    Args:
+        images: ``(N, 3, S, S)`` uint8 or float images.
+        boxes: Per image ``(K, 4)`` boxes in pixels.
+        labels: Per image ``(K,)`` class ids.
+        seed: Seed of the flips.
+    """
+
+    def __init__(self, images: Tensor, boxes: Sequence[Tensor], labels: Sequence[Tensor], seed: int = 0) -> None:
+        self.images, self.boxes, self.labels = images, list(boxes), list(labels)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw new flips for ``epoch``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        image = self.images[index]
+        image = image.float() / 255 if image.dtype == torch.uint8 else image.float()
+        box = self.boxes[index].to(torch.float32).view(-1, 4)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index)
+        if bool(torch.rand(1, generator=g) < 0.5):
+            width = image.shape[-1]
+            image = image.flip(-1)
+            box = torch.stack([width - box[:, 2], box[:, 1], width - box[:, 0], box[:, 3]], dim=1)
+        return image, {"boxes": box, "labels": self.labels[index].to(torch.long)}
+
+
+def collate_detection(
+    items: Sequence[tuple[Tensor, dict[str, Tensor]]],
+) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+    """Detection batches are lists: images of one size are not stacked, targets differ in length."""
+    return [image for image, _ in items], [target for _, target in items]
+
+
+class DetectorTraining(L.LightningModule):
+    """Faster R-CNN training as a LightningModule: the sum of torchvision's losses, SGD with momentum 0.9.
+
+    Args:
+        detector: The detector to train.
+        lr: SGD learning rate (weight decay 1e-4).
+    """
+
+    def __init__(self, detector: FasterRCNNDetector, lr: float = 0.01) -> None:
+        super().__init__()
+        self.detector = detector
+        self.lr = lr
+        self.step_log: list[dict[str, float]] = []
+
+    def training_step(self, batch: tuple[list[Tensor], list[dict[str, Tensor]]], batch_idx: int) -> Tensor:
+        """Sum of the RPN and box-head losses on a batch."""
+        images, targets = batch
+        self.detector.model.train()
+        losses = self.detector.model(images, targets)
+        loss: Tensor = torch.stack(list(losses.values())).sum()
+        row = {"step": float(self.global_step), "loss": float(loss.detach())}
+        row.update({f"loss/{k}": float(v.detach()) for k, v in losses.items()})
+        self.step_log.append(row)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """SGD, momentum 0.9, weight decay 1e-4, on the trainable parameters."""
+        params = [p for p in self.detector.model.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=self.lr, momentum=0.9, weight_decay=1e-4)
+
+
+def usable_images(boxes: Sequence[Tensor]) -> list[int]:
+    """Indices of the images with at least one box (the others teach a detector nothing)."""
+    return [i for i, b in enumerate(boxes) if b.numel() > 0]
+
+
 def train_detector(
     images: Tensor,
     boxes: Sequence[Tensor],
@@ -182,8 +270,8 @@ def train_detector(
 ) -> tuple[FasterRCNNDetector, list[float]]:
     """Train a :class:`FasterRCNNDetector` from boxes (e.g. lesion masks converted by ``mask_to_boxes``).
 
-    Images without boxes are skipped. SGD with momentum 0.9 and weight decay 1e-4, random
-    horizontal flips.
+    Images without boxes are skipped. :class:`DetectorTraining` on one device for ``steps`` steps;
+    ``qualcl run comcl-detector`` runs the same module on the recipe driver (devices, DDP, resume).
 
     Args:
         images: ``(N, 3, S, S)`` uint8 or float images.
@@ -202,40 +290,29 @@ def train_detector(
     """
     if images.ndim != 4 or images.shape[0] != len(boxes) or len(boxes) != len(labels):
         raise ValueError("images must be (N, 3, S, S) with one boxes and one labels tensor per image")
-    usable = [i for i, b in enumerate(boxes) if b.numel() > 0]
+    usable = usable_images(boxes)
     if not usable:
         raise ValueError("no image has a lesion box: nothing to train the detector on")
     torch.manual_seed(seed)
     detector = FasterRCNNDetector(architecture, images.shape[-1], classes=classes)
-    model = detector.model
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
-    generator = torch.Generator().manual_seed(seed)
-    losses = []
-    bar = tqdm(range(steps), desc="detector", disable=not progress)
-    for _ in bar:
-        pick = torch.randint(len(usable), (min(batch_size, len(usable)),), generator=generator).tolist()
-        batch, targets = [], []
-        for j in pick:
-            i = usable[j]
-            image = images[i].float() / 255 if images.dtype == torch.uint8 else images[i].float()
-            box = boxes[i].to(torch.float32).view(-1, 4)
-            if bool(torch.rand(1, generator=generator) < 0.5):
-                width = image.shape[-1]
-                image = image.flip(-1)
-                box = torch.stack([width - box[:, 2], box[:, 1], width - box[:, 0], box[:, 3]], dim=1)
-            batch.append(image)
-            targets.append({"boxes": box, "labels": labels[i].to(torch.long)})
-        loss_dict = model(batch, targets)
-        loss = sum(loss_dict.values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    bar.close()
-    return detector, losses
+    module = DetectorTraining(detector, lr)
+    dataset = BoxDataset(images[usable], [boxes[i] for i in usable], [labels[i] for i in usable], seed)
+    sampler = ShardedShuffleSampler(len(dataset), seed=seed)
+    loader = DataLoader(
+        dataset, batch_size=min(batch_size, len(dataset)), sampler=sampler, collate_fn=collate_detection
+    )
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        callbacks=[EpochSetter(dataset, sampler)],
+    )
+    trainer.fit(module, loader)
+    return detector, [row["loss"] for row in module.step_log]
 
 
 def detect_boxes(weights: Path, images: Tensor, *, min_score: float, batch_size: int = 8) -> list[Tensor]:

@@ -1,35 +1,43 @@
-"""``qualcl run comcl-detector``: train the lesion detector from lesion masks converted to boxes."""
+"""``qualcl run comcl-detector``: train CoMCL's lesion detector from lesion masks converted to boxes."""
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from torch.utils.data import DataLoader
 from torchvision.ops import box_iou
 
 from qualcl.data.readers import load_mask, mask_to_boxes, read_idrid_segmentation
-from qualcl.recipes.comcl.detector import LESION_CLASSES, train_detector
+from qualcl.recipes.comcl.detector import (
+    LESION_CLASSES,
+    BoxDataset,
+    DetectorTraining,
+    FasterRCNNDetector,
+    collate_detection,
+    usable_images,
+)
+from qualcl.recipes.config import RecipeConfig
+from qualcl.recipes.driver import Recipe, RunContext, Stage
 from qualcl.recipes.plots import plot_curves
-from qualcl.recipes.run_folder import RunFolder
+from qualcl.recipes.run_folder import ModelCard
+from qualcl.samplers import ShardedShuffleSampler
 
-__all__ = ["DETECTOR_PRESETS", "DetectorConfig", "run_comcl_detector"]
+__all__ = ["DETECTOR", "DetectorConfig", "DetectorRecipe", "run_comcl_detector"]
 
 SYNTHETIC_CLASSES = ("MA", "HE", "EX", "NV")
 
 
 @dataclass
-class DetectorConfig:
-    """Lesion-detector training.
+class DetectorConfig(RecipeConfig):
+    """Lesion-detector training (``preset``, ``seed`` and ``trainer`` come from :class:`RecipeConfig`).
 
     Attributes:
-        preset: Name of the preset.
         dataset: ``"synthetic"`` (masks of the generated set) or ``"idrid"`` (IDRiD segmentation layout).
         data_dir: Dataset folder (synthetic: generated there if missing).
         num_images: Synthetic images to generate.
@@ -37,33 +45,38 @@ class DetectorConfig:
         image_size: Side of the images the detector sees.
         architecture: ``"mobilenet_v3"`` or ``"resnet50"``.
         steps: SGD steps.
-        batch_size: Images per step.
+        batch_size: Images per step (per process under DDP).
         lr: Learning rate.
         test_fraction: Share of images held out for the recall / precision check.
-        seed: Seed.
-        progress: Show progress bars.
     """
 
-    preset: str = "default"
-    dataset: str = "synthetic"
+    dataset: Literal["synthetic", "idrid"] = "synthetic"
     data_dir: str | None = None
     num_images: int = 300
     lq_ratio: float = 0.336
     image_size: int = 128
-    architecture: str = "mobilenet_v3"
+    architecture: Literal["mobilenet_v3", "resnet50"] = "mobilenet_v3"
     steps: int = 300
     batch_size: int = 4
     lr: float = 0.01
     test_fraction: float = 0.2
-    seed: int = 0
-    progress: bool = True
 
 
-DETECTOR_PRESETS = {
-    "smoke": DetectorConfig(preset="smoke", num_images=12, image_size=64, steps=2, batch_size=2, progress=False),
-    "default": DetectorConfig(),
-    "paper": DetectorConfig(preset="paper", dataset="idrid", image_size=1024, architecture="resnet50", steps=20000),
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {"trainer": {"progress": False}, "num_images": 12, "image_size": 64, "steps": 2, "batch_size": 2},
+    "default": {},
+    "paper": {"dataset": "idrid", "image_size": 1024, "architecture": "resnet50", "steps": 20000},
 }
+
+
+class DetectorData(NamedTuple):
+    """Images with their lesion boxes, split into training and held-out images."""
+
+    images: Tensor
+    boxes: list[Tensor]
+    labels: list[Tensor]
+    classes: tuple[str, ...]
+    num_test: int
 
 
 def _load_rgb(path: Path, size: int) -> Tensor:
@@ -85,41 +98,6 @@ def _boxes_from_masks(masks: dict[str, Path], classes: tuple[str, ...], size: in
     return torch.tensor(boxes, dtype=torch.float32).view(-1, 4), torch.tensor(labels, dtype=torch.long)
 
 
-def _dataset(config: DetectorConfig, run: RunFolder) -> tuple[Tensor, list[Tensor], list[Tensor], tuple[str, ...]]:
-    if config.dataset == "synthetic":
-        from qualcl.data.synthetic import ensure_fundus_dataset
-
-        root = ensure_fundus_dataset(
-            Path(config.data_dir) if config.data_dir else run.path("data"),
-            num_images=config.num_images,
-            size=config.image_size,
-            seed=config.seed,
-            lq_ratio=config.lq_ratio,
-            progress=config.progress,
-        )
-        classes = SYNTHETIC_CLASSES
-        items = []
-        for image in sorted((root / "images").glob("*.png")):
-            masks = {c: root / "masks" / f"{image.stem}_{c}.png" for c in classes}
-            items.append((image, {c: p for c, p in masks.items() if p.is_file()}))
-    elif config.dataset == "idrid":
-        if config.data_dir is None:
-            raise ValueError("--data DIR (the IDRiD folder) is required with --dataset idrid")
-        classes = LESION_CLASSES
-        items = [
-            (r.image, r.masks) for split in ("train", "test") for r in read_idrid_segmentation(config.data_dir, split)
-        ]
-    else:
-        raise ValueError(f"comcl-detector supports datasets 'synthetic' and 'idrid', got {config.dataset!r}")
-    images, boxes, labels = [], [], []
-    for image, masks in items:
-        images.append(_load_rgb(image, config.image_size))
-        b, lab = _boxes_from_masks(masks, classes, config.image_size)
-        boxes.append(b)
-        labels.append(lab)
-    return torch.stack(images), boxes, labels, classes
-
-
 def _recall_precision(
     found: list[Tensor], scores: list[Tensor], truth: list[Tensor], min_score: float
 ) -> dict[str, float]:
@@ -139,56 +117,159 @@ def _recall_precision(
     }
 
 
-def run_comcl_detector(config: DetectorConfig, out: str | Path) -> dict[str, Any]:
-    """Train the lesion detector and write ``weights/detector.safetensors`` (+ ``.json``) in ``out``.
+class DetectorRecipe(Recipe[DetectorConfig, DetectorData, DetectorTraining]):
+    """Train the lesion detector and write ``weights/detector.safetensors`` (+ ``.json``).
 
     Lesion masks (synthetic ``masks/*_{MA,HE,EX,NV}.png`` or IDRiD's ``*_{MA,HE,EX,SE}.tif``) become
-    8-connected boxes; a torchvision Faster R-CNN is trained on the first images and checked on the
-    held-out rest (recall and precision at IoU 0.5, for scores > 0.5). Pass the weights to the CoMCL
-    recipe as ``--set data.boxes=<out>/weights/detector.safetensors`` for datasets without boxes.
-
-    Args:
-        config: See :class:`DetectorConfig`.
-        out: Run folder.
-
-    Returns:
-        The metrics written to ``metrics.json``.
+    8-connected boxes; a torchvision Faster R-CNN (:class:`~qualcl.recipes.comcl.detector.DetectorTraining`)
+    is trained on the first images and checked on the held-out rest (recall and precision at IoU
+    0.5, for scores > 0.5). Pass the weights to CoMCL as
+    ``--set data.boxes=<out>/weights/detector.safetensors`` for datasets without boxes.
     """
-    run = RunFolder(out)
-    run.save_config(config)
-    start = time.perf_counter()
-    images, boxes, labels, classes = _dataset(config, run)
-    n_test = max(1, round(config.test_fraction * images.shape[0]))
-    train = slice(0, images.shape[0] - n_test)
-    detector, losses = train_detector(
-        images[train],
-        boxes[train],
-        labels[train],
-        classes=classes,
-        architecture=config.architecture,
-        steps=config.steps,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        seed=config.seed,
-        progress=config.progress,
-    )
-    weights = detector.save(run.path("weights", "detector.safetensors"))
-    plot_curves(
-        {"loss": (list(range(len(losses))), losses)},
-        run.path("plots", "detector_loss.png"),
-        title="Faster R-CNN training loss",
-        ylabel="sum of losses",
-    )
-    test_images = images[images.shape[0] - n_test :].float() / 255
-    found = detector.detect(test_images)
-    metrics = {
-        "test": _recall_precision([f.boxes for f in found], [f.scores for f in found], boxes[-n_test:], 0.5),
-        "train_images": images.shape[0] - n_test,
-        "test_images": n_test,
-        "final_loss": losses[-1],
-        "seconds": round(time.perf_counter() - start, 1),
-        "weights": str(weights),
-    }
-    run.write_metrics(metrics)
-    run.mark_done("detector", **dataclasses.asdict(config))
-    return metrics
+
+    name = "comcl-detector"
+    paper = 'Hou et al., "A Clinical-oriented Multi-level Contrastive Learning Method ...", MICCAI 2024 (lesion boxes)'
+    config_class = DetectorConfig
+    presets = PRESETS
+    datasets = ("synthetic", "idrid")
+    data_help = "dataset folder (synthetic: generated there if missing; idrid: the IDRiD segmentation layout)"
+    set_example = "steps=100"
+
+    def config(
+        self,
+        preset: str = "default",
+        *,
+        dataset: str | None = None,
+        data_dir: str | None = None,
+        overrides: Any = (),
+        seed: int | None = None,
+    ) -> DetectorConfig:
+        """Defaults ← preset ← ``--dataset`` / ``--data`` ← ``--set`` (the detector's fields are top-level)."""
+        extra = list(overrides)
+        if dataset is not None:
+            extra.insert(0, f"dataset={dataset}")
+        if data_dir is not None:
+            extra.insert(0, f"data_dir={data_dir}")
+        return super().config(preset, overrides=extra, seed=seed)
+
+    def check(self, config: DetectorConfig) -> None:
+        """IDRiD needs its folder."""
+        if config.dataset == "idrid" and config.data_dir is None:
+            raise ValueError("--data DIR (the IDRiD folder) is required with --dataset idrid")
+
+    def load_data(self, ctx: RunContext[DetectorConfig]) -> DetectorData:
+        """Images and mask boxes (synthetic: generated once)."""
+        config = ctx.config
+        if config.dataset == "synthetic":
+            root = ctx.synthetic_fundus(
+                config.data_dir,
+                num_images=config.num_images,
+                size=config.image_size,
+                seed=config.seed,
+                lq_ratio=config.lq_ratio,
+            )
+            classes = SYNTHETIC_CLASSES
+            items = []
+            for image in sorted((root / "images").glob("*.png")):
+                masks = {c: root / "masks" / f"{image.stem}_{c}.png" for c in classes}
+                items.append((image, {c: p for c, p in masks.items() if p.is_file()}))
+        else:
+            classes = LESION_CLASSES
+            items = [
+                (r.image, r.masks)
+                for split in ("train", "test")
+                for r in read_idrid_segmentation(str(config.data_dir), split)
+            ]
+        images, boxes, labels = [], [], []
+        for image, masks in ctx.progress_bar(items, "reading masks"):
+            images.append(_load_rgb(image, config.image_size))
+            b, lab = _boxes_from_masks(masks, classes, config.image_size)
+            boxes.append(b)
+            labels.append(lab)
+        stack = torch.stack(images)
+        return DetectorData(stack, boxes, labels, classes, max(1, round(config.test_fraction * stack.shape[0])))
+
+    def setup(self, ctx: RunContext[DetectorConfig], data: DetectorData) -> DetectorTraining:
+        """A randomly initialised Faster R-CNN."""
+        detector = FasterRCNNDetector(ctx.config.architecture, ctx.config.image_size, classes=data.classes)
+        return DetectorTraining(detector, ctx.config.lr)
+
+    def stages(self, config: DetectorConfig) -> list[Stage]:
+        """One stage, ``detector``."""
+        return [Stage("detector", self.train)]
+
+    def train(self, ctx: RunContext[DetectorConfig], data: DetectorData, module: DetectorTraining) -> None:
+        """Faster R-CNN on the training images that have boxes."""
+        config = ctx.config
+        end = data.images.shape[0] - data.num_test
+        usable = usable_images(data.boxes[:end])
+        if not usable:
+            raise ValueError("no training image has a lesion box: nothing to train the detector on")
+        dataset = BoxDataset(
+            data.images[usable], [data.boxes[i] for i in usable], [data.labels[i] for i in usable], config.seed
+        )
+        sampler = ShardedShuffleSampler(len(dataset), seed=config.seed)
+        batch = min(config.batch_size, len(dataset))
+        ctx.fit(
+            "detector",
+            module,
+            lambda: DataLoader(dataset, batch_size=batch, sampler=sampler, collate_fn=collate_detection),
+            weights={"detector": module.detector.model},
+            max_steps=config.steps,
+            history="step_log",
+            history_key="step",
+            reseed=(dataset, sampler),
+            every_n_train_steps=max(1, min(50, config.steps // 4)),
+            info={"steps": config.steps, "train_images": len(usable)},
+        )
+        if ctx.run.writable:  # the weights again, with the JSON side file CoMCL's data.boxes reads
+            module.detector.save(ctx.run.path("weights", "detector.safetensors"))
+        rows = ctx.run.read_history("detector")
+        if rows and ctx.run.writable:
+            plot_curves(
+                {"loss": ([r["step"] for r in rows], [r["loss"] for r in rows])},
+                ctx.run.path("plots", "detector_loss.png"),
+                title="Faster R-CNN training loss",
+                ylabel="sum of losses",
+            )
+
+    def evaluate(self, ctx: RunContext[DetectorConfig], data: DetectorData, module: DetectorTraining) -> dict[str, Any]:
+        """Recall and precision at IoU 0.5 on the held-out images."""
+        start = data.images.shape[0] - data.num_test
+        test = data.images[start:].float() / 255
+        found = module.detector.detect(test)
+        rows = ctx.run.read_history("detector")
+        return {
+            "test": _recall_precision([f.boxes for f in found], [f.scores for f in found], data.boxes[start:], 0.5),
+            "train_images": start,
+            "test_images": data.num_test,
+            "final_loss": rows[-1]["loss"] if rows else float("nan"),
+            "weights": str(ctx.run.path("weights", "detector.safetensors")),
+        }
+
+    def model_card(
+        self, ctx: RunContext[DetectorConfig], data: DetectorData, module: DetectorTraining, results: dict[str, Any]
+    ) -> ModelCard:
+        """Recall / precision at IoU 0.5."""
+        config = ctx.config
+        test = results["test"]
+        return ModelCard(
+            title=f"CoMCL lesion detector ({config.architecture}) on {config.dataset}",
+            paper=self.paper,
+            summary=(
+                f"Preset `{config.preset}`, seed {config.seed}: Faster R-CNN ({config.architecture}) trained for "
+                f"{config.steps} steps on {results['train_images']} images at {config.image_size} px with lesion "
+                f"boxes from masks ({', '.join(data.classes)}); held out: {results['test_images']} images."
+            ),
+            headline={"recall@IoU0.5": test["recall_iou50"], "precision@IoU0.5": test["precision_iou50"]},
+            plots=["detector_loss.png"],
+        )
+
+
+#: The lesion-detector recipe.
+DETECTOR = DetectorRecipe()
+
+
+def run_comcl_detector(config: DetectorConfig, out: str | Path) -> dict[str, Any]:
+    """Train the lesion detector into the run folder ``out`` (see :class:`DetectorRecipe`)."""
+    return DETECTOR.run(config, out)

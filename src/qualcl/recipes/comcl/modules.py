@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qualcl.functional import nt_xent
+from qualcl.distributed import gather_no_grad
 from qualcl.heads.projection import ProjectionHead
-from qualcl.losses import MultiLevelInfoNCE
+from qualcl.losses import MultiLevelInfoNCE, NTXentLoss
 from qualcl.metrics import cohen_kappa, quadratic_weighted_kappa
-from qualcl.recipes.backbones import Backbone
+from qualcl.models import Encoder
 from qualcl.samplers import SelfPacedHardNegativeMiner
 
 __all__ = ["ContrastivePretraining", "GradingFineTuning"]
@@ -28,8 +28,8 @@ class ContrastivePretraining(L.LightningModule):
     Args:
         encoder: Patch encoder.
         head: Projection head.
-        loss: The multi-level loss, or ``None`` for SimCLR's NT-Xent on the two views.
-        temperature: ``tau`` of NT-Xent (the multi-level loss carries its own).
+        loss: The multi-level loss, or SimCLR's NT-Xent on the two views (basic CL).
+        temperature: ``tau`` of the loss (logged; each loss carries its own).
         lr: AdamW learning rate.
         weight_decay: Weight decay ``r(w)``.
         max_steps: Steps of the cosine learning-rate decay.
@@ -37,9 +37,9 @@ class ContrastivePretraining(L.LightningModule):
 
     def __init__(
         self,
-        encoder: Backbone,
+        encoder: Encoder,
         head: ProjectionHead,
-        loss: MultiLevelInfoNCE | None,
+        loss: MultiLevelInfoNCE | NTXentLoss,
         *,
         temperature: float,
         lr: float,
@@ -62,8 +62,8 @@ class ContrastivePretraining(L.LightningModule):
         z1 = self.head(self.encoder(view1))
         z2 = self.head(self.encoder(view2))
         row: dict[str, float] = {"step": float(self.global_step)}
-        if self.loss_fn is None:
-            loss = nt_xent(z1, z2, temperature=self.temperature)
+        if isinstance(self.loss_fn, NTXentLoss):
+            loss: Tensor = self.loss_fn(z1, z2)
         else:
             out = self.loss_fn(z1, z2, levels, step=self.global_step, output_dict=True)
             loss = out["loss"]
@@ -109,7 +109,7 @@ class GradingFineTuning(L.LightningModule):
 
     def __init__(
         self,
-        encoder: Backbone,
+        encoder: Encoder,
         num_classes: int,
         *,
         lr: float,
@@ -122,7 +122,7 @@ class GradingFineTuning(L.LightningModule):
             raise ValueError(f"kappa must be 'qwk' or 'kappa', got {kappa!r}")
         self.kappa = kappa
         self.encoder = encoder
-        self.classifier = nn.Linear(encoder.out_dim, num_classes)
+        self.classifier = nn.Linear(encoder.num_features, num_classes)
         self.num_classes = num_classes
         self.lr = lr
         self.weight_decay = weight_decay
@@ -147,14 +147,15 @@ class GradingFineTuning(L.LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
         """Collect predictions for the epoch's kappa."""
         images, grades, _ = batch
-        self._val.append((self(images).argmax(dim=1).cpu(), grades.cpu()))
+        self._val.append((self(images).argmax(dim=1), grades))
 
     def on_validation_epoch_end(self) -> None:
         """Log validation kappa and accuracy; record the epoch."""
         if not self._val:
             return
-        preds = torch.cat([p for p, _ in self._val])
-        target = torch.cat([t for _, t in self._val])
+        # every rank validated its own shard: the metric is computed on all of them, never averaged per rank
+        preds = gather_no_grad(torch.cat([p for p, _ in self._val])).cpu()
+        target = gather_no_grad(torch.cat([t for _, t in self._val])).cpu()
         self._val.clear()
         measure = quadratic_weighted_kappa if self.kappa == "qwk" else cohen_kappa
         kappa = measure(preds, target, self.num_classes)

@@ -10,7 +10,7 @@ from typing import Any
 
 from qualcl.recipes.ablation import mean_std, run_variants
 from qualcl.recipes.mkcnet.config import ABLATIONS, LQ_SWEEP, MkcnetConfig
-from qualcl.recipes.mkcnet.pipeline import run_mkcnet
+from qualcl.recipes.mkcnet.recipe import run_mkcnet
 from qualcl.recipes.plots import plot_curves
 
 __all__ = ["DESCRIPTIONS", "PAPER_EYEQ", "ablation_table", "ablation_variants", "run_ablation", "variant_config"]
@@ -56,7 +56,8 @@ def variant_config(config: MkcnetConfig, name: str, seed: int, data_dir: str | N
         data = dataclasses.replace(data, train_lq_fraction=int(sweep) / 100)
     if data_dir is not None:
         data = dataclasses.replace(data, data_dir=data_dir)
-    return dataclasses.replace(config, seed=seed, model=model, data=data, progress=False)
+    trainer = dataclasses.replace(config.trainer, progress=False)
+    return dataclasses.replace(config, seed=seed, model=model, data=data, trainer=trainer)
 
 
 def run_ablation(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, Literal, NamedTuple
+
+from qualcl.recipes.config import RecipeConfig
 
 __all__ = [
     "ABLATIONS",
@@ -16,12 +17,12 @@ __all__ = [
     "MkcnetConfig",
     "ModelConfig",
     "TrainConfig",
-    "mkcnet_config",
+    "dataset_settings",
 ]
 
 
 class DatasetSettings(NamedTuple):
-    """The official code's per-dataset settings (``configs/*.yaml``; ``specs/methods.md`` §2.6).
+    """The official code's per-dataset settings (its ``configs/*.yaml``; docs/mkcnet.md, "Datasets").
 
     Attributes:
         scheme: Key of the dataset's :class:`~qualcl.data.readers.QualityScheme`.
@@ -85,7 +86,7 @@ class DataConfig:
         std: Normalisation std per channel.
     """
 
-    dataset: str = "synthetic"
+    dataset: Literal["synthetic", "eyeq", "deepdrid", "drac", "cxr-iqad", "ct-iqad"] = "synthetic"
     data_dir: str | None = None
     num_images: int = 1200
     image_size: int = 64
@@ -124,17 +125,28 @@ class ModelConfig:
     """
 
     backbone: str = "vgg16_bn"
-    init: str = "xavier"
+    init: Literal["xavier", "torchvision"] = "xavier"
     feature_dim: int = 0
-    gab: str = "cbam"
-    gab_input: str = "map"
-    assist: str = "gated"
-    assist_from: str = "co_embedding"
+    gab: Literal["cbam", "fc"] = "cbam"
+    gab_input: Literal["map", "pooled"] = "map"
+    assist: Literal["gated", "concat", "none"] = "gated"
+    assist_from: Literal["co_embedding", "quality"] = "co_embedding"
     quality_head: bool = True
     meta: bool = True
-    mask_by: str = "joint"
+    mask_by: Literal["joint", "quality", "diagnosis"] = "joint"
     slice_length: int = 5
     mask_eps: float = 0.0
+
+    def __post_init__(self) -> None:
+        from qualcl.models import ENCODERS
+
+        if self.backbone not in ENCODERS or ENCODERS[self.backbone].family != "cnn":
+            cnns = [n for n, info in ENCODERS.items() if info.family == "cnn"]
+            raise ValueError(f"model.backbone must be one of the CNN encoders {cnns}, got {self.backbone!r}")
+        if self.assist != "none" and self.assist_from == "co_embedding" and not self.meta:
+            raise ValueError("model.assist from the co-embedding needs model.meta=true; use model.assist=none")
+        if self.assist != "none" and self.assist_from == "quality" and not self.quality_head:
+            raise ValueError("model.assist_from=quality needs model.quality_head=true")
 
 
 @dataclass
@@ -172,54 +184,79 @@ class TrainConfig:
     lr_gamma: float = 0.5
     entropy_weight: float = 0.2
     focal_gamma: float = 2.0
-    meta_mode: str = "second_order"
-    meta_batch: str = "same"
+    meta_mode: Literal["second_order", "finite_difference", "first_order"] = "second_order"
+    meta_batch: Literal["same", "split"] = "same"
     val_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.meta_batch == "split" and self.batch_size < 4:
+            raise ValueError(f"train.meta_batch='split' needs train.batch_size >= 4, got {self.batch_size}")
+        if self.batch_size < 2:
+            raise ValueError(f"train.batch_size must be >= 2 (BatchNorm), got {self.batch_size}")
 
 
 @dataclass
-class MkcnetConfig:
-    """The whole MKCNet run.
+class MkcnetConfig(RecipeConfig):
+    """The whole MKCNet run (``preset``, ``seed`` and ``trainer`` come from :class:`RecipeConfig`).
 
     Attributes:
-        preset: Name of the preset this config started from.
-        seed: Seed of training (initialisation, batch order).
         legacy_auc: Report the official code's hard-label AUC on binary sets (see
             :func:`qualcl.metrics.diagnosis_metrics`).
         data: :class:`DataConfig`.
         model: :class:`ModelConfig`.
         train: :class:`TrainConfig`.
-        progress: Show progress bars.
     """
 
-    preset: str = "default"
-    seed: int = 0
     legacy_auc: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    progress: bool = True
 
 
-PRESETS: dict[str, MkcnetConfig] = {
+#: ``{preset: overrides of the MkcnetConfig defaults}``.
+PRESETS: dict[str, dict[str, Any]] = {
     # seconds: for tests and CI
-    "smoke": MkcnetConfig(
-        preset="smoke",
-        data=DataConfig(num_images=48, image_size=48),
-        model=ModelConfig(backbone="resnet10", feature_dim=32, slice_length=2),
-        train=TrainConfig(epochs=2, batch_size=8, lr_step=1),
-        progress=False,
-    ),
+    "smoke": {
+        "trainer": {"progress": False},
+        "data": {"num_images": 48, "image_size": 48},
+        "model": {"backbone": "resnet10", "feature_dim": 32, "slice_length": 2},
+        "train": {"epochs": 2, "batch_size": 8, "lr_step": 1},
+    },
     # minutes on 2 CPU cores (momentum: see docs/mkcnet.md, "Deviations of the default preset")
-    "default": MkcnetConfig(model=ModelConfig(backbone="resnet10"), train=TrainConfig(momentum=0.9)),
+    "default": {"model": {"backbone": "resnet10"}, "train": {"momentum": 0.9}},
     # the paper's settings, for a GPU and the real data (per-dataset values come from DATASETS)
-    "paper": MkcnetConfig(
-        preset="paper",
-        data=DataConfig(dataset="eyeq", image_size=256),
-        model=ModelConfig(backbone="vgg16_bn"),
-        train=TrainConfig(epochs=100, batch_size=4, lr_step=25),
-    ),
+    "paper": {
+        "data": {"dataset": "eyeq", "image_size": 256},
+        "model": {"backbone": "vgg16_bn"},
+        "train": {"epochs": 100, "batch_size": 4, "lr_step": 25},
+    },
 }
+
+
+def dataset_settings(dataset: str, preset: str) -> dict[str, Any]:
+    """The dataset's settings (table :data:`DATASETS`) as config overrides.
+
+    Channels, normalisation, entropy weight and meta learning rate always apply, and ``L`` except
+    in ``smoke``; the ``paper`` preset also takes the dataset's batch size, epochs and StepLR step,
+    while ``smoke`` and ``default`` keep their short CPU schedules.
+
+    Example:
+        >>> dataset_settings("drac", "paper")["train"]["epochs"], dataset_settings("drac", "paper")["data"]["channels"]
+        (200, 1)
+    """
+    if dataset not in DATASETS:
+        return {}
+    settings = DATASETS[dataset]
+    out: dict[str, Any] = {
+        "data": {"channels": settings.channels, "mean": settings.mean, "std": settings.std},
+        "train": {"meta_lr": settings.meta_lr, "entropy_weight": settings.entropy_weight},
+    }
+    if preset != "smoke":
+        out["model"] = {"slice_length": settings.slice_length}
+    if preset == "paper":
+        out["train"].update(batch_size=settings.batch_size, epochs=settings.epochs, lr_step=settings.lr_step)
+    return out
+
 
 #: Ablation variants (paper Fig. 4 and Fig. 6): name → overrides of the ``model`` section.
 ABLATIONS: dict[str, dict[str, object]] = {
@@ -236,34 +273,3 @@ ABLATIONS: dict[str, dict[str, object]] = {
 
 #: The low-quality-ratio sweep (paper Fig. 5): share of the training LQ images kept, HQ all kept.
 LQ_SWEEP: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-
-def mkcnet_config(preset: str = "default", **data_overrides: object) -> MkcnetConfig:
-    """A copy of preset ``preset`` with ``data`` fields replaced and the dataset's settings applied.
-
-    The dataset's channels, normalisation, ``L``, entropy weight and meta learning rate (table in
-    :data:`DATASETS`) always apply; the ``paper`` preset also takes its batch size, epochs and
-    StepLR step, while ``smoke`` and ``default`` keep their short CPU schedules.
-
-    Example:
-        >>> config = mkcnet_config("paper", dataset="drac", data_dir="DRAC2022")
-        >>> config.data.channels, config.model.slice_length, config.train.epochs, config.train.meta_lr
-        (1, 10, 200, 0.01)
-    """
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    base = PRESETS[preset]
-    data = dataclasses.replace(base.data, **data_overrides)  # type: ignore[arg-type]
-    if data.dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {data.dataset!r}; choose one of {sorted(DATASETS)}")
-    settings = DATASETS[data.dataset]
-    data = dataclasses.replace(data, channels=settings.channels, mean=settings.mean, std=settings.std)
-    model = dataclasses.replace(base.model)
-    train = dataclasses.replace(base.train, meta_lr=settings.meta_lr, entropy_weight=settings.entropy_weight)
-    if preset != "smoke":
-        model.slice_length = settings.slice_length
-    if preset == "paper":
-        train = dataclasses.replace(
-            train, batch_size=settings.batch_size, epochs=settings.epochs, lr_step=settings.lr_step
-        )
-    return dataclasses.replace(base, data=data, model=model, train=train)

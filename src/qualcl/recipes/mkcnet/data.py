@@ -24,76 +24,66 @@ from qualcl.data.readers import (
     read_drac,
     read_eyeq_quality,
 )
+from qualcl.data.table import ImageTable
+from qualcl.distributed import rank as current_rank
+from qualcl.distributed import world_size
 from qualcl.recipes.mkcnet.config import DATASETS, DataConfig
 
 __all__ = [
+    "MKCNET_QUALITY",
     "MkcnetDataset",
-    "QualityImages",
     "ResumableLoader",
     "Splits",
     "TwoPassBatchSampler",
     "keep_lq_fraction",
+    "load_quality_table",
     "load_splits",
+    "mkcnet_sizes",
     "random_split",
 ]
 
 
-@dataclass
-class QualityImages:
-    """Quality-labelled images resized to ``size``, kept in memory as uint8.
+#: Imaging modality of each quality scheme.
+MODALITIES = {"eyeq": "fundus", "deepdrid": "fundus", "drac": "octa", "cxr_iqad": "cxr", "ct_iqad": "ct"}
+#: The name of MKCNet's own quality coding (its split files' ``IQ_label``) among an ImageTable's codes.
+MKCNET_QUALITY = "mkcnet_quality"
 
-    Attributes:
-        images: ``(N, C, S, S)`` uint8.
-        diagnosis: ``(N,)`` diagnosis in MKCNet's coding (``DR_label``; EyeQ/DeepDRiD grades mapped 5 → 3).
-        quality_code: ``(N,)`` MKCNet's ``IQ_label`` (what the joint encoding uses).
-        quality: ``(N,)`` canonical best-first quality index (0 = best; for per-level metrics).
-        scheme: Key of the dataset's :class:`~qualcl.data.readers.QualityScheme`.
+
+def load_quality_table(
+    records: Sequence[QualityLabelledRecord], size: int, channels: int, *, progress: bool
+) -> ImageTable:
+    """Read, resize (bicubic) and, where a record says so, degrade the images of ``records``.
+
+    The table's ``label`` is the diagnosis in MKCNet's coding (``DR_label``; EyeQ/DeepDRiD grades
+    mapped 5 → 3), ``quality`` the canonical best-first index (per-level metrics) and
+    ``codes["mkcnet_quality"]`` MKCNet's ``IQ_label`` (what the joint encoding uses).
     """
+    if not records:
+        raise ValueError("no images to load: the split is empty")
+    mode = "RGB" if channels == 3 else "L"
+    arrays = []
+    for record in tqdm(records, desc="loading images", disable=not progress, leave=False):
+        array = np.asarray(load_quality_image(record, mode=mode, size=(size, size)))
+        arrays.append(torch.from_numpy(array.copy()).view(size, size, channels).permute(2, 0, 1))
+    labels = [mkcnet_labels(r) for r in records]
+    scheme = quality_scheme(records[0].dataset)
+    return ImageTable(
+        images=torch.stack(arrays),
+        label=torch.tensor([d for d, _ in labels], dtype=torch.long),
+        quality=torch.tensor([r.quality for r in records], dtype=torch.long),
+        quality_names=scheme.quality_names,
+        modality=MODALITIES.get(scheme.name, "fundus"),
+        path=[str(r.image) for r in records],
+        patient=[r.patient_id or "" for r in records],
+        codes={MKCNET_QUALITY: torch.tensor([q for _, q in labels], dtype=torch.long)},
+        scheme=scheme.name,
+    )
 
-    images: Tensor
-    diagnosis: Tensor
-    quality_code: Tensor
-    quality: Tensor
-    scheme: str
 
-    def __len__(self) -> int:
-        return int(self.diagnosis.shape[0])
-
-    def subset(self, index: Sequence[int] | Tensor) -> QualityImages:
-        """The images at ``index``."""
-        idx = torch.as_tensor(index, dtype=torch.long)
-        return QualityImages(
-            self.images[idx], self.diagnosis[idx], self.quality_code[idx], self.quality[idx], self.scheme
-        )
-
-    @property
-    def num_diagnosis(self) -> int:
-        """``N_d`` of MKCNet's coding."""
-        return quality_scheme(self.scheme).num_mkcnet_diagnosis
-
-    @property
-    def num_quality(self) -> int:
-        """``N_q`` of MKCNet's coding."""
-        return quality_scheme(self.scheme).num_mkcnet_quality
-
-    @staticmethod
-    def load(records: Sequence[QualityLabelledRecord], size: int, channels: int, *, progress: bool) -> QualityImages:
-        """Read, resize (bicubic) and, where a record says so, degrade the images of ``records``."""
-        if not records:
-            raise ValueError("no images to load: the split is empty")
-        mode = "RGB" if channels == 3 else "L"
-        arrays = []
-        for record in tqdm(records, desc="loading images", disable=not progress, leave=False):
-            array = np.asarray(load_quality_image(record, mode=mode, size=(size, size)))
-            arrays.append(torch.from_numpy(array.copy()).view(size, size, channels).permute(2, 0, 1))
-        labels = [mkcnet_labels(r) for r in records]
-        return QualityImages(
-            images=torch.stack(arrays),
-            diagnosis=torch.tensor([d for d, _ in labels], dtype=torch.long),
-            quality_code=torch.tensor([q for _, q in labels], dtype=torch.long),
-            quality=torch.tensor([r.quality for r in records], dtype=torch.long),
-            scheme=records[0].dataset,
-        )
+def mkcnet_sizes(table: ImageTable) -> tuple[int, int]:
+    """``(N_d, N_q)``: the numbers of diagnosis and quality classes of MKCNet's coding of ``table``."""
+    scheme = quality_scheme(str(table.scheme))
+    return scheme.num_mkcnet_diagnosis, scheme.num_mkcnet_quality
 
 
 @dataclass
@@ -170,9 +160,7 @@ def keep_lq_fraction(
     return [r for i, r in enumerate(records) if i not in drop]
 
 
-def load_splits(
-    config: DataConfig, root: Path, *, progress: bool
-) -> tuple[QualityImages, QualityImages, QualityImages]:
+def load_splits(config: DataConfig, root: Path, *, progress: bool) -> tuple[ImageTable, ImageTable, ImageTable]:
     """``(train, val, test)`` images of ``config.dataset`` in ``root``; ``train_lq_fraction`` thins train."""
     splits = _records(config, root)
     for name in ("train", "val", "test"):
@@ -181,13 +169,13 @@ def load_splits(
     train = keep_lq_fraction(splits.train, config.train_lq_fraction, config.seed)
     size, channels = config.image_size, config.channels
     return (
-        QualityImages.load(train, size, channels, progress=progress),
-        QualityImages.load(splits.val, size, channels, progress=progress),
-        QualityImages.load(splits.test, size, channels, progress=progress),
+        load_quality_table(train, size, channels, progress=progress),
+        load_quality_table(splits.val, size, channels, progress=progress),
+        load_quality_table(splits.test, size, channels, progress=progress),
     )
 
 
-def normalisation(config: DataConfig, train: QualityImages) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def normalisation(config: DataConfig, train: ImageTable) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The dataset's fixed ``(mean, std)``, or the per-channel statistics of the training images."""
     if config.mean:
         if len(config.mean) != config.channels or len(config.std) != config.channels:
@@ -205,7 +193,7 @@ class MkcnetDataset(Dataset[tuple[Tensor, int, int, int, int]]):
     No augmentation, as the official code.
     """
 
-    def __init__(self, data: QualityImages, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, data: ImageTable, mean: Sequence[float], std: Sequence[float]) -> None:
         self.data = data
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
@@ -219,8 +207,8 @@ class MkcnetDataset(Dataset[tuple[Tensor, int, int, int, int]]):
         image = (self.data.images[i].to(torch.float32) / 255 - self.mean) / self.std
         return (
             image,
-            int(self.data.diagnosis[i]),
-            int(self.data.quality_code[i]),
+            int(self.data.label[i]),
+            int(self.data.codes[MKCNET_QUALITY][i]),
             int(self.data.quality[i]),
             index // n,
         )
@@ -236,14 +224,29 @@ class TwoPassBatchSampler(Sampler[list[int]]):
     batches, ``set_epoch(epoch, skip=k)`` yields the same epoch's batches from the ``k + 1``-th on
     (``len`` stays the whole epoch's, as the training loop counts the ``k`` batches as done).
 
+    Under DDP, batch ``b`` of each pass goes to rank ``b mod W`` and every pass is cut to the same
+    number of batches per rank, so all ranks are in the same pass at every step (the Meta Learner's
+    step all-reduces its gradient). The world size and rank are read when iterated unless given.
+
     Args:
         n: Number of items.
-        batch_size: Items per batch.
+        batch_size: Items per batch (per process).
         passes: Passes per epoch (1 for the variants without a Meta Learner).
         seed: Seed of the shuffles.
+        num_replicas: World size (default: from ``torch.distributed``, else 1).
+        rank: This process's rank (default: likewise, else 0).
     """
 
-    def __init__(self, n: int, batch_size: int, passes: int, seed: int) -> None:
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        passes: int,
+        seed: int,
+        *,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
         if n < 2 or batch_size < 2:
             raise ValueError(f"need n >= 2 items and batch_size >= 2, got n={n}, batch_size={batch_size}")
         if passes < 1:
@@ -254,6 +257,15 @@ class TwoPassBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.epoch = 0
         self.skip = 0
+        self._replicas = num_replicas
+        self._rank = rank
+
+    def _world(self) -> tuple[int, int]:
+        world = world_size() if self._replicas is None else self._replicas
+        me = current_rank() if self._rank is None else self._rank
+        if not 0 <= me < world:
+            raise ValueError(f"rank must lie in [0, num_replicas={world}), got {me}")
+        return world, me
 
     def set_epoch(self, epoch: int, skip: int | None = None) -> None:
         """Shuffle for ``epoch``; the next iteration leaves out its first ``skip`` batches (done before a resume).
@@ -271,20 +283,29 @@ class TwoPassBatchSampler(Sampler[list[int]]):
 
     @property
     def batches_per_pass(self) -> int:
-        """Batches in one pass."""
+        """Batches in one pass over all ranks."""
         full, rest = divmod(self.n, self.batch_size)
         return full + (1 if rest >= 2 else 0)
 
+    def _local_per_pass(self) -> int:
+        world, _ = self._world()
+        per = self.batches_per_pass // world
+        if per < 1:
+            raise ValueError(f"{self.batches_per_pass} batches per pass cannot be shared by {world} processes")
+        return per
+
     def __len__(self) -> int:
-        return self.passes * self.batches_per_pass
+        return self.passes * self._local_per_pass()
 
     def __iter__(self) -> Iterator[list[int]]:
         skip, self.skip = self.skip, 0  # the skip is for one (the resumed) iteration only
+        world, me = self._world()
+        local = self._local_per_pass()
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         for p in range(self.passes):
             order = torch.randperm(self.n, generator=generator).tolist()
-            for b in range(self.batches_per_pass):
-                if p * self.batches_per_pass + b >= skip:
+            for j, b in enumerate(range(me, local * world, world)):
+                if p * local + j >= skip:
                     yield [p * self.n + i for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from qualcl.heads import GlobalAttentionBlock, MetaKnowledgeAssistanceBlock, MetaLabelGenerator
-from qualcl.recipes.backbones import Backbone, build_backbone
+from qualcl.models import Encoder, build_encoder
 from qualcl.recipes.mkcnet.config import ModelConfig
 
 __all__ = ["TaskNet", "TaskOutput", "build_meta_learner", "build_task_net", "mask_labels", "xavier_init"]
@@ -57,7 +57,7 @@ class TaskNet(nn.Module):
     ``f^q`` takes the place of ``f^ω`` in the MAB), and ``gab="fc"`` (MKCNet-FC).
 
     Args:
-        backbone: Feature extractor; a pooled one gives ``(N, C)`` features (read as ``1 × 1`` maps).
+        backbone: The shared encoder.
         num_diagnosis: ``N_d``.
         num_quality: ``N_q``.
         num_aux: ``K``, length of the co-embedding logits, or ``None`` for no co-embedding branch.
@@ -66,13 +66,15 @@ class TaskNet(nn.Module):
         assist: ``"gated"`` (:class:`~qualcl.heads.MetaKnowledgeAssistanceBlock`), ``"concat"`` or ``"none"``.
         assist_from: ``"co_embedding"`` or ``"quality"``.
         quality_head: Build the quality branch.
+        features: ``"map"`` (the paper: the branches see the last feature map ``(N, C, h, w)``) or
+            ``"pooled"`` (the official code: globally pooled ``(N, C)`` features).
 
     Shape:
         ``(N, C_in, H, W)`` → :class:`TaskOutput`.
 
     Example:
         >>> import torch
-        >>> net = TaskNet(build_backbone("resnet10", pool=False), 3, 3, num_aux=45, feature_dim=64)
+        >>> net = TaskNet(build_encoder("resnet10"), 3, 3, num_aux=45, feature_dim=64)
         >>> out = net(torch.randn(2, 3, 64, 64))
         >>> out.diagnosis.shape, out.co_embedding.shape, out.quality.shape
         (torch.Size([2, 3]), torch.Size([2, 45]), torch.Size([2, 3]))
@@ -83,7 +85,7 @@ class TaskNet(nn.Module):
 
     def __init__(
         self,
-        backbone: Backbone,
+        backbone: Encoder,
         num_diagnosis: int,
         num_quality: int,
         num_aux: int | None,
@@ -93,6 +95,7 @@ class TaskNet(nn.Module):
         assist: str = "gated",
         assist_from: str = "co_embedding",
         quality_head: bool = True,
+        features: str = "map",
     ) -> None:
         super().__init__()
         if gab not in ("cbam", "fc"):
@@ -105,7 +108,10 @@ class TaskNet(nn.Module):
             raise ValueError("assist from the co-embedding needs its branch (num_aux); use assist='none'")
         if assist != "none" and assist_from == "quality" and not quality_head:
             raise ValueError("assist from the quality feature needs quality_head=True")
-        channels = backbone.out_dim
+        if features not in ("map", "pooled"):
+            raise ValueError(f"features must be 'map' or 'pooled', got {features!r}")
+        channels = backbone.num_features
+        self.features = features
 
         def branch() -> nn.Module:
             if gab == "cbam":
@@ -126,7 +132,7 @@ class TaskNet(nn.Module):
 
     def _features(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """``(f^{d*}, f^ω, f^q)`` for images ``x``."""
-        shared = self.backbone(x)
+        shared = self.backbone.forward_features(x) if self.features == "map" else self.backbone(x)
         f_d: Tensor = self.diagnosis_branch(shared)
         f_w = self.co_embedding_branch(shared) if self.co_embedding_branch is not None else None
         f_q = self.quality_branch(shared) if self.quality_branch is not None else None
@@ -161,10 +167,10 @@ def xavier_init(backbone: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def _backbone(config: ModelConfig, channels: int, *, pool: bool) -> Backbone:
+def _backbone(config: ModelConfig, channels: int) -> Encoder:
     if config.init not in ("xavier", "torchvision"):
         raise ValueError(f"model.init must be 'xavier' or 'torchvision', got {config.init!r}")
-    backbone = build_backbone(config.backbone, in_channels=channels, pool=pool)
+    backbone = build_encoder(config.backbone, in_chans=channels)
     if config.init == "xavier":
         xavier_init(backbone)
     return backbone
@@ -195,18 +201,19 @@ def build_task_net(config: ModelConfig, channels: int, num_diagnosis: int, num_q
     """The Task Net of ``config`` for ``channels``-channel images."""
     if config.gab_input not in ("map", "pooled"):
         raise ValueError(f"model.gab_input must be 'map' or 'pooled', got {config.gab_input!r}")
-    backbone = _backbone(config, channels, pool=config.gab_input == "pooled")
+    backbone = _backbone(config, channels)
     num_aux = config.slice_length * num_diagnosis * num_quality if config.meta else None
     return TaskNet(
         backbone,
         num_diagnosis,
         num_quality,
         num_aux,
-        feature_dim=config.feature_dim or backbone.out_dim // 2,
+        feature_dim=config.feature_dim or backbone.num_features // 2,
         gab=config.gab,
         assist=config.assist,
         assist_from=config.assist_from,
         quality_head=config.quality_head,
+        features=config.gab_input,
     )
 
 
@@ -217,5 +224,5 @@ def build_meta_learner(
     if not config.meta:
         return None
     groups_d, groups_q, length = _mask_groups(config, num_diagnosis, num_quality)
-    backbone = _backbone(config, channels, pool=True)
-    return MetaLabelGenerator(backbone, backbone.out_dim, groups_d, groups_q, length, eps=config.mask_eps)
+    backbone = _backbone(config, channels)
+    return MetaLabelGenerator(backbone, backbone.num_features, groups_d, groups_q, length, eps=config.mask_eps)

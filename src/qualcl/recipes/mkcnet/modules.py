@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import math
-from typing import Any, cast
+from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
 
+from qualcl.distributed import gather_no_grad
 from qualcl.functional import batch_entropy, focal_loss
 from qualcl.heads import MetaLabelGenerator
 from qualcl.metrics import diagnosis_metrics
 from qualcl.optim import MetaAuxiliaryOptimizer
-from qualcl.optim.meta_auxiliary import MetaMode, TaskForward
+from qualcl.optim.meta_auxiliary import TaskForward
 from qualcl.recipes.mkcnet.config import TrainConfig
 from qualcl.recipes.mkcnet.model import TaskNet, TaskOutput, mask_labels
 
@@ -152,7 +153,7 @@ class MkcnetTraining(L.LightningModule):
                 meta_opt.optimizer,
                 inner_lr=lambda: float(task_opt.optimizer.param_groups[0]["lr"]),
                 weight_decay=self.config.weight_decay,
-                mode=cast(MetaMode, self.config.meta_mode),
+                mode=self.config.meta_mode,
             )
         return self._meta_step
 
@@ -206,14 +207,15 @@ class MkcnetTraining(L.LightningModule):
         """Collect diagnosis probabilities."""
         images, diagnosis, _, _, _ = batch
         probs = torch.softmax(self.task(images).diagnosis.float(), dim=1)
-        self._val.append((probs.cpu(), diagnosis.cpu()))
+        self._val.append((probs, diagnosis))
 
     def on_validation_epoch_end(self) -> None:
         """Log validation AUC / accuracy / F1 and record the epoch's row."""
         if not self._val:
             return
-        probs = torch.cat([p for p, _ in self._val])
-        target = torch.cat([t for _, t in self._val])
+        # every rank validated its own shard: the metric is computed on all of them, never averaged per rank
+        probs = gather_no_grad(torch.cat([p for p, _ in self._val])).cpu()
+        target = gather_no_grad(torch.cat([t for _, t in self._val])).cpu()
         self._val.clear()
         metrics = diagnosis_metrics(probs, target, legacy_auc=self.legacy_auc)
         auc = metrics["auc"] if metrics["auc"] == metrics["auc"] else 0.0
@@ -240,13 +242,6 @@ class MkcnetTraining(L.LightningModule):
         statistics = checkpoint.get("mkcnet_epoch_statistics", {})
         self._sums = dict(statistics.get("sums", {}))
         self._counts = dict(statistics.get("counts", {}))
-
-    def on_fit_start(self) -> None:
-        """Check the settings that only matter once training starts."""
-        if self.config.meta_batch not in ("same", "split"):
-            raise ValueError(f"train.meta_batch must be 'same' or 'split', got {self.config.meta_batch!r}")
-        if self.config.meta_batch == "split" and self.config.batch_size < 4:
-            raise ValueError(f"train.meta_batch='split' needs train.batch_size >= 4, got {self.config.batch_size}")
 
     def configure_optimizers(self) -> Any:
         """SGD for the Task Net and, with a Meta Learner, SGD for it (learning rates set per epoch)."""

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# One-shot GPU check of qualcl (at most 8 minutes on one H100 / H200), run from the repository root:
+#
+#   bash benchmarks/gpu_check.sh [OUT_DIR]        # OUT_DIR defaults to $OUT, else gpu_check/
+#
+# 1. the Triton kernels on CUDA against the naive torch path: values and gradients in fp32, fp16 and
+#    bf16, ragged shapes, every column form, masks, all-masked rows, top-K ties, K = M, column splits,
+#    buffer overflow (tests/kernels/triton_checks.py --cuda);
+# 2. the GPU benchmark tables at the targets' sizes (docs/performance.md G1-G5: bf16, N = M = 65,536),
+#    qualcl and its peers in one process (python -m benchmarks.compare --device cuda);
+# 3. a --precision bf16-mixed smoke run of every recipe on the GPU.
+#
+# Everything lands in OUT_DIR (summary.md first). Nothing here is needed by CI; no step stops the
+# others. The machine needs torch, triton, lightning, timm, torchmetrics, safetensors, einops and
+# pyyaml; qualcl is used from src/ (no install).
+set -uo pipefail
+OUT_DIR=${1:-${OUT:-gpu_check}}
+mkdir -p "$OUT_DIR"
+export PYTHONPATH="$PWD/src:$PWD/tests${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+PY=${PYTHON:-python3}
+SUMMARY="$OUT_DIR/summary.md"
+started=$(date +%s)
+
+step() {  # step NAME LIMIT_SECONDS COMMAND...: run, log to OUT_DIR/NAME.log, record the outcome
+    local name=$1 limit=$2
+    shift 2
+    local t0=$(date +%s)
+    timeout "$limit" "$@" > "$OUT_DIR/$name.log" 2>&1
+    local rc=$? t1=$(date +%s)
+    local verdict="ok"
+    [ $rc -ne 0 ] && verdict="FAILED (exit $rc$([ $rc -eq 124 ] && echo ', timed out'))"
+    echo "| $name | $verdict | $((t1 - t0)) s | \`$name.log\` |" >> "$SUMMARY"
+    echo "[gpu_check] $name: $verdict after $((t1 - t0)) s"
+}
+
+{
+    echo "# qualcl GPU check"
+    echo
+    echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo
+    echo '```'
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || echo "nvidia-smi failed"
+    $PY -c "import torch, triton, lightning; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'lightning', lightning.__version__)" 2>&1
+    echo '```'
+    echo
+    echo "| step | result | time | log |"
+    echo "|---|---|---|---|"
+} > "$SUMMARY"
+
+smoke_runs() {  # every recipe, smoke preset, bf16-mixed, on the GPU; one log for all
+    local failed=0
+    for recipe in comcl mkcnet comcl-detector; do
+        echo "=== $recipe"
+        timeout 90 $PY -m qualcl.cli run "$recipe" --preset smoke --accelerator gpu --precision bf16-mixed \
+            --out "$OUT_DIR/runs/$recipe" || failed=1
+    done
+    return $failed
+}
+
+# 1. kernel correctness on CUDA (every check, the slow random sweep included)
+step kernels_cuda 120 $PY tests/kernels/triton_checks.py all --cuda
+
+# 2. benchmark tables at the GPU targets' sizes; results into OUT_DIR (cuda.md, cuda.json)
+step benchmarks_cuda 210 $PY -m benchmarks.compare --device cuda --budget 3 --repeats 10 --out "$OUT_DIR"
+
+# 3. bf16-mixed smoke runs of every recipe on the GPU
+step smoke_bf16 150 smoke_runs
+{
+    echo
+    echo "Smoke runs (bf16-mixed), test headline:"
+    for recipe in comcl mkcnet comcl-detector; do
+        metrics="$OUT_DIR/runs/$recipe/metrics.json"
+        [ -f "$metrics" ] && echo "- $recipe: $($PY -c "import json,sys; t=json.load(open(sys.argv[1]))['test']; \
+t=t.get('original', t); print(json.dumps(t.get('overall', t)))" "$metrics")"
+    done
+    echo
+    echo "Total: $(( $(date +%s) - started )) s."
+} >> "$SUMMARY"
+# the device tool returns at most 8 files: keep the summary, the logs and the tables, not the run folders
+rm -rf "$OUT_DIR/runs"
+cat "$SUMMARY"

@@ -1,0 +1,133 @@
+"""An exact similarity index that streams the database in chunks through the fused top-K kernel."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from qualcl._validation import check_embeddings
+from qualcl.kernels import topk_similarity
+
+__all__ = ["RetrievalIndex", "SearchResult"]
+
+
+class SearchResult(NamedTuple):
+    """The ``k`` nearest database items of each query, most similar first.
+
+    Attributes:
+        similarities: ``(Q, k)`` cosine (or dot) similarities; ``-inf`` where a query has fewer than
+            ``k`` candidates.
+        indices: ``(Q, k)`` database rows; ``-1`` for padding.
+        labels: ``(Q, k)`` labels of those rows (``-1`` for padding), or ``None`` without labels.
+    """
+
+    similarities: Tensor
+    indices: Tensor
+    labels: Tensor | None
+
+
+class RetrievalIndex:
+    """Exact nearest-neighbour search by cosine similarity, in memory O(Q·k + chunk·D).
+
+    The database is searched in chunks of ``chunk_size`` rows: each chunk goes through
+    :func:`qualcl.kernels.topk_similarity` (Triton on CUDA, a streaming torch path elsewhere) and its
+    top-``k`` is merged into the running one. Ties are broken by the lower database index, so the
+    result equals a stable descending sort of the full similarity matrix — whatever the chunk size.
+
+    Args:
+        database: ``(N, D)`` embeddings (kept on their device; chunks are moved to the queries').
+        labels: Optional ``(N,)`` integer labels, returned with the hits.
+        normalize: Cosine similarity (L2-normalise inside) or raw dot products.
+        chunk_size: Database rows per chunk.
+        impl: ``impl`` of :func:`~qualcl.kernels.topk_similarity`.
+
+    Example:
+        >>> import torch
+        >>> database = torch.eye(4)
+        >>> index = RetrievalIndex(database, labels=torch.tensor([0, 0, 1, 1]), chunk_size=3)
+        >>> hits = index.search(torch.tensor([[1.0, 0.2, 0.0, 0.0]]), k=2)
+        >>> hits.indices.tolist(), hits.labels.tolist()
+        ([[0, 1]], [[0, 0]])
+
+    Reference:
+        Johnson et al., "Billion-scale similarity search with GPUs", 2017 (exact flat search, as
+        FAISS' ``IndexFlatIP``).
+    """
+
+    def __init__(
+        self,
+        database: Tensor,
+        labels: Tensor | None = None,
+        *,
+        normalize: bool = True,
+        chunk_size: int = 65_536,
+        impl: str = "auto",
+    ) -> None:
+        check_embeddings("database", database)
+        if labels is not None:
+            if labels.shape != (database.shape[0],) or labels.is_floating_point() or labels.dtype == torch.bool:
+                raise ValueError(
+                    f"labels must be ({database.shape[0]},) integers, got {labels.dtype} {tuple(labels.shape)}"
+                )
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        self.database = database.detach()
+        self.labels = None if labels is None else labels.detach().long()
+        self.normalize = normalize
+        self.chunk_size = chunk_size
+        self.impl = impl
+
+    def __len__(self) -> int:
+        return int(self.database.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """Embedding width ``D``."""
+        return int(self.database.shape[1])
+
+    def search(self, queries: Tensor, k: int, *, exclude_index: Tensor | None = None) -> SearchResult:
+        """The ``k`` most similar database rows of each query.
+
+        Args:
+            queries: ``(Q, D)`` embeddings.
+            k: Neighbours per query, ``1 <= k <= N``.
+            exclude_index: ``(Q,)`` database row each query must not return (its own row when the
+                queries are the database: leave-one-out retrieval), ``-1`` for none.
+
+        Returns:
+            A :class:`SearchResult`.
+        """
+        check_embeddings("queries", queries, dim=self.dim)
+        n, q = len(self), queries.shape[0]
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+            raise ValueError(f"k must be an int in [1, N={n}] (N = database size), got {k!r}")
+        device = queries.device
+        if exclude_index is not None:
+            if exclude_index.shape != (q,) or exclude_index.is_floating_point():
+                raise ValueError(f"exclude_index must be ({q},) integers, got {tuple(exclude_index.shape)}")
+            exclude_index = exclude_index.to(device=device, dtype=torch.long)
+        dtype = torch.float64 if torch.float64 in (queries.dtype, self.database.dtype) else torch.float32
+        best = torch.full((q, 0), float("-inf"), dtype=dtype, device=device)
+        where = torch.full((q, 0), -1, dtype=torch.long, device=device)
+        for start in range(0, n, self.chunk_size):
+            chunk = self.database[start : start + self.chunk_size].to(device)
+            local = None
+            if exclude_index is not None:
+                inside = (exclude_index >= start) & (exclude_index < start + chunk.shape[0])
+                local = torch.where(inside, exclude_index - start, torch.full_like(exclude_index, -1))
+            values, indices = topk_similarity(
+                queries, chunk, min(k, chunk.shape[0]), exclude_index=local, normalize=self.normalize, impl=self.impl
+            )
+            indices = torch.where(indices >= 0, indices + start, indices)
+            # running hits come first and have lower indices: a stable sort keeps ties in index order
+            values = torch.cat([best, values.to(dtype)], dim=1)
+            indices = torch.cat([where, indices], dim=1)
+            order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :k]
+            best, where = values.gather(1, order), indices.gather(1, order)
+        labels = None
+        if self.labels is not None:
+            table = self.labels.to(device)
+            labels = torch.where(where >= 0, table[where.clamp_min(0)], torch.full_like(where, -1))
+        return SearchResult(best, where, labels)

@@ -1,0 +1,191 @@
+"""Vision transformers on timm's ``VisionTransformer``, with the :class:`~qualcl.models.Encoder` contract."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from qualcl.models.encoder import Encoder
+
+__all__ = ["VIT_SIZES", "ViTEncoder", "vit_encoder"]
+
+#: ``name: (embed_dim, depth, num_heads)`` of the patch-16 ViTs (Dosovitskiy et al.; DeiT's tiny/small).
+VIT_SIZES: dict[str, tuple[int, int, int]] = {
+    "vit_tiny": (192, 12, 3),
+    "vit_small": (384, 12, 6),
+    "vit_base": (768, 12, 12),
+}
+
+
+class ViTEncoder(Encoder):
+    """A timm ``VisionTransformer`` (class token, learned absolute position embeddings, no classifier).
+
+    * ``forward`` → ``(N, D)``: the class token after the final norm.
+    * ``forward_features`` → ``(N, 1 + L, D)``: every token after the final norm, class token first.
+    * ``forward_masked(x, keep_index)`` → ``(N, 1 + L_keep, D)``: embeds all patches, keeps the
+      visible ones (``keep_index``, e.g. from MAE's random masking) *after* adding their position
+      embeddings, prepends the class token and runs the blocks on those tokens only — MAE's encoder.
+    * ``forward_pyramid`` → four ``(N, D, H/p, W/p)`` maps from evenly spaced blocks (ViTDet's plain
+      backbone; a dense head resamples them).
+
+    Position embeddings are interpolated (bicubic, timm's ``resample_abs_pos_embed``) for any image
+    size divisible by the patch size; ``num_patches`` refers to ``image_size``.
+
+    Args:
+        net: A timm ``VisionTransformer`` with a class token and ``dynamic_img_size=True``.
+        image_size: The side the position embeddings were made for.
+
+    Example:
+        >>> import torch
+        >>> encoder = vit_encoder("vit_tiny", image_size=64)
+        >>> x = torch.randn(2, 3, 64, 64)
+        >>> encoder(x).shape, encoder.forward_features(x).shape, encoder.num_patches
+        (torch.Size([2, 192]), torch.Size([2, 17, 192]), 16)
+        >>> keep = torch.tensor([[0, 5, 9, 15], [1, 2, 3, 4]])
+        >>> encoder.forward_masked(x, keep).shape
+        torch.Size([2, 5, 192])
+
+    Reference:
+        Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021; He et al., "Masked
+        Autoencoders Are Scalable Vision Learners", CVPR 2022 (``forward_masked``).
+    """
+
+    is_vit = True
+
+    def __init__(self, net: Any, image_size: int) -> None:
+        super().__init__()
+        if getattr(net, "cls_token", None) is None or not getattr(net, "dynamic_img_size", False):
+            raise ValueError("ViTEncoder needs a timm VisionTransformer with a class token and dynamic_img_size=True")
+        self.net = net
+        self.image_size = int(image_size)
+        self.patch_size = int(net.patch_embed.patch_size[0])
+        self.num_features = int(net.embed_dim)
+        depth = len(net.blocks)
+        self._taps = tuple(sorted({max(0, round(depth * k / 4) - 1) for k in (1, 2, 3, 4)}))
+        self.pyramid_channels = (self.num_features,) * len(self._taps)
+        self.pyramid_reductions = (self.patch_size,) * len(self._taps)
+
+    @property
+    def num_patches(self) -> int:
+        """Patches ``L`` of an ``image_size`` input."""
+        return (self.image_size // self.patch_size) ** 2
+
+    def _check(self, x: Tensor) -> tuple[int, int]:
+        if x.ndim != 4:
+            raise ValueError(f"images must be (N, C, H, W), got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(f"image size {h}x{w} is not divisible by the patch size {self.patch_size}")
+        return h // self.patch_size, w // self.patch_size
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``(N, C, H, W)`` → ``(N, 1 + L, D)`` normalised tokens, class token first."""
+        self._check(x)
+        out: Tensor = self.net.forward_features(x)
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, C, H, W)`` → ``(N, D)`` class token."""
+        return self.forward_features(x)[:, 0]
+
+    def forward_pyramid(self, x: Tensor) -> list[Tensor]:
+        """Four ``(N, D, H/p, W/p)`` maps of evenly spaced blocks (not normalised)."""
+        self._check(x)
+        maps: list[Tensor] = self.net.forward_intermediates(
+            x, indices=list(self._taps), output_fmt="NCHW", intermediates_only=True
+        )
+        return maps
+
+    def position_embedding(self, grid: tuple[int, int]) -> Tensor:
+        """``(1, 1 + h·w, D)`` position embeddings (class position first) for a ``grid`` of patches."""
+        from timm.layers.pos_embed import resample_abs_pos_embed
+
+        old = self.image_size // self.patch_size
+        if grid == (old, old):
+            pos: Tensor = self.net.pos_embed
+            return pos
+        resampled: Tensor = resample_abs_pos_embed(
+            self.net.pos_embed, new_size=list(grid), old_size=[old, old], num_prefix_tokens=1
+        )
+        return resampled
+
+    def forward_masked(self, x: Tensor, keep_index: Tensor) -> Tensor:
+        """Encode only the visible patches.
+
+        Args:
+            x: ``(N, C, H, W)`` images.
+            keep_index: ``(N, L_keep)`` long indices of the visible patches in row-major patch order
+                (``ids_keep`` of :func:`qualcl.functional.random_masking`).
+
+        Returns:
+            ``(N, 1 + L_keep, D)`` normalised tokens, class token first, in ``keep_index`` order.
+        """
+        grid = self._check(x)
+        n, total = x.shape[0], grid[0] * grid[1]
+        if keep_index.ndim != 2 or keep_index.shape[0] != n:
+            raise ValueError(f"keep_index must be (N={n}, L_keep), got shape {tuple(keep_index.shape)}")
+        if keep_index.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"keep_index must be an integer tensor, got {keep_index.dtype}")
+        if keep_index.numel() and (int(keep_index.min()) < 0 or int(keep_index.max()) >= total):
+            raise ValueError(f"keep_index must lie in [0, {total}) for a {grid[0]}x{grid[1]} patch grid")
+        net = self.net
+        pos = self.position_embedding(grid)
+        tokens = net.patch_embed(x).reshape(n, total, -1) + pos[:, 1:]
+        index = keep_index.long().unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
+        visible = torch.gather(tokens, 1, index)
+        cls = (net.cls_token + pos[:, :1]).expand(n, -1, -1)
+        out = net.norm_pre(net.pos_drop(torch.cat([cls, visible], dim=1)))
+        out = net.norm(net.blocks(out))
+        result: Tensor = out
+        return result
+
+    def backbone_state_dict(self, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """A timm ViT state dict without its head, position embeddings and patch conv adapted to this encoder."""
+        from timm.layers.pos_embed import resample_abs_pos_embed
+        from timm.models import adapt_input_conv
+
+        own = self.net.state_dict()
+        out = {k: v for k, v in state.items() if k in own or not k.startswith(("head.", "fc_norm."))}
+        pos = out.get("pos_embed")
+        if pos is not None and pos.shape != self.net.pos_embed.shape:
+            old = round((pos.shape[1] - 1) ** 0.5)
+            side = self.image_size // self.patch_size
+            out["pos_embed"] = resample_abs_pos_embed(
+                pos, new_size=[side, side], old_size=[old, old], num_prefix_tokens=1
+            )
+        conv = out.get("patch_embed.proj.weight")
+        chans = self.net.patch_embed.proj.in_channels
+        if conv is not None and conv.shape[1] != chans:
+            out["patch_embed.proj.weight"] = adapt_input_conv(chans, conv.to(torch.float32))
+        return out
+
+
+def vit_encoder(name: str, *, in_chans: int = 3, image_size: int | None = None) -> ViTEncoder:
+    """A randomly initialised patch-16 ViT (``vit_tiny``, ``vit_small`` or ``vit_base``) for ``image_size`` inputs.
+
+    ``image_size`` defaults to 224 and must be divisible by 16; other sizes divisible by 16 work too
+    at run time (interpolated position embeddings).
+    """
+    from timm.models.vision_transformer import VisionTransformer
+
+    if name not in VIT_SIZES:
+        raise ValueError(f"unknown ViT {name!r}; choose one of {sorted(VIT_SIZES)}")
+    size = 224 if image_size is None else int(image_size)
+    if size < 16 or size % 16:
+        raise ValueError(f"image_size must be a positive multiple of the patch size 16, got {image_size}")
+    dim, depth, heads = VIT_SIZES[name]
+    net = VisionTransformer(
+        img_size=size,
+        patch_size=16,
+        in_chans=in_chans,
+        num_classes=0,
+        global_pool="token",
+        embed_dim=dim,
+        depth=depth,
+        num_heads=heads,
+        dynamic_img_size=True,
+    )
+    return ViTEncoder(net, size)

@@ -1,0 +1,438 @@
+"""The one run driver every recipe fills in: config → run folder → data → stages → metrics, card, resume.
+
+A recipe is a :class:`Recipe` subclass that supplies its config dataclass and presets, and five
+methods: ``load_data`` (the data bootstrap), ``setup`` (its models), ``stages`` (named training
+stages, each a function that calls :meth:`RunContext.fit` with a LightningModule), ``evaluate``
+(metrics, computed on predictions gathered from every rank by :meth:`RunContext.predict`) and
+``model_card``. :func:`run_recipe` does the rest the same way for every recipe: the run folder (only
+global rank 0 writes it), seeding, skipping finished stages and resuming an interrupted one from its
+``last.ckpt``, weights in safetensors, ``metrics.json``/``.csv`` and ``MODEL_CARD.md``. See
+``docs/recipes.md`` for how to add a recipe.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from qualcl.distributed import gather_no_grad, is_distributed, rank, world_size
+from qualcl.recipes.callbacks import EpochSetter, HistoryWriter, load_best, resume_path
+from qualcl.recipes.config import RecipeConfig, resolve_config
+from qualcl.recipes.run_folder import ModelCard, RunFolder
+from qualcl.recipes.trainer import check_logger, make_trainer
+
+__all__ = ["Recipe", "RunContext", "Stage", "eval_loader", "is_global_zero", "run_recipe"]
+
+C = TypeVar("C", bound=RecipeConfig)
+D = TypeVar("D")
+S = TypeVar("S")
+Loader = DataLoader[Any] | Callable[[], DataLoader[Any]]
+
+
+def is_global_zero() -> bool:
+    """Whether this process is global rank 0 (it writes the run folder).
+
+    Inside a process group the group's rank decides; before one exists (a recipe's data bootstrap),
+    the launcher's environment does: ``RANK`` (torchrun), ``SLURM_PROCID`` (``srun`` with several
+    tasks), else Lightning's ``NODE_RANK`` and ``LOCAL_RANK`` (its own process launcher).
+    """
+    if is_distributed():
+        return rank() == 0
+    env = os.environ
+    if "RANK" in env:
+        return int(env["RANK"]) == 0
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        return int(env["SLURM_PROCID"]) == 0
+    return int(env.get("NODE_RANK", "0")) == 0 and int(env.get("LOCAL_RANK", "0")) == 0
+
+
+def eval_loader(dataset: Dataset[Any], batch_size: int) -> Callable[[], DataLoader[Any]]:
+    """A validation loader factory: in order, sharded across ranks, no padding (:class:`~qualcl.samplers.ShardSampler`).
+
+    Each rank validates its own items; the module gathers the predictions of every rank before
+    computing a metric (see ``GradingFineTuning.on_validation_epoch_end``).
+    """
+    from qualcl.samplers import ShardSampler
+
+    def build() -> DataLoader[Any]:
+        return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset)))  # type: ignore[arg-type]
+
+    return build
+
+
+class Stage(NamedTuple):
+    """A named training stage: ``run(ctx, data, state)`` trains (or reloads) part of ``state``."""
+
+    name: str
+    run: Callable[[Any, Any, Any], None]
+
+
+def _build(loader: Loader) -> DataLoader[Any]:
+    return loader if isinstance(loader, DataLoader) else loader()
+
+
+class _TrainLoader(L.LightningDataModule):
+    """Hands Lightning the stage's training loader, built when it asks (after the process group exists)."""
+
+    def __init__(self, train: Loader) -> None:
+        super().__init__()
+        self._train = train
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        """The training loader."""
+        return _build(self._train)
+
+
+class _Loaders(_TrainLoader):
+    """Training and validation loaders."""
+
+    def __init__(self, train: Loader, val: Loader) -> None:
+        super().__init__(train)
+        self._val = val
+
+    def val_dataloader(self) -> DataLoader[Any]:
+        """The validation loader."""
+        return _build(self._val)
+
+
+class RunContext(Generic[C]):
+    """What a recipe's stages and evaluation get from the driver.
+
+    Attributes:
+        config: The run's resolved config.
+        run: The run folder (read-only on ranks other than 0).
+        callbacks: Extra Lightning callbacks for every stage (tests, user hooks).
+    """
+
+    def __init__(self, config: C, out: str | Path, callbacks: Sequence[Callback] = ()) -> None:
+        self.config = config
+        self.run = RunFolder(out, writable=is_global_zero())
+        self.callbacks = list(callbacks)
+        self.started = time.perf_counter()
+        #: What each stage trained (or reloaded) in this run recorded: ``{stage: stages.json entry}``.
+        self.records: dict[str, dict[str, Any]] = {}
+
+    @property
+    def progress(self) -> bool:
+        """Whether to show progress bars (rank 0 only)."""
+        return self.config.trainer.progress and self.run.writable
+
+    @property
+    def device(self) -> torch.device:
+        """The device evaluation runs on: this process's GPU when the run uses one, else the CPU."""
+        accelerator = self.config.trainer.accelerator
+        if accelerator != "cpu" and torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        return torch.device("cpu")
+
+    # ------------------------------------------------------------------ data
+    def synthetic_fundus(
+        self, folder: str | Path | None, *, num_images: int, size: int, seed: int, lq_ratio: float
+    ) -> Path:
+        """The embedded SynthFundus set in ``folder`` (default ``<run>/data``), generated once by rank 0.
+
+        Other ranks wait until it is complete (its ``ground_truth.json`` is written last, atomically).
+        """
+        from qualcl.data.synthetic import ensure_fundus_dataset
+
+        root = Path(folder) if folder else self.run.path("data")
+        if not self.run.writable:
+            deadline = time.monotonic() + 3600
+            while not (root / "ground_truth.json").is_file():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"rank 0 did not finish generating {root} within an hour")
+                time.sleep(1.0)
+        return ensure_fundus_dataset(
+            root, num_images=num_images, size=size, seed=seed, lq_ratio=lq_ratio, progress=self.progress
+        )
+
+    def progress_bar(self, items: Sequence[Any], description: str) -> Any:
+        """``tqdm`` over ``items`` when progress bars are on, else ``items``."""
+        if not self.progress:
+            return items
+        from tqdm.auto import tqdm
+
+        return tqdm(items, desc=description, leave=False)
+
+    # ------------------------------------------------------------------ training
+    def fit(
+        self,
+        stage: str,
+        module: L.LightningModule,
+        train: Loader,
+        val: Loader | None = None,
+        *,
+        weights: Mapping[str, nn.Module],
+        max_steps: int = -1,
+        max_epochs: int | None = None,
+        monitor: str | None = None,
+        history: str | None = None,
+        history_key: str = "epoch",
+        reseed: Sequence[Any] = (),
+        every_n_train_steps: int | None = None,
+        check_val_every_n_epoch: int = 1,
+        find_unused_parameters: bool = False,
+        sync_batchnorm: bool = False,
+        info: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Train ``module`` for stage ``stage`` — or, if an earlier run finished it, load its weights.
+
+        An interrupted stage resumes from ``checkpoints/<stage>/last.ckpt``. After training, the best
+        checkpoint (by ``monitor``, maximised) is loaded, every module of ``weights`` is saved as
+        ``weights/<name>.safetensors`` and the stage is marked done with its timing.
+
+        Args:
+            stage: Stage name (checkpoint folder, history file, ``stages.json`` key).
+            module: The LightningModule.
+            train: The training loader, or a function building it (called once the process group
+                exists, so rank-aware samplers see their rank).
+            val: The validation loader (or a function), if any.
+            weights: ``{file name: module}`` written when the stage ends, loaded when it is done.
+            max_steps: Step budget (``-1``: by epochs).
+            max_epochs: Epoch budget.
+            monitor: Logged metric that selects the best checkpoint.
+            history: Attribute of ``module`` holding rows for ``history/<stage>.csv``.
+            history_key: ``"step"`` or ``"epoch"``: the rows' position key (for resume).
+            reseed: Objects with ``set_epoch(epoch)`` (samplers, datasets) called each epoch.
+            every_n_train_steps: Refresh ``last.ckpt`` every this many steps (default every epoch).
+            check_val_every_n_epoch: Validation period in epochs.
+            find_unused_parameters: DDP: the stage leaves some parameters without gradient.
+            sync_batchnorm: DDP: use SyncBatchNorm in this stage (if ``trainer.sync_batchnorm``).
+            info: Extra entries for ``stages.json``.
+
+        Returns:
+            What ``stages.json`` records for the stage (``seconds``, ``best_epoch``, ``info``).
+        """
+        run = self.run
+        if run.stage_done(stage):
+            for name, part in weights.items():
+                run.load_weights(part, name)
+            self.records[stage] = run.stage_info(stage)
+            return self.records[stage]
+        if self.config.trainer.channels_last:
+            module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        callbacks: list[Callback] = []
+        if history is not None:
+            callbacks.append(HistoryWriter(run, stage, history))
+        if reseed:
+            callbacks.append(EpochSetter(*reseed))
+        trainer = make_trainer(
+            run,
+            stage,
+            self.config.trainer,
+            max_steps=max_steps,
+            max_epochs=max_epochs,
+            callbacks=[*callbacks, *self.callbacks],
+            every_n_train_steps=every_n_train_steps,
+            monitor=monitor,
+            check_val_every_n_epoch=check_val_every_n_epoch,
+            find_unused_parameters=find_unused_parameters,
+            sync_batchnorm=sync_batchnorm,
+        )
+        start = time.perf_counter()
+        trainer.fit(
+            module,
+            datamodule=_TrainLoader(train) if val is None else _Loaders(train, val),
+            ckpt_path=resume_path(run, stage, history_key),
+            weights_only=True,
+        )
+        best_epoch = load_best(run, stage, module) if monitor else None
+        for name, part in weights.items():
+            run.save_weights(part, name)
+        record = {"seconds": round(time.perf_counter() - start, 1), "best_epoch": best_epoch, **(info or {})}
+        run.mark_done(stage, **record)
+        self.records[stage] = record
+        return record
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def predict(
+        self,
+        forward: Callable[[Any], Mapping[str, Tensor]],
+        dataset: Dataset[Any],
+        *,
+        batch_size: int,
+        modules: Sequence[nn.Module] = (),
+    ) -> dict[str, Tensor]:
+        """Run ``forward(batch)`` over ``dataset`` sharded across ranks; every rank gets all outputs in order.
+
+        Rank ``r`` of ``W`` takes items ``r, r + W, …``; the outputs (a dict of tensors, one row per
+        item) are gathered from every rank (:func:`qualcl.distributed.gather_no_grad`) and put back
+        in dataset order, so metrics are computed on the whole set, never averaged per rank.
+
+        Args:
+            forward: Maps a collated batch (on :attr:`device`) to ``{name: (B, ...) tensor}``.
+            dataset: Items to predict.
+            batch_size: Items per batch.
+            modules: Modules ``forward`` uses: put in eval mode and moved to :attr:`device` for the call.
+
+        Returns:
+            ``{name: (len(dataset), ...) tensor}`` on the CPU.
+        """
+        n = len(dataset)  # type: ignore[arg-type]
+        if n == 0:
+            raise ValueError("nothing to predict: the dataset is empty")
+        world, me = world_size(), rank()
+        device = self.device
+        modes = [m.training for m in modules]
+        for m in modules:
+            m.eval().to(device)
+        try:
+            mine = list(range(me, n, world))
+            loader = DataLoader(Subset(dataset, mine or [0]), batch_size=batch_size, shuffle=False)
+            outputs: dict[str, list[Tensor]] = {}
+            for batch in loader:
+                moved = _to_device(batch, device)
+                for key, value in forward(moved).items():
+                    outputs.setdefault(key, []).append(value.detach())
+            local = {k: torch.cat(v)[: len(mine)] for k, v in outputs.items()}
+        finally:
+            for m, mode in zip(modules, modes, strict=True):
+                m.train(mode)
+        if world == 1:
+            return {k: v.cpu() for k, v in local.items()}
+        order = torch.cat([torch.arange(r, n, world) for r in range(world)])
+        result = {}
+        for key, value in local.items():
+            gathered = gather_no_grad(value.contiguous()).cpu()
+            placed = torch.empty_like(gathered)
+            placed[order] = gathered
+            result[key] = placed
+        return result
+
+    def barrier(self) -> None:
+        """Wait for every rank (a no-op on one process)."""
+        if is_distributed():
+            dist.barrier()
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, Tensor):
+        return batch.to(device)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+class Recipe(ABC, Generic[C, D, S]):
+    """A paper's end-to-end recipe, run by :func:`run_recipe`.
+
+    Class attributes describe it (name, paper, config class, presets, datasets, command-line
+    texts); the methods below are what a recipe writes. ``D`` is its data, ``S`` its models.
+    """
+
+    name: ClassVar[str]
+    paper: ClassVar[str]
+    config_class: ClassVar[type[Any]]
+    #: ``{preset: nested overrides of config_class's defaults}``; ``"default"`` is usually ``{}``.
+    presets: ClassVar[dict[str, dict[str, Any]]]
+    datasets: ClassVar[tuple[str, ...]]
+    data_help: ClassVar[str] = "dataset folder"
+    set_example: ClassVar[str] = "seed=1"
+
+    # ------------------------------------------------------------------ config
+    def dataset_settings(self, dataset: str, preset: str) -> dict[str, Any]:
+        """Nested overrides a dataset implies (classes, normalisation, ...); none by default."""
+        return {}
+
+    def config(
+        self,
+        preset: str = "default",
+        *,
+        dataset: str | None = None,
+        data_dir: str | None = None,
+        overrides: Sequence[str] = (),
+        seed: int | None = None,
+    ) -> C:
+        """The recipe's config: defaults ← ``preset`` ← dataset settings ← arguments ← ``overrides``."""
+        config: C = resolve_config(
+            self.config_class,
+            self.presets,
+            preset,
+            dataset_settings=self.dataset_settings,
+            dataset=dataset,
+            data_dir=data_dir,
+            overrides=overrides,
+            seed=seed,
+        )
+        return config
+
+    def check(self, config: C) -> None:
+        """Reject a config the recipe cannot run (raise ``ValueError``) before anything is written."""
+
+    # ------------------------------------------------------------------ the run
+    @abstractmethod
+    def load_data(self, ctx: RunContext[C]) -> D:
+        """Read (or generate) the run's data."""
+
+    @abstractmethod
+    def setup(self, ctx: RunContext[C], data: D) -> S:
+        """Build the models, randomly initialised (or from local pretrained files)."""
+
+    @abstractmethod
+    def stages(self, config: C) -> Sequence[Stage]:
+        """The training stages, in order."""
+
+    @abstractmethod
+    def evaluate(self, ctx: RunContext[C], data: D, state: S) -> dict[str, Any]:
+        """Test metrics (and plots); the driver adds timing and writes ``metrics.json``."""
+
+    @abstractmethod
+    def model_card(self, ctx: RunContext[C], data: D, state: S, results: dict[str, Any]) -> ModelCard:
+        """The run's model card."""
+
+    def run(self, config: C, out: str | Path, *, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+        """Run end to end into folder ``out`` (see :func:`run_recipe`)."""
+        return run_recipe(self, config, out, callbacks=callbacks)
+
+
+def run_recipe(
+    recipe: Recipe[C, D, S], config: C, out: str | Path, *, callbacks: Sequence[Callback] = ()
+) -> dict[str, Any]:
+    """Run ``recipe`` with ``config`` into the run folder ``out``; re-running resumes where it stopped.
+
+    Order: checks (nothing is written before they pass) → ``config.yaml`` → seeding → data →
+    models → each stage (finished ones reload their weights, an interrupted one resumes from its
+    ``last.ckpt``) → evaluation → ``metrics.json``/``.csv`` → ``MODEL_CARD.md``.
+
+    Args:
+        recipe: The recipe.
+        config: Its resolved config.
+        out: Run folder.
+        callbacks: Extra Lightning callbacks for every stage.
+
+    Returns:
+        The metrics written to ``metrics.json``: the recipe's, plus ``stages`` (seconds per stage)
+        and ``seconds`` (the whole run).
+    """
+    if not isinstance(config, recipe.config_class):
+        raise TypeError(f"{recipe.name} needs a {recipe.config_class.__name__}, got {type(config).__name__}")
+    check_logger(config.trainer.logger)
+    recipe.check(config)
+    ctx: RunContext[C] = RunContext(config, out, callbacks)
+    ctx.run.save_config(config)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    data = recipe.load_data(ctx)
+    state = recipe.setup(ctx, data)
+    for stage in recipe.stages(config):
+        stage.run(ctx, data, state)
+    results = recipe.evaluate(ctx, data, state)
+    stages = {name: record.get("seconds") for name, record in ctx.records.items()}
+    results = {**results, "stages": stages, "seconds": round(time.perf_counter() - ctx.started, 1)}
+    ctx.run.write_metrics(results)
+    ctx.run.write_model_card(recipe.model_card(ctx, data, state, results))
+    ctx.barrier()
+    return results

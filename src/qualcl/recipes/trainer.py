@@ -1,0 +1,184 @@
+"""The Lightning ``Trainer`` every recipe stage runs on: devices, DDP, precision, loggers, checkpoints, bars."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import warnings
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, OnExceptionCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import Logger
+
+from qualcl.recipes.config import TrainerConfig
+from qualcl.recipes.run_folder import RunFolder
+
+__all__ = ["LOGGER_PACKAGES", "StepProgressBar", "check_logger", "make_logger", "make_trainer"]
+
+# Lightning's advice that does not apply: in-memory datasets need no workers; resume is explicit; the
+# validation metrics are computed on predictions gathered from every rank, so they need no sync_dist.
+for _message in (
+    ".*does not have many workers.*",
+    ".*LeafSpec.*",
+    r".*fit\(ckpt_path=.*",
+    ".*smaller than the logging interval.*",
+    r".*sync_dist=True.*when logging on epoch level in distributed.*",
+):
+    warnings.filterwarnings("ignore", message=_message)
+
+
+class _DropAdverts(logging.Filter):
+    """Lightning logs a product tip ("💡 Tip: ... litlogger") at every Trainer construction."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_DropAdverts())
+
+#: The package each optional logger needs.
+LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def check_logger(kind: str) -> None:
+    """Raise ``ValueError`` naming the package when logger ``kind`` cannot be used here."""
+    package = LOGGER_PACKAGES.get(kind)
+    if package is None:
+        return
+    if kind == "tensorboard" and importlib.util.find_spec("tensorboardX") is not None:
+        return
+    if importlib.util.find_spec(package) is None:
+        message = f"--logger {kind} needs the {package!r} package, which is not installed: pip install {package}"
+        raise ValueError(message)
+
+
+def make_logger(kind: str, run: RunFolder, stage: str) -> Logger | bool:
+    """Lightning logger ``kind`` writing into the run folder (``False`` for ``"none"``).
+
+    ``csv``: ``logs/<stage>/version_<k>/metrics.csv``; ``tensorboard``: ``tensorboard/<stage>/version_<k>/``
+    (a resumed stage logs into a new version, the interrupted attempt's logs stay); ``mlflow``: a
+    file store ``mlruns/`` (experiment ``qualcl``, run named after the folder and stage); ``wandb``:
+    project ``qualcl``, files under the run folder (``WANDB_MODE=offline`` keeps it local).
+    """
+    check_logger(kind)
+    if kind == "none":
+        return False
+    root = str(run.root)
+    name = f"{run.root.name}-{stage}"
+    if kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(str(run.root / "logs"), name=stage)
+    if kind == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(str(run.root / "tensorboard"), name=stage)
+    if kind == "mlflow":
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        return MLFlowLogger(experiment_name="qualcl", run_name=name, tracking_uri=(run.root / "mlruns").as_uri())
+    if kind == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        return WandbLogger(project="qualcl", name=name, save_dir=root)
+    raise ValueError(f"unknown logger {kind!r}; choose csv, tensorboard, wandb, mlflow or none")
+
+
+class StepProgressBar(TQDMProgressBar):
+    """One bar over all ``max_steps`` of a step-budgeted stage (not "Epoch k" bars with an unknown total)."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__()
+        self.stage = stage
+
+    def on_train_start(self, trainer: L.Trainer, *args: Any) -> None:
+        """Open the bar at the resumed step."""
+        self.train_progress_bar = self.init_train_tqdm()
+        self.train_progress_bar.reset(total=trainer.max_steps)
+        self.train_progress_bar.initial = trainer.global_step
+        self.train_progress_bar.n = trainer.global_step
+        self.train_progress_bar.set_description(f"{self.stage} (steps)")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        """Keep counting across epochs."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        """Show the optimisation step."""
+        bar = self.train_progress_bar
+        if bar is not None and not bar.disable:
+            bar.n = trainer.global_step
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+            bar.refresh()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Nothing to close between epochs."""
+
+
+def _on_gpu(config: TrainerConfig) -> bool:
+    """Whether the run's accelerator is a CUDA GPU (torch's SyncBatchNorm runs only there)."""
+    import torch
+
+    return config.accelerator != "cpu" and torch.cuda.is_available()
+
+
+def make_trainer(
+    run: RunFolder,
+    stage: str,
+    config: TrainerConfig,
+    *,
+    max_steps: int = -1,
+    max_epochs: int | None = None,
+    callbacks: list[Callback] | None = None,
+    every_n_train_steps: int | None = None,
+    monitor: str | None = None,
+    check_val_every_n_epoch: int = 1,
+    find_unused_parameters: bool = False,
+    sync_batchnorm: bool = False,
+) -> L.Trainer:
+    """A Lightning trainer for one stage, writing resumable checkpoints into ``checkpoints/<stage>``.
+
+    ``last.ckpt`` is refreshed every ``every_n_train_steps`` steps (or every epoch) and on any
+    exception, including an interruption, so a re-run continues from there; with ``monitor`` the
+    best epoch is kept as ``best.ckpt``. ``config`` chooses accelerator, devices, nodes, strategy
+    (DDP with ``find_unused_parameters`` when the stage leaves parameters without gradient, e.g. a
+    second optimiser's model), precision and logger. Samplers are the recipes' own rank-aware ones,
+    so Lightning's ``DistributedSampler`` replacement is off.
+    """
+    directory = run.checkpoint_dir(stage)
+    checkpoint = ModelCheckpoint(
+        dirpath=directory,
+        filename="best",
+        save_last=True,
+        monitor=monitor,
+        mode="max",
+        save_top_k=1 if monitor else 0,
+        every_n_train_steps=every_n_train_steps,
+    )
+    strategy: Any = "auto"
+    if config.distributed:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(find_unused_parameters=find_unused_parameters)
+    bars: list[Callback] = [StepProgressBar(stage)] if config.progress and max_steps > 0 else []
+    return L.Trainer(
+        default_root_dir=str(run.root),
+        max_steps=max_steps,
+        max_epochs=max_epochs,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=strategy,
+        precision=config.precision,  # type: ignore[arg-type]
+        sync_batchnorm=sync_batchnorm and config.sync_batchnorm and config.distributed and _on_gpu(config),
+        use_distributed_sampler=False,
+        logger=make_logger(config.logger, run, stage),
+        log_every_n_steps=10,
+        enable_progress_bar=config.progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=check_val_every_n_epoch,
+        callbacks=[checkpoint, OnExceptionCheckpoint(directory, filename="last"), *bars, *(callbacks or [])],
+        deterministic=False,
+    )

@@ -1,0 +1,60 @@
+"""Every recipe runs as written with ``--accelerator cpu --devices 2 --strategy ddp`` (2 gloo processes).
+
+Lightning launches the second process by re-running the command, so the runs go through the real
+``qualcl`` command line. The run folder must have the layout of a one-process run, written once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.distributed
+
+RECIPES = {
+    "comcl": ["--set", "pretrain.steps=2", "--set", "data.num_images=32"],
+    "mkcnet": ["--set", "train.epochs=1", "--set", "data.num_images=40"],
+    "comcl-detector": ["--set", "num_images=8"],
+}
+
+
+def _qualcl(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    script = shutil.which("qualcl") or f"{sys.executable} -m qualcl.cli"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [*script.split(), *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env, check=False
+    )
+
+
+def _layout(root: Path) -> set[str]:
+    """Files of a run folder, without Lightning's own logs and checkpoint versions."""
+    return {
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and p.parts[len(root.parts)] not in ("logs", "data")
+    }
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_two_process_ddp_run_writes_the_layout_of_one_process(recipe, tmp_path):
+    options = ["--preset", "smoke", "--accelerator", "cpu", *RECIPES[recipe]]
+    single = _qualcl("run", recipe, *options, "--out", "single", cwd=tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = _qualcl("run", recipe, *options, "--devices", "2", "--strategy", "ddp", "--out", "ddp", cwd=tmp_path)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert _layout(tmp_path / "ddp") == _layout(tmp_path / "single")
+    config = (tmp_path / "ddp" / "config.yaml").read_text()
+    assert "devices: 2" in config and "strategy: ddp" in config
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    single_metrics = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    # predictions are gathered from both ranks: the test set is counted once, whole
+    assert metrics.get("data") == single_metrics.get("data")
+    if recipe != "comcl-detector":
+        test = metrics["test"].get("original", metrics["test"])
+        assert test["overall"]["n"] == metrics["data"]["test_images"]
