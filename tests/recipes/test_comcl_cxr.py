@@ -93,11 +93,21 @@ def test_degrade_to_ratio_uses_low_dose_for_x_rays(nih):
 def test_x_ray_datasets_normalise_and_do_not_flip_upside_down(nih):
     data = load_nih_layout(nih, "train", 64, lq_ratio=0.0)
     grading = GradingDataset(data, train=True)
-    assert len(grading.transform.transforms) == 3  # horizontal flip, dtype, normalise
-    image, grade, quality = grading[0]
-    assert image.shape == (3, 64, 64) and grade == 0 and quality == 0
-    first, second, level = PatchPairDataset(data, 16, seed=0, augmentation="light")[1]
-    assert first.shape == second.shape == (3, 16, 16) and level == 0  # Atelectasis, high quality: L
+    plain = GradingDataset(data, train=False)[0][0]
+    seen = set()
+    for epoch in range(12):
+        grading.set_epoch(epoch)
+        image, grade, quality = grading[0]
+        assert image.shape == (3, 64, 64) and grade == 0 and quality == 0
+        if torch.equal(image, plain):
+            seen.add("as is")
+        else:
+            assert torch.equal(image, plain.flip(-1)), "an X-ray may only be mirrored left-right"
+            seen.add("mirrored")
+    assert seen == {"as is", "mirrored"}
+    first, second, level, params1, params2 = PatchPairDataset(data, 16, seed=0, augmentation="light")[1]
+    assert first.shape == second.shape == (3, 16, 16) and first.dtype == torch.uint8
+    assert level == 0 and params1.shape == params2.shape == (9,)  # Atelectasis, high quality: L
 
 
 def test_smoke_run_on_nih_reports_kappa_per_quality(nih, tmp_path):

@@ -21,6 +21,7 @@ from qualcl.models.cnn import (
     resnet_encoder,
     vgg_encoder,
 )
+from qualcl.models.conv import UnfoldConv2d, unfold_small_convs
 from qualcl.models.encoder import Encoder
 from qualcl.models.vit import ViTEncoder, vit_encoder
 
@@ -30,10 +31,12 @@ __all__ = [
     "Encoder",
     "EncoderInfo",
     "ResNetEncoder",
+    "UnfoldConv2d",
     "VGGEncoder",
     "ViTEncoder",
     "build_encoder",
     "load_pretrained",
+    "unfold_small_convs",
 ]
 
 

@@ -55,6 +55,9 @@ class TrainerConfig:
         sync_batchnorm: Under DDP, synchronise BatchNorm statistics across processes where the recipe
             allows it (contrastive pre-training, so that a step equals one process on the whole batch).
         channels_last: Train convolutional encoders in channels-last memory format.
+        small_map_convs: ``"native"`` or ``"unfold"``: on the CPU, run convolutions whose input maps
+            have at most 9 pixels as unfold + matmul (:class:`qualcl.models.UnfoldConv2d`; the same
+            function, a backward several times faster there, other rounding).
         progress: Show progress bars.
     """
 
@@ -66,6 +69,7 @@ class TrainerConfig:
     logger: Literal["csv", "tensorboard", "wandb", "mlflow", "none"] = "csv"
     sync_batchnorm: bool = True
     channels_last: bool = False
+    small_map_convs: Literal["native", "unfold"] = "native"
     progress: bool = True
 
     def __post_init__(self) -> None:

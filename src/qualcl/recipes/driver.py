@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -27,17 +28,28 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from qualcl.distributed import gather_no_grad, is_distributed, rank, world_size
+from qualcl.models import unfold_small_convs
 from qualcl.recipes.callbacks import EpochSetter, HistoryWriter, load_best, resume_path
 from qualcl.recipes.config import RecipeConfig, resolve_config
 from qualcl.recipes.run_folder import ModelCard, RunFolder
 from qualcl.recipes.trainer import check_logger, make_trainer
 
-__all__ = ["Recipe", "RunContext", "Stage", "eval_loader", "is_global_zero", "run_recipe"]
+__all__ = ["Recipe", "RunContext", "Stage", "eval_loader", "is_global_zero", "run_recipe", "stage_seed"]
 
 C = TypeVar("C", bound=RecipeConfig)
 D = TypeVar("D")
 S = TypeVar("S")
 Loader = DataLoader[Any] | Callable[[], DataLoader[Any]]
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """The seed stage ``stage`` starts from: a fixed function of the run's seed and the stage's name.
+
+    Example:
+        >>> stage_seed(0, "pretrain") == stage_seed(0, "pretrain") != stage_seed(1, "pretrain")
+        True
+    """
+    return zlib.crc32(f"{seed}/{stage}".encode()) % (2**31 - 1)
 
 
 def is_global_zero() -> bool:
@@ -222,6 +234,8 @@ class RunContext(Generic[C]):
             return self.records[stage]
         if self.config.trainer.channels_last:
             module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        if self.config.trainer.small_map_convs == "unfold":
+            unfold_small_convs(module)
         callbacks: list[Callback] = []
         if history is not None:
             callbacks.append(HistoryWriter(run, stage, history))
@@ -405,8 +419,9 @@ def run_recipe(
     """Run ``recipe`` with ``config`` into the run folder ``out``; re-running resumes where it stopped.
 
     Order: checks (nothing is written before they pass) → ``config.yaml`` → seeding → data →
-    models → each stage (finished ones reload their weights, an interrupted one resumes from its
-    ``last.ckpt``) → evaluation → ``metrics.json``/``.csv`` → ``MODEL_CARD.md``.
+    models → each stage, from a seed of its own (:func:`stage_seed`; finished stages reload their
+    weights, an interrupted one resumes from its ``last.ckpt``) → evaluation →
+    ``metrics.json``/``.csv`` → ``MODEL_CARD.md``.
 
     Args:
         recipe: The recipe.
@@ -428,6 +443,9 @@ def run_recipe(
     data = recipe.load_data(ctx)
     state = recipe.setup(ctx, data)
     for stage in recipe.stages(config):
+        # each stage starts from a seed of its own: its randomness (a new head's initialisation, say)
+        # does not depend on whether the stages before it trained in this run or were reloaded
+        L.seed_everything(stage_seed(config.seed, stage.name), workers=True, verbose=False)
         stage.run(ctx, data, state)
     results = recipe.evaluate(ctx, data, state)
     stages = {name: record.get("seconds") for name, record in ctx.records.items()}

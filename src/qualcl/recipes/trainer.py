@@ -24,6 +24,7 @@ for _message in (
     r".*fit\(ckpt_path=.*",
     ".*smaller than the logging interval.*",
     r".*sync_dist=True.*when logging on epoch level in distributed.*",
+    ".*overridden `on_after_batch_transfer` in `LightningModule` but have passed in a `LightningDataModule`.*",
 ):
     warnings.filterwarnings("ignore", message=_message)
 
@@ -93,13 +94,17 @@ class StepProgressBar(TQDMProgressBar):
         super().__init__()
         self.stage = stage
 
+    @property
+    def train_description(self) -> str:
+        """The bar's label: the stage."""
+        return f"{self.stage} (steps)"
+
     def on_train_start(self, trainer: L.Trainer, *args: Any) -> None:
         """Open the bar at the resumed step."""
         self.train_progress_bar = self.init_train_tqdm()
         self.train_progress_bar.reset(total=trainer.max_steps)
         self.train_progress_bar.initial = trainer.global_step
         self.train_progress_bar.n = trainer.global_step
-        self.train_progress_bar.set_description(f"{self.stage} (steps)")
 
     def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
         """Keep counting across epochs."""

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
 
+from qualcl.data.augment import ColorJitterSpec, apply_color_jitter
 from qualcl.data.levels import split_levels
 from qualcl.data.readers import (
     CHESTXRAY8_FINDINGS,
@@ -31,13 +32,13 @@ from qualcl.samplers import LesionPatchSampler, RandomPatchSampler
 __all__ = [
     "CXR_CLASSES",
     "GradingDataset",
+    "PatchAugmentation",
     "PatchPairDataset",
     "degrade_to_ratio",
     "load_eyeq_layout",
     "load_fundus_table",
     "load_nih_layout",
     "low_dose_tensor",
-    "patch_augmentation",
     "patient_split",
 ]
 
@@ -264,57 +265,101 @@ def patient_split(patients: Sequence[str], fraction: float, seed: int) -> tuple[
     return keep, out
 
 
-def patch_augmentation(patch_size: int, strength: str = "paper", modality: str = "fundus") -> v2.Compose:
-    """Patch augmentation: CoMCL's (``data.py::data_transforms``) or a lighter one for small patches.
-
-    ``"paper"``: flips, ColorJitter(0.4, 0.4, 0.4, 0.1), RandomResizedCrop(scale 0.8–1), RandomAffine(±180°),
-    RandomGrayscale(0.2) — made for 128-px patches. ``"light"``: flips, quarter turns and
-    ColorJitter(0.2, 0.2, 0.2, 0.02); at 24–32-px patches of 64–96-px images the paper's version leaves too little
-    shared content between the two views for a from-scratch encoder to learn in a few hundred steps.
-    ``modality`` picks the normalisation (``"fundus"`` or ``"cxr"``).
-    """
-    if strength == "paper":
-        geometry: list[v2.Transform] = [
-            v2.RandomHorizontalFlip(),
-            v2.RandomVerticalFlip(),
-            v2.ColorJitter(0.4, 0.4, 0.4, 0.1),
-            v2.RandomResizedCrop(patch_size, scale=(0.8, 1.0), ratio=(0.8, 1.25), antialias=True),
-            v2.RandomAffine(degrees=180),
-            v2.RandomGrayscale(0.2),
-        ]
-    elif strength == "light":
-        geometry = [
-            v2.RandomHorizontalFlip(),
-            v2.RandomVerticalFlip(),
-            v2.RandomChoice([v2.RandomRotation((angle, angle)) for angle in (0, 90, 180, 270)]),
-            v2.ColorJitter(0.2, 0.2, 0.2, 0.02),
-        ]
-    else:
-        raise ValueError(f"augmentation must be 'paper' or 'light', got {strength!r}")
-    mean, std = _normalization(modality)
-    return v2.Compose([*geometry, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
-
-
 def _normalization(modality: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if modality not in NORMALIZATION:
         raise ValueError(f"modality must be one of {sorted(NORMALIZATION)}, got {modality!r}")
     return NORMALIZATION[modality]
 
 
-class PatchPairDataset(Dataset[tuple[Tensor, Tensor, int]]):
-    """Item ``i``: two augmented patches of image ``i`` and its level id.
+def _item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The generator of item ``index`` in ``epoch``: every random choice of a dataset item comes from it."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + index)
+
+
+class PatchAugmentation:
+    """CoMCL's patch augmentation with every draw from an explicit generator (reproducible, resumable).
+
+    ``"paper"`` (CoMCL's code, ``data.py::data_transforms``, made for 128-px patches): flips,
+    RandomResizedCrop(scale 0.8–1, ratio 0.8–1.25), RandomAffine(±180°), then ColorJitter(0.4, 0.4,
+    0.4, 0.1) and RandomGrayscale(0.2). ``"light"`` (the CPU presets' 24–32-px patches of 64–96-px
+    images, where the paper's version leaves too little shared content between the two views for a
+    from-scratch encoder to learn in a few hundred steps): flips, a quarter turn, ColorJitter(0.2,
+    0.2, 0.2, 0.02). The geometric part runs per patch in the dataset (:meth:`geometry`); the
+    photometric part is drawn there too (:meth:`color_params`) but applied to the whole batch on its
+    device (:func:`qualcl.data.augment.apply_color_jitter`, then :meth:`normalize`), which is what
+    makes a CPU step cheap. Unlike the code's single ``Compose``, the colour operations come after
+    the geometric ones (they commute with flips and quarter turns; with the paper's crop and
+    rotation only the black corners of a rotated patch are jittered differently).
+
+    Args:
+        patch_size: Output side.
+        strength: ``"paper"`` or ``"light"``.
+        modality: ``"fundus"`` or ``"cxr"`` (normalisation).
+    """
+
+    def __init__(self, patch_size: int, strength: str = "paper", modality: str = "fundus") -> None:
+        if strength not in ("paper", "light"):
+            raise ValueError(f"augmentation must be 'paper' or 'light', got {strength!r}")
+        self.patch_size = patch_size
+        self.strength = strength
+        self.mean, self.std = _normalization(modality)
+        self.color = (
+            ColorJitterSpec(0.4, 0.4, 0.4, 0.1, grayscale=0.2)
+            if strength == "paper"
+            else ColorJitterSpec(0.2, 0.2, 0.2, 0.02)
+        )
+
+    def geometry(self, patch: Tensor, generator: torch.Generator) -> Tensor:
+        """The geometric augmentation of one ``(3, S, S)`` uint8 patch."""
+        flips = torch.rand(2, generator=generator)
+        if flips[0] < 0.5:
+            patch = patch.flip(-1)
+        if flips[1] < 0.5:
+            patch = patch.flip(-2)
+        if self.strength == "light":
+            turns = int(torch.randint(4, (), generator=generator))
+            return torch.rot90(patch, turns, dims=(-2, -1))
+        size = self.patch_size
+        area = size * size * (0.8 + 0.2 * float(torch.rand((), generator=generator)))
+        log_ratio = torch.empty(()).uniform_(float(np.log(0.8)), float(np.log(1.25)), generator=generator)
+        ratio = float(torch.exp(log_ratio))
+        w = min(size, max(1, round((area * ratio) ** 0.5)))
+        h = min(size, max(1, round((area / ratio) ** 0.5)))
+        top = int(torch.randint(size - h + 1, (), generator=generator))
+        left = int(torch.randint(size - w + 1, (), generator=generator))
+        patch = TF.resized_crop(patch, top, left, h, w, [size, size], antialias=True)
+        angle = -180.0 + 360.0 * float(torch.rand((), generator=generator))
+        rotated: Tensor = TF.affine(patch, angle=angle, translate=[0, 0], scale=1.0, shear=[0.0, 0.0])
+        return rotated
+
+    def color_params(self, generator: torch.Generator) -> Tensor:
+        """``(9,)`` ColorJitter / RandomGrayscale parameters of one patch."""
+        return self.color.sample(generator)
+
+    def normalize(self, patches: Tensor, params: Tensor) -> Tensor:
+        """``(N, 3, S, S)`` uint8 patches and their ``(N, 9)`` parameters → jittered, normalised float32."""
+        images = apply_color_jitter(patches.to(torch.float32) / 255, params)
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        return (images - mean) / std
+
+
+class PatchPairDataset(Dataset[tuple[Tensor, Tensor, int, Tensor, Tensor]]):
+    """Item ``i``: two patches of image ``i`` (uint8, geometric augmentation done), its level, their colour draws.
 
     Lesion levels draw two windows around the same lesion box (:class:`LesionPatchSampler`);
     healthy levels, or lesion images without a usable box, draw one random window inside the
     field of view (:class:`RandomPatchSampler`) viewed twice. With ``binary_levels`` the level id
-    is 0 for lesion and 1 for healthy images (CoMCL "w/o multi-level").
+    is 0 for lesion and 1 for healthy images (CoMCL "w/o multi-level"). Every draw comes from the
+    item's generator ``(seed, epoch, index)``; the colour part is applied per batch by
+    :meth:`PatchAugmentation.normalize` (``ContrastivePretraining`` does, on the batch's device).
 
     Args:
         data: The images.
         patch_size: Window side.
-        seed: Seed of the window draws (mixed with the epoch and the index).
+        seed: Seed of the draws (mixed with the epoch and the index).
         binary_levels: Use lesion/healthy ids instead of the four levels.
-        augmentation: ``"paper"`` or ``"light"`` (see :func:`patch_augmentation`).
+        augmentation: ``"paper"`` or ``"light"`` (see :class:`PatchAugmentation`).
     """
 
     def __init__(
@@ -332,19 +377,19 @@ class PatchPairDataset(Dataset[tuple[Tensor, Tensor, int]]):
         self.lesion = LesionPatchSampler(patch_size)
         self.random = RandomPatchSampler(patch_size)
         self.patch_size = patch_size
-        self.augment = patch_augmentation(patch_size, augmentation, data.modality)
+        self.augment = PatchAugmentation(patch_size, augmentation, data.modality)
         self.seed = seed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Draw new windows for ``epoch``."""
+        """Draw new windows and augmentations for ``epoch``."""
         self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int]:
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index)
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int, Tensor, Tensor]:
+        g = _item_generator(self.seed, self.epoch, index)
         image = self.data.images[index]
         size = (image.shape[1], image.shape[2])
         p = self.patch_size
@@ -355,36 +400,46 @@ class PatchPairDataset(Dataset[tuple[Tensor, Tensor, int]]):
             assert self.data.fov is not None
             x1, y1 = self.random.sample(self.data.fov[index], generator=g)
             x2, y2 = x1, y1
-        first = self.augment(image[:, y1 : y1 + p, x1 : x1 + p])
-        second = self.augment(image[:, y2 : y2 + p, x2 : x2 + p])
-        return first, second, int(self.levels[index])
+        first = self.augment.geometry(image[:, y1 : y1 + p, x1 : x1 + p], g)
+        second = self.augment.geometry(image[:, y2 : y2 + p, x2 : x2 + p], g)
+        return first, second, int(self.levels[index]), self.augment.color_params(g), self.augment.color_params(g)
 
 
 class GradingDataset(Dataset[tuple[Tensor, int, int]]):
-    """Item ``i``: normalised image, class id, quality code (flips when ``train``; X-rays only left-right)."""
+    """Item ``i``: normalised image, class id, quality code; when ``train``, flipped at random.
 
-    def __init__(self, data: ImageTable, *, train: bool) -> None:
+    Fundus images flip both ways, X-rays only left-right (a chest radiograph upside down is not a
+    plausible image; a mirrored one nearly is). The flips come from the item's generator
+    ``(seed, epoch, index)``: call :meth:`set_epoch` each epoch.
+    """
+
+    def __init__(self, data: ImageTable, *, train: bool, seed: int = 0) -> None:
         self.data = data
-        steps: list[v2.Transform] = []
-        if train:
-            # a chest radiograph upside down is not a plausible image; a mirrored one nearly is
-            steps = (
-                [v2.RandomHorizontalFlip()]
-                if data.modality == "cxr"
-                else [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
-            )
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+        self.vertical = data.modality != "cxr"
         mean, std = _normalization(data.modality)
-        self.transform = v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw new flips for ``epoch``."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
-        return (
-            self.transform(self.data.images[index]),
-            int(self.data.label[index]),
-            int(self.data.quality[index]),
-        )
+        image = self.data.images[index]
+        if self.train:
+            flips = torch.rand(2, generator=_item_generator(self.seed, self.epoch, index))
+            if flips[0] < 0.5:
+                image = image.flip(-1)
+            if self.vertical and flips[1] < 0.5:
+                image = image.flip(-2)
+        normalised = (image.to(torch.float32) / 255 - self.mean) / self.std
+        return normalised, int(self.data.label[index]), int(self.data.quality[index])
 
 
 def degrade_to_ratio(data: ImageTable, ratio: float, seed: int) -> ImageTable:

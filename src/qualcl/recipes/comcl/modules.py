@@ -14,6 +14,7 @@ from qualcl.heads.projection import ProjectionHead
 from qualcl.losses import MultiLevelInfoNCE, NTXentLoss
 from qualcl.metrics import cohen_kappa, quadratic_weighted_kappa
 from qualcl.models import Encoder
+from qualcl.recipes.comcl.data import PatchAugmentation
 from qualcl.samplers import SelfPacedHardNegativeMiner
 
 __all__ = ["ContrastivePretraining", "GradingFineTuning"]
@@ -33,6 +34,10 @@ class ContrastivePretraining(L.LightningModule):
         lr: AdamW learning rate.
         weight_decay: Weight decay ``r(w)``.
         max_steps: Steps of the cosine learning-rate decay.
+        augment: The patch augmentation whose photometric part runs here, on the batch's device,
+            when batches come as ``(uint8 view1, uint8 view2, levels, colour params 1, 2)``
+            (:class:`~qualcl.recipes.comcl.data.PatchPairDataset`); batches of float views are
+            used as they are.
     """
 
     def __init__(
@@ -45,16 +50,25 @@ class ContrastivePretraining(L.LightningModule):
         lr: float,
         weight_decay: float,
         max_steps: int,
+        augment: PatchAugmentation | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
+        self.augment = augment
         self.loss_fn = loss
         self.temperature = temperature
         self.lr = lr
         self.weight_decay = weight_decay
         self.max_steps = max_steps
         self.step_log: list[dict[str, float]] = []
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """The batch's photometric augmentation and normalisation, on its device."""
+        if self.augment is not None and len(batch) == 5:
+            view1, view2, levels, params1, params2 = batch
+            return self.augment.normalize(view1, params1), self.augment.normalize(view2, params2), levels
+        return batch
 
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         """One contrastive step on a level-balanced batch of patch pairs."""

@@ -7,14 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from qualcl.data.levels import LEVEL_NAMES, split_levels
 from qualcl.data.table import ImageTable
-from qualcl.distributed import world_size
 from qualcl.heads.projection import ProjectionHead
 from qualcl.losses import MultiLevelInfoNCE, NTXentLoss
 from qualcl.metrics import confusion_matrix, stratified_grading_metrics
@@ -145,14 +143,6 @@ def _plot_finetune(run: RunFolder, metric: str) -> None:
     )
 
 
-def _train_loader(data: ImageTable, *, batch_size: int, seed: int) -> DataLoader[Any]:
-    dataset = GradingDataset(data, train=True)
-    if world_size() > 1:  # each rank its shard of a per-epoch shuffle
-        return DataLoader(dataset, batch_size=batch_size, sampler=ShardedShuffleSampler(len(dataset), seed=seed))
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
-
-
 class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
     """CoMCL end to end.
 
@@ -257,6 +247,7 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,
             max_steps=cfg.steps,
+            augment=dataset.augment,
         )
         ctx.fit(
             "pretrain",
@@ -283,15 +274,18 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
         assert data.train.patient is not None
         keep, held = patient_split(data.train.patient, cfg.val_fraction, config.seed)
         fit_data, val_data = data.train.subset(keep), data.train.subset(held)
+        dataset = GradingDataset(fit_data, train=True, seed=config.seed)
+        sampler = ShardedShuffleSampler(len(dataset), seed=config.seed)  # each rank its shard of the epoch
         ctx.fit(
             "finetune",
             state.finetune,
-            lambda: _train_loader(fit_data, batch_size=cfg.batch_size, seed=config.seed),
+            DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler),
             eval_loader(GradingDataset(val_data, train=False), cfg.batch_size),
             weights={"classifier": state.finetune},
             max_epochs=cfg.epochs,
             monitor="val/kappa",
             history="epoch_log",
+            reseed=(dataset, sampler),
             info={"epochs": cfg.epochs},
         )
         _plot_finetune(ctx.run, metric)
