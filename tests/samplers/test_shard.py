@@ -74,13 +74,13 @@ def test_two_pass_sampler_gives_ranks_disjoint_batches_of_the_same_pass(n, batch
 
 
 def test_level_balanced_sampler_reads_the_world_when_iterated(monkeypatch):
-    import qualcl.samplers.balanced as balanced
+    import qualcl.samplers._ranks as ranks
 
     levels = [0, 1] * 8
     sampler = LevelBalancedBatchSampler(levels, per_level=2, seed=0)  # built before any process group
     assert len(sampler) == 4
-    monkeypatch.setattr(balanced, "world_size", lambda: 2)
-    monkeypatch.setattr(balanced, "current_rank", lambda: 1)
+    monkeypatch.setattr(ranks, "world_size", lambda: 2)
+    monkeypatch.setattr(ranks, "current_rank", lambda: 1)
     assert sampler.num_replicas == 2 and sampler.rank == 1 and len(sampler) == 2
     rank0 = LevelBalancedBatchSampler(levels, per_level=2, seed=0, num_replicas=2, rank=0)
     assert not {i for b in rank0 for i in b} & {i for b in sampler for i in b}

@@ -7,13 +7,12 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
-from qualcl.distributed import rank as current_rank
-from qualcl.distributed import world_size
+from qualcl.samplers._ranks import RankAware
 
 __all__ = ["LevelBalancedBatchSampler"]
 
 
-class LevelBalancedBatchSampler(Sampler[list[int]]):
+class LevelBalancedBatchSampler(RankAware, Sampler[list[int]]):
     """Batches of ``per_level`` indices from each level, seeded, disjoint across DDP ranks.
 
     Each epoch shuffles every level's indices with ``torch.Generator().manual_seed(seed + epoch)``
@@ -81,23 +80,7 @@ class LevelBalancedBatchSampler(Sampler[list[int]]):
         self.replacement = replacement
         self.seed = seed
         self.epoch = 0
-        self._replicas = num_replicas
-        self._rank = rank
-        if num_replicas is not None and rank is not None and not 0 <= rank < num_replicas:
-            raise ValueError(f"rank must lie in [0, num_replicas={num_replicas}), got {rank}")
-
-    @property
-    def num_replicas(self) -> int:
-        """DDP world size (read from ``torch.distributed`` when iterated, unless given)."""
-        return world_size() if self._replicas is None else self._replicas
-
-    @property
-    def rank(self) -> int:
-        """This process's rank (likewise)."""
-        value = current_rank() if self._rank is None else self._rank
-        if not 0 <= value < self.num_replicas:
-            raise ValueError(f"rank must lie in [0, num_replicas={self.num_replicas}), got {value}")
-        return value
+        self._set_world(num_replicas, rank)
 
     def set_epoch(self, epoch: int) -> None:
         """Use a new shuffle for ``epoch`` (same on every rank)."""

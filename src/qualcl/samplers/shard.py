@@ -7,13 +7,12 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
-from qualcl.distributed import rank as current_rank
-from qualcl.distributed import world_size
+from qualcl.samplers._ranks import RankAware
 
 __all__ = ["ShardSampler", "ShardedShuffleSampler"]
 
 
-class ShardedShuffleSampler(Sampler[int]):
+class ShardedShuffleSampler(RankAware, Sampler[int]):
     """Indices ``0..n-1``, shuffled per epoch with ``seed``, rank ``r`` of ``W`` taking positions ``r, r+W, …``.
 
     Like :class:`torch.utils.data.DistributedSampler`, every rank gets the same number of indices
@@ -53,22 +52,8 @@ class ShardedShuffleSampler(Sampler[int]):
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
-        self._replicas = num_replicas
-        self._rank = rank
+        self._set_world(num_replicas, rank)
         self.epoch = 0
-
-    @property
-    def num_replicas(self) -> int:
-        """World size."""
-        return world_size() if self._replicas is None else self._replicas
-
-    @property
-    def rank(self) -> int:
-        """This process's rank."""
-        value = current_rank() if self._rank is None else self._rank
-        if not 0 <= value < self.num_replicas:
-            raise ValueError(f"rank must lie in [0, num_replicas={self.num_replicas}), got {value}")
-        return value
 
     def set_epoch(self, epoch: int) -> None:
         """Shuffle for ``epoch``."""
@@ -91,7 +76,7 @@ class ShardedShuffleSampler(Sampler[int]):
         yield from order[me:total:world]
 
 
-class ShardSampler(Sampler[int]):
+class ShardSampler(RankAware, Sampler[int]):
     """Evaluation order across DDP ranks: rank ``r`` of ``W`` takes items ``r, r + W, …`` (no padding, no shuffle).
 
     Every item is seen exactly once over all ranks, so predictions gathered from every rank are the
@@ -112,14 +97,10 @@ class ShardSampler(Sampler[int]):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         self.n = n
-        self._replicas = num_replicas
-        self._rank = rank
+        self._set_world(num_replicas, rank)
 
     def _shard(self) -> range:
-        world = world_size() if self._replicas is None else self._replicas
-        me = current_rank() if self._rank is None else self._rank
-        if not 0 <= me < world:
-            raise ValueError(f"rank must lie in [0, num_replicas={world}), got {me}")
+        world, me = self.num_replicas, self.rank
         if self.n < world:
             raise ValueError(f"{self.n} items cannot be shared by {world} processes: every rank needs one")
         return range(me, self.n, world)

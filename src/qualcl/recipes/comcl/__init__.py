@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from qualcl.recipes.comcl.ablation import run_ablation
 from qualcl.recipes.comcl.config import (
     ABLATIONS,
@@ -52,23 +50,8 @@ __all__ = [
 ]
 
 
-def comcl_config(
-    preset: str = "default",
-    *,
-    dataset: str | None = None,
-    data_dir: str | None = None,
-    overrides: Sequence[str] = (),
-    seed: int | None = None,
-) -> ComclConfig:
-    """``COMCL.config(...)``: preset ← dataset settings (NIH: 9 classes, 43.2 % LQ) ← arguments ← overrides.
-
-    Example:
-        >>> comcl_config("smoke", dataset="nih-cxr14", data_dir="NIH").num_classes
-        9
-    """
-    return COMCL.config(preset, dataset=dataset, data_dir=data_dir, overrides=overrides, seed=seed)
-
-
-def detector_config(preset: str = "default", *, overrides: Sequence[str] = ()) -> DetectorConfig:
-    """``DETECTOR.config(preset, overrides=...)``."""
-    return DETECTOR.config(preset, overrides=overrides)
+#: ``COMCL.config(preset, *, dataset, data_dir, overrides, seed)``: defaults ← preset ← the dataset's
+#: settings (NIH ChestX-ray14: 9 classes, 43.2 % LQ) ← arguments ← overrides.
+comcl_config = COMCL.config
+#: ``DETECTOR.config(preset, *, dataset, data_dir, overrides, seed)``.
+detector_config = DETECTOR.config

@@ -270,6 +270,5 @@ class DetectorRecipe(Recipe[DetectorConfig, DetectorData, DetectorTraining]):
 DETECTOR = DetectorRecipe()
 
 
-def run_comcl_detector(config: DetectorConfig, out: str | Path) -> dict[str, Any]:
-    """Train the lesion detector into the run folder ``out`` (see :class:`DetectorRecipe`)."""
-    return DETECTOR.run(config, out)
+#: ``DETECTOR.run(config, out)``: train the detector into the folder ``out``.
+run_comcl_detector = DETECTOR.run

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -373,13 +372,5 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
 COMCL = ComclRecipe()
 
 
-def run_comcl(config: ComclConfig, out: str | Path, *, callbacks: list[Callback] | None = None) -> dict[str, Any]:
-    """Run CoMCL end to end into the run folder ``out``; re-running resumes where it stopped.
-
-    See :class:`ComclRecipe` for the stages and :func:`qualcl.recipes.driver.run_recipe` for the run folder.
-
-    Example:
-        >>> from qualcl.recipes.comcl import COMCL, run_comcl
-        >>> metrics = run_comcl(COMCL.config("smoke"), "runs/comcl-smoke")  # doctest: +SKIP
-    """
-    return COMCL.run(config, out, callbacks=callbacks or [])
+#: ``COMCL.run(config, out, *, callbacks=())``: the run end to end into the folder ``out``; re-running resumes.
+run_comcl = COMCL.run

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from qualcl.recipes.mkcnet.ablation import ablation_table, ablation_variants, run_ablation, variant_config
 from qualcl.recipes.mkcnet.config import (
     ABLATIONS,
@@ -47,19 +45,6 @@ __all__ = [
 ]
 
 
-def mkcnet_config(
-    preset: str = "default",
-    *,
-    dataset: str | None = None,
-    data_dir: str | None = None,
-    overrides: Sequence[str] = (),
-    seed: int | None = None,
-) -> MkcnetConfig:
-    """``MKCNET.config(...)``: preset ← the dataset's settings (:data:`DATASETS`) ← arguments ← overrides.
-
-    Example:
-        >>> config = mkcnet_config("paper", dataset="drac", data_dir="DRAC2022")
-        >>> config.data.channels, config.model.slice_length, config.train.epochs, config.train.meta_lr
-        (1, 10, 200, 0.01)
-    """
-    return MKCNET.config(preset, dataset=dataset, data_dir=data_dir, overrides=overrides, seed=seed)
+#: ``MKCNET.config(preset, *, dataset, data_dir, overrides, seed)``: defaults ← preset ← the dataset's
+#: settings (:data:`DATASETS`) ← arguments ← overrides.
+mkcnet_config = MKCNET.config

@@ -25,9 +25,8 @@ from qualcl.data.readers import (
     read_eyeq_quality,
 )
 from qualcl.data.table import ImageTable
-from qualcl.distributed import rank as current_rank
-from qualcl.distributed import world_size
 from qualcl.recipes.mkcnet.config import DATASETS, DataConfig
+from qualcl.samplers._ranks import RankAware
 
 __all__ = [
     "MKCNET_QUALITY",
@@ -214,7 +213,7 @@ class MkcnetDataset(Dataset[tuple[Tensor, int, int, int, int]]):
         )
 
 
-class TwoPassBatchSampler(Sampler[list[int]]):
+class TwoPassBatchSampler(RankAware, Sampler[list[int]]):
     """Batches of ``passes`` shuffled passes over ``n`` items per epoch; pass ``p`` yields indices ``p·n + i``.
 
     MKCNet's epoch is two full passes over the training set, the first updating the Task Net and
@@ -257,15 +256,7 @@ class TwoPassBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.epoch = 0
         self.skip = 0
-        self._replicas = num_replicas
-        self._rank = rank
-
-    def _world(self) -> tuple[int, int]:
-        world = world_size() if self._replicas is None else self._replicas
-        me = current_rank() if self._rank is None else self._rank
-        if not 0 <= me < world:
-            raise ValueError(f"rank must lie in [0, num_replicas={world}), got {me}")
-        return world, me
+        self._set_world(num_replicas, rank)
 
     def set_epoch(self, epoch: int, skip: int | None = None) -> None:
         """Shuffle for ``epoch``; the next iteration leaves out its first ``skip`` batches (done before a resume).
@@ -288,7 +279,7 @@ class TwoPassBatchSampler(Sampler[list[int]]):
         return full + (1 if rest >= 2 else 0)
 
     def _local_per_pass(self) -> int:
-        world, _ = self._world()
+        world = self.num_replicas
         per = self.batches_per_pass // world
         if per < 1:
             raise ValueError(f"{self.batches_per_pass} batches per pass cannot be shared by {world} processes")
@@ -299,7 +290,7 @@ class TwoPassBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         skip, self.skip = self.skip, 0  # the skip is for one (the resumed) iteration only
-        world, me = self._world()
+        world, me = self.num_replicas, self.rank
         local = self._local_per_pass()
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         for p in range(self.passes):

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from qualcl.data.table import ImageTable
@@ -281,13 +280,5 @@ class MkcnetRecipe(Recipe[MkcnetConfig, MkcnetData, MkcnetTraining]):
 MKCNET = MkcnetRecipe()
 
 
-def run_mkcnet(config: MkcnetConfig, out: str | Path, *, callbacks: list[Callback] | None = None) -> dict[str, Any]:
-    """Run MKCNet end to end into the run folder ``out``; re-running resumes where it stopped.
-
-    See :class:`MkcnetRecipe` for the stages and :func:`qualcl.recipes.driver.run_recipe` for the run folder.
-
-    Example:
-        >>> from qualcl.recipes.mkcnet import MKCNET, run_mkcnet
-        >>> metrics = run_mkcnet(MKCNET.config("smoke"), "runs/mkcnet-smoke")  # doctest: +SKIP
-    """
-    return MKCNET.run(config, out, callbacks=callbacks or [])
+#: ``MKCNET.run(config, out, *, callbacks=())``: the run end to end into the folder ``out``; re-running resumes.
+run_mkcnet = MKCNET.run
