@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,22 @@ def test_two_process_ddp_run_writes_the_layout_of_one_process(recipe, tmp_path):
     if recipe != "comcl-detector":
         test = metrics["test"].get("original", metrics["test"])
         assert test["overall"]["n"] == metrics["data"]["test_images"]
+
+
+def test_torchrun_launches_a_recipe_as_written(tmp_path):
+    """Under torchrun the ranks come from the launcher (Lightning's TorchElastic environment)."""
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not on the PATH")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    command = [torchrun, "--nproc_per_node", "2", "--master_port", port, "-m", "qualcl.cli", "run", "comcl"]
+    options = ["--preset", "smoke", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", *RECIPES["comcl"]]
+    result = subprocess.run(
+        [*command, *options, "--out", "run"], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / "metrics.json").is_file() and (tmp_path / "run" / "MODEL_CARD.md").is_file()
+    assert result.stdout.count("run folder:") == 1  # one summary, from global rank 0
