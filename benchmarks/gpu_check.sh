@@ -12,7 +12,9 @@
 #
 # Everything lands in OUT_DIR (summary.md first). Nothing here is needed by CI; no step stops the
 # others. The machine needs torch, triton, lightning, timm, torchmetrics, safetensors, einops and
-# pyyaml; qualcl is used from src/ (no install).
+# pyyaml; qualcl is used from src/ (no install). Peers missing there (pytorch-metric-learning,
+# open_clip_torch on the lent H200 image) are recorded as absent in the tables; to include them,
+# put their wheels on PYTHONPATH first.
 set -uo pipefail
 OUT_DIR=${1:-${OUT:-gpu_check}}
 mkdir -p "$OUT_DIR"
@@ -64,7 +66,9 @@ step kernels_cuda 120 $PY tests/kernels/triton_checks.py all --cuda
 step benchmarks_cuda 210 $PY -m benchmarks.compare --device cuda --budget 3 --repeats 10 --out "$OUT_DIR"
 
 # 3. bf16-mixed smoke runs of every recipe on the GPU
-step smoke_bf16 150 smoke_runs
+export -f smoke_runs
+export OUT_DIR PY
+step smoke_bf16 150 bash -c smoke_runs
 {
     echo
     echo "Smoke runs (bf16-mixed), test headline:"

@@ -164,9 +164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         status: int = args.func(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"qualcl: error: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:
+        # bad input (ours, or Lightning's configuration checks): one line naming it, not a traceback
+        if isinstance(error, (ValueError, FileNotFoundError)) or type(error).__name__ == "MisconfigurationException":
+            print(f"qualcl: error: {error}", file=sys.stderr)
+            return 2
+        raise
     return status
 
 

@@ -188,3 +188,20 @@ def test_step_budgeted_stages_show_one_bar_over_all_steps(tmp_path):
     assert isinstance(bar, StepProgressBar)
     assert (bar.train_progress_bar.total, bar.train_progress_bar.n) == (7, 7)
     assert bar.train_description == "pretrain (steps)"
+
+
+def test_settings_this_machine_cannot_run_fail_before_anything_is_written(tmp_path):
+    from qualcl.recipes.config import TrainerConfig
+    from qualcl.recipes.trainer import check_trainer
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="--accelerator gpu: this machine has no CUDA GPU"):
+        check_trainer(TrainerConfig(accelerator="gpu"))
+    with pytest.raises(ValueError, match="--precision 16-mixed needs a GPU"):
+        check_trainer(TrainerConfig(precision="16-mixed"))
+    check_trainer(TrainerConfig(accelerator="cpu", precision="bf16-mixed"))
+    config = COMCL.config("smoke", overrides=["trainer.accelerator=gpu"])
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        COMCL.run(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

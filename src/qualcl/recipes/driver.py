@@ -32,7 +32,7 @@ from qualcl.models import unfold_small_convs
 from qualcl.recipes.callbacks import EpochSetter, HistoryWriter, load_best, resume_path
 from qualcl.recipes.config import RecipeConfig, resolve_config
 from qualcl.recipes.run_folder import ModelCard, RunFolder
-from qualcl.recipes.trainer import check_logger, make_trainer
+from qualcl.recipes.trainer import check_trainer, make_trainer
 
 __all__ = ["Recipe", "RunContext", "Stage", "eval_loader", "is_global_zero", "run_recipe", "stage_seed"]
 
@@ -435,7 +435,7 @@ def run_recipe(
     """
     if not isinstance(config, recipe.config_class):
         raise TypeError(f"{recipe.name} needs a {recipe.config_class.__name__}, got {type(config).__name__}")
-    check_logger(config.trainer.logger)
+    check_trainer(config.trainer)
     recipe.check(config)
     ctx: RunContext[C] = RunContext(config, out, callbacks)
     ctx.run.save_config(config)

@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import Logger
 from qualcl.recipes.config import TrainerConfig
 from qualcl.recipes.run_folder import RunFolder
 
-__all__ = ["LOGGER_PACKAGES", "StepProgressBar", "check_logger", "make_logger", "make_trainer"]
+__all__ = ["LOGGER_PACKAGES", "StepProgressBar", "check_logger", "check_trainer", "make_logger", "make_trainer"]
 
 # Lightning's advice that does not apply: in-memory datasets need no workers; resume is explicit; the
 # validation metrics are computed on predictions gathered from every rank, so they need no sync_dist.
@@ -53,6 +53,21 @@ def check_logger(kind: str) -> None:
     if importlib.util.find_spec(package) is None:
         message = f"--logger {kind} needs the {package!r} package, which is not installed: pip install {package}"
         raise ValueError(message)
+
+
+def check_trainer(config: TrainerConfig) -> None:
+    """Reject settings this machine cannot run, naming the option, before a run writes anything."""
+    import torch
+
+    check_logger(config.logger)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if config.accelerator == "gpu" and gpus == 0:
+        raise ValueError("--accelerator gpu: this machine has no CUDA GPU (use --accelerator cpu or auto)")
+    on_gpu = config.accelerator != "cpu" and gpus > 0
+    if on_gpu and config.num_nodes == 1 and config.devices > gpus:
+        raise ValueError(f"--devices {config.devices}: this machine has {gpus} GPU(s)")
+    if config.precision == "16-mixed" and not on_gpu:
+        raise ValueError("--precision 16-mixed needs a GPU; on CPUs use --precision bf16-mixed or 32")
 
 
 def make_logger(kind: str, run: RunFolder, stage: str) -> Logger | bool:
