@@ -12,6 +12,7 @@ from qualcl.recipes.ablation import mean_std, run_variants
 from qualcl.recipes.comcl.config import ABLATIONS, ComclConfig, headline_metric
 from qualcl.recipes.comcl.probe import probe_run
 from qualcl.recipes.comcl.recipe import METRIC_NAMES, load_datasets, run_comcl
+from qualcl.recipes.driver import is_global_zero
 from qualcl.recipes.plots import plot_variant_dots
 
 __all__ = ["PAPER_TABLES", "ablation_table", "run_ablation"]
@@ -122,6 +123,8 @@ def run_ablation(
                 slot[metric].append(values["overall"][metric])
                 slot["accuracy"].append(values["overall"]["accuracy"])
         results[name] = per_setting
+    if not is_global_zero():  # under DDP every rank trained the runs; one writes the tables
+        return results
     (root / "ablation.json").write_text(json.dumps(results, indent=2))
     (root / "ablation.md").write_text(ablation_table(results, config, seeds))
     if results:

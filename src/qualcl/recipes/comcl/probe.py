@@ -24,6 +24,7 @@ from qualcl.models import build_encoder
 from qualcl.recipes.comcl.config import ComclConfig
 from qualcl.recipes.comcl.data import GradingDataset
 from qualcl.recipes.config import load_config
+from qualcl.recipes.driver import is_global_zero
 from qualcl.recipes.run_folder import RunFolder
 
 __all__ = ["encode", "probe_run", "quality_probe"]
@@ -71,7 +72,7 @@ def probe_run(folder: str | Path, train: ImageTable, test: ImageTable) -> dict[s
         ``{"grade": stratified metrics of a linear probe of the class, "low_quality":
         quality_probe(...), "geometry": feature_geometry(test features, test levels)}``.
     """
-    run = RunFolder(folder)
+    run = RunFolder(folder, writable=is_global_zero())
     cached = run.path("probe.json")
     if cached.is_file():
         result: dict[str, Any] = json.loads(cached.read_text())
@@ -89,5 +90,6 @@ def probe_run(folder: str | Path, train: ImageTable, test: ImageTable) -> dict[s
         "low_quality": quality_probe(train_features, train, test_features, test),
         "geometry": feature_geometry(test_features, split_levels(test.label, test.quality)),
     }
-    cached.write_text(json.dumps(result, indent=2))
+    if run.writable:
+        cached.write_text(json.dumps(result, indent=2))
     return result

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from qualcl.recipes.ablation import mean_std, run_variants
+from qualcl.recipes.driver import is_global_zero
 from qualcl.recipes.mkcnet.config import ABLATIONS, LQ_SWEEP, MkcnetConfig
 from qualcl.recipes.mkcnet.recipe import run_mkcnet
 from qualcl.recipes.plots import plot_curves
@@ -111,6 +112,8 @@ def run_ablation(
                 for key in ("auc", "accuracy", "macro_f1"):
                     slot.setdefault(key, []).append(values[key])
         results[name] = strata
+    if not is_global_zero():  # under DDP every rank trained the runs; one writes the tables
+        return results
     (root / "ablation.json").write_text(json.dumps(results, indent=2))
     (root / "ablation.md").write_text(ablation_table(results, config, seeds))
     _plot_sweep(results, root / "ablation_lq_sweep.png")
