@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -76,6 +77,8 @@ def _cmd_synth_fundus(args: argparse.Namespace) -> int:
     from qualcl.data.synthetic import save_preview_grid, write_fundus_dataset
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
     start = time.perf_counter()
     summary = write_fundus_dataset(
         out,
@@ -164,9 +167,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         status: int = args.func(args)
+    except BrokenPipeError:
+        # the reader of our output went away (`qualcl list | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as error:
-        # bad input (ours, or Lightning's configuration checks): one line naming it, not a traceback
-        if isinstance(error, (ValueError, FileNotFoundError)) or type(error).__name__ == "MisconfigurationException":
+        # bad input (ours, Lightning's configuration checks, a path the OS refuses): one line, not a traceback
+        if isinstance(error, (ValueError, OSError)) or type(error).__name__ == "MisconfigurationException":
             print(f"qualcl: error: {error}", file=sys.stderr)
             return 2
         raise

@@ -1,5 +1,7 @@
 """The encoder contract of qualcl.models: shapes, pyramids, masking, legacy weights, local pretrained files."""
 
+import functools
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -110,12 +112,17 @@ def test_vit_contract(name):
     assert [tuple(m.shape) for m in pyramid] == [(2, encoder.num_features, 2, 2)] * 4
 
 
+@functools.cache
+def _vit_tiny() -> Encoder:
+    torch.manual_seed(0)
+    return build_encoder("vit_tiny", image_size=64).eval()
+
+
 @settings(max_examples=10, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.integers(1, 16))
 def test_forward_masked_equals_the_encoder_on_the_visible_tokens(seed, keep):
     """All patches in order = forward_features; a permutation permutes the outputs; subsets are MAE's encoder."""
-    torch.manual_seed(0)
-    encoder = build_encoder("vit_tiny", image_size=64).eval()
+    encoder = _vit_tiny()
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(2, 3, 64, 64, generator=g)
     with torch.no_grad():

@@ -124,17 +124,8 @@ def test_two_pass_sampler_reshuffles_per_epoch_and_checks_arguments():
     sampler.set_epoch(1)
     assert list(sampler) != first
     assert first[0] != [i - 30 for i in first[sampler.batches_per_pass]]  # the two passes differ
-    sampler.set_epoch(0, skip=5)  # resuming epoch 0 after 5 batches: the rest of the same epoch
-    assert list(sampler) == first[5:] and len(sampler) == len(first)
-    assert list(sampler) == first  # the skip is for one iteration only
-    sampler.set_epoch(0, skip=5)
-    sampler.set_epoch(0)  # the per-epoch call of the training loop keeps a resume's skip
-    assert list(sampler) == first[5:]
-    sampler.set_epoch(0, skip=5)
-    sampler.set_epoch(1)  # a new epoch does not
-    assert len(list(sampler)) == len(first)
-    with pytest.raises(ValueError, match="skip"):
-        sampler.set_epoch(0, skip=-1)
+    sampler.set_epoch(0)
+    assert list(sampler) == first  # a pure function of (seed, epoch): a resumed epoch repeats exactly
     with pytest.raises(ValueError, match="batch_size >= 2"):
         TwoPassBatchSampler(10, 1, 2, 0)
     with pytest.raises(ValueError, match="passes"):

@@ -61,7 +61,14 @@ def add_run_arguments(parser: argparse.ArgumentParser, recipe: Any, *, ablation:
     )
     parser.add_argument("--data", default=None, help=recipe.data_help)
     out = f"runs/{recipe.name}"
-    parser.add_argument("--out", default=out, help=f"run folder (default {out}); re-running resumes")
+    parser.add_argument(
+        "--out", default=out, help=f"run folder (default {out}); re-running with the same config resumes"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in a run folder made with another config (deletes that run's files, keeps data/)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="training seed")
     scale = parser.add_argument_group("scale-out (Lightning: devices, DDP under torchrun / SLURM, precision, logging)")
     for flag, _, choices, kind in TRAINER_OPTIONS:
@@ -118,7 +125,7 @@ def main_recipe(entry: RecipeEntry, name: str, argv: Sequence[str]) -> int:
         entry.load_ablation()(config, out, seeds=seeds, variants=variants, run_missing=not args.collect)
         print((out / "ablation.md").read_text())
         return 0
-    metrics = recipe.run(config, out)
+    metrics = recipe.run(config, out, overwrite=args.overwrite)
     from qualcl.recipes.driver import is_global_zero
 
     if not is_global_zero():  # one summary, from the process that wrote the run folder

@@ -11,14 +11,19 @@ from lightning.pytorch.callbacks import Callback
 
 from qualcl.recipes.run_folder import RunFolder
 
-__all__ = ["EpochSetter", "HistoryWriter", "load_best", "resume_path"]
+__all__ = ["HISTORY_ROWS", "EpochSetter", "HistoryWriter", "load_best", "resume_path"]
+
+#: Checkpoint key: the number of history rows written when the checkpoint was saved.
+HISTORY_ROWS = "qualcl_history_rows"
 
 
 class HistoryWriter(Callback):
     """Moves rows a module appends to ``getattr(module, attribute)`` into ``history/<stage>.csv``.
 
     Rows are written as they are produced (after every batch and at every epoch end), so an
-    interrupted run keeps its curves; on resume, rows past the checkpoint are dropped first.
+    interrupted run keeps its curves. Every checkpoint records how many rows the file held when it
+    was saved (pending rows are written first), and a run resumed from it drops the rows past that
+    count (:func:`resume_path`): the resumed run writes exactly the rows that follow.
     """
 
     def __init__(self, run: RunFolder, stage: str, attribute: str) -> None:
@@ -43,6 +48,11 @@ class HistoryWriter(Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Write what is left."""
         self._flush(pl_module)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Write pending rows, then record how many rows the history holds at this checkpoint."""
+        self._flush(pl_module)
+        checkpoint[HISTORY_ROWS] = len(self.run.read_history(self.stage))
 
 
 class EpochSetter(Callback):
@@ -73,14 +83,19 @@ def load_best(run: RunFolder, stage: str, module: L.LightningModule) -> int | No
 def resume_path(run: RunFolder, stage: str, key: str) -> Path | None:
     """The stage's ``last.ckpt`` if an earlier run was interrupted, after trimming its history.
 
-    History rows whose ``key`` (``step`` or ``epoch``) is at or past the checkpoint's position are
-    removed, since the resumed run writes them again.
+    The history keeps the rows the checkpoint recorded (:class:`HistoryWriter`); rows written after
+    it are removed, since the resumed run writes them again. Checkpoints without that record (qualcl
+    0.1) keep the rows whose ``key`` (``step`` or ``epoch``) is before the checkpoint's position.
+    Without a checkpoint the stage starts over, with an empty history.
     """
     path = run.last_checkpoint(stage)
     if path is None:
         run.truncate_history(stage, keep_below=float("-inf"), key=key)
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
+    if HISTORY_ROWS in state:
+        run.truncate_history(stage, keep_rows=int(state[HISTORY_ROWS]))
+        return path
     position = state["global_step"] if key == "step" else state["epoch"]
     run.truncate_history(stage, keep_below=float(position), key=key)
     return path

@@ -13,6 +13,8 @@ global rank 0 writes it), seeding, skipping finished stages and resuming an inte
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import time
 import zlib
 from abc import ABC, abstractmethod
@@ -24,14 +26,16 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from qualcl.distributed import gather_no_grad, is_distributed, rank, world_size
 from qualcl.models import unfold_small_convs
 from qualcl.recipes.callbacks import EpochSetter, HistoryWriter, load_best, resume_path
-from qualcl.recipes.config import RecipeConfig, resolve_config
-from qualcl.recipes.run_folder import ModelCard, RunFolder
+from qualcl.recipes.config import RecipeConfig, config_to_dict, resolve_config
+from qualcl.recipes.resume import ResumableLoader
+from qualcl.recipes.run_folder import ModelCard, RunFolder, prepare_run_folder
 from qualcl.recipes.trainer import check_trainer, make_trainer
 
 __all__ = ["Recipe", "RunContext", "Stage", "eval_loader", "is_global_zero", "run_recipe", "stage_seed"]
@@ -95,22 +99,28 @@ def _build(loader: Loader) -> DataLoader[Any]:
 
 
 class _TrainLoader(L.LightningDataModule):
-    """Hands Lightning the stage's training loader, built when it asks (after the process group exists)."""
+    """Hands Lightning the stage's training loader, built when it asks (after the process group exists).
 
-    def __init__(self, train: Loader) -> None:
+    The loader is made resumable (:class:`~qualcl.recipes.resume.ResumableLoader`): a run stopped in
+    the middle of an epoch continues with the batch an uninterrupted run would see next.
+    """
+
+    def __init__(self, train: Loader, position: Callable[[], tuple[int, int]]) -> None:
         super().__init__()
         self._train = train
+        self._position = position
 
     def train_dataloader(self) -> DataLoader[Any]:
         """The training loader."""
-        return _build(self._train)
+        loader = _build(self._train)
+        return loader if isinstance(loader, ResumableLoader) else ResumableLoader(loader, self._position)
 
 
 class _Loaders(_TrainLoader):
     """Training and validation loaders."""
 
-    def __init__(self, train: Loader, val: Loader) -> None:
-        super().__init__(train)
+    def __init__(self, train: Loader, val: Loader, position: Callable[[], tuple[int, int]]) -> None:
+        super().__init__(train, position)
         self._val = val
 
     def val_dataloader(self) -> DataLoader[Any]:
@@ -255,12 +265,25 @@ class RunContext(Generic[C]):
             sync_batchnorm=sync_batchnorm,
         )
         start = time.perf_counter()
-        trainer.fit(
-            module,
-            datamodule=_TrainLoader(train) if val is None else _Loaders(train, val),
-            ckpt_path=resume_path(run, stage, history_key),
-            weights_only=True,
-        )
+
+        def position() -> tuple[int, int]:  # where the epoch stands, as Lightning counts the batches done
+            progress = trainer.fit_loop.epoch_loop.batch_progress.current
+            return trainer.current_epoch, int(progress.processed)  # type: ignore[attr-defined]
+
+        loaders = _TrainLoader(train, position) if val is None else _Loaders(train, val, position)
+        try:
+            trainer.fit(module, datamodule=loaders, ckpt_path=resume_path(run, stage, history_key), weights_only=True)
+        except SIGTERMException:
+            # Lightning stops on SIGTERM by raising SystemExit(None): exit code 0, as if the run had finished
+            print(
+                f"qualcl: stage {stage!r} was stopped (SIGTERM); run the same command again to resume", file=sys.stderr
+            )
+            raise SystemExit(128 + signal.SIGTERM) from None
+        if not _budget_spent(trainer, max_steps, max_epochs):
+            raise RuntimeError(
+                f"stage {stage!r} stopped at epoch {trainer.current_epoch}, step {trainer.global_step} before its "
+                "budget; its checkpoint is kept: run the same command again to resume"
+            )
         best_epoch = load_best(run, stage, module) if monitor else None
         for name, part in weights.items():
             run.save_weights(part, name)
@@ -329,6 +352,15 @@ class RunContext(Generic[C]):
         """Wait for every rank (a no-op on one process)."""
         if is_distributed():
             dist.barrier()
+
+
+def _budget_spent(trainer: L.Trainer, max_steps: int, max_epochs: int | None) -> bool:
+    """Whether ``fit`` returned because the stage's step or epoch budget was reached (not stopped early)."""
+    if trainer.interrupted:
+        return False
+    if max_steps > 0 and trainer.global_step >= max_steps:
+        return True
+    return max_epochs is not None and trainer.current_epoch >= max_epochs
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -408,15 +440,27 @@ class Recipe(ABC, Generic[C, D, S]):
     def model_card(self, ctx: RunContext[C], data: D, state: S, results: dict[str, Any]) -> ModelCard:
         """The run's model card."""
 
-    def run(self, config: C, out: str | Path, *, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    def run(
+        self, config: C, out: str | Path, *, callbacks: Sequence[Callback] = (), overwrite: bool = False
+    ) -> dict[str, Any]:
         """Run end to end into folder ``out`` (see :func:`run_recipe`)."""
-        return run_recipe(self, config, out, callbacks=callbacks)
+        return run_recipe(self, config, out, callbacks=callbacks, overwrite=overwrite)
 
 
 def run_recipe(
-    recipe: Recipe[C, D, S], config: C, out: str | Path, *, callbacks: Sequence[Callback] = ()
+    recipe: Recipe[C, D, S],
+    config: C,
+    out: str | Path,
+    *,
+    callbacks: Sequence[Callback] = (),
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run ``recipe`` with ``config`` into the run folder ``out``; re-running resumes where it stopped.
+
+    A run folder is resumed only with the same config (``trainer.progress`` and ``trainer.logger``
+    may differ); another config, a file, an unwritable path or a folder with files qualcl did not
+    write are refused before anything is written (:func:`~qualcl.recipes.run_folder.prepare_run_folder`).
+    ``overwrite`` deletes an earlier run's own files first.
 
     Order: checks (nothing is written before they pass) → ``config.yaml`` → seeding → data →
     models → each stage, from a seed of its own (:func:`stage_seed`; finished stages reload their
@@ -428,17 +472,24 @@ def run_recipe(
         config: Its resolved config.
         out: Run folder.
         callbacks: Extra Lightning callbacks for every stage.
+        overwrite: Start over in a run folder made with another config.
 
     Returns:
         The metrics written to ``metrics.json``: the recipe's, plus ``stages`` (seconds per stage)
         and ``seconds`` (the whole run).
+
+    Raises:
+        ValueError: The config, the machine or the folder cannot take the run (nothing was written).
+        SystemExit: A stage was stopped by SIGTERM (code 143; the run resumes when re-run).
     """
     if not isinstance(config, recipe.config_class):
         raise TypeError(f"{recipe.name} needs a {recipe.config_class.__name__}, got {type(config).__name__}")
     check_trainer(config.trainer)
     recipe.check(config)
+    if is_global_zero():
+        prepare_run_folder(out, config_to_dict(config), overwrite=overwrite)
     ctx: RunContext[C] = RunContext(config, out, callbacks)
-    ctx.run.save_config(config)
+    ctx.run.save_config(config, recipe.name)
     L.seed_everything(config.seed, workers=True, verbose=False)
     data = recipe.load_data(ctx)
     state = recipe.setup(ctx, data)

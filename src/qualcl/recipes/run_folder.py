@@ -6,7 +6,9 @@ import csv
 import functools
 import json
 import math
+import os
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,13 +16,24 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from qualcl import __version__
 from qualcl.recipes.config import save_config
 
-__all__ = ["ModelCard", "RunFolder", "flatten_metrics", "strata_table"]
+__all__ = ["ARTEFACTS", "MARKER", "ModelCard", "RunFolder", "flatten_metrics", "prepare_run_folder", "strata_table"]
+
+#: The first line of every ``config.yaml`` qualcl writes: what tells its run folders from other folders.
+MARKER = "# qualcl run config"
+#: What a run writes into its folder (files, then folders); ``data/`` (a generated dataset) is kept by ``--overwrite``.
+ARTEFACTS = (
+    ("config.yaml", "stages.json", "metrics.json", "metrics.csv", "MODEL_CARD.md", "probe.json"),
+    ("checkpoints", "weights", "history", "plots", "logs", "tensorboard", "mlruns"),
+)
+#: Config keys a resumed run may change: they do not change what is computed.
+RESUMABLE_CHANGES = ("trainer.progress", "trainer.logger")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -113,6 +126,75 @@ class ModelCard:
         return "\n\n".join(parts) + "\n"
 
 
+def _is_run_folder(root: Path) -> bool:
+    config = root / "config.yaml"
+    if not config.is_file():
+        return False
+    with config.open(encoding="utf-8", errors="replace") as handle:
+        first = handle.readline()
+    # folders of qualcl <= 0.1 have no marker line, but a stage record or checkpoints
+    return first.startswith(MARKER) or (root / "stages.json").is_file() or (root / "checkpoints").is_dir()
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _differences(old.get(key, "<absent>"), new.get(key, "<absent>"), f"{prefix}{key}.")
+        return out
+    name = prefix[:-1]
+    if old != new and name not in RESUMABLE_CHANGES:
+        return [f"{name}: {old!r} → {new!r}"]
+    return []
+
+
+def prepare_run_folder(root: str | Path, config: dict[str, Any], *, overwrite: bool = False) -> None:
+    """Check ``root`` before a run writes anything into it; with ``overwrite``, clear what an earlier run wrote.
+
+    A run goes into a new or empty folder, or resumes one of its own with the same config (only
+    ``trainer.progress`` and ``trainer.logger`` may change). Refused, with a message that names the
+    option: a path that is a file, a folder that cannot be written, a folder with files qualcl did not
+    write, and a run folder made with another config (the differing keys are listed) unless
+    ``overwrite``, which deletes the earlier run's own files (:data:`ARTEFACTS`, never anything
+    else; a generated ``data/`` is kept) and starts over.
+
+    Raises:
+        ValueError: The folder cannot take this run (the message says why and what to do).
+    """
+    path = Path(root)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} is a file, not a folder")
+    existing = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {path}: {existing} is not writable")
+    if not path.exists() or not any(path.iterdir()):
+        return
+    if not _is_run_folder(path):
+        names = sorted(p.name for p in path.iterdir())[:5]
+        raise ValueError(
+            f"--out {path} holds files qualcl did not write ({', '.join(names)}); choose a new or empty folder"
+        )
+    try:
+        old = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    except yaml.YAMLError:
+        old = {"config.yaml": "unreadable"}
+    changed = _differences(old, config)
+    if not changed:
+        return
+    if not overwrite:
+        shown = "; ".join(changed[:8]) + (f"; … ({len(changed)} in all)" if len(changed) > 8 else "")
+        raise ValueError(
+            f"--out {path} holds a run made with another config ({shown}). Use a new --out, or --overwrite "
+            "to delete that run's files and start over"
+        )
+    files, folders = ARTEFACTS
+    for name in files:
+        (path / name).unlink(missing_ok=True)
+    for name in folders:
+        if (path / name).is_dir():
+            shutil.rmtree(path / name)
+
+
 def _writes(method: F) -> F:
     """A write of the run folder: skipped (returning ``None``) on a folder opened read-only (DDP ranks > 0)."""
 
@@ -170,9 +252,12 @@ class RunFolder:
         return self.root.joinpath(*parts)
 
     @_writes
-    def save_config(self, config: Any) -> Path:
-        """Write ``config.yaml``."""
-        return save_config(config, self.root / "config.yaml")
+    def save_config(self, config: Any, recipe: str = "") -> Path:
+        """Write ``config.yaml``, its first line :data:`MARKER` (what makes the folder a qualcl run folder)."""
+        path = save_config(config, self.root / "config.yaml")
+        header = f"{MARKER} ({recipe or type(config).__name__}, qualcl {__version__}): a re-run resumes only with it\n"
+        path.write_text(header + path.read_text())
+        return path
 
     # ------------------------------------------------------------------ stages
     def _stages(self) -> dict[str, Any]:
@@ -260,9 +345,16 @@ class RunFolder:
             return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
 
     @_writes
-    def truncate_history(self, stage: str, keep_below: float, key: str = "step") -> None:
-        """Drop history rows at or past ``keep_below`` (rows written after the checkpoint we resume from)."""
+    def truncate_history(
+        self, stage: str, keep_below: float = float("inf"), key: str = "step", *, keep_rows: int | None = None
+    ) -> None:
+        """Drop history rows at or past ``keep_below`` in column ``key``, or all but the first ``keep_rows``.
+
+        Used on resume, to drop the rows written after the checkpoint the run resumes from.
+        """
         rows = [r for r in self.read_history(stage) if r.get(key, -1) < keep_below]
+        if keep_rows is not None:
+            rows = rows[:keep_rows]
         path = self.root / "history" / f"{stage}.csv"
         if path.is_file():
             path.unlink()

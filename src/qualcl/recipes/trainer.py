@@ -16,9 +16,11 @@ from qualcl.recipes.run_folder import RunFolder
 
 __all__ = ["LOGGER_PACKAGES", "StepProgressBar", "check_logger", "check_trainer", "make_logger", "make_trainer"]
 
-# Lightning's advice that does not apply: in-memory datasets need no workers; resume is explicit; the
-# validation metrics are computed on predictions gathered from every rank, so they need no sync_dist.
+# Lightning's advice that does not apply: in-memory datasets need no workers; resume is explicit (and
+# a resumed stage's checkpoint folder is not empty); the validation metrics are computed on
+# predictions gathered from every rank, so they need no sync_dist.
 for _message in (
+    ".*Checkpoint directory .* exists and is not empty.*",
     ".*does not have many workers.*",
     ".*LeafSpec.*",
     r".*fit\(ckpt_path=.*",

@@ -190,6 +190,14 @@ class GradingFineTuning(L.LightningModule):
             }
         )
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the losses of an unfinished epoch, so that a resumed epoch's history row covers all its batches."""
+        checkpoint["grading_epoch_losses"] = list(self._train_loss)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore them."""
+        self._train_loss = [float(v) for v in checkpoint.get("grading_epoch_losses", [])]
+
     def configure_optimizers(self) -> Any:
         """AdamW with cosine decay over the epochs."""
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
 
 from qualcl.data.readers import (
@@ -31,7 +30,6 @@ from qualcl.samplers._ranks import RankAware
 __all__ = [
     "MKCNET_QUALITY",
     "MkcnetDataset",
-    "ResumableLoader",
     "Splits",
     "TwoPassBatchSampler",
     "keep_lq_fraction",
@@ -219,9 +217,8 @@ class TwoPassBatchSampler(RankAware, Sampler[list[int]]):
     MKCNet's epoch is two full passes over the training set, the first updating the Task Net and
     the second the Meta Learner, each with its own shuffle. A last batch of a single item is
     dropped (BatchNorm in training mode needs two). Seeded by ``(seed, epoch)``; call
-    :meth:`set_epoch` at each epoch start. To resume an epoch that was interrupted after ``k``
-    batches, ``set_epoch(epoch, skip=k)`` yields the same epoch's batches from the ``k + 1``-th on
-    (``len`` stays the whole epoch's, as the training loop counts the ``k`` batches as done).
+    :meth:`set_epoch` at each epoch start. (A resumed epoch leaves out its done batches through the
+    driver's :class:`~qualcl.recipes.resume.ResumableLoader`.)
 
     Under DDP, batch ``b`` of each pass goes to rank ``b mod W`` and every pass is cut to the same
     number of batches per rank, so all ranks are in the same pass at every step (the Meta Learner's
@@ -255,21 +252,10 @@ class TwoPassBatchSampler(RankAware, Sampler[list[int]]):
         self.passes = passes
         self.seed = seed
         self.epoch = 0
-        self.skip = 0
         self._set_world(num_replicas, rank)
 
-    def set_epoch(self, epoch: int, skip: int | None = None) -> None:
-        """Shuffle for ``epoch``; the next iteration leaves out its first ``skip`` batches (done before a resume).
-
-        Without ``skip``, a skip already set for this same epoch (by a resume) is kept, so that the
-        usual per-epoch ``set_epoch`` call cannot undo it; a new epoch starts from its first batch.
-        """
-        if skip is not None and skip < 0:
-            raise ValueError(f"skip must be >= 0, got {skip}")
-        if skip is not None:
-            self.skip = skip
-        elif epoch != self.epoch:
-            self.skip = 0
+    def set_epoch(self, epoch: int) -> None:
+        """Shuffle for ``epoch``."""
         self.epoch = epoch
 
     @property
@@ -289,44 +275,10 @@ class TwoPassBatchSampler(RankAware, Sampler[list[int]]):
         return self.passes * self._local_per_pass()
 
     def __iter__(self) -> Iterator[list[int]]:
-        skip, self.skip = self.skip, 0  # the skip is for one (the resumed) iteration only
         world, me = self.num_replicas, self.rank
         local = self._local_per_pass()
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         for p in range(self.passes):
             order = torch.randperm(self.n, generator=generator).tolist()
-            for j, b in enumerate(range(me, local * world, world)):
-                if p * local + j >= skip:
-                    yield [p * self.n + i for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
-
-
-class ResumableLoader(DataLoader[Any]):
-    """A :class:`TwoPassBatchSampler` loader that Lightning can resume in the middle of an epoch.
-
-    Lightning saves :meth:`state_dict` in its checkpoints and hands it back to
-    :meth:`load_state_dict` before iterating again (its resumable-loader protocol), so a run
-    interrupted after ``k`` batches of epoch ``e`` continues with batch ``k + 1`` of the *same*
-    shuffled epoch — the second (Meta Learner) pass included — instead of restarting the epoch.
-
-    Args:
-        dataset: The training dataset.
-        sampler: Its batch sampler.
-        progress: Returns ``(epoch, batches completed in it)`` (the trainer's counters).
-    """
-
-    def __init__(self, dataset: MkcnetDataset, sampler: TwoPassBatchSampler, progress: Callable[[], tuple[int, int]]):
-        super().__init__(dataset, batch_sampler=sampler)
-        self.two_pass = sampler
-        self.progress = progress
-
-    def state_dict(self) -> dict[str, int]:
-        """``{"epoch", "done"}``: where training stands."""
-        epoch, done = self.progress()
-        return {"epoch": int(epoch), "done": int(done)}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue the saved epoch after its completed batches (or the next epoch, if it was complete)."""
-        epoch, done = int(state["epoch"]), int(state["done"])
-        if done >= len(self.two_pass):
-            epoch, done = epoch + 1, 0
-        self.two_pass.set_epoch(epoch, skip=done)
+            for b in range(me, local * world, world):
+                yield [p * self.n + i for i in order[b * self.batch_size : (b + 1) * self.batch_size]]

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from qualcl.data.table import ImageTable
 from qualcl.metrics import confusion_matrix, diagnosis_metrics, stratified_diagnosis_metrics
@@ -16,7 +17,6 @@ from qualcl.recipes.mkcnet.config import PRESETS, MkcnetConfig, dataset_settings
 from qualcl.recipes.mkcnet.data import (
     MKCNET_QUALITY,
     MkcnetDataset,
-    ResumableLoader,
     TwoPassBatchSampler,
     load_splits,
     mkcnet_sizes,
@@ -162,15 +162,10 @@ class MkcnetRecipe(Recipe[MkcnetConfig, MkcnetData, MkcnetTraining]):
         sampler = TwoPassBatchSampler(
             len(dataset), cfg.batch_size, 2 if module.meta is not None else 1, ctx.config.seed
         )
-
-        def trainer_position() -> tuple[int, int]:
-            trainer = module.trainer
-            return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.completed
-
         ctx.fit(
             STAGE,
             module,
-            ResumableLoader(dataset, sampler, trainer_position),
+            DataLoader(dataset, batch_sampler=sampler),
             eval_loader(data.dataset("val"), cfg.batch_size),
             weights={"mkcnet": module},
             max_epochs=cfg.epochs,
