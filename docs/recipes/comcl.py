@@ -82,8 +82,8 @@ z1 = torch.randn(64, 128, requires_grad=True)
 z2 = z1.detach() + 0.3 * torch.randn(64, 128)
 batch_levels = torch.arange(4).repeat_interleave(16)
 out = loss_fn(z1, z2, batch_levels, step=50, output_dict=True)
-print({k: round(float(v), 3) for k, v in out.items() if k != "counts"})
-print("counts:", out["counts"])
+print("loss:", round(float(out.loss), 3), {k: round(float(v), 3) for k, v in out.pair_losses.items()})
+print("counts:", out.counts)
 print("miner:", miner.last_stats)
 
 # %% [markdown]

@@ -1,6 +1,7 @@
 """``weighted_reduce`` against a float64 loop, and the shared argument checks with their messages."""
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -30,9 +31,12 @@ def test_weighted_reduce_equals_a_float64_loop(pairs, with_weights):
     assert float(weighted_reduce(losses, weights, "sum")) == pytest.approx(sum(products), abs=1e-9)
     assert weighted_reduce(losses, weights, "none").tolist() == pytest.approx(products, abs=1e-12)
     mean = weighted_reduce(losses, weights, "mean")
-    assert float(mean) == pytest.approx(sum(products) / total if total > 0 else 0.0, abs=1e-9)
+    # exact rational reference: tiny (subnormal) weights must not underflow the mean or blow up its gradient
+    exact_total = sum(Fraction(wi) for wi in w)
+    exact_sum = sum(Fraction(li) * Fraction(wi) for (li, _), wi in zip(pairs, w, strict=True))
+    assert float(mean) == pytest.approx(float(exact_sum / exact_total) if total > 0 else 0.0, abs=1e-9)
     mean.backward()  # always attached, also when every weight is zero
-    expected = [wi / total if total > 0 else 0.0 for wi in w]
+    expected = [float(Fraction(wi) / exact_total) if total > 0 else 0.0 for wi in w]
     assert losses.grad.tolist() == pytest.approx(expected, abs=1e-12)
     assert all(math.isfinite(g) for g in losses.grad.tolist())
 
@@ -50,7 +54,7 @@ def test_checks_name_the_argument_and_what_came():
     assert check_reduction("sum") == "sum"
     with pytest.raises(ValueError, match=r"reduction must be one of \('mean', 'sum', 'none'\), got 'avg'"):
         check_reduction("avg")
-    with pytest.raises(TypeError, match="tau must be a positive number, got bool"):
+    with pytest.raises(TypeError, match="tau must be a finite number > 0, got bool"):
         check_positive("tau", True)
     with pytest.raises(ValueError, match="x contains 2 non-finite"):
         check_finite("x", torch.tensor([1.0, math.nan, math.inf]))

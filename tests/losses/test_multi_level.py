@@ -30,9 +30,9 @@ def test_matches_naive_reference(n, seed, negatives_from, tau):
     loss_fn = MultiLevelInfoNCE(temperature=tau, negatives_from=negatives_from, pair_weights=weights)
     out = loss_fn(z1, z2, levels, output_dict=True)
     total, per_pair = reference.multi_level(z1, z2, levels.tolist(), COMCL_PAIRS, tau, negatives_from, weights)
-    torch.testing.assert_close(out["loss"], torch.tensor(total, dtype=torch.float64))
+    torch.testing.assert_close(out.loss, torch.tensor(total, dtype=torch.float64))
     for name, want in zip(["L/LQ_L", "L/H", "LQ_L/LQ_H"], per_pair, strict=True):
-        torch.testing.assert_close(out[name], torch.tensor(want, dtype=torch.float64))
+        torch.testing.assert_close(out.pair_losses[name], torch.tensor(want, dtype=torch.float64))
 
 
 @given(st.integers(2, 12), st.integers(0, 2**31 - 1))
@@ -50,11 +50,11 @@ def test_counts_and_empty_pair_gives_attached_zero():
     z1.requires_grad_()
     levels = torch.tensor([0, 0, 1, 1, 1, 0])  # no H, no LQ_H
     out = MultiLevelInfoNCE()(z1, z2, levels, output_dict=True)
-    assert out["L/H"].item() == 0.0
-    assert out["LQ_L/LQ_H"].item() == 0.0
-    assert out["counts"]["L/H"] == {"anchors": 3, "negatives": 0}
-    assert out["counts"]["L/LQ_L"] == {"anchors": 3, "negatives": 3}
-    out["loss"].backward()
+    assert out.pair_losses["L/H"].item() == 0.0
+    assert out.pair_losses["LQ_L/LQ_H"].item() == 0.0
+    assert out.counts["L/H"] == {"anchors": 3, "negatives": 0}
+    assert out.counts["L/LQ_L"] == {"anchors": 3, "negatives": 3}
+    out.loss.backward()
     assert z1.grad is not None
 
 
@@ -91,8 +91,8 @@ def test_miner_restricts_negatives_and_weights_anchors():
     assert miner.calls == [7]
     anchors = levels == 0
     full = info_nce(z1[anchors], z2[anchors], z2[levels == 1], temperature=0.2, top_k=1, reduction="none")
-    torch.testing.assert_close(out["loss"], full[0])
-    assert out["counts"]["L/LQ_L"]["selected_anchors"] == 1
+    torch.testing.assert_close(out.loss, full[0])
+    assert out.counts["L/LQ_L"]["selected_anchors"] == 1
 
 
 def test_functional_accepts_level_ids():

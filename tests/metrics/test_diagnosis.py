@@ -97,8 +97,10 @@ def test_stratified_diagnosis_metrics_and_bad_input():
     assert out["Reject"]["n"] == 0 and math.isnan(out["Reject"]["auc"])
     legacy = diagnosis_metrics(probs, target, legacy_auc=True)
     assert legacy["auc"] == diagnosis_metrics(probs, target)["auc"]  # legacy only changes binary sets
-    with pytest.raises(ValueError, match="probs must be"):
+    with pytest.raises(TypeError, match="probs must be a floating-point tensor"):
         diagnosis_metrics(torch.tensor([0, 1]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="probs must be"):
+        diagnosis_metrics(torch.tensor([0.0, 1.0]), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="target must hold class ids"):
         diagnosis_metrics(probs, torch.tensor([0, 1, 2, 3]))
     with pytest.raises(ValueError, match="strata"):

@@ -119,9 +119,9 @@ def test_plugs_into_multi_level_loss_and_keeps_gradients():
     levels = torch.arange(4).repeat_interleave(4)
     miner = SelfPacedHardNegativeMiner(CosineCountSchedule(None, 10), threshold="quantile")
     out = MultiLevelInfoNCE(miner=miner)(z1, z2, levels, step=5, output_dict=True)
-    out["loss"].backward()
+    out.loss.backward()
     assert z1.grad is not None
-    assert out["counts"]["L/H"]["selected_anchors"] >= 2
+    assert out.counts["L/H"]["selected_anchors"] >= 2
 
 
 def test_mine_gives_pml_tuples_equal_to_qualcl_loss():

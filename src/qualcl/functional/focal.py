@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from qualcl._validation import check_finite, check_reduction, check_weights
+from qualcl._validation import check_finite, check_nonnegative, check_reduction, check_weights
 from qualcl.functional.reduction import weighted_reduce
 
 __all__ = ["batch_entropy", "focal_loss"]
@@ -82,8 +82,7 @@ def focal_loss(
         Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017; in the MAXL form used by
         MKCNet (Che et al., CVPR 2023), Eq. 1.
     """
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma >= 0:
-        raise ValueError(f"gamma must be a number >= 0, got {gamma!r}")
+    gamma = check_nonnegative("gamma", gamma)
     check_reduction(reduction)
     _check_logits(logits)
     n, c = logits.shape
@@ -92,7 +91,11 @@ def focal_loss(
     if weights is not None:
         check_weights("weights", weights, n)
     log_p = torch.log_softmax(logits.to(dtype), dim=1)
-    modulator = (1 - log_p.exp()).pow(gamma) if gamma != 0 else torch.ones_like(log_p)
+    # (1 - p)^γ, its base kept >= the smallest normal float: at p = 1 exactly (a confident row) the
+    # derivative γ(1 - p)^(γ-1) is infinite for γ < 1 and, times 0, would make the gradient NaN; the
+    # clamp passes no gradient there, which is the limit of the exact one (it vanishes as p → 1).
+    one_minus_p = (1 - log_p.exp()).clamp_min(torch.finfo(dtype).tiny)
+    modulator = one_minus_p.pow(gamma) if gamma != 0 else torch.ones_like(log_p)
     losses = -(y * modulator * log_p).sum(dim=1)
     return weighted_reduce(losses, weights, reduction)
 

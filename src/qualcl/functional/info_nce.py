@@ -131,15 +131,15 @@ def info_nce(
     """
     tau = check_positive("temperature", temperature)
     check_reduction(reduction)
-    check_embeddings("query", query)
+    check_embeddings("query", query, nonzero=True)
     n, d = query.shape
-    check_embeddings("positive", positive, dim=d)
+    check_embeddings("positive", positive, dim=d, nonzero=True)
     if positive.shape[0] != n:
         raise ValueError(
             f"positive must have the same number of rows as query ({n}), got shape {tuple(positive.shape)}"
         )
     if negatives is not None:
-        check_embeddings("negatives", negatives, dim=d)
+        check_embeddings("negatives", negatives, dim=d, nonzero=True)
     m = n if negatives is None else negatives.shape[0]
     if negative_mask is not None:
         check_mask("negative_mask", negative_mask, (n, m))
@@ -192,8 +192,8 @@ def nt_xent(z1: Tensor, z2: Tensor, *, temperature: float = 0.07, reduction: str
     Reference:
         Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations", 2020.
     """
-    check_embeddings("z1", z1)
-    check_embeddings("z2", z2, dim=z1.shape[1])
+    check_embeddings("z1", z1, nonzero=True)
+    check_embeddings("z2", z2, dim=z1.shape[1], nonzero=True)
     if z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
     n = z1.shape[0]

@@ -9,7 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qualcl._validation import check_embeddings, check_mask, check_positive, check_weights
+from qualcl._validation import (
+    check_choice,
+    check_embeddings,
+    check_int,
+    check_integer_tensor,
+    check_mask,
+    check_nonnegative,
+    check_positive,
+    check_weights,
+)
 from qualcl.functional.info_nce import compute_dtype, info_nce_from_logits
 from qualcl.functional.reduction import weighted_reduce
 
@@ -18,6 +27,7 @@ __all__ = [
     "MultiLevelResult",
     "NegativeMiner",
     "PairLoss",
+    "check_pairs",
     "multi_level_info_nce",
     "validate_levels",
 ]
@@ -83,22 +93,51 @@ class MultiLevelResult(NamedTuple):
     counts: dict[str, dict[str, int]]
 
 
-def validate_levels(levels: Tensor, n: int, level_names: Sequence[str] | None = None) -> None:
-    """Check a ``(N,)`` integer level-id vector (and its ids against ``level_names`` if given)."""
-    if not isinstance(levels, Tensor):
-        raise TypeError(f"levels must be a torch.Tensor, got {type(levels).__name__}")
-    if levels.shape != (n,):
-        raise ValueError(f"levels must have shape ({n},), got {tuple(levels.shape)}")
-    if levels.is_floating_point() or levels.dtype == torch.bool or levels.is_complex():
-        raise TypeError(f"levels must be an integer tensor, got dtype {levels.dtype}")
+def validate_levels(levels: Tensor, n: int, level_names: Sequence[str] | None = None) -> Tensor:
+    """Check a ``(N,)`` integer level-id vector (ids in ``[0, len(level_names))`` if given); return it as int64."""
     if level_names is None:
-        return
-    if n and (bool((levels < 0).any()) or bool((levels >= len(level_names)).any())):
-        bad = sorted({int(v) for v in levels.tolist() if not 0 <= int(v) < len(level_names)})
+        return check_integer_tensor("levels", levels, shape=(n,), what="level ids")
+    ids = check_integer_tensor("levels", levels, shape=(n,), what="level ids")
+    unknown = (ids < 0) | (ids >= len(level_names))
+    if n and bool(unknown.any()):
+        bad = sorted(set(ids[unknown].tolist()))[:5]
         raise ValueError(
             f"levels holds unknown level id(s) {bad}; valid ids are 0..{len(level_names) - 1} "
             f"for level_names {tuple(level_names)}"
         )
+    return ids
+
+
+def check_pairs(
+    pairs: Sequence[tuple[int, int]], pair_weights: Sequence[float] | None = None, num_levels: int | None = None
+) -> tuple[list[tuple[int, int]], list[float]]:
+    """Check ordered level-id pairs and their weights; return them as ``int`` pairs and ``float`` weights.
+
+    A pair is two different level ids ``>= 0`` (``< num_levels`` when given): ``(m, m)`` would use
+    same-level negatives, which the multi-level loss has none of. Weights are finite and ``>= 0``,
+    one per pair (default all 1).
+
+    Raises:
+        TypeError: A pair is not two integers, or a weight is not a number.
+        ValueError: No pairs, a same-level or out-of-range pair, or a bad weight.
+    """
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence) or not pairs:
+        raise ValueError(f"pairs must be a non-empty sequence of (anchor level, negative level) ids, got {pairs!r}")
+    maximum = None if num_levels is None else num_levels - 1
+    checked = []
+    for pair in pairs:
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise TypeError(f"each of pairs must be an (anchor level, negative level) pair of ids, got {pair!r}")
+        m = check_int("pairs: anchor level", pair[0], minimum=0, maximum=maximum)
+        k = check_int("pairs: negative level", pair[1], minimum=0, maximum=maximum)
+        if m == k:
+            raise ValueError(f"pair {tuple(pair)} would use same-level negatives; a pair joins two different levels")
+        checked.append((m, k))
+    if pair_weights is None:
+        return checked, [1.0] * len(checked)
+    if len(pair_weights) != len(checked):
+        raise ValueError(f"pair_weights must have one weight per pair ({len(checked)}), got {len(pair_weights)}")
+    return checked, [check_nonnegative("pair_weights", w) for w in pair_weights]
 
 
 def multi_level_info_nce(
@@ -135,9 +174,9 @@ def multi_level_info_nce(
         view1: ``(N, D)`` embeddings of the first augmentation.
         view2: ``(N, D)`` embeddings of the second augmentation.
         levels: ``(N,)`` integer level id of each row.
-        pairs: Ordered ``(m, n)`` level-id pairs.
+        pairs: Ordered ``(m, n)`` level-id pairs, ``m != n`` (checked by :func:`check_pairs`).
         temperature: ``tau > 0``.
-        pair_weights: One weight per pair (default all 1, the paper's plain sum).
+        pair_weights: One finite weight ``>= 0`` per pair (default all 1, the paper's plain sum).
         negatives_from: ``"view2"`` or ``"both"``.
         miner: Optional :class:`NegativeMiner` (self-paced hard-negative mining).
         step: Training step passed to the miner.
@@ -168,16 +207,16 @@ def multi_level_info_nce(
         CoMCL, "Clinical-oriented Multi-level Contrastive Learning", MICCAI 2024 (Hou et al.), Eq. 1.
     """
     tau = check_positive("temperature", temperature)
-    check_embeddings("view1", view1)
+    check_embeddings("view1", view1, nonzero=True)
     n, d = view1.shape
-    check_embeddings("view2", view2, dim=d)
+    check_embeddings("view2", view2, dim=d, nonzero=True)
     if view2.shape[0] != n:
         raise ValueError(f"view2 must have shape ({n}, {d}) like view1, got {tuple(view2.shape)}")
-    validate_levels(levels, n)
-    if negatives_from not in NEGATIVE_SOURCES:
-        raise ValueError(f"negatives_from must be one of {NEGATIVE_SOURCES}, got {negatives_from!r}")
-    if pair_weights is not None and len(pair_weights) != len(pairs):
-        raise ValueError(f"pair_weights must have one weight per pair ({len(pairs)}), got {len(pair_weights)}")
+    levels = validate_levels(levels, n)
+    check_choice("negatives_from", negatives_from, NEGATIVE_SOURCES)
+    pairs, weights_of_pairs = check_pairs(pairs, pair_weights)
+    if pair_names is not None and len(pair_names) != len(pairs):
+        raise ValueError(f"pair_names must have one name per pair ({len(pairs)}), got {len(pair_names)}")
     names = [f"{m}/{k}" for m, k in pairs] if pair_names is None else list(pair_names)
 
     dtype = compute_dtype(view1, view2)
@@ -222,8 +261,7 @@ def multi_level_info_nce(
                     counts.setdefault(name, {})["selected_anchors"] = int((weights > 0).sum())
             losses = info_nce_from_logits(positive_sim / tau, negative_sim / tau, mask)
             loss = reduce(losses, weights)
-        weight = 1.0 if pair_weights is None else float(pair_weights[index])
-        total = total + weight * loss
+        total = total + weights_of_pairs[index] * loss
         pair_losses[name] = loss
         counts.setdefault(name, {}).update(anchors=int(anchors.shape[0]), negatives=int(negatives.shape[0]))
     return MultiLevelResult(total, pair_losses, counts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 __all__ = ["weighted_reduce"]
@@ -34,5 +35,10 @@ def weighted_reduce(losses: Tensor, weights: Tensor | None = None, reduction: st
         return weighted.sum()
     if weights is None:
         return weighted.sum() / max(losses.numel(), 1)
-    total = weights.to(losses.dtype).sum()
-    return weighted.sum() / total.where(total > 0, total.new_ones(()))
+    # the weighted mean of weights scaled by a power of two (exact: every rounding stays as it was),
+    # so that tiny (subnormal) weights keep a finite gradient w_i / sum(w) instead of w_i * inf
+    scaled = weights.to(losses.dtype)
+    if scaled.numel():
+        scaled = torch.ldexp(scaled, -torch.frexp(scaled.max()).exponent)
+    total = scaled.sum()
+    return (losses * scaled).sum() / total.where(total > 0, total.new_ones(()))

@@ -7,7 +7,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from qualcl.heads._checks import check_feature_map, check_int, check_pool_types
+from qualcl._validation import (
+    check_batch_statistics,
+    check_feature_map,
+    check_int,
+    check_pool_types,
+    check_probability,
+)
 
 __all__ = ["CBAM", "ChannelGate", "SpatialGate"]
 
@@ -103,9 +109,7 @@ class SpatialGate(nn.Module):
         check_int("kernel_size", kernel_size)
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd so that the map keeps its size, got {kernel_size}")
-        is_number = isinstance(bn_momentum, (int, float)) and not isinstance(bn_momentum, bool)
-        if not is_number or not 0 <= bn_momentum <= 1:
-            raise ValueError(f"bn_momentum must be a number in [0, 1], got {bn_momentum!r}")
+        bn_momentum = check_probability("bn_momentum", bn_momentum)
         self.kernel_size = kernel_size
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
         self.bn: nn.BatchNorm2d | None = nn.BatchNorm2d(1, momentum=bn_momentum) if batch_norm else None
@@ -113,6 +117,7 @@ class SpatialGate(nn.Module):
     def gate(self, x: Tensor) -> Tensor:
         """Return the spatial gate ``(N, 1, H, W)`` in ``[0, 1]`` for ``x`` of shape ``(N, C, H, W)``."""
         check_feature_map("x", x)
+        check_batch_statistics("x", x, self)
         compressed = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
         out: Tensor = self.conv(compressed)
         if self.bn is not None:

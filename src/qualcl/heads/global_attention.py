@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from qualcl.heads._checks import check_feature_map, check_int
+from qualcl._validation import check_feature_map, check_int
 from qualcl.heads.cbam import CBAM
 
 __all__ = ["GlobalAttentionBlock"]

@@ -7,25 +7,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from qualcl._validation import check_finite
-from qualcl.heads._checks import check_features, check_int, check_probability
+from qualcl._validation import check_class_ids, check_features, check_finite, check_int, check_probability
 
 __all__ = ["JointEncodingMask"]
-
-
-def _check_labels(name: str, labels: Tensor, n: int | None, num_classes: int) -> None:
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of class ids, got {type(labels).__name__}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor of class ids, got dtype {labels.dtype}")
-    if labels.ndim != 1 or (n is not None and labels.shape[0] != n):
-        want = "(N,)" if n is None else f"({n},)"
-        raise ValueError(f"{name} must have shape {want}, got {tuple(labels.shape)}")
-    if labels.numel() and (bool((labels < 0).any()) or bool((labels >= num_classes).any())):
-        raise ValueError(
-            f"{name} must hold class ids in [0, {num_classes - 1}], "
-            f"got values in [{int(labels.min())}, {int(labels.max())}]"
-        )
 
 
 class JointEncodingMask(nn.Module):
@@ -103,19 +87,19 @@ class JointEncodingMask(nn.Module):
 
     def encode(self, diagnosis: Tensor, quality: Tensor) -> Tensor:
         """Return the joint labels ``j = quality · N_d + diagnosis`` (``(N,)`` int64)."""
-        _check_labels("diagnosis", diagnosis, None, self.num_diagnosis)
-        _check_labels("quality", quality, diagnosis.shape[0], self.num_quality)
+        check_class_ids("diagnosis", diagnosis, self.num_diagnosis)
+        check_class_ids("quality", quality, self.num_quality, n=diagnosis.shape[0])
         return quality.long() * self.num_diagnosis + diagnosis.long()
 
     def decode(self, joint: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(diagnosis, quality)`` for joint labels ``(N,)``: the inverse of :meth:`encode`."""
-        _check_labels("joint", joint, None, self.num_joint)
+        check_class_ids("joint", joint, self.num_joint)
         joint = joint.long()
         return joint % self.num_diagnosis, joint // self.num_diagnosis
 
     def mask(self, joint: Tensor) -> Tensor:
         """Return the ``(N, K)`` boolean mask, true on positions ``[j·L, (j+1)·L)`` of each row."""
-        _check_labels("joint", joint, None, self.num_joint)
+        check_class_ids("joint", joint, self.num_joint)
         return self._mask(joint)
 
     def _mask(self, joint: Tensor) -> Tensor:
@@ -129,7 +113,7 @@ class JointEncodingMask(nn.Module):
         """
         check_features("logits", logits, self.num_outputs)
         check_finite("logits", logits)
-        _check_labels("joint", joint, logits.shape[0], self.num_joint)
+        check_class_ids("joint", joint, self.num_joint, n=logits.shape[0])
         dtype = logits.dtype if logits.dtype in (torch.float32, torch.float64) else torch.float32
         outside = math.log(self.eps) if self.eps > 0 else -math.inf
         shift = torch.where(self._mask(joint), 0.0, outside).to(dtype)

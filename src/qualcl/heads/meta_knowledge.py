@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from qualcl.heads._checks import check_features, check_int
+from qualcl._validation import check_features, check_int
 from qualcl.heads.cbam import ChannelGate
 
 __all__ = ["MetaKnowledgeAssistanceBlock"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from qualcl.heads._checks import check_int, check_probability
+from qualcl._validation import check_int, check_probability
 from qualcl.heads.joint_encoding import JointEncodingMask
 
 __all__ = ["MetaLabelGenerator"]

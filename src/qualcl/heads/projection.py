@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qualcl._validation import check_batch_statistics, check_features, check_int
+
 __all__ = ["ProjectionHead"]
 
 
@@ -35,9 +37,9 @@ class ProjectionHead(nn.Module):
 
     def __init__(self, dims: Sequence[int], *, batch_norm: bool = False, normalize: bool = True) -> None:
         super().__init__()
-        widths = [int(d) for d in dims]
-        if len(widths) < 2 or min(widths) < 1:
-            raise ValueError(f"dims must list at least two positive widths, got {list(dims)}")
+        if isinstance(dims, (str, bytes)) or not isinstance(dims, Sequence) or len(dims) < 2:
+            raise ValueError(f"dims must list at least two layer widths (input, ..., output), got {dims!r}")
+        widths = [check_int(f"dims[{i}]", d) for i, d in enumerate(dims)]  # 8.7 is refused, not truncated
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(itertools.pairwise(widths)):
             layers.append(nn.Linear(a, b))
@@ -46,9 +48,12 @@ class ProjectionHead(nn.Module):
                     layers.append(nn.BatchNorm1d(b))
                 layers.append(nn.ReLU(inplace=True))
         self.net = nn.Sequential(*layers)
+        self.dims = tuple(widths)
         self.normalize = normalize
 
     def forward(self, x: Tensor) -> Tensor:
         """Project ``(N, D_in)`` features to ``(N, D_out)``."""
+        check_features("x", x, self.dims[0])
+        check_batch_statistics("x", x, self)
         z: Tensor = self.net(x)
         return F.normalize(z, dim=1) if self.normalize else z

@@ -7,22 +7,12 @@
 
 Every op takes ``impl="auto" | "triton" | "torch" | "naive"``; the loss modules (``InfoNCE``,
 ``MultiLevelInfoNCE``, ``ClipLoss``) take the same argument and keep their dense path for small
-problems (:func:`prefers_dense`). See ``docs/performance.md``.
+problems (up to :data:`DENSE_LIMIT` logits). See ``docs/performance.md``.
 """
 
-from qualcl.kernels._dispatch import DENSE_LIMIT, IMPLS, check_impl, prefers_dense, resolve_impl, triton_available
+from qualcl.kernels._dispatch import DENSE_LIMIT, triton_available
 from qualcl.kernels.batch_hard import batch_hard_triplets
 from qualcl.kernels.info_nce import info_nce
 from qualcl.kernels.topk import topk_similarity
 
-__all__ = [
-    "DENSE_LIMIT",
-    "IMPLS",
-    "batch_hard_triplets",
-    "check_impl",
-    "info_nce",
-    "prefers_dense",
-    "resolve_impl",
-    "topk_similarity",
-    "triton_available",
-]
+__all__ = ["DENSE_LIMIT", "batch_hard_triplets", "info_nce", "topk_similarity", "triton_available"]

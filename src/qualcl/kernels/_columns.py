@@ -19,8 +19,6 @@ __all__ = [
     "KEEP_ALL_LABELS",
     "CandidateFilter",
     "ColumnSpec",
-    "check_index",
-    "check_labels",
     "drop_block_",
     "fill_index_",
     "local_index",
@@ -87,36 +85,6 @@ class CandidateFilter(NamedTuple):
     label_mode: int
     drop_mask: Tensor | None
     keep_mask: Tensor | None
-
-
-def check_index(name: str, index: Tensor, n: int, m: int, device: torch.device) -> Tensor:
-    """Check an ``(n,)`` integer column-index vector with entries in ``[-1, m)``; return it as int64."""
-    if not isinstance(index, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(index).__name__}")
-    if index.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},) (one column per query row), got {tuple(index.shape)}")
-    if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor, got dtype {index.dtype}")
-    if index.device != device:
-        raise ValueError(f"{name} must be on {device} like query, got {index.device}")
-    if n and (bool((index < -1).any()) or bool((index >= m).any())):
-        raise ValueError(
-            f"{name} entries must lie in [-1, M={m}) (-1 = none), got min {int(index.min())}, max {int(index.max())}"
-        )
-    return index.long()
-
-
-def check_labels(name: str, labels: Tensor, n: int, device: torch.device) -> Tensor:
-    """Check an ``(n,)`` integer label vector; return it as int64."""
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
-    if labels.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},), got {tuple(labels.shape)}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor, got dtype {labels.dtype}")
-    if labels.device != device:
-        raise ValueError(f"{name} must be on {device} like query, got {labels.device}")
-    return labels.long()
 
 
 def local_index(index: Tensor | None, r0: int, r1: int, c0: int, c1: int) -> Tensor | None:

@@ -6,9 +6,19 @@ import functools
 import importlib.util
 import os
 
+import torch
 from torch import Tensor
 
-__all__ = ["DENSE_LIMIT", "IMPLS", "check_impl", "interpreting", "prefers_dense", "resolve_impl", "triton_available"]
+__all__ = [
+    "DENSE_LIMIT",
+    "IMPLS",
+    "check_impl",
+    "interpreting",
+    "prefers_dense",
+    "resolve_impl",
+    "through_custom_op",
+    "triton_available",
+]
 
 IMPLS = ("auto", "triton", "torch", "naive")
 DENSE_LIMIT = 1 << 20
@@ -31,6 +41,20 @@ def prefers_dense(impl: str, n: int, m: int) -> bool:
     """
     check_impl(impl)
     return impl == "naive" or (impl == "auto" and n * m <= DENSE_LIMIT)
+
+
+def through_custom_op() -> bool:
+    """Whether a kernel is called through its registered ``torch.library`` op (else its eager twin).
+
+    The registered ops (``qualcl::info_nce``, ``qualcl::topk_similarity``) are what ``torch.compile``
+    and ``torch.export`` see; but torch wraps every custom-op implementation so that its first call
+    imports the compiler stack (``torch._dynamo``, sympy, triton: seconds and ~160 MiB). Eager calls
+    therefore run the same implementation, with the same backward, through a plain
+    ``torch.autograd.Function``; the op is used while compiling, exporting or under a fake-tensor mode.
+    """
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return True
+    return torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None
 
 
 @functools.cache

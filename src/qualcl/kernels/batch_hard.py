@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from qualcl._validation import check_embeddings
-from qualcl.kernels._columns import check_labels
+from qualcl._validation import check_embeddings, check_labels
 from qualcl.kernels.topk import topk_similarity
 
 __all__ = ["batch_hard_triplets"]
@@ -57,7 +56,7 @@ def batch_hard_triplets(
     Reference:
         Hermans et al., "In Defense of the Triplet Loss for Person Re-Identification", 2017.
     """
-    check_embeddings("embeddings", embeddings)
+    check_embeddings("embeddings", embeddings, nonzero=normalize)
     n = embeddings.shape[0]
     row_labels = check_labels("labels", labels, n, embeddings.device)
     if (ref_emb is None) != (ref_labels is None):
@@ -67,7 +66,7 @@ def batch_hard_triplets(
         reference, column_labels = embeddings, row_labels
         exclude = torch.arange(n, device=embeddings.device)
     else:
-        check_embeddings("ref_emb", ref_emb, dim=embeddings.shape[1])
+        check_embeddings("ref_emb", ref_emb, dim=embeddings.shape[1], nonzero=normalize)
         reference = ref_emb
         column_labels = check_labels("ref_labels", ref_labels, ref_emb.shape[0], embeddings.device)
 

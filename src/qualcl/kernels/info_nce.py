@@ -9,9 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qualcl._validation import check_embeddings, check_mask, check_positive, check_reduction, check_weights
-from qualcl.kernels._columns import ColumnSpec, check_index, check_labels
-from qualcl.kernels._dispatch import resolve_impl
+from qualcl._validation import (
+    check_embeddings,
+    check_index,
+    check_labels,
+    check_mask,
+    check_positive,
+    check_reduction,
+    check_weights,
+)
+from qualcl.kernels._columns import ColumnSpec
+from qualcl.kernels._dispatch import resolve_impl, through_custom_op
 from qualcl.kernels._info_nce_torch import block_shape, naive_info_nce, streaming_backward, streaming_forward
 from qualcl.kernels._rows import row_coefficients, row_losses, row_totals, upstream_row_grad, weight_grad
 
@@ -22,8 +30,7 @@ TRITON_MAX_DIM = 1024
 """Widest feature dimension the Triton kernels take (``impl="auto"`` uses the torch path beyond it)."""
 
 
-@torch.library.custom_op("qualcl::info_nce", mutates_args=())
-def _info_nce_op(
+def _info_nce_impl(
     query: Tensor,
     candidates: Tensor,
     positive_logit: Tensor | None,
@@ -85,6 +92,9 @@ def _info_nce_op(
         lse.new_empty(0),
         lse.new_empty(0),
     )
+
+
+_info_nce_op = torch.library.custom_op("qualcl::info_nce", mutates_args=())(_info_nce_impl)
 
 
 @_info_nce_op.register_fake
@@ -197,6 +207,20 @@ def _backward(ctx: Any, grad: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
 
 
 _info_nce_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerInfoNCE(torch.autograd.Function):
+    """``qualcl::info_nce`` for eager calls: the same forward, context and backward, without the op wrapper."""
+
+    @staticmethod
+    def forward(ctx: Any, *inputs: Any) -> _Outputs:  # type: ignore[override]
+        output = _info_nce_impl(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        return _backward(ctx, *grads)
 
 
 def _check_temperature(temperature: float | Tensor) -> float | Tensor:
@@ -322,13 +346,13 @@ def info_nce(
     """
     tau = _check_temperature(temperature)
     check_reduction(reduction)
-    check_embeddings("query", query)
+    check_embeddings("query", query, nonzero=normalize)
     n, d = query.shape
-    check_embeddings("candidates", candidates, dim=d)
+    check_embeddings("candidates", candidates, dim=d, nonzero=normalize)
     m = candidates.shape[0]
     device = query.device
     if positive is not None:
-        check_embeddings("positive", positive, dim=d)
+        check_embeddings("positive", positive, dim=d, nonzero=normalize)
         if positive.shape[0] != n:
             raise ValueError(f"positive must have shape ({n}, {d}) like query, got {tuple(positive.shape)}")
     if (labels is None) != (candidate_labels is None):
@@ -390,7 +414,8 @@ def info_nce(
     assert isinstance(scale, float)
     rows, cols = block_shape(n, m, chunk_size, column_chunk_size)
     grad_on = torch.is_grad_enabled()
-    out = torch.ops.qualcl.info_nce(
+    op = torch.ops.qualcl.info_nce if through_custom_op() else _EagerInfoNCE.apply
+    out = op(
         q,
         c,
         positive_logit,

@@ -8,16 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qualcl._validation import check_embeddings, check_mask
+from qualcl._validation import check_embeddings, check_index, check_labels, check_mask
 from qualcl.kernels._columns import (
     DROP_DIFFERENT,
     DROP_SAME,
     KEEP_ALL_LABELS,
     CandidateFilter,
-    check_index,
-    check_labels,
 )
-from qualcl.kernels._dispatch import resolve_impl
+from qualcl.kernels._dispatch import resolve_impl, through_custom_op
 from qualcl.kernels._info_nce_torch import block_shape
 from qualcl.kernels._topk_torch import finish_topk, stable_topk, streaming_topk
 
@@ -26,8 +24,7 @@ __all__ = ["topk_similarity"]
 LABEL_RELATIONS = {"different": DROP_SAME, "same": DROP_DIFFERENT}
 
 
-@torch.library.custom_op("qualcl::topk_similarity", mutates_args=())
-def _topk_op(
+def _topk_impl(
     query: Tensor,
     candidates: Tensor,
     k: int,
@@ -48,6 +45,9 @@ def _topk_op(
 
         return _triton_launch.topk(query, candidates, filt, k, largest=largest, scale=1.0)
     return streaming_topk(query, candidates, filt, k, largest=largest, scale=1.0, rows=rows, cols=cols)
+
+
+_topk_op = torch.library.custom_op("qualcl::topk_similarity", mutates_args=())(_topk_impl)
 
 
 @_topk_op.register_fake
@@ -170,9 +170,9 @@ def topk_similarity(
         Johnson et al., "Billion-scale similarity search with GPUs" (FAISS WarpSelect), 2017;
         CoMCL (Hou et al., MICCAI 2024) hard-negative mining.
     """
-    check_embeddings("query", query)
+    check_embeddings("query", query, nonzero=normalize)
     n, d = query.shape
-    check_embeddings("candidates", candidates, dim=d)
+    check_embeddings("candidates", candidates, dim=d, nonzero=normalize)
     m = candidates.shape[0]
     if isinstance(k, bool) or not isinstance(k, int):
         raise TypeError(f"k must be an int, got {type(k).__name__}")
@@ -209,7 +209,8 @@ def topk_similarity(
             filt = CandidateFilter(None, exclude, row_labels, column_labels, label_mode, None, mask)
             return _naive_topk(q, c, filt, k, largest)
         rows, cols = block_shape(n, m, chunk_size, column_chunk_size)
-        values, indices = torch.ops.qualcl.topk_similarity(
+        op = torch.ops.qualcl.topk_similarity if through_custom_op() else _topk_impl  # eager: no op wrapper
+        values, indices = op(
             q, c, k, mask, row_labels, column_labels, label_mode, exclude, largest, backend, rows, cols
         )
     return values, indices

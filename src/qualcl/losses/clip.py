@@ -13,6 +13,7 @@ from qualcl import kernels
 from qualcl._validation import check_embeddings, check_finite, check_positive
 from qualcl.distributed import gather_no_grad, gather_with_grad, is_distributed
 from qualcl.functional.info_nce import compute_dtype
+from qualcl.kernels._dispatch import check_impl, prefers_dense
 from qualcl.losses._distributed import reduce_across_ranks
 
 __all__ = ["ClipLoss"]
@@ -94,7 +95,7 @@ class ClipLoss(nn.Module):
         impl: str = "auto",
     ) -> None:
         super().__init__()
-        self.impl = kernels.check_impl(impl)
+        self.impl = check_impl(impl)
         check_positive("init_logit_scale", init_logit_scale)
         self.max_logit_scale = check_positive("max_logit_scale", max_logit_scale)
         log_scale = torch.tensor(math.log(init_logit_scale))
@@ -149,9 +150,9 @@ class ClipLoss(nn.Module):
         output_dict: bool = False,
     ) -> Tensor | dict[str, Tensor]:
         """Compute the loss; see the class docstring for shapes."""
-        check_embeddings("image_features", image_features)
+        check_embeddings("image_features", image_features, nonzero=self.normalize)
         n, d = image_features.shape
-        check_embeddings("text_features", text_features, dim=d)
+        check_embeddings("text_features", text_features, dim=d, nonzero=self.normalize)
         if text_features.shape[0] != n:
             raise ValueError(f"text_features must have {n} rows like image_features, got {tuple(text_features.shape)}")
         if labels is not None:
@@ -172,7 +173,7 @@ class ClipLoss(nn.Module):
             all_txt, _ = gather_with_grad(txt)
             all_labels = None if labels is None else gather_no_grad(labels)
 
-        if kernels.prefers_dense(self.impl, n, all_txt.shape[0]):
+        if prefers_dense(self.impl, n, all_txt.shape[0]):
             i2t, t2i = self._dense(img, txt, all_img, all_txt, scale, labels, all_labels, offset, distributed)
         else:
             i2t, t2i = (

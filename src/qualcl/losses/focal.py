@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from qualcl._validation import check_reduction
+from qualcl._validation import check_nonnegative, check_reduction
 from qualcl.functional import focal_loss
 
 __all__ = ["FocalLoss"]
@@ -35,9 +35,7 @@ class FocalLoss(nn.Module):
 
     def __init__(self, gamma: float = 2.0, reduction: str = "mean") -> None:
         super().__init__()
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma >= 0:
-            raise ValueError(f"gamma must be a number >= 0, got {gamma!r}")
-        self.gamma = float(gamma)
+        self.gamma = check_nonnegative("gamma", gamma)
         self.reduction = check_reduction(reduction)
 
     def extra_repr(self) -> str:

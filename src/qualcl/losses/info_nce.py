@@ -9,6 +9,7 @@ from qualcl import kernels
 from qualcl._validation import check_embeddings, check_mask, check_positive, check_reduction
 from qualcl.distributed import gather_with_grad, is_distributed, world_size
 from qualcl.functional import info_nce
+from qualcl.kernels._dispatch import check_impl, prefers_dense
 from qualcl.losses._distributed import reduce_across_ranks
 
 __all__ = ["InfoNCE"]
@@ -73,7 +74,7 @@ class InfoNCE(nn.Module):
         self.temperature = check_positive("temperature", temperature)
         self.reduction = check_reduction(reduction)
         self.gather_distributed = bool(gather_distributed)
-        self.impl = kernels.check_impl(impl)
+        self.impl = check_impl(impl)
 
     def extra_repr(self) -> str:
         """Constructor arguments shown in ``repr``."""
@@ -96,7 +97,7 @@ class InfoNCE(nn.Module):
         distributed = self.gather_distributed and is_distributed()
         n = query.shape[0] if isinstance(query, Tensor) and query.ndim else 0
         m = n if not isinstance(negatives, Tensor) or not negatives.ndim else negatives.shape[0]
-        if not kernels.prefers_dense(self.impl, n, m * (world_size() if distributed else 1)):
+        if not prefers_dense(self.impl, n, m * (world_size() if distributed else 1)):
             return self._fused(query, positive, negatives, negative_mask, top_k, weights, distributed)
         if not distributed:
             return info_nce(
@@ -109,8 +110,8 @@ class InfoNCE(nn.Module):
                 weights=weights,
                 reduction=self.reduction,
             )
-        check_embeddings("query", query)
-        check_embeddings("positive", positive, dim=query.shape[1])
+        check_embeddings("query", query, nonzero=True)
+        check_embeddings("positive", positive, dim=query.shape[1], nonzero=True)
         n = query.shape[0]
         if negatives is None:
             candidates, offset = gather_with_grad(positive)
@@ -118,7 +119,7 @@ class InfoNCE(nn.Module):
             own = torch.arange(n, device=query.device)
             keep[own, own + offset] = False
         else:
-            check_embeddings("negatives", negatives, dim=query.shape[1])
+            check_embeddings("negatives", negatives, dim=query.shape[1], nonzero=True)
             candidates, _ = gather_with_grad(negatives)
             keep = None
         if negative_mask is not None:
@@ -147,14 +148,14 @@ class InfoNCE(nn.Module):
         distributed: bool,
     ) -> Tensor:
         """The same loss through :func:`qualcl.kernels.info_nce` (no ``(N, M)`` logits)."""
-        check_embeddings("query", query)
-        check_embeddings("positive", positive, dim=query.shape[1])
+        check_embeddings("query", query, nonzero=True)
+        check_embeddings("positive", positive, dim=query.shape[1], nonzero=True)
         n = query.shape[0]
         offset = 0
         if negatives is None:
             candidates, offset = gather_with_grad(positive) if distributed else (positive, 0)
         else:
-            check_embeddings("negatives", negatives, dim=query.shape[1])
+            check_embeddings("negatives", negatives, dim=query.shape[1], nonzero=True)
             candidates = gather_with_grad(negatives)[0] if distributed else negatives
         local_reduction = "none" if self.reduction == "none" else ("sum" if distributed else self.reduction)
         loss = kernels.info_nce(

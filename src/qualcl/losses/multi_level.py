@@ -8,10 +8,11 @@ from typing import Literal, overload
 from torch import Tensor, nn
 
 from qualcl import kernels
-from qualcl._validation import check_embeddings, check_positive
+from qualcl._validation import check_choice, check_embeddings, check_positive
 from qualcl.distributed import gather_no_grad, gather_with_grad, is_distributed
-from qualcl.functional import NegativeMiner, PairLoss, multi_level_info_nce
-from qualcl.functional.multi_level import NEGATIVE_SOURCES, validate_levels
+from qualcl.functional import MultiLevelResult, NegativeMiner, PairLoss, multi_level_info_nce
+from qualcl.functional.multi_level import NEGATIVE_SOURCES, check_pairs, validate_levels
+from qualcl.kernels._dispatch import check_impl, prefers_dense
 from qualcl.losses._distributed import reduce_across_ranks
 
 __all__ = ["MultiLevelInfoNCE"]
@@ -60,8 +61,9 @@ class MultiLevelInfoNCE(nn.Module):
 
     Shape:
         - view1, view2: ``(N, D)``; levels: ``(N,)`` integer ids into ``level_names``.
-        - Output: scalar (float32 for half inputs), or a dict with ``output_dict=True``:
-          ``{"loss": total, "L/LQ_L": ..., ..., "counts": {"L/LQ_L": {"anchors": a, "negatives": b}}}``.
+        - Output: scalar (float32 for half inputs), or with ``output_dict=True`` the typed
+          :class:`~qualcl.functional.MultiLevelResult`: ``.loss`` (the total), ``.pair_losses``
+          (``{"L/LQ_L": ..., ...}``) and ``.counts`` (``{"L/LQ_L": {"anchors": a, "negatives": b}}``).
 
     Raises:
         ValueError: A pair naming an unknown level, duplicate level names, a bad temperature or
@@ -74,8 +76,8 @@ class MultiLevelInfoNCE(nn.Module):
         >>> z1, z2 = torch.randn(8, 128), torch.randn(8, 128)
         >>> levels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])  # L, LQ_L, H, LQ_H
         >>> out = loss_fn(z1, z2, levels, output_dict=True)
-        >>> sorted(k for k in out if "/" in k)
-        ['L/H', 'L/LQ_L', 'LQ_L/LQ_H']
+        >>> sorted(out.pair_losses), out.counts["L/H"]
+        (['L/H', 'L/LQ_L', 'LQ_L/LQ_H'], {'anchors': 2, 'negatives': 2})
 
     Reference:
         CoMCL, "Clinical-oriented Multi-level Contrastive Learning", MICCAI 2024 (Hou et al.), Eq. 1.
@@ -94,7 +96,7 @@ class MultiLevelInfoNCE(nn.Module):
     ) -> None:
         super().__init__()
         self.gather_distributed = bool(gather_distributed)
-        self.impl = kernels.check_impl(impl)
+        self.impl = check_impl(impl)
         self.level_names = tuple(str(name) for name in level_names)
         if len(set(self.level_names)) != len(self.level_names):
             raise ValueError(f"level_names must be unique, got {self.level_names}")
@@ -111,18 +113,9 @@ class MultiLevelInfoNCE(nn.Module):
         self._pair_ids = [(ids[m], ids[n]) for m, n in self.pairs]
         self._pair_names = [f"{m}/{n}" for m, n in self.pairs]
         self.temperature = check_positive("temperature", temperature)
-        if pair_weights is not None:
-            if len(pair_weights) != len(self.pairs):
-                raise ValueError(
-                    f"pair_weights must have one weight per pair ({len(self.pairs)}), got {len(pair_weights)}"
-                )
-            for w in pair_weights:
-                if not float(w) >= 0:
-                    raise ValueError(f"pair_weights must be non-negative, got {list(pair_weights)}")
-        self.pair_weights = None if pair_weights is None else tuple(float(w) for w in pair_weights)
-        if negatives_from not in NEGATIVE_SOURCES:
-            raise ValueError(f"negatives_from must be one of {NEGATIVE_SOURCES}, got {negatives_from!r}")
-        self.negatives_from = negatives_from
+        _, weights = check_pairs(self._pair_ids, pair_weights, len(self.level_names))
+        self.pair_weights = None if pair_weights is None else tuple(weights)
+        self.negatives_from = check_choice("negatives_from", negatives_from, NEGATIVE_SOURCES)
         if miner is not None and not callable(miner):
             raise TypeError(f"miner must be callable, got {type(miner).__name__}")
         self.miner = miner
@@ -166,7 +159,7 @@ class MultiLevelInfoNCE(nn.Module):
         *,
         step: int | None = ...,
         output_dict: Literal[True],
-    ) -> dict[str, object]: ...
+    ) -> MultiLevelResult: ...
 
     def forward(
         self,
@@ -176,19 +169,19 @@ class MultiLevelInfoNCE(nn.Module):
         *,
         step: int | None = None,
         output_dict: bool = False,
-    ) -> Tensor | dict[str, object]:
+    ) -> Tensor | MultiLevelResult:
         """Compute the loss; see the class docstring for shapes and the dict layout."""
-        check_embeddings("view1", view1)
+        check_embeddings("view1", view1, nonzero=True)
         n = view1.shape[0]
         validate_levels(levels, n, self.level_names)
         candidates = 2 * n if self.negatives_from == "both" else n
         fused: PairLoss | None = None
-        if self.miner is None and not kernels.prefers_dense(self.impl, n, candidates):
+        if self.miner is None and not prefers_dense(self.impl, n, candidates):
             fused = self._pair_loss
         pool: tuple[Tensor, Tensor, Tensor] | None = None
         reduce = None
         if self.gather_distributed and is_distributed():
-            check_embeddings("view2", view2, dim=view1.shape[1])
+            check_embeddings("view2", view2, dim=view1.shape[1], nonzero=True)
             view2_all = gather_with_grad(view2)[0]
             view1_all = gather_with_grad(view1)[0] if self.negatives_from == "both" else view2_all
             pool = (view1_all, view2_all, gather_no_grad(levels.to(view1.device)))
@@ -212,8 +205,4 @@ class MultiLevelInfoNCE(nn.Module):
             negative_pool=pool,
             reduce=reduce,
         )
-        if not output_dict:
-            return result.loss
-        out: dict[str, object] = {"loss": result.loss, **result.pair_losses}
-        out["counts"] = result.counts
-        return out
+        return result if output_dict else result.loss

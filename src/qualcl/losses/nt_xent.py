@@ -62,8 +62,8 @@ class NTXentLoss(nn.Module):
         """The loss of the two views ``(N, D)``."""
         if not (self.gather_distributed and is_distributed()):
             return nt_xent(z1, z2, temperature=self.temperature)
-        check_embeddings("z1", z1)
-        check_embeddings("z2", z2, dim=z1.shape[1])
+        check_embeddings("z1", z1, nonzero=True)
+        check_embeddings("z2", z2, dim=z1.shape[1], nonzero=True)
         if z1.shape != z2.shape:
             raise ValueError(f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
         n = z1.shape[0]

@@ -13,6 +13,8 @@ from torchmetrics.functional.classification import (
     multiclass_f1_score,
 )
 
+from qualcl._validation import check_class_ids, check_finite, check_float_tensor, check_int, check_integer_tensor
+
 __all__ = [
     "binary_auroc",
     "cohen_kappa",
@@ -26,21 +28,65 @@ __all__ = [
 ]
 
 
-def _check(preds: Tensor, target: Tensor) -> None:
-    if preds.shape != target.shape or preds.ndim != 1:
+def _check(preds: Tensor, target: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """``preds`` and ``target``: ``(N,)`` integer class ids in ``[0, num_classes)``, as int64."""
+    check_int("num_classes", num_classes, minimum=2)
+    target = check_class_ids("target", target, num_classes)
+    if isinstance(preds, Tensor) and preds.shape != target.shape:
         raise ValueError(
             f"preds and target must be (N,) class ids of equal length, got {tuple(preds.shape)} "
             f"and {tuple(target.shape)}"
         )
+    preds = check_class_ids("preds", preds, num_classes, n=target.shape[0])
+    return preds, target
 
 
-def quadratic_weighted_kappa(preds: Tensor, target: Tensor, num_classes: int) -> float:
+def _with_labels(
+    preds: Tensor, target: Tensor, num_classes: int | None, labels: Sequence[int] | None
+) -> tuple[Tensor, Tensor, int]:
+    """Resolve the ``num_classes`` / ``labels`` contract of the kappa functions (ids of ``labels`` → 0..L-1)."""
+    if labels is None:
+        if num_classes is None:
+            raise ValueError("give num_classes (ids 0..C-1) or labels (the class ids the kappa covers)")
+        preds, target = _check(preds, target, num_classes)
+        return preds, target, num_classes
+    if num_classes is not None:
+        raise ValueError(f"give num_classes or labels, not both (got {num_classes} and {list(labels)})")
+    ids = [check_int("labels", v, minimum=None) for v in labels]
+    if len(ids) < 2 or len(set(ids)) != len(ids):
+        raise ValueError(f"labels must list at least two distinct class ids, got {list(labels)}")
+    table = torch.tensor(sorted(ids))
+    out = []
+    for name, x in (("preds", preds), ("target", target)):
+        x = check_integer_tensor(name, x, what="class ids")
+        if x.ndim != 1:
+            raise ValueError(f"{name} must have shape (N,), got {tuple(x.shape)}")
+        position = torch.searchsorted(table, x.cpu())
+        known = position < len(ids)
+        known[known.clone()] = table[position[known]] == x.cpu()[known]
+        if not bool(known.all()):
+            bad = sorted(set(x.cpu()[~known].tolist()))[:5]
+            raise ValueError(f"{name} holds class id(s) {bad} that are not in labels {sorted(ids)}")
+        out.append(position)
+    preds, target = _check(out[0], out[1], len(ids))
+    return preds, target, len(ids)
+
+
+def quadratic_weighted_kappa(
+    preds: Tensor, target: Tensor, num_classes: int | None = None, *, labels: Sequence[int] | None = None
+) -> float:
     """Cohen's kappa with quadratic weights (the DR-grading standard; = sklearn's ``weights="quadratic"``).
 
+    The classes are given as ``num_classes`` (ids ``0..C-1``) or as ``labels``, the sorted class ids
+    the kappa covers (scikit-learn's ``labels=``; the quadratic weights use their rank, so only
+    their order matters). Unlike scikit-learn, which leaves samples with other ids out, an id that
+    is not a class raises.
+
     Args:
-        preds: ``(N,)`` predicted class ids.
+        preds: ``(N,)`` predicted class ids (an integer tensor).
         target: ``(N,)`` true class ids.
-        num_classes: Number of grades ``C``.
+        num_classes: Number of grades ``C >= 2``.
+        labels: The class ids instead of ``num_classes``.
 
     Returns:
         Kappa in ``[-1, 1]``; ``nan`` when undefined (a single class in both).
@@ -50,20 +96,24 @@ def quadratic_weighted_kappa(preds: Tensor, target: Tensor, num_classes: int) ->
         >>> quadratic_weighted_kappa(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]), 3)
         1.0
     """
-    _check(preds, target)
+    preds, target, c = _with_labels(preds, target, num_classes, labels)
     if preds.numel() == 0:
         return float("nan")
-    value = multiclass_cohen_kappa(preds, target, num_classes, weights="quadratic")
-    return float(value)
+    return float(multiclass_cohen_kappa(preds, target, c, weights="quadratic"))
 
 
-def cohen_kappa(preds: Tensor, target: Tensor, num_classes: int) -> float:
+def cohen_kappa(
+    preds: Tensor, target: Tensor, num_classes: int | None = None, *, labels: Sequence[int] | None = None
+) -> float:
     """Unweighted Cohen's kappa, for classes without an order (= sklearn's ``cohen_kappa_score``).
 
+    Classes as in :func:`quadratic_weighted_kappa`: ``num_classes`` or ``labels``.
+
     Args:
-        preds: ``(N,)`` predicted class ids.
+        preds: ``(N,)`` predicted class ids (an integer tensor).
         target: ``(N,)`` true class ids.
-        num_classes: Number of classes ``C``.
+        num_classes: Number of classes ``C >= 2``.
+        labels: The class ids instead of ``num_classes``.
 
     Returns:
         Kappa in ``[-1, 1]``; ``nan`` when undefined (a single class in both).
@@ -73,10 +123,10 @@ def cohen_kappa(preds: Tensor, target: Tensor, num_classes: int) -> float:
         >>> cohen_kappa(torch.tensor([0, 1, 2, 2]), torch.tensor([0, 1, 2, 1]), 3)
         0.6363636255264282
     """
-    _check(preds, target)
+    preds, target, c = _with_labels(preds, target, num_classes, labels)
     if preds.numel() == 0:
         return float("nan")
-    return float(multiclass_cohen_kappa(preds, target, num_classes))
+    return float(multiclass_cohen_kappa(preds, target, c))
 
 
 def grading_metrics(preds: Tensor, target: Tensor, num_classes: int) -> dict[str, float]:
@@ -85,9 +135,9 @@ def grading_metrics(preds: Tensor, target: Tensor, num_classes: int) -> dict[str
     QWK suits ordered grades (DR); ``kappa`` (unweighted) suits unordered classes (chest findings).
 
     Args:
-        preds: ``(N,)`` predicted class ids.
+        preds: ``(N,)`` predicted class ids (an integer tensor; ids outside ``[0, num_classes)`` raise).
         target: ``(N,)`` true class ids.
-        num_classes: Number of classes.
+        num_classes: Number of classes ``>= 2``.
 
     Returns:
         ``{"qwk", "kappa", "accuracy", "macro_f1", "n"}``.
@@ -97,7 +147,7 @@ def grading_metrics(preds: Tensor, target: Tensor, num_classes: int) -> dict[str
         >>> grading_metrics(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 2]), 3)["accuracy"]
         0.6666666865348816
     """
-    _check(preds, target)
+    preds, target = _check(preds, target, num_classes)
     n = int(preds.numel())
     if n == 0:
         nan = float("nan")
@@ -137,9 +187,8 @@ def stratified_grading_metrics(
         >>> out["Good"]["accuracy"], out["Reject"]["accuracy"]
         (1.0, 0.0)
     """
-    _check(preds, target)
-    if strata.shape != preds.shape:
-        raise ValueError(f"strata must have shape {tuple(preds.shape)}, got {tuple(strata.shape)}")
+    preds, target = _check(preds, target, num_classes)
+    strata = check_class_ids("strata", strata, len(strata_names), n=preds.shape[0])
     out = {"overall": grading_metrics(preds, target, num_classes)}
     for index, name in enumerate(strata_names):
         keep = strata == index
@@ -149,18 +198,19 @@ def stratified_grading_metrics(
 
 def confusion_matrix(preds: Tensor, target: Tensor, num_classes: int) -> Tensor:
     """``(C, C)`` counts, rows = true class, columns = predicted class."""
-    _check(preds, target)
+    preds, target = _check(preds, target, num_classes)
     return multiclass_confusion_matrix(preds, target, num_classes).to(torch.long)
 
 
-def _check_scores(probs: Tensor, target: Tensor) -> None:
-    if not isinstance(probs, Tensor) or probs.ndim != 2 or not probs.is_floating_point():
-        got = tuple(probs.shape) if isinstance(probs, Tensor) else type(probs).__name__
-        raise ValueError(f"probs must be a floating (N, C) tensor of class scores, got {got}")
-    if target.ndim != 1 or target.shape[0] != probs.shape[0]:
-        raise ValueError(f"target must have shape ({probs.shape[0]},) to match probs, got {tuple(target.shape)}")
-    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= probs.shape[1]):
-        raise ValueError(f"target must hold class ids in [0, {probs.shape[1] - 1}]")
+def _check_scores(probs: Tensor, target: Tensor) -> Tensor:
+    """``probs``: finite floating ``(N, C)``, ``C >= 2``; ``target``: ``(N,)`` ids in ``[0, C)`` (returned as int64)."""
+    check_float_tensor("probs", probs)
+    if probs.ndim != 2 or probs.shape[1] < 2:
+        raise ValueError(
+            f"probs must be a floating (N, C) tensor of class scores with C >= 2, got {tuple(probs.shape)}"
+        )
+    check_finite("probs", probs)
+    return check_class_ids("target", target, probs.shape[1], n=probs.shape[0])
 
 
 def binary_auroc(scores: Tensor, positive: Tensor) -> float:
@@ -181,10 +231,16 @@ def binary_auroc(scores: Tensor, positive: Tensor) -> float:
         >>> binary_auroc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1]))
         0.75
     """
-    if scores.ndim != 1 or positive.shape != scores.shape:
+    if not isinstance(scores, Tensor) or scores.is_complex() or scores.dtype == torch.bool:
+        raise TypeError(f"scores must be a real tensor, got {type(scores).__name__} {getattr(scores, 'dtype', '')}")
+    if not isinstance(positive, Tensor) or scores.ndim != 1 or positive.shape != scores.shape:
         raise ValueError(
-            f"scores and positive must be (N,) of equal length, got {tuple(scores.shape)} and {tuple(positive.shape)}"
+            f"scores and positive must be (N,) tensors of equal length, got {tuple(scores.shape)} and "
+            f"{tuple(getattr(positive, 'shape', ()))}"
         )
+    check_finite("scores", scores)
+    if positive.dtype != torch.bool and (positive.is_complex() or not bool(((positive == 0) | (positive == 1)).all())):
+        raise ValueError("positive must hold booleans or 0/1 values")
     pos = positive.bool()
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     if n_pos == 0 or n_neg == 0:
@@ -231,7 +287,7 @@ def multiclass_auroc_ovo(probs: Tensor, target: Tensor) -> float:
         Hand and Till, "A Simple Generalisation of the Area Under the ROC Curve for Multiple Class
         Classification Problems", Machine Learning 45, 2001.
     """
-    _check_scores(probs, target)
+    target = _check_scores(probs, target)
     c = probs.shape[1]
     if c == 2:
         return binary_auroc(probs[:, 1], target == 1)
@@ -270,7 +326,7 @@ def diagnosis_metrics(probs: Tensor, target: Tensor, *, legacy_auc: bool = False
         >>> diagnosis_metrics(probs, torch.tensor([0, 1, 1]))["auc"]
         1.0
     """
-    _check_scores(probs, target)
+    target = _check_scores(probs, target)
     c = probs.shape[1]
     n = int(target.numel())
     nan = float("nan")
@@ -324,9 +380,8 @@ def stratified_diagnosis_metrics(
         >>> out["good"]["accuracy"], out["not good"]["accuracy"]
         (1.0, 0.0)
     """
-    _check_scores(probs, target)
-    if strata.shape != target.shape:
-        raise ValueError(f"strata must have shape {tuple(target.shape)}, got {tuple(strata.shape)}")
+    target = _check_scores(probs, target)
+    strata = check_class_ids("strata", strata, len(strata_names), n=target.shape[0])
     out = {"overall": diagnosis_metrics(probs, target, legacy_auc=legacy_auc)}
     for index, name in enumerate(strata_names):
         keep = strata == index

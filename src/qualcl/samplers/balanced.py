@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
+from qualcl._validation import check_int, check_integer_tensor
 from qualcl.samplers._ranks import RankAware
 
 __all__ = ["LevelBalancedBatchSampler"]
@@ -57,15 +58,17 @@ class LevelBalancedBatchSampler(RankAware, Sampler[list[int]]):
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
-        ids = torch.as_tensor(levels, dtype=torch.long).flatten()
-        if ids.numel() == 0:
+        raw = levels if isinstance(levels, torch.Tensor) else torch.as_tensor(list(levels))
+        if raw.numel() == 0:
             raise ValueError("levels is empty")
+        if raw.ndim != 1:
+            raise ValueError(f"levels must be a 1-D sequence of level ids, got shape {tuple(raw.shape)}")
+        ids = check_integer_tensor("levels", raw, what="level ids")  # 0.5 is refused, never truncated to 0
         if bool((ids < 0).any()):
-            raise ValueError("levels must be non-negative integer ids")
-        if isinstance(per_level, bool) or not isinstance(per_level, int) or per_level < 1:
-            raise ValueError(f"per_level must be a positive integer, got {per_level!r}")
-        count = int(ids.max()) + 1 if num_levels is None else num_levels
-        if count < 1 or bool((ids >= count).any()):
+            raise ValueError(f"levels must be non-negative integer ids, got {int(ids.min())}")
+        check_int("per_level", per_level)
+        count = int(ids.max()) + 1 if num_levels is None else check_int("num_levels", num_levels)
+        if bool((ids >= count).any()):
             raise ValueError(f"levels holds ids >= num_levels={count}")
         self.indices = [torch.nonzero(ids == level).flatten() for level in range(count)]
         for level, members in enumerate(self.indices):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from qualcl._validation import check_finite, check_int, check_number
+
 __all__ = ["LesionPatchSampler", "RandomPatchSampler", "Window"]
 
 #: A window as ``(x, y)`` of its top-left corner; its size is the sampler's ``patch_size``.
@@ -12,9 +14,7 @@ Window = tuple[int, int]
 
 
 def _check_size(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return check_int(name, value)
 
 
 def _uniform(low: int, high: int, generator: torch.Generator | None) -> int:
@@ -50,10 +50,8 @@ class LesionPatchSampler:
 
     def __init__(self, patch_size: int, *, min_score: float = 0.5, margin: int = 0) -> None:
         self.patch_size = _check_size("patch_size", patch_size)
-        self.min_score = float(min_score)
-        if margin < 0:
-            raise ValueError(f"margin must be >= 0, got {margin}")
-        self.margin = margin
+        self.min_score = check_number("min_score", min_score)
+        self.margin = check_int("margin", margin, minimum=0)
 
     def usable(self, boxes: Tensor, image_size: tuple[int, int], scores: Tensor | None = None) -> Tensor:
         """Bool ``(K,)`` mask of the boxes a window can be built around.
@@ -63,8 +61,9 @@ class LesionPatchSampler:
             image_size: ``(H, W)``.
             scores: ``(K,)`` detector scores, or ``None`` for ground-truth boxes (all usable).
         """
-        if boxes.ndim != 2 or boxes.shape[1] != 4:
-            raise ValueError(f"boxes must have shape (K, 4), got {tuple(boxes.shape)}")
+        if not isinstance(boxes, Tensor) or boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"boxes must have shape (K, 4), got {tuple(getattr(boxes, 'shape', ()))}")
+        check_finite("boxes", boxes)
         h, w = image_size
         x1, y1, x2, y2 = boxes.unbind(dim=1)
         ok = (x2 > x1) & (y2 > y1)
@@ -73,6 +72,7 @@ class LesionPatchSampler:
         if scores is not None:
             if scores.shape != boxes.shape[:1]:
                 raise ValueError(f"scores must have shape ({boxes.shape[0]},), got {tuple(scores.shape)}")
+            check_finite("scores", scores)
             ok &= scores > self.min_score
         return ok
 

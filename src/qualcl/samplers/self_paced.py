@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qualcl._validation import check_embeddings, check_positive
+from qualcl._validation import (
+    check_embeddings,
+    check_finite,
+    check_float_tensor,
+    check_int,
+    check_number,
+    check_positive,
+)
 from qualcl.distributed import gather_no_grad, is_distributed
 from qualcl.functional import MinerOutput, info_nce_from_logits, restrict_top_k
 from qualcl.kernels import topk_similarity
@@ -107,8 +114,7 @@ class SelfPacedHardNegativeMiner:
         if threshold not in THRESHOLDS:
             raise ValueError(f"threshold must be one of {THRESHOLDS}, got {threshold!r}")
         for name, value in (("rho_start", rho_start), ("rho_end", rho_end)):
-            if not 0.0 < value <= 1.0:
-                raise ValueError(f"{name} must lie in (0, 1], got {value}")
+            check_number(name, value, minimum=0.0, exclusive_minimum=True, maximum=1.0)
         self.schedule = schedule
         self.threshold = threshold
         self.scale = check_positive("scale", scale)
@@ -145,19 +151,24 @@ class SelfPacedHardNegativeMiner:
         """
         if step is None:
             raise ValueError("step is required by SelfPacedHardNegativeMiner (pass step=... to the loss)")
+        step = check_int("step", step, minimum=None)
         tau = check_positive("temperature", temperature)
+        check_float_tensor("positive_sim", positive_sim)
+        check_float_tensor("negative_sim", negative_sim)
         if negative_sim.ndim != 2 or positive_sim.shape != negative_sim.shape[:1]:
             raise ValueError(
                 "positive_sim must be (b,) and negative_sim (b, delta), got "
                 f"{tuple(positive_sim.shape)} and {tuple(negative_sim.shape)}"
             )
+        check_finite("positive_sim", positive_sim)
+        check_finite("negative_sim", negative_sim)
         keep, selected = self._mine_block(positive_sim, negative_sim, tau, step)
         return MinerOutput(keep, selected)
 
     def _mine_block(self, positive_sim: Tensor, negative_sim: Tensor, tau: float, step: int) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
             total = negative_sim.shape[1]
-            count = self.schedule(step, total)
+            count = min(self.schedule(step, total), total)  # a fixed schedule total may exceed the block
             keep = restrict_top_k(negative_sim, None, count)
             restricted = info_nce_from_logits(positive_sim / tau, negative_sim / tau, keep)
             selected, threshold = self._select(restricted, count, step)
@@ -209,9 +220,9 @@ class SelfPacedHardNegativeMiner:
             ``MinerOutput(negative_mask (N, M), weights (N,))``: pass them as ``negative_mask=``
             and ``weights=`` to :func:`qualcl.functional.info_nce`.
         """
-        check_embeddings("query", query)
-        check_embeddings("positive", positive, dim=query.shape[1])
-        check_embeddings("negatives", negatives, dim=query.shape[1])
+        check_embeddings("query", query, nonzero=True)
+        check_embeddings("positive", positive, dim=query.shape[1], nonzero=True)
+        check_embeddings("negatives", negatives, dim=query.shape[1], nonzero=True)
         with torch.no_grad():
             q, p, c = (F.normalize(x.detach().float(), dim=1) for x in (query, positive, negatives))
             return self((q * p).sum(dim=1), q @ c.T, temperature=temperature, step=step)
@@ -228,7 +239,8 @@ class SelfPacedHardNegativeMiner:
 
         Negatives of anchor ``i`` are the rows ``j != i`` of ``ref_emb``, restricted to its hardest
         ``K_t`` by :func:`qualcl.kernels.topk_similarity` (streaming, no ``N x N`` matrix; exactly
-        ``K_t`` per anchor, ties broken towards the lower column); only selected anchors appear. Pass the
+        ``K_t`` per anchor, ties broken towards the lower column; ``K_t`` is capped at the ``N - 1``
+        candidates, also for a schedule with a larger fixed ``total``); only selected anchors appear. Pass the
         result as ``indices_tuple`` to a PML loss
         called with ``ref_emb=ref_emb`` (e.g. ``NTXentLoss``).
 
@@ -241,8 +253,9 @@ class SelfPacedHardNegativeMiner:
         Returns:
             ``(a1, p, a2, n)`` long tensors: positive pairs ``(a1, p)`` and negative pairs ``(a2, n)``.
         """
-        check_embeddings("embeddings", embeddings)
-        check_embeddings("ref_emb", ref_emb, dim=embeddings.shape[1])
+        check_embeddings("embeddings", embeddings, nonzero=True)
+        check_embeddings("ref_emb", ref_emb, dim=embeddings.shape[1], nonzero=True)
+        step = check_int("step", step, minimum=None)
         if ref_emb.shape[0] != embeddings.shape[0]:
             raise ValueError(
                 f"ref_emb must have one positive per anchor ({embeddings.shape[0]} rows), got {tuple(ref_emb.shape)}"
@@ -255,7 +268,7 @@ class SelfPacedHardNegativeMiner:
         with torch.no_grad():
             q, r = embeddings.detach().float(), ref_emb.detach().float()
             positive_sim = F.cosine_similarity(q, r, dim=1)
-            count = self.schedule(step, n - 1)
+            count = min(self.schedule(step, n - 1), n - 1)  # each row has n - 1 candidates
             own = torch.arange(n, device=q.device)
             values, indices = topk_similarity(q, r, count, exclude_index=own)
             restricted = torch.logsumexp(torch.cat([positive_sim[:, None], values], dim=1) / tau, dim=1)

@@ -21,8 +21,12 @@ def find_file(root: Path, candidates: Sequence[str], what: str) -> Path:
     raise FileNotFoundError(f"{what}: none of these files exists: {tried}")
 
 
-def read_csv_rows(path: Path, required: Iterable[str]) -> list[dict[str, str]]:
-    """Read a CSV into dicts keyed by stripped column names; raise naming any missing column."""
+def read_csv_rows(path: Path, required: Iterable[str], *, allow_empty: bool = False) -> list[dict[str, str]]:
+    """Read a CSV into dicts keyed by stripped column names; raise naming any missing column.
+
+    A file with a header and no data rows raises too (a label file without labels is a broken
+    download or a wrong path, never an empty dataset), unless ``allow_empty``.
+    """
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         try:
@@ -41,6 +45,8 @@ def read_csv_rows(path: Path, required: Iterable[str]) -> list[dict[str, str]]:
             row = {name: value.strip() for name, value in zip(header, values, strict=False) if name}
             row["__line__"] = str(line_number)
             rows.append(row)
+    if not rows and not allow_empty:
+        raise ValueError(f"{path} has a header but no data rows: expected one row per image")
     return rows
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from qualcl.data.images import open_image
 from qualcl.data.readers.quality import QualityLabelledRecord
 
 __all__ = ["load_quality_image", "simulate_low_dose", "write_low_dose_images"]
@@ -83,7 +84,8 @@ def load_quality_image(
     Args:
         record: A canonical record.
         mode: PIL mode to convert to first (``"L"`` for CXR/CT/OCTA, ``"RGB"`` for fundus), or
-            ``None`` to keep the file's mode.
+            ``None`` to keep its mode after :func:`~qualcl.data.images.open_image` (8-bit samples; 16-bit
+            greyscale is scaled by its bit depth).
         size: ``(width, height)`` to resize to (bicubic) *before* the low dose is simulated, so
             that the degradation does not depend on the file's resolution; ``None`` keeps the size.
 
@@ -96,10 +98,7 @@ def load_quality_image(
     Example:
         >>> image = load_quality_image(records[0], mode="L", size=(256, 256))  # doctest: +SKIP
     """
-    if not record.image.is_file():
-        raise FileNotFoundError(f"image {record.image} does not exist")
-    with Image.open(record.image) as handle:
-        image = handle.convert(mode) if mode is not None else handle.copy()
+    image = open_image(record.image, mode)
     if size is not None:
         image = image.resize(size, Image.Resampling.BICUBIC)
     if record.low_dose_factor is not None:
@@ -123,7 +122,7 @@ def write_low_dose_images(
     Args:
         records: Records, for example from ``build_cxr_iqad``.
         out_dir: Folder to write into (created).
-        mode: PIL mode to convert to before degrading, or ``None`` to keep the file's mode.
+        mode: PIL mode to convert to before degrading, or ``None`` to keep the (8-bit) file mode.
         size: ``(width, height)`` to resize to before degrading (see :func:`load_quality_image`).
 
     Returns:

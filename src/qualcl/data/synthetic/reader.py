@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from qualcl.data.images import open_image
 from qualcl.data.synthetic.fundus import MASK_NAMES
 
 __all__ = ["FundusFolder", "SyntheticFundusDataset", "load_fundus_dataset"]
@@ -125,16 +125,14 @@ def load_fundus_dataset(root: str | Path) -> FundusFolder:
 
 
 def _read_rgb(path: Path) -> Tensor:
-    with Image.open(path) as image:
-        array = np.asarray(image.convert("RGB"), dtype=np.float32) / np.float32(255.0)
+    array = np.asarray(open_image(path, "RGB"), dtype=np.float32) / np.float32(255.0)
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 def _read_mask(path: Path) -> Tensor:
     if not path.is_file():
         raise FileNotFoundError(f"SynthFundus: mask {path} does not exist")
-    with Image.open(path) as image:
-        return torch.from_numpy(np.asarray(image.convert("L")) > 0)
+    return torch.from_numpy(np.asarray(open_image(path, "L")) > 0)
 
 
 class SyntheticFundusDataset(Dataset[tuple[Tensor, dict[str, Any]]]):

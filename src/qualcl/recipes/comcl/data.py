@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from qualcl.data.augment import ColorJitterSpec, apply_color_jitter
+from qualcl.data.images import open_image
 from qualcl.data.levels import split_levels
 from qualcl.data.readers import (
     CHESTXRAY8_FINDINGS,
@@ -95,12 +96,11 @@ def _read_resized(
     images, scaled = [], []
     iterator = progress(paths) if progress is not None else paths
     for i, path in enumerate(iterator):
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-            w, h = rgb.size
-            if (w, h) != (size, size):
-                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-            images.append(torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1))
+        rgb = open_image(path, "RGB")
+        w, h = rgb.size
+        if (w, h) != (size, size):
+            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+        images.append(torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1))
         raw = boxes[i] if boxes is not None else torch.zeros(0, 4)
         factor = torch.tensor([size / w, size / h, size / w, size / h])
         box = raw.to(torch.float64) * factor

@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision.ops import box_iou
 
+from qualcl.data.images import open_image
 from qualcl.data.readers import load_mask, mask_to_boxes, read_idrid_segmentation
 from qualcl.recipes.comcl.detector import (
     LESION_CLASSES,
@@ -80,8 +81,7 @@ class DetectorData(NamedTuple):
 
 
 def _load_rgb(path: Path, size: int) -> Tensor:
-    with Image.open(path) as image:
-        rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    rgb = open_image(path, "RGB").resize((size, size), Image.Resampling.BILINEAR)
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
 
 

@@ -80,20 +80,15 @@ class ContrastivePretraining(L.LightningModule):
             loss: Tensor = self.loss_fn(z1, z2)
         else:
             out = self.loss_fn(z1, z2, levels, step=self.global_step, output_dict=True)
-            loss = out["loss"]
-            assert isinstance(loss, Tensor)
+            loss = out.loss
             for name in self.loss_fn.pair_names:
-                value = out[name]
-                assert isinstance(value, Tensor)
-                row[f"loss/{name}"] = float(value.detach())
+                row[f"loss/{name}"] = float(out.pair_losses[name].detach())
             miner = self.loss_fn.miner
             if isinstance(miner, SelfPacedHardNegativeMiner) and miner.last_stats is not None:
                 row["k_t"] = float(miner.last_stats.count)
                 row["k_t_fraction"] = miner.last_stats.count / max(miner.last_stats.total, 1)
-                counts = out["counts"]
-                assert isinstance(counts, dict)
-                selected = sum(c.get("selected_anchors", 0) for c in counts.values())
-                anchors = sum(c["anchors"] for c in counts.values())
+                selected = sum(c.get("selected_anchors", 0) for c in out.counts.values())
+                anchors = sum(c["anchors"] for c in out.counts.values())
                 row["selected_fraction"] = selected / max(anchors, 1)
         row["loss"] = float(loss.detach())
         row["lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"]) if self._trainer else self.lr
