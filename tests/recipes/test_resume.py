@@ -142,6 +142,22 @@ def test_mkcnet_resumes_exactly_in_the_meta_learner_pass(tmp_path):
     _same_run(tmp_path / "whole", tmp_path / "interrupted")
 
 
+@pytest.mark.parametrize("batch_size", [3, None], ids=["batched", "items-are-batches"])
+def test_resumable_loader_skips_the_applied_batches_once(batch_size):
+    from torch.utils.data import DataLoader
+
+    from qualcl.recipes.resume import ResumableLoader
+
+    data = [torch.tensor([i]) for i in range(9)] if batch_size is None else torch.arange(9)
+    loader = ResumableLoader(DataLoader(data, batch_size=batch_size), lambda: (0, 0))
+    whole = [b.tolist() for b in loader]
+    loader.load_state_dict({"epoch": 0, "done": 2})
+    assert [b.tolist() for b in loader] == whole[2:]
+    assert [b.tolist() for b in loader] == whole  # the skip applies to one iteration only
+    loader.load_state_dict({"epoch": 0, "done": len(whole)})  # a finished epoch skips nothing
+    assert [b.tolist() for b in loader] == whole
+
+
 def test_run_folders_are_never_misused(tmp_path):
     config = COMCL.config("smoke")
     base = config_dict = config_to_dict(config)

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Sampler
 __all__ = ["ResumableLoader", "SkippableBatches"]
 
 
-class SkippableBatches(Sampler[list[int]]):
+class SkippableBatches(Sampler[Any]):
     """A batch sampler whose next iteration leaves out its first ``skip`` batches (then none).
 
     ``set_epoch`` is passed on to the wrapped sampler (and, for a ``BatchSampler``, to its sampler).
@@ -28,7 +28,7 @@ class SkippableBatches(Sampler[list[int]]):
         batches: The batch sampler to wrap.
     """
 
-    def __init__(self, batches: Iterable[list[int]]) -> None:
+    def __init__(self, batches: Iterable[Any]) -> None:
         self.batches = batches
         self.skip = 0
 
@@ -42,7 +42,7 @@ class SkippableBatches(Sampler[list[int]]):
         assert isinstance(self.batches, Sized)
         return len(self.batches)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[Any]:
         skip, self.skip = self.skip, 0
         return itertools.islice(iter(self.batches), skip, None)
 
@@ -55,17 +55,22 @@ class ResumableLoader(DataLoader[Any]):
     (Lightning may start iterating before ``on_train_epoch_start`` callbacks run).
 
     Args:
-        loader: A map-style loader with a batch sampler (``batch_size`` set, or ``batch_sampler``).
+        loader: A map-style loader: with a batch sampler (``batch_size`` or ``batch_sampler`` set),
+            whose batches are skipped on resume, or with ``batch_size=None`` (items are batches).
         position: Returns ``(epoch, batches of it whose update was applied)`` — the trainer's counters.
     """
 
     def __init__(self, loader: DataLoader[Any], position: Callable[[], tuple[int, int]]) -> None:
-        if loader.batch_sampler is None:
-            raise TypeError("ResumableLoader needs a loader with a batch sampler (batch_size or batch_sampler set)")
-        self.skippable = SkippableBatches(loader.batch_sampler)
+        # with automatic batching the batch sampler's batches are skipped; without it (batch_size=None,
+        # each item already a batch) the sampler's items are
+        batched = loader.batch_sampler is not None
+        source: Iterable[Any] = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
+        self.skippable = SkippableBatches(source)
         super().__init__(
             loader.dataset,
-            batch_sampler=self.skippable,
+            batch_size=1 if batched else None,  # 1: DataLoader's value for "given by batch_sampler"
+            sampler=None if batched else self.skippable,
+            batch_sampler=self.skippable if batched else None,
             num_workers=loader.num_workers,
             collate_fn=loader.collate_fn,
             pin_memory=loader.pin_memory,
