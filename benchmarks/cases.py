@@ -126,7 +126,9 @@ def _qualcl_info_nce(impl: str, *, backward: bool = True, **options: object) -> 
         index = torch.arange(shape.n, device=shape.device)
 
         def run() -> None:
-            loss = kernels.info_nce(q, c, positive_index=index, temperature=shape.temperature, impl=impl, **options)
+            loss = kernels.fused_info_nce(
+                q, c, positive_index=index, temperature=shape.temperature, impl=impl, **options
+            )
             if backward:
                 loss.backward()
                 _clear(q, c)
@@ -152,7 +154,7 @@ def _qualcl_info_nce_top_k(shape: Shape) -> Run:
     p = _inputs(replace(shape, m=shape.n), grad=False, seed=1)[1]
 
     def run() -> None:
-        kernels.info_nce(q, c, positive=p, temperature=shape.temperature, top_k=shape.k).backward()
+        kernels.fused_info_nce(q, c, positive=p, temperature=shape.temperature, top_k=shape.k).backward()
         _clear(q, c)
 
     return run
@@ -263,7 +265,7 @@ def _qualcl_ntxent(shape: Shape) -> Run:
 
     def run() -> None:
         both = torch.cat([z1, z2])
-        kernels.info_nce(
+        kernels.fused_info_nce(
             both, both, positive_index=(idx + n) % (2 * n), exclude_index=idx, temperature=shape.temperature
         ).backward()
         _clear(z1, z2)
@@ -291,7 +293,7 @@ def _qualcl_supcon(shape: Shape) -> Run:
     rows = torch.arange(shape.n, device=shape.device)
 
     def run() -> None:
-        kernels.info_nce(
+        kernels.fused_info_nce(
             z, z, labels=labels, candidate_labels=labels, exclude_index=rows, temperature=shape.temperature
         ).backward()
         _clear(z)
@@ -333,7 +335,7 @@ def _case(
     return Case(group, name, label, role, build, note, devices)
 
 
-AUTO = "qualcl `kernels.info_nce` (auto: streaming torch on CPU, Triton on CUDA)"
+AUTO = "qualcl `kernels.fused_info_nce` (auto: streaming torch on CPU, Triton on CUDA)"
 
 
 GROUPS: tuple[Group, ...] = (
@@ -349,12 +351,18 @@ GROUPS: tuple[Group, ...] = (
             _case(
                 "info_nce",
                 "torch",
-                "qualcl `kernels.info_nce` (streaming torch)",
+                "qualcl `kernels.fused_info_nce` (streaming torch)",
                 "qualcl",
                 _qualcl_info_nce("torch"),
                 devices=("cuda",),
             ),
-            _case("info_nce", "dense", "qualcl `kernels.info_nce` (naive dense)", "qualcl", _qualcl_info_nce("naive")),
+            _case(
+                "info_nce",
+                "dense",
+                "qualcl `kernels.fused_info_nce` (naive dense)",
+                "qualcl",
+                _qualcl_info_nce("naive"),
+            ),
         ),
         floor="mm",
     ),
@@ -449,7 +457,7 @@ GROUPS: tuple[Group, ...] = (
         (
             _case("ntxent_256", "naive", "naive torch `F.cross_entropy`", "baseline", _naive_ntxent),
             _case("ntxent_256", "pml", "PML `NTXentLoss`", "peer", _pml_ntxent, "O(N³) pair mask"),
-            _case("ntxent_256", "auto", "qualcl `kernels.info_nce`", "qualcl", _qualcl_ntxent),
+            _case("ntxent_256", "auto", "qualcl `kernels.fused_info_nce`", "qualcl", _qualcl_ntxent),
         ),
     ),
     Group(
@@ -459,7 +467,7 @@ GROUPS: tuple[Group, ...] = (
         Shape(1024, 1024, 256, device="cuda", dtype="float32"),
         (
             _case("ntxent_1024", "naive", "naive torch `F.cross_entropy`", "baseline", _naive_ntxent),
-            _case("ntxent_1024", "auto", "qualcl `kernels.info_nce`", "qualcl", _qualcl_ntxent),
+            _case("ntxent_1024", "auto", "qualcl `kernels.fused_info_nce`", "qualcl", _qualcl_ntxent),
         ),
         notes=(
             "PML `NTXentLoss` is not run here: its [pos pairs × neg pairs] mask needs one 34.3 GB allocation at "
@@ -473,7 +481,7 @@ GROUPS: tuple[Group, ...] = (
         Shape(16384, 16384, 256, device="cuda", dtype="float32"),
         (
             _case("supcon", "pml", "PML `SupConLoss`", "baseline", _pml_supcon),
-            _case("supcon", "auto", "qualcl `kernels.info_nce` (labels)", "qualcl", _qualcl_supcon),
+            _case("supcon", "auto", "qualcl `kernels.fused_info_nce` (labels)", "qualcl", _qualcl_supcon),
         ),
     ),
 )

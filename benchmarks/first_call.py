@@ -22,7 +22,7 @@ from pathlib import Path
 
 CASES = {
     "F.cross_entropy (dense logits)": "torch.nn.functional.cross_entropy(q @ c.T / 0.07, torch.arange(n))",
-    "kernels.info_nce": "kernels.info_nce(q, c, positive_index=torch.arange(n), temperature=0.07)",
+    "kernels.fused_info_nce": "kernels.fused_info_nce(q, c, positive_index=torch.arange(n), temperature=0.07)",
     "InfoNCE(impl='torch')": "InfoNCE(impl='torch')(q, c)",
     "kernels.topk_similarity": "kernels.topk_similarity(q, c, 8)[0].sum()",
 }

@@ -36,7 +36,8 @@ def info_nce(
 ) -> float | list[float]:
     q, p = query.double().tolist(), positive.double().tolist()
     c = p if negatives is None else negatives.double().tolist()
-    losses = []
+    losses: list[float] = []
+    contrasted: list[float] = []
     for i in range(len(q)):
         pos = _cos(q[i], p[i]) / tau
         kept = []
@@ -51,7 +52,9 @@ def info_nce(
             kept = [v for v in kept if v >= kth]
         denominator = math.exp(pos) + sum(math.exp(v) for v in kept)
         losses.append(-math.log(math.exp(pos) / denominator))
-    return _reduce(losses, None if weights is None else weights.double().tolist(), reduction)
+        contrasted.append(1.0 if kept else 0.0)  # no negative left: 0, and out of the mean
+    w = [1.0] * len(losses) if weights is None else weights.double().tolist()
+    return _reduce(losses, [wi * ci for wi, ci in zip(w, contrasted, strict=True)], reduction)
 
 
 def multi_level(
@@ -84,13 +87,16 @@ def clip(img: Tensor, txt: Tensor, scale: float, labels: list[int] | None = None
     lab = labels if labels is not None else list(range(n))
 
     def direction(a: list[list[float]], b: list[list[float]]) -> float:
-        total = 0.0
+        total, rows = 0.0, 0
         for r in range(n):
             logits = [scale * _cos(a[r], b[c]) for c in range(n)]
             lse = math.log(sum(math.exp(x) for x in logits))
             positives = [c for c in range(n) if lab[c] == lab[r]]
+            if len(positives) == n:  # no negative column: nothing to contrast, out of the mean
+                continue
             total += sum(lse - logits[c] for c in positives) / len(positives)
-        return total / n
+            rows += 1
+        return total / rows if rows else 0.0
 
     return 0.5 * (direction(i, t) + direction(t, i))
 

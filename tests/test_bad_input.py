@@ -194,12 +194,21 @@ def _zero_row(n=4, d=8):
         lambda z, w: InfoNCE()(z, w),
         lambda z, w: NTXentLoss()(z, w),
         lambda z, w: ClipLoss()(z, w),
-        lambda z, w: kernels.info_nce(z, w, positive_index=torch.arange(4)),
+        lambda z, w: kernels.fused_info_nce(z, w, positive_index=torch.arange(4)),
         lambda z, w: kernels.topk_similarity(z, w, 2),
         lambda z, w: MultiLevelInfoNCE()(z, w, torch.tensor([0, 1, 2, 3])),
         lambda z, w: Miner(CosineCountSchedule(None, 10)).mine(z, w, step=0),
     ],
-    ids=["functional.info_nce", "InfoNCE", "NTXentLoss", "ClipLoss", "kernels.info_nce", "topk", "multi", "miner"],
+    ids=[
+        "functional.info_nce",
+        "InfoNCE",
+        "NTXentLoss",
+        "ClipLoss",
+        "kernels.fused_info_nce",
+        "topk",
+        "multi",
+        "miner",
+    ],
 )
 def test_zero_rows_are_refused_wherever_rows_are_normalised(call):
     with pytest.raises(ValueError, match=r"all-zero row\(s\) \(first: \[1\]\)"):

@@ -40,10 +40,14 @@ def info_nce(
     reduction: str = "mean",
     normalize: bool = True,
 ) -> float | list[float]:
-    """Multi-positive InfoNCE, row by row: log-sum-exp over positives + kept negatives minus mean positive."""
+    """Multi-positive InfoNCE, row by row: log-sum-exp over positives + kept negatives minus mean positive.
+
+    A row without a positive or without a negative has loss 0 and leaves the mean.
+    """
     q, c = _vectors(query, normalize), _vectors(candidates, normalize)
     p = None if positive is None else _vectors(positive, normalize)
-    losses = []
+    losses: list[float] = []
+    counted: list[float] = []
     for i in range(len(q)):
         logits = [_dot(q[i], c[j]) / tau for j in range(len(c))]
         excluded = None if exclude_index is None else int(exclude_index[i])
@@ -65,9 +69,11 @@ def info_nce(
         positive_logits = [logits[j] for j in positives]
         if p is not None:
             positive_logits.append(_dot(q[i], p[i]) / tau)
-        if not positive_logits:
+        if not positive_logits or not negatives:
             losses.append(0.0)
+            counted.append(0.0)
             continue
+        counted.append(1.0)
         terms = [logits[j] for j in positives + negatives] + ([positive_logits[-1]] if p is not None else [])
         losses.append(_logsumexp(terms) - sum(positive_logits) / len(positive_logits))
     w = [1.0] * len(losses) if weights is None else weights.double().tolist()
@@ -76,7 +82,8 @@ def info_nce(
         return weighted
     if reduction == "sum":
         return sum(weighted)
-    return sum(weighted) / sum(w) if sum(w) > 0 else 0.0
+    kept = [wi * ci for wi, ci in zip(w, counted, strict=True)]
+    return sum(weighted) / sum(kept) if sum(kept) > 0 else 0.0
 
 
 def topk(

@@ -9,7 +9,7 @@ import torch
 
 from qualcl import kernels
 
-INFO_NCE = sys.modules["qualcl.kernels.info_nce"]
+INFO_NCE = sys.modules["qualcl.kernels.fused_info_nce"]
 TOPK = sys.modules["qualcl.kernels.topk"]
 
 
@@ -19,7 +19,7 @@ def _info_nce(monkeypatch, through_op: bool, top_k):
     q = torch.randn(24, 8, dtype=torch.float64, requires_grad=True)
     c = torch.randn(30, 8, dtype=torch.float64, requires_grad=True)
     w = torch.rand(24, dtype=torch.float64, requires_grad=True)
-    loss = kernels.info_nce(
+    loss = kernels.fused_info_nce(
         q, c, positive_index=torch.arange(24), weights=w, top_k=top_k, chunk_size=7, column_chunk_size=9, impl="torch"
     )
     loss.backward()
@@ -49,7 +49,7 @@ import json, sys, torch
 from qualcl import kernels
 from qualcl.losses import InfoNCE
 q = torch.randn(64, 16, requires_grad=True)
-kernels.info_nce(q, q.detach(), positive_index=torch.arange(64), impl="torch").backward()
+kernels.fused_info_nce(q, q.detach(), positive_index=torch.arange(64), impl="torch").backward()
 InfoNCE(impl="torch")(q, torch.randn(64, 16)).backward()
 kernels.topk_similarity(q, q, 3, impl="torch")
 print(json.dumps([m for m in ("torch._dynamo", "sympy", "triton") if m in sys.modules]))
@@ -63,7 +63,7 @@ def test_compiled_calls_go_through_the_registered_op():
 
     def loss(q, c):
         calls.append(INFO_NCE.through_custom_op())
-        return kernels.info_nce(q, c, positive_index=torch.arange(8), impl="torch")
+        return kernels.fused_info_nce(q, c, positive_index=torch.arange(8), impl="torch")
 
     q, c = torch.randn(8, 4), torch.randn(8, 4)
     eager = loss(q, c)

@@ -50,3 +50,17 @@ def test_bad_inputs_name_the_argument():
         batch_hard_triplets(emb, torch.zeros(5, dtype=torch.long), ref_emb=emb)
     with pytest.raises(ValueError, match="ref_emb"):
         batch_hard_triplets(emb, torch.zeros(5, dtype=torch.long), emb[:, :2], torch.zeros(5, dtype=torch.long))
+
+
+def test_triplets_feed_pml_triplet_margin_loss_with_any_distance():
+    from pytorch_metric_learning.distances import LpDistance
+    from pytorch_metric_learning.losses import TripletMarginLoss
+
+    g = torch.Generator().manual_seed(3)
+    emb = torch.nn.functional.normalize(torch.randn(24, 8, generator=g, dtype=torch.float64), dim=1)
+    labels = torch.randint(0, 4, (24,), generator=g)
+    ours = batch_hard_triplets(emb, labels)
+    theirs = BatchHardMiner(distance=CosineSimilarity())(emb, labels)
+    for distance in (CosineSimilarity(), LpDistance()):  # on unit vectors the mined order is the same
+        loss_fn = TripletMarginLoss(margin=0.1, distance=distance)
+        torch.testing.assert_close(loss_fn(emb, labels, indices_tuple=ours), loss_fn(emb, labels, indices_tuple=theirs))

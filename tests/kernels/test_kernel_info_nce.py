@@ -10,7 +10,7 @@ from pytorch_metric_learning.losses import SupConLoss
 
 from qualcl.functional import info_nce as functional_info_nce
 from qualcl.functional import nt_xent
-from qualcl.kernels import info_nce
+from qualcl.kernels import fused_info_nce
 
 FORMS = ("positive", "index", "labels", "mask", "labels+exclude", "positive+labels", "index+exclude")
 
@@ -51,7 +51,7 @@ def test_naive_matches_float64_loop_reference(size, tau, form, use_mask, reducti
     kw = _case(form, n, m, d, seed, use_mask)
     top_k = data.draw(st.none() | st.integers(1, m))
     weights = _randn(seed + 3, n).abs()
-    got = info_nce(q, c, temperature=tau, top_k=top_k, weights=weights, reduction=reduction, impl="naive", **kw)
+    got = fused_info_nce(q, c, temperature=tau, top_k=top_k, weights=weights, reduction=reduction, impl="naive", **kw)
     want = ref.info_nce(q, c, tau=tau, top_k=top_k, weights=weights, reduction=reduction, **kw)
     torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64))
 
@@ -71,7 +71,7 @@ def test_streaming_equals_dense_for_every_chunking(size, tau, form, use_mask, re
         args = dict(kw)
         if "positive" in args:
             args["positive"] = args["positive"].clone().requires_grad_()
-        loss = info_nce(
+        loss = fused_info_nce(
             q, c, temperature=tau, top_k=top_k, weights=weights, reduction=reduction, impl=impl, **args, **extra
         )
         inputs = [q, c] + ([args["positive"]] if "positive" in args else [])
@@ -90,7 +90,7 @@ def test_separate_positive_form_equals_functional_info_nce(n, m, d, seed, tau, d
     top_k = data.draw(st.none() | st.integers(1, m))
     w = _randn(seed + 4, n).abs()
     want = functional_info_nce(q, p, c, temperature=tau, negative_mask=mask, top_k=top_k, weights=w)
-    got = info_nce(q, c, positive=p, temperature=tau, negative_mask=mask, top_k=top_k, weights=w, impl="torch")
+    got = fused_info_nce(q, c, positive=p, temperature=tau, negative_mask=mask, top_k=top_k, weights=w, impl="torch")
     torch.testing.assert_close(got, want)
 
 
@@ -100,13 +100,15 @@ def test_in_batch_and_nt_xent_forms(n, d, seed, tau, data):
     top_k = data.draw(st.none() | st.integers(1, n - 1))
     rows = torch.arange(n)
     torch.testing.assert_close(
-        info_nce(q, p, positive_index=rows, temperature=tau, top_k=top_k, impl="torch"),
+        fused_info_nce(q, p, positive_index=rows, temperature=tau, top_k=top_k, impl="torch"),
         functional_info_nce(q, p, temperature=tau, top_k=top_k),
     )
     both = torch.cat([q, p])
     idx = torch.arange(2 * n)
     torch.testing.assert_close(
-        info_nce(both, both, positive_index=(idx + n) % (2 * n), exclude_index=idx, temperature=tau, impl="torch"),
+        fused_info_nce(
+            both, both, positive_index=(idx + n) % (2 * n), exclude_index=idx, temperature=tau, impl="torch"
+        ),
         nt_xent(q, p, temperature=tau),
     )
 
@@ -115,9 +117,95 @@ def test_labels_form_equals_pytorch_metric_learning_sup_con():
     emb = _randn(0, 12, 6)
     labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3, 3, 0, 2, 3])
     rows = torch.arange(12)
-    ours = info_nce(emb, emb, labels=labels, candidate_labels=labels, exclude_index=rows, temperature=0.1, impl="torch")
+    ours = fused_info_nce(
+        emb, emb, labels=labels, candidate_labels=labels, exclude_index=rows, temperature=0.1, impl="torch"
+    )
     theirs = SupConLoss(temperature=0.1)(emb, labels)
     torch.testing.assert_close(ours, theirs)
+
+
+def _angles(degrees: list[float]) -> torch.Tensor:
+    rad = torch.tensor(degrees, dtype=torch.float64) * math.pi / 180
+    return torch.stack([torch.cos(rad), torch.sin(rad)], dim=1)
+
+
+@pytest.mark.parametrize("impl", ["torch", "naive"])
+def test_sup_con_rows_without_a_positive_leave_the_mean_like_pml(impl):
+    # PML's own SupConLoss test layout: six unit vectors, label 2 seen once (no positive)
+    emb = _angles([0, 10, 20, 50, 60, 80])
+    labels = torch.tensor([0, 0, 1, 1, 0, 2])
+    rows = torch.arange(6)
+    ours = fused_info_nce(
+        emb, emb, labels=labels, candidate_labels=labels, exclude_index=rows, temperature=0.1, impl=impl
+    )
+    theirs = SupConLoss(temperature=0.1)(emb, labels)
+    torch.testing.assert_close(ours, theirs)
+    # the explicit float64 loop over anchors that have a positive gives the same number
+    kept = [i for i in range(6) if (labels == labels[i]).sum() > 1]
+    per_row = ref.info_nce(
+        emb, emb, tau=0.1, labels=labels, candidate_labels=labels, exclude_index=rows, reduction="none"
+    )
+    assert ours.item() == pytest.approx(sum(per_row[i] for i in kept) / len(kept), rel=1e-12)
+    # one label only: nothing to contrast, 0 (PML gives 0), and the gradient is an attached zero
+    same = torch.zeros(6, dtype=torch.long)
+    z = emb.clone().requires_grad_()
+    loss = fused_info_nce(z, z, labels=same, candidate_labels=same, exclude_index=rows, impl=impl)
+    assert loss.item() == 0.0 == SupConLoss()(emb, same).item()
+    loss.backward()
+    assert z.grad is not None and torch.equal(z.grad, torch.zeros_like(z))
+
+
+# PML averages the rows whose loss is non-zero (AvgNonZeroReducer): at tau = 0.02 a contrasted row's
+# loss can round to exactly 0 and PML drops it where qualcl keeps it, so compare at tau >= 0.1
+@given(st.integers(2, 12), st.integers(1, 5), st.integers(0, 2**31 - 1), st.sampled_from([0.1, 0.5, 1.0]))
+def test_sup_con_form_equals_pml_for_any_labels(n, classes, seed, tau):
+    emb = _randn(seed, n, 4)
+    labels = torch.randint(0, classes, (n,), generator=torch.Generator().manual_seed(seed))
+    rows = torch.arange(n)
+    theirs = SupConLoss(temperature=tau)(emb, labels)
+    for impl in ("torch", "naive"):
+        ours = fused_info_nce(
+            emb, emb, labels=labels, candidate_labels=labels, exclude_index=rows, temperature=tau, impl=impl
+        )
+        torch.testing.assert_close(ours, theirs.to(ours.dtype))
+
+
+@given(sizes, st.sampled_from(FORMS), st.booleans(), st.data())
+def test_rows_with_nothing_to_contrast_do_not_change_the_mean(size, form, use_mask, data):
+    """The weighted mean divides by the weights of the rows with a positive and a negative only."""
+    n, m, d, seed = size
+    q, c = _randn(seed, n, d), _randn(seed + 2, m, d)
+    kw = _case(form, n, m, d, seed, use_mask)
+    w = torch.rand(n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) + 0.1
+    per_row = fused_info_nce(q, c, weights=w, reduction="none", impl="torch", **kw)
+    mean = fused_info_nce(q, c, weights=w, impl="torch", **kw)
+    kept = per_row != 0  # per-row losses of contrasted rows are > 0 (checked against the loop elsewhere)
+    # the mean divides by the weights of the contrasted rows only
+    if kept.any():
+        torch.testing.assert_close(mean, per_row.sum() / w[kept].sum())
+    else:
+        assert mean.item() == 0.0
+
+
+@given(sizes, st.sampled_from(FORMS), st.booleans())
+def test_count_columns_matches_dense_masks(size, form, use_mask):
+    from qualcl.kernels._columns import ColumnSpec, count_columns
+
+    n, m, d, seed = size
+    kw = _case(form, n, m, d, seed, use_mask)
+    spec = ColumnSpec(*(kw.get(k) for k in ColumnSpec._fields))
+    npos, nneg = count_columns(spec, n, m, torch.device("cpu"))
+    cols = torch.arange(m)
+    pos = torch.zeros(n, m, dtype=torch.bool)
+    if spec.positive_index is not None:
+        pos |= cols[None] == spec.positive_index[:, None]
+    if spec.labels is not None:
+        pos |= spec.labels[:, None] == spec.candidate_labels[None]
+    if spec.positive_mask is not None:
+        pos |= spec.positive_mask
+    excl = torch.zeros_like(pos) if spec.exclude_index is None else cols[None] == spec.exclude_index[:, None]
+    neg = ~pos & ~excl & (True if spec.negative_mask is None else spec.negative_mask)
+    assert torch.equal(npos, (pos & ~excl).sum(1)) and torch.equal(nneg, neg.sum(1))
 
 
 def test_gradcheck_torch_paths():
@@ -130,11 +218,11 @@ def test_gradcheck_torch_paths():
         {"chunk_size": 3, "column_chunk_size": 3, "top_k": 2},  # online log-sum-exp over column blocks
     ):
         assert torch.autograd.gradcheck(
-            lambda a, b, x, kw=kw: info_nce(a, b, positive=x, temperature=0.3, weights=w, impl="torch", **kw),
+            lambda a, b, x, kw=kw: fused_info_nce(a, b, positive=x, temperature=0.3, weights=w, impl="torch", **kw),
             (q.clone().requires_grad_(), c.clone().requires_grad_(), p.clone().requires_grad_()),
         )
     assert torch.autograd.gradcheck(
-        lambda a, b: info_nce(
+        lambda a, b: fused_info_nce(
             a, b, labels=labels, candidate_labels=column_labels, exclude_index=torch.arange(5), top_k=3,
             temperature=0.5, impl="torch", chunk_size=2,
         ),
@@ -142,7 +230,7 @@ def test_gradcheck_torch_paths():
     )  # fmt: skip
     # weights and a learnt temperature get gradients too
     assert torch.autograd.gradcheck(
-        lambda a, ww, t: info_nce(a, c, positive_index=torch.arange(5), weights=ww, temperature=t, impl="torch"),
+        lambda a, ww, t: fused_info_nce(a, c, positive_index=torch.arange(5), weights=ww, temperature=t, impl="torch"),
         (
             q.clone().requires_grad_(),
             w.clone().requires_grad_(),
@@ -173,10 +261,10 @@ def test_all_masked_rows_and_rows_without_positives_give_attached_zero():
     q, c, p = _randn(0, 4, 3).requires_grad_(), _randn(1, 6, 3).requires_grad_(), _randn(2, 4, 3)
     nothing = torch.zeros(4, 6, dtype=torch.bool)
     for impl in ("torch", "naive"):
-        loss = info_nce(q, c, positive=p, negative_mask=nothing, impl=impl, reduction="none")
+        loss = fused_info_nce(q, c, positive=p, negative_mask=nothing, impl=impl, reduction="none")
         assert torch.equal(loss, torch.zeros(4, dtype=torch.float64))
         # no positive column at all (index -1) and nothing else: zero loss, finite zero gradient
-        loss = info_nce(q, c, positive_index=torch.full((4,), -1), impl=impl)
+        loss = fused_info_nce(q, c, positive_index=torch.full((4,), -1), impl=impl)
         assert loss.item() == 0.0
         (gq, gc) = torch.autograd.grad(loss, (q, c))
         assert torch.equal(gq, torch.zeros_like(gq)) and torch.equal(gc, torch.zeros_like(gc))
@@ -193,17 +281,19 @@ def test_top_k_keeps_ties_and_k_equal_to_m_is_plain():
     for top_k in (1, 2, 3):
         want = ref.info_nce(q, c, tau=0.5, positive=p, top_k=top_k, reduction="none", normalize=False)
         for impl in ("torch", "naive"):
-            got = info_nce(q, c, positive=p, temperature=0.5, top_k=top_k, reduction="none", normalize=False, impl=impl)
+            got = fused_info_nce(
+                q, c, positive=p, temperature=0.5, top_k=top_k, reduction="none", normalize=False, impl=impl
+            )
             torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64))
     torch.testing.assert_close(
-        info_nce(q, c, positive=p, top_k=6, impl="torch"), info_nce(q, c, positive=p, impl="torch")
+        fused_info_nce(q, c, positive=p, top_k=6, impl="torch"), fused_info_nce(q, c, positive=p, impl="torch")
     )
 
 
 def test_low_temperature_float32_is_finite_and_close():
     q, c = _randn(0, 64, 16, dtype=torch.float32), _randn(1, 80, 16, dtype=torch.float32)
     want = ref.info_nce(q[:8], c, tau=0.02, positive_index=torch.arange(8))
-    got = info_nce(q, c, positive_index=torch.arange(64), temperature=0.02, impl="torch", reduction="none")
+    got = fused_info_nce(q, c, positive_index=torch.arange(64), temperature=0.02, impl="torch", reduction="none")
     assert torch.isfinite(got).all()
     assert got[:8].mean().item() == pytest.approx(want, rel=1e-5)
 
@@ -211,11 +301,13 @@ def test_low_temperature_float32_is_finite_and_close():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_compute_in_float32(dtype):
     q, c = _randn(0, 8, 16, dtype=torch.float32).to(dtype), _randn(1, 12, 16, dtype=torch.float32).to(dtype)
-    got = info_nce(q, c, positive_index=torch.arange(8), temperature=0.05, impl="torch")
+    got = fused_info_nce(q, c, positive_index=torch.arange(8), temperature=0.05, impl="torch")
     assert got.dtype == torch.float32
-    torch.testing.assert_close(got, info_nce(q.float(), c.float(), positive_index=torch.arange(8), temperature=0.05))
+    torch.testing.assert_close(
+        got, fused_info_nce(q.float(), c.float(), positive_index=torch.arange(8), temperature=0.05)
+    )
     q.requires_grad_()
-    info_nce(q, c, positive_index=torch.arange(8), impl="torch").backward()
+    fused_info_nce(q, c, positive_index=torch.arange(8), impl="torch").backward()
     assert q.grad is not None and q.grad.dtype == dtype
 
 
@@ -224,7 +316,7 @@ def test_deterministic():
     runs = []
     for _ in range(2):
         a, b = q.clone().requires_grad_(), c.clone().requires_grad_()
-        loss = info_nce(
+        loss = fused_info_nce(
             a, b, positive_index=torch.arange(50), top_k=9, impl="torch", chunk_size=7, column_chunk_size=16
         )
         loss.backward()
@@ -235,9 +327,9 @@ def test_deterministic():
 
 def test_no_grad_and_memory_bank_without_grad():
     q, c = _randn(0, 6, 4).requires_grad_(), _randn(1, 10, 4)
-    info_nce(q, c, positive_index=torch.arange(6), impl="torch").backward()
+    fused_info_nce(q, c, positive_index=torch.arange(6), impl="torch").backward()
     with torch.no_grad():
-        assert math.isfinite(info_nce(q, c, positive_index=torch.arange(6), impl="torch").item())
+        assert math.isfinite(fused_info_nce(q, c, positive_index=torch.arange(6), impl="torch").item())
     assert q.grad is not None and c.grad is None
 
 
@@ -273,20 +365,31 @@ def test_bad_arguments_name_the_argument(kwargs, match):
     q, c = _randn(0, 4, 8), _randn(2, 10, 8)
     base = {"positive_index": torch.arange(4)}
     with pytest.raises((ValueError, TypeError), match=match):
-        info_nce(q, c, **(base | kwargs))
+        fused_info_nce(q, c, **(base | kwargs))
 
 
 def test_bad_tensors_name_the_argument():
     q, c = _randn(0, 4, 8), _randn(2, 10, 8)
     with pytest.raises(ValueError, match="candidates"):
-        info_nce(q, c[:, :5], positive_index=torch.arange(4))
+        fused_info_nce(q, c[:, :5], positive_index=torch.arange(4))
     with pytest.raises(ValueError, match="positive"):
-        info_nce(q, c, positive=q[:3])
+        fused_info_nce(q, c, positive=q[:3])
     with pytest.raises(ValueError, match="no positives"):
-        info_nce(q, c)
+        fused_info_nce(q, c)
     bad = c.clone()
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="candidates.*non-finite"):
-        info_nce(q, bad, positive_index=torch.arange(4))
+        fused_info_nce(q, bad, positive_index=torch.arange(4))
     with pytest.raises(ValueError, match="impl='triton'"):
-        info_nce(q, c, positive_index=torch.arange(4), impl="triton")
+        fused_info_nce(q, c, positive_index=torch.arange(4), impl="triton")
+
+
+def test_old_name_warns_and_is_the_fused_op():
+    import qualcl.kernels as kernels
+
+    assert "info_nce" not in kernels.__all__ and "fused_info_nce" in kernels.__all__
+    with pytest.warns(FutureWarning, match="fused_info_nce"):
+        old = kernels.info_nce
+    assert old is fused_info_nce
+    with pytest.raises(AttributeError):
+        kernels.no_such_op  # noqa: B018

@@ -24,6 +24,7 @@ def _local(x: torch.Tensor) -> torch.Tensor:
 
 def _cases() -> dict[str, tuple]:
     labels = torch.tensor([0, 1, 1, 2, 0, 2, 1, 0])
+    sup_labels = torch.tensor([0, 1, 1, 2, 0, 3, 1, 2])
     weights = torch.linspace(0.1, 2.0, sum(SIZES), dtype=torch.float64)
     return {
         "info_nce_in_batch": (lambda g: InfoNCE(0.2, gather_distributed=g, impl="torch"), 2, lambda l, t, s: l(*t)),
@@ -36,6 +37,27 @@ def _cases() -> dict[str, tuple]:
             lambda g: InfoNCE(0.2, reduction="sum", gather_distributed=g, impl="torch"),
             2,
             lambda l, t, s: l(*t),
+        ),
+        # SupCon: label 3 is seen once (rank 1), so that row leaves the mean on every rank alike
+        "supcon": (
+            lambda g: InfoNCE(0.2, gather_distributed=g, impl="torch"),
+            1,
+            lambda l, t, s: l(t[0], labels=s(sup_labels)),
+        ),
+        "supcon_dense": (
+            lambda g: InfoNCE(0.2, gather_distributed=g, impl="naive"),
+            1,
+            lambda l, t, s: l(t[0], labels=s(sup_labels), weights=s(weights)),
+        ),
+        "info_nce_class_level": (
+            lambda g: InfoNCE(0.2, gather_distributed=g, impl="torch"),
+            2,
+            lambda l, t, s: l(*t, labels=s(labels)),
+        ),
+        "info_nce_bank_labels": (
+            lambda g: InfoNCE(0.2, gather_distributed=g, impl="auto"),
+            3,
+            lambda l, t, s: l(*t, labels=s(labels), negative_labels=s(labels.flip(0))),
         ),
         "clip": (lambda g: ClipLoss(4.0, gather_distributed=g, impl="torch"), 2, lambda l, t, s: l(*t)),
         "clip_labels": (

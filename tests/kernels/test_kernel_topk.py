@@ -60,6 +60,9 @@ def test_values_equal_torch_topk_and_indices_are_a_valid_top_k(n, m, d, seed, da
     torch.testing.assert_close(values, torch.topk(full, k).values)
     torch.testing.assert_close(full.gather(1, indices), values)
     assert all(len(set(row)) == k for row in indices.tolist())  # recall@k = 1 up to ties
+    # one block (the default here): bit for bit torch.topk of the same matmul
+    values, _ = topk_similarity(q, c, k, impl="torch")
+    assert torch.equal(values, torch.topk(full, k).values)
 
 
 def test_all_masked_rows_are_padded_and_k_equal_to_m():

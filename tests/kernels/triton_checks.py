@@ -25,7 +25,7 @@ if "--cuda" not in sys.argv and os.environ.get("TRITON_INTERPRET") != "1":
 import torch
 import torch.nn.functional as F
 
-from qualcl.kernels import _triton_launch, info_nce, topk_similarity
+from qualcl.kernels import _triton_launch, fused_info_nce, topk_similarity
 
 CHECKS: dict[str, tuple[Callable[[], None], bool]] = {}
 CUDA = "--cuda" in sys.argv
@@ -116,7 +116,7 @@ def compare_info_nce(
         if "positive" in args:
             args["positive"] = args["positive"].clone().requires_grad_()
             leaves.append(args["positive"])
-        loss = info_nce(leaves[0], leaves[1], impl=impl, **args, **move(options))
+        loss = fused_info_nce(leaves[0], leaves[1], impl=impl, **args, **move(options))
         grads = torch.autograd.grad(loss.sum(), leaves)
         results.append((cpu(loss).float(), [cpu(g).float() for g in grads]))
     (got, got_grads), (want, want_grads) = results
@@ -149,7 +149,7 @@ def _half_precision(dtype: torch.dtype, loss_tol: float, grad_tol: tuple[float, 
         for impl, (a, b) in (("triton", (dev(q), dev(c))), ("naive", (q.float(), c.float()))):
             a, b = a.clone().requires_grad_(), b.clone().requires_grad_()
             index = torch.arange(n, device=a.device)
-            loss = info_nce(a, b, positive_index=index, temperature=0.05, top_k=top_k, normalize=False, impl=impl)
+            loss = fused_info_nce(a, b, positive_index=index, temperature=0.05, top_k=top_k, normalize=False, impl=impl)
             loss.backward()
             results.append((cpu(loss), cpu(a.grad), cpu(b.grad)))
         (loss16, gq16, gc16), (loss32, gq32, gc32) = results
@@ -180,7 +180,7 @@ def info_nce_all_masked_rows() -> None:
     no_positive = torch.randint(0, m, (n,), generator=_gen(6))
     no_positive[[2, 9]] = -1  # rows without any positive: zero loss, zero gradient
     compare_info_nce(q, c, {"positive_index": no_positive}, temperature=0.2, reduction="none", label="no positive")
-    loss = info_nce(dev(q), dev(c), positive_index=dev(torch.full((n,), -1)), impl="triton")
+    loss = fused_info_nce(dev(q), dev(c), positive_index=dev(torch.full((n,), -1)), impl="triton")
     assert loss.item() == 0.0
 
 
@@ -193,8 +193,8 @@ def info_nce_ties_and_k_equal_m() -> None:
     kw = {"positive": torch.randn(13, d, generator=_gen(2))}
     for top_k in (1, 2, 5, c.shape[0]):
         compare_info_nce(q, c, kw, temperature=0.3, top_k=top_k, normalize=False, label=f"ties k={top_k}")
-    full = info_nce(dev(q), dev(c), **dev(kw), temperature=0.3, top_k=c.shape[0], impl="triton")
-    torch.testing.assert_close(full, info_nce(dev(q), dev(c), **dev(kw), temperature=0.3, impl="triton"))
+    full = fused_info_nce(dev(q), dev(c), **dev(kw), temperature=0.3, top_k=c.shape[0], impl="triton")
+    torch.testing.assert_close(full, fused_info_nce(dev(q), dev(c), **dev(kw), temperature=0.3, impl="triton"))
 
 
 @check()

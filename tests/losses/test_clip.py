@@ -84,3 +84,33 @@ def test_bad_inputs_name_the_argument():
         ClipLoss()(img.clone().fill_(float("nan")), txt)
     with pytest.raises(ValueError, match="image_features"):
         ClipLoss()(img[:0], txt[:0])
+
+
+@given(st.integers(1, 16), st.integers(2, 32), st.integers(0, 2**31 - 1), st.floats(-5.0, 5.0))
+def test_logit_bias_equals_open_clip_exactly_and_cancels(n, d, seed, bias):
+    img, txt = (F.normalize(x, dim=1) for x in _features(seed, n, d))
+    s, b = torch.tensor(10.0), torch.tensor(bias)
+    theirs = open_clip.loss.ClipLoss()(img, txt, s, b)
+    assert torch.equal(ClipLoss(normalize=False)(img, txt, s, b), theirs)
+    # under the softmax a constant bias cancels: the fused path, which leaves it out, agrees
+    torch.testing.assert_close(ClipLoss(normalize=False, impl="torch")(img, txt, s, b), theirs)
+    torch.testing.assert_close(ClipLoss(normalize=False)(img, txt, s), theirs)
+
+
+def test_logit_bias_is_validated():
+    img, txt = _features(0, 4, 8)
+    for bad in (float("nan"), torch.tensor([1.0, 2.0]), torch.tensor(1), "1"):
+        with pytest.raises(ValueError, match="logit_bias"):
+            ClipLoss()(img, txt, None, bad)
+
+
+@pytest.mark.parametrize("impl", ["naive", "torch"])
+def test_one_grade_batch_has_nothing_to_contrast(impl):
+    img, txt = (x.double().requires_grad_() for x in _features(0, 5, 8))
+    loss = ClipLoss(impl=impl)(img, txt, labels=torch.zeros(5, dtype=torch.long))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(img.grad, torch.zeros_like(img))
+    # a grade seen once among others still counts (it has negatives)
+    mixed = ClipLoss(impl=impl)(img.detach(), txt.detach(), labels=torch.tensor([0, 0, 0, 0, 1]))
+    assert mixed.item() > 0

@@ -204,3 +204,66 @@ def test_bad_tensors_name_the_argument():
         info_nce(q[0], p, c)
     with pytest.raises(TypeError, match="query"):
         info_nce(q.long(), p, c)
+
+
+labels_lists = st.integers(2, 10).flatmap(lambda n: st.lists(st.integers(0, 3), min_size=n, max_size=n))
+
+
+@given(labels_lists, st.integers(0, 2**31 - 1), st.sampled_from([0.1, 0.5]), st.sampled_from(["naive", "torch"]))
+def test_sup_con_form_equals_pytorch_metric_learning(labels, seed, tau, impl):
+    from pytorch_metric_learning.losses import SupConLoss
+
+    y = torch.tensor(labels)
+    z = _embeddings(seed, len(labels), 5)
+    got = InfoNCE(tau, impl=impl)(z, labels=y)
+    torch.testing.assert_close(got, SupConLoss(temperature=tau)(z, y))
+
+
+@given(labels_lists, st.integers(0, 2**31 - 1), st.sampled_from(["naive", "torch"]))
+def test_class_level_and_bank_forms_equal_the_float64_loop(labels, seed, impl):
+    import kernel_reference as kref
+
+    y = torch.tensor(labels)
+    n = len(labels)
+    q, p, bank = _embeddings(seed, n, 4), _embeddings(seed + 1, n, 4), _embeddings(seed + 2, 7, 4)
+    yb = torch.arange(7) % 4
+    loss = InfoNCE(0.3, impl=impl)
+    rows = torch.arange(n)
+    want = kref.info_nce(q, p, tau=0.3, positive_index=rows, labels=y, candidate_labels=y)
+    assert loss(q, p, labels=y).item() == pytest.approx(want, rel=1e-9, abs=1e-12)
+    want = kref.info_nce(q, bank, tau=0.3, positive=p, labels=y, candidate_labels=yb)
+    assert loss(q, p, bank, labels=y, negative_labels=yb).item() == pytest.approx(want, rel=1e-9, abs=1e-12)
+    # labels that are all distinct reduce the class-level form to the plain in-batch InfoNCE
+    torch.testing.assert_close(loss(q, p, labels=rows), loss(q, p))
+
+
+def test_a_row_with_nothing_to_contrast_does_not_move_the_mean():
+    z = _embeddings(0, 6, 4)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    loss = InfoNCE(0.2)
+    extra = _embeddings(1, 1, 4)
+    with_singleton = loss(torch.cat([z, extra]), labels=torch.cat([y, torch.tensor([9])]))
+    # the singleton still acts as a negative of the other rows, so compare per-row sums, not means
+    per_row = InfoNCE(0.2, reduction="none")(torch.cat([z, extra]), labels=torch.cat([y, torch.tensor([9])]))
+    assert per_row[-1].item() == 0.0
+    torch.testing.assert_close(with_singleton, per_row[:-1].mean())
+    one_label = loss(z.clone().requires_grad_(), labels=torch.zeros(6, dtype=torch.long))
+    assert one_label.item() == 0.0 and one_label.requires_grad
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "match"),
+    [
+        ((), {}, "no positives"),
+        ((None, "bank"), {}, "negatives need a positive"),
+        (("p",), {"negative_labels": torch.zeros(5, dtype=torch.long)}, "negative_labels"),
+        (("p", "bank"), {"labels": torch.zeros(4, dtype=torch.long)}, "negative_labels"),
+        ((), {"labels": torch.zeros(3, dtype=torch.long)}, "labels"),
+        ((), {"labels": torch.zeros(4)}, "labels"),
+    ],
+)
+def test_label_forms_refuse_incomplete_calls(args, kwargs, match):
+    q, p, bank = _embeddings(0, 4, 3), _embeddings(1, 4, 3), _embeddings(2, 5, 3)
+    named = {"p": p, "bank": bank, None: None}
+    with pytest.raises((ValueError, TypeError), match=match):
+        InfoNCE()(q, *(named[a] for a in args), **kwargs)

@@ -95,7 +95,12 @@ def info_nce(
     then, if ``top_k`` is set, only the ``top_k`` most similar of them (ties at the ``top_k``-th
     value are kept; selection is on detached similarities, the kept logits stay differentiable).
     The log-sum-exp runs in float32 for half-precision inputs (float64 stays float64); the output
-    has that compute dtype.
+    has that compute dtype. A row whose negatives are all masked has nothing to contrast: its loss
+    is 0 and it leaves the mean (weight 0), as in :func:`qualcl.kernels.fused_info_nce`.
+
+    This is the dense reference form (a separate positive per row, ``(N, M)`` logits); the streaming
+    kernel with every positive form (indices, labels, masks) is
+    :func:`qualcl.kernels.fused_info_nce`, and :class:`qualcl.losses.InfoNCE` picks between them.
 
     Args:
         query: ``(N, D)`` anchors.
@@ -127,7 +132,7 @@ def info_nce(
 
     Reference:
         Oord et al., "Representation Learning with Contrastive Predictive Coding", 2018; used per
-        level pair by CoMCL (Eq. 1, seed paper 000).
+        level pair by CoMCL (Eq. 1).
     """
     tau = check_positive("temperature", temperature)
     check_reduction(reduction)
@@ -165,6 +170,9 @@ def info_nce(
     if top_k is not None:
         keep = restrict_top_k(negative_logits, keep, top_k)
     losses = info_nce_from_logits(positive_logits, negative_logits, keep)
+    if keep is not None:  # rows with no negative left: loss 0, and out of the mean
+        contrasted = keep.any(dim=1).to(losses.dtype)
+        weights = contrasted if weights is None else weights * contrasted.to(weights.dtype)
     return weighted_reduce(losses, weights, reduction)
 
 

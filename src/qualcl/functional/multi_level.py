@@ -260,6 +260,9 @@ def multi_level_info_nce(
                     check_weights("miner weights", weights, anchors.shape[0])
                     counts.setdefault(name, {})["selected_anchors"] = int((weights > 0).sum())
             losses = info_nce_from_logits(positive_sim / tau, negative_sim / tau, mask)
+            if mask is not None:  # an anchor left without negatives has nothing to contrast
+                contrasted = mask.any(dim=1).to(losses.dtype)
+                weights = contrasted if weights is None else weights * contrasted.to(weights.dtype)
             loss = reduce(losses, weights)
         total = total + weights_of_pairs[index] * loss
         pair_losses[name] = loss

@@ -1,6 +1,6 @@
 """Fused ops whose cost dominates: Triton on CUDA, streaming torch elsewhere, a naive path for tests.
 
-- :func:`info_nce`: InfoNCE / multi-positive InfoNCE over ``(N, D)`` × ``(M, D)`` with masks,
+- :func:`fused_info_nce`: InfoNCE / multi-positive InfoNCE over ``(N, D)`` × ``(M, D)`` with masks,
   per-row top-K and weights, without the ``(N, M)`` logits (registered as ``qualcl::info_nce``).
 - :func:`topk_similarity`: exact per-row top-K similarities and indices (``qualcl::topk_similarity``).
 - :func:`batch_hard_triplets`: batch-hard triplet mining on two K = 1 reductions.
@@ -10,9 +10,25 @@ Every op takes ``impl="auto" | "triton" | "torch" | "naive"``; the loss modules 
 problems (up to :data:`DENSE_LIMIT` logits). See ``docs/performance.md``.
 """
 
+import warnings
+from typing import Any
+
 from qualcl.kernels._dispatch import DENSE_LIMIT, triton_available
 from qualcl.kernels.batch_hard import batch_hard_triplets
-from qualcl.kernels.info_nce import info_nce
+from qualcl.kernels.fused_info_nce import fused_info_nce
 from qualcl.kernels.topk import topk_similarity
 
-__all__ = ["DENSE_LIMIT", "batch_hard_triplets", "info_nce", "topk_similarity", "triton_available"]
+__all__ = ["DENSE_LIMIT", "batch_hard_triplets", "fused_info_nce", "topk_similarity", "triton_available"]
+
+
+def __getattr__(name: str) -> Any:
+    """``qualcl.kernels.info_nce`` was renamed :func:`fused_info_nce` (dense reference: ``functional.info_nce``)."""
+    if name == "info_nce":
+        warnings.warn(
+            "qualcl.kernels.info_nce is now qualcl.kernels.fused_info_nce (the dense reference with a "
+            "separate positive is qualcl.functional.info_nce); the old name will be removed",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return fused_info_nce
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

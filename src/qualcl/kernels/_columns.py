@@ -19,6 +19,7 @@ __all__ = [
     "KEEP_ALL_LABELS",
     "CandidateFilter",
     "ColumnSpec",
+    "count_columns",
     "drop_block_",
     "fill_index_",
     "local_index",
@@ -144,3 +145,62 @@ def positive_block(spec: ColumnSpec, r0: int, r1: int, c0: int, c1: int) -> tupl
     fill_index_(dense, index, True)
     fill_index_(dense, exclude, False)
     return None, dense
+
+
+def _dense_counts(spec: ColumnSpec, n: int, m: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Positive and negative column counts from the dense masks, in row blocks of about 2^22 entries."""
+    npos = torch.zeros(n, dtype=torch.int64, device=device)
+    nneg = torch.zeros(n, dtype=torch.int64, device=device)
+    step = max(1, (1 << 22) // max(m, 1))
+    for r0 in range(0, n, step):
+        r1 = min(r0 + step, n)
+        index, dense = positive_block(spec, r0, r1, 0, m)
+        if dense is None:
+            dense = torch.zeros(r1 - r0, m, dtype=torch.bool, device=device)
+            fill_index_(dense, index, True)
+        excluded = torch.zeros_like(dense)
+        fill_index_(excluded, local_index(spec.exclude_index, r0, r1, 0, m), True)
+        negative = ~dense & ~excluded
+        if spec.negative_mask is not None:
+            negative &= spec.negative_mask[r0:r1]
+        npos[r0:r1], nneg[r0:r1] = dense.sum(dim=1), negative.sum(dim=1)
+    return npos, nneg
+
+
+def count_columns(spec: ColumnSpec, n: int, m: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Number of positive and of negative columns of each row (``(N,)`` int64 each).
+
+    Index and label specs are counted in O((N + M) log M) (sorted labels), without any ``(N, M)``
+    block; the dense masks are evaluated in row blocks. ``top_k`` does not enter: it keeps at least
+    one negative of every row that has one.
+    """
+    if spec.positive_mask is not None or spec.negative_mask is not None:
+        return _dense_counts(spec, n, m, device)
+    npos = torch.zeros(n, dtype=torch.int64, device=device)
+    labels, columns = spec.labels, spec.candidate_labels
+    with_labels = labels is not None and columns is not None
+    if with_labels:
+        assert labels is not None
+        assert columns is not None
+        ordered = columns.sort().values
+        npos += torch.searchsorted(ordered, labels, right=True) - torch.searchsorted(ordered, labels)
+
+    def is_label_positive(index: Tensor) -> Tensor:
+        if not with_labels:
+            return torch.zeros_like(index, dtype=torch.bool)
+        assert labels is not None
+        assert columns is not None
+        return (index >= 0) & (columns[index.clamp(min=0)] == labels)
+
+    if spec.positive_index is not None:
+        index = spec.positive_index
+        npos += ((index >= 0) & ~is_label_positive(index)).long()
+    excluded = torch.zeros(n, dtype=torch.bool, device=device)
+    if spec.exclude_index is not None:
+        exclude = spec.exclude_index
+        excluded = exclude >= 0
+        hit = is_label_positive(exclude)
+        if spec.positive_index is not None:
+            hit |= excluded & (exclude == spec.positive_index)
+        npos -= hit.long()
+    return npos, m - npos - excluded.long()

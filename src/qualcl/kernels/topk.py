@@ -118,10 +118,10 @@ def topk_similarity(
 
     For every query row, the ``k`` most similar (``largest=False``: least similar) candidates among
     the kept columns, sorted from the most to the least selected. Ties are deterministic: equal
-    values come in ascending column order, and the lowest columns win at the ``k``-th place (the
-    values always equal ``torch.topk``'s). A row with fewer than ``k`` kept candidates is padded
-    with value ``-inf`` (``+inf`` for ``largest=False``) and index ``-1``. Selection carries no
-    gradient: gather the embeddings by ``indices`` to build a differentiable loss.
+    values come in ascending column order, and the lowest columns win at the ``k``-th place. A row
+    with fewer than ``k`` kept candidates is padded with value ``-inf`` (``+inf`` for
+    ``largest=False``) and index ``-1``. Selection carries no gradient: gather the embeddings by
+    ``indices`` to build a differentiable loss.
 
     Kept columns: ``mask[i, j]`` (dense fallback; all by default), restricted by labels
     (``label_relation="different"`` keeps candidates whose label differs from the row's — hard
@@ -132,6 +132,14 @@ def topk_similarity(
     rows that overflow it; performance.md §6.3), ``"torch"`` (blocks of ``chunk_size`` rows ×
     ``column_chunk_size`` columns with a running merge; memory O(N·k + chunk·M)), ``"naive"``
     (dense, for tests), ``"auto"`` (Triton on CUDA when available, else torch).
+
+    Exactness: the values are ``torch.topk`` of the similarities *as this call computes them*.
+    They equal ``torch.topk(q @ c.T, k)`` bit for bit when the torch path computes ``q @ c.T`` as
+    one block: ``N·M <= 2^22`` and ``M <= 65,536`` with the default ``chunk_size`` /
+    ``column_chunk_size``, or sizes ``>= N`` and ``>= M``. Smaller blocks are other matmul shapes,
+    for which BLAS may round a dot product differently in the last bit (float32: one ulp, about
+    6e-8 relative): values then agree within that, and indices can differ only between candidates
+    that close. A given block shape is deterministic, run to run.
 
     Args:
         query: ``(N, D)`` queries.

@@ -9,29 +9,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qualcl import kernels
-from qualcl._validation import check_embeddings, check_finite, check_positive
-from qualcl.distributed import gather_no_grad, gather_with_grad, is_distributed
+from qualcl._validation import check_embeddings, check_finite, check_labels, check_positive
+from qualcl.distributed import is_distributed
 from qualcl.functional.info_nce import compute_dtype
+from qualcl.functional.reduction import weighted_reduce
 from qualcl.kernels._dispatch import check_impl, prefers_dense
-from qualcl.losses._distributed import reduce_across_ranks
+from qualcl.losses._contrastive import Pool, contrast, gather_pool, reduce_across_ranks
 
 __all__ = ["ClipLoss"]
 
 
-def _targets(
-    labels: Tensor | None,
-    column_labels: Tensor | None,
-    n: int,
-    offset: int,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> Tensor:
-    """Class ids (one positive per row) or a row-stochastic target matrix (label positives)."""
-    if labels is None or column_labels is None:
-        return torch.arange(n, device=device) + offset
-    same = (labels[:, None] == column_labels[None, :]).to(dtype)
-    return same / same.sum(dim=1, keepdim=True)
+def _label_targets(labels: Tensor, column_labels: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Row-stochastic soft targets over the same-label columns, and which rows have a negative column."""
+    same = labels[:, None] == column_labels[None, :]
+    weights = same.to(dtype)
+    contrasted = (~same).any(dim=1).to(dtype)
+    return weights / weights.sum(dim=1, keepdim=True), contrasted
 
 
 class ClipLoss(nn.Module):
@@ -44,7 +37,22 @@ class ClipLoss(nn.Module):
     images matches row ``i`` of the texts); on one process and with ``normalize=False`` this is
     exactly open_clip's ``ClipLoss``. With ``labels`` (e.g. class-level captions, where every image
     of a grade shares the caption's meaning) every same-label pair is a positive and ``Y`` is
-    uniform over a row's positives (soft-target cross-entropy, the UniCL form).
+    uniform over a row's positives (soft-target cross-entropy, the UniCL form); a row whose every
+    column shares its label has nothing to contrast and leaves the mean (a batch of one grade
+    gives 0), as in :class:`~qualcl.losses.InfoNCE`.
+
+    **Exactly open_clip** (``torch.equal`` on the loss and the gradients): without ``labels``, on
+    one process, with ``normalize=False`` and on the dense path, i.e. ``impl="naive"`` or
+    ``impl="auto"`` up to ``qualcl.kernels.DENSE_LIMIT`` (2^20) logits per direction. The fused
+    path (``"torch"``, ``"triton"``, ``"auto"`` above the limit) computes the same loss in another
+    order: equal to open_clip within float32 rounding (about 1e-6 relative), not bit for bit.
+    Under DDP the local-loss reduction differs from open_clip's in rounding only.
+
+    ``logit_bias`` is accepted as open_clip's ``ClipLoss`` accepts it: a scalar added to every
+    logit. Under the softmax it cancels, so it changes neither the loss nor any gradient (its own
+    gradient is zero); the dense path adds it exactly as open_clip does (bit-identical), the fused
+    path leaves it out. The learnt bias of SigLIP only matters for a *sigmoid* loss, which is not
+    this one.
 
     The logit scale is the one passed to ``forward`` (as open_clip's models return it, already
     exponentiated), else the module's own: a fixed ``init_logit_scale`` or, with
@@ -63,11 +71,12 @@ class ClipLoss(nn.Module):
         gather_distributed: Gather across processes.
         impl: ``"naive"`` (dense logits and ``F.cross_entropy``, open_clip's computation),
             ``"torch"`` / ``"triton"`` (each direction through the fused
-            :func:`qualcl.kernels.info_nce`: no ``B × B`` logits), or ``"auto"`` (default: dense up
+            :func:`qualcl.kernels.fused_info_nce`: no ``B × B`` logits), or ``"auto"`` (default: dense up
             to ``qualcl.kernels.DENSE_LIMIT`` logits, fused beyond).
 
     Shape:
         - image_features, text_features: ``(N, D)``; labels: ``(N,)`` integer.
+        - logit_bias: scalar tensor or float.
         - Output: scalar (float32 for half inputs), or a dict with ``output_dict=True``:
           ``{"loss", "image_to_text", "text_to_image", "logit_scale"}``.
 
@@ -124,6 +133,7 @@ class ClipLoss(nn.Module):
         image_features: Tensor,
         text_features: Tensor,
         logit_scale: Tensor | float | None = ...,
+        logit_bias: Tensor | float | None = ...,
         *,
         labels: Tensor | None = ...,
         output_dict: Literal[False] = ...,
@@ -135,6 +145,7 @@ class ClipLoss(nn.Module):
         image_features: Tensor,
         text_features: Tensor,
         logit_scale: Tensor | float | None = ...,
+        logit_bias: Tensor | float | None = ...,
         *,
         labels: Tensor | None = ...,
         output_dict: Literal[True],
@@ -145,6 +156,7 @@ class ClipLoss(nn.Module):
         image_features: Tensor,
         text_features: Tensor,
         logit_scale: Tensor | float | None = None,
+        logit_bias: Tensor | float | None = None,
         *,
         labels: Tensor | None = None,
         output_dict: bool = False,
@@ -156,9 +168,9 @@ class ClipLoss(nn.Module):
         if text_features.shape[0] != n:
             raise ValueError(f"text_features must have {n} rows like image_features, got {tuple(text_features.shape)}")
         if labels is not None:
-            if not isinstance(labels, Tensor) or labels.shape != (n,) or labels.is_floating_point():
-                raise ValueError(f"labels must be an integer tensor of shape ({n},)")
+            labels = check_labels("labels", labels, n, image_features.device)
         scale = self._resolve_scale(logit_scale)
+        bias = self._check_bias(logit_bias)
 
         dtype = compute_dtype(image_features, text_features)
         img, txt = image_features.to(dtype), text_features.to(dtype)
@@ -166,20 +178,14 @@ class ClipLoss(nn.Module):
             img, txt = F.normalize(img, dim=1), F.normalize(txt, dim=1)
 
         distributed = self.gather_distributed and is_distributed()
-        offset = 0
-        all_img, all_txt, all_labels = img, txt, labels
-        if distributed:
-            all_img, offset = gather_with_grad(img)
-            all_txt, _ = gather_with_grad(txt)
-            all_labels = None if labels is None else gather_no_grad(labels)
-
-        if prefers_dense(self.impl, n, all_txt.shape[0]):
-            i2t, t2i = self._dense(img, txt, all_img, all_txt, scale, labels, all_labels, offset, distributed)
+        images = gather_pool(img, labels, distributed=distributed)
+        texts = gather_pool(txt, labels, distributed=distributed)
+        if prefers_dense(self.impl, n, texts.features.shape[0]):
+            i2t = self._dense(img, texts, scale, bias, labels, distributed)
+            t2i = self._dense(txt, images, scale, bias, labels, distributed)
         else:
-            i2t, t2i = (
-                self._fused(a, b, scale, labels, all_labels, offset, distributed)
-                for a, b in ((img, all_txt), (txt, all_img))
-            )
+            i2t = self._fused(img, texts, scale, labels, distributed)
+            t2i = self._fused(txt, images, scale, labels, distributed)
         loss = (i2t + t2i) / 2
         if output_dict:
             used_scale = scale.detach() if isinstance(scale, Tensor) else torch.tensor(scale)
@@ -188,56 +194,58 @@ class ClipLoss(nn.Module):
 
     def _dense(
         self,
-        img: Tensor,
-        txt: Tensor,
-        all_img: Tensor,
-        all_txt: Tensor,
-        scale: Tensor | float,
-        labels: Tensor | None,
-        all_labels: Tensor | None,
-        offset: int,
-        distributed: bool,
-    ) -> tuple[Tensor, Tensor]:
-        """Both directions from dense logits (open_clip's computation)."""
-        n = img.shape[0]
-        logits_per_image = scale * img @ all_txt.T
-        logits_per_text = scale * txt @ all_img.T
-        target = _targets(labels, all_labels, n, offset, img.device, img.dtype)
-        if distributed:
-            i2t = reduce_across_ranks(F.cross_entropy(logits_per_image, target, reduction="none"), None, "mean")
-            t2i = reduce_across_ranks(F.cross_entropy(logits_per_text, target, reduction="none"), None, "mean")
-        else:
-            i2t = F.cross_entropy(logits_per_image, target)
-            t2i = F.cross_entropy(logits_per_text, target)
-        return i2t, t2i
-
-    def _fused(
-        self,
         rows: Tensor,
-        columns: Tensor,
+        columns: Pool,
         scale: Tensor | float,
+        bias: Tensor | float | None,
         labels: Tensor | None,
-        all_labels: Tensor | None,
-        offset: int,
         distributed: bool,
     ) -> Tensor:
-        """One direction (rows against gathered columns) through :func:`qualcl.kernels.info_nce`."""
-        n = rows.shape[0]
-        with_labels = labels is not None and all_labels is not None
-        loss = kernels.info_nce(
+        """One direction from dense logits (open_clip's computation)."""
+        logits = scale * rows @ columns.features.T
+        if bias is not None:
+            logits = logits + bias
+        if labels is None or columns.labels is None:
+            target = columns.own_columns(rows.shape[0])
+            if not distributed:
+                return F.cross_entropy(logits, target)
+            return reduce_across_ranks(F.cross_entropy(logits, target, reduction="none"), None, "mean")
+        soft, contrasted = _label_targets(labels, columns.labels, rows.dtype)
+        losses = F.cross_entropy(logits, soft, reduction="none")
+        if not distributed:
+            return weighted_reduce(losses, contrasted)
+        return reduce_across_ranks(losses * contrasted, contrasted, "mean")
+
+    def _fused(
+        self, rows: Tensor, columns: Pool, scale: Tensor | float, labels: Tensor | None, distributed: bool
+    ) -> Tensor:
+        """One direction (rows against gathered columns) through :func:`qualcl.kernels.fused_info_nce`."""
+        with_labels = labels is not None and columns.labels is not None
+        return contrast(
             scale * rows,  # open_clip's (scale * features) @ others.T, with the scale's gradient
-            columns,
-            positive_index=None if with_labels else torch.arange(n, device=rows.device) + offset,
+            columns.features,
+            positive_index=None if with_labels else columns.own_columns(rows.shape[0]),
             labels=labels if with_labels else None,
-            candidate_labels=all_labels if with_labels else None,
+            candidate_labels=columns.labels if with_labels else None,
             temperature=1.0,
             normalize=False,
-            reduction="sum" if distributed else "mean",
+            distributed=distributed,
+            reduction="mean",
             impl=self.impl,
         )
-        if not distributed:
-            return loss
-        return reduce_across_ranks(loss.reshape(1), rows.new_ones(n), "mean")
+
+    @staticmethod
+    def _check_bias(logit_bias: Tensor | float | None) -> Tensor | float | None:
+        if logit_bias is None:
+            return None
+        if isinstance(logit_bias, Tensor):
+            if logit_bias.numel() != 1 or not logit_bias.is_floating_point():
+                raise ValueError(f"logit_bias must be a float or a one-element floating tensor, got {logit_bias!r}")
+            check_finite("logit_bias", logit_bias)
+            return logit_bias.reshape(())
+        if isinstance(logit_bias, bool) or not isinstance(logit_bias, int | float) or not math.isfinite(logit_bias):
+            raise ValueError(f"logit_bias must be a finite number, got {logit_bias!r}")
+        return float(logit_bias)
 
     def _resolve_scale(self, logit_scale: Tensor | float | None) -> Tensor | float:
         if logit_scale is None:

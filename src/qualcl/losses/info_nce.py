@@ -1,42 +1,59 @@
-"""``InfoNCE``: the stateful wrapper of :func:`qualcl.functional.info_nce`."""
+"""``InfoNCE``: the contrastive entry point (one positive, class-level positives or SupCon), DDP-exact."""
 
 from __future__ import annotations
 
-import torch
+from typing import Any
+
 from torch import Tensor, nn
 
-from qualcl import kernels
-from qualcl._validation import check_embeddings, check_mask, check_positive, check_reduction
-from qualcl.distributed import gather_with_grad, is_distributed, world_size
-from qualcl.functional import info_nce
-from qualcl.kernels._dispatch import check_impl, prefers_dense
-from qualcl.losses._distributed import reduce_across_ranks
+from qualcl._validation import check_embeddings, check_labels, check_positive, check_reduction
+from qualcl.distributed import is_distributed
+from qualcl.kernels._dispatch import check_impl
+from qualcl.losses._contrastive import contrast, gather_pool
 
 __all__ = ["InfoNCE"]
 
 
 class InfoNCE(nn.Module):
-    r"""InfoNCE with shared negatives, masks, hard-negative top-K and per-anchor weights.
+    r"""InfoNCE with one or several positives per anchor, masks, hard-negative top-K and weights.
 
     .. math::
-        \ell_i = -\log \frac{e^{s_{ii}/\tau}}{e^{s_{ii}/\tau} + \sum_{k \in K_i} e^{s_{ik}/\tau}}
+        \ell_i = \log\Big(\sum_{j \in P_i \cup K_i} e^{s_{ij}/\tau}\Big)
+                 - \frac{1}{|P_i|} \sum_{j \in P_i} s_{ij}/\tau
 
-    Cosine similarity (inputs normalised inside). See :func:`qualcl.functional.info_nce` for the
-    exact semantics of every argument. Defaults: ``temperature=0.07``, weighted-mean reduction.
+    with cosine similarities ``s`` (inputs normalised inside), positives ``P_i`` and negatives
+    ``K_i`` chosen by what is passed:
+
+    ============================================  ==============================================
+    call                                          positives of anchor ``i`` / negatives
+    ============================================  ==============================================
+    ``loss(q, p)``                                ``p[i]`` / the other rows of ``p`` (in-batch)
+    ``loss(q, p, bank)``                          ``p[i]`` / every row of ``bank``
+    ``loss(q, p, labels=y)``                      every ``p[j]`` with ``y[j] == y[i]`` / the rest
+    ``loss(q, p, bank, labels=y,                  ``p[i]`` and the same-label rows of ``bank`` /
+    negative_labels=yb)``                         the other rows of ``bank``
+    ``loss(z, labels=y)``                         SupCon: every other ``z[j]`` with ``y[j] == y[i]``
+                                                  / the other labels
+    ============================================  ==============================================
+
+    With one positive this is the classic ``-log e^{s_ii/tau} / (e^{s_ii/tau} + sum_k e^{s_ik/tau})``;
+    with several it is the "outside the log" average of SupCon (Khosla et al., 2020). A
+    ``negative_mask`` removes negatives, ``top_k`` keeps only the ``top_k`` most similar of them
+    (selection on detached values). **A row with nothing to contrast** (no positive, e.g. a label
+    seen once in a SupCon batch, or no negative left) has loss 0 and leaves the weighted mean, as in
+    pytorch-metric-learning's ``SupConLoss``; a batch of one label gives 0.
+
+    Defaults: ``temperature=0.07``, weighted-mean reduction. ``impl`` picks the computation:
+    ``"naive"`` builds the ``(N, M)`` logits; ``"torch"`` / ``"triton"`` stream through
+    :func:`qualcl.kernels.fused_info_nce` (memory O((N + M)·D)); ``"auto"`` (default) keeps the dense
+    path up to ``qualcl.kernels.DENSE_LIMIT`` logits and streams beyond (Triton on CUDA). All give
+    the same loss and gradients up to float rounding.
 
     With ``gather_distributed=True`` under ``torch.distributed`` it uses the *local-loss* scheme:
-    local anchors against candidates gathered from every rank with
-    :func:`qualcl.distributed.gather_with_grad` (memory linear in the global batch). In-batch
-    negatives (``negatives=None``) are then every rank's positives except the anchor's own, and a
-    ``negative_mask`` must have shape ``(N_local, M_global)``. The returned value is scaled so that
-    DDP's gradient averaging gives exactly the gradients of one process on the concatenated batch
-    (see :func:`qualcl.losses._distributed.reduce_across_ranks`).
-
-    ``impl`` picks the computation: ``"naive"`` builds the ``(N, M)`` logits
-    (:func:`qualcl.functional.info_nce`); ``"torch"`` / ``"triton"`` use the fused kernel
-    :func:`qualcl.kernels.info_nce` (streaming, memory O((N + M)·D)); ``"auto"`` (default) keeps the
-    dense path up to ``qualcl.kernels.DENSE_LIMIT`` logits and uses the kernel (Triton on CUDA)
-    beyond. All give the same loss and gradients up to float rounding.
+    local anchors against the candidates (and their labels) gathered from every rank, gradients
+    summed back to their owners, the mean taken over the contrasted rows of every rank: after DDP's
+    gradient averaging the gradients equal one process on the concatenated batch, also for unequal
+    batches. A ``negative_mask`` then has shape ``(N_local, M_global)``.
 
     Args:
         temperature: ``tau > 0``.
@@ -45,8 +62,8 @@ class InfoNCE(nn.Module):
         impl: ``"auto"``, ``"naive"``, ``"torch"`` or ``"triton"``.
 
     Shape:
-        - query, positive: ``(N, D)``; negatives: ``(M, D)``; negative_mask: ``(N, M)`` bool;
-          weights: ``(N,)``.
+        - query: ``(N, D)``; positive: ``(N, D)``; negatives: ``(M, D)``; labels, weights: ``(N,)``;
+          negative_labels: ``(M,)``; negative_mask: ``(N, M)`` bool (``M = N`` in-batch or SupCon).
         - Output: scalar, or ``(N,)`` with ``reduction="none"`` (float32 for half inputs).
 
     Example:
@@ -55,12 +72,15 @@ class InfoNCE(nn.Module):
         >>> loss_fn = InfoNCE(temperature=0.1)
         >>> q, k = torch.randn(16, 32), torch.randn(16, 32)
         >>> bank = torch.randn(256, 32)
-        >>> loss = loss_fn(q, k, bank, top_k=32, weights=torch.rand(16))
-        >>> loss.shape
+        >>> loss_fn(q, k, bank, top_k=32, weights=torch.rand(16)).shape
+        torch.Size([])
+        >>> grades = torch.randint(0, 5, (16,))
+        >>> loss_fn(torch.cat([q, k]), labels=torch.cat([grades, grades])).shape  # SupCon
         torch.Size([])
 
     Reference:
-        Oord et al., "Representation Learning with Contrastive Predictive Coding", 2018.
+        Oord et al., "Representation Learning with Contrastive Predictive Coding", 2018; Khosla et
+        al., "Supervised Contrastive Learning", NeurIPS 2020.
     """
 
     def __init__(
@@ -86,93 +106,59 @@ class InfoNCE(nn.Module):
     def forward(
         self,
         query: Tensor,
-        positive: Tensor,
+        positive: Tensor | None = None,
         negatives: Tensor | None = None,
         *,
+        labels: Tensor | None = None,
+        negative_labels: Tensor | None = None,
         negative_mask: Tensor | None = None,
         top_k: int | None = None,
         weights: Tensor | None = None,
     ) -> Tensor:
-        """Compute the loss; see the class docstring for shapes."""
-        distributed = self.gather_distributed and is_distributed()
-        n = query.shape[0] if isinstance(query, Tensor) and query.ndim else 0
-        m = n if not isinstance(negatives, Tensor) or not negatives.ndim else negatives.shape[0]
-        if not prefers_dense(self.impl, n, m * (world_size() if distributed else 1)):
-            return self._fused(query, positive, negatives, negative_mask, top_k, weights, distributed)
-        if not distributed:
-            return info_nce(
-                query,
-                positive,
-                negatives,
-                temperature=self.temperature,
-                negative_mask=negative_mask,
-                top_k=top_k,
-                weights=weights,
-                reduction=self.reduction,
-            )
+        """Compute the loss; see the class docstring for the forms and shapes."""
         check_embeddings("query", query, nonzero=True)
-        check_embeddings("positive", positive, dim=query.shape[1], nonzero=True)
-        n = query.shape[0]
-        if negatives is None:
-            candidates, offset = gather_with_grad(positive)
-            keep = torch.ones(n, candidates.shape[0], dtype=torch.bool, device=query.device)
-            own = torch.arange(n, device=query.device)
-            keep[own, own + offset] = False
-        else:
-            check_embeddings("negatives", negatives, dim=query.shape[1], nonzero=True)
-            candidates, _ = gather_with_grad(negatives)
-            keep = None
-        if negative_mask is not None:
-            check_mask("negative_mask", negative_mask, (n, candidates.shape[0]))
-            keep = negative_mask if keep is None else keep & negative_mask
-        losses = info_nce(
-            query,
-            positive,
-            candidates,
-            temperature=self.temperature,
-            negative_mask=keep,
-            top_k=top_k,
-            weights=weights,
-            reduction="none",
-        )
-        return reduce_across_ranks(losses, weights, self.reduction)
+        n, d = query.shape
+        if positive is not None:
+            check_embeddings("positive", positive, dim=d, nonzero=True)
+            if positive.shape[0] != n:
+                raise ValueError(f"positive must have shape ({n}, {d}) like query, got {tuple(positive.shape)}")
+        if negatives is not None:
+            if positive is None:
+                raise ValueError("negatives need a positive per anchor: call loss(query, positive, negatives)")
+            check_embeddings("negatives", negatives, dim=d, nonzero=True)
+        if labels is not None:
+            labels = check_labels("labels", labels, n, query.device)
+        if negative_labels is not None:
+            if negatives is None:
+                raise ValueError("negative_labels label the rows of negatives: pass negatives too")
+            negative_labels = check_labels("negative_labels", negative_labels, negatives.shape[0], query.device)
+        if negatives is not None and labels is not None and negative_labels is None:
+            raise ValueError("with negatives, labels= needs negative_labels= (the labels of the negatives)")
+        if positive is None and labels is None:
+            raise ValueError("no positives: pass positive= (one per anchor) or labels= (SupCon)")
 
-    def _fused(
-        self,
-        query: Tensor,
-        positive: Tensor,
-        negatives: Tensor | None,
-        negative_mask: Tensor | None,
-        top_k: int | None,
-        weights: Tensor | None,
-        distributed: bool,
-    ) -> Tensor:
-        """The same loss through :func:`qualcl.kernels.info_nce` (no ``(N, M)`` logits)."""
-        check_embeddings("query", query, nonzero=True)
-        check_embeddings("positive", positive, dim=query.shape[1], nonzero=True)
-        n = query.shape[0]
-        offset = 0
-        if negatives is None:
-            candidates, offset = gather_with_grad(positive) if distributed else (positive, 0)
-        else:
-            check_embeddings("negatives", negatives, dim=query.shape[1], nonzero=True)
-            candidates = gather_with_grad(negatives)[0] if distributed else negatives
-        local_reduction = "none" if self.reduction == "none" else ("sum" if distributed else self.reduction)
-        loss = kernels.info_nce(
+        distributed = self.gather_distributed and is_distributed()
+        columns: dict[str, Any] = {}
+        if negatives is not None:  # a separate positive; same-label negatives become positives
+            pool = gather_pool(negatives, negative_labels, distributed=distributed)
+            columns["positive"] = positive
+        elif positive is not None:  # in-batch: the other rows' positives are the negatives
+            pool = gather_pool(positive, labels, distributed=distributed)
+            columns["positive_index"] = pool.own_columns(n)
+        else:  # SupCon: every other row of the batch, same-label ones positive
+            pool = gather_pool(query, labels, distributed=distributed)
+            columns["exclude_index"] = pool.own_columns(n)
+        if labels is not None:
+            columns["labels"], columns["candidate_labels"] = labels, pool.labels
+        return contrast(
             query,
-            candidates,
-            positive=None if negatives is None else positive,
-            positive_index=torch.arange(n, device=query.device) + offset if negatives is None else None,
+            pool.features,
+            distributed=distributed,
+            reduction=self.reduction,
+            impl=self.impl,
             negative_mask=negative_mask,
             temperature=self.temperature,
             top_k=top_k,
             weights=weights,
-            reduction=local_reduction,
-            impl=self.impl,
+            **columns,
         )
-        if not distributed or self.reduction == "none":
-            return loss
-        # reduce_across_ranks on one "row" holding the local weighted sum: the global denominator
-        # is the all-reduced sum of the weights (of ones without weights, i.e. the global N)
-        ones = weights if weights is not None else query.new_ones(n)
-        return reduce_across_ranks(loss.reshape(1), ones, self.reduction)

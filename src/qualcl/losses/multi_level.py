@@ -7,13 +7,12 @@ from typing import Literal, overload
 
 from torch import Tensor, nn
 
-from qualcl import kernels
 from qualcl._validation import check_choice, check_embeddings, check_positive
-from qualcl.distributed import gather_no_grad, gather_with_grad, is_distributed
+from qualcl.distributed import is_distributed
 from qualcl.functional import MultiLevelResult, NegativeMiner, PairLoss, multi_level_info_nce
 from qualcl.functional.multi_level import NEGATIVE_SOURCES, check_pairs, validate_levels
 from qualcl.kernels._dispatch import check_impl, prefers_dense
-from qualcl.losses._distributed import reduce_across_ranks
+from qualcl.losses._contrastive import contrast, gather_pool, reduce_across_ranks
 
 __all__ = ["MultiLevelInfoNCE"]
 
@@ -55,7 +54,7 @@ class MultiLevelInfoNCE(nn.Module):
             global negatives: memory linear in the global batch.
         impl: ``"auto"`` (default), ``"naive"``, ``"torch"`` or ``"triton"``: ``"naive"`` builds each
             pair's dense similarity block, ``"torch"`` / ``"triton"`` run each pair through the fused
-            :func:`qualcl.kernels.info_nce`, ``"auto"`` is dense up to ``qualcl.kernels.DENSE_LIMIT``
+            :func:`qualcl.kernels.fused_info_nce`, ``"auto"`` is dense up to ``qualcl.kernels.DENSE_LIMIT``
             logits (N × N) and fused beyond. With a ``miner`` the dense path is always used: the
             miner's hook receives the dense similarity block.
 
@@ -135,8 +134,15 @@ class MultiLevelInfoNCE(nn.Module):
 
     def _pair_loss(self, anchors: Tensor, positives: Tensor, negatives: Tensor, *, temperature: float) -> Tensor:
         """One pair's mean loss through the fused kernel (inputs are already normalised)."""
-        return kernels.info_nce(
-            anchors, negatives, positive=positives, temperature=temperature, normalize=False, impl=self.impl
+        return contrast(
+            anchors,
+            negatives,
+            positive=positives,
+            temperature=temperature,
+            normalize=False,
+            distributed=False,
+            reduction="mean",
+            impl=self.impl,
         )
 
     @overload
@@ -182,9 +188,12 @@ class MultiLevelInfoNCE(nn.Module):
         reduce = None
         if self.gather_distributed and is_distributed():
             check_embeddings("view2", view2, dim=view1.shape[1], nonzero=True)
-            view2_all = gather_with_grad(view2)[0]
-            view1_all = gather_with_grad(view1)[0] if self.negatives_from == "both" else view2_all
-            pool = (view1_all, view2_all, gather_no_grad(levels.to(view1.device)))
+            pool2 = gather_pool(view2, levels.to(view1.device), distributed=True)
+            view1_all = (
+                gather_pool(view1, distributed=True).features if self.negatives_from == "both" else pool2.features
+            )
+            assert pool2.labels is not None
+            pool = (view1_all, pool2.features, pool2.labels)
 
             def reduce(losses: Tensor, weights: Tensor | None) -> Tensor:
                 weighted = losses if weights is None else losses * weights.to(losses.dtype)

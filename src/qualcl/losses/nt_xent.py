@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from qualcl import kernels
 from qualcl._validation import check_embeddings, check_positive
-from qualcl.distributed import gather_with_grad, is_distributed
+from qualcl.distributed import is_distributed
 from qualcl.functional import nt_xent
-from qualcl.losses._distributed import reduce_across_ranks
+from qualcl.losses._contrastive import contrast, gather_pool
 
 __all__ = ["NTXentLoss"]
 
@@ -27,7 +26,7 @@ class NTXentLoss(nn.Module):
 
     With ``gather_distributed=True`` under ``torch.distributed``, the local ``2N_r`` rows are
     contrasted with the rows of every rank (:func:`qualcl.distributed.gather_with_grad`) through
-    the streaming kernel :func:`qualcl.kernels.info_nce`, and the mean is taken across ranks: the
+    the streaming kernel :func:`qualcl.kernels.fused_info_nce`, and the mean is taken across ranks: the
     value averaged over ranks and the gradients after DDP's averaging equal one process on the
     concatenated batch (tested on two gloo processes).
 
@@ -67,16 +66,16 @@ class NTXentLoss(nn.Module):
         if z1.shape != z2.shape:
             raise ValueError(f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
         n = z1.shape[0]
-        all1, offset = gather_with_grad(z1)
-        all2, _ = gather_with_grad(z2)
-        total = all1.shape[0]
-        own = torch.arange(n, device=z1.device) + offset
-        losses = kernels.info_nce(
+        view1, view2 = gather_pool(z1, distributed=True), gather_pool(z2, distributed=True)
+        total = view1.features.shape[0]
+        own = view1.own_columns(n)
+        return contrast(
             torch.cat([z1, z2]),
-            torch.cat([all1, all2]),
+            torch.cat([view1.features, view2.features]),
             positive_index=torch.cat([own + total, own]),
             exclude_index=torch.cat([own, own + total]),
             temperature=self.temperature,
-            reduction="none",
+            distributed=True,
+            reduction="mean",
+            impl="auto",
         )
-        return reduce_across_ranks(losses, None, "mean")

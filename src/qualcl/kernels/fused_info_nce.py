@@ -18,12 +18,12 @@ from qualcl._validation import (
     check_reduction,
     check_weights,
 )
-from qualcl.kernels._columns import ColumnSpec
+from qualcl.kernels._columns import ColumnSpec, count_columns
 from qualcl.kernels._dispatch import resolve_impl, through_custom_op
 from qualcl.kernels._info_nce_torch import block_shape, naive_info_nce, streaming_backward, streaming_forward
 from qualcl.kernels._rows import row_coefficients, row_losses, row_totals, upstream_row_grad, weight_grad
 
-__all__ = ["info_nce"]
+__all__ = ["fused_info_nce"]
 
 _Outputs = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 TRITON_MAX_DIM = 1024
@@ -241,12 +241,24 @@ def _check_chunk(name: str, value: int | None) -> None:
         raise ValueError(f"{name} must be a positive int or None, got {value!r}")
 
 
+def _contrasted_weights(
+    spec: ColumnSpec, n: int, m: int, separate_positive: bool, weights: Tensor | None, like: Tensor
+) -> Tensor:
+    """``w_i c_i``: the row weights with 0 for rows without a positive or without a negative."""
+    npos, nneg = count_columns(spec, n, m, like.device)
+    contrasted = (nneg > 0) if separate_positive else (npos > 0) & (nneg > 0)
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    if weights is None:
+        return contrasted.to(dtype)
+    return weights * contrasted.to(weights.dtype)
+
+
 def _triton_dtype(*tensors: Tensor) -> torch.dtype:
     dtypes = {t.dtype for t in tensors}
     return dtypes.pop() if len(dtypes) == 1 and next(iter(dtypes)) in (torch.float16, torch.bfloat16) else torch.float32
 
 
-def info_nce(
+def fused_info_nce(
     query: Tensor,
     candidates: Tensor,
     *,
@@ -278,7 +290,16 @@ def info_nce(
 
     (drop the ``p_i`` terms when ``positive`` is not given). With several positives this is the
     "outside the log" average of SupCon / UniCL — the soft-target cross-entropy of
-    :class:`~qualcl.losses.ClipLoss` with labels. A row without any positive contributes 0.
+    :class:`~qualcl.losses.ClipLoss` with labels.
+
+    **Rows with nothing to contrast leave the mean.** A row without any positive, or without any
+    negative, has loss 0 and weight 0: ``reduction="mean"`` is
+    ``sum_i w_i c_i l_i / sum_i w_i c_i`` with ``c_i = 1`` when row ``i`` has a positive and a
+    negative, so adding such rows (a label seen once in a SupCon batch, a row whose negatives are
+    all masked) changes nothing, and a batch of a single label gives 0. This is
+    pytorch-metric-learning's ``SupConLoss`` (0 without negatives; its ``AvgNonZeroReducer`` also
+    drops a contrasted row whose loss rounds to exactly 0, which qualcl keeps). ``"sum"`` and
+    ``"none"`` are unaffected (those rows are 0 there).
 
     - ``P_i``: column ``positive_index[i]`` (``-1`` = none), every ``j`` with
       ``labels[i] == candidate_labels[j]``, and ``positive_mask[i, j]`` (a dense fallback).
@@ -288,11 +309,13 @@ def info_nce(
       detached logits; the kept logits stay differentiable), all of them when fewer are kept.
 
     The compact forms (indices, labels) cost O(N + M) memory; the dense ``(N, M)`` masks are accepted
-    as a fallback. ``qualcl.functional.info_nce(q, p, negatives)`` is
-    ``info_nce(q, negatives, positive=p)``; its in-batch form (``negatives=None``) is
-    ``info_nce(q, p, positive_index=torch.arange(N))``; CLIP's image→text direction is
-    ``info_nce(img, txt, positive_index=torch.arange(N) + offset)`` or, class-level,
-    ``info_nce(img, txt, labels=y, candidate_labels=y_all)``.
+    as a fallback. The dense reference :func:`qualcl.functional.info_nce` ``(q, p, negatives)`` is
+    ``fused_info_nce(q, negatives, positive=p)``; its in-batch form (``negatives=None``) is
+    ``fused_info_nce(q, p, positive_index=torch.arange(N))``; CLIP's image→text direction is
+    ``fused_info_nce(img, txt, positive_index=torch.arange(N) + offset)`` or, class-level,
+    ``fused_info_nce(img, txt, labels=y, candidate_labels=y_all)``; SupCon is
+    ``fused_info_nce(z, z, labels=y, candidate_labels=y, exclude_index=torch.arange(N))``. Most users
+    call it through :class:`qualcl.losses.InfoNCE`, which also handles ``torch.distributed``.
 
     Implementations (``impl``): ``"triton"`` (CUDA; online log-sum-exp over column tiles, top-K by a
     fused threshold filter, FlashAttention-2 style recomputing backward with no atomics),
@@ -332,9 +355,9 @@ def info_nce(
 
     Example:
         >>> import torch
-        >>> from qualcl.kernels import info_nce
+        >>> from qualcl.kernels import fused_info_nce
         >>> q, k = torch.randn(64, 32), torch.randn(64, 32)
-        >>> loss = info_nce(q, k, positive_index=torch.arange(64), temperature=0.1, top_k=16)
+        >>> loss = fused_info_nce(q, k, positive_index=torch.arange(64), temperature=0.1, top_k=16)
         >>> loss.shape
         torch.Size([])
 
@@ -343,6 +366,52 @@ def info_nce(
         "Supervised Contrastive Learning", 2020 (multi-positive); Dao, "FlashAttention-2", 2023
         (online log-sum-exp, recomputing backward); Chen et al., "Breaking the Memory Barrier"
         (Inf-CL), 2024.
+    """
+    return fused_info_nce_rows(
+        query,
+        candidates,
+        positive=positive,
+        positive_index=positive_index,
+        labels=labels,
+        candidate_labels=candidate_labels,
+        positive_mask=positive_mask,
+        exclude_index=exclude_index,
+        negative_mask=negative_mask,
+        temperature=temperature,
+        top_k=top_k,
+        weights=weights,
+        reduction=reduction,
+        normalize=normalize,
+        impl=impl,
+        chunk_size=chunk_size,
+        column_chunk_size=column_chunk_size,
+    )[0]
+
+
+def fused_info_nce_rows(
+    query: Tensor,
+    candidates: Tensor,
+    *,
+    positive: Tensor | None = None,
+    positive_index: Tensor | None = None,
+    labels: Tensor | None = None,
+    candidate_labels: Tensor | None = None,
+    positive_mask: Tensor | None = None,
+    exclude_index: Tensor | None = None,
+    negative_mask: Tensor | None = None,
+    temperature: float | Tensor = 0.07,
+    top_k: int | None = None,
+    weights: Tensor | None = None,
+    reduction: str = "mean",
+    normalize: bool = True,
+    impl: str = "auto",
+    chunk_size: int | None = None,
+    column_chunk_size: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`fused_info_nce` and the ``(N,)`` effective row weights ``w_i c_i`` its mean divides by.
+
+    For the losses' distributed reduction: with ``reduction="sum"`` the first result is the local
+    ``sum_i w_i c_i l_i`` and the global denominator is the all-reduced sum of the second.
     """
     tau = _check_temperature(temperature)
     check_reduction(reduction)
@@ -382,6 +451,7 @@ def info_nce(
         check_weights("weights", weights, n)
     _check_chunk("chunk_size", chunk_size)
     _check_chunk("column_chunk_size", column_chunk_size)
+    weights = _contrasted_weights(spec, n, m, positive is not None, weights, query)
 
     inputs = (query, candidates) if positive is None else (query, candidates, positive)
     backend = resolve_impl(impl, *inputs)
@@ -408,9 +478,10 @@ def info_nce(
         positive_logit = (q.to(compute) * p).sum(dim=1) * scale
 
     if backend == "naive":
-        return naive_info_nce(
+        dense: Tensor = naive_info_nce(
             q, c, spec, scale=scale, top_k=top_k, positive_logit=positive_logit, weights=weights, reduction=reduction
         )
+        return dense, weights.detach()
     assert isinstance(scale, float)
     rows, cols = block_shape(n, m, chunk_size, column_chunk_size)
     grad_on = torch.is_grad_enabled()
@@ -431,4 +502,4 @@ def info_nce(
         grad_on and c.requires_grad,
     )
     loss: Tensor = out[0]
-    return loss
+    return loss, weights.detach()
