@@ -74,9 +74,11 @@ def check_int(name: str, value: Any, *, minimum: int | None = 1, maximum: int | 
         minimum: Smallest allowed value (``None``: no bound).
         maximum: Largest allowed value (``None``: no bound).
     """
-    bounds = [f">= {minimum}"] if minimum is not None else []
-    bounds += [f"<= {maximum}"] if maximum is not None else []
-    want = " ".join(["an int", *bounds])
+    if minimum is not None and maximum is not None:
+        want = f"an int in [{minimum}, {maximum}]"
+    else:
+        bound = f" >= {minimum}" if minimum is not None else (f" <= {maximum}" if maximum is not None else "")
+        want = "an int" + bound
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be {want}, got {type(value).__name__} {value!r}")
     number = int(value)

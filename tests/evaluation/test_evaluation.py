@@ -35,14 +35,14 @@ def test_probe_errors():
         LinearProbe(2, weight_decay=-1)
     with pytest.raises(ValueError, match=r"\(N, D\)"):
         LinearProbe(2).fit(torch.zeros(3), torch.zeros(3))
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
+    with pytest.raises(ValueError, match=r"labels must hold class ids in \[0, 1\], got out-of-range id\(s\) \[2\]"):
         LinearProbe(2).fit(torch.zeros(3, 1), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="NaN"):
         LinearProbe(2).fit(torch.full((2, 1), float("nan")), torch.tensor([0, 1]))
     with pytest.raises(RuntimeError, match="fit"):
         LinearProbe(2).predict(torch.zeros(1, 2))
     fitted = LinearProbe(2).fit(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
-    with pytest.raises(ValueError, match=r"\(N, 3\)"):
+    with pytest.raises(ValueError, match=r"features must have 3 features \(dim 1\), got shape \(1, 2\)"):
         fitted.predict(torch.zeros(1, 2))
 
 
@@ -81,7 +81,9 @@ def test_feature_geometry_sees_level_collapse():
     assert out["between_level_cosine"] == pytest.approx(-1 / 3, abs=1e-3)
     assert out["effective_rank"] == pytest.approx(3.0, abs=0.05)
     with pytest.raises(ValueError, match="at least two"):
-        feature_geometry(torch.zeros(1, 3), torch.zeros(1))
+        feature_geometry(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long))
+    with pytest.raises(TypeError, match="groups must be an integer tensor"):
+        feature_geometry(collapsed, levels.float())
 
 
 def _dense_search(queries, database, k, exclude=None, normalize=True):
@@ -131,11 +133,11 @@ def test_retrieval_index_errors():
     index = RetrievalIndex(torch.randn(5, 3))
     assert len(index) == 5 and index.dim == 3
     assert index.search(torch.randn(2, 3), 5).labels is None
-    with pytest.raises(ValueError, match=r"k must be an int in \[1, N=5\]"):
+    with pytest.raises(ValueError, match=r"k \(at most N, the database size\) must be an int in \[1, 5\], got 6"):
         index.search(torch.randn(2, 3), 6)
     with pytest.raises(ValueError, match="queries"):
         index.search(torch.randn(2, 4), 1)
-    with pytest.raises(ValueError, match="labels must be"):
+    with pytest.raises(ValueError, match=r"labels must have shape \(5,\)"):
         RetrievalIndex(torch.randn(5, 3), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="chunk_size"):
         RetrievalIndex(torch.randn(5, 3), chunk_size=0)
@@ -164,7 +166,7 @@ def test_knn_matches_a_naive_float64_loop(seed, n, q, weighting):
 def test_knn_errors():
     with pytest.raises(ValueError, match="weighting"):
         knn_predict(torch.randn(3, 2), torch.zeros(3, dtype=torch.long), torch.randn(1, 2), k=1, weighting="x")
-    with pytest.raises(ValueError, match="train_labels must be"):
+    with pytest.raises(ValueError, match=r"train_labels must have shape \(3,\)"):
         knn_predict(torch.randn(3, 2), torch.zeros(2, dtype=torch.long), torch.randn(1, 2), k=1)
-    with pytest.raises(ValueError, match="num_classes=1"):
+    with pytest.raises(ValueError, match=r"train_labels must hold class ids in \[0, 0\]"):
         knn_predict(torch.randn(3, 2), torch.tensor([0, 1, 0]), torch.randn(1, 2), k=1, num_classes=1)

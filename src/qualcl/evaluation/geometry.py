@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from qualcl._validation import check_features, check_labels
+
 __all__ = ["feature_geometry"]
 
 
@@ -30,10 +32,8 @@ def feature_geometry(features: Tensor, groups: Tensor) -> dict[str, float]:
         >>> round(out["within_level_cosine"], 3), round(out["between_level_cosine"], 3)
         (1.0, -1.0)
     """
-    if features.ndim != 2 or groups.shape != (features.shape[0],):
-        raise ValueError(
-            f"features must be (N, D) and groups (N,), got {tuple(features.shape)} and {tuple(groups.shape)}"
-        )
+    check_features("features", features)
+    check_labels("groups", groups, features.shape[0])
     if features.shape[0] < 2:
         raise ValueError("feature_geometry needs at least two samples")
     x = features.double() - features.double().mean(dim=0)

@@ -7,6 +7,14 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from qualcl._validation import (
+    check_choice,
+    check_class_ids,
+    check_features,
+    check_int,
+    check_integer_tensor,
+    check_positive,
+)
 from qualcl.evaluation.retrieval import RetrievalIndex
 
 __all__ = ["KNNResult", "knn_predict"]
@@ -68,16 +76,12 @@ def knn_predict(
         Wu et al., "Unsupervised Feature Learning via Non-Parametric Instance Discrimination", CVPR
         2018; Caron et al., DINO, ICCV 2021 (weighted kNN evaluation).
     """
-    if train_labels.shape != (train_features.shape[0],):
-        raise ValueError(f"train_labels must be ({train_features.shape[0]},), got {tuple(train_labels.shape)}")
-    if weighting not in ("softmax", "uniform"):
-        raise ValueError(f"weighting must be 'softmax' or 'uniform', got {weighting!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    labels = train_labels.long()
-    classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
-        raise ValueError(f"train_labels must lie in [0, num_classes={classes})")
+    check_features("train_features", train_features)
+    check_choice("weighting", weighting, ("softmax", "uniform"))
+    check_positive("temperature", temperature)
+    labels = check_integer_tensor("train_labels", train_labels, shape=(train_features.shape[0],), what="class ids")
+    classes = max(int(labels.max()) + 1, 1) if num_classes is None else check_int("num_classes", num_classes)
+    check_class_ids("train_labels", labels, classes)
     hits = RetrievalIndex(train_features, labels, chunk_size=chunk_size).search(test_features, k)
     assert hits.labels is not None
     if weighting == "softmax":

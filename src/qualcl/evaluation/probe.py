@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from qualcl._validation import check_class_ids, check_features, check_int, check_nonnegative
+
 __all__ = ["LinearProbe", "linear_probe"]
 
 
@@ -41,12 +43,9 @@ class LinearProbe:
     """
 
     def __init__(self, num_classes: int, *, weight_decay: float = 1e-3, max_iter: int = 500) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-        if not weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        if max_iter < 1:
-            raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+        num_classes = check_int("num_classes", num_classes, minimum=2)
+        weight_decay = check_nonnegative("weight_decay", weight_decay)
+        max_iter = check_int("max_iter", max_iter, minimum=1)
         self.num_classes = num_classes
         self.weight_decay = float(weight_decay)
         self.max_iter = int(max_iter)
@@ -58,23 +57,13 @@ class LinearProbe:
     def _standardise(self, features: Tensor) -> Tensor:
         if self.mean is None or self.std is None:
             raise RuntimeError("call fit() first")
-        if features.ndim != 2 or features.shape[1] != self.mean.shape[0]:
-            raise ValueError(f"features must be (N, {self.mean.shape[0]}), got {tuple(features.shape)}")
+        check_features("features", features, dim=self.mean.shape[0])
         return (features.double() - self.mean) / self.std
 
     def fit(self, features: Tensor, labels: Tensor) -> LinearProbe:
         """Fit on ``(N, D)`` features and ``(N,)`` class ids in ``[0, num_classes)``; returns ``self``."""
-        if features.ndim != 2 or labels.shape != (features.shape[0],):
-            raise ValueError(
-                f"features must be (N, D) and labels (N,), got {tuple(features.shape)} and {tuple(labels.shape)}"
-            )
-        if features.shape[0] == 0:
-            raise ValueError("cannot fit a probe on zero samples")
-        if not bool(torch.isfinite(features).all()):
-            raise ValueError("features hold NaN or inf")
-        y = labels.long()
-        if int(y.min()) < 0 or int(y.max()) >= self.num_classes:
-            raise ValueError(f"labels must lie in [0, {self.num_classes}), got values {sorted(set(y.tolist()))}")
+        check_features("features", features)
+        y = check_class_ids("labels", labels, self.num_classes, n=features.shape[0])
         x = features.double()
         self.mean = x.mean(dim=0)
         self.std = x.std(dim=0, unbiased=False).clamp_min(1e-12)

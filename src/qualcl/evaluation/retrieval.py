@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from qualcl._validation import check_embeddings
+from qualcl._validation import check_embeddings, check_index, check_int, check_labels
 from qualcl.kernels import topk_similarity
 
 __all__ = ["RetrievalIndex", "SearchResult"]
@@ -67,16 +67,11 @@ class RetrievalIndex:
     ) -> None:
         check_embeddings("database", database)
         if labels is not None:
-            if labels.shape != (database.shape[0],) or labels.is_floating_point() or labels.dtype == torch.bool:
-                raise ValueError(
-                    f"labels must be ({database.shape[0]},) integers, got {labels.dtype} {tuple(labels.shape)}"
-                )
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+            labels = check_labels("labels", labels, database.shape[0])
+        self.chunk_size = check_int("chunk_size", chunk_size, minimum=1)
         self.database = database.detach()
-        self.labels = None if labels is None else labels.detach().long()
+        self.labels = None if labels is None else labels.detach()
         self.normalize = normalize
-        self.chunk_size = chunk_size
         self.impl = impl
 
     def __len__(self) -> int:
@@ -101,13 +96,10 @@ class RetrievalIndex:
         """
         check_embeddings("queries", queries, dim=self.dim)
         n, q = len(self), queries.shape[0]
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-            raise ValueError(f"k must be an int in [1, N={n}] (N = database size), got {k!r}")
+        k = check_int("k (at most N, the database size)", k, minimum=1, maximum=n)
         device = queries.device
         if exclude_index is not None:
-            if exclude_index.shape != (q,) or exclude_index.is_floating_point():
-                raise ValueError(f"exclude_index must be ({q},) integers, got {tuple(exclude_index.shape)}")
-            exclude_index = exclude_index.to(device=device, dtype=torch.long)
+            exclude_index = check_index("exclude_index", exclude_index, q, n, device)
         dtype = torch.float64 if torch.float64 in (queries.dtype, self.database.dtype) else torch.float32
         best = torch.full((q, 0), float("-inf"), dtype=dtype, device=device)
         where = torch.full((q, 0), -1, dtype=torch.long, device=device)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
+from qualcl._validation import check_choice, check_nonnegative, check_positive
 from qualcl.distributed import is_distributed, world_size
 
 __all__ = ["MetaAuxiliaryOptimizer", "MetaMode", "TaskForward"]
@@ -34,11 +35,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def _check_rate(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number >= 0, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    return float(value)
+    return check_nonnegative(name, value)
 
 
 def _zeros_if_none(grads: tuple[Tensor | None, ...], like: list[Tensor]) -> list[Tensor]:
@@ -177,8 +174,7 @@ class MetaAuxiliaryOptimizer:
         if not isinstance(meta_optimizer, torch.optim.Optimizer):
             got = type(meta_optimizer).__name__
             raise TypeError(f"meta_optimizer must be a torch.optim.Optimizer, got {got}")
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        check_choice("mode", mode, _MODES)
         if not callable(inner_lr):
             _check_rate("inner_lr", inner_lr)
         self._task = _unwrap(task_model)
@@ -204,9 +200,7 @@ class MetaAuxiliaryOptimizer:
         self.inner_lr: float | Callable[[], float] = inner_lr
         self.weight_decay = _check_rate("weight_decay", weight_decay)
         self.mode: MetaMode = mode
-        self.fd_radius = _check_rate("fd_radius", fd_radius)
-        if self.fd_radius == 0:
-            raise ValueError("fd_radius must be a finite number > 0, got 0.0")
+        self.fd_radius = check_positive("fd_radius", fd_radius)
         self.sync_meta_grads = sync_meta_grads
 
     @property

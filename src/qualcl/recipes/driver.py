@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from qualcl.distributed import gather_no_grad, is_distributed, rank, world_size
 from qualcl.models import unfold_small_convs
-from qualcl.recipes.callbacks import EpochSetter, HistoryWriter, load_best, resume_path
+from qualcl.recipes.callbacks import HistoryWriter, load_best, resume_path
 from qualcl.recipes.config import RecipeConfig, config_to_dict, resolve_config
 from qualcl.recipes.resume import ResumableLoader
 from qualcl.recipes.run_folder import ModelCard, RunFolder, prepare_run_folder
@@ -201,7 +201,6 @@ class RunContext(Generic[C]):
         monitor: str | None = None,
         history: str | None = None,
         history_key: str = "epoch",
-        reseed: Sequence[Any] = (),
         every_n_train_steps: int | None = None,
         check_val_every_n_epoch: int = 1,
         find_unused_parameters: bool = False,
@@ -218,7 +217,9 @@ class RunContext(Generic[C]):
             stage: Stage name (checkpoint folder, history file, ``stages.json`` key).
             module: The LightningModule.
             train: The training loader, or a function building it (called once the process group
-                exists, so rank-aware samplers see their rank).
+                exists, so rank-aware samplers see their rank). It is wrapped in a
+                :class:`~qualcl.recipes.resume.ResumableLoader`, which calls ``set_epoch(epoch)`` on
+                its sampler (or batch sampler) and dataset before each epoch's iteration.
             val: The validation loader (or a function), if any.
             weights: ``{file name: module}`` written when the stage ends, loaded when it is done.
             max_steps: Step budget (``-1``: by epochs).
@@ -226,7 +227,6 @@ class RunContext(Generic[C]):
             monitor: Logged metric that selects the best checkpoint.
             history: Attribute of ``module`` holding rows for ``history/<stage>.csv``.
             history_key: ``"step"`` or ``"epoch"``: the rows' position key (for resume).
-            reseed: Objects with ``set_epoch(epoch)`` (samplers, datasets) called each epoch.
             every_n_train_steps: Refresh ``last.ckpt`` every this many steps (default every epoch).
             check_val_every_n_epoch: Validation period in epochs.
             find_unused_parameters: DDP: the stage leaves some parameters without gradient.
@@ -249,8 +249,6 @@ class RunContext(Generic[C]):
         callbacks: list[Callback] = []
         if history is not None:
             callbacks.append(HistoryWriter(run, stage, history))
-        if reseed:
-            callbacks.append(EpochSetter(*reseed))
         trainer = make_trainer(
             run,
             stage,

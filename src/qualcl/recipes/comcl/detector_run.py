@@ -218,7 +218,6 @@ class DetectorRecipe(Recipe[DetectorConfig, DetectorData, DetectorTraining]):
             max_steps=config.steps,
             history="step_log",
             history_key="step",
-            reseed=(dataset, sampler),
             every_n_train_steps=max(1, min(50, config.steps // 4)),
             info={"steps": config.steps, "train_images": len(usable)},
         )

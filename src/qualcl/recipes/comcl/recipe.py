@@ -256,7 +256,6 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
             max_steps=cfg.steps,
             history="step_log",
             history_key="step",
-            reseed=(dataset, sampler),
             every_n_train_steps=max(1, min(50, cfg.steps // 4)),
             sync_batchnorm=True,
             info={"steps": cfg.steps},
@@ -284,7 +283,6 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
             max_epochs=cfg.epochs,
             monitor="val/kappa",
             history="epoch_log",
-            reseed=(dataset, sampler),
             info={"epochs": cfg.epochs},
         )
         _plot_finetune(ctx.run, metric)

@@ -171,7 +171,6 @@ class MkcnetRecipe(Recipe[MkcnetConfig, MkcnetData, MkcnetTraining]):
             max_epochs=cfg.epochs,
             monitor="val/auc",
             history="epoch_log",
-            reseed=(sampler,),
             check_val_every_n_epoch=max(1, cfg.val_every),
             find_unused_parameters=True,  # each pass trains one of the two networks
             info={"epochs": cfg.epochs},
