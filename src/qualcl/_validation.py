@@ -142,6 +142,17 @@ def check_probability(name: str, value: Any) -> float:
     return check_number(name, value, minimum=0.0, maximum=1.0)
 
 
+def check_top_k(top_k: Any, m: int, *, name: str = "top_k", optional: bool = True) -> int | None:
+    """An int in ``[1, m]`` (``m`` = number of candidates) for a per-row top-K, or ``None`` if ``optional``."""
+    if top_k is None and optional:
+        return None
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
+        raise TypeError(f"{name} must be an int{' or None' if optional else ''}, got {type(top_k).__name__}")
+    if not 1 <= int(top_k) <= m:
+        raise ValueError(f"{name} must be in [1, M={m}] (M = number of candidates), got {top_k}")
+    return int(top_k)
+
+
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     """Return ``value`` if it is one of ``choices``, else raise ``ValueError`` listing them."""
     if not isinstance(value, str) or value not in choices:

@@ -11,6 +11,7 @@ from qualcl._validation import (
     check_mask,
     check_positive,
     check_reduction,
+    check_top_k,
     check_weights,
 )
 from qualcl.functional.reduction import weighted_reduce
@@ -148,11 +149,7 @@ def info_nce(
     m = n if negatives is None else negatives.shape[0]
     if negative_mask is not None:
         check_mask("negative_mask", negative_mask, (n, m))
-    if top_k is not None:
-        if isinstance(top_k, bool) or not isinstance(top_k, int):
-            raise TypeError(f"top_k must be an int or None, got {type(top_k).__name__}")
-        if not 1 <= top_k <= m:
-            raise ValueError(f"top_k must be in [1, M={m}] (M = number of candidates), got {top_k}")
+    check_top_k(top_k, m)
     if weights is not None:
         check_weights("weights", weights, n)
 

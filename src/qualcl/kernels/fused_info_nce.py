@@ -16,6 +16,7 @@ from qualcl._validation import (
     check_mask,
     check_positive,
     check_reduction,
+    check_top_k,
     check_weights,
 )
 from qualcl.kernels._columns import ColumnSpec, count_columns
@@ -442,11 +443,7 @@ def fused_info_nce_rows(
         raise ValueError(
             "no positives: pass positive=, positive_index=, labels= with candidate_labels=, or positive_mask="
         )
-    if top_k is not None:
-        if isinstance(top_k, bool) or not isinstance(top_k, int):
-            raise TypeError(f"top_k must be an int or None, got {type(top_k).__name__}")
-        if not 1 <= top_k <= m:
-            raise ValueError(f"top_k must be in [1, M={m}] (M = number of candidates), got {top_k}")
+    check_top_k(top_k, m)
     if weights is not None:
         check_weights("weights", weights, n)
     _check_chunk("chunk_size", chunk_size)

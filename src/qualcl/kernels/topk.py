@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qualcl._validation import check_embeddings, check_index, check_labels, check_mask
+from qualcl._validation import check_embeddings, check_index, check_labels, check_mask, check_top_k
 from qualcl.kernels._columns import (
     DROP_DIFFERENT,
     DROP_SAME,
@@ -182,10 +182,7 @@ def topk_similarity(
     n, d = query.shape
     check_embeddings("candidates", candidates, dim=d, nonzero=normalize)
     m = candidates.shape[0]
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if not 1 <= k <= m:
-        raise ValueError(f"k must be in [1, M={m}] (M = number of candidates), got {k}")
+    check_top_k(k, m, name="k", optional=False)
     if mask is not None:
         check_mask("mask", mask, (n, m))
     if (labels is None) != (candidate_labels is None):
