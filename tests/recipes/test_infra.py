@@ -119,3 +119,28 @@ def test_lightning_litlogger_tip_is_filtered_but_other_info_is_not():
 
     assert not logger.filter(record("💡 Tip: try installing [litlogger](https://pypi.org/project/litlogger/)"))
     assert logger.filter(record("GPU available: False, used: False"))
+
+
+def test_image_tables_concatenate_and_refuse_mismatches():
+    from qualcl.data import ImageTable
+
+    a = ImageTable(
+        torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 1]), torch.tensor([0, 1]), ("Good", "Bad"),
+        patient=["p", "q"], codes={"x": torch.tensor([5, 6]), "y": torch.tensor([1, 1])},
+    )
+    b = ImageTable(
+        torch.ones(1, 3, 4, 4, dtype=torch.uint8), torch.tensor([1]), torch.tensor([0]), ("Good", "Bad"),
+        codes={"x": torch.tensor([7])},
+    )
+    both = ImageTable.concat([a, b])
+    assert both.label.tolist() == [0, 1, 1] and both.quality.tolist() == [0, 1, 0]
+    assert both.patient is None  # b has no patients: the column cannot be kept
+    assert set(both.codes) == {"x"} and both.codes["x"].tolist() == [5, 6, 7]
+    assert torch.equal(both.images[2], b.images[0])
+    with pytest.raises(ValueError, match="quality_names"):
+        ImageTable.concat([a, ImageTable(b.images, b.label, b.quality, ("HQ", "LQ"))])
+    bigger = torch.zeros(1, 3, 5, 5, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="image shape"):
+        ImageTable.concat([a, ImageTable(bigger, b.label, b.quality, ("Good", "Bad"))])
+    with pytest.raises(ValueError, match="at least one"):
+        ImageTable.concat([])

@@ -2,7 +2,8 @@
 
 :mod:`qualcl.data.synthetic` generates SynthFundus and :mod:`qualcl.data.degrade` holds the Shen et al.
 degradations. Readers of the real datasets live in :mod:`qualcl.data.readers`, the CoMCL level split in
-:mod:`qualcl.data.levels`, and :class:`ImageTable` is the in-memory table every recipe trains on.
+:mod:`qualcl.data.levels`, and :class:`ImageTable` is the in-memory table every recipe trains on
+(:func:`load_fundus_table` fills it from reader records).
 """
 
 from qualcl.data.degrade import (
@@ -23,6 +24,7 @@ from qualcl.data.degrade import (
     sample_degradation,
     type_code,
 )
+from qualcl.data.loading import FUNDUS_QUALITY, load_fundus_table
 from qualcl.data.synthetic import (
     FundusSample,
     SyntheticFundusDataset,
@@ -38,6 +40,7 @@ from qualcl.data.table import ImageTable
 __all__ = [
     "FACTORS",
     "FACTOR_CODES",
+    "FUNDUS_QUALITY",
     "QUALITY_NAMES",
     "FundusSample",
     "ImageTable",
@@ -55,6 +58,7 @@ __all__ = [
     "generate_patient",
     "grade_from_lesions",
     "load_fundus_dataset",
+    "load_fundus_table",
     "quality_from_params",
     "quality_index",
     "sample_degradation",

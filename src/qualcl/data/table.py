@@ -119,6 +119,46 @@ class ImageTable:
                 values[column.name] = value
         return ImageTable(**values)
 
+    @classmethod
+    def concat(cls, tables: Sequence[ImageTable]) -> ImageTable:
+        """The rows of ``tables`` one after the other (same quality and label names, same image size).
+
+        A list column is kept only when every table has it; ``codes`` only those all tables share.
+
+        Example:
+            >>> import torch
+            >>> images = torch.zeros(2, 1, 4, 4, dtype=torch.uint8)
+            >>> a = ImageTable(images, torch.tensor([0, 1]), torch.tensor([0, 0]), ("HQ",))
+            >>> len(ImageTable.concat([a, a.subset([1])])), ImageTable.concat([a, a]).label.tolist()
+            (3, [0, 1, 0, 1])
+        """
+        if not tables:
+            raise ValueError("concat needs at least one table")
+        first = tables[0]
+        for other in tables[1:]:
+            if other.quality_names != first.quality_names or other.label_names != first.label_names:
+                raise ValueError("tables to concatenate must share quality_names and label_names")
+            if other.images.shape[1:] != first.images.shape[1:]:
+                raise ValueError(
+                    f"tables to concatenate must share the image shape, got {tuple(first.images.shape[1:])} "
+                    f"and {tuple(other.images.shape[1:])}"
+                )
+        values: dict[str, Any] = {}
+        for column in fields(first):
+            parts = [getattr(t, column.name) for t in tables]
+            if column.name in _LIST_COLUMNS:
+                values[column.name] = None if any(p is None for p in parts) else [v for p in parts for v in p]
+            elif column.name == "codes":
+                shared = set.intersection(*(set(p) for p in parts))
+                values[column.name] = {k: torch.cat([p[k] for p in parts]) for k in sorted(shared)}
+            elif column.name == "fov":
+                values[column.name] = None if any(p is None for p in parts) else torch.cat(parts)
+            elif isinstance(parts[0], Tensor):
+                values[column.name] = torch.cat(parts)
+            else:
+                values[column.name] = parts[0]
+        return cls(**values)
+
     def replace_images(self, images: Tensor, quality: Tensor | None = None) -> ImageTable:
         """The same rows with new ``images`` (e.g. degraded copies) and, optionally, new quality."""
         values = {column.name: getattr(self, column.name) for column in fields(self)}

@@ -15,8 +15,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from qualcl.data.augment import ColorJitterSpec, apply_color_jitter
-from qualcl.data.images import open_image
 from qualcl.data.levels import split_levels
+from qualcl.data.loading import FUNDUS_QUALITY, load_fundus_table, patient_split, read_resized
 from qualcl.data.readers import (
     CHESTXRAY8_FINDINGS,
     CXRRecord,
@@ -54,59 +54,7 @@ NORMALIZATION = {"fundus": (FUNDUS_MEAN, FUNDUS_STD), "cxr": (CXR_MEAN, CXR_STD)
 #: H levels), then the eight ChestX-ray8 findings; images with a single finding among them.
 CXR_CLASSES = ("No Finding", *CHESTXRAY8_FINDINGS)
 #: Names of the quality codes, per modality (the strata of the per-quality metrics).
-QUALITY_LEVELS = {"fundus": ("Good", "Usable", "Reject"), "cxr": ("HQ", "LQ")}
-
-
-def load_fundus_table(
-    records: Sequence[FundusRecord],
-    size: int,
-    boxes: Sequence[Tensor] | None = None,
-    progress: Callable[[Sequence[Path]], Sequence[Path]] | None = None,
-) -> ImageTable:
-    """Read and resize fundus ``records`` into an :class:`~qualcl.data.ImageTable`; ``boxes`` get rescaled.
-
-    Args:
-        records: Image records (e.g. from :func:`qualcl.data.readers.read_eyeq`).
-        size: Output side.
-        boxes: Per-record lesion boxes in the original image's pixels, or ``None``.
-        progress: Optional wrapper (e.g. ``tqdm``) around the iteration over image paths.
-    """
-    stack, scaled = _read_resized([r.image for r in records], size, boxes, progress)
-    return ImageTable(
-        images=stack,
-        label=torch.tensor([r.dr_grade for r in records], dtype=torch.long),
-        quality=torch.tensor([r.quality for r in records], dtype=torch.long),
-        quality_names=QUALITY_LEVELS["fundus"],
-        label_names=tuple(str(g) for g in range(5)),
-        path=[str(r.image) for r in records],
-        patient=[r.patient_id for r in records],
-        eye=[r.eye or "" for r in records],
-        boxes=scaled,
-        fov=stack.amax(dim=1) > 12,
-    )
-
-
-def _read_resized(
-    paths: Sequence[Path],
-    size: int,
-    boxes: Sequence[Tensor] | None,
-    progress: Callable[[Sequence[Path]], Sequence[Path]] | None,
-) -> tuple[Tensor, list[Tensor]]:
-    """``(N, 3, size, size)`` uint8 RGB images and their boxes rescaled from original pixels."""
-    images, scaled = [], []
-    iterator = progress(paths) if progress is not None else paths
-    for i, path in enumerate(iterator):
-        rgb = open_image(path, "RGB")
-        w, h = rgb.size
-        if (w, h) != (size, size):
-            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-        images.append(torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1))
-        raw = boxes[i] if boxes is not None else torch.zeros(0, 4)
-        factor = torch.tensor([size / w, size / h, size / w, size / h])
-        box = raw.to(torch.float64) * factor
-        scaled.append(torch.cat([box[:, :2].floor(), box[:, 2:].ceil()], dim=1).to(torch.long))
-    stack = torch.stack(images) if images else torch.zeros(0, 3, size, size, dtype=torch.uint8)
-    return stack, scaled
+QUALITY_LEVELS = {"fundus": FUNDUS_QUALITY, "cxr": ("HQ", "LQ")}
 
 
 def synthetic_boxes(root: Path, records: Sequence[FundusRecord]) -> list[Tensor]:
@@ -229,7 +177,7 @@ def load_nih_layout(
     names = [r.image.name for r in records]
     truth_boxes = read_nih_boxes(base) if (base / "BBox_List_2017.csv").is_file() else {}
     boxes = [torch.tensor([b[:4] for b in truth_boxes.get(n, [])], dtype=torch.float64).view(-1, 4) for n in names]
-    images, scaled = _read_resized([r.image for r in records], size, boxes, progress)
+    images, scaled = read_resized([r.image for r in records], size, boxes, progress)
     sidecar = base / "quality.csv"
     if sidecar.is_file():
         quality = _quality_sidecar(sidecar, names)
@@ -253,16 +201,6 @@ def load_nih_layout(
         boxes=scaled,
         fov=fov,
     )
-
-
-def patient_split(patients: Sequence[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Split indices into ``(keep, held_out)`` with ``fraction`` of the *patients* held out."""
-    unique = sorted(set(patients))
-    order = torch.randperm(len(unique), generator=torch.Generator().manual_seed(seed)).tolist()
-    held = {unique[i] for i in order[: round(fraction * len(unique))]}
-    keep = [i for i, p in enumerate(patients) if p not in held]
-    out = [i for i, p in enumerate(patients) if p in held]
-    return keep, out
 
 
 def _normalization(modality: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
