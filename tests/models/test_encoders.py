@@ -26,7 +26,8 @@ def test_cnn_contract(name):
     with torch.no_grad():
         pooled, fmap, pyramid = encoder(x), encoder.forward_features(x), encoder.forward_pyramid(x)
     assert pooled.shape == (2, encoder.num_features)
-    assert fmap.shape == (2, encoder.num_features, 2, 2)
+    side = 4 if name.startswith("unet") else 2  # U-Nets stop at stride 16, the others at 32
+    assert fmap.shape == (2, encoder.num_features, side, side)
     torch.testing.assert_close(pooled, fmap.mean(dim=(2, 3)))
     assert [m.shape[1] for m in pyramid] == list(encoder.pyramid_channels)
     assert [64 // m.shape[-1] for m in pyramid] == list(encoder.pyramid_reductions)
@@ -201,3 +202,15 @@ def test_pretrained_errors_name_the_problem(tmp_path):
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(ValueError, match="does not hold a state dict"):
         build_encoder("resnet10", pretrained=tmp_path / "list.pt")
+
+
+def test_unet_encoders_are_the_public_trunk_and_reload_their_weights(tmp_path):
+    encoder = build_encoder("unet")
+    widths = [m.out_channels for m in encoder.modules() if isinstance(m, nn.Conv2d)]
+    assert widths == [64, 64, 128, 128, 256, 256, 512, 512, 512, 512]  # FundusDR MANet: inc, down1..down4
+    small = build_encoder("unet_small", in_chans=1)
+    from safetensors.torch import save_file
+
+    save_file(small.state_dict(), str(tmp_path / "unet.safetensors"))
+    again = build_encoder("unet_small", in_chans=1, pretrained=tmp_path / "unet.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(small.state_dict().values(), again.state_dict().values(), strict=True))

@@ -1,19 +1,27 @@
-"""Heads: projection MLPs, CBAM attention, and MKCNet's attention, assistance and meta-label blocks."""
+"""Heads: projection MLPs, CBAM, MKCNet's blocks, mirror attention, GeM pooling and the U-Net decoder."""
 
 from qualcl.heads.cbam import CBAM, ChannelGate, SpatialGate
+from qualcl.heads.gem import GeM
 from qualcl.heads.global_attention import GlobalAttentionBlock
 from qualcl.heads.joint_encoding import JointEncodingMask
 from qualcl.heads.meta_knowledge import MetaKnowledgeAssistanceBlock
 from qualcl.heads.meta_label import MetaLabelGenerator
+from qualcl.heads.mirror_attention import MirrorAttention, MirrorAttentionOutput
 from qualcl.heads.projection import ProjectionHead
+from qualcl.heads.unet_decoder import DoubleConv, UNetDecoder
 
 __all__ = [
     "CBAM",
     "ChannelGate",
+    "DoubleConv",
+    "GeM",
     "GlobalAttentionBlock",
     "JointEncodingMask",
     "MetaKnowledgeAssistanceBlock",
     "MetaLabelGenerator",
+    "MirrorAttention",
+    "MirrorAttentionOutput",
     "ProjectionHead",
     "SpatialGate",
+    "UNetDecoder",
 ]

@@ -23,6 +23,7 @@ from qualcl.models.cnn import (
 )
 from qualcl.models.conv import UnfoldConv2d, unfold_small_convs
 from qualcl.models.encoder import Encoder
+from qualcl.models.unet import UNetEncoder, unet_encoder
 from qualcl.models.vit import ViTEncoder, vit_encoder
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "Encoder",
     "EncoderInfo",
     "ResNetEncoder",
+    "UNetEncoder",
     "UnfoldConv2d",
     "VGGEncoder",
     "ViTEncoder",
@@ -55,6 +57,8 @@ ENCODERS: dict[str, EncoderInfo] = {
     "resnet50": EncoderInfo("cnn", "torchvision ResNet-50 (23.5 M; CoMCL's paper encoder)"),
     "vgg16_bn": EncoderInfo("cnn", "torchvision VGG-16-BN trunk (14.7 M; MKCNet's paper encoder)"),
     "vgg16_bn_tiny": EncoderInfo("cnn", "VGG-16-BN at 1/4 width, five pre-pool maps (0.9 M; local discrimination)"),
+    "unet": EncoderInfo("cnn", "U-Net contracting path 64-128-256-512-512 (9.4 M; the FundusDR retrieval trunk)"),
+    "unet_small": EncoderInfo("cnn", "U-Net contracting path at 1/4 width, 16-32-64-128-128 (0.6 M)"),
     "vit_tiny": EncoderInfo("vit", "ViT-Ti/16 on timm (5.5 M)"),
     "vit_small": EncoderInfo("vit", "ViT-S/16 on timm (21.6 M)"),
     "vit_base": EncoderInfo("vit", "ViT-B/16 on timm (85.7 M)"),
@@ -111,7 +115,11 @@ def load_pretrained(encoder: Encoder, path: str | Path) -> Encoder:
 
 _BUILDERS: dict[str, Callable[..., Encoder]] = {
     "cnn": lambda name, in_chans, image_size: (
-        resnet_encoder(name, in_chans=in_chans) if name.startswith("resnet") else vgg_encoder(name, in_chans=in_chans)
+        resnet_encoder(name, in_chans=in_chans)
+        if name.startswith("resnet")
+        else unet_encoder(name, in_chans=in_chans)
+        if name.startswith("unet")
+        else vgg_encoder(name, in_chans=in_chans)
     ),
     "vit": lambda name, in_chans, image_size: vit_encoder(name, in_chans=in_chans, image_size=image_size),
 }

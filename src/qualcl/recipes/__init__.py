@@ -31,4 +31,11 @@ RECIPES: dict[str, RecipeEntry] = {
         "diagnosis AUC / ACC / F1 per quality level",
         ablation="qualcl.recipes.mkcnet.ablation:run_ablation",
     ),
+    "mirror-retrieval": RecipeEntry(
+        "qualcl.recipes.mirror_retrieval.recipe",
+        "MIRROR_RETRIEVAL",
+        "Mirror-attention fundus retrieval (BSPC 2023): GeM descriptors of mirror-attention branches, fine "
+        "triplet (circle) loss, P@k / mAP@k / NDCG@k per grade and per quality level",
+        ablation="qualcl.recipes.mirror_retrieval.ablation:run_ablation",
+    ),
 }

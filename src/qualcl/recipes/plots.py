@@ -1,10 +1,11 @@
-"""Plots every recipe writes: curves, confusion matrices and 2-D embedding maps (matplotlib, Agg)."""
+"""Plots every recipe writes: curves, confusion matrices, 2-D embedding maps, bar charts, retrieval grids (Agg)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -14,7 +15,14 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
-__all__ = ["plot_confusion", "plot_curves", "plot_embedding", "plot_variant_dots"]
+__all__ = [
+    "plot_confusion",
+    "plot_curves",
+    "plot_embedding",
+    "plot_grouped_bars",
+    "plot_retrieval_grid",
+    "plot_variant_dots",
+]
 
 
 def plot_curves(
@@ -140,6 +148,100 @@ def plot_variant_dots(
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_grouped_bars(
+    values: Mapping[str, Mapping[str, float]],
+    path: str | Path,
+    *,
+    title: str,
+    xlabel: str = "",
+    ylabel: str = "",
+    ylim: tuple[float, float] | None = (0.0, 1.0),
+) -> Path:
+    """Grouped bar chart: ``values[series][category]``, one bar per series in each category group.
+
+    Missing or non-finite values leave a gap. Returns the PNG path.
+    """
+    series = list(values)
+    categories: list[str] = []
+    for name in series:
+        categories += [c for c in values[name] if c not in categories]
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(categories) + 2), 3.8), dpi=110)
+    cmap = plt.get_cmap("tab10")
+    for i, name in enumerate(series):
+        xs, ys = [], []
+        for j, category in enumerate(categories):
+            value = values[name].get(category, math.nan)
+            if math.isfinite(value):
+                xs.append(j - 0.4 + width * (i + 0.5))
+                ys.append(value)
+        ax.bar(xs, ys, width=width * 0.95, color=cmap(i % 10), label=name)
+    ax.set_xticks(list(range(len(categories))), categories)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.grid(alpha=0.3, axis="y")
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_retrieval_grid(
+    queries: Tensor,
+    retrieved: Tensor,
+    query_labels: Sequence[str],
+    retrieved_labels: Sequence[Sequence[str]],
+    hits: Tensor,
+    path: str | Path,
+    *,
+    title: str,
+) -> Path:
+    """Each query (first column) and its top-k results, hits framed green and misses red.
+
+    Args:
+        queries: ``(Q, C, H, W)`` images (uint8, or float in ``[0, 1]``).
+        retrieved: ``(Q, k, C, H, W)`` images of the results, most similar first.
+        query_labels: A caption per query (e.g. ``"grade 2 · Usable"``).
+        retrieved_labels: A caption per result.
+        hits: ``(Q, k)`` bool, whether each result is relevant.
+        path: PNG file.
+        title: Figure title.
+    """
+    q, k = hits.shape
+    fig, axes = plt.subplots(q, k + 1, figsize=(1.25 * (k + 1), 1.45 * q + 0.5), dpi=110, squeeze=False)
+
+    def show(ax: Any, image: Tensor) -> None:
+        array = image.detach().cpu()
+        array = array.float() / 255.0 if not array.is_floating_point() else array.float()
+        array = array.clamp(0, 1).permute(1, 2, 0)
+        ax.imshow(array.squeeze(-1).numpy() if array.shape[-1] == 1 else array.numpy(), cmap="gray")
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    for i in range(q):
+        show(axes[i, 0], queries[i])
+        axes[i, 0].set_title(f"query\n{query_labels[i]}", fontsize=6)
+        for side in axes[i, 0].spines.values():
+            side.set(color="black", linewidth=2)
+        for j in range(k):
+            ax = axes[i, j + 1]
+            show(ax, retrieved[i, j])
+            ax.set_title(f"{j + 1}: {retrieved_labels[i][j]}", fontsize=6)
+            colour = "#2ca02c" if bool(hits[i, j]) else "#d62728"
+            for side in ax.spines.values():
+                side.set(color=colour, linewidth=3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(path)
     fig.savefig(out)
     plt.close(fig)
     return out

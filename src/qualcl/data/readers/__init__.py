@@ -2,6 +2,7 @@
 
 from qualcl.data.readers.deepdrid import DEEPDRID_SCORES, read_deepdrid
 from qualcl.data.readers.drac import read_drac
+from qualcl.data.readers.eyepacs import EyePACSRecord, fundusdr_split, read_eyepacs, shuffle_split
 from qualcl.data.readers.eyeq import EYEQ_QUALITY, FundusRecord, read_eyeq
 from qualcl.data.readers.eyeq_quality import eyeq_to_quality_records, read_eyeq_quality
 from qualcl.data.readers.idrid import (
@@ -47,6 +48,7 @@ __all__ = [
     "NIH_FINDINGS",
     "QUALITY_SCHEMES",
     "CXRRecord",
+    "EyePACSRecord",
     "FundusRecord",
     "IDRiDGradingRecord",
     "IDRiDSegmentationRecord",
@@ -57,6 +59,7 @@ __all__ = [
     "build_cxr_iqad",
     "eyeq_to_quality_records",
     "findings_to_multi_hot",
+    "fundusdr_split",
     "is_low_quality",
     "load_mask",
     "load_quality_image",
@@ -67,6 +70,7 @@ __all__ = [
     "quality_scheme",
     "read_deepdrid",
     "read_drac",
+    "read_eyepacs",
     "read_eyeq",
     "read_eyeq_quality",
     "read_idrid_grading",
@@ -74,6 +78,7 @@ __all__ = [
     "read_kermany_pneumonia",
     "read_nih_boxes",
     "read_nih_cxr14",
+    "shuffle_split",
     "simulate_low_dose",
     "write_low_dose_images",
 ]

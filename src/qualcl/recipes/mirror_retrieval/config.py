@@ -1,0 +1,236 @@
+"""Mirror-retrieval recipe configuration: dataclasses, presets and the ablation variants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from qualcl.recipes.config import RecipeConfig
+
+__all__ = ["ABLATIONS", "PRESETS", "DataConfig", "EvalConfig", "MirrorRetrievalConfig", "ModelConfig", "TrainConfig"]
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how database, validation and query sets are formed.
+
+    The database is the training + validation images, the queries the test images (the public
+    FundusDR code's protocol); validation retrieves within the validation images (leave one out)
+    to select the best epoch.
+
+    Attributes:
+        dataset: ``"synthetic"`` (the embedded SynthFundus set, generated once), ``"eyepacs"``
+            (Kaggle ``trainLabels.csv``; no quality labels: one stratum ``"unrated"``) or
+            ``"eyeq"`` (EyeQ's label files: quality levels Good / Usable / Reject).
+        data_dir: Dataset folder (required for the real datasets).
+        num_images: Synthetic images to generate.
+        image_size: Side of the network input (the public code: 256).
+        lq_ratio: Synthetic low-quality fraction (EyeQ train: 0.336).
+        seed: Seed of the data (synthetic generation, splits): fixed across training seeds.
+        val_fraction: Share of the training patients held out for validation (synthetic, EyeQ).
+        split: EyePACS only: ``"fundusdr"`` (the public code's image-level split: 20 % test with
+            random state 11, then 10 % validation with random state 22) or ``"patient"`` (the same
+            procedure over patient ids, so both eyes of a patient stay in one split).
+    """
+
+    dataset: Literal["synthetic", "eyepacs", "eyeq"] = "synthetic"
+    data_dir: str | None = None
+    num_images: int = 1200
+    image_size: int = 96
+    lq_ratio: float = 0.336
+    seed: int = 0
+    val_fraction: float = 0.1
+    split: Literal["fundusdr", "patient"] = "fundusdr"
+
+    def __post_init__(self) -> None:
+        if self.image_size < 32:
+            raise ValueError(f"data.image_size must be >= 32, got {self.image_size}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must lie in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class ModelConfig:
+    """Encoder, mirror attention, descriptor and the optional heads.
+
+    Attributes:
+        encoder: Any CNN of :func:`qualcl.models.build_encoder` (``resnet10`` on the CPU; the public
+            code's U-Net trunk is ``unet``); the block sits on its last feature map.
+        attention: ``"none"`` (GeM of the last map), ``"official"`` (the public code's block, its
+            quirks included) or ``"intended"`` (qualcl's reading of the paper); see
+            :class:`qualcl.heads.MirrorAttention`.
+        reduction: Channel reduction of the block's embeddings (the public code: 2).
+        mirrors: What the block attends to: ``"encode"`` (the encoder applied to the deterministic
+            horizontal and vertical flips of the image: three passes), ``"random"`` (the public
+            code: each flip applied with probability 0.5 during training; deterministic flips at
+            evaluation) or ``"feature"`` (the image's own feature maps flipped: one pass).
+        gem_p: Initial GeM exponent.
+        gem_learnable: Learn the GeM exponent.
+        reconstruction: Reconstruct each mirror from its attention output with a U-Net decoder
+            (the public code's decoders; sigmoid output, MSE).
+        reconstruction_from: Finest pyramid level the decoder uses: 0 decodes to the finest map's
+            resolution (the public code: the full image); 2 stops at 1/8 of the input for a ResNet
+            (the CPU presets: the full-resolution decoder costs twice the rest of a step).
+        classifier: A grade classifier on the descriptor (the public code's Linear + sigmoid, BCE on
+            one-hot grades).
+    """
+
+    encoder: str = "resnet10"
+    attention: Literal["none", "official", "intended"] = "intended"
+    reduction: int = 2
+    mirrors: Literal["encode", "random", "feature"] = "encode"
+    gem_p: float = 3.0
+    gem_learnable: bool = True
+    reconstruction: bool = False
+    reconstruction_from: int = 0
+    classifier: bool = False
+
+    def __post_init__(self) -> None:
+        from qualcl.models import ENCODERS
+
+        if self.encoder not in ENCODERS or ENCODERS[self.encoder].family != "cnn":
+            cnns = [n for n, info in ENCODERS.items() if info.family == "cnn"]
+            raise ValueError(f"model.encoder must be one of the CNN encoders {cnns}, got {self.encoder!r}")
+        if not 0 <= self.reconstruction_from <= 3:
+            raise ValueError(f"model.reconstruction_from must lie in 0..3, got {self.reconstruction_from}")
+        if self.reconstruction and self.attention == "none":
+            raise ValueError("model.reconstruction decodes the mirror-attention outputs: it needs model.attention")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (the public code: Adam 1e-3, betas (0.9, 0.999), weight decay 1e-5, constant rate).
+
+    Attributes:
+        epochs: Training epochs.
+        batch_size: Images per batch (the public code: 24).
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        metric_loss: ``"circle"`` (:class:`qualcl.losses.CircleLoss`), ``"fine_triplet"``
+            (:class:`qualcl.losses.FineTripletLoss`: positive pairs weighted by the mirror halves'
+            agreement; needs mirror attention), ``"triplet"`` (pytorch-metric-learning's
+            ``TripletMarginLoss`` on :func:`qualcl.kernels.batch_hard_triplets`) or ``"none"``.
+        margin: Circle / fine-triplet margin ``m``.
+        gamma: Circle scale ``γ`` (also the fine triplet loss's ``scale``).
+        aggregate: Circle aggregation, ``"per_anchor"`` (pytorch-metric-learning's) or ``"global"``
+            (the public code's one log over all pairs).
+        relevance: Fine triplet pair weights: ``"mirror_agreement"`` (``deg_j / deg_i``, the code's)
+            or ``"symmetric"`` (``sqrt(deg_i · deg_j)``).
+        triplet_margin: Margin of the triplet loss (cosine similarity).
+        metric_weight: Weight of the metric loss.
+        reconstruction_weight: Weight of the two mirror-reconstruction MSEs.
+        classifier_weight: Weight of the BCE grade loss.
+    """
+
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    metric_loss: Literal["circle", "fine_triplet", "triplet", "none"] = "fine_triplet"
+    margin: float = 0.25
+    gamma: float = 32.0
+    aggregate: Literal["per_anchor", "global"] = "per_anchor"
+    relevance: Literal["mirror_agreement", "symmetric"] = "mirror_agreement"
+    triplet_margin: float = 0.2
+    metric_weight: float = 1.0
+    reconstruction_weight: float = 1.0
+    classifier_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 4:
+            raise ValueError(f"train.batch_size must be >= 4 (pairs and BatchNorm), got {self.batch_size}")
+
+
+@dataclass
+class EvalConfig:
+    """Retrieval evaluation.
+
+    Attributes:
+        k: Cut-off of P@k, R@k, mAP@k, NDCG@k, HR@k (the public code: 10).
+        grid_queries: Queries per quality level in the top-k grid plot.
+    """
+
+    k: int = 10
+    grid_queries: int = 2
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"eval.k must be >= 1, got {self.k}")
+
+
+@dataclass
+class MirrorRetrievalConfig(RecipeConfig):
+    """The whole run (``preset``, ``seed`` and ``trainer`` come from :class:`RecipeConfig`).
+
+    Attributes:
+        data: :class:`DataConfig`.
+        model: :class:`ModelConfig`.
+        train: :class:`TrainConfig`.
+        eval: :class:`EvalConfig`.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.metric_loss == "fine_triplet" and self.model.attention == "none":
+            raise ValueError("train.metric_loss='fine_triplet' weighs pairs by the mirror halves: set model.attention")
+        if self.train.metric_loss == "none" and not (self.model.classifier or self.model.reconstruction):
+            raise ValueError(
+                "train.metric_loss='none' needs model.classifier or model.reconstruction to train anything"
+            )
+
+
+#: ``{preset: overrides of the defaults}``.
+PRESETS: dict[str, dict[str, Any]] = {
+    # seconds: for tests and CI
+    "smoke": {
+        "trainer": {"progress": False},
+        "data": {"num_images": 48, "image_size": 64},
+        "model": {"reconstruction": True, "reconstruction_from": 2},
+        "train": {"epochs": 2, "batch_size": 8},
+        "eval": {"k": 5, "grid_queries": 1},
+    },
+    # minutes on 2 CPU cores: the full method (mirror attention, fine triplet loss, reconstruction)
+    "default": {"model": {"reconstruction": True, "reconstruction_from": 2, "mirrors": "feature"}},
+    # the public code's settings, for a GPU and the real data
+    "paper": {
+        "data": {"dataset": "eyepacs", "image_size": 256},
+        "model": {"encoder": "unet", "reconstruction": True},
+        "train": {"epochs": 20, "batch_size": 24, "gamma": 1.0, "aggregate": "global"},
+    },
+}
+
+#: Ablation variants: name → ``{"model": {...}, "train": {...}}`` overrides of the base config.
+ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
+    "gem_triplet": {
+        "model": {"attention": "none", "reconstruction": False, "classifier": False},
+        "train": {"metric_loss": "triplet"},
+    },
+    "gem_circle": {
+        "model": {"attention": "none", "reconstruction": False, "classifier": False},
+        "train": {"metric_loss": "circle"},
+    },
+    "ma_official": {
+        "model": {"attention": "official", "reconstruction": False, "classifier": False},
+        "train": {"metric_loss": "circle"},
+    },
+    "ma_intended": {
+        "model": {"attention": "intended", "reconstruction": False, "classifier": False},
+        "train": {"metric_loss": "circle"},
+    },
+    "fine_triplet": {
+        "model": {"attention": "intended", "reconstruction": False, "classifier": False},
+        "train": {"metric_loss": "fine_triplet"},
+    },
+    "fine_triplet_recon": {
+        "model": {"attention": "intended", "reconstruction": True, "classifier": False},
+        "train": {"metric_loss": "fine_triplet"},
+    },
+    "public_bce": {
+        "model": {"attention": "official", "mirrors": "random", "reconstruction": False, "classifier": True},
+        "train": {"metric_loss": "none"},
+    },
+}

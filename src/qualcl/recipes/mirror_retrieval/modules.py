@@ -1,0 +1,165 @@
+"""The retrieval training module: metric loss on descriptors, mirror reconstructions, grade BCE; validation mAP."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qualcl.distributed import gather_no_grad
+from qualcl.evaluation import RetrievalIndex
+from qualcl.kernels import batch_hard_triplets
+from qualcl.losses import CircleLoss, FineTripletLoss
+from qualcl.metrics import retrieval_metrics
+from qualcl.recipes.mirror_retrieval.config import TrainConfig
+from qualcl.recipes.mirror_retrieval.model import MirrorRetrievalNet
+
+__all__ = ["RetrievalTraining", "build_metric_loss", "leave_one_out_metrics"]
+
+Batch = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+class _BatchHardTriplet(nn.Module):
+    """pytorch-metric-learning's ``TripletMarginLoss`` (cosine similarity) on qualcl's batch-hard triplets."""
+
+    def __init__(self, margin: float) -> None:
+        super().__init__()
+        from pytorch_metric_learning.distances import CosineSimilarity
+        from pytorch_metric_learning.losses import TripletMarginLoss
+
+        self.loss = TripletMarginLoss(margin=margin, distance=CosineSimilarity())
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        triplets = batch_hard_triplets(embeddings.detach(), labels)
+        loss: Tensor = self.loss(embeddings, labels, indices_tuple=triplets)
+        return loss
+
+
+def build_metric_loss(config: TrainConfig) -> nn.Module | None:
+    """The metric loss ``config.metric_loss`` names (``None`` for ``"none"``)."""
+    if config.metric_loss == "circle":
+        return CircleLoss(margin=config.margin, gamma=config.gamma, aggregate=config.aggregate)
+    if config.metric_loss == "fine_triplet":
+        return FineTripletLoss(
+            margin=config.margin, scale=config.gamma, relevance=config.relevance, aggregate=config.aggregate
+        )
+    if config.metric_loss == "triplet":
+        return _BatchHardTriplet(config.triplet_margin)
+    return None
+
+
+def leave_one_out_metrics(descriptors: Tensor, labels: Tensor, k: int) -> dict[str, float]:
+    """Retrieval metrics of every item against all the others (the validation protocol)."""
+    n = descriptors.shape[0]
+    k = min(k, n - 1)
+    index = RetrievalIndex(descriptors, labels)
+    hits = index.search(descriptors, k, exclude_index=torch.arange(n))
+    return retrieval_metrics(labels, labels, hits.indices, k)
+
+
+class RetrievalTraining(L.LightningModule):
+    r"""Training of :class:`MirrorRetrievalNet` (the public FundusDR code's objective, each term switchable).
+
+    ``L = w_metric · L_metric(descriptor, grade) + w_rec · (MSE(rec_h, x_h) + MSE(rec_v, x_v))
+    + w_cls · BCE(σ(logits), onehot(grade))``, Adam with a constant learning rate. Validation
+    retrieves each validation image among the others (leave one out) and logs ``val/map`` (mAP@k
+    normalised by the hits), which selects the best epoch. :attr:`epoch_log` keeps one row per
+    epoch for the run folder.
+
+    Args:
+        net: The network.
+        config: Optimisation settings.
+        k: Retrieval cut-off of the validation metrics.
+        num_grades: Grades (one-hot width of the BCE target).
+    """
+
+    def __init__(self, net: MirrorRetrievalNet, config: TrainConfig, *, k: int, num_grades: int = 5) -> None:
+        super().__init__()
+        self.net = net
+        self.config = config
+        self.k = k
+        self.num_grades = num_grades
+        self.metric_loss = build_metric_loss(config)
+        self.epoch_log: list[dict[str, float]] = []
+        self._sums: dict[str, float] = {}
+        self._count = 0
+        self._val: list[tuple[Tensor, Tensor]] = []
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam over every parameter (the public code's settings by default)."""
+        return torch.optim.Adam(
+            self.parameters(), lr=self.config.lr, betas=(0.9, 0.999), weight_decay=self.config.weight_decay
+        )
+
+    def losses(self, batch: Batch) -> dict[str, Tensor]:
+        """The loss terms the configuration switches on, unweighted."""
+        images, flip_h, flip_v, grades, _ = batch
+        out = self.net(images, flip_h, flip_v)
+        terms: dict[str, Tensor] = {}
+        if self.metric_loss is not None:
+            terms["metric"] = self.metric_loss(out.descriptor.float(), grades)
+        if out.reconstructions is not None and out.targets is not None:
+            terms["reconstruction"] = sum(
+                (F.mse_loss(r.float(), t.float()) for r, t in zip(out.reconstructions, out.targets, strict=True)),
+                torch.zeros((), device=images.device),
+            )
+        if out.logits is not None:
+            target = F.one_hot(grades, self.num_grades).float()
+            terms["classifier"] = F.binary_cross_entropy_with_logits(out.logits.float(), target)
+        return terms
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """One optimisation step on the weighted sum of the terms."""
+        terms = self.losses(batch)
+        weights = {
+            "metric": self.config.metric_weight,
+            "reconstruction": self.config.reconstruction_weight,
+            "classifier": self.config.classifier_weight,
+        }
+        loss = torch.stack([weights[name] * value for name, value in terms.items()]).sum()
+        self.log("train/loss", loss.detach(), prog_bar=True)
+        for name, value in terms.items():
+            self._sums[f"loss_{name}"] = self._sums.get(f"loss_{name}", 0.0) + float(value.detach())
+        self._sums["loss"] = self._sums.get("loss", 0.0) + float(loss.detach())
+        self._count += 1
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        """Collect validation descriptors (deterministic mirrors)."""
+        images, _, _, grades, _ = batch
+        self._val.append((self.net(images).descriptor.float(), grades))
+
+    def on_validation_epoch_end(self) -> None:
+        """Log leave-one-out mAP@k / P@k of the validation images and record the epoch's row."""
+        if not self._val:
+            return
+        # every rank validated its own shard: the metric is computed on all of them, never averaged per rank
+        descriptors = gather_no_grad(torch.cat([d for d, _ in self._val])).cpu()
+        grades = gather_no_grad(torch.cat([g for _, g in self._val])).cpu()
+        self._val.clear()
+        metrics = leave_one_out_metrics(descriptors, grades, self.k)
+        value = metrics[f"map@{min(self.k, descriptors.shape[0] - 1)}"]
+        self.log("val/map", value if math.isfinite(value) else 0.0, prog_bar=True)
+        row: dict[str, Any] = {"epoch": float(self.current_epoch)}
+        row.update({k: v / max(self._count, 1) for k, v in self._sums.items()})
+        row["val_map"] = value
+        row["val_precision"] = metrics[f"precision@{min(self.k, descriptors.shape[0] - 1)}"]
+        if isinstance(self.net.gem.p, Tensor):
+            row["gem_p"] = float(self.net.gem.p.detach().reshape(-1)[0])
+        self._sums.clear()
+        self._count = 0
+        self.epoch_log.append(row)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the running sums of an unfinished epoch in the checkpoint."""
+        checkpoint["retrieval_epoch_statistics"] = {"sums": dict(self._sums), "count": self._count}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore them, so that a resumed epoch's history row covers all its batches."""
+        statistics = checkpoint.get("retrieval_epoch_statistics", {})
+        self._sums = dict(statistics.get("sums", {}))
+        self._count = int(statistics.get("count", 0))
