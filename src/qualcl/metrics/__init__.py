@@ -1,4 +1,4 @@
-"""Metrics: QWK, kappa, accuracy, F1, one-vs-one AUC (torchmetrics adapters) and retrieval metrics, stratified."""
+"""Metrics: QWK, kappa, accuracy, F1, AUC (torchmetrics adapters); retrieval P@k, mAP, MRR, NDCG; by stratum."""
 
 from qualcl.metrics.classification import (
     binary_auroc,
@@ -11,7 +11,12 @@ from qualcl.metrics.classification import (
     stratified_diagnosis_metrics,
     stratified_grading_metrics,
 )
-from qualcl.metrics.retrieval import dr_graded_relevance, retrieval_metrics, stratified_retrieval_metrics
+from qualcl.metrics.retrieval import (
+    dr_graded_relevance,
+    map_at_r_columns,
+    retrieval_metrics,
+    stratified_retrieval_metrics,
+)
 
 __all__ = [
     "binary_auroc",
@@ -20,6 +25,7 @@ __all__ = [
     "diagnosis_metrics",
     "dr_graded_relevance",
     "grading_metrics",
+    "map_at_r_columns",
     "multiclass_auroc_ovo",
     "quadratic_weighted_kappa",
     "retrieval_metrics",

@@ -1,4 +1,4 @@
-"""Retrieval metrics from ranked database indices: P@k, R@k, mAP@k, MRR, NDCG@k, mAP@R, the FundusDR variants."""
+"""Retrieval metrics of ranked database rows: P@k, R@k, mAP@k, MRR, NDCG@k, mAP@R and FundusDR's variants."""
 
 from __future__ import annotations
 
@@ -9,49 +9,84 @@ from typing import Literal, overload
 import torch
 from torch import Tensor
 
-from qualcl._validation import check_int
+from qualcl._validation import (
+    check_class_ids,
+    check_finite,
+    check_float_tensor,
+    check_index,
+    check_int,
+    check_integer_tensor,
+)
 
-__all__ = ["dr_graded_relevance", "retrieval_metrics", "stratified_retrieval_metrics"]
+__all__ = ["dr_graded_relevance", "map_at_r_columns", "retrieval_metrics", "stratified_retrieval_metrics"]
 
 
 def dr_graded_relevance(num_grades: int = 5) -> Tensor:
-    """``(G, G)`` graded relevance of DR grades: ``1 − |g_q − g_r| / (G − 1)``.
+    """``(G, G)`` graded relevance of ordinal DR grades, ``1 − |g_q − g_r| / (G − 1)``.
 
-    A grade-1 result for a grade-2 query is a better miss than a grade-4 one; NDCG@k uses this as
-    the gain.
+    A grade-1 result for a grade-2 query is a better miss than a grade-4 one; pass the table as
+    ``graded_relevance`` of :func:`retrieval_metrics` to use it as the NDCG gain.
+
+    Args:
+        num_grades: Number of grades ``G >= 2`` (5 for the ICDR scale 0–4).
+
+    Returns:
+        ``(G, G)`` float64 table, 1 on the diagonal, 0 between the extreme grades, symmetric.
 
     Example:
         >>> dr_graded_relevance(5)[2].tolist()
         [0.5, 0.75, 1.0, 0.75, 0.5]
+
+    Reference:
+        Järvelin and Kekäläinen, "Cumulated gain-based evaluation of IR techniques", ACM TOIS 20(4),
+        2002 (graded relevance for DCG).
     """
     g = check_int("num_grades", num_grades, minimum=2)
     grades = torch.arange(g, dtype=torch.float64)
     return 1.0 - (grades.unsqueeze(1) - grades.unsqueeze(0)).abs() / (g - 1)
 
 
-def _check(
-    query_labels: Tensor, database_labels: Tensor, ranked_indices: Tensor, k: int
-) -> tuple[Tensor, Tensor, Tensor]:
+def _check_labels(query_labels: Tensor, database_labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Both label vectors as 1-D int64 CPU tensors; the database must not be empty."""
+    out = []
     for name, value in (("query_labels", query_labels), ("database_labels", database_labels)):
-        if not isinstance(value, Tensor) or value.ndim != 1 or value.is_floating_point() or value.dtype == torch.bool:
-            raise ValueError(f"{name} must be a 1-D integer tensor, got {getattr(value, 'dtype', type(value))}")
-        if value.numel() and int(value.min()) < 0:
-            raise ValueError(f"{name} must be non-negative class ids")
-    if database_labels.numel() == 0:
-        raise ValueError("database_labels is empty: there is nothing to retrieve")
-    if not isinstance(ranked_indices, Tensor) or ranked_indices.ndim != 2 or ranked_indices.is_floating_point():
-        raise ValueError("ranked_indices must be a (Q, K) integer tensor of database rows (-1 for padding)")
-    q = query_labels.shape[0]
-    if ranked_indices.shape[0] != q:
-        raise ValueError(f"ranked_indices has {ranked_indices.shape[0]} rows for {q} queries")
-    k = check_int("k", k)
-    if ranked_indices.shape[1] < k:
-        raise ValueError(f"k={k} needs at least {k} ranked columns, got {ranked_indices.shape[1]} (pad with -1)")
-    n = database_labels.shape[0]
-    ranked = ranked_indices.long().cpu()
-    if ranked.numel() and (int(ranked.min()) < -1 or int(ranked.max()) >= n):
-        raise ValueError(f"ranked_indices must lie in [-1, {n}) (database rows, -1 for padding)")
-    return query_labels.long().cpu(), database_labels.long().cpu(), ranked
+        labels = check_integer_tensor(name, value, what="labels")
+        if labels.ndim != 1:
+            raise ValueError(f"{name} must have shape ({name[0].upper()},), got {tuple(labels.shape)}")
+        out.append(labels.cpu())
+    if out[1].numel() == 0:
+        raise ValueError("database_labels is empty (shape (0,)): there is nothing to retrieve")
+    return out[0], out[1]
+
+
+def map_at_r_columns(query_labels: Tensor, database_labels: Tensor) -> int:
+    """How many ranked columns ``map@r`` of :func:`retrieval_metrics` needs: ``max_q R_q`` (at least 1).
+
+    ``R_q`` is the number of database items with the label of query ``q``; search that many
+    neighbours (``RetrievalIndex.search(queries, k=map_at_r_columns(...))``) to get ``map@r``. In
+    leave-one-out retrieval (``exclude_index`` of :func:`retrieval_metrics`) one column fewer suffices.
+
+    Args:
+        query_labels: ``(Q,)`` integer labels of the queries.
+        database_labels: ``(N,)`` integer labels of the database.
+
+    Returns:
+        The largest ``R_q`` over the queries, or 1 when no query has a relevant item.
+
+    Example:
+        >>> import torch
+        >>> map_at_r_columns(torch.tensor([0, 1]), torch.tensor([0, 1, 1, 1, 2]))
+        3
+
+    Reference:
+        Musgrave, Belongie and Lim, "A Metric Learning Reality Check", ECCV 2020 (MAP@R).
+    """
+    queries, database = _check_labels(query_labels, database_labels)
+    if queries.numel() == 0:
+        return 1
+    _, inverse = torch.unique(torch.cat([database, queries]), return_inverse=True)
+    counts = torch.bincount(inverse[: database.shape[0]], minlength=int(inverse.max()) + 1)
+    return max(1, int(counts[inverse[database.shape[0] :]].max()))
 
 
 def _per_query(
@@ -60,73 +95,126 @@ def _per_query(
     ranked_indices: Tensor,
     k: int,
     graded_relevance: Tensor | None,
-) -> dict[str, Tensor]:
-    """Every metric per query, float64, NaN for queries without a relevant database item."""
-    queries, database, ranked = _check(query_labels, database_labels, ranked_indices, k)
-    classes = int(max(int(queries.max()) if queries.numel() else 0, int(database.max()))) + 1
-    counts = torch.bincount(database, minlength=classes).to(torch.float64)
-    relevant = counts[queries]  # R_q
-    valid = ranked >= 0
-    labels = torch.where(valid, database[ranked.clamp_min(0)], torch.full_like(ranked, -1))
-    hit = (labels == queries.unsqueeze(1)) & valid
-    hit_k = hit[:, :k].to(torch.float64)
-    ranks = torch.arange(1, k + 1, dtype=torch.float64)
-    precision_at = hit_k.cumsum(1) / ranks
-    hits = hit_k.sum(1)
-    ap_sum = (hit_k * precision_at).sum(1)
-    first = torch.where(hit_k.any(1), hit_k.argmax(1).to(torch.float64) + 1, torch.full_like(hits, math.inf))
+    exclude_index: Tensor | None,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Every metric per query (float64, NaN where ``R_q = 0``) and the ``(Q,)`` int64 ``R_q``."""
+    queries, database = _check_labels(query_labels, database_labels)
+    q, n = queries.shape[0], database.shape[0]
+    ranked = check_integer_tensor("ranked_indices", ranked_indices, what="database rows")
+    if ranked.ndim != 2 or ranked.shape[0] != q:
+        raise ValueError(
+            f"ranked_indices must have shape (Q={q}, K) (one row of database rows per query), got {tuple(ranked.shape)}"
+        )
+    ranked = ranked.cpu()
+    width = ranked.shape[1]
+    k = check_int("k", k, minimum=1)
+    if k > width:
+        raise ValueError(
+            f"k={k} exceeds the K={width} ranked columns of ranked_indices; rank at least k candidates "
+            "per query (pad missing ranks with -1, which count as misses)"
+        )
+    if ranked.numel() and (int(ranked.min()) < -1 or int(ranked.max()) >= n):
+        raise ValueError(
+            f"ranked_indices must hold database rows in [-1, N={n}) (-1 = padding), got min "
+            f"{int(ranked.min())}, max {int(ranked.max())}"
+        )
 
     if graded_relevance is None:
-        gains_table = torch.eye(classes, dtype=torch.float64)
+        # labels are only compared: map them to 0..C-1 so that any integer values work
+        _, inverse = torch.unique(torch.cat([database, queries]), return_inverse=True)
+        database_ids, query_ids = inverse[:n], inverse[n:]
+        classes = int(inverse.max()) + 1
+        table = None
     else:
-        table = torch.as_tensor(graded_relevance, dtype=torch.float64).cpu()
-        if table.ndim != 2 or table.shape[0] < classes or table.shape[1] < classes:
-            raise ValueError(f"graded_relevance must be at least ({classes}, {classes}), got {tuple(table.shape)}")
-        gains_table = table[:classes, :classes]
+        table = check_float_tensor("graded_relevance", graded_relevance)
+        if table.ndim != 2 or table.shape[0] != table.shape[1] or table.shape[0] == 0:
+            raise ValueError(f"graded_relevance must have shape (G, G), got {tuple(table.shape)}")
+        check_finite("graded_relevance", table)
+        table = table.detach().to(device="cpu", dtype=torch.float64)
+        if bool((table < 0).any()):
+            raise ValueError("graded_relevance must hold gains >= 0, got a negative entry")
+        classes = table.shape[0]
+        query_ids = check_class_ids("query_labels", queries, classes)
+        database_ids = check_class_ids("database_labels", database, classes)
+
+    counts = torch.bincount(database_ids, minlength=classes)
+    relevant = counts[query_ids]  # R_q
+    excluded = None  # label id of the row left out of each query's database, -1 for none
+    if exclude_index is not None:
+        if isinstance(exclude_index, Tensor):
+            exclude_index = exclude_index.cpu()
+        exclude_index = check_index("exclude_index", exclude_index, q, n, ranked.device)
+        if bool(((ranked == exclude_index.unsqueeze(1)) & (ranked >= 0)).any()):
+            raise ValueError("ranked_indices holds the row exclude_index leaves out of that query's database")
+        excluded = torch.where(exclude_index >= 0, database_ids[exclude_index.clamp_min(0)], -1)
+        relevant = relevant - (excluded == query_ids).long()
+    rel_f = relevant.to(torch.float64)
+
+    top = ranked[:, :k]
+    valid = top >= 0
+    labels = database_ids[top.clamp_min(0)]
+    hit = (valid & (labels == query_ids.unsqueeze(1))).to(torch.float64)
+    ranks = torch.arange(1, k + 1, dtype=torch.float64)
+    hits = hit.sum(1)
+    ap_sum = (hit * hit.cumsum(1) / ranks).sum(1)  # Σ_{r<=k} rel_r P@r
+    has_hit = hits > 0
+    first = hit.argmax(1).to(torch.float64) + 1.0  # first hit's rank (when there is one)
+
     discount = 1.0 / torch.log2(ranks + 1.0)
-    gains = torch.where(valid[:, :k], gains_table[queries.unsqueeze(1), labels[:, :k].clamp_min(0)], 0.0)
-    dcg = (gains * discount).sum(1)
-    ideal = torch.zeros(classes, dtype=torch.float64)
-    for c in range(classes):  # ideal ranking: the database sorted by its gain for a class-c query
-        best = torch.sort(gains_table[c][database], descending=True).values[:k]
-        ideal[c] = (best * discount[: best.shape[0]]).sum()
-    idcg = ideal[queries]
+    if table is None:
+        dcg = (hit * discount).sum(1)
+        # ideal: the R_q relevant items first; Σ_{r <= min(k, R_q)} discount_r
+        cumulative = torch.cat([torch.zeros(1, dtype=torch.float64), discount.cumsum(0)])
+        idcg = cumulative[relevant.clamp_max(k)]
+    else:
+        gains = torch.where(valid, table[query_ids.unsqueeze(1), labels], 0.0)
+        dcg = (gains * discount).sum(1)
+        # ideal for a class-c query: the database sorted by gain table[c, label]; class j fills
+        # counts[j] ranks, so rank r gets the gain of the first sorted class whose cumulative count >= r
+        sorted_gain, order = torch.sort(table, dim=1, descending=True, stable=True)
+        filled = counts[order].cumsum(1)[query_ids]  # (Q, G)
+        if excluded is not None:  # one item fewer of the excluded row's class, from its sorted position on
+            position = (order[query_ids] == excluded.unsqueeze(1)).long().cumsum(1)
+            filled = filled - position
+        slot = torch.searchsorted(filled, ranks.to(torch.long).expand(q, k).contiguous())
+        padded_gain = torch.cat([sorted_gain, torch.zeros(classes, 1, dtype=torch.float64)], 1)
+        idcg = (padded_gain[query_ids].gather(1, slot) * discount).sum(1)
 
-    # mAP@R (PML's mean_average_precision_at_r): the first R_q ranks; needs R_q ranked columns
-    width = ranked.shape[1]
-    r_ranks = torch.arange(1, width + 1, dtype=torch.float64)
-    hit_all = hit.to(torch.float64)
-    within_r = r_ranks.unsqueeze(0) <= relevant.unsqueeze(1)
-    ap_r = (hit_all * hit_all.cumsum(1) / r_ranks * within_r).sum(1) / relevant.clamp_min(1)
-    ap_r = torch.where(relevant <= width, ap_r, torch.full_like(ap_r, math.nan))
+    # mAP@R: the first R_q ranks, divided by R_q; needs R_q ranked columns
+    width_r = min(width, max(1, int(relevant.max()) if q else 1))
+    head = ranked[:, :width_r]
+    hit_r = ((head >= 0) & (database_ids[head.clamp_min(0)] == query_ids.unsqueeze(1))).to(torch.float64)
+    ranks_r = torch.arange(1, width_r + 1, dtype=torch.float64)
+    within = ranks_r.unsqueeze(0) <= rel_f.unsqueeze(1)
+    ap_r = (hit_r * hit_r.cumsum(1) / ranks_r * within).sum(1) / rel_f.clamp_min(1.0)
+    ap_r = torch.where(relevant <= width, ap_r, math.nan)
 
-    nan = torch.full_like(hits, math.nan)
-    has = relevant > 0
     out = {
         f"precision@{k}": hits / k,
-        f"recall@{k}": hits / relevant.clamp_min(1),
-        f"map@{k}": torch.where(hits > 0, ap_sum / hits.clamp_min(1), 0.0),
-        f"map_min@{k}": ap_sum / torch.minimum(relevant, torch.tensor(float(k))).clamp_min(1),
-        "mrr": torch.where(torch.isfinite(first), 1.0 / first, 0.0),
-        f"ndcg@{k}": torch.where(idcg > 0, dcg / idcg.clamp_min(1e-300), 0.0),
-        "precision@1": hit_k[:, 0],
+        f"recall@{k}": hits / rel_f.clamp_min(1.0),
+        f"map@{k}": torch.where(has_hit, ap_sum / hits.clamp_min(1.0), 0.0),
+        f"map_min@{k}": ap_sum / rel_f.clamp(1.0, float(k)),
+        "mrr": torch.where(has_hit, 1.0 / first, 0.0),
+        f"ndcg@{k}": torch.where(idcg > 0, dcg / idcg.clamp_min(torch.finfo(torch.float64).tiny), 0.0),
+        "precision@1": hit[:, 0],
         "map@r": ap_r,
         f"hit_rate@{k}": hits / k,
         f"map_legacy@{k}": ap_sum / k,
     }
-    return {key: torch.where(has, value, nan) for key, value in out.items()}
+    scored = relevant > 0
+    return {key: torch.where(scored, value, math.nan) for key, value in out.items()}, relevant
 
 
-def _summary(per_query: dict[str, Tensor], keep: Tensor) -> dict[str, float]:
-    """Means over the queries in ``keep`` that have a relevant item; counts of both kinds."""
-    any_key = next(iter(per_query))
-    scored = keep & ~torch.isnan(per_query[any_key])
+def _summary(values: dict[str, Tensor], relevant: Tensor, keep: Tensor) -> dict[str, float]:
+    """Means over the queries in ``keep`` with ``R_q > 0``, and the two query counts."""
+    scored = keep & (relevant > 0)
+    count = int(scored.sum())
     out: dict[str, float] = {}
-    for key, value in per_query.items():
-        chosen = value[scored]
-        out[key] = float(chosen.mean()) if chosen.numel() and not bool(torch.isnan(chosen).any()) else math.nan
-    out["queries"] = float(int(scored.sum()))
-    out["queries_without_relevant"] = float(int((keep & ~scored).sum()))
+    for key, value in values.items():
+        # a mean over nothing, or over a NaN (map@r short of columns), is NaN
+        out[key] = float(value[scored].mean()) if count else math.nan
+    out["queries"] = count
+    out["queries_without_relevant"] = int((keep & (relevant == 0)).sum())
     return out
 
 
@@ -138,6 +226,7 @@ def retrieval_metrics(
     k: int,
     *,
     graded_relevance: Tensor | None = ...,
+    exclude_index: Tensor | None = ...,
     per_query: Literal[False] = ...,
 ) -> dict[str, float]: ...
 
@@ -150,6 +239,7 @@ def retrieval_metrics(
     k: int,
     *,
     graded_relevance: Tensor | None = ...,
+    exclude_index: Tensor | None = ...,
     per_query: Literal[True],
 ) -> dict[str, Tensor]: ...
 
@@ -161,63 +251,88 @@ def retrieval_metrics(
     k: int,
     *,
     graded_relevance: Tensor | None = None,
+    exclude_index: Tensor | None = None,
     per_query: bool = False,
 ) -> dict[str, float] | dict[str, Tensor]:
-    r"""Standard retrieval metrics of ranked results; relevance = same label.
+    r"""Standard retrieval metrics of ranked database rows, relevance = same label.
 
-    For a query with ``R`` relevant database items and hits ``rel_1 … rel_k`` in its top ``k``
-    (``P@r`` the precision of the first ``r``):
+    For query ``q`` with label ``y_q``, ``R_q`` database items of that label, ranked rows
+    ``j_1, j_2, …`` and ``rel_r = [y_{j_r} = y_q]`` (0 for padding), ``hits = Σ_{r≤k} rel_r`` and
+    ``P@r = (Σ_{s≤r} rel_s) / r``:
 
-    * ``precision@k`` = hits / k (padding ``-1`` counts as a miss, so a database smaller than
-      ``k`` caps it below 1); ``recall@k`` = hits / R;
-    * ``map@k`` = :math:`\frac{1}{\text{hits}} \sum_{r \le k} rel_r P@r` (0 without a hit) —
-      torchmetrics' ``RetrievalMAP(top_k=k)``; ``map_min@k`` divides by ``min(k, R)`` instead
-      (the "AP@k" of many retrieval papers);
-    * ``mrr`` = 1 / rank of the first hit within the top ``k`` (0 if none; torchmetrics'
-      ``RetrievalMRR(top_k=k)``);
-    * ``ndcg@k`` = DCG / ideal DCG with gain ``graded_relevance[label_q, label_r]`` (default 1 for
-      the same label, else 0) and discount ``1 / log2(r + 1)``; the ideal ranks the whole database
-      by gain (torchmetrics' ``RetrievalNormalizedDCG(top_k=k)`` with those gains);
-    * ``precision@1``, and ``map@r`` = :math:`\frac{1}{R}\sum_{r \le R} rel_r P@r` over the first
-      ``R`` ranks (pytorch-metric-learning's ``mean_average_precision_at_r``): it needs at least
-      ``R`` ranked columns for every query, else NaN;
-    * the public FundusDR code's ``hit_rate@k`` (its HR@k = hits / k, equal to ``precision@k``)
-      and ``map_legacy@k`` = :math:`\frac{1}{k}\sum_{r \le k} rel_r P@r` (its "mAP@k" divides by k).
+    * ``precision@k`` = hits / k. It divides by ``k`` even when the database has fewer than ``k``
+      items (the ranks beyond ``N`` are ``-1`` padding and misses) — torchmetrics'
+      ``RetrievalPrecision(top_k=k)`` (``adaptive_k=False``).
+    * ``recall@k`` = hits / ``R_q`` — ``RetrievalRecall(top_k=k)``.
+    * ``map@k`` = :math:`\frac{1}{\text{hits}}\sum_{r\le k} rel_r\,P@r`, 0 without a hit: AP
+      normalised by the relevant items *retrieved*. This is what torchmetrics'
+      ``RetrievalMAP(top_k=k)`` computes (mean of ``P@r`` over the hit positions in the top ``k``).
+    * ``map_min@k`` = :math:`\frac{1}{\min(k, R_q)}\sum_{r\le k} rel_r\,P@r`: AP normalised by the
+      most hits possible (the ``apk`` of Hamner's ``ml_metrics`` and of Kaggle's MAP@k); ``<= map@k``.
+    * ``mrr`` = 1 / rank of the first hit within the top ``k``, 0 if none — torchmetrics'
+      ``RetrievalMRR(top_k=k)`` (without ``top_k`` torchmetrics looks down the whole ranking).
+    * ``ndcg@k`` = DCG / IDCG with :math:`\mathrm{DCG}=\sum_{r\le k} g_r/\log_2(r+1)`, linear gain
+      ``g_r = graded_relevance[y_q, y_{j_r}]`` (default ``rel_r``; 0 for padding) and IDCG the DCG
+      of the best ranking of the whole database (its gains for ``q`` sorted); 0 when IDCG = 0 —
+      torchmetrics' ``RetrievalNormalizedDCG(top_k=k)`` with ``target`` = the gains.
+    * ``precision@1`` = ``rel_1``.
+    * ``map@r`` = :math:`\frac{1}{R_q}\sum_{r\le R_q} rel_r\,P@r` (pytorch-metric-learning's
+      ``mean_average_precision_at_r``). It reads the first ``R_q`` columns of ``ranked_indices``, so
+      it needs ``K >= R_q``: NaN for a query with fewer columns (and so a NaN mean). Rank
+      :func:`map_at_r_columns` neighbours to have it for every query.
+    * ``hit_rate@k`` and ``map_legacy@k``: the public FundusDR code's "HR@k" = hits / k (equal to
+      ``precision@k``, kept as a named alias for comparison) and its "mAP@k" =
+      :math:`\frac{1}{k}\sum_{r\le k} rel_r\,P@r` (divided by ``k``, not by the hits).
 
-    Queries without any relevant database item are left out of the means and counted in
-    ``queries_without_relevant``; ``queries`` counts the rest.
+    Only the first ``k`` columns of ``ranked_indices`` are scored (``map@r`` aside). A row with fewer
+    than ``k`` real candidates must be padded with ``-1`` to ``k`` columns; padded ranks count as
+    misses. Queries with ``R_q = 0`` (no relevant item in the database) are left out of every mean
+    (torchmetrics' ``empty_target_action="skip"``) and counted in ``queries_without_relevant``;
+    ``queries`` counts the others. FundusDR's code averages over all queries instead.
 
     Args:
-        query_labels: ``(Q,)`` integer labels of the queries.
-        database_labels: ``(N,)`` integer labels of the database.
-        ranked_indices: ``(Q, K)`` database rows, most similar first, ``-1`` for padding; the
-            first ``k`` columns are scored (``map@r`` uses all of them).
+        query_labels: ``(Q,)`` integer labels of the queries (any values; class ids in ``[0, G)``
+            with ``graded_relevance``).
+        database_labels: ``(N,)`` integer labels of the database, ``N >= 1``.
+        ranked_indices: ``(Q, K)`` integer database rows, most similar first, ``-1`` for padding
+            (e.g. ``RetrievalIndex.search(...).indices``).
         k: Cut-off, ``1 <= k <= K``.
-        graded_relevance: ``(C, C)`` gains for NDCG (e.g. :func:`dr_graded_relevance`).
-        per_query: Return ``(Q,)`` float64 tensors (NaN for queries without a relevant item)
-            instead of means.
+        graded_relevance: ``(G, G)`` non-negative NDCG gains ``[query label, database label]``
+            (e.g. :func:`dr_graded_relevance`); the other metrics keep binary relevance.
+        exclude_index: ``(Q,)`` database row left out of query ``q``'s database, ``-1`` for none:
+            its own row in leave-one-out retrieval (the queries are the database; searched with
+            ``RetrievalIndex.search(..., exclude_index=...)``). ``R_q`` and the ideal DCG then leave
+            it out, as pytorch-metric-learning's ``ref_includes_query=True``; ``ranked_indices``
+            must not hold it.
+        per_query: Return ``(Q,)`` float64 tensors (NaN for queries with ``R_q = 0``) instead of means.
 
     Returns:
-        ``{metric: mean}`` with ``queries`` and ``queries_without_relevant``, or per-query tensors.
+        ``{"precision@k", "recall@k", "map@k", "map_min@k", "mrr", "ndcg@k", "precision@1", "map@r",
+        "hit_rate@k", "map_legacy@k"}`` (``k`` written out) as means over the queries with
+        ``R_q > 0``, plus ``"queries"`` and ``"queries_without_relevant"``; with ``per_query`` the
+        same metric keys, each a ``(Q,)`` tensor.
 
     Raises:
-        ValueError: On shapes, dtypes or index ranges that do not fit (named).
+        TypeError: A non-integer label or index tensor, a non-float ``graded_relevance``.
+        ValueError: Shapes that do not fit, ``k > K``, rows outside ``[-1, N)``, labels outside
+            ``[0, G)`` with ``graded_relevance``.
 
     Example:
         >>> import torch
         >>> ranked = torch.tensor([[0, 2, 1], [1, 0, -1]])
         >>> m = retrieval_metrics(torch.tensor([0, 1]), torch.tensor([0, 1, 0]), ranked, 2)
-        >>> m["precision@2"], m["map@2"], m["mrr"], m["queries"]
-        (0.75, 1.0, 1.0, 2.0)
+        >>> m["precision@2"], m["map@2"], m["mrr"], m["map_legacy@2"], m["queries"]
+        (0.75, 1.0, 1.0, 0.75, 2)
 
     Reference:
         Manning, Raghavan and Schütze, "Introduction to Information Retrieval", 2008, ch. 8;
-        Musgrave et al., "A Metric Learning Reality Check", ECCV 2020 (mAP@R).
+        Järvelin and Kekäläinen, "Cumulated gain-based evaluation of IR techniques", 2002 (NDCG);
+        Musgrave, Belongie and Lim, "A Metric Learning Reality Check", ECCV 2020 (MAP@R).
     """
-    values = _per_query(query_labels, database_labels, ranked_indices, k, graded_relevance)
+    values, relevant = _per_query(query_labels, database_labels, ranked_indices, k, graded_relevance, exclude_index)
     if per_query:
         return values
-    return _summary(values, torch.ones(query_labels.shape[0], dtype=torch.bool))
+    return _summary(values, relevant, torch.ones_like(relevant, dtype=torch.bool))
 
 
 def stratified_retrieval_metrics(
@@ -229,23 +344,28 @@ def stratified_retrieval_metrics(
     strata_names: Sequence[str],
     *,
     graded_relevance: Tensor | None = None,
+    exclude_index: Tensor | None = None,
 ) -> dict[str, dict[str, float]]:
     """:func:`retrieval_metrics` over all queries and over the queries of each stratum.
 
-    Use it per query grade (``strata = query_labels``) and per query quality level. An empty
-    stratum gets NaN metrics and ``queries`` 0.
+    Use it per query grade (``strata = query_labels``) and per query quality level. Each stratum's
+    means are over its queries with a relevant item, so the overall mean is the
+    ``queries``-weighted mean of the strata means. An empty stratum gets NaN metrics and
+    ``queries`` 0.
 
     Args:
-        query_labels: ``(Q,)`` labels.
-        database_labels: ``(N,)`` labels.
-        ranked_indices: ``(Q, K)`` ranked database rows.
-        k: Cut-off.
-        strata: ``(Q,)`` stratum index of each query.
-        strata_names: Name of each stratum index.
-        graded_relevance: Gains for NDCG.
+        query_labels: ``(Q,)`` integer labels of the queries.
+        database_labels: ``(N,)`` integer labels of the database.
+        ranked_indices: ``(Q, K)`` database rows, most similar first, ``-1`` for padding.
+        k: Cut-off, ``1 <= k <= K``.
+        strata: ``(Q,)`` stratum id of each query, indexing ``strata_names``.
+        strata_names: Distinct names of the strata (not ``"overall"``).
+        graded_relevance: ``(G, G)`` NDCG gains, as in :func:`retrieval_metrics`.
+        exclude_index: ``(Q,)`` row left out of each query's database, as in :func:`retrieval_metrics`.
 
     Returns:
-        ``{"overall": {...}, name: {...}}``.
+        ``{"overall": {...}, name: {...} for each stratum}``, each as :func:`retrieval_metrics`
+        returns (with ``queries`` and ``queries_without_relevant``).
 
     Example:
         >>> import torch
@@ -253,16 +373,18 @@ def stratified_retrieval_metrics(
         >>> out = stratified_retrieval_metrics(
         ...     torch.tensor([0, 1]), torch.tensor([0, 1, 0]), ranked, 2, torch.tensor([0, 1]), ["Good", "Reject"]
         ... )
-        >>> out["Good"]["precision@2"], out["Reject"]["precision@2"]
-        (1.0, 0.5)
+        >>> out["Good"]["precision@2"], out["Reject"]["precision@2"], out["overall"]["queries"]
+        (1.0, 0.5, 2)
+
+    Reference:
+        Manning, Raghavan and Schütze, "Introduction to Information Retrieval", 2008, ch. 8.
     """
-    values = _per_query(query_labels, database_labels, ranked_indices, k, graded_relevance)
-    strata = torch.as_tensor(strata).long().cpu()
-    if strata.shape != query_labels.shape:
-        raise ValueError(f"strata must be ({query_labels.shape[0]},), got {tuple(strata.shape)}")
-    if strata.numel() and (int(strata.min()) < 0 or int(strata.max()) >= len(strata_names)):
-        raise ValueError(f"strata must index strata_names ({len(strata_names)} names)")
-    out = {"overall": _summary(values, torch.ones_like(strata, dtype=torch.bool))}
-    for index, name in enumerate(strata_names):
-        out[name] = _summary(values, strata == index)
+    names = list(strata_names)
+    if not names or len(set(names)) != len(names) or "overall" in names:
+        raise ValueError(f"strata_names must be distinct names other than 'overall', got {names}")
+    values, relevant = _per_query(query_labels, database_labels, ranked_indices, k, graded_relevance, exclude_index)
+    strata = check_class_ids("strata", strata, len(names), n=relevant.shape[0]).cpu()
+    out = {"overall": _summary(values, relevant, torch.ones_like(strata, dtype=torch.bool))}
+    for index, name in enumerate(names):
+        out[name] = _summary(values, relevant, strata == index)
     return out

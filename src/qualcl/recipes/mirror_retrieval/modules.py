@@ -57,8 +57,10 @@ def leave_one_out_metrics(descriptors: Tensor, labels: Tensor, k: int) -> dict[s
     n = descriptors.shape[0]
     k = min(k, n - 1)
     index = RetrievalIndex(descriptors, labels)
-    hits = index.search(descriptors, k, exclude_index=torch.arange(n))
-    return retrieval_metrics(labels, labels, hits.indices, k)
+    own = torch.arange(n)
+    hits = index.search(descriptors, k, exclude_index=own)
+    # each item is left out of its own database: R_q and the ideal DCG do not count it
+    return retrieval_metrics(labels, labels, hits.indices, k, exclude_index=own)
 
 
 class RetrievalTraining(L.LightningModule):
