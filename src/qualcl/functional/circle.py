@@ -99,12 +99,19 @@ def _negative_logits(s: Tensor, margin: float, gamma: float, detach_alpha: bool)
     return gamma * alpha * (s - margin)
 
 
+def _softplus(x: Tensor) -> Tensor:
+    """``log(1 + e^x)`` exactly and stably (``F.softplus`` returns ``x`` itself above 20, as PML's does)."""
+    return torch.logaddexp(x, torch.zeros_like(x))
+
+
 def _row_lse(logits: Tensor) -> Tensor:
     """Row-wise log-sum-exp of ``(R, C)`` logits holding ``-inf`` for excluded pairs.
 
     Rows with nothing kept give ``-inf`` with a zero (never NaN) gradient; only ``(R,)`` vectors
     are guarded, so the matrix is read four times (max, shift, exp, sum).
     """
+    if logits.shape[1] == 0:
+        return logits.new_full((logits.shape[0],), -math.inf)
     peak = logits.detach().amax(dim=1)
     has = torch.isfinite(peak)
     safe = torch.where(has, peak, 0.0)
@@ -360,8 +367,10 @@ def circle_loss(
       ``detach_alpha=False, gamma=1, margin=0.25`` is that code exactly.
 
     Everything is computed with log-sum-exps, never with products of raw exponentials, so
-    ``γ = 256`` is safe in float32. ``α`` is a constant by default (``detach_alpha=True``: the
-    paper's and PML's choice); ``detach_alpha=False`` also differentiates it (the public code).
+    ``γ = 256`` is safe in float32; softplus is the exact ``log(1 + e^x)`` (PML's ``Softplus``
+    returns ``x`` above 20, a relative difference below ``e^{-20}``). ``α`` is a constant by
+    default (``detach_alpha=True``: the paper's and PML's choice); ``detach_alpha=False`` also
+    differentiates it (the public code).
     Pair weights are constants too: they are detached, no gradient reaches ``pair_weights``.
 
     Pairs: without ``indices_tuple`` every pair of ``labels`` × ``ref_labels`` counts (an anchor
@@ -369,11 +378,12 @@ def circle_loss(
     given pairs count, each once however often it is listed (as PML's masks do), and no pair is
     excluded (also not ``(i, i)``: PML keeps it too); ``labels`` are then optional.
 
-    Memory: never more than ``(N, M)``. Beyond ``N · M > 2^22`` pairs, or whenever ``chunk_size``
-    is given, the similarities are streamed over blocks of ``chunk_size`` columns (and enough
-    rows for about ``2^20`` pairs) with an online log-sum-exp, and recomputed block by block in
-    the backward pass: memory O(block + (N + M) · D). Both paths agree to rounding. With
-    ``indices_tuple`` only the selected pairs are computed (segment log-sum-exps per anchor).
+    Memory: at most a few ``(N, M)`` matrices (the dense autograd path, up to ``2^22`` pairs).
+    Beyond ``N · M > 2^22`` pairs, or whenever ``chunk_size`` is given, the similarities are
+    streamed over blocks of ``chunk_size`` columns (and enough rows for about ``2^20`` pairs) with
+    an online log-sum-exp, and recomputed block by block in the backward pass: memory
+    O(block + (N + M) · D). Both paths agree to rounding. With ``indices_tuple`` only the selected
+    pairs are computed (segment log-sum-exps per anchor).
 
     Valid ranges: ``0 <= m <= 1`` (for ``m < 0`` the positives' decision boundary
     ``Δ_p = 1 - m`` lies above 1, where no cosine reaches; for ``m > 1`` the negatives'
@@ -490,7 +500,7 @@ def circle_loss(
         lp = _positive_logits((q[a1] * r[p]).sum(1), w, margin, gamma, detach_alpha)
         ln = _negative_logits((q[a2] * r[ng]).sum(1), margin, gamma, detach_alpha)
         if aggregate == "global":
-            return F.softplus(_row_lse(lp[None]) + _row_lse(ln[None]))[0] + zero
+            return _softplus(_row_lse(lp[None]) + _row_lse(ln[None]))[0] + zero
         pos, neg = _segment_lse(lp, a1, n), _segment_lse(ln, a2, n)
     else:
         assert row_labels is not None  # checked above
@@ -503,9 +513,9 @@ def circle_loss(
             pos, neg = _dense_row_lse(q, r, pairs, margin, gamma, detach_alpha)
 
     if aggregate == "global":  # every row's log-sum-exp combined: one LSE over all pairs
-        return F.softplus(_row_lse(pos[None]) + _row_lse(neg[None]))[0] + zero
+        return _softplus(_row_lse(pos[None]) + _row_lse(neg[None]))[0] + zero
     valid = torch.isfinite(pos) & torch.isfinite(neg)
-    per_anchor = torch.where(valid, F.softplus(torch.where(valid, pos + neg, 0.0)), 0.0) + zero
+    per_anchor = torch.where(valid, _softplus(torch.where(valid, pos + neg, 0.0)), 0.0) + zero
     contrasted = valid.to(per_anchor.dtype)
     anchor_w = contrasted if weights is None else weights.to(per_anchor.dtype) * contrasted
     return weighted_reduce(per_anchor, anchor_w, reduction)

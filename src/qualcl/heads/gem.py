@@ -21,6 +21,12 @@ class GeM(nn.Module):
     the public FundusDR code), else a fixed buffer. The clamp makes the pooled values positive, so
     GeM descriptors of any map have positive cosine similarities with each other.
 
+    GeM is positively homogeneous, ``f(s·x) = s·f(x)``, so each channel is computed as
+    ``m · f(x / m)`` with ``m`` its (detached) maximum: the same value and the same gradients
+    (with respect to ``x`` and ``p``), but the mean of ``(x / m)^p`` lies in ``[1/HW, 1]``, so it
+    neither overflows nor vanishes for large ``p`` or in low precision. (timm 1.0 has no GeM
+    layer, so qualcl carries this one.)
+
     Args:
         p: Initial exponent ``> 0`` (3 in both codes).
         learnable: Train ``p``.
@@ -63,4 +69,7 @@ class GeM(nn.Module):
         """Pool ``(N, C, H, W)`` to ``(N, C)``."""
         check_feature_map("x", x)
         p = self.p.to(x.dtype)
-        return x.clamp(min=self.eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+        z = x.clamp(min=self.eps)
+        top = z.detach().amax(dim=(2, 3), keepdim=True)  # >= eps > 0
+        pooled: Tensor = (z / top).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+        return pooled * top[:, :, 0, 0]

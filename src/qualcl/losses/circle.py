@@ -51,11 +51,13 @@ class CircleLoss(nn.Module):
     Relation to pytorch-metric-learning: with ``aggregate="per_anchor"`` (the default),
     ``CircleLoss(margin=m, gamma=g)`` equals ``pytorch_metric_learning.losses.CircleLoss(m=m,
     gamma=g)`` (its cosine similarity, detached ``α``, ``AvgNonZeroReducer``), values and
-    gradients, with the same ``labels``, ``indices_tuple``, ``ref_emb`` and ``ref_labels``. Only
-    the defaults differ: PML's are ``m = 0.4``, ``γ = 80`` (the paper's fine-grained retrieval
-    setting), qualcl's ``m = 0.25``, ``γ = 256`` (the circle-loss paper's face-recognition
-    setting, its headline one). Unlike PML it never builds more than the ``(N, M)`` similarity
-    matrix, and beyond ``2^22`` pairs streams over blocks instead (memory O(block + (N+M)·D)).
+    gradients, with the same ``labels``, ``indices_tuple``, ``ref_emb`` and ``ref_labels`` (to
+    rounding; PML's softplus returns ``x`` above 20, qualcl's is exact, a relative difference
+    below ``e^{-20}``). Only the defaults differ: PML's are ``m = 0.4``, ``γ = 80`` (the circle-loss
+    paper's fine-grained retrieval setting), qualcl's ``m = 0.25``, ``γ = 256`` (the paper's
+    face-recognition setting). Unlike PML, which keeps several ``(N, M)`` float matrices and the
+    int64 indices of every pair, it holds a few ``(N, M)`` matrices up to ``2^22`` pairs and beyond
+    that streams over blocks (memory O(block + (N + M)·D)); ``benchmarks/retrieval.py`` measures both.
 
     Args:
         margin: Relaxation ``m`` in ``[0, 1]``.
