@@ -19,6 +19,7 @@ from qualcl.recipes.mirror_retrieval import (
     run_mirror_retrieval,
     variant_config,
 )
+from qualcl.recipes.mirror_retrieval.ablation import _quality_rank
 from qualcl.recipes.run_folder import RunFolder
 
 
@@ -97,6 +98,18 @@ def test_ablation_writes_its_table(smoke, tmp_path):
     assert (tmp_path / "ablation" / "ablation_map.png").is_file()
     k = smoke.eval.k
     assert all(math.isfinite(v) for v in results["gem_triplet"]["overall"][f"map@{k}"])
+    levels = [s for s in results["gem_triplet"] if s != "overall" and not s.startswith("grade ")]
+    assert levels == sorted(levels, key=_quality_rank)
+
+
+def test_quality_levels_are_ordered_best_to_worst_then_by_name():
+    assert sorted(["Reject", "unrated", "Usable", "Good", "b"], key=_quality_rank) == [
+        "Good",
+        "Usable",
+        "Reject",
+        "b",
+        "unrated",
+    ]
 
 
 def test_every_ablation_variant_is_a_valid_config(smoke):

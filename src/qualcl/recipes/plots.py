@@ -122,7 +122,8 @@ def plot_variant_dots(
     """
     variants = list(values)
     settings = list(dict.fromkeys(s for per in values.values() for s in per))
-    fig, ax = plt.subplots(figsize=(8.0, 0.55 * max(len(variants), 2) + 1.4), dpi=110)
+    label_width = 0.065 * max((len(v) for v in variants), default=0)  # inches of the longest tick label
+    fig, ax = plt.subplots(figsize=(5.5 + label_width, 0.55 * max(len(variants), 2) + 1.4), dpi=110)
     height = 0.8 / max(len(settings), 1)
     colours = plt.get_cmap("tab10")
     for j, setting in enumerate(settings):
@@ -142,13 +143,14 @@ def plot_variant_dots(
             ax.scatter(points, [y] * len(points), color=colours(j), s=14, zorder=3)
     ax.set_yticks(range(len(variants)), variants)
     ax.invert_yaxis()
-    ax.set(title=title, xlabel=ylabel)
+    ax.set_xlabel(ylabel)
+    fig.suptitle(title, fontsize=10)  # over the whole figure: a long title is not clipped by the labels
     ax.grid(alpha=0.3, axis="x")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    fig.savefig(out, bbox_inches="tight")
     plt.close(fig)
     return out
 

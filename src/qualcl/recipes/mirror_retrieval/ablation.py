@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from qualcl.data.loading import FUNDUS_QUALITY
 from qualcl.recipes.ablation import mean_std, run_variants
 from qualcl.recipes.driver import is_global_zero
 from qualcl.recipes.mirror_retrieval.config import ABLATIONS, MirrorRetrievalConfig
@@ -25,6 +26,11 @@ DESCRIPTIONS = {
     "fine_triplet_recon": "+ mirror reconstruction (full method)",
     "public_bce": "public code's training (official block, random flips, BCE only)",
 }
+
+
+def _quality_rank(level: str) -> tuple[int, str]:
+    """Good, Usable, Reject first (best to worst), any other level after them by name."""
+    return (FUNDUS_QUALITY.index(level), "") if level in FUNDUS_QUALITY else (len(FUNDUS_QUALITY), level)
 
 
 def table_metrics(k: int) -> dict[str, str]:
@@ -92,7 +98,8 @@ def run_ablation(
         strata: dict[str, dict[str, list[float]]] = {}
         for metrics in by_seed.values():
             test = metrics["test"]
-            rows = {"overall": test["overall"], **test["by_grade"], **test["by_quality"]}
+            quality = sorted(test["by_quality"], key=_quality_rank)  # stored runs may hold them sorted by name
+            rows = {"overall": test["overall"], **test["by_grade"], **{q: test["by_quality"][q] for q in quality}}
             for stratum, values in rows.items():
                 slot = strata.setdefault(stratum, {})
                 for key in table_metrics(k):
