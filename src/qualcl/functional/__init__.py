@@ -10,21 +10,41 @@ from qualcl.functional.multi_level import (
     PairLoss,
     multi_level_info_nce,
 )
+from qualcl.functional.patches import (
+    MaskingResult,
+    kept_tokens,
+    masked_reconstruction_loss,
+    patchify,
+    random_masking,
+    sincos_2d_position_embedding,
+    unpatchify,
+)
 from qualcl.functional.reduction import weighted_reduce
+from qualcl.functional.tokens import MaskedTokens, caption_loss, mask_tokens
 
 __all__ = [
+    "MaskedTokens",
+    "MaskingResult",
     "MinerOutput",
     "MultiLevelResult",
     "NegativeMiner",
     "PairLoss",
     "batch_entropy",
+    "caption_loss",
     "circle_loss",
     "focal_loss",
     "info_nce",
     "info_nce_from_logits",
+    "kept_tokens",
+    "mask_tokens",
+    "masked_reconstruction_loss",
     "multi_level_info_nce",
     "nt_xent",
+    "patchify",
+    "random_masking",
     "relevance_degrees",
     "restrict_top_k",
+    "sincos_2d_position_embedding",
+    "unpatchify",
     "weighted_reduce",
 ]

@@ -1,9 +1,12 @@
-"""Heads: projection MLPs, CBAM, MKCNet's blocks, mirror attention, GeM pooling and the U-Net decoder."""
+"""Heads: projections, CBAM, MKCNet's blocks, mirror attention, GeM, fusion, U-Net/MAE/caption decoders."""
 
+from qualcl.heads.caption_decoder import CaptionDecoder
 from qualcl.heads.cbam import CBAM, ChannelGate, SpatialGate
+from qualcl.heads.fusion import CrossAttentionFusion
 from qualcl.heads.gem import GeM
 from qualcl.heads.global_attention import GlobalAttentionBlock
 from qualcl.heads.joint_encoding import JointEncodingMask
+from qualcl.heads.mae_decoder import MAEDecoder
 from qualcl.heads.meta_knowledge import MetaKnowledgeAssistanceBlock
 from qualcl.heads.meta_label import MetaLabelGenerator
 from qualcl.heads.mirror_attention import MirrorAttention, MirrorAttentionOutput
@@ -12,11 +15,14 @@ from qualcl.heads.unet_decoder import DoubleConv, UNetDecoder
 
 __all__ = [
     "CBAM",
+    "CaptionDecoder",
     "ChannelGate",
+    "CrossAttentionFusion",
     "DoubleConv",
     "GeM",
     "GlobalAttentionBlock",
     "JointEncodingMask",
+    "MAEDecoder",
     "MetaKnowledgeAssistanceBlock",
     "MetaLabelGenerator",
     "MirrorAttention",
