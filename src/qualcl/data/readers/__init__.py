@@ -1,10 +1,12 @@
 """Readers for the real datasets the recipes use; each fails with a message naming what is missing."""
 
+from qualcl.data.readers.aptos import APTOS_GRADES, AptosRecord, read_aptos
 from qualcl.data.readers.deepdrid import DEEPDRID_SCORES, read_deepdrid
 from qualcl.data.readers.drac import read_drac
 from qualcl.data.readers.eyepacs import EyePACSRecord, fundusdr_split, read_eyepacs, shuffle_split
 from qualcl.data.readers.eyeq import EYEQ_QUALITY, FundusRecord, read_eyeq
 from qualcl.data.readers.eyeq_quality import eyeq_to_quality_records, read_eyeq_quality
+from qualcl.data.readers.fives import FIVES_CATEGORIES, FIVES_FACTORS, FIVESRecord, read_fives
 from qualcl.data.readers.idrid import (
     IDRID_LESIONS,
     IDRiDGradingRecord,
@@ -25,6 +27,7 @@ from qualcl.data.readers.nih_cxr14 import (
     read_nih_boxes,
     read_nih_cxr14,
 )
+from qualcl.data.readers.odir import ODIR_CATEGORIES, ODIR_QUALITY, ODIRRecord, odir_keyword_labels, read_odir
 from qualcl.data.readers.quality import (
     QUALITY_SCHEMES,
     QualityLabelledRecord,
@@ -37,22 +40,30 @@ from qualcl.data.readers.quality import (
 )
 
 __all__ = [
+    "APTOS_GRADES",
     "CHESTXRAY8_FINDINGS",
     "CT_IQAD_HQ_CLASSES",
     "CT_IQAD_LQ_CLASSES",
     "DEEPDRID_SCORES",
     "EYEQ_QUALITY",
+    "FIVES_CATEGORIES",
+    "FIVES_FACTORS",
     "IDRID_LESIONS",
     "KERMANY_CLASSES",
     "KERMANY_SPLITS",
     "NIH_FINDINGS",
+    "ODIR_CATEGORIES",
+    "ODIR_QUALITY",
     "QUALITY_SCHEMES",
+    "AptosRecord",
     "CXRRecord",
     "EyePACSRecord",
+    "FIVESRecord",
     "FundusRecord",
     "IDRiDGradingRecord",
     "IDRiDSegmentationRecord",
     "KermanyRecord",
+    "ODIRRecord",
     "QualityLabelledRecord",
     "QualityScheme",
     "build_ct_iqad",
@@ -67,17 +78,21 @@ __all__ = [
     "mkcnet_diagnosis",
     "mkcnet_labels",
     "mkcnet_quality",
+    "odir_keyword_labels",
     "quality_scheme",
+    "read_aptos",
     "read_deepdrid",
     "read_drac",
     "read_eyepacs",
     "read_eyeq",
     "read_eyeq_quality",
+    "read_fives",
     "read_idrid_grading",
     "read_idrid_segmentation",
     "read_kermany_pneumonia",
     "read_nih_boxes",
     "read_nih_cxr14",
+    "read_odir",
     "shuffle_split",
     "simulate_low_dose",
     "write_low_dose_images",
