@@ -23,15 +23,18 @@ from qualcl.models.cnn import (
 )
 from qualcl.models.conv import UnfoldConv2d, unfold_small_convs
 from qualcl.models.encoder import Encoder
+from qualcl.models.text import CaptionTokenizer, TextEncoder
 from qualcl.models.unet import UNetEncoder, unet_encoder
 from qualcl.models.vit import ViTEncoder, vit_encoder
 
 __all__ = [
     "ENCODERS",
     "VGG16_BN_TINY_CFG",
+    "CaptionTokenizer",
     "Encoder",
     "EncoderInfo",
     "ResNetEncoder",
+    "TextEncoder",
     "UNetEncoder",
     "UnfoldConv2d",
     "VGGEncoder",
