@@ -1,0 +1,1 @@
+"""Image–text self-supervision for fundus images: contrastive, masked-image and caption objectives with fusion."""

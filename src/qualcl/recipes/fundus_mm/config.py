@@ -1,0 +1,254 @@
+"""Configuration of the image–text fundus recipe: dataclasses, presets and the ablation variants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from qualcl.recipes.config import RecipeConfig
+
+__all__ = ["ABLATIONS", "PRESETS", "DataConfig", "EvalConfig", "FundusMMConfig", "ModelConfig", "TrainConfig"]
+
+
+@dataclass
+class DataConfig:
+    """Where the images and their texts come from.
+
+    Attributes:
+        dataset: ``"synthetic"`` (the embedded SynthFundus set with its per-image captions),
+            ``"aptos"``, ``"odir"`` or ``"fives"`` (class-level captions: the class's prompts).
+        data_dir: Dataset folder (required for the real datasets).
+        num_images: Synthetic images to generate.
+        image_size: Side of the network input (a multiple of the ViT's patch size 16).
+        lq_ratio: Synthetic low-quality fraction.
+        seed: Seed of the data (generation, splits), fixed across training seeds.
+        val_fraction: Share of the training patients held out for validation.
+        test_fraction: Share of the patients held out for testing where the dataset has no test split.
+    """
+
+    dataset: Literal["synthetic", "aptos", "odir", "fives"] = "synthetic"
+    data_dir: str | None = None
+    num_images: int = 800
+    image_size: int = 64
+    lq_ratio: float = 0.336
+    seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.image_size < 32 or self.image_size % 16:
+            raise ValueError(f"data.image_size must be a multiple of 16 and >= 32, got {self.image_size}")
+        for name in ("val_fraction", "test_fraction"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"data.{name} must lie in (0, 1), got {getattr(self, name)}")
+
+
+@dataclass
+class ModelConfig:
+    """The image and text towers, the fusion and the two decoders.
+
+    Attributes:
+        encoder: ``vit_tiny``, ``vit_small`` or ``vit_base`` (patch 16, random init).
+        embed_dim: Width of the joint (contrastive) embedding.
+        text_width: Width of the text transformer.
+        text_layers: Its blocks.
+        text_heads: Its heads.
+        fusion: Fuse image and text tokens with :class:`qualcl.heads.CrossAttentionFusion`
+            (``False``: each decoder reads the un-fused image tokens).
+        fusion_dim: Width of the fused tokens (and of the decoders' context).
+        fusion_depth: Fusion layers.
+        fusion_heads: Fusion heads.
+        mim: Masked image modelling (the MAE decoder and its loss).
+        mask_ratio: Share of the patches removed from the image encoder's input (MAE: 0.75); the
+            contrastive embedding is computed on the visible patches too (FLIP).
+        decoder_dim: MAE decoder width.
+        decoder_depth: MAE decoder blocks.
+        decoder_heads: MAE decoder heads.
+        norm_pix_loss: Standardise each target patch (MAE).
+        loss_on: ``"masked"`` (MAE) or ``"all"`` (the paper's whole-image Eq. 4).
+        caption: ``"masked"`` (masked caption reconstruction, the paper's Eq. 5–6),
+            ``"autoregressive"`` (CoCa's captioning) or ``"none"``.
+        text_mask_ratio: Share of the caption tokens selected in masked mode (BERT: 0.15).
+        caption_width: Caption decoder width.
+        caption_depth: Caption decoder blocks.
+        caption_heads: Caption decoder heads.
+        contrastive: Train the contrastive objective.
+    """
+
+    encoder: Literal["vit_tiny", "vit_small", "vit_base"] = "vit_tiny"
+    embed_dim: int = 128
+    text_width: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    fusion: bool = True
+    fusion_dim: int = 128
+    fusion_depth: int = 1
+    fusion_heads: int = 4
+    mim: bool = True
+    mask_ratio: float = 0.75
+    decoder_dim: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    norm_pix_loss: bool = True
+    loss_on: Literal["masked", "all"] = "masked"
+    caption: Literal["masked", "autoregressive", "none"] = "masked"
+    text_mask_ratio: float = 0.15
+    caption_width: int = 128
+    caption_depth: int = 2
+    caption_heads: int = 4
+    contrastive: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"model.mask_ratio must lie in [0, 1), got {self.mask_ratio}")
+        if not 0.0 < self.text_mask_ratio <= 1.0:
+            raise ValueError(f"model.text_mask_ratio must lie in (0, 1], got {self.text_mask_ratio}")
+        if not (self.contrastive or self.mim or self.caption != "none"):
+            raise ValueError("switch on at least one objective: model.contrastive, model.mim or model.caption")
+        for name, heads in (("fusion", "fusion_heads"), ("decoder", "decoder_heads"), ("caption", "caption_heads")):
+            width = getattr(self, f"{name}_dim" if name != "caption" else "caption_width")
+            if width % getattr(self, heads):
+                raise ValueError(f"model.{heads} must divide the {name} width {width}")
+
+
+@dataclass
+class TrainConfig:
+    """Pre-training (MAE's optimiser: AdamW β (0.9, 0.95), weight decay 0.05, warm-up then cosine).
+
+    Attributes:
+        epochs: Pre-training epochs.
+        batch_size: Image–text pairs per batch.
+        lr: Peak learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_epochs: Linear warm-up epochs.
+        contrastive_weight: Weight of ``L_con`` (the paper: 1).
+        image_weight: Weight of ``L_img`` (the paper: 1).
+        caption_weight: Weight of ``L_cap`` (the paper: 1; CoCa: 2).
+        class_level_positives: Treat every same-class pair as a positive in ``L_con``
+            (:class:`qualcl.losses.ClipLoss` with labels). ``None``: on for class-level captions
+            (the real datasets), off for the synthetic set's per-image captions.
+    """
+
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: int = 1
+    contrastive_weight: float = 1.0
+    image_weight: float = 1.0
+    caption_weight: float = 1.0
+    class_level_positives: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 2:
+            raise ValueError(
+                f"train.batch_size must be >= 2 (the contrastive loss needs negatives), got {self.batch_size}"
+            )
+        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+            raise ValueError(f"train.warmup_epochs must lie in [0, train.epochs], got {self.warmup_epochs}")
+
+
+@dataclass
+class EvalConfig:
+    """The downstream evaluations.
+
+    Attributes:
+        recall_k: Cut-offs of image→text and text→image recall.
+        shots: Labelled images per class of the few-shot evaluation.
+        few_shot_seeds: Draws of the few-shot sets (mean ± std over them).
+        probe_epochs: Full-batch epochs of the few-shot heads.
+        finetune_epochs: Epochs of full fine-tuning (0: skip it).
+        finetune_lr: Fine-tuning learning rate (AdamW).
+        lq_ratios: Low-quality ratios the test set is raised to (CoMCL's 70 % and 100 %).
+    """
+
+    recall_k: tuple[int, ...] = (1, 5, 10)
+    shots: tuple[int, ...] = (1, 5, 10)
+    few_shot_seeds: int = 3
+    probe_epochs: int = 200
+    finetune_epochs: int = 4
+    finetune_lr: float = 3e-4
+    lq_ratios: tuple[float, ...] = (0.7, 1.0)
+
+    def __post_init__(self) -> None:
+        if not self.recall_k or min(self.recall_k) < 1:
+            raise ValueError(f"eval.recall_k must hold positive cut-offs, got {self.recall_k}")
+        if not self.shots or min(self.shots) < 1:
+            raise ValueError(f"eval.shots must hold positive counts, got {self.shots}")
+        if self.few_shot_seeds < 1:
+            raise ValueError(f"eval.few_shot_seeds must be >= 1, got {self.few_shot_seeds}")
+        if any(not 0.0 <= r <= 1.0 for r in self.lq_ratios):
+            raise ValueError(f"eval.lq_ratios must lie in [0, 1], got {self.lq_ratios}")
+
+
+@dataclass
+class FundusMMConfig(RecipeConfig):
+    """The whole run (``preset``, ``seed`` and ``trainer`` come from :class:`RecipeConfig`).
+
+    Attributes:
+        data: :class:`DataConfig`.
+        model: :class:`ModelConfig`.
+        train: :class:`TrainConfig`.
+        eval: :class:`EvalConfig`.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+#: ``{preset: overrides of the defaults}``.
+PRESETS: dict[str, dict[str, Any]] = {
+    # seconds: for tests and CI
+    "smoke": {
+        "trainer": {"progress": False},
+        "data": {"num_images": 64, "image_size": 32},
+        "model": {
+            "embed_dim": 32,
+            "text_width": 32,
+            "text_layers": 1,
+            "fusion_dim": 32,
+            "decoder_dim": 32,
+            "decoder_depth": 1,
+            "caption_width": 32,
+            "caption_depth": 1,
+        },
+        "train": {"epochs": 2, "batch_size": 16},
+        "eval": {"shots": (1, 2), "few_shot_seeds": 2, "probe_epochs": 20, "finetune_epochs": 1, "recall_k": (1, 5)},
+    },
+    # minutes on 2 CPU cores: the paper's method at CPU size
+    "default": {},
+    # the paper's ViT-B/16 at 224 px, for a GPU and the real data
+    "paper": {
+        "data": {"dataset": "aptos", "image_size": 224},
+        "model": {
+            "encoder": "vit_base",
+            "embed_dim": 512,
+            "text_width": 512,
+            "text_layers": 12,
+            "text_heads": 8,
+            "fusion_dim": 768,
+            "fusion_heads": 12,
+            "decoder_dim": 512,
+            "decoder_depth": 8,
+            "decoder_heads": 16,
+            "caption_width": 512,
+            "caption_depth": 6,
+            "caption_heads": 8,
+        },
+        "train": {"epochs": 100, "batch_size": 64, "lr": 1.5e-4, "warmup_epochs": 10},
+        "eval": {"finetune_epochs": 30, "finetune_lr": 1e-4},
+    },
+}
+
+#: Baselines and ablations: name → ``{"model": {...}}`` overrides of the base config.
+ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
+    "clip": {"model": {"mim": False, "caption": "none", "fusion": False}},
+    "coca": {"model": {"mim": False, "caption": "autoregressive", "fusion": False}},
+    "mae": {"model": {"contrastive": False, "caption": "none", "fusion": False}},
+    "full": {"model": {}},
+    "no_fusion": {"model": {"fusion": False}},
+    "no_mim": {"model": {"mim": False}},
+    "no_caption": {"model": {"caption": "none"}},
+}

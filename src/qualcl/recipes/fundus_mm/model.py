@@ -1,0 +1,236 @@
+"""The image–text model: masked ViT + text transformer, cross-attention fusion, MAE and caption decoders.
+
+The recipe wires qualcl's primitives; the maths lives in them. One pre-training step
+(:meth:`FundusMMNet.forward`), for images ``x`` and caption ids ``c``:
+
+1. ``random_masking`` keeps ``round(L·(1 − r))`` patches; the ViT encodes only those
+   (``ViTEncoder.forward_masked``) → tokens ``h_img`` (class token first).
+2. ``z_img = proj(h_img[:, 0])``; ``z_txt`` = the text transformer's end-token embedding of the
+   full caption. ``L_con`` = :class:`~qualcl.losses.ClipLoss` on the *un-fused* pooled embeddings
+   (the fusion cannot leak the caption into the contrastive pair).
+3. Masked captioning: ``mask_tokens`` corrupts 15 % of the words; the text transformer encodes the
+   corrupted caption; :class:`~qualcl.heads.CrossAttentionFusion` fuses image and (corrupted) text
+   tokens; the MAE decoder reconstructs the removed patches from the fused image tokens
+   (``L_img``) and the caption decoder predicts the masked words from the corrupted ids while
+   cross-attending to the fused tokens of both modalities (``L_cap``). Neither fused side has
+   seen a masked word or a removed patch.
+   Autoregressive captioning (CoCa): the caption decoder reads ``c[:, :-1]`` and cross-attends to
+   the *un-fused* image tokens (the fused ones have seen the whole caption); the fusion then only
+   conditions the MAE decoder on the text.
+4. ``L = w_con L_con + w_img L_img + w_cap L_cap``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qualcl.functional import mask_tokens, patchify, random_masking
+from qualcl.heads import CaptionDecoder, CrossAttentionFusion, MAEDecoder
+from qualcl.losses import CaptionLoss, ClipLoss, MaskedReconstructionLoss
+from qualcl.models import CaptionTokenizer, TextEncoder
+from qualcl.models.vit import vit_encoder
+from qualcl.recipes.fundus_mm.config import ModelConfig
+
+__all__ = ["FundusMMNet", "PretrainOutput"]
+
+
+class PretrainOutput(NamedTuple):
+    """What one pre-training forward returns.
+
+    Attributes:
+        losses: The unweighted loss terms switched on: ``"contrastive"``, ``"image"``, ``"caption"``.
+        pred: ``(N, L, p·p·C)`` predicted patches (``None`` without masked image modelling).
+        mask: ``(N, L)`` removed patches, 1 = removed.
+    """
+
+    losses: dict[str, Tensor]
+    pred: Tensor | None
+    mask: Tensor
+
+
+class FundusMMNet(nn.Module):
+    """Image and text towers with fusion and the two generative decoders (see the module docstring).
+
+    Args:
+        config: The model section of the recipe config.
+        tokenizer: The caption tokenizer (vocabulary size, context length, special ids).
+        image_size: Input side.
+    """
+
+    def __init__(self, config: ModelConfig, tokenizer: CaptionTokenizer, image_size: int) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.image = vit_encoder(config.encoder, image_size=image_size)
+        width = self.image.num_features
+        self.image_proj = nn.Linear(width, config.embed_dim)
+        self.text = TextEncoder(
+            tokenizer.vocab_size,
+            width=config.text_width,
+            layers=config.text_layers,
+            heads=config.text_heads,
+            context_length=tokenizer.context_length,
+            output_dim=config.embed_dim,
+            pad_id=tokenizer.pad_id,
+            end_id=tokenizer.end_id,
+        )
+        self.clip_loss = ClipLoss(learnable_logit_scale=True) if config.contrastive else None
+        generative = config.mim or config.caption != "none"
+        self.image_tokens = nn.Linear(width, config.fusion_dim) if generative else None
+        self.text_tokens = nn.Linear(config.text_width, config.fusion_dim) if generative and config.fusion else None
+        self.fusion = (
+            # the text side is only read by the masked caption decoder
+            CrossAttentionFusion(
+                config.fusion_dim, config.fusion_heads, config.fusion_depth, bidirectional=config.caption == "masked"
+            )
+            if generative and config.fusion
+            else None
+        )
+        self.mae_decoder = (
+            MAEDecoder(
+                self.image.num_patches,
+                self.image.patch_size,
+                3,
+                encoder_dim=config.fusion_dim,
+                decoder_dim=config.decoder_dim,
+                depth=config.decoder_depth,
+                num_heads=config.decoder_heads,
+            )
+            if config.mim
+            else None
+        )
+        self.reconstruction_loss = MaskedReconstructionLoss(config.norm_pix_loss, config.loss_on)
+        self.caption_decoder = (
+            CaptionDecoder(
+                tokenizer.vocab_size,
+                config.caption_width,
+                config.caption_depth,
+                config.caption_heads,
+                context_length=tokenizer.context_length,
+                context_dim=config.fusion_dim,
+                mode=config.caption,
+                pad_id=tokenizer.pad_id,
+            )
+            if config.caption != "none"
+            else None
+        )
+        self.caption_loss = CaptionLoss(pad_id=tokenizer.pad_id)
+
+    # ------------------------------------------------------------------ embeddings
+    @property
+    def logit_scale(self) -> float:
+        """The contrastive logit scale (1/0.07 when the contrastive objective is off)."""
+        if self.clip_loss is None or self.clip_loss.log_logit_scale is None:
+            return 1 / 0.07
+        return float(self.clip_loss.log_logit_scale.detach().exp().clamp(max=self.clip_loss.max_logit_scale))
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """``(N, 3, S, S)`` → ``(N, embed_dim)`` L2-normalised embeddings of the whole image (no masking)."""
+        return F.normalize(self.image_proj(self.image(images)), dim=-1)
+
+    def image_features(self, images: Tensor) -> Tensor:
+        """``(N, D)`` class tokens of the whole image (the few-shot probes' and fine-tuning's features)."""
+        features: Tensor = self.image(images)
+        return features
+
+    def encode_text(self, ids: Tensor) -> Tensor:
+        """``(N, T)`` ids → ``(N, embed_dim)`` L2-normalised embeddings."""
+        return F.normalize(self.text(ids)[0], dim=-1)
+
+    # ------------------------------------------------------------------ pre-training
+    def forward(
+        self, images: Tensor, ids: Tensor, *, labels: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> PretrainOutput:
+        """One pre-training forward: the loss terms, the predicted patches and the patch mask.
+
+        Args:
+            images: ``(N, 3, S, S)`` in ``[0, 1]``.
+            ids: ``(N, T)`` caption ids of the tokenizer.
+            labels: ``(N,)`` class ids for class-level positives in ``L_con`` (``None``: one positive per row).
+            generator: Draws of the image and caption masking.
+        """
+        config, tok = self.config, self.tokenizer
+        n = images.shape[0]
+        masking = random_masking(images.new_zeros(n, self.image.num_patches, 1), config.mask_ratio, generator=generator)
+        h_img = self.image.forward_masked(images, masking.ids_keep)
+        losses: dict[str, Tensor] = {}
+        text_tokens = None
+        if self.clip_loss is not None or (self.fusion is not None and config.caption != "masked"):
+            pooled_text, text_tokens = self.text(ids)
+            if self.clip_loss is not None:
+                z_img = self.image_proj(h_img[:, 0])
+                losses["contrastive"] = self.clip_loss(z_img.float(), pooled_text.float(), labels=labels)
+        if self.image_tokens is None:
+            return PretrainOutput(losses, None, masking.mask)
+        image_tokens = self.image_tokens(h_img)
+        caption_ids, caption_labels = ids, None
+        if config.caption == "masked":
+            corrupted = mask_tokens(
+                ids,
+                mask_id=tok.mask_id,
+                vocab_size=tok.vocab_size,
+                special_ids=tok.special_ids,
+                ratio=config.text_mask_ratio,
+                generator=generator,
+            )
+            caption_ids = corrupted.ids
+            caption_labels = ids.masked_fill(~corrupted.selected, tok.pad_id)
+            text_tokens = self.text(caption_ids)[1]
+        fused_image, fused_text = image_tokens, None
+        text_padding = caption_ids == tok.pad_id
+        if self.fusion is not None and self.text_tokens is not None:
+            assert text_tokens is not None
+            fused_image, fused_text = self.fusion(
+                image_tokens, self.text_tokens(text_tokens), text_padding_mask=text_padding
+            )
+        pred = None
+        if self.mae_decoder is not None:
+            pred = self.mae_decoder(fused_image, masking.ids_restore)
+            target = patchify(images, self.image.patch_size)
+            losses["image"] = self.reconstruction_loss(pred.float(), target.float(), masking.mask)
+        if self.caption_decoder is not None:
+            if config.caption == "masked":
+                if fused_text is not None:
+                    context = torch.cat([fused_image, fused_text], dim=1)
+                    context_padding = torch.cat([text_padding.new_zeros(n, fused_image.shape[1]), text_padding], 1)
+                else:
+                    context, context_padding = image_tokens, None
+                logits = self.caption_decoder(caption_ids, context, context_padding_mask=context_padding)
+                assert caption_labels is not None
+                losses["caption"] = self.caption_loss(logits.float(), caption_labels)
+            else:  # autoregressive: the un-fused image tokens (the fused ones have read the whole caption)
+                logits = self.caption_decoder(ids[:, :-1], image_tokens)
+                losses["caption"] = self.caption_loss(logits.float(), ids[:, 1:])
+        return PretrainOutput(losses, pred, masking.mask)
+
+    @torch.no_grad()
+    def reconstruct(
+        self, images: Tensor, ids: Tensor, *, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(pred (N, L, p·p·C), mask (N, L))`` of one masked forward, for the reconstruction plots."""
+        out = self.forward(images, ids, generator=generator)
+        if out.pred is None:
+            raise ValueError("this model has no MAE decoder (model.mim=False)")
+        return out.pred, out.mask
+
+    @torch.no_grad()
+    def generate(self, images: Tensor, max_tokens: int | None = None) -> Tensor:
+        """Greedy captions ``(N, T)`` of an autoregressive caption decoder (start token first)."""
+        if self.caption_decoder is None or self.config.caption != "autoregressive" or self.image_tokens is None:
+            raise ValueError("greedy captioning needs model.caption='autoregressive'")
+        tok = self.tokenizer
+        limit = tok.context_length if max_tokens is None else min(max_tokens, tok.context_length)
+        h = self.image_tokens(self.image.forward_features(images))
+        ids = torch.full((images.shape[0], 1), tok.start_id, dtype=torch.long, device=images.device)
+        done = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
+        while ids.shape[1] < limit and not bool(done.all()):
+            logits = self.caption_decoder(ids, h)[:, -1]
+            logits[:, [tok.pad_id, tok.start_id, tok.mask_id]] = float("-inf")
+            nxt = torch.where(done, torch.full_like(done, tok.pad_id, dtype=torch.long), logits.argmax(-1))
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
+            done |= nxt == tok.end_id
+        return ids

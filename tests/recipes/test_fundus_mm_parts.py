@@ -1,0 +1,123 @@
+"""The image–text model's wiring: objectives per variant, gradients, and no leakage of what is predicted."""
+
+import pytest
+import torch
+
+from qualcl.data.synthetic.captions import make_caption
+from qualcl.models import CaptionTokenizer
+from qualcl.recipes.fundus_mm.config import ABLATIONS, ModelConfig
+from qualcl.recipes.fundus_mm.model import FundusMMNet
+
+CAPTIONS = [
+    make_caption("left" if g % 2 else "right", g, {"MA": [g, 1, 0, 0], "EX": [0, g, 0, 0]} if g else {}, g % 3)
+    for g in range(5)
+] * 2
+TOK = CaptionTokenizer.fit(CAPTIONS)
+SMALL = dict(embed_dim=32, text_width=32, text_layers=1, fusion_dim=32, decoder_dim=32, decoder_depth=1,
+             caption_width=32, caption_depth=1)  # fmt: skip
+
+
+def _net(**overrides):
+    torch.manual_seed(0)
+    return FundusMMNet(ModelConfig(**{**SMALL, **overrides}), TOK, 32)
+
+
+def _batch():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(len(CAPTIONS), 3, 32, 32, generator=g), TOK.encode(CAPTIONS)
+
+
+@pytest.mark.parametrize("variant", sorted(ABLATIONS))
+def test_each_variant_trains_what_it_names(variant):
+    model = ABLATIONS[variant]["model"]
+    net = _net(**model)
+    images, ids = _batch()
+    out = net(images, ids, generator=torch.Generator().manual_seed(1))
+    want = {"contrastive"} if model.get("contrastive", True) else set()
+    want |= {"image"} if model.get("mim", True) else set()
+    want |= {"caption"} if model.get("caption", "masked") != "none" else set()
+    assert set(out.losses) == want
+    assert all(torch.isfinite(v) for v in out.losses.values())
+    sum(out.losses.values()).backward()
+    missing = {n.split(".")[0] for n, p in net.named_parameters() if p.grad is None}
+    assert missing == ({"image_proj", "text"} if variant == "mae" else set())
+
+
+def _caption_logits(net, images, ids, seed):
+    captured = {}
+    decoder_forward = net.caption_decoder.forward
+
+    def spy_decoder(inputs, context, **kw):
+        captured["inputs"] = inputs
+        return decoder_forward(inputs, context, **kw)
+
+    def spy_loss(logits, labels):
+        captured["logits"], captured["labels"] = logits, labels
+        return logits.sum() * 0
+
+    net.caption_decoder.forward = spy_decoder
+    net.caption_loss.forward = spy_loss
+    net(images, ids, generator=torch.Generator().manual_seed(seed))
+    return captured["logits"], captured["labels"], captured["inputs"]
+
+
+@pytest.mark.parametrize("fusion", [True, False])
+def test_masked_words_never_reach_their_own_prediction(fusion):
+    """Replacing the original word behind a mask token changes the label, never the logits.
+
+    (BERT leaves 10 % of the selected words in place and replaces 10 % by random words; those are
+    visible by design, so only the words hidden behind the mask token are changed here.)
+    """
+    net = _net(fusion=fusion, text_mask_ratio=0.5).eval()
+    images, ids = _batch()
+    logits, labels, inputs = _caption_logits(net, images, ids, seed=3)
+    hidden = inputs == TOK.mask_id
+    assert hidden.sum() > 5
+    changed = torch.where(hidden, (ids + 1 - 5) % (TOK.vocab_size - 5) + 5, ids)  # other words behind the masks
+    logits2, labels2, inputs2 = _caption_logits(net, images, changed, seed=3)
+    assert torch.equal(inputs2, inputs)
+    torch.testing.assert_close(logits2, logits)
+    assert not torch.equal(labels2[hidden], labels[hidden])
+
+
+def test_autoregressive_captions_only_see_the_past():
+    net = _net(caption="autoregressive").eval()
+    images, ids = _batch()
+    logits, _, _ = _caption_logits(net, images, ids, seed=0)
+    later = ids.clone()
+    later[:, 6:] = torch.where(ids[:, 6:] >= 5, (ids[:, 6:] + 1 - 5) % (TOK.vocab_size - 5) + 5, ids[:, 6:])
+    logits2, _, _ = _caption_logits(net, images, later, seed=0)
+    torch.testing.assert_close(logits2[:, :6], logits[:, :6])  # logits at t < 6 predict tokens 1..6
+
+
+@pytest.mark.parametrize("caption", ["masked", "autoregressive", "none"])
+def test_removed_pixels_never_reach_their_reconstruction(caption):
+    net = _net(caption=caption, mask_ratio=0.5).eval()
+    images, ids = _batch()
+    out = net(images, ids, generator=torch.Generator().manual_seed(5))
+    removed = out.mask[0].nonzero().flatten()[0].item()  # a removed patch of image 0 (2 × 2 grid of 16 px)
+    row, col = divmod(removed, 2)
+    other = images.clone()
+    other[0, :, row * 16 : (row + 1) * 16, col * 16 : (col + 1) * 16] = 0.5
+    again = net(other, ids, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(again.pred, out.pred)
+    assert again.losses["image"] != out.losses["image"]
+
+
+def test_generate_greedy_captions():
+    net = _net(caption="autoregressive").eval()
+    images, _ = _batch()
+    ids = net.generate(images[:3], max_tokens=8)
+    assert ids.shape[0] == 3 and ids.shape[1] <= 8 and torch.all(ids[:, 0] == TOK.start_id)
+    assert len(TOK.decode(ids)) == 3
+    with pytest.raises(ValueError, match="autoregressive"):
+        _net().generate(images[:1])
+
+
+def test_config_errors_are_named():
+    with pytest.raises(ValueError, match="at least one objective"):
+        ModelConfig(contrastive=False, mim=False, caption="none")
+    with pytest.raises(ValueError, match=r"mask_ratio must lie in \[0, 1\)"):
+        ModelConfig(mask_ratio=1.0)
+    with pytest.raises(ValueError, match="fusion_heads must divide"):
+        ModelConfig(fusion_dim=30)
