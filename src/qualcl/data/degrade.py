@@ -28,13 +28,16 @@ Reference:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from qualcl.data.table import ImageTable
 
 __all__ = [
     "FACTORS",
@@ -52,6 +55,7 @@ __all__ = [
     "gaussian_blur",
     "quality_from_params",
     "quality_index",
+    "raise_low_quality",
     "sample_degradation",
     "type_code",
 ]
@@ -765,3 +769,55 @@ def degrade_tensor(
         result = result.to(images.dtype)
     result = result.to(images.device)
     return result[0] if images.ndim == 3 else result
+
+
+def raise_low_quality(
+    data: ImageTable,
+    ratio: float,
+    seed: int,
+    *,
+    degrade: Callable[[Tensor, Tensor, torch.Generator], Tensor] | None = None,
+) -> ImageTable:
+    """A copy of ``data`` whose low-quality fraction is raised to ``ratio`` (CoMCL's 70 % / 100 % test sets).
+
+    Images of quality 0 (the best level) are drawn at random and degraded to the worse levels in
+    turn (``1, 2, 1, 2, …`` for EyeQ's three levels; ``1`` where a dataset has two) with
+    :func:`degrade_tensor` — or with ``degrade(images, levels, generator)``, e.g. simulated low
+    dose for X-rays — and their quality codes updated. A ratio at or below the current one
+    returns ``data`` unchanged.
+
+    Args:
+        data: Test images (``uint8``) with at least two quality levels.
+        ratio: Target fraction of images below the best level, in ``[0, 1]``.
+        seed: Seed of the choice and of the degradations.
+        degrade: ``(images (K, C, S, S) uint8, levels (K,), generator) → degraded uint8 images``.
+
+    Example:
+        >>> import torch
+        >>> from qualcl.data import ImageTable
+        >>> table = ImageTable(torch.full((4, 3, 32, 32), 120, dtype=torch.uint8), torch.zeros(4, dtype=torch.long),
+        ...                    torch.tensor([0, 0, 0, 1]), quality_names=("Good", "Usable", "Reject"))
+        >>> raise_low_quality(table, 0.75, seed=0).quality.tolist().count(0)
+        1
+    """
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"ratio must lie in [0, 1], got {ratio}")
+    worse = len(data.quality_names) - 1
+    if worse < 1:
+        raise ValueError(f"raising the low-quality ratio needs two quality levels, got {data.quality_names}")
+    n = len(data)
+    good = torch.nonzero(data.quality == 0).flatten()
+    needed = min(good.numel(), math.ceil(ratio * n - 1e-9) - (n - good.numel()))
+    if needed <= 0:
+        return data
+    generator = torch.Generator().manual_seed(seed)
+    chosen = good[torch.randperm(good.numel(), generator=generator)[:needed]]
+    levels = torch.tensor([1 + rank % min(worse, 2) for rank in range(needed)])
+    images = data.images.clone()
+    quality = data.quality.clone()
+    if degrade is None:
+        images[chosen] = degrade_tensor(images[chosen], levels, generator=generator)
+    else:
+        images[chosen] = degrade(images[chosen], levels, generator)
+    quality[chosen] = levels
+    return data.replace_images(images, quality)

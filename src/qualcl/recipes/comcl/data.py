@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -383,34 +382,16 @@ class GradingDataset(Dataset[tuple[Tensor, int, int]]):
 def degrade_to_ratio(data: ImageTable, ratio: float, seed: int) -> ImageTable:
     """A copy of ``data`` whose low-quality fraction is raised to ``ratio`` (CoMCL's 70 % / 100 % test sets).
 
-    Good images are drawn at random and degraded with :func:`qualcl.data.degrade.degrade_tensor`
-    to Usable or Reject (alternately); X-rays get simulated low dose (:func:`low_dose_tensor`) and
-    quality 1. Their quality codes are updated. A ratio at or below the current one returns ``data``
-    unchanged.
+    :func:`qualcl.data.degrade.raise_low_quality`: fundus images are degraded to Usable or Reject
+    (alternately); X-rays get simulated low dose (:func:`low_dose_tensor`) and quality 1.
 
     Args:
         data: Test images.
         ratio: Target fraction of Usable + Reject images, in ``[0, 1]``.
         seed: Seed of the choice and of the degradations.
     """
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"ratio must lie in [0, 1], got {ratio}")
-    n = len(data)
-    good = torch.nonzero(data.quality == 0).flatten()
-    needed = min(good.numel(), math.ceil(ratio * n - 1e-9) - (n - good.numel()))
-    if needed <= 0:
-        return data
-    generator = torch.Generator().manual_seed(seed)
-    chosen = good[torch.randperm(good.numel(), generator=generator)[:needed]]
-    images = data.images.clone()
-    quality = data.quality.clone()
-    if data.modality == "cxr":
-        levels = torch.ones(needed, dtype=torch.long)
-        images[chosen] = low_dose_tensor(images[chosen])
-    else:
-        from qualcl.data.degrade import degrade_tensor
+    from qualcl.data.degrade import raise_low_quality
 
-        levels = torch.tensor([1 + rank % 2 for rank in range(needed)])
-        images[chosen] = degrade_tensor(images[chosen], levels, generator=generator)
-    quality[chosen] = levels
-    return data.replace_images(images, quality)
+    if data.modality == "cxr":
+        return raise_low_quality(data, ratio, seed, degrade=lambda images, levels, generator: low_dose_tensor(images))
+    return raise_low_quality(data, ratio, seed)
