@@ -38,4 +38,10 @@ RECIPES: dict[str, RecipeEntry] = {
         "triplet (circle) loss, P@k / mAP@k / NDCG@k per grade and per quality level",
         ablation="qualcl.recipes.mirror_retrieval.ablation:run_ablation",
     ),
+    "fundus-mm": RecipeEntry(
+        "qualcl.recipes.fundus_mm.recipe",
+        "FUNDUS_MM",
+        "Image-text fundus self-supervision (contrastive + masked image + caption objectives, cross-attention "
+        "fusion): zero-shot, few-shot, fine-tuning and image-text recall per quality stratum",
+    ),
 }

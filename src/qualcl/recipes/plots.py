@@ -20,6 +20,8 @@ __all__ = [
     "plot_curves",
     "plot_embedding",
     "plot_grouped_bars",
+    "plot_heatmap",
+    "plot_image_grid",
     "plot_retrieval_grid",
     "plot_variant_dots",
 ]
@@ -245,5 +247,54 @@ def plot_retrieval_grid(
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_image_grid(
+    images: Tensor, path: str | Path, *, title: str, column_titles: Sequence[str] = (), row_titles: Sequence[str] = ()
+) -> Path:
+    """A ``(rows, columns, C, H, W)`` grid of images in ``[0, 1]`` (e.g. masked input / reconstruction / original)."""
+    rows, cols = images.shape[:2]
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 0.6, 1.6 * rows + 0.5), dpi=110, squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.imshow(images[r, c].detach().cpu().float().clamp(0, 1).permute(1, 2, 0).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0 and c < len(column_titles):
+                ax.set_title(column_titles[c], fontsize=8)
+            if c == 0 and r < len(row_titles):
+                ax.set_ylabel(row_titles[r], fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def plot_heatmap(
+    matrix: Tensor,
+    path: str | Path,
+    *,
+    title: str,
+    row_labels: Sequence[str],
+    column_labels: Sequence[str],
+    xlabel: str = "",
+    ylabel: str = "",
+) -> Path:
+    """Heat map of a ``(R, C)`` matrix (e.g. image × class-prompt cosine similarities) with a colour bar."""
+    values = matrix.detach().cpu().float()
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * values.shape[1], 1.0 + 0.22 * values.shape[0]), dpi=110)
+    shown = ax.imshow(values.numpy(), cmap="viridis", aspect="auto")
+    ax.set_xticks(list(range(len(column_labels))), list(column_labels), rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(list(range(len(row_labels))), list(row_labels), fontsize=6)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    fig.colorbar(shown, ax=ax, fraction=0.05)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, bbox_inches="tight")
     plt.close(fig)
     return out

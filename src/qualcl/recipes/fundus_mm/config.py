@@ -203,7 +203,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # seconds: for tests and CI
     "smoke": {
         "trainer": {"progress": False},
-        "data": {"num_images": 64, "image_size": 32},
+        "data": {"num_images": 64, "image_size": 48},
         "model": {
             "embed_dim": 32,
             "text_width": 32,

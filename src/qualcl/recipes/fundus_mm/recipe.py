@@ -1,0 +1,439 @@
+"""The image–text fundus recipe on the shared driver: pre-training → zero-shot, recall, few-shot, fine-tuning."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from qualcl.data.degrade import raise_low_quality
+from qualcl.data.table import ImageTable
+from qualcl.evaluation import linear_probe
+from qualcl.functional import patchify, unpatchify
+from qualcl.metrics import confusion_matrix, stratified_grading_metrics
+from qualcl.models import CaptionTokenizer
+from qualcl.recipes.driver import Recipe, RunContext, Stage, eval_loader
+from qualcl.recipes.fundus_mm.config import PRESETS, EvalConfig, FundusMMConfig
+from qualcl.recipes.fundus_mm.data import FundusMMData, PairDataset, load_fundus_mm_data
+from qualcl.recipes.fundus_mm.evaluate import few_shot_indices, prompt_head_predict, text_recall
+from qualcl.recipes.fundus_mm.model import FundusMMNet
+from qualcl.recipes.fundus_mm.modules import ImageTextPretraining, class_embeddings, zero_shot_logits
+from qualcl.recipes.modules import GradingFineTuning
+from qualcl.recipes.plots import plot_confusion, plot_curves, plot_heatmap, plot_image_grid
+from qualcl.recipes.run_folder import ModelCard, strata_table
+from qualcl.samplers import ShardedShuffleSampler
+
+__all__ = ["FUNDUS_MM", "FundusMMRecipe", "FundusMMState", "run_fundus_mm"]
+
+PAPER = (
+    'Nguyen, Sun and Choo, "Self-Supervised Multi-Modal Learning for Fundus Image Analysis Using Contrastive '
+    'and Generative Learning" (Sungkyunkwan University)'
+)
+PRETRAIN, FINETUNE = "pretrain", "finetune"
+
+
+class FundusMMState:
+    """The run's models: the pre-training module (with the network) and the fine-tuning module."""
+
+    def __init__(self, tokenizer: CaptionTokenizer, pretrain: ImageTextPretraining) -> None:
+        self.tokenizer = tokenizer
+        self.pretrain = pretrain
+        self.finetune: GradingFineTuning | None = None
+
+    @property
+    def net(self) -> FundusMMNet:
+        """The image–text network."""
+        return self.pretrain.net
+
+
+class _Graded(Dataset[tuple[Tensor, int, int]]):
+    """``(image in [0, 1], label, quality)`` for fine-tuning."""
+
+    def __init__(self, table: ImageTable) -> None:
+        self.table = table
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
+        t = self.table
+        return t.images[index].float() / 255.0, int(t.label[index]), int(t.quality[index])
+
+
+def _kappa_key(config: FundusMMConfig) -> str:
+    """Quadratic-weighted kappa for ordered DR grades, Cohen's kappa for unordered categories."""
+    return "qwk" if config.data.dataset in ("synthetic", "aptos") else "kappa"
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, float]:
+    """Mean and sample std over the draws (NaN where a stratum has no image)."""
+    finite = [float(v) for v in values if math.isfinite(v)]
+    if not finite:
+        return {"mean": float("nan"), "std": float("nan")}
+    return {"mean": statistics.fmean(finite), "std": statistics.stdev(finite) if len(finite) > 1 else 0.0}
+
+
+class FundusMMRecipe(Recipe[FundusMMConfig, FundusMMData, FundusMMState]):
+    """Image–text self-supervision for fundus images, end to end.
+
+    Stages: (1) data — images with per-image captions (synthetic) or class-level captions (the
+    class's definition; APTOS, ODIR-5K, FIVES); (2) ``pretrain`` — ``L_con + L_img + L_cap`` on a
+    masked ViT, a text transformer, cross-attention fusion and the MAE and caption decoders,
+    the best epoch by validation zero-shot accuracy; (3) ``finetune`` — the ViT with a linear
+    head, cross-entropy. Evaluation: zero-shot grading from the class prompts, image↔text
+    recall@k, few-shot (linear probe and prompt-initialised head, k shots per class, mean ± std
+    over draws) and the fine-tuned classifier — each overall, per quality stratum and at raised
+    low-quality ratios. Plots: masked input / reconstruction / original, the zero-shot confusion
+    matrix, image × class-prompt similarities, the loss curves per objective.
+    """
+
+    name = "fundus-mm"
+    paper = PAPER
+    config_class = FundusMMConfig
+    presets = PRESETS
+    datasets = ("synthetic", "aptos", "odir", "fives")
+    data_help = "dataset folder (aptos: train.csv + train_images/; odir: the annotation sheet; fives: train/, test/)"
+    set_example = "model.caption=autoregressive"
+
+    def check(self, config: FundusMMConfig) -> None:
+        """Real datasets need their folder."""
+        if config.data.dataset != "synthetic" and config.data.data_dir is None:
+            raise ValueError(f"--data DIR is required with --dataset {config.data.dataset}")
+
+    def load_data(self, ctx: RunContext[FundusMMConfig]) -> FundusMMData:
+        """Generate (once) or read the images and their captions."""
+        cfg = ctx.config.data
+        if cfg.dataset == "synthetic":
+            root = ctx.synthetic_fundus(
+                cfg.data_dir, num_images=cfg.num_images, size=cfg.image_size, seed=cfg.seed, lq_ratio=cfg.lq_ratio
+            )
+        else:
+            root = Path(str(cfg.data_dir))
+        progress = (lambda paths: ctx.progress_bar(paths, "reading images")) if ctx.progress else None
+        return load_fundus_mm_data(cfg, root, progress=progress)
+
+    def setup(self, ctx: RunContext[FundusMMConfig], data: FundusMMData) -> FundusMMState:
+        """The tokenizer (training captions + prompts) and the randomly initialised network."""
+        config = ctx.config
+        assert data.train.caption is not None
+        texts = list(data.train.caption) + [p for prompts in data.prompts for p in prompts]
+        tokenizer = CaptionTokenizer.fit(texts)
+        if ctx.run.writable:
+            ctx.run.path("weights").mkdir(parents=True, exist_ok=True)
+            ctx.run.path("weights", "tokenizer.json").write_text(json.dumps(tokenizer.state_dict()))
+        net = FundusMMNet(config.model, tokenizer, config.data.image_size)
+        class_level = (
+            data.class_level if config.train.class_level_positives is None else config.train.class_level_positives
+        )
+        module = ImageTextPretraining(
+            net, config.train, self._prompt_ids(tokenizer, data), class_level=class_level, seed=config.seed
+        )
+        return FundusMMState(tokenizer, module)
+
+    @staticmethod
+    def _prompt_ids(tokenizer: CaptionTokenizer, data: FundusMMData) -> Tensor:
+        return torch.stack([tokenizer.encode(prompts) for prompts in data.prompts])
+
+    def _pairs(self, state: FundusMMState, table: ImageTable) -> PairDataset:
+        assert table.caption is not None
+        return PairDataset(table, state.tokenizer.encode(table.caption))
+
+    def stages(self, config: FundusMMConfig) -> list[Stage]:
+        """``pretrain``, then ``finetune`` unless ``eval.finetune_epochs`` is 0."""
+        stages = [Stage(PRETRAIN, self.pretrain)]
+        if config.eval.finetune_epochs > 0:
+            stages.append(Stage(FINETUNE, self.finetune))
+        return stages
+
+    def pretrain(self, ctx: RunContext[FundusMMConfig], data: FundusMMData, state: FundusMMState) -> None:
+        """Image–text pre-training, the best epoch by validation zero-shot accuracy."""
+        config, cfg = ctx.config, ctx.config.train
+        dataset = self._pairs(state, data.train)
+        if len(dataset) < cfg.batch_size:
+            raise ValueError(f"{len(dataset)} training images are fewer than train.batch_size={cfg.batch_size}")
+
+        def loader() -> DataLoader[Any]:
+            sampler = ShardedShuffleSampler(len(dataset), seed=config.seed, drop_last=True)
+            return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
+
+        ctx.fit(
+            PRETRAIN,
+            state.pretrain,
+            loader,
+            eval_loader(self._pairs(state, data.val), cfg.batch_size),
+            weights={"fundus_mm": state.net},
+            max_epochs=cfg.epochs,
+            monitor="val/zero_shot" if config.model.contrastive else None,
+            history="epoch_log",
+            find_unused_parameters=not config.model.contrastive,  # the text tower is idle in MAE only
+            info={"epochs": cfg.epochs},
+        )
+        self._plot_history(ctx)
+
+    def finetune(self, ctx: RunContext[FundusMMConfig], data: FundusMMData, state: FundusMMState) -> None:
+        """The pre-trained ViT with a linear head (cross-entropy), the best epoch by validation kappa."""
+        config, ev = ctx.config, ctx.config.eval
+        state.finetune = GradingFineTuning(
+            state.net.image,
+            len(data.class_names),
+            lr=ev.finetune_lr,
+            weight_decay=config.train.weight_decay,
+            epochs=ev.finetune_epochs,
+            kappa=_kappa_key(config),
+        )
+        dataset = _Graded(data.train)
+        batch = min(config.train.batch_size, len(dataset))
+
+        def loader() -> DataLoader[Any]:
+            sampler = ShardedShuffleSampler(len(dataset), seed=config.seed, drop_last=True)
+            return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True)
+
+        ctx.fit(
+            FINETUNE,
+            state.finetune,
+            loader,
+            eval_loader(_Graded(data.val), batch),
+            weights={"fundus_mm_finetuned": state.finetune},
+            max_epochs=ev.finetune_epochs,
+            monitor="val/kappa",
+            history="epoch_log",
+            info={"epochs": ev.finetune_epochs},
+        )
+
+    # ------------------------------------------------------------------ evaluation
+    def _embed(self, ctx: RunContext[FundusMMConfig], state: FundusMMState, table: ImageTable) -> dict[str, Tensor]:
+        net = state.net
+
+        def forward(batch: Any) -> dict[str, Tensor]:
+            images, ids = batch[0], batch[1]
+            features = net.image_features(images)
+            return {
+                "image": F.normalize(net.image_proj(features), dim=-1).float(),
+                "features": features.float(),
+                "text": net.encode_text(ids).float(),
+            }
+
+        return ctx.predict(forward, self._pairs(state, table), batch_size=ctx.config.train.batch_size, modules=[net])
+
+    def _finetuned_preds(self, ctx: RunContext[FundusMMConfig], state: FundusMMState, table: ImageTable) -> Tensor:
+        module = state.finetune
+        assert module is not None
+
+        def forward(batch: Any) -> dict[str, Tensor]:
+            return {"preds": module(batch[0]).argmax(dim=1)}
+
+        return ctx.predict(forward, _Graded(table), batch_size=ctx.config.train.batch_size, modules=[module])["preds"]
+
+    def evaluate(self, ctx: RunContext[FundusMMConfig], data: FundusMMData, state: FundusMMState) -> dict[str, Any]:
+        """Zero-shot, recall@k, few-shot and fine-tuning metrics; per stratum and at raised low-quality ratios."""
+        config = ctx.config
+        ev, num_classes = config.eval, len(data.class_names)
+        net = state.net.to(ctx.device)
+        prompts = self._prompt_ids(state.tokenizer, data).to(ctx.device)
+        net.eval()
+        classes = class_embeddings(net, prompts).cpu()
+        train = self._embed(ctx, state, data.train)
+        settings = [("original", data.test)] + [
+            (f"lq_{round(100 * r)}", raise_low_quality(data.test, r, seed=config.data.seed))
+            for r in ev.lq_ratios
+            if len(data.test.quality_names) > 1
+        ]
+        results: dict[str, Any] = {"zero_shot": {}, "few_shot": {}, "finetune": {}}
+        kappa = _kappa_key(config)
+
+        def graded(preds: Tensor, table: ImageTable) -> dict[str, Any]:
+            metrics = stratified_grading_metrics(preds, table.label, num_classes, table.quality, table.quality_names)
+            metrics["overall"]["lq_ratio"] = table.lq_ratio
+            return metrics
+
+        for name, table in settings:
+            test = self._embed(ctx, state, table)
+            logits = zero_shot_logits(test["image"], classes)
+            results["zero_shot"][name] = graded(logits.argmax(1), table)
+            if name == "original":
+                assert table.caption is not None
+                results["recall"] = text_recall(test["image"], test["text"], table.caption, ev.recall_k)
+                if ctx.run.writable:
+                    self._plots(ctx, data, state, table, logits)
+            results["few_shot"][name] = self._few_shot(train, data.train, test, table, classes, state, ev, kappa)
+            if state.finetune is not None:
+                results["finetune"][name] = graded(self._finetuned_preds(ctx, state, table), table)
+        record = ctx.records.get(PRETRAIN, {})
+        return {
+            "test": results,
+            "data": {
+                "train_images": len(data.train),
+                "val_images": len(data.val),
+                "test_images": len(data.test),
+                "classes": list(data.class_names),
+                "class_level_captions": data.class_level,
+                "vocabulary": state.tokenizer.vocab_size,
+            },
+            "best_epoch": record.get("best_epoch"),
+        }
+
+    def _few_shot(
+        self,
+        train: dict[str, Tensor],
+        train_table: ImageTable,
+        test: dict[str, Tensor],
+        table: ImageTable,
+        classes: Tensor,
+        state: FundusMMState,
+        ev: EvalConfig,
+        kappa: str,
+    ) -> dict[str, Any]:
+        num_classes = classes.shape[0]
+        out: dict[str, Any] = {}
+        for k in ev.shots:
+            runs: dict[str, list[dict[str, Any]]] = {"linear_probe": [], "prompt_head": []}
+            for seed in range(ev.few_shot_seeds):
+                rows = few_shot_indices(train_table.label, k, num_classes, seed)
+                labels = train_table.label[rows]
+                probe = linear_probe(train["features"][rows], labels, test["features"], num_classes)
+                head = prompt_head_predict(
+                    train["image"][rows], labels, test["image"], classes, scale=state.net.logit_scale,
+                    epochs=ev.probe_epochs,
+                )  # fmt: skip
+                for key, preds in (("linear_probe", probe), ("prompt_head", head)):
+                    runs[key].append(
+                        stratified_grading_metrics(preds, table.label, num_classes, table.quality, table.quality_names)
+                    )
+            out[f"{k}_shot"] = {
+                key: {
+                    stratum: {m: _mean_std([r[stratum][m] for r in draws]) for m in ("accuracy", kappa)}
+                    for stratum in draws[0]
+                }
+                for key, draws in runs.items()
+            }
+        return out
+
+    # ------------------------------------------------------------------ plots
+    def _plot_history(self, ctx: RunContext[FundusMMConfig]) -> None:
+        run = ctx.run
+        rows = run.read_history(PRETRAIN)
+        if not rows or not run.writable:
+            return
+        epochs = [r["epoch"] for r in rows]
+        names = {"loss_contrastive": "contrastive", "loss_image": "masked image (MSE)", "loss_caption": "caption (CE)"}
+        losses = {label: (epochs, [r[key] for r in rows]) for key, label in names.items() if key in rows[0]}
+        plot_curves(
+            losses,
+            run.path("plots", "training_curves.png"),
+            title="Image–text pre-training, loss per objective",
+            xlabel="epoch",
+            ylabel="loss",
+            secondary={"val zero-shot accuracy": (epochs, [r["val_zero_shot"] for r in rows])},
+            secondary_label="accuracy",
+        )
+
+    def _plots(
+        self,
+        ctx: RunContext[FundusMMConfig],
+        data: FundusMMData,
+        state: FundusMMState,
+        table: ImageTable,
+        logits: Tensor,
+    ) -> None:
+        names = list(data.class_names)
+        short = [n.replace("non-proliferative", "NP").replace("diabetic retinopathy", "DR") for n in names]
+        plot_confusion(
+            confusion_matrix(logits.argmax(1), table.label, len(names)),
+            short,
+            ctx.run.path("plots", "zero_shot_confusion.png"),
+            title="Zero-shot classification, test",
+        )
+        order = torch.argsort(table.label * len(table) + torch.arange(len(table)))
+        shown = torch.cat([order[table.label[order] == c][:4] for c in range(len(names))])
+        plot_heatmap(
+            logits[shown] / 100.0,
+            ctx.run.path("plots", "prompt_similarity.png"),
+            title="Test image × class prompt cosine similarity",
+            row_labels=[f"{short[int(table.label[i])]} · {table.quality_names[int(table.quality[i])]}" for i in shown],
+            column_labels=short,
+            xlabel="class prompts",
+            ylabel="test image (true class · quality)",
+        )
+        net = state.net
+        if net.mae_decoder is None:
+            return
+        pick = torch.cat([torch.nonzero(table.quality == q).flatten()[:2] for q in range(len(table.quality_names))])
+        images = (table.images[pick].float() / 255.0).to(ctx.device)
+        assert table.caption is not None
+        ids = state.tokenizer.encode([table.caption[i] for i in pick]).to(ctx.device)
+        pred, mask = net.reconstruct(images, ids, generator=torch.Generator(device=ctx.device).manual_seed(0))
+        p = net.image.patch_size
+        side = table.images.shape[-1] // p
+        keep = 1 - mask[..., None].to(images.dtype)
+        patches = patchify(images, p)
+        masked = unpatchify(patches * keep + 0.5 * (1 - keep), p, grid=(side, side))
+        if net.config.norm_pix_loss:  # predictions are standardised patches: put each back on the image's scale
+            mean, std = patches.mean(-1, keepdim=True), (patches.var(-1, keepdim=True) + 1e-6).sqrt()
+            pred = pred * std + mean
+        filled = unpatchify(patches * keep + pred * (1 - keep), p, grid=(side, side))
+        grid = torch.stack([masked, filled, images], dim=1).cpu()
+        plot_image_grid(
+            grid,
+            ctx.run.path("plots", "reconstructions.png"),
+            title="Masked input · reconstruction (visible patches kept"
+            + ("; predicted patches rescaled by the true patch mean and variance" if net.config.norm_pix_loss else "")
+            + ") · original",
+            column_titles=["masked", "reconstruction", "original"],
+            row_titles=[table.quality_names[int(table.quality[i])] for i in pick],
+        )
+
+    def model_card(
+        self, ctx: RunContext[FundusMMConfig], data: FundusMMData, state: FundusMMState, results: dict[str, Any]
+    ) -> ModelCard:
+        """Headline zero-shot / few-shot / fine-tuning / recall numbers and the per-stratum table."""
+        config, m = ctx.config, ctx.config.model
+        test, kappa = results["test"], _kappa_key(config)
+        zero = test["zero_shot"]["original"]
+        biggest = f"{max(config.eval.shots)}_shot"
+        few = test["few_shot"]["original"][biggest]["prompt_head"]
+        headline = {
+            "zero-shot acc": zero["overall"]["accuracy"],
+            f"{biggest.replace('_', '-')} acc (prompt head)": few["overall"]["accuracy"]["mean"],
+            "I→T R@1": test["recall"].get("i2t_r@1", float("nan")),
+        }
+        if test["finetune"]:
+            headline[f"fine-tuned {kappa}"] = test["finetune"]["original"]["overall"][kappa]
+        summary = (
+            f"Preset `{config.preset}`, seed {config.seed}, dataset `{config.data.dataset}` at "
+            f"{config.data.image_size} px ({'class-level' if data.class_level else 'per-image'} captions, "
+            f"vocabulary {state.tokenizer.vocab_size}). "
+            f"`{m.encoder}`, mask ratio {m.mask_ratio}; objectives: contrastive {m.contrastive}, masked image "
+            f"{m.mim}, caption `{m.caption}`; fusion {m.fusion}. {config.train.epochs} epochs on {len(data.train)} "
+            f"images; best epoch {results.get('best_epoch')} by validation zero-shot accuracy."
+        )
+        columns: dict[str, dict[str, dict[str, float]]] = {}
+        for label, block in (("zero-shot", test["zero_shot"]), ("fine-tuned", test["finetune"])):
+            for setting, strata in block.items():
+                name = label if setting == "original" else f"{label}, LQ {setting.removeprefix('lq_')} %"
+                columns[name] = {k: {**v, "n": v.get("n", 0)} for k, v in strata.items()}
+        table = strata_table(columns, {"accuracy": "accuracy", kappa: kappa.upper() if kappa == "qwk" else "kappa"})
+        return ModelCard(
+            title=f"Image–text pre-training ({m.encoder}) on {config.data.dataset}",
+            paper=PAPER,
+            summary=summary,
+            headline=headline,
+            table=table,
+            plots=["training_curves.png", "reconstructions.png", "zero_shot_confusion.png", "prompt_similarity.png"],
+        )
+
+
+#: The image–text fundus recipe.
+FUNDUS_MM = FundusMMRecipe()
+
+
+def run_fundus_mm(config: FundusMMConfig, out: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """The run end to end into ``out``; re-running resumes."""
+    return FUNDUS_MM.run(config, out, **kwargs)

@@ -1,0 +1,113 @@
+"""The image–text recipe end to end at smoke size: run folder, every evaluation, exact resume, CLI, bad configs."""
+
+import json
+import math
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from safetensors.torch import load_file
+
+from qualcl.cli import main
+from qualcl.recipes.fundus_mm import ImageTextPretraining, fundus_mm_config, run_fundus_mm
+from qualcl.recipes.run_folder import RunFolder
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("synthetic"))
+    return fundus_mm_config("smoke", overrides=["trainer.logger=none", f"data.data_dir={data_dir}"])
+
+
+@pytest.fixture(scope="module")
+def whole(smoke, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole") / "run"
+    return out, run_fundus_mm(smoke, out)
+
+
+def test_smoke_run_writes_every_evaluation(smoke, whole):
+    run, metrics = whole
+    for name in ("config.yaml", "metrics.json", "metrics.csv", "MODEL_CARD.md", "stages.json"):
+        assert (run / name).is_file(), name
+    for plot in ("training_curves", "reconstructions", "zero_shot_confusion", "prompt_similarity"):
+        assert (run / "plots" / f"{plot}.png").is_file(), plot
+    assert {p.name for p in (run / "weights").iterdir()} == {
+        "fundus_mm.safetensors",
+        "fundus_mm_finetuned.safetensors",
+        "tokenizer.json",
+    }
+    test = metrics["test"]
+    settings = {"original", "lq_70", "lq_100"}
+    assert set(test["zero_shot"]) == settings == set(test["few_shot"]) == set(test["finetune"])
+    for block in (test["zero_shot"], test["finetune"]):
+        assert set(block["original"]) == {"overall", "Good", "Usable", "Reject"}
+        assert block["lq_100"]["overall"]["lq_ratio"] == 1.0 and block["lq_100"]["Good"]["n"] == 0
+        assert 0.0 <= block["original"]["overall"]["accuracy"] <= 1.0
+    for shots in smoke.eval.shots:
+        for head in ("linear_probe", "prompt_head"):
+            cell = test["few_shot"]["original"][f"{shots}_shot"][head]["overall"]["accuracy"]
+            assert 0.0 <= cell["mean"] <= 1.0 and cell["std"] >= 0.0
+    assert set(test["recall"]) == {f"{d}_r@{k}" for d in ("i2t", "t2i") for k in smoke.eval.recall_k}
+    assert all(0.0 <= v <= 1.0 for v in test["recall"].values())
+    history = RunFolder(run).read_history("pretrain")
+    assert [r["epoch"] for r in history] == list(range(smoke.train.epochs))
+    assert all({"loss_contrastive", "loss_image", "loss_caption", "val_zero_shot"} <= set(r) for r in history)
+    assert all(math.isfinite(r["loss"]) for r in history)
+    card = (run / "MODEL_CARD.md").read_text()
+    assert "zero-shot acc" in card and "Reject" in card
+    again = run_fundus_mm(smoke, run)  # a finished run reads its weights back and evaluates the same
+    assert json.dumps(again["test"], sort_keys=True) == json.dumps(test, sort_keys=True)
+
+
+class _StopAt(Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if isinstance(pl_module, ImageTextPretraining) and trainer.current_epoch == 1 and batch_idx == 1:
+            raise KeyError("stop")
+
+
+def test_resume_after_interruption_reproduces_the_uninterrupted_run(smoke, whole, tmp_path):
+    reference, _ = whole
+    run = tmp_path / "run"
+    with pytest.raises(KeyError):
+        run_fundus_mm(smoke, run, callbacks=[_StopAt()])
+    assert not RunFolder(run).stage_done("pretrain")
+    run_fundus_mm(smoke, run)
+    assert (
+        json.loads((run / "metrics.json").read_text())["test"]
+        == json.loads((reference / "metrics.json").read_text())["test"]
+    )
+    for name in ("fundus_mm", "fundus_mm_finetuned"):
+        left = load_file(str(run / "weights" / f"{name}.safetensors"))
+        right = load_file(str(reference / "weights" / f"{name}.safetensors"))
+        assert all(torch.equal(left[k], right[k]) for k in left), name
+    assert (run / "history" / "pretrain.csv").read_text() == (reference / "history" / "pretrain.csv").read_text()
+
+
+def test_cli_runs_the_recipe(smoke, tmp_path, capsys):
+    out = tmp_path / "cli"
+    data = smoke.data.data_dir
+    sets = [f"data.data_dir={data}", "trainer.logger=none", "eval.finetune_epochs=0", "model.caption=autoregressive"]
+    code = main(["run", "fundus-mm", "--preset", "smoke", "--out", str(out)] + [a for s in sets for a in ("--set", s)])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["finetune"] == {} and "pretrain" in metrics["stages"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.caption=sideways", "caption"),
+        ("model.mask_ratio=1.0", "mask_ratio"),
+        ("data.image_size=40", "multiple of 16"),
+        ("train.batch_size=1", "batch_size"),
+        ("eval.shots=[0]", "shots"),
+    ],
+)
+def test_bad_configs_are_refused_by_name(override, message):
+    with pytest.raises(ValueError, match=message):
+        fundus_mm_config("smoke", overrides=[override])
+
+
+def test_real_datasets_need_their_folder(tmp_path):
+    with pytest.raises(ValueError, match="--data DIR is required"):
+        run_fundus_mm(fundus_mm_config("smoke", dataset="aptos"), tmp_path / "run")
