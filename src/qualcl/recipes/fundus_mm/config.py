@@ -59,8 +59,11 @@ class ModelConfig:
         fusion_depth: Fusion layers.
         fusion_heads: Fusion heads.
         mim: Masked image modelling (the MAE decoder and its loss).
-        mask_ratio: Share of the patches removed from the image encoder's input (MAE: 0.75); the
-            contrastive embedding is computed on the visible patches too (FLIP).
+        mask_ratio: Share of the patches removed from the image encoder's input (MAE: 0.75).
+        contrastive_view: The image the contrastive embedding comes from: ``"full"`` (one more
+            encoder pass on the whole image, as CLIP / CoCa) or ``"masked"`` (the visible patches
+            of the masked pass, as FLIP: cheaper, but at 64 px four visible patches of sixteen
+            hardly identify a caption, and the contrastive loss stays at chance).
         decoder_dim: MAE decoder width.
         decoder_depth: MAE decoder blocks.
         decoder_heads: MAE decoder heads.
@@ -86,6 +89,7 @@ class ModelConfig:
     fusion_heads: int = 4
     mim: bool = True
     mask_ratio: float = 0.75
+    contrastive_view: Literal["full", "masked"] = "full"
     decoder_dim: int = 128
     decoder_depth: int = 2
     decoder_heads: int = 4

@@ -5,7 +5,8 @@ The recipe wires qualcl's primitives; the maths lives in them. One pre-training 
 
 1. ``random_masking`` keeps ``round(L·(1 − r))`` patches; the ViT encodes only those
    (``ViTEncoder.forward_masked``) → tokens ``h_img`` (class token first).
-2. ``z_img = proj(h_img[:, 0])``; ``z_txt`` = the text transformer's end-token embedding of the
+2. ``z_img = proj(class token)`` of the whole image (``model.contrastive_view="full"``, CLIP) or of
+   the masked pass (``"masked"``, FLIP); ``z_txt`` = the text transformer's end-token embedding of the
    full caption. ``L_con`` = :class:`~qualcl.losses.ClipLoss` on the *un-fused* pooled embeddings
    (the fusion cannot leak the caption into the contrastive pair).
 3. Masked captioning: ``mask_tokens`` corrupts 15 % of the words; the text transformer encodes the
@@ -162,7 +163,8 @@ class FundusMMNet(nn.Module):
         if self.clip_loss is not None or (self.fusion is not None and config.caption != "masked"):
             pooled_text, text_tokens = self.text(ids)
             if self.clip_loss is not None:
-                z_img = self.image_proj(h_img[:, 0])
+                cls = h_img[:, 0] if config.contrastive_view == "masked" else self.image(images)
+                z_img = self.image_proj(cls)
                 losses["contrastive"] = self.clip_loss(z_img.float(), pooled_text.float(), labels=labels)
         if self.image_tokens is None:
             return PretrainOutput(losses, None, masking.mask)
