@@ -135,7 +135,7 @@ class TrainConfig:
 
     epochs: int = 12
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 3e-4
     weight_decay: float = 0.05
     warmup_epochs: int = 1
     contrastive_weight: float = 1.0
@@ -170,8 +170,8 @@ class EvalConfig:
     shots: tuple[int, ...] = (1, 5, 10)
     few_shot_seeds: int = 3
     probe_epochs: int = 200
-    finetune_epochs: int = 4
-    finetune_lr: float = 3e-4
+    finetune_epochs: int = 10
+    finetune_lr: float = 1e-4
     lq_ratios: tuple[float, ...] = (0.7, 1.0)
 
     def __post_init__(self) -> None:

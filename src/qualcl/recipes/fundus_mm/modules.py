@@ -39,8 +39,8 @@ class ImageTextPretraining(L.LightningModule):
     AdamW (β 0.9, 0.95; no weight decay on biases, norms, embeddings and the logit scale), linear
     warm-up then cosine decay per step. The image and caption masks of step ``s`` are drawn from
     ``(seed, s)``, so a resumed run masks exactly as an uninterrupted one. Validation logs the
-    zero-shot accuracy of the validation images against the class prompts (``val/zero_shot``,
-    which selects the best epoch) and the validation losses.
+    zero-shot accuracy of the validation images against the class prompts (``val/zero_shot``)
+    and the validation losses, one history row per epoch.
 
     Args:
         net: The model.
