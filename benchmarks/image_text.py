@@ -10,7 +10,8 @@ median of ``--repeats`` timed forward + backward calls.
   ``round(L·(1 − r))`` patches vs ``forward_features`` on all ``L`` — MAE's claim is that the
   encoder costs about ``(1 − r)`` of the full one (the patch embedding of all patches stays).
 * ``step-masked`` / ``step-full``: one whole pre-training step of the recipe's model
-  (contrastive + masked image + masked caption with fusion) with mask ratio 0.75 vs 0.
+  (contrastive on the masked pass, masked image, masked caption with fusion) with mask ratio 0.75
+  vs 0 (the reconstruction loss then over all patches).
 * ``caption-V``: the caption decoder's logits and :class:`qualcl.losses.CaptionLoss` for a
   vocabulary of ``V`` ids (the recipe's compact BPE vocabulary vs CLIP's 49,408), ``T = 48``.
 
@@ -67,7 +68,10 @@ def _case(name: str, args: argparse.Namespace) -> dict[str, float]:
         tok = CaptionTokenizer.fit(captions)
         ids = tok.encode(captions)
         ratio = 0.75 if name == "step-masked" else 0.0
-        net = FundusMMNet(ModelConfig(encoder=args.encoder, mask_ratio=ratio, contrastive_view="masked"), tok, size)
+        model = ModelConfig(
+            encoder=args.encoder, mask_ratio=ratio, contrastive_view="masked", loss_on="masked" if ratio else "all"
+        )
+        net = FundusMMNet(model, tok, size)
 
         def run() -> None:
             net.zero_grad(set_to_none=True)

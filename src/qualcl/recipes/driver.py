@@ -179,6 +179,27 @@ class RunContext(Generic[C]):
             root, num_images=num_images, size=size, seed=seed, lq_ratio=lq_ratio, progress=self.progress
         )
 
+    def dataset_root(self, data: Any) -> Path:
+        """The folder of a recipe's ``data`` config: the embedded SynthFundus set or ``data.data_dir``.
+
+        ``data`` has ``dataset`` and ``data_dir``, and for ``dataset == "synthetic"`` the generator's
+        ``num_images``, ``image_size``, ``seed`` and ``lq_ratio`` (see :meth:`synthetic_fundus`).
+        """
+        if data.dataset == "synthetic":
+            return self.synthetic_fundus(
+                data.data_dir, num_images=data.num_images, size=data.image_size, seed=data.seed, lq_ratio=data.lq_ratio
+            )
+        if data.data_dir is None:
+            raise ValueError(f"--data DIR is required with --dataset {data.dataset}")
+        return Path(str(data.data_dir))
+
+    @property
+    def image_progress(self) -> Callable[[Sequence[Path]], Sequence[Path]] | None:
+        """A "reading images" progress bar around a list of image files, or ``None`` when bars are off."""
+        if not self.progress:
+            return None
+        return lambda paths: self.progress_bar(paths, "reading images")  # type: ignore[no-any-return]
+
     def progress_bar(self, items: Sequence[Any], description: str) -> Any:
         """``tqdm`` over ``items`` when progress bars are on, else ``items``."""
         if not self.progress:

@@ -111,14 +111,7 @@ class FundusMMRecipe(Recipe[FundusMMConfig, FundusMMData, FundusMMState]):
     def load_data(self, ctx: RunContext[FundusMMConfig]) -> FundusMMData:
         """Generate (once) or read the images and their captions."""
         cfg = ctx.config.data
-        if cfg.dataset == "synthetic":
-            root = ctx.synthetic_fundus(
-                cfg.data_dir, num_images=cfg.num_images, size=cfg.image_size, seed=cfg.seed, lq_ratio=cfg.lq_ratio
-            )
-        else:
-            root = Path(str(cfg.data_dir))
-        progress = (lambda paths: ctx.progress_bar(paths, "reading images")) if ctx.progress else None
-        return load_fundus_mm_data(cfg, root, progress=progress)
+        return load_fundus_mm_data(cfg, ctx.dataset_root(cfg), progress=ctx.image_progress)
 
     def setup(self, ctx: RunContext[FundusMMConfig], data: FundusMMData) -> FundusMMState:
         """The tokenizer (training captions + prompts) and the randomly initialised network."""

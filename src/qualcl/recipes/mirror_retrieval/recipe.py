@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -76,14 +75,7 @@ class MirrorRetrievalRecipe(Recipe[MirrorRetrievalConfig, RetrievalData, Retriev
     def load_data(self, ctx: RunContext[MirrorRetrievalConfig]) -> RetrievalData:
         """Generate (once) or read the images; split database / validation / queries."""
         cfg = ctx.config.data
-        if cfg.dataset == "synthetic":
-            root = ctx.synthetic_fundus(
-                cfg.data_dir, num_images=cfg.num_images, size=cfg.image_size, seed=cfg.seed, lq_ratio=cfg.lq_ratio
-            )
-        else:
-            root = Path(str(cfg.data_dir))
-        progress = (lambda paths: ctx.progress_bar(paths, "reading images")) if ctx.progress else None
-        return load_retrieval_data(cfg, root, progress=progress)
+        return load_retrieval_data(cfg, ctx.dataset_root(cfg), progress=ctx.image_progress)
 
     def setup(self, ctx: RunContext[MirrorRetrievalConfig], data: RetrievalData) -> RetrievalTraining:
         """The network (randomly initialised) in its training module."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -126,12 +125,7 @@ class MkcnetRecipe(Recipe[MkcnetConfig, MkcnetData, MkcnetTraining]):
     def load_data(self, ctx: RunContext[MkcnetConfig]) -> MkcnetData:
         """Split the records and load the images."""
         cfg = ctx.config.data
-        if cfg.dataset == "synthetic":
-            root = ctx.synthetic_fundus(
-                cfg.data_dir, num_images=cfg.num_images, size=cfg.image_size, seed=cfg.seed, lq_ratio=cfg.lq_ratio
-            )
-        else:
-            root = Path(str(cfg.data_dir))
+        root = ctx.dataset_root(cfg)
         train, val, test = load_splits(cfg, root, progress=ctx.progress)
         mean, std = normalisation(cfg, train)
         return MkcnetData(train, val, test, mean, std)
