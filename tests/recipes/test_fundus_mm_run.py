@@ -111,3 +111,23 @@ def test_bad_configs_are_refused_by_name(override, message):
 def test_real_datasets_need_their_folder(tmp_path):
     with pytest.raises(ValueError, match="--data DIR is required"):
         run_fundus_mm(fundus_mm_config("smoke", dataset="aptos"), tmp_path / "run")
+
+
+def test_ablation_writes_its_table(smoke, tmp_path):
+    from qualcl.recipes.fundus_mm.ablation import run_ablation, variant_config
+
+    fast = variant_config(smoke, "full", 0)
+    fast = type(fast)(**{**fast.__dict__, "eval": type(fast.eval)(**{**fast.eval.__dict__, "finetune_epochs": 0})})
+    results = run_ablation(fast, tmp_path / "ablation", seeds=[0], variants=["clip", "full"], progress=False)
+    assert set(results) == {"clip", "full"}
+    assert all(0.0 <= v[0] <= 1.0 for v in (results["clip"]["zero_shot"], results["full"]["i2t"]))
+    assert math.isnan(results["full"]["finetune_acc"][0])  # fine-tuning switched off
+    table = (tmp_path / "ablation" / "ablation.md").read_text()
+    assert "CLIP (contrastive only)" in table and "36.24 / 46.83 / 85.07" in table
+    assert (tmp_path / "ablation" / "ablation_zero_shot.png").is_file()
+    assert "| variant | Good | Usable | Reject |" in table
+    again = run_ablation(fast, tmp_path / "ablation", seeds=[0], variants=["clip"], progress=False, run_missing=False)
+    # finished runs are read back, not re-trained
+    assert json.dumps(again["clip"], sort_keys=True) == json.dumps(results["clip"], sort_keys=True)
+    with pytest.raises(ValueError, match="unknown ablation variant"):
+        variant_config(smoke, "nope", 0)

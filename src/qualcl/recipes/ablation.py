@@ -8,7 +8,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["mean_std", "run_variants"]
+__all__ = ["mean_std", "quality_rank", "run_variants"]
+
+
+def quality_rank(level: str) -> tuple[int, str]:
+    """Sort key of quality levels: Good, Usable, Reject first (best to worst), any other level after them by name.
+
+    Example:
+        >>> sorted(["Reject", "Low", "Good", "Usable"], key=quality_rank)
+        ['Good', 'Usable', 'Reject', 'Low']
+    """
+    from qualcl.data.loading import FUNDUS_QUALITY
+
+    return (FUNDUS_QUALITY.index(level), "") if level in FUNDUS_QUALITY else (len(FUNDUS_QUALITY), level)
 
 
 def mean_std(values: Sequence[float], expected: int | None = None) -> str:

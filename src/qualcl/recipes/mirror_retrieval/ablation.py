@@ -8,8 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from qualcl.data.loading import FUNDUS_QUALITY
-from qualcl.recipes.ablation import mean_std, run_variants
+from qualcl.recipes.ablation import mean_std, quality_rank, run_variants
 from qualcl.recipes.driver import is_global_zero
 from qualcl.recipes.mirror_retrieval.config import ABLATIONS, MirrorRetrievalConfig
 from qualcl.recipes.mirror_retrieval.recipe import run_mirror_retrieval
@@ -28,9 +27,7 @@ DESCRIPTIONS = {
 }
 
 
-def _quality_rank(level: str) -> tuple[int, str]:
-    """Good, Usable, Reject first (best to worst), any other level after them by name."""
-    return (FUNDUS_QUALITY.index(level), "") if level in FUNDUS_QUALITY else (len(FUNDUS_QUALITY), level)
+_quality_rank = quality_rank
 
 
 def table_metrics(k: int) -> dict[str, str]:
