@@ -59,6 +59,18 @@ def test_smoke_run_writes_every_evaluation(smoke, whole):
     assert json.dumps(again["test"], sort_keys=True) == json.dumps(test, sort_keys=True)
 
 
+def test_fine_tuning_leaves_the_pretrained_encoder_to_the_other_evaluations(smoke, whole, tmp_path):
+    """Zero-shot, recall and few-shot evaluate the pre-training: a run without fine-tuning scores the same."""
+    import dataclasses
+
+    _, metrics = whole
+    no_finetune = dataclasses.replace(smoke, eval=dataclasses.replace(smoke.eval, finetune_epochs=0))
+    other = run_fundus_mm(no_finetune, tmp_path / "run")["test"]
+    for key in ("zero_shot", "few_shot", "recall"):
+        assert json.dumps(other[key], sort_keys=True) == json.dumps(metrics["test"][key], sort_keys=True), key
+    assert other["finetune"] == {} != metrics["test"]["finetune"]
+
+
 class _StopAt(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if isinstance(pl_module, ImageTextPretraining) and trainer.current_epoch == 1 and batch_idx == 1:

@@ -157,16 +157,18 @@ class FundusMMNet(nn.Module):
         config, tok = self.config, self.tokenizer
         n = images.shape[0]
         masking = random_masking(images.new_zeros(n, self.image.num_patches, 1), config.mask_ratio, generator=generator)
-        h_img = self.image.forward_masked(images, masking.ids_keep)
+        # the masked pass feeds the decoders and FLIP's contrastive view; CLIP alone needs only the whole image
+        masked_pass = self.image_tokens is not None or config.contrastive_view == "masked"
+        h_img = self.image.forward_masked(images, masking.ids_keep) if masked_pass else None
         losses: dict[str, Tensor] = {}
         text_tokens = None
         if self.clip_loss is not None or (self.fusion is not None and config.caption != "masked"):
             pooled_text, text_tokens = self.text(ids)
             if self.clip_loss is not None:
-                cls = h_img[:, 0] if config.contrastive_view == "masked" else self.image(images)
+                cls = h_img[:, 0] if h_img is not None and config.contrastive_view == "masked" else self.image(images)
                 z_img = self.image_proj(cls)
                 losses["contrastive"] = self.clip_loss(z_img.float(), pooled_text.float(), labels=labels)
-        if self.image_tokens is None:
+        if self.image_tokens is None or h_img is None:
             return PretrainOutput(losses, None, masking.mask)
         image_tokens = self.image_tokens(h_img)
         caption_ids, caption_labels = ids, None

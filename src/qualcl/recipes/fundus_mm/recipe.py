@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import json
 import math
 import statistics
@@ -172,10 +174,14 @@ class FundusMMRecipe(Recipe[FundusMMConfig, FundusMMData, FundusMMState]):
         self._plot_history(ctx)
 
     def finetune(self, ctx: RunContext[FundusMMConfig], data: FundusMMData, state: FundusMMState) -> None:
-        """The pre-trained ViT with a linear head (cross-entropy), the best epoch by validation kappa."""
+        """A copy of the pre-trained ViT with a linear head (cross-entropy), the best epoch by validation kappa.
+
+        The copy keeps the pre-trained encoder as it was: zero-shot, recall and the few-shot probes
+        evaluate the pre-training, only the fine-tuned metrics the fine-tuned copy.
+        """
         config, ev = ctx.config, ctx.config.eval
         state.finetune = GradingFineTuning(
-            state.net.image,
+            copy.deepcopy(state.net.image),
             len(data.class_names),
             lr=ev.finetune_lr,
             weight_decay=config.train.weight_decay,
