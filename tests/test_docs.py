@@ -1,11 +1,10 @@
-"""The README example and the recipe notebooks run as written."""
+"""The README example runs as written; the docs point nowhere outside the repository.
+
+The recipe notebooks run in CI's ``mkdocs build --strict`` (executed, with their plots, into the site).
+"""
 
 import re
-import subprocess
-import sys
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,14 +22,6 @@ def test_readme_commands_are_the_ci_commands():
     assert 'pip install torch==2.14.1 torchvision==0.29.1 -e ".[all]" && python -m pytest' in readme
     assert "python -m pytest" in ci
     assert 'torch==2.14.1 torchvision==0.29.1 -e ".[all]"' in ci
-
-
-@pytest.mark.parametrize("notebook", sorted((ROOT / "docs" / "recipes").glob("*.py")), ids=lambda p: p.name)
-def test_recipe_notebook_executes(notebook, tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(notebook)], cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_the_repository_stands_alone():

@@ -98,7 +98,16 @@ from qualcl.recipes.comcl import comcl_config, run_comcl
 out_dir = Path(tempfile.mkdtemp()) / "comcl-smoke"
 metrics = run_comcl(comcl_config("smoke"), out_dir)
 print(json.dumps(metrics["test"]["original"]["overall"], indent=2))
-print(sorted(p.name for p in (out_dir / "plots").iterdir()))
+
+# %% [markdown]
+# The run's plots (at smoke size they show the pipeline, not a trained model):
+
+# %%
+from IPython.display import Image, display
+
+for plot in sorted((out_dir / "plots").glob("*.png")):
+    print(plot.name)
+    display(Image(filename=str(plot), width=640))
 
 # %% [markdown]
 # ## 6. Did pre-training put anything into the features?

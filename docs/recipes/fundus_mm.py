@@ -52,7 +52,7 @@ tokens = encoder.forward_masked(images, masking.ids_keep)  # (2, 1 + 4, 192): cl
 decoder = MAEDecoder(encoder.num_patches, 16, 3, encoder_dim=192, decoder_dim=64, depth=1, num_heads=4)
 pred = decoder(tokens, masking.ids_restore)
 loss = MaskedReconstructionLoss(norm_pix_loss=True)(pred, patchify(images, 16), masking.mask)
-print("visible tokens:", tuple(tokens.shape), "predicted patches:", tuple(pred.shape), "loss:", round(float(loss), 3))
+print("visible tokens:", tuple(tokens.shape), "predicted patches:", tuple(pred.shape), "loss:", round(loss.item(), 3))
 print("round trip:", torch.equal(unpatchify(patchify(images, 16), 16), images))
 
 # %% [markdown]
@@ -112,4 +112,13 @@ results = run_fundus_mm(fundus_mm_config("smoke"), out_dir)
 zero = results["test"]["zero_shot"]
 print(json.dumps({s: round(v["overall"]["accuracy"], 3) for s, v in zero.items()}, indent=2))
 print(json.dumps({k: round(v, 3) for k, v in results["test"]["recall"].items()}))
-print(sorted(p.name for p in (out_dir / "plots").iterdir()))
+
+# %% [markdown]
+# The run's plots (at smoke size they show the pipeline, not a trained model):
+
+# %%
+from IPython.display import Image, display
+
+for plot in sorted((out_dir / "plots").glob("*.png")):
+    print(plot.name)
+    display(Image(filename=str(plot), width=640))

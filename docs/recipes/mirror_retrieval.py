@@ -105,4 +105,13 @@ out_dir = Path(tempfile.mkdtemp()) / "mirror-retrieval-smoke"
 results = run_mirror_retrieval(mirror_retrieval_config("smoke"), out_dir)
 k = 5
 print(json.dumps({name: round(v[f"map@{k}"], 3) for name, v in results["test"]["by_quality"].items()}, indent=2))
-print(sorted(p.name for p in (out_dir / "plots").iterdir()))
+
+# %% [markdown]
+# The run's plots (at smoke size they show the pipeline, not a trained model):
+
+# %%
+from IPython.display import Image, display
+
+for plot in sorted((out_dir / "plots").glob("*.png")):
+    print(plot.name)
+    display(Image(filename=str(plot), width=640))

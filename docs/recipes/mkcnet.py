@@ -110,4 +110,13 @@ from qualcl.recipes.mkcnet import mkcnet_config, run_mkcnet
 out_dir = Path(tempfile.mkdtemp()) / "mkcnet-smoke"
 metrics = run_mkcnet(mkcnet_config("smoke"), out_dir)
 print(json.dumps({k: v["auc"] for k, v in metrics["test"].items()}, indent=2))
-print(sorted(p.name for p in (out_dir / "plots").iterdir()))
+
+# %% [markdown]
+# The run's plots (at smoke size they show the pipeline, not a trained model):
+
+# %%
+from IPython.display import Image, display
+
+for plot in sorted((out_dir / "plots").glob("*.png")):
+    print(plot.name)
+    display(Image(filename=str(plot), width=640))

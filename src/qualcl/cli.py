@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import time
@@ -14,55 +13,41 @@ from qualcl import __version__
 
 __all__ = ["build_parser", "main"]
 
-# Public packages shown by ``qualcl list``, models and losses first, the bottom layers last.
-PACKAGES = (
-    ("models", "encoders (CNN and ViT, one contract)"),
-    ("evaluation", "evaluation: linear / kNN probes, feature geometry, retrieval index"),
-    ("losses", "losses (nn.Modules)"),
-    ("samplers", "samplers and miners"),
-    ("heads", "heads and attention blocks"),
-    ("optim", "optimizer wrappers"),
-    ("kernels", "fused / streaming ops"),
-    ("functional", "pure tensor functions"),
-    ("distributed", "distributed helpers"),
-    ("data", "data: synthetic generators, degradations, readers"),
-    ("metrics", "metrics: QWK, one-vs-one AUC, F1, stratified by quality"),
-)
-
-
-def _public_names(package: str) -> list[str] | None:
-    try:
-        module = importlib.import_module(f"qualcl.{package}")
-    except ModuleNotFoundError as error:
-        if error.name == f"qualcl.{package}":
-            return None
-        raise
-    return sorted(getattr(module, "__all__", []))
-
-
 def _cmd_list(args: argparse.Namespace) -> int:
+    from qualcl.catalog import GROUPS, entries
+
     if args.what in ("all", "recipes"):
         from qualcl.recipes import RECIPES
 
-        print("qualcl run — recipes")
+        print("qualcl run — recipes (docs: recipes.md and each recipe's page)")
         for name, recipe in RECIPES.items():
-            print(f"    {name:16s} {recipe.description}")
+            print(f"    {name:18s} {recipe.description}")
     if args.what == "models":
         from qualcl.models import ENCODERS
 
         print("qualcl.models — build_encoder(name)")
         for name, info in ENCODERS.items():
-            print(f"    {name:16s} {info.family:4s} {info.description}")
-        return 0
-    for package, title in PACKAGES:
-        if args.what not in ("all", package):
+            print(f"    {name:18s} {info.family:4s} {info.description}")
+    for item in GROUPS:
+        if args.what not in ("all", item.key):
             continue
-        names = _public_names(package)
-        if names is None:
+        try:
+            found = entries(item)
+        except ModuleNotFoundError as error:  # a group whose optional extra is not installed
+            print(f"{item.title} — not available ({error.name} is not installed)")
             continue
-        print(f"qualcl.{package} — {title}")
-        for name in names:
-            print(f"    {name}")
+        print(f"\n{item.title} — {item.summary} (docs: {item.page})")
+        module = None
+        for entry in found:
+            if entry.kind == "constant":
+                continue
+            if entry.module != module and len(item.modules) > 1:
+                module = entry.module
+                print(f"  {module}")
+            print(f"    {entry.name:32s} {entry.summary}")
+        constants = [e.name for e in found if e.kind == "constant"]
+        if constants:
+            print(f"    constants and types: {', '.join(constants)}")
     return 0
 
 
@@ -119,8 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"qualcl {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    listing = commands.add_parser("list", help="list the public primitives")
-    listing.add_argument("what", nargs="?", default="all", choices=["all", "recipes"] + [p for p, _ in PACKAGES])
+    from qualcl.catalog import GROUPS
+
+    listing = commands.add_parser(
+        "list", help="the public primitives, grouped as the docs site is, with the first line of each docstring"
+    )
+    listing.add_argument("what", nargs="?", default="all", choices=["all", "recipes"] + [g.key for g in GROUPS])
     listing.set_defaults(func=_cmd_list)
 
     from qualcl.recipes import RECIPES

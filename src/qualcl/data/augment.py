@@ -79,7 +79,7 @@ class ColorJitterSpec:
         hue: ``h`` of hue, at most 0.5.
         grayscale: Probability of a grey image.
 
-    Example:
+    Examples:
         >>> import torch
         >>> spec = ColorJitterSpec(0.2, 0.2, 0.2, 0.02)
         >>> params = spec.sample(torch.Generator().manual_seed(0))

@@ -179,7 +179,7 @@ def fov_mask(image: NDArray[Any], threshold: float = 10.0 / 255.0) -> BoolMask:
     Raises:
         ValueError: ``image`` has the wrong shape or values, or no pixel is above ``threshold``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> img = np.zeros((16, 16, 3), np.float32); img[4:12, 4:12] = 0.5
         >>> int(fov_mask(img).sum())
@@ -234,7 +234,7 @@ def gaussian_blur(image: NDArray[Any], sigma: float, *, mask: NDArray[Any] | Non
     Returns:
         float32 array of ``image``'s shape.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> img = np.zeros((21, 21), np.float32); img[10, 10] = 1.0
         >>> out = gaussian_blur(img, 1.0)
@@ -294,7 +294,7 @@ def degrade_blur(
     Returns:
         ``(degraded float32 image, params)`` with params ``severity``, ``sigma_512`` and ``sigma_px``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> img = np.full((64, 64, 3), 0.5, np.float32)
         >>> out, params = degrade_blur(img, np.random.default_rng(0), severity="mild")
@@ -366,7 +366,7 @@ def degrade_spots(
     Returns:
         ``(degraded float32 image, params)``; params list every spot's centre, radius, blur σ, β and colour.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> img = np.full((64, 64, 3), 0.3, np.float32)
         >>> out, params = degrade_spots(img, np.random.default_rng(0), severity="strong")
@@ -478,7 +478,7 @@ def degrade_illumination(
     Returns:
         ``(degraded float32 image, params)`` with ``jitter``, ``halo`` and ``hole`` parameters.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> img = np.full((64, 64, 3), 0.5, np.float32)
         >>> out, params = degrade_illumination(img, np.random.default_rng(0), severity="strong")
@@ -503,7 +503,7 @@ def degrade_illumination(
 def quality_index(level: int | str) -> int:
     """EyeQ quality code (0 Good, 1 Usable, 2 Reject) from a code or a (case-insensitive) name.
 
-    Example:
+    Examples:
         >>> quality_index("Usable"), quality_index(2)
         (1, 2)
     """
@@ -520,7 +520,7 @@ def quality_index(level: int | str) -> int:
 def type_code(factors: Iterable[str]) -> str:
     """Shen et al.'s type code of a set of factors: ``'001'`` illumination, ``'010'`` spot, ``'100'`` blur.
 
-    Example:
+    Examples:
         >>> type_code(["blur", "illumination"]), type_code([])
         ('101', '000')
     """
@@ -560,7 +560,7 @@ def sample_degradation(level: int | str, rng: np.random.Generator, fov: NDArray[
         ``{"level", "code", "order", "factors": {factor: params}}`` ready for :func:`apply_degradation`
         and JSON.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> fov = np.ones((32, 32), bool)
         >>> params = sample_degradation("usable", np.random.default_rng(0), fov)
@@ -610,7 +610,7 @@ def apply_degradation(image: NDArray[Any], params: Mapping[str, Any], fov: NDArr
     Returns:
         The degraded float32 image, black outside the FOV.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> img = np.full((32, 32, 3), 0.5, np.float32)
         >>> params = sample_degradation(2, np.random.default_rng(1), np.ones((32, 32), bool))
@@ -644,7 +644,7 @@ def degrade_image(
     Returns:
         ``(degraded float32 image, params)``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> img = np.full((64, 64, 3), 0.5, np.float32)
         >>> out, params = degrade_image(img, "reject", np.random.default_rng(0))
@@ -663,7 +663,7 @@ def degrade_image(
 def quality_from_params(params: Mapping[str, Any]) -> int:
     """EyeQ quality code implied by degradation parameters: 0 none, 1 one mild factor, 2 otherwise.
 
-    Example:
+    Examples:
         >>> quality_from_params({"factors": {"blur": {"severity": "mild"}}})
         1
     """
@@ -678,7 +678,7 @@ def quality_from_params(params: Mapping[str, Any]) -> int:
 def factor_labels(params: Mapping[str, Any]) -> dict[str, int]:
     """Per-factor binary labels (FIVES-like: illumination/contrast, blur, spot artefacts).
 
-    Example:
+    Examples:
         >>> factor_labels({"factors": {"spot": {"severity": "strong"}}})
         {'illumination': 0, 'blur': 0, 'spot': 1}
     """
@@ -728,7 +728,7 @@ def degrade_tensor(
     Returns:
         Tensor of ``images``' shape, dtype and device.
 
-    Example:
+    Examples:
         >>> import torch
         >>> batch = torch.full((2, 3, 64, 64), 0.5)
         >>> out = degrade_tensor(batch, "reject", generator=torch.Generator().manual_seed(0))
@@ -792,7 +792,7 @@ def raise_low_quality(
         seed: Seed of the choice and of the degradations.
         degrade: ``(images (K, C, S, S) uint8, levels (K,), generator) → degraded uint8 images``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from qualcl.data import ImageTable
         >>> table = ImageTable(torch.full((4, 3, 32, 32), 120, dtype=torch.uint8), torch.zeros(4, dtype=torch.long),

@@ -30,7 +30,7 @@ def to_8bit(image: Image.Image) -> Image.Image:
     Returns:
         An ``"L"`` image for 16/32-bit and float greyscale, else ``image`` itself.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from PIL import Image
         >>> wide = Image.fromarray(np.array([[0, 32768, 65535]], dtype=np.uint16))
@@ -66,7 +66,7 @@ def open_image(path: str | Path, mode: str | None = "RGB") -> Image.Image:
         FileNotFoundError: ``path`` does not exist.
         OSError: The file is not an image PIL can read, or is truncated; the message names it.
 
-    Example:
+    Examples:
         >>> image = open_image("fundus/0001.png")  # doctest: +SKIP
     """
     path = Path(path)

@@ -59,7 +59,7 @@ def split_levels(
     Returns:
         ``(N,)`` long level ids indexing ``LEVEL_NAMES``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> split_levels(torch.tensor([2, 3, 0, 0]), torch.tensor([0, 2, 0, 1])).tolist()
         [0, 1, 2, 3]

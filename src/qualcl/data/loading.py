@@ -96,7 +96,7 @@ def load_fundus_table(
     Returns:
         The table (label = DR grade, ``label_names`` ``"0"``…``"4"``, field of view from the image).
 
-    Example:
+    Examples:
         >>> table = load_fundus_table(read_eyeq("EyeQ", "test"), 64)  # doctest: +SKIP
     """
     stack, scaled = read_resized([r.image for r in records], size, boxes, progress)
@@ -122,7 +122,7 @@ def patient_split(patients: Sequence[str], fraction: float, seed: int) -> tuple[
     Both eyes (every image) of a patient land on the same side. The held-out patients are the
     first ``round(fraction · P)`` of a seeded permutation of the sorted patient ids.
 
-    Example:
+    Examples:
         >>> keep, held = patient_split(["a", "a", "b", "c"], 0.34, seed=0)
         >>> sorted(keep + held), len(held) in (1, 2)
         ([0, 1, 2, 3], True)

@@ -41,7 +41,7 @@ class ImageTable:
             coding ``"mkcnet_quality"``).
         scheme: Name of the dataset's quality scheme (:func:`qualcl.data.readers.quality_scheme`).
 
-    Example:
+    Examples:
         >>> import torch
         >>> table = ImageTable(
         ...     torch.zeros(3, 1, 8, 8, dtype=torch.uint8), torch.tensor([0, 1, 2]), torch.tensor([0, 0, 1]),
@@ -125,7 +125,7 @@ class ImageTable:
 
         A list column is kept only when every table has it; ``codes`` only those all tables share.
 
-        Example:
+        Examples:
             >>> import torch
             >>> images = torch.zeros(2, 1, 4, 4, dtype=torch.uint8)
             >>> a = ImageTable(images, torch.tensor([0, 1]), torch.tensor([0, 0]), ("HQ",))

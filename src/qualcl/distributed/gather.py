@@ -78,7 +78,7 @@ def gather_with_grad(x: Tensor) -> tuple[Tensor, int]:
         ``(gathered, offset)``: the ``(sum_r N_r, ...)`` concatenation, and the index of this
         rank's first row in it.
 
-    Example:
+    Examples:
         >>> import torch
         >>> z = torch.randn(4, 8)
         >>> everything, offset = gather_with_grad(z)  # no process group: returns z, 0

@@ -25,7 +25,7 @@ def feature_geometry(features: Tensor, groups: Tensor) -> dict[str, float]:
       pair). A loss without same-group negatives (CoMCL's Eq. 1) is minimised by features that
       encode the group and little else: within → 1.
 
-    Example:
+    Examples:
         >>> import torch
         >>> levels = torch.tensor([0, 0, 1, 1])
         >>> out = feature_geometry(torch.eye(2, dtype=torch.float64)[levels], levels)

@@ -66,7 +66,7 @@ def knn_predict(
     Returns:
         A :class:`KNNResult`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
         >>> knn_predict(train, torch.tensor([0, 0, 1]), torch.tensor([[0.2, 1.0]]), k=1).predictions.tolist()

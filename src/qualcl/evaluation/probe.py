@@ -30,7 +30,7 @@ class LinearProbe:
         weight_decay: L2 penalty on ``W``.
         max_iter: L-BFGS iterations.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.tensor([[0.0], [1.0], [10.0], [11.0]], dtype=torch.float64)
         >>> probe = LinearProbe(2).fit(x, torch.tensor([0, 0, 1, 1]))
@@ -110,7 +110,7 @@ def linear_probe(
 ) -> Tensor:
     """Fit a :class:`LinearProbe` on ``(N_train, D)`` features and predict ``(N_test,)`` class ids.
 
-    Example:
+    Examples:
         >>> import torch
         >>> train = torch.tensor([[0.0], [1.0], [5.0], [6.0]])
         >>> linear_probe(train, torch.tensor([0, 0, 1, 1]), torch.tensor([[5.5]]), 2).tolist()

@@ -43,7 +43,7 @@ class RetrievalIndex:
         chunk_size: Database rows per chunk.
         impl: ``impl`` of :func:`~qualcl.kernels.topk_similarity`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> database = torch.eye(4)
         >>> index = RetrievalIndex(database, labels=torch.tensor([0, 0, 1, 1]), chunk_size=3)

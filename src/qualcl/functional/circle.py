@@ -60,7 +60,7 @@ def relevance_degrees(embeddings: Tensor, *, eps: float = 1e-6) -> Tensor:
     Raises:
         ValueError: On a non-finite or empty input, an odd width or ``eps`` outside ``(0, 1]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> relevance_degrees(torch.tensor([[1.0, 0.0, 2.0, 0.0], [1.0, 0.0, 0.0, 1.0]]), eps=0.5)
         tensor([1.0000, 0.5000])
@@ -421,7 +421,7 @@ def circle_loss(
             indices, ``margin`` outside ``[0, 1]``, ``gamma <= 0``, an unknown ``aggregate`` or
             ``reduction``, or ``reduction="none"`` / ``weights`` with ``aggregate="global"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> emb = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
         >>> y = torch.tensor([0, 0, 1, 1])

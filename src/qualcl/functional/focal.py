@@ -73,7 +73,7 @@ def focal_loss(
     Returns:
         Scalar loss, or ``(N,)`` with ``reduction="none"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> focal_loss(torch.randn(4, 3), torch.tensor([0, 2, 1, 0]), gamma=2.0).shape
         torch.Size([])
@@ -117,7 +117,7 @@ def batch_entropy(probs: Tensor, *, eps: float = 1e-20) -> Tensor:
     Returns:
         Scalar entropy in nats, ``0 <= H <= log C``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> batch_entropy(torch.eye(4))  # four one-hot rows, uniform on average
         tensor(1.3863)

@@ -39,7 +39,7 @@ def restrict_top_k(similarity: Tensor, keep: Tensor | None, k: int) -> Tensor:
     Returns:
         ``(N, M)`` bool mask.
 
-    Example:
+    Examples:
         >>> import torch
         >>> restrict_top_k(torch.tensor([[0.1, 0.9, 0.5]]), None, 2)
         tensor([[False,  True,  True]])
@@ -124,7 +124,7 @@ def info_nce(
         ValueError: On shape mismatch, empty or non-finite input, ``temperature <= 0``,
             ``top_k`` outside ``[1, M]``, or a bad ``reduction``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from qualcl.functional import info_nce
         >>> q, p, n = torch.randn(8, 16), torch.randn(8, 16), torch.randn(32, 16)
@@ -189,7 +189,7 @@ def nt_xent(z1: Tensor, z2: Tensor, *, temperature: float = 0.07, reduction: str
     Returns:
         Scalar loss, or ``(2N,)`` with ``reduction="none"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> nt_xent(torch.randn(4, 8), torch.randn(4, 8), temperature=0.5).shape
         torch.Size([])

@@ -195,7 +195,7 @@ def multi_level_info_nce(
     Returns:
         A :class:`MultiLevelResult`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> z1, z2 = torch.randn(8, 16), torch.randn(8, 16)
         >>> levels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])

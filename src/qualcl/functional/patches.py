@@ -36,7 +36,7 @@ def patchify(images: Tensor, patch_size: int) -> Tensor:
     Returns:
         ``(N, L, p·p·C)`` patches with ``L = (H / p)·(W / p)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from qualcl.functional import patchify, unpatchify
         >>> x = torch.randn(2, 3, 64, 32)
@@ -131,7 +131,7 @@ def random_masking(tokens: Tensor, mask_ratio: float, *, generator: torch.Genera
     Returns:
         A :class:`MaskingResult` ``(visible, mask, ids_keep, ids_restore)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from qualcl.functional import random_masking
         >>> tokens = torch.randn(2, 16, 8)
@@ -183,7 +183,7 @@ def sincos_2d_position_embedding(dim: int, grid: int | tuple[int, int], *, class
     Returns:
         ``(rows·columns (+1), dim)`` float32 embeddings, row-major over the grid.
 
-    Example:
+    Examples:
         >>> from qualcl.functional import sincos_2d_position_embedding
         >>> sincos_2d_position_embedding(8, (2, 3), class_token=True).shape
         torch.Size([7, 8])
@@ -235,7 +235,7 @@ def masked_reconstruction_loss(
     Returns:
         A scalar.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from qualcl.functional import masked_reconstruction_loss
         >>> pred, target = torch.zeros(1, 4, 3), torch.ones(1, 4, 3)

@@ -23,7 +23,7 @@ def weighted_reduce(losses: Tensor, weights: Tensor | None = None, reduction: st
     Returns:
         A scalar, or ``(N,)`` for ``"none"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> weighted_reduce(torch.tensor([1.0, 3.0]), torch.tensor([1.0, 0.0]))
         tensor(1.)

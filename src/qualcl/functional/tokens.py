@@ -62,7 +62,7 @@ def mask_tokens(
     Returns:
         :class:`MaskedTokens` ``(ids, selected)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from qualcl.functional import mask_tokens
         >>> ids = torch.tensor([[1, 7, 8, 9, 2, 0, 0]])  # start, three words, end, padding
@@ -125,7 +125,7 @@ def caption_loss(logits: Tensor, labels: Tensor, *, pad_id: int, label_smoothing
     Returns:
         A scalar.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from qualcl.functional import caption_loss
         >>> logits = torch.zeros(1, 3, 5)

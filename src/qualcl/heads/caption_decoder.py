@@ -46,7 +46,7 @@ class CaptionDecoder(nn.Module):
         - context_padding_mask: ``(N, Lc)`` bool, ``True`` = padding.
         - Output: ``(N, T, V)`` logits.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from qualcl.heads import CaptionDecoder
         >>> decoder = CaptionDecoder(100, 32, 2, 4, context_length=12, context_dim=48, pad_id=0)

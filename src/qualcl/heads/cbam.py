@@ -39,7 +39,7 @@ class ChannelGate(nn.Module):
         - Input ``(N, C, H, W)``; output ``(N, C, H, W)`` (same dtype).
         - :meth:`gate`: ``(N, C)`` values in ``[0, 1]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> gate = ChannelGate(32, reduction=16)
         >>> x = torch.randn(2, 32, 5, 5)
@@ -95,7 +95,7 @@ class SpatialGate(nn.Module):
         On ``1 × 1`` maps (MKCNet applies its GABs after global pooling) the gate is one scalar per
         sample, normalised across the batch by the BatchNorm; in training mode that needs ``N >= 2``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> SpatialGate()(torch.randn(2, 8, 6, 6)).shape
         torch.Size([2, 8, 6, 6])
@@ -147,7 +147,7 @@ class CBAM(nn.Module):
         - Input ``(N, C, H, W)``; output ``(N, C, H, W)``.
         - :meth:`gates`: ``((N, C), (N, 1, H, W) or None)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> cbam = CBAM(64)
         >>> cbam(torch.randn(2, 64, 8, 8)).shape

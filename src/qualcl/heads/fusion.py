@@ -37,7 +37,7 @@ class CrossAttentionFusion(nn.Module):
         - image_padding_mask / text_padding_mask: ``(N, Li)`` / ``(N, Lt)`` bool, ``True`` = padding.
         - Output: ``(image_fused (N, Li, D), text_fused (N, Lt, D))``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from qualcl.heads import CrossAttentionFusion
         >>> fusion = CrossAttentionFusion(32, num_heads=4)

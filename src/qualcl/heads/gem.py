@@ -35,7 +35,7 @@ class GeM(nn.Module):
     Shape:
         - Input ``(N, C, H, W)``; output ``(N, C)`` in the input's dtype.
 
-    Example:
+    Examples:
         >>> import torch
         >>> x = torch.rand(2, 8, 4, 5)
         >>> GeM(p=3.0)(x).shape

@@ -34,7 +34,7 @@ class GlobalAttentionBlock(nn.Module):
     Shape:
         - Input ``(N, C, H, W)`` or ``(N, C)``; output ``(N, out_features)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> gab = GlobalAttentionBlock(64, 32)
         >>> gab(torch.randn(4, 64, 8, 8)).shape

@@ -46,7 +46,7 @@ class JointEncodingMask(nn.Module):
           integer ids.
         - Output: ``(N, K)`` rows on the simplex; float32 for half/bfloat16 logits, else their dtype.
 
-    Example:
+    Examples:
         >>> import torch
         >>> mask = JointEncodingMask(num_diagnosis=3, num_quality=3, slice_length=5)
         >>> y = mask(torch.randn(2, 45), torch.tensor([0, 2]), torch.tensor([1, 2]))

@@ -43,7 +43,7 @@ class MAEDecoder(nn.Module):
         - context: ``(N, Lc, context_dim)``; context_padding_mask: ``(N, Lc)`` bool, ``True`` = padding.
         - Output: ``(N, L, p·p·C)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from qualcl.functional import random_masking
         >>> from qualcl.heads import MAEDecoder

@@ -34,7 +34,7 @@ class MetaKnowledgeAssistanceBlock(nn.Module):
         - Output: ``(N, D_d + D_ω)``, dtype of the inputs.
         - :meth:`gate`: ``(N, D_ω)`` in ``[0, 1]``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> mab = MetaKnowledgeAssistanceBlock(256)
         >>> mab(torch.randn(4, 256), torch.randn(4, 256)).shape

@@ -32,7 +32,7 @@ class MetaLabelGenerator(nn.Module):
         - ``x``: whatever ``backbone`` takes, batch first; ``diagnosis``, ``quality``: ``(N,)`` ids.
         - Output: ``(N, K)`` rows on the simplex, zero outside the joint slice when ``eps = 0``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch import nn
         >>> backbone = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())

@@ -95,7 +95,7 @@ class MirrorAttention(nn.Module):
           encoder pass; pass the encoder's features of the flipped image for the paper's setting.
         - Output: :class:`MirrorAttentionOutput` with two ``(N, C, H, W)`` maps.
 
-    Example:
+    Examples:
         >>> import torch
         >>> block = MirrorAttention(16, reduction=2)
         >>> x = torch.rand(2, 16, 4, 5)

@@ -24,7 +24,7 @@ class ProjectionHead(nn.Module):
     Shape:
         - Input ``(N, dims[0])``; output ``(N, dims[-1])``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> head = ProjectionHead((512, 512, 128))
         >>> z = head(torch.randn(4, 512))

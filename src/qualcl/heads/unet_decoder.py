@@ -53,7 +53,7 @@ class UNetDecoder(nn.Module):
           be replaced by a head's output of the same shape).
         - Output: ``(N, out_channels, H_0, W_0)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from qualcl.models import build_encoder
         >>> encoder = build_encoder("vgg16_bn_tiny")

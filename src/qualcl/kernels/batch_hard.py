@@ -46,7 +46,7 @@ def batch_hard_triplets(
     Raises:
         ValueError: On mismatched shapes, non-finite inputs, or ``ref_emb`` without ``ref_labels``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> emb, y = torch.randn(12, 8), torch.arange(12) % 3
         >>> a, p, n = batch_hard_triplets(emb, y)

@@ -354,7 +354,7 @@ def fused_info_nce(
             ``reduction`` or ``impl``.
         TypeError: On a wrong dtype (integer embeddings, float labels, non-bool masks).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from qualcl.kernels import fused_info_nce
         >>> q, k = torch.randn(64, 32), torch.randn(64, 32)

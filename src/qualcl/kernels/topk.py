@@ -166,7 +166,7 @@ def topk_similarity(
             ``[-1, M)``, a bad ``label_relation`` or ``impl``.
         TypeError: On a wrong dtype.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from qualcl.kernels import topk_similarity
         >>> q, bank = torch.randn(8, 16), torch.randn(100, 16)

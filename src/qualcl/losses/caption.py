@@ -29,7 +29,7 @@ class CaptionLoss(nn.Module):
         - logits: ``(N, T, V)``; labels: ``(N, T)`` integer.
         - Output: scalar.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from qualcl.losses import CaptionLoss
         >>> CaptionLoss(pad_id=0)(torch.randn(2, 5, 50), torch.tensor([[4, 9, 2, 0, 0], [7, 2, 0, 0, 0]])).shape

@@ -74,7 +74,7 @@ class CircleLoss(nn.Module):
           pair_weights ``(N, M)`` or ``((N,), (M,))`` (detached), weights ``(N,)``.
         - Output: scalar, or ``(N,)`` with ``reduction="none"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from qualcl.losses import CircleLoss
         >>> emb = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]], requires_grad=True)
@@ -199,7 +199,7 @@ class FineTripletLoss(nn.Module):
           the computed degrees of the rows and of the reference columns.
         - Output: scalar (or ``(N,)`` with ``reduction="none"`` and ``per_anchor``).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from qualcl.losses import FineTripletLoss
         >>> d = torch.tensor([[1.0, 0.2, 0.9, 0.3], [0.9, 0.1, 0.2, 1.0], [0.1, 1.0, 0.2, 0.8], [0.3, 0.9, 1.0, 0.1]])

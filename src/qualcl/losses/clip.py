@@ -80,7 +80,7 @@ class ClipLoss(nn.Module):
         - Output: scalar (float32 for half inputs), or a dict with ``output_dict=True``:
           ``{"loss", "image_to_text", "text_to_image", "logit_scale"}``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from qualcl.losses import ClipLoss
         >>> loss_fn = ClipLoss(learnable_logit_scale=True)

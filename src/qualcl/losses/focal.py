@@ -23,7 +23,7 @@ class FocalLoss(nn.Module):
         - logits: ``(N, C)``; target: ``(N,)`` integer or ``(N, C)`` soft; weights: ``(N,)``.
         - Output: scalar, or ``(N,)`` with ``reduction="none"``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from qualcl.losses import FocalLoss
         >>> FocalLoss(gamma=2.0)(torch.randn(4, 5), torch.tensor([0, 1, 4, 2])).shape

@@ -24,17 +24,13 @@ class InfoNCE(nn.Module):
     with cosine similarities ``s`` (inputs normalised inside), positives ``P_i`` and negatives
     ``K_i`` chosen by what is passed:
 
-    ============================================  ==============================================
-    call                                          positives of anchor ``i`` / negatives
-    ============================================  ==============================================
-    ``loss(q, p)``                                ``p[i]`` / the other rows of ``p`` (in-batch)
-    ``loss(q, p, bank)``                          ``p[i]`` / every row of ``bank``
-    ``loss(q, p, labels=y)``                      every ``p[j]`` with ``y[j] == y[i]`` / the rest
-    ``loss(q, p, bank, labels=y,                  ``p[i]`` and the same-label rows of ``bank`` /
-    negative_labels=yb)``                         the other rows of ``bank``
-    ``loss(z, labels=y)``                         SupCon: every other ``z[j]`` with ``y[j] == y[i]``
-                                                  / the other labels
-    ============================================  ==============================================
+    | call | positives of anchor ``i`` / negatives |
+    |---|---|
+    | ``loss(q, p)`` | ``p[i]`` / the other rows of ``p`` (in-batch) |
+    | ``loss(q, p, bank)`` | ``p[i]`` / every row of ``bank`` |
+    | ``loss(q, p, labels=y)`` | every ``p[j]`` with ``y[j] == y[i]`` / the rest |
+    | ``loss(q, p, bank, labels=y, negative_labels=yb)`` | ``p[i]`` and ``bank``'s same-label rows / its other rows |
+    | ``loss(z, labels=y)`` | SupCon: every other ``z[j]`` with ``y[j] == y[i]`` / the other labels |
 
     With one positive this is the classic ``-log e^{s_ii/tau} / (e^{s_ii/tau} + sum_k e^{s_ik/tau})``;
     with several it is the "outside the log" average of SupCon (Khosla et al., 2020). A
@@ -66,7 +62,7 @@ class InfoNCE(nn.Module):
           negative_labels: ``(M,)``; negative_mask: ``(N, M)`` bool (``M = N`` in-batch or SupCon).
         - Output: scalar, or ``(N,)`` with ``reduction="none"`` (float32 for half inputs).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from qualcl.losses import InfoNCE
         >>> loss_fn = InfoNCE(temperature=0.1)

@@ -68,7 +68,7 @@ class MultiLevelInfoNCE(nn.Module):
         ValueError: A pair naming an unknown level, duplicate level names, a bad temperature or
             weights (at construction); an unknown level id or bad shapes (in ``forward``).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from qualcl.losses import MultiLevelInfoNCE
         >>> loss_fn = MultiLevelInfoNCE()  # CoMCL levels and pairs

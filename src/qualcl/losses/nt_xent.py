@@ -37,7 +37,7 @@ class NTXentLoss(nn.Module):
     Shape:
         ``z1``, ``z2``: ``(N, D)``; output: scalar.
 
-    Example:
+    Examples:
         >>> import torch
         >>> loss = NTXentLoss(temperature=0.5)(torch.randn(4, 8), torch.randn(4, 8))
         >>> loss.shape

@@ -29,7 +29,7 @@ class MaskedReconstructionLoss(nn.Module):
         - pred: ``(N, L, p·p·C)``; target: ``(N, L, p·p·C)`` = ``patchify(images, p)``; mask: ``(N, L)``, 1 = removed.
         - Output: scalar.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from qualcl.functional import patchify
         >>> from qualcl.losses import MaskedReconstructionLoss

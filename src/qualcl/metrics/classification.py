@@ -91,7 +91,7 @@ def quadratic_weighted_kappa(
     Returns:
         Kappa in ``[-1, 1]``; ``nan`` when undefined (a single class in both).
 
-    Example:
+    Examples:
         >>> import torch
         >>> quadratic_weighted_kappa(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]), 3)
         1.0
@@ -118,7 +118,7 @@ def cohen_kappa(
     Returns:
         Kappa in ``[-1, 1]``; ``nan`` when undefined (a single class in both).
 
-    Example:
+    Examples:
         >>> import torch
         >>> cohen_kappa(torch.tensor([0, 1, 2, 2]), torch.tensor([0, 1, 2, 1]), 3)
         0.6363636255264282
@@ -142,7 +142,7 @@ def grading_metrics(preds: Tensor, target: Tensor, num_classes: int) -> dict[str
     Returns:
         ``{"qwk", "kappa", "accuracy", "macro_f1", "n"}``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> grading_metrics(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 2]), 3)["accuracy"]
         0.6666666865348816
@@ -180,7 +180,7 @@ def stratified_grading_metrics(
     Returns:
         ``{"overall": {...}, name: {...} for each stratum}``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> out = stratified_grading_metrics(torch.tensor([0, 1]), torch.tensor([0, 0]), 2,
         ...                                  torch.tensor([0, 1]), ["Good", "Reject"])
@@ -226,7 +226,7 @@ def binary_auroc(scores: Tensor, positive: Tensor) -> float:
     Returns:
         AUC in ``[0, 1]``; ``nan`` when there are no positives or no negatives.
 
-    Example:
+    Examples:
         >>> import torch
         >>> binary_auroc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1]))
         0.75
@@ -277,7 +277,7 @@ def multiclass_auroc_ovo(probs: Tensor, target: Tensor) -> float:
     Returns:
         The macro one-vs-one AUC, or ``nan``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> probs = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.7, 0.1], [0.2, 0.3, 0.5], [0.5, 0.4, 0.1]])
         >>> round(multiclass_auroc_ovo(probs, torch.tensor([0, 1, 2, 1])), 4)
@@ -320,7 +320,7 @@ def diagnosis_metrics(probs: Tensor, target: Tensor, *, legacy_auc: bool = False
     Returns:
         ``{"auc", "accuracy", "macro_f1", "n"}``, plus ``"f1"`` when ``C = 2``; ``nan`` where undefined.
 
-    Example:
+    Examples:
         >>> import torch
         >>> probs = torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]])
         >>> diagnosis_metrics(probs, torch.tensor([0, 1, 1]))["auc"]
@@ -372,7 +372,7 @@ def stratified_diagnosis_metrics(
     Returns:
         ``{"overall": {...}, name: {...} for each stratum}``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> probs = torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.2, 0.8]])
         >>> out = stratified_diagnosis_metrics(probs, torch.tensor([0, 1, 1, 0]), torch.tensor([0, 0, 1, 1]),

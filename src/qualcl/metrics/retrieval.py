@@ -33,7 +33,7 @@ def dr_graded_relevance(num_grades: int = 5) -> Tensor:
     Returns:
         ``(G, G)`` float64 table, 1 on the diagonal, 0 between the extreme grades, symmetric.
 
-    Example:
+    Examples:
         >>> dr_graded_relevance(5)[2].tolist()
         [0.5, 0.75, 1.0, 0.75, 0.5]
 
@@ -73,7 +73,7 @@ def map_at_r_columns(query_labels: Tensor, database_labels: Tensor) -> int:
     Returns:
         The largest ``R_q`` over the queries, or 1 when no query has a relevant item.
 
-    Example:
+    Examples:
         >>> import torch
         >>> map_at_r_columns(torch.tensor([0, 1]), torch.tensor([0, 1, 1, 1, 2]))
         3
@@ -317,7 +317,7 @@ def retrieval_metrics(
         ValueError: Shapes that do not fit, ``k > K``, rows outside ``[-1, N)``, labels outside
             ``[0, G)`` with ``graded_relevance``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> ranked = torch.tensor([[0, 2, 1], [1, 0, -1]])
         >>> m = retrieval_metrics(torch.tensor([0, 1]), torch.tensor([0, 1, 0]), ranked, 2)
@@ -367,7 +367,7 @@ def stratified_retrieval_metrics(
         ``{"overall": {...}, name: {...} for each stratum}``, each as :func:`retrieval_metrics`
         returns (with ``queries`` and ``queries_without_relevant``).
 
-    Example:
+    Examples:
         >>> import torch
         >>> ranked = torch.tensor([[0, 2], [1, 0]])
         >>> out = stratified_retrieval_metrics(

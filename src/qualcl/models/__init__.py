@@ -143,7 +143,7 @@ def build_encoder(
     Returns:
         An :class:`Encoder`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> encoder = build_encoder("resnet18", in_chans=1)
         >>> encoder(torch.randn(2, 1, 64, 64)).shape, encoder.num_features

@@ -77,7 +77,7 @@ class ResNetEncoder(Encoder):
     Args:
         net: The ResNet.
 
-    Example:
+    Examples:
         >>> import torch
         >>> encoder = resnet_encoder("resnet10")
         >>> encoder(torch.randn(2, 3, 64, 64)).shape, encoder.forward_features(torch.randn(2, 3, 64, 64)).shape
@@ -155,7 +155,7 @@ class VGGEncoder(Encoder):
         trunk: A module with a ``features`` :class:`~torch.nn.Sequential` (torchvision's ``VGG`` or
             a bare trunk).
 
-    Example:
+    Examples:
         >>> import torch
         >>> encoder = vgg_encoder("vgg16_bn_tiny")
         >>> [tuple(m.shape[1:]) for m in encoder.forward_pyramid(torch.randn(1, 3, 32, 32))]

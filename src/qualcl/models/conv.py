@@ -46,7 +46,7 @@ class UnfoldConv2d(nn.Conv2d):
 def unfold_small_convs(module: nn.Module, max_pixels: int = 9) -> int:
     """Turn every plain ``nn.Conv2d`` of ``module`` into an :class:`UnfoldConv2d` (in place); returns how many.
 
-    Example:
+    Examples:
         >>> import torch
         >>> net = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1))
         >>> want = net(x := torch.randn(2, 4, 1, 1))

@@ -42,7 +42,7 @@ class CaptionTokenizer:
         bpe_ids: The BPE ids (open_clip's numbering) of the vocabulary, in id order after the specials.
         context_length: Slots per encoded caption (at least 3).
 
-    Example:
+    Examples:
         >>> from qualcl.models import CaptionTokenizer
         >>> tok = CaptionTokenizer.fit(["left eye, no lesions", "right eye, moderate lesions"], context_length=10)
         >>> ids = tok.encode(["left eye, moderate lesions"])
@@ -164,7 +164,7 @@ class TextEncoder(nn.Module):
         end_id: End-of-text id (the pooled position: its first occurrence).
         causal: Causal self-attention.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from qualcl.models import TextEncoder
         >>> encoder = TextEncoder(40, width=32, layers=1, heads=4, context_length=8, output_dim=16)

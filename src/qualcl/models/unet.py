@@ -28,7 +28,7 @@ class UNetEncoder(Encoder):
         in_chans: Input channels.
         width: Base width ``w``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> encoder = UNetEncoder(width=8)
         >>> [m.shape[1:] for m in encoder.forward_pyramid(torch.randn(1, 3, 32, 32))][-1], encoder.num_features

@@ -38,7 +38,7 @@ class ViTEncoder(Encoder):
         net: A timm ``VisionTransformer`` with a class token and ``dynamic_img_size=True``.
         image_size: The side the position embeddings were made for.
 
-    Example:
+    Examples:
         >>> import torch
         >>> encoder = vit_encoder("vit_tiny", image_size=64)
         >>> x = torch.randn(2, 3, 64, 64)

@@ -135,7 +135,7 @@ class MetaAuxiliaryOptimizer:
         sync_meta_grads: All-reduce the meta gradient; ``None`` (default) does so whenever a
             process group with more than one process is initialised.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from torch import nn
         >>> task, meta = nn.Linear(4, 6), nn.Linear(4, 6)

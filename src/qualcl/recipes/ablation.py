@@ -14,7 +14,7 @@ __all__ = ["mean_std", "quality_rank", "run_variants"]
 def quality_rank(level: str) -> tuple[int, str]:
     """Sort key of quality levels: Good, Usable, Reject first (best to worst), any other level after them by name.
 
-    Example:
+    Examples:
         >>> sorted(["Reject", "Low", "Good", "Usable"], key=quality_rank)
         ['Good', 'Usable', 'Reject', 'Low']
     """
@@ -28,7 +28,7 @@ def mean_std(values: Sequence[float], expected: int | None = None) -> str:
 
     When fewer than ``expected`` values are finite, the count is added: ``"0.600 ± 0.141 (n=2)"``.
 
-    Example:
+    Examples:
         >>> mean_std([0.5, 0.7, float("nan")])
         '0.600 ± 0.141'
         >>> mean_std([0.5, 0.7], expected=3)

@@ -232,7 +232,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
 def apply_overrides(config: C, overrides: Sequence[str]) -> C:
     """Return a copy of ``config`` with ``key.sub=value`` overrides (values parsed as YAML).
 
-    Example:
+    Examples:
         >>> from dataclasses import dataclass
         >>> @dataclass
         ... class Cfg:

@@ -49,7 +49,7 @@ Loader = DataLoader[Any] | Callable[[], DataLoader[Any]]
 def stage_seed(seed: int, stage: str) -> int:
     """The seed stage ``stage`` starts from: a fixed function of the run's seed and the stage's name.
 
-    Example:
+    Examples:
         >>> stage_seed(0, "pretrain") == stage_seed(0, "pretrain") != stage_seed(1, "pretrain")
         True
     """

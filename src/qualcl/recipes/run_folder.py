@@ -57,7 +57,7 @@ def strata_table(
         metrics: ``{key: label}`` of the metrics to show, in order.
         strata: Row order (default: the order of the first setting).
 
-    Example:
+    Examples:
         >>> table = {"test": {"overall": {"auc": 0.7, "n": 4}, "Good": {"auc": 0.8, "n": 4}, "Bad": {"n": 0}}}
         >>> print(strata_table(table, {"auc": "AUC"}))
         | stratum | test |

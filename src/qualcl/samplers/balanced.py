@@ -35,7 +35,7 @@ class LevelBalancedBatchSampler(RankAware, Sampler[list[int]]):
             the sampler can be built before the process group exists.
         rank: This process's rank (default: likewise, else 0).
 
-    Example:
+    Examples:
         >>> levels = [0, 1, 2, 3] * 4
         >>> sampler = LevelBalancedBatchSampler(levels, per_level=2, seed=0)
         >>> len(sampler)

@@ -36,7 +36,7 @@ class LesionPatchSampler:
         min_score: Detector confidence threshold (CoMCL releases use 0.8 / 0.9).
         margin: Minimum distance of a usable box from the image border.
 
-    Example:
+    Examples:
         >>> import torch
         >>> sampler = LesionPatchSampler(patch_size=32)
         >>> g = torch.Generator().manual_seed(0)
@@ -118,7 +118,7 @@ class RandomPatchSampler:
     Args:
         patch_size: Window side ``P``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> mask = torch.zeros(64, 64, dtype=torch.bool); mask[16:48, 16:48] = True
         >>> x, y = RandomPatchSampler(16).sample(mask, generator=torch.Generator().manual_seed(0))

@@ -19,7 +19,7 @@ class CosineCountSchedule:
         max_steps: ``T_max``, the last training step, ``>= 1``.
         min_count: Floor of ``K_t``, ``>= 1`` (the formula reaches 0 at ``T_max``).
 
-    Example:
+    Examples:
         >>> schedule = CosineCountSchedule(total=100, max_steps=10)
         >>> [schedule(t) for t in (0, 5, 10)]
         [100, 70, 1]

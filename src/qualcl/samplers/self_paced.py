@@ -84,7 +84,7 @@ class SelfPacedHardNegativeMiner:
             the miner for every level pair, also with no local anchor (``MultiLevelInfoNCE`` with
             ``gather_distributed=True`` does).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from qualcl.losses import MultiLevelInfoNCE
         >>> miner = SelfPacedHardNegativeMiner(CosineCountSchedule(None, max_steps=100))

@@ -30,7 +30,7 @@ class ShardedShuffleSampler(RankAware, Sampler[int]):
         num_replicas: World size (default: from ``torch.distributed`` at iteration time, else 1).
         rank: This process's rank (default: likewise, else 0).
 
-    Example:
+    Examples:
         >>> sampler = ShardedShuffleSampler(5, seed=0, num_replicas=2, rank=1)
         >>> len(sampler), sorted(set(ShardedShuffleSampler(5, num_replicas=1)))
         (3, [0, 1, 2, 3, 4])
@@ -88,7 +88,7 @@ class ShardSampler(RankAware, Sampler[int]):
         num_replicas: World size (default: from ``torch.distributed``, else 1).
         rank: This process's rank (default: likewise, else 0).
 
-    Example:
+    Examples:
         >>> list(ShardSampler(5, num_replicas=2, rank=1))
         [1, 3]
     """

@@ -48,7 +48,7 @@ def read_aptos(root: str | Path, *, image_dir: str | Path | None = None, check_f
         FileNotFoundError: The folder, ``train.csv`` or an image is missing (named).
         ValueError: A column is missing or ``diagnosis`` is not an integer in 0..4 (file and line named).
 
-    Example:
+    Examples:
         >>> records = read_aptos("aptos2019-blindness-detection")  # doctest: +SKIP
         >>> records[0].dr_grade  # doctest: +SKIP
         2

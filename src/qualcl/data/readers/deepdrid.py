@@ -188,7 +188,7 @@ def read_deepdrid(root: str | Path, split: str = "train", *, check_files: bool =
         FileNotFoundError: The split folder, a label file or an image is missing (named).
         ValueError: Unknown split, a missing column, or a bad value (file and line named).
 
-    Example:
+    Examples:
         >>> records = read_deepdrid("DeepDRiD", "train")  # doctest: +SKIP
         >>> len(records), records[0].quality_name, records[0].extra["Clarity"]  # doctest: +SKIP
         (1200, 'not good', 10)

@@ -86,7 +86,7 @@ def read_drac(
         ValueError: Unknown split or ``on_unmatched``, a missing column, a bad or duplicated value
             (file and line named), or unmatched images with ``on_unmatched="error"``.
 
-    Example:
+    Examples:
         >>> records = read_drac("DRAC2022")  # doctest: +SKIP
         >>> records[0].image.name, records[0].diagnosis_name, records[0].quality_name  # doctest: +SKIP
         ('001.png', 'normal', 'excellent')

@@ -64,7 +64,7 @@ def read_eyepacs(
         FileNotFoundError: The folder, the label file or an image is missing (named).
         ValueError: A column is missing or a grade is not an integer in 0..4 (file and line named).
 
-    Example:
+    Examples:
         >>> records = read_eyepacs("EyePACS")  # doctest: +SKIP
         >>> records[0].dr_grade, records[0].eye  # doctest: +SKIP
         (0, 'left')
@@ -113,7 +113,7 @@ def shuffle_split(items: Sequence[T], test_size: float, seed: int) -> tuple[list
     its first ``n_test`` positions are the test items, the rest the training items, both in
     permutation order (scikit-learn's ``ShuffleSplit``), without depending on scikit-learn.
 
-    Example:
+    Examples:
         >>> shuffle_split(list(range(10)), 0.2, seed=11)[1]
         [7, 8]
     """
@@ -145,7 +145,7 @@ def fundusdr_split(
     same procedure over the sorted patient ids and expands each split to its patients' images
     (file order), so no patient is on both sides.
 
-    Example:
+    Examples:
         >>> from pathlib import Path
         >>> records = [EyePACSRecord(Path(f"{i}.jpeg"), i % 5, str(i // 2), None) for i in range(20)]
         >>> train, val, test = fundusdr_split(records)

@@ -68,7 +68,7 @@ def read_eyeq(
         FileNotFoundError: The folder, the label file or an image is missing (named).
         ValueError: A column is missing or a value is out of range (file and line named).
 
-    Example:
+    Examples:
         >>> records = read_eyeq("EyeQ", "train")  # doctest: +SKIP
         >>> records[0].quality, records[0].dr_grade  # doctest: +SKIP
         (0, 0)

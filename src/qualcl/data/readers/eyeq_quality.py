@@ -32,7 +32,7 @@ def eyeq_to_quality_records(records: Iterable[FundusRecord]) -> list[QualityLabe
         Records with ``dataset="eyeq"``, ``source="eyeq"``, ``diagnosis`` the DR grade, ``quality``
         the EyeQ code and ``extra["eye"]`` when the file name says which eye.
 
-    Example:
+    Examples:
         >>> from pathlib import Path
         >>> fundus = FundusRecord(Path("10_left.png"), dr_grade=3, quality=1, patient_id="10", eye="left")
         >>> record = eyeq_to_quality_records([fundus])[0]
@@ -78,7 +78,7 @@ def read_eyeq_quality(
         FileNotFoundError: The folder, the label file or an image is missing (named).
         ValueError: A column is missing or a value is out of range (file and line named).
 
-    Example:
+    Examples:
         >>> records = read_eyeq_quality("EyeQ", "test")  # doctest: +SKIP
         >>> records[0].quality_name  # doctest: +SKIP
         'Good'

@@ -96,7 +96,7 @@ def read_fives(root: str | Path, split: str = "train") -> list[FIVESRecord]:
         FileNotFoundError: The split's ``Original`` or mask folder, or an image's mask, is missing (named).
         ValueError: A file name is not ``{n}_{A|D|G|N}.png``, or the quality sheet is malformed.
 
-    Example:
+    Examples:
         >>> records = read_fives("FIVES", "test")  # doctest: +SKIP
         >>> records[0].category, records[0].mask.name  # doctest: +SKIP
         ('A', '1_A.png')

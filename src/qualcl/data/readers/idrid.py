@@ -86,7 +86,7 @@ def read_idrid_grading(root: str | Path, split: str = "train", *, check_files: b
         FileNotFoundError: The CSV or an image is missing (named).
         ValueError: A column is missing or a value is out of range.
 
-    Example:
+    Examples:
         >>> records = read_idrid_grading("IDRiD", "train")  # doctest: +SKIP
 
     Reference:
@@ -129,7 +129,7 @@ def read_idrid_segmentation(root: str | Path, split: str = "train") -> list[IDRi
     Raises:
         FileNotFoundError: The image or ground-truth folder is missing, or holds no image.
 
-    Example:
+    Examples:
         >>> records = read_idrid_segmentation("IDRiD")  # doctest: +SKIP
         >>> sorted(records[0].masks)  # doctest: +SKIP
         ['EX', 'HE', 'MA', 'OD', 'SE']
@@ -177,7 +177,7 @@ def mask_to_boxes(mask: NDArray[np.bool_], *, min_area: int = 1) -> list[tuple[i
     Returns:
         Boxes sorted top-to-bottom, left-to-right.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> m = np.zeros((6, 6), bool); m[1:3, 1:3] = True; m[4, 5] = True
         >>> mask_to_boxes(m)

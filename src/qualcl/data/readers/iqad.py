@@ -144,7 +144,7 @@ def build_cxr_iqad(
         FileNotFoundError: A folder, a label file or an image is missing (named).
         ValueError: An argument is out of range.
 
-    Example:
+    Examples:
         >>> records = build_cxr_iqad("chest_xray", "NIH")  # doctest: +SKIP
         >>> sum(r.quality_name == "LQ child" for r in records)  # Kermany v2: 792 + 2,136  # doctest: +SKIP
         2928
@@ -277,7 +277,7 @@ def build_ct_iqad(
         FileNotFoundError: A root or class folder is missing, or a class folder is empty (named).
         ValueError: A diagnosis is not 0/1, a mapping is empty, or ``hq_per_class`` is negative.
 
-    Example:
+    Examples:
         >>> records = build_ct_iqad("sarscov2-ctscan", "COVID-CT")  # doctest: +SKIP
         >>> sum(r.quality for r in records)  # doctest: +SKIP
         746

@@ -96,7 +96,7 @@ def read_kermany_pneumonia(
             folder holds no image (named).
         ValueError: Unknown split.
 
-    Example:
+    Examples:
         >>> records = read_kermany_pneumonia("chest_xray", "test")  # doctest: +SKIP
         >>> len(records), records[-1].patient_id, records[-1].subtype  # doctest: +SKIP
         (624, 'person99', 'virus')

@@ -53,7 +53,7 @@ def simulate_low_dose(image: Image.Image, factor: float) -> Image.Image:
     Raises:
         ValueError: ``factor`` is not finite or below 1.
 
-    Example:
+    Examples:
         >>> from PIL import Image
         >>> image = Image.linear_gradient("L").resize((64, 64))
         >>> simulate_low_dose(image, 4.0).size
@@ -95,7 +95,7 @@ def load_quality_image(
     Raises:
         FileNotFoundError: The image file is missing (named).
 
-    Example:
+    Examples:
         >>> image = load_quality_image(records[0], mode="L", size=(256, 256))  # doctest: +SKIP
     """
     image = open_image(record.image, mode)
@@ -132,7 +132,7 @@ def write_low_dose_images(
         FileNotFoundError: A source image is missing (named).
         ValueError: Two degraded records would be written to the same file.
 
-    Example:
+    Examples:
         >>> records = write_low_dose_images(build_cxr_iqad("chest_xray", "NIH"), "cxr_iqad_lq")  # doctest: +SKIP
     """
     base = Path(out_dir)

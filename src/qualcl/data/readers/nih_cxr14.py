@@ -110,7 +110,7 @@ def read_nih_cxr14(root: str | Path, split: str | None = None, *, check_files: b
         FileNotFoundError: The CSV, a split list or an image is missing (named).
         ValueError: A column is missing or a finding is unknown (line named).
 
-    Example:
+    Examples:
         >>> records = read_nih_cxr14("NIH", "test")  # doctest: +SKIP
         >>> findings_to_multi_hot(records).shape  # doctest: +SKIP
         torch.Size([25596, 14])
@@ -181,7 +181,7 @@ def read_nih_boxes(root: str | Path) -> dict[str, list[tuple[float, float, float
         FileNotFoundError: The CSV is missing (named).
         ValueError: A row has fewer than six values or a non-numeric / negative-size box (line named).
 
-    Example:
+    Examples:
         >>> boxes = read_nih_boxes("NIH")  # doctest: +SKIP
         >>> boxes["00013118_008.png"]  # doctest: +SKIP
         [(225.08, 547.02, 311.86, 626.21, 'Atelectasis')]

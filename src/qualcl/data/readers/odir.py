@@ -106,7 +106,7 @@ def odir_keyword_labels(text: str) -> tuple[tuple[str, ...], int, int | None, in
     the eye in the "Low" quality stratum (an eye with only notes is N). An eye with a keyword of
     :data:`NOT_FUNDUS` is not a fundus photograph.
 
-    Example:
+    Examples:
         >>> odir_keyword_labels("moderate non proliferative retinopathy，laser spot")
         (('D', 'O'), 1, 2, 0)
         >>> odir_keyword_labels("normal fundus，lens dust")
@@ -161,7 +161,7 @@ def read_odir(
         FileNotFoundError: The folder, the sheet or an image is missing (named).
         ValueError: A column is missing (file named).
 
-    Example:
+    Examples:
         >>> eyes = read_odir("ODIR-5K")  # doctest: +SKIP
         >>> eyes[0].eye, eyes[0].categories  # doctest: +SKIP
         ('left', ('C',))

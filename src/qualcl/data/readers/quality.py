@@ -73,7 +73,7 @@ class QualityScheme:
         mkcnet_quality: MKCNet split-file ``IQ_label`` for each canonical quality index.
         mkcnet_diagnosis: MKCNet ``DR_label`` for each diagnosis, or ``None`` for the identity.
 
-    Example:
+    Examples:
         >>> scheme = quality_scheme("eyeq")
         >>> scheme.quality_names, scheme.mkcnet_quality, scheme.num_mkcnet_quality
         (('Good', 'Usable', 'Reject'), (2, 1, 0), 3)
@@ -131,7 +131,7 @@ def quality_scheme(dataset: str) -> QualityScheme:
     Raises:
         ValueError: ``dataset`` is not a known scheme.
 
-    Example:
+    Examples:
         >>> quality_scheme("drac").quality_names
         ('excellent', 'good', 'poor')
     """
@@ -158,7 +158,7 @@ class QualityLabelledRecord:
         low_dose_factor: If set, the image is to be degraded on loading by
             :func:`qualcl.data.readers.low_dose.simulate_low_dose` with this factor.
 
-    Example:
+    Examples:
         >>> record = QualityLabelledRecord(Path("a.png"), 1, 2, "7", "drac2022", "drac")
         >>> record.quality_name, record.diagnosis_name, is_low_quality(record)
         ('poor', 'NPDR', True)
@@ -216,7 +216,7 @@ def is_low_quality(quality: int | QualityLabelledRecord) -> bool:
     Raises:
         ValueError: ``quality`` is negative.
 
-    Example:
+    Examples:
         >>> is_low_quality(0), is_low_quality(1)
         (False, True)
     """
@@ -241,7 +241,7 @@ def mkcnet_diagnosis(grade: int) -> int:
     Raises:
         ValueError: ``grade`` is outside 0..4.
 
-    Example:
+    Examples:
         >>> [mkcnet_diagnosis(g) for g in range(5)]
         [0, 1, 1, 1, 2]
     """
@@ -266,7 +266,7 @@ def mkcnet_quality(quality: int, dataset: str) -> int:
     Raises:
         ValueError: Unknown dataset or quality out of range.
 
-    Example:
+    Examples:
         >>> mkcnet_quality(0, "eyeq"), mkcnet_quality(1, "drac")
         (2, 0)
     """
@@ -289,7 +289,7 @@ def mkcnet_labels(record: QualityLabelledRecord) -> tuple[int, int]:
     Returns:
         ``(diagnosis, quality)`` in MKCNet's encoding.
 
-    Example:
+    Examples:
         >>> record = QualityLabelledRecord(Path("1_l1.jpg"), 4, 0, "1", "deepdrid", "deepdrid")
         >>> mkcnet_labels(record)
         (2, 1)

@@ -48,7 +48,7 @@ class Anatomy:
         vessel_contrast: Scales how dark the vessels are.
         vessels: The vessel tree.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> anatomy = sample_anatomy(np.random.default_rng(1))
         >>> 0.72 <= anatomy.brightness <= 1.12, anatomy.summary()["vessel_segments"] == len(anatomy.vessels)
@@ -103,7 +103,7 @@ class RenderedEye:
         disc_radius: Disc radius in pixels.
         fovea: Fovea centre ``(x, y)`` in pixels.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> eye = render_eye(sample_anatomy(np.random.default_rng(0)), 64, "right")
         >>> eye.image.shape, eye.disc[0] > 32, bool(eye.disc_mask.any())
@@ -122,7 +122,7 @@ class RenderedEye:
 def sample_anatomy(rng: np.random.Generator) -> Anatomy:
     """Draw one patient's anatomy.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> anatomy = sample_anatomy(np.random.default_rng(0))
         >>> anatomy.disc[0] > 0.5 > anatomy.fovea[0]
@@ -177,7 +177,7 @@ def render_eye(anatomy: Anatomy, size: int, eye: str) -> RenderedEye:
     Returns:
         The rendered eye with its masks and landmarks in pixels.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> anatomy = sample_anatomy(np.random.default_rng(0))
         >>> left, right = render_eye(anatomy, 64, "left"), render_eye(anatomy, 64, "right")
@@ -241,7 +241,7 @@ def render_eye(anatomy: Anatomy, size: int, eye: str) -> RenderedEye:
 def mirror_eye(eye: RenderedEye) -> RenderedEye:
     """The left-right mirror image of a rendered eye (the fellow eye of the same patient).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> right = render_eye(sample_anatomy(np.random.default_rng(0)), 64, "right")
         >>> bool(np.array_equal(mirror_eye(mirror_eye(right)).image, right.image))

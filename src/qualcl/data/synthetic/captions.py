@@ -91,7 +91,7 @@ def make_caption(
     Returns:
         The caption.
 
-    Example:
+    Examples:
         >>> make_caption("left", 2, {"MA": [0, 0, 6, 0], "EX": [0, 0, 2, 0]}, 1,
         ...              {"factors": {"blur": {"severity": "mild"}}})
         'left eye, moderate non-proliferative diabetic retinopathy with 6 microaneurysms and 2 hard exudates in the inferior temporal quadrant; image quality usable (mild blur)'

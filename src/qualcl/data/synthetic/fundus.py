@@ -85,7 +85,7 @@ class FundusSample:
         caption: Template caption.
         anatomy: The patient's anatomy parameters.
 
-    Example:
+    Examples:
         >>> sample = generate_fundus(0, size=64, seed=0)
         >>> sample.stem, sample.to_record()["image"], sample.masks["OD"].shape
         ('00000_left', '00000_left.png', (64, 64))
@@ -151,7 +151,7 @@ class FundusSample:
 def check_seed(seed: int) -> int:
     """Validate a master seed (a non-negative integer).
 
-    Example:
+    Examples:
         >>> check_seed(7)
         7
     """
@@ -169,7 +169,7 @@ def _check_index(name: str, value: int) -> int:
 def check_size(size: int) -> int:
     """Validate an image side (an integer ≥ :data:`MIN_SIZE`).
 
-    Example:
+    Examples:
         >>> check_size(64)
         64
     """
@@ -181,7 +181,7 @@ def check_size(size: int) -> int:
 def check_lq_ratio(lq_ratio: float) -> float:
     """Validate a low-quality ratio (a finite number in ``[0, 1]``).
 
-    Example:
+    Examples:
         >>> check_lq_ratio(0.34)
         0.34
     """
@@ -198,7 +198,7 @@ def _derive(seed: int, stream: int, index: int) -> int:
 def patient_seed(patient: int, seed: int = 0) -> int:
     """64-bit seed of a patient's anatomy, from the master ``seed`` (``SeedSequence``).
 
-    Example:
+    Examples:
         >>> patient_seed(3, seed=0) == patient_seed(3, seed=0) != patient_seed(4, seed=0)
         True
     """
@@ -208,7 +208,7 @@ def patient_seed(patient: int, seed: int = 0) -> int:
 def image_seed(index: int, seed: int = 0) -> int:
     """64-bit per-image seed of image ``index``, from the master ``seed`` (``SeedSequence``).
 
-    Example:
+    Examples:
         >>> image_seed(0, seed=1) == image_seed(0, seed=1)
         True
     """
@@ -218,7 +218,7 @@ def image_seed(index: int, seed: int = 0) -> int:
 def patient_id(patient: int) -> str:
     """Identifier of patient number ``patient`` (zero-padded, EyePACS-like numbers).
 
-    Example:
+    Examples:
         >>> patient_id(7)
         '00007'
     """
@@ -245,7 +245,7 @@ def draw_labels(
     The grade comes from ``grade_prior``; quality is Good with probability ``1 − lq_ratio`` and
     Usable or Reject with ``lq_ratio / 2`` each, from the same draw-independent stream.
 
-    Example:
+    Examples:
         >>> grade, quality = draw_labels(5, seed=0)
         >>> (grade, quality) == (generate_fundus(5, size=64, seed=0).dr_grade, generate_fundus(5, size=64, seed=0).quality)
         True
@@ -341,7 +341,7 @@ def generate_patient(
     Returns:
         One :class:`FundusSample` per requested eye, left first.
 
-    Example:
+    Examples:
         >>> left, right = generate_patient(0, size=64, seed=0)
         >>> left.patient_id == right.patient_id, left.eye, right.eye
         (True, 'left', 'right')
@@ -402,7 +402,7 @@ def generate_fundus(
     Returns:
         The image with its ground truth.
 
-    Example:
+    Examples:
         >>> sample = generate_fundus(3, size=64, seed=0)
         >>> sample.image.shape, sample.eye, sample.dr_grade == grade_from_lesions(sample.counts)
         ((64, 64, 3), 'right', True)

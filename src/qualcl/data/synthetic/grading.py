@@ -63,7 +63,7 @@ SEVERE_HE_PER_QUADRANT = 3
 def grade_prior(prior: str | Sequence[float]) -> NDArray[np.float64]:
     """Probabilities of grades 0–4 from a prior name in :data:`GRADE_PRIORS` or five weights.
 
-    Example:
+    Examples:
         >>> grade_prior("balanced").tolist()
         [0.2, 0.2, 0.2, 0.2, 0.2]
     """
@@ -105,7 +105,7 @@ def grade_from_lesions(counts: Mapping[str, Sequence[int]]) -> int:
     Raises:
         ValueError: An unknown lesion type, or counts that are not 4 non-negative integers.
 
-    Example:
+    Examples:
         >>> grade_from_lesions({"MA": [1, 0, 2, 0]})
         1
         >>> grade_from_lesions({"MA": [1, 0, 0, 0], "HE": [3, 4, 3, 5]})

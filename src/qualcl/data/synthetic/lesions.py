@@ -110,7 +110,7 @@ def plan_lesions(grade: int, rng: np.random.Generator) -> LesionPlan:
     0: none. 1: 2–5 MA. 2: 2–8 MA plus 1–5 HE and/or 1–6 EX. 3: 3–10 MA, 3–5 HE in every quadrant,
     0–6 EX. 4: the lesions of grade 1, 2 or 3 plus 1–3 NV tufts.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> plan_lesions(1, np.random.default_rng(0)).he
         0
@@ -138,7 +138,7 @@ def plan_lesions(grade: int, rng: np.random.Generator) -> LesionPlan:
 def quadrant_of(x: float, y: float, size: int, eye: str) -> int:
     """Index into ``QUADRANTS`` of a point: superior is above the FOV centre, temporal is away from the disc.
 
-    Example:
+    Examples:
         >>> QUADRANTS[quadrant_of(10.0, 100.0, 128, "right")]
         'inferior temporal'
     """
@@ -226,7 +226,7 @@ def place_lesions(
     Returns:
         One :class:`LesionShape` per planned lesion, inside the FOV, off the disc and apart.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> shapes = place_lesions(LesionPlan(ma=2, ex=1), np.random.default_rng(0), 64, "right", (45.0, 32.0), 4.5)
         >>> [s.kind for s in shapes]
@@ -273,7 +273,7 @@ def draw_lesions(
 ) -> tuple[FloatArray, dict[str, BoolArray], list[Lesion]]:
     """Draw lesions onto a copy of ``image``; return it, the per-type masks and the lesions with boxes.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> img = np.full((64, 64, 3), 0.6, np.float32)
         >>> shapes = place_lesions(LesionPlan(ma=3), np.random.default_rng(0), 64, "left", (10.0, 32.0), 4.0)
@@ -322,7 +322,7 @@ def draw_lesions(
 def count_lesions(lesions: list[Lesion]) -> dict[str, list[int]]:
     """Counts per type and quadrant (``QUADRANTS`` order), for every type in ``LESION_TYPES``.
 
-    Example:
+    Examples:
         >>> count_lesions([Lesion("MA", 3.0, 4.0, 1.0, 2, (2, 3, 4, 5))])["MA"]
         [0, 0, 1, 0]
     """
@@ -335,7 +335,7 @@ def count_lesions(lesions: list[Lesion]) -> dict[str, list[int]]:
 def totals(counts: Mapping[str, list[int]]) -> dict[str, int]:
     """Total count per lesion type.
 
-    Example:
+    Examples:
         >>> totals({"MA": [1, 0, 2, 0], "HE": [0, 0, 0, 0]})
         {'MA': 3, 'HE': 0}
     """

@@ -23,7 +23,7 @@ FloatArray = NDArray[np.float32]
 class Window:
     """A clipped rectangle of an image: rows ``y0:y1``, columns ``x0:x1``.
 
-    Example:
+    Examples:
         >>> Window.around(1.2, 5.0, 2.0, size=8)
         Window(y0=3, y1=8, x0=0, x1=5)
     """
@@ -77,7 +77,7 @@ def splat_discs(size: int, xs: FloatArray, ys: FloatArray, radii: FloatArray) ->
     Returns:
         ``(size, size)`` float32 coverage in ``[0, 1]``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> one = np.array([3.0], np.float32)
         >>> cover = splat_discs(8, one, one, np.array([1.0], np.float32))
@@ -108,7 +108,7 @@ def tube_points(
 
     Returns ``(xs, ys, radii)`` of the discs whose union is the tapering tube along the polyline.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> xs, ys, radii = tube_points(np.array([0, 2], np.float32), np.array([0, 0], np.float32),
         ...                             np.array([1, 0.5], np.float32), spacing=0.5)
@@ -133,7 +133,7 @@ def mask_box(mask: NDArray[np.bool_], window: Window | None = None) -> tuple[int
 
     ``mask`` may be a crop; ``window`` then gives its position in the image.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> m = np.zeros((4, 4), bool); m[1, 2] = m[2, 3] = True
         >>> mask_box(m), mask_box(m, Window(10, 14, 20, 24))

@@ -34,7 +34,7 @@ class FundusFolder:
         records: Per-image records, in index order.
         splits: Record positions of ``"train"`` and ``"test"`` (in CSV order).
 
-    Example:
+    Examples:
         >>> folder = load_fundus_dataset("synth")  # doctest: +SKIP
         >>> folder.metadata["seed"], len(folder.splits["test"])  # doctest: +SKIP
         (0, 80)
@@ -80,7 +80,7 @@ def load_fundus_dataset(root: str | Path) -> FundusFolder:
         FileNotFoundError: The folder, ``ground_truth.json``, a label file or an image is missing (named).
         ValueError: A key or column is missing, or the CSVs disagree with ``ground_truth.json``.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from qualcl.data.synthetic.writer import write_fundus_dataset
         >>> with tempfile.TemporaryDirectory() as tmp:
@@ -150,7 +150,7 @@ class SyntheticFundusDataset(Dataset[tuple[Tensor, dict[str, Any]]]):
         transform: Optional function applied to the image tensor.
         masks: Also return the masks.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from qualcl.data.synthetic.writer import write_fundus_dataset
         >>> with tempfile.TemporaryDirectory() as tmp:

@@ -42,7 +42,7 @@ class Vessel:
         ys: ``(K,)`` node y coordinates.
         radii: ``(K,)`` node radii (image sides), tapering along the vessel.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> v = Vessel("vein", np.array([0.7, 0.6], np.float32), np.array([0.5, 0.4], np.float32),
         ...            np.array([0.01, 0.009], np.float32))
@@ -119,7 +119,7 @@ def sample_vessels(
     Returns:
         Every vessel segment (arcade trunks and their recursive branches).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> vessels = sample_vessels(np.random.default_rng(0), (0.72, 0.5), (0.4, 0.52))
         >>> len(vessels) >= 8, {v.kind for v in vessels} == {"artery", "vein"}
@@ -159,7 +159,7 @@ def rasterize_vessels(vessels: tuple[Vessel, ...], size: int) -> tuple[FloatArra
     Returns:
         Two ``(size, size)`` float32 maps in ``[0, 1]``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> arteries, veins = rasterize_vessels(sample_vessels(np.random.default_rng(0), (0.72, 0.5), (0.4, 0.52)), 64)
         >>> arteries.shape, bool(veins.max() > 0.5)

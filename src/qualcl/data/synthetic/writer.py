@@ -74,7 +74,7 @@ class FundusDatasetSummary:
         grade_counts: Images per DR grade 0–4.
         quality_counts: Images per quality code (Good, Usable, Reject).
 
-    Example:
+    Examples:
         >>> from pathlib import Path
         >>> print(FundusDatasetSummary(Path("d"), 2, 1, 2, 0, (1, 1, 0, 0, 0), (2, 0, 0)))
         2 images of 1 patients in d (train 2, test 0); grades 0-4: [1, 1, 0, 0, 0]; good/usable/reject: [2, 0, 0]
@@ -99,7 +99,7 @@ class FundusDatasetSummary:
 def to_uint8(image: NDArray[np.float32]) -> NDArray[np.uint8]:
     """Round a ``[0, 1]`` float image to ``uint8``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> to_uint8(np.array([0.0, 0.5, 1.0], np.float32)).tolist()
         [0, 128, 255]
@@ -112,7 +112,7 @@ def split_patients(num_patients: int, test_fraction: float, seed: int) -> frozen
 
     At least one patient stays in each split when ``0 < test_fraction`` and there are two or more.
 
-    Example:
+    Examples:
         >>> sorted(split_patients(10, 0.2, seed=0)) == sorted(split_patients(10, 0.2, seed=0))
         True
         >>> len(split_patients(10, 0.2, seed=0))
@@ -196,7 +196,7 @@ def write_fundus_dataset(
     Raises:
         ValueError: An argument is out of range (the message names it).
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     summary = write_fundus_dataset(tmp, 4, size=64, progress=False)
@@ -310,7 +310,7 @@ def save_preview_grid(
     Returns:
         ``out_path`` as a :class:`~pathlib.Path`.
 
-    Example:
+    Examples:
         >>> import tempfile, pathlib
         >>> from qualcl.data.synthetic.fundus import generate_fundus
         >>> with tempfile.TemporaryDirectory() as tmp:
@@ -383,7 +383,7 @@ def ensure_fundus_dataset(
     Raises:
         ValueError: The folder holds a SynthFundus set generated with other arguments.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     first = ensure_fundus_dataset(tmp, 4, size=64, progress=False)

@@ -85,7 +85,7 @@ LOW_DOSE_FACTOR = 4.0
 def low_dose_tensor(images: Tensor, factor: float = LOW_DOSE_FACTOR) -> Tensor:
     """Simulated low-dose copies of ``(N, 3, S, S)`` uint8 grey images (bicubic down- and up-sampling).
 
-    Example:
+    Examples:
         >>> import torch
         >>> out = low_dose_tensor(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
         >>> out.shape, out.dtype

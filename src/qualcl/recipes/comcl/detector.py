@@ -73,7 +73,7 @@ class GroundTruthDetector:
     Args:
         boxes: Per dataset index, ``(K, 4)`` boxes.
 
-    Example:
+    Examples:
         >>> import torch
         >>> gt = GroundTruthDetector([torch.tensor([[1, 2, 5, 6]])])
         >>> gt.detect(torch.zeros(1, 3, 8, 8), ids=[0])[0].scores

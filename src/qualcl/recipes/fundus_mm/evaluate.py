@@ -28,7 +28,7 @@ def text_recall(
     Returns:
         ``{"i2t_r@k": …, "t2i_r@k": …}`` for each ``k`` (capped at ``N``).
 
-    Example:
+    Examples:
         >>> import torch
         >>> e = torch.eye(3)
         >>> text_recall(e, e, ["a", "b", "c"], [1])
@@ -54,7 +54,7 @@ def text_recall(
 def few_shot_indices(labels: Tensor, shots: int, num_classes: int, seed: int) -> Tensor:
     """``shots`` random rows of each class (all of a class that has fewer), seeded.
 
-    Example:
+    Examples:
         >>> import torch
         >>> few_shot_indices(torch.tensor([0, 0, 0, 1, 1, 2]), 2, 3, seed=0).numel()
         5

@@ -54,7 +54,7 @@ CLASS_DEFINITIONS: dict[str, list[tuple[str, str]]] = {
 def class_prompts(dataset: str) -> list[list[str]]:
     """The prompts of each class of ``dataset`` (``"dr"``, ``"odir"`` or ``"fives"``), in class-id order.
 
-    Example:
+    Examples:
         >>> class_prompts("dr")[2][0]
         'moderate non-proliferative diabetic retinopathy'
         >>> len(class_prompts("fives")), len(class_prompts("fives")[0])

@@ -240,7 +240,7 @@ def dataset_settings(dataset: str, preset: str) -> dict[str, Any]:
     in ``smoke``; the ``paper`` preset also takes the dataset's batch size, epochs and StepLR step,
     while ``smoke`` and ``default`` keep their short CPU schedules.
 
-    Example:
+    Examples:
         >>> dataset_settings("drac", "paper")["train"]["epochs"], dataset_settings("drac", "paper")["data"]["channels"]
         (200, 1)
     """

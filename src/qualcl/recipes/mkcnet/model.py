@@ -72,7 +72,7 @@ class TaskNet(nn.Module):
     Shape:
         ``(N, C_in, H, W)`` → :class:`TaskOutput`.
 
-    Example:
+    Examples:
         >>> import torch
         >>> net = TaskNet(build_encoder("resnet10"), 3, 3, num_aux=45, feature_dim=64)
         >>> out = net(torch.randn(2, 3, 64, 64))

@@ -1,0 +1,97 @@
+"""MkDocs hooks: generate the API pages, the benchmark pages and the data page's pictures.
+
+* One API page per :data:`qualcl.catalog.GROUPS` entry (the groups ``qualcl list`` prints): a
+  table of the group's public names with their first docstring line, then each one rendered by
+  mkdocstrings from its docstring.
+* One page per ``benchmarks/results/*.md`` (the committed benchmark tables), under ``benchmarks/``.
+* ``images/synthetic_grid.png`` (one synthetic image per DR grade and quality level) and
+  ``images/synthetic_degradations.png`` (one image under each degradation factor), drawn from the
+  generator at build time, so the pictures always show what the code generates.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mkdocs.structure.files import File, Files
+
+ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("mkdocs.hooks.qualcl")
+
+
+def _plain(text: str) -> str:
+    """A docstring's first line as table-safe markdown (RST roles and double backticks to code)."""
+    text = re.sub(r":(?:func|class|meth|data|attr|mod):`~?([^`]+)`", r"`\1`", text)
+    return text.replace("``", "`").replace("|", "\\|")
+
+
+def api_page(key: str) -> str:
+    """The markdown of one API page (the ``:::`` blocks mkdocstrings expands)."""
+    from qualcl.catalog import entries, group
+
+    item = group(key)
+    found = entries(item)
+    lines = [f"# {item.title}", "", f"{item.summary[0].upper()}{item.summary[1:]}.", ""]
+    lines += ["| name | what it is |", "|---|---|"]
+    for entry in found:
+        anchor = entry.path
+        lines.append(f"| [`{entry.name}`](#{anchor}) | {_plain(entry.summary) or '—'} |")
+    lines.append("")
+    for entry in found:
+        if entry.kind != "constant":
+            lines += [f"::: {entry.path}", ""]
+    constants = [e for e in found if e.kind == "constant"]
+    if constants:
+        lines += ["## Constants and types", ""]
+        lines += [f"::: {e.path}\n    options:\n      heading_level: 3\n" for e in constants]
+    return "\n".join(lines)
+
+
+def _figures(out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from qualcl.data import degrade_blur, degrade_illumination, degrade_spots, generate_fundus, save_preview_grid
+
+    samples = [generate_fundus(10 * g + q, size=160, grade=g, quality=q) for g in range(5) for q in range(3)]
+    save_preview_grid(samples, out / "synthetic_grid.png", tile=160)
+    clean = generate_fundus(0, size=192, grade=2, quality=0)
+    rng = np.random.default_rng(0)
+    columns = [("clean (Good)", clean.image)]
+    for name, fn in (("blur", degrade_blur), ("uneven illumination", degrade_illumination), ("spots", degrade_spots)):
+        for severity in ("mild", "strong"):
+            image, _ = fn(clean.image, rng, severity=severity, fov=clean.fov)
+            columns.append((f"{name}, {severity}", image))
+    fig, axes = plt.subplots(1, len(columns), figsize=(2.1 * len(columns), 2.4))
+    for ax, (title, image) in zip(axes, columns, strict=True):
+        ax.imshow(np.clip(image, 0, 1))
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "synthetic_degradations.png", dpi=110)
+    plt.close(fig)
+
+
+_FIGURES = tempfile.TemporaryDirectory(prefix="qualcl-docs-")
+
+
+def on_files(files: Files, config: Any) -> Files:
+    """Add the generated pages and pictures to the site's files."""
+    from qualcl.catalog import GROUPS
+
+    for item in GROUPS:
+        files.append(File.generated(config, item.page, content=api_page(item.key)))
+    for result in sorted((ROOT / "benchmarks" / "results").glob("*.md")):
+        files.append(File.generated(config, f"benchmarks/{result.name}", content=result.read_text()))
+    figures = Path(_FIGURES.name)
+    _figures(figures)
+    for picture in sorted(figures.glob("*.png")):
+        files.append(File.generated(config, f"images/{picture.name}", abs_src_path=str(picture)))
+    return files
