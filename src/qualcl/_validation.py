@@ -326,6 +326,38 @@ def check_index(name: str, index: Any, n: int, m: int, device: torch.device) -> 
     return ids
 
 
+def check_token_ids(
+    name: str,
+    ids: Any,
+    vocab_size: int,
+    *,
+    context_length: int | None = None,
+    allow_empty: bool = False,
+    owner: str = "the vocabulary",
+) -> Tensor:
+    """``(N, T)`` integer token ids in ``[0, vocab_size)`` (``T <= context_length`` if given); returned as int64.
+
+    ``owner`` names what the ids must fit in the range error ("the decoder's vocabulary", ...).
+    Empty ``N`` or ``T`` are refused unless ``allow_empty``.
+    """
+    tensor = check_integer_tensor(name, ids)
+    if tensor.ndim == 2 and tensor.shape[0] and not tensor.shape[1] and not allow_empty:
+        raise ValueError(f"{name} has no tokens (T = 0): captions must not be empty")
+    if tensor.ndim != 2 or (not allow_empty and 0 in tensor.shape):
+        sizes = "" if allow_empty else " with N, T >= 1"
+        raise ValueError(f"{name} must have shape (N, T){sizes}, got shape {tuple(tensor.shape)}")
+    if context_length is not None and tensor.shape[1] > context_length:
+        raise ValueError(f"captions of T = {tensor.shape[1]} tokens exceed context_length = {context_length}")
+    if tensor.numel() and not _tracing():
+        low, high = int(tensor.min()), int(tensor.max())
+        if low < 0 or high >= vocab_size:
+            raise ValueError(
+                f"{name} must lie in [0, vocab_size={vocab_size}), got values in [{low}, {high}]: "
+                f"the tokenizer and {owner} do not match"
+            )
+    return tensor
+
+
 def check_mask(name: str, mask: Any, shape: Sequence[int]) -> None:
     """Check that ``mask`` is a boolean tensor of exactly ``shape``."""
     _check_tensor(name, mask)

@@ -13,6 +13,7 @@ from qualcl import __version__
 
 __all__ = ["build_parser", "main"]
 
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from qualcl.catalog import GROUPS, entries
 

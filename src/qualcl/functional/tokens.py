@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qualcl._validation import check_finite, check_float_tensor, check_int, check_integer_tensor, check_number
+from qualcl._validation import (
+    check_finite,
+    check_float_tensor,
+    check_int,
+    check_integer_tensor,
+    check_number,
+    check_token_ids,
+)
 
 __all__ = ["MaskedTokens", "caption_loss", "mask_tokens"]
 
@@ -77,14 +84,7 @@ def mask_tokens(
         Understanding", NAACL 2019.
     """
     size = check_int("vocab_size", vocab_size, minimum=2)
-    check_integer_tensor("ids", ids)
-    if ids.ndim != 2:
-        raise ValueError(f"ids must have shape (N, T), got shape {tuple(ids.shape)}")
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= size):
-        raise ValueError(
-            f"ids must lie in [0, vocab_size={size}), got values in [{int(ids.min())}, {int(ids.max())}]: "
-            "the tokenizer and the vocabulary do not match"
-        )
+    check_token_ids("ids", ids, size, allow_empty=True)
     mask = check_int("mask_id", mask_id, minimum=0, maximum=size - 1)
     special = sorted({check_int("special id", s, minimum=0, maximum=size - 1) for s in special_ids} | {mask})
     p = check_number("ratio", ratio, minimum=0.0, maximum=1.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from qualcl._validation import check_choice, check_int, check_integer_tensor
+from qualcl._validation import check_choice, check_int, check_token_ids
 from qualcl.heads._blocks import AttentionBlock, check_padding_mask, check_tokens
 
 __all__ = ["CaptionDecoder"]
@@ -100,19 +100,10 @@ class CaptionDecoder(nn.Module):
 
     def forward(self, ids: Tensor, context: Tensor, *, context_padding_mask: Tensor | None = None) -> Tensor:
         """Logits for every position; see the class docstring for shapes."""
-        check_integer_tensor("ids", ids, what="token ids")
-        if ids.ndim != 2 or ids.shape[0] == 0:
-            raise ValueError(f"ids must have shape (N, T) with N >= 1, got shape {tuple(ids.shape)}")
+        check_token_ids(
+            "ids", ids, self.vocab_size, context_length=self.context_length, owner="the decoder's vocabulary"
+        )
         n, length = ids.shape
-        if length == 0:
-            raise ValueError("ids has no tokens (T = 0): captions must not be empty")
-        if length > self.context_length:
-            raise ValueError(f"captions of T = {length} tokens exceed context_length = {self.context_length}")
-        if not torch.compiler.is_compiling() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
-            raise ValueError(
-                f"ids must lie in [0, vocab_size={self.vocab_size}), got values in [{int(ids.min())}, "
-                f"{int(ids.max())}]: the tokenizer and the decoder's vocabulary do not match"
-            )
         check_tokens("context", context, self.context_dim)
         if context.shape[0] != n:
             raise ValueError(f"context must have N = {n} rows like ids, got {context.shape[0]}")

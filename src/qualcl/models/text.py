@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from qualcl._validation import check_int
+from qualcl._validation import check_int, check_token_ids
 
 __all__ = ["CaptionTokenizer", "TextEncoder"]
 
@@ -215,18 +215,10 @@ class TextEncoder(nn.Module):
 
     def forward(self, ids: Tensor) -> tuple[Tensor, Tensor]:
         """``(N, T)`` ids → ``(pooled (N, output_dim), tokens (N, T, width))``."""
-        if not isinstance(ids, Tensor) or ids.is_floating_point() or ids.dtype == torch.bool:
-            raise TypeError(f"ids must be an integer tensor, got {getattr(ids, 'dtype', type(ids).__name__)}")
-        if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
-            raise ValueError(f"ids must have shape (N, T) with N, T >= 1, got shape {tuple(ids.shape)}")
-        if ids.shape[1] > self.context_length:
-            raise ValueError(f"captions of T = {ids.shape[1]} tokens exceed context_length = {self.context_length}")
+        check_token_ids(
+            "ids", ids, self.vocab_size, context_length=self.context_length, owner="the text encoder's vocabulary"
+        )
         if not torch.compiler.is_compiling():
-            if int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size:
-                raise ValueError(
-                    f"ids must lie in [0, vocab_size={self.vocab_size}), got values in [{int(ids.min())}, "
-                    f"{int(ids.max())}]: the tokenizer and the text encoder's vocabulary do not match"
-                )
             ended = (ids == self.end_id).any(dim=1)
             if not bool(ended.all()):
                 rows = (~ended).nonzero().flatten()[:5].tolist()
