@@ -69,7 +69,7 @@ def _figures(out: Path) -> None:
         for severity in ("mild", "strong"):
             image, _ = fn(clean.image, rng, severity=severity, fov=clean.fov)
             columns.append((f"{name}, {severity}", image))
-    fig, axes = plt.subplots(1, len(columns), figsize=(2.1 * len(columns), 2.4))
+    fig, axes = plt.subplots(1, len(columns), figsize=(2.6 * len(columns), 3.0))
     for ax, (title, image) in zip(axes, columns, strict=True):
         ax.imshow(np.clip(image, 0, 1))
         ax.set_title(title, fontsize=8)
