@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import tempfile
 from pathlib import Path
@@ -20,7 +19,6 @@ from typing import Any
 from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parents[1]
-log = logging.getLogger("mkdocs.hooks.qualcl")
 
 
 def _plain(text: str) -> str:
@@ -38,8 +36,7 @@ def api_page(key: str) -> str:
     lines = [f"# {item.title}", "", f"{item.summary[0].upper()}{item.summary[1:]}.", ""]
     lines += ["| name | what it is |", "|---|---|"]
     for entry in found:
-        anchor = entry.path
-        lines.append(f"| [`{entry.name}`](#{anchor}) | {_plain(entry.summary) or '—'} |")
+        lines.append(f"| [`{entry.name}`](#{entry.path}) | {_plain(entry.summary) or '—'} |")
     lines.append("")
     for entry in found:
         if entry.kind != "constant":
