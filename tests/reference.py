@@ -109,3 +109,53 @@ def focal(logits: Tensor, target: Tensor, gamma: float) -> list[float]:
         y = tgt if isinstance(tgt, list) else [1.0 if c == tgt else 0.0 for c in range(len(row))]
         out.append(-sum(yc * (1 - pc) ** gamma * math.log(pc) for yc, pc in zip(y, probs, strict=True)))
     return out
+
+
+def _unit(v: list[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in v))
+    return [x / max(norm, 1e-12) for x in v]  # as F.normalize: a zero vector stays zero
+
+
+def patch_discrimination(features: Tensor, tau: float) -> float:
+    """Ye et al.'s criterion as local discrimination writes it, one anchor row at a time."""
+    f = [_unit(row) for row in features.double().tolist()]
+    n = len(f)
+    total = 0.0
+    for i in range(n):
+        partner = (i + n // 2) % n
+        e = {k: math.exp(sum(a * b for a, b in zip(f[i], f[k], strict=True)) / tau) for k in range(n) if k != i}
+        z = sum(e.values())
+        total += math.log(e[partner] / z)
+        total += sum(math.log(1 - e[j] / z) for j in e if j != partner)
+    return -total / n
+
+
+def region_discrimination(embeddings: Tensor, assignments: Tensor, tau: float) -> float:
+    """Region features, batch prototypes and the per-region cross-entropy, by loops."""
+    e, a = embeddings.double().tolist(), assignments.double().tolist()
+    n, d, h, w = embeddings.shape
+    k_count = assignments.shape[1]
+    pixels = [(y, x) for y in range(h) for x in range(w)]
+    regions = []
+    for i in range(n):
+        units = {p: _unit([e[i][c][p[0]][p[1]] for c in range(d)]) for p in pixels}
+        regions.append(
+            [
+                _unit([sum(a[i][k][y][x] * units[(y, x)][c] for y, x in pixels) / len(pixels) for c in range(d)])
+                for k in range(k_count)
+            ]
+        )
+    prototypes = [_unit([sum(regions[i][k][c] for i in range(n)) / n for c in range(d)]) for k in range(k_count)]
+    total = 0.0
+    for i in range(n):
+        for k in range(k_count):
+            logits = [
+                sum(x * y for x, y in zip(regions[i][k], prototypes[j], strict=True)) / tau for j in range(k_count)
+            ]
+            total += math.log(sum(math.exp(v) for v in logits)) - logits[k]
+    return total / (n * k_count)
+
+
+def binary_entropy_bits(values: Tensor) -> float:
+    flat = values.double().flatten().tolist()
+    return sum(-v * math.log2(v) - (1 - v) * math.log2(1 - v) if 0 < v < 1 else 0.0 for v in flat) / len(flat)

@@ -1,4 +1,4 @@
-"""Heads: projections, CBAM, MKCNet's blocks, mirror attention, GeM, fusion, U-Net/MAE/caption decoders."""
+"""Heads: projections, pixel heads, CBAM, MKCNet's blocks, mirror attention, GeM, fusion, U-Net/MAE/caption decoders."""
 
 from qualcl.heads.caption_decoder import CaptionDecoder
 from qualcl.heads.cbam import CBAM, ChannelGate, SpatialGate
@@ -10,6 +10,7 @@ from qualcl.heads.mae_decoder import MAEDecoder
 from qualcl.heads.meta_knowledge import MetaKnowledgeAssistanceBlock
 from qualcl.heads.meta_label import MetaLabelGenerator
 from qualcl.heads.mirror_attention import MirrorAttention, MirrorAttentionOutput
+from qualcl.heads.pixel import ClusteringHead, PixelEmbeddingHead
 from qualcl.heads.projection import ProjectionHead
 from qualcl.heads.unet_decoder import DoubleConv, UNetDecoder
 
@@ -17,6 +18,7 @@ __all__ = [
     "CBAM",
     "CaptionDecoder",
     "ChannelGate",
+    "ClusteringHead",
     "CrossAttentionFusion",
     "DoubleConv",
     "GeM",
@@ -27,6 +29,7 @@ __all__ = [
     "MetaLabelGenerator",
     "MirrorAttention",
     "MirrorAttentionOutput",
+    "PixelEmbeddingHead",
     "ProjectionHead",
     "SpatialGate",
     "UNetDecoder",

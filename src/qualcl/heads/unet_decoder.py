@@ -41,17 +41,27 @@ class UNetDecoder(nn.Module):
     final_activation="sigmoid")`` is FundusDR's ``MANet`` decoder (``up1 … up4`` + ``outc``).
     The output has the resolution of the finest pyramid map (a ResNet's is half the input).
 
+    The local-discrimination decoder (``my_models.py::decoder``) halves the concatenated channels
+    in the middle of each block and ends on the bare concatenation ``[skip_0, up]`` (its heads
+    convolve that): ``UNetDecoder((16, 32, 64, 128, 128), decoder_channels=(16, 32, 64),
+    middle="half", last="concat")`` over ``vgg16_bn_tiny`` is that decoder, 32 channels out.
+
     Args:
         encoder_channels: Channels of the pyramid maps, fine to coarse (``Encoder.pyramid_channels``).
-        decoder_channels: Output channels of each step, fine to coarse (``len(encoder_channels) − 1``).
+        decoder_channels: Output channels of each step, fine to coarse (``len(encoder_channels) − 1``
+            entries; one fewer with ``last="concat"``, whose finest step has no block).
         out_channels: Channels of a final 1×1 convolution (``None``: return the last step's map).
         upsample: ``"nearest"`` or ``"bilinear"``.
         final_activation: ``None`` or ``"sigmoid"`` after the final convolution.
+        middle: Middle channels of each block: ``"output"`` (its output channels) or ``"half"``
+            (half its input channels); default ``"half"`` with bilinear upsampling, else ``"output"``.
+        last: ``"block"`` (the finest step is a block like the others) or ``"concat"`` (it only
+            upsamples and concatenates the finest skip).
 
     Shape:
         - Input: the list of pyramid maps ``(N, C_l, H_l, W_l)``, fine to coarse (the coarsest may
           be replaced by a head's output of the same shape).
-        - Output: ``(N, out_channels, H_0, W_0)``.
+        - Output: ``(N, out_channels, H_0, W_0)`` (``(N, decoder.channels, H_0, W_0)`` without ``out_channels``).
 
     Examples:
         >>> import torch
@@ -73,30 +83,44 @@ class UNetDecoder(nn.Module):
         out_channels: int | None = None,
         upsample: str = "nearest",
         final_activation: str | None = None,
+        middle: str | None = None,
+        last: str = "block",
     ) -> None:
         super().__init__()
         channels = [check_int("encoder_channels", c) for c in encoder_channels]
         if len(channels) < 2:
             raise ValueError(f"encoder_channels needs at least two maps, got {list(encoder_channels)}")
+        self.upsample = check_choice("upsample", upsample, ("nearest", "bilinear"))
+        self.middle = check_choice(
+            "middle", middle or ("half" if self.upsample == "bilinear" else "output"), ("output", "half")
+        )
+        self.last = check_choice("last", last, ("block", "concat"))
         levels = len(channels) - 1
-        default = [channels[0], *channels[: levels - 1]]  # each step ends at the next finer skip's width
+        first = 1 if self.last == "concat" else 0  # the finest level with a block
+        default = [channels[0], *channels[: levels - 1]][first:]  # each step ends at the next finer skip's width
         widths = list(default if decoder_channels is None else decoder_channels)
-        if len(widths) != levels:
-            raise ValueError(f"decoder_channels needs {levels} entries (one per skip), got {len(widths)}")
+        if len(widths) != levels - first:
+            raise ValueError(
+                f"decoder_channels needs {levels - first} entries (one per skip{' but the finest' if first else ''}), "
+                f"got {len(widths)}"
+            )
         self.encoder_channels = tuple(channels)
         self.decoder_channels = tuple(check_int("decoder_channels", c) for c in widths)
-        self.upsample = check_choice("upsample", upsample, ("nearest", "bilinear"))
         self.final_activation = (
             None if final_activation is None else check_choice("final_activation", final_activation, ("sigmoid",))
         )
         blocks = []
         below = channels[-1]
-        for level in reversed(range(levels)):
+        for level in reversed(range(first, levels)):
             total = channels[level] + below
-            mid = total // 2 if self.upsample == "bilinear" else None
-            blocks.append(DoubleConv(total, self.decoder_channels[level], mid))
-            below = self.decoder_channels[level]
+            mid = total // 2 if self.middle == "half" else None
+            blocks.append(DoubleConv(total, self.decoder_channels[level - first], mid))
+            below = self.decoder_channels[level - first]
+        if first:
+            below += channels[0]
         self.blocks = nn.ModuleList(blocks)  # coarse to fine
+        #: Channels of the decoded map (before the optional final convolution).
+        self.channels = below
         self.head = None if out_channels is None else nn.Conv2d(below, check_int("out_channels", out_channels), 1)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
@@ -106,7 +130,8 @@ class UNetDecoder(nn.Module):
         for level, (fmap, c) in enumerate(zip(features, self.encoder_channels, strict=True)):
             check_feature_map(f"features[{level}]", fmap, channels=c)
         x = features[-1]
-        for block, skip in zip(self.blocks, reversed(features[:-1]), strict=True):
+        blocks: list[nn.Module | None] = [*self.blocks, *([None] if self.last == "concat" else [])]
+        for block, skip in zip(blocks, reversed(features[:-1]), strict=True):
             if self.upsample == "bilinear":
                 x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=True)
             else:
@@ -114,7 +139,9 @@ class UNetDecoder(nn.Module):
             dy, dx = skip.shape[2] - x.shape[2], skip.shape[3] - x.shape[3]
             if dy or dx:
                 x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
-            x = block(torch.cat([skip, x], dim=1))
+            x = torch.cat([skip, x], dim=1)
+            if block is not None:
+                x = block(x)
         if self.head is not None:
             x = self.head(x)
             if self.final_activation == "sigmoid":

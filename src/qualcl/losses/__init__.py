@@ -5,6 +5,7 @@ from qualcl.losses.circle import CircleLoss, FineTripletLoss
 from qualcl.losses.clip import ClipLoss
 from qualcl.losses.focal import FocalLoss
 from qualcl.losses.info_nce import InfoNCE
+from qualcl.losses.local import MixupConsistencyLoss, PatchDiscriminationLoss, RegionDiscriminationLoss
 from qualcl.losses.multi_level import MultiLevelInfoNCE
 from qualcl.losses.nt_xent import NTXentLoss
 from qualcl.losses.reconstruction import MaskedReconstructionLoss
@@ -17,6 +18,9 @@ __all__ = [
     "FocalLoss",
     "InfoNCE",
     "MaskedReconstructionLoss",
+    "MixupConsistencyLoss",
     "MultiLevelInfoNCE",
     "NTXentLoss",
+    "PatchDiscriminationLoss",
+    "RegionDiscriminationLoss",
 ]

@@ -1,0 +1,277 @@
+"""Local discrimination's losses against float64 loops, their gradients, streaming and properties."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+import reference
+from qualcl.functional import (
+    assignment_entropy,
+    grid_items,
+    mixup_targets,
+    patch_discrimination,
+    patch_grid,
+    region_discrimination,
+    region_features,
+)
+from qualcl.losses import MixupConsistencyLoss, PatchDiscriminationLoss, RegionDiscriminationLoss
+
+
+def _randn(seed: int, *shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _assignments(seed: int, n: int, k: int, h: int, w: int) -> torch.Tensor:
+    return torch.softmax(2 * _randn(seed, n, k, h, w), dim=1)
+
+
+def _code_criterion(features: torch.Tensor, tau: float, detach: bool = True) -> torch.Tensor:
+    """A dense autograd transliteration of the code's BatchCriterion(negM=1): partners and columns read via .data."""
+    x = F.normalize(features, dim=1)
+    c = x.detach() if detach else x
+    n = x.shape[0]
+    partner = torch.cat([torch.arange(n // 2, n), torch.arange(n // 2)])
+    all_prob = torch.exp(x @ c.T / tau) * (1 - torch.eye(n, dtype=x.dtype))
+    z = all_prob.sum(1)
+    pos = torch.exp((x * c[partner]).sum(1) / tau) / z
+    log_neg = torch.log(1 - all_prob / z[:, None]).sum(1) - torch.log(1 - pos)
+    return -(torch.log(pos).sum() + log_neg.sum()) / n
+
+
+sizes = st.tuples(st.integers(1, 8), st.integers(1, 6), st.integers(0, 2**31 - 1))
+
+
+@given(sizes, st.sampled_from([0.1, 0.5, 1.0]))
+def test_patch_discrimination_matches_the_loop_reference(case, tau):
+    half, d, seed = case
+    features = _randn(seed, 2 * half, d)
+    got = patch_discrimination(features, temperature=tau)
+    assert got.dtype == torch.float64
+    # 1 - P of a dominant column cancels (in both): relative accuracy ~eps / (1 - P), hence 1e-7
+    assert math.isclose(float(got), reference.patch_discrimination(features, tau), rel_tol=1e-7, abs_tol=1e-12)
+
+
+@given(sizes, st.integers(1, 16))
+def test_every_block_size_gives_the_dense_value_and_gradient(case, block):
+    half, d, seed = case
+    features = _randn(seed, 2 * half, d).requires_grad_()
+    dense = patch_discrimination(features)
+    (grad_dense,) = torch.autograd.grad(dense, features)
+    blocked = patch_discrimination(features, block_size=block)
+    (grad_blocked,) = torch.autograd.grad(blocked, features)
+    torch.testing.assert_close(blocked, dense)
+    torch.testing.assert_close(grad_blocked, grad_dense)
+
+
+@given(st.tuples(st.integers(2, 8), st.integers(1, 6), st.integers(0, 2**31 - 1)))
+def test_gradient_flows_through_the_anchor_rows_only(case):
+    """As the code's criterion (N >= 4: at N = 2 the code takes log(1 - 1) - log(1 - 1) = NaN where this is 0)."""
+    half, d, seed = case
+    features = _randn(seed, 2 * half, d).requires_grad_()
+    (ours,) = torch.autograd.grad(patch_discrimination(features, temperature=0.5), features)
+    (code,) = torch.autograd.grad(_code_criterion(features, 0.5), features)
+    torch.testing.assert_close(ours, code)
+
+
+def test_the_detached_gradient_differs_from_the_full_one():
+    """The anchor-only gradient is a real choice: differentiating the columns too changes it."""
+    features = _randn(3, 8, 4).requires_grad_()
+    (ours,) = torch.autograd.grad(patch_discrimination(features, temperature=0.5), features)
+    (full,) = torch.autograd.grad(_code_criterion(features, 0.5, detach=False), features)
+    assert not torch.allclose(ours, full, atol=1e-6)
+    torch.testing.assert_close(patch_discrimination(features, temperature=0.5), _code_criterion(features, 0.5))
+
+
+def test_each_row_is_differentiated_with_respect_to_its_anchor_alone():
+    """dL/df_i = (1/N) dl_i/df_i with every other item a constant in l_i: partners get no gradient from row i."""
+    features = _randn(5, 6, 3)
+    n, tau = features.shape[0], 0.5
+    expected = torch.zeros_like(features)
+    for i in range(n):
+        anchor = features[i].clone().requires_grad_()
+        x = F.normalize(features, dim=1)
+        a = F.normalize(anchor, dim=0)
+        e = torch.exp(x @ a / tau)
+        e = torch.cat([e[:i], e[i + 1 :]])  # k != i
+        others = [k for k in range(n) if k != i]
+        z = e.sum()
+        partner = others.index((i + n // 2) % n)
+        row = torch.log(e[partner] / z) + sum(torch.log(1 - e[j] / z) for j in range(n - 1) if j != partner)
+        (expected[i],) = torch.autograd.grad(-row / n, anchor)
+    f = features.clone().requires_grad_()
+    (got,) = torch.autograd.grad(patch_discrimination(f, temperature=tau, block_size=2), f)
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("block", [None, 1, 3])
+def test_gradcheck_against_the_detached_dense_criterion(block):
+    """Finite differences of the code's own criterion equal our backward once its columns are held fixed."""
+    features = _randn(7, 6, 3).requires_grad_()
+    columns = F.normalize(features.detach(), dim=1)
+
+    def anchors_only(f: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(f, dim=1)
+        n = x.shape[0]
+        partner = torch.cat([torch.arange(n // 2, n), torch.arange(n // 2)])
+        e = torch.exp(x @ columns.T / 0.5) * (1 - torch.eye(n, dtype=x.dtype))
+        z = e.sum(1)
+        pos = torch.exp((x * columns[partner]).sum(1) / 0.5) / z
+        return -(torch.log(pos).sum() + (torch.log(1 - e / z[:, None]).sum(1) - torch.log(1 - pos)).sum()) / n
+
+    assert torch.autograd.gradcheck(anchors_only, (features,))
+    (expected,) = torch.autograd.grad(anchors_only(features), features)
+    (got,) = torch.autograd.grad(patch_discrimination(features, temperature=0.5, block_size=block), features)
+    torch.testing.assert_close(got, expected)
+
+
+@given(sizes, st.randoms(use_true_random=False))
+def test_permuting_pairs_and_scaling_leave_the_loss_unchanged(case, rnd):
+    half, d, seed = case
+    features = _randn(seed, 2 * half, d)
+    order = list(range(half))
+    rnd.shuffle(order)
+    perm = torch.tensor(order + [i + half for i in order])
+    scale = torch.rand(2 * half, 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + 0.5
+    base = patch_discrimination(features)
+    torch.testing.assert_close(patch_discrimination(features[perm] * scale), base)
+    swapped = torch.cat([features[half:], features[:half]])  # the views swap roles: the same pairs
+    torch.testing.assert_close(patch_discrimination(swapped), base)
+
+
+def test_aligned_views_score_lower_than_random_ones():
+    anchors = _randn(11, 16, 8)
+    aligned = patch_discrimination(torch.cat([anchors, anchors + 0.01 * _randn(12, 16, 8)]))
+    random = patch_discrimination(torch.cat([anchors, _randn(13, 16, 8)]))
+    assert aligned < random
+
+
+def test_a_single_pair_has_no_negative_and_zero_loss():
+    torch.testing.assert_close(patch_discrimination(torch.randn(2, 3)), torch.tensor(0.0))
+
+
+def test_half_inputs_are_computed_in_float32_and_stay_finite():
+    features = torch.randn(64, 16).half()
+    got = patch_discrimination(features)
+    assert got.dtype == torch.float32 and torch.isfinite(got)
+    torch.testing.assert_close(got, patch_discrimination(features.float()), rtol=1e-3, atol=1e-3)
+    duplicate = torch.cat([torch.ones(2, 4), -torch.ones(2, 4)])  # all the mass on one column
+    assert torch.isfinite(patch_discrimination(duplicate, temperature=0.01))
+
+
+def test_patch_discrimination_rejects_bad_input():
+    with pytest.raises(ValueError, match="even number of rows"):
+        patch_discrimination(torch.randn(5, 3))
+    with pytest.raises(ValueError, match="all-zero"):
+        patch_discrimination(torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="temperature"):
+        PatchDiscriminationLoss(temperature=0.0)
+    with pytest.raises(ValueError, match="block_size"):
+        patch_discrimination(torch.randn(4, 3), block_size=0)
+    with pytest.raises(ValueError, match="shape \\(N, D\\)"):
+        PatchDiscriminationLoss()(torch.randn(2, 4, 3))
+
+
+@given(sizes)
+def test_mixup_consistency_is_the_criterion_of_mixed_then_detached_targets(case):
+    m, d, seed = case
+    mixed = _randn(seed, m, d).requires_grad_()
+    targets = _randn(seed + 1, m, d).requires_grad_()
+    loss = MixupConsistencyLoss(temperature=0.2)(mixed, targets)
+    expected = reference.patch_discrimination(torch.cat([mixed, targets]).detach(), 0.2)
+    assert math.isclose(float(loss.detach()), expected, rel_tol=1e-7, abs_tol=1e-12)
+    loss.backward()
+    assert targets.grad is None  # the targets are detached
+    assert mixed.grad is not None and torch.isfinite(mixed.grad).all()
+
+
+def test_mixup_targets_mix_and_normalise_per_cell():
+    first, second = _randn(1, 2, 3, 2, 2), _randn(2, 2, 3, 2, 2)
+    w = torch.tensor([0.25, 0.8], dtype=torch.float64)
+    got = mixup_targets(first, second, w)
+    for n in range(2):
+        for y in range(2):
+            for x in range(2):
+                v = w[n] * first[n, :, y, x] + (1 - w[n]) * second[n, :, y, x]
+                torch.testing.assert_close(got[n, :, y, x], v / v.norm())
+    with pytest.raises(ValueError, match="weights"):
+        mixup_targets(first, second, torch.ones(3))
+    with pytest.raises(ValueError, match="same shape"):
+        mixup_targets(first, second[:, :, :1], w)
+
+
+def test_patch_grid_and_items_follow_the_codes_layout():
+    e = _randn(4, 2, 3, 8, 8)
+    grid = patch_grid(e, size=4)
+    cell = e[1, :, 2:4, 6:8].mean(dim=(1, 2))
+    torch.testing.assert_close(grid[1, :, 1, 3], cell / cell.norm())
+    items = grid_items(grid)
+    torch.testing.assert_close(items[16 + 1 * 4 + 3], grid[1, :, 1, 3])
+
+
+@given(st.integers(1, 3), st.integers(2, 4), st.integers(1, 4), st.integers(1, 3), st.integers(0, 2**31 - 1))
+def test_region_discrimination_matches_the_loop_reference(n, k, d, size, seed):
+    e = _randn(seed, n, d, size, size + 1)
+    a = _assignments(seed + 1, n, k, size, size + 1)
+    got = RegionDiscriminationLoss(temperature=0.2)(e, a)
+    assert math.isclose(float(got), reference.region_discrimination(e, a, 0.2), rel_tol=1e-9, abs_tol=1e-12)
+
+
+@given(st.integers(1, 3), st.integers(2, 5), st.integers(0, 2**31 - 1))
+def test_region_discrimination_is_equivariant_to_relabelling_the_clusters(n, k, seed):
+    e, a = _randn(seed, n, 4, 3, 3), _assignments(seed + 1, n, k, 3, 3)
+    perm = torch.randperm(k, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(region_discrimination(e, a[:, perm]), region_discrimination(e, a))
+    torch.testing.assert_close(region_features(e, a)[:, perm], region_features(e, a[:, perm]))
+
+
+def test_region_discrimination_gradients_include_the_prototypes():
+    e = _randn(1, 2, 3, 3, 3).requires_grad_()
+    a = _assignments(2, 2, 3, 3, 3).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, y: region_discrimination(x, y), (e, a))
+    r = region_features(e, a)
+    detached = F.cross_entropy(
+        (torch.einsum("nkd,jd->nkj", r, F.normalize(r.mean(0), dim=1).detach()) / 0.2).reshape(-1, 3),
+        torch.arange(3).repeat(2),
+    )
+    (with_prototypes,) = torch.autograd.grad(region_discrimination(e, a), e)
+    (without,) = torch.autograd.grad(detached, e)
+    assert not torch.allclose(with_prototypes, without)
+
+
+def test_region_discrimination_of_identical_regions_is_log_k():
+    e = torch.ones(2, 4, 3, 3, dtype=torch.float64)
+    a = torch.full((2, 5, 3, 3), 0.2, dtype=torch.float64)
+    torch.testing.assert_close(region_discrimination(e, a), torch.tensor(math.log(5), dtype=torch.float64))
+
+
+def test_region_discrimination_rejects_bad_input():
+    with pytest.raises(ValueError, match="K >= 2"):
+        region_discrimination(torch.randn(1, 4, 3, 3), torch.ones(1, 1, 3, 3))
+    with pytest.raises(ValueError, match="to match embeddings"):
+        region_discrimination(torch.randn(1, 4, 3, 3), torch.ones(1, 2, 3, 2))
+    with pytest.raises(ValueError, match="temperature"):
+        RegionDiscriminationLoss(temperature=-1)
+
+
+@given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 3), st.integers(0, 2**31 - 1))
+def test_assignment_entropy_matches_the_loop_reference(n, k, size, seed):
+    a = torch.rand(n, k, size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    got = assignment_entropy(a)
+    assert math.isclose(float(got), reference.binary_entropy_bits(a), rel_tol=1e-9, abs_tol=1e-12)
+    assert 0 <= float(got) <= 1
+
+
+def test_assignment_entropy_extremes_gradient_and_errors():
+    one_hot = F.one_hot(torch.tensor([[[0, 1], [2, 0]]]), 3).permute(0, 3, 1, 2).double()
+    assert float(assignment_entropy(one_hot)) < 1e-25
+    assert float(assignment_entropy(torch.full((1, 2, 1, 1), 0.5))) == pytest.approx(1.0)
+    a = (torch.rand(1, 2, 2, 2, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
+    assert torch.autograd.gradcheck(assignment_entropy, (a,))
+    (g,) = torch.autograd.grad(assignment_entropy(one_hot.requires_grad_()), one_hot)
+    assert torch.isfinite(g).all()
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        assignment_entropy(torch.full((1, 2, 1, 1), 1.5))
