@@ -3,7 +3,8 @@
 :mod:`qualcl.data.synthetic` generates SynthFundus and :mod:`qualcl.data.degrade` holds the Shen et al.
 degradations. Readers of the real datasets live in :mod:`qualcl.data.readers`, the CoMCL level split in
 :mod:`qualcl.data.levels`, and :class:`ImageTable` is the in-memory table every recipe trains on
-(:func:`load_fundus_table` fills it from reader records).
+(:func:`load_fundus_table` fills it from reader records). :class:`LocalDiscriminationViews` draws the
+views of local discrimination.
 """
 
 from qualcl.data.degrade import (
@@ -36,6 +37,7 @@ from qualcl.data.synthetic import (
     write_fundus_dataset,
 )
 from qualcl.data.table import ImageTable
+from qualcl.data.views import LocalBatch, LocalDiscriminationViews, LocalViews, realign_grid
 
 __all__ = [
     "FACTORS",
@@ -44,6 +46,9 @@ __all__ = [
     "QUALITY_NAMES",
     "FundusSample",
     "ImageTable",
+    "LocalBatch",
+    "LocalDiscriminationViews",
+    "LocalViews",
     "SyntheticFundusDataset",
     "apply_degradation",
     "degrade_blur",
@@ -61,6 +66,7 @@ __all__ = [
     "load_fundus_table",
     "quality_from_params",
     "quality_index",
+    "realign_grid",
     "sample_degradation",
     "save_preview_grid",
     "type_code",

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from qualcl.data.augment import ColorJitterSpec, apply_color_jitter
+from qualcl.data.augment import ColorJitterSpec, apply_color_jitter, item_generator
 from qualcl.data.levels import split_levels
 from qualcl.data.loading import FUNDUS_QUALITY, load_fundus_table, patient_split, read_resized
 from qualcl.data.readers import (
@@ -208,11 +208,6 @@ def _normalization(modality: str) -> tuple[tuple[float, ...], tuple[float, ...]]
     return NORMALIZATION[modality]
 
 
-def _item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """The generator of item ``index`` in ``epoch``: every random choice of a dataset item comes from it."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + index)
-
-
 class PatchAugmentation:
     """CoMCL's patch augmentation with every draw from an explicit generator (reproducible, resumable).
 
@@ -326,7 +321,7 @@ class PatchPairDataset(Dataset[tuple[Tensor, Tensor, int, Tensor, Tensor]]):
         return len(self.data)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int, Tensor, Tensor]:
-        g = _item_generator(self.seed, self.epoch, index)
+        g = item_generator(self.seed, self.epoch, index)
         image = self.data.images[index]
         size = (image.shape[1], image.shape[2])
         p = self.patch_size
@@ -370,7 +365,7 @@ class GradingDataset(Dataset[tuple[Tensor, int, int]]):
     def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
         image = self.data.images[index]
         if self.train:
-            flips = torch.rand(2, generator=_item_generator(self.seed, self.epoch, index))
+            flips = torch.rand(2, generator=item_generator(self.seed, self.epoch, index))
             if flips[0] < 0.5:
                 image = image.flip(-1)
             if self.vertical and flips[1] < 0.5:
