@@ -125,11 +125,18 @@ def test_image_tables_concatenate_and_refuse_mismatches():
     from qualcl.data import ImageTable
 
     a = ImageTable(
-        torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 1]), torch.tensor([0, 1]), ("Good", "Bad"),
-        patient=["p", "q"], codes={"x": torch.tensor([5, 6]), "y": torch.tensor([1, 1])},
+        torch.zeros(2, 3, 4, 4, dtype=torch.uint8),
+        torch.tensor([0, 1]),
+        torch.tensor([0, 1]),
+        ("Good", "Bad"),
+        patient=["p", "q"],
+        codes={"x": torch.tensor([5, 6]), "y": torch.tensor([1, 1])},
     )
     b = ImageTable(
-        torch.ones(1, 3, 4, 4, dtype=torch.uint8), torch.tensor([1]), torch.tensor([0]), ("Good", "Bad"),
+        torch.ones(1, 3, 4, 4, dtype=torch.uint8),
+        torch.tensor([1]),
+        torch.tensor([0]),
+        ("Good", "Bad"),
         codes={"x": torch.tensor([7])},
     )
     both = ImageTable.concat([a, b])

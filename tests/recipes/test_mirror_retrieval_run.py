@@ -79,9 +79,10 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(smoke, whole
         run_mirror_retrieval(smoke, run, callbacks=[_StopAt()])
     assert not RunFolder(run).stage_done("train")
     run_mirror_retrieval(smoke, run)
-    assert json.loads((run / "metrics.json").read_text())["test"] == json.loads(
-        (reference / "metrics.json").read_text()
-    )["test"]
+    assert (
+        json.loads((run / "metrics.json").read_text())["test"]
+        == json.loads((reference / "metrics.json").read_text())["test"]
+    )
     left = load_file(str(run / "weights" / "mirror_retrieval.safetensors"))
     right = load_file(str(reference / "weights" / "mirror_retrieval.safetensors"))
     assert all(torch.equal(left[k], right[k]) for k in left)

@@ -1,4 +1,4 @@
-"""Metrics: QWK, kappa, accuracy, F1, AUC (torchmetrics adapters); retrieval P@k, mAP, MRR, NDCG; by stratum."""
+"""Metrics: QWK, kappa, accuracy, F1, AUC, Dice, IoU (torchmetrics adapters); retrieval; landmarks; by stratum."""
 
 from qualcl.metrics.classification import (
     binary_auroc,
@@ -11,25 +11,38 @@ from qualcl.metrics.classification import (
     stratified_diagnosis_metrics,
     stratified_grading_metrics,
 )
+from qualcl.metrics.landmarks import landmark_metrics, radial_errors
 from qualcl.metrics.retrieval import (
     dr_graded_relevance,
     map_at_r_columns,
     retrieval_metrics,
     stratified_retrieval_metrics,
 )
+from qualcl.metrics.segmentation import (
+    binarize,
+    segmentation_metrics,
+    segmentation_scores,
+    stratified_segmentation_metrics,
+)
 
 __all__ = [
+    "binarize",
     "binary_auroc",
     "cohen_kappa",
     "confusion_matrix",
     "diagnosis_metrics",
     "dr_graded_relevance",
     "grading_metrics",
+    "landmark_metrics",
     "map_at_r_columns",
     "multiclass_auroc_ovo",
     "quadratic_weighted_kappa",
+    "radial_errors",
     "retrieval_metrics",
+    "segmentation_metrics",
+    "segmentation_scores",
     "stratified_diagnosis_metrics",
     "stratified_grading_metrics",
     "stratified_retrieval_metrics",
+    "stratified_segmentation_metrics",
 ]
