@@ -6,7 +6,8 @@ vectors, item ``i``'s positive is ``i' = i ± n`` (the same grid cell of the oth
 item is a negative, and gradients flow only through the anchor row (the code reads its partners
 and the columns of the similarity matrix through ``.data``). The loss of row ``i`` depends only on
 ``f_i`` and on constants, so it streams over column blocks with an exact hand-written backward:
-peak memory ``O(N·b)`` for blocks of ``b`` columns instead of the dense ``N × N``.
+peak memory ``O(N·b)`` for blocks of ``b`` columns instead of the dense ``N × N`` (and, on CPU,
+faster than the dense matrix: see ``benchmarks/results/patch_discrimination_cpu.md``).
 """
 
 from __future__ import annotations
@@ -31,8 +32,18 @@ __all__ = [
     "region_features",
 ]
 
-#: Dense similarity matrices up to this many entries (64 MiB in float32); column blocks beyond.
+#: On accelerators: dense similarity matrices up to this many entries (64 MiB in float32), column blocks beyond.
 DENSE_ENTRIES = 1 << 24
+#: On CPU: columns per block. The criterion's element-wise passes are memory-bound, and blocks that
+#: stay in cache ran 3x faster than the dense matrix at N = 16,384 on 2 cores
+#: (``benchmarks/results/patch_discrimination_cpu.md``).
+CPU_BLOCK = 256
+
+
+def _auto_block(n: int, device: torch.device) -> int:
+    if device.type == "cpu":
+        return min(n, CPU_BLOCK)
+    return n if n * n <= DENSE_ENTRIES else max(1, DENSE_ENTRIES // n)
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -121,8 +132,9 @@ def patch_discrimination(features: Tensor, *, temperature: float = 0.1, block_si
             last ``n`` the same items in the second view (e.g. :func:`grid_items` of
             ``[x1_1, x2_1, x1_2, x2_2]``'s patch grids).
         temperature: ``T > 0`` (0.1 in the paper).
-        block_size: Columns per block; ``None`` is dense up to ``2^24`` entries and blocks of
-            ``2^24 // N`` columns beyond. Every block size gives the same value and gradients.
+        block_size: Columns per block; ``None``: 256 on CPU (cache-sized blocks are the fastest
+            there), else dense up to ``2^24`` entries and ``2^24 // N`` columns beyond. Every block
+            size gives the same value and gradients.
 
     Returns:
         Scalar loss (computed in float32 for half inputs, float64 for float64).
@@ -144,11 +156,7 @@ def patch_discrimination(features: Tensor, *, temperature: float = 0.1, block_si
     if n % 2:
         raise ValueError(f"features needs an even number of rows N = 2n (item i's positive is i + n), got {n}")
     temperature = check_positive("temperature", temperature)
-    block = (
-        (n if n * n <= DENSE_ENTRIES else max(1, DENSE_ENTRIES // n))
-        if block_size is None
-        else check_int("block_size", block_size)
-    )
+    block = _auto_block(n, features.device) if block_size is None else check_int("block_size", block_size)
     x = F.normalize(features.to(_compute_dtype(features)), dim=1)
     loss: Tensor = _PatchDiscrimination.apply(x, temperature, min(block, n))
     return loss
