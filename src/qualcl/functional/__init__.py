@@ -1,6 +1,7 @@
 """Pure tensor maths: no state, no I/O. Every module in :mod:`qualcl.losses` wraps one of these."""
 
 from qualcl.functional.circle import circle_loss, relevance_degrees
+from qualcl.functional.dice import soft_dice_loss
 from qualcl.functional.focal import batch_entropy, focal_loss
 from qualcl.functional.info_nce import info_nce, info_nce_from_logits, nt_xent, restrict_top_k
 from qualcl.functional.local import (
@@ -63,6 +64,7 @@ __all__ = [
     "relevance_degrees",
     "restrict_top_k",
     "sincos_2d_position_embedding",
+    "soft_dice_loss",
     "unpatchify",
     "weighted_reduce",
 ]

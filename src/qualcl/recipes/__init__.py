@@ -45,4 +45,11 @@ RECIPES: dict[str, RecipeEntry] = {
         "fusion): zero-shot, few-shot, fine-tuning and image-text recall per quality stratum",
         ablation="qualcl.recipes.fundus_mm.ablation:run_ablation",
     ),
+    "local-discrimination": RecipeEntry(
+        "qualcl.recipes.local_discrimination.recipe",
+        "LOCAL_DISCRIMINATION",
+        "Unsupervised local discrimination (TPAMI 2023): patch + region discrimination of pixel embeddings, "
+        "then segmentation transfer (Dice per quality level), one-shot landmarks and shape-guided segmentation",
+        ablation="qualcl.recipes.local_discrimination.ablation:run_ablation",
+    ),
 }

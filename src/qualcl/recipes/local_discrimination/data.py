@@ -1,0 +1,230 @@
+"""Local-discrimination data: unlabelled pre-training images, labelled segmentation splits, landmarks, priors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from qualcl.data.augment import item_generator
+from qualcl.data.loading import FUNDUS_QUALITY, patient_split
+from qualcl.data.readers import SEGMENTATION_DATASETS, load_segmentation_sample, read_segmentation
+from qualcl.data.synthetic import load_fundus_dataset
+from qualcl.recipes.local_discrimination.config import DataConfig
+
+__all__ = ["SYNTHETIC_TASKS", "LDData", "SegmentationDataset", "SegmentationSet", "load_ld_data"]
+
+#: Masks of the synthetic set the transfer segments (vessels, optic disc, hard exudates: the code's retinal tasks).
+SYNTHETIC_TASKS = ("vessels", "OD", "EX")
+#: The quality stratum of datasets without quality labels.
+UNRATED = ("unrated",)
+
+Progress = Callable[[Sequence[Path]], Sequence[Path]] | None
+
+
+class SegmentationSet(NamedTuple):
+    """Images with their masks, quality levels and landmarks.
+
+    Attributes:
+        images: ``(N, 3, S, S)`` uint8.
+        masks: Task → ``(N, S, S)`` bool.
+        quality: ``(N,)`` quality index (0 = best).
+        quality_names: Names of the quality indices.
+        landmarks: Landmark → ``(N, 2)`` float ``(x, y)`` pixels (``{}`` where the dataset has none).
+        names: Image names.
+    """
+
+    images: Tensor
+    masks: dict[str, Tensor]
+    quality: Tensor
+    quality_names: tuple[str, ...]
+    landmarks: dict[str, Tensor]
+    names: list[str]
+
+    def __len__(self) -> int:  # type: ignore[override]
+        return int(self.images.shape[0])
+
+    def subset(self, index: Sequence[int]) -> SegmentationSet:
+        """The rows ``index``."""
+        at = torch.as_tensor(list(index), dtype=torch.long)
+        return SegmentationSet(
+            self.images[at],
+            {k: v[at] for k, v in self.masks.items()},
+            self.quality[at],
+            self.quality_names,
+            {k: v[at] for k, v in self.landmarks.items()},
+            [self.names[i] for i in at.tolist()],
+        )
+
+
+class LDData(NamedTuple):
+    """The run's data.
+
+    Attributes:
+        pretrain: ``(M, 3, S, S)`` uint8 unlabelled images (the training split).
+        train: Labelled images of the transfer.
+        val: Held-out labelled images (best epoch).
+        test: Test images.
+        priors: ``(P, S, S)`` bool shape-prior masks (synthetic vessel masks of the pre-training
+            images; empty for real datasets).
+        tasks: Masks the transfer segments.
+    """
+
+    pretrain: Tensor
+    train: SegmentationSet
+    val: SegmentationSet
+    test: SegmentationSet
+    priors: Tensor
+    tasks: tuple[str, ...]
+
+
+def _read(path: Path, size: int, mode: str) -> Tensor:
+    with Image.open(path) as image:
+        converted = image.convert(mode)
+        if converted.size != (size, size):
+            resample = Image.Resampling.BILINEAR if mode == "RGB" else Image.Resampling.NEAREST
+            converted = converted.resize((size, size), resample)
+        array = np.array(converted)
+    return torch.from_numpy(array)
+
+
+def _synthetic(config: DataConfig, root: Path, progress: Progress) -> tuple[SegmentationSet, SegmentationSet, Tensor]:
+    folder = load_fundus_dataset(root)
+    size = config.image_size
+    generated = int(folder.metadata.get("size", size))
+    scale = size / generated
+
+    def table(positions: list[int]) -> SegmentationSet:
+        records = [folder.records[i] for i in positions]
+        paths = [root / r.get("image_path", f"images/{r['image']}") for r in records]
+        iterator = progress(paths) if progress is not None else paths
+        images = torch.stack([_read(p, size, "RGB").permute(2, 0, 1) for p in iterator])
+        masks = {
+            task: torch.stack([_read(root / r["masks"][task], size, "L") > 0 for r in records])
+            for task in SYNTHETIC_TASKS
+        }
+        landmarks = {
+            name: torch.tensor([r["landmarks"][name] for r in records], dtype=torch.float32) * scale
+            for name in ("disc", "fovea")
+        }
+        quality = torch.tensor([int(r["quality"]) for r in records], dtype=torch.long)
+        return SegmentationSet(images, masks, quality, FUNDUS_QUALITY, landmarks, [r["image"] for r in records])
+
+    train, test = table(folder.splits["train"]), table(folder.splits["test"])
+    return train, test, train.masks["vessels"]
+
+
+def _real(config: DataConfig, root: Path, progress: Progress) -> tuple[SegmentationSet, SegmentationSet, Tensor]:
+    dataset = config.dataset
+    tasks = SEGMENTATION_DATASETS[dataset]
+
+    def table(records: Sequence[object]) -> SegmentationSet:
+        iterator = progress(list(records)) if progress is not None else records  # type: ignore[arg-type]
+        samples = [load_segmentation_sample(r, config.image_size) for r in iterator]  # type: ignore[arg-type]
+        images = torch.stack([s.image for s in samples])
+        masks = {t: torch.stack([s.masks[t] for s in samples]) for t in tasks if all(t in s.masks for s in samples)}
+        missing = [t for t in tasks if t not in masks]
+        if missing:
+            raise ValueError(f"{dataset}: some images lack the {missing} mask(s); every image needs each task's mask")
+        names = [r.name for r in records]  # type: ignore[attr-defined]
+        return SegmentationSet(images, masks, torch.zeros(len(samples), dtype=torch.long), UNRATED, {}, names)
+
+    if dataset in ("drive", "idrid", "drishti"):
+        train = table(read_segmentation(dataset, root, "train"))
+        test = table(read_segmentation(dataset, root, "test"))
+    else:  # no official split: a seeded split of the images
+        records = read_segmentation(dataset, root)
+        order = torch.randperm(len(records), generator=torch.Generator().manual_seed(config.seed)).tolist()
+        cut = max(1, round(len(records) * config.test_fraction))
+        test = table([records[i] for i in sorted(order[:cut])])
+        train = table([records[i] for i in sorted(order[cut:])])
+    return train, test, torch.zeros(0, config.image_size, config.image_size, dtype=torch.bool)
+
+
+def load_ld_data(config: DataConfig, root: Path, tasks: Sequence[str] = (), *, progress: Progress = None) -> LDData:
+    """Read the dataset: pre-training images, labelled train / val, test, shape priors.
+
+    The pre-training images are the whole training split, unlabelled; the transfer's labelled
+    images are the first ``data.labelled`` of a seeded permutation of the training split (synthetic:
+    of its patients, both eyes together), of which ``val_fraction`` is held out.
+
+    Raises:
+        ValueError: An unknown task, or too few images for the splits.
+    """
+    train, test, priors = (_synthetic if config.dataset == "synthetic" else _real)(config, root, progress)
+    available = SYNTHETIC_TASKS if config.dataset == "synthetic" else SEGMENTATION_DATASETS[config.dataset]
+    chosen = tuple(tasks) or available
+    unknown = [t for t in chosen if t not in available]
+    if unknown:
+        raise ValueError(f"transfer.tasks {unknown} are not masks of {config.dataset}; choose from {list(available)}")
+    pretrain = train.images
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed + 1)).tolist()
+    if config.dataset == "synthetic":  # by patient: both eyes on one side
+        patients = [train.names[i].split("_")[0] for i in range(len(train))]
+        keep, held = patient_split(patients, config.val_fraction, config.seed)
+        labelled = sorted(keep, key=order.index)[: config.labelled or None]
+    else:
+        rows = order[: config.labelled or None]
+        cut = max(1, round(len(rows) * config.val_fraction))
+        held, labelled = rows[:cut], rows[cut:]
+    wanted = max(1, round(len(labelled) * config.val_fraction / (1 - config.val_fraction)))
+    val = sorted(held, key=order.index)[:wanted]
+    if len(labelled) < 2 or len(val) < 1 or len(test) < 1:
+        raise ValueError(
+            f"{config.dataset}: {len(labelled)} labelled, {len(val)} validation and {len(test)} test images; "
+            "the transfer needs at least 2, 1 and 1 (more images, or a larger data.labelled)"
+        )
+    return LDData(pretrain, train.subset(labelled), train.subset(val), test, priors, chosen)
+
+
+class SegmentationDataset(Dataset[tuple[Tensor, Tensor, int]]):
+    """Item ``i``: normalised image, its ``(1, S, S)`` float mask of one task, quality index.
+
+    With ``train`` the image and mask get the same random flips and quarter turn, drawn from the
+    item's generator ``(seed, epoch, index)`` (the code: flips and a rotation in ``[−180°, 180°]``).
+    """
+
+    def __init__(
+        self,
+        data: SegmentationSet,
+        task: str,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        train: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if task not in data.masks:
+            raise ValueError(f"no {task!r} masks; available: {sorted(data.masks)}")
+        self.data, self.task, self.train, self.seed, self.epoch = data, task, train, seed, 0
+        self.mean = torch.tensor(list(mean)).view(-1, 1, 1)
+        self.std = torch.tensor(list(std)).view(-1, 1, 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw new augmentations for ``epoch``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int]:
+        image = self.data.images[index].float() / 255
+        mask = self.data.masks[self.task][index][None].float()
+        if self.train:
+            g = item_generator(self.seed, self.epoch, index)
+            flips = torch.rand(2, generator=g)
+            turns = int(torch.randint(4, (), generator=g))
+            both = torch.cat([image, mask])
+            if flips[0] < 0.5:
+                both = both.flip(-1)
+            if flips[1] < 0.5:
+                both = both.flip(-2)
+            both = torch.rot90(both, turns, dims=(-2, -1))
+            image, mask = both[:3], both[3:]
+        return (image - self.mean) / self.std, mask, int(self.data.quality[index])
