@@ -236,3 +236,21 @@ def test_cli_runs_the_recipe(data_dir, tmp_path, capsys):
     )
     assert code == 0
     assert "run folder" in capsys.readouterr().out
+
+
+def test_ablation_writes_its_table_with_the_quality_gap(data_dir, tmp_path):
+    from qualcl.recipes.local_discrimination import run_ablation
+
+    config = LOCAL_DISCRIMINATION.config(
+        "smoke", overrides=["transfer.tasks=[OD]", "trainer.logger=none", f"data.data_dir={data_dir}"]
+    )
+    results = run_ablation(config, tmp_path / "abl", seeds=[0], variants=["random", "ld_stage1"], progress=False)
+    assert set(results) == {"random", "ld_stage1"}
+    assert len(results["random"]["OD/finetuned/overall"]) == 1
+    table = (tmp_path / "abl" / "ablation.md").read_text()
+    assert "| random initialisation |" in table and "LD stage 1" in table
+    assert "OD Dice (finetuned)" in table and "disc MRE px" in table
+    assert "## OD: Dice per quality level (finetuned encoder)" in table and "gap Good − " in table
+    assert (tmp_path / "abl" / "ablation_dice.png").is_file()
+    with pytest.raises(ValueError, match="unknown ablation variant"):
+        run_ablation(config, tmp_path / "abl", variants=["byol"])

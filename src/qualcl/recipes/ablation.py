@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["mean_std", "quality_rank", "run_variants"]
+__all__ = ["ablation_plan", "mean_std", "quality_rank", "run_variants"]
 
 
 def quality_rank(level: str) -> tuple[int, str]:
@@ -41,6 +41,38 @@ def mean_std(values: Sequence[float], expected: int | None = None) -> str:
     std = math.sqrt(sum((v - mean) ** 2 for v in clean) / (len(clean) - 1)) if len(clean) > 1 else 0.0
     count = f" (n={len(clean)})" if expected is not None and len(clean) < expected else ""
     return f"{mean:.3f} ± {std:.3f}{count}"
+
+
+def ablation_plan(
+    out: str | Path, names: Iterable[str], check: Callable[[str], Any], data: Any
+) -> tuple[Path, list[str], str | None]:
+    """An ablation's folder, its variant names and the data folder all its runs share.
+
+    Each name is checked first (``check(name)`` raises on an unknown variant or an impossible
+    combination), so nothing trains before every variant is known to be valid. The runs share one
+    synthetic dataset, ``out/data``, unless ``data.data_dir`` names a folder.
+
+    Args:
+        out: Folder of the ablation.
+        names: Variant names.
+        check: Raises ``ValueError`` for a variant that cannot run.
+        data: The recipe's data config (``dataset``, ``data_dir``).
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> data = SimpleNamespace(dataset="synthetic", data_dir=None)
+        >>> plan = ablation_plan("abl", ["a", "b"], lambda name: None, data)
+        >>> plan[1], Path(plan[2]).as_posix()
+        (['a', 'b'], 'abl/data')
+    """
+    root = Path(out)
+    chosen = list(names)
+    for name in chosen:
+        check(name)
+    data_dir = data.data_dir
+    if data.dataset == "synthetic" and data_dir is None:
+        data_dir = str(root / "data")
+    return root, chosen, data_dir
 
 
 def run_variants(

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from qualcl.recipes.ablation import mean_std, run_variants
+from qualcl.recipes.ablation import ablation_plan, mean_std, run_variants
 from qualcl.recipes.comcl.config import ABLATIONS, ComclConfig, headline_metric
 from qualcl.recipes.comcl.probe import probe_run
 from qualcl.recipes.comcl.recipe import METRIC_NAMES, load_datasets, run_comcl
@@ -82,14 +82,12 @@ def run_ablation(
         :func:`~qualcl.recipes.comcl.config.headline_metric` (``"qwk"``, or ``"kappa"`` for X-rays);
         with ``probe``, also ``"probe"``, ``"probe_lq"`` and ``"geometry"`` (``{name: [...]}``).
     """
-    root = Path(out)
-    names = list(ABLATIONS) if variants is None else list(variants)
-    unknown = [n for n in names if n not in ABLATIONS]
+    unknown = [n for n in (variants or ()) if n not in ABLATIONS]
     if unknown:
         raise ValueError(f"unknown ablation variant(s) {unknown}; known: {list(ABLATIONS)}")
-    data_dir = config.data.data_dir
-    if config.data.dataset == "synthetic" and data_dir is None:
-        data_dir = str(root / "data")
+    root, names, data_dir = ablation_plan(
+        out, list(ABLATIONS) if variants is None else list(variants), lambda name: None, config.data
+    )
 
     def run(name: str, seed: int, folder: Path) -> dict[str, Any]:
         return run_comcl(_variant(config, name, seed, data_dir), folder)

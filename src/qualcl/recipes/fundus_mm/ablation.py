@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from qualcl.recipes.ablation import mean_std, quality_rank, run_variants
+from qualcl.recipes.ablation import ablation_plan, mean_std, quality_rank, run_variants
 from qualcl.recipes.driver import is_global_zero
 from qualcl.recipes.fundus_mm.config import ABLATIONS, FundusMMConfig
 from qualcl.recipes.fundus_mm.recipe import run_fundus_mm
@@ -84,13 +84,12 @@ def run_ablation(
     Returns:
         ``{variant: {metric: [one value per seed]}}`` (:func:`run_metrics`' keys).
     """
-    root = Path(out)
-    names = list(ABLATIONS) if variants is None else list(variants)
-    for name in names:
-        variant_config(config, name, 0)  # fail early on an unknown name
-    data_dir = config.data.data_dir
-    if config.data.dataset == "synthetic" and data_dir is None:
-        data_dir = str(root / "data")
+    root, names, data_dir = ablation_plan(
+        out,
+        list(ABLATIONS) if variants is None else list(variants),
+        lambda name: variant_config(config, name, 0),
+        config.data,
+    )
 
     def run(name: str, seed: int, folder: Path) -> dict[str, Any]:
         return run_fundus_mm(variant_config(config, name, seed, data_dir), folder)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from qualcl.recipes.ablation import mean_std, quality_rank, run_variants
+from qualcl.recipes.ablation import ablation_plan, mean_std, quality_rank, run_variants
 from qualcl.recipes.driver import is_global_zero
 from qualcl.recipes.local_discrimination.config import ABLATIONS, LocalDiscriminationConfig
 from qualcl.recipes.local_discrimination.recipe import run_local_discrimination
@@ -70,13 +70,12 @@ def run_ablation(
     Returns:
         ``{variant: {metric: [one value per seed]}}`` (keys of :func:`run_metrics`).
     """
-    root = Path(out)
-    names = list(ABLATIONS) if variants is None else list(variants)
-    for name in names:
-        variant_config(config, name, 0)
-    data_dir = config.data.data_dir
-    if config.data.dataset == "synthetic" and data_dir is None:
-        data_dir = str(root / "data")
+    root, names, data_dir = ablation_plan(
+        out,
+        list(ABLATIONS) if variants is None else list(variants),
+        lambda name: variant_config(config, name, 0),
+        config.data,
+    )
 
     def run(name: str, seed: int, folder: Path) -> dict[str, Any]:
         return run_local_discrimination(variant_config(config, name, seed, data_dir), folder)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from qualcl.recipes.ablation import mean_std, quality_rank, run_variants
+from qualcl.recipes.ablation import ablation_plan, mean_std, quality_rank, run_variants
 from qualcl.recipes.driver import is_global_zero
 from qualcl.recipes.mirror_retrieval.config import ABLATIONS, MirrorRetrievalConfig
 from qualcl.recipes.mirror_retrieval.recipe import run_mirror_retrieval
@@ -73,13 +73,12 @@ def run_ablation(
         ``{variant: {stratum: {metric: [one value per seed]}}}`` with strata ``overall``, each query
         grade and each query quality level.
     """
-    root = Path(out)
-    names = list(ABLATIONS) if variants is None else list(variants)
-    for name in names:
-        variant_config(config, name, 0)  # fail early on an unknown name or an impossible combination
-    data_dir = config.data.data_dir
-    if config.data.dataset == "synthetic" and data_dir is None:
-        data_dir = str(root / "data")
+    root, names, data_dir = ablation_plan(
+        out,
+        list(ABLATIONS) if variants is None else list(variants),
+        lambda name: variant_config(config, name, 0),
+        config.data,
+    )
     k = config.eval.k
 
     def run(name: str, seed: int, folder: Path) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from qualcl.recipes.ablation import mean_std, run_variants
+from qualcl.recipes.ablation import ablation_plan, mean_std, run_variants
 from qualcl.recipes.driver import is_global_zero
 from qualcl.recipes.mkcnet.config import ABLATIONS, LQ_SWEEP, MkcnetConfig
 from qualcl.recipes.mkcnet.recipe import run_mkcnet
@@ -87,13 +87,12 @@ def run_ablation(
     Returns:
         ``{variant: {stratum: {metric: [one value per seed]}}}``.
     """
-    root = Path(out)
-    names = ablation_variants() if variants is None else list(variants)
-    for name in names:
-        variant_config(config, name, 0)  # fail early on an unknown name
-    data_dir = config.data.data_dir
-    if config.data.dataset == "synthetic" and data_dir is None:
-        data_dir = str(root / "data")
+    root, names, data_dir = ablation_plan(
+        out,
+        ablation_variants() if variants is None else list(variants),
+        lambda name: variant_config(config, name, 0),
+        config.data,
+    )
 
     def run(name: str, seed: int, folder: Path) -> dict[str, Any]:
         return run_mkcnet(variant_config(config, name, seed, data_dir), folder)
