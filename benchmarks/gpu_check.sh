@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU check of qualcl (at most 8 minutes on one H100 / H200), run from the repository root:
+# One-shot GPU check of qualcl (at most 11 minutes on one H100 / H200, typically much less), run from the repository root:
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        # OUT_DIR defaults to $OUT, else gpu_check/
 #
@@ -8,7 +8,8 @@
 #    buffer overflow (tests/kernels/triton_checks.py --cuda);
 # 2. the GPU benchmark tables at the targets' sizes (docs/performance.md G1-G5: bf16, N = M = 65,536),
 #    qualcl and its peers in one process (python -m benchmarks.compare --device cuda);
-# 3. a --precision bf16-mixed smoke run of every recipe on the GPU.
+# 3. the patch-discrimination criterion at 256·B items on CUDA (benchmarks/patch_discrimination.py);
+# 4. a --precision bf16-mixed smoke run of every recipe on the GPU.
 #
 # Everything lands in OUT_DIR (summary.md first). Nothing here is needed by CI; no step stops the
 # others. The machine needs torch, triton, lightning, timm, torchmetrics, safetensors, einops and
@@ -51,9 +52,9 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...: run, log to OUT_DIR/NAME.log, re
 
 smoke_runs() {  # every recipe, smoke preset, bf16-mixed, on the GPU; one log for all
     local failed=0
-    for recipe in comcl mkcnet comcl-detector; do
+    for recipe in $RECIPES; do
         echo "=== $recipe"
-        timeout 90 $PY -m qualcl.cli run "$recipe" --preset smoke --accelerator gpu --precision bf16-mixed \
+        timeout 60 $PY -m qualcl.cli run "$recipe" --preset smoke --accelerator gpu --precision bf16-mixed \
             --out "$OUT_DIR/runs/$recipe" || failed=1
     done
     return $failed
@@ -63,16 +64,21 @@ smoke_runs() {  # every recipe, smoke preset, bf16-mixed, on the GPU; one log fo
 step kernels_cuda 120 $PY tests/kernels/triton_checks.py all --cuda
 
 # 2. benchmark tables at the GPU targets' sizes; results into OUT_DIR (cuda.md, cuda.json)
-step benchmarks_cuda 210 $PY -m benchmarks.compare --device cuda --budget 3 --repeats 10 --out "$OUT_DIR"
+step benchmarks_cuda 180 $PY -m benchmarks.compare --device cuda --budget 3 --repeats 10 --out "$OUT_DIR"
 
-# 3. bf16-mixed smoke runs of every recipe on the GPU
+# 3. the patch-discrimination criterion on CUDA: the accelerator default (dense up to 2^24 entries) vs blocks
+step patch_discrimination_cuda 60 $PY -m benchmarks.patch_discrimination --device cuda --batches 16 64 256 \
+    --out "$OUT_DIR/patch_discrimination_cuda.md"
+
+# 4. bf16-mixed smoke runs of every recipe on the GPU
+RECIPES="comcl mkcnet comcl-detector mirror-retrieval fundus-mm local-discrimination"
 export -f smoke_runs
-export OUT_DIR PY
-step smoke_bf16 150 bash -c smoke_runs
+export OUT_DIR PY RECIPES
+step smoke_bf16 300 bash -c smoke_runs
 {
     echo
     echo "Smoke runs (bf16-mixed), test headline:"
-    for recipe in comcl mkcnet comcl-detector; do
+    for recipe in $RECIPES; do
         metrics="$OUT_DIR/runs/$recipe/metrics.json"
         [ -f "$metrics" ] && echo "- $recipe: $($PY -c "import json,sys; t=json.load(open(sys.argv[1]))['test']; \
 t=t.get('original', t); print(json.dumps(t.get('overall', t)))" "$metrics")"
