@@ -49,10 +49,12 @@ __all__ = [
     "check_mask",
     "check_nonnegative",
     "check_number",
+    "check_padding_mask",
     "check_pool_types",
     "check_positive",
     "check_probability",
     "check_reduction",
+    "check_tokens",
     "check_weights",
 ]
 
@@ -260,6 +262,33 @@ def check_feature_map(name: str, x: Any, channels: int | None = None) -> None:
     if x.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
     check_finite(name, x)
+
+
+def check_tokens(name: str, x: Any, dim: int | None = None) -> Tensor:
+    """A finite floating ``(N, L, D)`` token tensor with ``N, L >= 1`` (``D == dim`` if given)."""
+    tensor = check_float_tensor(name, x)
+    want = "D" if dim is None else str(dim)
+    if tensor.ndim != 3 or tensor.shape[0] == 0 or tensor.shape[1] == 0 or (dim is not None and tensor.shape[2] != dim):
+        raise ValueError(f"{name} must have shape (N, L, {want}) with N, L >= 1, got shape {tuple(tensor.shape)}")
+    check_finite(name, tensor)
+    return tensor
+
+
+def check_padding_mask(name: str, mask: Any, tokens: Tensor) -> Tensor | None:
+    """A bool ``(N, L)`` mask (``True`` = padding) matching ``tokens``, with a real token in every row."""
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+        raise TypeError(f"{name} must be a bool tensor (True = padding), got {got}")
+    if tuple(mask.shape) != tuple(tokens.shape[:2]):
+        raise ValueError(f"{name} must have shape (N, L) = {tuple(tokens.shape[:2])}, got {tuple(mask.shape)}")
+    if not _tracing():
+        empty = mask.all(dim=1)
+        if bool(empty.any()):
+            rows = empty.nonzero().flatten()[:5].tolist()
+            raise ValueError(f"{name} pads every token of row(s) {rows}: each sequence needs one real token")
+    return mask
 
 
 def check_batch_statistics(name: str, x: Tensor, module: torch.nn.Module) -> None:

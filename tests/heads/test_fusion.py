@@ -77,5 +77,5 @@ def test_fusion_errors_are_named():
         fusion(IMAGE, TEXT, image_padding_mask=IMAGE_PAD.long())
     with pytest.raises(ValueError, match=r"image_padding_mask must have shape \(N, L\) = \(3, 5\)"):
         fusion(IMAGE, TEXT, image_padding_mask=TEXT_PAD)
-    with pytest.raises(ValueError, match="image_tokens contains non-finite"):
+    with pytest.raises(ValueError, match=r"image_tokens contains \d+ non-finite"):
         fusion(IMAGE * float("nan"), TEXT)

@@ -1,4 +1,4 @@
-"""The pre-norm transformer block the decoders and the fusion share, and its padding checks."""
+"""The pre-norm transformer block the decoders and the fusion share."""
 
 from __future__ import annotations
 
@@ -6,38 +6,7 @@ import torch
 from timm.layers.mlp import Mlp
 from torch import Tensor, nn
 
-__all__ = ["AttentionBlock", "check_padding_mask", "check_tokens"]
-
-
-def check_tokens(name: str, x: object, dim: int | None = None) -> Tensor:
-    """A finite floating ``(N, L, D)`` token tensor with ``L >= 1`` (``D == dim`` if given)."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    want = "D" if dim is None else str(dim)
-    if x.ndim != 3 or x.shape[0] == 0 or x.shape[1] == 0 or (dim is not None and x.shape[2] != dim):
-        raise ValueError(f"{name} must have shape (N, L, {want}) with N, L >= 1, got shape {tuple(x.shape)}")
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
-    return x
-
-
-def check_padding_mask(name: str, mask: object, tokens: Tensor) -> Tensor | None:
-    """A bool ``(N, L)`` mask (``True`` = padding) matching ``tokens``, with a real token in every row."""
-    if mask is None:
-        return None
-    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-        got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
-        raise TypeError(f"{name} must be a bool tensor (True = padding), got {got}")
-    if tuple(mask.shape) != tuple(tokens.shape[:2]):
-        raise ValueError(f"{name} must have shape (N, L) = {tuple(tokens.shape[:2])}, got {tuple(mask.shape)}")
-    if not torch.compiler.is_compiling():
-        empty = mask.all(dim=1)
-        if bool(empty.any()):
-            rows = empty.nonzero().flatten()[:5].tolist()
-            raise ValueError(f"{name} pads every token of row(s) {rows}: each sequence needs one real token")
-    return mask
+__all__ = ["AttentionBlock"]
 
 
 def _xavier(module: nn.Module) -> None:

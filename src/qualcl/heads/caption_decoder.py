@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from qualcl._validation import check_choice, check_int, check_token_ids
-from qualcl.heads._blocks import AttentionBlock, check_padding_mask, check_tokens
+from qualcl._validation import check_choice, check_int, check_padding_mask, check_token_ids, check_tokens
+from qualcl.heads._blocks import AttentionBlock
 
 __all__ = ["CaptionDecoder"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from qualcl._validation import check_int
-from qualcl.heads._blocks import AttentionBlock, check_padding_mask, check_tokens
+from qualcl._validation import check_int, check_padding_mask, check_tokens
+from qualcl.heads._blocks import AttentionBlock
 
 __all__ = ["CrossAttentionFusion"]
 

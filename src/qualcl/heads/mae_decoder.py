@@ -7,9 +7,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from qualcl._validation import check_int, check_integer_tensor
+from qualcl._validation import check_int, check_integer_tensor, check_padding_mask, check_tokens
 from qualcl.functional.patches import sincos_2d_position_embedding
-from qualcl.heads._blocks import AttentionBlock, check_padding_mask, check_tokens
+from qualcl.heads._blocks import AttentionBlock
 
 __all__ = ["MAEDecoder"]
 
