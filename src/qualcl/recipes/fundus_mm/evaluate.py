@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["few_shot_indices", "prompt_head_predict", "text_recall"]
+__all__ = ["few_shot_indices", "prompt_head_classify", "prompt_head_fit", "prompt_head_predict", "text_recall"]
 
 
 def text_recall(
@@ -67,10 +67,9 @@ def few_shot_indices(labels: Tensor, shots: int, num_classes: int, seed: int) ->
     return torch.cat(chosen).sort().values
 
 
-def prompt_head_predict(
+def prompt_head_fit(
     train_embeddings: Tensor,
     train_labels: Tensor,
-    test_embeddings: Tensor,
     class_embeddings: Tensor,
     *,
     scale: float,
@@ -83,7 +82,7 @@ def prompt_head_predict(
     epoch 0 is the zero-shot classifier); full-batch Adam on cross-entropy.
 
     Returns:
-        ``(N_test,)`` predicted class ids.
+        ``(C, D)`` unit class vectors (classify with :func:`prompt_head_classify`).
     """
     weight = class_embeddings.detach().clone().float().requires_grad_()
     x = F.normalize(train_embeddings.float(), dim=-1)
@@ -94,5 +93,25 @@ def prompt_head_predict(
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
+    return F.normalize(weight.detach(), dim=-1)
+
+
+def prompt_head_classify(weight: Tensor, test_embeddings: Tensor) -> Tensor:
+    """``(N_test,)`` class ids of the fitted head ``weight`` (:func:`prompt_head_fit`)."""
     with torch.no_grad():
-        return (F.normalize(test_embeddings.float(), dim=-1) @ F.normalize(weight, dim=-1).T).argmax(dim=1)
+        return (F.normalize(test_embeddings.float(), dim=-1) @ weight.T).argmax(dim=1)
+
+
+def prompt_head_predict(
+    train_embeddings: Tensor,
+    train_labels: Tensor,
+    test_embeddings: Tensor,
+    class_embeddings: Tensor,
+    *,
+    scale: float,
+    epochs: int = 200,
+    lr: float = 1e-2,
+) -> Tensor:
+    """:func:`prompt_head_fit` on the shots, then ``(N_test,)`` predicted class ids of ``test_embeddings``."""
+    weight = prompt_head_fit(train_embeddings, train_labels, class_embeddings, scale=scale, epochs=epochs, lr=lr)
+    return prompt_head_classify(weight, test_embeddings)

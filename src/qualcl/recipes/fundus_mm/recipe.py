@@ -17,14 +17,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from qualcl.data.degrade import raise_low_quality
 from qualcl.data.table import ImageTable
-from qualcl.evaluation import linear_probe
+from qualcl.evaluation import LinearProbe
 from qualcl.functional import patchify, unpatchify
 from qualcl.metrics import confusion_matrix, stratified_grading_metrics
 from qualcl.models import CaptionTokenizer
 from qualcl.recipes.driver import Recipe, RunContext, Stage, eval_loader
 from qualcl.recipes.fundus_mm.config import PRESETS, EvalConfig, FundusMMConfig
 from qualcl.recipes.fundus_mm.data import FundusMMData, PairDataset, load_fundus_mm_data
-from qualcl.recipes.fundus_mm.evaluate import few_shot_indices, prompt_head_predict, text_recall
+from qualcl.recipes.fundus_mm.evaluate import few_shot_indices, prompt_head_classify, prompt_head_fit, text_recall
 from qualcl.recipes.fundus_mm.model import FundusMMNet
 from qualcl.recipes.fundus_mm.modules import ImageTextPretraining, class_embeddings, zero_shot_logits
 from qualcl.recipes.modules import GradingFineTuning
@@ -252,8 +252,10 @@ class FundusMMRecipe(Recipe[FundusMMConfig, FundusMMData, FundusMMState]):
             metrics["overall"]["lq_ratio"] = table.lq_ratio
             return metrics
 
+        embedded: dict[str, tuple[dict[str, Tensor], ImageTable]] = {}
         for name, table in settings:
             test = self._embed(ctx, state, table)
+            embedded[name] = (test, table)
             logits = zero_shot_logits(test["image"], classes)
             results["zero_shot"][name] = graded(logits.argmax(1), table)
             if name == "original":
@@ -261,9 +263,9 @@ class FundusMMRecipe(Recipe[FundusMMConfig, FundusMMData, FundusMMState]):
                 results["recall"] = text_recall(test["image"], test["text"], table.caption, ev.recall_k)
                 if ctx.run.writable:
                     self._plots(ctx, data, state, table, logits)
-            results["few_shot"][name] = self._few_shot(train, data.train, test, table, classes, state, ev, kappa)
             if state.finetune is not None:
                 results["finetune"][name] = graded(self._finetuned_preds(ctx, state, table), table)
+        results["few_shot"] = self._few_shot(train, data.train, embedded, classes, state, ev, kappa)
         return {
             "test": results,
             "data": {
@@ -281,37 +283,49 @@ class FundusMMRecipe(Recipe[FundusMMConfig, FundusMMData, FundusMMState]):
         self,
         train: dict[str, Tensor],
         train_table: ImageTable,
-        test: dict[str, Tensor],
-        table: ImageTable,
+        settings: dict[str, tuple[dict[str, Tensor], ImageTable]],
         classes: Tensor,
         state: FundusMMState,
         ev: EvalConfig,
         kappa: str,
     ) -> dict[str, Any]:
+        """Linear probe and prompt head on ``k`` shots per class, each draw fitted once and tested in every setting."""
         num_classes = classes.shape[0]
-        out: dict[str, Any] = {}
+        runs: dict[str, dict[int, dict[str, list[dict[str, Any]]]]] = {
+            name: {k: {"linear_probe": [], "prompt_head": []} for k in ev.shots} for name in settings
+        }
         for k in ev.shots:
-            runs: dict[str, list[dict[str, Any]]] = {"linear_probe": [], "prompt_head": []}
             for seed in range(ev.few_shot_seeds):
                 rows = few_shot_indices(train_table.label, k, num_classes, seed)
                 labels = train_table.label[rows]
-                probe = linear_probe(train["features"][rows], labels, test["features"], num_classes)
-                head = prompt_head_predict(
-                    train["image"][rows], labels, test["image"], classes, scale=state.net.logit_scale,
-                    epochs=ev.probe_epochs,
-                )  # fmt: skip
-                for key, preds in (("linear_probe", probe), ("prompt_head", head)):
-                    runs[key].append(
-                        stratified_grading_metrics(preds, table.label, num_classes, table.quality, table.quality_names)
-                    )
-            out[f"{k}_shot"] = {
-                key: {
-                    stratum: {m: _mean_std([r[stratum][m] for r in draws]) for m in ("accuracy", kappa)}
-                    for stratum in draws[0]
+                probe = LinearProbe(num_classes).fit(train["features"][rows], labels)
+                head = prompt_head_fit(
+                    train["image"][rows], labels, classes, scale=state.net.logit_scale, epochs=ev.probe_epochs
+                )
+                for name, (test, table) in settings.items():
+                    predictions = {
+                        "linear_probe": probe.predict(test["features"]),
+                        "prompt_head": prompt_head_classify(head, test["image"]),
+                    }
+                    for key, preds in predictions.items():
+                        runs[name][k][key].append(
+                            stratified_grading_metrics(
+                                preds, table.label, num_classes, table.quality, table.quality_names
+                            )
+                        )
+        return {
+            name: {
+                f"{k}_shot": {
+                    key: {
+                        stratum: {m: _mean_std([r[stratum][m] for r in draws]) for m in ("accuracy", kappa)}
+                        for stratum in draws[0]
+                    }
+                    for key, draws in by_key.items()
                 }
-                for key, draws in runs.items()
+                for k, by_key in by_k.items()
             }
-        return out
+            for name, by_k in runs.items()
+        }
 
     # ------------------------------------------------------------------ plots
     def _plot_history(self, ctx: RunContext[FundusMMConfig]) -> None:
