@@ -130,9 +130,6 @@ def main_recipe(entry: RecipeEntry, name: str, argv: Sequence[str]) -> int:
 
     if not is_global_zero():  # one summary, from the process that wrote the run folder
         return 0
-    headline = metrics.get("test", {})
-    for key in ("original", "overall"):
-        headline = headline.get(key, headline) if isinstance(headline, dict) else headline
-    print(json.dumps(headline, indent=2, default=float))
+    print(json.dumps(recipe.headline(metrics), indent=2, default=float))
     print(f"run folder: {out}  (metrics.json, plots/, weights/, MODEL_CARD.md)")
     return 0

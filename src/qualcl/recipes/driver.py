@@ -438,6 +438,13 @@ class Recipe(ABC, Generic[C, D, S]):
     def check(self, config: C) -> None:
         """Reject a config the recipe cannot run (raise ``ValueError``) before anything is written."""
 
+    def headline(self, metrics: dict[str, Any]) -> Any:
+        """What ``qualcl run`` prints after a run: by default the test metrics' ``original`` / ``overall`` part."""
+        headline = metrics.get("test", {})
+        for key in ("original", "overall"):
+            headline = headline.get(key, headline) if isinstance(headline, dict) else headline
+        return headline
+
     # ------------------------------------------------------------------ the run
     @abstractmethod
     def load_data(self, ctx: RunContext[C]) -> D:

@@ -250,6 +250,19 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
         net.encoder.requires_grad_(True)
         nets[phase] = net
 
+    def headline(self, metrics: dict[str, Any]) -> dict[str, float]:
+        """Overall test Dice per task and phase, and the landmarks' mean radial errors."""
+        test = metrics["test"]
+        out = {
+            f"dice {task} ({phase})": strata["overall"]["dice"]
+            for task, phases in test["segmentation"].items()
+            for phase, strata in phases.items()
+        }
+        out.update({f"mre {name} px": rows["overall"]["mre"] for name, rows in test.get("landmarks", {}).items()})
+        if "shape_guided" in test:
+            out["dice vessels (shape-guided cluster 0)"] = test["shape_guided"]["overall"]["dice"]
+        return out
+
     # ------------------------------------------------------------------ evaluation
     def _normalised(self, images: Tensor) -> Tensor:
         mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in IMAGENET)
