@@ -63,15 +63,17 @@ print("recorded turns:", batch.flip.tolist(), batch.rot.tolist())
 
 # %%
 features = torch.randn(4 * 2, 32, 64, 64)  # stand-in decoder output for the 4B views
-embeddings = PixelEmbeddingHead(32, dim=16)(features)
-assignments = ClusteringHead(32, num_clusters=8)(features)
-grids = patch_grid(embeddings, size=8)
-b = 2
-grids = torch.cat([grids[: 2 * b], realign_grid(grids[2 * b :], batch.flip.T.reshape(-1), batch.rot.T.reshape(-1))])
-print("patch discrimination:", float(PatchDiscriminationLoss()(grid_items(grids))))
-print("mixup consistency:", float(MixupConsistencyLoss()(grid_items(grids[:b]), grid_items(grids[b : 2 * b]))))
-print("region discrimination:", float(RegionDiscriminationLoss()(embeddings, assignments)))
-print("assignment entropy (bits):", float(assignment_entropy(assignments)))
+with torch.no_grad():
+    embeddings = PixelEmbeddingHead(32, dim=16)(features)
+    assignments = ClusteringHead(32, num_clusters=8)(features)
+    grids = patch_grid(embeddings, size=8)
+    b = 2
+    turned = realign_grid(grids[2 * b :], batch.flip.T.reshape(-1), batch.rot.T.reshape(-1))
+    grids = torch.cat([grids[: 2 * b], turned])
+    print("patch discrimination:", float(PatchDiscriminationLoss()(grid_items(grids))))
+    print("mixup consistency:", float(MixupConsistencyLoss()(grid_items(grids[:b]), grid_items(grids[b : 2 * b]))))
+    print("region discrimination:", float(RegionDiscriminationLoss()(embeddings, assignments)))
+    print("assignment entropy (bits):", float(assignment_entropy(assignments)))
 
 # %% [markdown]
 # ## 3. One-shot landmarks (qualcl's design)

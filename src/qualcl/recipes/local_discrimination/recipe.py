@@ -227,6 +227,7 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
         mean, std = IMAGENET
         train = SegmentationDataset(data.train, task, mean=mean, std=std, train=True, seed=config.seed)
         val = SegmentationDataset(data.val, task, mean=mean, std=std)
+        net.train()  # the copy arrives in the mode its source was left in; the module sets the modes per epoch
         module = SegmentationTransfer(net, lr=t.lr, frozen=frozen)
         epochs = t.frozen_epochs if frozen else t.finetune_epochs
         batch = min(t.batch_size, len(train))
