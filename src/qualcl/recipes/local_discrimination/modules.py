@@ -112,7 +112,35 @@ class _EpochRows:
         self.sums, self.count = dict(state.get("sums", {})), int(state.get("count", 0))
 
 
-class LDPretraining(L.LightningModule):
+class _SelfSupervisedStage(L.LightningModule):
+    """What both pre-training modules share: per-epoch loss rows kept across resume, train mode every epoch."""
+
+    #: Checkpoint key of the running sums of an unfinished epoch.
+    statistics_key = "ld_epoch_statistics"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_rows = _EpochRows()
+
+    @property
+    def epoch_log(self) -> list[dict[str, float]]:
+        """One row of mean loss terms per finished epoch."""
+        return self.log_rows.rows
+
+    def on_train_epoch_start(self) -> None:
+        """Train mode, whatever mode the network arrived in."""
+        self.train()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the running sums of an unfinished epoch."""
+        checkpoint[self.statistics_key] = self.log_rows.state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore them, so that a resumed epoch's history row covers all its batches."""
+        self.log_rows.load(checkpoint.get(self.statistics_key, {}))
+
+
+class LDPretraining(_SelfSupervisedStage):
     r"""One pre-training stage: ``"pd"`` (stage 1), ``"ld"`` (stage 2) or a baseline (``"simclr"``, ``"dense"``).
 
     Stage 1: ``L = L_pd + L_mix``; stage 2: ``L = L_pd + L_mix + 10·L_region + 0.1·L_entropy``
@@ -138,16 +166,6 @@ class LDPretraining(L.LightningModule):
         self.method = method
         self.projection = ProjectionHead([net.encoder.num_features, 128, 128]) if method == "simclr" else None
         self.weights = {"region": config.region_weight, "entropy": config.entropy_weight}
-        self.log_rows = _EpochRows()
-
-    @property
-    def epoch_log(self) -> list[dict[str, float]]:
-        """One row of mean loss terms per finished epoch."""
-        return self.log_rows.rows
-
-    def on_train_epoch_start(self) -> None:
-        """Train mode, whatever mode the network arrived in."""
-        self.train()
 
     def training_step(self, batch: LocalViews, batch_idx: int) -> Tensor:
         """One step on a collated batch."""
@@ -166,16 +184,8 @@ class LDPretraining(L.LightningModule):
         """Adam with the rate halved every ``halve_every`` epochs."""
         return _schedule(torch.optim.Adam(self.parameters(), lr=self.config.lr), self.config.halve_every)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the running sums of an unfinished epoch."""
-        checkpoint["ld_epoch_statistics"] = self.log_rows.state()
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore them."""
-        self.log_rows.load(checkpoint.get("ld_epoch_statistics", {}))
-
-
-class ShapeGuidedTraining(L.LightningModule):
+class ShapeGuidedTraining(_SelfSupervisedStage):
     r"""LD stage 2 with an adversarial shape prior: cluster channel 0 should look like a prior mask.
 
     Generator step: ``L_pd + L_mix + 10·L_region + 0.1·L_entropy + w·BCE(D(a_0), 1)``;
@@ -190,6 +200,8 @@ class ShapeGuidedTraining(L.LightningModule):
         shape: Shape-guided settings.
     """
 
+    statistics_key = "shape_epoch_statistics"
+
     def __init__(
         self, net: LDNet, views: LocalDiscriminationViews, priors: Tensor, config: PretrainConfig, shape: ShapeConfig
     ) -> None:
@@ -203,16 +215,6 @@ class ShapeGuidedTraining(L.LightningModule):
         self.shape = shape
         self.discriminator = ShapeDiscriminator(leaky_quirk=shape.leaky_quirk)
         self.register_buffer("priors", priors.float()[:, None], persistent=False)
-        self.log_rows = _EpochRows()
-
-    @property
-    def epoch_log(self) -> list[dict[str, float]]:
-        """One row of mean loss terms per finished epoch."""
-        return self.log_rows.rows
-
-    def on_train_epoch_start(self) -> None:
-        """Train mode, whatever mode the network arrived in."""
-        self.train()
 
     def training_step(self, batch: LocalViews, batch_idx: int) -> None:
         """A generator step, then a discriminator step."""
@@ -264,14 +266,6 @@ class ShapeGuidedTraining(L.LightningModule):
             torch.optim.lr_scheduler.StepLR(net_opt, step, 0.5),
             torch.optim.lr_scheduler.StepLR(disc_opt, step, 0.5),
         ]
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the running sums of an unfinished epoch."""
-        checkpoint["shape_epoch_statistics"] = self.log_rows.state()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore them."""
-        self.log_rows.load(checkpoint.get("shape_epoch_statistics", {}))
 
 
 class SegmentationTransfer(L.LightningModule):
