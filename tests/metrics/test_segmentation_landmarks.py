@@ -81,3 +81,19 @@ def test_radial_errors_and_success_rates():
         radial_errors(torch.zeros(3), torch.zeros(3))
     with pytest.raises(ValueError, match="spacing"):
         radial_errors(pred, target, spacing=0.0)
+
+
+@given(st.integers(1, 6), st.floats(0.1, 5.0), st.integers(0, 2**31 - 1))
+def test_radial_errors_and_success_rates_match_a_loop(n, spacing, seed):
+    g = torch.Generator().manual_seed(seed)
+    pred, target = torch.rand(n, 2, generator=g) * 20, torch.rand(n, 2, generator=g) * 20
+    expected = [
+        math.hypot(p[0] - t[0], p[1] - t[1]) * spacing
+        for p, t in zip(pred.double().tolist(), target.double().tolist(), strict=True)
+    ]
+    torch.testing.assert_close(
+        radial_errors(pred, target, spacing=spacing), torch.tensor(expected, dtype=torch.float64)
+    )
+    out = landmark_metrics(pred, target, radii=(3.0,), spacing=spacing)
+    assert out["mre"] == pytest.approx(sum(expected) / n)
+    assert out["sdr@3"] == pytest.approx(sum(e <= 3.0 for e in expected) / n)

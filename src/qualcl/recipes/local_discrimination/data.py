@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from qualcl.data.augment import item_generator
-from qualcl.data.loading import FUNDUS_QUALITY, patient_split
+from qualcl.data.loading import FUNDUS_QUALITY, patient_split, read_resized
 from qualcl.data.readers import SEGMENTATION_DATASETS, load_segmentation_sample, read_segmentation
 from qualcl.data.synthetic import load_fundus_dataset
 from qualcl.recipes.local_discrimination.config import DataConfig
@@ -84,14 +84,13 @@ class LDData(NamedTuple):
     tasks: tuple[str, ...]
 
 
-def _read(path: Path, size: int, mode: str) -> Tensor:
+def _read_mask(path: Path, size: int) -> Tensor:
+    """A binary mask file as ``(size, size)`` bool (nearest-neighbour resize when its side differs)."""
     with Image.open(path) as image:
-        converted = image.convert(mode)
-        if converted.size != (size, size):
-            resample = Image.Resampling.BILINEAR if mode == "RGB" else Image.Resampling.NEAREST
-            converted = converted.resize((size, size), resample)
-        array = np.array(converted)
-    return torch.from_numpy(array)
+        grey = image.convert("L")
+        if grey.size != (size, size):
+            grey = grey.resize((size, size), Image.Resampling.NEAREST)
+        return torch.from_numpy(np.array(grey)) > 0
 
 
 def _synthetic(config: DataConfig, root: Path, progress: Progress) -> tuple[SegmentationSet, SegmentationSet, Tensor]:
@@ -103,11 +102,9 @@ def _synthetic(config: DataConfig, root: Path, progress: Progress) -> tuple[Segm
     def table(positions: list[int]) -> SegmentationSet:
         records = [folder.records[i] for i in positions]
         paths = [root / r.get("image_path", f"images/{r['image']}") for r in records]
-        iterator = progress(paths) if progress is not None else paths
-        images = torch.stack([_read(p, size, "RGB").permute(2, 0, 1) for p in iterator])
+        images, _ = read_resized(paths, size, progress=progress)
         masks = {
-            task: torch.stack([_read(root / r["masks"][task], size, "L") > 0 for r in records])
-            for task in SYNTHETIC_TASKS
+            task: torch.stack([_read_mask(root / r["masks"][task], size) for r in records]) for task in SYNTHETIC_TASKS
         }
         landmarks = {
             name: torch.tensor([r["landmarks"][name] for r in records], dtype=torch.float32) * scale

@@ -14,8 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from qualcl.data.augment import ColorJitterSpec
-from qualcl.data.views import LocalDiscriminationViews
+from qualcl.data.views import IMAGENET_MEAN, IMAGENET_STD, LocalDiscriminationViews
 from qualcl.evaluation import landmark_template, localise_landmarks
 from qualcl.metrics import binarize, landmark_metrics, stratified_segmentation_metrics
 from qualcl.recipes.driver import Recipe, RunContext, Stage, eval_loader
@@ -39,7 +38,6 @@ PAPER = (
     'Chen et al., "Unsupervised Local Discrimination for Medical Images", IEEE TPAMI 45(12), 2023 '
     "(arXiv 2108.09440; code HuaiChen-1994/LDLearning)"
 )
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 LANDMARKS = ("disc", "fovea")
 
 
@@ -70,7 +68,6 @@ def _views(config: LocalDiscriminationConfig, images: Tensor, seed: int) -> Loca
         seed=seed,
         crop_scale=(p.crop_scale, 1.0),
         rotation=p.rotation,
-        color=ColorJitterSpec(0.4, 0.4, 0.4, 0.02, grayscale=0.2),
     )
 
 
@@ -224,7 +221,7 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
             net = SegmentationNet(copy.deepcopy(state.net.encoder))
         else:
             net = copy.deepcopy(nets["frozen"])
-        mean, std = IMAGENET
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
         train = SegmentationDataset(data.train, task, mean=mean, std=std, train=True, seed=config.seed)
         val = SegmentationDataset(data.val, task, mean=mean, std=std)
         net.train()  # the copy arrives in the mode its source was left in; the module sets the modes per epoch
@@ -266,7 +263,7 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
 
     # ------------------------------------------------------------------ evaluation
     def _normalised(self, images: Tensor) -> Tensor:
-        mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in IMAGENET)
+        mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
         return (images.float() / 255 - mean) / std
 
     def _maps(self, ctx: RunContext[LocalDiscriminationConfig], net: LDNet, images: Tensor) -> tuple[Tensor, Tensor]:
