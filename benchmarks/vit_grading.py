@@ -11,7 +11,12 @@ objective on the same ViT will make zero-shot or fine-tuned grading work, whatev
 Cases: the recipe's ``vit_tiny`` (patch 16, 16 tokens at 64 px) at two learning rates, a patch-8
 ViT (64 tokens, 6 blocks), a ``vit_tiny`` with a patch-local hierarchical-MLP stem (Touvron et al.,
 "Three things everyone should know about Vision Transformers", ECCV 2022; it keeps masking
-leak-free), and torchvision's ResNet-18 as the convolutional reference.
+leak-free), a convolutional stem of stride 8 under six ViT blocks (Xiao et al., "Early
+Convolutions Help Transformers See Better", NeurIPS 2021; with ConvMAE's masked convolutions it
+can be masked too), and torchvision's ResNet-18 as the convolutional reference.
+
+``--cases`` re-measures some cases only: their rows in the results table are replaced, the other
+rows (and the dates they were measured) are kept.
 
 Results go to ``benchmarks/results/vit_grading_cpu.md``.
 """
@@ -43,9 +48,34 @@ class _ChannelNorm(nn.Module):
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
+class _ConvStemViT(nn.Module):
+    """Three 3×3 stride-2 convolutions (BN, ReLU) and a 1×1 projection, then ViT blocks on the 8-px tokens."""
+
+    def __init__(self, size: int, width: int = 192, depth: int = 6, heads: int = 3, classes: int = 5) -> None:
+        super().__init__()
+        from timm.models.vision_transformer import Block
+
+        layers: list[nn.Module] = []
+        for cin, cout in ((3, 32), (32, 64), (64, 128)):
+            layers += [nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        self.stem = nn.Sequential(*layers, nn.Conv2d(128, width, 1))
+        self.cls = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos = nn.Parameter(torch.randn(1, (size // 8) ** 2 + 1, width) * 0.02)
+        self.blocks = nn.Sequential(*[Block(width, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.stem(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(len(x), -1, -1), tokens], 1) + self.pos
+        return self.head(self.norm(self.blocks(tokens))[:, 0])
+
+
 def _model(case: str, size: int) -> nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
+    if case == "convstem_d6":
+        return _ConvStemViT(size)
     if case == "resnet18":
         import torchvision
 
@@ -66,6 +96,7 @@ CASES = {
     "vit_tiny lr 3e-4": ("vit_tiny", 3e-4),
     "ViT patch 8, 6 blocks, lr 1e-3": ("vit_p8_d6", 1e-3),
     "vit_tiny + hMLP stem, lr 3e-4": ("vit_tiny_hmlp", 3e-4),
+    "conv stem (stride 8) + 6 ViT blocks, lr 1e-3": ("convstem_d6", 1e-3),
     "ResNet-18, lr 1e-3": ("resnet18", 1e-3),
 }
 
@@ -117,34 +148,62 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cases", default=None, help="case labels separated by semicolons (default: all)")
+    parser.add_argument("--note", default="", help="a remark for the measured rows (e.g. 'machine busy')")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    chosen = list(CASES) if args.cases is None else [c.strip() for c in args.cases.split(";")]
+    unknown = [c for c in chosen if c not in CASES]
+    if unknown:
+        raise SystemExit(f"unknown case(s) {unknown}; known: {list(CASES)}")
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    table = RESULTS / "vit_grading_cpu.md"
+    rows = _read_rows(table) if table.is_file() else {}
     with tempfile.TemporaryDirectory() as tmp:
         data = _data(Path(args.data or tmp))
-        rows = []
-        for label, (case, lr) in CASES.items():
+        for label in chosen:
+            case, lr = CASES[label]
             start = time.perf_counter()
             scores = _train(case, lr, data, args.epochs, args.seed)
-            best = max(scores, key=lambda s: s[1])
-            rows.append((label, scores[-1], best, time.perf_counter() - start))
-            print(f"{label}: last acc {scores[-1][0]:.3f} QWK {scores[-1][1]:.3f}; best QWK {best[1]:.3f}", flush=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            last, best = scores[-1], max(scores, key=lambda s: s[1])
+            seconds = f"{time.perf_counter() - start:.0f}"
+            note = f"{stamp}, {platform.machine()}, {args.threads} threads, seed {args.seed}, {args.epochs} epochs"
+            rows[label] = [
+                f"{last[0]:.3f}",
+                f"{last[1]:.3f}",
+                f"{best[1]:.3f}",
+                seconds,
+                note + (f"; {args.note}" if args.note else ""),
+            ]
+            print(f"{label}: last acc {last[0]:.3f} QWK {last[1]:.3f}; best QWK {best[1]:.3f}", flush=True)
     lines = [
         "# Supervised grading ceilings of the image-text recipe's encoders (cpu)",
         "",
-        f"{stamp}, {platform.machine()}, {args.threads} threads, seed {args.seed}, {args.epochs} epochs. "
         "fundus-mm default data: 576 training / 160 test images at 64 px, five DR grades (chance accuracy "
-        "about 0.24, QWK 0). Supervised cross-entropy from random init; `python -m benchmarks.vit_grading`.",
+        "about 0.24, QWK 0). Supervised cross-entropy from random init; `python -m benchmarks.vit_grading` "
+        "(`--cases` re-measures some rows). Seconds are comparable only between rows measured together.",
         "",
-        "| encoder | test acc (last epoch) | test QWK (last epoch) | best QWK over epochs | seconds |",
-        "|---|---|---|---|---|",
+        "| encoder | test acc (last epoch) | test QWK (last epoch) | best QWK over epochs | seconds | measured |",
+        "|---|---|---|---|---|---|",
     ]
-    lines += [
-        f"| {label} | {last[0]:.3f} | {last[1]:.3f} | {best[1]:.3f} | {sec:.0f} |" for label, last, best, sec in rows
-    ]
+    lines += [f"| {label} | " + " | ".join(rows[label]) + " |" for label in CASES if label in rows]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "vit_grading_cpu.md").write_text("\n".join(lines) + "\n")
-    print((RESULTS / "vit_grading_cpu.md").read_text())
+    table.write_text("\n".join(lines) + "\n")
+    print(table.read_text())
+
+
+def _read_rows(table: Path) -> dict[str, list[str]]:
+    """The rows of an earlier table by case label (a table without the measured column gets its header's date)."""
+    text = table.read_text()
+    header = next((line for line in text.splitlines() if line.startswith("20")), "")
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0] in CASES:
+            if len(cells) == 5:
+                cells.append(header.split(". fundus-mm")[0].strip())
+            rows[cells[0]] = cells[1:]
+    return rows
 
 
 if __name__ == "__main__":

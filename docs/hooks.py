@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import tempfile
 from pathlib import Path
@@ -21,10 +22,22 @@ from mkdocs.structure.files import File, Files
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _rst_role() -> re.Pattern[str]:
+    """The Sphinx-role pattern of ``griffe_rst.py`` (loaded by path: ``docs/`` is not a package)."""
+    spec = importlib.util.spec_from_file_location("qualcl_docs_griffe_rst", Path(__file__).with_name("griffe_rst.py"))
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module._ROLE
+
+
+_ROLE = _rst_role()
+
+
 def _plain(text: str) -> str:
     """A docstring's first line as table-safe markdown (RST roles and double backticks to code)."""
-    text = re.sub(r":(?:func|class|meth|data|attr|mod):`~?([^`]+)`", r"`\1`", text)
-    return text.replace("``", "`").replace("|", "\\|")
+    return _ROLE.sub(r"`\1`", text).replace("``", "`").replace("|", "\\|")
 
 
 def api_page(key: str) -> str:

@@ -5,6 +5,9 @@ from hypothesis import HealthCheck, settings
 
 # Keep runs reproducible and quick on 2-core CI machines.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-settings.register_profile("ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# CI draws the same examples on every run (a landing never hangs on a rare draw); "dev" explores new ones.
+settings.register_profile(
+    "ci", max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.register_profile("dev", max_examples=15, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -102,6 +102,7 @@ def test_api_pages_render_every_entry():
         assert f"[`{entry.name}`](#{entry.path})" in page
     assert "`random_masking`" in hooks._plain(":func:`random_masking` returns | x")
     assert "\\|" in hooks._plain("a | b")
+    assert hooks._plain(":obj:`~qualcl.losses.ClipLoss`") == "`qualcl.losses.ClipLoss`"  # every role griffe_rst knows
 
 
 def test_math_blocks_and_roles_become_markdown():

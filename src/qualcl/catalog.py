@@ -83,7 +83,7 @@ GROUPS: tuple[Group, ...] = (
     Group(
         "models",
         "Models",
-        "encoders (CNN and ViT, one contract), the text tower and its tokenizer",
+        "encoders (CNN and ViT, one contract), the text towers (scratch and pretrained) and their tokenizer",
         ("qualcl.models",),
     ),
     Group("optim", "Optimizer wrappers", "the meta-auxiliary optimizer of MKCNet", ("qualcl.optim",)),

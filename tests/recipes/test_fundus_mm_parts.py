@@ -121,3 +121,66 @@ def test_config_errors_are_named():
         ModelConfig(mask_ratio=1.0)
     with pytest.raises(ValueError, match="fusion_heads must divide"):
         ModelConfig(fusion_dim=30)
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    from tiny_models import write_tiny_bert
+
+    return str(write_tiny_bert(tmp_path_factory.mktemp("tiny_bert")))
+
+
+@pytest.mark.parametrize("caption", ["masked", "autoregressive"])
+def test_the_pretrained_text_tower_trains_every_objective_and_hides_masked_words(bert, caption):
+    tok = CaptionTokenizer.fit(CAPTIONS, base=bert)
+    torch.manual_seed(0)
+    config = ModelConfig(**{**SMALL, "text_tower": "pretrained", "text_model": bert, "caption": caption,
+                            "text_mask_ratio": 0.5})  # fmt: skip
+    net = FundusMMNet(config, tok, 32)
+    assert net.text.width == 32 and net.text_tokens is not None and net.text_tokens.in_features == 32
+    g = torch.Generator().manual_seed(0)
+    images, ids = torch.rand(len(CAPTIONS), 3, 32, 32, generator=g), tok.encode(CAPTIONS)
+    out = net(images, ids, generator=torch.Generator().manual_seed(1))
+    assert set(out.losses) == {"contrastive", "image", "caption"}
+    sum(out.losses.values()).backward()
+    assert all(p.grad is not None for p in net.text.parameters())
+    if caption == "masked":  # the bidirectional pretrained tower must not see the words behind the masks
+        net.eval()
+        logits, labels, inputs = _caption_logits(net, images, ids, seed=3)
+        hidden = inputs == tok.mask_id
+        assert hidden.sum() > 5
+        changed = torch.where(hidden, (ids + 1 - 5) % (tok.vocab_size - 5) + 5, ids)
+        logits2, labels2, _ = _caption_logits(net, images, changed, seed=3)
+        torch.testing.assert_close(logits2, logits)
+        assert not torch.equal(labels2[hidden], labels[hidden])
+
+
+def test_the_pretrained_tower_learns_at_its_own_rate_and_frozen_weights_not_at_all(bert):
+    from qualcl.recipes.fundus_mm import ImageTextPretraining
+    from qualcl.recipes.fundus_mm.config import TrainConfig
+
+    tok = CaptionTokenizer.fit(CAPTIONS, base=bert)
+    prompts = tok.encode(CAPTIONS[:5]).unsqueeze(1)
+    for freeze in (False, True):
+        config = ModelConfig(**{**SMALL, "text_tower": "pretrained", "text_model": bert, "text_freeze": freeze,
+                                "text_lr_scale": 0.25})  # fmt: skip
+        net = FundusMMNet(config, tok, 32)
+        module = ImageTextPretraining(net, TrainConfig(lr=1e-3), prompts, class_level=True)
+        module._total_steps = 10
+        groups = module.configure_optimizers()["optimizer"].param_groups
+        text = {id(p) for p in net.text.model.parameters()}
+        rates = {id(p): g["initial_lr"] for g in groups for p in g["params"]}
+        trainable = {id(p) for p in net.parameters() if p.requires_grad}
+        assert set(rates) == trainable  # every trainable parameter once, nothing frozen
+        assert bool(text & trainable) is not freeze
+        for pid, rate in rates.items():
+            assert rate == pytest.approx(2.5e-4 if pid in text else 1e-3)
+
+
+def test_text_tower_config_errors_are_named():
+    with pytest.raises(ValueError, match="text_tower must be 'scratch' or 'pretrained'"):
+        ModelConfig(text_tower="bert")
+    with pytest.raises(ValueError, match="set model.text_tower=pretrained"):
+        ModelConfig(text_model="/some/folder")
+    with pytest.raises(ValueError, match="text_lr_scale must be positive"):
+        ModelConfig(text_lr_scale=0.0)

@@ -143,3 +143,19 @@ def test_ablation_writes_its_table(smoke, tmp_path):
     assert json.dumps(again["clip"], sort_keys=True) == json.dumps(results["clip"], sort_keys=True)
     with pytest.raises(ValueError, match="unknown ablation variant"):
         variant_config(smoke, "nope", 0)
+
+
+def test_a_run_with_a_pretrained_text_tower_records_its_tokenizer(smoke, tmp_path):
+    from tiny_models import write_tiny_bert
+
+    bert = str(write_tiny_bert(tmp_path / "bert"))
+    config = fundus_mm_config("smoke", overrides=[
+        "trainer.logger=none", f"data.data_dir={smoke.data.data_dir}", "model.text_tower=pretrained",
+        f"model.text_model={bert}", "eval.finetune_epochs=0",
+    ])  # fmt: skip
+    metrics = run_fundus_mm(config, tmp_path / "run")
+    state = json.loads((tmp_path / "run" / "weights" / "tokenizer.json").read_text())
+    assert state["base"] == bert
+    assert 0.0 <= metrics["test"]["zero_shot"]["original"]["overall"]["accuracy"] <= 1.0
+    weights = load_file(tmp_path / "run" / "weights" / "fundus_mm.safetensors")
+    assert any(name.startswith("text.model.") for name in weights)

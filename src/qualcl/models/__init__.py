@@ -23,7 +23,7 @@ from qualcl.models.cnn import (
 )
 from qualcl.models.conv import UnfoldConv2d, unfold_small_convs
 from qualcl.models.encoder import Encoder
-from qualcl.models.text import CaptionTokenizer, TextEncoder
+from qualcl.models.text import CaptionTokenizer, PretrainedTextEncoder, TextEncoder, minilm_path
 from qualcl.models.unet import UNetEncoder, unet_encoder
 from qualcl.models.vit import ViTEncoder, vit_encoder
 
@@ -33,6 +33,7 @@ __all__ = [
     "CaptionTokenizer",
     "Encoder",
     "EncoderInfo",
+    "PretrainedTextEncoder",
     "ResNetEncoder",
     "TextEncoder",
     "UNetEncoder",
@@ -41,6 +42,7 @@ __all__ = [
     "ViTEncoder",
     "build_encoder",
     "load_pretrained",
+    "minilm_path",
     "unfold_small_convs",
 ]
 

