@@ -1,5 +1,6 @@
 """The encoder contract of qualcl.models: shapes, pyramids, masking, legacy weights, local pretrained files."""
 
+import copy
 import functools
 
 import pytest
@@ -11,7 +12,7 @@ from torch import nn
 from torchvision import models
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from qualcl.models import ENCODERS, Encoder, build_encoder, load_pretrained
+from qualcl.models import ENCODERS, ConvStem, Encoder, build_encoder, load_pretrained
 
 CNNS = [n for n, info in ENCODERS.items() if info.family == "cnn"]
 VITS = [n for n, info in ENCODERS.items() if info.family == "vit"]
@@ -103,14 +104,16 @@ def test_run_folders_of_qualcl_0_1_still_load(name, pooled):
 @pytest.mark.parametrize("name", VITS)
 def test_vit_contract(name):
     encoder = build_encoder(name, image_size=32).eval()
-    assert encoder.is_vit and encoder.patch_size == 16 and encoder.num_patches == 4
+    side = 32 // encoder.patch_size
+    assert encoder.is_vit and encoder.patch_size == (8 if name.startswith("conv") else 16)
+    assert encoder.num_patches == side**2
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         tokens = encoder.forward_features(x)
-        assert tokens.shape == (2, 5, encoder.num_features)
+        assert tokens.shape == (2, 1 + side**2, encoder.num_features)
         torch.testing.assert_close(encoder(x), tokens[:, 0])
         pyramid = encoder.forward_pyramid(x)
-    assert [tuple(m.shape) for m in pyramid] == [(2, encoder.num_features, 2, 2)] * 4
+    assert [tuple(m.shape) for m in pyramid] == [(2, encoder.num_features, side, side)] * len(pyramid)
 
 
 @functools.cache
@@ -214,3 +217,44 @@ def test_unet_encoders_are_the_public_trunk_and_reload_their_weights(tmp_path):
     save_file(small.state_dict(), str(tmp_path / "unet.safetensors"))
     again = build_encoder("unet_small", in_chans=1, pretrained=tmp_path / "unet.safetensors")
     assert all(torch.equal(a, b) for a, b in zip(small.state_dict().values(), again.state_dict().values(), strict=True))
+
+
+@functools.cache
+def _conv_vit() -> Encoder:
+    torch.manual_seed(0)
+    return build_encoder("convvit_tiny", image_size=32).eval()
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 15))
+def test_the_masked_conv_stem_never_sees_a_removed_patch(seed, keep):
+    """Removed patches' pixels never reach any output token; all patches kept = forward_features."""
+    encoder = _conv_vit()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 3, 32, 32, generator=g)
+    order = torch.stack([torch.randperm(16, generator=g) for _ in range(2)])
+    visible = order[:, :keep]
+    removed = torch.ones(2, 16, dtype=torch.bool).scatter_(1, visible, False).view(2, 4, 4)
+    pixels = removed.repeat_interleave(8, 1).repeat_interleave(8, 2)[:, None]
+    other = torch.where(pixels, torch.randn(x.shape, generator=g) * 10, x)
+    with torch.no_grad():
+        out = encoder.forward_masked(x, visible)
+        torch.testing.assert_close(encoder.forward_masked(other, visible), out, atol=1e-5, rtol=1e-5)
+        everything = encoder.forward_masked(x, torch.arange(16).repeat(2, 1))
+        torch.testing.assert_close(everything, encoder.forward_features(x), atol=1e-5, rtol=1e-5)
+        training = copy.deepcopy(encoder).train()  # batch statistics in BatchNorm: still nothing of a removed patch
+        torch.testing.assert_close(training.forward_masked(other, visible), training.forward_masked(x, visible))
+        # a visible patch's pixels do reach the tokens
+        row, col = divmod(int(visible[0, 0]), 4)
+        changed = x.clone()
+        changed[0, :, row * 8 : row * 8 + 8, col * 8 : col * 8 + 8] += 1.0
+        assert not torch.allclose(encoder.forward_masked(changed, visible)[0], out[0])
+
+
+def test_conv_stem_errors_are_named():
+    with pytest.raises(ValueError, match="power-of-two patch size"):
+        ConvStem(12, 3, 64)
+    with pytest.raises(ValueError, match="must give 3 stage widths"):
+        ConvStem(8, 3, 64, widths=[16, 32])
+    with pytest.raises(ValueError, match="multiple of the patch size 8"):
+        build_encoder("convvit_tiny", image_size=36)

@@ -184,3 +184,18 @@ def test_text_tower_config_errors_are_named():
         ModelConfig(text_model="/some/folder")
     with pytest.raises(ValueError, match="text_lr_scale must be positive"):
         ModelConfig(text_lr_scale=0.0)
+
+
+def test_the_conv_stem_vit_keeps_removed_pixels_from_their_reconstruction():
+    net = _net(encoder="convvit_tiny", mask_ratio=0.5).eval()
+    assert net.image.patch_size == 8 and net.image.num_patches == 16
+    images, ids = _batch()
+    out = net(images, ids, generator=torch.Generator().manual_seed(5))
+    assert out.pred.shape == (len(CAPTIONS), 16, 8 * 8 * 3)
+    removed = out.mask[0].nonzero().flatten()[0].item()  # a removed patch of image 0 (4 × 4 grid of 8 px)
+    row, col = divmod(removed, 4)
+    other = images.clone()
+    other[0, :, row * 8 : (row + 1) * 8, col * 8 : (col + 1) * 8] = 0.5
+    again = net(other, ids, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(again.pred, out.pred)
+    assert again.losses["image"] != out.losses["image"]

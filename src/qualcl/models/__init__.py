@@ -25,12 +25,13 @@ from qualcl.models.conv import UnfoldConv2d, unfold_small_convs
 from qualcl.models.encoder import Encoder
 from qualcl.models.text import CaptionTokenizer, PretrainedTextEncoder, TextEncoder, minilm_path
 from qualcl.models.unet import UNetEncoder, unet_encoder
-from qualcl.models.vit import ViTEncoder, vit_encoder
+from qualcl.models.vit import ConvStem, ViTEncoder, vit_encoder
 
 __all__ = [
     "ENCODERS",
     "VGG16_BN_TINY_CFG",
     "CaptionTokenizer",
+    "ConvStem",
     "Encoder",
     "EncoderInfo",
     "PretrainedTextEncoder",
@@ -67,6 +68,7 @@ ENCODERS: dict[str, EncoderInfo] = {
     "vit_tiny": EncoderInfo("vit", "ViT-Ti/16 on timm (5.5 M)"),
     "vit_small": EncoderInfo("vit", "ViT-S/16 on timm (21.6 M)"),
     "vit_base": EncoderInfo("vit", "ViT-B/16 on timm (85.7 M)"),
+    "convvit_tiny": EncoderInfo("vit", "conv stem (stride 8) + 6 ViT blocks of width 192, maskable (2.8 M)"),
 }
 
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from qualcl.models.encoder import Encoder
 
-__all__ = ["VIT_SIZES", "ViTEncoder", "vit_encoder"]
+__all__ = ["CONV_STEM_VITS", "VIT_SIZES", "ConvStem", "ViTEncoder", "vit_encoder"]
 
 #: ``name: (embed_dim, depth, num_heads)`` of the patch-16 ViTs (Dosovitskiy et al.; DeiT's tiny/small).
 VIT_SIZES: dict[str, tuple[int, int, int]] = {
@@ -18,6 +19,70 @@ VIT_SIZES: dict[str, tuple[int, int, int]] = {
     "vit_small": (384, 12, 6),
     "vit_base": (768, 12, 12),
 }
+
+#: ``name: (embed_dim, depth, num_heads, patch_size)`` of the ViTs with a convolutional stem.
+CONV_STEM_VITS: dict[str, tuple[int, int, int, int]] = {
+    "convvit_tiny": (192, 6, 3, 8),
+}
+
+
+class ConvStem(nn.Module):
+    """Early convolutions for a ViT: ``log2(p)`` 3×3 stride-2 conv–BN–ReLU stages, then a 1×1 projection.
+
+    ``forward(x, keep=None)`` maps ``(N, C, H, W)`` images to ``(N, D, H/p, W/p)`` patch tokens. With
+    ``keep`` (``(N, H/p, W/p)``, true = visible patch) the pixels of removed patches are zeroed
+    before the first convolution and every stage's output is multiplied by the keep mask at its
+    resolution (ConvMAE's masked convolution): nothing of a removed patch reaches any token, so the
+    stem can be masked like a patch embedding although its receptive fields overlap. It replaces the
+    ``proj`` of timm's ``PatchEmbed``.
+
+    Args:
+        patch_size: Total stride ``p`` (a power of two, at least 2).
+        in_chans: Input channels.
+        embed_dim: Token width ``D``.
+        widths: Channels of the stages (default 32, 64, 128, … capped at ``embed_dim``).
+
+    Examples:
+        >>> import torch
+        >>> stem = ConvStem(8, 3, 192)
+        >>> stem(torch.randn(2, 3, 64, 64)).shape
+        torch.Size([2, 192, 8, 8])
+
+    Reference:
+        Xiao et al., "Early Convolutions Help Transformers See Better", NeurIPS 2021; Gao et al.,
+        "ConvMAE: Masked Convolution Meets Masked Autoencoders", NeurIPS 2022 (the masking).
+    """
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, widths: Sequence[int] | None = None) -> None:
+        super().__init__()
+        stages = int(patch_size).bit_length() - 1
+        if patch_size < 2 or 2**stages != patch_size:
+            raise ValueError(f"a convolutional stem needs a power-of-two patch size >= 2, got {patch_size}")
+        widths = [min(embed_dim, 32 * 2**i) for i in range(stages)] if widths is None else list(widths)
+        if len(widths) != stages:
+            raise ValueError(f"widths must give {stages} stage widths for patch size {patch_size}, got {widths}")
+        self.patch_size = int(patch_size)
+        chans = [in_chans, *widths]
+        self.stages = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(chans[i], chans[i + 1], 3, 2, 1, bias=False), nn.BatchNorm2d(chans[i + 1]), nn.ReLU()
+            )
+            for i in range(stages)
+        )
+        self.proj = nn.Conv2d(chans[-1], embed_dim, 1)
+
+    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        """``(N, C, H, W)`` → ``(N, D, H/p, W/p)``; ``keep`` ``(N, H/p, W/p)`` masks removed patches out."""
+        mask = None
+        if keep is not None:
+            mask = keep.to(x.dtype).unsqueeze(1)
+            x = x * F.interpolate(mask, size=x.shape[-2:], mode="nearest")
+        for stage in self.stages:
+            x = stage(x)
+            if mask is not None:
+                x = x * F.interpolate(mask, size=x.shape[-2:], mode="nearest")
+        out: Tensor = self.proj(x)
+        return out
 
 
 class ViTEncoder(Encoder):
@@ -133,7 +198,14 @@ class ViTEncoder(Encoder):
             raise ValueError(f"keep_index must lie in [0, {total}) for a {grid[0]}x{grid[1]} patch grid")
         net = self.net
         pos = self.position_embedding(grid)
-        tokens = net.patch_embed(x).reshape(n, total, -1) + pos[:, 1:]
+        stem = net.patch_embed.proj
+        if isinstance(stem, ConvStem):  # overlapping receptive fields: mask the removed patches inside the stem
+            keep = torch.zeros(n, total, dtype=torch.bool, device=x.device).scatter_(1, keep_index.long(), True)
+            maps = stem(x, keep.view(n, *grid))
+            embedded = net.patch_embed.norm(maps.permute(0, 2, 3, 1))
+        else:
+            embedded = net.patch_embed(x)
+        tokens = embedded.reshape(n, total, -1) + pos[:, 1:]
         index = keep_index.long().unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
         visible = torch.gather(tokens, 1, index)
         cls = (net.cls_token + pos[:, :1]).expand(n, -1, -1)
@@ -164,22 +236,25 @@ class ViTEncoder(Encoder):
 
 
 def vit_encoder(name: str, *, in_chans: int = 3, image_size: int | None = None) -> ViTEncoder:
-    """A randomly initialised patch-16 ViT (``vit_tiny``, ``vit_small`` or ``vit_base``) for ``image_size`` inputs.
+    """A randomly initialised ViT for ``image_size`` inputs.
 
-    ``image_size`` defaults to 224 and must be divisible by 16; other sizes divisible by 16 work too
-    at run time (interpolated position embeddings).
+    ``vit_tiny``, ``vit_small``, ``vit_base``: patch 16 (:data:`VIT_SIZES`); ``convvit_tiny``: a
+    :class:`ConvStem` of stride 8 under six blocks of width 192 (:data:`CONV_STEM_VITS`; at 64 px
+    it learns the synthetic DR grades supervised where the patch-16 ViTs stay at chance).
+    ``image_size`` defaults to 224 and must be divisible by the patch size; other such sizes work
+    too at run time (interpolated position embeddings).
     """
     from timm.models.vision_transformer import VisionTransformer
 
-    if name not in VIT_SIZES:
-        raise ValueError(f"unknown ViT {name!r}; choose one of {sorted(VIT_SIZES)}")
+    if name not in VIT_SIZES and name not in CONV_STEM_VITS:
+        raise ValueError(f"unknown ViT {name!r}; choose one of {sorted([*VIT_SIZES, *CONV_STEM_VITS])}")
+    dim, depth, heads, patch = CONV_STEM_VITS[name] if name in CONV_STEM_VITS else (*VIT_SIZES[name], 16)
     size = 224 if image_size is None else int(image_size)
-    if size < 16 or size % 16:
-        raise ValueError(f"image_size must be a positive multiple of the patch size 16, got {image_size}")
-    dim, depth, heads = VIT_SIZES[name]
+    if size < patch or size % patch:
+        raise ValueError(f"image_size must be a positive multiple of the patch size {patch}, got {image_size}")
     net = VisionTransformer(
         img_size=size,
-        patch_size=16,
+        patch_size=patch,
         in_chans=in_chans,
         num_classes=0,
         global_pool="token",
@@ -188,4 +263,6 @@ def vit_encoder(name: str, *, in_chans: int = 3, image_size: int | None = None) 
         num_heads=heads,
         dynamic_img_size=True,
     )
+    if name in CONV_STEM_VITS:
+        net.patch_embed.proj = ConvStem(patch, in_chans, dim)
     return ViTEncoder(net, size)

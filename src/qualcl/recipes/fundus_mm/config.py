@@ -48,7 +48,8 @@ class ModelConfig:
     """The image and text towers, the fusion and the two decoders.
 
     Attributes:
-        encoder: ``vit_tiny``, ``vit_small`` or ``vit_base`` (patch 16, random init).
+        encoder: ``vit_tiny``, ``vit_small`` or ``vit_base`` (patch 16, random init), or
+            ``convvit_tiny`` (a masked convolutional stem of stride 8 under six ViT blocks).
         embed_dim: Width of the joint (contrastive) embedding.
         text_tower: ``"scratch"`` (open_clip's text transformer, random init) or ``"pretrained"``
             (:class:`qualcl.models.PretrainedTextEncoder`: a local Hugging Face model, opt-in).
@@ -85,7 +86,7 @@ class ModelConfig:
         contrastive: Train the contrastive objective.
     """
 
-    encoder: Literal["vit_tiny", "vit_small", "vit_base"] = "vit_tiny"
+    encoder: Literal["vit_tiny", "vit_small", "vit_base", "convvit_tiny"] = "vit_tiny"
     embed_dim: int = 128
     text_tower: Literal["scratch", "pretrained"] = "scratch"
     text_model: str | None = None
