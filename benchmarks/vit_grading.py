@@ -11,9 +11,9 @@ objective on the same ViT will make zero-shot or fine-tuned grading work, whatev
 Cases: the recipe's ``vit_tiny`` (patch 16, 16 tokens at 64 px) at two learning rates, a patch-8
 ViT (64 tokens, 6 blocks), a ``vit_tiny`` with a patch-local hierarchical-MLP stem (Touvron et al.,
 "Three things everyone should know about Vision Transformers", ECCV 2022; it keeps masking
-leak-free), a convolutional stem of stride 8 under six ViT blocks (Xiao et al., "Early
-Convolutions Help Transformers See Better", NeurIPS 2021; with ConvMAE's masked convolutions it
-can be masked too), and torchvision's ResNet-18 as the convolutional reference.
+leak-free), qualcl's ``convvit_tiny`` (a convolutional stem of stride 8 under six ViT blocks:
+Xiao et al., "Early Convolutions Help Transformers See Better", NeurIPS 2021; masked with
+ConvMAE's masked convolutions), and torchvision's ResNet-18 as the convolutional reference.
 
 ``--cases`` re-measures some cases only: their rows in the results table are replaced, the other
 rows (and the dates they were measured) are kept.
@@ -48,34 +48,13 @@ class _ChannelNorm(nn.Module):
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class _ConvStemViT(nn.Module):
-    """Three 3×3 stride-2 convolutions (BN, ReLU) and a 1×1 projection, then ViT blocks on the 8-px tokens."""
-
-    def __init__(self, size: int, width: int = 192, depth: int = 6, heads: int = 3, classes: int = 5) -> None:
-        super().__init__()
-        from timm.models.vision_transformer import Block
-
-        layers: list[nn.Module] = []
-        for cin, cout in ((3, 32), (32, 64), (64, 128)):
-            layers += [nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-        self.stem = nn.Sequential(*layers, nn.Conv2d(128, width, 1))
-        self.cls = nn.Parameter(torch.zeros(1, 1, width))
-        self.pos = nn.Parameter(torch.randn(1, (size // 8) ** 2 + 1, width) * 0.02)
-        self.blocks = nn.Sequential(*[Block(width, heads) for _ in range(depth)])
-        self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.stem(x).flatten(2).transpose(1, 2)
-        tokens = torch.cat([self.cls.expand(len(x), -1, -1), tokens], 1) + self.pos
-        return self.head(self.norm(self.blocks(tokens))[:, 0])
-
-
 def _model(case: str, size: int) -> nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
-    if case == "convstem_d6":
-        return _ConvStemViT(size)
+    if case == "convvit_tiny":
+        from qualcl.models import vit_encoder
+
+        return nn.Sequential(vit_encoder("convvit_tiny", image_size=size), nn.Linear(192, 5))
     if case == "resnet18":
         import torchvision
 
@@ -96,7 +75,7 @@ CASES = {
     "vit_tiny lr 3e-4": ("vit_tiny", 3e-4),
     "ViT patch 8, 6 blocks, lr 1e-3": ("vit_p8_d6", 1e-3),
     "vit_tiny + hMLP stem, lr 3e-4": ("vit_tiny_hmlp", 3e-4),
-    "conv stem (stride 8) + 6 ViT blocks, lr 1e-3": ("convstem_d6", 1e-3),
+    "convvit_tiny (conv stem, stride 8, + 6 ViT blocks), lr 1e-3": ("convvit_tiny", 1e-3),
     "ResNet-18, lr 1e-3": ("resnet18", 1e-3),
 }
 

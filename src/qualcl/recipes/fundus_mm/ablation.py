@@ -15,7 +15,15 @@ from qualcl.recipes.fundus_mm.config import ABLATIONS, FundusMMConfig
 from qualcl.recipes.fundus_mm.recipe import run_fundus_mm
 from qualcl.recipes.plots import plot_variant_dots
 
-__all__ = ["DESCRIPTIONS", "PAPER_TABLE", "ablation_table", "run_ablation", "run_metrics", "variant_config"]
+__all__ = [
+    "DESCRIPTIONS",
+    "PAPER_TABLE",
+    "ablation_table",
+    "run_ablation",
+    "run_metrics",
+    "variant_config",
+    "write_ablation",
+]
 
 DESCRIPTIONS = {
     "clip": "CLIP (contrastive only)",
@@ -104,8 +112,17 @@ def run_ablation(
         for metrics in by_seed.values():
             for key, value in run_metrics(metrics, config).items():
                 results.setdefault(name, {}).setdefault(key, []).append(value)
-    if not is_global_zero():
-        return results
+    if is_global_zero():
+        write_ablation(results, config, seeds, root)
+    return results
+
+
+def write_ablation(
+    results: dict[str, dict[str, list[float]]], config: FundusMMConfig, seeds: Sequence[int], root: str | Path
+) -> None:
+    """Write ``ablation.json``, ``ablation.md`` (:func:`ablation_table`) and the zero-shot dot plot under ``root``."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     (root / "ablation.json").write_text(json.dumps(results, indent=2))
     (root / "ablation.md").write_text(ablation_table(results, config, seeds))
     plot_variant_dots(
@@ -121,7 +138,6 @@ def run_ablation(
         title="Zero-shot accuracy per seed: all test images and per quality level",
         ylabel="accuracy",
     )
-    return results
 
 
 def ablation_table(results: dict[str, dict[str, list[float]]], config: FundusMMConfig, seeds: Sequence[int]) -> str:
