@@ -55,17 +55,25 @@ class _OpenClipBase:
         )
 
 
+def _local_folder(path: str | Path) -> Path:
+    """``path`` as a local Hugging Face model folder, with ``transformers`` installed (named errors otherwise)."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError as error:  # pragma: no cover - transformers is in the text extra
+        raise ImportError("a pretrained text tower needs transformers: pip install 'qualcl[text]'") from error
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no Hugging Face model folder at {folder} (a local folder: nothing downloads)")
+    return folder
+
+
 class _HuggingFaceBase:
     """The tokenizer of a local Hugging Face model folder (WordPiece for BERT-style models)."""
 
     def __init__(self, path: str) -> None:
-        try:
-            from transformers import AutoTokenizer
-        except ImportError as error:  # pragma: no cover - transformers is in the text extra
-            raise ImportError("a pretrained text tower needs transformers: pip install 'qualcl[text]'") from error
-        folder = Path(path)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"no Hugging Face model folder at {folder} (a local folder: nothing downloads)")
+        folder = _local_folder(path)
+        from transformers import AutoTokenizer
+
         self._tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         specials = [self._tok.pad_token_id, self._tok.cls_token_id, self._tok.sep_token_id]
         specials += [self._tok.mask_token_id, self._tok.unk_token_id]
@@ -385,13 +393,9 @@ class PretrainedTextEncoder(nn.Module):
         freeze: bool = False,
     ) -> None:
         super().__init__()
-        try:
-            from transformers import AutoModel
-        except ImportError as error:  # pragma: no cover - transformers is in the text extra
-            raise ImportError("a pretrained text tower needs transformers: pip install 'qualcl[text]'") from error
-        folder = Path(path)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"no Hugging Face model folder at {folder} (a local folder: nothing downloads)")
+        folder = _local_folder(path)
+        from transformers import AutoModel
+
         self.model = AutoModel.from_pretrained(str(folder), local_files_only=True)
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None  # BERT's [CLS] pooler is unused by mean pooling (and would idle under DDP)
