@@ -11,16 +11,17 @@ from qualcl.functional.reduction import weighted_reduce
 __all__ = ["batch_entropy", "focal_loss"]
 
 
-def _check_logits(logits: Tensor) -> None:
+def check_logits(logits: Tensor, name: str = "logits") -> None:
+    """Check ``(N, C)`` finite floating logits, ``N, C >= 1`` (errors name the argument ``name``)."""
     if not isinstance(logits, Tensor):
-        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
     if logits.ndim != 2 or logits.shape[1] == 0:
-        raise ValueError(f"logits must have shape (N, C) with C >= 1, got {tuple(logits.shape)}")
+        raise ValueError(f"{name} must have shape (N, C) with C >= 1, got {tuple(logits.shape)}")
     if not logits.is_floating_point():
-        raise TypeError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {logits.dtype}")
     if logits.shape[0] == 0:
-        raise ValueError("logits is empty (N = 0): at least one row is needed")
-    check_finite("logits", logits)
+        raise ValueError(f"{name} is empty (N = 0): at least one row is needed")
+    check_finite(name, logits)
 
 
 def _target_distribution(target: Tensor, n: int, c: int, dtype: torch.dtype) -> Tensor:
@@ -84,20 +85,24 @@ def focal_loss(
     """
     gamma = check_nonnegative("gamma", gamma)
     check_reduction(reduction)
-    _check_logits(logits)
+    check_logits(logits)
+    if weights is not None:
+        check_weights("weights", weights, logits.shape[0])
+    return weighted_reduce(focal_per_sample(logits, target, gamma), weights, reduction)
+
+
+def focal_per_sample(logits: Tensor, target: Tensor, gamma: float) -> Tensor:
+    """``(N,)`` focal losses of checked ``(N, C)`` logits (see :func:`focal_loss`; the target is checked here)."""
     n, c = logits.shape
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     y = _target_distribution(target, n, c, dtype)
-    if weights is not None:
-        check_weights("weights", weights, n)
     log_p = torch.log_softmax(logits.to(dtype), dim=1)
     # (1 - p)^γ, its base kept >= the smallest normal float: at p = 1 exactly (a confident row) the
     # derivative γ(1 - p)^(γ-1) is infinite for γ < 1 and, times 0, would make the gradient NaN; the
     # clamp passes no gradient there, which is the limit of the exact one (it vanishes as p → 1).
     one_minus_p = (1 - log_p.exp()).clamp_min(torch.finfo(dtype).tiny)
     modulator = one_minus_p.pow(gamma) if gamma != 0 else torch.ones_like(log_p)
-    losses = -(y * modulator * log_p).sum(dim=1)
-    return weighted_reduce(losses, weights, reduction)
+    return -(y * modulator * log_p).sum(dim=1)
 
 
 def batch_entropy(probs: Tensor, *, eps: float = 1e-20) -> Tensor:

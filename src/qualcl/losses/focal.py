@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from qualcl._validation import check_nonnegative, check_reduction
-from qualcl.functional import focal_loss
+from qualcl._validation import check_nonnegative
+from qualcl.functional.focal import check_logits, focal_per_sample
+from qualcl.losses.base import Loss
 
 __all__ = ["FocalLoss"]
 
 
-class FocalLoss(nn.Module):
+class FocalLoss(Loss):
     r"""Focal loss with hard or soft targets: ``-sum_c y_c (1 - p_c)^gamma log p_c``.
 
-    Equals cross-entropy at ``gamma = 0``. See :func:`qualcl.functional.focal_loss`.
+    Equals cross-entropy at ``gamma = 0``. See :func:`qualcl.functional.focal_loss`. A per-sample
+    loss (family ``prediction``): with ``gather_distributed=True`` under ``torch.distributed`` the
+    mean's denominator (the summed weights, or the sample count) is summed across ranks, so ranks
+    with different batch sizes give the one-process mean; without it each rank takes its own mean.
 
     Args:
         gamma: Focusing parameter ``>= 0`` (MKCNet and MAXL: 2).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        gather_distributed: Take the mean over the samples of every rank.
 
     Shape:
-        - logits: ``(N, C)``; target: ``(N,)`` integer or ``(N, C)`` soft; weights: ``(N,)``.
+        - input: ``(N, C)`` logits; target: ``(N,)`` integer or ``(N, C)`` soft; weights: ``(N,)``.
         - Output: scalar, or ``(N,)`` with ``reduction="none"``.
 
     Examples:
@@ -33,15 +38,19 @@ class FocalLoss(nn.Module):
         Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017; MKCNet (Che et al., CVPR 2023).
     """
 
-    def __init__(self, gamma: float = 2.0, reduction: str = "mean") -> None:
-        super().__init__()
+    family = "prediction"
+    batch_global = False
+
+    def __init__(self, gamma: float = 2.0, reduction: str = "mean", gather_distributed: bool = False) -> None:
+        super().__init__(reduction=reduction, gather_distributed=gather_distributed)
         self.gamma = check_nonnegative("gamma", gamma)
-        self.reduction = check_reduction(reduction)
 
     def extra_repr(self) -> str:
         """Constructor arguments shown in ``repr``."""
-        return f"gamma={self.gamma}, reduction={self.reduction!r}"
+        return f"gamma={self.gamma}, {self.protocol_repr()}"
 
-    def forward(self, logits: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
+    def forward(self, input: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
         """Compute the loss; see the class docstring for shapes."""
-        return focal_loss(logits, target, gamma=self.gamma, weights=weights, reduction=self.reduction)
+        check_logits(input, "input")
+        losses = focal_per_sample(input, target, self.gamma)
+        return self.reduce(losses, self.checked_weights(weights, losses.shape[0], losses.device))
