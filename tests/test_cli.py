@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -83,3 +84,121 @@ def test_console_script_is_installed():
         [sys.executable, "-m", "qualcl.cli", "--version"], capture_output=True, text=True, check=True
     )
     assert result.stdout.startswith("qualcl ")
+
+
+# ---------------------------------------------------------------- quick answers (issue 29)
+
+#: Runs ``qualcl.cli.main(argv)`` and reports its exit code, its output and which heavy modules it imported.
+_CHILD = """
+import contextlib, io, json, sys
+from qualcl.cli import main
+out, err = io.StringIO(), io.StringIO()
+with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    try:
+        code = main(sys.argv[1:])
+    except SystemExit as stop:
+        code = stop.code
+heavy = sorted(m for m in ("torch", "lightning", "timm", "open_clip", "torchvision", "numpy") if m in sys.modules)
+print(json.dumps({"code": code, "out": out.getvalue(), "err": err.getvalue(), "heavy": heavy}))
+"""
+
+
+def _answer(tmp_path, *argv):
+    result = subprocess.run(
+        [sys.executable, "-c", _CHILD, *argv], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "expected"),
+    [
+        (["--help"], 0, "COMMAND"),
+        (["list", "recipes"], 0, "local-discrimination"),
+        (["run", "comcl", "--help"], 0, "--set KEY=VALUE"),
+        (["run", "comcl", "--set", "pretrain.stpes=3"], 2, "unknown key 'stpes' (did you mean 'steps'?)"),
+        (["run", "comcl", "--set", "pretrian.steps=3"], 2, "unknown key 'pretrian' (did you mean 'pretrain'?)"),
+        (["run", "comcl", "--set", "trainer.precision=bf16"], 2, "(did you mean 'bf16-mixed'?)"),
+        (["run", "comcl", "--set", "backbone=resnet5"], 2, "got 'resnet5' (did you mean 'resnet50'?)"),
+        (["run", "comcl", "--preset", "smoek"], 2, "invalid choice: 'smoek'"),
+        (["run", "comcl", "--preset", "smoek"], 2, "(did you mean 'smoke'?)"),
+        (["run", "comc", "--help"], 2, "(did you mean 'comcl'?)"),
+        (["run", "mkcnet", "--dataset", "eyq"], 2, "(did you mean 'eyeq'?)"),
+        (["run", "comcl-detector", "--set", "step=3"], 2, "unknown key 'step' (did you mean 'steps'?)"),
+        (["run", "fundus-mm", "--set", "model.caption=autoregresive"], 2, "(did you mean 'autoregressive'?)"),
+    ],
+)
+def test_help_and_option_errors_answer_without_torch(tmp_path, argv, code, expected):
+    answer = _answer(tmp_path, *argv)
+    assert answer["code"] == code, answer
+    assert expected in answer["out"] + answer["err"]
+    assert answer["heavy"] == [], f"qualcl {' '.join(argv)} imported {answer['heavy']}"
+    assert not any(tmp_path.iterdir()), "a refused command wrote files"
+
+
+def test_every_recipe_answers_help_without_torch(tmp_path):
+    from qualcl.recipes import RECIPES
+
+    for name in RECIPES:
+        answer = _answer(tmp_path, "run", name, "--help")
+        assert answer["code"] == 0 and f"qualcl run {name}" in answer["out"]
+        assert answer["heavy"] == [], f"qualcl run {name} --help imported {answer['heavy']}"
+
+
+def test_recipe_specs_agree_with_the_recipes():
+    from qualcl.recipes import RECIPES
+
+    for name, entry in RECIPES.items():
+        spec, recipe = entry.load_spec(), entry.load()
+        assert spec is not recipe, f"{name} has no light spec"
+        assert spec.name == recipe.name == name
+        assert spec.config_class is recipe.config_class
+        assert spec.presets == recipe.presets
+        assert (spec.datasets, spec.data_help, spec.set_example) == (
+            recipe.datasets,
+            recipe.data_help,
+            recipe.set_example,
+        )
+        for preset in spec.presets:
+            for dataset in (None, *spec.datasets):
+                for extra in ({}, {"data_dir": "somewhere", "seed": 3, "overrides": ["seed=4"]}):
+                    outcomes = []
+                    for source in (spec, recipe):
+                        try:
+                            outcomes.append(source.config(preset, dataset=dataset, **extra))
+                        except ValueError as error:
+                            outcomes.append(str(error))
+                    assert outcomes[0] == outcomes[1], (name, preset, dataset, extra)
+
+
+def test_cnn_encoder_names_match_the_models():
+    from qualcl.models import ENCODERS
+    from qualcl.recipes.config import CNN_ENCODERS
+
+    assert tuple(n for n, info in ENCODERS.items() if info.family == "cnn") == CNN_ENCODERS
+
+
+@pytest.mark.parametrize("package", ["comcl", "fundus_mm", "local_discrimination", "mirror_retrieval", "mkcnet"])
+def test_recipe_packages_export_every_name_on_first_use(package):
+    import importlib
+
+    module = importlib.import_module(f"qualcl.recipes.{package}")
+    assert set(module.__all__) <= set(dir(module))
+    for name in module.__all__:
+        assert getattr(module, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        module.nonexistent  # noqa: B018
+
+
+def test_list_reads_the_same_table_from_the_sources_without_torch(tmp_path):
+    from qualcl.catalog import GROUPS, _SourceReader, entries, read_entries
+
+    for item in GROUPS:
+        assert read_entries(item) == entries(item), item.key
+        reader = _SourceReader()  # no silent fallback to importing: every group reads from its sources today
+        for module in item.modules:
+            for name in reader.all_names(module):
+                reader.symbol(module, name)
+    answer = _answer(tmp_path, "list")
+    assert answer["code"] == 0 and "MultiLevelInfoNCE" in answer["out"]
+    assert answer["heavy"] == []

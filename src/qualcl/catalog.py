@@ -2,7 +2,9 @@
 
 ``qualcl list`` prints these groups (each public primitive with the first line of its docstring
 and the site page that documents it), and the documentation build generates one API page per
-group from the same table, so the command and the site never disagree.
+group from the same table, so the command and the site never disagree. :func:`entries` imports
+the modules; :func:`read_entries` reads the same table from their source files (no torch, for a
+quick ``qualcl list``) and falls back to importing wherever the source alone cannot tell.
 
 Examples:
     >>> group = GROUPS[0]
@@ -15,13 +17,17 @@ Examples:
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import inspect
+import sys
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
-__all__ = ["GROUPS", "Entry", "Group", "entries", "group"]
+__all__ = ["GROUPS", "Entry", "Group", "entries", "group", "read_entries"]
 
 
 @dataclass(frozen=True)
@@ -152,4 +158,189 @@ def entries(item: Group) -> list[Entry]:
             doc = inspect.getdoc(obj) if kind != "constant" else None
             summary = doc.strip().splitlines()[0] if doc else ""
             out.append(Entry(name, module_name, kind, summary))
+    return out
+
+
+# ---------------------------------------------------------------- the same table, read from the sources
+
+#: Decorators that keep a definition's kind and docstring (``overload`` stubs are skipped).
+_KEEP_DECORATORS = frozenset(
+    {"dataclass", "dataclasses.dataclass", "runtime_checkable", "typing.runtime_checkable", "final", "typing.final"}
+    | {"functools.cache", "cache", "functools.lru_cache", "lru_cache"}
+)
+#: Subscripted names whose values are type aliases (``constant`` entries).
+_TYPING = frozenset({"Literal", "tuple", "list", "dict", "set", "frozenset", "type", "Callable", "Union", "Optional"})
+
+
+class _Unreadable(Exception):
+    """The source alone does not tell (a computed value, an unknown decorator, a missing extra)."""
+
+
+_Symbol = tuple[Literal["class", "function", "constant"], str | None, tuple[str, str]]
+
+
+class _SourceReader:
+    """Resolves the exported names of qualcl's modules from their source files (ASTs), importing nothing."""
+
+    def __init__(self) -> None:
+        self.root = Path(__file__).parent
+        self.trees: dict[str, tuple[ast.Module, bool]] = {}
+        self.checked: set[str] = set()
+
+    def tree(self, module: str) -> tuple[ast.Module, bool]:
+        """The parsed module and whether it is a package; its third-party imports must be installed."""
+        if module not in self.trees:
+            base = self.root.joinpath(*module.split(".")[1:])
+            package = (base / "__init__.py").is_file()
+            path = base / "__init__.py" if package else base.with_suffix(".py")
+            if not path.is_file():
+                raise _Unreadable(module)
+            self.trees[module] = (ast.parse(path.read_text(encoding="utf-8")), package)
+            self._check_imports(module)
+        return self.trees[module]
+
+    def _source(self, module: str, node: ast.ImportFrom) -> str:
+        if node.level == 0:
+            return node.module or ""
+        parts = module.split(".") if self.trees[module][1] else module.split(".")[:-1]
+        parts = parts[: len(parts) - (node.level - 1)]
+        return ".".join([*parts, *([node.module] if node.module else [])])
+
+    def _check_imports(self, module: str) -> None:
+        """Every module-level import must be installed (else importing it raises ``ModuleNotFoundError``)."""
+        tree, _ = self.trees[module]
+        for node in tree.body:
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [self._source(module, node)]
+            for name in names:
+                top = name.split(".")[0]
+                if top == "qualcl":
+                    if name.count(".") and name not in self.checked:
+                        self.checked.add(name)
+                        try:
+                            self.tree(name)
+                        except _Unreadable:  # ``from qualcl.x import submodule``: fine if a file, else unknown
+                            pass
+                elif top not in self.checked and top != "__future__":
+                    self.checked.add(top)
+                    if top not in sys.modules and importlib.util.find_spec(top) is None:
+                        raise _Unreadable(top)
+
+    def all_names(self, module: str) -> list[str]:
+        """The module's literal ``__all__``."""
+        tree, _ = self.tree(module)
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+            ):
+                value = ast.literal_eval(node.value)
+                if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                    return list(value)
+        raise _Unreadable(f"{module}.__all__")
+
+    def symbol(self, module: str, name: str, depth: int = 0) -> _Symbol:
+        """``(kind, docstring, (defining module, name))`` of ``module.name``."""
+        if depth > 20:
+            raise _Unreadable(f"{module}.{name}")
+        tree, _ = self.tree(module)
+        found: (
+            ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef | ast.ImportFrom | ast.Assign | ast.AnnAssign | None
+        )
+        found = None
+        for node in tree.body:  # the last definition wins, as at run time
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+                if any(_decorator(d) in ("overload", "typing.overload") for d in node.decorator_list):
+                    continue
+                found = node
+            elif isinstance(node, ast.ImportFrom) and any((a.asname or a.name) == name for a in node.names):
+                found = node
+            elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+                found = node
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name:
+                found = node
+        if found is None:
+            raise _Unreadable(f"{module}.{name}")
+        if isinstance(found, ast.ImportFrom):
+            source = self._source(module, found)
+            original = next(a.name for a in found.names if (a.asname or a.name) == name)
+            if not source.startswith("qualcl"):
+                raise _Unreadable(f"{source}.{original}")
+            return self.symbol(source, original, depth + 1)
+        if isinstance(found, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            if not all(_decorator(d) in _KEEP_DECORATORS for d in found.decorator_list):
+                raise _Unreadable(f"{module}.{name}")
+            doc = ast.get_docstring(found)
+            if isinstance(found, ast.ClassDef) and doc is None:  # inherited or generated at run time
+                raise _Unreadable(f"{module}.{name}")
+            return ("class" if isinstance(found, ast.ClassDef) else "function", doc, (module, name))
+        value = found.value
+        if isinstance(value, (ast.Name, ast.Attribute)) and not isinstance(found, ast.AnnAssign):
+            if isinstance(value, ast.Name) and value.id != name:
+                return self.symbol(module, value.id, depth + 1)
+            raise _Unreadable(f"{module}.{name}")
+        if value is not None and _is_constant(value):
+            return ("constant", None, (module, name))
+        if (
+            isinstance(value, ast.Subscript)
+            and isinstance(value.value, ast.Name)
+            and isinstance(value.slice, ast.Slice)
+        ):
+            if self.symbol(module, value.value.id, depth + 1)[0] == "constant":  # a slice of a sequence
+                return ("constant", None, (module, name))
+        raise _Unreadable(f"{module}.{name}")
+
+
+def _decorator(node: ast.expr) -> str:
+    return ast.unparse(node.func if isinstance(node, ast.Call) else node)
+
+
+def _is_constant(node: ast.expr) -> bool:
+    """Whether the value is data or a type alias (neither a class nor a callable)."""
+    if isinstance(node, (ast.Constant, ast.JoinedStr, ast.Dict, ast.DictComp, ast.ListComp, ast.SetComp)):
+        return True
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):  # a container built by its type
+        return node.func.id in ("dict", "tuple", "list", "set", "frozenset", "MappingProxyType")
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return all(_is_constant(e) or isinstance(e, (ast.Name, ast.Attribute)) for e in node.elts)
+    if isinstance(node, ast.Starred):
+        return _is_constant(node.value) or isinstance(node.value, ast.Name)
+    if isinstance(node, ast.Subscript):
+        return _decorator(node.value).rsplit(".", 1)[-1] in _TYPING
+    if isinstance(node, ast.UnaryOp):
+        return _is_constant(node.operand)
+    if isinstance(node, ast.BinOp):  # ``1 << 20``, ``int | None``
+        return all(
+            _is_constant(side) or isinstance(side, (ast.Name, ast.Attribute)) for side in (node.left, node.right)
+        )
+    return False
+
+
+def read_entries(item: Group) -> list[Entry]:
+    """:func:`entries` of a group, read from its source files (no imports) where they tell.
+
+    The table is the same (a test checks it for every group); it falls back to importing the
+    group's modules when a name is computed at run time, decorated in a way the source does not
+    show, documented only by inheritance, or when a third-party module they import is missing.
+
+    Raises:
+        ModuleNotFoundError: When a module of the group cannot be imported (a missing extra).
+    """
+    reader = _SourceReader()
+    seen: set[tuple[str, str]] = set()
+    out: list[Entry] = []
+    try:
+        for module_name in item.modules:
+            for name in reader.all_names(module_name):
+                kind, doc, identity = reader.symbol(module_name, name)
+                if kind != "constant":
+                    if identity in seen:
+                        continue
+                    seen.add(identity)
+                summary = doc.strip().splitlines()[0] if doc else ""
+                out.append(Entry(name, module_name, kind, summary))
+    except (_Unreadable, SyntaxError, ValueError, OSError):
+        return entries(item)
     return out

@@ -1,4 +1,9 @@
-"""The ``qualcl`` command: ``list`` what the library offers, ``run`` a recipe, ``data synth`` embedded data."""
+"""The ``qualcl`` command: ``list`` what the library offers, ``run`` a recipe, ``data synth`` embedded data.
+
+The parser, ``--help`` and every option or config error come from light modules (the recipe
+registry and each recipe's config; no torch), so they answer at once; torch is imported by the
+command that needs it (a run, ``data synth``, ``list`` of the primitives).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ __all__ = ["build_parser", "main"]
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from qualcl.catalog import GROUPS, entries
+    from qualcl.catalog import GROUPS, read_entries
 
     if args.what in ("all", "recipes"):
         from qualcl.recipes import RECIPES
@@ -33,7 +38,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         if args.what not in ("all", item.key):
             continue
         try:
-            found = entries(item)
+            found = read_entries(item)  # from the sources: no torch unless they cannot tell
         except ModuleNotFoundError as error:  # a group whose optional extra is not installed
             print(f"{item.title} — not available ({error.name} is not installed)")
             continue
@@ -98,7 +103,9 @@ def _ratio(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``qualcl`` argument parser."""
-    parser = argparse.ArgumentParser(
+    from qualcl.recipes._cli import SuggestingParser
+
+    parser = SuggestingParser(
         prog="qualcl",
         description="Quality-aware representation learning on medical images.",
     )

@@ -1,8 +1,10 @@
 """Paper recipes: each fills in the shared run skeleton (:mod:`qualcl.recipes.driver`).
 
 A recipe brings its config, LightningModules and stages. ``RECIPES`` maps the names accepted by
-``qualcl run NAME`` to where the recipe lives; importing this package does not import torch, so
-``qualcl list`` stays quick.
+``qualcl run NAME`` to where the recipe lives and where its spec lives (options, presets and config,
+in its ``config`` module). Neither this package nor the specs import torch, so ``qualcl list
+recipes``, ``qualcl run NAME --help`` and every option or config error answer at once; the recipe
+itself is imported when its run starts.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ RECIPES: dict[str, RecipeEntry] = {
         "CoMCL (MICCAI 2024): multi-level contrastive pre-training with self-paced hard negatives, "
         "then DR grading (or chest X-ray diagnosis) evaluated per quality level",
         ablation="qualcl.recipes.comcl.ablation:run_ablation",
+        spec="qualcl.recipes.comcl.config:SPEC",
     ),
     "comcl-detector": RecipeEntry(
         "qualcl.recipes.comcl.detector_run",
         "DETECTOR",
         "the lesion detector CoMCL takes lesion patches from (torchvision Faster R-CNN on lesion masks)",
+        spec="qualcl.recipes.comcl.config:DETECTOR_SPEC",
     ),
     "mkcnet": RecipeEntry(
         "qualcl.recipes.mkcnet.recipe",
@@ -30,6 +34,7 @@ RECIPES: dict[str, RecipeEntry] = {
         "MKCNet (CVPR 2023): Task Net + meta-learned knowledge co-embedding (second-order meta step), "
         "diagnosis AUC / ACC / F1 per quality level",
         ablation="qualcl.recipes.mkcnet.ablation:run_ablation",
+        spec="qualcl.recipes.mkcnet.config:SPEC",
     ),
     "mirror-retrieval": RecipeEntry(
         "qualcl.recipes.mirror_retrieval.recipe",
@@ -37,6 +42,7 @@ RECIPES: dict[str, RecipeEntry] = {
         "Mirror-attention fundus retrieval (BSPC 2023): GeM descriptors of mirror-attention branches, fine "
         "triplet (circle) loss, P@k / mAP@k / NDCG@k per grade and per quality level",
         ablation="qualcl.recipes.mirror_retrieval.ablation:run_ablation",
+        spec="qualcl.recipes.mirror_retrieval.config:SPEC",
     ),
     "fundus-mm": RecipeEntry(
         "qualcl.recipes.fundus_mm.recipe",
@@ -44,6 +50,7 @@ RECIPES: dict[str, RecipeEntry] = {
         "Image-text fundus self-supervision (contrastive + masked image + caption objectives, cross-attention "
         "fusion): zero-shot, few-shot, fine-tuning and image-text recall per quality stratum",
         ablation="qualcl.recipes.fundus_mm.ablation:run_ablation",
+        spec="qualcl.recipes.fundus_mm.config:SPEC",
     ),
     "local-discrimination": RecipeEntry(
         "qualcl.recipes.local_discrimination.recipe",
@@ -51,5 +58,6 @@ RECIPES: dict[str, RecipeEntry] = {
         "Unsupervised local discrimination (TPAMI 2023): patch + region discrimination of pixel embeddings, "
         "then segmentation transfer (Dice per quality level), one-shot landmarks and shape-guided segmentation",
         ablation="qualcl.recipes.local_discrimination.ablation:run_ablation",
+        spec="qualcl.recipes.local_discrimination.config:SPEC",
     ),
 }

@@ -1,15 +1,33 @@
-"""``qualcl run <recipe>``: the options every recipe shares, built from the recipe itself."""
+"""``qualcl run <recipe>``: the options every recipe shares, built from the recipe's spec.
+
+Everything up to the start of a run — the options, ``--help``, argument errors and config errors
+— comes from the recipe's :class:`~qualcl.recipes.config.RecipeSpec` (its ``config`` module, which
+imports no torch); the recipe itself, and with it torch and Lightning, is imported only when the
+run starts.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-__all__ = ["RecipeEntry", "add_run_arguments", "build_recipe_parser", "config_from_arguments", "main_recipe"]
+from qualcl.recipes.config import did_you_mean
+
+__all__ = [
+    "RecipeEntry",
+    "SuggestingParser",
+    "add_run_arguments",
+    "build_recipe_parser",
+    "config_from_arguments",
+    "lazy_exports",
+    "main_recipe",
+]
 
 #: Command-line options that set ``trainer.*`` fields: ``(flag, field, choices, type)``.
 TRAINER_OPTIONS: tuple[tuple[str, str, tuple[str, ...] | None, type], ...] = (
@@ -22,8 +40,14 @@ TRAINER_OPTIONS: tuple[tuple[str, str, tuple[str, ...] | None, type], ...] = (
 )
 
 
+def _import(target: str) -> Any:
+    """The object at ``"module:attribute.path"``."""
+    module, _, attribute = target.partition(":")
+    return functools.reduce(getattr, attribute.split("."), importlib.import_module(module))
+
+
 class RecipeEntry(NamedTuple):
-    """Where a recipe lives, so that ``qualcl list`` does not import torch to name it.
+    """Where a recipe lives, so that ``qualcl list`` and ``qualcl run NAME --help`` do not import torch.
 
     Attributes:
         module: Module holding the recipe object.
@@ -31,27 +55,75 @@ class RecipeEntry(NamedTuple):
         description: One line for ``qualcl list recipes``.
         ablation: ``"module:function"`` of its ablation runner (``run_ablation(config, out, *, seeds,
             variants, run_missing)``), if it has one.
+        spec: ``"module:attribute"`` of its :class:`~qualcl.recipes.config.RecipeSpec`, in a module that
+            does not import torch (``None``: the options come from the recipe object itself).
     """
 
     module: str
     attribute: str
     description: str
     ablation: str | None = None
+    spec: str | None = None
 
     def load(self) -> Any:
         """Import and return the recipe object."""
-        return getattr(importlib.import_module(self.module), self.attribute)
+        return _import(f"{self.module}:{self.attribute}")
+
+    def load_spec(self) -> Any:
+        """Import and return what the options and the config come from: the spec, else the recipe."""
+        return self.load() if self.spec is None else _import(self.spec)
 
     def load_ablation(self) -> Any:
         """Import and return the ablation runner."""
         if self.ablation is None:
             raise ValueError("this recipe has no ablation")
-        module, _, name = self.ablation.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return _import(self.ablation)
+
+
+class SuggestingParser(argparse.ArgumentParser):
+    """An argument parser that adds the closest choice to an "invalid choice" error (``did you mean``)."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as error:
+            if action.choices is None or not isinstance(value, str):
+                raise
+            raise argparse.ArgumentError(action, f"{error.message}{did_you_mean(value, action.choices)}") from None
+
+
+def lazy_exports(package: str, exports: Mapping[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A package's ``__getattr__`` and ``__dir__`` that import each exported name on first use.
+
+    Args:
+        package: The package's ``__name__``.
+        exports: ``{name: "module"}`` (the name is imported from that module) or ``{name:
+            "module:attribute.path"}``.
+
+    Returns:
+        ``(__getattr__, __dir__)`` for the package's namespace (PEP 562).
+    """
+
+    def __getattr__(name: str) -> Any:
+        target = exports.get(name)
+        if target is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = _import(target if ":" in target else f"{target}:{name}")
+        setattr(sys.modules[package], name, value)
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*vars(sys.modules[package]), *exports})
+
+    return __getattr__, __dir__
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, recipe: Any, *, ablation: bool) -> None:
-    """Add the options of ``qualcl run <recipe>`` for ``recipe`` (a :class:`~qualcl.recipes.driver.Recipe`)."""
+    """Add the options of ``qualcl run <recipe>`` for ``recipe``.
+
+    ``recipe`` is a :class:`~qualcl.recipes.config.RecipeSpec` or a :class:`~qualcl.recipes.driver.Recipe`
+    (both have ``name``, ``presets``, ``datasets``, ``data_help`` and ``set_example``).
+    """
     parser.add_argument("--preset", default="default", choices=sorted(recipe.presets))
     parser.add_argument(
         "--dataset",
@@ -90,7 +162,10 @@ def add_run_arguments(parser: argparse.ArgumentParser, recipe: Any, *, ablation:
 
 
 def config_from_arguments(recipe: Any, args: argparse.Namespace) -> Any:
-    """The recipe's config from parsed options: preset, dataset, folder, seed, scale-out options, ``--set``."""
+    """The recipe's config from parsed options: preset, dataset, folder, seed, scale-out options, ``--set``.
+
+    ``recipe`` is a :class:`~qualcl.recipes.config.RecipeSpec` or a :class:`~qualcl.recipes.driver.Recipe`.
+    """
     overrides = [
         f"trainer.{name}={getattr(args, flag[2:].replace('-', '_'))}"
         for flag, name, _, _ in TRAINER_OPTIONS
@@ -106,18 +181,25 @@ def config_from_arguments(recipe: Any, args: argparse.Namespace) -> Any:
 
 
 def build_recipe_parser(entry: RecipeEntry, name: str) -> tuple[argparse.ArgumentParser, Any]:
-    """The parser of ``qualcl run <name>`` and the recipe object."""
-    recipe = entry.load()
-    parser = argparse.ArgumentParser(prog=f"qualcl run {name}", description=entry.description)
-    add_run_arguments(parser, recipe, ablation=entry.ablation is not None)
-    return parser, recipe
+    """The parser of ``qualcl run <name>`` and the recipe's spec (:meth:`RecipeEntry.load_spec`; no torch)."""
+    spec = entry.load_spec()
+    parser = SuggestingParser(prog=f"qualcl run {name}", description=entry.description)
+    add_run_arguments(parser, spec, ablation=entry.ablation is not None)
+    return parser, spec
 
 
 def main_recipe(entry: RecipeEntry, name: str, argv: Sequence[str]) -> int:
-    """Parse ``argv`` for recipe ``name`` and run it (or its ablation)."""
-    parser, recipe = build_recipe_parser(entry, name)
+    """Parse ``argv`` for recipe ``name`` and run it (or its ablation).
+
+    The options and the config are checked against the recipe's spec before the recipe (torch,
+    Lightning) is imported; the run then gets its config from the recipe itself, as before.
+    """
+    parser, spec = build_recipe_parser(entry, name)
     args = parser.parse_args(list(argv))
-    config = config_from_arguments(recipe, args)
+    config = config_from_arguments(spec, args)
+    recipe = entry.load()
+    if recipe is not spec:
+        config = config_from_arguments(recipe, args)
     out = Path(args.out)
     if getattr(args, "ablation", False):
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

@@ -3,28 +3,38 @@
 Every recipe config derives from :class:`RecipeConfig` (``preset``, ``seed`` and the shared
 :class:`TrainerConfig`). Field types are checked when a config is built: ``Literal`` fields accept
 only their listed values, so a wrong ``--set train.meta_batch=...`` fails at once and names the
-allowed values; ``__post_init__`` methods check what depends on several fields.
+allowed values (and the closest one, for a typo); ``__post_init__`` methods check what depends on
+several fields.
+
+This module and every recipe's ``config`` module import neither torch nor Lightning: ``qualcl run
+NAME --help`` and every option or config error answer from them (:class:`RecipeSpec`) before the
+recipe's own module, and with it torch, is imported.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Generic, Literal, TypeVar, Union
 
 import yaml
 
 __all__ = [
+    "CNN_ENCODERS",
     "RecipeConfig",
+    "RecipeSpec",
     "TrainerConfig",
     "apply_overrides",
+    "check_cnn_encoder",
     "config_from_dict",
     "config_to_dict",
+    "did_you_mean",
     "load_config",
     "merge",
     "parse_overrides",
@@ -33,6 +43,47 @@ __all__ = [
 ]
 
 C = TypeVar("C")
+
+#: The ``"cnn"`` encoders of :data:`qualcl.models.ENCODERS`, in its order: configs check their
+#: encoder names against this copy, so that building a config does not import torch (a test keeps
+#: the two equal).
+CNN_ENCODERS: tuple[str, ...] = (
+    "resnet10",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "vgg16_bn",
+    "vgg16_bn_tiny",
+    "unet",
+    "unet_small",
+)
+
+
+def did_you_mean(word: object, options: Iterable[object]) -> str:
+    """``" (did you mean 'x'?)"`` for the option closest to a mistyped ``word``, or ``""`` when none is close.
+
+    Examples:
+        >>> did_you_mean("stpes", ["steps", "lr"])
+        " (did you mean 'steps'?)"
+        >>> did_you_mean("bf16", ["32", "bf16-mixed"])
+        " (did you mean 'bf16-mixed'?)"
+        >>> did_you_mean("zzz", ["steps", "lr"])
+        ''
+    """
+    names = [str(option) for option in options]
+    close = difflib.get_close_matches(str(word), names, n=1, cutoff=0.6)
+    if not close:  # an abbreviation: "bf16" for "bf16-mixed"
+        close = [name for name in names if str(word) and name.startswith(str(word))]
+    return f" (did you mean {close[0]!r}?)" if len(close) == 1 else ""
+
+
+def check_cnn_encoder(name: str, where: str) -> None:
+    """Raise ``ValueError`` unless ``name`` is one of the :data:`CNN_ENCODERS` (``where`` names the field)."""
+    if name not in CNN_ENCODERS:
+        raise ValueError(
+            f"{where} must be one of the CNN encoders {list(CNN_ENCODERS)}, got {name!r}"
+            + did_you_mean(name, CNN_ENCODERS)
+        )
 
 
 @dataclass
@@ -130,7 +181,7 @@ def _coerce(kind: Any, value: Any, where: str) -> Any:
             return value
         if not isinstance(value, bool) and str(value) in allowed:  # --set trainer.precision=32 parses as int
             return str(value)
-        raise ValueError(f"{where} must be one of {list(allowed)}, got {value!r}")
+        raise ValueError(f"{where} must be one of {list(allowed)}, got {value!r}" + did_you_mean(value, allowed))
     if origin in (Union, types.UnionType):
         options = [k for k in typing.get_args(kind) if k is not type(None)]
         if value is None:
@@ -169,7 +220,8 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any], *, _where: str = "co
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"{_where}: unknown key(s) {unknown}; known keys: {sorted(names)}")
+        hint = did_you_mean(unknown[0], names) if len(unknown) == 1 else ""
+        raise ValueError(f"{_where}: unknown key(s) {unknown}{hint}; known keys: {sorted(names)}")
     kwargs = {k: _coerce(hints[k], v, f"{_where}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -197,7 +249,7 @@ def merge(base: dict[str, Any], changes: Mapping[str, Any], *, where: str = "con
     """Merge nested ``changes`` into ``base`` in place (mappings recursively, other values replaced)."""
     for key, value in changes.items():
         if key not in base:
-            raise ValueError(f"{where}: unknown key {key!r}; known: {sorted(base)}")
+            raise ValueError(f"{where}: unknown key {key!r}{did_you_mean(key, base)}; known: {sorted(base)}")
         if isinstance(value, Mapping) and isinstance(base[key], dict):
             merge(base[key], value, where=f"{where}.{key}")
         else:
@@ -248,10 +300,16 @@ def apply_overrides(config: C, overrides: Sequence[str]) -> C:
         node: Any = data
         for part in key.split(".")[:-1]:
             if not isinstance(node.get(part), dict):
-                raise ValueError(f"override {item!r}: {part!r} is not a section of the config")
+                sections = [k for k, v in node.items() if isinstance(v, dict)]
+                raise ValueError(
+                    f"override {item!r}: {part!r} is not a section of the config{did_you_mean(part, sections)}"
+                )
             node = node[part]
-        if key.split(".")[-1] not in node:
-            raise ValueError(f"override {item!r}: unknown key {key.split('.')[-1]!r}; known: {sorted(node)}")
+        last = key.split(".")[-1]
+        if last not in node:
+            raise ValueError(
+                f"override {item!r}: unknown key {last!r}{did_you_mean(last, node)}; known: {sorted(node)}"
+            )
     return config_from_dict(type(config), merge(data, changes))
 
 
@@ -283,7 +341,7 @@ def resolve_config(
         ValueError: Unknown preset, key or value; the message names it and what is allowed.
     """
     if preset not in presets:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(presets)}")
+        raise ValueError(f"unknown preset {preset!r}{did_you_mean(preset, presets)}; choose one of {sorted(presets)}")
     data = config_to_dict(cls())
     merge(data, presets[preset])
     data["preset"] = preset
@@ -300,3 +358,52 @@ def resolve_config(
     if seed is not None:
         data["seed"] = seed
     return config_from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class RecipeSpec(Generic[C]):
+    """What ``qualcl run NAME`` needs before it trains: the options, their help, and the config.
+
+    A recipe's ``config`` module defines one (its ``SPEC``), importing neither torch nor Lightning,
+    so that ``qualcl run NAME --help`` and every option or config error answer at once; the
+    recipe's :class:`~qualcl.recipes.driver.Recipe` (imported only when the run starts) carries the
+    same attributes, and a test keeps the two equal.
+
+    Attributes:
+        name: The recipe's name (``qualcl run NAME``; the default run folder ``runs/NAME``).
+        config_class: Its config dataclass (a :class:`RecipeConfig`).
+        presets: ``{preset: nested overrides of config_class's defaults}``.
+        datasets: The values of ``--dataset``.
+        data_help: Help of ``--data``.
+        set_example: An example for the help of ``--set``.
+        dataset_settings: ``(dataset, preset) -> nested overrides`` a dataset implies, or ``None``.
+    """
+
+    name: str
+    config_class: type[C]
+    presets: Mapping[str, Mapping[str, Any]]
+    datasets: tuple[str, ...]
+    data_help: str = "dataset folder"
+    set_example: str = "seed=1"
+    dataset_settings: Callable[[str, str], dict[str, Any]] | None = None
+
+    def config(
+        self,
+        preset: str = "default",
+        *,
+        dataset: str | None = None,
+        data_dir: str | None = None,
+        overrides: Sequence[str] = (),
+        seed: int | None = None,
+    ) -> C:
+        """The config: defaults ← ``preset`` ← dataset settings ← arguments ← ``overrides`` (as the recipe's own)."""
+        return resolve_config(
+            self.config_class,
+            self.presets,
+            preset,
+            dataset_settings=self.dataset_settings,
+            dataset=dataset,
+            data_dir=data_dir,
+            overrides=overrides,
+            seed=seed,
+        )

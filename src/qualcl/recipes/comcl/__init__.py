@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
-from qualcl.recipes.comcl.ablation import run_ablation
+from typing import TYPE_CHECKING
+
+from qualcl.recipes._cli import lazy_exports
 from qualcl.recipes.comcl.config import (
     ABLATIONS,
     PRESETS,
     ComclConfig,
     DataConfig,
+    DetectorConfig,
     FinetuneConfig,
     PretrainConfig,
 )
-from qualcl.recipes.comcl.detector import (
-    Detections,
-    DetectorTraining,
-    FasterRCNNDetector,
-    GroundTruthDetector,
-    LesionDetector,
-    train_detector,
-)
-from qualcl.recipes.comcl.detector_run import DETECTOR, DetectorConfig, DetectorRecipe, run_comcl_detector
-from qualcl.recipes.comcl.recipe import COMCL, ComclData, ComclRecipe, ComclState, run_comcl
+
+if TYPE_CHECKING:
+    from qualcl.recipes.comcl.ablation import run_ablation
+    from qualcl.recipes.comcl.detector import (
+        Detections,
+        DetectorTraining,
+        FasterRCNNDetector,
+        GroundTruthDetector,
+        LesionDetector,
+        train_detector,
+    )
+    from qualcl.recipes.comcl.detector_run import DETECTOR, DetectorRecipe, run_comcl_detector
+    from qualcl.recipes.comcl.recipe import COMCL, ComclData, ComclRecipe, ComclState, run_comcl
+
+    #: ``COMCL.config(preset, *, dataset, data_dir, overrides, seed)``: defaults ← preset ← the dataset's
+    #: settings (NIH ChestX-ray14: 9 classes, 43.2 % LQ) ← arguments ← overrides.
+    comcl_config = COMCL.config
+    #: ``DETECTOR.config(preset, *, dataset, data_dir, overrides, seed)``.
+    detector_config = DETECTOR.config
 
 __all__ = [
     "ABLATIONS",
@@ -49,9 +61,28 @@ __all__ = [
     "train_detector",
 ]
 
-
-#: ``COMCL.config(preset, *, dataset, data_dir, overrides, seed)``: defaults ← preset ← the dataset's
-#: settings (NIH ChestX-ray14: 9 classes, 43.2 % LQ) ← arguments ← overrides.
-comcl_config = COMCL.config
-#: ``DETECTOR.config(preset, *, dataset, data_dir, overrides, seed)``.
-detector_config = DETECTOR.config
+# The models, data and recipe (torch, Lightning) are imported on first use, so that importing this package
+# for its config (``qualcl run NAME --help``) stays quick; type checkers read the imports above instead.
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = lazy_exports(
+        __name__,
+        {
+            "run_ablation": "qualcl.recipes.comcl.ablation",
+            "Detections": "qualcl.recipes.comcl.detector",
+            "DetectorTraining": "qualcl.recipes.comcl.detector",
+            "FasterRCNNDetector": "qualcl.recipes.comcl.detector",
+            "GroundTruthDetector": "qualcl.recipes.comcl.detector",
+            "LesionDetector": "qualcl.recipes.comcl.detector",
+            "train_detector": "qualcl.recipes.comcl.detector",
+            "DETECTOR": "qualcl.recipes.comcl.detector_run",
+            "DetectorRecipe": "qualcl.recipes.comcl.detector_run",
+            "run_comcl_detector": "qualcl.recipes.comcl.detector_run",
+            "COMCL": "qualcl.recipes.comcl.recipe",
+            "ComclData": "qualcl.recipes.comcl.recipe",
+            "ComclRecipe": "qualcl.recipes.comcl.recipe",
+            "ComclState": "qualcl.recipes.comcl.recipe",
+            "run_comcl": "qualcl.recipes.comcl.recipe",
+            "comcl_config": "qualcl.recipes.comcl.recipe:COMCL.config",
+            "detector_config": "qualcl.recipes.comcl.detector_run:DETECTOR.config",
+        },
+    )

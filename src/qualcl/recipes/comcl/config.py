@@ -1,17 +1,23 @@
-"""CoMCL recipe configuration: dataclasses, presets, dataset settings and ablation variants."""
+"""CoMCL and lesion-detector configuration: dataclasses, presets, dataset settings, ablation variants, specs."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from qualcl.recipes.config import RecipeConfig, TrainerConfig
+from qualcl.recipes.config import RecipeConfig, RecipeSpec, TrainerConfig, check_cnn_encoder
 
 __all__ = [
     "ABLATIONS",
+    "DETECTOR_PRESETS",
+    "DETECTOR_SPEC",
     "PRESETS",
+    "SPEC",
     "ComclConfig",
     "DataConfig",
+    "DetectorConfig",
+    "DetectorSpec",
     "FinetuneConfig",
     "PretrainConfig",
     "dataset_settings",
@@ -147,11 +153,7 @@ class ComclConfig(RecipeConfig):
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def __post_init__(self) -> None:
-        from qualcl.models import ENCODERS
-
-        if self.backbone not in ENCODERS or ENCODERS[self.backbone].family != "cnn":
-            cnns = [n for n, info in ENCODERS.items() if info.family == "cnn"]
-            raise ValueError(f"backbone must be one of the CNN encoders {cnns}, got {self.backbone!r}")
+        check_cnn_encoder(self.backbone, "backbone")
 
 
 #: ``{preset: overrides of the ComclConfig defaults}`` (the defaults are the ``default`` preset).
@@ -205,3 +207,86 @@ ABLATIONS: dict[str, dict[str, object]] = {
 def headline_metric(config: ComclConfig) -> str:
     """The kappa a run reports and selects by: ``"qwk"`` for ordered DR grades, ``"kappa"`` for chest classes."""
     return "kappa" if config.data.dataset == "nih-cxr14" else "qwk"
+
+
+#: What ``qualcl run comcl`` needs before it trains (its options, their help and the config); the
+#: recipe object (``recipe.py``, which imports torch) carries the same attributes.
+SPEC: RecipeSpec[ComclConfig] = RecipeSpec(
+    name="comcl",
+    config_class=ComclConfig,
+    presets=PRESETS,
+    datasets=("synthetic", "eyeq", "nih-cxr14"),
+    data_help="dataset folder (real data, or an existing synthetic set)",
+    set_example="pretrain.steps=100",
+    dataset_settings=dataset_settings,
+)
+
+
+@dataclass
+class DetectorConfig(RecipeConfig):
+    """Lesion-detector training (``preset``, ``seed`` and ``trainer`` come from :class:`RecipeConfig`).
+
+    Attributes:
+        dataset: ``"synthetic"`` (masks of the generated set) or ``"idrid"`` (IDRiD segmentation layout).
+        data_dir: Dataset folder (synthetic: generated there if missing).
+        num_images: Synthetic images to generate.
+        lq_ratio: Synthetic low-quality fraction (as CoMCL's ``data.lq_ratio``, so both can share a folder).
+        image_size: Side of the images the detector sees.
+        architecture: ``"mobilenet_v3"`` or ``"resnet50"``.
+        steps: SGD steps.
+        batch_size: Images per step (per process under DDP).
+        lr: Learning rate.
+        test_fraction: Share of images held out for the recall / precision check.
+    """
+
+    dataset: Literal["synthetic", "idrid"] = "synthetic"
+    data_dir: str | None = None
+    num_images: int = 300
+    lq_ratio: float = 0.336
+    image_size: int = 128
+    architecture: Literal["mobilenet_v3", "resnet50"] = "mobilenet_v3"
+    steps: int = 300
+    batch_size: int = 4
+    lr: float = 0.01
+    test_fraction: float = 0.2
+
+
+#: ``{preset: overrides of the DetectorConfig defaults}`` of ``qualcl run comcl-detector``.
+DETECTOR_PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {"trainer": {"progress": False}, "num_images": 12, "image_size": 64, "steps": 2, "batch_size": 2},
+    "default": {},
+    "paper": {"dataset": "idrid", "image_size": 1024, "architecture": "resnet50", "steps": 20000},
+}
+
+
+class DetectorSpec(RecipeSpec[DetectorConfig]):
+    """The detector's spec: its fields, ``dataset`` and ``data_dir`` too, are top-level."""
+
+    def config(
+        self,
+        preset: str = "default",
+        *,
+        dataset: str | None = None,
+        data_dir: str | None = None,
+        overrides: Sequence[str] = (),
+        seed: int | None = None,
+    ) -> DetectorConfig:
+        """Defaults ← preset ← ``--dataset`` / ``--data`` ← ``--set`` (as ``DetectorRecipe.config``)."""
+        extra = list(overrides)
+        if dataset is not None:
+            extra.insert(0, f"dataset={dataset}")
+        if data_dir is not None:
+            extra.insert(0, f"data_dir={data_dir}")
+        return super().config(preset, overrides=extra, seed=seed)
+
+
+#: What ``qualcl run comcl-detector`` needs before it trains; the recipe object
+#: (``detector_run.py``, which imports torch) carries the same attributes.
+DETECTOR_SPEC = DetectorSpec(
+    name="comcl-detector",
+    config_class=DetectorConfig,
+    presets=DETECTOR_PRESETS,
+    datasets=("synthetic", "idrid"),
+    data_help="dataset folder (synthetic: generated there if missing; idrid: the IDRiD segmentation layout)",
+    set_example="steps=100",
+)

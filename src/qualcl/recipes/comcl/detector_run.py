@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -15,6 +14,8 @@ from torchvision.ops import box_iou
 
 from qualcl.data.images import open_image
 from qualcl.data.readers import load_mask, mask_to_boxes, read_idrid_segmentation
+from qualcl.recipes.comcl.config import DETECTOR_PRESETS as PRESETS
+from qualcl.recipes.comcl.config import DetectorConfig
 from qualcl.recipes.comcl.detector import (
     LESION_CLASSES,
     BoxDataset,
@@ -23,7 +24,6 @@ from qualcl.recipes.comcl.detector import (
     collate_detection,
     usable_images,
 )
-from qualcl.recipes.config import RecipeConfig
 from qualcl.recipes.driver import Recipe, RunContext, Stage
 from qualcl.recipes.plots import plot_curves
 from qualcl.recipes.run_folder import ModelCard
@@ -32,42 +32,6 @@ from qualcl.samplers import ShardedShuffleSampler
 __all__ = ["DETECTOR", "DetectorConfig", "DetectorRecipe", "run_comcl_detector"]
 
 SYNTHETIC_CLASSES = ("MA", "HE", "EX", "NV")
-
-
-@dataclass
-class DetectorConfig(RecipeConfig):
-    """Lesion-detector training (``preset``, ``seed`` and ``trainer`` come from :class:`RecipeConfig`).
-
-    Attributes:
-        dataset: ``"synthetic"`` (masks of the generated set) or ``"idrid"`` (IDRiD segmentation layout).
-        data_dir: Dataset folder (synthetic: generated there if missing).
-        num_images: Synthetic images to generate.
-        lq_ratio: Synthetic low-quality fraction (as CoMCL's ``data.lq_ratio``, so both can share a folder).
-        image_size: Side of the images the detector sees.
-        architecture: ``"mobilenet_v3"`` or ``"resnet50"``.
-        steps: SGD steps.
-        batch_size: Images per step (per process under DDP).
-        lr: Learning rate.
-        test_fraction: Share of images held out for the recall / precision check.
-    """
-
-    dataset: Literal["synthetic", "idrid"] = "synthetic"
-    data_dir: str | None = None
-    num_images: int = 300
-    lq_ratio: float = 0.336
-    image_size: int = 128
-    architecture: Literal["mobilenet_v3", "resnet50"] = "mobilenet_v3"
-    steps: int = 300
-    batch_size: int = 4
-    lr: float = 0.01
-    test_fraction: float = 0.2
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": {"trainer": {"progress": False}, "num_images": 12, "image_size": 64, "steps": 2, "batch_size": 2},
-    "default": {},
-    "paper": {"dataset": "idrid", "image_size": 1024, "architecture": "resnet50", "steps": 20000},
-}
 
 
 class DetectorData(NamedTuple):

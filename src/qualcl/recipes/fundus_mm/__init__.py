@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from qualcl.recipes._cli import lazy_exports
 from qualcl.recipes.fundus_mm.config import (
     ABLATIONS,
     PRESETS,
@@ -11,11 +14,16 @@ from qualcl.recipes.fundus_mm.config import (
     ModelConfig,
     TrainConfig,
 )
-from qualcl.recipes.fundus_mm.data import FundusMMData, PairDataset, load_fundus_mm_data
-from qualcl.recipes.fundus_mm.model import FundusMMNet, PretrainOutput
-from qualcl.recipes.fundus_mm.modules import ImageTextPretraining, class_embeddings, zero_shot_logits
-from qualcl.recipes.fundus_mm.prompts import CLASS_DEFINITIONS, TEMPLATES, class_prompts
-from qualcl.recipes.fundus_mm.recipe import FUNDUS_MM, FundusMMRecipe, FundusMMState, run_fundus_mm
+
+if TYPE_CHECKING:
+    from qualcl.recipes.fundus_mm.data import FundusMMData, PairDataset, load_fundus_mm_data
+    from qualcl.recipes.fundus_mm.model import FundusMMNet, PretrainOutput
+    from qualcl.recipes.fundus_mm.modules import ImageTextPretraining, class_embeddings, zero_shot_logits
+    from qualcl.recipes.fundus_mm.prompts import CLASS_DEFINITIONS, TEMPLATES, class_prompts
+    from qualcl.recipes.fundus_mm.recipe import FUNDUS_MM, FundusMMRecipe, FundusMMState, run_fundus_mm
+
+    #: ``FUNDUS_MM.config(preset, *, dataset, data_dir, overrides, seed)``: defaults ← preset ← overrides.
+    fundus_mm_config = FUNDUS_MM.config
 
 __all__ = [
     "ABLATIONS",
@@ -43,5 +51,27 @@ __all__ = [
     "zero_shot_logits",
 ]
 
-#: ``FUNDUS_MM.config(preset, *, dataset, data_dir, overrides, seed)``: defaults ← preset ← overrides.
-fundus_mm_config = FUNDUS_MM.config
+# The models, data and recipe (torch, Lightning) are imported on first use, so that importing this package
+# for its config (``qualcl run NAME --help``) stays quick; type checkers read the imports above instead.
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = lazy_exports(
+        __name__,
+        {
+            "FundusMMData": "qualcl.recipes.fundus_mm.data",
+            "PairDataset": "qualcl.recipes.fundus_mm.data",
+            "load_fundus_mm_data": "qualcl.recipes.fundus_mm.data",
+            "FundusMMNet": "qualcl.recipes.fundus_mm.model",
+            "PretrainOutput": "qualcl.recipes.fundus_mm.model",
+            "ImageTextPretraining": "qualcl.recipes.fundus_mm.modules",
+            "class_embeddings": "qualcl.recipes.fundus_mm.modules",
+            "zero_shot_logits": "qualcl.recipes.fundus_mm.modules",
+            "CLASS_DEFINITIONS": "qualcl.recipes.fundus_mm.prompts",
+            "TEMPLATES": "qualcl.recipes.fundus_mm.prompts",
+            "class_prompts": "qualcl.recipes.fundus_mm.prompts",
+            "FUNDUS_MM": "qualcl.recipes.fundus_mm.recipe",
+            "FundusMMRecipe": "qualcl.recipes.fundus_mm.recipe",
+            "FundusMMState": "qualcl.recipes.fundus_mm.recipe",
+            "run_fundus_mm": "qualcl.recipes.fundus_mm.recipe",
+            "fundus_mm_config": "qualcl.recipes.fundus_mm.recipe:FUNDUS_MM.config",
+        },
+    )

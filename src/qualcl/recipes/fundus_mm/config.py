@@ -5,9 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from qualcl.recipes.config import RecipeConfig
+from qualcl.recipes.config import RecipeConfig, RecipeSpec
 
-__all__ = ["ABLATIONS", "PRESETS", "DataConfig", "EvalConfig", "FundusMMConfig", "ModelConfig", "TrainConfig"]
+__all__ = [
+    "ABLATIONS",
+    "PRESETS",
+    "SPEC",
+    "DataConfig",
+    "EvalConfig",
+    "FundusMMConfig",
+    "ModelConfig",
+    "TrainConfig",
+]
 
 
 @dataclass
@@ -274,3 +283,15 @@ ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "no_mim": {"model": {"mim": False}},
     "no_caption": {"model": {"caption": "none"}},
 }
+
+
+#: What ``qualcl run fundus-mm`` needs before it trains (its options, their help and the config); the
+#: recipe object (``recipe.py``, which imports torch) carries the same attributes.
+SPEC: RecipeSpec[FundusMMConfig] = RecipeSpec(
+    name="fundus-mm",
+    config_class=FundusMMConfig,
+    presets=PRESETS,
+    datasets=("synthetic", "aptos", "odir", "fives"),
+    data_help="dataset folder (aptos: train.csv + train_images/; odir: the annotation sheet; fives: train/, test/)",
+    set_example="model.caption=autoregressive",
+)

@@ -5,7 +5,9 @@ Chen et al., "Unsupervised Local Discrimination for Medical Images", TPAMI 2023.
 
 from __future__ import annotations
 
-from qualcl.recipes.local_discrimination.ablation import ablation_table, run_ablation, variant_config
+from typing import TYPE_CHECKING
+
+from qualcl.recipes._cli import lazy_exports
 from qualcl.recipes.local_discrimination.config import (
     ABLATIONS,
     PRESETS,
@@ -17,26 +19,38 @@ from qualcl.recipes.local_discrimination.config import (
     ShapeConfig,
     TransferConfig,
 )
-from qualcl.recipes.local_discrimination.data import (
-    SYNTHETIC_TASKS,
-    LDData,
-    SegmentationDataset,
-    SegmentationSet,
-    load_ld_data,
-)
-from qualcl.recipes.local_discrimination.model import LDNet, LDOutput, SegmentationNet, ShapeDiscriminator, ld_decoder
-from qualcl.recipes.local_discrimination.modules import (
-    LDPretraining,
-    SegmentationTransfer,
-    ShapeGuidedTraining,
-    pretraining_losses,
-)
-from qualcl.recipes.local_discrimination.recipe import (
-    LOCAL_DISCRIMINATION,
-    LDState,
-    LocalDiscriminationRecipe,
-    run_local_discrimination,
-)
+
+if TYPE_CHECKING:
+    from qualcl.recipes.local_discrimination.ablation import ablation_table, run_ablation, variant_config
+    from qualcl.recipes.local_discrimination.data import (
+        SYNTHETIC_TASKS,
+        LDData,
+        SegmentationDataset,
+        SegmentationSet,
+        load_ld_data,
+    )
+    from qualcl.recipes.local_discrimination.model import (
+        LDNet,
+        LDOutput,
+        SegmentationNet,
+        ShapeDiscriminator,
+        ld_decoder,
+    )
+    from qualcl.recipes.local_discrimination.modules import (
+        LDPretraining,
+        SegmentationTransfer,
+        ShapeGuidedTraining,
+        pretraining_losses,
+    )
+    from qualcl.recipes.local_discrimination.recipe import (
+        LOCAL_DISCRIMINATION,
+        LDState,
+        LocalDiscriminationRecipe,
+        run_local_discrimination,
+    )
+
+    #: ``LOCAL_DISCRIMINATION.config(preset, *, dataset, data_dir, overrides, seed)``: defaults ← preset ← overrides.
+    local_discrimination_config = LOCAL_DISCRIMINATION.config
 
 __all__ = [
     "ABLATIONS",
@@ -72,5 +86,33 @@ __all__ = [
     "variant_config",
 ]
 
-#: ``LOCAL_DISCRIMINATION.config(preset, *, dataset, data_dir, overrides, seed)``: defaults ← preset ← overrides.
-local_discrimination_config = LOCAL_DISCRIMINATION.config
+# The models, data and recipe (torch, Lightning) are imported on first use, so that importing this package
+# for its config (``qualcl run NAME --help``) stays quick; type checkers read the imports above instead.
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = lazy_exports(
+        __name__,
+        {
+            "ablation_table": "qualcl.recipes.local_discrimination.ablation",
+            "run_ablation": "qualcl.recipes.local_discrimination.ablation",
+            "variant_config": "qualcl.recipes.local_discrimination.ablation",
+            "SYNTHETIC_TASKS": "qualcl.recipes.local_discrimination.data",
+            "LDData": "qualcl.recipes.local_discrimination.data",
+            "SegmentationDataset": "qualcl.recipes.local_discrimination.data",
+            "SegmentationSet": "qualcl.recipes.local_discrimination.data",
+            "load_ld_data": "qualcl.recipes.local_discrimination.data",
+            "LDNet": "qualcl.recipes.local_discrimination.model",
+            "LDOutput": "qualcl.recipes.local_discrimination.model",
+            "SegmentationNet": "qualcl.recipes.local_discrimination.model",
+            "ShapeDiscriminator": "qualcl.recipes.local_discrimination.model",
+            "ld_decoder": "qualcl.recipes.local_discrimination.model",
+            "LDPretraining": "qualcl.recipes.local_discrimination.modules",
+            "SegmentationTransfer": "qualcl.recipes.local_discrimination.modules",
+            "ShapeGuidedTraining": "qualcl.recipes.local_discrimination.modules",
+            "pretraining_losses": "qualcl.recipes.local_discrimination.modules",
+            "LOCAL_DISCRIMINATION": "qualcl.recipes.local_discrimination.recipe",
+            "LDState": "qualcl.recipes.local_discrimination.recipe",
+            "LocalDiscriminationRecipe": "qualcl.recipes.local_discrimination.recipe",
+            "run_local_discrimination": "qualcl.recipes.local_discrimination.recipe",
+            "local_discrimination_config": "qualcl.recipes.local_discrimination.recipe:LOCAL_DISCRIMINATION.config",
+        },
+    )

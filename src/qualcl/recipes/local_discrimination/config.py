@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from qualcl.recipes.config import RecipeConfig
+from qualcl.recipes.config import RecipeConfig, RecipeSpec, check_cnn_encoder
 
 __all__ = [
     "ABLATIONS",
     "PRESETS",
+    "SPEC",
     "DataConfig",
     "EvalConfig",
     "LocalDiscriminationConfig",
@@ -79,11 +80,7 @@ class ModelConfig:
     clusters: int = 16
 
     def __post_init__(self) -> None:
-        from qualcl.models import ENCODERS
-
-        if self.encoder not in ENCODERS or ENCODERS[self.encoder].family != "cnn":
-            cnns = [n for n, info in ENCODERS.items() if info.family == "cnn"]
-            raise ValueError(f"model.encoder must be one of the CNN encoders {cnns}, got {self.encoder!r}")
+        check_cnn_encoder(self.encoder, "model.encoder")
         if self.clusters < 2:
             raise ValueError(f"model.clusters must be >= 2, got {self.clusters}")
 
@@ -248,3 +245,18 @@ ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "ld_stage1": {"pretrain": {"method": "ld_stage1"}, "shape": {"enabled": False}},
     "ld": {"pretrain": {"method": "ld"}, "shape": {"enabled": False}},
 }
+
+
+#: What ``qualcl run local-discrimination`` needs before it trains (its options, their help and the config); the
+#: recipe object (``recipe.py``, which imports torch) carries the same attributes.
+SPEC: RecipeSpec[LocalDiscriminationConfig] = RecipeSpec(
+    name="local-discrimination",
+    config_class=LocalDiscriminationConfig,
+    presets=PRESETS,
+    datasets=("synthetic", "drive", "stare", "chase", "hrf", "idrid", "drishti"),
+    data_help=(
+        "dataset folder: drive (training/, test/), stare (stare-images/, labels-ah/), chase (Image_NNx.jpg + "
+        "_1stHO.png), hrf (images/, manual1/), idrid (A. Segmentation/), drishti (Training/, Test/)"
+    ),
+    set_example="pretrain.method=simclr",
+)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from qualcl.recipes.mirror_retrieval.ablation import ablation_table, run_ablation, variant_config
+from typing import TYPE_CHECKING
+
+from qualcl.recipes._cli import lazy_exports
 from qualcl.recipes.mirror_retrieval.config import (
     ABLATIONS,
     PRESETS,
@@ -12,10 +14,16 @@ from qualcl.recipes.mirror_retrieval.config import (
     ModelConfig,
     TrainConfig,
 )
-from qualcl.recipes.mirror_retrieval.data import RetrievalData, RetrievalDataset, load_retrieval_data
-from qualcl.recipes.mirror_retrieval.model import MirrorRetrievalNet, RetrievalOutput, mirror_images
-from qualcl.recipes.mirror_retrieval.modules import RetrievalTraining, build_metric_loss, leave_one_out_metrics
-from qualcl.recipes.mirror_retrieval.recipe import MIRROR_RETRIEVAL, MirrorRetrievalRecipe, run_mirror_retrieval
+
+if TYPE_CHECKING:
+    from qualcl.recipes.mirror_retrieval.ablation import ablation_table, run_ablation, variant_config
+    from qualcl.recipes.mirror_retrieval.data import RetrievalData, RetrievalDataset, load_retrieval_data
+    from qualcl.recipes.mirror_retrieval.model import MirrorRetrievalNet, RetrievalOutput, mirror_images
+    from qualcl.recipes.mirror_retrieval.modules import RetrievalTraining, build_metric_loss, leave_one_out_metrics
+    from qualcl.recipes.mirror_retrieval.recipe import MIRROR_RETRIEVAL, MirrorRetrievalRecipe, run_mirror_retrieval
+
+    #: ``MIRROR_RETRIEVAL.config(preset, *, dataset, data_dir, overrides, seed)``: defaults ← preset ← overrides.
+    mirror_retrieval_config = MIRROR_RETRIEVAL.config
 
 __all__ = [
     "ABLATIONS",
@@ -43,5 +51,27 @@ __all__ = [
     "variant_config",
 ]
 
-#: ``MIRROR_RETRIEVAL.config(preset, *, dataset, data_dir, overrides, seed)``: defaults ← preset ← overrides.
-mirror_retrieval_config = MIRROR_RETRIEVAL.config
+# The models, data and recipe (torch, Lightning) are imported on first use, so that importing this package
+# for its config (``qualcl run NAME --help``) stays quick; type checkers read the imports above instead.
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = lazy_exports(
+        __name__,
+        {
+            "ablation_table": "qualcl.recipes.mirror_retrieval.ablation",
+            "run_ablation": "qualcl.recipes.mirror_retrieval.ablation",
+            "variant_config": "qualcl.recipes.mirror_retrieval.ablation",
+            "RetrievalData": "qualcl.recipes.mirror_retrieval.data",
+            "RetrievalDataset": "qualcl.recipes.mirror_retrieval.data",
+            "load_retrieval_data": "qualcl.recipes.mirror_retrieval.data",
+            "MirrorRetrievalNet": "qualcl.recipes.mirror_retrieval.model",
+            "RetrievalOutput": "qualcl.recipes.mirror_retrieval.model",
+            "mirror_images": "qualcl.recipes.mirror_retrieval.model",
+            "RetrievalTraining": "qualcl.recipes.mirror_retrieval.modules",
+            "build_metric_loss": "qualcl.recipes.mirror_retrieval.modules",
+            "leave_one_out_metrics": "qualcl.recipes.mirror_retrieval.modules",
+            "MIRROR_RETRIEVAL": "qualcl.recipes.mirror_retrieval.recipe",
+            "MirrorRetrievalRecipe": "qualcl.recipes.mirror_retrieval.recipe",
+            "run_mirror_retrieval": "qualcl.recipes.mirror_retrieval.recipe",
+            "mirror_retrieval_config": "qualcl.recipes.mirror_retrieval.recipe:MIRROR_RETRIEVAL.config",
+        },
+    )

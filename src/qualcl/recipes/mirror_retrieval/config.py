@@ -5,9 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from qualcl.recipes.config import RecipeConfig
+from qualcl.recipes.config import RecipeConfig, RecipeSpec, check_cnn_encoder
 
-__all__ = ["ABLATIONS", "PRESETS", "DataConfig", "EvalConfig", "MirrorRetrievalConfig", "ModelConfig", "TrainConfig"]
+__all__ = [
+    "ABLATIONS",
+    "PRESETS",
+    "SPEC",
+    "DataConfig",
+    "EvalConfig",
+    "MirrorRetrievalConfig",
+    "ModelConfig",
+    "TrainConfig",
+]
 
 
 @dataclass
@@ -86,11 +95,7 @@ class ModelConfig:
     classifier: bool = False
 
     def __post_init__(self) -> None:
-        from qualcl.models import ENCODERS
-
-        if self.encoder not in ENCODERS or ENCODERS[self.encoder].family != "cnn":
-            cnns = [n for n, info in ENCODERS.items() if info.family == "cnn"]
-            raise ValueError(f"model.encoder must be one of the CNN encoders {cnns}, got {self.encoder!r}")
+        check_cnn_encoder(self.encoder, "model.encoder")
         if not 0 <= self.reconstruction_from <= 3:
             raise ValueError(f"model.reconstruction_from must lie in 0..3, got {self.reconstruction_from}")
         if self.reconstruction and self.attention == "none":
@@ -234,3 +239,15 @@ ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"metric_loss": "none"},
     },
 }
+
+
+#: What ``qualcl run mirror-retrieval`` needs before it trains (its options, their help and the config); the
+#: recipe object (``recipe.py``, which imports torch) carries the same attributes.
+SPEC: RecipeSpec[MirrorRetrievalConfig] = RecipeSpec(
+    name="mirror-retrieval",
+    config_class=MirrorRetrievalConfig,
+    presets=PRESETS,
+    datasets=("synthetic", "eyepacs", "eyeq"),
+    data_help="dataset folder (eyepacs: trainLabels.csv and the images; eyeq: Label_EyeQ_{train,test}.csv)",
+    set_example="model.attention=official",
+)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from qualcl.recipes.mkcnet.ablation import ablation_table, ablation_variants, run_ablation, variant_config
+from typing import TYPE_CHECKING
+
+from qualcl.recipes._cli import lazy_exports
 from qualcl.recipes.mkcnet.config import (
     ABLATIONS,
     DATASETS,
@@ -14,9 +16,16 @@ from qualcl.recipes.mkcnet.config import (
     ModelConfig,
     TrainConfig,
 )
-from qualcl.recipes.mkcnet.model import TaskNet, TaskOutput, build_meta_learner, build_task_net
-from qualcl.recipes.mkcnet.modules import MkcnetTraining
-from qualcl.recipes.mkcnet.recipe import MKCNET, MkcnetData, MkcnetRecipe, run_mkcnet
+
+if TYPE_CHECKING:
+    from qualcl.recipes.mkcnet.ablation import ablation_table, ablation_variants, run_ablation, variant_config
+    from qualcl.recipes.mkcnet.model import TaskNet, TaskOutput, build_meta_learner, build_task_net
+    from qualcl.recipes.mkcnet.modules import MkcnetTraining
+    from qualcl.recipes.mkcnet.recipe import MKCNET, MkcnetData, MkcnetRecipe, run_mkcnet
+
+    #: ``MKCNET.config(preset, *, dataset, data_dir, overrides, seed)``: defaults ← preset ← the dataset's
+    #: settings (:data:`DATASETS`) ← arguments ← overrides.
+    mkcnet_config = MKCNET.config
 
 __all__ = [
     "ABLATIONS",
@@ -44,7 +53,25 @@ __all__ = [
     "variant_config",
 ]
 
-
-#: ``MKCNET.config(preset, *, dataset, data_dir, overrides, seed)``: defaults ← preset ← the dataset's
-#: settings (:data:`DATASETS`) ← arguments ← overrides.
-mkcnet_config = MKCNET.config
+# The models, data and recipe (torch, Lightning) are imported on first use, so that importing this package
+# for its config (``qualcl run NAME --help``) stays quick; type checkers read the imports above instead.
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = lazy_exports(
+        __name__,
+        {
+            "ablation_table": "qualcl.recipes.mkcnet.ablation",
+            "ablation_variants": "qualcl.recipes.mkcnet.ablation",
+            "run_ablation": "qualcl.recipes.mkcnet.ablation",
+            "variant_config": "qualcl.recipes.mkcnet.ablation",
+            "TaskNet": "qualcl.recipes.mkcnet.model",
+            "TaskOutput": "qualcl.recipes.mkcnet.model",
+            "build_meta_learner": "qualcl.recipes.mkcnet.model",
+            "build_task_net": "qualcl.recipes.mkcnet.model",
+            "MkcnetTraining": "qualcl.recipes.mkcnet.modules",
+            "MKCNET": "qualcl.recipes.mkcnet.recipe",
+            "MkcnetData": "qualcl.recipes.mkcnet.recipe",
+            "MkcnetRecipe": "qualcl.recipes.mkcnet.recipe",
+            "run_mkcnet": "qualcl.recipes.mkcnet.recipe",
+            "mkcnet_config": "qualcl.recipes.mkcnet.recipe:MKCNET.config",
+        },
+    )

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-from qualcl.recipes.config import RecipeConfig
+from qualcl.recipes.config import RecipeConfig, RecipeSpec, check_cnn_encoder
 
 __all__ = [
     "ABLATIONS",
     "DATASETS",
     "LQ_SWEEP",
     "PRESETS",
+    "SPEC",
     "DataConfig",
     "DatasetSettings",
     "MkcnetConfig",
@@ -138,11 +139,7 @@ class ModelConfig:
     mask_eps: float = 0.0
 
     def __post_init__(self) -> None:
-        from qualcl.models import ENCODERS
-
-        if self.backbone not in ENCODERS or ENCODERS[self.backbone].family != "cnn":
-            cnns = [n for n, info in ENCODERS.items() if info.family == "cnn"]
-            raise ValueError(f"model.backbone must be one of the CNN encoders {cnns}, got {self.backbone!r}")
+        check_cnn_encoder(self.backbone, "model.backbone")
         if self.assist != "none" and self.assist_from == "co_embedding" and not self.meta:
             raise ValueError("model.assist from the co-embedding needs model.meta=true; use model.assist=none")
         if self.assist != "none" and self.assist_from == "quality" and not self.quality_head:
@@ -273,3 +270,16 @@ ABLATIONS: dict[str, dict[str, object]] = {
 
 #: The low-quality-ratio sweep (paper Fig. 5): share of the training LQ images kept, HQ all kept.
 LQ_SWEEP: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+#: What ``qualcl run mkcnet`` needs before it trains (its options, their help and the config); the
+#: recipe object (``recipe.py``, which imports torch) carries the same attributes.
+SPEC: RecipeSpec[MkcnetConfig] = RecipeSpec(
+    name="mkcnet",
+    config_class=MkcnetConfig,
+    presets=PRESETS,
+    datasets=("synthetic", "eyeq", "deepdrid", "drac", "cxr-iqad", "ct-iqad"),
+    data_help="dataset folder; cxr-iqad wants kermany/ and nih/ inside it, ct-iqad hq/ and lq/",
+    set_example="train.epochs=5",
+    dataset_settings=dataset_settings,
+)
