@@ -17,6 +17,7 @@ from qualcl._validation import (
     check_mask,
     check_nonnegative,
     check_positive,
+    check_reduction,
     check_weights,
 )
 from qualcl.functional.info_nce import compute_dtype, info_nce_from_logits
@@ -66,15 +67,18 @@ class NegativeMiner(Protocol):
 
 @runtime_checkable
 class PairLoss(Protocol):
-    """Computes one level pair's mean InfoNCE from its embeddings (e.g. a fused kernel).
+    """Computes one level pair's per-anchor InfoNCE from its embeddings (e.g. a fused kernel).
 
     Called with L2-normalised ``anchors`` (``(b, D)``), their ``positives`` (``(b, D)``) and the
     pair's ``negatives`` (``(M, D)``), all in the compute dtype, and the temperature; returns the
-    scalar mean over anchors of ``-log(e^{a.p/tau} / (e^{a.p/tau} + sum_k e^{a.n_k/tau}))``.
+    ``(b,)`` losses ``-log(e^{a.p/tau} / (e^{a.p/tau} + sum_k e^{a.n_k/tau}))`` and the ``(b,)``
+    float mask of the anchors that count (1 for an anchor with a negative).
     """
 
-    def __call__(self, anchors: Tensor, positives: Tensor, negatives: Tensor, *, temperature: float) -> Tensor:
-        """Return the pair's mean loss."""
+    def __call__(
+        self, anchors: Tensor, positives: Tensor, negatives: Tensor, *, temperature: float
+    ) -> tuple[Tensor, Tensor]:
+        """Return the pair's per-anchor losses and which anchors count."""
         ...
 
 
@@ -154,7 +158,9 @@ def multi_level_info_nce(
     pair_names: Sequence[str] | None = None,
     pair_loss: PairLoss | None = None,
     negative_pool: tuple[Tensor, Tensor, Tensor] | None = None,
-    reduce: Callable[[Tensor, Tensor | None], Tensor] | None = None,
+    reduce: Callable[[Tensor, Tensor | None, str], Tensor] | None = None,
+    weights: Tensor | None = None,
+    reduction: str = "mean",
 ) -> MultiLevelResult:
     r"""Sum of InfoNCE losses over ordered level pairs, negatives drawn only from the paired level.
 
@@ -167,8 +173,12 @@ def multi_level_info_nce(
         \ell_i^{m,n} = -\log \frac{e^{s(e_i, \tilde e_i)/\tau}}
         {e^{s(e_i, \tilde e_i)/\tau} + \sum_{k \in K_i} e^{s(e_i, e^n_k)/\tau}}
 
-    where ``s_i`` and ``K_i`` come from the ``miner`` (all ones / all negatives without one). A pair
-    with no anchors or no negatives contributes a zero that stays attached to the graph.
+    where ``s_i`` and ``K_i`` come from the ``miner`` (all ones / all negatives without one), times
+    the caller's per-row ``weights``. A pair with no anchors or no negatives contributes a zero that
+    stays attached to the graph. ``reduction="sum"`` replaces each pair's weighted mean by its
+    weighted sum; ``reduction="none"`` returns the ``(N,)`` per-row totals
+    ``sum_{(m,n)} w_{mn} s_i ell_i^{m,n}`` (0 for rows that anchor no pair), whose sum is the
+    ``"sum"`` value (the ``"mean"`` value is a sum of per-pair means, not a mean of these rows).
 
     Args:
         view1: ``(N, D)`` embeddings of the first augmentation.
@@ -189,8 +199,11 @@ def multi_level_info_nce(
             ``gather_distributed=True``). A pair then counts as empty only when the *pool* has no
             anchor or negative of its levels, so every rank takes the same path (collectives inside
             ``reduce`` and the miner stay matched).
-        reduce: ``reduce(losses, weights) -> scalar``, the per-pair reduction of the anchors' losses
-            (default the weighted mean ``Σ wℓ / Σ w``); under DDP a reduction across ranks.
+        reduce: ``reduce(losses, weights, reduction) -> scalar``, the per-pair reduction of the
+            anchors' losses (default :func:`~qualcl.functional.weighted_reduce`); under DDP a
+            reduction across ranks. Not called for ``reduction="none"``.
+        weights: ``(N,)`` non-negative per-row weights (multiply the miner's).
+        reduction: ``"mean"`` (the paper's sum of per-pair means), ``"sum"`` or ``"none"``.
 
     Returns:
         A :class:`MultiLevelResult`.
@@ -214,6 +227,10 @@ def multi_level_info_nce(
         raise ValueError(f"view2 must have shape ({n}, {d}) like view1, got {tuple(view2.shape)}")
     levels = validate_levels(levels, n)
     check_choice("negatives_from", negatives_from, NEGATIVE_SOURCES)
+    check_reduction(reduction)
+    if weights is not None:
+        check_weights("weights", weights, n)
+        weights = weights.detach().to(view1.device)
     pairs, weights_of_pairs = check_pairs(pairs, pair_weights)
     if pair_names is not None and len(pair_names) != len(pairs):
         raise ValueError(f"pair_names must have one name per pair ({len(pairs)}), got {len(pair_names)}")
@@ -231,11 +248,9 @@ def multi_level_info_nce(
         pool_levels = negative_pool[2]
         anchor_zero = anchor_zero + 0.0 * (p1.sum() + p2.sum())
     if reduce is None:
+        reduce = weighted_reduce
 
-        def reduce(losses: Tensor, weights: Tensor | None) -> Tensor:
-            return weighted_reduce(losses, weights, "mean")
-
-    total = anchor_zero
+    total = anchor_zero.expand(n).clone() if reduction == "none" else anchor_zero
     pair_losses: dict[str, Tensor] = {}
     counts: dict[str, dict[str, int]] = {}
     for index, ((m, k), name) in enumerate(zip(pairs, names, strict=True)):
@@ -246,25 +261,35 @@ def multi_level_info_nce(
         pool_anchors = int((pool_levels == m).sum()) if negative_pool is not None else anchors.shape[0]
         if pool_anchors == 0 or negatives.shape[0] == 0:
             loss = anchor_zero
-        elif pair_loss is not None and miner is None and negative_pool is None:
-            loss = pair_loss(anchors, positives, negatives, temperature=tau)
         else:
-            positive_sim = (anchors * positives).sum(dim=1)
-            negative_sim = anchors @ negatives.T
-            mask, weights = None, None
-            if miner is not None:
-                mask, weights = miner(positive_sim.detach(), negative_sim.detach(), temperature=tau, step=step)
-                if mask is not None:
-                    check_mask("miner negative_mask", mask, tuple(negative_sim.shape))
-                if weights is not None:
-                    check_weights("miner weights", weights, anchors.shape[0])
-                    counts.setdefault(name, {})["selected_anchors"] = int((weights > 0).sum())
-            losses = info_nce_from_logits(positive_sim / tau, negative_sim / tau, mask)
-            if mask is not None:  # an anchor left without negatives has nothing to contrast
-                contrasted = mask.any(dim=1).to(losses.dtype)
-                weights = contrasted if weights is None else weights * contrasted.to(weights.dtype)
-            loss = reduce(losses, weights)
-        total = total + weights_of_pairs[index] * loss
+            row_weights = None if weights is None else weights[rows_m]
+            if pair_loss is not None and miner is None and negative_pool is None:
+                losses, contrasted = pair_loss(anchors, positives, negatives, temperature=tau)
+                row_weights = contrasted if row_weights is None else row_weights.to(contrasted.dtype) * contrasted
+            else:
+                positive_sim = (anchors * positives).sum(dim=1)
+                negative_sim = anchors @ negatives.T
+                mask, mined = None, None
+                if miner is not None:
+                    mask, mined = miner(positive_sim.detach(), negative_sim.detach(), temperature=tau, step=step)
+                    if mask is not None:
+                        check_mask("miner negative_mask", mask, tuple(negative_sim.shape))
+                    if mined is not None:
+                        check_weights("miner weights", mined, anchors.shape[0])
+                        counts.setdefault(name, {})["selected_anchors"] = int((mined > 0).sum())
+                        row_weights = mined if row_weights is None else row_weights.to(mined.dtype) * mined
+                losses = info_nce_from_logits(positive_sim / tau, negative_sim / tau, mask)
+                if mask is not None:  # an anchor left without negatives has nothing to contrast
+                    contrasted = mask.any(dim=1).to(losses.dtype)
+                    row_weights = contrasted if row_weights is None else row_weights * contrasted.to(row_weights.dtype)
+            if reduction == "none":
+                weighted = losses if row_weights is None else losses * row_weights.to(losses.dtype)
+                total = total.index_add(0, rows_m.nonzero().flatten(), weights_of_pairs[index] * weighted)
+                loss = weighted.sum()
+            else:
+                loss = reduce(losses, row_weights, reduction)
+        if reduction != "none":
+            total = total + weights_of_pairs[index] * loss
         pair_losses[name] = loss
         counts.setdefault(name, {}).update(anchors=int(anchors.shape[0]), negatives=int(negatives.shape[0]))
     return MultiLevelResult(total, pair_losses, counts)

@@ -4,32 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from qualcl._validation import check_embeddings, check_labels, check_positive, check_reduction
-from qualcl.distributed import is_distributed
+from qualcl._validation import check_embeddings, check_labels, check_positive
 from qualcl.kernels._dispatch import check_impl
 from qualcl.losses._contrastive import contrast, gather_pool
+from qualcl.losses.base import Loss
 
 __all__ = ["InfoNCE"]
 
 
-class InfoNCE(nn.Module):
+class InfoNCE(Loss):
     r"""InfoNCE with one or several positives per anchor, masks, hard-negative top-K and weights.
 
     .. math::
         \ell_i = \log\Big(\sum_{j \in P_i \cup K_i} e^{s_{ij}/\tau}\Big)
                  - \frac{1}{|P_i|} \sum_{j \in P_i} s_{ij}/\tau
 
-    with cosine similarities ``s`` (inputs normalised inside), positives ``P_i`` and negatives
-    ``K_i`` chosen by what is passed:
+    with cosine similarities ``s`` (inputs normalised inside), anchors the rows of ``view1``
+    (queries), positives ``P_i`` and negatives ``K_i`` chosen by what is passed (family
+    ``two_view``: ``view2[i]`` is the positive of ``view1[i]``):
 
     | call | positives of anchor ``i`` / negatives |
     |---|---|
-    | ``loss(q, p)`` | ``p[i]`` / the other rows of ``p`` (in-batch) |
-    | ``loss(q, p, bank)`` | ``p[i]`` / every row of ``bank`` |
-    | ``loss(q, p, labels=y)`` | every ``p[j]`` with ``y[j] == y[i]`` / the rest |
-    | ``loss(q, p, bank, labels=y, negative_labels=yb)`` | ``p[i]`` and ``bank``'s same-label rows / its other rows |
+    | ``loss(v1, v2)`` | ``v2[i]`` / the other rows of ``v2`` (in-batch) |
+    | ``loss(v1, v2, bank)`` | ``v2[i]`` / every row of ``bank`` |
+    | ``loss(v1, v2, labels=y)`` | every ``v2[j]`` with ``y[j] == y[i]`` / the rest |
+    | ``loss(v1, v2, bank, labels=y, negative_labels=yb)`` | ``v2[i]`` and ``bank``'s same-label rows / its other rows |
     | ``loss(z, labels=y)`` | SupCon: every other ``z[j]`` with ``y[j] == y[i]`` / the other labels |
 
     With one positive this is the classic ``-log e^{s_ii/tau} / (e^{s_ii/tau} + sum_k e^{s_ik/tau})``;
@@ -58,7 +59,7 @@ class InfoNCE(nn.Module):
         impl: ``"auto"``, ``"naive"``, ``"torch"`` or ``"triton"``.
 
     Shape:
-        - query: ``(N, D)``; positive: ``(N, D)``; negatives: ``(M, D)``; labels, weights: ``(N,)``;
+        - view1: ``(N, D)``; view2: ``(N, D)``; negatives: ``(M, D)``; labels, weights: ``(N,)``;
           negative_labels: ``(M,)``; negative_mask: ``(N, M)`` bool (``M = N`` in-batch or SupCon).
         - Output: scalar, or ``(N,)`` with ``reduction="none"`` (float32 for half inputs).
 
@@ -79,6 +80,9 @@ class InfoNCE(nn.Module):
         al., "Supervised Contrastive Learning", NeurIPS 2020.
     """
 
+    family = "two_view"
+    batch_global = True
+
     def __init__(
         self,
         temperature: float = 0.07,
@@ -86,23 +90,18 @@ class InfoNCE(nn.Module):
         gather_distributed: bool = False,
         impl: str = "auto",
     ) -> None:
-        super().__init__()
+        super().__init__(reduction=reduction, gather_distributed=gather_distributed)
         self.temperature = check_positive("temperature", temperature)
-        self.reduction = check_reduction(reduction)
-        self.gather_distributed = bool(gather_distributed)
         self.impl = check_impl(impl)
 
     def extra_repr(self) -> str:
         """Constructor arguments shown in ``repr``."""
-        return (
-            f"temperature={self.temperature}, reduction={self.reduction!r}, "
-            f"gather_distributed={self.gather_distributed}, impl={self.impl!r}"
-        )
+        return f"temperature={self.temperature}, {self.protocol_repr()}, impl={self.impl!r}"
 
     def forward(
         self,
-        query: Tensor,
-        positive: Tensor | None = None,
+        view1: Tensor,
+        view2: Tensor | None = None,
         negatives: Tensor | None = None,
         *,
         labels: Tensor | None = None,
@@ -112,42 +111,43 @@ class InfoNCE(nn.Module):
         weights: Tensor | None = None,
     ) -> Tensor:
         """Compute the loss; see the class docstring for the forms and shapes."""
-        check_embeddings("query", query, nonzero=True)
-        n, d = query.shape
-        if positive is not None:
-            check_embeddings("positive", positive, dim=d, nonzero=True)
-            if positive.shape[0] != n:
-                raise ValueError(f"positive must have shape ({n}, {d}) like query, got {tuple(positive.shape)}")
+        check_embeddings("view1", view1, nonzero=True)
+        n, d = view1.shape
+        if view2 is not None:
+            check_embeddings("view2", view2, dim=d, nonzero=True)
+            if view2.shape[0] != n:
+                raise ValueError(f"view2 must have shape ({n}, {d}) like view1, got {tuple(view2.shape)}")
         if negatives is not None:
-            if positive is None:
-                raise ValueError("negatives need a positive per anchor: call loss(query, positive, negatives)")
+            if view2 is None:
+                raise ValueError("negatives need a positive per anchor: call loss(view1, view2, negatives)")
             check_embeddings("negatives", negatives, dim=d, nonzero=True)
         if labels is not None:
-            labels = check_labels("labels", labels, n, query.device)
+            labels = check_labels("labels", labels, n, view1.device)
         if negative_labels is not None:
             if negatives is None:
                 raise ValueError("negative_labels label the rows of negatives: pass negatives too")
-            negative_labels = check_labels("negative_labels", negative_labels, negatives.shape[0], query.device)
+            negative_labels = check_labels("negative_labels", negative_labels, negatives.shape[0], view1.device)
         if negatives is not None and labels is not None and negative_labels is None:
             raise ValueError("with negatives, labels= needs negative_labels= (the labels of the negatives)")
-        if positive is None and labels is None:
-            raise ValueError("no positives: pass positive= (one per anchor) or labels= (SupCon)")
+        if view2 is None and labels is None:
+            raise ValueError("no positives: pass view2= (one positive per anchor) or labels= (SupCon)")
+        weights = self.checked_weights(weights, n, view1.device)
 
-        distributed = self.gather_distributed and is_distributed()
+        distributed = self.distributed
         columns: dict[str, Any] = {}
         if negatives is not None:  # a separate positive; same-label negatives become positives
             pool = gather_pool(negatives, negative_labels, distributed=distributed)
-            columns["positive"] = positive
-        elif positive is not None:  # in-batch: the other rows' positives are the negatives
-            pool = gather_pool(positive, labels, distributed=distributed)
+            columns["positive"] = view2
+        elif view2 is not None:  # in-batch: the other rows' positives are the negatives
+            pool = gather_pool(view2, labels, distributed=distributed)
             columns["positive_index"] = pool.own_columns(n)
         else:  # SupCon: every other row of the batch, same-label ones positive
-            pool = gather_pool(query, labels, distributed=distributed)
+            pool = gather_pool(view1, labels, distributed=distributed)
             columns["exclude_index"] = pool.own_columns(n)
         if labels is not None:
             columns["labels"], columns["candidate_labels"] = labels, pool.labels
         return contrast(
-            query,
+            view1,
             pool.features,
             distributed=distributed,
             reduction=self.reduction,

@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal, overload
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from qualcl._validation import check_choice, check_embeddings, check_positive
-from qualcl.distributed import is_distributed
 from qualcl.functional import MultiLevelResult, NegativeMiner, PairLoss, multi_level_info_nce
 from qualcl.functional.multi_level import NEGATIVE_SOURCES, check_pairs, validate_levels
 from qualcl.kernels._dispatch import check_impl, prefers_dense
-from qualcl.losses._contrastive import contrast, gather_pool, reduce_across_ranks
+from qualcl.kernels.fused_info_nce import fused_info_nce_rows
+from qualcl.losses._contrastive import gather_pool, reduce_across_ranks
+from qualcl.losses.base import Loss
 
 __all__ = ["MultiLevelInfoNCE"]
 
@@ -20,7 +21,7 @@ COMCL_LEVELS = ("L", "LQ_L", "H", "LQ_H")
 COMCL_PAIRS = (("L", "LQ_L"), ("L", "H"), ("LQ_L", "LQ_H"))
 
 
-class MultiLevelInfoNCE(nn.Module):
+class MultiLevelInfoNCE(Loss):
     r"""Sum of InfoNCE losses over ordered pairs of levels, with no same-level negatives.
 
     .. math::
@@ -35,6 +36,12 @@ class MultiLevelInfoNCE(nn.Module):
     miner). The CoMCL defaults are the four levels HQ lesion ``L``, LQ lesion ``LQ_L``, HQ healthy
     ``H``, LQ healthy ``LQ_H`` and the three pairs ``(L, LQ_L)``, ``(L, H)``, ``(LQ_L, LQ_H)``
     with equal weights.
+
+    Per-row ``weights`` ``(N,)`` multiply the miner's anchor weights in every pair the row
+    anchors. ``reduction="sum"`` sums each pair's weighted anchor losses instead of averaging them;
+    ``reduction="none"`` returns each row's ``sum_{(m,n)} w_{mn} s_i ell_i^{m,n}`` (its sum is the
+    ``"sum"`` value; the default ``"mean"`` is the paper's sum of per-pair means, which is not a
+    mean of those rows).
 
     Args:
         pairs: Ordered ``(m, n)`` pairs of level names.
@@ -57,11 +64,13 @@ class MultiLevelInfoNCE(nn.Module):
             :func:`qualcl.kernels.fused_info_nce`, ``"auto"`` is dense up to ``qualcl.kernels.DENSE_LIMIT``
             logits (N × N) and fused beyond. With a ``miner`` the dense path is always used: the
             miner's hook receives the dense similarity block.
+        reduction: ``"mean"`` (the paper), ``"sum"`` or ``"none"`` (see above).
 
     Shape:
         - view1, view2: ``(N, D)``; levels: ``(N,)`` integer ids into ``level_names``.
         - Output: scalar (float32 for half inputs), or with ``output_dict=True`` the typed
-          :class:`~qualcl.functional.MultiLevelResult`: ``.loss`` (the total), ``.pair_losses``
+          :class:`~qualcl.functional.MultiLevelResult`: ``.loss`` (the total; ``(N,)`` with
+          ``reduction="none"``), ``.pair_losses``
           (``{"L/LQ_L": ..., ...}``) and ``.counts`` (``{"L/LQ_L": {"anchors": a, "negatives": b}}``).
 
     Raises:
@@ -82,6 +91,9 @@ class MultiLevelInfoNCE(nn.Module):
         CoMCL, "Clinical-oriented Multi-level Contrastive Learning", MICCAI 2024 (Hou et al.), Eq. 1.
     """
 
+    family = "two_view"
+    batch_global = True
+
     def __init__(
         self,
         pairs: Sequence[tuple[str, str]] = COMCL_PAIRS,
@@ -92,9 +104,9 @@ class MultiLevelInfoNCE(nn.Module):
         miner: NegativeMiner | None = None,
         impl: str = "auto",
         gather_distributed: bool = False,
+        reduction: str = "mean",
     ) -> None:
-        super().__init__()
-        self.gather_distributed = bool(gather_distributed)
+        super().__init__(reduction=reduction, gather_distributed=gather_distributed)
         self.impl = check_impl(impl)
         self.level_names = tuple(str(name) for name in level_names)
         if len(set(self.level_names)) != len(self.level_names):
@@ -129,19 +141,20 @@ class MultiLevelInfoNCE(nn.Module):
         return (
             f"pairs={self.pairs}, level_names={self.level_names}, temperature={self.temperature}, "
             f"pair_weights={self.pair_weights}, negatives_from={self.negatives_from!r}, impl={self.impl!r}, "
-            f"gather_distributed={self.gather_distributed}"
+            f"{self.protocol_repr()}"
         )
 
-    def _pair_loss(self, anchors: Tensor, positives: Tensor, negatives: Tensor, *, temperature: float) -> Tensor:
-        """One pair's mean loss through the fused kernel (inputs are already normalised)."""
-        return contrast(
+    def _pair_loss(
+        self, anchors: Tensor, positives: Tensor, negatives: Tensor, *, temperature: float
+    ) -> tuple[Tensor, Tensor]:
+        """One pair's per-anchor losses through the fused kernel (inputs are already normalised)."""
+        return fused_info_nce_rows(
             anchors,
             negatives,
             positive=positives,
             temperature=temperature,
             normalize=False,
-            distributed=False,
-            reduction="mean",
+            reduction="none",
             impl=self.impl,
         )
 
@@ -152,6 +165,7 @@ class MultiLevelInfoNCE(nn.Module):
         view2: Tensor,
         levels: Tensor,
         *,
+        weights: Tensor | None = ...,
         step: int | None = ...,
         output_dict: Literal[False] = ...,
     ) -> Tensor: ...
@@ -163,6 +177,7 @@ class MultiLevelInfoNCE(nn.Module):
         view2: Tensor,
         levels: Tensor,
         *,
+        weights: Tensor | None = ...,
         step: int | None = ...,
         output_dict: Literal[True],
     ) -> MultiLevelResult: ...
@@ -173,6 +188,7 @@ class MultiLevelInfoNCE(nn.Module):
         view2: Tensor,
         levels: Tensor,
         *,
+        weights: Tensor | None = None,
         step: int | None = None,
         output_dict: bool = False,
     ) -> Tensor | MultiLevelResult:
@@ -182,11 +198,11 @@ class MultiLevelInfoNCE(nn.Module):
         validate_levels(levels, n, self.level_names)
         candidates = 2 * n if self.negatives_from == "both" else n
         fused: PairLoss | None = None
-        if self.miner is None and not prefers_dense(self.impl, n, candidates):
+        if self.miner is None and not self.distributed and not prefers_dense(self.impl, n, candidates):
             fused = self._pair_loss
         pool: tuple[Tensor, Tensor, Tensor] | None = None
         reduce = None
-        if self.gather_distributed and is_distributed():
+        if self.distributed:
             check_embeddings("view2", view2, dim=view1.shape[1], nonzero=True)
             pool2 = gather_pool(view2, levels.to(view1.device), distributed=True)
             view1_all = (
@@ -195,9 +211,9 @@ class MultiLevelInfoNCE(nn.Module):
             assert pool2.labels is not None
             pool = (view1_all, pool2.features, pool2.labels)
 
-            def reduce(losses: Tensor, weights: Tensor | None) -> Tensor:
+            def reduce(losses: Tensor, weights: Tensor | None, reduction: str) -> Tensor:
                 weighted = losses if weights is None else losses * weights.to(losses.dtype)
-                return reduce_across_ranks(weighted, weights, "mean")
+                return reduce_across_ranks(weighted, weights, reduction)
 
         result = multi_level_info_nce(
             view1,
@@ -213,5 +229,7 @@ class MultiLevelInfoNCE(nn.Module):
             pair_loss=fused,
             negative_pool=pool,
             reduce=reduce,
+            weights=weights,
+            reduction=self.reduction,
         )
         return result if output_dict else result.loss
