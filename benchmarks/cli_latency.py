@@ -129,7 +129,7 @@ def write_table(run: dict[str, Any], before_label: str, note: str) -> Path:
         "",
         f"- machine: {run['machine']}",
         f"- load average (1 / 5 / 15 min, as `uptime` prints it): {load[0]} before, {load[1]} after measuring",
-        f"- after: the working tree at commit {run['commit']} (+ this change)",
+        f"- after: the working tree at commit {run['commit']}",
     ]
     if before_label:
         lines.append(f"- before: {before_label}, timed alternately with the after runs (same load)")

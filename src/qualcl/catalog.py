@@ -21,6 +21,7 @@ import ast
 import importlib
 import importlib.util
 import inspect
+import re
 import sys
 import typing
 from dataclasses import dataclass
@@ -187,44 +188,51 @@ class _SourceReader:
         self.trees: dict[str, tuple[ast.Module, bool]] = {}
         self.checked: set[str] = set()
 
+    def _locate(self, module: str) -> tuple[Path, bool] | None:
+        """The file of a qualcl module and whether it is a package (``None``: no such file)."""
+        base = self.root.joinpath(*module.split(".")[1:])
+        if (base / "__init__.py").is_file():
+            return base / "__init__.py", True
+        return (base.with_suffix(".py"), False) if base.with_suffix(".py").is_file() else None
+
     def tree(self, module: str) -> tuple[ast.Module, bool]:
-        """The parsed module and whether it is a package; its third-party imports must be installed."""
+        """The parsed module and whether it is a package; what it imports must be installed."""
         if module not in self.trees:
-            base = self.root.joinpath(*module.split(".")[1:])
-            package = (base / "__init__.py").is_file()
-            path = base / "__init__.py" if package else base.with_suffix(".py")
-            if not path.is_file():
+            found = self._locate(module)
+            if found is None:
                 raise _Unreadable(module)
-            self.trees[module] = (ast.parse(path.read_text(encoding="utf-8")), package)
+            self.trees[module] = (ast.parse(found[0].read_text(encoding="utf-8")), found[1])
             self._check_imports(module)
         return self.trees[module]
 
     def _source(self, module: str, node: ast.ImportFrom) -> str:
-        if node.level == 0:
-            return node.module or ""
-        parts = module.split(".") if self.trees[module][1] else module.split(".")[:-1]
-        parts = parts[: len(parts) - (node.level - 1)]
-        return ".".join([*parts, *([node.module] if node.module else [])])
+        return _absolute(module, self.trees[module][1], node.level, node.module or "")
 
     def _check_imports(self, module: str) -> None:
-        """Every module-level import must be installed (else importing it raises ``ModuleNotFoundError``)."""
-        tree, _ = self.trees[module]
-        for node in tree.body:
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [self._source(module, node)]
-            for name in names:
-                top = name.split(".")[0]
+        """Every module-level import, qualcl's own transitively, must be installed (else importing raises).
+
+        Reads the import lines (column 0: module level) as text; parsing every file would cost more
+        than the listing itself.
+        """
+        if module in self.checked:
+            return
+        self.checked.add(module)
+        found = self._locate(module)
+        if found is None:
+            return
+        for match in _IMPORT_LINE.finditer(found[0].read_text(encoding="utf-8")):
+            dots, source, names, plain = match.groups()
+            if plain is not None:
+                targets = [name.split(" as ")[0].strip() for name in plain.split(",")]
+            else:
+                source = _absolute(module, found[1], len(dots), source)
+                names = [name.split(" as ")[0].strip() for name in names.strip("( \t").split(",")]
+                targets = [source, *(f"{source}.{name}" for name in names if name)]  # submodules, where they are
+            for target in targets:
+                top = target.split(".")[0]
                 if top == "qualcl":
-                    if name.count(".") and name not in self.checked:
-                        self.checked.add(name)
-                        try:
-                            self.tree(name)
-                        except _Unreadable:  # ``from qualcl.x import submodule``: fine if a file, else unknown
-                            pass
-                elif top not in self.checked and top != "__future__":
+                    self._check_imports(target)
+                elif top and top != "__future__" and top not in self.checked:
                     self.checked.add(top)
                     if top not in sys.modules and importlib.util.find_spec(top) is None:
                         raise _Unreadable(top)
@@ -291,6 +299,21 @@ class _SourceReader:
             if self.symbol(module, value.value.id, depth + 1)[0] == "constant":  # a slice of a sequence
                 return ("constant", None, (module, name))
         raise _Unreadable(f"{module}.{name}")
+
+
+#: A module-level import line: ``from .x import a, b`` (dots, module, names) or ``import x, y`` (names).
+_IMPORT_LINE = re.compile(
+    r"^(?:from[ \t]+(\.*)([\w.]*)[ \t]+import[ \t]+([^\n#]*)|import[ \t]+([^\n#]*))", re.MULTILINE
+)
+
+
+def _absolute(module: str, package: bool, level: int, source: str) -> str:
+    """The absolute name of ``from <level dots><source> import ...`` in ``module``."""
+    if level == 0:
+        return source
+    parts = module.split(".") if package else module.split(".")[:-1]
+    parts = parts[: len(parts) - (level - 1)]
+    return ".".join([*parts, *([source] if source else [])])
 
 
 def _decorator(node: ast.expr) -> str:

@@ -17,8 +17,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from qualcl.recipes.config import did_you_mean
-
 __all__ = [
     "RecipeEntry",
     "SuggestingParser",
@@ -89,6 +87,8 @@ class SuggestingParser(argparse.ArgumentParser):
         except argparse.ArgumentError as error:
             if action.choices is None or not isinstance(value, str):
                 raise
+            from qualcl.recipes.config import did_you_mean
+
             raise argparse.ArgumentError(action, f"{error.message}{did_you_mean(value, action.choices)}") from None
 
 
