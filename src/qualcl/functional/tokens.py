@@ -18,7 +18,7 @@ from qualcl._validation import (
     check_token_ids,
 )
 
-__all__ = ["MaskedTokens", "caption_loss", "mask_tokens"]
+__all__ = ["MaskedTokens", "caption_loss", "caption_token_losses", "mask_tokens"]
 
 
 class MaskedTokens(NamedTuple):
@@ -135,12 +135,40 @@ def caption_loss(logits: Tensor, labels: Tensor, *, pad_id: int, label_smoothing
     Reference:
         Yu et al., "CoCa: Contrastive Captioners are Image-Text Foundation Models", TMLR 2022.
     """
-    check_float_tensor("logits", logits)
+    losses, counted = caption_token_losses(logits, labels, pad_id=pad_id, label_smoothing=label_smoothing)
+    if not bool(counted.any()):
+        return logits.sum() * 0.0
+    return losses.sum() / counted.sum()
+
+
+def caption_token_losses(
+    logits: Tensor,
+    labels: Tensor,
+    *,
+    pad_id: int,
+    label_smoothing: float = 0.0,
+    names: tuple[str, str] = ("logits", "labels"),
+) -> tuple[Tensor, Tensor]:
+    """Checked ``(N, T)`` token cross-entropies (0 at ``pad_id``) and the ``(N, T)`` bool mask of labelled positions.
+
+    The terms of :func:`caption_loss` (which is their sum over the mask's count); ``names`` are the
+    argument names the errors use.
+
+    Examples:
+        >>> import torch
+        >>> losses, counted = caption_token_losses(torch.zeros(1, 3, 5), torch.tensor([[4, 2, 0]]), pad_id=0)
+        >>> counted.tolist(), round(losses.sum().item(), 4)
+        ([[True, True, False]], 3.2189)
+    """
+    logits_name, labels_name = names
+    check_float_tensor(logits_name, logits)
     if logits.ndim != 3 or logits.shape[-1] < 2 or logits.shape[1] == 0:
-        raise ValueError(f"logits must have shape (N, T, V) with T >= 1, V >= 2, got shape {tuple(logits.shape)}")
-    check_integer_tensor("labels", labels)
+        raise ValueError(
+            f"{logits_name} must have shape (N, T, V) with T >= 1, V >= 2, got shape {tuple(logits.shape)}"
+        )
+    check_integer_tensor(labels_name, labels)
     if tuple(labels.shape) != tuple(logits.shape[:2]):
-        raise ValueError(f"labels must have shape (N, T) = {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
+        raise ValueError(f"{labels_name} must have shape (N, T) = {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
     vocab = logits.shape[-1]
     pad = check_int("pad_id", pad_id, minimum=None)
     smoothing = check_number("label_smoothing", label_smoothing, minimum=0.0, maximum=1.0)
@@ -151,12 +179,15 @@ def caption_loss(logits: Tensor, labels: Tensor, *, pad_id: int, label_smoothing
         used = labels[counted]
         if int(used.min()) < 0 or int(used.max()) >= vocab:
             raise ValueError(
-                f"labels must lie in [0, V={vocab}) (or be pad_id={pad}), got values in "
+                f"{labels_name} must lie in [0, V={vocab}) (or be pad_id={pad}), got values in "
                 f"[{int(used.min())}, {int(used.max())}]: the decoder's vocabulary does not match the labels"
             )
-    check_finite("logits", logits)
-    if not bool(counted.any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(
-        logits.reshape(-1, vocab), labels.reshape(-1).long(), ignore_index=pad, label_smoothing=smoothing
+    check_finite(logits_name, logits)
+    losses = F.cross_entropy(
+        logits.reshape(-1, vocab),
+        labels.reshape(-1).long(),
+        ignore_index=pad,
+        label_smoothing=smoothing,
+        reduction="none",
     )
+    return losses.reshape(labels.shape), counted

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qualcl._validation import check_embeddings, check_finite, check_labels, check_positive
-from qualcl.distributed import is_distributed
 from qualcl.functional.info_nce import compute_dtype
-from qualcl.functional.reduction import weighted_reduce
 from qualcl.kernels._dispatch import check_impl, prefers_dense
-from qualcl.losses._contrastive import Pool, contrast, gather_pool, reduce_across_ranks
+from qualcl.kernels.fused_info_nce import fused_info_nce_rows
+from qualcl.losses._contrastive import Pool, gather_pool
+from qualcl.losses.base import Loss
 
 __all__ = ["ClipLoss"]
 
@@ -27,7 +27,7 @@ def _label_targets(labels: Tensor, column_labels: Tensor, dtype: torch.dtype) ->
     return weights / weights.sum(dim=1, keepdim=True), contrasted
 
 
-class ClipLoss(nn.Module):
+class ClipLoss(Loss):
     r"""Symmetric image–text contrastive loss (CLIP), with optional class-level positives.
 
     .. math::
@@ -63,19 +63,24 @@ class ClipLoss(nn.Module):
     gather-with-grad scheme: local rows against gathered columns, targets offset by rank; gradients
     after DDP averaging equal one process on the concatenated batch (also for unequal batches).
 
+    The anchors are the ``N`` image–text pairs: pair ``i`` has the loss ``(ℓ^{I→T}_i + ℓ^{T→I}_i) / 2``;
+    ``weights`` ``(N,)`` weigh pairs in both directions' means and ``reduction="none"`` returns
+    ``(N,)`` (``"sum"``: their sum).
+
     Args:
         init_logit_scale: Initial / fixed logit scale (CLIP: ``1/0.07``).
         learnable_logit_scale: Learn ``log(scale)`` as a parameter.
         max_logit_scale: Clamp for the learnt scale (CLIP: 100).
         normalize: L2-normalise the features inside.
         gather_distributed: Gather across processes.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per pair).
         impl: ``"naive"`` (dense logits and ``F.cross_entropy``, open_clip's computation),
             ``"torch"`` / ``"triton"`` (each direction through the fused
             :func:`qualcl.kernels.fused_info_nce`: no ``B × B`` logits), or ``"auto"`` (default: dense up
             to ``qualcl.kernels.DENSE_LIMIT`` logits, fused beyond).
 
     Shape:
-        - image_features, text_features: ``(N, D)``; labels: ``(N,)`` integer.
+        - image_features, text_features: ``(N, D)``; labels, weights: ``(N,)``.
         - logit_bias: scalar tensor or float.
         - Output: scalar (float32 for half inputs), or a dict with ``output_dict=True``:
           ``{"loss", "image_to_text", "text_to_image", "logit_scale"}``.
@@ -94,6 +99,9 @@ class ClipLoss(nn.Module):
         2021; open_clip ``ClipLoss``.
     """
 
+    family = "image_text"
+    batch_global = True
+
     def __init__(
         self,
         init_logit_scale: float = 1 / 0.07,
@@ -102,8 +110,9 @@ class ClipLoss(nn.Module):
         normalize: bool = True,
         gather_distributed: bool = False,
         impl: str = "auto",
+        reduction: str = "mean",
     ) -> None:
-        super().__init__()
+        super().__init__(reduction=reduction, gather_distributed=gather_distributed)
         self.impl = check_impl(impl)
         check_positive("init_logit_scale", init_logit_scale)
         self.max_logit_scale = check_positive("max_logit_scale", max_logit_scale)
@@ -114,13 +123,12 @@ class ClipLoss(nn.Module):
             self.register_buffer("log_logit_scale", log_scale)
         self.learnable_logit_scale = learnable_logit_scale
         self.normalize = normalize
-        self.gather_distributed = gather_distributed
 
     def extra_repr(self) -> str:
         """Constructor arguments shown in ``repr``."""
         return (
             f"learnable_logit_scale={self.learnable_logit_scale}, normalize={self.normalize}, "
-            f"gather_distributed={self.gather_distributed}, impl={self.impl!r}"
+            f"{self.protocol_repr()}, impl={self.impl!r}"
         )
 
     def current_logit_scale(self) -> Tensor:
@@ -136,6 +144,7 @@ class ClipLoss(nn.Module):
         logit_bias: Tensor | float | None = ...,
         *,
         labels: Tensor | None = ...,
+        weights: Tensor | None = ...,
         output_dict: Literal[False] = ...,
     ) -> Tensor: ...
 
@@ -148,6 +157,7 @@ class ClipLoss(nn.Module):
         logit_bias: Tensor | float | None = ...,
         *,
         labels: Tensor | None = ...,
+        weights: Tensor | None = ...,
         output_dict: Literal[True],
     ) -> dict[str, Tensor]: ...
 
@@ -159,6 +169,7 @@ class ClipLoss(nn.Module):
         logit_bias: Tensor | float | None = None,
         *,
         labels: Tensor | None = None,
+        weights: Tensor | None = None,
         output_dict: bool = False,
     ) -> Tensor | dict[str, Tensor]:
         """Compute the loss; see the class docstring for shapes."""
@@ -169,6 +180,7 @@ class ClipLoss(nn.Module):
             raise ValueError(f"text_features must have {n} rows like image_features, got {tuple(text_features.shape)}")
         if labels is not None:
             labels = check_labels("labels", labels, n, image_features.device)
+        weights = self.checked_weights(weights, n, image_features.device)
         scale = self._resolve_scale(logit_scale)
         bias = self._check_bias(logit_bias)
 
@@ -177,51 +189,54 @@ class ClipLoss(nn.Module):
         if self.normalize:
             img, txt = F.normalize(img, dim=1), F.normalize(txt, dim=1)
 
-        distributed = self.gather_distributed and is_distributed()
+        distributed = self.distributed
         images = gather_pool(img, labels, distributed=distributed)
         texts = gather_pool(txt, labels, distributed=distributed)
-        if prefers_dense(self.impl, n, texts.features.shape[0]):
-            i2t = self._dense(img, texts, scale, bias, labels, distributed)
-            t2i = self._dense(txt, images, scale, bias, labels, distributed)
-        else:
-            i2t = self._fused(img, texts, scale, labels, distributed)
-            t2i = self._fused(txt, images, scale, labels, distributed)
-        loss = (i2t + t2i) / 2
+        if weights is None and self.reduction == "mean" and not distributed and labels is None:
+            if prefers_dense(self.impl, n, n):  # open_clip's computation, bit for bit
+                i2t = F.cross_entropy(self._logits(img, texts, scale, bias), texts.own_columns(n))
+                t2i = F.cross_entropy(self._logits(txt, images, scale, bias), images.own_columns(n))
+                return self._output((i2t + t2i) / 2, i2t, t2i, scale, output_dict)
+        rows_i2t = self._direction(img, texts, scale, bias, labels)
+        rows_t2i = self._direction(txt, images, scale, bias, labels)
+        i2t = self.reduce(rows_i2t[0], weights, counted=rows_i2t[1])
+        t2i = self.reduce(rows_t2i[0], weights, counted=rows_t2i[1])
+        return self._output((i2t + t2i) / 2, i2t, t2i, scale, output_dict)
+
+    @staticmethod
+    def _output(
+        loss: Tensor, i2t: Tensor, t2i: Tensor, scale: Tensor | float, output_dict: bool
+    ) -> Tensor | dict[str, Tensor]:
         if output_dict:
             used_scale = scale.detach() if isinstance(scale, Tensor) else torch.tensor(scale)
             return {"loss": loss, "image_to_text": i2t, "text_to_image": t2i, "logit_scale": used_scale}
         return loss
 
-    def _dense(
+    @staticmethod
+    def _logits(rows: Tensor, columns: Pool, scale: Tensor | float, bias: Tensor | float | None) -> Tensor:
+        logits = scale * rows @ columns.features.T
+        return logits if bias is None else logits + bias
+
+    def _direction(
         self,
         rows: Tensor,
         columns: Pool,
         scale: Tensor | float,
         bias: Tensor | float | None,
         labels: Tensor | None,
-        distributed: bool,
-    ) -> Tensor:
-        """One direction from dense logits (open_clip's computation)."""
-        logits = scale * rows @ columns.features.T
-        if bias is not None:
-            logits = logits + bias
-        if labels is None or columns.labels is None:
-            target = columns.own_columns(rows.shape[0])
-            if not distributed:
-                return F.cross_entropy(logits, target)
-            return reduce_across_ranks(F.cross_entropy(logits, target, reduction="none"), None, "mean")
-        soft, contrasted = _label_targets(labels, columns.labels, rows.dtype)
-        losses = F.cross_entropy(logits, soft, reduction="none")
-        if not distributed:
-            return weighted_reduce(losses, contrasted)
-        return reduce_across_ranks(losses * contrasted, contrasted, "mean")
-
-    def _fused(
-        self, rows: Tensor, columns: Pool, scale: Tensor | float, labels: Tensor | None, distributed: bool
-    ) -> Tensor:
-        """One direction (rows against gathered columns) through :func:`qualcl.kernels.fused_info_nce`."""
+    ) -> tuple[Tensor, Tensor]:
+        """One direction's ``(N,)`` per-row losses and the mask of rows that have something to contrast."""
         with_labels = labels is not None and columns.labels is not None
-        return contrast(
+        if prefers_dense(self.impl, rows.shape[0], columns.features.shape[0]):  # open_clip's computation
+            logits = self._logits(rows, columns, scale, bias)
+            if not with_labels:
+                losses = F.cross_entropy(logits, columns.own_columns(rows.shape[0]), reduction="none")
+                return losses, torch.ones_like(losses)
+            assert labels is not None
+            assert columns.labels is not None
+            soft, contrasted = _label_targets(labels, columns.labels, rows.dtype)
+            return F.cross_entropy(logits, soft, reduction="none") * contrasted, contrasted
+        return fused_info_nce_rows(
             scale * rows,  # open_clip's (scale * features) @ others.T, with the scale's gradient
             columns.features,
             positive_index=None if with_labels else columns.own_columns(rows.shape[0]),
@@ -229,8 +244,7 @@ class ClipLoss(nn.Module):
             candidate_labels=columns.labels if with_labels else None,
             temperature=1.0,
             normalize=False,
-            distributed=distributed,
-            reduction="mean",
+            reduction="none",
             impl=self.impl,
         )
 

@@ -1,33 +1,46 @@
-"""``MaskedReconstructionLoss``: the stateful wrapper of :func:`qualcl.functional.masked_reconstruction_loss`."""
+"""``MaskedReconstructionLoss``: MAE's masked-patch MSE on the loss protocol."""
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+import torch
+from torch import Tensor
 
-from qualcl._validation import check_choice
-from qualcl.functional.patches import masked_reconstruction_loss
+from qualcl._validation import check_choice, check_finite, check_float_tensor
+from qualcl.losses.base import Loss
 
 __all__ = ["MaskedReconstructionLoss"]
 
 
-class MaskedReconstructionLoss(nn.Module):
+class MaskedReconstructionLoss(Loss):
     r"""MAE's per-patch mean squared error over the removed patches (or over all patches).
 
     .. math::
-        \mathcal L = \frac{\sum_{n,l} m_{nl}\,\tfrac{1}{P}\lVert \hat x_{nl} - t_{nl}\rVert^2}{\sum_{n,l} m_{nl}}
+        \mathcal L = \frac{\sum_{n,l} w_n m_{nl}\,\tfrac{1}{P}\lVert \hat x_{nl} - t_{nl}\rVert^2}
+        {\sum_{n,l} w_n m_{nl}}
 
     with ``t`` the target patches, standardised per patch when ``norm_pix_loss`` (MAE's option);
     ``loss_on="all"`` averages over every patch instead (the whole-image MSE of the multimodal
-    fundus paper's Eq. 4). See :func:`qualcl.functional.masked_reconstruction_loss`.
+    fundus paper's Eq. 4). Without ``weights`` this is :func:`qualcl.functional.masked_reconstruction_loss`
+    and MAE's ``forward_loss``. The mask may hold soft weights (finite, ``>= 0``).
+
+    A per-sample loss (family ``prediction``): the anchors are the images, weighted by ``weights``
+    ``(N,)``; the mean is over *patches* (an image counts with its mask's sum), ``"sum"`` sums the
+    patches' losses and ``"none"`` returns each image's weighted patch sum ``(N,)``. With
+    ``gather_distributed=True`` under ``torch.distributed`` the mask sum is summed across ranks, so
+    ranks masking different numbers of patches give the one-process mean; without it each rank
+    takes its own mean and DDP averages those.
 
     Args:
         norm_pix_loss: Standardise each target patch by its own mean and variance (MAE: off by
             default, on in its best configurations).
         loss_on: ``"masked"`` (MAE) or ``"all"``.
+        reduction: ``"mean"`` (over patches), ``"sum"`` or ``"none"`` (per image).
+        gather_distributed: Take the mean over the patches of every rank.
 
     Shape:
-        - pred: ``(N, L, p·p·C)``; target: ``(N, L, p·p·C)`` = ``patchify(images, p)``; mask: ``(N, L)``, 1 = removed.
-        - Output: scalar.
+        - input: ``(N, L, p·p·C)`` predicted patches; target: ``(N, L, p·p·C)`` = ``patchify(images, p)``;
+          mask: ``(N, L)``, 1 = removed; weights: ``(N,)``.
+        - Output: scalar, or ``(N,)`` with ``reduction="none"``.
 
     Examples:
         >>> import torch
@@ -42,15 +55,48 @@ class MaskedReconstructionLoss(nn.Module):
         He et al., "Masked Autoencoders Are Scalable Vision Learners", CVPR 2022.
     """
 
-    def __init__(self, norm_pix_loss: bool = False, loss_on: str = "masked") -> None:
-        super().__init__()
+    family = "prediction"
+    batch_global = False
+
+    def __init__(
+        self,
+        norm_pix_loss: bool = False,
+        loss_on: str = "masked",
+        reduction: str = "mean",
+        gather_distributed: bool = False,
+    ) -> None:
+        super().__init__(reduction=reduction, gather_distributed=gather_distributed)
         self.norm_pix_loss = bool(norm_pix_loss)
         self.loss_on = check_choice("loss_on", loss_on, ("masked", "all"))
 
     def extra_repr(self) -> str:
         """Constructor arguments shown in ``repr``."""
-        return f"norm_pix_loss={self.norm_pix_loss}, loss_on={self.loss_on!r}"
+        return f"norm_pix_loss={self.norm_pix_loss}, loss_on={self.loss_on!r}, {self.protocol_repr()}"
 
-    def forward(self, pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, input: Tensor, target: Tensor, mask: Tensor, *, weights: Tensor | None = None) -> Tensor:
         """Compute the loss; see the class docstring for shapes."""
-        return masked_reconstruction_loss(pred, target, mask, norm_pix_loss=self.norm_pix_loss, loss_on=self.loss_on)
+        check_float_tensor("input", input)
+        if input.ndim != 3 or 0 in input.shape:
+            raise ValueError(f"input must have shape (N, L, P) with N, L, P >= 1, got shape {tuple(input.shape)}")
+        check_float_tensor("target", target)
+        if target.shape != input.shape:
+            raise ValueError(f"target must have input's shape {tuple(input.shape)}, got {tuple(target.shape)}")
+        check_float_tensor("mask", mask)
+        if tuple(mask.shape) != tuple(input.shape[:2]):
+            raise ValueError(f"mask must have shape (N, L) = {tuple(input.shape[:2])}, got {tuple(mask.shape)}")
+        for name, x in (("input", input), ("target", target), ("mask", mask)):
+            check_finite(name, x)
+        if bool((mask < 0).any()):
+            raise ValueError(f"mask must be >= 0 (1 = removed patch, or a soft weight), got min {float(mask.min())}")
+        weights = self.checked_weights(weights, input.shape[0], input.device)
+        if self.norm_pix_loss:
+            if target.shape[-1] < 2:
+                raise ValueError("norm_pix_loss needs patches of at least 2 values to standardise")
+            target = (target - target.mean(dim=-1, keepdim=True)) / (target.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5
+        per_patch = (input - target).pow(2).mean(dim=-1)
+        m = torch.ones_like(per_patch) if self.loss_on == "all" else mask.detach().to(per_patch.dtype)
+        patches = m.sum(dim=1)
+        if self.loss_on == "masked" and not self.distributed and float(patches.sum()) <= 0:
+            raise ValueError("mask removes no patch, so the masked-patch loss is undefined; use loss_on='all'")
+        per_image = (per_patch * m).sum(dim=1) / patches.clamp_min(torch.finfo(per_patch.dtype).tiny)
+        return self.reduce(per_image, weights, counted=patches)
