@@ -47,7 +47,7 @@ def _case(kind: str, impl: str, n: int, repeats: int, threads: int) -> dict[str,
         else:
             from qualcl.losses import CircleLoss
 
-            loss_fn = CircleLoss(margin=0.4, gamma=80.0)
+            loss_fn = CircleLoss(m=0.4, gamma=80.0)
 
         def run() -> object:
             emb.grad = None

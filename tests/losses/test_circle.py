@@ -330,7 +330,7 @@ def test_equals_pml_values_and_gradients(n, classes, seed, with_ref, setting):
     theirs = PMLCircleLoss(m=m, gamma=gamma)(emb, labels, ref_emb=ref, ref_labels=ref_labels)
     their_grads = _grads(theirs, inputs) if theirs.requires_grad else None
     for chunk in (None, 4):
-        ours = CircleLoss(margin=m, gamma=gamma, chunk_size=chunk)(emb, labels, ref_emb=ref, ref_labels=ref_labels)
+        ours = CircleLoss(m=m, gamma=gamma, chunk_size=chunk)(emb, labels, ref_emb=ref, ref_labels=ref_labels)
         _close(ours, theirs.detach(), rtol=1e-10, atol=1e-10)
         if their_grads is not None:
             for a, b in zip(_grads(ours, inputs), their_grads, strict=True):
@@ -409,7 +409,7 @@ def test_global_form_is_the_public_code(chunk):
     g = torch.Generator().manual_seed(0)
     feats = torch.rand(16, 12, generator=g, dtype=f64, requires_grad=True)  # GeM descriptors are positive
     labels = torch.randint(0, 3, (16,), generator=g)
-    ours = CircleLoss(margin=0.25, gamma=1.0, aggregate="global", detach_alpha=False, chunk_size=chunk)(feats, labels)
+    ours = CircleLoss(m=0.25, gamma=1.0, aggregate="global", detach_alpha=False, chunk_size=chunk)(feats, labels)
     theirs = _public_code(feats, labels)
     _close(ours, theirs, rtol=1e-12, atol=1e-14)
     _close(_grads(ours, [feats])[0], _grads(theirs, [feats])[0], rtol=1e-10, atol=1e-14)
@@ -624,8 +624,10 @@ def test_bad_inputs_are_named():
 
 
 def test_module_arguments_are_checked():
-    with pytest.raises(ValueError, match="margin"):
-        CircleLoss(margin=-1.0)
+    with pytest.raises(ValueError, match="m must"):
+        CircleLoss(m=-1.0)
+    with pytest.raises(ValueError, match="margin must"):
+        FineTripletLoss(margin=1.5)
     with pytest.raises(ValueError, match="gamma"):
         CircleLoss(gamma=0.0)
     with pytest.raises(ValueError, match="aggregate"):
@@ -663,7 +665,242 @@ def test_fine_triplet_inputs_are_checked():
 def test_module_equals_functional():
     emb, labels, ref, ref_labels = _data(9, 12, m=7)
     w = torch.rand(12, dtype=f64)
-    kw = dict(margin=0.3, gamma=20.0, aggregate="per_anchor", detach_alpha=False, reduction="sum")
-    got = CircleLoss(**kw)(emb, labels, None, ref, ref_labels, weights=w, pair_weights=(w, torch.ones(7, dtype=f64)))
-    want = circle_loss(emb, labels, None, ref, ref_labels, weights=w, pair_weights=(w, torch.ones(7, dtype=f64)), **kw)
+    kw = dict(gamma=20.0, aggregate="per_anchor", detach_alpha=False, reduction="sum")
+    factors = (w, torch.ones(7, dtype=f64))
+    got = CircleLoss(m=0.3, **kw)(emb, labels, None, ref, ref_labels, weights=w, pair_weights=factors)
+    want = circle_loss(emb, labels, None, ref, ref_labels, margin=0.3, weights=w, pair_weights=factors, **kw)
     _close(got, want, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ pytorch-metric-learning's names
+def test_pml_argument_names_and_defaults():
+    emb, labels, _, _ = _data(11, 20, d=8)
+    emb = emb * 0.3 + 1.0
+    _close(CircleLoss(m=0.4, gamma=80)(emb, labels), PMLCircleLoss()(emb, labels), rtol=1e-10, atol=1e-10)
+    loss = CircleLoss()
+    assert (loss.m, loss.gamma) == (0.25, 256.0)
+    with pytest.raises(TypeError, match="margin"):
+        CircleLoss(margin=0.4)  # PML's name is m; qualcl's old name is not kept as an alias
+
+
+def test_pml_mean_differs_only_when_an_anchor_loss_rounds_to_zero():
+    # each anchor's loss is at least softplus(-2 γ m²): in float32 it can round to 0 only for γ m² above ~52,
+    # and then PML's AvgNonZeroReducer leaves the anchor out of the mean while qualcl counts it
+    emb = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]]) + torch.tensor([[0.0, 0.05]])
+    labels = torch.tensor([0, 0, 1, 1])
+    for m, gamma, equal in ((0.25, 256.0, True), (0.5, 256.0, False)):
+        per = CircleLoss(m=m, gamma=gamma, reduction="none")(emb, labels)
+        theirs = PMLCircleLoss(m=m, gamma=gamma)(emb, labels)
+        ours = CircleLoss(m=m, gamma=gamma)(emb, labels)
+        assert bool((per == 0).any()) == (not equal)
+        assert (gamma * m * m < 52) == equal
+        if equal:
+            _close(ours, theirs, rtol=1e-5, atol=1e-30)
+        else:
+            _close(ours * 4, theirs * int((per > 0).sum()), rtol=1e-5, atol=1e-30)
+
+
+@pytest.mark.parametrize("loss_cls", [CircleLoss, FineTripletLoss])
+def test_distance_is_cosine_only(loss_cls):
+    assert loss_cls(distance="cosine").distance == "cosine"
+    for distance in ("euclidean", "euclidean_raw"):
+        with pytest.raises(ValueError, match="distance must be 'cosine' for the circle loss.*CosineSimilarity"):
+            loss_cls(distance=distance)
+    with pytest.raises(ValueError, match="distance must be one of"):
+        loss_cls(distance="manhattan")
+
+
+def test_protocol_family_and_global_weights_refused():
+    assert CircleLoss.family == FineTripletLoss.family == "metric"
+    assert CircleLoss.batch_global and FineTripletLoss.batch_global
+    emb, labels, _, _ = _data(1, 6)
+    with pytest.raises(ValueError, match="weights"):
+        FineTripletLoss(relevance=None)(emb, labels, weights=torch.ones(6, dtype=f64))
+    with pytest.raises(ValueError, match="weights"):
+        CircleLoss(aggregate="global")(emb, labels, weights=torch.ones(6, dtype=f64))
+    assert "gather_distributed=False" in repr(CircleLoss()) and "reduction='mean'" in repr(FineTripletLoss())
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_fine_triplet_weights_match_the_loop(reduction):
+    g = torch.Generator().manual_seed(2)
+    feats, labels = torch.rand(9, 6, generator=g, dtype=f64), torch.randint(0, 3, (9,), generator=g)
+    anchor_w = torch.rand(9, generator=g, dtype=f64)
+    deg = relevance_degrees(feats)
+    w = [[float(deg[j] / deg[i]) for j in range(9)] for i in range(9)]
+    got = FineTripletLoss(scale=4.0, aggregate="per_anchor", reduction=reduction)(feats, labels, weights=anchor_w)
+    want = _loop(feats, labels, m=0.25, gamma=4.0, w=w, anchor_w=anchor_w, reduction=reduction)
+    _close(got, want, rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------- DDP (gloo)
+WORLD = 2
+
+
+def _split(length, rank):
+    from losscases import split_rows
+
+    return split_rows(length, rank, WORLD)
+
+
+def _local_tuple(rank, n, m):
+    """Each rank's own mined pairs, local indices (anchors < n, positives / negatives < m)."""
+    g = torch.Generator().manual_seed(100 + rank)
+    return (
+        torch.randint(0, n, (9,), generator=g),
+        torch.randint(0, m, (9,), generator=g),
+        torch.randint(0, n, (12,), generator=g),
+        torch.randint(0, m, (12,), generator=g),
+    )
+
+
+def _concatenated_tuple(n, m):
+    """One process's equivalent: every rank's tuple, each shifted by its rank's offsets."""
+    parts = []
+    for r in range(WORLD):
+        rows, cols = _split(n, r), _split(m, r)
+        a1, p, a2, ng = _local_tuple(r, rows.stop - rows.start, cols.stop - cols.start)
+        parts.append((a1 + rows.start, p + cols.start, a2 + rows.start, ng + cols.start))
+    return tuple(torch.cat(t) for t in zip(*parts, strict=True))
+
+
+def _own(g):
+    return [torch.randn(16, 5, generator=g, dtype=f64), torch.randint(0, 3, (16,), generator=g)]
+
+
+def _with_ref(g):
+    return [*_own(g), torch.randn(11, 5, generator=g, dtype=f64), torch.randint(0, 3, (11,), generator=g)]
+
+
+def _descriptors(g):
+    return [torch.rand(16, 8, generator=g, dtype=f64) + 0.05, torch.randint(0, 3, (16,), generator=g)]
+
+
+def _indices_call(loss, rows, where):
+    emb, ref = rows[0], rows[2]
+    if where is None:
+        tuple_ = _concatenated_tuple(emb.shape[0], ref.shape[0])
+    else:
+        tuple_ = _local_tuple(where, emb.shape[0], ref.shape[0])
+    return loss(emb, None, tuple_, ref)
+
+
+def _own_indices_call(loss, rows, where):
+    emb = rows[0]
+    tuple_ = _concatenated_tuple(16, 16) if where is None else _local_tuple(where, emb.shape[0], emb.shape[0])
+    return loss(emb, rows[1], tuple_)
+
+
+# name: (build(**protocol), rows(generator), call(loss, rows, rank or None for the one process))
+DDP_CASES = {
+    "circle_global": (
+        lambda **kw: CircleLoss(m=0.25, gamma=4.0, aggregate="global", detach_alpha=False, **kw),
+        _own,
+        lambda loss, rows, where: loss(rows[0], rows[1]),
+    ),
+    "circle_global_streamed_ref": (
+        lambda **kw: CircleLoss(m=0.3, gamma=6.0, aggregate="global", chunk_size=3, **kw),
+        _with_ref,
+        lambda loss, rows, where: loss(rows[0], rows[1], ref_emb=rows[2], ref_labels=rows[3]),
+    ),
+    "circle_global_streamed_own": (
+        lambda **kw: CircleLoss(m=0.25, gamma=6.0, aggregate="global", chunk_size=3, **kw),
+        _own,
+        lambda loss, rows, where: loss(rows[0], rows[1]),
+    ),
+    "fine_triplet_global": (  # the public code's settings (undetached alpha, scale 1)
+        lambda **kw: FineTripletLoss(detach_alpha=False, **kw),
+        _descriptors,
+        lambda loss, rows, where: loss(rows[0], rows[1]),
+    ),
+    "fine_triplet_global_streamed": (
+        lambda **kw: FineTripletLoss(scale=4.0, relevance="symmetric", chunk_size=3, **kw),
+        _descriptors,
+        lambda loss, rows, where: loss(rows[0], rows[1]),
+    ),
+    "fine_triplet_degrees": (
+        lambda **kw: FineTripletLoss(scale=4.0, aggregate="per_anchor", **kw),
+        lambda g: [*_with_ref(g), torch.rand(16, generator=g, dtype=f64) + 0.2, torch.rand(11, generator=g, dtype=f64)],
+        lambda loss, rows, where: loss(
+            rows[0],
+            rows[1],
+            ref_emb=rows[2],
+            ref_labels=rows[3],
+            degrees=rows[4].detach(),
+            ref_degrees=rows[5].detach(),
+        ),
+    ),
+    "circle_indices_ref": (
+        lambda **kw: CircleLoss(m=0.25, gamma=8.0, **kw),
+        _with_ref,
+        _indices_call,
+    ),
+    "circle_indices_global": (
+        lambda **kw: CircleLoss(m=0.25, gamma=4.0, aggregate="global", **kw),
+        _own,
+        _own_indices_call,
+    ),
+    "circle_indices_own": (
+        lambda **kw: CircleLoss(m=0.25, gamma=8.0, **kw),
+        _own,
+        _own_indices_call,
+    ),
+    "circle_dense_pair_weights": (  # (N, M) over the gathered columns: each rank holds its rows of it
+        lambda **kw: CircleLoss(m=0.25, gamma=8.0, **kw),
+        lambda g: [*_with_ref(g), torch.rand(16, 11, generator=g, dtype=f64) + 0.5],
+        lambda loss, rows, where: loss(
+            rows[0], rows[1], ref_emb=rows[2], ref_labels=rows[3], pair_weights=rows[4].detach()
+        ),
+    ),
+}
+
+
+def _ddp_work():
+    from qualcl.distributed import rank
+
+    me = rank()
+    results = {}
+    for name, (build, make_rows, call) in DDP_CASES.items():
+        for reduction in ("mean", "sum"):
+            rows = make_rows(torch.Generator().manual_seed(5))
+            local = [t[_split(t.shape[0], me)].clone() for t in rows]
+            full = [t.clone() for t in rows]
+            for t in (*local, *full):
+                t.requires_grad_(t.is_floating_point())
+            value = call(build(reduction=reduction, gather_distributed=True), local, me)
+            value.backward()
+            single = call(build(reduction=reduction), full, None)
+            single.backward()
+            total = value.detach().clone()
+            torch.distributed.all_reduce(total)
+            out = {"value (mean over ranks)": (total / WORLD, single.detach())}
+            if "global" in name:
+                out["value (this rank)"] = (value.detach(), single.detach())
+            for i, (lt, ft) in enumerate(zip(local, full, strict=True)):
+                if lt.is_floating_point() and (lt.grad is not None or ft.grad is not None):
+                    got = torch.zeros_like(lt) if lt.grad is None else lt.grad / WORLD  # DDP averages
+                    want = torch.zeros_like(ft) if ft.grad is None else ft.grad
+                    out[f"grad of input {i}"] = (got, want[_split(ft.shape[0], me)])
+            results[f"{name}/{reduction}"] = out
+    return results
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    from gloo import run_on_ranks
+
+    return run_on_ranks(_ddp_work, WORLD, tmp_path_factory.mktemp("circle_ddp"))
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("name", list(DDP_CASES))
+def test_two_gloo_ranks_equal_one_process(two_ranks, name):
+    # global: every rank returns the one global value; per anchor: the exact cross-rank mean;
+    # indices_tuple: each rank's local indices equal one process on the concatenated, shifted tuples
+    for r, per_rank in enumerate(two_ranks):
+        for reduction in ("mean", "sum"):
+            for what, (got, want) in per_rank[f"{name}/{reduction}"].items():
+                assert float(want.abs().sum()) > 0 or "grad" in what
+                torch.testing.assert_close(
+                    got, want, msg=lambda m, r=r, w=what, red=reduction: f"rank {r}, {red}, {w}: {m}"
+                )

@@ -21,6 +21,7 @@ from qualcl._validation import (
     check_reduction,
     check_weights,
 )
+from qualcl.distributed import gather_no_grad, gather_with_grad
 from qualcl.functional.info_nce import compute_dtype
 from qualcl.functional.reduction import weighted_reduce
 
@@ -35,9 +36,9 @@ DEFAULT_COLUMNS = 4096
 """Columns per streamed block when ``chunk_size`` is not given."""
 
 
-def check_margin(margin: Any) -> float:
-    """The circle-loss relaxation ``m`` in ``[0, 1]`` (see :func:`circle_loss` for why)."""
-    return check_number("margin", margin, minimum=0.0, maximum=1.0)
+def check_margin(margin: Any, name: str = "margin") -> float:
+    """The circle-loss relaxation ``m`` in ``[0, 1]`` (see :func:`circle_loss` for why), named ``name`` in errors."""
+    return check_number(name, margin, minimum=0.0, maximum=1.0)
 
 
 def relevance_degrees(embeddings: Tensor, *, eps: float = 1e-6) -> Tensor:
@@ -129,7 +130,12 @@ def _segment_lse(values: Tensor, rows: Tensor, n: int) -> Tensor:
 
 
 class _Pairs(NamedTuple):
-    """Which pairs count and how positives are weighted: everything a block needs besides the embeddings."""
+    """Which pairs count and how positives are weighted: everything a block needs besides the embeddings.
+
+    Rows are the local anchors, columns the (possibly gathered) references. The self pairs are
+    compared by *global* index: row ``i`` is column ``i + row_offset`` (under DDP the rank's offset
+    into the gathered batch, 0 otherwise).
+    """
 
     row_labels: Tensor
     col_labels: Tensor
@@ -137,26 +143,27 @@ class _Pairs(NamedTuple):
     row_w: Tensor | None  # (N,) factor
     col_w: Tensor | None  # (M,) factor
     self_mode: str  # "none", "exclude" (j != i: the batch is its own reference) or "upper" (j > i)
+    row_offset: int = 0  # the column of local row 0 (global index of the first local anchor)
 
     def skip(self, rows: range, cols: range) -> bool:
         """Whether the block holds no pair at all (``"upper"``: every ``j <= i``)."""
-        return self.self_mode == "upper" and cols.stop - 1 <= rows.start
+        return self.self_mode == "upper" and cols.stop - 1 <= rows.start + self.row_offset
 
     def same(self, rows: range, cols: range) -> Tensor:
         """``(R, C)`` bool: equal labels (positives, and the excluded self pairs)."""
         return self.row_labels[rows.start : rows.stop, None] == self.col_labels[None, cols.start : cols.stop]
 
     def positives(self, rows: range, cols: range, same: Tensor) -> tuple[Tensor, Tensor]:
-        """Local ``(row, col)`` indices of the block's positive pairs (self pairs dropped)."""
+        """Block ``(row, col)`` indices of the block's positive pairs (self pairs dropped)."""
         pr, pc = same.nonzero(as_tuple=True)
         if self.self_mode == "none":
             return pr, pc
-        gr, gc = pr + rows.start, pc + cols.start
+        gr, gc = pr + (rows.start + self.row_offset), pc + cols.start
         keep = gc != gr if self.self_mode == "exclude" else gc > gr
         return pr[keep], pc[keep]
 
     def weight(self, gr: Tensor, gc: Tensor) -> Tensor | None:
-        """Positive-pair weights at global indices ``(gr, gc)`` (``None``: all 1)."""
+        """Positive-pair weights at local row ``gr`` and column ``gc`` (``None``: all 1)."""
         if self.dense_w is not None:
             return self.dense_w[gr, gc]
         if self.row_w is None or self.col_w is None:
@@ -166,8 +173,9 @@ class _Pairs(NamedTuple):
     def drop_negatives_(self, logits: Tensor, same: Tensor, rows: range, cols: range) -> Tensor:
         """Set the logits of everything but negative pairs to ``-inf`` (in place)."""
         logits.masked_fill_(same, -math.inf)  # positives, and the self pairs (same label)
-        if self.self_mode == "upper" and cols.start <= rows.stop - 1:  # the block reaches j <= i
-            gr = torch.arange(rows.start, rows.stop, device=logits.device)[:, None]
+        first, last = rows.start + self.row_offset, rows.stop - 1 + self.row_offset
+        if self.self_mode == "upper" and cols.start <= last:  # the block reaches j <= i
+            gr = torch.arange(first, last + 1, device=logits.device)[:, None]
             gc = torch.arange(cols.start, cols.stop, device=logits.device)[None, :]
             logits.masked_fill_(gc <= gr, -math.inf)
         return logits
@@ -320,6 +328,143 @@ def _check_pairs(indices_tuple: Any, n: int, m: int, device: torch.device) -> tu
     return a1, p, a2, neg
 
 
+# ----------------------------------------------------------------------------------- row terms
+class _Factors(NamedTuple):
+    dense: Tensor | None
+    row: Tensor | None
+    col: Tensor | None
+
+
+def _check_pair_weights(
+    pair_weights: Tensor | tuple[Tensor, Tensor] | None, n: int, m_local: int, m: int, dtype: torch.dtype
+) -> _Factors:
+    """Detached positive-pair weights: dense ``(n, m)`` (``m`` gathered columns) or factors ``(n,), (m_local,)``."""
+    if isinstance(pair_weights, (tuple, list)):
+        if len(pair_weights) != 2:
+            raise ValueError(
+                f"pair_weights as factors must be a pair (row (N,), col (M,)), got {len(pair_weights)} items"
+            )
+        check_weights("pair_weights[0]", pair_weights[0], n)
+        check_weights("pair_weights[1]", pair_weights[1], m_local)
+        row, col = (t.detach().to(dtype) for t in pair_weights)
+        return _Factors(None, row, col)
+    if pair_weights is None:
+        return _Factors(None, None, None)
+    check_float_tensor("pair_weights", pair_weights)
+    if tuple(pair_weights.shape) != (n, m):
+        raise ValueError(
+            f"pair_weights must have shape (N, M) = ({n}, {m}) or be a (row, col) pair, "
+            f"got shape {tuple(pair_weights.shape)}"
+        )
+    check_weights("pair_weights (flattened)", pair_weights.reshape(-1), n * m)
+    return _Factors(pair_weights.detach().to(dtype), None, None)
+
+
+def circle_row_terms(
+    embeddings: Tensor,
+    labels: Tensor | None,
+    indices_tuple: tuple[Tensor, ...] | None,
+    ref_emb: Tensor | None,
+    ref_labels: Tensor | None,
+    *,
+    margin: float,
+    gamma: float,
+    aggregate: str,
+    pair_weights: Tensor | tuple[Tensor, Tensor] | None,
+    detach_alpha: bool,
+    chunk_size: int | None,
+    distributed: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Each local anchor's positive and negative log-sum-exps, against every rank's references when ``distributed``.
+
+    The checks and pair logic of :func:`circle_loss` (whose docstring explains the arguments),
+    without its reduction. With ``distributed`` (an initialised process group of several
+    processes) the reference rows (``embeddings`` themselves, or ``ref_emb``) are gathered with
+    :func:`~qualcl.distributed.gather_with_grad` in rank order, their labels and column factors
+    with :func:`~qualcl.distributed.gather_no_grad`; the self pairs are found by global index.
+    ``indices_tuple`` then holds each rank's local indices (anchors into ``embeddings``,
+    positives and negatives into its own reference rows), which are shifted by the rank's offset
+    into the gathered columns; a dense ``pair_weights`` is ``(N, M)`` over the gathered columns.
+
+    Returns:
+        ``(pos (N,), neg (N,), zero)``: ``-inf`` where an anchor has no positive (negative), and a
+        zero attached to the inputs' graph.
+    """
+    columns = DEFAULT_COLUMNS if chunk_size is None else check_int("chunk_size", chunk_size)
+    check_embeddings("embeddings", embeddings, nonzero=True)
+    n, d = embeddings.shape
+    device = embeddings.device
+    own = ref_emb is None
+    if ref_emb is not None:
+        check_embeddings("ref_emb", ref_emb, dim=d, nonzero=True)
+        if ref_labels is None and indices_tuple is None:
+            raise ValueError("ref_emb needs ref_labels (or an indices_tuple naming the pairs), got ref_labels=None")
+    elif ref_labels is not None:
+        raise ValueError("ref_labels are the labels of ref_emb, got ref_labels without ref_emb")
+    m_local = n if ref_emb is None else ref_emb.shape[0]
+    if indices_tuple is None and labels is None:
+        raise ValueError("circle_loss needs labels or an indices_tuple, got neither")
+    row_labels = None if labels is None else check_labels("labels", labels, n, device)
+    col_labels = row_labels if own else None
+    if ref_labels is not None:
+        col_labels = check_labels("ref_labels", ref_labels, m_local, device)
+    dtype = compute_dtype(embeddings, *([] if ref_emb is None else [ref_emb]))
+    q = F.normalize(embeddings.to(dtype), dim=1)
+    r = q if ref_emb is None else F.normalize(ref_emb.to(dtype), dim=1)
+    col_offset = 0
+    if distributed:
+        r, col_offset = gather_with_grad(r)
+        if col_labels is not None and indices_tuple is None:
+            col_labels = gather_no_grad(col_labels)
+    m = r.shape[0]
+    factors = _check_pair_weights(pair_weights, n, m_local, m, dtype)
+    col_w = factors.col
+    if distributed and col_w is not None:
+        col_w = gather_no_grad(col_w)
+    zero = 0.0 * q.sum()  # keeps the result attached to the graph whatever is selected
+
+    if indices_tuple is not None:
+        a1, p, a2, ng = _check_pairs(indices_tuple, n, m_local, device)
+        p, ng = p + col_offset, ng + col_offset
+        if factors.dense is not None:
+            w: Tensor | None = factors.dense[a1, p]
+        else:
+            w = None if factors.row is None or col_w is None else factors.row[a1] * col_w[p]
+        lp = _positive_logits((q[a1] * r[p]).sum(1), w, margin, gamma, detach_alpha)
+        ln = _negative_logits((q[a2] * r[ng]).sum(1), margin, gamma, detach_alpha)
+        return _segment_lse(lp, a1, n), _segment_lse(ln, a2, n), zero
+    assert row_labels is not None  # checked above
+    assert col_labels is not None
+    self_mode = "none" if not own else ("upper" if aggregate == "global" else "exclude")
+    pairs = _Pairs(row_labels, col_labels, factors.dense, factors.row, col_w, self_mode, col_offset if own else 0)
+    if chunk_size is not None or n * m > STREAM_ABOVE:
+        pos, neg = _StreamedRowLSE.apply(q, r, pairs, margin, gamma, detach_alpha, columns)
+    else:
+        pos, neg = _dense_row_lse(q, r, pairs, margin, gamma, detach_alpha)
+    return pos, neg, zero
+
+
+def circle_per_anchor(pos: Tensor, neg: Tensor, zero: Tensor) -> tuple[Tensor, Tensor]:
+    """``(losses (N,), counted (N,) bool)``: ``softplus(pos + neg)`` where an anchor has both, else 0 (not counted)."""
+    valid = torch.isfinite(pos) & torch.isfinite(neg)
+    losses = torch.where(valid, _softplus(torch.where(valid, pos + neg, 0.0)), 0.0) + zero
+    return losses, valid
+
+
+def circle_global(pos: Tensor, neg: Tensor, zero: Tensor, *, distributed: bool = False) -> Tensor:
+    """``softplus(LSE(pos) + LSE(neg))`` over every row, of every rank when ``distributed``.
+
+    Under DDP each rank's two log-sum-exps are gathered with
+    :func:`~qualcl.distributed.gather_with_grad`, so every rank returns the same global value and
+    DDP's gradient average is its exact gradient.
+    """
+    lse_p, lse_n = _row_lse(pos[None]), _row_lse(neg[None])  # (1,) each
+    if distributed:
+        lse_p = _row_lse(gather_with_grad(lse_p)[0][None])
+        lse_n = _row_lse(gather_with_grad(lse_n)[0][None])
+    return _softplus(lse_p + lse_n)[0] + zero
+
+
 # ------------------------------------------------------------------------------------------- API
 def circle_loss(
     embeddings: Tensor,
@@ -446,76 +591,24 @@ def circle_loss(
         )
     if aggregate == "global" and weights is not None:
         raise ValueError("weights (per-anchor) need aggregate='per_anchor': aggregate='global' has no anchors to weigh")
-    columns = DEFAULT_COLUMNS if chunk_size is None else check_int("chunk_size", chunk_size)
-    check_embeddings("embeddings", embeddings, nonzero=True)
-    n, d = embeddings.shape
-    device = embeddings.device
-    own = ref_emb is None
-    if ref_emb is not None:
-        check_embeddings("ref_emb", ref_emb, dim=d, nonzero=True)
-        if ref_labels is None and indices_tuple is None:
-            raise ValueError("ref_emb needs ref_labels (or an indices_tuple naming the pairs), got ref_labels=None")
-    elif ref_labels is not None:
-        raise ValueError("ref_labels are the labels of ref_emb, got ref_labels without ref_emb")
-    m = n if ref_emb is None else ref_emb.shape[0]
-    if indices_tuple is None and labels is None:
-        raise ValueError("circle_loss needs labels or an indices_tuple, got neither")
-    row_labels = None if labels is None else check_labels("labels", labels, n, device)
-    col_labels = row_labels if own else None
-    if ref_labels is not None:
-        col_labels = check_labels("ref_labels", ref_labels, m, device)
-    if weights is not None:
-        check_weights("weights", weights, n)
-
-    dtype = compute_dtype(embeddings, *([] if ref_emb is None else [ref_emb]))
-    dense_w = row_w = col_w = None
-    if isinstance(pair_weights, (tuple, list)):
-        if len(pair_weights) != 2:
-            raise ValueError(
-                f"pair_weights as factors must be a pair (row (N,), col (M,)), got {len(pair_weights)} items"
-            )
-        check_weights("pair_weights[0]", pair_weights[0], n)
-        check_weights("pair_weights[1]", pair_weights[1], m)
-        row_w, col_w = (t.detach().to(dtype) for t in pair_weights)
-    elif pair_weights is not None:
-        check_float_tensor("pair_weights", pair_weights)
-        if tuple(pair_weights.shape) != (n, m):
-            raise ValueError(
-                f"pair_weights must have shape (N, M) = ({n}, {m}) or be a (row, col) pair, "
-                f"got shape {tuple(pair_weights.shape)}"
-            )
-        check_weights("pair_weights (flattened)", pair_weights.reshape(-1), n * m)
-        dense_w = pair_weights.detach().to(dtype)
-
-    q = F.normalize(embeddings.to(dtype), dim=1)
-    r = q if ref_emb is None else F.normalize(ref_emb.to(dtype), dim=1)
-    zero = 0.0 * q.sum()  # keeps the result attached to the graph whatever is selected
-
-    if indices_tuple is not None:
-        a1, p, a2, ng = _check_pairs(indices_tuple, n, m, device)
-        if dense_w is not None:
-            w: Tensor | None = dense_w[a1, p]
-        else:
-            w = None if row_w is None or col_w is None else row_w[a1] * col_w[p]
-        lp = _positive_logits((q[a1] * r[p]).sum(1), w, margin, gamma, detach_alpha)
-        ln = _negative_logits((q[a2] * r[ng]).sum(1), margin, gamma, detach_alpha)
-        if aggregate == "global":
-            return _softplus(_row_lse(lp[None]) + _row_lse(ln[None]))[0] + zero
-        pos, neg = _segment_lse(lp, a1, n), _segment_lse(ln, a2, n)
-    else:
-        assert row_labels is not None  # checked above
-        assert col_labels is not None
-        self_mode = "none" if not own else ("upper" if aggregate == "global" else "exclude")
-        pairs = _Pairs(row_labels, col_labels, dense_w, row_w, col_w, self_mode)
-        if chunk_size is not None or n * m > STREAM_ABOVE:
-            pos, neg = _StreamedRowLSE.apply(q, r, pairs, margin, gamma, detach_alpha, columns)
-        else:
-            pos, neg = _dense_row_lse(q, r, pairs, margin, gamma, detach_alpha)
-
+    pos, neg, zero = circle_row_terms(
+        embeddings,
+        labels,
+        indices_tuple,
+        ref_emb,
+        ref_labels,
+        margin=margin,
+        gamma=gamma,
+        aggregate=aggregate,
+        pair_weights=pair_weights,
+        detach_alpha=detach_alpha,
+        chunk_size=chunk_size,
+    )
     if aggregate == "global":  # every row's log-sum-exp combined: one LSE over all pairs
-        return _softplus(_row_lse(pos[None]) + _row_lse(neg[None]))[0] + zero
-    valid = torch.isfinite(pos) & torch.isfinite(neg)
-    per_anchor = torch.where(valid, _softplus(torch.where(valid, pos + neg, 0.0)), 0.0) + zero
-    contrasted = valid.to(per_anchor.dtype)
-    anchor_w = contrasted if weights is None else weights.to(per_anchor.dtype) * contrasted
-    return weighted_reduce(per_anchor, anchor_w, reduction)
+        return circle_global(pos, neg, zero)
+    losses, counted = circle_per_anchor(pos, neg, zero)
+    anchor_w = counted.to(losses.dtype)
+    if weights is not None:
+        check_weights("weights", weights, losses.shape[0])
+        anchor_w = weights.detach().to(losses.dtype) * anchor_w
+    return weighted_reduce(losses, anchor_w, reduction)

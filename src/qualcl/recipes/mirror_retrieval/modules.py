@@ -28,6 +28,11 @@ class _BatchHardTriplet(nn.Module):
 
     def __init__(self, margin: float) -> None:
         super().__init__()
+        if not margin >= 0:  # also NaN
+            raise ValueError(
+                f"train.triplet_margin must be >= 0 (a negative margin rewards negatives nearer than positives), "
+                f"got {margin}"
+            )
         from pytorch_metric_learning.distances import CosineSimilarity
         from pytorch_metric_learning.losses import TripletMarginLoss
 
@@ -40,12 +45,20 @@ class _BatchHardTriplet(nn.Module):
 
 
 def build_metric_loss(config: TrainConfig) -> nn.Module | None:
-    """The metric loss ``config.metric_loss`` names (``None`` for ``"none"``)."""
+    """The metric loss ``config.metric_loss`` names (``None`` for ``"none"``).
+
+    Circle and fine triplet gather every rank's descriptors under DDP (``gather_distributed``), so
+    a multi-process run optimises the one-process loss of the global batch.
+    """
     if config.metric_loss == "circle":
-        return CircleLoss(margin=config.margin, gamma=config.gamma, aggregate=config.aggregate)
+        return CircleLoss(m=config.margin, gamma=config.gamma, aggregate=config.aggregate, gather_distributed=True)
     if config.metric_loss == "fine_triplet":
         return FineTripletLoss(
-            margin=config.margin, scale=config.gamma, relevance=config.relevance, aggregate=config.aggregate
+            margin=config.margin,
+            scale=config.gamma,
+            relevance=config.relevance,
+            aggregate=config.aggregate,
+            gather_distributed=True,
         )
     if config.metric_loss == "triplet":
         return _BatchHardTriplet(config.triplet_margin)
