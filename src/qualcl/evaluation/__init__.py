@@ -1,5 +1,6 @@
-"""What every recipe evaluates with: linear probes, kNN, feature geometry, an exact retrieval index, landmarks."""
+"""What every recipe evaluates with: probes, kNN, feature geometry, collapse metrics, exact retrieval, landmarks."""
 
+from qualcl.evaluation.collapse import collapse_metrics, effective_rank
 from qualcl.evaluation.geometry import feature_geometry
 from qualcl.evaluation.knn import KNNResult, knn_predict
 from qualcl.evaluation.landmarks import (
@@ -18,6 +19,8 @@ __all__ = [
     "RetrievalIndex",
     "SearchResult",
     "center_weighted_embeddings",
+    "collapse_metrics",
+    "effective_rank",
     "feature_geometry",
     "knn_predict",
     "landmark_template",
