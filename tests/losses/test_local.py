@@ -12,6 +12,7 @@ import reference
 from qualcl.functional import (
     assignment_entropy,
     grid_items,
+    mixup_consistency,
     mixup_targets,
     patch_discrimination,
     patch_grid,
@@ -19,6 +20,7 @@ from qualcl.functional import (
     region_features,
     soft_dice_loss,
 )
+from qualcl.functional.local import REGION_EPS, patch_discrimination_rows
 from qualcl.losses import MixupConsistencyLoss, PatchDiscriminationLoss, RegionDiscriminationLoss
 
 
@@ -66,6 +68,109 @@ def test_every_block_size_gives_the_dense_value_and_gradient(case, block):
     (grad_blocked,) = torch.autograd.grad(blocked, features)
     torch.testing.assert_close(blocked, dense)
     torch.testing.assert_close(grad_blocked, grad_dense)
+
+
+def _row_reference(anchors: torch.Tensor, columns: torch.Tensor, own: list[int], partner: list[int], tau: float):
+    """Per-row criterion by loops, float64: anchor i against every column but own[i], positive partner[i]."""
+    unit = F.normalize(columns, dim=1).tolist()
+    out = []
+    for i, a in enumerate(F.normalize(anchors, dim=1).tolist()):
+        e = {
+            k: math.exp(sum(x * y for x, y in zip(a, c, strict=True)) / tau) for k, c in enumerate(unit) if k != own[i]
+        }
+        z = sum(e.values())
+        row = math.log(e[partner[i]] / z) + sum(math.log(1 - v / z) for k, v in e.items() if k != partner[i])
+        out.append(-row)
+    return out
+
+
+@given(st.integers(1, 6), st.integers(1, 5), st.integers(0, 4), st.integers(1, 8), st.integers(0, 2**31 - 1))
+def test_rows_other_than_the_columns_match_the_loop_reference_and_the_full_rows(half, d, extra, block, seed):
+    """A slice of the anchors (one rank's rows) against every item: the same per-row losses and gradients."""
+    features = _randn(seed, 2 * half, d)
+    columns = torch.cat([features, _randn(seed + 1, extra, d)])  # items only other ranks hold
+    lo = int(torch.randint(0, 2 * half, (1,), generator=torch.Generator().manual_seed(seed)))
+    own = torch.arange(lo, 2 * half)
+    partner = (own + half) % (2 * half)
+    anchors = features[lo:].clone().requires_grad_()
+    rows = patch_discrimination_rows(anchors, columns, own, partner, temperature=0.5, block_size=block)
+    assert rows.shape == (2 * half - lo,) and rows.dtype == torch.float64
+    expected = _row_reference(features[lo:], columns, own.tolist(), partner.tolist(), 0.5)
+    torch.testing.assert_close(rows, torch.tensor(expected, dtype=torch.float64), rtol=1e-7, atol=1e-12)
+    everything = features.clone().requires_grad_()
+    index = torch.arange(2 * half)
+    full = patch_discrimination_rows(everything, columns, index, (index + half) % (2 * half), temperature=0.5)
+    torch.testing.assert_close(rows, full[lo : 2 * half])
+    weights = _randn(seed + 2, rows.shape[0]).abs()
+    (got,) = torch.autograd.grad((rows * weights).sum(), anchors)
+    (want,) = torch.autograd.grad((full[lo : 2 * half] * weights).sum(), everything)
+    torch.testing.assert_close(got, want[lo : 2 * half])
+
+
+def test_gradcheck_of_the_rows_against_other_columns():
+    columns = F.normalize(_randn(8, 7, 3), dim=1)
+    own, partner = torch.tensor([4, 5, 6]), torch.tensor([0, 6, 1])
+
+    def dense(a: torch.Tensor) -> torch.Tensor:  # the criterion by autograd, columns constant
+        x = F.normalize(a, dim=1)
+        s = x @ columns.T / 0.5
+        s = s.scatter(1, own[:, None], -math.inf)
+        p = torch.softmax(s, dim=1)
+        keep = torch.ones_like(p, dtype=torch.bool).scatter(1, own[:, None], False).scatter(1, partner[:, None], False)
+        return -(p.gather(1, partner[:, None]).squeeze(1).log() + torch.where(keep, torch.log1p(-p), 0).sum(1))
+
+    anchors = _randn(9, 3, 3).requires_grad_()
+    assert torch.autograd.gradcheck(dense, (anchors,))
+    for block in (None, 1, 2, 7):
+        got = patch_discrimination_rows(anchors, columns, own, partner, temperature=0.5, block_size=block)
+        torch.testing.assert_close(got, dense(anchors))
+        upstream = _randn(10, 3)
+        (g_got,) = torch.autograd.grad(got, anchors, upstream)
+        (g_want,) = torch.autograd.grad(dense(anchors), anchors, upstream)
+        torch.testing.assert_close(g_got, g_want)
+
+
+def test_patch_discrimination_rows_rejects_bad_indices():
+    f = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="own"):
+        patch_discrimination_rows(f, f, torch.tensor([0, 1]), torch.tensor([2, 3]))
+    with pytest.raises(ValueError, match="partner"):
+        patch_discrimination_rows(f, f, torch.arange(4), torch.tensor([2, 3, 0, 4]))
+    with pytest.raises(ValueError, match="differ from own"):
+        patch_discrimination_rows(f, f, torch.arange(4), torch.tensor([2, 3, 2, 1]))
+    with pytest.raises(ValueError, match="columns"):
+        patch_discrimination_rows(f, torch.randn(4, 2), torch.arange(4), torch.tensor([2, 3, 0, 1]))
+
+
+@given(sizes, st.integers(1, 16))
+def test_the_loss_module_takes_two_views_or_the_stacked_form(case, block):
+    """Item i's loss is the mean of its two rows' losses: the mean over items is the code's mean over rows."""
+    half, d, seed = case
+    view1, view2 = _randn(seed, half, d), _randn(seed + 1, half, d)
+    stacked = torch.cat([view1, view2])
+    per_row = patch_discrimination_rows(
+        stacked, stacked, torch.arange(2 * half), (torch.arange(2 * half) + half) % (2 * half)
+    )
+    none = PatchDiscriminationLoss(block_size=block, reduction="none")(view1, view2)
+    torch.testing.assert_close(none, (per_row[:half] + per_row[half:]) / 2)
+    torch.testing.assert_close(PatchDiscriminationLoss(reduction="none")(stacked), none)
+    loss = PatchDiscriminationLoss(block_size=block)
+    torch.testing.assert_close(loss(view1, view2), patch_discrimination(stacked))
+    torch.testing.assert_close(loss(stacked), patch_discrimination(stacked))
+    w = _randn(seed + 2, half).abs() + 0.1
+    torch.testing.assert_close(loss(view1, view2, weights=w), (w * none).sum() / w.sum())
+    torch.testing.assert_close(loss(stacked, weights=w), (w * none).sum() / w.sum())
+
+
+def test_the_loss_module_rejects_mismatched_views():
+    with pytest.raises(ValueError, match="view1 without view2"):
+        PatchDiscriminationLoss()(torch.randn(5, 3))
+    with pytest.raises(ValueError, match="same number of rows"):
+        PatchDiscriminationLoss()(torch.randn(4, 3), torch.randn(3, 3))
+    with pytest.raises(ValueError, match="view2"):
+        PatchDiscriminationLoss()(torch.randn(4, 3), torch.randn(4, 2))
+    with pytest.raises(ValueError, match="weights"):
+        PatchDiscriminationLoss()(torch.randn(8, 3), weights=torch.ones(8))  # stacked: one weight per item
 
 
 @given(st.tuples(st.integers(2, 8), st.integers(1, 6), st.integers(0, 2**31 - 1)))
@@ -177,6 +282,21 @@ def test_patch_discrimination_rejects_bad_input():
 
 
 @given(sizes)
+def test_mixup_consistency_per_cell_losses_and_mean(case):
+    """Cell i's loss is the mean of its row's and its target's row's loss; the mean is the functional's."""
+    m, d, seed = case
+    mixed, targets = _randn(seed, m, d), _randn(seed + 1, m, d)
+    stacked = torch.cat([mixed, targets])
+    index = torch.arange(2 * m)
+    per_row = patch_discrimination_rows(stacked, stacked, index, (index + m) % (2 * m), temperature=0.2)
+    none = MixupConsistencyLoss(temperature=0.2, reduction="none")(mixed, targets)
+    torch.testing.assert_close(none, (per_row[:m] + per_row[m:]) / 2)
+    torch.testing.assert_close(
+        MixupConsistencyLoss(temperature=0.2)(mixed, targets), mixup_consistency(mixed, targets, temperature=0.2)
+    )
+
+
+@given(sizes)
 def test_mixup_consistency_is_the_criterion_of_mixed_then_detached_targets(case):
     m, d, seed = case
     mixed = _randn(seed, m, d).requires_grad_()
@@ -204,6 +324,15 @@ def test_mixup_targets_mix_and_normalise_per_cell():
         mixup_targets(first, second[:, :, :1], w)
 
 
+@pytest.mark.parametrize("bad", [[-0.1, 0.5], [0.5, 1.5], [float("nan"), 0.5]])
+def test_mixup_targets_refuse_weights_outside_the_unit_interval(bad):
+    first, second = _randn(1, 2, 3, 2, 2), _randn(2, 2, 3, 2, 2)
+    with pytest.raises(ValueError, match="weights"):
+        mixup_targets(first, second, torch.tensor(bad, dtype=torch.float64))
+    for edge in ([0.0, 1.0], [1.0, 0.0]):  # the ends are fine: one image alone
+        assert torch.isfinite(mixup_targets(first, second, torch.tensor(edge, dtype=torch.float64))).all()
+
+
 def test_patch_grid_and_items_follow_the_codes_layout():
     e = _randn(4, 2, 3, 8, 8)
     grid = patch_grid(e, size=4)
@@ -213,12 +342,102 @@ def test_patch_grid_and_items_follow_the_codes_layout():
     torch.testing.assert_close(items[16 + 1 * 4 + 3], grid[1, :, 1, 3])
 
 
+def _unit(v: list[float], eps: float = REGION_EPS) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in v))
+    return [x / max(norm, eps) for x in v]
+
+
+def _region_reference(embeddings: torch.Tensor, assignments: torch.Tensor, tau: float) -> list[float]:
+    """Per image: the mean over its regions of the cross-entropy to the batch prototypes, by loops."""
+    e, a = embeddings.double().tolist(), assignments.double().tolist()
+    n, d, h, w = embeddings.shape
+    k_count = assignments.shape[1]
+    pixels = [(y, x) for y in range(h) for x in range(w)]
+    regions = []
+    for i in range(n):
+        units = {p: _unit([e[i][c][p[0]][p[1]] for c in range(d)]) for p in pixels}
+        pooled = [
+            [sum(a[i][k][y][x] * units[(y, x)][c] for y, x in pixels) / len(pixels) for c in range(d)]
+            for k in range(k_count)
+        ]
+        regions.append([_unit(v) for v in pooled])
+    prototypes = [_unit([sum(regions[i][k][c] for i in range(n)) / n for c in range(d)]) for k in range(k_count)]
+    out = []
+    for i in range(n):
+        total = 0.0
+        for k in range(k_count):
+            logits = [
+                sum(x * y for x, y in zip(regions[i][k], prototypes[j], strict=True)) / tau for j in range(k_count)
+            ]
+            total += math.log(sum(math.exp(v) for v in logits)) - logits[k]
+        out.append(total / k_count)
+    return out
+
+
 @given(st.integers(1, 3), st.integers(2, 4), st.integers(1, 4), st.integers(1, 3), st.integers(0, 2**31 - 1))
 def test_region_discrimination_matches_the_loop_reference(n, k, d, size, seed):
     e = _randn(seed, n, d, size, size + 1)
     a = _assignments(seed + 1, n, k, size, size + 1)
+    expected = _region_reference(e, a, 0.2)
     got = RegionDiscriminationLoss(temperature=0.2)(e, a)
-    assert math.isclose(float(got), reference.region_discrimination(e, a, 0.2), rel_tol=1e-9, abs_tol=1e-12)
+    assert math.isclose(float(got), sum(expected) / n, rel_tol=1e-9, abs_tol=1e-12)
+    assert math.isclose(
+        float(region_discrimination(e, a, temperature=0.2)), sum(expected) / n, rel_tol=1e-9, abs_tol=1e-12
+    )
+    none = RegionDiscriminationLoss(temperature=0.2, reduction="none")(e, a)
+    torch.testing.assert_close(none, torch.tensor(expected, dtype=torch.float64), rtol=1e-9, atol=1e-12)
+
+
+def test_region_discrimination_equals_the_codes_eps_when_nothing_is_short():
+    """The normalisations' eps changes nothing while every pixel, region and prototype is longer than it."""
+    e, a = _randn(4, 3, 4, 3, 3), _assignments(5, 3, 3, 3, 3)
+    assert math.isclose(
+        float(region_discrimination(e, a)), reference.region_discrimination(e, a, 0.2), rel_tol=1e-12, abs_tol=1e-12
+    )
+
+
+def _zero_pixel_and_empty_clusters() -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    e, a = _randn(20, 2, 4, 3, 3), _assignments(21, 2, 3, 3, 3)
+    zero_pixel = e.clone()
+    zero_pixel[0, :, 1, 1] = 0
+    empty_in_one = a.clone()
+    empty_in_one[0, 2] = 0
+    empty_in_one = empty_in_one / empty_in_one.sum(1, keepdim=True)
+    empty_in_all = a.clone()
+    empty_in_all[:, 2] = 0
+    empty_in_all = empty_in_all / empty_in_all.sum(1, keepdim=True)
+    return [
+        ("zero pixel", zero_pixel, a),
+        ("cluster empty in one image", e, empty_in_one),
+        ("cluster empty everywhere", e, empty_in_all),
+    ]
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_region_discrimination_gradients_stay_bounded_for_zero_pixels_and_empty_clusters(index):
+    """Torch's eps (1e-12) gave gradients of 1e11 (zero pixel, empty cluster) and 1e21 (a cluster empty everywhere)."""
+    what, e, a = _zero_pixel_and_empty_clusters()[index]
+    e, a = e.clone().requires_grad_(), a.clone().requires_grad_()
+    for loss in (region_discrimination(e, a), RegionDiscriminationLoss()(e, a)):
+        assert torch.isfinite(loss)
+        ge, ga = torch.autograd.grad(loss, (e, a))
+        assert torch.isfinite(ge).all() and torch.isfinite(ga).all(), what
+        # bounded by ~1/eps (1/eps^2 for a prototype of empty regions) times the incoming gradient
+        assert float(ge.abs().max()) < 1e4 and float(ga.abs().max()) < 1e4, what
+
+
+def test_region_discrimination_refuses_unnormalised_or_swapped_assignments():
+    e, a = _randn(1, 2, 4, 3, 3), _assignments(2, 2, 4, 3, 3)
+    with pytest.raises(ValueError, match="assignments must sum to 1"):
+        RegionDiscriminationLoss()(e, a * 1.01)
+    with pytest.raises(ValueError, match="assignments must sum to 1"):
+        region_discrimination(e, torch.rand(2, 4, 3, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="assignments must be soft cluster assignments"):
+        RegionDiscriminationLoss()(a, e)  # swapped: the embeddings are not probabilities
+    with pytest.raises(ValueError, match="assignments"):
+        region_features(a, e)
+    # within the 1e-3 tolerance: accepted (float32 rounding of a softmax)
+    RegionDiscriminationLoss()(e, a * (1 + 5e-4))
 
 
 @given(st.integers(1, 3), st.integers(2, 5), st.integers(0, 2**31 - 1))
