@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
 import sys
 
 import pytest
@@ -15,6 +17,7 @@ from hypothesis import strategies as st
 from gloo import run_on_ranks
 from losscases import split_rows
 from qualcl.distributed import rank
+from qualcl.kernels import triton_available
 from qualcl.kernels.siglip import fused_siglip, naive_siglip
 from qualcl.losses.siglip import SigLipLoss
 
@@ -264,6 +267,7 @@ def test_opcheck():
             rows,
             cols,
             cache,
+            "torch",
         )
         torch.library.opcheck(torch.ops.qualcl.siglip.default, args)
 
@@ -307,8 +311,64 @@ def test_bad_input_is_refused_with_the_argument_name():
         SigLipLoss(init_logit_bias=float("inf"))
     with pytest.raises(ValueError, match="offset \\+ N must be <= M"):
         fused_siglip(image, text, 1.0, offset=1)
+
+
+# ---------------------------------------------------------------------------------------- Triton
+TRITON_CHECK = """
+import sys
+import torch, torch.nn.functional as F
+from qualcl.kernels.siglip import fused_siglip
+device = torch.device(sys.argv[1])
+g = torch.Generator().manual_seed(0)
+cases = [(5, 7, 3, 1, -2.0, "none", torch.float32), (19, 19, 20, 0, None, "mean", torch.float32),
+         (17, 40, 33, 9, 1.5, "sum", torch.float32), (9, 12, 16, 2, -1.0, "mean", torch.float16)]
+if device.type == "cuda":
+    cases += [(300, 700, 256, 100, -10.0, "mean", torch.bfloat16), (300, 700, 1000, 0, 2.0, "none", torch.float32)]
+for n, m, d, offset, bias, reduction, dtype in cases:
+    image = F.normalize(torch.randn(n, d, generator=g), dim=1).to(dtype)
+    text = F.normalize(torch.randn(m, d, generator=g), dim=1).to(dtype)
+    up = torch.rand(n, generator=g) if reduction == "none" else None
+    out = []
+    for impl, dev in (("triton", device), ("naive", torch.device("cpu"))):
+        leaves = [image.to(dev).requires_grad_(), text.to(dev).requires_grad_()]
+        leaves += [torch.tensor(6.0, device=dev, requires_grad=True)]
+        b = None if bias is None else torch.tensor(bias, device=dev, requires_grad=True)
+        loss = fused_siglip(*leaves, b, offset=offset, reduction=reduction, impl=impl)
+        total = (loss * up.to(dev)).sum() if up is not None else loss
+        present = leaves + ([b] if b is not None else [])
+        out.append([t.detach().float().cpu() for t in (loss, *torch.autograd.grad(total, present))])
+    tol = 2e-5 if dtype == torch.float32 and device.type == "cpu" else 2e-2
+    for a, c in zip(*out, strict=True):
+        torch.testing.assert_close(a, c, rtol=tol, atol=tol)
+print("ok")
+"""
+
+
+def _triton_check(device: str, interpret: bool) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"  # must be set before triton is imported: a fresh process
+    return subprocess.run(
+        [sys.executable, "-c", TRITON_CHECK, device], env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.skipif(not triton_available(), reason="triton is not installed")
+def test_triton_kernels_in_the_interpreter():
+    result = _triton_check("cpu", interpret=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(not (triton_available() and torch.cuda.is_available()), reason="needs triton and a CUDA GPU")
+def test_triton_kernels_on_cuda():
+    result = _triton_check("cuda", interpret=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_triton_refuses_what_it_cannot_run():
+    image, text = _features(15, 4, 3)
     with pytest.raises(ValueError, match="impl='triton'"):
-        fused_siglip(image.float(), text.float(), 1.0, impl="triton")
+        fused_siglip(image, text, 1.0, impl="triton")  # CPU without the interpreter, or float64
 
 
 # ------------------------------------------------------------------------------------------ DDP

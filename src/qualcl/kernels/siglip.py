@@ -8,6 +8,7 @@ memory is O((N + M)·D + R·C) against open_clip's O(N·M) (it keeps every logit
 log-sigmoid for backward). The streaming op is registered as ``qualcl::siglip`` (what
 ``torch.compile`` and ``torch.export`` see); eager calls run the same forward and backward through a
 plain :class:`torch.autograd.Function` (see :func:`qualcl.kernels._dispatch.through_custom_op`).
+On CUDA the same op runs Triton kernels (``qualcl.kernels._siglip_triton``).
 """
 
 from __future__ import annotations
@@ -24,16 +25,22 @@ from qualcl.kernels._dispatch import resolve_impl, through_custom_op
 
 __all__ = ["BLOCK_ELEMENTS", "fused_siglip", "naive_siglip", "siglip_block_shape"]
 
-BLOCK_ELEMENTS = 1 << 21
-"""Logits per block of the streaming path (8 MiB in float32): ``R = BLOCK_ELEMENTS // C`` rows."""
+BLOCK_ELEMENTS = 1 << 23
+"""Logits per block of the streaming path (32 MiB in float32, two such buffers): ``R = BLOCK_ELEMENTS // C``.
+
+Large blocks mean few parallel regions per call, which matters on a shared CPU (each one waits for
+every thread); memory stays O((N + M)·D) plus these two buffers.
+"""
 MAX_COLUMN_BLOCK = 1 << 13
 """Widest column block by default (more texts are walked block by block, row sums accumulate)."""
+TRITON_MAX_DIM = 1024
+"""Widest feature dimension of the Triton kernel (the feature tiles stay whole in registers)."""
 _SOFTPLUS_THRESHOLD = 40.0
 """``softplus(x) = x`` beyond this: ``log1p(exp(-40))`` is below float64's resolution of 40."""
 
 
 def siglip_block_shape(n: int, m: int, chunk_size: int | None, column_chunk_size: int | None) -> tuple[int, int]:
-    """Rows and columns per block: the given sizes, or ``C = min(M, 8192)`` and ``R = 2^21 // C``."""
+    """Rows and columns per block: the given sizes, or ``C = min(M, 8192)`` and ``R = 2^23 // C``."""
     cols = max(1, min(m, column_chunk_size or MAX_COLUMN_BLOCK))
     rows = chunk_size or max(1, BLOCK_ELEMENTS // cols)
     return max(1, min(rows, n)), cols
@@ -193,6 +200,7 @@ def _siglip_impl(
     rows: int,
     cols: int,
     cache: list[bool],
+    backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The streaming forward: ``(losses, pulled, d_text, bias_rows)``.
 
@@ -200,6 +208,11 @@ def _siglip_impl(
     now (``[image or scale, text, bias]``): then backward only scales them (3 GEMMs per block in
     all instead of 4).
     """
+    if backend == "triton":  # the kernel keeps the row sums only: backward recomputes
+        from qualcl.kernels import _siglip_triton
+
+        losses = _siglip_triton.siglip_forward(image, text, scale, bias, offset)
+        return losses, image.new_empty(0), image.new_empty(0), image.new_empty(0)
     needs = (bool(cache[0]), bool(cache[1]), bool(cache[2]) and bias is not None)
     losses, pieces = _walk(image, text, scale, bias, offset, rows, cols, losses=True, upstream=hint, needs=needs)
     return (losses, *pieces)
@@ -219,9 +232,12 @@ def _siglip_fake(
     rows: int,
     cols: int,
     cache: list[bool],
+    backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     n = image.shape[0]
     empty = image.new_empty(0)
+    if backend == "triton":
+        return image.new_empty(n, dtype=torch.float32), empty, torch.empty_like(empty), torch.empty_like(empty)
     return (
         image.new_empty(n),
         torch.empty_like(image) if cache[0] else empty,
@@ -231,16 +247,16 @@ def _siglip_fake(
 
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-    image, text, scale, bias, hint, offset, rows, cols, _ = inputs
+    image, text, scale, bias, hint, offset, rows, cols, _, backend = inputs
     _, pulled, d_text, bias_rows = output
     ctx.mark_non_differentiable(pulled, d_text, bias_rows)
     ctx.save_for_backward(image, text, scale, bias, hint, pulled, d_text, bias_rows)
-    ctx.options = (offset, rows, cols)
+    ctx.options = (offset, rows, cols, backend)
 
 
 def _backward(ctx: Any, grad: Tensor, *_unused: Tensor) -> tuple[Tensor | None, ...]:
     image, text, scale, bias, hint, pulled, d_text, bias_rows = ctx.saved_tensors
-    offset, rows, cols = ctx.options
+    offset, rows, cols, backend = ctx.options
     need_image, need_text, need_scale, need_bias = (bool(b) for b in ctx.needs_input_grad[:4])
     need_bias = need_bias and bias is not None
     wanted = (need_image or need_scale, need_text, need_bias)
@@ -250,14 +266,20 @@ def _backward(ctx: Any, grad: Tensor, *_unused: Tensor) -> tuple[Tensor | None, 
     factor = _upstream_factor(grad, hint) if cached and _concrete() else None
     if factor is not None:
         pieces = _Pieces(pulled, d_text, bias_rows)
+    elif backend == "triton":
+        from qualcl.kernels import _siglip_triton
+
+        pieces = _Pieces(*_siglip_triton.siglip_backward(grad, image, text, scale, bias, offset, wanted))
     else:  # recompute every block for this upstream gradient
         _, pieces = _walk(image, text, scale, bias, offset, rows, cols, losses=False, upstream=grad, needs=wanted)
-    d_image, d_text_out, d_scale, d_bias = _assemble(grad, image, scale, bias, pieces, factor)
+    compute = image if backend == "torch" else image.float()  # the Triton pieces are float32
+    d_image, d_text_out, d_scale, d_bias = _assemble(grad, compute, scale, bias, pieces, factor)
     return (
-        d_image if need_image else None,
-        d_text_out if need_text else None,
+        d_image.to(image.dtype) if need_image and d_image is not None else None,
+        d_text_out.to(text.dtype) if need_text and d_text_out is not None else None,
         d_scale if need_scale else None,
         d_bias if need_bias else None,
+        None,
         None,
         None,
         None,
@@ -295,19 +317,19 @@ def naive_siglip(image: Tensor, text: Tensor, scale: Tensor, bias: Tensor | None
     return -F.logsigmoid(signs * logits).sum(dim=1)
 
 
-def _as_scalar_tensor(name: str, value: Tensor | float, like: Tensor, *, positive: bool) -> Tensor:
+def _as_scalar_tensor(name: str, value: Tensor | float, like: Tensor, dtype: torch.dtype, *, positive: bool) -> Tensor:
     if isinstance(value, Tensor):
         if value.numel() != 1 or not value.is_floating_point():
             raise ValueError(f"{name} must be a float or a one-element floating tensor, got shape {tuple(value.shape)}")
         check_finite(name, value)
         if positive and not torch.compiler.is_compiling() and float(value.detach()) <= 0:
             raise ValueError(f"{name} must be > 0, got {float(value.detach())}")
-        return value.reshape(()).to(like.dtype)
+        return value.reshape(()).to(dtype)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a float or a one-element floating tensor, got {type(value).__name__}")
     if not torch.isfinite(torch.tensor(float(value))) or (positive and value <= 0):
         raise ValueError(f"{name} must be a finite number{' > 0' if positive else ''}, got {value!r}")
-    return torch.tensor(float(value), dtype=like.dtype, device=like.device)
+    return torch.tensor(float(value), dtype=dtype, device=like.device)
 
 
 def fused_siglip(
@@ -337,13 +359,16 @@ def fused_siglip(
 
     Implementations (``impl``): ``"torch"`` streams row blocks of ``chunk_size`` × column blocks of
     ``column_chunk_size`` (memory O((N + M)·D + R·C); backward recomputes each block's logits),
-    ``"naive"`` is open_clip's dense computation (memory O(N·M)), ``"auto"`` is ``"torch"``.
+    ``"triton"`` (CUDA, or CPU under ``TRITON_INTERPRET=1``; float32 and half, ``D <= 1024``) keeps
+    only the row sums in the forward kernel and recomputes the tiles in two backward kernels (one
+    over row blocks, one over column blocks: no atomics), ``"naive"`` is open_clip's dense
+    computation (memory O(N·M)), ``"auto"`` is Triton on CUDA when available, else ``"torch"``.
     When a scalar reduction follows (``reduction`` not ``"none"``, or a ``gradient_hint``), the
-    streaming forward also accumulates the gradient for it, and backward only scales it: 3 block
+    torch streaming forward also accumulates the gradient for it, and backward only scales it: 3 block
     GEMMs in all instead of 4. Any other upstream gradient still gets exact gradients (backward
     then recomputes the blocks).
-    ``"triton"`` is not implemented for SigLIP yet and raises. Half inputs are computed in float32
-    and float64 stays float64.
+    Half inputs are computed in float32 (the Triton path reads them as they are and accumulates in
+    float32) and float64 stays float64 (on the torch paths).
 
     Args:
         image: ``(N, D)`` image features.
@@ -354,8 +379,8 @@ def fused_siglip(
         offset: Column of image row 0's own text.
         weights: ``(N,)`` non-negative per-image weights.
         reduction: ``"mean"`` (weighted mean over images), ``"sum"`` or ``"none"`` (``(N,)``).
-        impl: ``"auto"``, ``"torch"``, ``"naive"`` (``"triton"`` raises).
-        chunk_size: Rows per block of the torch path (default ``2^21 // C``).
+        impl: ``"auto"``, ``"triton"``, ``"torch"`` or ``"naive"``.
+        chunk_size: Rows per block of the torch path (default ``2^23 // C``).
         column_chunk_size: Columns per block of the torch path (default ``min(M, 8192)``).
         gradient_hint: With ``reduction="none"``: the ``(N,)`` direction the upstream gradient
             of the per-image losses will take (the weights of the scalar reduction that follows;
@@ -366,7 +391,8 @@ def fused_siglip(
 
     Raises:
         ValueError: On mismatched shapes, non-finite inputs, ``logit_scale <= 0``, an ``offset``
-            that puts a positive outside the texts, a bad ``reduction``, ``impl`` or block size.
+            that puts a positive outside the texts, a bad ``reduction``, ``impl`` or block size,
+            ``impl="triton"`` where it cannot run (no CUDA, float64, ``D > 1024``).
         TypeError: On non-floating features or a non-number scale or bias.
 
     Examples:
@@ -401,14 +427,17 @@ def fused_siglip(
         if size is not None:
             check_int(name, size, minimum=1)
     backend = resolve_impl(impl, image, text)
-    if backend == "triton":
-        if impl == "triton":
-            raise ValueError("impl='triton' is not implemented for SigLIP yet; use 'torch' (streaming) or 'naive'")
-        backend = "torch"
     dtype = torch.float64 if torch.float64 in (image.dtype, text.dtype) else torch.float32
-    img, txt = image.to(dtype), text.to(dtype)
-    scale = _as_scalar_tensor("logit_scale", logit_scale, img, positive=True)
-    bias = None if logit_bias is None else _as_scalar_tensor("logit_bias", logit_bias, img, positive=False)
+    if backend == "triton" and (dtype == torch.float64 or d > TRITON_MAX_DIM):
+        if impl == "triton":
+            raise ValueError(f"impl='triton' supports float16/bfloat16/float32 and D <= {TRITON_MAX_DIM}")
+        backend = "torch"
+    storage = dtype
+    if backend == "triton" and image.dtype == text.dtype and image.dtype in (torch.float16, torch.bfloat16):
+        storage = image.dtype
+    img, txt = image.to(storage).contiguous(), text.to(storage).contiguous()
+    scale = _as_scalar_tensor("logit_scale", logit_scale, img, dtype, positive=True)
+    bias = None if logit_bias is None else _as_scalar_tensor("logit_bias", logit_bias, img, dtype, positive=False)
     if backend == "naive":
         losses = naive_siglip(img, txt, scale, bias, offset)
     else:
@@ -417,11 +446,12 @@ def fused_siglip(
             gradient_hint = True if weights is None else weights
         hint = None if isinstance(gradient_hint, bool) or gradient_hint is None else gradient_hint.detach().to(dtype)
         cache = gradient_hint is not None and gradient_hint is not False and torch.is_grad_enabled()
+        cache = cache and backend == "torch"
         needs = [
             cache and (img.requires_grad or scale.requires_grad),
             cache and txt.requires_grad,
             cache and bias is not None and bias.requires_grad,
         ]
         op = torch.ops.qualcl.siglip if through_custom_op() else _EagerSigLip.apply
-        losses = op(img, txt, scale, bias, hint, offset, rows, cols, needs)[0]
+        losses = op(img, txt, scale, bias, hint, offset, rows, cols, needs, backend)[0].to(dtype)
     return weighted_reduce(losses, weights, reduction)

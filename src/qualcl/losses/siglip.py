@@ -49,8 +49,8 @@ class SigLipLoss(Loss):
     **Memory.** ``impl="auto"`` computes the dense logits up to
     :data:`qualcl.kernels.DENSE_LIMIT` (2^20) of them and streams beyond
     (:func:`qualcl.kernels.siglip.fused_siglip`: blocks of logits recomputed in backward, never
-    ``N × M`` in memory); ``"naive"`` is always dense, ``"torch"`` always streams. ``"triton"`` is
-    not implemented yet (on CUDA ``"auto"`` streams with torch).
+    ``N × M`` in memory; on CUDA Triton kernels); ``"naive"`` is always dense, ``"torch"`` and
+    ``"triton"`` always stream.
 
     Args:
         init_logit_scale: Initial (or fixed) scale ``s`` (SigLIP: 10).
@@ -61,8 +61,8 @@ class SigLipLoss(Loss):
             ``normalize=False`` is its exact computation).
         reduction: ``"mean"`` (over images, weighted), ``"sum"`` or ``"none"`` (``(N,)``).
         gather_distributed: Contrast with the texts of every rank (exact under DDP).
-        impl: ``"auto"``, ``"naive"``, ``"torch"`` (``"triton"`` raises: not implemented yet).
-        chunk_size: Rows per block of the streaming path (default: ``2^21`` logits per block).
+        impl: ``"auto"``, ``"naive"``, ``"torch"`` or ``"triton"``.
+        chunk_size: Rows per block of the streaming path (default: ``2^23`` logits per block).
         column_chunk_size: Texts per block of the streaming path (default ``min(M, 8192)``).
 
     Shape:
