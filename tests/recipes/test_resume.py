@@ -18,7 +18,7 @@ from qualcl.recipes.comcl import COMCL
 from qualcl.recipes.comcl.modules import ContrastivePretraining, GradingFineTuning
 from qualcl.recipes.config import config_to_dict
 from qualcl.recipes.mkcnet import MKCNET
-from qualcl.recipes.run_folder import prepare_run_folder
+from qualcl.recipes.run_folder import MANIFEST, prepare_run_folder
 
 COMCL_OPTIONS = ["pretrain.steps=7", "finetune.epochs=3", "trainer.logger=none"]
 
@@ -183,6 +183,10 @@ def test_run_folders_are_never_misused(tmp_path):
     other = {**config_dict, "seed": 3, "pretrain": {**config_dict["pretrain"], "temperature": 0.5}}
     with pytest.raises(ValueError, match=r"another config \(pretrain.temperature: 0.07 → 0.5; seed: 0 → 3\)"):
         prepare_run_folder(run, other)
+    with pytest.raises(ValueError, match="no .qualcl-run.json"):  # not marked by qualcl: nothing deleted
+        prepare_run_folder(run, other, overwrite=True)
+    assert (run / "weights").is_dir()
+    (run / MANIFEST).write_text("{}")
     prepare_run_folder(run, other, overwrite=True)
     assert not (run / "config.yaml").exists() and not (run / "weights").exists()
     assert (run / "data" / "keep.txt").read_text() == "generated data"

@@ -489,7 +489,8 @@ def run_recipe(
     ``overwrite`` deletes an earlier run's own files first.
 
     Order: checks (nothing is written before they pass) → ``config.yaml`` → seeding → data →
-    models → each stage, from a seed of its own (:func:`stage_seed`; finished stages reload their
+    models (a failure up to here removes the folder this call created: :meth:`RunFolder.discard`) →
+    each stage, from a seed of its own (:func:`stage_seed`; finished stages reload their
     weights, an interrupted one resumes from its ``last.ckpt``) → evaluation →
     ``metrics.json``/``.csv`` → ``MODEL_CARD.md``.
 
@@ -515,10 +516,16 @@ def run_recipe(
     if is_global_zero():
         prepare_run_folder(out, config_to_dict(config), overwrite=overwrite)
     ctx: RunContext[C] = RunContext(config, out, callbacks)
-    ctx.run.save_config(config, recipe.name)
-    L.seed_everything(config.seed, workers=True, verbose=False)
-    data = recipe.load_data(ctx)
-    state = recipe.setup(ctx, data)
+    try:
+        ctx.run.save_config(config, recipe.name)
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        data = recipe.load_data(ctx)
+        state = recipe.setup(ctx, data)
+    except BaseException:
+        # a failed start (a bad --data folder, a setting refused by a model) leaves no run behind:
+        # the corrected command into the same --out must not be refused as "another config"
+        ctx.run.discard()
+        raise
     for stage in recipe.stages(config):
         # each stage starts from a seed of its own: its randomness (a new head's initialisation, say)
         # does not depend on whether the stages before it trained in this run or were reloaded

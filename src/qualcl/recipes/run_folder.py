@@ -23,11 +23,24 @@ from torch import nn
 from qualcl import __version__
 from qualcl.recipes.config import save_config
 
-__all__ = ["ARTEFACTS", "MARKER", "ModelCard", "RunFolder", "flatten_metrics", "prepare_run_folder", "strata_table"]
+__all__ = [
+    "ARTEFACTS",
+    "MANIFEST",
+    "MARKER",
+    "ModelCard",
+    "RunFolder",
+    "flatten_metrics",
+    "prepare_run_folder",
+    "strata_table",
+]
 
-#: The first line of every ``config.yaml`` qualcl writes: what tells its run folders from other folders.
+#: The first line of every ``config.yaml`` qualcl writes.
 MARKER = "# qualcl run config"
-#: What a run writes into its folder (files, then folders); ``data/`` (a generated dataset) is kept by ``--overwrite``.
+#: The file qualcl writes first into every run folder it creates: what tells its run folders from
+#: other folders, and what allows ``--overwrite`` to delete anything (only :data:`ARTEFACTS`).
+MANIFEST = ".qualcl-run.json"
+#: What a run writes into its folder (files, then folders); ``data/`` (a generated dataset) is kept by
+#: ``--overwrite``; the :data:`MANIFEST` goes last.
 ARTEFACTS = (
     ("config.yaml", "stages.json", "metrics.json", "metrics.csv", "MODEL_CARD.md", "probe.json"),
     ("checkpoints", "weights", "history", "plots", "logs", "tensorboard", "mlruns"),
@@ -127,13 +140,18 @@ class ModelCard:
 
 
 def _is_run_folder(root: Path) -> bool:
+    """A folder qualcl made: its :data:`MANIFEST`, or (qualcl 0.1) a ``config.yaml`` starting with :data:`MARKER`."""
+    if (root / MANIFEST).is_file():
+        return True
     config = root / "config.yaml"
     if not config.is_file():
         return False
     with config.open(encoding="utf-8", errors="replace") as handle:
-        first = handle.readline()
-    # folders of qualcl <= 0.1 have no marker line, but a stage record or checkpoints
-    return first.startswith(MARKER) or (root / "stages.json").is_file() or (root / "checkpoints").is_dir()
+        return handle.readline().startswith(MARKER)
+
+
+def _folder_is_new(root: Path) -> bool:
+    return not root.exists() or (root.is_dir() and not any(root.iterdir()))
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -156,7 +174,11 @@ def prepare_run_folder(root: str | Path, config: dict[str, Any], *, overwrite: b
     option: a path that is a file, a folder that cannot be written, a folder with files qualcl did not
     write, and a run folder made with another config (the differing keys are listed) unless
     ``overwrite``, which deletes the earlier run's own files (:data:`ARTEFACTS`, never anything
-    else; a generated ``data/`` is kept) and starts over.
+    else; a generated ``data/`` is kept) and starts over. A folder is qualcl's only when it holds
+    the :data:`MANIFEST` qualcl writes first (or, for runs of qualcl 0.1, a ``config.yaml`` that starts
+    with :data:`MARKER`); ``overwrite`` deletes files only in a folder with the manifest, so a
+    user's folder that merely looks like a run (its own ``config.yaml``, ``checkpoints/``) is never
+    touched.
 
     Raises:
         ValueError: The folder cannot take this run (the message says why and what to do).
@@ -187,10 +209,20 @@ def prepare_run_folder(root: str | Path, config: dict[str, Any], *, overwrite: b
             f"--out {path} holds a run made with another config ({shown}). Use a new --out, or --overwrite "
             "to delete that run's files and start over"
         )
+    if not (path / MANIFEST).is_file():
+        raise ValueError(
+            f"--overwrite: {path} has no {MANIFEST}, the mark qualcl writes into the folders it creates, so "
+            "qualcl deletes nothing there; use a new --out, or delete the folder yourself"
+        )
+    _delete_artefacts(path)
+
+
+def _delete_artefacts(path: Path, *, data: bool = False) -> None:
+    """Delete what a run writes (:data:`ARTEFACTS`, ``data/`` too if asked), nothing else."""
     files, folders = ARTEFACTS
     for name in files:
         (path / name).unlink(missing_ok=True)
-    for name in folders:
+    for name in (*folders, "data") if data else folders:
         if (path / name).is_dir():
             shutil.rmtree(path / name)
 
@@ -242,10 +274,28 @@ class RunFolder:
     def __init__(self, root: str | Path, *, writable: bool = True) -> None:
         self.root = Path(root)
         self.writable = writable
+        #: Whether this process created the folder (it was missing or empty): :meth:`discard` may remove it.
+        self.created = writable and _folder_is_new(self.root)
         if writable:
             self.root.mkdir(parents=True, exist_ok=True)
+            if not (self.root / MANIFEST).is_file():
+                manifest = {"qualcl": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                (self.root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             for sub in ("plots", "history", "checkpoints", "weights"):
                 (self.root / sub).mkdir(exist_ok=True)
+
+    def discard(self) -> None:
+        """Undo a failed start: remove everything of a folder this process created, then the folder if empty.
+
+        Called when a run fails before its first stage trained, so that the corrected command into the
+        same ``--out`` is not refused as "another config". Does nothing to a folder that existed.
+        """
+        if not (self.writable and self.created):
+            return
+        _delete_artefacts(self.root, data=True)
+        (self.root / MANIFEST).unlink(missing_ok=True)
+        if not any(self.root.iterdir()):
+            self.root.rmdir()
 
     def path(self, *parts: str) -> Path:
         """A path inside the run folder."""

@@ -1,0 +1,59 @@
+"""Run folders are qualcl's only when marked, --overwrite deletes only there, and a failed start leaves nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from qualcl.recipes.comcl.recipe import COMCL
+from qualcl.recipes.config import config_to_dict
+from qualcl.recipes.run_folder import MANIFEST, MARKER, RunFolder, prepare_run_folder
+
+
+def test_a_user_folder_that_looks_like_a_run_is_never_deleted(tmp_path):
+    config = config_to_dict(COMCL.config("smoke"))
+    mine = tmp_path / "mine"
+    for sub in ("checkpoints", "plots", "weights"):
+        (mine / sub).mkdir(parents=True)
+        (mine / sub / "precious.txt").write_text("the user's own")
+    (mine / "config.yaml").write_text(f"{MARKER} (copied by hand)\n" + yaml.safe_dump({"seed": 1}))
+    (mine / "stages.json").write_text("{}")
+    with pytest.raises(ValueError, match="qualcl deletes nothing there"):
+        prepare_run_folder(mine, config, overwrite=True)
+    assert sorted(p.name for p in mine.iterdir()) == ["checkpoints", "config.yaml", "plots", "stages.json", "weights"]
+    assert all((mine / sub / "precious.txt").read_text() == "the user's own" for sub in ("checkpoints", "plots"))
+    plain = tmp_path / "plain"
+    (plain / "checkpoints").mkdir(parents=True)
+    (plain / "stages.json").write_text("{}")  # no marker, no manifest: not a run folder at all
+    with pytest.raises(ValueError, match="holds files qualcl did not write"):
+        prepare_run_folder(plain, config, overwrite=True)
+
+
+def test_overwrite_deletes_only_what_a_run_writes(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    assert json.loads((run.root / MANIFEST).read_text())["qualcl"]
+    run.save_config(COMCL.config("smoke"), "comcl")
+    (run.root / "notes.txt").write_text("mine")
+    (run.root / "weights" / "w.safetensors").write_text("x")
+    other = {**config_to_dict(COMCL.config("smoke")), "seed": 5}
+    prepare_run_folder(run.root, other, overwrite=True)
+    assert sorted(p.name for p in run.root.iterdir()) == [MANIFEST, "notes.txt"]
+
+
+def test_a_failed_start_leaves_no_run_behind(tmp_path):
+    recipe = COMCL
+    out = tmp_path / "run"
+    config = recipe.config("smoke")
+    config.data.dataset = "eyeq"
+    config.data.data_dir = str(tmp_path / "missing")
+    with pytest.raises((ValueError, FileNotFoundError)):
+        recipe.run(config, out)
+    assert not out.exists()  # nothing written: the corrected command is not "another config"
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("x")
+    run = RunFolder(existing)
+    run.discard()  # a folder that held files before is never removed
+    assert (existing / "keep.txt").read_text() == "x"
