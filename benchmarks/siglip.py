@@ -32,6 +32,12 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 CASES = ("open_clip", "qualcl", "qualcl-module")
+NOTE = (
+    "The machine is shared (a load average above 2 means processes wait for one of the 2 cores): the 1-thread "
+    "rows are the less load-sensitive comparison. qualcl's peak is the two block buffers (2 × 32 MiB), the "
+    "gradient pieces the forward pass accumulates ((N + M)·D) and the input gradients; open_clip's holds the "
+    "B × B logits, labels and log-sigmoid terms (256 MiB each in float32 at B = 8192)."
+)
 
 
 def _rss_mib() -> float:
@@ -172,6 +178,8 @@ def main() -> None:
         "Times and peaks are medians over rounds; × open_clip time is the median (and the worst) of the "
         "per-round ratios. Peak = growth of the process's maximum resident set over the calls (allocator slack "
         "included). Relative difference = largest |loss − open_clip's| / open_clip's over the rounds.",
+        "",
+        NOTE,
         "",
         "| threads | case | seconds | × open_clip time (worst) | peak (MiB) | × open_clip peak | rel. difference |",
         "|---|---|---|---|---|---|---|",
