@@ -2,7 +2,7 @@ import kernel_reference as ref
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qualcl.kernels import topk_similarity
@@ -108,8 +108,9 @@ def test_opcheck():
     labels, clabels = torch.tensor([0, 1, 1, 2, 0]), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2])
     mask = torch.rand(5, 9) > 0.2
     for args in (
-        (q, c, 3, None, None, None, 0, None, True, "torch", 2, 4),
-        (q, c, 9, mask, labels, clabels, 1, torch.tensor([0, -1, 2, 3, 8]), False, "torch", 5, 9),
+        (q, c, 3, None, None, None, 0, None, True, "torch", 2, 4, False),
+        (q, c, 9, mask, labels, clabels, 1, torch.tensor([0, -1, 2, 3, 8]), False, "torch", 5, 9, False),
+        (q, torch.randn(9, 4).half(), 4, None, None, None, 0, None, True, "torch", 3, 2, True),
     ):
         torch.library.opcheck(torch.ops.qualcl.topk_similarity.default, args)
 
@@ -141,3 +142,63 @@ def test_bad_tensors_name_the_argument():
         topk_similarity(torch.randn(4, 8), torch.randn(10, 7), 2)
     with pytest.raises(ValueError, match="query.*non-finite"):
         topk_similarity(torch.full((4, 8), float("nan")), torch.randn(10, 8), 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 24),
+    st.integers(130, 700),
+    st.integers(1, 48),
+    st.sampled_from([128, 160, 200, 256, 400, None]),
+    st.booleans(),
+    st.booleans(),
+    st.integers(0, 2**31 - 1),
+)
+def test_streaming_chunks_equal_the_dense_stable_sort(n, m, k, cols, use_labels, largest, seed):
+    """Many chunks: group screening, the dense group merge, pending candidates, estimates and their re-runs."""
+    k = min(k, m)
+    q, c = _ints(seed, n, 3), _ints(seed + 1, m, 3)  # few distinct dot products: ties everywhere
+    g = torch.Generator().manual_seed(seed + 2)
+    labels = torch.randint(0, 3, (n,), generator=g) if use_labels else None
+    column_labels = torch.randint(0, 3, (m,), generator=g) if use_labels else None
+    exclude = torch.randint(-1, m, (n,), generator=g)
+    args = {"labels": labels, "candidate_labels": column_labels, "exclude_index": exclude, "largest": largest}
+    want = topk_similarity(q, c, k, normalize=False, impl="naive", **args)
+    got = topk_similarity(q, c, k, normalize=False, impl="torch", column_chunk_size=cols, chunk_size=7, **args)
+    assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+    q, c = torch.randn(n, 8, generator=g), torch.randn(m, 8, generator=g)  # distinct values, cosine
+    want = topk_similarity(q, c, k, impl="naive", largest=largest)
+    got = topk_similarity(q, c, k, impl="torch", column_chunk_size=cols, largest=largest)
+    assert torch.equal(got[1], want[1])
+    torch.testing.assert_close(got[0], want[0])
+
+
+@pytest.mark.parametrize("order", ["descending", "random"])
+def test_an_estimated_threshold_that_hides_the_top_k_is_detected_and_the_rows_recomputed(order):
+    # 200-column chunks (not whole 16-column groups): the first chunk's 20th value estimates the 40th of 800;
+    # with the candidates sorted by similarity it is far too high, and only a re-run can be exact
+    g = torch.Generator().manual_seed(0)
+    c = torch.linspace(1.0, -1.0, 800, dtype=torch.float64)[:, None]
+    if order == "random":
+        c = c[torch.randperm(800, generator=g)]
+    q = torch.ones(5, 1, dtype=torch.float64)
+    values, indices = topk_similarity(q, c, 40, normalize=False, impl="torch", column_chunk_size=200)
+    want_values, want_indices = topk_similarity(q, c, 40, normalize=False, impl="naive")
+    assert torch.equal(indices, want_indices) and torch.equal(values, want_values)
+
+
+def test_half_and_memory_mapped_candidates_are_converted_chunk_by_chunk(tmp_path):
+    import numpy as np
+
+    g = torch.Generator().manual_seed(3)
+    c = torch.randn(3000, 16, generator=g)
+    path = tmp_path / "bank.npy"
+    np.save(path, c.numpy())
+    mapped = torch.from_numpy(np.load(path, mmap_mode="r+"))
+    q = torch.randn(9, 16, generator=g)
+    want = topk_similarity(q, c, 10, impl="naive")
+    got = topk_similarity(q, mapped, 10, impl="torch", column_chunk_size=256)
+    assert torch.equal(got[1], want[1])
+    half = topk_similarity(q.half(), c.half(), 10, impl="torch", column_chunk_size=256)
+    assert half[0].dtype == torch.float32
+    assert torch.equal(half[1], topk_similarity(q.half(), c.half(), 10, impl="naive")[1])

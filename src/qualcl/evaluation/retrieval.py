@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from qualcl._validation import check_embeddings, check_index, check_int, check_labels
-from qualcl.kernels import topk_similarity
+from qualcl.kernels.topk import topk_block_shape, topk_checked
 
 __all__ = ["RetrievalIndex", "SearchResult"]
 
@@ -31,16 +31,21 @@ class SearchResult(NamedTuple):
 class RetrievalIndex:
     """Exact nearest-neighbour search by cosine similarity, in memory O(Q·k + chunk·D).
 
-    The database is searched in chunks of ``chunk_size`` rows: each chunk goes through
-    :func:`qualcl.kernels.topk_similarity` (Triton on CUDA, a streaming torch path elsewhere) and its
-    top-``k`` is merged into the running one. Ties are broken by the lower database index, so the
-    result equals a stable descending sort of the full similarity matrix — whatever the chunk size.
+    A search is one pass of :func:`qualcl.kernels.topk_similarity` over the database (Triton on
+    CUDA, the streaming torch path elsewhere): the database is read once, a cache-sized chunk at a
+    time (converted and normalised chunk by chunk, so a memory-mapped database is never copied
+    whole), and all queries meet each chunk while it is in cache. Ties are broken by the lower
+    database index, so the result equals a stable descending sort of the full similarity matrix —
+    whatever the chunk size. The database is checked once, here (finite, and without zero rows when
+    normalising), not at every search.
 
     Args:
-        database: ``(N, D)`` embeddings (kept on their device; chunks are moved to the queries').
+        database: ``(N, D)`` embeddings (kept where they are: on another device than the queries,
+            chunks of ``chunk_size`` rows are moved to the queries' device one at a time).
         labels: Optional ``(N,)`` integer labels, returned with the hits.
         normalize: Cosine similarity (L2-normalise inside) or raw dot products.
-        chunk_size: Database rows per chunk.
+        chunk_size: At most this many database rows per chunk (smaller chunks are used when a
+            cache-sized one is smaller).
         impl: ``impl`` of :func:`~qualcl.kernels.topk_similarity`.
 
     Examples:
@@ -65,7 +70,10 @@ class RetrievalIndex:
         chunk_size: int = 65_536,
         impl: str = "auto",
     ) -> None:
-        check_embeddings("database", database)
+        if not isinstance(database, Tensor) or database.ndim != 2 or database.shape[0] == 0:
+            check_embeddings("database", database, nonzero=normalize)  # raises, naming what is wrong
+        for start in range(0, database.shape[0], 65_536):  # in slices: no database-sized temporaries
+            check_embeddings("database", database[start : start + 65_536], dim=database.shape[1], nonzero=normalize)
         if labels is not None:
             labels = check_labels("labels", labels, database.shape[0])
         self.chunk_size = check_int("chunk_size", chunk_size, minimum=1)
@@ -94,12 +102,35 @@ class RetrievalIndex:
         Returns:
             A :class:`SearchResult`.
         """
-        check_embeddings("queries", queries, dim=self.dim)
+        check_embeddings("queries", queries, dim=self.dim, nonzero=self.normalize)
         n, q = len(self), queries.shape[0]
         k = check_int("k (at most N, the database size)", k, minimum=1, maximum=n)
         device = queries.device
         if exclude_index is not None:
             exclude_index = check_index("exclude_index", exclude_index, q, n, device)
+        if self.database.device == device:
+            wide = torch.float64 in (queries.dtype, self.database.dtype)
+            _, auto = topk_block_shape(q, n, self.dim, k, 8 if wide else 4)
+            best, where = topk_checked(
+                queries,
+                self.database,
+                k,
+                exclude_index=exclude_index,
+                normalize=self.normalize,
+                column_chunk_size=min(auto, self.chunk_size),
+                impl=self.impl,
+            )
+        else:
+            best, where = self._search_moved(queries, k, exclude_index)
+        labels = None
+        if self.labels is not None:
+            table = self.labels.to(device)
+            labels = torch.where(where >= 0, table[where.clamp_min(0)], torch.full_like(where, -1))
+        return SearchResult(best, where, labels)
+
+    def _search_moved(self, queries: Tensor, k: int, exclude_index: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Search a database on another device: chunks moved one at a time, running top-``k`` merged."""
+        n, q, device = len(self), queries.shape[0], queries.device
         dtype = torch.float64 if torch.float64 in (queries.dtype, self.database.dtype) else torch.float32
         best = torch.full((q, 0), float("-inf"), dtype=dtype, device=device)
         where = torch.full((q, 0), -1, dtype=torch.long, device=device)
@@ -109,7 +140,7 @@ class RetrievalIndex:
             if exclude_index is not None:
                 inside = (exclude_index >= start) & (exclude_index < start + chunk.shape[0])
                 local = torch.where(inside, exclude_index - start, torch.full_like(exclude_index, -1))
-            values, indices = topk_similarity(
+            values, indices = topk_checked(
                 queries, chunk, min(k, chunk.shape[0]), exclude_index=local, normalize=self.normalize, impl=self.impl
             )
             indices = torch.where(indices >= 0, indices + start, indices)
@@ -118,8 +149,4 @@ class RetrievalIndex:
             indices = torch.cat([where, indices], dim=1)
             order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :k]
             best, where = values.gather(1, order), indices.gather(1, order)
-        labels = None
-        if self.labels is not None:
-            table = self.labels.to(device)
-            labels = torch.where(where >= 0, table[where.clamp_min(0)], torch.full_like(where, -1))
-        return SearchResult(best, where, labels)
+        return best, where

@@ -16,12 +16,63 @@ from qualcl.kernels._columns import (
     CandidateFilter,
 )
 from qualcl.kernels._dispatch import resolve_impl, through_custom_op
-from qualcl.kernels._info_nce_torch import block_shape
-from qualcl.kernels._topk_torch import finish_topk, stable_topk, streaming_topk
+from qualcl.kernels._topk_torch import GROUP, finish_topk, stable_topk, streaming_topk
 
-__all__ = ["topk_similarity"]
+__all__ = ["topk_block_shape", "topk_checked", "topk_similarity"]
 
 LABEL_RELATIONS = {"different": DROP_SAME, "same": DROP_DIFFERENT}
+CHUNK_BYTES = 1 << 21
+"""Default bytes of one candidate chunk (``cols × D``): it stays in cache while every query block meets it."""
+BLOCK_SCORES = 1 << 21
+"""Default scores per ``rows × cols`` block (8 MiB in float32)."""
+DENSE_RATIO = 512
+"""Up to ``M = 512 k`` candidates (and 65,536) the default is one chunk of all columns: a top-``k`` that large
+a share of each row is cheapest as one ``torch.topk`` per row block (the K = 64 miner at M = 8,192)."""
+DENSE_BLOCK_SCORES = 1 << 22
+"""Scores per row block in that one-chunk case (16 MiB in float32)."""
+MAX_COLUMN_BLOCK = 65_536
+
+
+def topk_block_shape(
+    n: int,
+    m: int,
+    d: int,
+    k: int,
+    itemsize: int,
+    chunk_size: int | None = None,
+    column_chunk_size: int | None = None,
+) -> tuple[int, int]:
+    """Queries per block and candidates per chunk of the torch path of :func:`topk_similarity`.
+
+    Each chunk of ``cols`` candidates is read from memory once and met by every block of ``rows``
+    queries while it is in cache: the default chunk is cache-sized (``cols · D · itemsize`` about
+    2 MiB: 1,024 rows at D = 512 in float32) but holds at least ``8 (k + 1)`` groups of 16 columns
+    (8,448 columns at k = 64), and a block holds about 2^21 scores (all of 1,000 queries against a
+    chunk of 1,408 columns; 256 queries against 8,192).
+
+    Args:
+        n: Queries ``N``.
+        m: Candidates ``M``.
+        d: Embedding width ``D``.
+        k: Entries selected per row.
+        itemsize: Bytes per element of the compute dtype.
+        chunk_size: Queries per block, or ``None`` for the default.
+        column_chunk_size: Candidates per chunk, or ``None`` for the default.
+
+    Returns:
+        ``(rows, cols)``, each at least 1 and at most ``n`` / ``m``.
+    """
+    if column_chunk_size is not None:
+        cols = column_chunk_size
+    elif m <= DENSE_RATIO * k and m <= MAX_COLUMN_BLOCK:  # most columns are candidates: one torch.topk per row block
+        cols = m
+    else:
+        cols = max(CHUNK_BYTES // max(d * itemsize, 1), 256)
+        cols = -(-cols // GROUP) * GROUP  # whole groups
+    cols = max(1, min(cols, m))
+    budget = DENSE_BLOCK_SCORES if cols >= m else BLOCK_SCORES
+    rows = chunk_size or max(1, budget // cols)
+    return max(1, min(rows, n)), cols
 
 
 def _topk_impl(
@@ -37,14 +88,21 @@ def _topk_impl(
     backend: str,
     rows: int,
     cols: int,
+    normalize: bool,
 ) -> tuple[Tensor, Tensor]:
-    """Top-``k`` of ``query @ candidates.T`` over the kept columns: ``(values (N, k), indices (N, k))``."""
+    """Top-``k`` of ``query @ ĉ.T`` over the kept columns: ``(values (N, k), indices (N, k))``.
+
+    ``ĉ``: the candidates in ``query``'s dtype, L2-normalised with ``normalize`` (torch path only:
+    chunk by chunk; the Triton path gets them ready).
+    """
     filt = CandidateFilter(None, exclude_index, labels, candidate_labels, label_mode, None, mask)
     if backend == "triton":
         from qualcl.kernels import _triton_launch
 
         return _triton_launch.topk(query, candidates, filt, k, largest=largest, scale=1.0)
-    return streaming_topk(query, candidates, filt, k, largest=largest, scale=1.0, rows=rows, cols=cols)
+    return streaming_topk(
+        query, candidates, filt, k, largest=largest, scale=1.0, rows=rows, cols=cols, normalize=normalize
+    )
 
 
 _topk_op = torch.library.custom_op("qualcl::topk_similarity", mutates_args=())(_topk_impl)
@@ -64,6 +122,7 @@ def _topk_fake(
     backend: str,
     rows: int,
     cols: int,
+    normalize: bool,
 ) -> tuple[Tensor, Tensor]:
     dtype = query.dtype if backend == "torch" else torch.float32
     n = query.shape[0]
@@ -75,7 +134,7 @@ def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tens
 
 
 def _backward(ctx: Any, *grads: Tensor) -> tuple[None, ...]:
-    return (None,) * 12
+    return (None,) * 13
 
 
 _topk_op.register_autograd(_backward, setup_context=_setup_context)
@@ -129,17 +188,31 @@ def topk_similarity(
 
     Implementations: ``"triton"`` (CUDA; fused with the matmul by threshold filtering against a
     running lower bound of the ``k``-th value, a per-row candidate buffer and an exact fallback for
-    rows that overflow it; performance.md §6.3), ``"torch"`` (blocks of ``chunk_size`` rows ×
-    ``column_chunk_size`` columns with a running merge; memory O(N·k + chunk·M)), ``"naive"``
-    (dense, for tests), ``"auto"`` (Triton on CUDA when available, else torch).
+    rows that overflow it; performance.md §6.3), ``"torch"`` (see below), ``"naive"`` (dense, for
+    tests), ``"auto"`` (Triton on CUDA when available, else torch).
 
-    Exactness: the values are ``torch.topk`` of the similarities *as this call computes them*.
-    They equal ``torch.topk(q @ c.T, k)`` bit for bit when the torch path computes ``q @ c.T`` as
-    one block: ``N·M <= 2^22`` and ``M <= 65,536`` with the default ``chunk_size`` /
-    ``column_chunk_size``, or sizes ``>= N`` and ``>= M``. Smaller blocks are other matmul shapes,
-    for which BLAS may round a dot product differently in the last bit (float32: one ulp, about
-    6e-8 relative): values then agree within that, and indices can differ only between candidates
-    that close. A given block shape is deterministic, run to run.
+    The torch path reads the candidates once, in chunks of ``column_chunk_size`` rows (converted and,
+    with ``normalize``, L2-normalised chunk by chunk: a memory-mapped bank is never copied whole),
+    and every block of ``chunk_size`` queries meets a chunk while it is in cache. When ``k`` is a
+    large share of the row (``M <= 512 k`` and ``M <= 65,536``, e.g. K = 64 of 8,192) the default
+    is one chunk of all candidates and one ``torch.topk`` per query block. Otherwise (retrieval:
+    k = 10 of 100,000) the default chunk is cache-sized (:func:`topk_block_shape`) and each query
+    block keeps a running top-``k``: a block of scores is screened by the maxima of its 16-column
+    groups against the row's running ``k``-th value, and only the few entries that reach it are
+    gathered and merged; the first chunk seeds the threshold (with the members of each row's
+    ``k + 1`` best groups, or an estimate that is checked and, if it hid part of a row's top-``k``,
+    followed by an exact re-run of that row). Memory O(N·k + chunk_size · column_chunk_size +
+    column_chunk_size · D).
+
+    Exactness: indices and ties are exact for any chunk sizes (the lowest columns win, as a stable
+    sort would). The values are those of ``F.normalize(q) @ F.normalize(c).T`` *as this call computes
+    them*, block by block. They equal ``torch.topk(q̂ @ ĉ.T, k)`` of one full matmul bit for bit when
+    the call uses one block (``N <= chunk_size`` and ``M <= column_chunk_size``; with the defaults:
+    ``M <= 512 k``, ``M <= 65,536`` and ``N · M <= 2^22``); other block shapes are other matmul
+    shapes, for which BLAS may round a dot product differently in the last bit (float32: one ulp,
+    about 6e-8 relative, seen at chunk sizes of a few rows; issue 28): values then agree within
+    that, and indices can differ from ``torch.topk``'s only between candidates that close. A given
+    block shape is deterministic, run to run.
 
     Args:
         query: ``(N, D)`` queries.
@@ -153,8 +226,8 @@ def topk_similarity(
             candidates are the queries), ``-1`` for none.
         largest: Most similar (True) or least similar (False) first.
         normalize: Cosine similarity (L2-normalise inside) or raw dot products.
-        chunk_size: Rows per block of the torch path (default: ``2^22`` similarities per block).
-        column_chunk_size: Columns per block of the torch path (default ``min(M, 65536)``).
+        chunk_size: Queries per block of the torch path (default: :func:`topk_block_shape`).
+        column_chunk_size: Candidates per chunk of the torch path (default: :func:`topk_block_shape`).
         impl: ``"auto"``, ``"triton"``, ``"torch"`` or ``"naive"``.
 
     Returns:
@@ -198,6 +271,48 @@ def topk_similarity(
     exclude = None if exclude_index is None else check_index("exclude_index", exclude_index, n, m, device)
     label_mode = KEEP_ALL_LABELS if row_labels is None else LABEL_RELATIONS[label_relation]
 
+    return topk_checked(
+        query,
+        candidates,
+        k,
+        mask,
+        labels=row_labels,
+        candidate_labels=column_labels,
+        label_mode=label_mode,
+        exclude_index=exclude,
+        largest=largest,
+        normalize=normalize,
+        chunk_size=chunk_size,
+        column_chunk_size=column_chunk_size,
+        impl=impl,
+    )
+
+
+def topk_checked(
+    query: Tensor,
+    candidates: Tensor,
+    k: int,
+    mask: Tensor | None = None,
+    *,
+    labels: Tensor | None = None,
+    candidate_labels: Tensor | None = None,
+    label_mode: int = KEEP_ALL_LABELS,
+    exclude_index: Tensor | None = None,
+    largest: bool = True,
+    normalize: bool = True,
+    chunk_size: int | None = None,
+    column_chunk_size: int | None = None,
+    impl: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """:func:`topk_similarity` on arguments that are already checked (no pass over the inputs).
+
+    For callers that validated the candidates once and search them many times
+    (:class:`qualcl.evaluation.RetrievalIndex`); the arguments are those of
+    :func:`topk_similarity`, with ``labels`` / ``candidate_labels`` / ``exclude_index`` as int64
+    tensors on the queries' device and ``label_mode`` in place of ``label_relation``.
+    """
+    n, d = query.shape
+    m = candidates.shape[0]
     backend = resolve_impl(impl, query, candidates)
     compute = torch.float64 if torch.float64 in (query.dtype, candidates.dtype) else torch.float32
     if backend == "triton" and compute == torch.float64:
@@ -205,17 +320,21 @@ def topk_similarity(
             raise ValueError("impl='triton' supports float16/bfloat16/float32 inputs")
         backend = "torch"
     with torch.no_grad():
-        q, c = (x.detach().to(compute) for x in (query, candidates))
-        if normalize:
-            q, c = F.normalize(q, dim=1), F.normalize(c, dim=1)
+        q = query.detach().to(compute)
+        q = F.normalize(q, dim=1) if normalize else q
+        if backend == "torch":  # the candidates are converted and normalised chunk by chunk, inside
+            c, in_op = candidates.detach(), normalize
+        else:
+            c, in_op = candidates.detach().to(compute), False
+            c = F.normalize(c, dim=1) if normalize else c
         if backend == "triton" and query.dtype == candidates.dtype and query.dtype != compute:
             q, c = q.to(query.dtype), c.to(candidates.dtype)
         if backend == "naive":
-            filt = CandidateFilter(None, exclude, row_labels, column_labels, label_mode, None, mask)
+            filt = CandidateFilter(None, exclude_index, labels, candidate_labels, label_mode, None, mask)
             return _naive_topk(q, c, filt, k, largest)
-        rows, cols = block_shape(n, m, chunk_size, column_chunk_size)
+        rows, cols = topk_block_shape(n, m, d, k, q.element_size(), chunk_size, column_chunk_size)
         op = torch.ops.qualcl.topk_similarity if through_custom_op() else _topk_impl  # eager: no op wrapper
         values, indices = op(
-            q, c, k, mask, row_labels, column_labels, label_mode, exclude, largest, backend, rows, cols
+            q, c, k, mask, labels, candidate_labels, label_mode, exclude_index, largest, backend, rows, cols, in_op
         )
     return values, indices
