@@ -39,3 +39,12 @@ def test_the_repository_stands_alone():
     for name in ("README.md", "pyproject.toml"):
         offenders += [f"{name}: {line}" for line in (ROOT / name).read_text().splitlines() if outside.search(line)]
     assert not offenders, "\n".join(offenders)
+
+
+def test_loss_page_snippets_run():
+    """Every python block of docs/losses.md (one per calling family) runs as written."""
+    text = (ROOT / "docs" / "losses.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 5, "docs/losses.md should show every calling family"
+    for number, block in enumerate(blocks):
+        exec(compile(block, f"docs/losses.md, block {number}", "exec"), {})

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from qualcl.recipes.run_folder import read_metrics
 
 __all__ = ["ablation_plan", "mean_std", "quality_rank", "run_variants"]
 
@@ -110,7 +111,7 @@ def run_variants(
             done = folder / "metrics.json"
             if not done.is_file() and not run_missing:
                 continue
-            metrics = json.loads(done.read_text()) if done.is_file() else run(name, seed, folder)
+            metrics = read_metrics(done) if done.is_file() else run(name, seed, folder)
             results.setdefault(name, {})[seed] = metrics
             if progress:
                 print(f"[ablation] {name} seed {seed}: {summarise(metrics)}", flush=True)

@@ -31,6 +31,7 @@ __all__ = [
     "RunFolder",
     "flatten_metrics",
     "prepare_run_folder",
+    "read_metrics",
     "strata_table",
 ]
 
@@ -237,6 +238,32 @@ def _writes(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _nulls(value: Any) -> Any:
+    """NaN and infinities as ``None`` (JSON ``null``), recursively."""
+    if isinstance(value, dict):
+        return {k: _nulls(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nulls(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _nans(value: Any) -> Any:
+    """``None`` as NaN, recursively (the inverse of :func:`_nulls` for metrics)."""
+    if isinstance(value, dict):
+        return {k: _nans(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nans(v) for v in value]
+    return math.nan if value is None else value
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """A ``metrics.json`` as written by :meth:`RunFolder.write_metrics`, its ``null`` values as NaN."""
+    metrics: dict[str, Any] = _nans(json.loads(Path(path).read_text()))
+    return metrics
+
+
 def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """``{"test": {"qwk": 0.8}}`` → ``{"test/qwk": 0.8}`` (numbers only)."""
     flat: dict[str, float] = {}
@@ -365,9 +392,13 @@ class RunFolder:
     # ------------------------------------------------------------------ metrics
     @_writes
     def write_metrics(self, metrics: dict[str, Any]) -> Path:
-        """Write ``metrics.json`` (nested) and ``metrics.csv`` (flat ``name,value``)."""
+        """Write ``metrics.json`` (nested) and ``metrics.csv`` (flat ``name,value``).
+
+        ``metrics.json`` is strict JSON: ``null`` where a value is undefined (an empty stratum), which
+        :func:`read_metrics` reads back as NaN; ``metrics.csv`` writes ``nan`` there.
+        """
         clean = json.loads(json.dumps(metrics, default=float, allow_nan=True))
-        (self.root / "metrics.json").write_text(json.dumps(clean, indent=2, sort_keys=True))
+        (self.root / "metrics.json").write_text(json.dumps(_nulls(clean), indent=2, sort_keys=True, allow_nan=False))
         with (self.root / "metrics.csv").open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["name", "value"])
