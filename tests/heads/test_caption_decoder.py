@@ -82,7 +82,7 @@ def test_caption_decoder_errors_are_named():
     with pytest.raises(TypeError, match="ids must be an integer tensor"):
         decoder(IDS.double(), CONTEXT)
     with pytest.raises(ValueError, match="mode must be one of"):
-        CaptionDecoder(30, 8, 1, 2, context_length=4, context_dim=6, mode="causal")
+        CaptionDecoder(30, 8, 1, 2, context_length=4, context_dim=6, mode="causal", pad_id=0)
 
 
 @pytest.mark.parametrize("mode", ["autoregressive", "masked"])

@@ -89,6 +89,30 @@ def _loop(q_labels, db_labels, ranked, k, gains=None, exclude=None):
     return rows
 
 
+def _loop_ndcg(q_labels, db_labels, ranked, k, gains=None, exclude=None):
+    """NDCG@k of every query with loops, None where the ideal DCG is 0 (torchmetrics skips those).
+
+    Unlike the other metrics, a query without an item of its own label is scored when other labels
+    give it gain (graded relevance).
+    """
+    db = db_labels.tolist()
+    out = []
+    for qi, label in enumerate(q_labels.tolist()):
+        own = [j for j in range(len(db)) if exclude is None or j != int(exclude[qi])]
+
+        def gain(j, label=label):
+            if j < 0:
+                return 0.0
+            return float(gains[label][db[j]]) if gains is not None else float(db[j] == label)
+
+        row = [int(j) for j in ranked[qi].tolist()]
+        dcg = sum(gain(row[r - 1]) / math.log2(r + 1) for r in range(1, k + 1))
+        ideal = sorted((gain(j) for j in own), reverse=True)
+        idcg = sum(ideal[r - 1] / math.log2(r + 1) for r in range(1, min(k, len(ideal)) + 1))
+        out.append(dcg / idcg if idcg > 0 else None)
+    return out
+
+
 def _ranking(q, n, classes, levels, seed):
     """Random labels and a full ranking of the database by integer scores with ties (broken by row)."""
     g = torch.Generator().manual_seed(seed)
@@ -123,14 +147,23 @@ def test_matches_the_loop(case, cut, graded):
         ranked = _pad(ranked, k)
     gains = dr_graded_relevance(classes + 1) if graded and classes >= 1 else None
     rows = _loop(queries, db, ranked, k, gains)
+    ndcg = _loop_ndcg(queries, db, ranked, k, gains)
     per = retrieval_metrics(queries, db, ranked, k, graded_relevance=gains, per_query=True)
     got = retrieval_metrics(queries, db, ranked, k, graded_relevance=gains)
     scored = [r for r in rows if r is not None]
     assert got["queries"] == len(scored)
     assert got["queries_without_relevant"] == q - len(scored)
+    assert got["ndcg_queries"] == sum(v is not None for v in ndcg)
     for template in KEYS:
         key = template.format(k=k)
         assert per[key].dtype == torch.float64 and per[key].shape == (q,)
+        if key.startswith("ndcg@"):
+            for qi, value in enumerate(ndcg):
+                want = math.nan if value is None else value
+                assert float(per[key][qi]) == pytest.approx(want, abs=1e-12, nan_ok=True), (key, qi)
+            kept = [v for v in ndcg if v is not None]
+            assert got[key] == pytest.approx(sum(kept) / len(kept) if kept else math.nan, abs=1e-12, nan_ok=True)
+            continue
         for qi, row in enumerate(rows):
             want = math.nan if row is None else row[key]
             assert float(per[key][qi]) == pytest.approx(want, abs=1e-12, nan_ok=True), (key, qi)
@@ -155,11 +188,15 @@ def test_leave_one_out_matches_the_loop(case, graded):
     ranked = _pad(ranked, max(k, n))
     gains = dr_graded_relevance(classes) if graded and classes >= 2 else None
     rows = _loop(db, db, ranked, k, gains, exclude)
+    ndcg = _loop_ndcg(db, db, ranked, k, gains, exclude)
     per = retrieval_metrics(db, db, ranked, k, graded_relevance=gains, exclude_index=exclude, per_query=True)
     for template in KEYS:
         key = template.format(k=k)
         for qi, row in enumerate(rows):
-            want = math.nan if row is None else row[key]
+            if key.startswith("ndcg@"):
+                want = math.nan if ndcg[qi] is None else ndcg[qi]
+            else:
+                want = math.nan if row is None else row[key]
             assert float(per[key][qi]) == pytest.approx(want, abs=1e-12, nan_ok=True), (key, qi)
     with pytest.raises(ValueError, match="holds the row exclude_index leaves out"):
         retrieval_metrics(db, db, torch.arange(n).unsqueeze(1), 1, exclude_index=torch.arange(n))
@@ -298,9 +335,9 @@ def test_graded_ndcg_by_hand():
     assert m["ndcg@2"] == pytest.approx(dcg / idcg)
     # binary metrics keep same-label relevance
     assert m["precision@2"] == 0.5 and m["mrr"] == 0.5
-    # a zero table: no gain anywhere, NDCG 0 by definition
+    # a zero table: no gain anywhere, no NDCG (torchmetrics skips the query as it has no positive target)
     zero = retrieval_metrics(torch.tensor([2]), db, torch.tensor([[1, 2]]), 2, graded_relevance=torch.zeros(3, 3))
-    assert zero["ndcg@2"] == 0.0
+    assert math.isnan(zero["ndcg@2"]) and zero["ndcg_queries"] == 0
 
 
 def test_stratified_breakdown_weights_back_to_the_overall_mean():

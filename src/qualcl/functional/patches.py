@@ -108,25 +108,43 @@ class MaskingResult(NamedTuple):
     ids_restore: Tensor
 
 
-def kept_tokens(length: int, mask_ratio: float) -> int:
-    """The number of tokens :func:`random_masking` keeps: ``round(L·(1 − r))`` (Python's ``round``)."""
-    keep = round(length * (1.0 - mask_ratio))
+def kept_tokens(length: int, mask_ratio: float, *, rounding: str = "nearest") -> int:
+    """The number of tokens :func:`random_masking` keeps: ``round(L·(1 − r))``, or MAE's ``int(L·(1 − r))``.
+
+    ``rounding="nearest"`` (qualcl's default) is Python's ``round``; ``rounding="floor"`` is MAE's
+    ``len_keep = int(L * (1 - mask_ratio))``. They agree when the product, as computed in floating
+    point, has a fractional part below 0.5 — e.g. MAE's ``L = 196, r = 0.75`` (49 either way) — and
+    differ otherwise, also where rounding error leaves the product just below an integer
+    (``L = 100, r = 0.9``: ``100 · (1 − 0.9) = 9.999…``, MAE keeps 9, ``"nearest"`` keeps 10).
+
+    Examples:
+        >>> kept_tokens(196, 0.75), kept_tokens(100, 0.9), kept_tokens(100, 0.9, rounding="floor")
+        (49, 10, 9)
+    """
+    rule = check_choice("rounding", rounding, ("nearest", "floor"))
+    product = length * (1.0 - mask_ratio)
+    keep = round(product) if rule == "nearest" else int(product)
     if keep < 1:
         raise ValueError(f"mask_ratio {mask_ratio} leaves no visible token of L = {length}")
     return int(keep)
 
 
-def random_masking(tokens: Tensor, mask_ratio: float, *, generator: torch.Generator | None = None) -> MaskingResult:
+def random_masking(
+    tokens: Tensor, mask_ratio: float, *, generator: torch.Generator | None = None, rounding: str = "nearest"
+) -> MaskingResult:
     """Per-sample random masking by argsort of uniform noise (MAE).
 
     Each sample draws ``L`` uniform numbers; the tokens with the ``K = round(L·(1 − r))`` smallest
     are kept. Every sample keeps exactly ``K`` tokens, and each subset of ``K`` is equally likely.
+    MAE keeps ``int(L·(1 − r))`` instead: ``rounding="floor"`` does the same (see
+    :func:`kept_tokens` for when the two agree); with it and the same noise the result equals MAE's.
 
     Args:
         tokens: ``(N, L, D)`` patch tokens (position embeddings already added, as MAE does).
         mask_ratio: Fraction ``r ∈ [0, 1)`` of tokens to remove.
         generator: Optional ``torch.Generator`` for the noise (drawn on the generator's device and
             moved to ``tokens``'); ``None`` uses the global generator.
+        rounding: ``"nearest"`` (``round``) or ``"floor"`` (MAE's ``int``) for ``K``.
 
     Returns:
         A :class:`MaskingResult` ``(visible, mask, ids_keep, ids_restore)``.
@@ -153,7 +171,7 @@ def random_masking(tokens: Tensor, mask_ratio: float, *, generator: torch.Genera
     if ratio >= 1.0:
         raise ValueError(f"mask_ratio must lie in [0, 1), got {mask_ratio!r}")
     n, length, dim = tokens.shape
-    keep = kept_tokens(length, ratio)
+    keep = kept_tokens(length, ratio, rounding=rounding)
     if generator is None:
         noise = torch.rand(n, length, device=tokens.device)
     else:

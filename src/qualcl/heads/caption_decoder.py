@@ -38,7 +38,12 @@ class CaptionDecoder(nn.Module):
         context_length: The longest caption ``T``.
         context_dim: Width of the image tokens.
         mode: ``"autoregressive"`` or ``"masked"``.
-        pad_id: The padding id, or ``None`` (no padding).
+        pad_id: The padding id — the tokenizer's ``pad_id``, the one ``CaptionLoss(pad_id=...)``
+            ignores (0 for :class:`~qualcl.models.CaptionTokenizer` and ``CaptionLoss``'s default) — or
+            ``None`` for captions that are never padded. It has no default: without a pad id the
+            decoder attends to padding as if it were words (in ``"masked"`` mode the logits at
+            real positions then depend on how much padding follows) while ``CaptionLoss`` ignores
+            the padded targets, a mismatch that must not happen by omission.
         mlp_ratio: MLP hidden width / ``width``.
 
     Shape:
@@ -69,7 +74,7 @@ class CaptionDecoder(nn.Module):
         context_length: int,
         context_dim: int,
         mode: str = "autoregressive",
-        pad_id: int | None = None,
+        pad_id: int | None,
         mlp_ratio: float = 4.0,
     ) -> None:
         super().__init__()

@@ -7,11 +7,51 @@ import math
 import torch
 from torch import Tensor, nn
 
-from qualcl._validation import check_int, check_integer_tensor, check_padding_mask, check_tokens
+from qualcl._validation import check_int, check_integer_tensor, check_padding_mask, check_positive, check_tokens
 from qualcl.functional.patches import sincos_2d_position_embedding
 from qualcl.heads._blocks import AttentionBlock
 
 __all__ = ["MAEDecoder"]
+
+
+def _check_permutation(ids: Tensor, length: int) -> None:
+    """Refuse an ``(N, L)`` ``ids_restore`` whose rows are not permutations of ``0 … L − 1``."""
+    expected = torch.arange(length, device=ids.device)
+    broken = (torch.sort(ids, dim=1).values != expected).any(dim=1)
+    if bool(broken.any()):
+        row = int(broken.nonzero()[0])
+        values = ids[row]
+        counts = torch.bincount(values.clamp(0, length - 1), minlength=length)
+        outside = values[(values < 0) | (values >= length)].tolist()
+        detail = (
+            f"values outside [0, {length}): {outside[:5]}"
+            if outside
+            else f"repeated {(counts > 1).nonzero().flatten().tolist()[:5]}, "
+            f"missing {(counts == 0).nonzero().flatten().tolist()[:5]}"
+        )
+        raise ValueError(f"ids_restore must be a permutation of 0 … {length - 1} per row; row {row} is not ({detail})")
+
+
+def _check_mask(mask: Tensor, ids: Tensor, n: int, length: int, visible: int) -> None:
+    """Check ``mask`` (1 = removed) against ``ids_restore`` and the ``visible`` tokens given."""
+    if not isinstance(mask, Tensor) or tuple(mask.shape) != (n, length):
+        got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(f"mask must have shape (N, L) = ({n}, {length}), got {got}")
+    if mask.is_complex() or bool(((mask != 0) & (mask != 1)).any()):
+        raise ValueError("mask must hold 1 (removed) and 0 (kept) only")
+    kept = (mask == 0).sum(dim=1)
+    if bool((kept != visible).any()):
+        counts = sorted(set(kept.tolist()))
+        if counts == [visible + 1]:
+            raise ValueError(
+                f"tokens must hold the class token first and then the {visible + 1} kept tokens of mask, "
+                f"got {visible + 1} tokens: is the class token missing?"
+            )
+        raise ValueError(
+            f"tokens must hold the class token and the kept tokens of mask ({counts} per row), got 1 + {visible}"
+        )
+    if bool(((ids < visible) != (mask == 0)).any()):
+        raise ValueError("mask and ids_restore disagree: the kept patches must be those ids_restore puts first")
 
 
 class MAEDecoder(nn.Module):
@@ -37,9 +77,18 @@ class MAEDecoder(nn.Module):
         num_heads: Attention heads (MAE: 16).
         context_dim: Width of the context tokens to cross-attend to; ``None``: no cross-attention.
         mlp_ratio: MLP hidden width / ``decoder_dim``.
+        norm_eps: ``eps`` of every LayerNorm (the blocks' and the final one). The default is
+            PyTorch's 1e-5; MAE's models use 1e-6 (``partial(nn.LayerNorm, eps=1e-6)``), so pass
+            ``norm_eps=1e-6`` for MAE's decoder. The outputs agree only as far as the token
+            variances are large against both ``eps``.
 
     Shape:
-        - tokens: ``(N, 1 + V, encoder_dim)``; ids_restore: ``(N, L)``.
+        - tokens: ``(N, 1 + V, encoder_dim)``, the class token first; ids_restore: ``(N, L)``, a
+          permutation of ``0 … L − 1`` per row.
+        - mask (optional): ``(N, L)``, 1 = removed, 0 = kept (:func:`~qualcl.functional.random_masking`'s
+          ``mask``). With it the decoder checks that ``tokens`` holds the class token and exactly the
+          ``V`` kept tokens (without it a missing class token cannot be told from one visible token
+          fewer) and that ``mask`` and ``ids_restore`` describe the same masking.
         - context: ``(N, Lc, context_dim)``; context_padding_mask: ``(N, Lc)`` bool, ``True`` = padding.
         - Output: ``(N, L, p·p·C)``.
 
@@ -71,6 +120,7 @@ class MAEDecoder(nn.Module):
         num_heads: int = 16,
         context_dim: int | None = None,
         mlp_ratio: float = 4.0,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.num_patches = check_int("num_patches", num_patches)
@@ -93,6 +143,10 @@ class MAEDecoder(nn.Module):
         )
         self.norm = nn.LayerNorm(dim)
         self.pred = nn.Linear(dim, self.patch_size**2 * self.in_chans)
+        self.norm_eps = check_positive("norm_eps", norm_eps)
+        for module in self.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.eps = self.norm_eps
         nn.init.normal_(self.mask_token, std=0.02)
         for layer in (self.embed, self.pred):
             nn.init.xavier_uniform_(layer.weight)
@@ -107,6 +161,7 @@ class MAEDecoder(nn.Module):
         tokens: Tensor,
         ids_restore: Tensor,
         *,
+        mask: Tensor | None = None,
         context: Tensor | None = None,
         context_padding_mask: Tensor | None = None,
     ) -> Tensor:
@@ -119,8 +174,10 @@ class MAEDecoder(nn.Module):
             raise ValueError(f"ids_restore must have shape (N, L) = ({n}, {length}), got {tuple(ids.shape)}")
         if not 1 <= visible <= length:
             raise ValueError(f"tokens must hold the class token and 1 … L = {length} visible tokens, got {visible}")
-        if not torch.compiler.is_compiling() and (int(ids.min()) < 0 or int(ids.max()) >= length):
-            raise ValueError(f"ids_restore must be a permutation of 0 … {length - 1} per row")
+        if not torch.compiler.is_compiling():
+            _check_permutation(ids, length)
+            if mask is not None:
+                _check_mask(mask, ids, n, length, visible)
         if self.context_dim is not None:
             if context is None:
                 raise ValueError(f"this decoder cross-attends: pass context (N, Lc, {self.context_dim})")

@@ -89,6 +89,26 @@ def map_at_r_columns(query_labels: Tensor, database_labels: Tensor) -> int:
     return max(1, int(counts[inverse[database.shape[0] :]].max()))
 
 
+def _check_distinct(ranked: Tensor) -> None:
+    """Refuse a ``(Q, K)`` ranking that lists one database row twice in a query's row (``-1`` padding aside).
+
+    A repeated row would be counted as two hits: recall above 1, precision of a single relevant item
+    above ``1 / k``.
+    """
+    if ranked.shape[1] < 2:
+        return
+    ordered = torch.sort(ranked, dim=1).values
+    repeated = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+    if bool(repeated.any()):
+        query = int(repeated.any(dim=1).nonzero()[0])
+        row = int(ordered[query, 1:][repeated[query]][0])
+        count = int((ranked[query] == row).sum())
+        raise ValueError(
+            f"ranked_indices must list each database row at most once per query, got row {row} {count} times "
+            f"for query {query} (ranked_indices[{query}] = {ranked[query].tolist()[:20]})"
+        )
+
+
 def _per_query(
     query_labels: Tensor,
     database_labels: Tensor,
@@ -96,8 +116,13 @@ def _per_query(
     k: int,
     graded_relevance: Tensor | None,
     exclude_index: Tensor | None,
-) -> tuple[dict[str, Tensor], Tensor]:
-    """Every metric per query (float64, NaN where ``R_q = 0``) and the ``(Q,)`` int64 ``R_q``."""
+) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """Every metric per query (float64), the ``(Q,)`` int64 ``R_q`` and the ``(Q,)`` bool mask NDCG scores.
+
+    Every metric is NaN where ``R_q = 0`` except ``ndcg@k``, which is NaN where the ideal DCG is 0
+    (no database item gives the query any gain): with graded gains a query without an item of its
+    own label still has an NDCG when other labels give it gain.
+    """
     queries, database = _check_labels(query_labels, database_labels)
     q, n = queries.shape[0], database.shape[0]
     ranked = check_integer_tensor("ranked_indices", ranked_indices, what="database rows")
@@ -118,6 +143,7 @@ def _per_query(
             f"ranked_indices must hold database rows in [-1, N={n}) (-1 = padding), got min "
             f"{int(ranked.min())}, max {int(ranked.max())}"
         )
+    _check_distinct(ranked)
 
     if graded_relevance is None:
         # labels are only compared: map them to 0..C-1 so that any integer values work
@@ -202,19 +228,24 @@ def _per_query(
         f"map_legacy@{k}": ap_sum / k,
     }
     scored = relevant > 0
-    return {key: torch.where(scored, value, math.nan) for key, value in out.items()}, relevant
+    ndcg_scored = idcg > 0
+    values = {
+        key: torch.where(ndcg_scored if key == f"ndcg@{k}" else scored, value, math.nan) for key, value in out.items()
+    }
+    return values, relevant, ndcg_scored
 
 
-def _summary(values: dict[str, Tensor], relevant: Tensor, keep: Tensor) -> dict[str, float]:
-    """Means over the queries in ``keep`` with ``R_q > 0``, and the two query counts."""
+def _summary(values: dict[str, Tensor], relevant: Tensor, ndcg_scored: Tensor, keep: Tensor) -> dict[str, float]:
+    """Means over the queries in ``keep`` with ``R_q > 0`` (NDCG: with an ideal DCG > 0), and the query counts."""
     scored = keep & (relevant > 0)
-    count = int(scored.sum())
     out: dict[str, float] = {}
     for key, value in values.items():
+        chosen = keep & ndcg_scored if key.startswith("ndcg@") else scored
         # a mean over nothing, or over a NaN (map@r short of columns), is NaN
-        out[key] = float(value[scored].mean()) if count else math.nan
-    out["queries"] = count
+        out[key] = float(value[chosen].mean()) if bool(chosen.any()) else math.nan
+    out["queries"] = int(scored.sum())
     out["queries_without_relevant"] = int((keep & (relevant == 0)).sum())
+    out["ndcg_queries"] = int((keep & ndcg_scored).sum())
     return out
 
 
@@ -273,8 +304,12 @@ def retrieval_metrics(
       ``RetrievalMRR(top_k=k)`` (without ``top_k`` torchmetrics looks down the whole ranking).
     * ``ndcg@k`` = DCG / IDCG with :math:`\mathrm{DCG}=\sum_{r\le k} g_r/\log_2(r+1)`, linear gain
       ``g_r = graded_relevance[y_q, y_{j_r}]`` (default ``rel_r``; 0 for padding) and IDCG the DCG
-      of the best ranking of the whole database (its gains for ``q`` sorted); 0 when IDCG = 0 —
-      torchmetrics' ``RetrievalNormalizedDCG(top_k=k)`` with ``target`` = the gains.
+      of the best ranking of the whole database (its gains for ``q`` sorted) —
+      torchmetrics' ``RetrievalNormalizedDCG(top_k=k, empty_target_action="skip")`` with
+      ``target`` = the gains, on every query: NDCG scores (and averages) the queries whose database
+      gives them any gain (IDCG > 0), so with ``graded_relevance`` a query without an item of its
+      own label is still scored when neighbouring labels give it gain (counted in ``ndcg_queries``);
+      without it, these are exactly the queries with ``R_q > 0``.
     * ``precision@1`` = ``rel_1``.
     * ``map@r`` = :math:`\frac{1}{R_q}\sum_{r\le R_q} rel_r\,P@r` (pytorch-metric-learning's
       ``mean_average_precision_at_r``). It reads the first ``R_q`` columns of ``ranked_indices``, so
@@ -283,12 +318,17 @@ def retrieval_metrics(
     * ``hit_rate@k`` and ``map_legacy@k``: the public FundusDR code's "HR@k" = hits / k (equal to
       ``precision@k``, kept as a named alias for comparison) and its "mAP@k" =
       :math:`\frac{1}{k}\sum_{r\le k} rel_r\,P@r` (divided by ``k``, not by the hits).
+      ``hit_rate@k`` is *not* torchmetrics' ``RetrievalHitRate(top_k=k)``, which is
+      ``[hits > 0]`` (1 when any of the top ``k`` is relevant); the two agree only at ``k = 1``
+      (both ``precision@1``).
 
     Only the first ``k`` columns of ``ranked_indices`` are scored (``map@r`` aside). A row with fewer
     than ``k`` real candidates must be padded with ``-1`` to ``k`` columns; padded ranks count as
-    misses. Queries with ``R_q = 0`` (no relevant item in the database) are left out of every mean
-    (torchmetrics' ``empty_target_action="skip"``) and counted in ``queries_without_relevant``;
-    ``queries`` counts the others. FundusDR's code averages over all queries instead.
+    misses. Each row must list a database row at most once (a repeated row would count as two
+    hits). Queries with ``R_q = 0`` (no relevant item in the database) are left out of every mean
+    but NDCG's (torchmetrics' ``empty_target_action="skip"``) and counted in
+    ``queries_without_relevant``; ``queries`` counts the others. FundusDR's code averages over all
+    queries instead.
 
     Args:
         query_labels: ``(Q,)`` integer labels of the queries (any values; class ids in ``[0, G)``
@@ -304,18 +344,20 @@ def retrieval_metrics(
             ``RetrievalIndex.search(..., exclude_index=...)``). ``R_q`` and the ideal DCG then leave
             it out, as pytorch-metric-learning's ``ref_includes_query=True``; ``ranked_indices``
             must not hold it.
-        per_query: Return ``(Q,)`` float64 tensors (NaN for queries with ``R_q = 0``) instead of means.
+        per_query: Return ``(Q,)`` float64 tensors (NaN for queries with ``R_q = 0``; ``ndcg@k``: with
+            IDCG = 0) instead of means.
 
     Returns:
         ``{"precision@k", "recall@k", "map@k", "map_min@k", "mrr", "ndcg@k", "precision@1", "map@r",
         "hit_rate@k", "map_legacy@k"}`` (``k`` written out) as means over the queries with
-        ``R_q > 0``, plus ``"queries"`` and ``"queries_without_relevant"``; with ``per_query`` the
-        same metric keys, each a ``(Q,)`` tensor.
+        ``R_q > 0`` (``ndcg@k``: with IDCG > 0), plus ``"queries"``, ``"queries_without_relevant"``
+        and ``"ndcg_queries"``; with ``per_query`` the same metric keys, each a ``(Q,)`` tensor
+        (NaN where the metric does not score the query).
 
     Raises:
         TypeError: A non-integer label or index tensor, a non-float ``graded_relevance``.
-        ValueError: Shapes that do not fit, ``k > K``, rows outside ``[-1, N)``, labels outside
-            ``[0, G)`` with ``graded_relevance``.
+        ValueError: Shapes that do not fit, ``k > K``, rows outside ``[-1, N)``, a row listed twice
+            for one query, labels outside ``[0, G)`` with ``graded_relevance``.
 
     Examples:
         >>> import torch
@@ -329,10 +371,12 @@ def retrieval_metrics(
         Järvelin and Kekäläinen, "Cumulated gain-based evaluation of IR techniques", 2002 (NDCG);
         Musgrave, Belongie and Lim, "A Metric Learning Reality Check", ECCV 2020 (MAP@R).
     """
-    values, relevant = _per_query(query_labels, database_labels, ranked_indices, k, graded_relevance, exclude_index)
+    values, relevant, ndcg_scored = _per_query(
+        query_labels, database_labels, ranked_indices, k, graded_relevance, exclude_index
+    )
     if per_query:
         return values
-    return _summary(values, relevant, torch.ones_like(relevant, dtype=torch.bool))
+    return _summary(values, relevant, ndcg_scored, torch.ones_like(relevant, dtype=torch.bool))
 
 
 def stratified_retrieval_metrics(
@@ -365,7 +409,7 @@ def stratified_retrieval_metrics(
 
     Returns:
         ``{"overall": {...}, name: {...} for each stratum}``, each as :func:`retrieval_metrics`
-        returns (with ``queries`` and ``queries_without_relevant``).
+        returns (with ``queries``, ``queries_without_relevant`` and ``ndcg_queries``).
 
     Examples:
         >>> import torch
@@ -382,9 +426,11 @@ def stratified_retrieval_metrics(
     names = list(strata_names)
     if not names or len(set(names)) != len(names) or "overall" in names:
         raise ValueError(f"strata_names must be distinct names other than 'overall', got {names}")
-    values, relevant = _per_query(query_labels, database_labels, ranked_indices, k, graded_relevance, exclude_index)
+    values, relevant, ndcg_scored = _per_query(
+        query_labels, database_labels, ranked_indices, k, graded_relevance, exclude_index
+    )
     strata = check_class_ids("strata", strata, len(names), n=relevant.shape[0]).cpu()
-    out = {"overall": _summary(values, relevant, torch.ones_like(strata, dtype=torch.bool))}
+    out = {"overall": _summary(values, relevant, ndcg_scored, torch.ones_like(strata, dtype=torch.bool))}
     for index, name in enumerate(names):
-        out[name] = _summary(values, relevant, strata == index)
+        out[name] = _summary(values, relevant, ndcg_scored, strata == index)
     return out

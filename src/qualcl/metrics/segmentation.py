@@ -20,12 +20,40 @@ def _masks(name: str, x: Tensor) -> Tensor:
     if x.ndim == 4 and x.shape[1] == 1:
         x = x[:, 0]
     if x.ndim != 3 or x.numel() == 0:
-        raise ValueError(f"{name} must be (N, H, W) or (N, 1, H, W) masks, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must be (N, H, W) or (N, 1, H, W) masks (one foreground channel), got shape {tuple(x.shape)}"
+        )
     return x
+
+
+def _check_binary(name: str, x: Tensor) -> None:
+    """Refuse masks with values other than 0 and 1 (0/255 images, probabilities, class ids)."""
+    if x.dtype == torch.bool:
+        return
+    if x.is_complex():
+        raise TypeError(f"{name} must be bool or 0/1 masks, got dtype {x.dtype}")
+    if x.is_floating_point():
+        check_finite(name, x)
+    outside = (x != 0) & (x != 1)
+    if bool(outside.any()):
+        values = x[outside]
+        low, high = float(values.min()), float(values.max())
+        hint = (
+            "0/255 images: divide by 255 or compare with > 0"
+            if high > 1
+            else "probabilities: threshold them with binarize()"
+        )
+        raise ValueError(
+            f"{name} must be binary masks (bool or 0/1), got {int(outside.sum())} value(s) in [{low:g}, {high:g}] "
+            f"({hint})"
+        )
 
 
 def binarize(probs: Tensor, threshold: float = 0.5) -> Tensor:
     """``probs > threshold`` as bool masks ``(N, H, W)`` (``(N, 1, H, W)`` accepted).
+
+    ``probs`` must be probabilities in ``[0, 1]``: logits are refused (a threshold of 0.5 on logits
+    is a threshold of 0.62 on probabilities).
 
     Examples:
         >>> import torch
@@ -36,6 +64,11 @@ def binarize(probs: Tensor, threshold: float = 0.5) -> Tensor:
     probs = _masks("probs", probs)
     check_float_tensor("probs", probs)
     check_finite("probs", probs)
+    if bool((probs < 0).any()) or bool((probs > 1).any()):
+        low, high = float(probs.min()), float(probs.max())
+        raise ValueError(
+            f"probs must be probabilities in [0, 1], got values in [{low:g}, {high:g}] (apply a sigmoid to logits)"
+        )
     return probs > threshold
 
 
@@ -49,11 +82,15 @@ def segmentation_scores(preds: Tensor, target: Tensor) -> dict[str, Tensor]:
     left out of the means (MONAI's ``DiceMetric(ignore_empty=True)`` convention).
 
     Args:
-        preds: ``(N, H, W)`` (or ``(N, 1, H, W)``) bool or 0/1 predicted masks.
-        target: The true masks, same shape.
+        preds: ``(N, H, W)`` (or ``(N, 1, H, W)``) bool or 0/1 predicted masks (any dtype; other
+            values, such as 0/255 ``uint8`` images or probabilities, are refused).
+        target: The true masks, same shape and rule.
 
     Returns:
         ``{"dice": (N,), "iou": (N,)}`` float64.
+
+    Raises:
+        ValueError: Shapes that differ or hold more than one channel, values other than 0 and 1.
 
     Examples:
         >>> import torch
@@ -68,8 +105,7 @@ def segmentation_scores(preds: Tensor, target: Tensor) -> dict[str, Tensor]:
             f"preds and target must have the same shape, got {tuple(preds.shape)} and {tuple(target.shape)}"
         )
     for name, x in (("preds", preds), ("target", target)):
-        if x.is_floating_point() and not bool(((x == 0) | (x == 1)).all()):
-            raise ValueError(f"{name} must be binary masks (bool or 0/1); threshold probabilities with binarize()")
+        _check_binary(name, x)
     p, t = preds.long().unsqueeze(1), target.long().unsqueeze(1)
     dice = dice_score(p, t, num_classes=1, average="none", input_format="one-hot", aggregation_level="samplewise")
     iou = mean_iou(p, t, num_classes=1, per_class=True, input_format="one-hot")

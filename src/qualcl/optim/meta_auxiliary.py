@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal, get_args
 
@@ -48,6 +49,25 @@ def _grad(output: Tensor, inputs: list[Tensor], *, create_graph: bool = False) -
         return [torch.zeros_like(p) for p in inputs]
     grads = torch.autograd.grad(output, inputs, create_graph=create_graph, allow_unused=True)
     return _zeros_if_none(grads, inputs)
+
+
+def _reaches(output: Tensor, params: list[Tensor]) -> bool:
+    """Whether ``output``'s autograd graph leads to any of ``params`` (so that its gradient can be non-zero)."""
+    if output.grad_fn is None:
+        return output.requires_grad and any(output is p for p in params)
+    wanted = {id(p) for p in params}
+    seen: set[int] = set()
+    stack = [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)  # AccumulateGrad: a leaf tensor
+        if variable is not None and id(variable) in wanted:
+            return True
+        stack.extend(child for child, _ in node.next_functions if child is not None)
+    return False
 
 
 def _norm(tensors: list[Tensor]) -> Tensor:
@@ -267,8 +287,15 @@ class MetaAuxiliaryOptimizer:
             Losses and ``inner_grad_norm`` are this rank's values.
 
         Raises:
-            ValueError: If a closure returns a non-scalar or non-finite loss, ``inner_lr`` is invalid, or
-                the meta gradient is not finite; ``φ`` and the optimizer state are then left untouched.
+            ValueError: If a closure returns a non-scalar or non-finite loss, ``inner_lr`` is invalid,
+                the meta gradient is not finite, or (modes ``"second_order"`` and ``"finite_difference"``)
+                neither loss depends on ``φ`` — auxiliary targets that were detached would give a zero
+                meta gradient; ``φ`` and the optimizer state are then left untouched.
+
+        Warns:
+            UserWarning: ``L_inner`` does not depend on ``φ`` while ``L_outer`` does directly (the meta
+                gradient is only the direct part), or, in ``"first_order"`` mode, ``L_outer`` has no
+                direct term (the meta gradient is zero by that mode's definition).
                 (Under DDP a rank that raises before the all-reduce leaves the other ranks waiting.)
         """
         lr = self.current_inner_lr()
@@ -287,6 +314,7 @@ class MetaAuxiliaryOptimizer:
             theta_tilde = [t.requires_grad_() for t in theta_tilde]
         outer = self._loss(outer_loss_fn, self._forward_at(theta_tilde), "outer_loss_fn")
 
+        self._check_meta_path(inner, outer)
         if self.mode == "finite_difference":
             n = len(theta_tilde)
             both = _grad(outer, theta_tilde + self._phi)
@@ -312,6 +340,45 @@ class MetaAuxiliaryOptimizer:
             "meta_grad_norm": meta_norm.to(device),
             "inner_lr": torch.tensor(lr, device=device),
         }
+
+    def _check_meta_path(self, inner: Tensor, outer: Tensor) -> None:
+        """Refuse (or warn about) a step whose meta gradient has no path to ``φ``.
+
+        The meta gradient reaches ``φ`` through the inner loss (the mixed term; not in
+        ``"first_order"``) or through the outer loss directly. Auxiliary targets that are detached
+        (``.detach()``, ``torch.no_grad()``, a ``.item()`` round trip) cut the first path.
+        """
+        if torch.compiler.is_compiling():
+            return
+        via_inner = self.mode != "first_order" and _reaches(inner, self._phi)
+        if self.mode == "second_order":
+            # θ̃ carries the inner gradient's graph: outer reaches φ through it only if inner does
+            direct = _reaches(outer, self._phi) if not via_inner else True
+        else:
+            direct = _reaches(outer, self._phi)
+        hint = (
+            "are the auxiliary targets detached (.detach(), torch.no_grad(), .item()), or computed by "
+            "another model than meta_model?"
+        )
+        if self.mode != "first_order" and not via_inner and not direct:
+            raise ValueError(
+                "neither inner_loss_fn nor outer_loss_fn depends on meta_model's trainable parameters, so the "
+                f"meta gradient would be zero: {hint} meta_optimizer was not stepped"
+            )
+        if self.mode != "first_order" and not via_inner:
+            warnings.warn(
+                "inner_loss_fn does not depend on meta_model's trainable parameters: the meta gradient is only "
+                f"outer_loss_fn's direct part ({hint})",
+                UserWarning,
+                stacklevel=3,
+            )
+        if self.mode == "first_order" and not direct:
+            warnings.warn(
+                "outer_loss_fn does not depend on meta_model's trainable parameters directly, and mode='first_order' "
+                "drops the path through inner_loss_fn: the meta gradient is zero and meta_optimizer steps on zeros",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _add_mixed_term(
         self, direct: list[Tensor], inner_loss_fn: LossFn, theta: list[Tensor], d: list[Tensor], lr: float

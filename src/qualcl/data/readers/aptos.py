@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from qualcl.data.readers._files import find_file, read_csv_rows, resolve_image
+from qualcl.data.readers._files import find_file, int_cell, read_csv_rows, refuse_conflicts, resolve_image
 
 __all__ = ["APTOS_GRADES", "AptosRecord", "read_aptos"]
 
@@ -46,7 +46,8 @@ def read_aptos(root: str | Path, *, image_dir: str | Path | None = None, check_f
 
     Raises:
         FileNotFoundError: The folder, ``train.csv`` or an image is missing (named).
-        ValueError: A column is missing or ``diagnosis`` is not an integer in 0..4 (file and line named).
+        ValueError: A column is missing, ``diagnosis`` is not an integer in 0..4, or one image is
+            listed with two diagnoses (file and lines named).
 
     Examples:
         >>> records = read_aptos("aptos2019-blindness-detection")  # doctest: +SKIP
@@ -60,15 +61,10 @@ def read_aptos(root: str | Path, *, image_dir: str | Path | None = None, check_f
     labels = find_file(base, ("train.csv",), "APTOS 2019 labels")
     rows = read_csv_rows(labels, ["id_code", "diagnosis"])
     folders = [Path(image_dir)] if image_dir is not None else [base / "train_images", base / "train", base]
-    records = []
+    records, wheres = [], []
     for row in rows:
         where = f"{labels}:{row['__line__']}"
-        try:
-            grade = int(row["diagnosis"])
-        except ValueError:
-            raise ValueError(f"{where}: diagnosis must be an integer 0..4, got {row['diagnosis']!r}") from None
-        if not 0 <= grade <= 4:
-            raise ValueError(f"{where}: diagnosis must lie in 0..4, got {grade}")
+        grade = int_cell(row, "diagnosis", where, range(5))
         code = row["id_code"]
         if not code:
             raise ValueError(f"{where}: id_code is empty")
@@ -78,4 +74,6 @@ def read_aptos(root: str | Path, *, image_dir: str | Path | None = None, check_f
                 raise FileNotFoundError(f"{where}: image {code}.png not found in {', '.join(map(str, folders))}")
             path = folders[0] / f"{code}.png"
         records.append(AptosRecord(path, grade, code))
+        wheres.append(where)
+    refuse_conflicts(((r.image, r.dr_grade, w) for r, w in zip(records, wheres, strict=True)), "diagnoses")
     return records

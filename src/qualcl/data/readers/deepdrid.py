@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from xml.etree import ElementTree
 
-from qualcl.data.readers._files import find_file, read_csv_rows
+from qualcl.data.readers._files import find_file, read_csv_rows, refuse_conflicts
 from qualcl.data.readers.quality import ExtraValue, QualityLabelledRecord
 
 __all__ = ["DEEPDRID_SCORES", "read_deepdrid"]
@@ -211,9 +211,10 @@ def read_deepdrid(root: str | Path, split: str = "train", *, check_files: bool =
     if split == "test":
         return _read_evaluation(folder, check_files)
     labels = find_file(folder, [f"{_FOLDERS[split]}.csv"], f"DeepDRiD {split} labels")
-    records = []
+    records, wheres = [], []
     for row in read_csv_rows(labels, _REGULAR):
         where = f"{labels}:{row['__line__']}"
+        wheres.append(where)
         eye = _eye(row["image_id"], where)
         grade = _int(row, f"{eye}_eye_DR_Level", where, range(5))
         overall = _int(row, "Overall quality", where, (0, 1))
@@ -231,17 +232,32 @@ def read_deepdrid(root: str | Path, split: str = "train", *, check_files: bool =
                 extra=extra,
             )
         )
+    _refuse_conflicts(records, wheres)
     return records
+
+
+def _refuse_conflicts(records: Sequence[QualityLabelledRecord], wheres: Sequence[str]) -> None:
+    labels = ((r.image, (r.diagnosis, r.quality), w) for r, w in zip(records, wheres, strict=True))
+    refuse_conflicts(labels, "(DR level, overall quality)")
 
 
 def _read_evaluation(folder: Path, check_files: bool) -> list[QualityLabelledRecord]:
     what = "DeepDRiD evaluation labels (released after the challenge; Challenge*_upload.csv has none)"
     grades_path, grades = _read_table(folder, "Challenge1_labels", ("image_id", "DR_Levels"), what)
     scores_path, scores = _read_table(folder, "Challenge2_labels", ("image_id", "Overall quality"), what)
-    by_id = {row["image_id"]: row for row in scores}
-    records = []
+    by_id: dict[str, dict[str, str]] = {}
+    for row in scores:
+        first = by_id.setdefault(row["image_id"], row)
+        if first["Overall quality"] != row["Overall quality"]:
+            raise ValueError(
+                f"{scores_path}:{row['__line__']}: image_id {row['image_id']!r} is listed twice with different "
+                f"Overall quality: {first['Overall quality']!r} at line {first['__line__']} and "
+                f"{row['Overall quality']!r} here"
+            )
+    records, wheres = [], []
     for row in grades:
         where = f"{grades_path}:{row['__line__']}"
+        wheres.append(where)
         image_id = row["image_id"]
         quality_row = by_id.get(image_id)
         if quality_row is None:
@@ -259,4 +275,5 @@ def _read_evaluation(folder: Path, check_files: bool) -> list[QualityLabelledRec
                 extra={"eye": eye, **_scores(quality_row, quality_where)},
             )
         )
+    _refuse_conflicts(records, wheres)
     return records

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from qualcl.data.readers._files import find_file, read_csv_rows, resolve_image
+from qualcl.data.readers._files import find_file, int_cell, read_csv_rows, refuse_conflicts, resolve_image
 
 __all__ = ["EyePACSRecord", "fundusdr_split", "read_eyepacs", "shuffle_split"]
 
@@ -62,7 +62,8 @@ def read_eyepacs(
 
     Raises:
         FileNotFoundError: The folder, the label file or an image is missing (named).
-        ValueError: A column is missing or a grade is not an integer in 0..4 (file and line named).
+        ValueError: A column is missing, a grade is not an integer in 0..4, or one image is listed
+            with two grades (file and lines named).
 
     Examples:
         >>> records = read_eyepacs("EyePACS")  # doctest: +SKIP
@@ -81,15 +82,10 @@ def read_eyepacs(
         folders = [Path(image_dir)]
     else:
         folders = [base / "train", base / "resized_train_cropped", base / "resized_train", base]
-    records = []
+    records, wheres = [], []
     for row in rows:
         where = f"{labels}:{row['__line__']}"
-        try:
-            grade = int(row["level"])
-        except ValueError:
-            raise ValueError(f"{where}: level must be an integer 0..4, got {row['level']!r}") from None
-        if not 0 <= grade <= 4:
-            raise ValueError(f"{where}: level must lie in 0..4, got {grade}")
+        grade = int_cell(row, "level", where, range(5))
         name = row["image"]
         path = resolve_image(folders, name, (".jpeg", ".jpg", ".png"))
         if path is None:
@@ -103,6 +99,8 @@ def read_eyepacs(
             if stem.endswith("_" + side):
                 patient, eye = stem[: -len(side) - 1], side
         records.append(EyePACSRecord(path, grade, patient, eye))
+        wheres.append(where)
+    refuse_conflicts(((r.image, r.dr_grade, w) for r, w in zip(records, wheres, strict=True)), "levels")
     return records
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from qualcl.data.readers._files import find_file, read_csv_rows, resolve_image
+from qualcl.data.readers._files import find_file, int_cell, read_csv_rows, refuse_conflicts, resolve_image
 
 __all__ = ["EYEQ_QUALITY", "FundusRecord", "read_eyeq"]
 
@@ -66,7 +66,8 @@ def read_eyeq(
 
     Raises:
         FileNotFoundError: The folder, the label file or an image is missing (named).
-        ValueError: A column is missing or a value is out of range (file and line named).
+        ValueError: A column is missing, a value is not an integer in range, or one image is listed
+            with two labels (file and lines named).
 
     Examples:
         >>> records = read_eyeq("EyeQ", "train")  # doctest: +SKIP
@@ -84,17 +85,11 @@ def read_eyeq(
     labels = find_file(base, [label_name, f"data/{label_name}"], "EyeQ labels")
     rows = read_csv_rows(labels, ["image", "quality", "DR_grade"])
     folders = [Path(image_dir)] if image_dir is not None else [base / "images", base / split, base]
-    records = []
+    records, wheres = [], []
     for row in rows:
         where = f"{labels}:{row['__line__']}"
-        try:
-            quality, grade = int(row["quality"]), int(row["DR_grade"])
-        except ValueError:
-            raise ValueError(f"{where}: quality and DR_grade must be integers, got {row}") from None
-        if quality not in (0, 1, 2):
-            raise ValueError(f"{where}: quality must be 0 (Good), 1 (Usable) or 2 (Reject), got {quality}")
-        if not 0 <= grade <= 4:
-            raise ValueError(f"{where}: DR_grade must lie in 0..4, got {grade}")
+        quality = int_cell(row, "quality", where, (0, 1, 2))  # 0 Good, 1 Usable, 2 Reject
+        grade = int_cell(row, "DR_grade", where, range(5))
         path = resolve_image(folders, row["image"], (".png", ".jpeg", ".jpg"))
         if path is None:
             if check_files:
@@ -103,4 +98,7 @@ def read_eyeq(
             path = folders[0] / row["image"]
         patient, eye = _patient_and_eye(row["image"])
         records.append(FundusRecord(path, grade, quality, patient, eye))
+        wheres.append(where)
+    labels_of = ((r.image, (r.quality, r.dr_grade), w) for r, w in zip(records, wheres, strict=True))
+    refuse_conflicts(labels_of, "(quality, DR_grade)")
     return records

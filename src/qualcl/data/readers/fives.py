@@ -63,7 +63,8 @@ def _quality(root: Path, split: str) -> dict[int, dict[str, int]] | None:
             return None
         sheet = csv
     rows = read_table_rows(sheet, ["Number", *FIVES_FACTORS], sheet=split if sheet.suffix == ".xlsx" else None)
-    out = {}
+    out: dict[int, dict[str, int]] = {}
+    lines: dict[int, str] = {}
     for row in rows:
         where = f"{sheet}:{row['__line__']}"
         try:
@@ -73,7 +74,13 @@ def _quality(root: Path, split: str) -> dict[int, dict[str, int]] | None:
             raise ValueError(f"{where}: Number, IC, Blur and LC must be integers, got {row}") from None
         if any(v not in (0, 1) for v in factors.values()):
             raise ValueError(f"{where}: IC, Blur and LC must be 0 or 1, got {factors}")
+        if number in out and out[number] != factors:
+            raise ValueError(
+                f"{where}: image {number} is listed twice with different quality factors: {out[number]} at "
+                f"{sheet}:{lines[number]} and {factors} here"
+            )
         out[number] = factors
+        lines.setdefault(number, row["__line__"])
     return out
 
 

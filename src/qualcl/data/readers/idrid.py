@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
 from scipy import ndimage
 
-from qualcl.data.readers._files import find_file, read_csv_rows, resolve_image
+from qualcl.data.images import read_image
+from qualcl.data.readers._files import find_file, int_cell, read_csv_rows, refuse_conflicts, resolve_image
 
 __all__ = [
     "IDRID_LESIONS",
@@ -84,7 +84,8 @@ def read_idrid_grading(root: str | Path, split: str = "train", *, check_files: b
 
     Raises:
         FileNotFoundError: The CSV or an image is missing (named).
-        ValueError: A column is missing or a value is out of range.
+        ValueError: A column is missing, a value is not an integer in range, or one image is listed
+            with two labels (file and lines named).
 
     Examples:
         >>> records = read_idrid_grading("IDRiD", "train")  # doctest: +SKIP
@@ -101,18 +102,20 @@ def read_idrid_grading(root: str | Path, split: str = "train", *, check_files: b
     )
     rows = read_csv_rows(labels, ["Image name", "Retinopathy grade", "Risk of macular edema"])
     images = base / "1. Original Images" / folder
-    records = []
+    records, wheres = [], []
     for row in rows:
         where = f"{labels}:{row['__line__']}"
-        grade, dme = int(row["Retinopathy grade"]), int(row["Risk of macular edema"])
-        if not 0 <= grade <= 4 or not 0 <= dme <= 2:
-            raise ValueError(f"{where}: grade must lie in 0..4 and DME risk in 0..2, got {grade}, {dme}")
+        grade = int_cell(row, "Retinopathy grade", where, range(5))
+        dme = int_cell(row, "Risk of macular edema", where, range(3))
         path = resolve_image([images], row["Image name"], (".jpg", ".JPG", ".png"))
         if path is None:
             if check_files:
                 raise FileNotFoundError(f"{where}: image {row['Image name']!r} not found in {images}")
             path = images / (row["Image name"] + ".jpg")
         records.append(IDRiDGradingRecord(path, grade, dme))
+        wheres.append(where)
+    labels_of = ((r.image, (r.dr_grade, r.dme_risk), w) for r, w in zip(records, wheres, strict=True))
+    refuse_conflicts(labels_of, "(Retinopathy grade, Risk of macular edema)")
     return records
 
 
@@ -159,8 +162,7 @@ def read_idrid_segmentation(root: str | Path, split: str = "train") -> list[IDRi
 
 def load_mask(path: str | Path) -> NDArray[np.bool_]:
     """Load a binary mask image (any non-zero channel value is foreground) as an ``(H, W)`` bool array."""
-    with Image.open(path) as image:
-        array = np.asarray(image)
+    array = np.asarray(read_image(path))
     foreground: NDArray[np.bool_] = np.asarray(array.any(axis=-1) if array.ndim == 3 else array > 0)
     return foreground
 

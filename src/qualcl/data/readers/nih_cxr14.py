@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from qualcl.data.readers._files import find_file
+from qualcl.data.readers._files import find_file, read_text
 
 __all__ = [
     "CHESTXRAY8_FINDINGS",
@@ -126,40 +127,39 @@ def read_nih_cxr14(root: str | Path, split: str | None = None, *, check_files: b
         if split not in lists:
             raise ValueError(f"split must be None, 'train_val' or 'test', got {split!r}")
         listing = find_file(base, [lists[split]], "NIH ChestX-ray14 split list")
-        wanted = {line.strip() for line in listing.read_text().splitlines() if line.strip()}
+        wanted = {line.strip() for line in read_text(listing).splitlines() if line.strip()}
     images = _image_index(base) if check_files else {}
     known = set(NIH_FINDINGS)
     records = []
-    with table.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = [name.strip() for name in next(reader, [])]
-        missing = [name for name in _REQUIRED if name not in header]
-        if missing:
-            raise ValueError(f"{table} lacks column(s) {missing}; found columns {header}")
-        col = {name: header.index(name) for name in _REQUIRED}
-        for line, values in enumerate(reader, start=2):
-            if not values or not values[0].strip():
-                continue
-            name = values[col["Image Index"]].strip()
-            if wanted is not None and name not in wanted:
-                continue
-            labels = values[col["Finding Labels"]].strip()
-            findings = () if labels in ("", "No Finding") else tuple(labels.split("|"))
-            unknown = [f for f in findings if f not in known]
-            if unknown:
-                raise ValueError(f"{table}:{line}: unknown finding(s) {unknown}")
-            if check_files and name not in images:
-                raise FileNotFoundError(f"{table}:{line}: image {name!r} not found under {base}")
-            records.append(
-                CXRRecord(
-                    image=images.get(name, base / "images" / name),
-                    findings=findings,
-                    patient_id=values[col["Patient ID"]].strip(),
-                    age=_age(values[col["Patient Age"]]),
-                    sex=values[col["Patient Gender"]].strip(),
-                    view=values[col["View Position"]].strip(),
-                )
+    reader = csv.reader(io.StringIO(read_text(table), newline=""))
+    header = [name.strip() for name in next(reader, [])]
+    missing = [name for name in _REQUIRED if name not in header]
+    if missing:
+        raise ValueError(f"{table} lacks column(s) {missing}; found columns {header}")
+    col = {name: header.index(name) for name in _REQUIRED}
+    for line, values in enumerate(reader, start=2):
+        if not values or not values[0].strip():
+            continue
+        name = values[col["Image Index"]].strip()
+        if wanted is not None and name not in wanted:
+            continue
+        labels = values[col["Finding Labels"]].strip()
+        findings = () if labels in ("", "No Finding") else tuple(labels.split("|"))
+        unknown = [f for f in findings if f not in known]
+        if unknown:
+            raise ValueError(f"{table}:{line}: unknown finding(s) {unknown}")
+        if check_files and name not in images:
+            raise FileNotFoundError(f"{table}:{line}: image {name!r} not found under {base}")
+        records.append(
+            CXRRecord(
+                image=images.get(name, base / "images" / name),
+                findings=findings,
+                patient_id=values[col["Patient ID"]].strip(),
+                age=_age(values[col["Patient Age"]]),
+                sex=values[col["Patient Gender"]].strip(),
+                view=values[col["View Position"]].strip(),
             )
+        )
     return records
 
 
@@ -188,21 +188,20 @@ def read_nih_boxes(root: str | Path) -> dict[str, list[tuple[float, float, float
     """
     table = find_file(Path(root), ["BBox_List_2017.csv"], "NIH ChestX-ray14 boxes")
     out: dict[str, list[tuple[float, float, float, float, str]]] = {}
-    with table.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, [])
-        if not header or header[0].strip() != "Image Index":
-            raise ValueError(f"{table}: expected the header 'Image Index,Finding Label,Bbox [x,y,w,h]', got {header}")
-        for line, values in enumerate(reader, start=2):
-            if not values or not values[0].strip():
-                continue
-            if len(values) < 6:
-                raise ValueError(f"{table}:{line}: expected image, label, x, y, w, h; got {values}")
-            try:
-                x, y, w, h = (float(v) for v in values[2:6])
-            except ValueError:
-                raise ValueError(f"{table}:{line}: box values {values[2:6]} are not numbers") from None
-            if w < 0 or h < 0:
-                raise ValueError(f"{table}:{line}: negative box size {w} x {h}")
-            out.setdefault(values[0].strip(), []).append((x, y, x + w, y + h, values[1].strip()))
+    reader = csv.reader(io.StringIO(read_text(table), newline=""))
+    header = next(reader, [])
+    if not header or header[0].strip() != "Image Index":
+        raise ValueError(f"{table}: expected the header 'Image Index,Finding Label,Bbox [x,y,w,h]', got {header}")
+    for line, values in enumerate(reader, start=2):
+        if not values or not values[0].strip():
+            continue
+        if len(values) < 6:
+            raise ValueError(f"{table}:{line}: expected image, label, x, y, w, h; got {values}")
+        try:
+            x, y, w, h = (float(v) for v in values[2:6])
+        except ValueError:
+            raise ValueError(f"{table}:{line}: box values {values[2:6]} are not numbers") from None
+        if w < 0 or h < 0:
+            raise ValueError(f"{table}:{line}: negative box size {w} x {h}")
+        out.setdefault(values[0].strip(), []).append((x, y, x + w, y + h, values[1].strip()))
     return out

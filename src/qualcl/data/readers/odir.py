@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from qualcl.data.readers._files import resolve_image
+from qualcl.data.readers._files import refuse_conflicts, resolve_image
 from qualcl.data.readers._sheets import read_table_rows
 
 __all__ = ["ODIR_CATEGORIES", "ODIR_QUALITY", "ODIRRecord", "odir_keyword_labels", "read_odir"]
@@ -29,7 +30,9 @@ ODIR_QUALITY = ("Good", "Low")
 QUALITY_KEYWORDS = ("low image quality", "lens dust", "image offset", "optic disk photographically invisible")
 #: Keywords that mark an image that is not a fundus photograph (the eye is skipped).
 NOT_FUNDUS = ("anterior segment image", "no fundus image")
-#: DR severity keywords → ICDR grade (checked in this order).
+#: DR severity keywords → ICDR grade (checked in this order). A phrase counts only where it is not
+#: the tail of a longer "non(-)proliferative" phrase, so "non proliferative retinopathy" is never
+#: read as "proliferative retinopathy" (grade 4).
 DR_GRADES = (
     ("mild nonproliferative retinopathy", 1),
     ("mild non proliferative retinopathy", 1),
@@ -56,7 +59,8 @@ class ODIRRecord:
         categories: Letters of :data:`ODIR_CATEGORIES` the keywords name (multi-label).
         label: Class id of the primary category: ``N`` if normal only, else the first of
             ``D, G, C, A, H, M, O`` present.
-        dr_grade: ICDR grade from the DR keywords (0 for a normal eye), ``None`` when unknown.
+        dr_grade: ICDR grade from the DR keywords (0 for a normal eye), ``None`` when unknown
+            (no DR keyword, or one without a severity such as ``non proliferative retinopathy``).
         quality: 0 = Good, 1 = Low (a quality keyword is present; :data:`ODIR_QUALITY`).
     """
 
@@ -73,6 +77,11 @@ class ODIRRecord:
 def _split_keywords(text: str) -> tuple[str, ...]:
     parts = text.replace("，", ",").replace("、", ",").replace(";", ",").split(",")
     return tuple(" ".join(p.strip().lower().replace("_", " ").split()) for p in parts if p.strip())
+
+
+def _names(keyword: str, phrase: str) -> bool:
+    """``phrase`` occurs in ``keyword`` as words, not as the tail of ``non proliferative`` / ``nonproliferative``."""
+    return re.search(rf"(?<!non )(?<![\w-]){re.escape(phrase)}(?!\w)", keyword) is not None
 
 
 def _category(keyword: str) -> str | None:
@@ -100,7 +109,9 @@ def odir_keyword_labels(text: str) -> tuple[tuple[str, ...], int, int | None, in
 
     The mapping (qualcl's, written out so it can be audited): ``normal fundus`` → N; a keyword with
     ``hypertensive`` → H; ``… diabetic retinopathy`` or ``… proliferative retinopathy`` → D (its
-    severity → grade 1–4, :data:`DR_GRADES`); ``glaucoma`` → G; ``cataract`` → C; ``macular
+    severity → grade 1–4, :data:`DR_GRADES`; ``non proliferative retinopathy`` without ``mild``,
+    ``moderate`` or ``severe`` is D with no grade, ``dr_grade = None``, as it may be any of 1–3 —
+    never 4); ``glaucoma`` → G; ``cataract`` → C; ``macular
     degeneration`` → A; ``myopia`` / ``myopic`` → M; any other finding (drusen, laser spot,
     epiretinal membrane, …) → O. The notes in :data:`QUALITY_KEYWORDS` are not findings: they put
     the eye in the "Low" quality stratum (an eye with only notes is N). An eye with a keyword of
@@ -111,6 +122,8 @@ def odir_keyword_labels(text: str) -> tuple[tuple[str, ...], int, int | None, in
         (('D', 'O'), 1, 2, 0)
         >>> odir_keyword_labels("normal fundus，lens dust")
         (('N',), 0, 0, 1)
+        >>> odir_keyword_labels("non proliferative retinopathy")  # severity not given: no grade
+        (('D',), 1, None, 0)
     """
     keywords = _split_keywords(text)
     if any(k in NOT_FUNDUS for k in keywords):
@@ -125,7 +138,7 @@ def odir_keyword_labels(text: str) -> tuple[tuple[str, ...], int, int | None, in
     label = letters.index(categories[0] if categories != ("N",) else "N")
     grade: int | None = 0 if categories == ("N",) else None
     for phrase, value in DR_GRADES:
-        if any(phrase in k and "hypertensive" not in k for k in keywords):
+        if any(_names(k, phrase) and "hypertensive" not in k for k in keywords):
             grade = value
             break
     quality = int(any(k in QUALITY_KEYWORDS for k in keywords))
@@ -159,7 +172,8 @@ def read_odir(
 
     Raises:
         FileNotFoundError: The folder, the sheet or an image is missing (named).
-        ValueError: A column is missing (file named).
+        ValueError: A column is missing (file named), or one image is listed twice with different
+            labels (file and both rows named).
 
     Examples:
         >>> eyes = read_odir("ODIR-5K")  # doctest: +SKIP
@@ -186,7 +200,7 @@ def read_odir(
         folders = [Path(f) for f in image_dirs]
     else:
         folders = [base / "Training Images", base / "ODIR-5K" / "Training Images", base / "images", base]
-    records = []
+    records, wheres = [], []
     for row in rows:
         for side, eye in (("Left", "left"), ("Right", "right")):
             labels = odir_keyword_labels(row[f"{side}-Diagnostic Keywords"])
@@ -204,4 +218,7 @@ def read_odir(
             categories, label, grade, quality = labels
             keywords = _split_keywords(row[f"{side}-Diagnostic Keywords"])
             records.append(ODIRRecord(path, row["ID"], eye, keywords, categories, label, grade, quality))
+            wheres.append(where)
+    labels_of = ((r.image, (r.categories, r.dr_grade, r.quality), w) for r, w in zip(records, wheres, strict=True))
+    refuse_conflicts(labels_of, "labels (categories, DR grade, quality)")
     return records

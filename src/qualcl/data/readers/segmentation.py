@@ -4,13 +4,11 @@ Each reader returns :class:`SegmentationRecord` rows (an image and its mask file
 :func:`read_segmentation` dispatches by dataset name and :func:`load_segmentation_sample` reads one
 record with the local-discrimination code's pre-processing (:func:`fundus_roi`: any channel
 ``> 20``, the largest 8-connected component's box plus a 16-px margin, then a square resize; masks
-resized bilinearly and re-thresholded at 0.3, soft maps such as Drishti-GS1's at 0.3·255 first).
+resized bilinearly and re-thresholded at 0.3, soft maps such as Drishti-GS1's at 0.3 of their bit depth first).
 """
 
 from __future__ import annotations
 
-import gzip
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -19,10 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
-from PIL import Image
 from scipy import ndimage
 from torch import Tensor
 
+from qualcl.data.images import read_image, to_8bit, unit_array
 from qualcl.data.readers.idrid import read_idrid_segmentation
 
 __all__ = [
@@ -61,7 +59,7 @@ class SegmentationRecord:
         name: The image's identifier within the dataset (its file stem).
         dataset: Key in :data:`SEGMENTATION_DATASETS`.
         split: ``"train"`` / ``"test"`` where the dataset defines them, else ``None``.
-        soft: Whether the masks are soft maps (averaged annotations) to threshold at 0.3·255.
+        soft: Whether the masks are soft maps (averaged annotations) to threshold at 0.3 of the bit depth.
     """
 
     image: Path
@@ -246,7 +244,7 @@ def read_drishti_gs(root: str | Path, split: str = "train") -> list[Segmentation
 
     Ground truth: ``Training/GT/<id>/SoftMap/<id>_ODsegSoftmap.png`` and ``_cupsegSoftmap.png``
     (``Test/Test_GT/...`` for the test split); soft maps average the experts and are thresholded
-    at 0.3·255 when loaded.
+    at 0.3 of the bit depth (0.3·255 for 8-bit maps) when loaded.
 
     Examples:
         >>> sorted(read_drishti_gs("Drishti-GS1_files")[0].masks)  # doctest: +SKIP
@@ -301,17 +299,18 @@ def read_segmentation(dataset: str, root: str | Path, split: str | None = None) 
 
 
 def _read_array(path: Path) -> NDArray[np.uint8]:
-    """An image file (``.gz``-compressed allowed) as ``(H, W)`` or ``(H, W, 3)`` uint8."""
-    source: Path | io.BytesIO = path
-    if path.name.endswith(".gz"):
-        with gzip.open(path) as handle:
-            source = io.BytesIO(handle.read())
-    with Image.open(source) as opened:
-        image: Image.Image = opened
-        if image.mode not in ("L", "RGB"):
-            image = image.convert("RGB" if image.mode in ("RGBA", "P", "CMYK") else "L")
-        array: NDArray[np.uint8] = np.asarray(image)
+    """An image file (``.gz``-compressed allowed) as ``(H, W)`` or ``(H, W, 3)`` uint8, 16-bit scaled by its depth."""
+    image = to_8bit(read_image(path))
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("RGB" if image.mode in ("RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV") else "L")
+    array: NDArray[np.uint8] = np.asarray(image)
     return array
+
+
+def _read_mask(path: Path) -> NDArray[np.float64]:
+    """A mask file as ``(H, W)`` fractions of its bit depth (the largest channel of a colour mask)."""
+    fraction = unit_array(read_image(path))
+    return fraction.max(axis=2) if fraction.ndim == 3 else fraction
 
 
 def fundus_roi(image: NDArray[np.uint8], *, threshold: int = 20, margin: int = 16) -> tuple[int, int, int, int]:
@@ -365,8 +364,10 @@ def load_segmentation_sample(
     """Read a record with the code's pre-processing: ROI crop, square resize, masks re-thresholded.
 
     The image is cropped to :func:`fundus_roi` and resized bilinearly to ``size`` × ``size``; each
-    mask is binarised (``> 0``; soft maps ``> 0.3·255``), cropped to the same box, resized
-    bilinearly and thresholded at ``mask_threshold`` (0.3 in the code).
+    mask is binarised (``> 0``; soft maps ``> 0.3`` of the bit depth), cropped to the same box, resized
+    bilinearly and thresholded at ``mask_threshold`` (0.3 in the code). Mask values are read as
+    fractions of the file's bit depth, so a 16-bit soft map is thresholded at 0.3 · 65535 (not
+    clipped to 8 bits first), and 16-bit images are scaled to 8 bits by their depth.
 
     Args:
         record: A reader's record.
@@ -379,7 +380,9 @@ def load_segmentation_sample(
         :class:`SegmentationSample`.
 
     Raises:
-        ValueError: A mask's size differs from its image's, or the image is black.
+        ValueError: A mask's size differs from its image's, or the image is black (no fundus to
+            crop); the file is named.
+        OSError: A file is truncated, not an image, or a ``.gz`` that is not gzip data (named).
 
     Examples:
         >>> sample = load_segmentation_sample(read_drive("DRIVE")[0], size=256)  # doctest: +SKIP
@@ -389,18 +392,20 @@ def load_segmentation_sample(
     image = _read_array(record.image)
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
-    top, left, bottom, right = fundus_roi(image, threshold=threshold, margin=margin)
+    try:
+        top, left, bottom, right = fundus_roi(image, threshold=threshold, margin=margin)
+    except ValueError as error:
+        raise ValueError(f"{record.dataset or 'segmentation'}: image {record.image}: {error}") from None
     out = _resize(image[top:bottom, left:right], size).round().clamp(0, 255).to(torch.uint8)
     masks = {}
     for task, path in record.masks.items():
-        mask = _read_array(path)
-        mask = mask.max(axis=2) if mask.ndim == 3 else mask
+        mask = _read_mask(path)
         if mask.shape != image.shape[:2]:
             raise ValueError(
                 f"{record.dataset}: mask {path} is {mask.shape[1]} × {mask.shape[0]} but its image "
                 f"{record.image.name} is {image.shape[1]} × {image.shape[0]}"
             )
-        binary = (mask > 0.3 * 255) if record.soft else (mask > 0)
+        binary = (mask > 0.3) if record.soft else (mask > 0)
         resized = _resize(binary[top:bottom, left:right].astype(np.uint8), size)[0]
         masks[task] = resized > mask_threshold
     return SegmentationSample(out, masks, (top, left, bottom, right))
