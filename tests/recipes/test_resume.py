@@ -66,18 +66,25 @@ def test_comcl_resumes_exactly_after_interruptions_in_each_stage(comcl_reference
     _same_run(root / "whole", run)
 
 
-class _SigtermAt(Callback):
-    """Sends this process SIGTERM once, from a chosen hook of the fine-tuning stage in epoch 1."""
+class _SignalAt(Callback):
+    """Sends this process a signal once, from a chosen hook of the fine-tuning stage in epoch 1."""
 
-    def __init__(self, hook: str, batch: int | None = None) -> None:
-        self.hook, self.batch, self.sent = hook, batch, False
+    def __init__(self, signum: int, hook: str, batch: int | None = None) -> None:
+        self.signum, self.hook, self.batch, self.sent = signum, hook, batch, False
 
     def _maybe(self, trainer, pl_module, hook: str, batch_idx: int | None = None) -> None:
         if self.sent or hook != self.hook or not isinstance(pl_module, GradingFineTuning):
             return
         if trainer.current_epoch == 1 and (self.batch is None or batch_idx == self.batch):
             self.sent = True
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._maybe(trainer, pl_module, "train_batch_start", batch_idx)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        # inside a step: the loss is computed and back-propagated, the parameters not yet updated
+        self._maybe(trainer, pl_module, "before_optimizer_step", trainer.fit_loop.epoch_loop.batch_idx)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._maybe(trainer, pl_module, "train_batch_end", batch_idx)
@@ -89,17 +96,26 @@ class _SigtermAt(Callback):
         self._maybe(trainer, pl_module, "validation_epoch_end")
 
 
-@pytest.mark.parametrize(
-    ("hook", "batch"),
-    [("train_batch_end", 0), ("train_batch_end", 1), ("validation_batch_start", 0), ("validation_epoch_end", None)],
-    ids=["mid-epoch", "last-batch", "mid-validation", "after-validation"],
-)
-def test_sigterm_anywhere_in_an_epoch_resumes_to_the_same_run(comcl_reference, tmp_path, hook, batch):
-    # the epoch's history row is produced after validation, when the checkpoint on SIGTERM may or may not hold it
+POINTS = {
+    "before-a-step": ("train_batch_start", 1),
+    "inside-a-step": ("before_optimizer_step", 1),
+    "mid-epoch": ("train_batch_end", 0),
+    "epoch-end": ("train_batch_end", 1),
+    "mid-validation": ("validation_batch_start", 0),
+    "after-validation": ("validation_epoch_end", None),
+}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("point", list(POINTS))
+def test_a_signal_anywhere_in_an_epoch_resumes_to_the_same_run(comcl_reference, tmp_path, point, signum):
+    # the epoch's history row is produced after validation, when the checkpoint may or may not hold it
     config, root = comcl_reference
     with pytest.raises(SystemExit) as stopped:
-        COMCL.run(config, tmp_path / "run", callbacks=[_SigtermAt(hook, batch)])
-    assert stopped.value.code == 128 + signal.SIGTERM
+        COMCL.run(config, tmp_path / "run", callbacks=[_SignalAt(signum, *POINTS[point])])
+    assert stopped.value.code == 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the run's handler is gone
+    assert not list((tmp_path / "run" / "checkpoints").rglob("last-v*.ckpt"))  # no stray checkpoint copies
     COMCL.run(config, tmp_path / "run")
     _same_run(root / "whole", tmp_path / "run")
 

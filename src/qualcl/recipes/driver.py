@@ -34,6 +34,7 @@ from qualcl.distributed import gather_no_grad, is_distributed, rank, world_size
 from qualcl.models import unfold_small_convs
 from qualcl.recipes.callbacks import HistoryWriter, load_best, resume_path
 from qualcl.recipes.config import RecipeConfig, config_to_dict, resolve_config
+from qualcl.recipes.interrupt import GracefulInterrupt
 from qualcl.recipes.resume import ResumableLoader
 from qualcl.recipes.run_folder import ModelCard, RunFolder, prepare_run_folder
 from qualcl.recipes.trainer import check_trainer, make_trainer
@@ -294,9 +295,7 @@ class RunContext(Generic[C]):
             trainer.fit(module, datamodule=loaders, ckpt_path=resume_path(run, stage, history_key), weights_only=True)
         except SIGTERMException:
             # Lightning stops on SIGTERM by raising SystemExit(None): exit code 0, as if the run had finished
-            print(
-                f"qualcl: stage {stage!r} was stopped (SIGTERM); run the same command again to resume", file=sys.stderr
-            )
+            print(f"qualcl: stage {stage!r} was stopped; run the same command again to resume", file=sys.stderr)
             raise SystemExit(128 + signal.SIGTERM) from None
         if not _budget_spent(trainer, max_steps, max_epochs):
             raise RuntimeError(
@@ -507,7 +506,9 @@ def run_recipe(
 
     Raises:
         ValueError: The config, the machine or the folder cannot take the run (nothing was written).
-        SystemExit: A stage was stopped by SIGTERM (code 143; the run resumes when re-run).
+        SystemExit: A stage was stopped by SIGTERM (code 143) or Ctrl-C (130; the first one stops the
+            stage after its current step, as SIGTERM does: :class:`~qualcl.recipes.interrupt.GracefulInterrupt`);
+            the run resumes exactly when re-run.
     """
     if not isinstance(config, recipe.config_class):
         raise TypeError(f"{recipe.name} needs a {recipe.config_class.__name__}, got {type(config).__name__}")
@@ -515,7 +516,24 @@ def run_recipe(
     recipe.check(config)
     if is_global_zero():
         prepare_run_folder(out, config_to_dict(config), overwrite=overwrite)
-    ctx: RunContext[C] = RunContext(config, out, callbacks)
+    interrupt = GracefulInterrupt()
+    ctx: RunContext[C] = RunContext(config, out, [*callbacks, interrupt])
+    interrupt.install()
+    try:
+        return _run_stages(recipe, config, ctx)
+    except SystemExit as stop:
+        if interrupt.signal is not None and stop.code not in (0, None):  # Ctrl-C: the shell's code, 130
+            raise SystemExit(128 + signal.SIGINT) from None
+        raise
+    except KeyboardInterrupt:
+        print("qualcl: interrupted (Ctrl-C); run the same command again to resume", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGINT) from None
+    finally:
+        interrupt.uninstall()
+
+
+def _run_stages(recipe: Recipe[C, D, S], config: C, ctx: RunContext[C]) -> dict[str, Any]:
+    """The part of :func:`run_recipe` after the folder checks: start, stages, evaluation, results."""
     try:
         ctx.run.save_config(config, recipe.name)
         L.seed_everything(config.seed, workers=True, verbose=False)
