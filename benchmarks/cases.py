@@ -138,6 +138,42 @@ def _qualcl_info_nce(impl: str, *, backward: bool = True, **options: object) -> 
     return build
 
 
+def _flex_info_nce(*, backward: bool = True) -> Callable[[Shape], Run]:
+    """InfoNCE through ``torch.nn.attention.flex_attention``: ``mean(lse_i(q̂ k̂ᵀ/τ) - q̂_i·k̂_i/τ)``.
+
+    flex_attention returns the row log-sum-exp of the attention logits (differentiable), so an InfoNCE
+    with one positive per row is its ``lse`` minus the positive logit; the value tensor is a dummy
+    ``(M, 16)`` zero block. Compiled with ``torch.compile`` on CUDA (as flex_attention is meant to run);
+    eager on CPU, where torch 2.14's compiled CPU flex_attention refuses ``lse`` ("only supports inference
+    and `return_lse` is not supported yet") and its backward is not implemented.
+    """
+
+    def build(shape: Shape) -> Run:
+        from torch.nn.attention.flex_attention import AuxRequest, flex_attention
+
+        attend = torch.compile(flex_attention) if shape.device == "cuda" else flex_attention
+        q, c = _inputs(shape, grad=backward)
+        values = torch.zeros(1, 1, shape.m, 16, device=shape.device, dtype=shape.torch_dtype)
+        scale = 1.0 / shape.temperature
+
+        def run() -> None:
+            with torch.set_grad_enabled(backward):
+                qn, cn = F.normalize(q, dim=1), F.normalize(c, dim=1)
+                _, aux = attend(qn[None, None], cn[None, None], values, scale=scale, return_aux=AuxRequest(lse=True))
+                positive = (qn * cn[: shape.n]).sum(dim=1).float() * scale
+                loss = (aux.lse[0, 0].float() - positive).mean()
+                if backward:
+                    loss.backward()
+                    _clear(q, c)
+
+        return run
+
+    return build
+
+
+FLEX = "`flex_attention` InfoNCE (lse − positive logit; compiled on CUDA, eager on CPU)"
+
+
 def _naive_info_nce_top_k(shape: Shape) -> Run:
     q, c = _inputs(shape, grad=True)
     p = _inputs(replace(shape, m=shape.n), grad=False, seed=1)[1]
@@ -363,8 +399,14 @@ GROUPS: tuple[Group, ...] = (
                 "qualcl",
                 _qualcl_info_nce("naive"),
             ),
+            _case("info_nce", "flex", FLEX, "peer", _flex_info_nce(), devices=("cuda",)),
         ),
         floor="mm",
+        notes=(
+            "`flex_attention` runs forward + backward on CUDA only: in torch 2.14 its backward raises "
+            "`NotImplementedError: FlexAttention does not support backward on CPU`, and compiled CPU "
+            "flex_attention refuses `lse`; its eager CPU forward is in the next table.",
+        ),
     ),
     Group(
         "info_nce_forward",
@@ -381,6 +423,7 @@ GROUPS: tuple[Group, ...] = (
                 lambda s: _naive_info_nce(s, backward=False),
             ),
             _case("info_nce_forward", "auto", AUTO, "qualcl", _qualcl_info_nce("auto", backward=False)),
+            _case("info_nce_forward", "flex", FLEX, "peer", _flex_info_nce(backward=False)),
         ),
         floor="mm",
     ),

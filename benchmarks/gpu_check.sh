@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU check of qualcl (at most 11 minutes on one H100 / H200, typically much less), run from the repository root:
+# One-shot GPU check of qualcl (at most 12.5 minutes on one H100 / H200, typically much less), run from the repository root:
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        # OUT_DIR defaults to $OUT, else gpu_check/
 #
@@ -9,7 +9,10 @@
 # 2. the GPU benchmark tables at the targets' sizes (docs/performance.md G1-G5: bf16, N = M = 65,536),
 #    qualcl and its peers in one process (python -m benchmarks.compare --device cuda);
 # 3. the patch-discrimination criterion at 256·B items on CUDA (benchmarks/patch_discrimination.py);
-# 4. a --precision bf16-mixed smoke run of every recipe on the GPU.
+# 4. a --precision bf16-mixed smoke run of every recipe on the GPU;
+# 5. exact search on the GPU: qualcl RetrievalIndex vs matmul + torch.topk vs FAISS (on the GPU when
+#    faiss' GPU build is importable, else its CPU index), 1,000 x 100k and 10,000 x 100k, k = 10.
+# Step 2's InfoNCE tables include the flex_attention InfoNCE peer (compiled, forward + backward).
 #
 # Everything lands in OUT_DIR (summary.md first). Nothing here is needed by CI; no step stops the
 # others. The machine needs torch, triton, lightning, timm, torchmetrics, safetensors, einops and
@@ -69,6 +72,10 @@ step benchmarks_cuda 180 $PY -m benchmarks.compare --device cuda --budget 3 --re
 # 3. the patch-discrimination criterion on CUDA: the accelerator default (dense up to 2^24 entries) vs blocks
 step patch_discrimination_cuda 60 $PY -m benchmarks.patch_discrimination --device cuda --batches 16 64 256 \
     --out "$OUT_DIR/patch_discrimination_cuda.md"
+
+# 5. exact search on the GPU (qualcl vs matmul + topk vs FAISS), before the long smoke runs
+step search_cuda 90 $PY -m benchmarks.retrieval --search-only --device cuda --search 1000x100000,10000x100000 \
+    --search-repeats 5 --out "$OUT_DIR/retrieval_cuda.md"
 
 # 4. bf16-mixed smoke runs of every recipe on the GPU
 RECIPES="comcl mkcnet comcl-detector mirror-retrieval fundus-mm local-discrimination"

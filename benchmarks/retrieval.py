@@ -1,21 +1,29 @@
-"""Circle loss against pytorch-metric-learning's, and exact search against matmul + topk and FAISS, in one run.
+"""Circle loss against pytorch-metric-learning's, and exact search against matmul + topk and FAISS.
 
-    python -m benchmarks.retrieval                   # CPU, 2 threads
+    python -m benchmarks.retrieval                   # CPU, 2 threads: circle loss, then search
+    python -m benchmarks.retrieval --search-only     # only the search tables (the circle table is kept)
     python -m benchmarks.retrieval --sizes 1024,4096 --database 20000
 
-Each case runs in a fresh subprocess (so its peak resident memory is its own): one warm-up, then
-the median of ``--repeats`` timed calls. Circle loss: forward + backward on ``(N, 128)`` float32
+Circle loss: each case runs in a fresh subprocess (so its peak resident memory is its own): one
+warm-up, then the median of ``--repeats`` timed calls; forward + backward on ``(N, 128)`` float32
 embeddings with 100 random classes (qualcl per anchor, ``m = 0.4``, ``γ = 80`` — PML's defaults,
-which qualcl equals). Search: ``k = 10`` neighbours of 1,000 queries in a ``(N, 512)`` database,
-cosine similarity; the indices of every method are compared with plain ``torch.topk``'s. Peak
-memory is the subprocess's maximum resident set size minus its size before the case (``ru_maxrss``),
-so it includes allocator slack. Results go to ``benchmarks/results/retrieval_<device>.md``.
+which qualcl equals). Peak memory is the subprocess's maximum resident set size minus its size
+before the case (``ru_maxrss``), so it includes allocator slack.
+
+Search: ``k = 10`` cosine neighbours of ``Q`` queries in a ``(N, 512)`` float32 database, for each
+``Q × N`` of ``--search`` (the 1M-row database is a memory-mapped ``.npy`` file). Each shape runs
+in one subprocess; its methods (qualcl ``RetrievalIndex``, FAISS ``IndexFlatIP``, matmul +
+``torch.topk``) are timed interleaved, round after round, and the best of ``--search-repeats``
+rounds is reported with the median, wall clock and process CPU time (a shared machine slows calls
+unevenly; interleaving keeps the ratios fair). Every method's indices are compared with plain
+``torch.topk``'s. Results go to ``benchmarks/results/retrieval_cpu.md`` (machine, load, command).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -95,20 +103,140 @@ def _case(kind: str, impl: str, n: int, repeats: int, threads: int) -> dict[str,
     return out
 
 
+SEARCH_METHODS = {
+    "qualcl": "qualcl `RetrievalIndex.search`",
+    "faiss": "FAISS `IndexFlatIP.search`",
+    "dense": "matmul + `torch.topk`",
+}
+
+
+def _search(
+    queries_n: int, database_n: int, repeats: int, threads: int, folder: str, device: str = "cpu"
+) -> dict[str, object]:
+    """Time the search methods interleaved on one shape; best and median seconds, CPU seconds, agreement.
+
+    On CUDA the queries (and an in-memory database) live on the GPU; a memory-mapped database stays
+    on the host and is streamed to the GPU by ``RetrievalIndex``; FAISS runs on the GPU when its GPU
+    build is installed, else on the host copy (``faiss_device`` says which).
+    """
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    if database_n > 200_000:  # memory-mapped, written in slices
+        path = Path(folder) / f"database_{database_n}.npy"
+        mapped = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(database_n, 512))
+        for start in range(0, database_n, 100_000):
+            part = torch.randn(min(100_000, database_n - start), 512, generator=g)
+            mapped[start : start + part.shape[0]] = torch.nn.functional.normalize(part, dim=1).numpy()
+        mapped.flush()
+        del mapped
+        database = torch.from_numpy(np.load(path, mmap_mode="r+"))
+    else:
+        database = torch.nn.functional.normalize(torch.randn(database_n, 512, generator=g), dim=1)
+    queries = torch.nn.functional.normalize(torch.randn(queries_n, 512, generator=g), dim=1)
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    flat = faiss.IndexFlatIP(512)
+    flat.add(database.numpy())
+    faiss_device = "cpu"
+    if device == "cuda" and hasattr(faiss, "StandardGpuResources"):
+        flat, faiss_device = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, flat), "cuda"
+    host_queries = queries.numpy()
+    if device == "cuda":
+        queries = queries.cuda()
+        database = database.cuda() if database_n <= 200_000 else database
+    from qualcl.evaluation import RetrievalIndex
+
+    index = RetrievalIndex(database)
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    runs = {
+        "qualcl": lambda: index.search(queries, 10).indices.cpu(),
+        "faiss": lambda: torch.from_numpy(flat.search(host_queries, 10)[1]),
+        "dense": lambda: (queries @ database.to(queries.device).T).topk(10, dim=1).indices.cpu(),
+    }
+    reference = runs["dense"]()
+    out: dict[str, object] = {"load_before": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    out["faiss_device"] = faiss_device
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
+    for name, run in runs.items():
+        out[f"{name}_agreement"] = float((run() == reference).double().mean())  # also the warm-up
+    for _ in range(repeats):
+        for name, run in runs.items():
+            sync()
+            start, start_cpu = time.perf_counter(), time.process_time()
+            run()
+            sync()
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    for name in runs:
+        out[f"{name}_best"], out[f"{name}_median"] = min(wall[name]), statistics.median(wall[name])
+        out[f"{name}_cpu"] = min(cpu[name])
+    out["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return out
+
+
+def _search_tables(results: list[tuple[int, int, dict[str, object] | None, str]]) -> list[str]:
+    lines = [
+        "| Q × N | method | best (s) | median (s) | CPU (s) | × FAISS (best) | × matmul + topk (best) | "
+        "same indices as torch.topk | load before / after |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for q, n, r, error in results:
+        shape = f"{q:,} × {n:,}" + (" (memory-mapped)" if n > 200_000 else "")
+        if r is not None and r.get("faiss_device") not in (None, "cpu"):
+            shape += f", FAISS on {r['faiss_device']}"
+        if r is None:
+            lines.append(f"| {shape} | failed ({error}) | | | | | | | |")
+            continue
+        for name, label in SEARCH_METHODS.items():
+            best = float(r[f"{name}_best"])  # type: ignore[arg-type]
+            lines.append(
+                f"| {shape} | {label} | {best:.3f} | {float(r[f'{name}_median']):.3f} | "  # type: ignore[arg-type]
+                f"{float(r[f'{name}_cpu']):.3f} | {best / float(r['faiss_best']):.2f}× | "  # type: ignore[arg-type]
+                f"{best / float(r['dense_best']):.2f}× | {float(r[f'{name}_agreement']):.4f} | "  # type: ignore[arg-type]
+                f"{r['load_before']} / {r['load_after']} |"
+            )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1024,2048,4096,8192,16384", help="circle loss batch sizes N")
     parser.add_argument("--database", type=int, default=100_000, help="search database size")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--search",
+        default="1000x100000,10000x100000,1000x1000000",
+        help="search shapes Q x N (N > 200k: memory-mapped)",
+    )
+    parser.add_argument("--search-repeats", type=int, default=5, help="interleaved rounds per search shape")
+    parser.add_argument("--search-only", action="store_true", help="keep the committed circle-loss table")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of the search queries")
+    parser.add_argument("--out", type=Path, default=None, help="search results file (default results/retrieval_cpu.md)")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--search-case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:  # child process: one case, JSON on stdout
         kind, impl, n = args.case.split(":")
         print(json.dumps(_case(kind, impl, int(n), args.repeats, args.threads)))
         return
+    if args.search_case:  # child process: one search shape, JSON on stdout
+        q, n, folder = args.search_case.split(":", 2)
+        print(json.dumps(_search(int(q), int(n), args.search_repeats, args.threads, folder, args.device)))
+        return
+    if args.search_only:
+        _write_search(args)
+        return
     cases = [("circle", impl, int(n)) for n in args.sizes.split(",") for impl in ("qualcl", "pml")]
-    cases += [("search", impl, args.database) for impl in ("qualcl-8192", "qualcl-65536", "dense", "faiss")]
     rows = []
     for kind, impl, n in cases:
         command = [sys.executable, "-m", "benchmarks.retrieval", "--case", f"{kind}:{impl}:{n}"]
@@ -146,29 +274,63 @@ def main() -> None:
             f"{cell(theirs, 'seconds', '.3f', notes[('circle', 'pml', n)])} | {ratio} | "
             f"{cell(ours, 'peak_mib', '.0f', '')} | {cell(theirs, 'peak_mib', '.0f', '')} | {memory} |"
         )
-    lines += [
-        "",
-        f"## Exact search: 1,000 queries, k = 10, database {args.database:,} × 512, cosine",
-        "",
-        "| method | seconds | peak (MiB) | same indices as torch.topk |",
-        "|---|---|---|---|",
-    ]
-    names = {
-        "qualcl-8192": "qualcl RetrievalIndex, chunk 8,192",
-        "qualcl-65536": "qualcl RetrievalIndex, chunk 65,536",
-        "dense": "matmul + torch.topk",
-        "faiss": "faiss IndexFlatIP",
-    }
-    for impl, name in names.items():
-        r = by.get(("search", impl, args.database))
-        if r is None:
-            lines.append(f"| {name} | failed ({notes[('search', impl, args.database)]}) | | |")
-        else:
-            lines.append(f"| {name} | {r['seconds']:.3f} | {r['peak_mib']:.0f} | {r['agreement']:.4f} |")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "retrieval_cpu.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "retrieval_cpu.json").write_text(json.dumps([[k, i, n, r] for k, i, n, r, _ in rows], indent=2))
+    _write_search(args)
+
+
+def _write_search(args: argparse.Namespace) -> None:
+    """Run the search shapes (one subprocess each) and put their table after the circle-loss table."""
+    import tempfile
+
+    results: list[tuple[int, int, dict[str, object] | None, str]] = []
+    with tempfile.TemporaryDirectory() as folder:
+        for shape in args.search.split(","):
+            q, n = (int(x) for x in shape.split("x"))
+            command = [sys.executable, "-m", "benchmarks.retrieval", "--search-case", f"{q}:{n}:{folder}"]
+            command += ["--search-repeats", str(args.search_repeats), "--threads", str(args.threads)]
+            command += ["--device", args.device]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                results.append((q, n, None, done.stderr.strip().splitlines()[-1][:80] if done.stderr else "failed"))
+            else:
+                results.append((q, n, json.loads(done.stdout.strip().splitlines()[-1]), ""))
+            print(results[-1], flush=True)
+    command = "python -m benchmarks.retrieval " + " ".join(sys.argv[1:])
+    lines = [
+        "## Exact search: k = 10, cosine, (N, 512) float32 database",
+        "",
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}, {platform.machine()} ({_cpu_model()}), "
+        f"{os.cpu_count()} logical cores, {args.threads} threads, command `{command.strip()}`. "
+        f"Each shape in its own process; its methods timed interleaved for {args.search_repeats} rounds after "
+        "one warm-up; best and median wall seconds, CPU = the process's CPU seconds of the best call "
+        "(both threads; a shared machine, see the load averages, stretches wall times unevenly).",
+        "",
+        *_search_tables(results),
+        "",
+    ]
+    if args.out is not None:  # e.g. the GPU check: a file of its own
+        args.out.write_text(f"# Exact retrieval ({args.device})\n\n" + "\n".join(lines))
+        return
+    path = RESULTS / "retrieval_cpu.md"
+    text = path.read_text() if path.exists() else "# Circle loss and exact retrieval (cpu)\n"
+    head = text.split("## Exact search")[0].rstrip("\n")
+    path.write_text(head + "\n\n" + "\n".join(lines))
+    data = json.loads((RESULTS / "retrieval_cpu.json").read_text()) if (RESULTS / "retrieval_cpu.json").exists() else []
+    data = [row for row in data if row[0] != "search"] + [["search", f"{q}x{n}", r] for q, n, r, _ in results]
+    (RESULTS / "retrieval_cpu.json").write_text(json.dumps(data, indent=2))
     print("\n".join(lines))
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -25,12 +25,11 @@ CHUNK_BYTES = 1 << 21
 """Default bytes of one candidate chunk (``cols × D``): it stays in cache while every query block meets it."""
 BLOCK_SCORES = 1 << 21
 """Default scores per ``rows × cols`` block (8 MiB in float32)."""
-DENSE_RATIO = 512
-"""Up to ``M = 512 k`` candidates (and 65,536) the default is one chunk of all columns: a top-``k`` that large
-a share of each row is cheapest as one ``torch.topk`` per row block (the K = 64 miner at M = 8,192)."""
 DENSE_BLOCK_SCORES = 1 << 22
 """Scores per row block in that one-chunk case (16 MiB in float32)."""
 MAX_COLUMN_BLOCK = 65_536
+"""Up to this many candidates the default is one chunk of all of them and one ``torch.topk`` per query block
+(the K = 64 miner at M = 8,192); beyond it (retrieval databases) cache-sized chunks stream past."""
 
 
 def topk_block_shape(
@@ -45,10 +44,10 @@ def topk_block_shape(
     """Queries per block and candidates per chunk of the torch path of :func:`topk_similarity`.
 
     Each chunk of ``cols`` candidates is read from memory once and met by every block of ``rows``
-    queries while it is in cache: the default chunk is cache-sized (``cols · D · itemsize`` about
-    2 MiB: 1,024 rows at D = 512 in float32) but holds at least ``8 (k + 1)`` groups of 16 columns
-    (8,448 columns at k = 64), and a block holds about 2^21 scores (all of 1,000 queries against a
-    chunk of 1,408 columns; 256 queries against 8,192).
+    queries while it is in cache. Up to 65,536 candidates the chunk is all of them and a block holds
+    2^22 scores (one ``torch.topk`` per block); beyond, the chunk is cache-sized (``cols · D ·
+    itemsize`` about 2 MiB: 1,024 rows at D = 512 in float32) and a block holds about 2^21 scores
+    (all of 1,000 queries against one chunk).
 
     Args:
         n: Queries ``N``.
@@ -64,7 +63,7 @@ def topk_block_shape(
     """
     if column_chunk_size is not None:
         cols = column_chunk_size
-    elif m <= DENSE_RATIO * k and m <= MAX_COLUMN_BLOCK:  # most columns are candidates: one torch.topk per row block
+    elif m <= MAX_COLUMN_BLOCK:  # up to 65,536 candidates: one chunk, one torch.topk per row block
         cols = m
     else:
         cols = max(CHUNK_BYTES // max(d * itemsize, 1), 256)
@@ -193,10 +192,10 @@ def topk_similarity(
 
     The torch path reads the candidates once, in chunks of ``column_chunk_size`` rows (converted and,
     with ``normalize``, L2-normalised chunk by chunk: a memory-mapped bank is never copied whole),
-    and every block of ``chunk_size`` queries meets a chunk while it is in cache. When ``k`` is a
-    large share of the row (``M <= 512 k`` and ``M <= 65,536``, e.g. K = 64 of 8,192) the default
-    is one chunk of all candidates and one ``torch.topk`` per query block. Otherwise (retrieval:
-    k = 10 of 100,000) the default chunk is cache-sized (:func:`topk_block_shape`) and each query
+    and every block of ``chunk_size`` queries meets a chunk while it is in cache. Up to
+    ``M = 65,536`` candidates (e.g. the K = 64 miner at 8,192) the default is one chunk of all
+    candidates and one ``torch.topk`` per query block. Beyond (retrieval: k = 10 of 100,000) the
+    default chunk is cache-sized (:func:`topk_block_shape`) and each query
     block keeps a running top-``k``: a block of scores is screened by the maxima of its 16-column
     groups against the row's running ``k``-th value, and only the few entries that reach it are
     gathered and merged; the first chunk seeds the threshold (with the members of each row's
@@ -208,7 +207,7 @@ def topk_similarity(
     sort would). The values are those of ``F.normalize(q) @ F.normalize(c).T`` *as this call computes
     them*, block by block. They equal ``torch.topk(q̂ @ ĉ.T, k)`` of one full matmul bit for bit when
     the call uses one block (``N <= chunk_size`` and ``M <= column_chunk_size``; with the defaults:
-    ``M <= 512 k``, ``M <= 65,536`` and ``N · M <= 2^22``); other block shapes are other matmul
+    ``M <= 65,536`` and ``N · M <= 2^22``); other block shapes are other matmul
     shapes, for which BLAS may round a dot product differently in the last bit (float32: one ulp,
     about 6e-8 relative, seen at chunk sizes of a few rows; issue 28): values then agree within
     that, and indices can differ from ``torch.topk``'s only between candidates that close. A given
