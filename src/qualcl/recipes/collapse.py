@@ -102,7 +102,7 @@ def plot_collapse(rows: list[dict[str, float]], path: str | Path, *, title: str)
             steps, [r["alignment"] for r in rows], color="tab:green", marker=marker, ls="--", label="alignment"
         )
     right.set_ylabel("uniformity (0 = collapsed) / alignment")
-    left.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="best")
+    left.legend(lines, [str(line.get_label()) for line in lines], fontsize=8, loc="best")
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out)

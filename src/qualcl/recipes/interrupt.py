@@ -51,7 +51,7 @@ class GracefulInterrupt(Callback):
         self.trainer = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signal is not None or self.trainer is None:
+        if self.signal is not None or self.trainer is None or frame is None:
             raise KeyboardInterrupt
         self.signal = signum
         print(
