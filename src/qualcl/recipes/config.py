@@ -103,8 +103,9 @@ class TrainerConfig:
             losses keep their log-sum-exp in float32).
         logger: ``"csv"`` (``logs/<stage>/metrics.csv`` in the run folder), ``"tensorboard"``,
             ``"wandb"``, ``"mlflow"`` (a local ``mlruns/`` store) or ``"none"``.
-        sync_batchnorm: Under DDP, synchronise BatchNorm statistics across processes where the recipe
-            allows it (contrastive pre-training, so that a step equals one process on the whole batch).
+        sync_batchnorm: Under DDP, synchronise BatchNorm statistics across processes in every stage
+            (so that a step equals one process on the whole batch): torch's ``SyncBatchNorm`` on
+            GPUs, :class:`qualcl.distributed.SyncBatchNorm` on CPUs (gloo).
         channels_last: Train convolutional encoders in channels-last memory format.
         small_map_convs: ``"native"`` or ``"unfold"``: on the CPU, run convolutions whose input maps
             have at most 9 pixels as unfold + matmul (:class:`qualcl.models.UnfoldConv2d`; the same

@@ -226,7 +226,8 @@ class RunContext(Generic[C]):
         every_n_train_steps: int | None = None,
         check_val_every_n_epoch: int = 1,
         find_unused_parameters: bool = False,
-        sync_batchnorm: bool = False,
+        sync_batchnorm: bool = True,
+        double_backward: bool = False,
         info: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Train ``module`` for stage ``stage`` — or, if an earlier run finished it, load its weights.
@@ -252,7 +253,10 @@ class RunContext(Generic[C]):
             every_n_train_steps: Refresh ``last.ckpt`` every this many steps (default every epoch).
             check_val_every_n_epoch: Validation period in epochs.
             find_unused_parameters: DDP: the stage leaves some parameters without gradient.
-            sync_batchnorm: DDP: use SyncBatchNorm in this stage (if ``trainer.sync_batchnorm``).
+            sync_batchnorm: DDP: synchronise BatchNorm in this stage (if ``trainer.sync_batchnorm``, the
+                default), so that a step's batch statistics are those of the global batch.
+            double_backward: The stage differentiates twice through BatchNorm (a second-order meta
+                step): synchronise it with qualcl's twice-differentiable layer on GPUs too.
             info: Extra entries for ``stages.json``.
 
         Returns:
@@ -283,6 +287,7 @@ class RunContext(Generic[C]):
             check_val_every_n_epoch=check_val_every_n_epoch,
             find_unused_parameters=find_unused_parameters,
             sync_batchnorm=sync_batchnorm,
+            double_backward=double_backward,
         )
         start = time.perf_counter()
 

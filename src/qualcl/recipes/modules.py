@@ -1,4 +1,4 @@
-"""Lightning modules more than one recipe trains: supervised grading fine-tuning of any encoder."""
+"""What more than one recipe's Lightning modules share: when losses gather, supervised grading fine-tuning."""
 
 from __future__ import annotations
 
@@ -12,8 +12,42 @@ from torch import Tensor, nn
 from qualcl.distributed import gather_no_grad
 from qualcl.metrics import cohen_kappa, quadratic_weighted_kappa
 from qualcl.models import Encoder
+from qualcl.recipes.config import TrainerConfig
 
-__all__ = ["GradingFineTuning"]
+__all__ = ["GradingFineTuning", "at_least_float32", "gathering"]
+
+
+def at_least_float32(x: Tensor) -> Tensor:
+    """``x`` for a loss: half-precision activations (mixed precision) in float32, float32 and float64 as they are.
+
+    Examples:
+        >>> import torch
+        >>> at_least_float32(torch.ones(1, dtype=torch.bfloat16)).dtype, at_least_float32(torch.ones(1).double()).dtype
+        (torch.float32, torch.float64)
+    """
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def gathering(config: TrainerConfig) -> bool:
+    """The ``gather_distributed`` every loss of a recipe is built with: on whenever the run has more than one process.
+
+    Under DDP a batch-global loss then contrasts each rank's anchors with the candidates of every
+    rank and a per-sample loss takes its mean over the tokens or pixels of every rank, so one step
+    equals one process on the concatenated batch (see :mod:`qualcl.losses.base`). On one process
+    gathering is a no-op, so the flag changes nothing there.
+
+    Args:
+        config: The run's trainer section.
+
+    Returns:
+        Whether the run uses DDP (``trainer.distributed``).
+
+    Examples:
+        >>> from qualcl.recipes.config import TrainerConfig
+        >>> gathering(TrainerConfig()), gathering(TrainerConfig(devices=2)), gathering(TrainerConfig(strategy="ddp"))
+        (False, True, True)
+    """
+    return config.distributed
 
 
 class GradingFineTuning(L.LightningModule):

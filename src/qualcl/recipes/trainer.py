@@ -10,11 +10,21 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, OnExceptionCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.plugins import LayerSync
+from torch import nn
 
 from qualcl.recipes.config import TrainerConfig
 from qualcl.recipes.run_folder import RunFolder
 
-__all__ = ["LOGGER_PACKAGES", "StepProgressBar", "check_logger", "check_trainer", "make_logger", "make_trainer"]
+__all__ = [
+    "LOGGER_PACKAGES",
+    "BatchNormSync",
+    "StepProgressBar",
+    "check_logger",
+    "check_trainer",
+    "make_logger",
+    "make_trainer",
+]
 
 # Lightning's advice that does not apply: in-memory datasets need no workers; resume is explicit (and
 # a resumed stage's checkpoint folder is not empty); the validation metrics are computed on
@@ -145,6 +155,47 @@ def _on_gpu(config: TrainerConfig) -> bool:
     return config.accelerator != "cpu" and torch.cuda.is_available()
 
 
+class BatchNormSync(LayerSync):
+    """Lightning's layer-sync plugin with :func:`qualcl.distributed.convert_sync_batchnorm`: CPU/gloo runs too.
+
+    Lightning converts the module when fitting starts (before it moves it to its device) and
+    reverts it when fitting ends, so the recipe's models hold their own BatchNorm classes again.
+
+    Args:
+        backend: ``"torch"`` (:class:`torch.nn.SyncBatchNorm`, CUDA only) or ``"qualcl"``
+            (:class:`qualcl.distributed.SyncBatchNorm`: any device, twice differentiable).
+    """
+
+    def __init__(self, backend: str) -> None:
+        if backend not in ("torch", "qualcl"):
+            raise ValueError(f"backend must be 'torch' or 'qualcl', got {backend!r}")
+        self.backend = backend
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Synchronise every BatchNorm layer of ``model``."""
+        from qualcl.distributed import convert_sync_batchnorm
+
+        return convert_sync_batchnorm(model, backend="torch" if self.backend == "torch" else "qualcl")
+
+    def revert(self, model: nn.Module) -> nn.Module:
+        """Give every converted layer its original BatchNorm class back."""
+        from qualcl.distributed import revert_sync_batchnorm
+
+        return revert_sync_batchnorm(model)
+
+
+def batchnorm_sync(config: TrainerConfig, *, requested: bool, double_backward: bool = False) -> BatchNormSync | None:
+    """The plugin that synchronises BatchNorm in a stage, or ``None`` when it should not.
+
+    BatchNorm is synchronised when the stage ``requested`` it, ``trainer.sync_batchnorm`` is on and
+    the run uses DDP: with torch's layer on GPUs, else (CPUs, or a stage that differentiates twice
+    through BatchNorm, ``double_backward``) with qualcl's.
+    """
+    if not (requested and config.sync_batchnorm and config.distributed):
+        return None
+    return BatchNormSync("torch" if _on_gpu(config) and not double_backward else "qualcl")
+
+
 def make_trainer(
     run: RunFolder,
     stage: str,
@@ -157,7 +208,8 @@ def make_trainer(
     monitor: str | None = None,
     check_val_every_n_epoch: int = 1,
     find_unused_parameters: bool = False,
-    sync_batchnorm: bool = False,
+    sync_batchnorm: bool = True,
+    double_backward: bool = False,
 ) -> L.Trainer:
     """A Lightning trainer for one stage, writing resumable checkpoints into ``checkpoints/<stage>``.
 
@@ -166,7 +218,9 @@ def make_trainer(
     best epoch is kept as ``best.ckpt``. ``config`` chooses accelerator, devices, nodes, strategy
     (DDP with ``find_unused_parameters`` when the stage leaves parameters without gradient, e.g. a
     second optimiser's model), precision and logger. Samplers are the recipes' own rank-aware ones,
-    so Lightning's ``DistributedSampler`` replacement is off.
+    so Lightning's ``DistributedSampler`` replacement is off. Under DDP, BatchNorm is synchronised
+    across processes unless the stage (``sync_batchnorm=False``) or ``trainer.sync_batchnorm`` turns
+    it off (:func:`batchnorm_sync`; ``double_backward``: the stage differentiates twice through it).
     """
     directory = run.checkpoint_dir(stage)
     checkpoint = ModelCheckpoint(
@@ -184,6 +238,7 @@ def make_trainer(
 
         strategy = DDPStrategy(find_unused_parameters=find_unused_parameters)
     bars: list[Callback] = [StepProgressBar(stage)] if config.progress and max_steps > 0 else []
+    layer_sync = batchnorm_sync(config, requested=sync_batchnorm, double_backward=double_backward)
     return L.Trainer(
         default_root_dir=str(run.root),
         max_steps=max_steps,
@@ -193,7 +248,7 @@ def make_trainer(
         num_nodes=config.num_nodes,
         strategy=strategy,
         precision=config.precision,  # type: ignore[arg-type]
-        sync_batchnorm=sync_batchnorm and config.sync_batchnorm and config.distributed and _on_gpu(config),
+        plugins=[layer_sync] if layer_sync is not None else None,
         use_distributed_sampler=False,
         logger=make_logger(config.logger, run, stage),
         log_every_n_steps=10,

@@ -20,6 +20,7 @@ from qualcl.recipes.comcl.config import PRESETS, ComclConfig, dataset_settings, 
 from qualcl.recipes.comcl.data import (
     CXR_CLASSES,
     GradingDataset,
+    PatchAugmentation,
     PatchPairDataset,
     degrade_to_ratio,
     load_eyeq_layout,
@@ -28,6 +29,7 @@ from qualcl.recipes.comcl.data import (
 )
 from qualcl.recipes.comcl.modules import ContrastivePretraining, GradingFineTuning
 from qualcl.recipes.driver import Recipe, RunContext, Stage, eval_loader
+from qualcl.recipes.modules import gathering
 from qualcl.recipes.plots import plot_confusion, plot_curves, plot_embedding
 from qualcl.recipes.run_folder import ModelCard, RunFolder, strata_table
 from qualcl.samplers import (
@@ -37,7 +39,7 @@ from qualcl.samplers import (
     ShardedShuffleSampler,
 )
 
-__all__ = ["COMCL", "ComclData", "ComclRecipe", "ComclState", "load_datasets", "run_comcl"]
+__all__ = ["COMCL", "ComclData", "ComclRecipe", "ComclState", "load_datasets", "pretraining_module", "run_comcl"]
 
 METRIC_NAMES = {"qwk": "QWK", "kappa": "Kappa"}
 BINARY_LEVELS = ("lesion", "healthy")
@@ -142,6 +144,46 @@ def _plot_finetune(run: RunFolder, metric: str) -> None:
     )
 
 
+def pretraining_module(
+    config: ComclConfig, encoder: Encoder, *, augment: PatchAugmentation | None = None
+) -> ContrastivePretraining:
+    """The pre-training stage's module: ``encoder`` + a new projection head + the configured loss.
+
+    CoMCL's multi-level loss (with the self-paced miner if configured) or SimCLR's NT-Xent; under
+    DDP (:func:`~qualcl.recipes.modules.gathering`) the negatives and the miner's threshold come
+    from every rank, so a step equals one process on the global batch.
+    """
+    cfg = config.pretrain
+    binary = all(name in BINARY_LEVELS for pair in cfg.pairs for name in pair)
+    gather = gathering(config.trainer)
+    loss: MultiLevelInfoNCE | NTXentLoss = NTXentLoss(cfg.temperature, gather_distributed=gather)
+    if cfg.method == "comcl":
+        miner = None
+        if cfg.miner == "self_paced":
+            miner = SelfPacedHardNegativeMiner(
+                CosineCountSchedule(None, cfg.steps), threshold=cfg.spl_threshold, gather_distributed=gather
+            )
+        loss = MultiLevelInfoNCE(
+            pairs=cfg.pairs,
+            level_names=BINARY_LEVELS if binary else LEVEL_NAMES,
+            temperature=cfg.temperature,
+            negatives_from=cfg.negatives_from,
+            miner=miner,
+            gather_distributed=gather,
+        )
+    width = encoder.num_features
+    return ContrastivePretraining(
+        encoder,
+        ProjectionHead((width, width, cfg.projection_dim)),
+        loss,
+        temperature=cfg.temperature,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        max_steps=cfg.steps,
+        augment=augment,
+    )
+
+
 class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
     """CoMCL end to end.
 
@@ -218,36 +260,7 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
         sampler = LevelBalancedBatchSampler(
             dataset.levels, cfg.per_level, replacement=True, seed=config.seed, num_levels=2 if binary else 4
         )
-        # under DDP the negatives (and the miner's threshold) come from every rank: the step equals one
-        # process on the global batch
-        distributed = config.trainer.distributed
-        loss: MultiLevelInfoNCE | NTXentLoss = NTXentLoss(cfg.temperature, gather_distributed=distributed)
-        if cfg.method == "comcl":
-            miner = None
-            if cfg.miner == "self_paced":
-                schedule = CosineCountSchedule(None, cfg.steps)
-                miner = SelfPacedHardNegativeMiner(
-                    schedule, threshold=cfg.spl_threshold, gather_distributed=distributed
-                )
-            loss = MultiLevelInfoNCE(
-                pairs=cfg.pairs,
-                level_names=BINARY_LEVELS if binary else LEVEL_NAMES,
-                temperature=cfg.temperature,
-                negatives_from=cfg.negatives_from,
-                miner=miner,
-                gather_distributed=distributed,
-            )
-        width = state.encoder.num_features
-        module = ContrastivePretraining(
-            state.encoder,
-            ProjectionHead((width, width, cfg.projection_dim)),
-            loss,
-            temperature=cfg.temperature,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            max_steps=cfg.steps,
-            augment=dataset.augment,
-        )
+        module = pretraining_module(config, state.encoder, augment=dataset.augment)
         ctx.fit(
             "pretrain",
             module,

@@ -19,22 +19,31 @@ The recipe wires qualcl's primitives; the maths lives in them. One pre-training 
    the *un-fused* image tokens (the fused ones have seen the whole caption); the fusion then only
    conditions the MAE decoder on the text.
 4. ``L = w_con L_con + w_img L_img + w_cap L_cap``.
+
+Under DDP (``gather_distributed``) the step equals one process on the concatenated batch: ``L_con``
+contrasts with every rank's pairs, ``L_img`` and ``L_cap`` average over every rank's patches and
+words, and the masks are drawn for the global batch (every rank draws the same noise from the
+step's generator and keeps its own rows), so each image is masked as one process would mask it.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qualcl.functional import mask_tokens, patchify, random_masking
+from qualcl.distributed import gather_no_grad, gather_with_grad
+from qualcl.functional import MaskingResult, mask_tokens, patchify, random_masking
 from qualcl.heads import CaptionDecoder, CrossAttentionFusion, MAEDecoder
 from qualcl.losses import CaptionLoss, ClipLoss, MaskedReconstructionLoss
 from qualcl.models import CaptionTokenizer, PretrainedTextEncoder, TextEncoder, minilm_path
 from qualcl.models.vit import vit_encoder
 from qualcl.recipes.fundus_mm.config import ModelConfig
+from qualcl.recipes.modules import at_least_float32
 
 __all__ = ["FundusMMNet", "PretrainOutput", "text_model_path"]
 
@@ -65,11 +74,16 @@ class FundusMMNet(nn.Module):
         config: The model section of the recipe config.
         tokenizer: The caption tokenizer (vocabulary size, context length, special ids).
         image_size: Input side.
+        gather_distributed: Under DDP, make a step equal one process on the concatenated batch
+            (see the module docstring; :func:`qualcl.recipes.modules.gathering`).
     """
 
-    def __init__(self, config: ModelConfig, tokenizer: CaptionTokenizer, image_size: int) -> None:
+    def __init__(
+        self, config: ModelConfig, tokenizer: CaptionTokenizer, image_size: int, *, gather_distributed: bool = False
+    ) -> None:
         super().__init__()
         self.config = config
+        self.gather_distributed = gather_distributed
         self.tokenizer = tokenizer
         self.image = vit_encoder(config.encoder, image_size=image_size)
         width = self.image.num_features
@@ -95,7 +109,8 @@ class FundusMMNet(nn.Module):
                 pad_id=tokenizer.pad_id,
                 end_id=tokenizer.end_id,
             )
-        self.clip_loss = ClipLoss(learnable_logit_scale=True) if config.contrastive else None
+        gather = gather_distributed
+        self.clip_loss = ClipLoss(learnable_logit_scale=True, gather_distributed=gather) if config.contrastive else None
         generative = config.mim or config.caption != "none"
         self.image_tokens = nn.Linear(width, config.fusion_dim) if generative else None
         self.text_tokens = nn.Linear(self.text.width, config.fusion_dim) if generative and config.fusion else None
@@ -120,7 +135,9 @@ class FundusMMNet(nn.Module):
             if config.mim
             else None
         )
-        self.reconstruction_loss = MaskedReconstructionLoss(config.norm_pix_loss, config.loss_on)
+        self.reconstruction_loss = MaskedReconstructionLoss(
+            config.norm_pix_loss, config.loss_on, gather_distributed=gather
+        )
         self.caption_decoder = (
             CaptionDecoder(
                 tokenizer.vocab_size,
@@ -135,7 +152,7 @@ class FundusMMNet(nn.Module):
             if config.caption != "none"
             else None
         )
-        self.caption_loss = CaptionLoss(pad_id=tokenizer.pad_id)
+        self.caption_loss = CaptionLoss(pad_id=tokenizer.pad_id, gather_distributed=gather)
 
     # ------------------------------------------------------------------ embeddings
     @property
@@ -159,6 +176,32 @@ class FundusMMNet(nn.Module):
         return F.normalize(self.text(ids)[0], dim=-1)
 
     # ------------------------------------------------------------------ pre-training
+    @contextlib.contextmanager
+    def per_process(self) -> Iterator[None]:
+        """Within it, forwards use this process's batch alone: no collective, this rank's own losses and masks.
+
+        For passes that ranks do not run together — validation (ranks may hold different numbers of
+        batches) and the plots that rank 0 draws — whatever ``gather_distributed`` says.
+        """
+        losses = [m for m in (self.clip_loss, self.reconstruction_loss, self.caption_loss) if m is not None]
+        saved = self.gather_distributed, [m.gather_distributed for m in losses]
+        self.gather_distributed = False
+        for m in losses:
+            m.gather_distributed = False
+        try:
+            yield
+        finally:
+            self.gather_distributed = saved[0]
+            for m, flag in zip(losses, saved[1], strict=True):
+                m.gather_distributed = flag
+
+    def _global_rows(self, n: int, device: torch.device) -> tuple[int, int]:
+        """Rows of the global batch and this rank's first row (``(n, 0)`` on one process or without gathering)."""
+        if not self.gather_distributed:
+            return n, 0
+        everyone, offset = gather_with_grad(torch.zeros(n, 1, device=device))
+        return everyone.shape[0], offset
+
     def forward(
         self, images: Tensor, ids: Tensor, *, labels: Tensor | None = None, generator: torch.Generator | None = None
     ) -> PretrainOutput:
@@ -172,7 +215,12 @@ class FundusMMNet(nn.Module):
         """
         config, tok = self.config, self.tokenizer
         n = images.shape[0]
-        masking = random_masking(images.new_zeros(n, self.image.num_patches, 1), config.mask_ratio, generator=generator)
+        total, offset = self._global_rows(n, images.device)
+        masking = random_masking(
+            images.new_zeros(total, self.image.num_patches, 1), config.mask_ratio, generator=generator
+        )
+        if total != n:  # this rank's rows of the global batch's masks
+            masking = MaskingResult(*(t[offset : offset + n] for t in masking))
         # the masked pass feeds the decoders and FLIP's contrastive view; CLIP alone needs only the whole image
         masked_pass = self.image_tokens is not None or config.contrastive_view == "masked"
         h_img = self.image.forward_masked(images, masking.ids_keep) if masked_pass else None
@@ -183,22 +231,24 @@ class FundusMMNet(nn.Module):
             if self.clip_loss is not None:
                 cls = h_img[:, 0] if h_img is not None and config.contrastive_view == "masked" else self.image(images)
                 z_img = self.image_proj(cls)
-                losses["contrastive"] = self.clip_loss(z_img.float(), pooled_text.float(), labels=labels)
+                losses["contrastive"] = self.clip_loss(
+                    at_least_float32(z_img), at_least_float32(pooled_text), labels=labels
+                )
         if self.image_tokens is None or h_img is None:
             return PretrainOutput(losses, None, masking.mask)
         image_tokens = self.image_tokens(h_img)
         caption_ids, caption_labels = ids, None
         if config.caption == "masked":
             corrupted = mask_tokens(
-                ids,
+                ids if total == n else gather_no_grad(ids),
                 mask_id=tok.mask_id,
                 vocab_size=tok.vocab_size,
                 special_ids=tok.special_ids,
                 ratio=config.text_mask_ratio,
                 generator=generator,
             )
-            caption_ids = corrupted.ids
-            caption_labels = ids.masked_fill(~corrupted.selected, tok.pad_id)
+            caption_ids, selected = corrupted.ids[offset : offset + n], corrupted.selected[offset : offset + n]
+            caption_labels = ids.masked_fill(~selected, tok.pad_id)
             text_tokens = self.text(caption_ids)[1]
         fused_image, fused_text = image_tokens, None
         text_padding = caption_ids == tok.pad_id
@@ -211,7 +261,7 @@ class FundusMMNet(nn.Module):
         if self.mae_decoder is not None:
             pred = self.mae_decoder(fused_image, masking.ids_restore)
             target = patchify(images, self.image.patch_size)
-            losses["image"] = self.reconstruction_loss(pred.float(), target.float(), masking.mask)
+            losses["image"] = self.reconstruction_loss(at_least_float32(pred), at_least_float32(target), masking.mask)
         if self.caption_decoder is not None:
             if config.caption == "masked":
                 if fused_text is not None:
@@ -221,18 +271,19 @@ class FundusMMNet(nn.Module):
                     context, context_padding = image_tokens, None
                 logits = self.caption_decoder(caption_ids, context, context_padding_mask=context_padding)
                 assert caption_labels is not None
-                losses["caption"] = self.caption_loss(logits.float(), caption_labels)
+                losses["caption"] = self.caption_loss(at_least_float32(logits), caption_labels)
             else:  # autoregressive: the un-fused image tokens (the fused ones have read the whole caption)
                 logits = self.caption_decoder(ids[:, :-1], image_tokens)
-                losses["caption"] = self.caption_loss(logits.float(), ids[:, 1:])
+                losses["caption"] = self.caption_loss(at_least_float32(logits), ids[:, 1:])
         return PretrainOutput(losses, pred, masking.mask)
 
     @torch.no_grad()
     def reconstruct(
         self, images: Tensor, ids: Tensor, *, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
-        """``(pred (N, L, p·p·C), mask (N, L))`` of one masked forward, for the reconstruction plots."""
-        out = self.forward(images, ids, generator=generator)
+        """``(pred (N, L, p·p·C), mask (N, L))`` of one masked forward on this process alone, for the plots."""
+        with self.per_process():
+            out = self.forward(images, ids, generator=generator)
         if out.pred is None:
             raise ValueError("this model has no MAE decoder (model.mim=False)")
         return out.pred, out.mask

@@ -97,12 +97,13 @@ class ImageTextPretraining(L.LightningModule):
         """Image embeddings for the zero-shot accuracy, and the validation losses (fixed masks)."""
         images, ids, labels, _ = batch
         self._val.append((self.net.encode_image(images), labels))
-        out = self.net(
-            images,
-            ids,
-            labels=labels if self.class_level else None,
-            generator=self._generator(-1 - batch_idx, images.device),
-        )
+        with self.net.per_process():  # ranks may validate different numbers of batches: no collective here
+            out = self.net(
+                images,
+                ids,
+                labels=labels if self.class_level else None,
+                generator=self._generator(-1 - batch_idx, images.device),
+            )
         for name, value in out.losses.items():
             self._val_sums[name] = self._val_sums.get(name, 0.0) + float(value)
         self._val_count += 1

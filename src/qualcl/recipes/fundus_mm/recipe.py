@@ -27,7 +27,7 @@ from qualcl.recipes.fundus_mm.data import FundusMMData, PairDataset, load_fundus
 from qualcl.recipes.fundus_mm.evaluate import few_shot_indices, prompt_head_classify, prompt_head_fit, text_recall
 from qualcl.recipes.fundus_mm.model import FundusMMNet, text_model_path
 from qualcl.recipes.fundus_mm.modules import ImageTextPretraining, class_embeddings, zero_shot_logits
-from qualcl.recipes.modules import GradingFineTuning
+from qualcl.recipes.modules import GradingFineTuning, gathering
 from qualcl.recipes.plots import plot_confusion, plot_curves, plot_heatmap, plot_image_grid
 from qualcl.recipes.run_folder import ModelCard, strata_table
 from qualcl.samplers import ShardedShuffleSampler
@@ -124,7 +124,7 @@ class FundusMMRecipe(Recipe[FundusMMConfig, FundusMMData, FundusMMState]):
         if ctx.run.writable:
             ctx.run.path("weights").mkdir(parents=True, exist_ok=True)
             ctx.run.path("weights", "tokenizer.json").write_text(json.dumps(tokenizer.state_dict()))
-        net = FundusMMNet(config.model, tokenizer, config.data.image_size)
+        net = FundusMMNet(config.model, tokenizer, config.data.image_size, gather_distributed=gathering(config.trainer))
         class_level = (
             data.class_level if config.train.class_level_positives is None else config.train.class_level_positives
         )

@@ -14,16 +14,18 @@ from qualcl.distributed import gather_no_grad
 from qualcl.functional import (
     assignment_entropy,
     grid_items,
-    info_nce,
-    mixup_consistency,
     mixup_targets,
-    nt_xent,
-    patch_discrimination,
     patch_grid,
-    region_discrimination,
     soft_dice_loss,
 )
 from qualcl.heads import ProjectionHead
+from qualcl.losses import (
+    InfoNCE,
+    MixupConsistencyLoss,
+    NTXentLoss,
+    PatchDiscriminationLoss,
+    RegionDiscriminationLoss,
+)
 from qualcl.metrics import binarize, segmentation_metrics
 from qualcl.recipes.local_discrimination.config import PretrainConfig, ShapeConfig
 from qualcl.recipes.local_discrimination.model import LDNet, SegmentationNet, ShapeDiscriminator
@@ -45,6 +47,7 @@ def pretraining_losses(
     *,
     method: str,
     projection: nn.Module | None = None,
+    gather_distributed: bool = False,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """The loss terms of one batch for ``method``, unweighted, and the assignments of the first 4B images.
 
@@ -53,15 +56,22 @@ def pretraining_losses(
     features (projected) of each image's two views; ``"dense"``: InfoNCE between each realigned
     patch cell of the first views and the same cell of the second views, every other second-view
     cell a negative (DenseCL-style, with the correspondence known from the recorded turns).
+
+    With ``gather_distributed`` (:func:`qualcl.recipes.modules.gathering`) the contrastive terms
+    contrast with the items of every rank and the region prototypes are means over every rank's
+    images, so under DDP a step equals one process on the concatenated batch; the entropy is a
+    per-pixel mean, exact because every rank holds a batch of the same size (``drop_last``).
     """
     images = batch.images
     b = images.shape[0] // 5
+    gather = gather_distributed
     if method == "simclr":
         assert projection is not None
         pooled = net.encoder(images[: 4 * b])
         z = projection(pooled)
         first, second = z[: 2 * b], z[2 * b :]
-        return {"nt_xent": nt_xent(first, second, temperature=config.temperature)}, images.new_zeros(0)
+        nt_xent = NTXentLoss(config.temperature, gather_distributed=gather)
+        return {"nt_xent": nt_xent(first, second)}, images.new_zeros(0)
     out = net(images)
     grids = patch_grid(out.embeddings, config.grid)
     turned = grids[2 * b : 4 * b]
@@ -69,20 +79,19 @@ def pretraining_losses(
     grids = torch.cat([grids[: 2 * b], realigned, grids[4 * b :]])
     if method == "dense":
         anchors, positives = grid_items(grids[: 2 * b]), grid_items(grids[2 * b : 4 * b])
-        loss = info_nce(anchors, positives, temperature=config.temperature)
+        loss = InfoNCE(config.temperature, gather_distributed=gather)(anchors, positives)
         return {"dense": loss}, out.assignments[: 4 * b]
+    # the two views' cells [x1; x2] (view2=None: stacked); under DDP each view is gathered over ranks
+    pd, mixup = (PatchDiscriminationLoss, MixupConsistencyLoss)
     terms = {
-        "pd": patch_discrimination(grid_items(grids[: 4 * b]), temperature=config.temperature),
-        "mixup": mixup_consistency(
-            grid_items(grids[4 * b :]),
-            grid_items(mixup_targets(grids[:b], grids[b : 2 * b], batch.weight)),
-            temperature=config.temperature,
+        "pd": pd(config.temperature, gather_distributed=gather)(grid_items(grids[: 4 * b])),
+        "mixup": mixup(config.temperature, gather_distributed=gather)(
+            grid_items(grids[4 * b :]), grid_items(mixup_targets(grids[:b], grids[b : 2 * b], batch.weight))
         ),
     }
     if method == "ld":
-        terms["region"] = region_discrimination(
-            out.embeddings[: 4 * b], out.assignments[: 4 * b], temperature=config.region_temperature
-        )
+        region = RegionDiscriminationLoss(config.region_temperature, gather_distributed=gather)
+        terms["region"] = region(out.embeddings[: 4 * b], out.assignments[: 4 * b])
         terms["entropy"] = assignment_entropy(out.assignments[: 4 * b])
     return terms, out.assignments[: 4 * b]
 
@@ -154,10 +163,20 @@ class LDPretraining(_SelfSupervisedStage):
         views: The training views (their :meth:`assemble`).
         config: Pre-training settings.
         method: ``"pd"``, ``"ld"``, ``"simclr"`` or ``"dense"``.
+        gather_distributed: Under DDP, losses over every rank's batch (see :func:`pretraining_losses`).
     """
 
-    def __init__(self, net: LDNet, views: LocalDiscriminationViews, config: PretrainConfig, method: str) -> None:
+    def __init__(
+        self,
+        net: LDNet,
+        views: LocalDiscriminationViews,
+        config: PretrainConfig,
+        method: str,
+        *,
+        gather_distributed: bool = False,
+    ) -> None:
         super().__init__()
+        self.gather_distributed = gather_distributed
         if method not in ("pd", "ld", "simclr", "dense"):
             raise ValueError(f"method must be 'pd', 'ld', 'simclr' or 'dense', got {method!r}")
         self.net = net
@@ -167,11 +186,21 @@ class LDPretraining(_SelfSupervisedStage):
         self.projection = ProjectionHead([net.encoder.num_features, 128, 128]) if method == "simclr" else None
         self.weights = {"region": config.region_weight, "entropy": config.entropy_weight}
 
+    def loss(self, batch: LocalBatch) -> tuple[dict[str, Tensor], Tensor]:
+        """The loss terms of an assembled batch and their weighted sum (what a step minimises)."""
+        terms, _ = pretraining_losses(
+            self.net,
+            batch,
+            self.config,
+            method=self.method,
+            projection=self.projection,
+            gather_distributed=self.gather_distributed,
+        )
+        return terms, torch.stack([self.weights.get(name, 1.0) * value for name, value in terms.items()]).sum()
+
     def training_step(self, batch: LocalViews, batch_idx: int) -> Tensor:
         """One step on a collated batch."""
-        assembled = self.views.assemble(batch, self.device)
-        terms, _ = pretraining_losses(self.net, assembled, self.config, method=self.method, projection=self.projection)
-        total = torch.stack([self.weights.get(name, 1.0) * value for name, value in terms.items()]).sum()
+        terms, total = self.loss(self.views.assemble(batch, self.device))
         self.log("train/loss", total.detach(), prog_bar=True)
         self.log_rows.add(terms, total)
         return total
@@ -198,14 +227,23 @@ class ShapeGuidedTraining(_SelfSupervisedStage):
         priors: ``(P, S, S)`` bool prior masks.
         config: Pre-training settings (schedule and the LD weights).
         shape: Shape-guided settings.
+        gather_distributed: Under DDP, LD's losses over every rank's batch (see :func:`pretraining_losses`).
     """
 
     statistics_key = "shape_epoch_statistics"
 
     def __init__(
-        self, net: LDNet, views: LocalDiscriminationViews, priors: Tensor, config: PretrainConfig, shape: ShapeConfig
+        self,
+        net: LDNet,
+        views: LocalDiscriminationViews,
+        priors: Tensor,
+        config: PretrainConfig,
+        shape: ShapeConfig,
+        *,
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
+        self.gather_distributed = gather_distributed
         if priors.ndim != 3 or priors.shape[0] == 0:
             raise ValueError(f"shape-guided training needs (P, S, S) prior masks, got shape {tuple(priors.shape)}")
         self.automatic_optimization = False
@@ -220,7 +258,9 @@ class ShapeGuidedTraining(_SelfSupervisedStage):
         """A generator step, then a discriminator step."""
         net_opt, disc_opt = self.optimizers()  # type: ignore[misc,attr-defined]
         assembled = self.views.assemble(batch, self.device)
-        terms, assignments = pretraining_losses(self.net, assembled, self.config, method="ld")
+        terms, assignments = pretraining_losses(
+            self.net, assembled, self.config, method="ld", gather_distributed=self.gather_distributed
+        )
         fake = assignments[:, :1]
         real_target = torch.ones(fake.shape[0], device=self.device)
         terms["adversarial"] = F.binary_cross_entropy_with_logits(self.discriminator(fake), real_target)

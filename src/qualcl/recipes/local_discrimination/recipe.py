@@ -28,6 +28,7 @@ from qualcl.recipes.local_discrimination.plots import (
     plot_landmarks,
     plot_segmentations,
 )
+from qualcl.recipes.modules import gathering
 from qualcl.recipes.plots import plot_curves, plot_grouped_bars
 from qualcl.recipes.run_folder import ModelCard, RunFolder, strata_table
 from qualcl.samplers import ShardedShuffleSampler
@@ -167,7 +168,7 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
         stage = "pretrain_pd" if method == "pd" else f"pretrain_{method}"
         epochs = p.stage2_epochs if method == "ld" else p.stage1_epochs
         views = _views(config, data.pretrain, config.seed)
-        module = LDPretraining(state.net, views, p, method)
+        module = LDPretraining(state.net, views, p, method, gather_distributed=gathering(config.trainer))
         weights: dict[str, nn.Module] = {"ld_stage1" if method == "pd" else f"ld_{method}": state.net}
         if module.projection is not None:
             weights["projection"] = module.projection
@@ -195,7 +196,9 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
             own = {k: v for k, v in state.stage1.items() if not k.startswith("clustering.")}
             net.load_state_dict(own, strict=False)  # the clustering branch (K differs) starts afresh, as the code's
         views = _views(config, data.pretrain, config.seed + 7)
-        module = ShapeGuidedTraining(net, views, data.priors, config.pretrain, config.shape)
+        module = ShapeGuidedTraining(
+            net, views, data.priors, config.pretrain, config.shape, gather_distributed=gathering(config.trainer)
+        )
         ctx.fit(
             "shape",
             module,

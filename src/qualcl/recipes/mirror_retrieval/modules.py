@@ -10,13 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qualcl.distributed import gather_no_grad
+from qualcl.distributed import gather_no_grad, gather_with_grad, is_distributed
 from qualcl.evaluation import RetrievalIndex
 from qualcl.kernels import batch_hard_triplets
 from qualcl.losses import CircleLoss, FineTripletLoss
 from qualcl.metrics import retrieval_metrics
 from qualcl.recipes.mirror_retrieval.config import TrainConfig
 from qualcl.recipes.mirror_retrieval.model import MirrorRetrievalNet
+from qualcl.recipes.modules import at_least_float32
 
 __all__ = ["RetrievalTraining", "build_metric_loss", "leave_one_out_metrics"]
 
@@ -24,10 +25,16 @@ Batch = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
 class _BatchHardTriplet(nn.Module):
-    """pytorch-metric-learning's ``TripletMarginLoss`` (cosine similarity) on qualcl's batch-hard triplets."""
+    """pytorch-metric-learning's ``TripletMarginLoss`` (cosine similarity) on qualcl's batch-hard triplets.
 
-    def __init__(self, margin: float) -> None:
+    With ``gather_distributed`` under DDP every rank mines and averages over the descriptors of
+    every rank (gathered with gradients, which return to their owners): each rank computes the
+    one-process loss of the global batch, so DDP's averaged gradients are that loss's.
+    """
+
+    def __init__(self, margin: float, *, gather_distributed: bool = False) -> None:
         super().__init__()
+        self.gather_distributed = gather_distributed
         if not margin >= 0:  # also NaN
             raise ValueError(
                 f"train.triplet_margin must be >= 0 (a negative margin rewards negatives nearer than positives), "
@@ -39,6 +46,8 @@ class _BatchHardTriplet(nn.Module):
         self.loss = TripletMarginLoss(margin=margin, distance=CosineSimilarity())
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        if self.gather_distributed and is_distributed():
+            embeddings, labels = gather_with_grad(embeddings)[0], gather_no_grad(labels)
         triplets = batch_hard_triplets(embeddings.detach(), labels)
         loss: Tensor = self.loss(embeddings, labels, indices_tuple=triplets)
         return loss
@@ -47,8 +56,8 @@ class _BatchHardTriplet(nn.Module):
 def build_metric_loss(config: TrainConfig) -> nn.Module | None:
     """The metric loss ``config.metric_loss`` names (``None`` for ``"none"``).
 
-    Circle and fine triplet gather every rank's descriptors under DDP (``gather_distributed``), so
-    a multi-process run optimises the one-process loss of the global batch.
+    Each of them gathers every rank's descriptors under DDP (``gather_distributed``), so a
+    multi-process run optimises the one-process loss of the global batch.
     """
     if config.metric_loss == "circle":
         return CircleLoss(m=config.margin, gamma=config.gamma, aggregate=config.aggregate, gather_distributed=True)
@@ -61,7 +70,7 @@ def build_metric_loss(config: TrainConfig) -> nn.Module | None:
             gather_distributed=True,
         )
     if config.metric_loss == "triplet":
-        return _BatchHardTriplet(config.triplet_margin)
+        return _BatchHardTriplet(config.triplet_margin, gather_distributed=True)
     return None
 
 
@@ -116,15 +125,17 @@ class RetrievalTraining(L.LightningModule):
         out = self.net(images, flip_h, flip_v)
         terms: dict[str, Tensor] = {}
         if self.metric_loss is not None:
-            terms["metric"] = self.metric_loss(out.descriptor.float(), grades)
+            terms["metric"] = self.metric_loss(at_least_float32(out.descriptor), grades)
         if out.reconstructions is not None and out.targets is not None:
+            pairs = zip(out.reconstructions, out.targets, strict=True)
             terms["reconstruction"] = sum(
-                (F.mse_loss(r.float(), t.float()) for r, t in zip(out.reconstructions, out.targets, strict=True)),
+                (F.mse_loss(at_least_float32(r), at_least_float32(t)) for r, t in pairs),
                 torch.zeros((), device=images.device),
             )
         if out.logits is not None:
-            target = F.one_hot(grades, self.num_grades).float()
-            terms["classifier"] = F.binary_cross_entropy_with_logits(out.logits.float(), target)
+            logits = at_least_float32(out.logits)
+            target = F.one_hot(grades, self.num_grades).to(logits.dtype)
+            terms["classifier"] = F.binary_cross_entropy_with_logits(logits, target)
         return terms
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:

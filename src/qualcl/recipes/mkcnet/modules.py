@@ -12,6 +12,7 @@ from torch import Tensor
 from qualcl.distributed import gather_no_grad
 from qualcl.functional import batch_entropy, focal_loss
 from qualcl.heads import MetaLabelGenerator
+from qualcl.losses import FocalLoss
 from qualcl.metrics import diagnosis_metrics
 from qualcl.optim import MetaAuxiliaryOptimizer
 from qualcl.optim.meta_auxiliary import TaskForward
@@ -63,6 +64,10 @@ class MkcnetTraining(L.LightningModule):
         slice_length: ``L`` (the auxiliary loss is divided by it, as the official code).
         mask_by: ``"joint"``, ``"quality"`` or ``"diagnosis"`` (which labels the mask sees).
         legacy_auc: Hard-label AUC on binary sets in validation.
+        gather_distributed: Under DDP, the Task Net step's focal losses are means over the images of
+            every rank (:class:`~qualcl.losses.FocalLoss`), so that step equals one process on the
+            concatenated batch. The Meta Learner step stays per rank (its meta gradient is the
+            average of the ranks' meta gradients, see :class:`~qualcl.optim.MetaAuxiliaryOptimizer`).
     """
 
     def __init__(
@@ -74,9 +79,11 @@ class MkcnetTraining(L.LightningModule):
         slice_length: int,
         mask_by: str = "joint",
         legacy_auc: bool = False,
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
+        self.focal = FocalLoss(config.focal_gamma, gather_distributed=gather_distributed)
         self.task = task
         self.meta = meta
         self.config = config
@@ -98,15 +105,23 @@ class MkcnetTraining(L.LightningModule):
         return target
 
     def task_losses(
-        self, out: TaskOutput, diagnosis: Tensor, quality: Tensor, target: Tensor | None
+        self, out: TaskOutput, diagnosis: Tensor, quality: Tensor, target: Tensor | None, *, gather: bool = False
     ) -> dict[str, Tensor]:
-        """``L_D``, ``L_Q`` and ``L_Ω`` (those the variant has) of Task Net outputs."""
+        """``L_D``, ``L_Q`` and ``L_Ω`` (those the variant has) of Task Net outputs.
+
+        ``gather``: means over every rank's images under DDP (``gather_distributed``; the Task Net
+        step), else over this rank's (the meta step's closures).
+        """
         gamma = self.config.focal_gamma
-        losses = {"diagnosis": focal_loss(out.diagnosis, diagnosis, gamma=gamma)}
+
+        def focal(logits: Tensor, labels: Tensor) -> Tensor:
+            return self.focal(logits, labels) if gather else focal_loss(logits, labels, gamma=gamma)
+
+        losses = {"diagnosis": focal(out.diagnosis, diagnosis)}
         if out.quality is not None:
-            losses["quality"] = focal_loss(out.quality, quality, gamma=gamma)
+            losses["quality"] = focal(out.quality, quality)
         if out.co_embedding is not None and target is not None:
-            losses["auxiliary"] = focal_loss(out.co_embedding, target, gamma=gamma) / self.slice_length
+            losses["auxiliary"] = focal(out.co_embedding, target) / self.slice_length
         return losses
 
     def _optimizer_list(self) -> list[Any]:
@@ -129,13 +144,17 @@ class MkcnetTraining(L.LightningModule):
             self._counts[key] = self._counts.get(key, 0) + 1
 
     # ------------------------------------------------------------------ training
-    def _task_step(self, images: Tensor, diagnosis: Tensor, quality: Tensor) -> Tensor:
+    def task_step_loss(self, images: Tensor, diagnosis: Tensor, quality: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """``L_θ`` of the Task Net pass and its terms: the Meta Learner's targets (detached), then the focal losses."""
         target = None
         if self.meta is not None:
             with torch.no_grad():
                 target = self._targets(images, diagnosis, quality)
-        losses = self.task_losses(self.task(images), diagnosis, quality, target)
-        loss = _total(losses)
+        losses = self.task_losses(self.task(images), diagnosis, quality, target, gather=True)
+        return _total(losses), losses
+
+    def _task_step(self, images: Tensor, diagnosis: Tensor, quality: Tensor) -> Tensor:
+        loss, losses = self.task_step_loss(images, diagnosis, quality)
         optimizer = self._optimizer_list()[0]
         optimizer.zero_grad()
         self.manual_backward(loss)

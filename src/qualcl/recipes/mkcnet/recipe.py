@@ -23,6 +23,7 @@ from qualcl.recipes.mkcnet.data import (
 )
 from qualcl.recipes.mkcnet.model import build_meta_learner, build_task_net
 from qualcl.recipes.mkcnet.modules import MkcnetTraining
+from qualcl.recipes.modules import gathering
 from qualcl.recipes.plots import plot_confusion, plot_curves, plot_embedding
 from qualcl.recipes.run_folder import ModelCard, RunFolder, strata_table
 
@@ -143,6 +144,7 @@ class MkcnetRecipe(Recipe[MkcnetConfig, MkcnetData, MkcnetTraining]):
             slice_length=config.model.slice_length,
             mask_by=config.model.mask_by,
             legacy_auc=config.legacy_auc,
+            gather_distributed=gathering(config.trainer),
         )
 
     def stages(self, config: MkcnetConfig) -> list[Stage]:
@@ -167,6 +169,8 @@ class MkcnetRecipe(Recipe[MkcnetConfig, MkcnetData, MkcnetTraining]):
             history="epoch_log",
             check_val_every_n_epoch=max(1, cfg.val_every),
             find_unused_parameters=True,  # each pass trains one of the two networks
+            # the second-order meta step differentiates twice through the (synchronised) BatchNorm
+            double_backward=module.meta is not None and cfg.meta_mode == "second_order",
             info={"epochs": cfg.epochs},
         )
         _Plots(ctx.run).history()
