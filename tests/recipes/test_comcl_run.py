@@ -28,6 +28,9 @@ def test_smoke_run_writes_a_complete_run_folder(smoke, tmp_path):
         assert (run / name).is_file(), name
     for plot in ("pretrain_loss", "self_paced_mining", "finetune_curves", "confusion_matrix", "embedding_map"):
         assert (run / "plots" / f"{plot}.png").is_file(), plot
+    collapse = RunFolder(run, writable=False).read_history("pretrain_collapse")  # the collapse monitor
+    assert collapse and {"effective_rank", "uniformity", "alignment"} <= set(collapse[0])
+    assert (run / "plots" / "pretrain_collapse.png").is_file()
     assert {p.name for p in (run / "weights").iterdir()} == {"pretrain_encoder.safetensors", "classifier.safetensors"}
     test = metrics["test"]
     assert set(test) == {"original", "lq_70", "lq_100"}

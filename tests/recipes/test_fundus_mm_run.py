@@ -29,8 +29,9 @@ def test_smoke_run_writes_every_evaluation(smoke, whole):
     run, metrics = whole
     for name in ("config.yaml", "metrics.json", "metrics.csv", "MODEL_CARD.md", "stages.json"):
         assert (run / name).is_file(), name
-    for plot in ("training_curves", "reconstructions", "zero_shot_confusion", "prompt_similarity"):
+    for plot in ("training_curves", "reconstructions", "zero_shot_confusion", "prompt_similarity", "pretrain_collapse"):
         assert (run / "plots" / f"{plot}.png").is_file(), plot
+    assert (run / "history" / "pretrain_collapse.csv").is_file()  # the collapse monitor
     assert {p.name for p in (run / "weights").iterdir()} == {
         "fundus_mm.safetensors",
         "fundus_mm_finetuned.safetensors",

@@ -51,6 +51,10 @@ def whole(tmp_path_factory, data_dir):
 
 def test_smoke_run_writes_a_complete_run_folder(whole):
     _, out, metrics = whole
+    for stage in ("pretrain_pd", "pretrain_ld"):  # the collapse monitor of both pre-training stages
+        assert (out / "history" / f"{stage}_collapse.csv").is_file() and (
+            out / "plots" / f"{stage}_collapse.png"
+        ).is_file()
     stages = json.loads((out / "stages.json").read_text())
     assert set(stages) == {
         "pretrain_pd",

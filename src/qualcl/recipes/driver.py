@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from qualcl.distributed import gather_no_grad, is_distributed, rank, world_size
 from qualcl.models import unfold_small_convs
 from qualcl.recipes.callbacks import HistoryWriter, load_best, resume_path
+from qualcl.recipes.collapse import CollapseMonitor, Probe
 from qualcl.recipes.config import RecipeConfig, config_to_dict, resolve_config
 from qualcl.recipes.interrupt import GracefulInterrupt
 from qualcl.recipes.resume import ResumableLoader
@@ -229,6 +230,7 @@ class RunContext(Generic[C]):
         sync_batchnorm: bool = True,
         double_backward: bool = False,
         info: Mapping[str, Any] | None = None,
+        collapse: Probe | None = None,
     ) -> dict[str, Any]:
         """Train ``module`` for stage ``stage`` — or, if an earlier run finished it, load its weights.
 
@@ -258,6 +260,10 @@ class RunContext(Generic[C]):
             double_backward: The stage differentiates twice through BatchNorm (a second-order meta
                 step): synchronise it with qualcl's twice-differentiable layer on GPUs too.
             info: Extra entries for ``stages.json``.
+            collapse: A pre-training stage's probe (:data:`~qualcl.recipes.collapse.Probe`): a
+                :class:`~qualcl.recipes.collapse.CollapseMonitor` then writes the effective rank,
+                uniformity and alignment of a fixed probe batch every 1/20 of the stage's steps
+                (``history/<stage>_collapse.csv``, ``plots/<stage>_collapse.png``).
 
         Returns:
             What ``stages.json`` records for the stage (``seconds``, ``best_epoch``, ``info``).
@@ -275,6 +281,9 @@ class RunContext(Generic[C]):
         callbacks: list[Callback] = []
         if history is not None:
             callbacks.append(HistoryWriter(run, stage, history))
+        if collapse is not None:
+            every = max(1, max_steps // 20) if max_steps > 0 else 10
+            callbacks.append(CollapseMonitor(run, stage, collapse, every=every))
         trainer = make_trainer(
             run,
             stage,

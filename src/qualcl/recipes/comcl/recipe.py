@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import lightning as L
+import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -261,6 +263,14 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
             dataset.levels, cfg.per_level, replacement=True, seed=config.seed, num_levels=2 if binary else 4
         )
         module = pretraining_module(config, state.encoder, augment=dataset.augment)
+        # the collapse monitor's probe: 64 training images (the encoder is size-agnostic) and their mirror images
+        shown = GradingDataset(data.train, train=False)
+        probe_images = torch.stack([shown[i][0] for i in range(min(64, len(shown)))])
+
+        def probe(_: L.LightningModule) -> tuple[Tensor, Tensor]:
+            x = probe_images.to(module.device)
+            return module.head(module.encoder(x)), module.head(module.encoder(x.flip(-1)))
+
         ctx.fit(
             "pretrain",
             module,
@@ -272,6 +282,7 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
             every_n_train_steps=max(1, min(50, cfg.steps // 4)),
             sync_batchnorm=True,
             info={"steps": cfg.steps},
+            collapse=probe,
         )
         _plot_pretrain(ctx.run)
 

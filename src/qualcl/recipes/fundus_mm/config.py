@@ -93,6 +93,10 @@ class ModelConfig:
         caption_depth: Caption decoder blocks.
         caption_heads: Caption decoder heads.
         contrastive: Train the contrastive objective.
+        contrastive_loss: ``"clip"`` (:class:`qualcl.losses.ClipLoss`: a softmax over the batch,
+            class-level positives possible) or ``"siglip"`` (:class:`qualcl.losses.SigLipLoss`: the
+            pairwise sigmoid loss with a learnt scale and bias, one positive per image, so
+            ``train.class_level_positives`` must be off).
     """
 
     encoder: Literal["vit_tiny", "vit_small", "vit_base", "convvit_tiny"] = "vit_tiny"
@@ -122,6 +126,7 @@ class ModelConfig:
     caption_depth: int = 2
     caption_heads: int = 4
     contrastive: bool = True
+    contrastive_loss: Literal["clip", "siglip"] = "clip"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.mask_ratio < 1.0:

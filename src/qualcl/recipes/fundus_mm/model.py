@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from qualcl.distributed import gather_no_grad, gather_with_grad
 from qualcl.functional import MaskingResult, mask_tokens, patchify, random_masking
 from qualcl.heads import CaptionDecoder, CrossAttentionFusion, MAEDecoder
-from qualcl.losses import CaptionLoss, ClipLoss, MaskedReconstructionLoss
+from qualcl.losses import CaptionLoss, ClipLoss, MaskedReconstructionLoss, SigLipLoss
 from qualcl.models import CaptionTokenizer, PretrainedTextEncoder, TextEncoder, minilm_path
 from qualcl.models.vit import vit_encoder
 from qualcl.recipes.fundus_mm.config import ModelConfig
@@ -110,7 +110,11 @@ class FundusMMNet(nn.Module):
                 end_id=tokenizer.end_id,
             )
         gather = gather_distributed
-        self.clip_loss = ClipLoss(learnable_logit_scale=True, gather_distributed=gather) if config.contrastive else None
+        self.clip_loss: ClipLoss | SigLipLoss | None = None
+        if config.contrastive and config.contrastive_loss == "siglip":
+            self.clip_loss = SigLipLoss(gather_distributed=gather)
+        elif config.contrastive:
+            self.clip_loss = ClipLoss(learnable_logit_scale=True, gather_distributed=gather)
         generative = config.mim or config.caption != "none"
         self.image_tokens = nn.Linear(width, config.fusion_dim) if generative else None
         self.text_tokens = nn.Linear(self.text.width, config.fusion_dim) if generative and config.fusion else None
@@ -231,9 +235,17 @@ class FundusMMNet(nn.Module):
             if self.clip_loss is not None:
                 cls = h_img[:, 0] if h_img is not None and config.contrastive_view == "masked" else self.image(images)
                 z_img = self.image_proj(cls)
-                losses["contrastive"] = self.clip_loss(
-                    at_least_float32(z_img), at_least_float32(pooled_text), labels=labels
-                )
+                if isinstance(self.clip_loss, SigLipLoss):
+                    if labels is not None:
+                        raise ValueError(
+                            "model.contrastive_loss=siglip has one positive per image: set "
+                            "train.class_level_positives=false (or use model.contrastive_loss=clip)"
+                        )
+                    losses["contrastive"] = self.clip_loss(at_least_float32(z_img), at_least_float32(pooled_text))
+                else:
+                    losses["contrastive"] = self.clip_loss(
+                        at_least_float32(z_img), at_least_float32(pooled_text), labels=labels
+                    )
         if self.image_tokens is None or h_img is None:
             return PretrainOutput(losses, None, masking.mask)
         image_tokens = self.image_tokens(h_img)
@@ -259,7 +271,7 @@ class FundusMMNet(nn.Module):
             )
         pred = None
         if self.mae_decoder is not None:
-            pred = self.mae_decoder(fused_image, masking.ids_restore)
+            pred = self.mae_decoder(fused_image, masking.ids_restore, mask=masking.mask)
             target = patchify(images, self.image.patch_size)
             losses["image"] = self.reconstruction_loss(at_least_float32(pred), at_least_float32(target), masking.mask)
         if self.caption_decoder is not None:

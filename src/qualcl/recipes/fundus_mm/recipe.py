@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -159,6 +160,16 @@ class FundusMMRecipe(Recipe[FundusMMConfig, FundusMMData, FundusMMState]):
             sampler = ShardedShuffleSampler(len(dataset), seed=config.seed, drop_last=True)
             return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
 
+        # the collapse monitor's probe: 64 training images and, with the contrastive objective, their captions
+        first = [dataset[i] for i in range(min(64, len(dataset)))]
+        probe_images, probe_ids = torch.stack([item[0] for item in first]), torch.stack([item[1] for item in first])
+        net = state.net
+
+        def probe(_: L.LightningModule) -> tuple[Tensor, Tensor | None]:
+            device = next(net.parameters()).device
+            images = net.encode_image(probe_images.to(device))
+            return images, net.encode_text(probe_ids.to(device)) if config.model.contrastive else None
+
         ctx.fit(
             PRETRAIN,
             state.pretrain,
@@ -170,6 +181,7 @@ class FundusMMRecipe(Recipe[FundusMMConfig, FundusMMData, FundusMMState]):
             history="epoch_log",
             find_unused_parameters=not config.model.contrastive,  # the text tower is idle in MAE only
             info={"epochs": cfg.epochs},
+            collapse=probe,
         )
         self._plot_history(ctx)
 

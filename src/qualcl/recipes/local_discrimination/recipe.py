@@ -10,12 +10,14 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+import lightning as L
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from qualcl.data.views import IMAGENET_MEAN, IMAGENET_STD, LocalDiscriminationViews
 from qualcl.evaluation import landmark_template, localise_landmarks
+from qualcl.functional import grid_items, patch_grid
 from qualcl.metrics import binarize, landmark_metrics, stratified_segmentation_metrics
 from qualcl.recipes.driver import Recipe, RunContext, Stage, eval_loader
 from qualcl.recipes.local_discrimination.config import PRESETS, LocalDiscriminationConfig
@@ -172,6 +174,15 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
         weights: dict[str, nn.Module] = {"ld_stage1" if method == "pd" else f"ld_{method}": state.net}
         if module.projection is not None:
             weights["projection"] = module.projection
+        net = state.net
+        probe_images = self._normalised(data.pretrain[:16])
+
+        def probe(_: L.LightningModule) -> tuple[Tensor, Tensor]:
+            # the collapse monitor's probe: 8 x 8 patch features of 16 images, and of their mirror images
+            x = probe_images.to(next(net.parameters()).device)
+            items = grid_items(patch_grid(net(x).embeddings))
+            return items, grid_items(patch_grid(net(x.flip(-1)).embeddings).flip(-1))
+
         ctx.fit(
             stage,
             module,
@@ -182,6 +193,7 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
             find_unused_parameters=True,  # stage 1 leaves the clustering branch unused, SimCLR the decoder
             sync_batchnorm=True,
             info={"epochs": epochs, "steps_per_epoch": p.steps_per_epoch},
+            collapse=probe,
         )
         if method == "pd":
             state.stage1 = copy.deepcopy(state.net.state_dict())
