@@ -129,6 +129,16 @@ class SyncBatchNorm(_BatchNorm):
         algorithm for computing sample variances", 1979.
     """
 
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() < 2:
             raise ValueError(f"SyncBatchNorm: input must have at least 2 dimensions (N, C, ...), got {input.dim()}D")
