@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qualcl._validation import check_features, check_labels
+from qualcl.evaluation.collapse import effective_rank
 
 __all__ = ["feature_geometry"]
 
@@ -37,10 +38,7 @@ def feature_geometry(features: Tensor, groups: Tensor) -> dict[str, float]:
     if features.shape[0] < 2:
         raise ValueError("feature_geometry needs at least two samples")
     x = features.double() - features.double().mean(dim=0)
-    singular = torch.linalg.svdvals(x)
-    p = singular / singular.sum().clamp_min(1e-300)
-    p = p[p > 0]
-    rank = float(torch.exp(-(p * p.log()).sum()))
+    rank = effective_rank(x)
     unit = F.normalize(x, dim=1)
     cosine = unit @ unit.T
     same = groups[:, None] == groups[None, :]
