@@ -15,6 +15,7 @@ __all__ = [
     "MaskingResult",
     "kept_tokens",
     "masked_reconstruction_loss",
+    "patch_errors",
     "patchify",
     "random_masking",
     "sincos_2d_position_embedding",
@@ -265,24 +266,7 @@ def masked_reconstruction_loss(
         He et al., "Masked Autoencoders Are Scalable Vision Learners", CVPR 2022 (``forward_loss``).
     """
     check_choice("loss_on", loss_on, ("masked", "all"))
-    check_float_tensor("pred", pred)
-    check_float_tensor("target", target)
-    if pred.ndim != 3 or pred.shape[1] == 0 or pred.shape[2] == 0:
-        raise ValueError(f"pred must have shape (N, L, P) with L, P >= 1, got shape {tuple(pred.shape)}")
-    if target.shape != pred.shape:
-        raise ValueError(f"target must have pred's shape {tuple(pred.shape)}, got {tuple(target.shape)}")
-    if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(pred.shape[:2]):
-        got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
-        raise ValueError(f"mask must have shape (N, L) = {tuple(pred.shape[:2])}, got {got}")
-    check_finite("pred", pred)
-    check_finite("target", target)
-    if norm_pix_loss:
-        if target.shape[-1] < 2:
-            raise ValueError("norm_pix_loss needs patches of at least 2 values to standardise")
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        target = (target - mean) / (var + 1.0e-6) ** 0.5
-    per_patch = (pred - target).pow(2).mean(dim=-1)
+    per_patch = patch_errors(pred, target, mask, norm_pix_loss=norm_pix_loss)
     if loss_on == "all":
         return per_patch.mean()
     weights = mask.to(per_patch.dtype)
@@ -290,3 +274,46 @@ def masked_reconstruction_loss(
     if not torch.compiler.is_compiling() and float(total) <= 0:
         raise ValueError("mask removes no patch, so the masked-patch loss is undefined; use loss_on='all'")
     return (per_patch * weights).sum() / total
+
+
+def patch_errors(
+    pred: Tensor,
+    target: Tensor,
+    mask: Tensor,
+    *,
+    norm_pix_loss: bool = False,
+    names: tuple[str, str, str] = ("pred", "target", "mask"),
+) -> Tensor:
+    """Checked ``(N, L)`` per-patch mean squared errors, the terms of :func:`masked_reconstruction_loss`.
+
+    ``pred`` and ``target`` are ``(N, L, P)`` finite float tensors, ``mask`` an ``(N, L)`` finite,
+    non-negative tensor (bool, integer or float; checked here, not used); with ``norm_pix_loss`` each target patch is
+    standardised first. ``names`` are the argument names the errors use.
+
+    Examples:
+        >>> import torch
+        >>> patch_errors(torch.zeros(1, 2, 3), torch.ones(1, 2, 3), torch.ones(1, 2))
+        tensor([[1., 1.]])
+    """
+    pred_name, target_name, mask_name = names
+    check_float_tensor(pred_name, pred)
+    check_float_tensor(target_name, target)
+    if pred.ndim != 3 or 0 in pred.shape:
+        raise ValueError(f"{pred_name} must have shape (N, L, P) with N, L, P >= 1, got shape {tuple(pred.shape)}")
+    if target.shape != pred.shape:
+        raise ValueError(f"{target_name} must have {pred_name}'s shape {tuple(pred.shape)}, got {tuple(target.shape)}")
+    if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(pred.shape[:2]):
+        got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(f"{mask_name} must have shape (N, L) = {tuple(pred.shape[:2])}, got {got}")
+    for name, x in ((pred_name, pred), (target_name, target), (mask_name, mask)):
+        if x.is_floating_point():
+            check_finite(name, x)
+    if not torch.compiler.is_compiling() and bool((mask < 0).any()):
+        raise ValueError(f"{mask_name} must be >= 0 (1 = removed patch, or a soft weight), got min {float(mask.min())}")
+    if norm_pix_loss:
+        if target.shape[-1] < 2:
+            raise ValueError("norm_pix_loss needs patches of at least 2 values to standardise")
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1.0e-6) ** 0.5
+    return (pred - target).pow(2).mean(dim=-1)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from qualcl._validation import check_choice, check_finite, check_float_tensor
+from qualcl._validation import check_choice
+from qualcl.functional.patches import patch_errors
 from qualcl.losses.base import Loss
 
 __all__ = ["MaskedReconstructionLoss"]
@@ -75,25 +76,10 @@ class MaskedReconstructionLoss(Loss):
 
     def forward(self, input: Tensor, target: Tensor, mask: Tensor, *, weights: Tensor | None = None) -> Tensor:
         """Compute the loss; see the class docstring for shapes."""
-        check_float_tensor("input", input)
-        if input.ndim != 3 or 0 in input.shape:
-            raise ValueError(f"input must have shape (N, L, P) with N, L, P >= 1, got shape {tuple(input.shape)}")
-        check_float_tensor("target", target)
-        if target.shape != input.shape:
-            raise ValueError(f"target must have input's shape {tuple(input.shape)}, got {tuple(target.shape)}")
-        check_float_tensor("mask", mask)
-        if tuple(mask.shape) != tuple(input.shape[:2]):
-            raise ValueError(f"mask must have shape (N, L) = {tuple(input.shape[:2])}, got {tuple(mask.shape)}")
-        for name, x in (("input", input), ("target", target), ("mask", mask)):
-            check_finite(name, x)
-        if bool((mask < 0).any()):
-            raise ValueError(f"mask must be >= 0 (1 = removed patch, or a soft weight), got min {float(mask.min())}")
+        per_patch = patch_errors(
+            input, target, mask, norm_pix_loss=self.norm_pix_loss, names=("input", "target", "mask")
+        )
         weights = self.checked_weights(weights, input.shape[0], input.device)
-        if self.norm_pix_loss:
-            if target.shape[-1] < 2:
-                raise ValueError("norm_pix_loss needs patches of at least 2 values to standardise")
-            target = (target - target.mean(dim=-1, keepdim=True)) / (target.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5
-        per_patch = (input - target).pow(2).mean(dim=-1)
         m = torch.ones_like(per_patch) if self.loss_on == "all" else mask.detach().to(per_patch.dtype)
         patches = m.sum(dim=1)
         if self.loss_on == "masked" and not self.distributed and float(patches.sum()) <= 0:
