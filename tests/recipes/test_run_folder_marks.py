@@ -9,7 +9,7 @@ import yaml
 
 from qualcl.recipes.comcl.recipe import COMCL
 from qualcl.recipes.config import config_to_dict
-from qualcl.recipes.run_folder import MANIFEST, MARKER, RunFolder, prepare_run_folder
+from qualcl.recipes.run_folder import MANIFEST, MARKER, RunFolder, prepare_run_folder, read_metrics
 
 
 def test_a_user_folder_that_looks_like_a_run_is_never_deleted(tmp_path):
@@ -57,3 +57,19 @@ def test_a_failed_start_leaves_no_run_behind(tmp_path):
     run = RunFolder(existing)
     run.discard()  # a folder that held files before is never removed
     assert (existing / "keep.txt").read_text() == "x"
+
+
+def test_metrics_json_is_strict_json_and_reads_back_nan(tmp_path):
+    import math
+
+    run = RunFolder(tmp_path / "run")
+    path = run.write_metrics({"test": {"overall": {"qwk": 0.5}, "empty stratum": {"qwk": float("nan")}}})
+
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    strict = json.loads(path.read_text(), parse_constant=refuse)  # JavaScript's JSON.parse would accept it too
+    assert strict["test"]["empty stratum"]["qwk"] is None
+    back = read_metrics(path)
+    assert back["test"]["overall"]["qwk"] == 0.5 and math.isnan(back["test"]["empty stratum"]["qwk"])
+    assert "nan" in (run.root / "metrics.csv").read_text()
