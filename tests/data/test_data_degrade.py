@@ -1,5 +1,8 @@
 """Degradations after Shen et al. (TMI 2021): ranges, labels, determinism, FOV, lesion hiding."""
 
+import hashlib
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +11,7 @@ from hypothesis import strategies as st
 
 from qualcl.data.degrade import (
     FACTOR_CODES,
+    FACTORS,
     apply_degradation,
     degrade_blur,
     degrade_illumination,
@@ -300,3 +304,82 @@ def test_bad_arguments_name_themselves():
         degrade_tensor(tensor, 1, seed=0, generator=torch.Generator())
     with pytest.raises(ValueError, match="level"):
         degrade_tensor(tensor.unsqueeze(0).repeat(2, 1, 1, 1), [1, 2, 0], seed=0)
+
+
+# ------------------------------------------------------------------ regression: outputs for fixed seeds
+
+# Fingerprints of degradations computed before the factor functions moved into one table: a digest
+# of the parameters (floats to 9 significant digits, so a last-bit libm difference cannot flip it)
+# and two sums of the image (compared to 1e-9 relative; numpy's FFT may differ in the last bit
+# between versions). A change in how much randomness a factor draws, or in what order, or in the
+# order factors are applied, moves both.
+REFERENCE_FINGERPRINTS = {
+    "level1-seed0": ("6147492fff2173fe", 2292.1641504839063, 2298.6234636543286),
+    "level2-seed0": ("081da88a1c84423f", 2301.5285657793283, 2302.6058605220123),
+    "level1-seed1": ("795021427a348950", 2184.6420321911573, 2148.8957285761107),
+    "level2-seed1": ("83696c9134253398", 2258.1231955066323, 2258.2822300491684),
+    "level1-seed2": ("58def92903216f05", 2289.8552561476827, 2292.0651790571114),
+    "level2-seed2": ("fa6675aaf8e10262", 2272.4626025259495, 2277.776117231293),
+    "level1-seed3": ("c565e35863962002", 2296.102902509272, 2301.2986467513933),
+    "level2-seed3": ("9eed07933e0b7411", 2272.4632609188557, 2277.775025251134),
+    "blur-mild": ("d3e0650b5ccba269", 2271.774532407522, 2276.94321752581),
+    "blur-strong": ("3dc2709273bd77b0", 2272.457122951746, 2277.743794412458),
+    "blur-any": ("ebc3f7dea585185b", 2272.454753547907, 2277.7791439687903),
+    "illumination-mild": ("d1246c77bf8965a7", 2103.743640410248, 2097.4605757748122),
+    "illumination-strong": ("d274c285bad7c128", 2353.7081588357687, 2383.8838496893472),
+    "illumination-any": ("40c4b9bdd3d46e3b", 2290.130405962467, 2295.213495759778),
+    "spots-mild": ("9207eedcff72aa1e", 2301.1714670732617, 2302.599011850055),
+    "spots-strong": ("90d36f437ebc27db", 2486.4412972182035, 2482.214072173833),
+    "spots-any": ("536c2fb31787cba3", 2455.1421437859535, 2454.7497030534564),
+}
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return float(f"{value:.9g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def _fingerprint(image, params):
+    weights = np.linspace(0.5, 1.5, image.size).reshape(image.shape)
+    digest = hashlib.sha256(json.dumps(_rounded(params)).encode()).hexdigest()[:16]
+    return digest, float(image.sum(dtype=np.float64)), float((image * weights).sum())
+
+
+def _textured_disc(size=48):
+    yy, xx = np.mgrid[:size, :size]
+    c = (size - 1) / 2
+    fov = (xx - c) ** 2 + (yy - c) ** 2 <= (0.46 * size) ** 2
+    image = np.random.default_rng(0).uniform(0.1, 0.9, (size, size, 3)).astype(np.float32) * fov[:, :, None]
+    return image, fov
+
+
+def _degrade_case(case, image, fov):
+    name, tail = case.split("-")
+    if name.startswith("level"):
+        return degrade_image(image, int(name[-1]), np.random.default_rng(int(tail.removeprefix("seed"))), fov=fov)
+    fn = {"blur": degrade_blur, "illumination": degrade_illumination, "spots": degrade_spots}[name]
+    return fn(image, np.random.default_rng(7), severity=tail, fov=fov)
+
+
+@pytest.mark.parametrize("case", sorted(REFERENCE_FINGERPRINTS))
+def test_degradations_match_their_recorded_fingerprints(case):
+    image, fov = _textured_disc()
+    out, params = _degrade_case(case, image, fov)
+    digest, total, weighted = _fingerprint(out, params)
+    expected = REFERENCE_FINGERPRINTS[case]
+    assert digest == expected[0]
+    assert total == pytest.approx(expected[1], rel=1e-9)
+    assert weighted == pytest.approx(expected[2], rel=1e-9)
+    if case.startswith("level"):
+        np.testing.assert_array_equal(apply_degradation(image, params, fov), out)
+
+
+def test_factor_labels_follow_the_factor_order():
+    params = {"factors": {"spot": {"severity": "mild"}, "blur": {"severity": "strong"}}}
+    assert tuple(factor_labels(params)) == FACTORS
+    assert factor_labels(params) == {"blur": 1, "illumination": 0, "spot": 1}

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -60,7 +60,8 @@ __all__ = [
     "type_code",
 ]
 
-#: The three degradation factors, in the order they are applied.
+#: The three degradation factors, in the order they are applied (and of :func:`factor_labels`). Each
+#: has one sampler and one applier, listed in ``_FACTOR_FUNCTIONS`` in this order.
 FACTORS: tuple[str, ...] = ("blur", "illumination", "spot")
 
 #: Shen et al.'s type code bit of each factor; a combination is the bitwise OR (``'101'`` = blur +
@@ -271,9 +272,9 @@ def _finish(image: FloatImage, fov: BoolMask) -> FloatImage:
 # --------------------------------------------------------------------------------------------------
 
 
-def _sample_blur(rng: np.random.Generator, severity: str, shape: tuple[int, int]) -> Params:
+def _sample_blur(rng: np.random.Generator, severity: str, fov: BoolMask) -> Params:
     sigma_512 = _uniform(rng, _BLUR_SIGMA_512[severity])
-    return {"severity": severity, "sigma_512": sigma_512, "sigma_px": sigma_512 * shape[1] / 512.0}
+    return {"severity": severity, "sigma_512": sigma_512, "sigma_px": sigma_512 * fov.shape[1] / 512.0}
 
 
 def _apply_blur(image: FloatImage, params: Mapping[str, Any], fov: BoolMask) -> FloatImage:
@@ -304,11 +305,7 @@ def degrade_blur(
     Reference:
         Shen et al., TMI 2021, Sec. III (blur).
     """
-    array = _as_image(image)
-    mask = _check_fov(fov, array)
-    _check_generator(rng)
-    params = _sample_blur(rng, _pick_severity(severity, rng), mask.shape)
-    return _apply_blur(array, params, mask), params
+    return _degrade_one("blur", image, rng, severity, fov)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -376,11 +373,7 @@ def degrade_spots(
     Reference:
         Shen et al., TMI 2021, Sec. III (spot artefacts).
     """
-    array = _as_image(image)
-    mask = _check_fov(fov, array)
-    _check_generator(rng)
-    params = _sample_spots(rng, _pick_severity(severity, rng), mask)
-    return _apply_spots(array, params, mask), params
+    return _degrade_one("spot", image, rng, severity, fov)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -488,11 +481,39 @@ def degrade_illumination(
     Reference:
         Shen et al., TMI 2021, Sec. III (illumination: colour jitter, halo and hole).
     """
+    return _degrade_one("illumination", image, rng, severity, fov)
+
+
+# --------------------------------------------------------------------------------------------------
+# The factor table: every dispatch over factors goes through it
+# --------------------------------------------------------------------------------------------------
+
+
+class _Factor(NamedTuple):
+    """How one factor draws its parameters and applies them (no randomness in ``apply``)."""
+
+    sample: Callable[[np.random.Generator, str, BoolMask], Params]
+    apply: Callable[[FloatImage, Mapping[str, Any], BoolMask], FloatImage]
+
+
+#: Sampler and applier of each factor, keyed in :data:`FACTORS`' order.
+_FACTOR_FUNCTIONS: dict[str, _Factor] = {
+    "blur": _Factor(_sample_blur, _apply_blur),
+    "illumination": _Factor(_sample_illumination, _apply_illumination),
+    "spot": _Factor(_sample_spots, _apply_spots),
+}
+
+
+def _degrade_one(
+    factor: str, image: NDArray[Any], rng: np.random.Generator, severity: Severity, fov: NDArray[Any] | None
+) -> tuple[FloatImage, Params]:
+    """Check the inputs, draw ``factor``'s severity and parameters from ``rng`` and apply them."""
     array = _as_image(image)
     mask = _check_fov(fov, array)
     _check_generator(rng)
-    params = _sample_illumination(rng, _pick_severity(severity, rng), mask)
-    return _apply_illumination(array, params, mask), params
+    functions = _FACTOR_FUNCTIONS[factor]
+    params = functions.sample(rng, _pick_severity(severity, rng), mask)
+    return functions.apply(array, params, mask), params
 
 
 # --------------------------------------------------------------------------------------------------
@@ -577,12 +598,7 @@ def sample_degradation(level: int | str, rng: np.random.Generator, fov: NDArray[
     mask = np.asarray(fov, dtype=bool)
     factors: dict[str, Params] = {}
     for factor, severity in _plan(code, rng).items():
-        if factor == "blur":
-            factors[factor] = _sample_blur(rng, severity, mask.shape)
-        elif factor == "spot":
-            factors[factor] = _sample_spots(rng, severity, mask)
-        else:
-            factors[factor] = _sample_illumination(rng, severity, mask)
+        factors[factor] = _FACTOR_FUNCTIONS[factor].sample(rng, severity, mask)
     params: Params = {"level": code, "code": type_code(factors), "order": list(FACTORS), "factors": factors}
     return params
 
@@ -621,12 +637,9 @@ def apply_degradation(image: NDArray[Any], params: Mapping[str, Any], fov: NDArr
     mask = _check_fov(fov, array)
     factors = _check_params(params)
     out = array * mask[:, :, None]
-    if "blur" in factors:
-        out = _apply_blur(out, factors["blur"], mask)
-    if "illumination" in factors:
-        out = _apply_illumination(out, factors["illumination"], mask)
-    if "spot" in factors:
-        out = _apply_spots(out, factors["spot"], mask)
+    for factor in FACTORS:
+        if factor in factors:
+            out = _FACTOR_FUNCTIONS[factor].apply(out, factors[factor], mask)
     return np.asarray(out, dtype=np.float32)
 
 
@@ -676,14 +689,14 @@ def quality_from_params(params: Mapping[str, Any]) -> int:
 
 
 def factor_labels(params: Mapping[str, Any]) -> dict[str, int]:
-    """Per-factor binary labels (FIVES-like: illumination/contrast, blur, spot artefacts).
+    """Per-factor binary labels (FIVES-like: blur, illumination/contrast, spot artefacts), in :data:`FACTORS`' order.
 
     Examples:
         >>> factor_labels({"factors": {"spot": {"severity": "strong"}}})
-        {'illumination': 0, 'blur': 0, 'spot': 1}
+        {'blur': 0, 'illumination': 0, 'spot': 1}
     """
     factors = _check_params(params)
-    return {name: int(name in factors) for name in ("illumination", "blur", "spot")}
+    return {name: int(name in factors) for name in FACTORS}
 
 
 # --------------------------------------------------------------------------------------------------
