@@ -8,13 +8,12 @@ from collections.abc import Callable
 from typing import Any, Literal, get_args
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from qualcl._validation import check_choice, check_nonnegative, check_positive
-from qualcl.distributed import is_distributed, world_size
+from qualcl.distributed import all_reduce_sum, is_distributed, world_size
 
 __all__ = ["MetaAuxiliaryOptimizer", "MetaMode", "TaskForward"]
 
@@ -78,6 +77,29 @@ def _norm(tensors: list[Tensor]) -> Tensor:
     return total
 
 
+def _mean_over_ranks(tensors: list[Tensor]) -> list[Tensor]:
+    """Average ``tensors`` over every process (one flat all-reduce per dtype and device), with gradients.
+
+    The forward is ``(1/W) Σ_r x_r``; the backward sums every rank's upstream gradient and divides it
+    by ``W`` (:func:`qualcl.distributed.all_reduce_sum`, itself differentiable), so a gradient that
+    is averaged here stays twice differentiable w.r.t. ``φ`` on every rank. The identity on one process.
+    """
+    if not is_distributed():
+        return list(tensors)
+    world = world_size()
+    out: list[Tensor] = list(tensors)
+    buckets: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+    for i, t in enumerate(tensors):
+        buckets.setdefault((t.dtype, t.device), []).append(i)
+    for indices in buckets.values():
+        flat = all_reduce_sum(torch.cat([tensors[i].reshape(-1) for i in indices])) / world
+        start = 0
+        for i in indices:
+            out[i] = flat[start : start + tensors[i].numel()].view_as(tensors[i])
+            start += tensors[i].numel()
+    return out
+
+
 class MetaAuxiliaryOptimizer:
     r"""One meta-auxiliary ("learning to learn") step for the model that generates auxiliary targets.
 
@@ -127,19 +149,48 @@ class MetaAuxiliaryOptimizer:
     the meta gradient (stale gradients, e.g. from a task step where ``y_ω`` was not detached, are
     discarded) and calls ``meta_optimizer.step()``; ``.grad`` is left in place for inspection.
 
-    **Distributed.** DDP does not support double backward (pytorch #47562, #63929), so the step
-    never runs through a ``DistributedDataParallel`` wrapper: ``task_model`` and ``meta_model`` may
-    be passed wrapped or not, the step works on ``.module`` (see :attr:`task_module`,
-    :attr:`meta_module`), and, when a process group with more than one process is initialised
-    (``sync_meta_grads=None``) or when ``sync_meta_grads=True``, the meta gradient is all-reduced
-    and divided by the world size before ``meta_optimizer.step()``. Each rank's meta gradient is
-    computed from its own batch (its own pseudo update ``θ̃_r``), so the resulting update equals one
-    process stepping ``meta_optimizer`` on the *average of the per-rank meta gradients* — not the
-    meta gradient of the concatenated batch, which differs because ``θ̃`` depends non-linearly on
-    the batch. Every rank must call :meth:`step` together. Inside the loss closures call the
-    *unwrapped* meta model (``opt.meta_module``), never its DDP wrapper. ``SyncBatchNorm`` is not
-    twice differentiable and is not supported in ``"second_order"`` mode; neither is
-    ``torch.compile`` of the step (pytorch #183603).
+    **Distributed: exact under DDP.** DDP does not support double backward (pytorch #47562,
+    #63929), so the step never runs through a ``DistributedDataParallel`` wrapper: ``task_model``
+    and ``meta_model`` may be passed wrapped or not, the step works on ``.module`` (see
+    :attr:`task_module`, :attr:`meta_module`). When a process group with more than one process is
+    initialised (``sync_meta_grads=None``) or when ``sync_meta_grads=True``, every gradient the
+    step takes is the one DDP would take, the mean over ranks of each rank's gradient of its own
+    loss:
+
+    - ``∇θ L_inner``, averaged with an autograd-aware all-reduce (its backward sums every rank's
+      upstream gradient, divided by ``W``), so every rank pseudo-updates ``θ`` to the same ``θ̃``
+      and, in ``"second_order"`` mode, ``θ̃`` stays differentiable w.r.t. the ``φ`` of every rank;
+    - the finite difference's direction ``d = ∇θ̃ L_outer`` (one ``ε`` on every rank);
+    - the meta gradient, averaged once by the step (a DDP wrapper of the meta model plays no part:
+      nothing is back-propagated through it), before ``meta_optimizer.step()``.
+
+    Every rank therefore takes the same step, and it equals one process calling :meth:`step` on the
+    concatenated batch (up to rounding: tested in float64 to ~1e-10 relative) in every mode, for
+    any per-rank batch sizes, under the condition that makes DDP's gradient averaging exact: the
+    mean over ranks of the closures' losses is the one-process loss, as a function of ``θ`` and
+    ``φ``. That holds when
+
+    - per-sample terms take their mean over the samples of every rank, as qualcl's losses do with
+      ``gather_distributed=True`` (``W ×`` local sum / global count). Per-rank means
+      (``torch.nn.functional.cross_entropy``, ``gather_distributed=False``) satisfy it only when
+      every rank holds the same number of samples;
+    - batch-global terms are computed over the rows of every rank, e.g. MKCNet's entropy of the
+      batch-averaged targets from :func:`qualcl.distributed.all_reduce_sum` of the per-rank sums
+      and counts (:func:`~qualcl.functional.batch_entropy` of one rank's rows is not);
+    - BatchNorm layers in training mode (in either model) are synchronised:
+      :class:`qualcl.distributed.SyncBatchNorm` (``convert_sync_batchnorm(model, backend="qualcl")``,
+      any device) is twice differentiable and is supported in every mode, ``"second_order"``
+      included. :class:`torch.nn.SyncBatchNorm` (CUDA) is not twice differentiable (its backward
+      all-reduces outside autograd): ``"first_order"`` and ``"finite_difference"`` only. Plain
+      BatchNorm normalises each rank with its own statistics, and the step then is not exact.
+
+    ``tests/optim/test_meta_auxiliary_ddp.py`` checks this on two gloo processes holding 3/8 and
+    5/8 of a float64 batch, with and without SyncBatchNorm. Every rank must call :meth:`step`
+    together, and its closures must run the same collectives in the same order; a rank that raises
+    (a non-finite loss) leaves the others waiting. Inside the loss closures call the *unwrapped*
+    meta model (``opt.meta_module``), never its DDP wrapper. With ``sync_meta_grads=False`` under a
+    process group each rank steps on its own batch alone (the replicas of ``φ`` drift apart).
+    ``torch.compile`` of the step is not supported (pytorch #183603).
 
     Args:
         task_model: The task network ``f_θ`` (optionally DDP/DataParallel-wrapped). Its trainable
@@ -152,8 +203,9 @@ class MetaAuxiliaryOptimizer:
         weight_decay: ``λ`` of the pseudo update, ``>= 0``.
         mode: ``"second_order"``, ``"first_order"`` or ``"finite_difference"`` (see above).
         fd_radius: Step length ``ε ‖d‖`` of the finite difference (DARTS and MKCNet: 0.01).
-        sync_meta_grads: All-reduce the meta gradient; ``None`` (default) does so whenever a
-            process group with more than one process is initialised.
+        sync_meta_grads: Average the inner gradient, the finite-difference direction, the meta
+            gradient and the logged losses over ranks (see "Distributed"); ``None`` (default) does
+            so whenever a process group with more than one process is initialised.
 
     Examples:
         >>> import torch
@@ -233,6 +285,9 @@ class MetaAuxiliaryOptimizer:
         """The meta model with any DDP/DataParallel wrapper removed; call this one in the loss closures."""
         return self._meta
 
+    def _synchronised(self) -> bool:
+        return bool(self.sync_meta_grads) or (self.sync_meta_grads is None and is_distributed())
+
     def current_inner_lr(self) -> float:
         """Return ``α`` for the next step (calling ``inner_lr`` if it is callable) after checking it."""
         value = self.inner_lr() if callable(self.inner_lr) else self.inner_lr
@@ -269,7 +324,7 @@ class MetaAuxiliaryOptimizer:
         return [(b, b.detach().clone()) for b in self._meta.buffers()]
 
     def step(self, inner_loss_fn: LossFn, outer_loss_fn: LossFn) -> dict[str, Tensor]:
-        """Compute the meta gradient of ``φ``, all-reduce it if distributed, and step ``meta_optimizer``.
+        """Compute the meta gradient of ``φ`` (of every rank's batch if distributed) and step ``meta_optimizer``.
 
         Args:
             inner_loss_fn: ``inner_loss_fn(task_forward) -> L_inner``. ``task_forward(*args, **kwargs)``
@@ -283,8 +338,9 @@ class MetaAuxiliaryOptimizer:
         Returns:
             Detached scalar tensors for logging: ``inner_loss`` (``L_inner`` at ``θ``),
             ``outer_loss`` (``L_outer`` at ``θ̃``), ``inner_grad_norm`` (``‖∇θ L_inner‖``),
-            ``meta_grad_norm`` (``‖dL_outer/dφ‖`` after any all-reduce) and ``inner_lr`` (``α``).
-            Losses and ``inner_grad_norm`` are this rank's values.
+            ``meta_grad_norm`` (``‖dL_outer/dφ‖``) and ``inner_lr`` (``α``). When the step is
+            synchronised (see "Distributed") all of them are the same on every rank: the losses
+            are averaged over ranks and the norms are those of the averaged gradients.
 
         Raises:
             ValueError: If a closure returns a non-scalar or non-finite loss, ``inner_lr`` is invalid,
@@ -302,9 +358,12 @@ class MetaAuxiliaryOptimizer:
         wd = self.weight_decay
         theta: list[Tensor] = [p for _, p in self._theta]
         second = self.mode == "second_order"
+        sync = self._synchronised()
 
         inner = self._loss(inner_loss_fn, self._forward_at(theta), "inner_loss_fn")
         grads = _grad(inner, theta, create_graph=second)
+        if sync:  # DDP's gradient: the mean over ranks, differentiable w.r.t. every rank's φ (second order)
+            grads = _mean_over_ranks(grads)
         if second:
             theta_tilde = [p - lr * (g + wd * p) for p, g in zip(theta, grads, strict=True)]
         else:
@@ -319,13 +378,16 @@ class MetaAuxiliaryOptimizer:
             n = len(theta_tilde)
             both = _grad(outer, theta_tilde + self._phi)
             direction, meta = both[:n], both[n:]
+            if sync:  # d = ∇θ̃ of the whole batch's outer loss, hence one ε on every rank
+                direction = _mean_over_ranks(direction)
             meta = self._add_mixed_term(meta, inner_loss_fn, theta, direction, lr)
         else:
             meta = _grad(outer, self._phi)
 
         meta = [m.detach() for m in meta]
-        if self.sync_meta_grads or (self.sync_meta_grads is None and is_distributed()):
-            meta = self._all_reduce_mean(meta)
+        inner_value, outer_value = inner.detach(), outer.detach()
+        if sync:  # each rank's part of dL/dφ (every path through the other ranks included): their mean
+            *meta, inner_value, outer_value = _mean_over_ranks([*meta, inner_value, outer_value])
         meta_norm = _norm(meta)
         if not bool(torch.isfinite(meta_norm)):
             raise ValueError("the meta gradient is not finite; meta_optimizer was not stepped")
@@ -334,8 +396,8 @@ class MetaAuxiliaryOptimizer:
         self.meta_optimizer.step()
         device = inner.device
         return {
-            "inner_loss": inner.detach(),
-            "outer_loss": outer.detach(),
+            "inner_loss": inner_value,
+            "outer_loss": outer_value,
             "inner_grad_norm": _norm(grads).to(device),
             "meta_grad_norm": meta_norm.to(device),
             "inner_lr": torch.tensor(lr, device=device),
@@ -405,22 +467,3 @@ class MetaAuxiliaryOptimizer:
                     live.copy_(copy)
         scale = lr / (2 * eps)
         return [m - scale * (gp - gm) for m, gp, gm in zip(direct, g_plus, g_minus, strict=True)]
-
-    @staticmethod
-    def _all_reduce_mean(grads: list[Tensor]) -> list[Tensor]:
-        """Average ``grads`` over ranks, one flat all-reduce per (dtype, device) bucket."""
-        if not (dist.is_available() and dist.is_initialized()):
-            return grads
-        out: list[Tensor] = list(grads)
-        buckets: dict[tuple[torch.dtype, torch.device], list[int]] = {}
-        for i, g in enumerate(grads):
-            buckets.setdefault((g.dtype, g.device), []).append(i)
-        for indices in buckets.values():
-            flat = torch.cat([grads[i].reshape(-1) for i in indices])
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            flat /= world_size()
-            start = 0
-            for i in indices:
-                out[i] = flat[start : start + grads[i].numel()].view_as(grads[i])
-                start += grads[i].numel()
-        return out
