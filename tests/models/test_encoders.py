@@ -166,7 +166,7 @@ def test_vit_interpolates_positions_for_other_sizes_and_rejects_bad_ones():
 
 
 def test_unknown_names_and_bad_arguments():
-    with pytest.raises(ValueError, match="unknown encoder 'resnet9000'.*resnet10"):
+    with pytest.raises(ValueError, match="unknown encoder name='resnet9000'.*resnet10"):
         build_encoder("resnet9000")
     with pytest.raises(ValueError, match="in_chans must be a positive integer"):
         build_encoder("resnet10", in_chans=0)

@@ -1,14 +1,14 @@
 """Encoders with one contract (pooled features, maps or tokens, a pyramid) on torchvision and timm.
 
-``build_encoder(name)`` builds every encoder the recipes use; nothing here downloads weights:
-``pretrained=`` is a local file.
+``create_encoder(name)`` (alias ``build_encoder``) builds every encoder the recipes use, by the name
+its builder was registered under with :func:`register_encoder`; :func:`list_encoders` lists them.
+Nothing here downloads weights: ``pretrained=`` is a local file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,14 +18,22 @@ from qualcl.models.cnn import (
     ResNetEncoder,
     VGGEncoder,
     backbone_state_dict,
-    resnet_encoder,
-    vgg_encoder,
+    resnet_encoder,  # noqa: F401 (the builders stay importable from here)
+    vgg_encoder,  # noqa: F401
 )
 from qualcl.models.conv import UnfoldConv2d, unfold_small_convs
 from qualcl.models.encoder import Encoder
+from qualcl.models.registry import (
+    ENCODERS,
+    EncoderBuilder,
+    EncoderInfo,
+    _encoder_builder,
+    list_encoders,
+    register_encoder,
+)
 from qualcl.models.text import CaptionTokenizer, PretrainedTextEncoder, TextEncoder, minilm_path
-from qualcl.models.unet import UNetEncoder, unet_encoder
-from qualcl.models.vit import ConvStem, ViTEncoder, vit_encoder
+from qualcl.models.unet import UNetEncoder, unet_encoder  # noqa: F401
+from qualcl.models.vit import ConvStem, ViTEncoder, vit_encoder  # noqa: F401
 
 __all__ = [
     "ENCODERS",
@@ -33,6 +41,7 @@ __all__ = [
     "CaptionTokenizer",
     "ConvStem",
     "Encoder",
+    "EncoderBuilder",
     "EncoderInfo",
     "PretrainedTextEncoder",
     "ResNetEncoder",
@@ -42,34 +51,13 @@ __all__ = [
     "VGGEncoder",
     "ViTEncoder",
     "build_encoder",
+    "create_encoder",
+    "list_encoders",
     "load_pretrained",
     "minilm_path",
+    "register_encoder",
     "unfold_small_convs",
 ]
-
-
-class EncoderInfo(NamedTuple):
-    """What ``qualcl list models`` shows about an encoder name."""
-
-    family: str
-    description: str
-
-
-#: Names accepted by :func:`build_encoder`.
-ENCODERS: dict[str, EncoderInfo] = {
-    "resnet10": EncoderInfo("cnn", "ResNet with one basic block per stage (4.9 M parameters; qualcl's CPU default)"),
-    "resnet18": EncoderInfo("cnn", "torchvision ResNet-18 (11.2 M)"),
-    "resnet34": EncoderInfo("cnn", "torchvision ResNet-34 (21.3 M)"),
-    "resnet50": EncoderInfo("cnn", "torchvision ResNet-50 (23.5 M; CoMCL's paper encoder)"),
-    "vgg16_bn": EncoderInfo("cnn", "torchvision VGG-16-BN trunk (14.7 M; MKCNet's paper encoder)"),
-    "vgg16_bn_tiny": EncoderInfo("cnn", "VGG-16-BN at 1/4 width, five pre-pool maps (0.9 M; local discrimination)"),
-    "unet": EncoderInfo("cnn", "U-Net contracting path 64-128-256-512-512 (9.4 M; the FundusDR retrieval trunk)"),
-    "unet_small": EncoderInfo("cnn", "U-Net contracting path at 1/4 width, 16-32-64-128-128 (0.6 M)"),
-    "vit_tiny": EncoderInfo("vit", "ViT-Ti/16 on timm (5.5 M)"),
-    "vit_small": EncoderInfo("vit", "ViT-S/16 on timm (21.6 M)"),
-    "vit_base": EncoderInfo("vit", "ViT-B/16 on timm (85.7 M)"),
-    "convvit_tiny": EncoderInfo("vit", "conv stem (stride 8) + 6 ViT blocks of width 192, maskable (2.8 M)"),
-}
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
@@ -120,22 +108,10 @@ def load_pretrained(encoder: Encoder, path: str | Path) -> Encoder:
     return encoder
 
 
-_BUILDERS: dict[str, Callable[..., Encoder]] = {
-    "cnn": lambda name, in_chans, image_size: (
-        resnet_encoder(name, in_chans=in_chans)
-        if name.startswith("resnet")
-        else unet_encoder(name, in_chans=in_chans)
-        if name.startswith("unet")
-        else vgg_encoder(name, in_chans=in_chans)
-    ),
-    "vit": lambda name, in_chans, image_size: vit_encoder(name, in_chans=in_chans, image_size=image_size),
-}
-
-
-def build_encoder(
+def create_encoder(
     name: str, *, in_chans: int = 3, image_size: int | None = None, pretrained: str | Path | None = None
 ) -> Encoder:
-    """Build encoder ``name`` (one of :data:`ENCODERS`), randomly initialised unless ``pretrained`` is given.
+    """Build encoder ``name`` (one of :func:`list_encoders`), randomly initialised unless ``pretrained`` is given.
 
     Args:
         name: Encoder name, e.g. ``"resnet10"``, ``"vgg16_bn_tiny"``, ``"vit_small"``.
@@ -145,21 +121,47 @@ def build_encoder(
         pretrained: A local weights file (see :func:`load_pretrained`); nothing is downloaded.
 
     Returns:
-        An :class:`Encoder`.
+        An :class:`Encoder`: ``(N, in_chans, H, W)`` images to ``(N, num_features)`` pooled features,
+        with ``num_features`` as registered (:data:`ENCODERS`).
+
+    Raises:
+        ValueError: ``name`` is not registered (the message names the argument and suggests the
+            closest name), or ``in_chans`` is not a positive integer.
 
     Examples:
         >>> import torch
-        >>> encoder = build_encoder("resnet18", in_chans=1)
+        >>> encoder = create_encoder("resnet18", in_chans=1)
         >>> encoder(torch.randn(2, 1, 64, 64)).shape, encoder.num_features
         (torch.Size([2, 512]), 512)
-        >>> build_encoder("vit_tiny", image_size=32).forward_features(torch.randn(1, 3, 32, 32)).shape
+        >>> create_encoder("vit_tiny", image_size=32).forward_features(torch.randn(1, 3, 32, 32)).shape
         torch.Size([1, 5, 192])
     """
-    if name not in ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; choose one of {list(ENCODERS)}")
+    builder = _encoder_builder(name)
     if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
         raise ValueError(f"in_chans must be a positive integer, got {in_chans!r}")
-    encoder = _BUILDERS[ENCODERS[name].family](name, in_chans, image_size)
+    encoder = builder(in_chans=in_chans, image_size=image_size)
     if pretrained is not None:
         load_pretrained(encoder, pretrained)
     return encoder
+
+
+def build_encoder(
+    name: str, *, in_chans: int = 3, image_size: int | None = None, pretrained: str | Path | None = None
+) -> Encoder:
+    """The same as :func:`create_encoder` (the name the recipes use): the same arguments, checks and result.
+
+    Args:
+        name: A registered encoder name (:func:`list_encoders`).
+        in_chans: Input channels.
+        image_size: ViTs: the side of their position embeddings (default 224); CNNs ignore it.
+        pretrained: A local weights file (see :func:`load_pretrained`).
+
+    Returns:
+        An :class:`Encoder` mapping ``(N, in_chans, H, W)`` to ``(N, num_features)``.
+
+    Examples:
+        >>> import torch
+        >>> build_encoder("vgg16_bn_tiny")(torch.randn(1, 3, 32, 32)).shape
+        torch.Size([1, 128])
+    """
+    return create_encoder(name, in_chans=in_chans, image_size=image_size, pretrained=pretrained)

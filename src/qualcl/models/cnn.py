@@ -12,6 +12,7 @@ from torchvision import models
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from qualcl.models.encoder import Encoder
+from qualcl.models.registry import register_encoder
 
 __all__ = ["VGG16_BN_TINY_CFG", "ResNetEncoder", "VGGEncoder", "resnet_encoder", "vgg_encoder"]
 
@@ -276,6 +277,56 @@ def vgg_encoder(name: str, *, in_chans: int = 3) -> VGGEncoder:
     if name == "vgg16_bn_tiny":
         return VGGEncoder(_VGGTrunk(_vgg_layers(VGG16_BN_TINY_CFG, in_chans)))
     raise ValueError(f"unknown VGG {name!r}; choose 'vgg16_bn' or 'vgg16_bn_tiny'")
+
+
+# The registered names (``qualcl.models.create_encoder``); CNNs take any image size and ignore ``image_size``.
+
+
+@register_encoder(
+    "resnet10",
+    family="cnn",
+    num_features=512,
+    description="ResNet with one basic block per stage (4.9 M parameters; qualcl's CPU default)",
+)
+def _resnet10(*, in_chans: int = 3, image_size: int | None = None) -> ResNetEncoder:
+    return resnet_encoder("resnet10", in_chans=in_chans)
+
+
+@register_encoder("resnet18", family="cnn", num_features=512, description="torchvision ResNet-18 (11.2 M)")
+def _resnet18(*, in_chans: int = 3, image_size: int | None = None) -> ResNetEncoder:
+    return resnet_encoder("resnet18", in_chans=in_chans)
+
+
+@register_encoder("resnet34", family="cnn", num_features=512, description="torchvision ResNet-34 (21.3 M)")
+def _resnet34(*, in_chans: int = 3, image_size: int | None = None) -> ResNetEncoder:
+    return resnet_encoder("resnet34", in_chans=in_chans)
+
+
+@register_encoder(
+    "resnet50", family="cnn", num_features=2048, description="torchvision ResNet-50 (23.5 M; CoMCL's paper encoder)"
+)
+def _resnet50(*, in_chans: int = 3, image_size: int | None = None) -> ResNetEncoder:
+    return resnet_encoder("resnet50", in_chans=in_chans)
+
+
+@register_encoder(
+    "vgg16_bn",
+    family="cnn",
+    num_features=512,
+    description="torchvision VGG-16-BN trunk (14.7 M; MKCNet's paper encoder)",
+)
+def _vgg16_bn(*, in_chans: int = 3, image_size: int | None = None) -> VGGEncoder:
+    return vgg_encoder("vgg16_bn", in_chans=in_chans)
+
+
+@register_encoder(
+    "vgg16_bn_tiny",
+    family="cnn",
+    num_features=128,
+    description="VGG-16-BN at 1/4 width, five pre-pool maps (0.9 M; local discrimination)",
+)
+def _vgg16_bn_tiny(*, in_chans: int = 3, image_size: int | None = None) -> VGGEncoder:
+    return vgg_encoder("vgg16_bn_tiny", in_chans=in_chans)
 
 
 def backbone_state_dict(encoder: ResNetEncoder | VGGEncoder, state: Mapping[str, Tensor]) -> dict[str, Tensor]:

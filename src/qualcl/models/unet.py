@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from qualcl.heads.unet_decoder import DoubleConv
 from qualcl.models.encoder import Encoder
+from qualcl.models.registry import register_encoder
 
 __all__ = ["UNetEncoder", "unet_encoder"]
 
@@ -82,3 +83,26 @@ def unet_encoder(name: str, *, in_chans: int = 3) -> UNetEncoder:
     if name not in UNET_WIDTHS:
         raise ValueError(f"unknown U-Net encoder {name!r}; choose one of {list(UNET_WIDTHS)}")
     return UNetEncoder(in_chans, UNET_WIDTHS[name])
+
+
+# The registered names (``qualcl.models.create_encoder``); U-Nets take any image size and ignore ``image_size``.
+
+
+@register_encoder(
+    "unet",
+    family="cnn",
+    num_features=512,
+    description="U-Net contracting path 64-128-256-512-512 (9.4 M; the FundusDR retrieval trunk)",
+)
+def _unet(*, in_chans: int = 3, image_size: int | None = None) -> UNetEncoder:
+    return unet_encoder("unet", in_chans=in_chans)
+
+
+@register_encoder(
+    "unet_small",
+    family="cnn",
+    num_features=128,
+    description="U-Net contracting path at 1/4 width, 16-32-64-128-128 (0.6 M)",
+)
+def _unet_small(*, in_chans: int = 3, image_size: int | None = None) -> UNetEncoder:
+    return unet_encoder("unet_small", in_chans=in_chans)

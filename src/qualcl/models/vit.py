@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qualcl.models.encoder import Encoder
+from qualcl.models.registry import register_encoder
 
 __all__ = ["CONV_STEM_VITS", "VIT_SIZES", "ConvStem", "ViTEncoder", "vit_encoder"]
 
@@ -266,3 +267,31 @@ def vit_encoder(name: str, *, in_chans: int = 3, image_size: int | None = None) 
     if name in CONV_STEM_VITS:
         net.patch_embed.proj = ConvStem(patch, in_chans, dim)
     return ViTEncoder(net, size)
+
+
+# The registered names (``qualcl.models.create_encoder``); ``image_size`` sizes the position embeddings.
+
+
+@register_encoder("vit_tiny", family="vit", num_features=192, description="ViT-Ti/16 on timm (5.5 M)")
+def _vit_tiny(*, in_chans: int = 3, image_size: int | None = None) -> ViTEncoder:
+    return vit_encoder("vit_tiny", in_chans=in_chans, image_size=image_size)
+
+
+@register_encoder("vit_small", family="vit", num_features=384, description="ViT-S/16 on timm (21.6 M)")
+def _vit_small(*, in_chans: int = 3, image_size: int | None = None) -> ViTEncoder:
+    return vit_encoder("vit_small", in_chans=in_chans, image_size=image_size)
+
+
+@register_encoder("vit_base", family="vit", num_features=768, description="ViT-B/16 on timm (85.7 M)")
+def _vit_base(*, in_chans: int = 3, image_size: int | None = None) -> ViTEncoder:
+    return vit_encoder("vit_base", in_chans=in_chans, image_size=image_size)
+
+
+@register_encoder(
+    "convvit_tiny",
+    family="vit",
+    num_features=192,
+    description="conv stem (stride 8) + 6 ViT blocks of width 192, maskable (2.8 M)",
+)
+def _convvit_tiny(*, in_chans: int = 3, image_size: int | None = None) -> ViTEncoder:
+    return vit_encoder("convvit_tiny", in_chans=in_chans, image_size=image_size)
