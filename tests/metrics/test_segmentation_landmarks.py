@@ -54,7 +54,8 @@ def test_binarize_thresholds_and_strata_split():
     p = t.clone()
     p[2:] = False
     out = stratified_segmentation_metrics(p, t, torch.tensor([0, 0, 1, 1]), ("Good", "Usable", "Reject"))
-    assert out["Good"]["dice"] == 1.0 and out["Usable"]["dice"] == 0.0 and "Reject" not in out
+    assert out["Good"]["dice"] == 1.0 and out["Usable"]["dice"] == 0.0
+    assert out["Reject"]["n"] == 0 and math.isnan(out["Reject"]["dice"])  # listed, as every empty stratum
     assert out["overall"]["dice"] == 0.5
 
 

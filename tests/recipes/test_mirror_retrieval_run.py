@@ -17,9 +17,8 @@ from qualcl.recipes.mirror_retrieval import (
     mirror_retrieval_config,
     run_ablation,
     run_mirror_retrieval,
-    variant_config,
 )
-from qualcl.recipes.mirror_retrieval.ablation import _quality_rank
+from qualcl.recipes.ablation import quality_rank, variant_config
 from qualcl.recipes.run_folder import RunFolder
 
 
@@ -41,7 +40,7 @@ def test_smoke_run_writes_a_complete_run_folder(smoke, whole):
     run, metrics = whole
     for name in ("config.yaml", "metrics.json", "metrics.csv", "MODEL_CARD.md", "stages.json"):
         assert (run / name).is_file(), name
-    for plot in ("training_curves", "retrieval_grid", "precision_per_grade", "descriptor_map"):
+    for plot in ("train", "retrieval_grid", "precision_per_grade", "descriptor_map"):
         assert (run / "plots" / f"{plot}.png").is_file(), plot
     assert {p.name for p in (run / "weights").iterdir()} == {"mirror_retrieval.safetensors"}
     test, k = metrics["test"], smoke.eval.k
@@ -96,15 +95,15 @@ def test_ablation_writes_its_table(smoke, tmp_path):
     assert set(results) == {"gem_triplet", "public_bce"}
     table = (tmp_path / "ablation" / "ablation.md").read_text()
     assert "GeM + triplet" in table and "public code's training" in table
-    assert (tmp_path / "ablation" / "ablation_map.png").is_file()
+    assert (tmp_path / "ablation" / "ablation.png").is_file()
     k = smoke.eval.k
     assert all(math.isfinite(v) for v in results["gem_triplet"]["overall"][f"map@{k}"])
     levels = [s for s in results["gem_triplet"] if s != "overall" and not s.startswith("grade ")]
-    assert levels == sorted(levels, key=_quality_rank)
+    assert levels == ["Good", "Usable", "Reject"]  # the run's order, best first
 
 
 def test_quality_levels_are_ordered_best_to_worst_then_by_name():
-    assert sorted(["Reject", "unrated", "Usable", "Good", "b"], key=_quality_rank) == [
+    assert sorted(["Reject", "unrated", "Usable", "Good", "b"], key=quality_rank) == [
         "Good",
         "Usable",
         "Reject",
@@ -115,11 +114,11 @@ def test_quality_levels_are_ordered_best_to_worst_then_by_name():
 
 def test_every_ablation_variant_is_a_valid_config(smoke):
     for name in ABLATIONS:
-        config = variant_config(smoke, name, seed=3)
+        config = variant_config(smoke, ABLATIONS, name, seed=3)
         assert config.seed == 3 and not config.trainer.progress
-    assert variant_config(smoke, "gem_circle", 0).model.attention == "none"
-    with pytest.raises(ValueError, match="unknown ablation variant"):
-        variant_config(smoke, "nope", 0)
+    assert variant_config(smoke, ABLATIONS, "gem_circle", 0).model.attention == "none"
+    with pytest.raises(ValueError, match="unknown ablation variant 'gem_circel' .did you mean 'gem_circle'"):
+        variant_config(smoke, ABLATIONS, "gem_circel", 0)
 
 
 @pytest.mark.parametrize(

@@ -14,10 +14,22 @@ from torch import Tensor
 from qualcl.data.images import open_image
 from qualcl.data.table import ImageTable
 
-__all__ = ["FUNDUS_QUALITY", "FundusLike", "load_fundus_table", "patient_split", "read_resized"]
+__all__ = [
+    "FUNDUS_QUALITY",
+    "UNRATED",
+    "FundusLike",
+    "ImageProgress",
+    "load_fundus_table",
+    "patient_split",
+    "read_resized",
+]
 
 #: EyeQ's quality levels, best first: the strata of every fundus recipe's per-quality metrics.
 FUNDUS_QUALITY = ("Good", "Usable", "Reject")
+#: The one quality stratum of a dataset without quality labels (Kaggle EyePACS, APTOS, the vessel sets).
+UNRATED: tuple[str, ...] = ("unrated",)
+#: A wrapper around the iteration over image files (a progress bar), or ``None``.
+ImageProgress = Callable[[Sequence[Path]], Sequence[Path]] | None
 
 
 class FundusLike(Protocol):

@@ -24,6 +24,7 @@ from qualcl.metrics.segmentation import (
     segmentation_scores,
     stratified_segmentation_metrics,
 )
+from qualcl.metrics.strata import stratify
 
 __all__ = [
     "binarize",
@@ -45,4 +46,5 @@ __all__ = [
     "stratified_grading_metrics",
     "stratified_retrieval_metrics",
     "stratified_segmentation_metrics",
+    "stratify",
 ]

@@ -14,6 +14,7 @@ from torchmetrics.functional.classification import (
 )
 
 from qualcl._validation import check_class_ids, check_finite, check_float_tensor, check_int, check_integer_tensor
+from qualcl.metrics.strata import stratify
 
 __all__ = [
     "binary_auroc",
@@ -178,7 +179,8 @@ def stratified_grading_metrics(
         strata_names: Name of each stratum id.
 
     Returns:
-        ``{"overall": {...}, name: {...} for each stratum}``.
+        ``{"overall": {...}, name: {...} for each stratum}``; a stratum without samples has ``n`` 0
+        and NaN metrics (the rule of :func:`~qualcl.metrics.stratify`).
 
     Examples:
         >>> import torch
@@ -189,11 +191,7 @@ def stratified_grading_metrics(
     """
     preds, target = _check(preds, target, num_classes)
     strata = check_class_ids("strata", strata, len(strata_names), n=preds.shape[0])
-    out = {"overall": grading_metrics(preds, target, num_classes)}
-    for index, name in enumerate(strata_names):
-        keep = strata == index
-        out[name] = grading_metrics(preds[keep], target[keep], num_classes)
-    return out
+    return stratify(lambda keep: grading_metrics(preds[keep], target[keep], num_classes), strata, strata_names)
 
 
 def confusion_matrix(preds: Tensor, target: Tensor, num_classes: int) -> Tensor:
@@ -370,7 +368,8 @@ def stratified_diagnosis_metrics(
         legacy_auc: See :func:`diagnosis_metrics`.
 
     Returns:
-        ``{"overall": {...}, name: {...} for each stratum}``.
+        ``{"overall": {...}, name: {...} for each stratum}``; a stratum without samples has ``n`` 0
+        and NaN metrics (the rule of :func:`~qualcl.metrics.stratify`).
 
     Examples:
         >>> import torch
@@ -382,8 +381,6 @@ def stratified_diagnosis_metrics(
     """
     target = _check_scores(probs, target)
     strata = check_class_ids("strata", strata, len(strata_names), n=target.shape[0])
-    out = {"overall": diagnosis_metrics(probs, target, legacy_auc=legacy_auc)}
-    for index, name in enumerate(strata_names):
-        keep = strata == index
-        out[name] = diagnosis_metrics(probs[keep], target[keep], legacy_auc=legacy_auc)
-    return out
+    return stratify(
+        lambda keep: diagnosis_metrics(probs[keep], target[keep], legacy_auc=legacy_auc), strata, strata_names
+    )

@@ -17,6 +17,7 @@ from qualcl._validation import (
     check_int,
     check_integer_tensor,
 )
+from qualcl.metrics.strata import stratify
 
 __all__ = ["dr_graded_relevance", "map_at_r_columns", "retrieval_metrics", "stratified_retrieval_metrics"]
 
@@ -394,8 +395,8 @@ def stratified_retrieval_metrics(
 
     Use it per query grade (``strata = query_labels``) and per query quality level. Each stratum's
     means are over its queries with a relevant item, so the overall mean is the
-    ``queries``-weighted mean of the strata means. An empty stratum gets NaN metrics and
-    ``queries`` 0.
+    ``queries``-weighted mean of the strata means. Every entry has ``n`` (its queries); an empty
+    stratum has ``n`` 0 and NaN metrics (the rule of :func:`~qualcl.metrics.stratify`).
 
     Args:
         query_labels: ``(Q,)`` integer labels of the queries.
@@ -430,7 +431,4 @@ def stratified_retrieval_metrics(
         query_labels, database_labels, ranked_indices, k, graded_relevance, exclude_index
     )
     strata = check_class_ids("strata", strata, len(names), n=relevant.shape[0]).cpu()
-    out = {"overall": _summary(values, relevant, ndcg_scored, torch.ones_like(strata, dtype=torch.bool))}
-    for index, name in enumerate(names):
-        out[name] = _summary(values, relevant, ndcg_scored, strata == index)
-    return out
+    return stratify(lambda keep: _summary(values, relevant, ndcg_scored, keep), strata, names)

@@ -10,6 +10,7 @@ from torch import Tensor
 from torchmetrics.functional.segmentation import dice_score, mean_iou
 
 from qualcl._validation import check_finite, check_float_tensor, check_number
+from qualcl.metrics.strata import stratify
 
 __all__ = ["binarize", "segmentation_metrics", "segmentation_scores", "stratified_segmentation_metrics"]
 
@@ -124,8 +125,8 @@ def _summary(scores: dict[str, Tensor]) -> dict[str, float]:
         out[name] = float(kept.mean()) if kept.numel() else math.nan
         out[f"{name}_std"] = float(kept.std(unbiased=True)) if kept.numel() > 1 else (0.0 if kept.numel() else math.nan)
     first = next(iter(scores.values()))
-    out["images"] = float((~first.isnan()).sum())
-    out["empty"] = float(first.isnan().sum())
+    out["images"] = int((~first.isnan()).sum())
+    out["empty"] = int(first.isnan().sum())
     return out
 
 
@@ -150,12 +151,15 @@ def stratified_segmentation_metrics(
 ) -> dict[str, dict[str, float]]:
     """:func:`segmentation_metrics` overall and per stratum (e.g. quality level ``strata[i]`` naming ``names``).
 
+    Every stratum is listed; one without images has ``n`` 0 and NaN metrics (the rule of
+    :func:`~qualcl.metrics.stratify`).
+
     Examples:
         >>> import torch
         >>> t = torch.ones(3, 2, 2, dtype=torch.bool)
         >>> out = stratified_segmentation_metrics(t, t, torch.tensor([0, 1, 1]), ["Good", "Reject"])
         >>> list(out), out["Reject"]["images"]
-        (['overall', 'Good', 'Reject'], 2.0)
+        (['overall', 'Good', 'Reject'], 2)
     """
     scores = segmentation_scores(preds, target)
     if not isinstance(strata, Tensor) or strata.shape != (scores["dice"].shape[0],) or strata.is_floating_point():
@@ -165,9 +169,4 @@ def stratified_segmentation_metrics(
     strata = strata.cpu()
     if strata.numel() and (int(strata.min()) < 0 or int(strata.max()) >= len(names)):
         raise ValueError(f"strata ids must lie in [0, {len(names) - 1}] to name {list(names)}")
-    out = {"overall": _summary(scores)}
-    for index, name in enumerate(names):
-        chosen = strata == index
-        if bool(chosen.any()):
-            out[name] = _summary({k: v[chosen] for k, v in scores.items()})
-    return out
+    return stratify(lambda keep: _summary({k: v[keep] for k, v in scores.items()}), strata, names)

@@ -41,7 +41,6 @@ RECIPES: dict[str, RecipeEntry] = {
         "MIRROR_RETRIEVAL",
         "Mirror-attention fundus retrieval (BSPC 2023): GeM descriptors of mirror-attention branches, fine "
         "triplet (circle) loss, P@k / mAP@k / NDCG@k per grade and per quality level",
-        ablation="qualcl.recipes.mirror_retrieval.ablation:run_ablation",
         spec="qualcl.recipes.mirror_retrieval.config:SPEC",
     ),
     "fundus-mm": RecipeEntry(

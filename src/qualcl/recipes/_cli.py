@@ -184,7 +184,7 @@ def build_recipe_parser(entry: RecipeEntry, name: str) -> tuple[argparse.Argumen
     """The parser of ``qualcl run <name>`` and the recipe's spec (:meth:`RecipeEntry.load_spec`; no torch)."""
     spec = entry.load_spec()
     parser = SuggestingParser(prog=f"qualcl run {name}", description=entry.description)
-    add_run_arguments(parser, spec, ablation=entry.ablation is not None)
+    add_run_arguments(parser, spec, ablation=entry.ablation is not None or bool(getattr(spec, "ablations", None)))
     return parser, spec
 
 
@@ -204,7 +204,12 @@ def main_recipe(entry: RecipeEntry, name: str, argv: Sequence[str]) -> int:
     if getattr(args, "ablation", False):
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         variants = args.variants.split(",") if args.variants else None
-        entry.load_ablation()(config, out, seeds=seeds, variants=variants, run_missing=not args.collect)
+        if getattr(spec, "ablations", None):  # declared beside the presets: the one runner
+            from qualcl.recipes.ablation import run_ablation
+
+            run_ablation(recipe, config, out, seeds=seeds, variants=variants, run_missing=not args.collect)
+        else:
+            entry.load_ablation()(config, out, seeds=seeds, variants=variants, run_missing=not args.collect)
         print((out / "ablation.md").read_text())
         return 0
     metrics = recipe.run(config, out, overwrite=args.overwrite)

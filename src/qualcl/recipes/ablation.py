@@ -1,15 +1,32 @@
-"""What the recipes' ablations share: a resumable loop over variants and seeds, and mean ± std cells."""
+"""The one ablation runner: variants declared beside the presets, run over seeds, resumed, collected, tabulated.
+
+A recipe declares its variants in its spec (``RecipeSpec.ablations``: ``{name: Variant(label,
+overrides)}``, the overrides in ``--set`` form) and says which cells of a run's ``metrics.json`` the
+tables show (:meth:`~qualcl.recipes.driver.Recipe.ablation_cells` and ``ablation_columns``);
+:func:`run_ablation` does the rest for every recipe: ``qualcl run NAME --ablation``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from qualcl.recipes.config import Variant, apply_overrides, did_you_mean
 from qualcl.recipes.run_folder import read_metrics
 
-__all__ = ["ablation_plan", "mean_std", "quality_rank", "run_variants"]
+__all__ = [
+    "ablation_plan",
+    "ablation_table",
+    "mean_std",
+    "quality_rank",
+    "run_ablation",
+    "run_variants",
+    "variant_config",
+]
 
 
 def quality_rank(level: str) -> tuple[int, str]:
@@ -116,3 +133,150 @@ def run_variants(
             if progress:
                 print(f"[ablation] {name} seed {seed}: {summarise(metrics)}", flush=True)
     return results
+
+
+def variant_config(
+    config: Any, variants: Mapping[str, Variant], name: str, seed: int, data_dir: str | None = None
+) -> Any:
+    """``config`` with variant ``name``'s overrides (as ``--set`` applies them), seed ``seed``, no progress bars.
+
+    Args:
+        config: The base config (preset, dataset and ``--set`` already applied).
+        variants: The recipe's declared variants.
+        name: The variant.
+        seed: The training seed.
+        data_dir: The data folder every run shares (``None``: the base config's).
+
+    Raises:
+        ValueError: An unknown variant (with the closest name), or an override the config refuses
+            (named with the variant).
+    """
+    if name not in variants:
+        raise ValueError(f"unknown ablation variant {name!r}{did_you_mean(name, variants)}; known: {list(variants)}")
+    try:
+        changed = apply_overrides(config, [*variants[name].overrides, f"seed={seed}", "trainer.progress=false"])
+    except ValueError as error:
+        raise ValueError(f"ablation variant {name!r}: {error}") from None
+    if data_dir is not None:
+        changed = dataclasses.replace(changed, data=dataclasses.replace(changed.data, data_dir=data_dir))
+    return changed
+
+
+def run_ablation(
+    recipe: Any,
+    config: Any,
+    out: str | Path,
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    variants: Sequence[str] | None = None,
+    progress: bool = True,
+    run_missing: bool = True,
+) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """Run a recipe's ablation: every variant for every seed (resumable), then ``ablation.md``/``.json`` and a plot.
+
+    Each run lives in ``out/<variant>/seed<k>`` and is read back when finished, so an interrupted
+    ablation continues where it stopped; all runs share one synthetic dataset (``out/data``) unless
+    the config names a data folder. Every variant is checked (overrides applied, the recipe's
+    :meth:`check`) before anything trains.
+
+    Args:
+        recipe: The :class:`~qualcl.recipes.driver.Recipe` (its spec declares the variants).
+        config: The base config.
+        out: The ablation's folder.
+        seeds: Training seeds.
+        variants: Variant names (default: all, in declaration order).
+        progress: Print a line per finished run.
+        run_missing: Train the runs not finished yet (``False``: tabulate the finished ones only).
+
+    Returns:
+        ``{variant: {stratum: {metric: [one value per finished seed]}}}``.
+    """
+    from qualcl.recipes.driver import is_global_zero
+    from qualcl.recipes.plots import plot_variant_dots
+
+    declared: Mapping[str, Variant] = recipe.spec.ablations if recipe.spec is not None else {}
+    if not declared:
+        raise ValueError(f"recipe {recipe.name!r} declares no ablation")
+
+    def check(name: str) -> None:
+        recipe.check(variant_config(config, declared, name, seeds[0] if seeds else 0))
+
+    root, names, data_dir = ablation_plan(
+        out, list(declared) if variants is None else list(variants), check, config.data
+    )
+    columns = recipe.ablation_columns(config)
+    first = next(iter(columns))
+
+    def run(name: str, seed: int, folder: Path) -> dict[str, Any]:
+        result: dict[str, Any] = recipe.run(variant_config(config, declared, name, seed, data_dir), folder)
+        return result
+
+    def summarise(metrics: dict[str, Any]) -> str:
+        overall = recipe.ablation_cells(config, metrics).get("overall", {})
+        return ", ".join(f"{label} {overall.get(key, float('nan')):.3f}" for key, label in columns.items())
+
+    raw = run_variants(root, names, seeds, run, summarise, progress=progress, run_missing=run_missing)
+    results: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for name, by_seed in raw.items():
+        strata: dict[str, dict[str, list[float]]] = {}
+        for metrics in by_seed.values():
+            for stratum, values in recipe.ablation_cells(config, metrics).items():
+                slot = strata.setdefault(stratum, {})
+                for key in columns:
+                    value = values.get(key)
+                    slot.setdefault(key, []).append(float("nan") if value is None else float(value))
+        results[name] = strata
+    if not is_global_zero():
+        return results
+    (root / "ablation.json").write_text(json.dumps(results, indent=2))
+    (root / "ablation.md").write_text(ablation_table(recipe, config, results, declared, seeds))
+    labels = {name: declared[name].label if name in declared else name for name in results}
+    plot_variant_dots(
+        {labels[n]: {s: cells[first] for s, cells in r.items() if first in cells} for n, r in results.items()},
+        root / "ablation.png",
+        title=f"{recipe.name}: test {columns[first]} per seed, overall and per stratum",
+        ylabel=columns[first],
+    )
+    recipe.ablation_plots(config, results, root)
+    return results
+
+
+def ablation_table(
+    recipe: Any,
+    config: Any,
+    results: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]],
+    declared: Mapping[str, Variant],
+    seeds: Sequence[int],
+) -> str:
+    """Markdown: the variants' overall cells (mean ± std over seeds), then the first metric per stratum."""
+    columns = recipe.ablation_columns(config)
+    first = next(iter(columns))
+    n = len(seeds)
+    d = config.data
+    lines = [
+        f"# {recipe.name} ablation",
+        "",
+        f"Dataset `{d.dataset}` ({d.num_images} images, {d.image_size} px), preset `{config.preset}`; "
+        f"mean ± std over seeds {list(seeds)}. {recipe.ablation_notes(config)}".rstrip(),
+        "",
+        "| variant | " + " | ".join(columns.values()) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    label = {name: declared[name].label if name in declared else name for name in results}
+    for name, strata in results.items():
+        overall = strata.get("overall", {})
+        lines.append(f"| {label[name]} | " + " | ".join(mean_std(overall.get(k, []), n) for k in columns) + " |")
+    strata_names = list(dict.fromkeys(s for strata in results.values() for s in strata if s != "overall"))
+    if strata_names:
+        lines += [
+            "",
+            f"## {columns[first]} per stratum",
+            "",
+            "| variant | " + " | ".join(strata_names) + " |",
+            "|---|" + "---|" * len(strata_names),
+        ]
+        for name, strata in results.items():
+            cells = [mean_std(strata.get(s, {}).get(first, []), n) for s in strata_names]
+            lines.append(f"| {label[name]} | " + " | ".join(cells) + " |")
+    lines += ["", "Command: `qualcl run " + recipe.name + " --ablation --seeds " + ",".join(map(str, seeds)) + "`."]
+    return "\n".join(lines) + "\n"

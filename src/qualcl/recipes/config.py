@@ -27,13 +27,16 @@ import yaml
 
 __all__ = [
     "CNN_ENCODERS",
+    "DataConfig",
     "RecipeConfig",
     "RecipeSpec",
     "TrainerConfig",
+    "Variant",
     "apply_overrides",
     "check_cnn_encoder",
     "config_from_dict",
     "config_to_dict",
+    "dataset_choices",
     "did_you_mean",
     "load_config",
     "merge",
@@ -139,6 +142,77 @@ class TrainerConfig:
     def distributed(self) -> bool:
         """Whether the run uses DDP."""
         return self.strategy == "ddp" or self.world_size > 1
+
+
+@dataclass
+class DataConfig:
+    """The data fields every recipe's ``data`` section starts with.
+
+    A recipe derives its own section from it, re-declaring ``dataset`` as a ``Literal`` of the
+    datasets it reads (the one declaration of them: ``--dataset``'s choices and
+    :attr:`RecipeSpec.datasets` come from it) and any default it changes, and adding its own fields.
+
+    Attributes:
+        dataset: ``"synthetic"`` (the embedded SynthFundus set, generated once into the run folder or
+            ``data_dir``) or a real dataset the recipe reads from ``data_dir``.
+        data_dir: Dataset folder (required for a real dataset: ``--data DIR``).
+        num_images: Synthetic images to generate.
+        image_size: Side of the network input, in pixels.
+        lq_ratio: Synthetic low-quality fraction (EyeQ's training set: 0.336).
+        seed: Seed of the data (synthetic generation, splits): fixed across training seeds.
+    """
+
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    num_images: int = 1200
+    image_size: int = 64
+    lq_ratio: float = 0.336
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_images < 1:
+            raise ValueError(f"data.num_images must be >= 1, got {self.num_images}")
+        if self.image_size < 8:
+            raise ValueError(f"data.image_size must be >= 8, got {self.image_size}")
+        if not 0.0 <= self.lq_ratio <= 1.0:
+            raise ValueError(f"data.lq_ratio must lie in [0, 1], got {self.lq_ratio}")
+
+
+def dataset_choices(config_class: type[Any]) -> tuple[str, ...]:
+    """The datasets a recipe reads: the ``Literal`` of its ``data.dataset`` field.
+
+    Examples:
+        >>> @dataclass
+        ... class Data(DataConfig):
+        ...     dataset: Literal["synthetic", "eyeq"] = "synthetic"
+        >>> @dataclass
+        ... class Config(RecipeConfig):
+        ...     data: Data = field(default_factory=Data)
+        >>> dataset_choices(Config)
+        ('synthetic', 'eyeq')
+    """
+    data = typing.get_type_hints(config_class).get("data")
+    kind = typing.get_type_hints(data).get("dataset") if data is not None else None
+    if typing.get_origin(kind) is not Literal:
+        raise TypeError(f"{config_class.__name__}.data.dataset must be a Literal of dataset names, got {kind!r}")
+    return tuple(str(name) for name in typing.get_args(kind))
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One ablation variant, declared beside the presets: the paper's label and its ``--set`` overrides.
+
+    Attributes:
+        label: What the paper (or the table) calls it.
+        overrides: ``key.sub=value`` strings applied to the base config, as ``--set`` applies them.
+
+    Examples:
+        >>> Variant("+ mirror attention", ("model.attention=intended",)).overrides
+        ('model.attention=intended',)
+    """
+
+    label: str
+    overrides: tuple[str, ...] = ()
 
 
 @dataclass
@@ -374,19 +448,26 @@ class RecipeSpec(Generic[C]):
         name: The recipe's name (``qualcl run NAME``; the default run folder ``runs/NAME``).
         config_class: Its config dataclass (a :class:`RecipeConfig`).
         presets: ``{preset: nested overrides of config_class's defaults}``.
-        datasets: The values of ``--dataset``.
+        datasets: The values of ``--dataset`` (default: the ``Literal`` of ``data.dataset``,
+            :func:`dataset_choices`).
         data_help: Help of ``--data``.
         set_example: An example for the help of ``--set``.
         dataset_settings: ``(dataset, preset) -> nested overrides`` a dataset implies, or ``None``.
+        ablations: ``{variant: Variant}``: the recipe's ablation, run by ``qualcl ablate``.
     """
 
     name: str
     config_class: type[C]
     presets: Mapping[str, Mapping[str, Any]]
-    datasets: tuple[str, ...]
+    datasets: tuple[str, ...] = ()
     data_help: str = "dataset folder"
     set_example: str = "seed=1"
     dataset_settings: Callable[[str, str], dict[str, Any]] | None = None
+    ablations: Mapping[str, Variant] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.datasets:
+            object.__setattr__(self, "datasets", dataset_choices(self.config_class))
 
     def config(
         self,

@@ -34,13 +34,25 @@ from qualcl.distributed import gather_no_grad, is_distributed, rank, world_size
 from qualcl.models import unfold_small_convs
 from qualcl.recipes.callbacks import HistoryWriter, load_best, resume_path
 from qualcl.recipes.collapse import CollapseMonitor, Probe
-from qualcl.recipes.config import RecipeConfig, config_to_dict, resolve_config
+from qualcl.recipes.config import RecipeConfig, RecipeSpec, config_to_dict, resolve_config
 from qualcl.recipes.interrupt import GracefulInterrupt
+from qualcl.recipes.modules import RecipeModule
+from qualcl.recipes.plots import plot_history
 from qualcl.recipes.resume import ResumableLoader
 from qualcl.recipes.run_folder import ModelCard, RunFolder, prepare_run_folder
 from qualcl.recipes.trainer import check_trainer, make_trainer
 
-__all__ = ["Recipe", "RunContext", "Stage", "eval_loader", "is_global_zero", "run_recipe", "stage_seed"]
+__all__ = [
+    "Recipe",
+    "RunContext",
+    "Stage",
+    "check_data",
+    "eval_loader",
+    "is_global_zero",
+    "run_recipe",
+    "stage_seed",
+    "train_loader",
+]
 
 C = TypeVar("C", bound=RecipeConfig)
 D = TypeVar("D")
@@ -85,6 +97,45 @@ def eval_loader(dataset: Dataset[Any], batch_size: int) -> Callable[[], DataLoad
 
     def build() -> DataLoader[Any]:
         return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset)))  # type: ignore[arg-type]
+
+    return build
+
+
+def train_loader(
+    dataset: Dataset[Any],
+    batch_size: int,
+    *,
+    seed: int,
+    drop_last: bool = True,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    name: str = "train.batch_size",
+) -> Callable[[], DataLoader[Any]]:
+    """A training loader factory: each epoch reshuffled from ``seed``, each rank its own shard.
+
+    The loader is built when Lightning asks for it (after the process group exists), on a
+    :class:`~qualcl.samplers.ShardedShuffleSampler`, so that one epoch across ``W`` ranks visits
+    the items one process would, and a resumed epoch continues with the same order.
+
+    Args:
+        dataset: The training items.
+        batch_size: Items per batch (per rank).
+        seed: Seed of the shuffles.
+        drop_last: Drop the last incomplete batch (contrastive losses want full batches).
+        collate_fn: The loader's collate function, if not the default.
+        name: The config key of ``batch_size``, for the error message.
+
+    Raises:
+        ValueError: With ``drop_last``, fewer items than one batch (the message names ``name``).
+    """
+    from qualcl.samplers import ShardedShuffleSampler
+
+    n = len(dataset)  # type: ignore[arg-type]
+    if drop_last and n < batch_size:
+        raise ValueError(f"{n} training items are fewer than {name}={batch_size}: lower {name}")
+
+    def build() -> DataLoader[Any]:
+        sampler = ShardedShuffleSampler(n, seed=seed, drop_last=drop_last)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, collate_fn=collate_fn)
 
     return build
 
@@ -250,8 +301,11 @@ class RunContext(Generic[C]):
             max_steps: Step budget (``-1``: by epochs).
             max_epochs: Epoch budget.
             monitor: Logged metric that selects the best checkpoint.
-            history: Attribute of ``module`` holding rows for ``history/<stage>.csv``.
-            history_key: ``"step"`` or ``"epoch"``: the rows' position key (for resume).
+            history: Attribute of ``module`` holding rows for ``history/<stage>.csv``; a
+                :class:`~qualcl.recipes.modules.RecipeModule` needs none: its declared history is
+                written, and plotted as ``plots/<stage>.png`` when the stage ends.
+            history_key: ``"step"`` or ``"epoch"``: the rows' position key (for resume; a
+                ``RecipeModule``'s from its history).
             every_n_train_steps: Refresh ``last.ckpt`` every this many steps (default every epoch).
             check_val_every_n_epoch: Validation period in epochs.
             find_unused_parameters: DDP: the stage leaves some parameters without gradient.
@@ -279,6 +333,8 @@ class RunContext(Generic[C]):
         if self.config.trainer.small_map_convs == "unfold":
             unfold_small_convs(module)
         callbacks: list[Callback] = []
+        if history is None and isinstance(module, RecipeModule):  # the module declares its history
+            history, history_key = "history_rows", module.history.every
         if history is not None:
             callbacks.append(HistoryWriter(run, stage, history))
         if collapse is not None:
@@ -320,6 +376,8 @@ class RunContext(Generic[C]):
         for name, part in weights.items():
             run.save_weights(part, name)
         record = {"seconds": round(time.perf_counter() - start, 1), "best_epoch": best_epoch, **(info or {})}
+        if isinstance(module, RecipeModule) and run.writable:
+            plot_history(run.read_history(stage), module.history, run.path("plots", f"{stage}.png"), title=stage)
         run.mark_done(stage, **record)
         self.records[stage] = record
         return record
@@ -386,6 +444,18 @@ class RunContext(Generic[C]):
             dist.barrier()
 
 
+def check_data(config: Any) -> None:
+    """Refuse a real dataset without its folder: ``--data DIR is required with --dataset NAME``.
+
+    ``config.data`` (when the config has one) names ``dataset`` and ``data_dir``; only the embedded
+    ``"synthetic"`` set is generated when no folder is given.
+    """
+    data = getattr(config, "data", None)
+    dataset = getattr(data, "dataset", "synthetic")
+    if dataset != "synthetic" and getattr(data, "data_dir", None) is None:
+        raise ValueError(f"--data DIR is required with --dataset {dataset}")
+
+
 def _budget_spent(trainer: L.Trainer, max_steps: int, max_epochs: int | None) -> bool:
     """Whether ``fit`` returned because the stage's step or epoch budget was reached (not stopped early)."""
     if trainer.interrupted:
@@ -412,19 +482,30 @@ class Recipe(ABC, Generic[C, D, S]):
     texts); the methods below are what a recipe writes. ``D`` is its data, ``S`` its models.
     """
 
+    #: The recipe's :class:`~qualcl.recipes.config.RecipeSpec` (its ``config`` module's ``SPEC``): the
+    #: name, config class, presets, datasets and command-line texts below are read from it.
+    spec: ClassVar[RecipeSpec[Any] | None] = None
     name: ClassVar[str]
     paper: ClassVar[str]
     config_class: ClassVar[type[Any]]
     #: ``{preset: nested overrides of config_class's defaults}``; ``"default"`` is usually ``{}``.
-    presets: ClassVar[dict[str, dict[str, Any]]]
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]]
     datasets: ClassVar[tuple[str, ...]]
     data_help: ClassVar[str] = "dataset folder"
     set_example: ClassVar[str] = "seed=1"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        spec = cls.__dict__.get("spec")
+        if spec is not None:  # one declaration: the torch-free SPEC, which the CLI reads before any import
+            for attribute in ("name", "config_class", "presets", "datasets", "data_help", "set_example"):
+                setattr(cls, attribute, getattr(spec, attribute))
+
     # ------------------------------------------------------------------ config
     def dataset_settings(self, dataset: str, preset: str) -> dict[str, Any]:
-        """Nested overrides a dataset implies (classes, normalisation, ...); none by default."""
-        return {}
+        """Nested overrides a dataset implies (classes, normalisation, ...): the spec's, else none."""
+        settings = self.spec.dataset_settings if self.spec is not None else None
+        return settings(dataset, preset) if settings is not None else {}
 
     def config(
         self,
@@ -457,6 +538,28 @@ class Recipe(ABC, Generic[C, D, S]):
         for key in ("original", "overall"):
             headline = headline.get(key, headline) if isinstance(headline, dict) else headline
         return headline
+
+    # ------------------------------------------------------------------ ablation
+    def ablation_columns(self, config: C) -> dict[str, str]:
+        """The ablation table's metrics, ``{key of ablation_cells: heading}``; the first is also shown per stratum."""
+        raise NotImplementedError(f"{self.name} declares ablations but no ablation_columns")
+
+    def ablation_cells(self, config: C, metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
+        """``{stratum: {metric: value}}`` of one finished run's ``metrics.json`` for the ablation tables.
+
+        By default the test metrics' ``original`` (or the test metrics themselves) by stratum:
+        ``overall`` first, then each stratum in the order the run wrote them.
+        """
+        test = metrics.get("test", {})
+        test = test.get("original", test)
+        return {stratum: cells for stratum, cells in test.items() if isinstance(cells, dict)}
+
+    def ablation_notes(self, config: C) -> str:
+        """A sentence under the ablation table's heading (protocol, the paper's numbers): none by default."""
+        return ""
+
+    def ablation_plots(self, config: C, results: dict[str, dict[str, dict[str, list[float]]]], root: Path) -> None:
+        """Plots of the ablation beyond the runner's dot plot (a sweep's curve, say), written into ``root``."""
 
     # ------------------------------------------------------------------ the run
     @abstractmethod
@@ -527,6 +630,7 @@ def run_recipe(
     if not isinstance(config, recipe.config_class):
         raise TypeError(f"{recipe.name} needs a {recipe.config_class.__name__}, got {type(config).__name__}")
     check_trainer(config.trainer)
+    check_data(config)
     recipe.check(config)
     if is_global_zero():
         prepare_run_folder(out, config_to_dict(config), overwrite=overwrite)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -13,7 +13,11 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import torch
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from qualcl.recipes.modules import History
 
 __all__ = [
     "plot_confusion",
@@ -21,6 +25,7 @@ __all__ = [
     "plot_embedding",
     "plot_grouped_bars",
     "plot_heatmap",
+    "plot_history",
     "plot_image_grid",
     "plot_retrieval_grid",
     "plot_variant_dots",
@@ -36,28 +41,71 @@ def plot_curves(
     ylabel: str = "",
     secondary: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
     secondary_label: str = "",
+    integer_x: bool | None = None,
 ) -> Path:
-    """Line plot of named ``(x, y)`` series, optionally with a second y axis; returns the PNG path."""
+    """Line plot of named ``(x, y)`` series, optionally with a second y axis; returns the PNG path.
+
+    One style for every curve a recipe draws: each series its own colour across both axes (the
+    second axis's series dashed), integer ticks on a step or epoch axis (``integer_x``, default:
+    when ``xlabel`` is ``"step"`` or ``"epoch"``), one legend for both axes, below the plot when it
+    holds more than four entries.
+    """
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    colour = 0
     for name, (x, y) in series.items():
-        ax.plot(list(x), list(y), label=name, lw=1.4)
+        ax.plot(list(x), list(y), label=name, lw=1.4, color=f"C{colour % 10}")
+        colour += 1
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
+    if integer_x if integer_x is not None else xlabel in ("step", "epoch"):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, labels = ax.get_legend_handles_labels()
     if secondary:
         right = ax.twinx()
         for name, (x, y) in secondary.items():
-            right.plot(list(x), list(y), label=name, lw=1.2, ls="--")
+            right.plot(list(x), list(y), label=name, lw=1.2, ls="--", color=f"C{colour % 10}")
+            colour += 1
         right.set_ylabel(secondary_label)
         h2, l2 = right.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
-    if handles:
+    if len(handles) > 4:
+        ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
+    elif handles:
         ax.legend(handles, labels, fontsize=8, loc="best")
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def plot_history(rows: Sequence[Mapping[str, float]], history: History, path: str | Path, *, title: str) -> Path | None:
+    """A stage's history (``history/<stage>.csv`` rows) as its module declared it; ``None`` without rows.
+
+    The declared curves go on the left axis, the validation metrics on the right one, against the
+    rows' ``step`` or ``epoch`` (:class:`~qualcl.recipes.modules.History`).
+    """
+    if not rows:
+        return None
+    key = history.every
+
+    def series(columns: Mapping[str, str]) -> dict[str, tuple[list[float], list[float]]]:
+        out = {}
+        for column, label in columns.items():
+            points = [(row[key], row[column]) for row in rows if column in row and key in row]
+            if points:
+                out[label] = ([x for x, _ in points], [y for _, y in points])
+        return out
+
+    return plot_curves(
+        series(history.curves),
+        path,
+        title=history.title or title,
+        xlabel=key,
+        ylabel=history.ylabel,
+        secondary=series(history.metrics) or None,
+        secondary_label=history.metrics_label,
+    )
 
 
 def plot_confusion(matrix: Tensor, class_names: Sequence[str], path: str | Path, *, title: str) -> Path:

@@ -136,7 +136,7 @@ def _plot_finetune(run: RunFolder, metric: str) -> None:
         return
     epochs = [r["epoch"] for r in rows]
     plot_curves(
-        {"train loss": (epochs, [r["train_loss"] for r in rows])},
+        {"train loss": (epochs, [r["loss"] for r in rows])},
         run.path("plots", "finetune_curves.png"),
         title="Diagnosis fine-tuning",
         xlabel="epoch",
@@ -306,7 +306,6 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
             weights={"classifier": state.finetune},
             max_epochs=cfg.epochs,
             monitor="val/kappa",
-            history="epoch_log",
             info={"epochs": cfg.epochs},
         )
         _plot_finetune(ctx.run, metric)

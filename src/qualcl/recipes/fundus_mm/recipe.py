@@ -215,7 +215,6 @@ class FundusMMRecipe(Recipe[FundusMMConfig, FundusMMData, FundusMMState]):
             weights={"fundus_mm_finetuned": state.finetune},
             max_epochs=ev.finetune_epochs,
             monitor="val/kappa",
-            history="epoch_log",
             info={"epochs": ev.finetune_epochs},
         )
 

@@ -16,11 +16,15 @@ from qualcl.recipes.mirror_retrieval.config import (
 )
 
 if TYPE_CHECKING:
-    from qualcl.recipes.mirror_retrieval.ablation import ablation_table, run_ablation, variant_config
     from qualcl.recipes.mirror_retrieval.data import RetrievalData, RetrievalDataset, load_retrieval_data
     from qualcl.recipes.mirror_retrieval.model import MirrorRetrievalNet, RetrievalOutput, mirror_images
     from qualcl.recipes.mirror_retrieval.modules import RetrievalTraining, build_metric_loss, leave_one_out_metrics
-    from qualcl.recipes.mirror_retrieval.recipe import MIRROR_RETRIEVAL, MirrorRetrievalRecipe, run_mirror_retrieval
+    from qualcl.recipes.mirror_retrieval.recipe import (
+        MIRROR_RETRIEVAL,
+        MirrorRetrievalRecipe,
+        run_ablation,
+        run_mirror_retrieval,
+    )
 
     #: ``MIRROR_RETRIEVAL.config(preset, *, dataset, data_dir, overrides, seed)``: defaults ← preset ← overrides.
     mirror_retrieval_config = MIRROR_RETRIEVAL.config
@@ -40,7 +44,6 @@ __all__ = [
     "RetrievalOutput",
     "RetrievalTraining",
     "TrainConfig",
-    "ablation_table",
     "build_metric_loss",
     "leave_one_out_metrics",
     "load_retrieval_data",
@@ -48,7 +51,6 @@ __all__ = [
     "mirror_retrieval_config",
     "run_ablation",
     "run_mirror_retrieval",
-    "variant_config",
 ]
 
 # The models, data and recipe (torch, Lightning) are imported on first use, so that importing this package
@@ -57,9 +59,7 @@ if not TYPE_CHECKING:
     __getattr__, __dir__ = lazy_exports(
         __name__,
         {
-            "ablation_table": "qualcl.recipes.mirror_retrieval.ablation",
-            "run_ablation": "qualcl.recipes.mirror_retrieval.ablation",
-            "variant_config": "qualcl.recipes.mirror_retrieval.ablation",
+            "run_ablation": "qualcl.recipes.mirror_retrieval.recipe",
             "RetrievalData": "qualcl.recipes.mirror_retrieval.data",
             "RetrievalDataset": "qualcl.recipes.mirror_retrieval.data",
             "load_retrieval_data": "qualcl.recipes.mirror_retrieval.data",

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from qualcl.recipes.config import RecipeConfig, RecipeSpec, check_cnn_encoder
+from qualcl.recipes.config import DataConfig as BaseDataConfig
+from qualcl.recipes.config import RecipeConfig, RecipeSpec, Variant, check_cnn_encoder
 
 __all__ = [
     "ABLATIONS",
@@ -20,22 +21,19 @@ __all__ = [
 
 
 @dataclass
-class DataConfig:
+class DataConfig(BaseDataConfig):
     """Where the images come from and how database, validation and query sets are formed.
 
-    The database is the training + validation images, the queries the test images (the public
-    FundusDR code's protocol); validation retrieves within the validation images (leave one out)
-    to select the best epoch.
+    The shared fields (``data_dir``, ``num_images``, ``lq_ratio``, ``seed``) are
+    :class:`qualcl.recipes.config.DataConfig`'s. The database is the training + validation images,
+    the queries the test images (the public FundusDR code's protocol); validation retrieves within
+    the validation images (leave one out) to select the best epoch.
 
     Attributes:
         dataset: ``"synthetic"`` (the embedded SynthFundus set, generated once), ``"eyepacs"``
             (Kaggle ``trainLabels.csv``; no quality labels: one stratum ``"unrated"``) or
             ``"eyeq"`` (EyeQ's label files: quality levels Good / Usable / Reject).
-        data_dir: Dataset folder (required for the real datasets).
-        num_images: Synthetic images to generate.
         image_size: Side of the network input (the public code: 256).
-        lq_ratio: Synthetic low-quality fraction (EyeQ train: 0.336).
-        seed: Seed of the data (synthetic generation, splits): fixed across training seeds.
         val_fraction: Share of the training patients held out for validation (synthetic, EyeQ).
         split: EyePACS only: ``"fundusdr"`` (the public code's image-level split: 20 % test with
             random state 11, then 10 % validation with random state 22) or ``"patient"`` (the same
@@ -43,15 +41,12 @@ class DataConfig:
     """
 
     dataset: Literal["synthetic", "eyepacs", "eyeq"] = "synthetic"
-    data_dir: str | None = None
-    num_images: int = 1200
     image_size: int = 96
-    lq_ratio: float = 0.336
-    seed: int = 0
     val_fraction: float = 0.1
     split: Literal["fundusdr", "patient"] = "fundusdr"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.image_size < 32:
             raise ValueError(f"data.image_size must be >= 32, got {self.image_size}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -208,36 +203,44 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: Ablation variants: name → ``{"model": {...}, "train": {...}}`` overrides of the base config.
-ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
-    "gem_triplet": {
-        "model": {"attention": "none", "reconstruction": False, "classifier": False},
-        "train": {"metric_loss": "triplet"},
-    },
-    "gem_circle": {
-        "model": {"attention": "none", "reconstruction": False, "classifier": False},
-        "train": {"metric_loss": "circle"},
-    },
-    "ma_official": {
-        "model": {"attention": "official", "reconstruction": False, "classifier": False},
-        "train": {"metric_loss": "circle"},
-    },
-    "ma_intended": {
-        "model": {"attention": "intended", "reconstruction": False, "classifier": False},
-        "train": {"metric_loss": "circle"},
-    },
-    "fine_triplet": {
-        "model": {"attention": "intended", "reconstruction": False, "classifier": False},
-        "train": {"metric_loss": "fine_triplet"},
-    },
-    "fine_triplet_recon": {
-        "model": {"attention": "intended", "reconstruction": True, "classifier": False},
-        "train": {"metric_loss": "fine_triplet"},
-    },
-    "public_bce": {
-        "model": {"attention": "official", "mirrors": "random", "reconstruction": False, "classifier": True},
-        "train": {"metric_loss": "none"},
-    },
+_PLAIN = ("model.reconstruction=false", "model.classifier=false")
+
+#: The ablation (``qualcl run mirror-retrieval --ablation``): descriptor, loss, mirror attention, heads.
+ABLATIONS: dict[str, Variant] = {
+    "gem_triplet": Variant(
+        "GeM + triplet (PML TripletMarginLoss, batch-hard)",
+        ("model.attention=none", *_PLAIN, "train.metric_loss=triplet"),
+    ),
+    "gem_circle": Variant("GeM + circle loss", ("model.attention=none", *_PLAIN, "train.metric_loss=circle")),
+    "ma_official": Variant(
+        "+ mirror attention (official)", ("model.attention=official", *_PLAIN, "train.metric_loss=circle")
+    ),
+    "ma_intended": Variant(
+        "+ mirror attention (intended)", ("model.attention=intended", *_PLAIN, "train.metric_loss=circle")
+    ),
+    "fine_triplet": Variant(
+        "+ fine triplet loss (relevance-weighted positives)",
+        ("model.attention=intended", *_PLAIN, "train.metric_loss=fine_triplet"),
+    ),
+    "fine_triplet_recon": Variant(
+        "+ mirror reconstruction (full method)",
+        (
+            "model.attention=intended",
+            "model.reconstruction=true",
+            "model.classifier=false",
+            "train.metric_loss=fine_triplet",
+        ),
+    ),
+    "public_bce": Variant(
+        "public code's training (official block, random flips, BCE only)",
+        (
+            "model.attention=official",
+            "model.mirrors=random",
+            "model.reconstruction=false",
+            "model.classifier=true",
+            "train.metric_loss=none",
+        ),
+    ),
 }
 
 
@@ -247,7 +250,7 @@ SPEC: RecipeSpec[MirrorRetrievalConfig] = RecipeSpec(
     name="mirror-retrieval",
     config_class=MirrorRetrievalConfig,
     presets=PRESETS,
-    datasets=("synthetic", "eyepacs", "eyeq"),
     data_help="dataset folder (eyepacs: trainLabels.csv and the images; eyeq: Label_EyeQ_{train,test}.csv)",
     set_example="model.attention=official",
+    ablations=ABLATIONS,
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -11,15 +11,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from qualcl.data.loading import load_fundus_table, patient_split
+from qualcl.data.loading import UNRATED, ImageProgress, load_fundus_table, patient_split
 from qualcl.data.readers import read_eyeq
 from qualcl.data.table import ImageTable
 from qualcl.recipes.mirror_retrieval.config import DataConfig
 
 __all__ = ["RetrievalData", "RetrievalDataset", "load_retrieval_data"]
-
-#: The one quality stratum of a dataset without quality labels (Kaggle EyePACS).
-UNRATED = ("unrated",)
 
 
 class RetrievalData(NamedTuple):
@@ -35,10 +32,7 @@ class RetrievalData(NamedTuple):
         return ImageTable.concat([self.train, self.val])
 
 
-Progress = Callable[[Sequence[Path]], Sequence[Path]] | None
-
-
-def _eyeq_layout(config: DataConfig, root: Path, progress: Progress) -> RetrievalData:
+def _eyeq_layout(config: DataConfig, root: Path, progress: ImageProgress) -> RetrievalData:
     """EyeQ-format label files (real EyeQ, or the synthetic set, which writes the same files)."""
     train = load_fundus_table(read_eyeq(root, "train"), config.image_size, progress=progress)
     test = load_fundus_table(read_eyeq(root, "test"), config.image_size, progress=progress)
@@ -47,7 +41,7 @@ def _eyeq_layout(config: DataConfig, root: Path, progress: Progress) -> Retrieva
     return RetrievalData(train.subset(keep), train.subset(held), test)
 
 
-def _eyepacs(config: DataConfig, root: Path, progress: Progress) -> RetrievalData:
+def _eyepacs(config: DataConfig, root: Path, progress: ImageProgress) -> RetrievalData:
     """Kaggle EyePACS ``trainLabels.csv``, split as the public FundusDR code does (or by patient)."""
     from qualcl.data.readers import fundusdr_split, read_eyepacs
 
@@ -62,7 +56,7 @@ def _eyepacs(config: DataConfig, root: Path, progress: Progress) -> RetrievalDat
     return RetrievalData(table(train), table(val), table(test))
 
 
-def load_retrieval_data(config: DataConfig, root: Path, *, progress: Progress = None) -> RetrievalData:
+def load_retrieval_data(config: DataConfig, root: Path, *, progress: ImageProgress = None) -> RetrievalData:
     """Read the dataset at ``root`` into database (train + val) and query (test) tables.
 
     Args:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -17,7 +13,7 @@ from qualcl.losses import CircleLoss, FineTripletLoss
 from qualcl.metrics import retrieval_metrics
 from qualcl.recipes.mirror_retrieval.config import TrainConfig
 from qualcl.recipes.mirror_retrieval.model import MirrorRetrievalNet
-from qualcl.recipes.modules import at_least_float32
+from qualcl.recipes.modules import History, RecipeModule, at_least_float32
 
 __all__ = ["RetrievalTraining", "build_metric_loss", "leave_one_out_metrics"]
 
@@ -85,14 +81,13 @@ def leave_one_out_metrics(descriptors: Tensor, labels: Tensor, k: int) -> dict[s
     return retrieval_metrics(labels, labels, hits.indices, k, exclude_index=own)
 
 
-class RetrievalTraining(L.LightningModule):
+class RetrievalTraining(RecipeModule):
     r"""Training of :class:`MirrorRetrievalNet` (the public FundusDR code's objective, each term switchable).
 
     ``L = w_metric · L_metric(descriptor, grade) + w_rec · (MSE(rec_h, x_h) + MSE(rec_v, x_v))
     + w_cls · BCE(σ(logits), onehot(grade))``, Adam with a constant learning rate. Validation
     retrieves each validation image among the others (leave one out) and logs ``val/map`` (mAP@k
-    normalised by the hits), which selects the best epoch. :attr:`epoch_log` keeps one row per
-    epoch for the run folder.
+    normalised by the hits), which selects the best epoch.
 
     Args:
         net: The network.
@@ -101,6 +96,20 @@ class RetrievalTraining(L.LightningModule):
         num_grades: Grades (one-hot width of the BCE target).
     """
 
+    history = History(
+        curves={
+            "loss": "total loss",
+            "loss_metric": "metric loss",
+            "loss_reconstruction": "reconstruction MSE",
+            "loss_classifier": "BCE",
+        },
+        metrics={"val_map": "val mAP@k (leave one out)", "val_precision": "val P@k"},
+        extra=("gem_p",),
+        title="Retrieval training",
+        metrics_label="mAP / P@k",
+    )
+    monitor = "map"
+
     def __init__(self, net: MirrorRetrievalNet, config: TrainConfig, *, k: int, num_grades: int = 5) -> None:
         super().__init__()
         self.net = net
@@ -108,10 +117,6 @@ class RetrievalTraining(L.LightningModule):
         self.k = k
         self.num_grades = num_grades
         self.metric_loss = build_metric_loss(config)
-        self.epoch_log: list[dict[str, float]] = []
-        self._sums: dict[str, float] = {}
-        self._count = 0
-        self._val: list[tuple[Tensor, Tensor]] = []
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam over every parameter (the public code's settings by default)."""
@@ -147,45 +152,22 @@ class RetrievalTraining(L.LightningModule):
             "classifier": self.config.classifier_weight,
         }
         loss = torch.stack([weights[name] * value for name, value in terms.items()]).sum()
-        self.log("train/loss", loss.detach(), prog_bar=True)
-        for name, value in terms.items():
-            self._sums[f"loss_{name}"] = self._sums.get(f"loss_{name}", 0.0) + float(value.detach())
-        self._sums["loss"] = self._sums.get("loss", 0.0) + float(loss.detach())
-        self._count += 1
+        self.record(loss=loss, **{f"loss_{name}": value for name, value in terms.items()})
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Collect validation descriptors (deterministic mirrors)."""
         images, _, _, grades, _ = batch
-        self._val.append((self.net(images).descriptor.float(), grades))
+        self.collect(descriptors=self.net(images).descriptor.float(), grades=grades)
 
-    def on_validation_epoch_end(self) -> None:
-        """Log leave-one-out mAP@k / P@k of the validation images and record the epoch's row."""
-        if not self._val:
-            return
-        # every rank validated its own shard: the metric is computed on all of them, never averaged per rank
-        descriptors = gather_no_grad(torch.cat([d for d, _ in self._val])).cpu()
-        grades = gather_no_grad(torch.cat([g for _, g in self._val])).cpu()
-        self._val.clear()
-        metrics = leave_one_out_metrics(descriptors, grades, self.k)
-        value = metrics[f"map@{min(self.k, descriptors.shape[0] - 1)}"]
-        self.log("val/map", value if math.isfinite(value) else 0.0, prog_bar=True)
-        row: dict[str, Any] = {"epoch": float(self.current_epoch)}
-        row.update({k: v / max(self._count, 1) for k, v in self._sums.items()})
-        row["val_map"] = value
-        row["val_precision"] = metrics[f"precision@{min(self.k, descriptors.shape[0] - 1)}"]
-        if isinstance(self.net.gem.p, Tensor):
-            row["gem_p"] = float(self.net.gem.p.detach().reshape(-1)[0])
-        self._sums.clear()
-        self._count = 0
-        self.epoch_log.append(row)
+    def validation_metrics(self, outputs: dict[str, Tensor]) -> dict[str, float]:
+        """Leave-one-out mAP@k and P@k of the validation images."""
+        descriptors = outputs["descriptors"]
+        metrics = leave_one_out_metrics(descriptors, outputs["grades"], self.k)
+        k = min(self.k, descriptors.shape[0] - 1)
+        return {"map": metrics[f"map@{k}"], "precision": metrics[f"precision@{k}"]}
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the running sums of an unfinished epoch in the checkpoint."""
-        checkpoint["retrieval_epoch_statistics"] = {"sums": dict(self._sums), "count": self._count}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore them, so that a resumed epoch's history row covers all its batches."""
-        statistics = checkpoint.get("retrieval_epoch_statistics", {})
-        self._sums = dict(statistics.get("sums", {}))
-        self._count = int(statistics.get("count", 0))
+    def epoch_extras(self) -> dict[str, float]:
+        """The learnt GeM exponent."""
+        p = self.net.gem.p
+        return {"gem_p": float(p.detach().reshape(-1)[0])} if isinstance(p, Tensor) else {}

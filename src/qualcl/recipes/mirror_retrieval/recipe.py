@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from qualcl.data.table import ImageTable
 from qualcl.evaluation import RetrievalIndex
 from qualcl.metrics import dr_graded_relevance, retrieval_metrics, stratified_retrieval_metrics
-from qualcl.recipes.driver import Recipe, RunContext, Stage, eval_loader
-from qualcl.recipes.mirror_retrieval.config import PRESETS, MirrorRetrievalConfig
+from qualcl.recipes import ablation
+from qualcl.recipes.driver import Recipe, RunContext, Stage, eval_loader, train_loader
+from qualcl.recipes.mirror_retrieval.config import SPEC, MirrorRetrievalConfig
 from qualcl.recipes.mirror_retrieval.data import RetrievalData, RetrievalDataset, load_retrieval_data
 from qualcl.recipes.mirror_retrieval.model import MirrorRetrievalNet
 from qualcl.recipes.mirror_retrieval.modules import RetrievalTraining
-from qualcl.recipes.plots import plot_curves, plot_embedding, plot_grouped_bars, plot_retrieval_grid
-from qualcl.recipes.run_folder import ModelCard, RunFolder, strata_table
-from qualcl.samplers import ShardedShuffleSampler
+from qualcl.recipes.plots import plot_embedding, plot_grouped_bars, plot_retrieval_grid
+from qualcl.recipes.run_folder import ModelCard, strata_table
 
-__all__ = ["MIRROR_RETRIEVAL", "MirrorRetrievalRecipe", "run_mirror_retrieval"]
+__all__ = ["MIRROR_RETRIEVAL", "MirrorRetrievalRecipe", "run_ablation", "run_mirror_retrieval"]
 
 STAGE = "train"
 PAPER = (
@@ -59,18 +59,8 @@ class MirrorRetrievalRecipe(Recipe[MirrorRetrievalConfig, RetrievalData, Retriev
         image retrieval in ophthalmology", BSPC 2023.
     """
 
-    name = "mirror-retrieval"
+    spec = SPEC
     paper = PAPER
-    config_class = MirrorRetrievalConfig
-    presets = PRESETS
-    datasets = ("synthetic", "eyepacs", "eyeq")
-    data_help = "dataset folder (eyepacs: trainLabels.csv and the images; eyeq: Label_EyeQ_{train,test}.csv)"
-    set_example = "model.attention=official"
-
-    def check(self, config: MirrorRetrievalConfig) -> None:
-        """Real datasets need their folder."""
-        if config.data.dataset != "synthetic" and config.data.data_dir is None:
-            raise ValueError(f"--data DIR is required with --dataset {config.data.dataset}")
 
     def load_data(self, ctx: RunContext[MirrorRetrievalConfig]) -> RetrievalData:
         """Generate (once) or read the images; split database / validation / queries."""
@@ -92,26 +82,17 @@ class MirrorRetrievalRecipe(Recipe[MirrorRetrievalConfig, RetrievalData, Retriev
         config = ctx.config
         cfg = config.train
         dataset = RetrievalDataset(data.train, random_mirrors=config.model.mirrors == "random", seed=config.seed)
-        if len(dataset) < cfg.batch_size:
-            raise ValueError(f"{len(dataset)} training images are fewer than train.batch_size={cfg.batch_size}")
-
-        def loader() -> DataLoader[Any]:
-            sampler = ShardedShuffleSampler(len(dataset), seed=config.seed, drop_last=True)
-            return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
-
         ctx.fit(
             STAGE,
             module,
-            loader,
+            train_loader(dataset, cfg.batch_size, seed=config.seed),
             eval_loader(RetrievalDataset(data.val), cfg.batch_size),
             weights={"mirror_retrieval": module.net},
             max_epochs=cfg.epochs,
             monitor="val/map",
-            history="epoch_log",
             find_unused_parameters=config.model.attention == "official",  # f_h is unused there
             info={"epochs": cfg.epochs},
         )
-        self._plot_history(ctx.run)
 
     # ------------------------------------------------------------------ evaluation
     def descriptors(
@@ -177,23 +158,6 @@ class MirrorRetrievalRecipe(Recipe[MirrorRetrievalConfig, RetrievalData, Retriev
         }
 
     # ------------------------------------------------------------------ plots
-    def _plot_history(self, run: RunFolder) -> None:
-        rows = run.read_history(STAGE)
-        if not rows or not run.writable:
-            return
-        epochs = [r["epoch"] for r in rows]
-        names = {"loss_metric": "metric loss", "loss_reconstruction": "reconstruction MSE", "loss_classifier": "BCE"}
-        losses = {label: (epochs, [r[key] for r in rows]) for key, label in names.items() if key in rows[0]}
-        plot_curves(
-            losses,
-            run.path("plots", "training_curves.png"),
-            title="Retrieval training",
-            xlabel="epoch",
-            ylabel="loss",
-            secondary={"val mAP@k (leave one out)": (epochs, [r["val_map"] for r in rows])},
-            secondary_label="mAP",
-        )
-
     def _plots(
         self,
         ctx: RunContext[MirrorRetrievalConfig],
@@ -262,6 +226,33 @@ class MirrorRetrievalRecipe(Recipe[MirrorRetrievalConfig, RetrievalData, Retriev
             title=f"Top-{shown} results (green: same grade)",
         )
 
+    # ------------------------------------------------------------------ ablation
+    def ablation_columns(self, config: MirrorRetrievalConfig) -> dict[str, str]:
+        """mAP@k first (shown per stratum), then P@k, NDCG@k, mAP@R and the public code's legacy mAP@k."""
+        k = config.eval.k
+        return {
+            f"map@{k}": f"mAP@{k}",
+            f"precision@{k}": f"P@{k}",
+            f"ndcg@{k}": f"NDCG@{k}",
+            "map@r": "mAP@R",
+            f"map_legacy@{k}": f"legacy mAP@{k}",
+        }
+
+    def ablation_cells(self, config: MirrorRetrievalConfig, metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
+        """All test queries, then per query grade, then per query quality level."""
+        test = metrics["test"]
+        return {"overall": test["overall"], **test["by_grade"], **test["by_quality"]}
+
+    def ablation_notes(self, config: MirrorRetrievalConfig) -> str:
+        """The protocol, and what the paper publishes."""
+        k = config.eval.k
+        return (
+            f"Encoder `{config.model.encoder}`, {config.train.epochs} epochs. Database = training + validation "
+            f"images, queries = test images; relevance = same DR grade. mAP@{k} divides by the relevant items "
+            f"retrieved; legacy mAP@{k} is the public FundusDR code's (divides by {k}). The paper publishes no "
+            "numbers (only its abstract is public)."
+        )
+
     def model_card(
         self,
         ctx: RunContext[MirrorRetrievalConfig],
@@ -293,7 +284,7 @@ class MirrorRetrievalRecipe(Recipe[MirrorRetrievalConfig, RetrievalData, Retriev
             summary=summary,
             headline={label: overall[key] for key, label in _headline_keys(k).items() if key in overall},
             table=table,
-            plots=["training_curves.png", "retrieval_grid.png", "precision_per_grade.png", "descriptor_map.png"],
+            plots=[f"{STAGE}.png", "retrieval_grid.png", "precision_per_grade.png", "descriptor_map.png"],
         )
 
 
@@ -302,3 +293,8 @@ MIRROR_RETRIEVAL = MirrorRetrievalRecipe()
 
 #: ``MIRROR_RETRIEVAL.run(config, out, *, callbacks=())``: the run end to end into ``out``; re-running resumes.
 run_mirror_retrieval = MIRROR_RETRIEVAL.run
+
+#: ``run_ablation(config, out, *, seeds, variants, progress, run_missing)``: the declared ablation
+#: (:data:`~qualcl.recipes.mirror_retrieval.config.ABLATIONS`) by the one runner
+#: (:func:`qualcl.recipes.ablation.run_ablation`).
+run_ablation = functools.partial(ablation.run_ablation, MIRROR_RETRIEVAL)

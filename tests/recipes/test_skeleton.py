@@ -1,0 +1,178 @@
+"""The recipe skeleton below the driver: data-config base, loaders, RecipeModule, history plots, ablation runner."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import lightning as L
+import matplotlib.image
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from qualcl.recipes.ablation import variant_config
+from qualcl.recipes.config import DataConfig, RecipeConfig, RecipeSpec, Variant, dataset_choices
+from qualcl.recipes.driver import check_data, train_loader
+from qualcl.recipes.modules import RUNNING_SUMS, History, RecipeModule
+from qualcl.recipes.plots import plot_history
+
+
+@dataclass
+class _Data(DataConfig):
+    dataset: Literal["synthetic", "eyeq"] = "synthetic"
+    image_size: int = 32
+
+
+@dataclass
+class _Config(RecipeConfig):
+    data: _Data = field(default_factory=_Data)
+
+
+def test_the_datasets_are_declared_once_in_the_data_config():
+    assert dataset_choices(_Config) == ("synthetic", "eyeq")
+    spec = RecipeSpec(name="toy", config_class=_Config, presets={"default": {}})
+    assert spec.datasets == ("synthetic", "eyeq")
+    with pytest.raises(ValueError, match="data.dataset must be one of"):
+        spec.config(dataset="eyepacs")
+    assert spec.config(dataset="eyeq").data.image_size == 32  # a recipe's own default
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("data.num_images=0", "data.num_images"), ("data.lq_ratio=1.5", "data.lq_ratio"), ("data.image_size=4", "image")],
+)
+def test_shared_data_fields_are_checked_at_their_key(override, key):
+    spec = RecipeSpec(name="toy", config_class=_Config, presets={"default": {}})
+    with pytest.raises(ValueError, match=key):
+        spec.config(overrides=[override])
+
+
+def test_a_real_dataset_needs_its_folder():
+    check_data(_Config())
+    with pytest.raises(ValueError, match="--data DIR is required with --dataset eyeq"):
+        check_data(_Config(data=_Data(dataset="eyeq")))
+    check_data(_Config(data=_Data(dataset="eyeq", data_dir="somewhere")))
+
+
+def test_train_loader_shards_shuffles_and_names_the_batch_size():
+    dataset = TensorDataset(torch.arange(10))
+    build = train_loader(dataset, 4, seed=0)
+    loader = build()
+    assert isinstance(loader, DataLoader) and [len(b[0]) for b in loader] == [4, 4]  # drop_last
+    with pytest.raises(ValueError, match="pretrain.batch_size=16"):
+        train_loader(dataset, 16, seed=0, name="pretrain.batch_size")
+
+
+class _Toy(RecipeModule):
+    history = History(curves={"loss": "loss"}, metrics={"val_error": "val error"}, extra=("scale",))
+    monitor = "error"
+
+    def __init__(self, validate: bool = True) -> None:
+        super().__init__()
+        self.layer = nn.Linear(2, 1)
+        self.do_validate = validate
+
+    def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = ((self.layer(x).squeeze(1) - y) ** 2).mean()
+        self.record(loss=loss)
+        return loss
+
+    def validation_step(self, batch: list[Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.collect(error=(self.layer(x).squeeze(1) - y).abs())
+
+    def validation_metrics(self, outputs: dict[str, Tensor]) -> dict[str, float]:
+        return {"error": float(outputs["error"].mean())}
+
+    def epoch_extras(self) -> dict[str, float]:
+        return {"scale": 1.0}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class _NoValidation(_Toy):
+    validation_step = L.LightningModule.validation_step  # type: ignore[assignment]
+
+
+def _trainer(epochs: int) -> L.Trainer:
+    return L.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=2,
+    )
+
+
+def _data() -> DataLoader:
+    x = torch.randn(12, 2, generator=torch.Generator().manual_seed(0))
+    return DataLoader(TensorDataset(x, x.sum(1)), batch_size=4)
+
+
+def test_epoch_rows_hold_the_means_of_the_epoch_and_the_gathered_validation_metrics():
+    module = _Toy()
+    _trainer(2).fit(module, _data(), _data())
+    rows = module.history_rows
+    assert [r["epoch"] for r in rows] == [0.0, 1.0]  # no row from the sanity check
+    assert set(rows[0]) == {"epoch", "loss", "val_error", "scale"}
+    assert all(math.isfinite(r["loss"]) and r["val_error"] >= 0 for r in rows)
+
+
+def test_a_module_without_validation_writes_its_row_when_the_epoch_ends():
+    module = _NoValidation()
+    assert not module.validates and _Toy().validates
+    _trainer(3).fit(module, _data())
+    assert [r["epoch"] for r in module.history_rows] == [0.0, 1.0, 2.0]
+
+
+def test_undeclared_keys_are_refused_with_the_declared_ones():
+    with pytest.raises(KeyError, match=r"undeclared history key\(s\) \['lsos'\].*'loss'"):
+        _Toy().record(lsos=1.0)
+
+
+def test_running_sums_of_an_unfinished_epoch_survive_a_checkpoint():
+    module = _Toy()
+    module.record(loss=2.0)
+    module.record(loss=4.0)
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint[RUNNING_SUMS] == {"sums": {"loss": 6.0}, "counts": {"loss": 2}}
+    resumed = _Toy()
+    resumed.on_load_checkpoint(checkpoint)
+    resumed.record(loss=6.0)
+    assert resumed.epoch_means() == {"loss": 4.0} and resumed.epoch_means() == {}
+
+
+def test_step_rows_are_one_per_record():
+    class Steps(_Toy):
+        history = History(every="step", curves={"loss": "loss"})
+
+    module = Steps()
+    module.record(loss=1.0)
+    module.record(loss=2.0)
+    assert [r["loss"] for r in module.history_rows] == [1.0, 2.0] and "step" in module.history_rows[0]
+
+
+def test_plot_history_draws_the_declared_series(tmp_path):
+    rows = [{"epoch": float(e), "loss": 1.0 / (e + 1), "val_error": 0.1 * e} for e in range(4)]
+    path = plot_history(rows, _Toy.history, tmp_path / "h.png", title="toy")
+    assert path is not None and matplotlib.image.imread(path).shape[0] > 100
+    assert plot_history([], _Toy.history, tmp_path / "none.png", title="toy") is None
+
+
+def test_variant_config_applies_the_overrides_as_set_does():
+    variants = {"small": Variant("smaller images", ("data.image_size=16",)), "bad": Variant("bad", ("data.nope=1",))}
+    config = variant_config(_Config(), variants, "small", seed=5, data_dir="shared")
+    assert (config.data.image_size, config.seed, config.data.data_dir) == (16, 5, "shared")
+    assert not config.trainer.progress
+    with pytest.raises(ValueError, match="ablation variant 'bad'.*unknown key 'nope'"):
+        variant_config(_Config(), variants, "bad", seed=0)
+    with pytest.raises(ValueError, match="did you mean 'small'"):
+        variant_config(_Config(), variants, "smal", seed=0)
