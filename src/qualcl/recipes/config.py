@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -287,6 +288,98 @@ def _coerce(kind: Any, value: Any, where: str) -> Any:
     return value
 
 
+#: Bounds by field name, the same in every section of every recipe config: a value outside them is
+#: refused when the config is built, at its key (``config.train.lr must be > 0, got -0.1``), not deep
+#: inside an optimiser or a layer. A recipe's ``__post_init__`` adds what depends on its own fields.
+FIELD_BOUNDS: dict[str, tuple[str, float, float]] = {
+    **dict.fromkeys(
+        (
+            "lr",
+            "meta_lr",
+            "finetune_lr",
+            "temperature",
+            "region_temperature",
+            "gem_p",
+            "gamma",
+            "lr_gamma",
+            "discriminator_lr_ratio",
+            "landmark_sigma",
+        ),
+        ("> 0", 0.0, math.inf),
+    ),
+    **dict.fromkeys(
+        (
+            "batch_size",
+            "num_images",
+            "devices",
+            "num_nodes",
+            "k",
+            "clusters",
+            "grid",
+            "patch_size",
+            "per_level",
+            "halve_every",
+            "lr_step",
+            "val_every",
+            "steps_per_epoch",
+            "embed_dim",
+            "few_shot_seeds",
+            "slice_length",
+        ),
+        (">= 1", 1.0, math.inf),
+    ),
+    **dict.fromkeys(
+        (
+            "weight_decay",
+            "meta_weight_decay",
+            "epochs",
+            "finetune_epochs",
+            "frozen_epochs",
+            "probe_epochs",
+            "stage1_epochs",
+            "stage2_epochs",
+            "warmup_epochs",
+            "steps",
+            "margin",
+            "triplet_margin",
+            "focal_gamma",
+            "mask_eps",
+            "seed",
+            "labelled",
+            "rotation",
+        ),
+        (">= 0", 0.0, math.inf),
+    ),
+    **dict.fromkeys(
+        (
+            "lq_ratio",
+            "momentum",
+            "train_lq_fraction",
+            "crop_scale",
+            "mask_ratio",
+            "text_mask_ratio",
+            "detector_min_score",
+        ),
+        ("in [0, 1]", 0.0, 1.0),
+    ),
+}
+
+
+def _check_bounds(name: str, value: Any, where: str) -> None:
+    """Refuse a non-finite float anywhere, and a value outside :data:`FIELD_BOUNDS` (or a weight below 0)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} must be a finite number, got {value}")
+    rule = FIELD_BOUNDS.get(name) or ((">= 0", 0.0, math.inf) if name.endswith("_weight") else None)
+    if rule is None:
+        return
+    text, low, high = rule
+    inside = value > low if text == "> 0" else low <= value <= high
+    if not inside:
+        raise ValueError(f"{where} must be {text}, got {value}")
+
+
 def config_from_dict(cls: type[C], data: Mapping[str, Any], *, _where: str = "config") -> C:
     """Build dataclass ``cls`` from a mapping; unknown keys, wrong types and bad values raise ``ValueError``."""
     if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):
@@ -298,6 +391,8 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any], *, _where: str = "co
         hint = did_you_mean(unknown[0], names) if len(unknown) == 1 else ""
         raise ValueError(f"{_where}: unknown key(s) {unknown}{hint}; known keys: {sorted(names)}")
     kwargs = {k: _coerce(hints[k], v, f"{_where}.{k}") for k, v in data.items()}
+    for key, value in kwargs.items():
+        _check_bounds(key, value, f"{_where}.{key}")
     try:
         return cls(**kwargs)
     except ValueError as error:
