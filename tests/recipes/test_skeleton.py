@@ -176,3 +176,11 @@ def test_variant_config_applies_the_overrides_as_set_does():
         variant_config(_Config(), variants, "bad", seed=0)
     with pytest.raises(ValueError, match="did you mean 'small'"):
         variant_config(_Config(), variants, "smal", seed=0)
+
+
+def test_lightning_banners_are_dropped(capfd):
+    import qualcl.recipes.trainer  # noqa: F401  (installs the filter)
+
+    _trainer(1).fit(_Toy(), _data(), _data())
+    err = capfd.readouterr().err
+    assert "GPU available" not in err and "TPU available" not in err and "max_epochs=1" not in err

@@ -261,6 +261,11 @@ class RunContext(Generic[C]):
 
         return tqdm(items, desc=description, leave=False)
 
+    def say(self, line: str) -> None:
+        """One line of the run's narrative on standard error (global rank 0 only): ``qualcl: <line>``."""
+        if self.run.writable:
+            print(f"qualcl: {line}", file=sys.stderr, flush=True)
+
     # ------------------------------------------------------------------ training
     def fit(
         self,
@@ -327,6 +332,7 @@ class RunContext(Generic[C]):
             for name, part in weights.items():
                 run.load_weights(part, name)
             self.records[stage] = run.stage_info(stage)
+            self.say(f"stage {stage}: finished in an earlier run, weights reloaded")
             return self.records[stage]
         if self.config.trainer.channels_last:
             module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -361,8 +367,12 @@ class RunContext(Generic[C]):
             return trainer.current_epoch, int(progress.processed)  # type: ignore[attr-defined]
 
         loaders = _TrainLoader(train, position) if val is None else _Loaders(train, val, position)
+        resume = resume_path(run, stage, history_key)
+        count, unit = (max_steps, "step") if max_steps > 0 else (max_epochs or 0, "epoch")
+        budget = f"{count} {unit}{'' if count == 1 else 's'}"
+        self.say(f"stage {stage}: {budget}" + (", resuming from its last checkpoint" if resume else ""))
         try:
-            trainer.fit(module, datamodule=loaders, ckpt_path=resume_path(run, stage, history_key), weights_only=True)
+            trainer.fit(module, datamodule=loaders, ckpt_path=resume, weights_only=True)
         except SIGTERMException:
             # Lightning stops on SIGTERM by raising SystemExit(None): exit code 0, as if the run had finished
             print(f"qualcl: stage {stage!r} was stopped; run the same command again to resume", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 import warnings
 from typing import Any
 
@@ -17,6 +18,7 @@ from qualcl.recipes.config import TrainerConfig
 from qualcl.recipes.run_folder import RunFolder
 
 __all__ = [
+    "BANNERS",
     "LOGGER_PACKAGES",
     "BatchNormSync",
     "StepProgressBar",
@@ -41,11 +43,21 @@ for _message in (
     warnings.filterwarnings("ignore", message=_message)
 
 
+#: What Lightning logs at every stage that a run does not need: its device banners, a product tip,
+#: the dataloader-length estimate and the "stopped: max_steps reached" note. The driver prints one line
+#: per stage instead (:meth:`~qualcl.recipes.driver.RunContext.fit`).
+BANNERS = re.compile(
+    r"litlogger|^(GPU|TPU|HPU|IPU) available|^LOCAL_RANK: \d+ - CUDA_VISIBLE_DEVICES|"
+    r"^Loading `train_dataloader` to estimate|^`Trainer.fit` stopped: `max_(steps|epochs)=|"
+    r"^Restoring states from the checkpoint path|^Restored all states from the checkpoint"
+)
+
+
 class _DropAdverts(logging.Filter):
-    """Lightning logs a product tip ("💡 Tip: ... litlogger") at every Trainer construction."""
+    """Drops Lightning's per-stage banners (:data:`BANNERS`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
+        return BANNERS.search(record.getMessage()) is None
 
 
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
