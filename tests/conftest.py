@@ -1,8 +1,11 @@
 import os
+import tempfile
 
 import torch
 from hypothesis import HealthCheck, settings
 
+# Generated datasets go to a cache of the test session (shared by its runs and its DDP processes), not ~/.cache.
+os.environ.setdefault("QUALCL_CACHE", tempfile.mkdtemp(prefix="qualcl-test-cache-"))
 # Keep runs reproducible and quick on 2-core CI machines.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 # CI draws the same examples on every run (a landing never hangs on a rare draw); "dev" explores new ones.

@@ -187,3 +187,14 @@ def test_cli_runs_the_recipe(smoke, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "map@5" in printed and "run folder" in printed
+
+
+def test_a_run_folder_holds_results_not_a_copy_of_its_data(tmp_path):
+    """The synthetic set comes from the cache; a finished stage keeps its weights, not its checkpoints."""
+    config = mirror_retrieval_config("smoke", overrides=["trainer.logger=none", "train.epochs=1"])
+    run_mirror_retrieval(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "data").exists()
+    assert not list((tmp_path / "run").rglob("*.ckpt"))
+    weights = sum(p.stat().st_size for p in (tmp_path / "run" / "weights").iterdir())
+    size = sum(p.stat().st_size for p in (tmp_path / "run").rglob("*") if p.is_file())
+    assert size - weights < 2 * 2**20, f"{(size - weights) / 2**20:.1f} MiB besides the weights"

@@ -67,8 +67,9 @@ def ablation_plan(
     """An ablation's folder, its variant names and the data folder all its runs share.
 
     Each name is checked first (``check(name)`` raises on an unknown variant or an impossible
-    combination), so nothing trains before every variant is known to be valid. The runs share one
-    synthetic dataset, ``out/data``, unless ``data.data_dir`` names a folder.
+    combination), so nothing trains before every variant is known to be valid. The runs share
+    ``data.data_dir`` when it names a folder, else the synthetic set in the dataset cache
+    (``None``: :func:`qualcl.data.synthetic.cached_fundus_dataset`).
 
     Args:
         out: Folder of the ablation.
@@ -80,17 +81,14 @@ def ablation_plan(
         >>> from types import SimpleNamespace
         >>> data = SimpleNamespace(dataset="synthetic", data_dir=None)
         >>> plan = ablation_plan("abl", ["a", "b"], lambda name: None, data)
-        >>> plan[1], Path(plan[2]).as_posix()
-        (['a', 'b'], 'abl/data')
+        >>> plan[1], plan[2]
+        (['a', 'b'], None)
     """
     root = Path(out)
     chosen = list(names)
     for name in chosen:
         check(name)
-    data_dir = data.data_dir
-    if data.dataset == "synthetic" and data_dir is None:
-        data_dir = str(root / "data")
-    return root, chosen, data_dir
+    return root, chosen, data.data_dir
 
 
 def run_variants(
@@ -175,8 +173,8 @@ def run_ablation(
     """Run a recipe's ablation: every variant for every seed (resumable), then ``ablation.md``/``.json`` and a plot.
 
     Each run lives in ``out/<variant>/seed<k>`` and is read back when finished, so an interrupted
-    ablation continues where it stopped; all runs share one synthetic dataset (``out/data``) unless
-    the config names a data folder. Every variant is checked (overrides applied, the recipe's
+    ablation continues where it stopped; all runs share one dataset (the config's data folder, else
+    the cached synthetic set). Every variant is checked (overrides applied, the recipe's
     :meth:`check`) before anything trains.
 
     Args:

@@ -215,22 +215,33 @@ class RunContext(Generic[C]):
     def synthetic_fundus(
         self, folder: str | Path | None, *, num_images: int, size: int, seed: int, lq_ratio: float
     ) -> Path:
-        """The embedded SynthFundus set in ``folder`` (default ``<run>/data``), generated once by rank 0.
+        """The embedded SynthFundus set: generated once into ``folder``, or by default into the cache.
 
-        Other ranks wait until it is complete (its ``ground_truth.json`` is written last, atomically).
+        By default the set lives in the dataset cache (:func:`qualcl.data.synthetic.cached_fundus_dataset`:
+        ``$QUALCL_CACHE``, else ``~/.cache/qualcl``), shared by every run with the same data
+        settings, so that a run folder holds results, not a copy of its inputs. Processes asking at
+        the same time (the ranks of a DDP run) wait while the first one generates it.
         """
-        from qualcl.data.synthetic import ensure_fundus_dataset
+        from qualcl.data.synthetic import cached_fundus_dataset, ensure_fundus_dataset
 
-        root = Path(folder) if folder else self.run.path("data")
-        if not self.run.writable:
+        settings = {
+            "num_images": num_images,
+            "size": size,
+            "seed": seed,
+            "lq_ratio": lq_ratio,
+            "progress": self.progress,
+        }
+        if folder is None:
+            root = cached_fundus_dataset(**settings)  # type: ignore[arg-type]
+            self.say(f"synthetic data: {root}")
+            return root
+        if not self.run.writable:  # rank 0 writes a named folder; the others wait for its last file
             deadline = time.monotonic() + 3600
-            while not (root / "ground_truth.json").is_file():
+            while not (Path(folder) / "ground_truth.json").is_file():
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"rank 0 did not finish generating {root} within an hour")
+                    raise TimeoutError(f"rank 0 did not finish generating {folder} within an hour")
                 time.sleep(1.0)
-        return ensure_fundus_dataset(
-            root, num_images=num_images, size=size, seed=seed, lq_ratio=lq_ratio, progress=self.progress
-        )
+        return ensure_fundus_dataset(Path(folder), num_images, size, seed, lq_ratio, progress=self.progress)
 
     def dataset_root(self, data: Any) -> Path:
         """The folder of a recipe's ``data`` config: the embedded SynthFundus set or ``data.data_dir``.
@@ -389,6 +400,7 @@ class RunContext(Generic[C]):
         if isinstance(module, RecipeModule) and run.writable:
             plot_history(run.read_history(stage), module.history, run.path("plots", f"{stage}.png"), title=stage)
         run.mark_done(stage, **record)
+        run.drop_checkpoints(stage)
         self.records[stage] = record
         return record
 

@@ -367,6 +367,15 @@ class RunFolder:
             path.mkdir(parents=True, exist_ok=True)
         return path
 
+    @_writes
+    def drop_checkpoints(self, stage: str) -> None:
+        """Delete a finished stage's Lightning checkpoints: its weights files are what later runs reload.
+
+        A checkpoint holds the optimiser's state too (Adam: twice the weights), so keeping it would
+        triple the folder's size for nothing once the stage is marked done.
+        """
+        shutil.rmtree(self.root / "checkpoints" / stage, ignore_errors=True)
+
     def last_checkpoint(self, stage: str) -> Path | None:
         """``last.ckpt`` of a stage, if an earlier run was interrupted during it."""
         path = self.root / "checkpoints" / stage / "last.ckpt"

@@ -34,8 +34,11 @@ from qualcl.data.synthetic.grading import (
 from qualcl.data.synthetic.lesions import Lesion
 from qualcl.data.synthetic.reader import FundusFolder, SyntheticFundusDataset, load_fundus_dataset
 from qualcl.data.synthetic.writer import (
+    CACHE_ENV,
     CSV_HEADER,
     FundusDatasetSummary,
+    cache_dir,
+    cached_fundus_dataset,
     ensure_fundus_dataset,
     save_preview_grid,
     split_patients,
@@ -43,6 +46,7 @@ from qualcl.data.synthetic.writer import (
 )
 
 __all__ = [
+    "CACHE_ENV",
     "CSV_HEADER",
     "EYES",
     "FOV_RADIUS",
@@ -58,6 +62,8 @@ __all__ = [
     "FundusSample",
     "Lesion",
     "SyntheticFundusDataset",
+    "cache_dir",
+    "cached_fundus_dataset",
     "draw_labels",
     "ensure_fundus_dataset",
     "generate_fundus",

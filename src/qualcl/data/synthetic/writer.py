@@ -16,9 +16,11 @@ Reference:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,8 +47,11 @@ from qualcl.data.synthetic.fundus import (
 from qualcl.data.synthetic.grading import LESION_TYPES, QUADRANTS
 
 __all__ = [
+    "CACHE_ENV",
     "CSV_HEADER",
     "FundusDatasetSummary",
+    "cache_dir",
+    "cached_fundus_dataset",
     "ensure_fundus_dataset",
     "save_preview_grid",
     "split_patients",
@@ -405,3 +410,83 @@ def ensure_fundus_dataset(
         return root
     write_fundus_dataset(root, num_images, size=size, seed=seed, lq_ratio=lq_ratio, progress=progress)
     return root
+
+
+#: Environment variable naming the folder of generated datasets (default ``$XDG_CACHE_HOME/qualcl``,
+#: else ``~/.cache/qualcl``).
+CACHE_ENV = "QUALCL_CACHE"
+
+
+def cache_dir() -> Path:
+    """Where generated datasets are kept: ``$QUALCL_CACHE``, else ``$XDG_CACHE_HOME/qualcl``, else ``~/.cache/qualcl``.
+
+    Examples:
+        >>> import os
+        >>> os.environ["QUALCL_CACHE"] = "/tmp/qc"; str(cache_dir())
+        '/tmp/qc'
+        >>> del os.environ["QUALCL_CACHE"]
+    """
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "qualcl"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (POSIX ``flock``; no lock where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def cached_fundus_dataset(
+    num_images: int,
+    size: int = 128,
+    seed: int = 0,
+    lq_ratio: float = 0.34,
+    *,
+    progress: bool = True,
+    cache: str | Path | None = None,
+) -> Path:
+    """The SynthFundus set with these arguments, generated once into the cache and reused by every run.
+
+    The folder is ``<cache>/synthetic/synthfundus-v<generator>-n<images>-s<size>-seed<seed>-lq<ratio>``,
+    so runs, ablations and tests with the same data share one copy and run folders hold results
+    only. Processes that ask for the same set at once (the ranks of a DDP run, parallel runs) wait
+    on a lock file while the first one generates it; a set interrupted half-way is completed by the
+    next call (its ``ground_truth.json`` is written last).
+
+    Args:
+        num_images: Number of images.
+        size: Image side in pixels.
+        seed: Master seed.
+        lq_ratio: Low-quality probability.
+        progress: Show a progress bar while generating.
+        cache: The cache folder (default :func:`cache_dir`).
+
+    Returns:
+        The dataset's folder.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     first = cached_fundus_dataset(4, size=64, progress=False, cache=tmp)
+        ...     first.name, first == cached_fundus_dataset(4, size=64, progress=False, cache=tmp)
+        ('synthfundus-v1.0.0-n4-s64-seed0-lq0.34', True)
+    """
+    root = (Path(cache) if cache is not None else cache_dir()) / "synthetic"
+    key = f"synthfundus-v{GENERATOR_VERSION}-n{num_images}-s{size}-seed{seed}-lq{round(float(lq_ratio), _JSON_DIGITS)}"
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root / f"{key}.lock"):
+        return ensure_fundus_dataset(
+            root / key, num_images=num_images, size=size, seed=seed, lq_ratio=lq_ratio, progress=progress
+        )
