@@ -192,6 +192,12 @@ class MetaAuxiliaryOptimizer:
     process group each rank steps on its own batch alone (the replicas of ``φ`` drift apart).
     ``torch.compile`` of the step is not supported (pytorch #183603).
 
+    **An optimizer wrapper.** It is not a :class:`torch.optim.Optimizer` subclass, as its
+    :meth:`step` takes two loss closures, but it has what loops, schedulers and checkpoints use of
+    one: :attr:`param_groups` and :attr:`state` (the meta optimizer's), :meth:`zero_grad`, and
+    :meth:`state_dict` / :meth:`load_state_dict` (the meta optimizer's state and the step's
+    settings; a restored optimizer takes the same next step).
+
     Args:
         task_model: The task network ``f_θ`` (optionally DDP/DataParallel-wrapped). Its trainable
             parameters are ``θ``; frozen ones (``requires_grad=False``) are used as they are.
@@ -284,6 +290,55 @@ class MetaAuxiliaryOptimizer:
     def meta_module(self) -> nn.Module:
         """The meta model with any DDP/DataParallel wrapper removed; call this one in the loss closures."""
         return self._meta
+
+    # ------------------------------------------------------------------ the torch.optim.Optimizer surface
+    # A wrapper, not a subclass: its step takes two loss closures, not one. What a training loop or a
+    # checkpoint expects of an optimizer is delegated to the meta optimizer it wraps.
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The meta optimizer's parameter groups (``lr`` and the rest: what a scheduler changes)."""
+        groups: list[dict[str, Any]] = self.meta_optimizer.param_groups
+        return groups
+
+    @property
+    def state(self) -> Any:
+        """The meta optimizer's per-parameter state (e.g. Adam's moments)."""
+        return self.meta_optimizer.state
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the meta model's gradients (as ``torch.optim.Optimizer.zero_grad``)."""
+        self.meta_optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What resumes the meta step exactly: the meta optimizer's state and the step's settings.
+
+        ``inner_lr`` is stored when it is a number; a callable (a scheduler's rate) is restored by
+        the caller with the scheduler.
+        """
+        settings = {"weight_decay": self.weight_decay, "mode": self.mode, "fd_radius": self.fd_radius}
+        if not callable(self.inner_lr):
+            settings["inner_lr"] = self.inner_lr
+        return {"meta_optimizer": self.meta_optimizer.state_dict(), "settings": settings}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output.
+
+        Raises:
+            ValueError: ``state_dict`` is not one, or was saved with another ``mode`` (the step
+                would silently differentiate differently).
+        """
+        if not isinstance(state_dict, dict) or set(state_dict) != {"meta_optimizer", "settings"}:
+            raise ValueError("state_dict must come from MetaAuxiliaryOptimizer.state_dict()")
+        settings = state_dict["settings"]
+        if settings.get("mode") != self.mode:
+            raise ValueError(
+                f"state_dict was saved with mode={settings.get('mode')!r}, this optimizer has {self.mode!r}"
+            )
+        self.meta_optimizer.load_state_dict(state_dict["meta_optimizer"])
+        self.weight_decay = _check_rate("weight_decay", settings["weight_decay"])
+        self.fd_radius = check_positive("fd_radius", settings["fd_radius"])
+        if "inner_lr" in settings and not callable(self.inner_lr):
+            self.inner_lr = _check_rate("inner_lr", settings["inner_lr"])
 
     def _synchronised(self) -> bool:
         return bool(self.sync_meta_grads) or (self.sync_meta_grads is None and is_distributed())
