@@ -96,7 +96,7 @@ print("miner:", miner.last_stats)
 from qualcl.recipes.comcl import comcl_config, run_comcl
 
 out_dir = Path(tempfile.mkdtemp()) / "comcl-smoke"
-metrics = run_comcl(comcl_config("smoke"), out_dir)
+metrics = run_comcl(comcl_config("smoke", overrides=["probe=true"]), out_dir)  # probe: section 6
 print(json.dumps(metrics["test"]["original"]["overall"], indent=2))
 
 # %% [markdown]
@@ -115,17 +115,12 @@ for plot in sorted((out_dir / "plots").glob("*.png")):
 # Fine-tuned scores vary a lot between seeds at this scale. A linear probe on the *frozen*
 # pre-trained encoder is deterministic given the encoder; `feature_geometry` shows whether the
 # features collapsed onto the four levels (Eq. 1 has no same-level negatives). The ablation
-# (`qualcl run comcl --ablation`) reports both for every run; results in `docs/comcl.md`.
+# (`qualcl run comcl --ablation`) reports both for every run: its variants set `probe=true`, as the
+# run above does, which writes them into the run's `metrics.json`; results in `docs/comcl.md`.
+# (`qualcl.recipes.comcl.probe.probe_run(folder, train, test)` probes a finished run afterwards.)
 
 # %%
-from qualcl.recipes.comcl.data import load_eyeq_layout
-from qualcl.recipes.comcl.probe import probe_run
-
-data_dir = out_dir / "data"
-size = comcl_config("smoke").data.image_size
-train = load_eyeq_layout(data_dir, "train", size, with_truth_boxes=True)
-test = load_eyeq_layout(data_dir, "test", size, with_truth_boxes=True)
-diagnostics = probe_run(out_dir, train, test)
+diagnostics = metrics["probe"]
 print("grade probe:", {k: round(v, 3) for k, v in diagnostics["grade"]["overall"].items()})
 print("quality probe:", {k: round(v, 3) for k, v in diagnostics["low_quality"].items()})
 print("geometry:", {k: round(v, 3) for k, v in diagnostics["geometry"].items()})

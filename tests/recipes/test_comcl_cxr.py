@@ -9,7 +9,6 @@ from _nih_fixture import LABELS, write_nih_tree
 
 from qualcl.data.levels import split_levels
 from qualcl.recipes.comcl import comcl_config, run_comcl
-from qualcl.recipes.comcl.ablation import ablation_table
 from qualcl.recipes.comcl.data import (
     CXR_CLASSES,
     GradingDataset,
@@ -133,9 +132,10 @@ def test_nih_configuration_errors(nih, tmp_path):
         run_comcl(dataclasses.replace(config, data=dataclasses.replace(config.data, boxes="d.pt")), tmp_path / "c")
 
 
-def test_ablation_table_for_x_rays_uses_kappa_and_table_1():
+def test_ablation_for_x_rays_uses_kappa_and_table_1():
+    from qualcl.recipes.comcl import COMCL
+
     config = comcl_config("smoke", dataset="nih-cxr14", data_dir="NIH")
-    results = {"comcl": {"original": {"kappa": [0.5, 0.7], "accuracy": [0.4, 0.6]}}}
-    table = ablation_table(results, config, [0, 1])
-    assert "| Kappa original | ACC original |" in table
-    assert "0.682 / 0.708" in table and "Chest X-ray" in table
+    assert list(COMCL.ablation_columns(config).values())[:2] == ["Kappa original", "ACC original"]
+    notes = COMCL.ablation_notes(config)
+    assert "0.682 / 0.708" in notes and "Chest X-ray" in notes

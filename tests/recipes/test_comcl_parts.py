@@ -1,10 +1,10 @@
-import dataclasses
-
 import pytest
 import torch
 
+from qualcl.recipes.ablation import ablation_table, variant_config
 from qualcl.recipes.comcl import (
     ABLATIONS,
+    COMCL,
     PRESETS,
     ComclConfig,
     FasterRCNNDetector,
@@ -13,7 +13,6 @@ from qualcl.recipes.comcl import (
     comcl_config,
     train_detector,
 )
-from qualcl.recipes.comcl.ablation import ablation_table
 from qualcl.recipes.comcl.data import patient_split
 from qualcl.recipes.config import config_from_dict, config_to_dict
 
@@ -35,8 +34,13 @@ def test_comcl_config_overrides_data_and_rejects_unknown_preset():
 def test_mode_fields_are_checked_when_the_config_is_built():
     with pytest.raises(ValueError, match=r"config.pretrain.method must be one of \['comcl', 'simclr', 'none'\]"):
         comcl_config("smoke", overrides=["pretrain.method=moco"])
+    with pytest.raises(ValueError, match=r"pretrain.pairs\[0\] must have 2 items"):
+        comcl_config("smoke", overrides=["pretrain.pairs=[[L, LQ_L, H]]"])
+    # level names are checked before a run starts, against the one list (qualcl.data.levels.LEVEL_NAMES)
     with pytest.raises(ValueError, match="pretrain.pairs must name levels"):
-        comcl_config("smoke", overrides=["pretrain.pairs=[[L, Q]]"])
+        COMCL.check(comcl_config("smoke", overrides=["pretrain.pairs=[[L, Q]]"]))
+    with pytest.raises(ValueError, match="either the four levels or lesion/healthy"):
+        COMCL.check(comcl_config("smoke", overrides=["pretrain.pairs=[[L, healthy]]"]))
     with pytest.raises(ValueError, match="backbone must be one of the CNN encoders"):
         comcl_config("smoke", overrides=["backbone=vit_tiny"])
     with pytest.raises(ValueError, match=r"data.dataset must be one of"):
@@ -44,20 +48,64 @@ def test_mode_fields_are_checked_when_the_config_is_built():
     assert comcl_config("smoke", overrides=["trainer.precision=32"]).trainer.precision == "32"
 
 
-def test_ablation_variants_are_valid_pretrain_overrides():
-    base = comcl_config("smoke").pretrain
-    for overrides in ABLATIONS.values():
-        dataclasses.replace(base, **overrides)
+def test_ablation_variants_are_valid_overrides_with_the_papers_labels():
+    base = comcl_config("smoke")
+    for name in ABLATIONS:
+        config = variant_config(base, ABLATIONS, name, seed=2)
+        COMCL.check(config)
+        assert config.probe and config.seed == 2
+    assert variant_config(base, ABLATIONS, "wo_multi_level", 0).pretrain.pairs == (("lesion", "healthy"),)
+    assert variant_config(base, ABLATIONS, "baseline", 0).pretrain.method == "none"
+    assert ABLATIONS["wo_spl"].label == "CoMCL w/o SPL (no hard-negative mining)"
 
 
-def test_ablation_table_has_mean_std_and_paper_columns():
-    results = {
-        "baseline": {"original": {"qwk": [0.5, 0.7], "accuracy": [0.4, 0.6]}},
-        "comcl": {"original": {"qwk": [0.8, 0.8], "accuracy": [float("nan"), 0.7]}},
+def _metrics(kappa, accuracy, probe=None):
+    """A run's metrics.json with the same cells on every test set and quality level."""
+    cell = {"qwk": kappa, "kappa": kappa, "accuracy": accuracy, "n": 4}
+    test = {
+        s: {q: dict(cell) for q in ("overall", "Good", "Usable", "Reject")} for s in ("original", "lq_70", "lq_100")
     }
-    table = ablation_table(results, comcl_config("smoke"), [0, 1])
-    assert "| Baseline (no pre-training) | 0.600 ± 0.141 | 0.500 ± 0.141 | 0.804 / 0.783 |" in table
-    assert "0.700 ± 0.000" in table  # NaN seeds are left out
+    return {"test": test, **({"probe": probe} if probe else {})}
+
+
+def _tabulate(config, runs, seeds):
+    """The generic runner's table of ``{variant: [metrics per seed]}``."""
+    columns = COMCL.ablation_columns(config)
+    results = {}
+    for name, per_seed in runs.items():
+        strata = {}
+        for metrics in per_seed:
+            for stratum, values in COMCL.ablation_cells(config, metrics).items():
+                for key in columns:
+                    strata.setdefault(stratum, {}).setdefault(key, []).append(values.get(key, float("nan")))
+        results[name] = strata
+    return ablation_table(COMCL, config, results, ABLATIONS, seeds)
+
+
+def test_ablation_table_has_mean_std_per_test_set_and_the_papers_figures():
+    runs = {
+        "baseline": [_metrics(0.5, 0.4), _metrics(0.7, 0.6)],
+        "comcl": [_metrics(0.8, float("nan")), _metrics(0.8, 0.7)],
+    }
+    table = _tabulate(comcl_config("smoke"), runs, [0, 1])
+    assert "| variant | QWK original | ACC original | QWK lq_70 | ACC lq_70 | QWK lq_100 | ACC lq_100 |" in table
+    assert "| Baseline (no pre-training) | 0.600 ± 0.141 | 0.500 ± 0.141 | 0.600 ± 0.141 |" in table
+    assert "0.700 ± 0.000 (n=1)" in table  # NaN seeds are left out, and counted
+    assert "Baseline (no pre-training) 0.804 / 0.783" in table and "EyeQ" in table  # the paper's figures
+    assert "## QWK original per stratum" in table and "| Good | Usable | Reject |" in table
+
+
+def test_ablation_table_adds_the_frozen_encoder_diagnostics():
+    probe = {
+        "grade": {"overall": {"qwk": 0.3, "accuracy": 0.4}},
+        "low_quality": {"qwk": 0.9, "accuracy": 0.95},
+        "geometry": {"effective_rank": 50.0, "within_level_cosine": 0.2, "between_level_cosine": -0.1},
+    }
+    table = _tabulate(comcl_config("smoke"), {"comcl": [_metrics(0.1, 0.2, probe)]}, [0])
+    assert "| probe QWK | probe ACC | LQ-probe kappa | LQ-probe ACC | effective rank |" in table
+    row = next(line for line in table.splitlines() if line.startswith("| CoMCL (full)"))
+    assert row.split(" | ")[7:10] == ["0.300 ± 0.000", "0.400 ± 0.000", "0.900 ± 0.000"]
+    assert "50.000 ± 0.000" in row
 
 
 def test_patient_split_keeps_patients_together():
@@ -107,7 +155,8 @@ def test_detector_recipe_trains_from_synthetic_masks(tmp_path):
     assert set(metrics["test"]) == {"recall_iou50", "precision_iou50", "boxes_per_image"}
     detector = FasterRCNNDetector.load(tmp_path / "det" / "weights" / "detector.safetensors")
     assert detector.classes == ("MA", "HE", "EX", "NV")
-    assert (tmp_path / "det" / "plots" / "detector_loss.png").is_file()
+    assert (tmp_path / "det" / "plots" / "detector.png").is_file()  # the stage's declared history
+    assert "detector.png" in (tmp_path / "det" / "MODEL_CARD.md").read_text()
 
 
 def test_detect_boxes_returns_pixel_boxes_per_image(tmp_path):
@@ -122,23 +171,3 @@ def test_detect_boxes_returns_pixel_boxes_per_image(tmp_path):
     boxes = detect_boxes(path, images, min_score=0.0)
     assert len(boxes) == 2
     assert all(b.dtype == torch.long and b.ndim == 2 and b.shape[1] == 4 for b in boxes)
-
-
-def test_ablation_table_orders_settings_and_adds_the_diagnostics_table():
-    cell = {"qwk": [0.1], "accuracy": [0.2]}
-    results = {
-        "comcl": {
-            "lq_100": cell,
-            "lq_70": cell,
-            "original": cell,
-            "probe": {"qwk": [0.3], "accuracy": [0.4]},
-            "probe_lq": {"qwk": [0.9], "accuracy": [0.95]},
-            "geometry": {"effective_rank": [50.0], "within_level_cosine": [0.2], "between_level_cosine": [-0.1]},
-        }
-    }
-    table = ablation_table(results, comcl_config("smoke"), [0])
-    assert "| variant | QWK original | ACC original | QWK lq_70 | ACC lq_70 | QWK lq_100 | ACC lq_100 |" in table
-    assert "## The frozen pre-trained encoders" in table
-    row = [line for line in table.splitlines() if line.startswith("| CoMCL (full)")][-1]
-    assert row.split(" | ")[1:4] == ["0.300 ± 0.000", "0.400 ± 0.000", "0.900 ± 0.000"]
-    assert "50.000 ± 0.000" in row

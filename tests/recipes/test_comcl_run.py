@@ -26,8 +26,9 @@ def test_smoke_run_writes_a_complete_run_folder(smoke, tmp_path):
     run = tmp_path / "run"
     for name in ("config.yaml", "metrics.json", "metrics.csv", "MODEL_CARD.md", "stages.json"):
         assert (run / name).is_file(), name
-    for plot in ("pretrain_loss", "self_paced_mining", "finetune_curves", "confusion_matrix", "embedding_map"):
+    for plot in ("pretrain", "finetune", "confusion_matrix", "embedding_map"):  # a stage's plot: its history
         assert (run / "plots" / f"{plot}.png").is_file(), plot
+        assert f"plots/{plot}.png" in (run / "MODEL_CARD.md").read_text()
     collapse = RunFolder(run, writable=False).read_history("pretrain_collapse")  # the collapse monitor
     assert collapse and {"effective_rank", "uniformity", "alignment"} <= set(collapse[0])
     assert (run / "plots" / "pretrain_collapse.png").is_file()
@@ -43,6 +44,8 @@ def test_smoke_run_writes_a_complete_run_folder(smoke, tmp_path):
     history = RunFolder(run).read_history("pretrain")
     assert [r["step"] for r in history] == list(range(smoke.pretrain.steps))
     assert all(0 < r["k_t_fraction"] <= 1 and 0 < r["selected_fraction"] <= 1 for r in history)
+    assert {"loss", "loss/L/LQ_L", "loss/L/H", "loss/LQ_L/LQ_H", "k_t", "lr"} <= set(history[0])
+    assert "probe" not in metrics  # probes are the ablation's (probe=true)
     assert json.loads((run / "metrics.json").read_text())["test"]["original"]["overall"]["n"] > 0
 
 
@@ -72,10 +75,13 @@ def test_ablation_writes_a_table(smoke, tmp_path):
         config, tmp_path / "ablation", seeds=[0], variants=["baseline", "wo_multi_level"], progress=False
     )
     assert set(results) == {"baseline", "wo_multi_level"}
-    assert set(results["baseline"]) == {"original", "lq_70", "lq_100", "probe", "probe_lq", "geometry"}
-    assert (tmp_path / "ablation" / "wo_multi_level" / "seed0" / "probe.json").is_file()
+    assert set(results["baseline"]) == {"overall", "Good", "Usable", "Reject"}
+    overall = results["baseline"]["overall"]
+    assert {"original/metric", "lq_100/accuracy", "probe_metric", "probe_lq_kappa", "effective_rank"} <= set(overall)
+    probe = RunFolder(tmp_path / "ablation" / "wo_multi_level" / "seed0", writable=False).path("metrics.json")
+    assert set(json.loads(probe.read_text())["probe"]) == {"grade", "low_quality", "geometry"}
     table = (tmp_path / "ablation" / "ablation.md").read_text()
-    assert "## The frozen pre-trained encoders" in table and "QWK probe" not in table
+    assert "| probe QWK | probe ACC | LQ-probe kappa |" in table
     assert (tmp_path / "ablation" / "ablation.png").is_file()
     assert not (tmp_path / "ablation" / "weights").exists()  # the ablation root is not a run folder
     assert "Baseline (no pre-training)" in table

@@ -16,7 +16,6 @@ from qualcl.recipes.comcl.config import (
 )
 
 if TYPE_CHECKING:
-    from qualcl.recipes.comcl.ablation import run_ablation
     from qualcl.recipes.comcl.detector import (
         Detections,
         DetectorTraining,
@@ -26,7 +25,7 @@ if TYPE_CHECKING:
         train_detector,
     )
     from qualcl.recipes.comcl.detector_run import DETECTOR, DetectorRecipe, run_comcl_detector
-    from qualcl.recipes.comcl.recipe import COMCL, ComclData, ComclRecipe, ComclState, run_comcl
+    from qualcl.recipes.comcl.recipe import COMCL, ComclData, ComclRecipe, ComclState, run_ablation, run_comcl
 
     #: ``COMCL.config(preset, *, dataset, data_dir, overrides, seed)``: defaults ← preset ← the dataset's
     #: settings (NIH ChestX-ray14: 9 classes, 43.2 % LQ) ← arguments ← overrides.
@@ -67,7 +66,7 @@ if not TYPE_CHECKING:
     __getattr__, __dir__ = lazy_exports(
         __name__,
         {
-            "run_ablation": "qualcl.recipes.comcl.ablation",
+            "run_ablation": "qualcl.recipes.comcl.recipe",
             "Detections": "qualcl.recipes.comcl.detector",
             "DetectorTraining": "qualcl.recipes.comcl.detector",
             "FasterRCNNDetector": "qualcl.recipes.comcl.detector",

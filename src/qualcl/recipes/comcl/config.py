@@ -1,4 +1,4 @@
-"""CoMCL and lesion-detector configuration: dataclasses, presets, dataset settings, ablation variants, specs."""
+"""CoMCL and lesion-detector configuration: dataclasses, presets, dataset settings, the ablation's variants, specs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from qualcl.recipes.config import RecipeConfig, RecipeSpec, TrainerConfig, check_cnn_encoder
+from qualcl.recipes.config import DataConfig as BaseDataConfig
+from qualcl.recipes.config import RecipeConfig, RecipeSpec, TrainerConfig, Variant, check_cnn_encoder
 
 __all__ = [
     "ABLATIONS",
@@ -26,17 +27,13 @@ __all__ = [
 
 
 @dataclass
-class DataConfig:
-    """Where the images come from.
+class DataConfig(BaseDataConfig):
+    """Where the images come from (the six shared fields: :class:`qualcl.recipes.config.DataConfig`).
 
     Attributes:
         dataset: ``"synthetic"`` (generated and cached in the run folder), ``"eyeq"`` or ``"nih-cxr14"``.
-        data_dir: Folder of a real dataset (or of an already generated synthetic one).
-        num_images: Synthetic images to generate.
-        image_size: Side of the (square) images the networks see.
         lq_ratio: Low-quality fraction of the synthetic set (EyeQ train: 0.336), or of the simulated
             quality of NIH ChestX-ray14 when it has no ``quality.csv`` (paper: 0.432).
-        seed: Data seed (fixed across ablation seeds: the data is the benchmark).
         boxes: ``"ground_truth"`` (synthetic lesion boxes; NIH's ``BBox_List_2017.csv``) or a path to
             detector weights (EyeQ).
         detector_min_score: Confidence threshold for detector boxes.
@@ -44,18 +41,9 @@ class DataConfig:
     """
 
     dataset: Literal["synthetic", "eyeq", "nih-cxr14"] = "synthetic"
-    data_dir: str | None = None
-    num_images: int = 1200
-    image_size: int = 64
-    lq_ratio: float = 0.336
-    seed: int = 0
     boxes: str = "ground_truth"
     detector_min_score: float = 0.8
     max_images: int | None = None
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.lq_ratio <= 1.0:
-            raise ValueError(f"data.lq_ratio must lie in [0, 1], got {self.lq_ratio}")
 
 
 @dataclass
@@ -65,7 +53,9 @@ class PretrainConfig:
     Attributes:
         method: ``"comcl"`` (multi-level InfoNCE), ``"simclr"`` (basic CL: NT-Xent on patches),
             or ``"none"`` (no pre-training: the baseline).
-        pairs: Level pairs of the multi-level loss.
+        pairs: Level pairs of the multi-level loss: CoMCL's four levels
+            (:data:`qualcl.data.levels.LEVEL_NAMES`) or, for "w/o multi-level", lesion vs healthy
+            (:data:`qualcl.recipes.comcl.data.BINARY_LEVELS`); checked by ``ComclRecipe.check``.
         miner: ``"self_paced"`` or ``"none"`` (CoMCL w/o SPL).
         spl_threshold: ``"quantile"``, ``"literal"``, ``"scaled"`` or ``"off"``.
         patch_size: Patch side in pixels (paper: 128 on 512-px images, a quarter of the side).
@@ -95,13 +85,6 @@ class PretrainConfig:
     negatives_from: Literal["view2", "both"] = "view2"
 
     def __post_init__(self) -> None:
-        known = {"L", "LQ_L", "H", "LQ_H", "lesion", "healthy"}
-        for pair in self.pairs:
-            if len(pair) != 2 or not set(pair) <= known:
-                raise ValueError(f"pretrain.pairs must name levels among {sorted(known)}, got {pair!r}")
-        binary = {name for pair in self.pairs for name in pair} & {"lesion", "healthy"}
-        if binary and not {name for pair in self.pairs for name in pair} <= {"lesion", "healthy"}:
-            raise ValueError("pretrain.pairs must use either the four levels or lesion/healthy, not both")
         if self.steps < 1 or self.per_level < 1:
             raise ValueError(f"pretrain.steps and pretrain.per_level must be >= 1, got {self.steps}, {self.per_level}")
 
@@ -138,6 +121,9 @@ class ComclConfig(RecipeConfig):
         pretrained: Optional local weights file for the encoder (nothing is downloaded).
         num_classes: DR grades (5), or chest classes (9: No Finding + the ChestX-ray8 findings).
         lq_ratios: Test-time low-quality ratios to evaluate, besides the original (paper: 0.7, 1.0).
+        probe: Also diagnose the frozen pre-trained encoder (linear probes of the class and of low vs
+            high quality, feature geometry by level: :mod:`qualcl.recipes.comcl.probe`) into
+            ``metrics.json``'s ``probe``; the ablation turns it on.
         data: :class:`DataConfig`.
         pretrain: :class:`PretrainConfig`.
         finetune: :class:`FinetuneConfig`.
@@ -148,6 +134,7 @@ class ComclConfig(RecipeConfig):
     pretrained: str | None = None
     num_classes: int = 5
     lq_ratios: tuple[float, ...] = (0.7, 1.0)
+    probe: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -190,17 +177,22 @@ def dataset_settings(dataset: str, preset: str) -> dict[str, Any]:
     return {}
 
 
-#: Ablation variants (CoMCL Tables 2 and 3): name → overrides of the pretrain section.
-ABLATIONS: dict[str, dict[str, object]] = {
-    "baseline": {"method": "none"},
-    "basic_cl": {"method": "simclr"},
-    "wo_multi_level": {"pairs": (("lesion", "healthy"),)},
-    "wo_spl": {"miner": "none"},
-    "comcl": {},
-    "v1_L_LQL": {"pairs": (("L", "LQ_L"),)},
-    "v2_L_LQL_H": {"pairs": (("L", "LQ_L"), ("L", "H"))},
-    # not in the paper: its printed threshold lambda_t = 1 / K_t instead of qualcl's quantile default
-    "spl_literal": {"spl_threshold": "literal"},
+#: The ablation (CoMCL Tables 2 and 3): variant → the paper's label and its overrides. Every variant
+#: also probes its frozen pre-trained encoder (``probe=true``), which tells a better pre-training from
+#: a lucky fine-tuning.
+ABLATIONS: dict[str, Variant] = {
+    name: Variant(label, (*overrides, "probe=true"))
+    for name, (label, overrides) in {
+        "baseline": ("Baseline (no pre-training)", ("pretrain.method=none",)),
+        "basic_cl": ("Basic CL (SimCLR NT-Xent on patches)", ("pretrain.method=simclr",)),
+        "wo_multi_level": ("CoMCL w/o multi-level (lesion vs healthy)", ("pretrain.pairs=[[lesion, healthy]]",)),
+        "wo_spl": ("CoMCL w/o SPL (no hard-negative mining)", ("pretrain.miner=none",)),
+        "comcl": ("CoMCL (full) = v3 {L, LQ_L, H, LQ_H}", ()),
+        "v1_L_LQL": ("CoMCL v1 {L, LQ_L}", ("pretrain.pairs=[[L, LQ_L]]",)),
+        "v2_L_LQL_H": ("CoMCL v2 {L, LQ_L, H}", ("pretrain.pairs=[[L, LQ_L], [L, H]]",)),
+        # not in the paper: its printed threshold lambda_t = 1 / K_t instead of qualcl's quantile default
+        "spl_literal": ("CoMCL with the printed SPL threshold 1/K_t", ("pretrain.spl_threshold=literal",)),
+    }.items()
 }
 
 
@@ -215,10 +207,10 @@ SPEC: RecipeSpec[ComclConfig] = RecipeSpec(
     name="comcl",
     config_class=ComclConfig,
     presets=PRESETS,
-    datasets=("synthetic", "eyeq", "nih-cxr14"),
     data_help="dataset folder (real data, or an existing synthetic set)",
     set_example="pretrain.steps=100",
     dataset_settings=dataset_settings,
+    ablations=ABLATIONS,
 )
 
 

@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from qualcl.data.augment import ColorJitterSpec, apply_color_jitter, item_generator
-from qualcl.data.levels import split_levels
+from qualcl.data.levels import LEVEL_NAMES, LOW_QUALITY, split_levels
 from qualcl.data.loading import FUNDUS_QUALITY, load_fundus_table, patient_split, read_resized
 from qualcl.data.readers import (
     CHESTXRAY8_FINDINGS,
@@ -30,15 +30,19 @@ from qualcl.data.table import ImageTable
 from qualcl.samplers import LesionPatchSampler, RandomPatchSampler
 
 __all__ = [
+    "BINARY_LEVELS",
     "CXR_CLASSES",
     "GradingDataset",
     "PatchAugmentation",
     "PatchPairDataset",
     "degrade_to_ratio",
+    "image_levels",
+    "level_names",
     "load_eyeq_layout",
     "load_fundus_table",
     "load_nih_layout",
     "low_dose_tensor",
+    "low_quality",
     "patient_split",
 ]
 
@@ -54,6 +58,41 @@ NORMALIZATION = {"fundus": (FUNDUS_MEAN, FUNDUS_STD), "cxr": (CXR_MEAN, CXR_STD)
 CXR_CLASSES = ("No Finding", *CHESTXRAY8_FINDINGS)
 #: Names of the quality codes, per modality (the strata of the per-quality metrics).
 QUALITY_LEVELS = {"fundus": FUNDUS_QUALITY, "cxr": ("HQ", "LQ")}
+#: The levels of CoMCL "w/o multi-level": lesion (ids 0, 1 of :data:`~qualcl.data.levels.LEVEL_NAMES`) and healthy.
+BINARY_LEVELS = ("lesion", "healthy")
+#: Whose low-quality codes CoMCL uses (:data:`qualcl.data.levels.LOW_QUALITY`): EyeQ's Usable and Reject,
+#: which the synthetic set shares; a chest X-ray's code 1 (LQ, :func:`load_nih_layout`) is among them.
+QUALITY_CODES = "eyeq"
+
+
+def level_names(pairs: Sequence[Sequence[str]]) -> tuple[str, ...]:
+    """The levels ``pairs`` name: :data:`~qualcl.data.levels.LEVEL_NAMES`, or :data:`BINARY_LEVELS` for lesion/healthy.
+
+    Raises:
+        ValueError: A name outside both, or names of both.
+
+    Examples:
+        >>> level_names([("L", "LQ_L")]), level_names([("lesion", "healthy")])
+        (('L', 'LQ_L', 'H', 'LQ_H'), ('lesion', 'healthy'))
+    """
+    named = {name for pair in pairs for name in pair}
+    if not named <= {*LEVEL_NAMES, *BINARY_LEVELS}:
+        known = sorted({*LEVEL_NAMES, *BINARY_LEVELS})
+        raise ValueError(f"pretrain.pairs must name levels among {known}, got {[list(p) for p in pairs]}")
+    if named & set(BINARY_LEVELS) and not named <= set(BINARY_LEVELS):
+        raise ValueError("pretrain.pairs must use either the four levels or lesion/healthy, not both")
+    return BINARY_LEVELS if named and named <= set(BINARY_LEVELS) else LEVEL_NAMES
+
+
+def low_quality(data: ImageTable) -> Tensor:
+    """``(N,)`` bool: the images CoMCL counts as low quality (:data:`QUALITY_CODES`)."""
+    return torch.isin(data.quality, torch.tensor(sorted(LOW_QUALITY[QUALITY_CODES])))
+
+
+def image_levels(data: ImageTable, names: Sequence[str] = LEVEL_NAMES) -> Tensor:
+    """``(N,)`` level id of each image into ``names``: CoMCL's four levels, or lesion (0) / healthy (1)."""
+    four = split_levels(data.label, data.quality, QUALITY_CODES)
+    return (four >= 2).long() if tuple(names) == BINARY_LEVELS else four
 
 
 def synthetic_boxes(root: Path, records: Sequence[FundusRecord]) -> list[Tensor]:
@@ -304,8 +343,7 @@ class PatchPairDataset(Dataset[tuple[Tensor, Tensor, int, Tensor, Tensor]]):
         augmentation: str = "paper",
     ) -> None:
         self.data = data
-        four = split_levels(data.label, data.quality, "eyeq")
-        self.levels = (four >= 2).long() if binary_levels else four
+        self.levels = image_levels(data, BINARY_LEVELS if binary_levels else LEVEL_NAMES)
         self.lesion = LesionPatchSampler(patch_size)
         self.random = RandomPatchSampler(patch_size)
         self.patch_size = patch_size

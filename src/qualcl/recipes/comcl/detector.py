@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.models import detection
 
 from qualcl.recipes.callbacks import EpochSetter
+from qualcl.recipes.modules import History, RecipeModule
 from qualcl.samplers import ShardedShuffleSampler
 
 __all__ = [
@@ -218,19 +219,33 @@ def collate_detection(
     return [image for image, _ in items], [target for _, target in items]
 
 
-class DetectorTraining(L.LightningModule):
+class DetectorTraining(RecipeModule):
     """Faster R-CNN training as a LightningModule: the sum of torchvision's losses, SGD with momentum 0.9.
+
+    Each step's history row holds the sum and each of torchvision's four losses (``loss/<name>``).
 
     Args:
         detector: The detector to train.
         lr: SGD learning rate (weight decay 1e-4).
     """
 
+    history = History(
+        every="step",
+        curves={
+            "loss": "sum",
+            **{
+                f"loss/{name}": name.removeprefix("loss_")
+                for name in ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
+            },
+        },
+        title="Faster R-CNN training",
+        ylabel="loss",
+    )
+
     def __init__(self, detector: FasterRCNNDetector, lr: float = 0.01) -> None:
         super().__init__()
         self.detector = detector
         self.lr = lr
-        self.step_log: list[dict[str, float]] = []
 
     def training_step(self, batch: tuple[list[Tensor], list[dict[str, Tensor]]], batch_idx: int) -> Tensor:
         """Sum of the RPN and box-head losses on a batch."""
@@ -238,10 +253,7 @@ class DetectorTraining(L.LightningModule):
         self.detector.model.train()
         losses = self.detector.model(images, targets)
         loss: Tensor = torch.stack(list(losses.values())).sum()
-        row = {"step": float(self.global_step), "loss": float(loss.detach())}
-        row.update({f"loss/{k}": float(v.detach()) for k, v in losses.items()})
-        self.step_log.append(row)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        self.record(loss=loss, **{f"loss/{k}": v for k, v in losses.items()})
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -312,7 +324,7 @@ def train_detector(
         callbacks=[EpochSetter(dataset, sampler)],
     )
     trainer.fit(module, loader)
-    return detector, [row["loss"] for row in module.step_log]
+    return detector, [row["loss"] for row in module.history_rows]
 
 
 def detect_boxes(weights: Path, images: Tensor, *, min_score: float, batch_size: int = 8) -> list[Tensor]:

@@ -9,13 +9,11 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader
 from torchvision.ops import box_iou
 
 from qualcl.data.images import open_image
 from qualcl.data.readers import load_mask, mask_to_boxes, read_idrid_segmentation
-from qualcl.recipes.comcl.config import DETECTOR_PRESETS as PRESETS
-from qualcl.recipes.comcl.config import DetectorConfig
+from qualcl.recipes.comcl.config import DETECTOR_SPEC, DetectorConfig
 from qualcl.recipes.comcl.detector import (
     LESION_CLASSES,
     BoxDataset,
@@ -24,10 +22,8 @@ from qualcl.recipes.comcl.detector import (
     collate_detection,
     usable_images,
 )
-from qualcl.recipes.driver import Recipe, RunContext, Stage
-from qualcl.recipes.plots import plot_curves
+from qualcl.recipes.driver import Recipe, RunContext, Stage, train_loader
 from qualcl.recipes.run_folder import ModelCard
-from qualcl.samplers import ShardedShuffleSampler
 
 __all__ = ["DETECTOR", "DetectorConfig", "DetectorRecipe", "run_comcl_detector"]
 
@@ -91,30 +87,10 @@ class DetectorRecipe(Recipe[DetectorConfig, DetectorData, DetectorTraining]):
     ``--set data.boxes=<out>/weights/detector.safetensors`` for datasets without boxes.
     """
 
-    name = "comcl-detector"
+    spec = DETECTOR_SPEC
     paper = 'Hou et al., "A Clinical-oriented Multi-level Contrastive Learning Method ...", MICCAI 2024 (lesion boxes)'
-    config_class = DetectorConfig
-    presets = PRESETS
-    datasets = ("synthetic", "idrid")
-    data_help = "dataset folder (synthetic: generated there if missing; idrid: the IDRiD segmentation layout)"
-    set_example = "steps=100"
-
-    def config(
-        self,
-        preset: str = "default",
-        *,
-        dataset: str | None = None,
-        data_dir: str | None = None,
-        overrides: Any = (),
-        seed: int | None = None,
-    ) -> DetectorConfig:
-        """Defaults ← preset ← ``--dataset`` / ``--data`` ← ``--set`` (the detector's fields are top-level)."""
-        extra = list(overrides)
-        if dataset is not None:
-            extra.insert(0, f"dataset={dataset}")
-        if data_dir is not None:
-            extra.insert(0, f"data_dir={data_dir}")
-        return super().config(preset, overrides=extra, seed=seed)
+    #: Defaults ← preset ← ``--dataset`` / ``--data`` ← ``--set`` (the detector's fields are top-level).
+    config = DETECTOR_SPEC.config  # type: ignore[assignment]
 
     def check(self, config: DetectorConfig) -> None:
         """IDRiD needs its folder."""
@@ -172,29 +148,18 @@ class DetectorRecipe(Recipe[DetectorConfig, DetectorData, DetectorTraining]):
         dataset = BoxDataset(
             data.images[usable], [data.boxes[i] for i in usable], [data.labels[i] for i in usable], config.seed
         )
-        sampler = ShardedShuffleSampler(len(dataset), seed=config.seed)
         batch = min(config.batch_size, len(dataset))
         ctx.fit(
             "detector",
             module,
-            lambda: DataLoader(dataset, batch_size=batch, sampler=sampler, collate_fn=collate_detection),
+            train_loader(dataset, batch, seed=config.seed, drop_last=False, collate_fn=collate_detection),
             weights={"detector": module.detector.model},
             max_steps=config.steps,
-            history="step_log",
-            history_key="step",
             every_n_train_steps=max(1, min(50, config.steps // 4)),
             info={"steps": config.steps, "train_images": len(usable)},
         )
         if ctx.run.writable:  # the weights again, with the JSON side file CoMCL's data.boxes reads
             module.detector.save(ctx.run.path("weights", "detector.safetensors"))
-        rows = ctx.run.read_history("detector")
-        if rows and ctx.run.writable:
-            plot_curves(
-                {"loss": ([r["step"] for r in rows], [r["loss"] for r in rows])},
-                ctx.run.path("plots", "detector_loss.png"),
-                title="Faster R-CNN training loss",
-                ylabel="sum of losses",
-            )
 
     def evaluate(self, ctx: RunContext[DetectorConfig], data: DetectorData, module: DetectorTraining) -> dict[str, Any]:
         """Recall and precision at IoU 0.5 on the held-out images."""
@@ -225,7 +190,7 @@ class DetectorRecipe(Recipe[DetectorConfig, DetectorData, DetectorTraining]):
                 f"boxes from masks ({', '.join(data.classes)}); held out: {results['test_images']} images."
             ),
             headline={"recall@IoU0.5": test["recall_iou50"], "precision@IoU0.5": test["precision_iou50"]},
-            plots=["detector_loss.png"],
+            plots=["detector.png"],
         )
 
 

@@ -1,28 +1,55 @@
-"""CoMCL's two Lightning modules: contrastive pre-training on patches, and DR-grading fine-tuning."""
+"""CoMCL's losses and Lightning modules: contrastive pre-training on patches, and DR-grading fine-tuning."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
 
 from qualcl.heads.projection import ProjectionHead
 from qualcl.losses import MultiLevelInfoNCE, NTXentLoss
 from qualcl.models import Encoder
-from qualcl.recipes.comcl.data import PatchAugmentation
-from qualcl.recipes.modules import GradingFineTuning
-from qualcl.samplers import SelfPacedHardNegativeMiner
+from qualcl.recipes.comcl.config import ComclConfig
+from qualcl.recipes.comcl.data import PatchAugmentation, level_names
+from qualcl.recipes.modules import GradingFineTuning, History, RecipeModule, gathering
+from qualcl.samplers import CosineCountSchedule, SelfPacedHardNegativeMiner
 
-__all__ = ["ContrastivePretraining", "GradingFineTuning"]
+__all__ = ["ContrastivePretraining", "GradingFineTuning", "build_losses", "pretraining_module"]
 
 
-class ContrastivePretraining(L.LightningModule):
+def build_losses(config: ComclConfig, gather: bool) -> MultiLevelInfoNCE | NTXentLoss:
+    """The pre-training loss: CoMCL's multi-level InfoNCE (with the self-paced miner if configured) or NT-Xent.
+
+    Args:
+        config: The run's config (``pretrain``: method, pairs, miner, temperature).
+        gather: ``gather_distributed`` (:func:`~qualcl.recipes.modules.gathering`): under DDP the
+            negatives and the miner's threshold come from every rank.
+    """
+    cfg = config.pretrain
+    if cfg.method != "comcl":
+        return NTXentLoss(cfg.temperature, gather_distributed=gather)
+    miner = None
+    if cfg.miner == "self_paced":
+        miner = SelfPacedHardNegativeMiner(
+            CosineCountSchedule(None, cfg.steps), threshold=cfg.spl_threshold, gather_distributed=gather
+        )
+    return MultiLevelInfoNCE(
+        pairs=cfg.pairs,
+        level_names=level_names(cfg.pairs),
+        temperature=cfg.temperature,
+        negatives_from=cfg.negatives_from,
+        miner=miner,
+        gather_distributed=gather,
+    )
+
+
+class ContrastivePretraining(RecipeModule):
     """Encoder + projection head trained with :class:`MultiLevelInfoNCE` (or NT-Xent for basic CL).
 
-    Each step logs the loss, every pair's loss and, with a self-paced miner, ``K_t`` and the
-    selected fraction; :attr:`step_log` keeps them for the run folder's history and plots.
+    Each step's history row holds the loss, every pair's loss (``loss/<pair>``), the learning rate
+    and, with a self-paced miner, ``K_t``, ``K_t`` as a fraction of its start and the fraction of
+    anchors the miner kept (``plots/pretrain.png`` draws the fractions on its right axis).
 
     Args:
         encoder: Patch encoder.
@@ -59,7 +86,15 @@ class ContrastivePretraining(L.LightningModule):
         self.lr = lr
         self.weight_decay = weight_decay
         self.max_steps = max_steps
-        self.step_log: list[dict[str, float]] = []
+        pairs = loss.pair_names if isinstance(loss, MultiLevelInfoNCE) else ()
+        self.history = History(
+            every="step",
+            curves={"loss": "total", **{f"loss/{name}": name for name in pairs}},
+            metrics={"k_t_fraction": "K_t / delta", "selected_fraction": "selected anchors"},
+            extra=("k_t", "lr"),
+            title="Contrastive pre-training",
+            metrics_label="self-paced mining (fraction)",
+        )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """The batch's photometric augmentation and normalisation, on its device."""
@@ -73,25 +108,22 @@ class ContrastivePretraining(L.LightningModule):
         view1, view2, levels = batch
         z1 = self.head(self.encoder(view1))
         z2 = self.head(self.encoder(view2))
-        row: dict[str, float] = {"step": float(self.global_step)}
+        terms: dict[str, float | Tensor] = {}
         if isinstance(self.loss_fn, NTXentLoss):
             loss: Tensor = self.loss_fn(z1, z2)
         else:
             out = self.loss_fn(z1, z2, levels, step=self.global_step, output_dict=True)
             loss = out.loss
-            for name in self.loss_fn.pair_names:
-                row[f"loss/{name}"] = float(out.pair_losses[name].detach())
+            terms.update({f"loss/{name}": out.pair_losses[name] for name in self.loss_fn.pair_names})
             miner = self.loss_fn.miner
             if isinstance(miner, SelfPacedHardNegativeMiner) and miner.last_stats is not None:
-                row["k_t"] = float(miner.last_stats.count)
-                row["k_t_fraction"] = miner.last_stats.count / max(miner.last_stats.total, 1)
                 selected = sum(c.get("selected_anchors", 0) for c in out.counts.values())
                 anchors = sum(c["anchors"] for c in out.counts.values())
-                row["selected_fraction"] = selected / max(anchors, 1)
-        row["loss"] = float(loss.detach())
-        row["lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"]) if self._trainer else self.lr
-        self.step_log.append(row)
-        self.log("train/loss", loss, prog_bar=True)
+                terms["k_t"] = miner.last_stats.count
+                terms["k_t_fraction"] = miner.last_stats.count / max(miner.last_stats.total, 1)
+                terms["selected_fraction"] = selected / max(anchors, 1)
+        lr = float(self.trainer.optimizers[0].param_groups[0]["lr"]) if self._trainer else self.lr
+        self.record(loss=loss, lr=lr, **terms)
         return loss
 
     def configure_optimizers(self) -> Any:
@@ -99,3 +131,25 @@ class ContrastivePretraining(L.LightningModule):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.max_steps, 1))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def pretraining_module(
+    config: ComclConfig, encoder: Encoder, *, augment: PatchAugmentation | None = None
+) -> ContrastivePretraining:
+    """The pre-training stage's module: ``encoder`` + a new projection head + the configured loss.
+
+    The loss comes from :func:`build_losses`, gathered under DDP, so a step equals one process on
+    the global batch.
+    """
+    cfg = config.pretrain
+    width = encoder.num_features
+    return ContrastivePretraining(
+        encoder,
+        ProjectionHead((width, width, cfg.projection_dim)),
+        build_losses(config, gathering(config.trainer)),
+        temperature=cfg.temperature,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        max_steps=cfg.steps,
+        augment=augment,
+    )

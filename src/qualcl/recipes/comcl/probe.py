@@ -7,7 +7,6 @@ better pre-training from a lucky fine-tuning.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +15,16 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from qualcl.data.levels import split_levels
 from qualcl.data.table import ImageTable
 from qualcl.evaluation import feature_geometry, linear_probe
 from qualcl.metrics import grading_metrics, stratified_grading_metrics
 from qualcl.models import build_encoder
 from qualcl.recipes.comcl.config import ComclConfig
-from qualcl.recipes.comcl.data import GradingDataset
+from qualcl.recipes.comcl.data import GradingDataset, image_levels, low_quality
 from qualcl.recipes.config import load_config
-from qualcl.recipes.driver import is_global_zero
 from qualcl.recipes.run_folder import RunFolder
 
-__all__ = ["encode", "probe_run", "quality_probe"]
+__all__ = ["encode", "probe_encoder", "probe_run", "quality_probe"]
 
 
 @torch.no_grad()
@@ -53,43 +50,49 @@ def quality_probe(
         :func:`qualcl.metrics.grading_metrics` of the binary LQ-vs-HQ predictions on ``test``
         (``qwk`` = ``kappa`` for two classes).
     """
-    preds = linear_probe(train_features, train.low_quality.long(), test_features, 2, weight_decay=weight_decay)
-    return grading_metrics(preds, test.low_quality.long(), 2)
+    target = low_quality(train).long()
+    preds = linear_probe(train_features, target, test_features, 2, weight_decay=weight_decay)
+    return grading_metrics(preds, low_quality(test).long(), 2)
 
 
-def probe_run(folder: str | Path, train: ImageTable, test: ImageTable) -> dict[str, Any]:
-    """Linear probes of a finished CoMCL run's pre-trained encoder, cached in ``folder/probe.json``.
-
-    Runs without pre-training (the baseline) are probed with the randomly initialised encoder that
-    ``config.seed`` gives, the reference every pre-training should beat.
+def probe_encoder(encoder: nn.Module, num_classes: int, train: ImageTable, test: ImageTable) -> dict[str, Any]:
+    """Linear probes of a frozen encoder, and the geometry of its test features by CoMCL level.
 
     Args:
-        folder: Run folder written by :func:`~qualcl.recipes.comcl.run_comcl`.
-        train: Its training images (probe fit).
-        test: Its test images.
+        encoder: The encoder (its mode is restored afterwards).
+        num_classes: Classes of the class probe.
+        train: Images the probes are fitted on.
+        test: Images they are scored on.
 
     Returns:
         ``{"grade": stratified metrics of a linear probe of the class, "low_quality":
         quality_probe(...), "geometry": feature_geometry(test features, test levels)}``.
     """
-    run = RunFolder(folder, writable=is_global_zero())
-    cached = run.path("probe.json")
-    if cached.is_file():
-        result: dict[str, Any] = json.loads(cached.read_text())
-        if {"grade", "low_quality", "geometry"} <= set(result):
-            return result
+    train_features, test_features = encode(encoder, train), encode(encoder, test)
+    preds = linear_probe(train_features, train.label, test_features, num_classes)
+    return {
+        "grade": stratified_grading_metrics(preds, test.label, num_classes, test.quality, test.quality_names),
+        "low_quality": quality_probe(train_features, train, test_features, test),
+        "geometry": feature_geometry(test_features, image_levels(test)),
+    }
+
+
+def probe_run(folder: str | Path, train: ImageTable, test: ImageTable) -> dict[str, Any]:
+    """:func:`probe_encoder` of a finished CoMCL run's pre-trained encoder.
+
+    Runs without pre-training (the baseline) are probed with the randomly initialised encoder that
+    ``config.seed`` gives, the reference every pre-training should beat. (``probe=true`` has the run
+    write the same into its ``metrics.json``.)
+
+    Args:
+        folder: Run folder written by :func:`~qualcl.recipes.comcl.run_comcl`.
+        train: Its training images (probe fit).
+        test: Its test images.
+    """
+    run = RunFolder(folder, writable=False)
     config = load_config(ComclConfig, run.path("config.yaml"))
     L.seed_everything(config.seed, verbose=False)
-    encoder = build_encoder(config.backbone)
+    encoder = build_encoder(config.backbone, pretrained=config.pretrained)
     if config.pretrain.method != "none":
         run.load_weights(encoder, "pretrain_encoder")
-    train_features, test_features = encode(encoder, train), encode(encoder, test)
-    preds = linear_probe(train_features, train.label, test_features, config.num_classes)
-    result = {
-        "grade": stratified_grading_metrics(preds, test.label, config.num_classes, test.quality, test.quality_names),
-        "low_quality": quality_probe(train_features, train, test_features, test),
-        "geometry": feature_geometry(test_features, split_levels(test.label, test.quality)),
-    }
-    if run.writable:
-        cached.write_text(json.dumps(result, indent=2))
-    return result
+    return probe_encoder(encoder, config.num_classes, train, test)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import math
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -12,39 +13,66 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from qualcl.data.levels import LEVEL_NAMES, split_levels
+from qualcl.data.levels import LEVEL_NAMES
 from qualcl.data.table import ImageTable
-from qualcl.heads.projection import ProjectionHead
-from qualcl.losses import MultiLevelInfoNCE, NTXentLoss
 from qualcl.metrics import confusion_matrix, stratified_grading_metrics
 from qualcl.models import Encoder, build_encoder
-from qualcl.recipes.comcl.config import PRESETS, ComclConfig, dataset_settings, headline_metric
+from qualcl.recipes import ablation
+from qualcl.recipes.comcl.config import SPEC, ComclConfig, headline_metric
 from qualcl.recipes.comcl.data import (
+    BINARY_LEVELS,
     CXR_CLASSES,
     GradingDataset,
-    PatchAugmentation,
     PatchPairDataset,
     degrade_to_ratio,
+    image_levels,
+    level_names,
     load_eyeq_layout,
     load_nih_layout,
     patient_split,
 )
-from qualcl.recipes.comcl.modules import ContrastivePretraining, GradingFineTuning
-from qualcl.recipes.driver import Recipe, RunContext, Stage, eval_loader
-from qualcl.recipes.modules import gathering
-from qualcl.recipes.plots import plot_confusion, plot_curves, plot_embedding
-from qualcl.recipes.run_folder import ModelCard, RunFolder, strata_table
-from qualcl.samplers import (
-    CosineCountSchedule,
-    LevelBalancedBatchSampler,
-    SelfPacedHardNegativeMiner,
-    ShardedShuffleSampler,
-)
+from qualcl.recipes.comcl.modules import GradingFineTuning, pretraining_module
+from qualcl.recipes.comcl.probe import probe_encoder
+from qualcl.recipes.driver import Recipe, RunContext, Stage, eval_loader, train_loader
+from qualcl.recipes.plots import plot_confusion, plot_embedding
+from qualcl.recipes.run_folder import ModelCard, strata_table
+from qualcl.samplers import LevelBalancedBatchSampler
 
-__all__ = ["COMCL", "ComclData", "ComclRecipe", "ComclState", "load_datasets", "pretraining_module", "run_comcl"]
+__all__ = [
+    "COMCL",
+    "ComclData",
+    "ComclRecipe",
+    "ComclState",
+    "load_datasets",
+    "pretraining_module",
+    "run_ablation",
+    "run_comcl",
+]
 
 METRIC_NAMES = {"qwk": "QWK", "kappa": "Kappa"}
-BINARY_LEVELS = ("lesion", "healthy")
+#: The paper's EyeQ figures as (Kappa, ACC); Table 2 prints them as "ACC, Kappa" but they equal
+#: Table 1's "Kappa, ACC" columns, so we read them as Kappa first (docs/comcl.md, "Decisions").
+PAPER_TABLES: dict[str, tuple[float, float]] = {
+    "baseline": (0.804, 0.783),
+    "basic_cl": (0.842, 0.827),
+    "wo_multi_level": (0.859, 0.836),
+    "wo_spl": (0.868, 0.860),
+    "comcl": (0.884, 0.872),
+    "v1_L_LQL": (0.846, 0.835),
+    "v2_L_LQL_H": (0.867, 0.856),
+}
+#: Chest X-ray at its original 43.2 % LQ (Table 1 only: ResNet-50 baseline and CoMCL).
+PAPER_TABLES_CXR: dict[str, tuple[float, float]] = {"baseline": (0.619, 0.626), "comcl": (0.682, 0.708)}
+#: The frozen-encoder diagnostics of the ablation (``metrics["probe"]``): ``{cell key: heading}``.
+PROBE_COLUMNS = {
+    "probe_metric": "probe {label}",
+    "probe_accuracy": "probe ACC",
+    "probe_lq_kappa": "LQ-probe kappa",
+    "probe_lq_accuracy": "LQ-probe ACC",
+    "effective_rank": "effective rank",
+    "within_level_cosine": "cosine within level",
+    "between_level_cosine": "cosine between levels",
+}
 PAPER = (
     'Hou et al., "A Clinical-oriented Multi-level Contrastive Learning Method for Disease Diagnosis in '
     'Low-quality Medical Images", MICCAI 2024'
@@ -66,124 +94,30 @@ class ComclState:
     finetune: GradingFineTuning | None = None
 
 
-def load_datasets(config: ComclConfig, synthetic_root: Path | None, *, progress: bool = False) -> ComclData:
-    """The run's ``(train, test)`` tables.
+def load_datasets(
+    config: ComclConfig, root: Path, *, progress: Callable[[Sequence[Path]], Sequence[Path]] | None = None
+) -> ComclData:
+    """The run's ``(train, test)`` tables from the dataset folder ``root``.
 
-    The synthetic set is read from ``synthetic_root`` (generated there beforehand); EyeQ gets
-    detector boxes; NIH ChestX-ray14 is read by :func:`~qualcl.recipes.comcl.data.load_nih_layout`.
+    The synthetic set (generated there beforehand) has its lesion boxes; EyeQ gets detector boxes;
+    NIH ChestX-ray14 is read by :func:`~qualcl.recipes.comcl.data.load_nih_layout`.
     """
     cfg = config.data
     if cfg.dataset == "nih-cxr14":
-        return _nih_data(config, progress)
-    if cfg.dataset == "synthetic":
-        if synthetic_root is None:
-            raise ValueError("the synthetic dataset's folder is needed")
-        root, truth = synthetic_root, True
-    else:  # eyeq: checked by ComclRecipe.check
-        root, truth = Path(str(cfg.data_dir)), False
+        kwargs: dict[str, Any] = {"lq_ratio": cfg.lq_ratio, "seed": cfg.seed, "max_images": cfg.max_images}
+        return ComclData(
+            load_nih_layout(root, "train", cfg.image_size, progress=progress, **kwargs),
+            load_nih_layout(root, "test", cfg.image_size, progress=progress, **kwargs),
+        )
+    truth = cfg.dataset == "synthetic"
     train = load_eyeq_layout(root, "train", cfg.image_size, with_truth_boxes=truth)
     test = load_eyeq_layout(root, "test", cfg.image_size, with_truth_boxes=truth)
-    if not truth:
+    if not truth:  # eyeq: its detector is checked by ComclRecipe.check
         from qualcl.recipes.comcl.detector import detect_boxes
 
         train.boxes = detect_boxes(Path(cfg.boxes), train.images, min_score=cfg.detector_min_score)
         test.boxes = detect_boxes(Path(cfg.boxes), test.images, min_score=cfg.detector_min_score)
     return ComclData(train, test)
-
-
-def _nih_data(config: ComclConfig, progress: bool) -> ComclData:
-    cfg = config.data
-    wrap = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        def wrap(paths: Any) -> Any:
-            return tqdm(paths, desc="loading X-rays", leave=False)
-
-    root = Path(str(cfg.data_dir))
-    kwargs: dict[str, Any] = {"lq_ratio": cfg.lq_ratio, "seed": cfg.seed, "max_images": cfg.max_images}
-    return ComclData(
-        load_nih_layout(root, "train", cfg.image_size, progress=wrap, **kwargs),
-        load_nih_layout(root, "test", cfg.image_size, progress=wrap, **kwargs),
-    )
-
-
-def _plot_pretrain(run: RunFolder) -> None:
-    rows = run.read_history("pretrain")
-    if not rows or not run.writable:
-        return
-    steps = [r["step"] for r in rows]
-    curves = {"total": (steps, [r["loss"] for r in rows])}
-    for key in rows[0]:
-        if key.startswith("loss/"):
-            curves[key[5:]] = (steps, [r.get(key, math.nan) for r in rows])
-    plot_curves(curves, run.path("plots", "pretrain_loss.png"), title="Contrastive pre-training loss", ylabel="loss")
-    if "k_t" in rows[0]:
-        plot_curves(
-            {
-                "K_t / delta": (steps, [r["k_t_fraction"] for r in rows]),
-                "selected anchors": (steps, [r["selected_fraction"] for r in rows]),
-            },
-            run.path("plots", "self_paced_mining.png"),
-            title="Self-paced hard-negative mining",
-            ylabel="fraction",
-        )
-
-
-def _plot_finetune(run: RunFolder, metric: str) -> None:
-    rows = run.read_history("finetune")
-    if not rows or not run.writable:
-        return
-    epochs = [r["epoch"] for r in rows]
-    plot_curves(
-        {"train loss": (epochs, [r["loss"] for r in rows])},
-        run.path("plots", "finetune_curves.png"),
-        title="Diagnosis fine-tuning",
-        xlabel="epoch",
-        ylabel="cross-entropy",
-        secondary={f"val {METRIC_NAMES[metric]}": (epochs, [r["val_kappa"] for r in rows])},
-        secondary_label=METRIC_NAMES[metric],
-    )
-
-
-def pretraining_module(
-    config: ComclConfig, encoder: Encoder, *, augment: PatchAugmentation | None = None
-) -> ContrastivePretraining:
-    """The pre-training stage's module: ``encoder`` + a new projection head + the configured loss.
-
-    CoMCL's multi-level loss (with the self-paced miner if configured) or SimCLR's NT-Xent; under
-    DDP (:func:`~qualcl.recipes.modules.gathering`) the negatives and the miner's threshold come
-    from every rank, so a step equals one process on the global batch.
-    """
-    cfg = config.pretrain
-    binary = all(name in BINARY_LEVELS for pair in cfg.pairs for name in pair)
-    gather = gathering(config.trainer)
-    loss: MultiLevelInfoNCE | NTXentLoss = NTXentLoss(cfg.temperature, gather_distributed=gather)
-    if cfg.method == "comcl":
-        miner = None
-        if cfg.miner == "self_paced":
-            miner = SelfPacedHardNegativeMiner(
-                CosineCountSchedule(None, cfg.steps), threshold=cfg.spl_threshold, gather_distributed=gather
-            )
-        loss = MultiLevelInfoNCE(
-            pairs=cfg.pairs,
-            level_names=BINARY_LEVELS if binary else LEVEL_NAMES,
-            temperature=cfg.temperature,
-            negatives_from=cfg.negatives_from,
-            miner=miner,
-            gather_distributed=gather,
-        )
-    width = encoder.num_features
-    return ContrastivePretraining(
-        encoder,
-        ProjectionHead((width, width, cfg.projection_dim)),
-        loss,
-        temperature=cfg.temperature,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        max_steps=cfg.steps,
-        augment=augment,
-    )
 
 
 class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
@@ -203,23 +137,13 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
         Diagnosis in Low-quality Medical Images", MICCAI 2024.
     """
 
-    name = "comcl"
+    spec = SPEC
     paper = PAPER
-    config_class = ComclConfig
-    presets = PRESETS
-    datasets = ("synthetic", "eyeq", "nih-cxr14")
-    data_help = "dataset folder (real data, or an existing synthetic set)"
-    set_example = "pretrain.steps=100"
-
-    def dataset_settings(self, dataset: str, preset: str) -> dict[str, Any]:
-        """NIH ChestX-ray14: 9 classes, 43.2 % LQ, its own boxes."""
-        return dataset_settings(dataset, preset)
 
     def check(self, config: ComclConfig) -> None:
-        """The dataset's requirements (a folder, boxes, classes)."""
+        """The pre-training's level names and the dataset's requirements (boxes, classes)."""
+        level_names(config.pretrain.pairs)
         cfg = config.data
-        if cfg.dataset != "synthetic" and cfg.data_dir is None:
-            raise ValueError(f"--data DIR is required with --dataset {cfg.dataset}")
         if cfg.dataset == "eyeq" and cfg.boxes == "ground_truth":
             raise ValueError("EyeQ has no lesion boxes: pass data.boxes=<detector weights from comcl-detector>")
         if cfg.dataset == "nih-cxr14":
@@ -235,13 +159,7 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
 
     def load_data(self, ctx: RunContext[ComclConfig]) -> ComclData:
         """Generate (once) or read the images."""
-        cfg = ctx.config.data
-        root = None
-        if cfg.dataset == "synthetic":
-            root = ctx.synthetic_fundus(
-                cfg.data_dir, num_images=cfg.num_images, size=cfg.image_size, seed=cfg.seed, lq_ratio=cfg.lq_ratio
-            )
-        return load_datasets(ctx.config, root, progress=ctx.progress)
+        return load_datasets(ctx.config, ctx.dataset_root(ctx.config.data), progress=ctx.image_progress)
 
     def setup(self, ctx: RunContext[ComclConfig], data: ComclData) -> ComclState:
         """The encoder (random init, or ``config.pretrained``)."""
@@ -255,7 +173,7 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
     def pretrain(self, ctx: RunContext[ComclConfig], data: ComclData, state: ComclState) -> None:
         """Contrastive pre-training on level-balanced patch pairs (CoMCL Eq. 1–3, or SimCLR)."""
         config, cfg = ctx.config, ctx.config.pretrain
-        binary = all(name in BINARY_LEVELS for pair in cfg.pairs for name in pair)
+        binary = level_names(cfg.pairs) == BINARY_LEVELS
         dataset = PatchPairDataset(
             data.train, cfg.patch_size, config.seed, binary_levels=binary, augmentation=cfg.augmentation
         )
@@ -277,14 +195,11 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
             DataLoader(dataset, batch_sampler=sampler, num_workers=0),
             weights={"pretrain_encoder": state.encoder},
             max_steps=cfg.steps,
-            history="step_log",
-            history_key="step",
             every_n_train_steps=max(1, min(50, cfg.steps // 4)),
             sync_batchnorm=True,
             info={"steps": cfg.steps},
             collapse=probe,
         )
-        _plot_pretrain(ctx.run)
 
     def finetune(self, ctx: RunContext[ComclConfig], data: ComclData, state: ComclState) -> None:
         """Encoder + linear classifier, model selection by validation kappa on held-out patients."""
@@ -297,18 +212,16 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
         keep, held = patient_split(data.train.patient, cfg.val_fraction, config.seed)
         fit_data, val_data = data.train.subset(keep), data.train.subset(held)
         dataset = GradingDataset(fit_data, train=True, seed=config.seed)
-        sampler = ShardedShuffleSampler(len(dataset), seed=config.seed)  # each rank its shard of the epoch
         ctx.fit(
             "finetune",
             state.finetune,
-            DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler),
+            train_loader(dataset, cfg.batch_size, seed=config.seed, drop_last=False, name="finetune.batch_size"),
             eval_loader(GradingDataset(val_data, train=False), cfg.batch_size),
             weights={"classifier": state.finetune},
             max_epochs=cfg.epochs,
             monitor="val/kappa",
             info={"epochs": cfg.epochs},
         )
-        _plot_finetune(ctx.run, metric)
 
     def _predict(self, ctx: RunContext[ComclConfig], module: GradingFineTuning, data: ImageTable) -> dict[str, Tensor]:
         def forward(batch: Any) -> dict[str, Tensor]:
@@ -325,16 +238,14 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
         cxr = test.modality == "cxr"
         classes = list(CXR_CLASSES) if cxr else [str(g) for g in range(config.num_classes)]
         results: dict[str, Any] = {}
-        settings = [("original", test)] + [
-            (f"lq_{round(100 * r)}", degrade_to_ratio(test, r, seed=config.data.seed)) for r in config.lq_ratios
-        ]
+        tables = [test, *(degrade_to_ratio(test, r, seed=config.data.seed) for r in config.lq_ratios)]
+        settings = list(zip(_settings(config), tables, strict=True))
         for name, table in settings:
             out = self._predict(ctx, state.finetune, table)
-            metrics = stratified_grading_metrics(
+            results[name] = stratified_grading_metrics(
                 out["preds"], table.label, config.num_classes, table.quality, table.quality_names
             )
-            metrics["overall"]["lq_ratio"] = table.lq_ratio
-            results[name] = metrics
+            results[name]["overall"]["lq_ratio"] = table.lq_ratio
             if name == "original" and ctx.run.writable:
                 plot_confusion(
                     confusion_matrix(out["preds"], table.label, config.num_classes),
@@ -344,12 +255,19 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
                 )
                 plot_embedding(
                     out["features"],
-                    split_levels(table.label, table.quality),
+                    image_levels(table),
                     LEVEL_NAMES,
                     ctx.run.path("plots", "embedding_map.png"),
                     title="Encoder features of test images by level",
                 )
-        return {"test": results, "data": {"train_images": len(data.train), "test_images": len(test)}}
+        metrics: dict[str, Any] = {"test": results, "data": {"train_images": len(data.train), "test_images": len(test)}}
+        if config.probe:  # the pre-trained encoder before fine-tuning (the baseline's: its initialisation)
+            L.seed_everything(config.seed, verbose=False)
+            encoder = build_encoder(config.backbone, pretrained=config.pretrained)
+            if config.pretrain.method != "none":
+                ctx.run.load_weights(encoder, "pretrain_encoder")
+            metrics["probe"] = probe_encoder(encoder, config.num_classes, data.train, test)
+        return metrics
 
     def model_card(
         self, ctx: RunContext[ComclConfig], data: ComclData, state: ComclState, results: dict[str, Any]
@@ -380,12 +298,63 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
             headline={f"test {label}": original[metric], "test accuracy": original["accuracy"]},
             table=strata_table(results["test"], {metric: label, "accuracy": "ACC"}),
             plots=[
-                "pretrain_loss.png",
-                "self_paced_mining.png",
-                "finetune_curves.png",
+                "pretrain.png",
+                "pretrain_collapse.png",
+                "finetune.png",
                 "confusion_matrix.png",
                 "embedding_map.png",
             ],
+        )
+
+    # ------------------------------------------------------------------ ablation
+    def ablation_columns(self, config: ComclConfig) -> dict[str, str]:
+        """Kappa (QWK for grades) and accuracy on each test set, then the frozen-encoder diagnostics."""
+        label = METRIC_NAMES[headline_metric(config)]
+        columns = {}
+        for setting in _settings(config):
+            columns[f"{setting}/metric"] = f"{label} {setting}"
+            columns[f"{setting}/accuracy"] = f"ACC {setting}"
+        return {**columns, **{key: heading.format(label=label) for key, heading in PROBE_COLUMNS.items()}}
+
+    def ablation_cells(self, config: ComclConfig, metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
+        """``overall``: every column; each quality level of the original test set: its kappa and accuracy."""
+        metric = headline_metric(config)
+        test = metrics["test"]
+        cells: dict[str, dict[str, float]] = {"overall": {}}
+        for setting in _settings(config):
+            for stratum, values in test[setting].items():
+                if setting == "original" or stratum == "overall":
+                    slot = cells.setdefault(stratum, {})
+                    slot[f"{setting}/metric"] = values[metric]
+                    slot[f"{setting}/accuracy"] = values["accuracy"]
+        probe = metrics.get("probe")
+        if probe is not None:
+            grade, quality = probe["grade"]["overall"], probe["low_quality"]
+            cells["overall"].update(
+                probe_metric=grade[metric],
+                probe_accuracy=grade["accuracy"],
+                probe_lq_kappa=quality["qwk"],
+                probe_lq_accuracy=quality["accuracy"],
+                **probe["geometry"],
+            )
+        return cells
+
+    def ablation_notes(self, config: ComclConfig) -> str:
+        """The protocol, and the paper's figures (for reference only)."""
+        cxr = config.data.dataset == "nih-cxr14"
+        paper = ", ".join(
+            f"{SPEC.ablations[name].label} {kappa:.3f} / {acc:.3f}"
+            for name, (kappa, acc) in (PAPER_TABLES_CXR if cxr else PAPER_TABLES).items()
+        )
+        where = "Chest X-ray at its original 43.2 % LQ (Table 1)" if cxr else "EyeQ at 33.4 % LQ (Tables 2-3)"
+        return (
+            f"Backbone `{config.backbone}`, {config.pretrain.steps} pre-training steps, {config.finetune.epochs} "
+            "fine-tuning epochs. `original` is the test set as generated; `lq_70` / `lq_100` raise its low-quality "
+            "ratio by degrading Good images. The probes are linear probes of the frozen pre-trained encoder's "
+            "whole-image features (fitted on the training images, scored on the original test set; the baseline's "
+            "encoder is its random initialisation) for the class and for low vs high quality; effective rank and "
+            "cosines describe the test features by CoMCL level. "
+            f"The paper's Kappa / ACC, {where}, for reference only (data, resolution and backbone differ): {paper}."
         )
 
 
@@ -395,3 +364,13 @@ COMCL = ComclRecipe()
 
 #: ``COMCL.run(config, out, *, callbacks=())``: the run end to end into the folder ``out``; re-running resumes.
 run_comcl = COMCL.run
+
+#: ``run_ablation(config, out, *, seeds, variants, progress, run_missing)``: the declared ablation
+#: (:data:`~qualcl.recipes.comcl.config.ABLATIONS`, paper Tables 2-3) by the one runner
+#: (:func:`qualcl.recipes.ablation.run_ablation`).
+run_ablation = functools.partial(ablation.run_ablation, COMCL)
+
+
+def _settings(config: ComclConfig) -> list[str]:
+    """The test sets: ``original``, then ``lq_<percent>`` for each raised low-quality ratio."""
+    return ["original", *(f"lq_{round(100 * r)}" for r in config.lq_ratios)]
