@@ -7,7 +7,8 @@ Run after ``mkdocs build`` (needs a ``chromium`` binary; not part of CI)::
 It serves ``site/`` on localhost, loads every API page, recipe notebook and results page in
 Chromium (JavaScript on, as a reader sees them), and checks that each API page shows an entry for
 every public name of its group, that each notebook page shows printed output and at least one
-plot, and that each results page shows its table. Screenshots of a few pages go to ``--out``.
+plot, that each results page shows its table, and that equations are typeset with the network
+cut off (MathJax is served by the site). Screenshots of a few pages go to ``--out``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--hide-scrollbars",
+    # no network but the local server: MathJax and everything else must come from the site itself
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
 ]
 
 
@@ -79,6 +82,12 @@ def main() -> int:
         missing = [e.path for e in entries(item) if f'id="{e.path}"' not in dom]
         print(f"api/{item.key}: {len(entries(item)) - len(missing)}/{len(entries(item))} entries shown")
         failures += [f"api/{item.key}: no entry for {name}" for name in missing]
+    for page in ("", "api/losses/", "recipes/comcl/"):  # equations typeset offline (MathJax's output in the DOM)
+        dom = _chromium(args.browser, f"{base}/{page}", "--dump-dom")
+        typeset = dom.count('class="MathJax') + dom.count("<mjx-container")
+        print(f"{page or 'home'}: {typeset} typeset equations, {dom.count(':math:')} literal :math: roles")
+        if typeset == 0 or ":math:" in dom:
+            failures.append(f"{page or 'home'}: equations not typeset offline")
     for notebook in sorted((ROOT / "docs" / "recipes").glob("*.py")):
         dom = _chromium(args.browser, f"{base}/recipes/{notebook.stem}/", "--dump-dom")
         images, outputs = dom.count("<img"), dom.count("jp-OutputArea-output")

@@ -2,8 +2,8 @@
 
 qualcl's docstrings are Google style, read in the source and by ``help()``; equations are
 ``.. math::`` blocks and cross-references Sphinx roles. For the site: a ``.. math::`` block becomes
-a ``$$ … $$`` display (MathJax through ``pymdownx.arithmatex``) and ``:func:`name``` becomes
-``name`` in code.
+a ``$$ … $$`` display and ``:math:`x``` an inline ``\\( x \\)`` (MathJax through
+``pymdownx.arithmatex``); ``:func:`name``` becomes ``name`` in code.
 """
 
 from __future__ import annotations
@@ -15,10 +15,13 @@ from typing import Any
 import griffe
 
 _ROLE = re.compile(r":(?:func|class|meth|data|attr|mod|obj):`~?([^`]+)`")
+_MATH = re.compile(r":math:`([^`]+)`")
 
 
 def rst_to_markdown(text: str) -> str:
-    """Convert the ``.. math::`` blocks and Sphinx roles of one docstring."""
+    """Convert the ``.. math::`` blocks, ``:math:`` roles and Sphinx roles of one docstring."""
+    # an inline equation may wrap onto the next line: its role is matched in the whole text
+    text = _MATH.sub(lambda m: "\\(" + " ".join(m.group(1).split()) + "\\)", text)
     lines = text.splitlines()
     out: list[str] = []
     i = 0

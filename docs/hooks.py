@@ -4,6 +4,8 @@
   table of the group's public names with their first docstring line, then each one rendered by
   mkdocstrings from its docstring.
 * One page per ``benchmarks/results/*.md`` (the committed benchmark tables), under ``benchmarks/``.
+* MathJax served by the site itself (``mathjax/``, copied at build time from the
+  ``jupyter-server-mathjax`` package): nothing is fetched from another host when a page is read.
 * ``images/synthetic_grid.png`` (one synthetic image per DR grade and quality level) and
   ``images/synthetic_degradations.png`` (one image under each degradation factor), drawn from the
   generator at build time, so the pictures always show what the code generates.
@@ -36,7 +38,8 @@ _ROLE = _rst_role()
 
 
 def _plain(text: str) -> str:
-    """A docstring's first line as table-safe markdown (RST roles and double backticks to code)."""
+    """A docstring's first line as table-safe markdown (inline math, RST roles and double backticks to code)."""
+    text = re.sub(r":math:`([^`]+)`", r"\\(\1\\)", text)
     return _ROLE.sub(r"`\1`", text).replace("``", "`").replace("|", "\\|")
 
 
@@ -105,3 +108,17 @@ def on_files(files: Files, config: Any) -> Files:
     for picture in sorted(figures.glob("*.png")):
         files.append(File.generated(config, f"images/{picture.name}", abs_src_path=str(picture)))
     return files
+
+
+def mathjax_source() -> Path:
+    """The MathJax 2.7 distribution of the ``jupyter-server-mathjax`` package (the docs extra installs it)."""
+    import jupyter_server_mathjax
+
+    return Path(jupyter_server_mathjax.__file__).parent / "static"
+
+
+def on_post_build(config: Any) -> None:
+    """Copy MathJax into the site (``mathjax/``), where ``mkdocs.yml``'s ``extra_javascript`` loads it from."""
+    import shutil
+
+    shutil.copytree(mathjax_source(), Path(config["site_dir"]) / "mathjax", dirs_exist_ok=True)

@@ -111,3 +111,29 @@ def test_math_blocks_and_roles_become_markdown():
     assert convert(text) == "Loss.\n\n$$\na = b\n+ c\n$$\n\nSee `qualcl.functional.info_nce` and `InfoNCE`."
     indented = "    .. math::\n        x\n\n    after"
     assert convert(indented) == "    $$\n    x\n    $$\n\n    after"
+
+
+def test_inline_math_roles_become_mathjax_and_mathjax_is_served_by_the_site(tmp_path):
+    convert = _load("griffe_rst").rst_to_markdown
+    assert convert("a :math:`L_i = 0` and\n  :math:`x\n  + y` b") == "a \\(L_i = 0\\) and\n  \\(x + y\\) b"
+    hooks = _load("hooks")
+    assert hooks._plain("its :math:`\\tau` and :func:`f`") == "its \\(\\tau\\) and `f`"
+    config = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=_Loader)
+    scripts = config["extra_javascript"]
+    assert not [s for s in scripts if "://" in s], scripts  # nothing fetched from another host
+    served = next(s for s in scripts if s.startswith("mathjax/")).split("?")[0]
+    hooks.on_post_build({"site_dir": str(tmp_path)})
+    assert (tmp_path / served).is_file()
+    assert (tmp_path / "mathjax" / "config" / "TeX-AMS-MML_HTMLorMML-full.js").is_file()
+
+
+def test_no_docstring_leaves_a_math_role_the_site_cannot_convert():
+    """Every ``:math:`` role is the single-backtick form griffe_rst converts (no role split by a stray backtick)."""
+    import re as _re
+
+    bad = []
+    for path in (ROOT / "src" / "qualcl").rglob("*.py"):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            for match in _re.finditer(r":math:(?!`[^`])", line):
+                bad.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:80]} ({match.start()})")
+    assert not bad, bad
