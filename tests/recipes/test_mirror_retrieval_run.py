@@ -186,7 +186,9 @@ def test_cli_runs_the_recipe(smoke, tmp_path, capsys):
     )
     assert code == 0
     printed = capsys.readouterr().out
-    assert "map@5" in printed and "run folder" in printed
+    assert "mAP@5 on the test set" in printed and "everything else" in printed
+    table = printed[printed.index("mAP@5 on the test set") :].splitlines()
+    assert [line.split()[0] for line in table[2:6]] == ["overall", "Good", "Usable", "Reject"]
 
 
 def test_a_run_folder_holds_results_not_a_copy_of_its_data(tmp_path):

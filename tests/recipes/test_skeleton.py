@@ -184,3 +184,22 @@ def test_lightning_banners_are_dropped(capfd):
     _trainer(1).fit(_Toy(), _data(), _data())
     err = capfd.readouterr().err
     assert "GPU available" not in err and "TPU available" not in err and "max_epochs=1" not in err
+
+
+def test_the_end_of_run_summary_is_one_aligned_table_with_one_strata_order():
+    from qualcl.recipes.mirror_retrieval.recipe import MIRROR_RETRIEVAL
+
+    config = MIRROR_RETRIEVAL.config("smoke")
+    cell = {"map@5": 0.5, "n": 3}
+    metrics = {
+        "test": {
+            "overall": cell,
+            "by_grade": {"grade 1": {"map@5": 0.25, "n": 1}, "grade 0": cell},
+            "by_quality": {"Reject": {"map@5": float("nan"), "n": 0}, "Good": cell, "Usable": cell},
+        }
+    }
+    lines = MIRROR_RETRIEVAL.summary(config, metrics).splitlines()
+    assert lines[0] == "mAP@5 on the test set:"
+    assert [line.split()[0] for line in lines[2:]] == ["overall", "Good", "Usable", "Reject", "grade", "grade"]
+    assert lines[5].split()[-1] == "—" and lines[2].split()[-1] == "0.500"
+    assert len({len(line) for line in lines[1:]}) == 1  # aligned

@@ -25,6 +25,7 @@ __all__ = [
     "quality_rank",
     "run_ablation",
     "run_variants",
+    "strata_order",
     "variant_config",
 ]
 
@@ -39,6 +40,17 @@ def quality_rank(level: str) -> tuple[int, str]:
     from qualcl.data.loading import FUNDUS_QUALITY
 
     return (FUNDUS_QUALITY.index(level), "") if level in FUNDUS_QUALITY else (len(FUNDUS_QUALITY), level)
+
+
+def strata_order(strata: Iterable[str]) -> list[str]:
+    """One order of strata for every table: ``overall``, the quality levels best first, then the rest by name.
+
+    Examples:
+        >>> strata_order(["grade 1", "Reject", "overall", "Good", "grade 0"])
+        ['overall', 'Good', 'Reject', 'grade 0', 'grade 1']
+    """
+    unique = list(dict.fromkeys(strata))
+    return sorted(unique, key=lambda s: (s != "overall", quality_rank(s)))
 
 
 def mean_std(values: Sequence[float], expected: int | None = None) -> str:
@@ -264,7 +276,7 @@ def ablation_table(
     for name, strata in results.items():
         overall = strata.get("overall", {})
         lines.append(f"| {label[name]} | " + " | ".join(mean_std(overall.get(k, []), n) for k in columns) + " |")
-    strata_names = list(dict.fromkeys(s for strata in results.values() for s in strata if s != "overall"))
+    strata_names = [s for s in strata_order(s for strata in results.values() for s in strata) if s != "overall"]
     if strata_names:
         lines += [
             "",

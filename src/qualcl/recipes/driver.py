@@ -12,6 +12,7 @@ global rank 0 writes it), seeding, skipping finished stages and resuming an inte
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -32,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from qualcl.distributed import gather_no_grad, is_distributed, rank, world_size
 from qualcl.models import unfold_small_convs
+from qualcl.recipes.ablation import strata_order
 from qualcl.recipes.callbacks import HistoryWriter, load_best, resume_path
 from qualcl.recipes.collapse import CollapseMonitor, Probe
 from qualcl.recipes.config import RecipeConfig, RecipeSpec, config_to_dict, resolve_config
@@ -560,6 +562,45 @@ class Recipe(ABC, Generic[C, D, S]):
         for key in ("original", "overall"):
             headline = headline.get(key, headline) if isinstance(headline, dict) else headline
         return headline
+
+    def summary_sets(self, config: C, metrics: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+        """The test sets of the end-of-run summary: ``{test set: {stratum: {metric: value}}}``.
+
+        By default every part of ``metrics["test"]`` that has an ``overall`` stratum (``original``,
+        ``lq_70``, ...) is a test set; a recipe whose test metrics are laid out otherwise gives
+        :meth:`ablation_cells` as its one test set.
+        """
+        test = metrics.get("test", {})
+        sets = {
+            name: {stratum: cells for stratum, cells in part.items() if isinstance(cells, dict)}
+            for name, part in test.items()
+            if isinstance(part, dict) and isinstance(part.get("overall"), dict)
+        }
+        return sets or {"test": self.ablation_cells(config, metrics)}
+
+    def summary(self, config: C, metrics: dict[str, Any]) -> str:
+        """The end-of-run summary ``qualcl run`` prints: the headline metric per stratum (rows) and test set (columns).
+
+        The headline metric is the first of :meth:`ablation_columns`; a stratum without items shows "—".
+        """
+        key, label = next(iter(self.ablation_columns(config).items()))
+        sets = self.summary_sets(config, metrics)
+        strata = strata_order(s for cells in sets.values() for s in cells)
+        width = max(len(s) for s in [*strata, "stratum"])
+        columns = [max(len(name), 6) for name in sets]
+        lines = [
+            f"{label} on the test set" + ("s" if len(sets) > 1 else "") + ":",
+            "  " + "stratum".ljust(width) + "".join(f"  {n:>{w}}" for n, w in zip(sets, columns, strict=True)),
+        ]
+        for stratum in strata:
+            cells = []
+            for part, w in zip(sets.values(), columns, strict=True):
+                entry = part.get(stratum, {})
+                value = float(entry.get(key, math.nan) if entry.get(key) is not None else math.nan)
+                empty = not math.isfinite(value) or entry.get("n", 1) == 0
+                cells.append(f"  {'—' if empty else f'{value:.3f}':>{w}}")
+            lines.append("  " + stratum.ljust(width) + "".join(cells))
+        return "\n".join(lines)
 
     # ------------------------------------------------------------------ ablation
     def ablation_columns(self, config: C) -> dict[str, str]:
