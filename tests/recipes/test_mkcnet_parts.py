@@ -13,21 +13,22 @@ from hypothesis import strategies as st
 from qualcl.data import ImageTable
 from qualcl.data.readers import QualityLabelledRecord
 from qualcl.functional import batch_entropy, focal_loss
-from qualcl.recipes.config import load_config, save_config
+from qualcl.recipes.ablation import ablation_table, variant_config
+from qualcl.recipes.config import apply_overrides, load_config, save_config
 from qualcl.recipes.mkcnet import (
     ABLATIONS,
     DATASETS,
+    LQ_SWEEP,
+    MKCNET,
+    SWEEP_BASES,
     MkcnetConfig,
     MkcnetTraining,
     ModelConfig,
     TaskNet,
     TrainConfig,
-    ablation_table,
-    ablation_variants,
     build_meta_learner,
     build_task_net,
     mkcnet_config,
-    variant_config,
 )
 from qualcl.recipes.mkcnet.data import (
     MKCNET_QUALITY,
@@ -43,11 +44,12 @@ from qualcl.recipes.mkcnet.model import mask_labels
 from qualcl.recipes.mkcnet.modules import step_lr
 
 SMALL = ModelConfig(feature_dim=16, slice_length=2)
+COMPONENTS = [name for name in ABLATIONS if "@" not in name]
 
 
-@pytest.mark.parametrize("name", list(ABLATIONS))
+@pytest.mark.parametrize("name", COMPONENTS)
 def test_every_variant_builds_and_gives_the_heads_it_declares(name):
-    config = dataclasses.replace(SMALL, **ABLATIONS[name])
+    config = apply_overrides(MkcnetConfig(model=SMALL), ABLATIONS[name].overrides).model
     task = build_task_net(config, 3, num_diagnosis=3, num_quality=2)
     meta = build_meta_learner(config, 3, num_diagnosis=3, num_quality=2)
     out = task(torch.randn(2, 3, 48, 48))
@@ -268,6 +270,8 @@ def test_mode_settings_are_checked_when_the_config_is_built():
     with pytest.raises(ValueError, match="needs model.meta=true"):
         mkcnet_config("smoke", overrides=["model.meta=false"])
     assert mkcnet_config("smoke", overrides=["model.meta=false", "model.assist=none"]).model.meta is False
+    with pytest.raises(ValueError, match="data.mean and data.std need 3 values each"):
+        mkcnet_config("smoke", overrides=["data.mean=[0.5]", "data.std=[0.2]"])
 
 
 def test_variants_without_meta_train_in_one_pass(monkeypatch):
@@ -284,7 +288,7 @@ def test_variants_without_meta_train_in_one_pass(monkeypatch):
 def test_ct_iqad_splits_load_grey_binary_images(tmp_path):
     config = dataclasses.replace(mkcnet_config("smoke", dataset="ct-iqad").data, data_dir=str(tmp_path))
     ct_tree(tmp_path)
-    train, val, test = load_splits(config, tmp_path, progress=False)
+    train, val, test = load_splits(config, tmp_path)
     assert len(train) + len(val) + len(test) == 24
     assert train.images.shape[1:] == (1, 48, 48) and train.images.dtype == torch.uint8
     assert mkcnet_sizes(train) == (2, 2) and train.modality == "ct"
@@ -300,7 +304,7 @@ def test_ct_iqad_splits_load_grey_binary_images(tmp_path):
 def test_missing_sources_and_statistics_from_training_images(tmp_path):
     config = dataclasses.replace(mkcnet_config("smoke", dataset="cxr-iqad").data, data_dir=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="kermany"):
-        load_splits(config, tmp_path, progress=False)
+        load_splits(config, tmp_path)
     images = torch.randint(0, 256, (5, 3, 4, 4), dtype=torch.uint8)
     data = ImageTable(
         images, torch.zeros(5, dtype=torch.long), torch.zeros(5, dtype=torch.long), ("Good", "Usable", "Reject")
@@ -310,16 +314,22 @@ def test_missing_sources_and_statistics_from_training_images(tmp_path):
     assert mean == pytest.approx(pixels.mean(1).tolist()) and std == pytest.approx(pixels.std(1).tolist())
 
 
-def test_ablation_variants_and_table():
-    names = ablation_variants()
-    assert names[: len(ABLATIONS)] == list(ABLATIONS)
+def test_ablation_declares_the_components_then_the_lq_sweep():
+    names = list(ABLATIONS)
+    assert names[: len(COMPONENTS)] == COMPONENTS and COMPONENTS[-1] == "mkcnet"
+    sweep = [f"{b}@lq{round(100 * f)}" for f in LQ_SWEEP if f < 1 for b in SWEEP_BASES]
+    assert names[len(COMPONENTS) :] == sweep
     assert "mkcnet@lq25" in names and "vanilla@lq0" in names and "mkcnet@lq100" not in names
-    config = variant_config(mkcnet_config("smoke"), "vanilla@lq50", seed=4)
+    config = variant_config(mkcnet_config("smoke"), ABLATIONS, "vanilla@lq50", seed=4)
     assert config.seed == 4 and config.data.train_lq_fraction == 0.5 and not config.model.meta
+    assert config.model == variant_config(mkcnet_config("smoke"), ABLATIONS, "vanilla", seed=4).model
+    for name in names:  # every variant is a valid config
+        MKCNET.check(variant_config(mkcnet_config("smoke"), ABLATIONS, name, seed=0))
     with pytest.raises(ValueError, match="unknown ablation variant"):
-        variant_config(mkcnet_config("smoke"), "mkcnet@lqx", 0)
+        variant_config(mkcnet_config("smoke"), ABLATIONS, "mkcnet@lqx", 0)
     cell = {"auc": [0.5, 0.7], "accuracy": [0.4, 0.4], "macro_f1": [0.3, 0.5]}
     results = {"vanilla": {"overall": cell, "low_quality": cell}, "mkcnet@lq0": {"overall": cell, "low_quality": cell}}
-    table = ablation_table(results, mkcnet_config("smoke"), [0, 1])
+    table = ablation_table(MKCNET, mkcnet_config("smoke"), results, ABLATIONS, [0, 1])
     assert "| Vanilla (backbone + diagnosis head) | 0.600 ± 0.141 |" in table
-    assert "| 0% | — | 0.600 ± 0.141 |" in table
+    assert "| MKCNet, 0% of the training LQ images | 0.600 ± 0.141 |" in table
+    assert "0.838 / 0.780 / 0.597" in table  # the paper's EyeQ row, for reference

@@ -10,18 +10,19 @@ from qualcl.recipes.mkcnet.config import (
     DATASETS,
     LQ_SWEEP,
     PRESETS,
+    SWEEP_BASES,
     DataConfig,
     DatasetSettings,
     MkcnetConfig,
     ModelConfig,
     TrainConfig,
+    sweep_name,
 )
 
 if TYPE_CHECKING:
-    from qualcl.recipes.mkcnet.ablation import ablation_table, ablation_variants, run_ablation, variant_config
     from qualcl.recipes.mkcnet.model import TaskNet, TaskOutput, build_meta_learner, build_task_net
     from qualcl.recipes.mkcnet.modules import MkcnetTraining
-    from qualcl.recipes.mkcnet.recipe import MKCNET, MkcnetData, MkcnetRecipe, run_mkcnet
+    from qualcl.recipes.mkcnet.recipe import MKCNET, MkcnetData, MkcnetRecipe, run_ablation, run_mkcnet
 
     #: ``MKCNET.config(preset, *, dataset, data_dir, overrides, seed)``: defaults ← preset ← the dataset's
     #: settings (:data:`DATASETS`) ← arguments ← overrides.
@@ -33,6 +34,7 @@ __all__ = [
     "LQ_SWEEP",
     "MKCNET",
     "PRESETS",
+    "SWEEP_BASES",
     "DataConfig",
     "DatasetSettings",
     "MkcnetConfig",
@@ -43,14 +45,12 @@ __all__ = [
     "TaskNet",
     "TaskOutput",
     "TrainConfig",
-    "ablation_table",
-    "ablation_variants",
     "build_meta_learner",
     "build_task_net",
     "mkcnet_config",
     "run_ablation",
     "run_mkcnet",
-    "variant_config",
+    "sweep_name",
 ]
 
 # The models, data and recipe (torch, Lightning) are imported on first use, so that importing this package
@@ -59,10 +59,7 @@ if not TYPE_CHECKING:
     __getattr__, __dir__ = lazy_exports(
         __name__,
         {
-            "ablation_table": "qualcl.recipes.mkcnet.ablation",
-            "ablation_variants": "qualcl.recipes.mkcnet.ablation",
-            "run_ablation": "qualcl.recipes.mkcnet.ablation",
-            "variant_config": "qualcl.recipes.mkcnet.ablation",
+            "run_ablation": "qualcl.recipes.mkcnet.recipe",
             "TaskNet": "qualcl.recipes.mkcnet.model",
             "TaskOutput": "qualcl.recipes.mkcnet.model",
             "build_meta_learner": "qualcl.recipes.mkcnet.model",

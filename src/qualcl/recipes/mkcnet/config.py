@@ -1,11 +1,12 @@
-"""MKCNet recipe configuration: dataclasses, the per-dataset settings of the paper, presets and ablations."""
+"""MKCNet recipe configuration: dataclasses, the per-dataset settings of the paper, presets and the ablation."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-from qualcl.recipes.config import RecipeConfig, RecipeSpec, check_cnn_encoder
+from qualcl.recipes.config import DataConfig as BaseDataConfig
+from qualcl.recipes.config import RecipeConfig, RecipeSpec, Variant, check_cnn_encoder
 
 __all__ = [
     "ABLATIONS",
@@ -13,12 +14,14 @@ __all__ = [
     "LQ_SWEEP",
     "PRESETS",
     "SPEC",
+    "SWEEP_BASES",
     "DataConfig",
     "DatasetSettings",
     "MkcnetConfig",
     "ModelConfig",
     "TrainConfig",
     "dataset_settings",
+    "sweep_name",
 ]
 
 
@@ -65,19 +68,18 @@ DATASETS: dict[str, DatasetSettings] = {
 
 
 @dataclass
-class DataConfig:
+class DataConfig(BaseDataConfig):
     """Where the images come from and how they are split and normalised.
+
+    The shared fields (``data_dir``, ``num_images``, ``image_size``, ``lq_ratio``, ``seed``) are
+    :class:`qualcl.recipes.config.DataConfig`'s; ``image_size`` is the side of the (square) network
+    input (paper: 256). For ``cxr-iqad`` ``data_dir`` holds ``kermany/`` (Kermany ``chest_xray``)
+    and ``nih/`` (NIH ChestX-ray14); for ``ct-iqad`` it holds ``hq/`` (SARS-CoV-2 CT-scan) and
+    ``lq/`` (COVID-CT).
 
     Attributes:
         dataset: One of :data:`DATASETS`: ``synthetic`` (generated and cached), ``eyeq``,
             ``deepdrid``, ``drac``, ``cxr-iqad`` or ``ct-iqad``.
-        data_dir: Dataset folder. For ``cxr-iqad`` it holds ``kermany/`` (Kermany ``chest_xray``)
-            and ``nih/`` (NIH ChestX-ray14); for ``ct-iqad`` it holds ``hq/`` (SARS-CoV-2 CT-scan)
-            and ``lq/`` (COVID-CT).
-        num_images: Synthetic images to generate.
-        image_size: Side of the (square) network input (paper: 256).
-        lq_ratio: Synthetic low-quality fraction (EyeQ train: 0.336).
-        seed: Seed of the data (synthetic generation, random splits): fixed across training seeds.
         val_fraction: Share of the training patients held out for model selection (EyeQ: 60/10/30).
         test_fraction: Share of the images in the test split for sets without an official one
             (DRAC, CXR-IQAD, CT-IQAD: 70/10/20).
@@ -88,17 +90,17 @@ class DataConfig:
     """
 
     dataset: Literal["synthetic", "eyeq", "deepdrid", "drac", "cxr-iqad", "ct-iqad"] = "synthetic"
-    data_dir: str | None = None
-    num_images: int = 1200
-    image_size: int = 64
-    lq_ratio: float = 0.336
-    seed: int = 0
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     train_lq_fraction: float = 1.0
     channels: int = 3
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mean and (len(self.mean) != self.channels or len(self.std) != self.channels):
+            raise ValueError(f"data.mean and data.std need {self.channels} values each")
 
 
 @dataclass
@@ -255,21 +257,56 @@ def dataset_settings(dataset: str, preset: str) -> dict[str, Any]:
     return out
 
 
-#: Ablation variants (paper Fig. 4 and Fig. 6): name → overrides of the ``model`` section.
-ABLATIONS: dict[str, dict[str, object]] = {
-    "vanilla": {"quality_head": False, "meta": False, "assist": "none", "gab": "fc"},
-    "multitask": {"meta": False, "assist": "none", "gab": "fc"},
-    "wo_meta": {"meta": False, "assist_from": "quality"},
-    "wo_mab": {"assist": "none"},
-    "mkcnet_fc": {"gab": "fc"},
-    "mkcnet_con": {"assist": "concat"},
-    "mask_quality": {"mask_by": "quality"},
-    "mask_diagnosis": {"mask_by": "diagnosis"},
-    "mkcnet": {},
+#: The paper's component and masking ablations (Fig. 4 and Fig. 6): name → label and ``--set`` overrides.
+_COMPONENTS: dict[str, Variant] = {
+    "vanilla": Variant(
+        "Vanilla (backbone + diagnosis head)",
+        ("model.quality_head=false", "model.meta=false", "model.assist=none", "model.gab=fc"),
+    ),
+    "multitask": Variant(
+        "+ quality head (plain multi-task)", ("model.meta=false", "model.assist=none", "model.gab=fc")
+    ),
+    "wo_meta": Variant(
+        "MKCNet w/o Meta (f^q assists through the MAB)", ("model.meta=false", "model.assist_from=quality")
+    ),
+    "wo_mab": Variant("MKCNet w/o MAB (diagnosis on f^d alone)", ("model.assist=none",)),
+    "mkcnet_fc": Variant("MKCNet-FC (GABs replaced by FC layers)", ("model.gab=fc",)),
+    "mkcnet_con": Variant("MKCNet-Con (f^ω concatenated, not gated)", ("model.assist=concat",)),
+    "mask_quality": Variant("masking by quality only", ("model.mask_by=quality",)),
+    "mask_diagnosis": Variant("masking by diagnosis only", ("model.mask_by=diagnosis",)),
+    "mkcnet": Variant("MKCNet (joint-encoding masking)"),
 }
 
 #: The low-quality-ratio sweep (paper Fig. 5): share of the training LQ images kept, HQ all kept.
 LQ_SWEEP: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: The variants the sweep trains (at 100 % they are the component variants themselves).
+SWEEP_BASES: tuple[str, ...] = ("vanilla", "mkcnet")
+
+
+def sweep_name(base: str, fraction: float) -> str:
+    """The sweep variant of ``base`` keeping ``fraction`` of the training LQ images (``base`` itself at 1).
+
+    Examples:
+        >>> sweep_name("mkcnet", 0.25), sweep_name("vanilla", 1.0)
+        ('mkcnet@lq25', 'vanilla')
+    """
+    return base if fraction == 1.0 else f"{base}@lq{round(100 * fraction)}"
+
+
+#: The ablation (``qualcl run mkcnet --ablation``): the components, then the sweep ``vanilla@lq0`` …
+#: ``mkcnet@lq75`` (the base variant's overrides and ``data.train_lq_fraction``).
+ABLATIONS: dict[str, Variant] = {
+    **_COMPONENTS,
+    **{
+        sweep_name(base, fraction): Variant(
+            f"{_COMPONENTS[base].label.split(' (')[0]}, {fraction:.0%} of the training LQ images",
+            (*_COMPONENTS[base].overrides, f"data.train_lq_fraction={fraction}"),
+        )
+        for fraction in LQ_SWEEP
+        if fraction < 1.0
+        for base in SWEEP_BASES
+    },
+}
 
 
 #: What ``qualcl run mkcnet`` needs before it trains (its options, their help and the config); the
@@ -278,8 +315,8 @@ SPEC: RecipeSpec[MkcnetConfig] = RecipeSpec(
     name="mkcnet",
     config_class=MkcnetConfig,
     presets=PRESETS,
-    datasets=("synthetic", "eyeq", "deepdrid", "drac", "cxr-iqad", "ct-iqad"),
     data_help="dataset folder; cxr-iqad wants kermany/ and nih/ inside it, ct-iqad hq/ and lq/",
     set_example="train.epochs=5",
     dataset_settings=dataset_settings,
+    ablations=ABLATIONS,
 )

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
-from tqdm.auto import tqdm
 
+from qualcl.data.loading import ImageProgress
 from qualcl.data.readers import (
     QualityLabelledRecord,
     build_ct_iqad,
@@ -47,19 +47,22 @@ MKCNET_QUALITY = "mkcnet_quality"
 
 
 def load_quality_table(
-    records: Sequence[QualityLabelledRecord], size: int, channels: int, *, progress: bool
+    records: Sequence[QualityLabelledRecord], size: int, channels: int, *, progress: ImageProgress = None
 ) -> ImageTable:
     """Read, resize (bicubic) and, where a record says so, degrade the images of ``records``.
 
     The table's ``label`` is the diagnosis in MKCNet's coding (``DR_label``; EyeQ/DeepDRiD grades
     mapped 5 → 3), ``quality`` the canonical best-first index (per-level metrics) and
-    ``codes["mkcnet_quality"]`` MKCNet's ``IQ_label`` (what the joint encoding uses).
+    ``codes["mkcnet_quality"]`` MKCNet's ``IQ_label`` (what the joint encoding uses). ``progress``
+    wraps the iteration over the image files (a progress bar, ``ctx.image_progress``).
     """
     if not records:
         raise ValueError("no images to load: the split is empty")
     mode = "RGB" if channels == 3 else "L"
     arrays = []
-    for record in tqdm(records, desc="loading images", disable=not progress, leave=False):
+    paths = [record.image for record in records]
+    for index, _ in enumerate(paths if progress is None else progress(paths)):
+        record = records[index]
         array = np.asarray(load_quality_image(record, mode=mode, size=(size, size)))
         arrays.append(torch.from_numpy(array.copy()).view(size, size, channels).permute(2, 0, 1))
     labels = [mkcnet_labels(r) for r in records]
@@ -157,7 +160,9 @@ def keep_lq_fraction(
     return [r for i, r in enumerate(records) if i not in drop]
 
 
-def load_splits(config: DataConfig, root: Path, *, progress: bool) -> tuple[ImageTable, ImageTable, ImageTable]:
+def load_splits(
+    config: DataConfig, root: Path, *, progress: ImageProgress = None
+) -> tuple[ImageTable, ImageTable, ImageTable]:
     """``(train, val, test)`` images of ``config.dataset`` in ``root``; ``train_lq_fraction`` thins train."""
     splits = _records(config, root)
     for name in ("train", "val", "test"):
@@ -174,9 +179,7 @@ def load_splits(config: DataConfig, root: Path, *, progress: bool) -> tuple[Imag
 
 def normalisation(config: DataConfig, train: ImageTable) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The dataset's fixed ``(mean, std)``, or the per-channel statistics of the training images."""
-    if config.mean:
-        if len(config.mean) != config.channels or len(config.std) != config.channels:
-            raise ValueError(f"data.mean and data.std need {config.channels} values each")
+    if config.mean:  # DataConfig checked one value per channel
         return tuple(config.mean), tuple(config.std)
     pixels = train.images.to(torch.float64).div(255).transpose(0, 1).reshape(config.channels, -1)
     return tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).clamp_min(1e-6).tolist())

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
 
-from qualcl.distributed import gather_no_grad
-from qualcl.functional import batch_entropy, focal_loss
+from qualcl.distributed import all_reduce_sum
+from qualcl.functional import batch_entropy
 from qualcl.heads import MetaLabelGenerator
 from qualcl.losses import FocalLoss
 from qualcl.metrics import diagnosis_metrics
@@ -18,8 +17,9 @@ from qualcl.optim import MetaAuxiliaryOptimizer
 from qualcl.optim.meta_auxiliary import TaskForward
 from qualcl.recipes.mkcnet.config import TrainConfig
 from qualcl.recipes.mkcnet.model import TaskNet, TaskOutput, mask_labels
+from qualcl.recipes.modules import History, RecipeModule
 
-__all__ = ["MkcnetTraining", "step_lr"]
+__all__ = ["MkcnetTraining", "global_batch_entropy", "step_lr"]
 
 Batch = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
@@ -37,7 +37,20 @@ def _total(losses: dict[str, Tensor]) -> Tensor:
     return torch.stack(list(losses.values())).sum()
 
 
-class MkcnetTraining(L.LightningModule):
+def global_batch_entropy(probs: Tensor) -> Tensor:
+    """``H(mean_i p_i)`` with the mean over the rows of every rank (the same value on every rank, gradients to all).
+
+    The batch-global term of MKCNet's outer loss on the loss protocol: the per-rank sums and counts
+    are all-reduced with :func:`~qualcl.distributed.all_reduce_sum` (differentiable), so under DDP
+    it is the entropy of the whole batch's mean target; on one process it is
+    :func:`~qualcl.functional.batch_entropy` of ``probs``.
+    """
+    total = all_reduce_sum(probs.sum(0))
+    count = all_reduce_sum(probs.new_tensor(float(probs.shape[0])))
+    return batch_entropy((total / count).unsqueeze(0))
+
+
+class MkcnetTraining(RecipeModule):
     r"""MKCNet's training loop as a Lightning module (manual optimisation, two optimisers).
 
     Each epoch has two passes over the training set (:class:`~qualcl.recipes.mkcnet.data.TwoPassBatchSampler`;
@@ -55,7 +68,6 @@ class MkcnetTraining(L.LightningModule):
     Variants without a Meta Learner have one pass and ``L_θ = FL(p_d, y_d) [+ FL(p_q, y_q)]``.
     Both learning rates follow StepLR. Validation computes the diagnosis AUC (one-vs-one on
     probabilities), accuracy and macro F1; ``val/auc`` selects the best checkpoint.
-    :attr:`epoch_log` keeps one row per validated epoch for the run folder.
 
     Args:
         task: The Task Net.
@@ -64,11 +76,29 @@ class MkcnetTraining(L.LightningModule):
         slice_length: ``L`` (the auxiliary loss is divided by it, as the official code).
         mask_by: ``"joint"``, ``"quality"`` or ``"diagnosis"`` (which labels the mask sees).
         legacy_auc: Hard-label AUC on binary sets in validation.
-        gather_distributed: Under DDP, the Task Net step's focal losses are means over the images of
-            every rank (:class:`~qualcl.losses.FocalLoss`), so that step equals one process on the
-            concatenated batch. The Meta Learner step stays per rank (its meta gradient is the
-            average of the ranks' meta gradients, see :class:`~qualcl.optim.MetaAuxiliaryOptimizer`).
+        gather_distributed: Under DDP, every loss follows the loss protocol: the focal losses are
+            means over the images of every rank (:class:`~qualcl.losses.FocalLoss`) and the entropy
+            is that of the targets averaged over every rank's rows (:func:`global_batch_entropy`),
+            in the Task Net step and in both closures of the Meta Learner step. Both steps then
+            equal one process on the concatenated batch, for any per-rank batch sizes (the meta
+            step all-reduces its inner gradient, see :class:`~qualcl.optim.MetaAuxiliaryOptimizer`).
     """
+
+    history = History(
+        curves={
+            "loss_diagnosis": "L_D",
+            "loss_quality": "L_Q",
+            "loss_auxiliary": "L_Ω / L",
+            "meta_outer_loss": "meta outer loss",
+            "aux_entropy": "H(mean y_ω)",
+        },
+        metrics={"val_auc": "val AUC", "val_accuracy": "val accuracy", "val_macro_f1": "val macro F1"},
+        extra=("loss", "meta_grad_norm", "lr"),
+        title="MKCNet training",
+        ylabel="focal loss / nats",
+        metrics_label="AUC / ACC / F1",
+    )
+    monitor = "auc"
 
     def __init__(
         self,
@@ -90,12 +120,8 @@ class MkcnetTraining(L.LightningModule):
         self.slice_length = slice_length
         self.mask_by = mask_by
         self.legacy_auc = legacy_auc
-        self.epoch_log: list[dict[str, float]] = []
-        self._sums: dict[str, float] = {}
-        self._counts: dict[str, int] = {}
-        self._val: list[tuple[Tensor, Tensor]] = []
         self._meta_step: MetaAuxiliaryOptimizer | None = None
-        self._last_target = torch.zeros(0)
+        self._last_entropy = torch.zeros(())
 
     # ------------------------------------------------------------------ losses
     def _targets(self, images: Tensor, diagnosis: Tensor, quality: Tensor) -> Tensor:
@@ -105,43 +131,23 @@ class MkcnetTraining(L.LightningModule):
         return target
 
     def task_losses(
-        self, out: TaskOutput, diagnosis: Tensor, quality: Tensor, target: Tensor | None, *, gather: bool = False
+        self, out: TaskOutput, diagnosis: Tensor, quality: Tensor, target: Tensor | None
     ) -> dict[str, Tensor]:
-        """``L_D``, ``L_Q`` and ``L_Ω`` (those the variant has) of Task Net outputs.
+        """``L_D``, ``L_Q`` and ``L_Ω`` (those the variant has) of Task Net outputs: every focal loss of MKCNet.
 
-        ``gather``: means over every rank's images under DDP (``gather_distributed``; the Task Net
-        step), else over this rank's (the meta step's closures).
+        Under DDP with ``gather_distributed`` each is the mean over every rank's images.
         """
-        gamma = self.config.focal_gamma
-
-        def focal(logits: Tensor, labels: Tensor) -> Tensor:
-            return self.focal(logits, labels) if gather else focal_loss(logits, labels, gamma=gamma)
-
-        losses = {"diagnosis": focal(out.diagnosis, diagnosis)}
+        losses = {"diagnosis": self.focal(out.diagnosis, diagnosis)}
         if out.quality is not None:
-            losses["quality"] = focal(out.quality, quality)
+            losses["quality"] = self.focal(out.quality, quality)
         if out.co_embedding is not None and target is not None:
-            losses["auxiliary"] = focal(out.co_embedding, target) / self.slice_length
+            losses["auxiliary"] = self.focal(out.co_embedding, target) / self.slice_length
         return losses
 
     def _optimizer_list(self) -> list[Any]:
         """The Lightning-wrapped optimisers: ``[task]`` or ``[task, meta]``."""
         optimizers = self.optimizers()
         return list(optimizers) if isinstance(optimizers, list) else [optimizers]
-
-    def _row_keys(self) -> list[str]:
-        """The training statistics of an epoch row (the same for every epoch of a run)."""
-        keys = ["loss", "loss_diagnosis"]
-        if self.task.quality_head is not None:
-            keys.append("loss_quality")
-        if self.meta is not None:
-            keys += ["loss_auxiliary", "meta_outer_loss", "meta_grad_norm", "aux_entropy"]
-        return keys
-
-    def _record(self, **values: float) -> None:
-        for key, value in values.items():
-            self._sums[key] = self._sums.get(key, 0.0) + value
-            self._counts[key] = self._counts.get(key, 0) + 1
 
     # ------------------------------------------------------------------ training
     def task_step_loss(self, images: Tensor, diagnosis: Tensor, quality: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -150,7 +156,7 @@ class MkcnetTraining(L.LightningModule):
         if self.meta is not None:
             with torch.no_grad():
                 target = self._targets(images, diagnosis, quality)
-        losses = self.task_losses(self.task(images), diagnosis, quality, target, gather=True)
+        losses = self.task_losses(self.task(images), diagnosis, quality, target)
         return _total(losses), losses
 
     def _task_step(self, images: Tensor, diagnosis: Tensor, quality: Tensor) -> Tensor:
@@ -159,7 +165,7 @@ class MkcnetTraining(L.LightningModule):
         optimizer.zero_grad()
         self.manual_backward(loss)
         optimizer.step()
-        self._record(loss=float(loss.detach()), **{f"loss_{k}": float(v.detach()) for k, v in losses.items()})
+        self.record(loss=loss, **{f"loss_{k}": v for k, v in losses.items()})
         return loss.detach()
 
     def _meta_optimizer(self) -> MetaAuxiliaryOptimizer:
@@ -176,7 +182,14 @@ class MkcnetTraining(L.LightningModule):
             )
         return self._meta_step
 
-    def _meta_update(self, images: Tensor, diagnosis: Tensor, quality: Tensor) -> Tensor:
+    def meta_closures(
+        self, images: Tensor, diagnosis: Tensor, quality: Tensor
+    ) -> tuple[Callable[[TaskForward], Tensor], Callable[[TaskForward], Tensor]]:
+        """The Meta Learner step's ``(inner, outer)`` loss closures on a batch, on the loss protocol.
+
+        Each closure runs the Meta Learner itself (the finite-difference mode calls the inner loss
+        three times and frees each graph, so the targets cannot be shared between calls).
+        """
         inner_part = outer_part = slice(None)
         if self.config.meta_batch == "split":  # MAXL's held-out data: inner on one half, outer on the other
             half = images.shape[0] // 2
@@ -184,22 +197,22 @@ class MkcnetTraining(L.LightningModule):
         x_in, d_in, q_in = images[inner_part], diagnosis[inner_part], quality[inner_part]
         x_out, d_out, q_out = images[outer_part], diagnosis[outer_part], quality[outer_part]
 
-        # Each closure runs the Meta Learner itself: the finite-difference mode calls the inner loss
-        # three times and frees each graph, so the targets cannot be shared between calls.
         def inner(forward: TaskForward) -> Tensor:
             target = self._targets(x_in, d_in, q_in)
             return _total(self.task_losses(forward(x_in), d_in, q_in, target))
 
         def outer(forward: TaskForward) -> Tensor:
             primary = _total(self.task_losses(forward(x_out), d_out, q_out, None))
-            self._last_target = self._targets(x_in, d_in, q_in)
-            return primary - self.config.entropy_weight * batch_entropy(self._last_target)
+            entropy = global_batch_entropy(self._targets(x_in, d_in, q_in))
+            self._last_entropy = entropy.detach()
+            return primary - self.config.entropy_weight * entropy
 
-        stats = self._meta_optimizer().step(inner, outer)
-        self._record(
-            meta_outer_loss=float(stats["outer_loss"]),
-            meta_grad_norm=float(stats["meta_grad_norm"]),
-            aux_entropy=float(batch_entropy(self._last_target.detach())),
+        return inner, outer
+
+    def _meta_update(self, images: Tensor, diagnosis: Tensor, quality: Tensor) -> Tensor:
+        stats = self._meta_optimizer().step(*self.meta_closures(images, diagnosis, quality))
+        self.record(
+            meta_outer_loss=stats["outer_loss"], meta_grad_norm=stats["meta_grad_norm"], aux_entropy=self._last_entropy
         )
         return stats["outer_loss"]
 
@@ -207,9 +220,7 @@ class MkcnetTraining(L.LightningModule):
         """One batch of the stage its pass id names (0: Task Net, 1: Meta Learner)."""
         images, diagnosis, quality, _, passes = batch
         if int(passes[0]) == 0:
-            loss = self._task_step(images, diagnosis, quality)
-            self.log("train/loss", loss, prog_bar=True)
-            return loss
+            return self._task_step(images, diagnosis, quality)
         loss = self._meta_update(images, diagnosis, quality)
         self.log("train/meta_loss", loss, prog_bar=True)
         return loss
@@ -225,42 +236,16 @@ class MkcnetTraining(L.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Collect diagnosis probabilities."""
         images, diagnosis, _, _, _ = batch
-        probs = torch.softmax(self.task(images).diagnosis.float(), dim=1)
-        self._val.append((probs, diagnosis))
+        self.collect(probs=torch.softmax(self.task(images).diagnosis.float(), dim=1), target=diagnosis)
 
-    def on_validation_epoch_end(self) -> None:
-        """Log validation AUC / accuracy / F1 and record the epoch's row."""
-        if not self._val:
-            return
-        # every rank validated its own shard: the metric is computed on all of them, never averaged per rank
-        probs = gather_no_grad(torch.cat([p for p, _ in self._val])).cpu()
-        target = gather_no_grad(torch.cat([t for _, t in self._val])).cpu()
-        self._val.clear()
-        metrics = diagnosis_metrics(probs, target, legacy_auc=self.legacy_auc)
-        auc = metrics["auc"] if metrics["auc"] == metrics["auc"] else 0.0
-        self.log("val/auc", auc, prog_bar=True)
-        self.log("val/accuracy", metrics["accuracy"])
-        row = {
-            "epoch": float(self.current_epoch),
-            "lr": step_lr(self.config.lr, self.current_epoch, self.config.lr_step, self.config.lr_gamma),
-        }
-        row.update({k: self._sums[k] / self._counts[k] if k in self._sums else math.nan for k in self._row_keys()})
-        row.update(
-            {"val_auc": metrics["auc"], "val_accuracy": metrics["accuracy"], "val_macro_f1": metrics["macro_f1"]}
-        )
-        self._sums.clear()
-        self._counts.clear()
-        self.epoch_log.append(row)
+    def validation_metrics(self, outputs: dict[str, Tensor]) -> dict[str, float]:
+        """AUC, accuracy and macro F1 of the whole validation set."""
+        metrics = diagnosis_metrics(outputs["probs"], outputs["target"], legacy_auc=self.legacy_auc)
+        return {key: metrics[key] for key in ("auc", "accuracy", "macro_f1")}
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the running statistics of an unfinished epoch in the checkpoint."""
-        checkpoint["mkcnet_epoch_statistics"] = {"sums": dict(self._sums), "counts": dict(self._counts)}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore them, so that a resumed epoch's history row covers all its batches."""
-        statistics = checkpoint.get("mkcnet_epoch_statistics", {})
-        self._sums = dict(statistics.get("sums", {}))
-        self._counts = dict(statistics.get("counts", {}))
+    def epoch_extras(self) -> dict[str, float]:
+        """The Task Net's learning rate of the epoch."""
+        return {"lr": step_lr(self.config.lr, self.current_epoch, self.config.lr_step, self.config.lr_gamma)}
 
     def configure_optimizers(self) -> Any:
         """SGD for the Task Net and, with a Meta Learner, SGD for it (learning rates set per epoch)."""

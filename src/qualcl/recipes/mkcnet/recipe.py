@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -11,8 +12,9 @@ from torch.utils.data import DataLoader
 
 from qualcl.data.table import ImageTable
 from qualcl.metrics import confusion_matrix, diagnosis_metrics, stratified_diagnosis_metrics
+from qualcl.recipes import ablation
 from qualcl.recipes.driver import Recipe, RunContext, Stage, eval_loader
-from qualcl.recipes.mkcnet.config import PRESETS, MkcnetConfig, dataset_settings
+from qualcl.recipes.mkcnet.config import ABLATIONS, LQ_SWEEP, SPEC, SWEEP_BASES, MkcnetConfig, sweep_name
 from qualcl.recipes.mkcnet.data import (
     MKCNET_QUALITY,
     MkcnetDataset,
@@ -25,12 +27,14 @@ from qualcl.recipes.mkcnet.model import build_meta_learner, build_task_net
 from qualcl.recipes.mkcnet.modules import MkcnetTraining
 from qualcl.recipes.modules import gathering
 from qualcl.recipes.plots import plot_confusion, plot_curves, plot_embedding
-from qualcl.recipes.run_folder import ModelCard, RunFolder, strata_table
+from qualcl.recipes.run_folder import ModelCard, strata_table
 
-__all__ = ["MKCNET", "MkcnetData", "MkcnetRecipe", "run_mkcnet"]
+__all__ = ["MKCNET", "PAPER_EYEQ", "MkcnetData", "MkcnetRecipe", "run_ablation", "run_mkcnet"]
 
 STAGE = "train"
 PAPER = 'Che et al., "Image Quality-aware Diagnosis via Meta-knowledge Co-embedding", CVPR 2023'
+#: The paper's EyeQ row of Table 2 for full MKCNet (AUC / ACC / F1, %), for reference: its ablations are plots only.
+PAPER_EYEQ: tuple[float, float, float] = (83.83, 78.01, 59.68)
 
 
 class MkcnetData(NamedTuple):
@@ -48,86 +52,30 @@ class MkcnetData(NamedTuple):
         return MkcnetDataset(table, self.mean, self.std)
 
 
-@dataclass
-class _Plots:
-    run: RunFolder
-
-    def history(self) -> None:
-        rows = self.run.read_history(STAGE)
-        if not rows or not self.run.writable:
-            return
-        epochs = [r["epoch"] for r in rows]
-        losses = {
-            name: (epochs, [r[key] for r in rows])
-            for key, name in (
-                ("loss_diagnosis", "L_D"),
-                ("loss_quality", "L_Q"),
-                ("loss_auxiliary", "L_Ω / L"),
-                ("meta_outer_loss", "meta outer loss"),
-            )
-            if key in rows[0]
-        }
-        plot_curves(
-            losses,
-            self.run.path("plots", "training_curves.png"),
-            title="MKCNet training",
-            xlabel="epoch",
-            ylabel="focal loss",
-            secondary={"val AUC": (epochs, [r["val_auc"] for r in rows])},
-            secondary_label="AUC",
-        )
-        if "aux_entropy" in rows[0]:
-            plot_curves(
-                {"H(mean y_ω)": (epochs, [r["aux_entropy"] for r in rows])},
-                self.run.path("plots", "meta_entropy.png"),
-                title="Entropy of the batch-averaged auxiliary targets",
-                xlabel="epoch",
-                ylabel="nats",
-                secondary={"‖meta gradient‖": (epochs, [r["meta_grad_norm"] for r in rows])},
-                secondary_label="norm",
-            )
-
-
 class MkcnetRecipe(Recipe[MkcnetConfig, MkcnetData, MkcnetTraining]):
     """MKCNet end to end.
 
     Stages: (1) data — the dataset's records split (official splits where they exist; the
     synthetic set is generated once into ``<run>/data``), images loaded at ``data.image_size``;
-    (2) ``train`` — per epoch a Task Net pass and a Meta Learner pass (second-order meta step,
-    its meta gradient all-reduced under DDP), validation AUC selecting the best epoch; (3) test
-    evaluation — AUC (one-vs-one on probabilities, or the official hard-label AUC on binary sets
-    with ``legacy_auc``), accuracy and macro F1, overall and per quality level. Plots: curves,
-    confusion matrix, embedding maps of ``f^{d*}`` and of the Meta Learner's outputs by joint label.
+    (2) ``train`` — per epoch a Task Net pass and a Meta Learner pass (second-order meta step;
+    under DDP both steps equal one process on the whole batch), validation AUC selecting the best
+    epoch; (3) test evaluation — AUC (one-vs-one on probabilities, or the official hard-label AUC
+    on binary sets with ``legacy_auc``), accuracy and macro F1, overall and per quality level.
+    Plots: the stage's history (``train.png``), confusion matrix, embedding maps of ``f^{d*}`` and
+    of the Meta Learner's outputs by joint label.
 
     Reference:
         Che et al., "Image Quality-aware Diagnosis via Meta-knowledge Co-embedding", CVPR 2023.
     """
 
-    name = "mkcnet"
+    spec = SPEC
     paper = PAPER
-    config_class = MkcnetConfig
-    presets = PRESETS
-    datasets = ("synthetic", "eyeq", "deepdrid", "drac", "cxr-iqad", "ct-iqad")
-    data_help = "dataset folder; cxr-iqad wants kermany/ and nih/ inside it, ct-iqad hq/ and lq/"
-    set_example = "train.epochs=5"
-
-    def dataset_settings(self, dataset: str, preset: str) -> dict[str, Any]:
-        """The official code's per-dataset settings (channels, normalisation, L, rates)."""
-        return dataset_settings(dataset, preset)
-
-    def check(self, config: MkcnetConfig) -> None:
-        """Real datasets need their folder; fixed normalisation needs one value per channel."""
-        cfg = config.data
-        if cfg.dataset != "synthetic" and cfg.data_dir is None:
-            raise ValueError(f"--data DIR is required with --dataset {cfg.dataset}")
-        if cfg.mean and (len(cfg.mean) != cfg.channels or len(cfg.std) != cfg.channels):
-            raise ValueError(f"data.mean and data.std need {cfg.channels} values each")
 
     def load_data(self, ctx: RunContext[MkcnetConfig]) -> MkcnetData:
         """Split the records and load the images."""
         cfg = ctx.config.data
         root = ctx.dataset_root(cfg)
-        train, val, test = load_splits(cfg, root, progress=ctx.progress)
+        train, val, test = load_splits(cfg, root, progress=ctx.image_progress)
         mean, std = normalisation(cfg, train)
         return MkcnetData(train, val, test, mean, std)
 
@@ -166,14 +114,12 @@ class MkcnetRecipe(Recipe[MkcnetConfig, MkcnetData, MkcnetTraining]):
             weights={"mkcnet": module},
             max_epochs=cfg.epochs,
             monitor="val/auc",
-            history="epoch_log",
             check_val_every_n_epoch=max(1, cfg.val_every),
             find_unused_parameters=True,  # each pass trains one of the two networks
             # the second-order meta step differentiates twice through the (synchronised) BatchNorm
             double_backward=module.meta is not None and cfg.meta_mode == "second_order",
             info={"epochs": cfg.epochs},
         )
-        _Plots(ctx.run).history()
 
     def evaluate(self, ctx: RunContext[MkcnetConfig], data: MkcnetData, module: MkcnetTraining) -> dict[str, Any]:
         """AUC / ACC / F1 overall, per quality level and on the low-quality images."""
@@ -233,6 +179,47 @@ class MkcnetRecipe(Recipe[MkcnetConfig, MkcnetData, MkcnetTraining]):
                 title="Meta Learner outputs M_φ(x) of test images by joint label",
             )
 
+    # ------------------------------------------------------------------ ablation
+    def ablation_columns(self, config: MkcnetConfig) -> dict[str, str]:
+        """Test AUC (also shown per stratum), accuracy and macro F1."""
+        return {"auc": "AUC", "accuracy": "ACC", "macro_f1": "macro F1"}
+
+    def ablation_notes(self, config: MkcnetConfig) -> str:
+        """The protocol and the paper's EyeQ row for reference."""
+        paper = " / ".join(f"{v / 100:.3f}" for v in PAPER_EYEQ)
+        return (
+            f"Backbone `{config.model.backbone}`, {config.train.epochs} epochs. Test AUC (one-vs-one on "
+            "probabilities), accuracy and macro F1; the strata are the quality levels and `low_quality`, the "
+            "low-quality test images together (paper Fig. 6 top). `@lqXX` variants keep XX % of the training LQ "
+            "images, all HQ images (paper Fig. 5; curve `ablation_lq_sweep.png`). The paper shows its ablations "
+            f"only as plots (Fig. 4–6); its EyeQ Table 2 row for full MKCNet, AUC / ACC / F1 {paper}, is given "
+            "for reference: data, resolution and backbone differ."
+        )
+
+    def ablation_plots(
+        self, config: MkcnetConfig, results: dict[str, dict[str, dict[str, list[float]]]], root: Path
+    ) -> None:
+        """Mean test AUC against the share of training LQ images kept, Vanilla and MKCNet (paper Fig. 5)."""
+        series = {}
+        for base in SWEEP_BASES:
+            points = []
+            for fraction in LQ_SWEEP:
+                values = [
+                    v for v in results.get(sweep_name(base, fraction), {}).get("overall", {}).get("auc", []) if v == v
+                ]
+                if values:
+                    points.append((100 * fraction, sum(values) / len(values)))
+            if len(points) >= 2:
+                series[ABLATIONS[base].label.split(" (")[0]] = ([x for x, _ in points], [y for _, y in points])
+        if series:
+            plot_curves(
+                series,
+                root / "ablation_lq_sweep.png",
+                title="Test AUC vs LQ images used in training",
+                xlabel="% of LQ kept",
+                ylabel="AUC",
+            )
+
     def model_card(
         self, ctx: RunContext[MkcnetConfig], data: MkcnetData, module: MkcnetTraining, results: dict[str, Any]
     ) -> ModelCard:
@@ -259,8 +246,7 @@ class MkcnetRecipe(Recipe[MkcnetConfig, MkcnetData, MkcnetTraining]):
             },
             table=table,
             plots=[
-                "training_curves.png",
-                "meta_entropy.png",
+                f"{STAGE}.png",
                 "confusion_matrix.png",
                 "diagnosis_feature_map.png",
                 "meta_learner_map.png",
@@ -274,3 +260,8 @@ MKCNET = MkcnetRecipe()
 
 #: ``MKCNET.run(config, out, *, callbacks=())``: the run end to end into the folder ``out``; re-running resumes.
 run_mkcnet = MKCNET.run
+
+#: ``run_ablation(config, out, *, seeds, variants, progress, run_missing)``: the declared ablation
+#: (:data:`~qualcl.recipes.mkcnet.config.ABLATIONS`: the components and the LQ sweep) by the one runner
+#: (:func:`qualcl.recipes.ablation.run_ablation`).
+run_ablation = functools.partial(ablation.run_ablation, MKCNET)
