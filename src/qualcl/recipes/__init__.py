@@ -19,7 +19,6 @@ RECIPES: dict[str, RecipeEntry] = {
         "COMCL",
         "CoMCL (MICCAI 2024): multi-level contrastive pre-training with self-paced hard negatives, "
         "then DR grading (or chest X-ray diagnosis) evaluated per quality level",
-        ablation="qualcl.recipes.comcl.ablation:run_ablation",
         spec="qualcl.recipes.comcl.config:SPEC",
     ),
     "comcl-detector": RecipeEntry(
@@ -33,7 +32,6 @@ RECIPES: dict[str, RecipeEntry] = {
         "MKCNET",
         "MKCNet (CVPR 2023): Task Net + meta-learned knowledge co-embedding (second-order meta step), "
         "diagnosis AUC / ACC / F1 per quality level",
-        ablation="qualcl.recipes.mkcnet.ablation:run_ablation",
         spec="qualcl.recipes.mkcnet.config:SPEC",
     ),
     "mirror-retrieval": RecipeEntry(
