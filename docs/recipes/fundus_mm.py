@@ -95,6 +95,23 @@ z_img = torch.nn.Linear(192, 64)(tokens[:, 0])
 print("contrastive loss:", round(float(ClipLoss()(z_img, pooled)), 3))
 
 # %% [markdown]
+# In the recipe, as open_clip splits `CoCa` from its loss, `FundusMMNet` wires these parts and
+# returns representations only (embeddings, predicted patches, caption logits and their targets);
+# `build_objectives` makes the losses (with their weights and the learnt logit scale) in one place,
+# and the training module adds them up.
+
+# %%
+from qualcl.recipes.fundus_mm import FundusMMNet, build_objectives, fundus_mm_config
+
+config = fundus_mm_config("smoke")
+net = FundusMMNet(config.model, tok, 64)
+objectives = build_objectives(config.model, config.train, pad_id=tok.pad_id, gather=False)
+out = net(images, ids, generator=torch.Generator().manual_seed(2))
+terms = objectives(out)
+total = objectives.total(terms)
+print({name: round(value.item(), 3) for name, value in terms.items()}, "total:", round(total.item(), 3))
+
+# %% [markdown]
 # ## 4. The recipe at smoke size
 #
 # `qualcl run fundus-mm --preset smoke` does the same from the command line; `--preset default`
@@ -105,7 +122,7 @@ print("contrastive loss:", round(float(ClipLoss()(z_img, pooled)), 3))
 # ratios.
 
 # %%
-from qualcl.recipes.fundus_mm import fundus_mm_config, run_fundus_mm
+from qualcl.recipes.fundus_mm import run_fundus_mm
 
 out_dir = Path(tempfile.mkdtemp()) / "fundus-mm-smoke"
 results = run_fundus_mm(fundus_mm_config("smoke"), out_dir)

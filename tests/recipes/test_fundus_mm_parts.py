@@ -4,9 +4,12 @@ import pytest
 import torch
 
 from qualcl.data.synthetic.captions import make_caption
+from qualcl.losses.base import Loss
 from qualcl.models import CaptionTokenizer
-from qualcl.recipes.fundus_mm.config import ABLATIONS, ModelConfig
+from qualcl.recipes.config import apply_overrides
+from qualcl.recipes.fundus_mm.config import ABLATIONS, FundusMMConfig, ModelConfig, TrainConfig
 from qualcl.recipes.fundus_mm.model import FundusMMNet
+from qualcl.recipes.fundus_mm.modules import ImageTextPretraining, build_objectives
 
 CAPTIONS = [
     make_caption("left" if g % 2 else "right", g, {"MA": [g, 1, 0, 0], "EX": [0, g, 0, 0]} if g else {}, g % 3)
@@ -27,20 +30,47 @@ def _batch():
     return torch.rand(len(CAPTIONS), 3, 32, 32, generator=g), TOK.encode(CAPTIONS)
 
 
-@pytest.mark.parametrize("variant", sorted(ABLATIONS))
+def _terms(net, images, ids, seed):
+    """The network's forward and the terms of its objectives (built as the recipe builds them)."""
+    objectives = build_objectives(net.config, TrainConfig(), pad_id=net.tokenizer.pad_id, gather=False)
+    out = net(images, ids, generator=torch.Generator().manual_seed(seed))
+    return out, objectives(out), objectives
+
+
+@pytest.mark.parametrize("variant", list(ABLATIONS))
 def test_each_variant_trains_what_it_names(variant):
-    model = ABLATIONS[variant]["model"]
-    net = _net(**model)
+    model = apply_overrides(FundusMMConfig(model=ModelConfig(**SMALL)), ABLATIONS[variant].overrides).model
+    net = _net(**{k: getattr(model, k) for k in ("contrastive", "mim", "caption", "fusion")})
     images, ids = _batch()
-    out = net(images, ids, generator=torch.Generator().manual_seed(1))
-    want = {"contrastive"} if model.get("contrastive", True) else set()
-    want |= {"image"} if model.get("mim", True) else set()
-    want |= {"caption"} if model.get("caption", "masked") != "none" else set()
-    assert set(out.losses) == want
-    assert all(torch.isfinite(v) for v in out.losses.values())
-    sum(out.losses.values()).backward()
+    _, terms, objectives = _terms(net, images, ids, seed=1)
+    want = {"contrastive"} if model.contrastive else set()
+    want |= {"image"} if model.mim else set()
+    want |= {"caption"} if model.caption != "none" else set()
+    assert list(terms) == [k for k in ("contrastive", "image", "caption") if k in want]
+    assert all(torch.isfinite(v) for v in terms.values())
+    objectives.total(terms).backward()
     missing = {n.split(".")[0] for n, p in net.named_parameters() if p.grad is None}
     assert missing == ({"image_proj", "text"} if variant == "mae" else set())
+    assert all(p.grad is not None for p in objectives.parameters())  # the learnt logit scale
+
+
+def test_the_network_computes_representations_and_the_objectives_hold_the_losses():
+    """The split of open_clip's CoCa: no loss inside the network; the learnt scales are the objectives'."""
+    for loss in ("clip", "siglip"):
+        net = _net(contrastive_loss=loss)
+        assert not any(isinstance(m, Loss) for m in net.modules())
+        objectives = build_objectives(net.config, TrainConfig(), pad_id=TOK.pad_id, gather=True)
+        assert all(m.gather_distributed for m in objectives.modules() if isinstance(m, Loss))
+        want = {"contrastive.log_logit_scale"} | ({"contrastive.logit_bias"} if loss == "siglip" else set())
+        assert set(objectives.state_dict()) == want
+        assert objectives.logit_scale == pytest.approx(1 / 0.07 if loss == "clip" else 10.0)
+        module = ImageTextPretraining(net, TrainConfig(lr=1e-3), TOK.encode(CAPTIONS[:2])[None], class_level=False)
+        module._total_steps = 10
+        optimised = {id(p) for g in module.configure_optimizers()["optimizer"].param_groups for p in g["params"]}
+        assert {id(p) for p in module.objectives.parameters()} <= optimised
+    assert build_objectives(ModelConfig(contrastive=False), TrainConfig(), pad_id=0, gather=False).logit_scale == (
+        pytest.approx(1 / 0.07)
+    )
 
 
 def _caption_logits(net, images, ids, seed):
@@ -51,14 +81,9 @@ def _caption_logits(net, images, ids, seed):
         captured["inputs"] = inputs
         return decoder_forward(inputs, context, **kw)
 
-    def spy_loss(logits, labels):
-        captured["logits"], captured["labels"] = logits, labels
-        return logits.sum() * 0
-
     net.caption_decoder.forward = spy_decoder
-    net.caption_loss.forward = spy_loss
-    net(images, ids, generator=torch.Generator().manual_seed(seed))
-    return captured["logits"], captured["labels"], captured["inputs"]
+    out = net(images, ids, generator=torch.Generator().manual_seed(seed))
+    return out.caption_logits, out.caption_labels, captured["inputs"]
 
 
 @pytest.mark.parametrize("fusion", [True, False])
@@ -94,14 +119,14 @@ def test_autoregressive_captions_only_see_the_past():
 def test_removed_pixels_never_reach_their_reconstruction(caption):
     net = _net(caption=caption, mask_ratio=0.5).eval()
     images, ids = _batch()
-    out = net(images, ids, generator=torch.Generator().manual_seed(5))
+    out, terms, _ = _terms(net, images, ids, seed=5)
     removed = out.mask[0].nonzero().flatten()[0].item()  # a removed patch of image 0 (2 × 2 grid of 16 px)
     row, col = divmod(removed, 2)
     other = images.clone()
     other[0, :, row * 16 : (row + 1) * 16, col * 16 : (col + 1) * 16] = 0.5
-    again = net(other, ids, generator=torch.Generator().manual_seed(5))
+    again, terms_again, _ = _terms(net, other, ids, seed=5)
     torch.testing.assert_close(again.pred, out.pred)
-    assert again.losses["image"] != out.losses["image"]
+    assert terms_again["image"] != terms["image"]
 
 
 def test_generate_greedy_captions():
@@ -140,9 +165,9 @@ def test_the_pretrained_text_tower_trains_every_objective_and_hides_masked_words
     assert net.text.width == 32 and net.text_tokens is not None and net.text_tokens.in_features == 32
     g = torch.Generator().manual_seed(0)
     images, ids = torch.rand(len(CAPTIONS), 3, 32, 32, generator=g), tok.encode(CAPTIONS)
-    out = net(images, ids, generator=torch.Generator().manual_seed(1))
-    assert set(out.losses) == {"contrastive", "image", "caption"}
-    sum(out.losses.values()).backward()
+    _, terms, _ = _terms(net, images, ids, seed=1)
+    assert set(terms) == {"contrastive", "image", "caption"}
+    sum(terms.values()).backward()
     assert all(p.grad is not None for p in net.text.parameters())
     if caption == "masked":  # the bidirectional pretrained tower must not see the words behind the masks
         net.eval()
@@ -156,9 +181,6 @@ def test_the_pretrained_text_tower_trains_every_objective_and_hides_masked_words
 
 
 def test_the_pretrained_tower_learns_at_its_own_rate_and_frozen_weights_not_at_all(bert):
-    from qualcl.recipes.fundus_mm import ImageTextPretraining
-    from qualcl.recipes.fundus_mm.config import TrainConfig
-
     tok = CaptionTokenizer.fit(CAPTIONS, base=bert)
     prompts = tok.encode(CAPTIONS[:5]).unsqueeze(1)
     for freeze in (False, True):
@@ -170,7 +192,7 @@ def test_the_pretrained_tower_learns_at_its_own_rate_and_frozen_weights_not_at_a
         groups = module.configure_optimizers()["optimizer"].param_groups
         text = {id(p) for p in net.text.model.parameters()}
         rates = {id(p): g["initial_lr"] for g in groups for p in g["params"]}
-        trainable = {id(p) for p in net.parameters() if p.requires_grad}
+        trainable = {id(p) for p in module.parameters() if p.requires_grad}  # the logit scale too
         assert set(rates) == trainable  # every trainable parameter once, nothing frozen
         assert bool(text & trainable) is not freeze
         for pid, rate in rates.items():
@@ -190,12 +212,12 @@ def test_the_conv_stem_vit_keeps_removed_pixels_from_their_reconstruction():
     net = _net(encoder="convvit_tiny", mask_ratio=0.5).eval()
     assert net.image.patch_size == 8 and net.image.num_patches == 16
     images, ids = _batch()
-    out = net(images, ids, generator=torch.Generator().manual_seed(5))
+    out, terms, _ = _terms(net, images, ids, seed=5)
     assert out.pred.shape == (len(CAPTIONS), 16, 8 * 8 * 3)
     removed = out.mask[0].nonzero().flatten()[0].item()  # a removed patch of image 0 (4 × 4 grid of 8 px)
     row, col = divmod(removed, 4)
     other = images.clone()
     other[0, :, row * 8 : (row + 1) * 8, col * 8 : (col + 1) * 8] = 0.5
-    again = net(other, ids, generator=torch.Generator().manual_seed(5))
+    again, terms_again, _ = _terms(net, other, ids, seed=5)
     torch.testing.assert_close(again.pred, out.pred)
-    assert again.losses["image"] != out.losses["image"]
+    assert terms_again["image"] != terms["image"]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from qualcl.recipes._cli import lazy_exports
 from qualcl.recipes.fundus_mm.config import (
     ABLATIONS,
+    PAPER_TABLE,
     PRESETS,
     DataConfig,
     EvalConfig,
@@ -18,9 +19,15 @@ from qualcl.recipes.fundus_mm.config import (
 if TYPE_CHECKING:
     from qualcl.recipes.fundus_mm.data import FundusMMData, PairDataset, load_fundus_mm_data
     from qualcl.recipes.fundus_mm.model import FundusMMNet, PretrainOutput
-    from qualcl.recipes.fundus_mm.modules import ImageTextPretraining, class_embeddings, zero_shot_logits
+    from qualcl.recipes.fundus_mm.modules import (
+        ImageTextObjectives,
+        ImageTextPretraining,
+        build_objectives,
+        class_embeddings,
+        zero_shot_logits,
+    )
     from qualcl.recipes.fundus_mm.prompts import CLASS_DEFINITIONS, TEMPLATES, class_prompts
-    from qualcl.recipes.fundus_mm.recipe import FUNDUS_MM, FundusMMRecipe, FundusMMState, run_fundus_mm
+    from qualcl.recipes.fundus_mm.recipe import FUNDUS_MM, FundusMMRecipe, FundusMMState, run_ablation, run_fundus_mm
 
     #: ``FUNDUS_MM.config(preset, *, dataset, data_dir, overrides, seed)``: defaults ← preset ← overrides.
     fundus_mm_config = FUNDUS_MM.config
@@ -29,6 +36,7 @@ __all__ = [
     "ABLATIONS",
     "CLASS_DEFINITIONS",
     "FUNDUS_MM",
+    "PAPER_TABLE",
     "PRESETS",
     "TEMPLATES",
     "DataConfig",
@@ -38,15 +46,18 @@ __all__ = [
     "FundusMMNet",
     "FundusMMRecipe",
     "FundusMMState",
+    "ImageTextObjectives",
     "ImageTextPretraining",
     "ModelConfig",
     "PairDataset",
     "PretrainOutput",
     "TrainConfig",
+    "build_objectives",
     "class_embeddings",
     "class_prompts",
     "fundus_mm_config",
     "load_fundus_mm_data",
+    "run_ablation",
     "run_fundus_mm",
     "zero_shot_logits",
 ]
@@ -62,7 +73,9 @@ if not TYPE_CHECKING:
             "load_fundus_mm_data": "qualcl.recipes.fundus_mm.data",
             "FundusMMNet": "qualcl.recipes.fundus_mm.model",
             "PretrainOutput": "qualcl.recipes.fundus_mm.model",
+            "ImageTextObjectives": "qualcl.recipes.fundus_mm.modules",
             "ImageTextPretraining": "qualcl.recipes.fundus_mm.modules",
+            "build_objectives": "qualcl.recipes.fundus_mm.modules",
             "class_embeddings": "qualcl.recipes.fundus_mm.modules",
             "zero_shot_logits": "qualcl.recipes.fundus_mm.modules",
             "CLASS_DEFINITIONS": "qualcl.recipes.fundus_mm.prompts",
@@ -71,6 +84,7 @@ if not TYPE_CHECKING:
             "FUNDUS_MM": "qualcl.recipes.fundus_mm.recipe",
             "FundusMMRecipe": "qualcl.recipes.fundus_mm.recipe",
             "FundusMMState": "qualcl.recipes.fundus_mm.recipe",
+            "run_ablation": "qualcl.recipes.fundus_mm.recipe",
             "run_fundus_mm": "qualcl.recipes.fundus_mm.recipe",
             "fundus_mm_config": "qualcl.recipes.fundus_mm.recipe:FUNDUS_MM.config",
         },

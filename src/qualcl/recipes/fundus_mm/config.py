@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from qualcl.recipes.config import RecipeConfig, RecipeSpec
+from qualcl.recipes.config import DataConfig as BaseDataConfig
+from qualcl.recipes.config import RecipeConfig, RecipeSpec, Variant
 
 __all__ = [
     "ABLATIONS",
+    "PAPER_TABLE",
     "PRESETS",
     "SPEC",
     "DataConfig",
@@ -20,31 +22,26 @@ __all__ = [
 
 
 @dataclass
-class DataConfig:
-    """Where the images and their texts come from.
+class DataConfig(BaseDataConfig):
+    """Where the images and their texts come from (the shared fields: :class:`qualcl.recipes.config.DataConfig`).
 
     Attributes:
         dataset: ``"synthetic"`` (the embedded SynthFundus set with its per-image captions),
             ``"aptos"``, ``"odir"`` or ``"fives"`` (class-level captions: the class's prompts).
-        data_dir: Dataset folder (required for the real datasets).
         num_images: Synthetic images to generate.
-        image_size: Side of the network input (a multiple of the ViT's patch size 16).
-        lq_ratio: Synthetic low-quality fraction.
-        seed: Seed of the data (generation, splits), fixed across training seeds.
         val_fraction: Share of the training patients held out for validation.
         test_fraction: Share of the patients held out for testing where the dataset has no test split.
+
+    ``image_size`` must be a multiple of the ViT's patch size 16.
     """
 
     dataset: Literal["synthetic", "aptos", "odir", "fives"] = "synthetic"
-    data_dir: str | None = None
     num_images: int = 800
-    image_size: int = 64
-    lq_ratio: float = 0.336
-    seed: int = 0
     val_fraction: float = 0.1
     test_fraction: float = 0.2
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.image_size < 32 or self.image_size % 16:
             raise ValueError(f"data.image_size must be a multiple of 16 and >= 32, got {self.image_size}")
         for name in ("val_fraction", "test_fraction"):
@@ -278,25 +275,36 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: Baselines and ablations: name → ``{"model": {...}}`` overrides of the base config.
-ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
-    "clip": {"model": {"mim": False, "caption": "none", "fusion": False}},
-    "coca": {"model": {"mim": False, "caption": "autoregressive", "fusion": False}},
-    "mae": {"model": {"contrastive": False, "caption": "none", "fusion": False}},
-    "full": {"model": {}},
-    "no_fusion": {"model": {"fusion": False}},
-    "no_mim": {"model": {"mim": False}},
-    "no_caption": {"model": {"caption": "none"}},
+#: Baselines and ablation (``qualcl run fundus-mm --ablation``): the paper's Table 1 rows and its parts.
+ABLATIONS: dict[str, Variant] = {
+    "clip": Variant("CLIP (contrastive only)", ("model.mim=false", "model.caption=none", "model.fusion=false")),
+    "coca": Variant(
+        "CoCa (contrastive + autoregressive captioning)",
+        ("model.mim=false", "model.caption=autoregressive", "model.fusion=false"),
+    ),
+    "mae": Variant(
+        "MAE only (no text objective: zero-shot and recall at chance by construction)",
+        ("model.contrastive=false", "model.caption=none", "model.fusion=false"),
+    ),
+    "full": Variant("the paper's method (contrastive + masked image + masked caption, fusion)"),
+    "no_fusion": Variant("− fusion", ("model.fusion=false",)),
+    "no_mim": Variant("− masked image modelling", ("model.mim=false",)),
+    "no_caption": Variant("− captioning", ("model.caption=none",)),
+}
+#: The paper's Table 1 (zero-shot ODIR acc %, few-shot FIVES acc %, fine-tuned APTOS kappa × 100).
+PAPER_TABLE: dict[str, tuple[str, str, str]] = {
+    "clip": ("25.67", "42.33", "74.05"),
+    "coca": ("33.56", "40", "74.96"),
+    "full": ("36.24", "46.83", "85.07"),
 }
 
-
-#: What ``qualcl run fundus-mm`` needs before it trains (its options, their help and the config); the
-#: recipe object (``recipe.py``, which imports torch) carries the same attributes.
+#: What ``qualcl run fundus-mm`` needs before it trains (its options, their help, the config and the
+#: ablation); the recipe object (``recipe.py``, which imports torch) carries the same attributes.
 SPEC: RecipeSpec[FundusMMConfig] = RecipeSpec(
     name="fundus-mm",
     config_class=FundusMMConfig,
     presets=PRESETS,
-    datasets=("synthetic", "aptos", "odir", "fives"),
     data_help="dataset folder (aptos: train.csv + train_images/; odir: the annotation sheet; fives: train/, test/)",
     set_example="model.caption=autoregressive",
+    ablations=ABLATIONS,
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -10,16 +10,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from qualcl.data.loading import FUNDUS_QUALITY, patient_split, read_resized
+from qualcl.data.loading import FUNDUS_QUALITY, UNRATED, ImageProgress, patient_split, read_resized
 from qualcl.data.table import ImageTable
 from qualcl.recipes.fundus_mm.config import DataConfig
 from qualcl.recipes.fundus_mm.prompts import CLASS_DEFINITIONS, class_prompts
 
 __all__ = ["FundusMMData", "PairDataset", "load_fundus_mm_data"]
-
-#: The one quality stratum of a dataset without quality labels.
-UNRATED = ("unrated",)
-Progress = Callable[[Sequence[Path]], Sequence[Path]] | None
 
 
 class FundusMMData(NamedTuple):
@@ -52,7 +48,7 @@ def _table(
     captions: Sequence[str],
     patients: Sequence[str],
     size: int,
-    progress: Progress,
+    progress: ImageProgress,
 ) -> ImageTable:
     images, _ = read_resized(list(paths), size, progress=progress)
     return ImageTable(
@@ -74,7 +70,7 @@ def _split(table: ImageTable, fraction: float, seed: int) -> tuple[ImageTable, I
     return table.subset(keep), table.subset(held)
 
 
-def _synthetic(config: DataConfig, root: Path, progress: Progress) -> FundusMMData:
+def _synthetic(config: DataConfig, root: Path, progress: ImageProgress) -> FundusMMData:
     from qualcl.data.readers import read_eyeq
     from qualcl.data.synthetic.reader import load_fundus_dataset
 
@@ -101,7 +97,7 @@ def _synthetic(config: DataConfig, root: Path, progress: Progress) -> FundusMMDa
 
 def _class_level(
     config: DataConfig, records: Sequence[Any], labels: Sequence[int], quality: Sequence[int],
-    quality_names: tuple[str, ...], key: str, progress: Progress, test: Sequence[Any] | None = None,
+    quality_names: tuple[str, ...], key: str, progress: ImageProgress, test: Sequence[Any] | None = None,
     test_labels: Sequence[int] = (), test_quality: Sequence[int] = (),
 ) -> FundusMMData:  # fmt: skip
     prompts = class_prompts(key)
@@ -122,7 +118,7 @@ def _class_level(
     return FundusMMData(train, val, held_out, prompts, names, class_level=True)
 
 
-def load_fundus_mm_data(config: DataConfig, root: Path, *, progress: Progress = None) -> FundusMMData:
+def load_fundus_mm_data(config: DataConfig, root: Path, *, progress: ImageProgress = None) -> FundusMMData:
     """Read the dataset at ``root`` into train / validation / test tables with captions.
 
     * ``synthetic``: EyeQ-format splits of the generated set; each image's own caption (eye, grade,

@@ -1,14 +1,17 @@
 """The image–text model: masked ViT + text transformer, cross-attention fusion, MAE and caption decoders.
 
-The recipe wires qualcl's primitives; the maths lives in them. One pre-training step
-(:meth:`FundusMMNet.forward`), for images ``x`` and caption ids ``c``:
+The recipe wires qualcl's primitives; the maths lives in them. As open_clip splits ``CoCa`` (the
+model) from its loss, :class:`FundusMMNet` computes representations only: embeddings, predicted
+patches and caption logits with their targets (:class:`PretrainOutput`); the objectives that score
+them are built in one place (:func:`qualcl.recipes.fundus_mm.modules.build_objectives`). One
+pre-training step, for images ``x`` and caption ids ``c``:
 
 1. ``random_masking`` keeps ``round(L·(1 − r))`` patches; the ViT encodes only those
    (``ViTEncoder.forward_masked``) → tokens ``h_img`` (class token first).
 2. ``z_img = proj(class token)`` of the whole image (``model.contrastive_view="full"``, CLIP) or of
    the masked pass (``"masked"``, FLIP); ``z_txt`` = the text transformer's end-token embedding of the
-   full caption. ``L_con`` = :class:`~qualcl.losses.ClipLoss` on the *un-fused* pooled embeddings
-   (the fusion cannot leak the caption into the contrastive pair).
+   full caption. ``L_con`` (:class:`~qualcl.losses.ClipLoss` or :class:`~qualcl.losses.SigLipLoss`)
+   scores the *un-fused* pooled embeddings (the fusion cannot leak the caption into the contrastive pair).
 3. Masked captioning: ``mask_tokens`` corrupts 15 % of the words; the text transformer encodes the
    corrupted caption; :class:`~qualcl.heads.CrossAttentionFusion` fuses image and (corrupted) text
    tokens; the MAE decoder reconstructs the removed patches from the fused image tokens
@@ -20,17 +23,17 @@ The recipe wires qualcl's primitives; the maths lives in them. One pre-training 
    conditions the MAE decoder on the text.
 4. ``L = w_con L_con + w_img L_img + w_cap L_cap``.
 
-Under DDP (``gather_distributed``) the step equals one process on the concatenated batch: ``L_con``
-contrasts with every rank's pairs, ``L_img`` and ``L_cap`` average over every rank's patches and
-words, and the masks are drawn for the global batch (every rank draws the same noise from the
-step's generator and keeps its own rows), so each image is masked as one process would mask it.
+Under DDP (``gather_distributed``) the step equals one process on the concatenated batch: the
+network draws the masks for the global batch (every rank draws the same noise from the step's
+generator and keeps its own rows), so each image is masked as one process would mask it; the
+objectives contrast with every rank's pairs and average over every rank's patches and words.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,13 +42,11 @@ from torch import Tensor, nn
 from qualcl.distributed import gather_no_grad, gather_with_grad
 from qualcl.functional import MaskingResult, mask_tokens, patchify, random_masking
 from qualcl.heads import CaptionDecoder, CrossAttentionFusion, MAEDecoder
-from qualcl.losses import CaptionLoss, ClipLoss, MaskedReconstructionLoss, SigLipLoss
 from qualcl.models import CaptionTokenizer, PretrainedTextEncoder, TextEncoder, minilm_path
 from qualcl.models.vit import vit_encoder
 from qualcl.recipes.fundus_mm.config import ModelConfig
-from qualcl.recipes.modules import at_least_float32
 
-__all__ = ["FundusMMNet", "PretrainOutput", "text_model_path"]
+__all__ = ["FundusMMNet", "PretrainOutput", "per_process", "text_model_path"]
 
 
 def text_model_path(config: ModelConfig) -> str:
@@ -53,18 +54,46 @@ def text_model_path(config: ModelConfig) -> str:
     return str(minilm_path()) if config.text_model is None else config.text_model
 
 
+@contextlib.contextmanager
+def per_process(module: nn.Module) -> Iterator[None]:
+    """Within it, ``module`` and its parts use this process's batch alone: no collective, this rank's own masks.
+
+    Every submodule with a ``gather_distributed`` flag (the network's masking, the objectives) has
+    it off inside the block. For passes that ranks do not run together — validation (ranks may hold
+    different numbers of batches) and the plots that rank 0 draws.
+    """
+    parts: list[Any] = [m for m in module.modules() if isinstance(getattr(m, "gather_distributed", None), bool)]
+    saved = [m.gather_distributed for m in parts]
+    for m in parts:
+        m.gather_distributed = False
+    try:
+        yield
+    finally:
+        for m, flag in zip(parts, saved, strict=True):
+            m.gather_distributed = flag
+
+
 class PretrainOutput(NamedTuple):
-    """What one pre-training forward returns.
+    """What one pre-training forward returns: the representations the objectives score, and their targets.
 
     Attributes:
-        losses: The unweighted loss terms switched on: ``"contrastive"``, ``"image"``, ``"caption"``.
-        pred: ``(N, L, p·p·C)`` predicted patches (``None`` without masked image modelling).
         mask: ``(N, L)`` removed patches, 1 = removed.
+        image_embedding: ``(N, embed_dim)`` projected class token (not normalised) for the
+            contrastive objective, ``None`` without it.
+        text_embedding: ``(N, embed_dim)`` pooled embedding of the whole caption, ``None`` without it.
+        pred: ``(N, L, p·p·C)`` predicted patches (``None`` without masked image modelling).
+        target: ``(N, L, p·p·C)`` the image's patches (``None`` without masked image modelling).
+        caption_logits: ``(N, T', V)`` caption decoder logits (``None`` without captioning).
+        caption_labels: ``(N, T')`` ids they predict, the pad id where nothing is predicted.
     """
 
-    losses: dict[str, Tensor]
-    pred: Tensor | None
     mask: Tensor
+    image_embedding: Tensor | None = None
+    text_embedding: Tensor | None = None
+    pred: Tensor | None = None
+    target: Tensor | None = None
+    caption_logits: Tensor | None = None
+    caption_labels: Tensor | None = None
 
 
 class FundusMMNet(nn.Module):
@@ -74,8 +103,8 @@ class FundusMMNet(nn.Module):
         config: The model section of the recipe config.
         tokenizer: The caption tokenizer (vocabulary size, context length, special ids).
         image_size: Input side.
-        gather_distributed: Under DDP, make a step equal one process on the concatenated batch
-            (see the module docstring; :func:`qualcl.recipes.modules.gathering`).
+        gather_distributed: Under DDP, draw the masks for the global batch, so that a step equals
+            one process on the concatenated batch (:func:`qualcl.recipes.modules.gathering`).
     """
 
     def __init__(
@@ -109,12 +138,6 @@ class FundusMMNet(nn.Module):
                 pad_id=tokenizer.pad_id,
                 end_id=tokenizer.end_id,
             )
-        gather = gather_distributed
-        self.clip_loss: ClipLoss | SigLipLoss | None = None
-        if config.contrastive and config.contrastive_loss == "siglip":
-            self.clip_loss = SigLipLoss(gather_distributed=gather)
-        elif config.contrastive:
-            self.clip_loss = ClipLoss(learnable_logit_scale=True, gather_distributed=gather)
         generative = config.mim or config.caption != "none"
         self.image_tokens = nn.Linear(width, config.fusion_dim) if generative else None
         self.text_tokens = nn.Linear(self.text.width, config.fusion_dim) if generative and config.fusion else None
@@ -139,9 +162,6 @@ class FundusMMNet(nn.Module):
             if config.mim
             else None
         )
-        self.reconstruction_loss = MaskedReconstructionLoss(
-            config.norm_pix_loss, config.loss_on, gather_distributed=gather
-        )
         self.caption_decoder = (
             CaptionDecoder(
                 tokenizer.vocab_size,
@@ -156,16 +176,8 @@ class FundusMMNet(nn.Module):
             if config.caption != "none"
             else None
         )
-        self.caption_loss = CaptionLoss(pad_id=tokenizer.pad_id, gather_distributed=gather)
 
     # ------------------------------------------------------------------ embeddings
-    @property
-    def logit_scale(self) -> float:
-        """The contrastive logit scale (1/0.07 when the contrastive objective is off)."""
-        if self.clip_loss is None or self.clip_loss.log_logit_scale is None:
-            return 1 / 0.07
-        return float(self.clip_loss.log_logit_scale.detach().exp().clamp(max=self.clip_loss.max_logit_scale))
-
     def encode_image(self, images: Tensor) -> Tensor:
         """``(N, 3, S, S)`` → ``(N, embed_dim)`` L2-normalised embeddings of the whole image (no masking)."""
         return F.normalize(self.image_proj(self.image(images)), dim=-1)
@@ -180,25 +192,6 @@ class FundusMMNet(nn.Module):
         return F.normalize(self.text(ids)[0], dim=-1)
 
     # ------------------------------------------------------------------ pre-training
-    @contextlib.contextmanager
-    def per_process(self) -> Iterator[None]:
-        """Within it, forwards use this process's batch alone: no collective, this rank's own losses and masks.
-
-        For passes that ranks do not run together — validation (ranks may hold different numbers of
-        batches) and the plots that rank 0 draws — whatever ``gather_distributed`` says.
-        """
-        losses = [m for m in (self.clip_loss, self.reconstruction_loss, self.caption_loss) if m is not None]
-        saved = self.gather_distributed, [m.gather_distributed for m in losses]
-        self.gather_distributed = False
-        for m in losses:
-            m.gather_distributed = False
-        try:
-            yield
-        finally:
-            self.gather_distributed = saved[0]
-            for m, flag in zip(losses, saved[1], strict=True):
-                m.gather_distributed = flag
-
     def _global_rows(self, n: int, device: torch.device) -> tuple[int, int]:
         """Rows of the global batch and this rank's first row (``(n, 0)`` on one process or without gathering)."""
         if not self.gather_distributed:
@@ -206,15 +199,12 @@ class FundusMMNet(nn.Module):
         everyone, offset = gather_with_grad(torch.zeros(n, 1, device=device))
         return everyone.shape[0], offset
 
-    def forward(
-        self, images: Tensor, ids: Tensor, *, labels: Tensor | None = None, generator: torch.Generator | None = None
-    ) -> PretrainOutput:
-        """One pre-training forward: the loss terms, the predicted patches and the patch mask.
+    def forward(self, images: Tensor, ids: Tensor, *, generator: torch.Generator | None = None) -> PretrainOutput:
+        """One pre-training forward: what the switched-on objectives score (see the module docstring).
 
         Args:
             images: ``(N, 3, S, S)`` in ``[0, 1]``.
             ids: ``(N, T)`` caption ids of the tokenizer.
-            labels: ``(N,)`` class ids for class-level positives in ``L_con`` (``None``: one positive per row).
             generator: Draws of the image and caption masking.
         """
         config, tok = self.config, self.tokenizer
@@ -228,26 +218,16 @@ class FundusMMNet(nn.Module):
         # the masked pass feeds the decoders and FLIP's contrastive view; CLIP alone needs only the whole image
         masked_pass = self.image_tokens is not None or config.contrastive_view == "masked"
         h_img = self.image.forward_masked(images, masking.ids_keep) if masked_pass else None
-        losses: dict[str, Tensor] = {}
-        text_tokens = None
-        if self.clip_loss is not None or (self.fusion is not None and config.caption != "masked"):
+        z_img = pooled_text = text_tokens = None
+        if config.contrastive or (self.fusion is not None and config.caption != "masked"):
             pooled_text, text_tokens = self.text(ids)
-            if self.clip_loss is not None:
+            if config.contrastive:
                 cls = h_img[:, 0] if h_img is not None and config.contrastive_view == "masked" else self.image(images)
                 z_img = self.image_proj(cls)
-                if isinstance(self.clip_loss, SigLipLoss):
-                    if labels is not None:
-                        raise ValueError(
-                            "model.contrastive_loss=siglip has one positive per image: set "
-                            "train.class_level_positives=false (or use model.contrastive_loss=clip)"
-                        )
-                    losses["contrastive"] = self.clip_loss(at_least_float32(z_img), at_least_float32(pooled_text))
-                else:
-                    losses["contrastive"] = self.clip_loss(
-                        at_least_float32(z_img), at_least_float32(pooled_text), labels=labels
-                    )
+            else:
+                pooled_text = None
         if self.image_tokens is None or h_img is None:
-            return PretrainOutput(losses, None, masking.mask)
+            return PretrainOutput(masking.mask, z_img, pooled_text)
         image_tokens = self.image_tokens(h_img)
         caption_ids, caption_labels = ids, None
         if config.caption == "masked":
@@ -269,11 +249,10 @@ class FundusMMNet(nn.Module):
             fused_image, fused_text = self.fusion(
                 image_tokens, self.text_tokens(text_tokens), text_padding_mask=text_padding
             )
-        pred = None
+        pred = target = logits = None
         if self.mae_decoder is not None:
             pred = self.mae_decoder(fused_image, masking.ids_restore, mask=masking.mask)
             target = patchify(images, self.image.patch_size)
-            losses["image"] = self.reconstruction_loss(at_least_float32(pred), at_least_float32(target), masking.mask)
         if self.caption_decoder is not None:
             if config.caption == "masked":
                 if fused_text is not None:
@@ -282,19 +261,17 @@ class FundusMMNet(nn.Module):
                 else:
                     context, context_padding = image_tokens, None
                 logits = self.caption_decoder(caption_ids, context, context_padding_mask=context_padding)
-                assert caption_labels is not None
-                losses["caption"] = self.caption_loss(at_least_float32(logits), caption_labels)
             else:  # autoregressive: the un-fused image tokens (the fused ones have read the whole caption)
                 logits = self.caption_decoder(ids[:, :-1], image_tokens)
-                losses["caption"] = self.caption_loss(at_least_float32(logits), ids[:, 1:])
-        return PretrainOutput(losses, pred, masking.mask)
+                caption_labels = ids[:, 1:]
+        return PretrainOutput(masking.mask, z_img, pooled_text, pred, target, logits, caption_labels)
 
     @torch.no_grad()
     def reconstruct(
         self, images: Tensor, ids: Tensor, *, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
         """``(pred (N, L, p·p·C), mask (N, L))`` of one masked forward on this process alone, for the plots."""
-        with self.per_process():
+        with per_process(self):
             out = self.forward(images, ids, generator=generator)
         if out.pred is None:
             raise ValueError("this model has no MAE decoder (model.mim=False)")

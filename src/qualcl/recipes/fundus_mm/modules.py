@@ -1,4 +1,9 @@
-"""Pre-training module of the image–text recipe, and the zero-shot classifier it validates with."""
+"""Objectives and pre-training module of the image–text recipe, and the zero-shot classifier it validates with.
+
+As open_clip separates ``CoCa`` from the loss that trains it, :class:`FundusMMNet` computes
+representations and :class:`ImageTextObjectives` (built by :func:`build_objectives`, the one place
+where the recipe's losses are made) scores them; :class:`ImageTextPretraining` combines the two.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,16 @@ import math
 import zlib
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from qualcl.distributed import gather_no_grad
-from qualcl.recipes.fundus_mm.config import TrainConfig
-from qualcl.recipes.fundus_mm.model import FundusMMNet
+from qualcl.losses import CaptionLoss, ClipLoss, MaskedReconstructionLoss, SigLipLoss
+from qualcl.recipes.fundus_mm.config import ModelConfig, TrainConfig
+from qualcl.recipes.fundus_mm.model import FundusMMNet, PretrainOutput, per_process
+from qualcl.recipes.modules import History, RecipeModule, at_least_float32
 
-__all__ = ["ImageTextPretraining", "class_embeddings", "zero_shot_logits"]
+__all__ = ["ImageTextObjectives", "ImageTextPretraining", "build_objectives", "class_embeddings", "zero_shot_logits"]
 
 Batch = tuple[Tensor, Tensor, Tensor, Tensor]
 
@@ -33,8 +38,95 @@ def zero_shot_logits(image_embeddings: Tensor, classes: Tensor, scale: float = 1
     return scale * image_embeddings @ classes.T
 
 
-class ImageTextPretraining(L.LightningModule):
-    r"""``L = w_con L_con + w_img L_img + w_cap L_cap`` on :class:`FundusMMNet`, MAE's optimiser.
+class ImageTextObjectives(nn.Module):
+    r"""The switched-on objectives and their weights: ``L = w_con L_con + w_img L_img + w_cap L_cap``.
+
+    Built by :func:`build_objectives`. A contrastive loss's learnt logit scale (and SigLIP's bias)
+    lives here, trained with the network and saved beside it.
+
+    Args:
+        contrastive: ``L_con`` on the un-fused pooled embeddings, or ``None``.
+        image: ``L_img`` on the predicted patches, or ``None``.
+        caption: ``L_cap`` on the caption logits, or ``None``.
+        weights: ``{"contrastive": w_con, "image": w_img, "caption": w_cap}``.
+    """
+
+    def __init__(
+        self,
+        contrastive: ClipLoss | SigLipLoss | None,
+        image: MaskedReconstructionLoss | None,
+        caption: CaptionLoss | None,
+        weights: dict[str, float],
+    ) -> None:
+        super().__init__()
+        self.contrastive, self.image, self.caption = contrastive, image, caption
+        self.weights = dict(weights)
+
+    @property
+    def logit_scale(self) -> float:
+        """The contrastive logit scale (1/0.07 when the contrastive objective is off)."""
+        if self.contrastive is None:
+            return 1 / 0.07
+        return float(self.contrastive.current_logit_scale().detach())
+
+    def forward(self, out: PretrainOutput, labels: Tensor | None = None) -> dict[str, Tensor]:
+        """The unweighted terms of the switched-on objectives, in the order contrastive, image, caption.
+
+        Args:
+            out: The network's forward.
+            labels: ``(N,)`` class ids for class-level positives in ``L_con`` (``None``: one positive per row).
+
+        Raises:
+            ValueError: Class-level positives with SigLIP (one positive per image).
+        """
+        terms: dict[str, Tensor] = {}
+        if self.contrastive is not None and out.image_embedding is not None and out.text_embedding is not None:
+            z_img, z_txt = at_least_float32(out.image_embedding), at_least_float32(out.text_embedding)
+            if isinstance(self.contrastive, SigLipLoss):
+                if labels is not None:
+                    raise ValueError(
+                        "model.contrastive_loss=siglip has one positive per image: set "
+                        "train.class_level_positives=false (or use model.contrastive_loss=clip)"
+                    )
+                terms["contrastive"] = self.contrastive(z_img, z_txt)
+            else:
+                terms["contrastive"] = self.contrastive(z_img, z_txt, labels=labels)
+        if self.image is not None and out.pred is not None and out.target is not None:
+            terms["image"] = self.image(at_least_float32(out.pred), at_least_float32(out.target), out.mask)
+        if self.caption is not None and out.caption_logits is not None and out.caption_labels is not None:
+            terms["caption"] = self.caption(at_least_float32(out.caption_logits), out.caption_labels)
+        return terms
+
+    def total(self, terms: dict[str, Tensor]) -> Tensor:
+        """``Σ w_k · term_k`` over the terms."""
+        return torch.stack([self.weights[k] * v for k, v in terms.items()]).sum()
+
+
+def build_objectives(model: ModelConfig, train: TrainConfig, *, pad_id: int, gather: bool) -> ImageTextObjectives:
+    """The recipe's losses, all made here: CLIP or SigLIP, masked reconstruction, captioning, with their weights.
+
+    Args:
+        model: Which objectives are on (``contrastive``, ``contrastive_loss``, ``mim``, ``norm_pix_loss``,
+            ``loss_on``, ``caption``).
+        train: The loss weights.
+        pad_id: The tokenizer's pad id (no caption loss there).
+        gather: ``gather_distributed`` of every loss (:func:`qualcl.recipes.modules.gathering`).
+    """
+    contrastive: ClipLoss | SigLipLoss | None = None
+    if model.contrastive and model.contrastive_loss == "siglip":
+        contrastive = SigLipLoss(gather_distributed=gather)
+    elif model.contrastive:
+        contrastive = ClipLoss(learnable_logit_scale=True, gather_distributed=gather)
+    return ImageTextObjectives(
+        contrastive,
+        MaskedReconstructionLoss(model.norm_pix_loss, model.loss_on, gather_distributed=gather) if model.mim else None,
+        CaptionLoss(pad_id=pad_id, gather_distributed=gather) if model.caption != "none" else None,
+        {"contrastive": train.contrastive_weight, "image": train.image_weight, "caption": train.caption_weight},
+    )
+
+
+class ImageTextPretraining(RecipeModule):
+    r"""``L = w_con L_con + w_img L_img + w_cap L_cap``: :class:`FundusMMNet` scored by its objectives, MAE's optimiser.
 
     AdamW (β 0.9, 0.95; no weight decay on biases, norms, embeddings and the logit scale), linear
     warm-up then cosine decay per step. The image and caption masks of step ``s`` are drawn from
@@ -48,104 +140,101 @@ class ImageTextPretraining(L.LightningModule):
         prompt_ids: ``(C, P, T)`` ids of each class's prompts.
         class_level: Class-level positives in ``L_con``.
         seed: Seed of the masks.
+        objectives: The losses (default: :func:`build_objectives` of the network's config, gathering
+            as the network does).
+
+    Raises:
+        ValueError: Class-level positives with SigLIP (one positive per image).
     """
 
+    history = History(
+        curves={
+            "loss": "total (weighted)",
+            "loss_contrastive": "contrastive",
+            "loss_image": "masked image (MSE)",
+            "loss_caption": "caption (CE)",
+        },
+        metrics={"val_zero_shot": "val zero-shot accuracy"},
+        extra=("val_loss_contrastive", "val_loss_image", "val_loss_caption", "logit_scale"),
+        title="Image–text pre-training, loss per objective",
+        metrics_label="accuracy",
+    )
+    monitor = "zero_shot"
+
     def __init__(
-        self, net: FundusMMNet, config: TrainConfig, prompt_ids: Tensor, *, class_level: bool, seed: int = 0
+        self,
+        net: FundusMMNet,
+        config: TrainConfig,
+        prompt_ids: Tensor,
+        *,
+        class_level: bool,
+        seed: int = 0,
+        objectives: ImageTextObjectives | None = None,
     ) -> None:
         super().__init__()
         self.net = net
+        if objectives is None:
+            gather = net.gather_distributed
+            objectives = build_objectives(net.config, config, pad_id=net.tokenizer.pad_id, gather=gather)
+        self.objectives = objectives
+        if class_level and isinstance(self.objectives.contrastive, SigLipLoss):
+            raise ValueError(
+                "model.contrastive_loss=siglip has one positive per image: set "
+                "train.class_level_positives=false (or use model.contrastive_loss=clip)"
+            )
         self.config = config
         self.register_buffer("prompt_ids", prompt_ids.clone(), persistent=False)
         self.prompt_ids: Tensor
         self.class_level = class_level
         self.seed = seed
-        self.weights = {
-            "contrastive": config.contrastive_weight,
-            "image": config.image_weight,
-            "caption": config.caption_weight,
-        }
-        self.epoch_log: list[dict[str, float]] = []
-        self._sums: dict[str, float] = {}
-        self._count = 0
-        self._val: list[tuple[Tensor, Tensor]] = []
-        self._val_sums: dict[str, float] = {}
-        self._val_count = 0
         self._total_steps: int | None = None
 
     def _generator(self, step: int, device: torch.device) -> torch.Generator:
         return torch.Generator(device=device).manual_seed(zlib.crc32(f"{self.seed}/{step}".encode()))
 
+    def terms(self, batch: Batch, step: int) -> dict[str, Tensor]:
+        """The unweighted objectives of a batch, its masks drawn from ``(seed, step)``."""
+        images, ids, labels, _ = batch
+        out = self.net(images, ids, generator=self._generator(step, images.device))
+        terms: dict[str, Tensor] = self.objectives(out, labels if self.class_level else None)
+        return terms
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """One step on the weighted sum of the switched-on terms."""
-        images, ids, labels, _ = batch
-        out = self.net(
-            images,
-            ids,
-            labels=labels if self.class_level else None,
-            generator=self._generator(self.global_step, images.device),
-        )
-        loss = torch.stack([self.weights[k] * v for k, v in out.losses.items()]).sum()
-        self.log("train/loss", loss.detach(), prog_bar=True)
-        for name, value in out.losses.items():
-            self._sums[f"loss_{name}"] = self._sums.get(f"loss_{name}", 0.0) + float(value.detach())
-        self._sums["loss"] = self._sums.get("loss", 0.0) + float(loss.detach())
-        self._count += 1
+        terms = self.terms(batch, self.global_step)
+        loss = self.objectives.total(terms)
+        self.record(loss=loss, **{f"loss_{name}": value for name, value in terms.items()})
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Image embeddings for the zero-shot accuracy, and the validation losses (fixed masks)."""
-        images, ids, labels, _ = batch
-        self._val.append((self.net.encode_image(images), labels))
-        with self.net.per_process():  # ranks may validate different numbers of batches: no collective here
-            out = self.net(
-                images,
-                ids,
-                labels=labels if self.class_level else None,
-                generator=self._generator(-1 - batch_idx, images.device),
-            )
-        for name, value in out.losses.items():
-            self._val_sums[name] = self._val_sums.get(name, 0.0) + float(value)
-        self._val_count += 1
+        images, _, labels, _ = batch
+        self.collect(embeddings=self.net.encode_image(images), labels=labels)
+        with per_process(self):  # ranks may validate different numbers of batches: no collective here
+            terms = self.terms(batch, -1 - batch_idx)
+        self.collect(**{f"loss_{name}": value.detach().double().reshape(1) for name, value in terms.items()})
 
-    def on_validation_epoch_end(self) -> None:
-        """Log ``val/zero_shot`` (accuracy over every rank's images) and record the epoch's row."""
-        if not self._val:
-            return
-        embeddings = gather_no_grad(torch.cat([e for e, _ in self._val])).cpu()
-        labels = gather_no_grad(torch.cat([y for _, y in self._val])).cpu()
-        self._val.clear()
+    def validation_metrics(self, outputs: dict[str, Tensor]) -> dict[str, float]:
+        """Zero-shot accuracy over every rank's images, and the mean validation loss of each objective."""
         classes = class_embeddings(self.net, self.prompt_ids).cpu()
-        accuracy = float((zero_shot_logits(embeddings, classes).argmax(1) == labels).double().mean())
-        self.log("val/zero_shot", accuracy, prog_bar=True)
-        val_losses = {f"val_loss_{k}": v / max(self._val_count, 1) for k, v in self._val_sums.items()}
-        self._val_sums.clear()
-        self._val_count = 0
-        if self.trainer.sanity_checking:
-            return
-        row: dict[str, Any] = {"epoch": float(self.current_epoch)}
-        row.update({k: v / max(self._count, 1) for k, v in self._sums.items()})
-        row.update(val_losses)
-        row["val_zero_shot"] = accuracy
-        row["logit_scale"] = self.net.logit_scale
-        self._sums.clear()
-        self._count = 0
-        self.epoch_log.append(row)
+        predicted = zero_shot_logits(outputs["embeddings"], classes).argmax(1)
+        metrics = {"zero_shot": float((predicted == outputs["labels"]).double().mean())}
+        metrics.update({name: float(v.mean()) for name, v in outputs.items() if name.startswith("loss_")})
+        return metrics
+
+    def epoch_extras(self) -> dict[str, float]:
+        """The contrastive logit scale."""
+        return {"logit_scale": self.objectives.logit_scale}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the running sums of an unfinished epoch in the checkpoint."""
-        checkpoint["image_text_epoch_statistics"] = {
-            "sums": dict(self._sums),
-            "count": self._count,
-            "total_steps": self._total_steps,
-        }
+        """Keep the running sums of an unfinished epoch and the schedule's length."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["image_text_total_steps"] = self._total_steps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore them, so that a resumed epoch's history row covers all its batches."""
-        statistics = checkpoint.get("image_text_epoch_statistics", {})
-        self._sums = dict(statistics.get("sums", {}))
-        self._count = int(statistics.get("count", 0))
-        self._total_steps = statistics.get("total_steps")
+        """Restore them."""
+        super().on_load_checkpoint(checkpoint)
+        self._total_steps = checkpoint.get("image_text_total_steps")
 
     def configure_optimizers(self) -> Any:
         """AdamW (β 0.9, 0.95) with per-step linear warm-up and cosine decay.

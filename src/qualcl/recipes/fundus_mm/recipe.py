@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import statistics
@@ -14,7 +15,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from qualcl.data.degrade import raise_low_quality
 from qualcl.data.table import ImageTable
@@ -22,18 +23,24 @@ from qualcl.evaluation import LinearProbe
 from qualcl.functional import patchify, unpatchify
 from qualcl.metrics import confusion_matrix, stratified_grading_metrics
 from qualcl.models import CaptionTokenizer
-from qualcl.recipes.driver import Recipe, RunContext, Stage, eval_loader
-from qualcl.recipes.fundus_mm.config import PRESETS, EvalConfig, FundusMMConfig
+from qualcl.recipes import ablation
+from qualcl.recipes.driver import Recipe, RunContext, Stage, eval_loader, train_loader
+from qualcl.recipes.fundus_mm.config import PAPER_TABLE, SPEC, EvalConfig, FundusMMConfig
 from qualcl.recipes.fundus_mm.data import FundusMMData, PairDataset, load_fundus_mm_data
 from qualcl.recipes.fundus_mm.evaluate import few_shot_indices, prompt_head_classify, prompt_head_fit, text_recall
 from qualcl.recipes.fundus_mm.model import FundusMMNet, text_model_path
-from qualcl.recipes.fundus_mm.modules import ImageTextPretraining, class_embeddings, zero_shot_logits
+from qualcl.recipes.fundus_mm.modules import (
+    ImageTextObjectives,
+    ImageTextPretraining,
+    build_objectives,
+    class_embeddings,
+    zero_shot_logits,
+)
 from qualcl.recipes.modules import GradingFineTuning, gathering
-from qualcl.recipes.plots import plot_confusion, plot_curves, plot_heatmap, plot_image_grid
+from qualcl.recipes.plots import plot_confusion, plot_heatmap, plot_image_grid
 from qualcl.recipes.run_folder import ModelCard, strata_table
-from qualcl.samplers import ShardedShuffleSampler
 
-__all__ = ["FUNDUS_MM", "FundusMMRecipe", "FundusMMState", "run_fundus_mm"]
+__all__ = ["FUNDUS_MM", "FundusMMRecipe", "FundusMMState", "run_ablation", "run_fundus_mm"]
 
 PAPER = (
     'Nguyen, Sun and Choo, "Self-Supervised Multi-Modal Learning for Fundus Image Analysis Using Contrastive '
@@ -43,7 +50,7 @@ PRETRAIN, FINETUNE = "pretrain", "finetune"
 
 
 class FundusMMState:
-    """The run's models: the pre-training module (with the network) and the fine-tuning module."""
+    """The run's models: the pre-training module (the network and its objectives) and the fine-tuning module."""
 
     def __init__(self, tokenizer: CaptionTokenizer, pretrain: ImageTextPretraining) -> None:
         self.tokenizer = tokenizer
@@ -54,6 +61,11 @@ class FundusMMState:
     def net(self) -> FundusMMNet:
         """The image–text network."""
         return self.pretrain.net
+
+    @property
+    def objectives(self) -> ImageTextObjectives:
+        """Its objectives (with the learnt logit scale)."""
+        return self.pretrain.objectives
 
 
 class _Graded(Dataset[tuple[Tensor, int, int]]):
@@ -97,18 +109,8 @@ class FundusMMRecipe(Recipe[FundusMMConfig, FundusMMData, FundusMMState]):
     zero-shot confusion matrix, image × class-prompt similarities, the loss curves per objective.
     """
 
-    name = "fundus-mm"
+    spec = SPEC
     paper = PAPER
-    config_class = FundusMMConfig
-    presets = PRESETS
-    datasets = ("synthetic", "aptos", "odir", "fives")
-    data_help = "dataset folder (aptos: train.csv + train_images/; odir: the annotation sheet; fives: train/, test/)"
-    set_example = "model.caption=autoregressive"
-
-    def check(self, config: FundusMMConfig) -> None:
-        """Real datasets need their folder."""
-        if config.data.dataset != "synthetic" and config.data.data_dir is None:
-            raise ValueError(f"--data DIR is required with --dataset {config.data.dataset}")
 
     def load_data(self, ctx: RunContext[FundusMMConfig]) -> FundusMMData:
         """Generate (once) or read the images and their captions."""
@@ -116,7 +118,7 @@ class FundusMMRecipe(Recipe[FundusMMConfig, FundusMMData, FundusMMState]):
         return load_fundus_mm_data(cfg, ctx.dataset_root(cfg), progress=ctx.image_progress)
 
     def setup(self, ctx: RunContext[FundusMMConfig], data: FundusMMData) -> FundusMMState:
-        """The tokenizer (training captions + prompts) and the randomly initialised network."""
+        """The tokenizer (training captions + prompts), the randomly initialised network and its objectives."""
         config = ctx.config
         assert data.train.caption is not None
         texts = list(data.train.caption) + [p for prompts in data.prompts for p in prompts]
@@ -125,12 +127,19 @@ class FundusMMRecipe(Recipe[FundusMMConfig, FundusMMData, FundusMMState]):
         if ctx.run.writable:
             ctx.run.path("weights").mkdir(parents=True, exist_ok=True)
             ctx.run.path("weights", "tokenizer.json").write_text(json.dumps(tokenizer.state_dict()))
-        net = FundusMMNet(config.model, tokenizer, config.data.image_size, gather_distributed=gathering(config.trainer))
+        gather = gathering(config.trainer)
+        net = FundusMMNet(config.model, tokenizer, config.data.image_size, gather_distributed=gather)
+        objectives = build_objectives(config.model, config.train, pad_id=tokenizer.pad_id, gather=gather)
         class_level = (
             data.class_level if config.train.class_level_positives is None else config.train.class_level_positives
         )
         module = ImageTextPretraining(
-            net, config.train, self._prompt_ids(tokenizer, data), class_level=class_level, seed=config.seed
+            net,
+            config.train,
+            self._prompt_ids(tokenizer, data),
+            class_level=class_level,
+            seed=config.seed,
+            objectives=objectives,
         )
         return FundusMMState(tokenizer, module)
 
@@ -153,13 +162,6 @@ class FundusMMRecipe(Recipe[FundusMMConfig, FundusMMData, FundusMMState]):
         """Image–text pre-training for a fixed schedule; the last epoch is kept (validation is logged only)."""
         config, cfg = ctx.config, ctx.config.train
         dataset = self._pairs(state, data.train)
-        if len(dataset) < cfg.batch_size:
-            raise ValueError(f"{len(dataset)} training images are fewer than train.batch_size={cfg.batch_size}")
-
-        def loader() -> DataLoader[Any]:
-            sampler = ShardedShuffleSampler(len(dataset), seed=config.seed, drop_last=True)
-            return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
-
         # the collapse monitor's probe: 64 training images and, with the contrastive objective, their captions
         first = [dataset[i] for i in range(min(64, len(dataset)))]
         probe_images, probe_ids = torch.stack([item[0] for item in first]), torch.stack([item[1] for item in first])
@@ -173,17 +175,15 @@ class FundusMMRecipe(Recipe[FundusMMConfig, FundusMMData, FundusMMState]):
         ctx.fit(
             PRETRAIN,
             state.pretrain,
-            loader,
+            train_loader(dataset, cfg.batch_size, seed=config.seed),
             eval_loader(self._pairs(state, data.val), cfg.batch_size),
-            weights={"fundus_mm": state.net},
+            weights={"fundus_mm": state.net, "fundus_mm_objectives": state.objectives},
             max_epochs=cfg.epochs,
             monitor=None,  # a fixed schedule, the last epoch kept (MAE, CLIP): validation zero-shot is too noisy
-            history="epoch_log",
             find_unused_parameters=not config.model.contrastive,  # the text tower is idle in MAE only
             info={"epochs": cfg.epochs},
             collapse=probe,
         )
-        self._plot_history(ctx)
 
     def finetune(self, ctx: RunContext[FundusMMConfig], data: FundusMMData, state: FundusMMState) -> None:
         """A copy of the pre-trained ViT with a linear head (cross-entropy), the best epoch by validation kappa.
@@ -202,15 +202,10 @@ class FundusMMRecipe(Recipe[FundusMMConfig, FundusMMData, FundusMMState]):
         )
         dataset = _Graded(data.train)
         batch = min(config.train.batch_size, len(dataset))
-
-        def loader() -> DataLoader[Any]:
-            sampler = ShardedShuffleSampler(len(dataset), seed=config.seed, drop_last=True)
-            return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True)
-
         ctx.fit(
             FINETUNE,
             state.finetune,
-            loader,
+            train_loader(dataset, batch, seed=config.seed),
             eval_loader(_Graded(data.val), batch),
             weights={"fundus_mm_finetuned": state.finetune},
             max_epochs=ev.finetune_epochs,
@@ -312,7 +307,7 @@ class FundusMMRecipe(Recipe[FundusMMConfig, FundusMMData, FundusMMState]):
                 labels = train_table.label[rows]
                 probe = LinearProbe(num_classes).fit(train["features"][rows], labels)
                 head = prompt_head_fit(
-                    train["image"][rows], labels, classes, scale=state.net.logit_scale, epochs=ev.probe_epochs
+                    train["image"][rows], labels, classes, scale=state.objectives.logit_scale, epochs=ev.probe_epochs
                 )
                 for name, (test, table) in settings.items():
                     predictions = {
@@ -340,24 +335,6 @@ class FundusMMRecipe(Recipe[FundusMMConfig, FundusMMData, FundusMMState]):
         }
 
     # ------------------------------------------------------------------ plots
-    def _plot_history(self, ctx: RunContext[FundusMMConfig]) -> None:
-        run = ctx.run
-        rows = run.read_history(PRETRAIN)
-        if not rows or not run.writable:
-            return
-        epochs = [r["epoch"] for r in rows]
-        names = {"loss_contrastive": "contrastive", "loss_image": "masked image (MSE)", "loss_caption": "caption (CE)"}
-        losses = {label: (epochs, [r[key] for r in rows]) for key, label in names.items() if key in rows[0]}
-        plot_curves(
-            losses,
-            run.path("plots", "training_curves.png"),
-            title="Image–text pre-training, loss per objective",
-            xlabel="epoch",
-            ylabel="loss",
-            secondary={"val zero-shot accuracy": (epochs, [r["val_zero_shot"] for r in rows])},
-            secondary_label="accuracy",
-        )
-
     def _plots(
         self,
         ctx: RunContext[FundusMMConfig],
@@ -413,6 +390,61 @@ class FundusMMRecipe(Recipe[FundusMMConfig, FundusMMData, FundusMMState]):
             row_titles=[table.quality_names[int(table.quality[i])] for i in pick],
         )
 
+    # ------------------------------------------------------------------ ablation
+    def ablation_columns(self, config: FundusMMConfig) -> dict[str, str]:
+        """Zero-shot accuracy first (shown per quality level), then recall@k, few-shot and fine-tuned numbers."""
+        k, shots = max(config.eval.recall_k), max(config.eval.shots)
+        kappa = _kappa_key(config)
+        return {
+            "zero_shot": "zero-shot acc",
+            "i2t": f"I→T R@{k}",
+            "t2i": f"T→I R@{k}",
+            "prompt_head": f"{shots}-shot acc (prompt head)",
+            "linear_probe": f"{shots}-shot acc (linear probe)",
+            "finetune_acc": "fine-tuned acc",
+            "finetune_kappa": f"fine-tuned {kappa.upper() if kappa == 'qwk' else kappa}",
+        }
+
+    def ablation_cells(self, config: FundusMMConfig, metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
+        """Overall: zero-shot, recall@(largest k), few-shot (most shots), fine-tuned; per quality level: zero-shot."""
+        test, nan = metrics["test"], float("nan")
+        k = max(config.eval.recall_k)
+        few = test["few_shot"]["original"][f"{max(config.eval.shots)}_shot"]
+        tuned = test["finetune"].get("original", {}).get("overall", {})
+        zero = test["zero_shot"]["original"]
+        overall = {
+            "zero_shot": zero["overall"]["accuracy"],
+            "i2t": test["recall"].get(f"i2t_r@{k}", nan),
+            "t2i": test["recall"].get(f"t2i_r@{k}", nan),
+            "prompt_head": few["prompt_head"]["overall"]["accuracy"]["mean"],
+            "linear_probe": few["linear_probe"]["overall"]["accuracy"]["mean"],
+            "finetune_acc": tuned.get("accuracy", nan),
+            "finetune_kappa": tuned.get(_kappa_key(config), nan),
+        }
+        strata = {s: {"zero_shot": zero[s]["accuracy"]} for s in ablation.strata_order(zero) if s != "overall"}
+        return {"overall": overall, **strata}
+
+    def summary_sets(self, config: FundusMMConfig, metrics: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+        """The end-of-run summary's test sets: zero-shot accuracy per stratum, as tested and at each raised LQ ratio."""
+        zero = metrics["test"]["zero_shot"]
+        settings = ["original", *(f"lq_{round(100 * r)}" for r in config.eval.lq_ratios)]
+        return {
+            setting: {stratum: {"zero_shot": c["accuracy"], "n": c["n"]} for stratum, c in zero[setting].items()}
+            for setting in settings
+            if setting in zero
+        }
+
+    def ablation_notes(self, config: FundusMMConfig) -> str:
+        """The encoder and schedule, and the paper's Table 1 for the rows it has."""
+        paper = "; ".join(
+            f"{SPEC.ablations[name].label.split(' (')[0]} {' / '.join(cells)}" for name, cells in PAPER_TABLE.items()
+        )
+        return (
+            f"Encoder `{config.model.encoder}`, {config.train.epochs} pre-training epochs. The paper's Table 1 "
+            f"(zero-shot ODIR acc % / few-shot FIVES acc % / fine-tuned APTOS kappa × 100: {paper}) is on other "
+            "data and models."
+        )
+
     def model_card(
         self, ctx: RunContext[FundusMMConfig], data: FundusMMData, state: FundusMMState, results: dict[str, Any]
     ) -> ModelCard:
@@ -449,7 +481,8 @@ class FundusMMRecipe(Recipe[FundusMMConfig, FundusMMData, FundusMMState]):
             summary=summary,
             headline=headline,
             table=table,
-            plots=["training_curves.png", "reconstructions.png", "zero_shot_confusion.png", "prompt_similarity.png"],
+            plots=[f"{PRETRAIN}.png", "reconstructions.png", "zero_shot_confusion.png", "prompt_similarity.png"]
+            + ([f"{FINETUNE}.png"] if test["finetune"] else []),
         )
 
 
@@ -460,3 +493,9 @@ FUNDUS_MM = FundusMMRecipe()
 def run_fundus_mm(config: FundusMMConfig, out: str | Path, **kwargs: Any) -> dict[str, Any]:
     """The run end to end into ``out``; re-running resumes."""
     return FUNDUS_MM.run(config, out, **kwargs)
+
+
+#: ``run_ablation(config, out, *, seeds, variants, progress, run_missing)``: the declared ablation
+#: (:data:`~qualcl.recipes.fundus_mm.config.ABLATIONS`) by the one runner
+#: (:func:`qualcl.recipes.ablation.run_ablation`).
+run_ablation = functools.partial(ablation.run_ablation, FUNDUS_MM)
