@@ -11,6 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from qualcl.data.views import LocalDiscriminationViews
+from qualcl.functional import soft_dice_loss
 from qualcl.recipes.local_discrimination import (
     ABLATIONS,
     LOCAL_DISCRIMINATION,
@@ -19,6 +20,7 @@ from qualcl.recipes.local_discrimination import (
     SegmentationTransfer,
     ShapeDiscriminator,
     ShapeGuidedTraining,
+    build_losses,
     pretraining_losses,
 )
 from qualcl.recipes.local_discrimination.config import PretrainConfig
@@ -66,27 +68,36 @@ def test_smoke_run_writes_a_complete_run_folder(whole):
     test = metrics["test"]
     for phase in ("frozen", "finetuned"):
         strata = test["segmentation"]["vessels"][phase]
-        levels = [s for s in ("Good", "Usable", "Reject") if s in strata]
-        assert list(strata) == ["overall", *levels] and "Good" in levels
-        assert 0.0 <= strata["overall"]["dice"] <= 1.0
+        assert list(strata) == ["overall", "Good", "Usable", "Reject"]  # every level, an empty one with n 0
+        assert 0.0 <= strata["overall"]["dice"] <= 1.0 and strata["Good"]["n"] > 0
     for name in ("disc", "fovea"):
-        overall = test["landmarks"][name]["overall"]
-        assert overall["mre"] >= 0 and 0 <= overall["sdr@4"] <= 1
+        strata = test["landmarks"][name]
+        assert list(strata) == ["overall", "Good", "Usable", "Reject"]
+        assert strata["overall"]["mre"] >= 0 and 0 <= strata["overall"]["sdr@4"] <= 1
+        assert strata["overall"]["n"] == sum(strata[level]["n"] for level in ("Good", "Usable", "Reject"))
     assert 0.0 <= test["shape_guided"]["overall"]["dice"] <= 1.0
     for plot in (
         "cluster_assignments.png",
         "embedding_pca.png",
         "segmentation_vessels_frozen.png",
         "landmarks_disc.png",
-        "pretrain_ld_curves.png",
-        "shape_curves.png",
+        "pretrain_pd.png",
+        "pretrain_ld.png",
+        "shape.png",
+        "transfer_vessels_frozen.png",
+        "transfer_vessels_finetuned.png",
         "dice_by_quality.png",
     ):
         assert (out / "plots" / plot).is_file(), plot
     card = (out / "MODEL_CARD.md").read_text()
-    assert "qualcl's design" in card and "Dice" in card
+    assert "qualcl's design" in card and "Dice" in card and "(plots/shape.png)" in card
     history = RunFolder(out).read_history("pretrain_ld")
-    assert len(history) == 2 and {"pd", "mixup", "region", "entropy"} <= set(history[0])
+    assert len(history) == 2 and {"pd", "mixup", "region", "entropy", "loss", "lr"} <= set(history[0])
+    assert history[1]["lr"] == history[0]["lr"]  # halved every 10 epochs
+    shape = RunFolder(out).read_history("shape")
+    assert len(shape) == 2 and {"adversarial", "discriminator", "loss"} <= set(shape[0])
+    transfer = RunFolder(out).read_history("transfer_vessels_frozen")
+    assert [set(row) for row in transfer] == [{"epoch", "loss", "val_dice"}] * 2
 
 
 class _StopAt(Callback):
@@ -123,7 +134,7 @@ def test_every_baseline_runs_and_trains_what_it_says(variant, data_dir, tmp_path
         "transfer.finetune_epochs=0",
         "trainer.logger=none",
         f"data.data_dir={data_dir}",
-        *[f"{section}.{k}={v}" for section, values in ABLATIONS[variant].items() for k, v in values.items()],
+        *ABLATIONS[variant].overrides,
     ]
     config = LOCAL_DISCRIMINATION.config("smoke", overrides=overrides)
     metrics = LOCAL_DISCRIMINATION.run(config, tmp_path / variant)
@@ -151,7 +162,7 @@ def test_every_pretraining_objective_is_finite_and_reaches_the_encoder(method):
     net = LDNet(dim=8, clusters=4)
     module = LDPretraining(net, views, PretrainConfig(grid=4, batch_size=2), method)
     batch = views.assemble(views.collate([views[0], views[1]]))
-    terms, _ = pretraining_losses(net, batch, module.config, method=method, projection=module.projection)
+    terms, _ = pretraining_losses(net, batch, module.losses, grid=4, method=method, projection=module.projection)
     expected = {"pd": {"pd", "mixup"}, "ld": {"pd", "mixup", "region", "entropy"}, "simclr": {"nt_xent"}}
     assert set(terms) == expected.get(method, {"dense"})
     total = sum(terms.values())
@@ -159,6 +170,22 @@ def test_every_pretraining_objective_is_finite_and_reaches_the_encoder(method):
     total.backward()
     first = next(net.encoder.parameters())
     assert first.grad is not None and bool(first.grad.abs().sum() > 0)
+
+
+def test_the_transfer_dice_is_the_codes_batch_dice_unless_per_image():
+    probs = torch.tensor([0.9, 0.2, 0.6, 0.1]).reshape(2, 1, 1, 2).expand(2, 1, 2, 2).contiguous()
+    masks = torch.zeros(2, 1, 2, 2)
+    masks[0] = 1
+    masks[1, 0, 0, 0] = 1  # 4 and 1 foreground pixels: the two forms differ
+    config = PretrainConfig()
+    batch, per_image = (
+        build_losses(config, gather=False)["dice"],
+        build_losses(config, gather=False, per_image_dice=True)["dice"],
+    )
+    assert torch.equal(batch(probs, masks), soft_dice_loss(probs, masks, per_image=False))
+    assert torch.equal(per_image(probs, masks), soft_dice_loss(probs, masks, per_image=True))
+    assert not torch.allclose(batch(probs, masks), per_image(probs, masks))
+    assert not LOCAL_DISCRIMINATION.config("smoke").transfer.per_image_dice  # the code's form by default
 
 
 def test_the_discriminator_sees_masks_and_the_leaky_quirk_is_the_identity():
@@ -251,11 +278,13 @@ def test_ablation_writes_its_table_with_the_quality_gap(data_dir, tmp_path):
     )
     results = run_ablation(config, tmp_path / "abl", seeds=[0], variants=["random", "ld_stage1"], progress=False)
     assert set(results) == {"random", "ld_stage1"}
-    assert len(results["random"]["OD/finetuned/overall"]) == 1
+    assert list(results["random"]) == ["overall", "Good", "Usable", "Reject"]
+    assert len(results["random"]["overall"]["OD/finetuned"]) == 1
     table = (tmp_path / "abl" / "ablation.md").read_text()
     assert "| random initialisation |" in table and "LD stage 1" in table
-    assert "OD Dice (finetuned)" in table and "disc MRE px" in table
-    assert "## OD: Dice per quality level (finetuned encoder)" in table and "gap Good − " in table
-    assert (tmp_path / "abl" / "ablation_dice.png").is_file()
+    assert "OD Dice (finetuned)" in table and "OD Dice (frozen)" in table and "disc MRE px" in table
+    assert "OD gap Good − Reject" in table and "## OD Dice (finetuned) per stratum" in table
+    for plot in ("ablation.png", "ablation_dice.png"):
+        assert (tmp_path / "abl" / plot).is_file()
     with pytest.raises(ValueError, match="unknown ablation variant"):
         run_ablation(config, tmp_path / "abl", variants=["byol"])

@@ -21,7 +21,6 @@ from qualcl.recipes.local_discrimination.config import (
 )
 
 if TYPE_CHECKING:
-    from qualcl.recipes.local_discrimination.ablation import ablation_table, run_ablation, variant_config
     from qualcl.recipes.local_discrimination.data import (
         SYNTHETIC_TASKS,
         LDData,
@@ -40,12 +39,14 @@ if TYPE_CHECKING:
         LDPretraining,
         SegmentationTransfer,
         ShapeGuidedTraining,
+        build_losses,
         pretraining_losses,
     )
     from qualcl.recipes.local_discrimination.recipe import (
         LOCAL_DISCRIMINATION,
         LDState,
         LocalDiscriminationRecipe,
+        run_ablation,
         run_local_discrimination,
     )
 
@@ -76,14 +77,13 @@ __all__ = [
     "ShapeDiscriminator",
     "ShapeGuidedTraining",
     "TransferConfig",
-    "ablation_table",
+    "build_losses",
     "ld_decoder",
     "load_ld_data",
     "local_discrimination_config",
     "pretraining_losses",
     "run_ablation",
     "run_local_discrimination",
-    "variant_config",
 ]
 
 # The models, data and recipe (torch, Lightning) are imported on first use, so that importing this package
@@ -92,9 +92,6 @@ if not TYPE_CHECKING:
     __getattr__, __dir__ = lazy_exports(
         __name__,
         {
-            "ablation_table": "qualcl.recipes.local_discrimination.ablation",
-            "run_ablation": "qualcl.recipes.local_discrimination.ablation",
-            "variant_config": "qualcl.recipes.local_discrimination.ablation",
             "SYNTHETIC_TASKS": "qualcl.recipes.local_discrimination.data",
             "LDData": "qualcl.recipes.local_discrimination.data",
             "SegmentationDataset": "qualcl.recipes.local_discrimination.data",
@@ -108,10 +105,12 @@ if not TYPE_CHECKING:
             "LDPretraining": "qualcl.recipes.local_discrimination.modules",
             "SegmentationTransfer": "qualcl.recipes.local_discrimination.modules",
             "ShapeGuidedTraining": "qualcl.recipes.local_discrimination.modules",
+            "build_losses": "qualcl.recipes.local_discrimination.modules",
             "pretraining_losses": "qualcl.recipes.local_discrimination.modules",
             "LOCAL_DISCRIMINATION": "qualcl.recipes.local_discrimination.recipe",
             "LDState": "qualcl.recipes.local_discrimination.recipe",
             "LocalDiscriminationRecipe": "qualcl.recipes.local_discrimination.recipe",
+            "run_ablation": "qualcl.recipes.local_discrimination.recipe",
             "run_local_discrimination": "qualcl.recipes.local_discrimination.recipe",
             "local_discrimination_config": "qualcl.recipes.local_discrimination.recipe:LOCAL_DISCRIMINATION.config",
         },

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from qualcl.recipes.config import RecipeConfig, RecipeSpec, check_cnn_encoder
+from qualcl.recipes.config import DataConfig as BaseDataConfig
+from qualcl.recipes.config import RecipeConfig, RecipeSpec, Variant, check_cnn_encoder
 
 __all__ = [
     "ABLATIONS",
@@ -20,40 +21,35 @@ __all__ = [
     "TransferConfig",
 ]
 
-Dataset = Literal["synthetic", "drive", "stare", "chase", "hrf", "idrid", "drishti"]
-
 
 @dataclass
-class DataConfig:
+class DataConfig(BaseDataConfig):
     """Images for pre-training (unlabelled) and the labelled segmentation splits.
+
+    The shared fields (``data_dir``, ``image_size``, ``lq_ratio``, ``seed``) are
+    :class:`qualcl.recipes.config.DataConfig`'s; ``image_size`` must be a multiple of 16 here (the
+    code: 448 crops of 512-px images).
 
     Attributes:
         dataset: ``"synthetic"`` (the embedded SynthFundus set: vessel, optic-disc and exudate
             masks, disc and fovea landmarks, quality levels) or a real segmentation set read by
             :func:`qualcl.data.readers.read_segmentation` (``drive`` = DRIVE/RITE, ``stare``,
             ``chase`` = CHASE_DB1, ``hrf``, ``idrid``, ``drishti`` = Drishti-GS1).
-        data_dir: Dataset folder (required for the real datasets).
         num_images: Synthetic images to generate.
-        image_size: Side of the network input (the code: 448 crops of 512-px images).
-        lq_ratio: Synthetic low-quality fraction.
-        seed: Seed of the data (generation, splits), fixed across training seeds.
         labelled: Labelled training images of the segmentation transfer (``0``: all of the
             training split; the synthetic default keeps a DRIVE-like few).
         val_fraction: Share of the labelled images held out to select the best epoch (the code: 0.2).
         test_fraction: Share of the images tested on for datasets without a split (STARE, CHASE_DB1, HRF).
     """
 
-    dataset: Dataset = "synthetic"
-    data_dir: str | None = None
+    dataset: Literal["synthetic", "drive", "stare", "chase", "hrf", "idrid", "drishti"] = "synthetic"
     num_images: int = 400
-    image_size: int = 64
-    lq_ratio: float = 0.336
-    seed: int = 0
     labelled: int = 24
     val_fraction: float = 0.2
     test_fraction: float = 0.5
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.image_size < 32 or self.image_size % 16:
             raise ValueError(
                 f"data.image_size must be a multiple of 16 (the encoder pools 4 times), >= 32, got {self.image_size}"
@@ -144,6 +140,10 @@ class TransferConfig:
         finetune_epochs: Epochs fine-tuning everything (the code: 100).
         batch_size: Images per step (the code: 2).
         lr: Adam learning rate (1e-3).
+        per_image_dice: The soft-Dice loss's form. ``False`` (the code's ``dice_loss``, which
+            flattens the batch): one Dice over every pixel of the step's batch, so images weigh by
+            their foreground area; ``True``: the mean of one Dice per image. Under DDP either form
+            is computed on the global batch (:func:`~qualcl.recipes.local_discrimination.modules.build_losses`).
     """
 
     tasks: tuple[str, ...] = ()
@@ -151,6 +151,7 @@ class TransferConfig:
     finetune_epochs: int = 15
     batch_size: int = 4
     lr: float = 1e-3
+    per_image_dice: bool = False
 
     def __post_init__(self) -> None:
         if self.frozen_epochs < 1 or self.finetune_epochs < 0:
@@ -237,13 +238,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: Baselines and ablation: name → ``{"pretrain": {...}}`` overrides.
-ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
-    "random": {"pretrain": {"method": "none"}, "shape": {"enabled": False}},
-    "simclr": {"pretrain": {"method": "simclr"}, "shape": {"enabled": False}},
-    "dense": {"pretrain": {"method": "dense"}, "shape": {"enabled": False}},
-    "ld_stage1": {"pretrain": {"method": "ld_stage1"}, "shape": {"enabled": False}},
-    "ld": {"pretrain": {"method": "ld"}, "shape": {"enabled": False}},
+#: Baselines and ablation (``qualcl run local-discrimination --ablation``), each without the shape-guided stage.
+ABLATIONS: dict[str, Variant] = {
+    name: Variant(label, (f"pretrain.method={method}", "shape.enabled=false"))
+    for name, method, label in (
+        ("random", "none", "random initialisation"),
+        ("simclr", "simclr", "SimCLR (image-level NT-Xent)"),
+        ("dense", "dense", "dense InfoNCE (DenseCL-style, known correspondence)"),
+        ("ld_stage1", "ld_stage1", "LD stage 1 (patch discrimination + mixup)"),
+        ("ld", "ld", "LD (+ region discrimination, entropy)"),
+    )
 }
 
 
@@ -253,10 +257,10 @@ SPEC: RecipeSpec[LocalDiscriminationConfig] = RecipeSpec(
     name="local-discrimination",
     config_class=LocalDiscriminationConfig,
     presets=PRESETS,
-    datasets=("synthetic", "drive", "stare", "chase", "hrf", "idrid", "drishti"),
     data_help=(
         "dataset folder: drive (training/, test/), stare (stare-images/, labels-ah/), chase (Image_NNx.jpg + "
         "_1stHO.png), hrf (images/, manual1/), idrid (A. Segmentation/), drishti (Training/, Test/)"
     ),
     set_example="pretrain.method=simclr",
+    ablations=ABLATIONS,
 )

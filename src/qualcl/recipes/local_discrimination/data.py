@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from qualcl.data.augment import item_generator
-from qualcl.data.loading import FUNDUS_QUALITY, patient_split, read_resized
+from qualcl.data.loading import FUNDUS_QUALITY, UNRATED, ImageProgress, patient_split, read_resized
 from qualcl.data.readers import SEGMENTATION_DATASETS, load_segmentation_sample, read_segmentation
 from qualcl.data.synthetic import load_fundus_dataset
 from qualcl.recipes.local_discrimination.config import DataConfig
@@ -22,10 +22,6 @@ __all__ = ["SYNTHETIC_TASKS", "LDData", "SegmentationDataset", "SegmentationSet"
 
 #: Masks of the synthetic set the transfer segments (vessels, optic disc, hard exudates: the code's retinal tasks).
 SYNTHETIC_TASKS = ("vessels", "OD", "EX")
-#: The quality stratum of datasets without quality labels.
-UNRATED = ("unrated",)
-
-Progress = Callable[[Sequence[Path]], Sequence[Path]] | None
 
 
 class SegmentationSet(NamedTuple):
@@ -93,7 +89,10 @@ def _read_mask(path: Path, size: int) -> Tensor:
         return torch.from_numpy(np.array(grey)) > 0
 
 
-def _synthetic(config: DataConfig, root: Path, progress: Progress) -> tuple[SegmentationSet, SegmentationSet, Tensor]:
+Splits = tuple[SegmentationSet, SegmentationSet, Tensor]
+
+
+def _synthetic(config: DataConfig, root: Path, progress: ImageProgress) -> Splits:
     folder = load_fundus_dataset(root)
     size = config.image_size
     generated = int(folder.metadata.get("size", size))
@@ -117,7 +116,7 @@ def _synthetic(config: DataConfig, root: Path, progress: Progress) -> tuple[Segm
     return train, test, train.masks["vessels"]
 
 
-def _real(config: DataConfig, root: Path, progress: Progress) -> tuple[SegmentationSet, SegmentationSet, Tensor]:
+def _real(config: DataConfig, root: Path, progress: ImageProgress) -> Splits:
     dataset = config.dataset
     tasks = SEGMENTATION_DATASETS[dataset]
 
@@ -144,7 +143,9 @@ def _real(config: DataConfig, root: Path, progress: Progress) -> tuple[Segmentat
     return train, test, torch.zeros(0, config.image_size, config.image_size, dtype=torch.bool)
 
 
-def load_ld_data(config: DataConfig, root: Path, tasks: Sequence[str] = (), *, progress: Progress = None) -> LDData:
+def load_ld_data(
+    config: DataConfig, root: Path, tasks: Sequence[str] = (), *, progress: ImageProgress = None
+) -> LDData:
     """Read the dataset: pre-training images, labelled train / val, test, shape priors.
 
     The pre-training images are the whole training split, unlabelled; the transfer's labelled

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qualcl.data.views import LocalBatch, LocalDiscriminationViews, LocalViews, realign_grid
-from qualcl.distributed import gather_no_grad
-from qualcl.functional import (
-    assignment_entropy,
-    grid_items,
-    mixup_targets,
-    patch_grid,
-    soft_dice_loss,
-)
+from qualcl.distributed import gather_no_grad, gather_with_grad, rank, world_size
+from qualcl.functional import assignment_entropy, grid_items, mixup_targets, patch_grid, soft_dice_loss
 from qualcl.heads import ProjectionHead
 from qualcl.losses import (
     InfoNCE,
@@ -29,25 +24,67 @@ from qualcl.losses import (
 from qualcl.metrics import binarize, segmentation_metrics
 from qualcl.recipes.local_discrimination.config import PretrainConfig, ShapeConfig
 from qualcl.recipes.local_discrimination.model import LDNet, SegmentationNet, ShapeDiscriminator
+from qualcl.recipes.modules import History, RecipeModule
 
-__all__ = ["LDPretraining", "SegmentationTransfer", "ShapeGuidedTraining", "pretraining_losses"]
+__all__ = ["LDPretraining", "SegmentationTransfer", "ShapeGuidedTraining", "build_losses", "pretraining_losses"]
+
+#: Every loss term a stage may record, and its label in the stage's plot.
+TERMS = {
+    "pd": "patch discrimination",
+    "mixup": "mixup consistency",
+    "region": "region discrimination",
+    "entropy": "assignment entropy",
+    "nt_xent": "NT-Xent (SimCLR)",
+    "dense": "dense InfoNCE",
+}
 
 
-def _schedule(optimizer: torch.optim.Optimizer, halve_every: int) -> Any:
+def build_losses(config: PretrainConfig, *, gather: bool, per_image_dice: bool = False) -> dict[str, Any]:
+    """Every loss of the recipe, built in one place: ``{term: callable}``.
+
+    ``pd``, ``mixup``, ``region`` (LD), ``nt_xent`` (SimCLR), ``dense`` (dense InfoNCE),
+    ``entropy``, ``adversarial`` (the shape stage's BCE on logits, both players) and ``dice`` (the
+    transfer's soft Dice, :func:`qualcl.functional.soft_dice_loss`, one Dice over the batch unless
+    ``per_image_dice``).
+
+    With ``gather`` (:func:`qualcl.recipes.modules.gathering`) every batch-global term is computed
+    on the global batch under DDP: the contrastive terms contrast with every rank's items, the
+    region prototypes are means over every rank's images, and the batch Dice's sums run over every
+    rank's pixels (its probabilities gathered with gradients), so a step equals one process on the
+    concatenated batch. The entropy, the BCE and the per-image Dice are per-item means, exact under
+    DDP's gradient averaging because every rank holds a batch of the same size (``drop_last``).
+
+    Args:
+        config: Pre-training settings (temperatures).
+        gather: Gather across processes (no-op on one).
+        per_image_dice: The transfer's Dice per image (``TransferConfig.per_image_dice``).
+    """
+
+    def dice(probs: Tensor, target: Tensor) -> Tensor:
+        if gather and not per_image_dice:  # one Dice over every rank's pixels
+            probs, target = gather_with_grad(probs)[0], gather_no_grad(target)
+        return soft_dice_loss(probs, target, per_image=per_image_dice)
+
     return {
-        "optimizer": optimizer,
-        "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, step_size=halve_every, gamma=0.5),
+        "pd": PatchDiscriminationLoss(config.temperature, gather_distributed=gather),
+        "mixup": MixupConsistencyLoss(config.temperature, gather_distributed=gather),
+        "region": RegionDiscriminationLoss(config.region_temperature, gather_distributed=gather),
+        "nt_xent": NTXentLoss(config.temperature, gather_distributed=gather),
+        "dense": InfoNCE(config.temperature, gather_distributed=gather),
+        "entropy": assignment_entropy,
+        "adversarial": F.binary_cross_entropy_with_logits,
+        "dice": dice,
     }
 
 
 def pretraining_losses(
     net: LDNet,
     batch: LocalBatch,
-    config: PretrainConfig,
+    losses: Mapping[str, Any],
     *,
+    grid: int,
     method: str,
     projection: nn.Module | None = None,
-    gather_distributed: bool = False,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """The loss terms of one batch for ``method``, unweighted, and the assignments of the first 4B images.
 
@@ -57,96 +94,69 @@ def pretraining_losses(
     patch cell of the first views and the same cell of the second views, every other second-view
     cell a negative (DenseCL-style, with the correspondence known from the recorded turns).
 
-    With ``gather_distributed`` (:func:`qualcl.recipes.modules.gathering`) the contrastive terms
-    contrast with the items of every rank and the region prototypes are means over every rank's
-    images, so under DDP a step equals one process on the concatenated batch; the entropy is a
-    per-pixel mean, exact because every rank holds a batch of the same size (``drop_last``).
+    Args:
+        net: The network.
+        batch: An assembled batch (``[x1_1, x2_1, x1_2, x2_2, mixup]``, ``B`` images each).
+        losses: :func:`build_losses`.
+        grid: Patch grid side.
+        method: ``"pd"``, ``"ld"``, ``"simclr"`` or ``"dense"``.
+        projection: SimCLR's projection head.
     """
     images = batch.images
     b = images.shape[0] // 5
-    gather = gather_distributed
     if method == "simclr":
         assert projection is not None
-        pooled = net.encoder(images[: 4 * b])
-        z = projection(pooled)
-        first, second = z[: 2 * b], z[2 * b :]
-        nt_xent = NTXentLoss(config.temperature, gather_distributed=gather)
-        return {"nt_xent": nt_xent(first, second)}, images.new_zeros(0)
+        z = projection(net.encoder(images[: 4 * b]))
+        return {"nt_xent": losses["nt_xent"](z[: 2 * b], z[2 * b :])}, images.new_zeros(0)
     out = net(images)
-    grids = patch_grid(out.embeddings, config.grid)
+    grids = patch_grid(out.embeddings, grid)
     turned = grids[2 * b : 4 * b]
     realigned = realign_grid(turned, batch.flip.transpose(0, 1).reshape(-1), batch.rot.transpose(0, 1).reshape(-1))
     grids = torch.cat([grids[: 2 * b], realigned, grids[4 * b :]])
     if method == "dense":
-        anchors, positives = grid_items(grids[: 2 * b]), grid_items(grids[2 * b : 4 * b])
-        loss = InfoNCE(config.temperature, gather_distributed=gather)(anchors, positives)
-        return {"dense": loss}, out.assignments[: 4 * b]
+        dense = losses["dense"](grid_items(grids[: 2 * b]), grid_items(grids[2 * b : 4 * b]))
+        return {"dense": dense}, out.assignments[: 4 * b]
     # the two views' cells [x1; x2] (view2=None: stacked); under DDP each view is gathered over ranks
-    pd, mixup = (PatchDiscriminationLoss, MixupConsistencyLoss)
     terms = {
-        "pd": pd(config.temperature, gather_distributed=gather)(grid_items(grids[: 4 * b])),
-        "mixup": mixup(config.temperature, gather_distributed=gather)(
+        "pd": losses["pd"](grid_items(grids[: 4 * b])),
+        "mixup": losses["mixup"](
             grid_items(grids[4 * b :]), grid_items(mixup_targets(grids[:b], grids[b : 2 * b], batch.weight))
         ),
     }
     if method == "ld":
-        region = RegionDiscriminationLoss(config.region_temperature, gather_distributed=gather)
-        terms["region"] = region(out.embeddings[: 4 * b], out.assignments[: 4 * b])
-        terms["entropy"] = assignment_entropy(out.assignments[: 4 * b])
+        terms["region"] = losses["region"](out.embeddings[: 4 * b], out.assignments[: 4 * b])
+        terms["entropy"] = losses["entropy"](out.assignments[: 4 * b])
     return terms, out.assignments[: 4 * b]
 
 
-class _EpochRows:
-    """Running means of the loss terms over an epoch, one history row per epoch (kept across resume)."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.count = 0
-        self.rows: list[dict[str, float]] = []
-
-    def add(self, terms: dict[str, Tensor], total: Tensor) -> None:
-        for name, value in {**terms, "loss": total}.items():
-            self.sums[name] = self.sums.get(name, 0.0) + float(value.detach())
-        self.count += 1
-
-    def close(self, epoch: int, **extra: float) -> None:
-        if self.count:
-            self.rows.append({"epoch": float(epoch), **{k: v / self.count for k, v in self.sums.items()}, **extra})
-        self.sums, self.count = {}, 0
-
-    def state(self) -> dict[str, Any]:
-        return {"sums": dict(self.sums), "count": self.count}
-
-    def load(self, state: dict[str, Any]) -> None:
-        self.sums, self.count = dict(state.get("sums", {})), int(state.get("count", 0))
+def _weighted(terms: dict[str, Tensor], weights: Mapping[str, float]) -> Tensor:
+    return torch.stack([weights.get(name, 1.0) * value for name, value in terms.items()]).sum()
 
 
-class _SelfSupervisedStage(L.LightningModule):
-    """What both pre-training modules share: per-epoch loss rows kept across resume, train mode every epoch."""
+class _SelfSupervisedStage(RecipeModule):
+    """What both pre-training modules share: network, views, losses, a row of mean terms per epoch, train mode."""
 
-    #: Checkpoint key of the running sums of an unfinished epoch.
-    statistics_key = "ld_epoch_statistics"
+    history = History(
+        curves=TERMS,
+        metrics={"loss": "total (weighted)"},
+        extra=("lr",),
+        ylabel="loss term",
+        metrics_label="total loss",
+    )
 
-    def __init__(self) -> None:
+    def __init__(
+        self, net: LDNet, views: LocalDiscriminationViews, config: PretrainConfig, *, gather_distributed: bool
+    ) -> None:
         super().__init__()
-        self.log_rows = _EpochRows()
-
-    @property
-    def epoch_log(self) -> list[dict[str, float]]:
-        """One row of mean loss terms per finished epoch."""
-        return self.log_rows.rows
+        self.net = net
+        self.views = views
+        self.config = config
+        self.losses = build_losses(config, gather=gather_distributed)
+        self.weights = {"region": config.region_weight, "entropy": config.entropy_weight}
 
     def on_train_epoch_start(self) -> None:
         """Train mode, whatever mode the network arrived in."""
         self.train()
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the running sums of an unfinished epoch."""
-        checkpoint[self.statistics_key] = self.log_rows.state()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore them, so that a resumed epoch's history row covers all its batches."""
-        self.log_rows.load(checkpoint.get(self.statistics_key, {}))
 
 
 class LDPretraining(_SelfSupervisedStage):
@@ -163,7 +173,7 @@ class LDPretraining(_SelfSupervisedStage):
         views: The training views (their :meth:`assemble`).
         config: Pre-training settings.
         method: ``"pd"``, ``"ld"``, ``"simclr"`` or ``"dense"``.
-        gather_distributed: Under DDP, losses over every rank's batch (see :func:`pretraining_losses`).
+        gather_distributed: Under DDP, losses over every rank's batch (see :func:`build_losses`).
     """
 
     def __init__(
@@ -175,43 +185,34 @@ class LDPretraining(_SelfSupervisedStage):
         *,
         gather_distributed: bool = False,
     ) -> None:
-        super().__init__()
-        self.gather_distributed = gather_distributed
         if method not in ("pd", "ld", "simclr", "dense"):
             raise ValueError(f"method must be 'pd', 'ld', 'simclr' or 'dense', got {method!r}")
-        self.net = net
-        self.views = views
-        self.config = config
+        super().__init__(net, views, config, gather_distributed=gather_distributed)
         self.method = method
         self.projection = ProjectionHead([net.encoder.num_features, 128, 128]) if method == "simclr" else None
-        self.weights = {"region": config.region_weight, "entropy": config.entropy_weight}
 
     def loss(self, batch: LocalBatch) -> tuple[dict[str, Tensor], Tensor]:
         """The loss terms of an assembled batch and their weighted sum (what a step minimises)."""
         terms, _ = pretraining_losses(
-            self.net,
-            batch,
-            self.config,
-            method=self.method,
-            projection=self.projection,
-            gather_distributed=self.gather_distributed,
+            self.net, batch, self.losses, grid=self.config.grid, method=self.method, projection=self.projection
         )
-        return terms, torch.stack([self.weights.get(name, 1.0) * value for name, value in terms.items()]).sum()
+        return terms, _weighted(terms, self.weights)
 
     def training_step(self, batch: LocalViews, batch_idx: int) -> Tensor:
         """One step on a collated batch."""
         terms, total = self.loss(self.views.assemble(batch, self.device))
-        self.log("train/loss", total.detach(), prog_bar=True)
-        self.log_rows.add(terms, total)
+        self.record(**terms, loss=total)
         return total
 
-    def on_train_epoch_end(self) -> None:
-        """Record the epoch's mean loss terms and learning rate."""
-        self.log_rows.close(self.current_epoch, lr=float(self.trainer.optimizers[0].param_groups[0]["lr"]))
+    def epoch_extras(self) -> dict[str, float]:
+        """The learning rate the epoch ends with."""
+        return {"lr": float(self.trainer.optimizers[0].param_groups[0]["lr"])}
 
     def configure_optimizers(self) -> Any:
         """Adam with the rate halved every ``halve_every`` epochs."""
-        return _schedule(torch.optim.Adam(self.parameters(), lr=self.config.lr), self.config.halve_every)
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.config.lr)
+        schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.config.halve_every, gamma=0.5)
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
 
 class ShapeGuidedTraining(_SelfSupervisedStage):
@@ -220,6 +221,9 @@ class ShapeGuidedTraining(_SelfSupervisedStage):
     Generator step: ``L_pd + L_mix + 10·L_region + 0.1·L_entropy + w·BCE(D(a_0), 1)``;
     discriminator step: ``BCE(D(prior), 1) + BCE(D(a_0.detach()), 0)`` with its own Adam at
     ``ratio × lr`` (manual optimisation, one step of each per batch, as the code alternates them).
+    The prior masks of a step are drawn for the global batch from a generator seeded by the step
+    alone, and each rank takes its share (:meth:`draw_priors`), so under DDP a step equals one
+    process on the concatenated batch.
 
     Args:
         net: The network (``K`` clusters).
@@ -227,10 +231,15 @@ class ShapeGuidedTraining(_SelfSupervisedStage):
         priors: ``(P, S, S)`` bool prior masks.
         config: Pre-training settings (schedule and the LD weights).
         shape: Shape-guided settings.
-        gather_distributed: Under DDP, LD's losses over every rank's batch (see :func:`pretraining_losses`).
+        gather_distributed: Under DDP, LD's losses over every rank's batch (see :func:`build_losses`).
     """
 
-    statistics_key = "shape_epoch_statistics"
+    history = History(
+        curves={**TERMS, "adversarial": "adversarial (generator)", "discriminator": "discriminator"},
+        metrics={"loss": "total (weighted)"},
+        ylabel="loss term",
+        metrics_label="total loss",
+    )
 
     def __init__(
         self,
@@ -242,59 +251,63 @@ class ShapeGuidedTraining(_SelfSupervisedStage):
         *,
         gather_distributed: bool = False,
     ) -> None:
-        super().__init__()
-        self.gather_distributed = gather_distributed
         if priors.ndim != 3 or priors.shape[0] == 0:
             raise ValueError(f"shape-guided training needs (P, S, S) prior masks, got shape {tuple(priors.shape)}")
+        super().__init__(net, views, config, gather_distributed=gather_distributed)
         self.automatic_optimization = False
-        self.net = net
-        self.views = views
-        self.config = config
         self.shape = shape
+        self.weights["adversarial"] = shape.adversarial_weight
         self.discriminator = ShapeDiscriminator(leaky_quirk=shape.leaky_quirk)
         self.register_buffer("priors", priors.float()[:, None], persistent=False)
+
+    def generator_loss(self, batch: LocalBatch) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """LD's terms and the adversarial term of an assembled batch, their weighted sum, and cluster channel 0."""
+        terms, assignments = pretraining_losses(self.net, batch, self.losses, grid=self.config.grid, method="ld")
+        fake = assignments[:, :1]
+        logits = self.discriminator(fake)
+        terms["adversarial"] = self.losses["adversarial"](logits, torch.ones_like(logits))
+        return terms, _weighted(terms, self.weights), fake
+
+    def draw_priors(self, count: int, step: int) -> Tensor:
+        """This rank's ``count`` prior masks of step ``step``, ``(count, 1, S, S)``.
+
+        The ``count × W`` masks of the global batch are drawn from a generator seeded by ``step``
+        (the same on every rank) and rank ``r`` takes the ``r``-th block: the ranks together draw
+        what one process draws for the concatenated batch.
+        """
+        priors: Tensor = self.priors  # type: ignore[assignment]
+        g = torch.Generator(device=priors.device).manual_seed(step)
+        pick = torch.randint(int(priors.shape[0]), (count * world_size(),), generator=g, device=priors.device)
+        return priors[pick[rank() * count : (rank() + 1) * count]]
+
+    def discriminator_loss(self, fake: Tensor, step: int) -> Tensor:
+        """``BCE(D(prior), 1) + BCE(D(fake), 0)`` with the priors of step ``step`` (:meth:`draw_priors`)."""
+        real = self.draw_priors(fake.shape[0], step)
+        if real.shape[-2:] != fake.shape[-2:]:
+            real = F.interpolate(real, size=fake.shape[-2:], mode="nearest")
+        d_real, d_fake = self.discriminator(real), self.discriminator(fake.detach())
+        bce = self.losses["adversarial"]
+        loss: Tensor = bce(d_real, torch.ones_like(d_real)) + bce(d_fake, torch.zeros_like(d_fake))
+        return loss
 
     def training_step(self, batch: LocalViews, batch_idx: int) -> None:
         """A generator step, then a discriminator step."""
         net_opt, disc_opt = self.optimizers()  # type: ignore[misc,attr-defined]
-        assembled = self.views.assemble(batch, self.device)
-        terms, assignments = pretraining_losses(
-            self.net, assembled, self.config, method="ld", gather_distributed=self.gather_distributed
-        )
-        fake = assignments[:, :1]
-        real_target = torch.ones(fake.shape[0], device=self.device)
-        terms["adversarial"] = F.binary_cross_entropy_with_logits(self.discriminator(fake), real_target)
-        weights = {
-            "region": self.config.region_weight,
-            "entropy": self.config.entropy_weight,
-            "adversarial": self.shape.adversarial_weight,
-        }
-        total = torch.stack([weights.get(name, 1.0) * value for name, value in terms.items()]).sum()
+        terms, total, fake = self.generator_loss(self.views.assemble(batch, self.device))
         net_opt.zero_grad()
         self.manual_backward(total)
         net_opt.step()
-        priors: Tensor = self.priors  # type: ignore[assignment]
-        g = torch.Generator(device=priors.device).manual_seed(int(self.global_step))
-        pick = torch.randint(int(priors.shape[0]), (fake.shape[0],), generator=g, device=priors.device)
-        real = priors[pick]
-        if real.shape[-2:] != fake.shape[-2:]:
-            real = F.interpolate(real, size=fake.shape[-2:], mode="nearest")
-        d_real, d_fake = self.discriminator(real), self.discriminator(fake.detach())
-        d_loss = F.binary_cross_entropy_with_logits(
-            d_real, torch.ones_like(d_real)
-        ) + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
+        d_loss = self.discriminator_loss(fake, int(self.global_step))
         disc_opt.zero_grad()
         self.manual_backward(d_loss)
         disc_opt.step()
-        terms["discriminator"] = d_loss
-        self.log("train/loss", total.detach(), prog_bar=True)
-        self.log_rows.add(terms, total)
+        self.record(**terms, discriminator=d_loss, loss=total)
 
     def on_train_epoch_end(self) -> None:
-        """Record the epoch; halve both rates every ``halve_every`` epochs."""
+        """Halve both rates every ``halve_every`` epochs, then record the epoch (as the code's order)."""
         for schedule in self.lr_schedulers():  # type: ignore[union-attr]
             schedule.step()
-        self.log_rows.close(self.current_epoch)
+        super().on_train_epoch_end()
 
     def configure_optimizers(self) -> Any:
         """Adam for the network, Adam at ``ratio × lr`` for the discriminator, both halved on schedule."""
@@ -308,7 +321,7 @@ class ShapeGuidedTraining(_SelfSupervisedStage):
         ]
 
 
-class SegmentationTransfer(L.LightningModule):
+class SegmentationTransfer(RecipeModule):
     """Soft-Dice training of a :class:`SegmentationNet`, the encoder frozen or not; validation Dice selects the epoch.
 
     A frozen encoder gets no gradient and keeps its BatchNorm statistics (eval mode): only the new
@@ -319,17 +332,21 @@ class SegmentationTransfer(L.LightningModule):
         net: The segmentation network.
         lr: Adam learning rate.
         frozen: Freeze the encoder.
+        loss: The soft-Dice loss (``build_losses(...)["dice"]``; default: one Dice over the batch).
     """
 
-    def __init__(self, net: SegmentationNet, *, lr: float, frozen: bool) -> None:
+    history = History(curves={"loss": "train soft-Dice loss"}, metrics={"val_dice": "val Dice"}, metrics_label="Dice")
+    monitor = "dice"
+
+    def __init__(
+        self, net: SegmentationNet, *, lr: float, frozen: bool, loss: Callable[[Tensor, Tensor], Tensor] | None = None
+    ) -> None:
         super().__init__()
         self.net = net
         self.lr = lr
         self.frozen = frozen
+        self.dice_loss = loss or functools.partial(soft_dice_loss, per_image=False)
         self.net.encoder.requires_grad_(not frozen)
-        self.epoch_log: list[dict[str, float]] = []
-        self._losses: list[float] = []
-        self._val: list[tuple[Tensor, Tensor]] = []
 
     def on_train_epoch_start(self) -> None:
         """Train mode, but a frozen encoder in eval mode (its BatchNorm statistics untouched).
@@ -344,40 +361,19 @@ class SegmentationTransfer(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         """Soft Dice of a batch."""
         images, masks, _ = batch
-        loss = soft_dice_loss(self.net(images), masks)
-        self._losses.append(float(loss.detach()))
-        self.log("train/loss", loss.detach(), prog_bar=True)
+        loss = self.dice_loss(self.net(images), masks)
+        self.record(loss=loss)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
         """Collect the validation predictions."""
         images, masks, _ = batch
-        self._val.append((binarize(self.net(images).float()), masks[:, 0] > 0.5))
+        self.collect(preds=binarize(self.net(images).float()), target=masks[:, 0] > 0.5)
 
-    def on_validation_epoch_end(self) -> None:
-        """Log the validation Dice and record the epoch."""
-        if not self._val:
-            return
-        preds = gather_no_grad(torch.cat([p for p, _ in self._val])).cpu()
-        target = gather_no_grad(torch.cat([t for _, t in self._val])).cpu()
-        self._val.clear()
-        dice = segmentation_metrics(preds, target)["dice"]
-        dice = dice if dice == dice else 0.0
-        self.log("val/dice", dice, prog_bar=True)
-        if self.trainer.sanity_checking:
-            return
-        train = sum(self._losses) / max(len(self._losses), 1)
-        self._losses.clear()
-        self.epoch_log.append({"epoch": float(self.current_epoch), "train_loss": train, "val_dice": dice})
+    def validation_metrics(self, outputs: dict[str, Tensor]) -> dict[str, float]:
+        """The mean per-image Dice of the validation images with foreground."""
+        return {"dice": segmentation_metrics(outputs["preds"], outputs["target"])["dice"]}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam over the trainable parameters."""
         return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the losses of an unfinished epoch."""
-        checkpoint["transfer_epoch_losses"] = list(self._losses)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore them."""
-        self._losses = [float(v) for v in checkpoint.get("transfer_epoch_losses", [])]

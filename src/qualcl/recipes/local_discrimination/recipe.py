@@ -7,23 +7,33 @@ stratum, one-shot landmark localisation (qualcl's design), and the shape-guided 
 from __future__ import annotations
 
 import copy
+import functools
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
+from qualcl.data.loading import FUNDUS_QUALITY
 from qualcl.data.views import IMAGENET_MEAN, IMAGENET_STD, LocalDiscriminationViews
 from qualcl.evaluation import landmark_template, localise_landmarks
 from qualcl.functional import grid_items, patch_grid
-from qualcl.metrics import binarize, landmark_metrics, stratified_segmentation_metrics
-from qualcl.recipes.driver import Recipe, RunContext, Stage, eval_loader
-from qualcl.recipes.local_discrimination.config import PRESETS, LocalDiscriminationConfig
+from qualcl.metrics import binarize, landmark_metrics, stratified_segmentation_metrics, stratify
+from qualcl.recipes import ablation
+from qualcl.recipes.driver import Recipe, RunContext, Stage, eval_loader, train_loader
+from qualcl.recipes.local_discrimination.config import SPEC, LocalDiscriminationConfig
 from qualcl.recipes.local_discrimination.data import SYNTHETIC_TASKS, LDData, SegmentationDataset, load_ld_data
 from qualcl.recipes.local_discrimination.model import LDNet, SegmentationNet
-from qualcl.recipes.local_discrimination.modules import LDPretraining, SegmentationTransfer, ShapeGuidedTraining
+from qualcl.recipes.local_discrimination.modules import (
+    LDPretraining,
+    SegmentationTransfer,
+    ShapeGuidedTraining,
+    build_losses,
+)
 from qualcl.recipes.local_discrimination.plots import (
     plot_assignments,
     plot_embedding_pca,
@@ -31,11 +41,10 @@ from qualcl.recipes.local_discrimination.plots import (
     plot_segmentations,
 )
 from qualcl.recipes.modules import gathering
-from qualcl.recipes.plots import plot_curves, plot_grouped_bars
-from qualcl.recipes.run_folder import ModelCard, RunFolder, strata_table
-from qualcl.samplers import ShardedShuffleSampler
+from qualcl.recipes.plots import plot_grouped_bars, plot_variant_dots
+from qualcl.recipes.run_folder import ModelCard, strata_table
 
-__all__ = ["LOCAL_DISCRIMINATION", "LDState", "LocalDiscriminationRecipe", "run_local_discrimination"]
+__all__ = ["LOCAL_DISCRIMINATION", "LDState", "LocalDiscriminationRecipe", "run_ablation", "run_local_discrimination"]
 
 PAPER = (
     'Chen et al., "Unsupervised Local Discrimination for Medical Images", IEEE TPAMI 45(12), 2023 '
@@ -87,21 +96,8 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
         Chen et al., "Unsupervised Local Discrimination for Medical Images", TPAMI 2023.
     """
 
-    name = "local-discrimination"
+    spec = SPEC
     paper = PAPER
-    config_class = LocalDiscriminationConfig
-    presets = PRESETS
-    datasets = ("synthetic", "drive", "stare", "chase", "hrf", "idrid", "drishti")
-    data_help = (
-        "dataset folder: drive (training/, test/), stare (stare-images/, labels-ah/), chase (Image_NNx.jpg + "
-        "_1stHO.png), hrf (images/, manual1/), idrid (A. Segmentation/), drishti (Training/, Test/)"
-    )
-    set_example = "pretrain.method=simclr"
-
-    def check(self, config: LocalDiscriminationConfig) -> None:
-        """Real datasets need their folder."""
-        if config.data.dataset != "synthetic" and config.data.data_dir is None:
-            raise ValueError(f"--data DIR is required with --dataset {config.data.dataset}")
 
     def load_data(self, ctx: RunContext[LocalDiscriminationConfig]) -> LDData:
         """Generate (once) or read the images, masks and landmarks."""
@@ -133,9 +129,9 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
         if self._shape_enabled(config):
             stages.append(Stage("shape", self.shape_guided))
         for task in self._tasks(config):
-            stages.append(Stage(f"transfer_{task}_frozen", self._transfer_stage(task, frozen=True)))
-            if config.transfer.finetune_epochs:
-                stages.append(Stage(f"transfer_{task}_finetuned", self._transfer_stage(task, frozen=False)))
+            for phase in self._phases(config):
+                run = functools.partial(self.transfer, task=task, phase=phase)
+                stages.append(Stage(f"transfer_{task}_{phase}", run))
         return stages
 
     @staticmethod
@@ -147,21 +143,16 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
             return config.transfer.tasks
         return SYNTHETIC_TASKS if config.data.dataset == "synthetic" else SEGMENTATION_DATASETS[config.data.dataset]
 
+    @staticmethod
+    def _phases(config: LocalDiscriminationConfig) -> list[str]:
+        """The transfer's phases: ``frozen``, then ``finetuned`` unless it has no epochs."""
+        return ["frozen", "finetuned"] if config.transfer.finetune_epochs else ["frozen"]
+
     # ------------------------------------------------------------------ stages
-    def _transfer_stage(self, task: str, *, frozen: bool) -> Any:
-        def run(ctx: RunContext[LocalDiscriminationConfig], data: LDData, state: LDState) -> None:
-            self.transfer(ctx, data, state, task, frozen)
-
-        return run
-
-    def _loader(self, config: LocalDiscriminationConfig, views: LocalDiscriminationViews) -> Any:
-        def build() -> DataLoader[Any]:
-            sampler = ShardedShuffleSampler(len(views), seed=config.seed, drop_last=True)
-            return DataLoader(
-                views, batch_size=config.pretrain.batch_size, sampler=sampler, drop_last=True, collate_fn=views.collate
-            )
-
-        return build
+    def _loader(self, config: LocalDiscriminationConfig, views: LocalDiscriminationViews) -> Callable[[], Any]:
+        return train_loader(
+            views, config.pretrain.batch_size, seed=config.seed, collate_fn=views.collate, name="pretrain.batch_size"
+        )
 
     def pretrain(self, ctx: RunContext[LocalDiscriminationConfig], data: LDData, state: LDState, method: str) -> None:
         """One self-supervised stage on the unlabelled training images."""
@@ -189,7 +180,6 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
             self._loader(config, views),
             weights=weights,
             max_epochs=epochs,
-            history="epoch_log",
             find_unused_parameters=True,  # stage 1 leaves the clustering branch unused, SimCLR the decoder
             sync_batchnorm=True,
             info={"epochs": epochs, "steps_per_epoch": p.steps_per_epoch},
@@ -197,7 +187,6 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
         )
         if method == "pd":
             state.stage1 = copy.deepcopy(state.net.state_dict())
-        self._plot_history(ctx.run, stage, f"Pre-training ({method})")
 
     def shape_guided(self, ctx: RunContext[LocalDiscriminationConfig], data: LDData, state: LDState) -> None:
         """LD with the adversarial vessel-shape prior, from the stage-1 weights, ``K = shape.clusters``."""
@@ -217,20 +206,22 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
             self._loader(config, views),
             weights={"shape_net": net, "shape_discriminator": module.discriminator},
             max_epochs=config.shape.epochs,
-            history="epoch_log",
             find_unused_parameters=True,
             info={"epochs": config.shape.epochs},
         )
         state.shape = net
-        self._plot_history(ctx.run, "shape", "Shape-guided LD")
 
     def transfer(
-        self, ctx: RunContext[LocalDiscriminationConfig], data: LDData, state: LDState, task: str, frozen: bool
+        self, ctx: RunContext[LocalDiscriminationConfig], data: LDData, state: LDState, *, task: str, phase: str
     ) -> None:
-        """Soft-Dice segmentation of ``task`` from the encoder: frozen, or fine-tuned from the best frozen epoch."""
+        """Soft-Dice segmentation of ``task`` from the encoder: frozen, or fine-tuned from the best frozen epoch.
+
+        The loss is one soft Dice over the batch's pixels, as the code's (``transfer.per_image_dice``:
+        the mean of per-image Dice instead).
+        """
         config = ctx.config
         t = config.transfer
-        phase = "frozen" if frozen else "finetuned"
+        frozen = phase == "frozen"
         nets = state.segmentation.setdefault(task, {})
         if frozen:
             net = SegmentationNet(copy.deepcopy(state.net.encoder))
@@ -240,24 +231,17 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
         train = SegmentationDataset(data.train, task, mean=mean, std=std, train=True, seed=config.seed)
         val = SegmentationDataset(data.val, task, mean=mean, std=std)
         net.train()  # the copy arrives in the mode its source was left in; the module sets the modes per epoch
-        module = SegmentationTransfer(net, lr=t.lr, frozen=frozen)
+        losses = build_losses(config.pretrain, gather=gathering(config.trainer), per_image_dice=t.per_image_dice)
+        module = SegmentationTransfer(net, lr=t.lr, frozen=frozen, loss=losses["dice"])
         epochs = t.frozen_epochs if frozen else t.finetune_epochs
-        batch = min(t.batch_size, len(train))
-
-        def loader() -> DataLoader[Any]:
-            sampler = ShardedShuffleSampler(len(train), seed=config.seed, drop_last=True)
-            return DataLoader(train, batch_size=batch, sampler=sampler, drop_last=True)
-
-        stage = f"transfer_{task}_{phase}"
         ctx.fit(
-            stage,
+            f"transfer_{task}_{phase}",
             module,
-            loader,
+            train_loader(train, min(t.batch_size, len(train)), seed=config.seed, name="transfer.batch_size"),
             eval_loader(val, t.batch_size),
             weights={f"segmentation_{task}_{phase}": net},
             max_epochs=epochs,
             monitor="val/dice",
-            history="epoch_log",
             info={"epochs": epochs, "labelled": len(train)},
         )
         net.encoder.requires_grad_(True)
@@ -354,37 +338,15 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
             template = landmark_template(reference, data.train.landmarks[name][:1], sigma=e.landmark_sigma)[0]
             pred = localise_landmarks(template, embeddings, sigma=e.landmark_sigma)
             truth = data.test.landmarks[name]
-            rows = {"overall": {**landmark_metrics(pred.points, truth, radii=e.radii), "n": len(truth)}}
-            for level, level_name in enumerate(names):
-                keep = data.test.quality == level
-                if bool(keep.any()):
-                    rows[level_name] = {
-                        **landmark_metrics(pred.points[keep], truth[keep], radii=e.radii),
-                        "n": int(keep.sum()),
-                    }
-            metrics[name] = rows
+
+            def measure(keep: Tensor, points: Tensor = pred.points, truth: Tensor = truth) -> dict[str, float]:
+                return landmark_metrics(points[keep], truth[keep], radii=e.radii)
+
+            metrics[name] = stratify(measure, data.test.quality, names)
             located[name] = pred
         return metrics, located
 
     # ------------------------------------------------------------------ plots
-    def _plot_history(self, run: RunFolder, stage: str, title: str) -> None:
-        rows = run.read_history(stage)
-        if not rows or not run.writable:
-            return
-        epochs = [r["epoch"] for r in rows]
-        keys = [k for k in rows[0] if k not in ("epoch", "lr", "loss", "discriminator")]
-        series = {k: (epochs, [r[k] for r in rows]) for k in keys}
-        secondary = {"total": (epochs, [r["loss"] for r in rows])} if "loss" in rows[0] else None
-        plot_curves(
-            series,
-            run.path("plots", f"{stage}_curves.png"),
-            title=title,
-            xlabel="epoch",
-            ylabel="loss term",
-            secondary=secondary,
-            secondary_label="total loss",
-        )
-
     def _plots(
         self,
         ctx: RunContext[LocalDiscriminationConfig],
@@ -447,21 +409,65 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
                 xlabel="quality level",
                 ylabel="Dice",
             )
-        for task in state.segmentation:
-            for phase in state.segmentation[task]:
-                stage = f"transfer_{task}_{phase}"
-                rows = run.read_history(stage)
-                if rows:
-                    epochs = [r["epoch"] for r in rows]
-                    plot_curves(
-                        {"train soft-Dice loss": (epochs, [r["train_loss"] for r in rows])},
-                        run.path("plots", f"{stage}_curves.png"),
-                        title=f"Transfer: {task}, encoder {phase}",
-                        xlabel="epoch",
-                        ylabel="loss",
-                        secondary={"val Dice": (epochs, [r["val_dice"] for r in rows])},
-                        secondary_label="Dice",
-                    )
+
+    # ------------------------------------------------------------------ ablation
+    def ablation_columns(self, config: LocalDiscriminationConfig) -> dict[str, str]:
+        """Test Dice per task and phase, then (synthetic data) a gap between quality levels and the landmarks' MRE.
+
+        The first task's last phase comes first (it is shown per quality level); the gap is that Dice
+        on the best quality level minus on the worst.
+        """
+        tasks, phases = self._tasks(config), self._phases(config)
+        first = (tasks[0], phases[-1])
+        pairs = [first, *((t, ph) for t in tasks for ph in phases if (t, ph) != first)]
+        columns = {f"{t}/{ph}": f"{t} Dice ({ph})" for t, ph in pairs}
+        if config.data.dataset == "synthetic":
+            columns["gap"] = f"{tasks[0]} gap {FUNDUS_QUALITY[0]} − {FUNDUS_QUALITY[-1]}"
+            columns.update({f"{name}_mre": f"{name} MRE px" for name in LANDMARKS})
+        return columns
+
+    def ablation_cells(self, config: LocalDiscriminationConfig, metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
+        """``{stratum: {"<task>/<phase>": Dice, "<landmark>_mre": MRE}}``; overall also the first Dice's gap."""
+        test = metrics["test"]
+        cells: dict[str, dict[str, float]] = {}
+        for task, phases in test["segmentation"].items():
+            for phase, strata in phases.items():
+                for stratum, values in strata.items():
+                    cells.setdefault(stratum, {})[f"{task}/{phase}"] = _number(values["dice"])
+        for name, strata in test.get("landmarks", {}).items():
+            for stratum, values in strata.items():
+                cells.setdefault(stratum, {})[f"{name}_mre"] = _number(values["mre"])
+        first = next(iter(self.ablation_columns(config)))
+        levels = [cells[s].get(first, math.nan) for s in cells if s != "overall"]
+        if len(levels) > 1:  # best minus worst quality level (NaN, skipped in the means, when one is empty)
+            cells["overall"]["gap"] = levels[0] - levels[-1]
+        return cells
+
+    def ablation_notes(self, config: LocalDiscriminationConfig) -> str:
+        """The protocol of the runs."""
+        d, p, t = config.data, config.pretrain, config.transfer
+        return (
+            f"Encoder `{config.model.encoder}`: pre-training {p.stage1_epochs} (+ {p.stage2_epochs} for LD) epochs of "
+            f"{p.steps_per_epoch} steps on the training split without labels; transfer on {d.labelled} labelled "
+            f"images, {t.frozen_epochs} epochs frozen then {t.finetune_epochs} fine-tuned. Landmarks: one-shot, "
+            "qualcl's design (lower is better)."
+        )
+
+    def ablation_plots(
+        self, config: LocalDiscriminationConfig, results: dict[str, dict[str, dict[str, list[float]]]], root: Path
+    ) -> None:
+        """``ablation_dice.png``: each task's test Dice per seed (the last transfer phase)."""
+        phase = self._phases(config)[-1]
+        plot_variant_dots(
+            {
+                SPEC.ablations[name].label: {t: strata["overall"].get(f"{t}/{phase}", []) for t in self._tasks(config)}
+                for name, strata in results.items()
+                if name in SPEC.ablations and "overall" in strata
+            },
+            root / "ablation_dice.png",
+            title=f"Test Dice per seed ({phase} encoder), per task",
+            ylabel="Dice",
+        )
 
     def model_card(
         self, ctx: RunContext[LocalDiscriminationConfig], data: LDData, state: LDState, results: dict[str, Any]
@@ -483,13 +489,6 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
                 {f"{name} (one-shot, qualcl's design)": rows},
                 {"mre": "MRE px", **{f"sdr@{r:g}": f"SDR@{r:g}px" for r in config.eval.radii}},
             )
-        headline = {
-            f"Dice {task} ({phase})": strata["overall"]["dice"]
-            for task, phases in test["segmentation"].items()
-            for phase, strata in phases.items()
-        }
-        for name, rows in test.get("landmarks", {}).items():
-            headline[f"MRE {name} px"] = rows["overall"]["mre"]
         summary = (
             f"Preset `{config.preset}`, seed {config.seed}, dataset `{config.data.dataset}` at "
             f"{config.data.image_size} px. Pre-training `{p.method}` on {results['data']['pretrain_images']} "
@@ -506,16 +505,21 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
             "cluster_assignments.png",
             "embedding_pca.png",
             *[f"landmarks_{n}.png" for n in test.get("landmarks", {})],
-            *[f"{s}_curves.png" for s in ("pretrain_pd", "pretrain_ld", f"pretrain_{p.method}", "shape")],
+            *[f"{stage.name}.png" for stage in self.stages(config)],
         ]
         return ModelCard(
             title=f"Local discrimination ({config.model.encoder}) on {config.data.dataset}",
             paper=PAPER,
             summary=summary,
-            headline=headline,
+            headline=self.headline(results),
             table=table,
             plots=list(dict.fromkeys(plots)),
         )
+
+
+def _number(value: Any) -> float:
+    """A metric read back from ``metrics.json`` (``None`` for an empty stratum) as a float."""
+    return math.nan if value is None else float(value)
 
 
 def _spread(quality: Tensor, count: int) -> list[int]:
@@ -534,3 +538,7 @@ LOCAL_DISCRIMINATION = LocalDiscriminationRecipe()
 
 #: ``LOCAL_DISCRIMINATION.run(config, out, *, callbacks=(), overwrite=False)``: the run end to end; re-running resumes.
 run_local_discrimination = LOCAL_DISCRIMINATION.run
+
+#: ``run_ablation(config, out, *, seeds=(0, 1, 2), variants=None, progress=True, run_missing=True)``: the
+#: baselines of ``SPEC.ablations`` over seeds (:func:`qualcl.recipes.ablation.run_ablation`).
+run_ablation = functools.partial(ablation.run_ablation, LOCAL_DISCRIMINATION)
