@@ -54,7 +54,6 @@ RECIPES: dict[str, RecipeEntry] = {
         "LOCAL_DISCRIMINATION",
         "Unsupervised local discrimination (TPAMI 2023): patch + region discrimination of pixel embeddings, "
         "then segmentation transfer (Dice per quality level), one-shot landmarks and shape-guided segmentation",
-        ablation="qualcl.recipes.local_discrimination.ablation:run_ablation",
         spec="qualcl.recipes.local_discrimination.config:SPEC",
     ),
 }
