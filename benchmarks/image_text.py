@@ -61,8 +61,9 @@ def _case(name: str, args: argparse.Namespace) -> dict[str, float]:
 
     elif name.startswith("step"):
         from qualcl.models import CaptionTokenizer
-        from qualcl.recipes.fundus_mm.config import ModelConfig
+        from qualcl.recipes.fundus_mm.config import ModelConfig, TrainConfig
         from qualcl.recipes.fundus_mm.model import FundusMMNet
+        from qualcl.recipes.fundus_mm.modules import build_objectives
 
         captions = [f"left eye, grade {i % 5} with {i} microaneurysms; image quality usable" for i in range(n)]
         tok = CaptionTokenizer.fit(captions)
@@ -72,11 +73,11 @@ def _case(name: str, args: argparse.Namespace) -> dict[str, float]:
             encoder=args.encoder, mask_ratio=ratio, contrastive_view="masked", loss_on="masked" if ratio else "all"
         )
         net = FundusMMNet(model, tok, size)
+        objectives = build_objectives(model, TrainConfig(), pad_id=tok.pad_id, gather=False)
 
         def run() -> None:
             net.zero_grad(set_to_none=True)
-            out = net(images, ids, generator=torch.Generator().manual_seed(1))
-            sum(out.losses.values()).backward()
+            sum(objectives(net(images, ids, generator=torch.Generator().manual_seed(1))).values()).backward()
 
     else:
         from qualcl.heads import CaptionDecoder

@@ -46,7 +46,6 @@ RECIPES: dict[str, RecipeEntry] = {
         "FUNDUS_MM",
         "Image-text fundus self-supervision (contrastive + masked image + caption objectives, cross-attention "
         "fusion): zero-shot, few-shot, fine-tuning and image-text recall per quality stratum",
-        ablation="qualcl.recipes.fundus_mm.ablation:run_ablation",
         spec="qualcl.recipes.fundus_mm.config:SPEC",
     ),
     "local-discrimination": RecipeEntry(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,8 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import torch
+from matplotlib.figure import Figure
+from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
@@ -20,6 +23,7 @@ if TYPE_CHECKING:
     from qualcl.recipes.modules import History
 
 __all__ = [
+    "figure_problems",
     "plot_confusion",
     "plot_curves",
     "plot_embedding",
@@ -29,7 +33,71 @@ __all__ = [
     "plot_image_grid",
     "plot_retrieval_grid",
     "plot_variant_dots",
+    "wrap_title",
 ]
+
+
+def figure_problems(fig: Figure) -> list[str]:
+    """What is wrong with a figure before it is saved: text cut off at its edges, axes with nothing drawn.
+
+    Every visible, non-empty text (titles, axis labels, tick labels, legends, annotations) must lie
+    inside the figure (2 px tolerance), and every visible axes must draw something (a line,
+    collection, patch or image) or be the twin of one that does. The test suite checks every figure
+    a recipe saves with it.
+
+    Examples:
+        >>> fig, ax = plt.subplots(figsize=(2, 2))
+        >>> _ = ax.plot([0, 1], [0, 1]); _ = ax.set_title("a title far too long for a figure this small")
+        >>> fig.tight_layout(); figure_problems(fig)
+        ["text cut off: 'a title far too long for a figure this small'"]
+        >>> _ = ax.set_title("short"); fig.tight_layout(); figure_problems(fig)
+        []
+        >>> plt.close(fig)
+    """
+    fig.canvas.draw()  # lay out legends and ticks as saving would
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    inside, tight = fig.bbox_inches, fig.get_tightbbox(renderer)
+    problems = []
+    if tight is not None:
+        out = [inside.x0 - tight.x0, inside.y0 - tight.y0, tight.x1 - inside.x1, tight.y1 - inside.y1]
+        if max(out) * fig.dpi > 2:  # what is drawn reaches past the figure's edge: some text is cut off
+            hidden = {  # tick labels of ticks outside the view: laid out, never drawn
+                id(label)
+                for ax in fig.axes
+                for axis in (ax.xaxis, ax.yaxis)
+                for tick in axis.get_major_ticks() + axis.get_minor_ticks()
+                if not min(axis.get_view_interval()) - 1e-9 <= tick.get_loc() <= max(axis.get_view_interval()) + 1e-9
+                for label in (tick.label1, tick.label2)
+            }
+            names: dict[str, None] = {}
+            for text in fig.findobj(Text):
+                if id(text) not in hidden and text.get_visible() and text.get_text().strip():
+                    box = text.get_window_extent(renderer)
+                    if box.x0 < -2 or box.y0 < -2 or box.x1 > fig.bbox.x1 + 2 or box.y1 > fig.bbox.y1 + 2:
+                        names[text.get_text()] = None
+            problems.append(f"text cut off: {', '.join(map(repr, names)) or 'beyond the edge'}")
+    drawn = {id(ax) for ax in fig.axes if ax.lines or ax.collections or ax.patches or ax.images}
+    for ax in fig.axes:
+        if not ax.get_visible() or not ax.axison or id(ax) in drawn:
+            continue
+        twins = ax.get_shared_x_axes().get_siblings(ax) + ax.get_shared_y_axes().get_siblings(ax)
+        if not any(id(other) in drawn for other in twins if other is not ax):
+            problems.append(f"empty axes: {ax.get_title()!r}")
+    return problems
+
+
+def wrap_title(text: str, fig: Figure, fontsize: float = 12.0) -> str:
+    r"""``text`` broken into lines that fit the figure's width at ``fontsize`` points (titles never cut off).
+
+    Examples:
+        >>> fig = plt.figure(figsize=(3, 2), dpi=100)
+        >>> wrap_title("a title much too long to fit on one line of a small figure", fig).count("\n")
+        1
+        >>> plt.close(fig)
+    """
+    width_px = fig.get_figwidth() * fig.dpi * 0.95
+    per_char = fontsize * fig.dpi / 72 * 0.55  # an average glyph of the default font
+    return textwrap.fill(text, width=max(int(width_px / per_char), 12), break_long_words=False)
 
 
 def plot_curves(
@@ -46,16 +114,19 @@ def plot_curves(
     """Line plot of named ``(x, y)`` series, optionally with a second y axis; returns the PNG path.
 
     One style for every curve a recipe draws: each series its own colour across both axes (the
-    second axis's series dashed), integer ticks on a step or epoch axis (``integer_x``, default:
-    when ``xlabel`` is ``"step"`` or ``"epoch"``), one legend for both axes, below the plot when it
-    holds more than four entries.
+    second axis's series dashed), markers when a series has at most 20 points (a one-epoch curve is
+    a visible point), integer ticks on a step or epoch axis (``integer_x``, default: when ``xlabel``
+    is ``"step"`` or ``"epoch"``), one legend for both axes, below the plot when it holds more than
+    four entries.
     """
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     colour = 0
+    few = max((len(list(x)) for x, _ in [*series.values(), *(secondary or {}).values()]), default=0) <= 20
+    marker = "o" if few else None  # a curve of one or a few points shows its points
     for name, (x, y) in series.items():
-        ax.plot(list(x), list(y), label=name, lw=1.4, color=f"C{colour % 10}")
+        ax.plot(list(x), list(y), label=name, lw=1.4, color=f"C{colour % 10}", marker=marker, ms=3)
         colour += 1
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.set(title=wrap_title(title, fig), xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     if integer_x if integer_x is not None else xlabel in ("step", "epoch"):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -63,7 +134,7 @@ def plot_curves(
     if secondary:
         right = ax.twinx()
         for name, (x, y) in secondary.items():
-            right.plot(list(x), list(y), label=name, lw=1.2, ls="--", color=f"C{colour % 10}")
+            right.plot(list(x), list(y), label=name, lw=1.2, ls="--", color=f"C{colour % 10}", marker=marker, ms=3)
             colour += 1
         right.set_ylabel(secondary_label)
         h2, l2 = right.get_legend_handles_labels()
@@ -109,19 +180,24 @@ def plot_history(rows: Sequence[Mapping[str, float]], history: History, path: st
 
 
 def plot_confusion(matrix: Tensor, class_names: Sequence[str], path: str | Path, *, title: str) -> Path:
-    """Heat map of a ``(C, C)`` confusion matrix (rows true, columns predicted) with counts."""
+    """Heat map of a ``(C, C)`` confusion matrix (rows true, columns predicted) with counts in the cells.
+
+    The colour is the share of the true class's images (row-normalised), as its colour bar says.
+    """
     counts = matrix.detach().cpu().to(torch.float64)
     rates = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
-    fig, ax = plt.subplots(figsize=(4.8, 4.2), dpi=110)
-    ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    fig, ax = plt.subplots(figsize=(5.4, 4.6), dpi=110)
+    shown = ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     for i in range(counts.shape[0]):
         for j in range(counts.shape[1]):
             colour = "white" if rates[i, j] > 0.6 else "black"
             ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", color=colour, fontsize=8)
     ticks = list(range(len(class_names)))
-    ax.set_xticks(ticks, list(class_names))
+    long = max((len(str(n)) for n in class_names), default=0) > 3
+    ax.set_xticks(ticks, list(class_names), rotation=45 if long else 0, ha="right" if long else "center")
     ax.set_yticks(ticks, list(class_names))
-    ax.set(title=title, xlabel="predicted", ylabel="true")
+    ax.set(title=wrap_title(title, fig), xlabel="predicted", ylabel="true (cells: counts)")
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out)
@@ -146,7 +222,7 @@ def plot_embedding(
         keep = labels.cpu() == index
         if bool(keep.any()):
             ax.scatter(xy[keep, 0].numpy(), xy[keep, 1].numpy(), s=8, color=cmap(index % 10), label=name)
-    ax.set(title=title, xlabel="PC 1", ylabel="PC 2")
+    ax.set(title=wrap_title(title, fig), xlabel="PC 1", ylabel="PC 2")
     ax.legend(fontsize=7, markerscale=2)
     fig.tight_layout()
     out = Path(path)
@@ -194,7 +270,8 @@ def plot_variant_dots(
     ax.set_yticks(range(len(variants)), variants)
     ax.invert_yaxis()
     ax.set_xlabel(ylabel)
-    fig.suptitle(title, fontsize=10)  # over the whole figure: a long title is not clipped by the labels
+    # over the whole figure: a long title is not clipped by the labels
+    fig.suptitle(wrap_title(title, fig, 10), fontsize=10)
     ax.grid(alpha=0.3, axis="x")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
@@ -234,7 +311,7 @@ def plot_grouped_bars(
                 ys.append(value)
         ax.bar(xs, ys, width=width * 0.95, color=cmap(i % 10), label=name)
     ax.set_xticks(list(range(len(categories))), categories)
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.set(title=wrap_title(title, fig), xlabel=xlabel, ylabel=ylabel)
     if ylim is not None:
         ax.set_ylim(*ylim)
     ax.grid(alpha=0.3, axis="y")
@@ -291,7 +368,7 @@ def plot_retrieval_grid(
             colour = "#2ca02c" if bool(hits[i, j]) else "#d62728"
             for side in ax.spines.values():
                 side.set(color=colour, linewidth=3)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(wrap_title(title, fig, 9), fontsize=9)
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out)
@@ -315,7 +392,7 @@ def plot_image_grid(
                 ax.set_title(column_titles[c], fontsize=8)
             if c == 0 and r < len(row_titles):
                 ax.set_ylabel(row_titles[r], fontsize=7)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(wrap_title(title, fig, 10), fontsize=10)
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, bbox_inches="tight")
@@ -339,7 +416,7 @@ def plot_heatmap(
     shown = ax.imshow(values.numpy(), cmap="viridis", aspect="auto")
     ax.set_xticks(list(range(len(column_labels))), list(column_labels), rotation=45, ha="right", fontsize=7)
     ax.set_yticks(list(range(len(row_labels))), list(row_labels), fontsize=6)
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.set(title=wrap_title(title, fig), xlabel=xlabel, ylabel=ylabel)
     fig.colorbar(shown, ax=ax, fraction=0.05)
     fig.tight_layout()
     out = Path(path)

@@ -14,6 +14,8 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
+from qualcl.recipes.plots import wrap_title
+
 __all__ = ["pca_rgb", "plot_assignments", "plot_embedding_pca", "plot_landmarks", "plot_segmentations"]
 
 
@@ -34,7 +36,7 @@ def _grid(rows: int, cols: int) -> tuple[Any, Any]:
 
 
 def _save(fig: Any, path: str | Path, title: str) -> Path:
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(wrap_title(title, fig, 9), fontsize=9)
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, bbox_inches="tight")
