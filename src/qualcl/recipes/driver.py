@@ -531,25 +531,16 @@ class Recipe(ABC, Generic[C, D, S]):
         settings = self.spec.dataset_settings if self.spec is not None else None
         return settings(dataset, preset) if settings is not None else {}
 
-    def config(
-        self,
-        preset: str = "default",
-        *,
-        dataset: str | None = None,
-        data_dir: str | None = None,
-        overrides: Sequence[str] = (),
-        seed: int | None = None,
-    ) -> C:
-        """The recipe's config: defaults ← ``preset`` ← dataset settings ← arguments ← ``overrides``."""
+    def config(self, preset: str = "default", **arguments: Any) -> C:
+        """The recipe's config, as its spec builds it (:meth:`RecipeSpec.config`).
+
+        Defaults ← ``preset`` ← dataset settings ← ``dataset`` / ``data_dir`` ← ``seed`` ← ``overrides``
+        (keyword arguments of :meth:`RecipeSpec.config`).
+        """
+        if self.spec is not None:
+            return self.spec.config(preset, **arguments)  # type: ignore[no-any-return]
         config: C = resolve_config(
-            self.config_class,
-            self.presets,
-            preset,
-            dataset_settings=self.dataset_settings,
-            dataset=dataset,
-            data_dir=data_dir,
-            overrides=overrides,
-            seed=seed,
+            self.config_class, self.presets, preset, dataset_settings=self.dataset_settings, **arguments
         )
         return config
 
