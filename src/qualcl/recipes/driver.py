@@ -480,6 +480,11 @@ def check_data(config: Any) -> None:
         raise ValueError(f"--data DIR is required with --dataset {dataset}")
 
 
+def _finite(value: Any) -> bool:
+    """Whether ``value`` is a finite number (``None`` and NaN are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _budget_spent(trainer: L.Trainer, max_steps: int, max_epochs: int | None) -> bool:
     """Whether ``fit`` returned because the stage's step or epoch budget was reached (not stopped early)."""
     if trainer.interrupted:
@@ -570,27 +575,37 @@ class Recipe(ABC, Generic[C, D, S]):
         return sets or {"test": self.ablation_cells(config, metrics)}
 
     def summary(self, config: C, metrics: dict[str, Any]) -> str:
-        """The end-of-run summary ``qualcl run`` prints: the headline metric per stratum (rows) and test set (columns).
+        """The end-of-run summary ``qualcl run`` prints: one aligned table, strata as rows, "—" for an empty one.
 
-        The headline metric is the first of :meth:`ablation_columns`; a stratum without items shows "—".
+        The headline metric is the first of :meth:`ablation_columns`. When the test sets of
+        :meth:`summary_sets` hold it, the columns are those test sets; otherwise they are the
+        ablation's metrics (:meth:`ablation_cells`, at most six columns with a value).
         """
-        key, label = next(iter(self.ablation_columns(config).items()))
+        columns = self.ablation_columns(config)
+        key, label = next(iter(columns.items()))
         sets = self.summary_sets(config, metrics)
-        strata = strata_order(s for cells in sets.values() for s in cells)
+        if any(key in cells for part in sets.values() for cells in part.values()):
+            title = f"{label} on the test set" + ("s" if len(sets) > 1 else "")
+            table = {name: {stratum: cells.get(key) for stratum, cells in part.items()} for name, part in sets.items()}
+            counts = {stratum: cells.get("n", 1) for part in sets.values() for stratum, cells in part.items()}
+        else:
+            cells = self.ablation_cells(config, metrics)
+            shown = [k for k in columns if any(_finite(c.get(k)) for c in cells.values())][:6] or [key]
+            title = "test metrics"
+            table = {columns[k]: {stratum: c.get(k) for stratum, c in cells.items()} for k in shown}
+            counts = {stratum: c.get("n", 1) for stratum, c in cells.items()}
+        strata = strata_order(s for column in table.values() for s in column)
         width = max(len(s) for s in [*strata, "stratum"])
-        columns = [max(len(name), 6) for name in sets]
-        lines = [
-            f"{label} on the test set" + ("s" if len(sets) > 1 else "") + ":",
-            "  " + "stratum".ljust(width) + "".join(f"  {n:>{w}}" for n, w in zip(sets, columns, strict=True)),
-        ]
+        widths = [max(len(name), 6) for name in table]
+        header = "".join(f"  {n:>{w}}" for n, w in zip(table, widths, strict=True))
+        lines = [f"{title}:", "  " + "stratum".ljust(width) + header]
         for stratum in strata:
-            cells = []
-            for part, w in zip(sets.values(), columns, strict=True):
-                entry = part.get(stratum, {})
-                value = float(entry.get(key, math.nan) if entry.get(key) is not None else math.nan)
-                empty = not math.isfinite(value) or entry.get("n", 1) == 0
-                cells.append(f"  {'—' if empty else f'{value:.3f}':>{w}}")
-            lines.append("  " + stratum.ljust(width) + "".join(cells))
+            row = []
+            for column, w in zip(table.values(), widths, strict=True):
+                value = column.get(stratum)
+                text = f"{float(value):.3f}" if _finite(value) and counts.get(stratum, 1) != 0 else "—"
+                row.append(f"  {text:>{w}}")
+            lines.append("  " + stratum.ljust(width) + "".join(row))
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ ablation
