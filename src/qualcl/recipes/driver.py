@@ -603,7 +603,7 @@ class Recipe(ABC, Generic[C, D, S]):
             row = []
             for column, w in zip(table.values(), widths, strict=True):
                 value = column.get(stratum)
-                text = f"{float(value):.3f}" if _finite(value) and counts.get(stratum, 1) != 0 else "—"
+                text = f"{value:.3f}" if _finite(value) and counts.get(stratum, 1) != 0 else "—"
                 row.append(f"  {text:>{w}}")
             lines.append("  " + stratum.ljust(width) + "".join(row))
         return "\n".join(lines)
