@@ -14,3 +14,25 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=15, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def _check_every_saved_figure() -> None:
+    """Every figure the tests save (every recipe's plots at smoke size) must have no cut-off text and no empty axes."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:  # a core install without the recipe extras
+        return
+    from qualcl.recipes.plots import figure_problems
+
+    save = Figure.savefig
+
+    def checked(self, fname, *args, **kwargs):
+        problems = figure_problems(self)
+        if problems:
+            raise AssertionError(f"{fname}: {'; '.join(problems)}")
+        return save(self, fname, *args, **kwargs)
+
+    Figure.savefig = checked
+
+
+_check_every_saved_figure()
