@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 
 from qualcl.cli import main
+from qualcl.recipes.ablation import quality_rank, variant_config
 from qualcl.recipes.mirror_retrieval import (
     ABLATIONS,
     MirrorRetrievalNet,
@@ -18,7 +19,6 @@ from qualcl.recipes.mirror_retrieval import (
     run_ablation,
     run_mirror_retrieval,
 )
-from qualcl.recipes.ablation import quality_rank, variant_config
 from qualcl.recipes.run_folder import RunFolder
 
 
