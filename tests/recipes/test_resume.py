@@ -69,15 +69,16 @@ def test_comcl_resumes_exactly_after_interruptions_in_each_stage(comcl_reference
 class _SignalAt(Callback):
     """Sends this process a signal once, from a chosen hook of the fine-tuning stage in epoch 1."""
 
-    def __init__(self, signum: int, hook: str, batch: int | None = None) -> None:
-        self.signum, self.hook, self.batch, self.sent = signum, hook, batch, False
+    def __init__(self, signum: int, hook: str, batch: int | None = None, *, times: int = 1) -> None:
+        self.signum, self.hook, self.batch, self.sent, self.times = signum, hook, batch, False, times
 
     def _maybe(self, trainer, pl_module, hook: str, batch_idx: int | None = None) -> None:
         if self.sent or hook != self.hook or not isinstance(pl_module, GradingFineTuning):
             return
         if trainer.current_epoch == 1 and (self.batch is None or batch_idx == self.batch):
             self.sent = True
-            os.kill(os.getpid(), self.signum)
+            for _ in range(self.times):  # a second Ctrl-C stops the stage at once (KeyboardInterrupt)
+                os.kill(os.getpid(), self.signum)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._maybe(trainer, pl_module, "train_batch_start", batch_idx)
@@ -218,18 +219,6 @@ def test_an_unwritable_folder_is_refused(tmp_path, monkeypatch):
     prepare_run_folder(tmp_path / "open" / "run", {})
 
 
-class _TwoSigints(_SignalAt):
-    """Ctrl-C twice at the same point: the second one stops the stage at once (KeyboardInterrupt)."""
-
-    def _maybe(self, trainer, pl_module, hook: str, batch_idx: int | None = None) -> None:
-        if self.sent or hook != self.hook or not isinstance(pl_module, GradingFineTuning):
-            return
-        if trainer.current_epoch == 1 and (self.batch is None or batch_idx == self.batch):
-            self.sent = True
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 @pytest.mark.xfail(
     strict=True,
     reason="known defect (issue 28): a second Ctrl-C raises KeyboardInterrupt mid-step; neither the checkpoint "
@@ -239,7 +228,7 @@ class _TwoSigints(_SignalAt):
 def test_a_second_ctrl_c_stops_at_once_and_still_resumes_to_the_same_run(comcl_reference, tmp_path, point):
     config, root = comcl_reference
     with pytest.raises(SystemExit) as stopped:
-        COMCL.run(config, tmp_path / "run", callbacks=[_TwoSigints(signal.SIGINT, *POINTS[point])])
+        COMCL.run(config, tmp_path / "run", callbacks=[_SignalAt(signal.SIGINT, *POINTS[point], times=2)])
     assert stopped.value.code == 128 + signal.SIGINT
     COMCL.run(config, tmp_path / "run")
     _same_run(root / "whole", tmp_path / "run")
