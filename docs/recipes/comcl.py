@@ -78,11 +78,15 @@ schedule = CosineCountSchedule(None, max_steps=100)
 print("K_t for 16 negatives at t = 0, 50, 90:", [schedule(t, total=16) for t in (0, 50, 90)])
 miner = SelfPacedHardNegativeMiner(schedule, threshold="quantile")
 loss_fn = MultiLevelInfoNCE(temperature=0.07, miner=miner)
-z1 = torch.randn(64, 128, requires_grad=True)
-z2 = z1.detach() + 0.3 * torch.randn(64, 128)
 batch_levels = torch.arange(4).repeat_interleave(16)
+# embeddings with structure, as a trained encoder's: a fundus background every patch shares, a lesion
+# component that L and LQ_L share (as do H and LQ_H), per-patch detail; the second view adds noise
+background, lesion = torch.randn(1, 128), torch.randn(2, 128)
+z1 = background + 0.3 * lesion[torch.tensor([0, 0, 1, 1])[batch_levels]] + 0.5 * torch.randn(64, 128)
+z1.requires_grad_()
+z2 = z1.detach() + 0.5 * torch.randn(64, 128)
 out = loss_fn(z1, z2, batch_levels, step=50, output_dict=True)
-print("loss:", round(float(out.loss), 3), {k: round(float(v), 3) for k, v in out.pair_losses.items()})
+print("loss:", round(out.loss.item(), 3), {k: round(v.item(), 3) for k, v in out.pair_losses.items()})
 print("counts:", out.counts)
 print("miner:", miner.last_stats)
 
