@@ -203,3 +203,26 @@ def test_the_end_of_run_summary_is_one_aligned_table_with_one_strata_order():
     assert [line.split()[0] for line in lines[2:]] == ["overall", "Good", "Usable", "Reject", "grade", "grade"]
     assert lines[5].split()[-1] == "—" and lines[2].split()[-1] == "0.500"
     assert len({len(line) for line in lines[1:]}) == 1  # aligned
+
+
+def test_lazy_exports_are_the_type_checking_block(tmp_path):
+    from qualcl.recipes._cli import type_checking_exports
+
+    source = tmp_path / "pkg.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from a.b import C, d as e\n"
+        "    from a.r import RECIPE\n"
+        "    config = RECIPE.config\n"
+        "x = 1\n"
+    )
+    assert type_checking_exports(source) == {"C": "a.b", "e": "a.b", "RECIPE": "a.r", "config": "a.r:RECIPE.config"}
+
+
+@pytest.mark.parametrize("package", ["comcl", "mkcnet", "mirror_retrieval", "fundus_mm", "local_discrimination"])
+def test_every_exported_name_of_a_recipe_package_resolves(package):
+    import importlib
+
+    module = importlib.import_module(f"qualcl.recipes.{package}")
+    assert [name for name in module.__all__ if not hasattr(module, name)] == []

@@ -9,6 +9,7 @@ run starts.
 from __future__ import annotations
 
 import argparse
+import ast
 import functools
 import importlib
 import json
@@ -92,17 +93,45 @@ class SuggestingParser(argparse.ArgumentParser):
             raise argparse.ArgumentError(action, f"{error.message}{did_you_mean(value, action.choices)}") from None
 
 
-def lazy_exports(package: str, exports: Mapping[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+def type_checking_exports(path: str | Path) -> dict[str, str]:
+    """The names a package's ``if TYPE_CHECKING:`` block imports, as :func:`lazy_exports` wants them.
+
+    ``from M import a, b`` gives ``{"a": "M", "b": "M"}``; ``name = OBJ.attr.path`` (``OBJ``
+    imported there from ``M``) gives ``{"name": "M:OBJ.attr.path"}``. So a package declares its lazy
+    names once, in the block type checkers read.
+    """
+    exports: dict[str, str] = {}
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if not (isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
+            continue
+        for statement in node.body:
+            if isinstance(statement, ast.ImportFrom) and statement.module:
+                exports.update({alias.asname or alias.name: statement.module for alias in statement.names})
+            elif isinstance(statement, ast.Assign) and isinstance(statement.targets[0], ast.Name):
+                dotted = ast.unparse(statement.value)
+                module = exports.get(dotted.split(".")[0])
+                if module is not None:
+                    exports[statement.targets[0].id] = f"{module}:{dotted}"
+    return exports
+
+
+def lazy_exports(
+    package: str, exports: Mapping[str, str] | None = None
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """A package's ``__getattr__`` and ``__dir__`` that import each exported name on first use.
 
     Args:
         package: The package's ``__name__``.
         exports: ``{name: "module"}`` (the name is imported from that module) or ``{name:
-            "module:attribute.path"}``.
+            "module:attribute.path"}``; default: what the package's ``if TYPE_CHECKING:`` block
+            imports (:func:`type_checking_exports`).
 
     Returns:
         ``(__getattr__, __dir__)`` for the package's namespace (PEP 562).
     """
+    if exports is None:
+        exports = type_checking_exports(str(sys.modules[package].__file__))
 
     def __getattr__(name: str) -> Any:
         target = exports.get(name)

@@ -62,26 +62,5 @@ __all__ = [
 
 # The models, data and recipe (torch, Lightning) are imported on first use, so that importing this package
 # for its config (``qualcl run NAME --help``) stays quick; type checkers read the imports above instead.
-if not TYPE_CHECKING:
-    __getattr__, __dir__ = lazy_exports(
-        __name__,
-        {
-            "run_ablation": "qualcl.recipes.comcl.recipe",
-            "Detections": "qualcl.recipes.comcl.detector",
-            "DetectorTraining": "qualcl.recipes.comcl.detector",
-            "FasterRCNNDetector": "qualcl.recipes.comcl.detector",
-            "GroundTruthDetector": "qualcl.recipes.comcl.detector",
-            "LesionDetector": "qualcl.recipes.comcl.detector",
-            "train_detector": "qualcl.recipes.comcl.detector",
-            "DETECTOR": "qualcl.recipes.comcl.detector_run",
-            "DetectorRecipe": "qualcl.recipes.comcl.detector_run",
-            "run_comcl_detector": "qualcl.recipes.comcl.detector_run",
-            "COMCL": "qualcl.recipes.comcl.recipe",
-            "ComclData": "qualcl.recipes.comcl.recipe",
-            "ComclRecipe": "qualcl.recipes.comcl.recipe",
-            "ComclState": "qualcl.recipes.comcl.recipe",
-            "run_comcl": "qualcl.recipes.comcl.recipe",
-            "comcl_config": "qualcl.recipes.comcl.recipe:COMCL.config",
-            "detector_config": "qualcl.recipes.comcl.detector_run:DETECTOR.config",
-        },
-    )
+if not TYPE_CHECKING:  # the names of the TYPE_CHECKING block above
+    __getattr__, __dir__ = lazy_exports(__name__)

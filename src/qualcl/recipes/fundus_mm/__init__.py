@@ -64,28 +64,5 @@ __all__ = [
 
 # The models, data and recipe (torch, Lightning) are imported on first use, so that importing this package
 # for its config (``qualcl run NAME --help``) stays quick; type checkers read the imports above instead.
-if not TYPE_CHECKING:
-    __getattr__, __dir__ = lazy_exports(
-        __name__,
-        {
-            "FundusMMData": "qualcl.recipes.fundus_mm.data",
-            "PairDataset": "qualcl.recipes.fundus_mm.data",
-            "load_fundus_mm_data": "qualcl.recipes.fundus_mm.data",
-            "FundusMMNet": "qualcl.recipes.fundus_mm.model",
-            "PretrainOutput": "qualcl.recipes.fundus_mm.model",
-            "ImageTextObjectives": "qualcl.recipes.fundus_mm.modules",
-            "ImageTextPretraining": "qualcl.recipes.fundus_mm.modules",
-            "build_objectives": "qualcl.recipes.fundus_mm.modules",
-            "class_embeddings": "qualcl.recipes.fundus_mm.modules",
-            "zero_shot_logits": "qualcl.recipes.fundus_mm.modules",
-            "CLASS_DEFINITIONS": "qualcl.recipes.fundus_mm.prompts",
-            "TEMPLATES": "qualcl.recipes.fundus_mm.prompts",
-            "class_prompts": "qualcl.recipes.fundus_mm.prompts",
-            "FUNDUS_MM": "qualcl.recipes.fundus_mm.recipe",
-            "FundusMMRecipe": "qualcl.recipes.fundus_mm.recipe",
-            "FundusMMState": "qualcl.recipes.fundus_mm.recipe",
-            "run_ablation": "qualcl.recipes.fundus_mm.recipe",
-            "run_fundus_mm": "qualcl.recipes.fundus_mm.recipe",
-            "fundus_mm_config": "qualcl.recipes.fundus_mm.recipe:FUNDUS_MM.config",
-        },
-    )
+if not TYPE_CHECKING:  # the names of the TYPE_CHECKING block above
+    __getattr__, __dir__ = lazy_exports(__name__)

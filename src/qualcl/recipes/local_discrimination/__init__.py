@@ -88,30 +88,5 @@ __all__ = [
 
 # The models, data and recipe (torch, Lightning) are imported on first use, so that importing this package
 # for its config (``qualcl run NAME --help``) stays quick; type checkers read the imports above instead.
-if not TYPE_CHECKING:
-    __getattr__, __dir__ = lazy_exports(
-        __name__,
-        {
-            "SYNTHETIC_TASKS": "qualcl.recipes.local_discrimination.data",
-            "LDData": "qualcl.recipes.local_discrimination.data",
-            "SegmentationDataset": "qualcl.recipes.local_discrimination.data",
-            "SegmentationSet": "qualcl.recipes.local_discrimination.data",
-            "load_ld_data": "qualcl.recipes.local_discrimination.data",
-            "LDNet": "qualcl.recipes.local_discrimination.model",
-            "LDOutput": "qualcl.recipes.local_discrimination.model",
-            "SegmentationNet": "qualcl.recipes.local_discrimination.model",
-            "ShapeDiscriminator": "qualcl.recipes.local_discrimination.model",
-            "ld_decoder": "qualcl.recipes.local_discrimination.model",
-            "LDPretraining": "qualcl.recipes.local_discrimination.modules",
-            "SegmentationTransfer": "qualcl.recipes.local_discrimination.modules",
-            "ShapeGuidedTraining": "qualcl.recipes.local_discrimination.modules",
-            "build_losses": "qualcl.recipes.local_discrimination.modules",
-            "pretraining_losses": "qualcl.recipes.local_discrimination.modules",
-            "LOCAL_DISCRIMINATION": "qualcl.recipes.local_discrimination.recipe",
-            "LDState": "qualcl.recipes.local_discrimination.recipe",
-            "LocalDiscriminationRecipe": "qualcl.recipes.local_discrimination.recipe",
-            "run_ablation": "qualcl.recipes.local_discrimination.recipe",
-            "run_local_discrimination": "qualcl.recipes.local_discrimination.recipe",
-            "local_discrimination_config": "qualcl.recipes.local_discrimination.recipe:LOCAL_DISCRIMINATION.config",
-        },
-    )
+if not TYPE_CHECKING:  # the names of the TYPE_CHECKING block above
+    __getattr__, __dir__ = lazy_exports(__name__)

@@ -55,23 +55,5 @@ __all__ = [
 
 # The models, data and recipe (torch, Lightning) are imported on first use, so that importing this package
 # for its config (``qualcl run NAME --help``) stays quick; type checkers read the imports above instead.
-if not TYPE_CHECKING:
-    __getattr__, __dir__ = lazy_exports(
-        __name__,
-        {
-            "run_ablation": "qualcl.recipes.mirror_retrieval.recipe",
-            "RetrievalData": "qualcl.recipes.mirror_retrieval.data",
-            "RetrievalDataset": "qualcl.recipes.mirror_retrieval.data",
-            "load_retrieval_data": "qualcl.recipes.mirror_retrieval.data",
-            "MirrorRetrievalNet": "qualcl.recipes.mirror_retrieval.model",
-            "RetrievalOutput": "qualcl.recipes.mirror_retrieval.model",
-            "mirror_images": "qualcl.recipes.mirror_retrieval.model",
-            "RetrievalTraining": "qualcl.recipes.mirror_retrieval.modules",
-            "build_metric_loss": "qualcl.recipes.mirror_retrieval.modules",
-            "leave_one_out_metrics": "qualcl.recipes.mirror_retrieval.modules",
-            "MIRROR_RETRIEVAL": "qualcl.recipes.mirror_retrieval.recipe",
-            "MirrorRetrievalRecipe": "qualcl.recipes.mirror_retrieval.recipe",
-            "run_mirror_retrieval": "qualcl.recipes.mirror_retrieval.recipe",
-            "mirror_retrieval_config": "qualcl.recipes.mirror_retrieval.recipe:MIRROR_RETRIEVAL.config",
-        },
-    )
+if not TYPE_CHECKING:  # the names of the TYPE_CHECKING block above
+    __getattr__, __dir__ = lazy_exports(__name__)

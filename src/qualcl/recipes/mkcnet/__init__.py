@@ -55,20 +55,5 @@ __all__ = [
 
 # The models, data and recipe (torch, Lightning) are imported on first use, so that importing this package
 # for its config (``qualcl run NAME --help``) stays quick; type checkers read the imports above instead.
-if not TYPE_CHECKING:
-    __getattr__, __dir__ = lazy_exports(
-        __name__,
-        {
-            "run_ablation": "qualcl.recipes.mkcnet.recipe",
-            "TaskNet": "qualcl.recipes.mkcnet.model",
-            "TaskOutput": "qualcl.recipes.mkcnet.model",
-            "build_meta_learner": "qualcl.recipes.mkcnet.model",
-            "build_task_net": "qualcl.recipes.mkcnet.model",
-            "MkcnetTraining": "qualcl.recipes.mkcnet.modules",
-            "MKCNET": "qualcl.recipes.mkcnet.recipe",
-            "MkcnetData": "qualcl.recipes.mkcnet.recipe",
-            "MkcnetRecipe": "qualcl.recipes.mkcnet.recipe",
-            "run_mkcnet": "qualcl.recipes.mkcnet.recipe",
-            "mkcnet_config": "qualcl.recipes.mkcnet.recipe:MKCNET.config",
-        },
-    )
+if not TYPE_CHECKING:  # the names of the TYPE_CHECKING block above
+    __getattr__, __dir__ = lazy_exports(__name__)
