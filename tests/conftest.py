@@ -1,6 +1,8 @@
 import os
+import signal
 import tempfile
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -36,3 +38,9 @@ def _check_every_saved_figure() -> None:
 
 
 _check_every_saved_figure()
+
+
+@pytest.fixture(autouse=True)
+def _default_sigint():
+    """Each test starts with Python's Ctrl-C handler (a run stopped by KeyboardInterrupt leaves Lightning's SIG_IGN)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)

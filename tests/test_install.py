@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -70,6 +71,7 @@ def test_the_wheel_installs_and_its_primitives_work_without_the_recipe_extras(tm
         check=True,
         capture_output=True,
     )
-    done = subprocess.run([str(python), "-c", CHECK], cwd=tmp_path, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing but the venv's own paths
+    done = subprocess.run([str(python), "-c", CHECK], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "core install ok" in done.stdout

@@ -77,4 +77,4 @@ def test_torchrun_launches_a_recipe_as_written(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "run" / "metrics.json").is_file() and (tmp_path / "run" / "MODEL_CARD.md").is_file()
-    assert result.stdout.count("run folder:") == 1  # one summary, from global rank 0
+    assert result.stdout.count("everything else:") == 1  # one summary, from global rank 0

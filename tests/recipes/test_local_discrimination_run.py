@@ -267,7 +267,7 @@ def test_cli_runs_the_recipe(data_dir, tmp_path, capsys):
     )
     assert code == 0
     printed = capsys.readouterr().out
-    assert "run folder" in printed and '"dice EX (frozen)"' in printed and '"mre disc px"' in printed
+    assert "everything else:" in printed and "EX Dice (frozen)" in printed and "overall" in printed
 
 
 def test_ablation_writes_its_table_with_the_quality_gap(data_dir, tmp_path):

@@ -110,7 +110,7 @@ def test_cli_runs_the_smoke_preset(smoke, tmp_path, capsys):
         ]
     )
     assert status == 0
-    assert '"auc"' in capsys.readouterr().out
+    assert "AUC on the test set" in capsys.readouterr().out
     assert main(["run", "mkcnet", "--preset", "smoke", "--dataset", "drac", "--out", str(tmp_path / "x")]) == 2
 
 

@@ -112,10 +112,11 @@ POINTS = {
 def test_a_signal_anywhere_in_an_epoch_resumes_to_the_same_run(comcl_reference, tmp_path, point, signum):
     # the epoch's history row is produced after validation, when the checkpoint may or may not hold it
     config, root = comcl_reference
+    before = signal.getsignal(signal.SIGINT)
     with pytest.raises(SystemExit) as stopped:
         COMCL.run(config, tmp_path / "run", callbacks=[_SignalAt(signum, *POINTS[point])])
     assert stopped.value.code == 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the run's handler is gone
+    assert signal.getsignal(signal.SIGINT) is before  # the run's handler is gone, the previous one back
     assert not list((tmp_path / "run" / "checkpoints").rglob("last-v*.ckpt"))  # no stray checkpoint copies
     COMCL.run(config, tmp_path / "run")
     _same_run(root / "whole", tmp_path / "run")

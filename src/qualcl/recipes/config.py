@@ -183,14 +183,9 @@ def dataset_choices(config_class: type[Any]) -> tuple[str, ...]:
     """The datasets a recipe reads: the ``Literal`` of its ``data.dataset`` field.
 
     Examples:
-        >>> @dataclass
-        ... class Data(DataConfig):
-        ...     dataset: Literal["synthetic", "eyeq"] = "synthetic"
-        >>> @dataclass
-        ... class Config(RecipeConfig):
-        ...     data: Data = field(default_factory=Data)
-        >>> dataset_choices(Config)
-        ('synthetic', 'eyeq')
+        >>> from qualcl.recipes.mirror_retrieval.config import MirrorRetrievalConfig
+        >>> dataset_choices(MirrorRetrievalConfig)
+        ('synthetic', 'eyepacs', 'eyeq')
     """
     data = typing.get_type_hints(config_class).get("data")
     kind = typing.get_type_hints(data).get("dataset") if data is not None else None
