@@ -66,12 +66,13 @@ def test_the_wheel_installs_and_its_primitives_work_without_the_recipe_extras(tm
         (farm / entry.name).symlink_to(entry)
     (next((env / "lib").glob("python*")) / "site-packages" / "core.pth").write_text(str(farm) + "\n")
     python = env / "bin" / "python"
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing but the venv's own paths
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)],
         check=True,
         capture_output=True,
+        env=clean,
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing but the venv's own paths
-    done = subprocess.run([str(python), "-c", CHECK], cwd=tmp_path, capture_output=True, text=True, env=env)
+    done = subprocess.run([str(python), "-c", CHECK], cwd=tmp_path, capture_output=True, text=True, env=clean)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "core install ok" in done.stdout
