@@ -226,3 +226,22 @@ def test_every_exported_name_of_a_recipe_package_resolves(package):
 
     module = importlib.import_module(f"qualcl.recipes.{package}")
     assert [name for name in module.__all__ if not hasattr(module, name)] == []
+
+
+def test_progress_bars_name_the_stage_and_leave_out_the_logger_version(capfd, tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    from qualcl.recipes.trainer import EpochProgressBar
+
+    trainer = L.Trainer(
+        max_epochs=2,
+        logger=CSVLogger(tmp_path),  # a logger: Lightning's bars would show its version, v_num
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        callbacks=[EpochProgressBar("finetune")],
+    )
+    trainer.fit(_Toy(), _data(), _data())
+    captured = capfd.readouterr()
+    shown = captured.out + captured.err  # tqdm writes where Lightning points it
+    assert "finetune, epoch 2/2" in shown and "v_num" not in shown and "loss" in shown

@@ -21,6 +21,7 @@ __all__ = [
     "BANNERS",
     "LOGGER_PACKAGES",
     "BatchNormSync",
+    "EpochProgressBar",
     "StepProgressBar",
     "check_logger",
     "check_trainer",
@@ -126,7 +127,32 @@ def make_logger(kind: str, run: RunFolder, stage: str) -> Logger | bool:
     raise ValueError(f"unknown logger {kind!r}; choose csv, tensorboard, wandb, mlflow or none")
 
 
-class StepProgressBar(TQDMProgressBar):
+class _Metrics:
+    """A progress bar's numbers without Lightning's logger version (``v_num``: a run folder has one logger)."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """The logged metrics the bar shows, ``v_num`` left out."""
+        metrics: dict[str, Any] = super().get_metrics(trainer, pl_module)  # type: ignore[misc]
+        metrics.pop("v_num", None)
+        return metrics
+
+
+class EpochProgressBar(_Metrics, TQDMProgressBar):
+    """The bar of an epoch-budgeted stage: labelled with the stage, its loss and metrics, no logger version."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__()
+        self.stage = stage
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        """Label the epoch's bar with the stage: ``finetune, epoch 3/12``."""
+        super().on_train_epoch_start(trainer, *args)
+        if self.train_progress_bar is not None:
+            epoch = f"{trainer.current_epoch + 1}/{trainer.max_epochs}"
+            self.train_progress_bar.set_description(f"{self.stage}, epoch {epoch}")
+
+
+class StepProgressBar(_Metrics, TQDMProgressBar):
     """One bar over all ``max_steps`` of a step-budgeted stage (not "Epoch k" bars with an unknown total)."""
 
     def __init__(self, stage: str) -> None:
@@ -249,7 +275,9 @@ def make_trainer(
         from lightning.pytorch.strategies import DDPStrategy
 
         strategy = DDPStrategy(find_unused_parameters=find_unused_parameters)
-    bars: list[Callback] = [StepProgressBar(stage)] if config.progress and max_steps > 0 else []
+    bars: list[Callback] = []
+    if config.progress:  # one style of bar for every stage: the stage's name, its numbers, nothing else
+        bars.append(StepProgressBar(stage) if max_steps > 0 else EpochProgressBar(stage))
     layer_sync = batchnorm_sync(config, requested=sync_batchnorm, double_backward=double_backward)
     return L.Trainer(
         default_root_dir=str(run.root),
