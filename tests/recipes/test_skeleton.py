@@ -245,3 +245,22 @@ def test_progress_bars_name_the_stage_and_leave_out_the_logger_version(capfd, tm
     captured = capfd.readouterr()
     shown = captured.out + captured.err  # tqdm writes where Lightning points it
     assert "finetune, epoch 2/2" in shown and "v_num" not in shown and "loss" in shown
+
+
+def test_the_ablation_table_shows_per_stratum_every_metric_the_strata_have():
+    from qualcl.recipes.ablation import ablation_table
+    from qualcl.recipes.mirror_retrieval.recipe import MIRROR_RETRIEVAL
+
+    config = MIRROR_RETRIEVAL.config("smoke")
+    nan = float("nan")
+    results = {
+        "a": {
+            "overall": {"map@5": [0.5, 0.7], "precision@5": [0.4, 0.4], "ndcg@5": [0.3, 0.3]},
+            "Reject": {"map@5": [0.2, 0.4], "precision@5": [0.1, 0.3], "ndcg@5": [nan, nan]},
+            "Good": {"map@5": [0.6, 0.6], "precision@5": [0.5, 0.5], "ndcg@5": [nan, nan]},
+        }
+    }
+    table = ablation_table(MIRROR_RETRIEVAL, config, results, {"a": Variant("variant A")}, [0, 1])
+    assert "| variant A | 0.600 ± 0.141 | 0.400 ± 0.000 | 0.300 ± 0.000 |" in table
+    assert "## mAP@5 per stratum" in table and "## P@5 per stratum" in table and "NDCG@5 per stratum" not in table
+    assert "| variant | Good | Reject |" in table  # one strata order: best quality first

@@ -258,7 +258,7 @@ def ablation_table(
     declared: Mapping[str, Variant],
     seeds: Sequence[int],
 ) -> str:
-    """Markdown: the variants' overall cells (mean ± std over seeds), then the first metric per stratum."""
+    """Markdown: the variants' overall cells (mean ± std over seeds), then per stratum every metric the strata have."""
     columns = recipe.ablation_columns(config)
     first = next(iter(columns))
     n = len(seeds)
@@ -277,16 +277,20 @@ def ablation_table(
         overall = strata.get("overall", {})
         lines.append(f"| {label[name]} | " + " | ".join(mean_std(overall.get(k, []), n) for k in columns) + " |")
     strata_names = [s for s in strata_order(s for strata in results.values() for s in strata) if s != "overall"]
-    if strata_names:
+    for key in columns:  # one table per metric the strata have (the first one always, when there are strata)
+        values = [v for strata in results.values() for s in strata_names for v in strata.get(s, {}).get(key, [])]
+        present = any(math.isfinite(v) for v in values)
+        if not strata_names or (key != first and not present):
+            continue
         lines += [
             "",
-            f"## {columns[first]} per stratum",
+            f"## {columns[key]} per stratum",
             "",
             "| variant | " + " | ".join(strata_names) + " |",
             "|---|" + "---|" * len(strata_names),
         ]
         for name, strata in results.items():
-            cells = [mean_std(strata.get(s, {}).get(first, []), n) for s in strata_names]
+            cells = [mean_std(strata.get(s, {}).get(key, []), n) for s in strata_names]
             lines.append(f"| {label[name]} | " + " | ".join(cells) + " |")
     lines += ["", "Command: `qualcl run " + recipe.name + " --ablation --seeds " + ",".join(map(str, seeds)) + "`."]
     return "\n".join(lines) + "\n"
