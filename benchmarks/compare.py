@@ -59,7 +59,7 @@ def machine(device: str, threads: int) -> dict[str, str]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "logical cores": str(os.cpu_count()),
         "torch threads": str(threads),
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
@@ -85,7 +85,8 @@ def machine(device: str, threads: int) -> dict[str, str]:
     return info
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -33,6 +33,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from benchmarks.compare import cpu_model
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -301,7 +303,7 @@ def _write_search(args: argparse.Namespace) -> None:
     lines = [
         "## Exact search: k = 10, cosine, (N, 512) float32 database",
         "",
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}, {platform.machine()} ({_cpu_model()}), "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}, {platform.machine()} ({cpu_model()}), "
         f"{os.cpu_count()} logical cores, {args.threads} threads, command `{command.strip()}`. "
         f"Each shape in its own process; its methods timed interleaved for {args.search_repeats} rounds after "
         "one warm-up; best and median wall seconds, CPU = the process's CPU seconds of the best call "
@@ -321,16 +323,6 @@ def _write_search(args: argparse.Namespace) -> None:
     data = [row for row in data if row[0] != "search"] + [["search", f"{q}x{n}", r] for q, n, r, _ in results]
     (RESULTS / "retrieval_cpu.json").write_text(json.dumps(data, indent=2))
     print("\n".join(lines))
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":
