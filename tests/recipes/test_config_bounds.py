@@ -9,37 +9,35 @@ from typing import Any
 import pytest
 
 from qualcl.recipes import RECIPES
-from qualcl.recipes.config import FIELD_BOUNDS
+from qualcl.recipes.config import FIELD_BOUNDS, _parse_rule
 
 
-def _numeric_keys(config: Any, prefix: str = "") -> dict[str, float]:
-    keys: dict[str, float] = {}
+def _numeric_keys(config: Any, prefix: str = "") -> dict[str, tuple[float, str | None]]:
+    """``{dotted key: (value, its bounds rule or None)}`` for every number in the config."""
+    keys: dict[str, tuple[float, str | None]] = {}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if dataclasses.is_dataclass(value):
             keys.update(_numeric_keys(value, f"{prefix}{f.name}."))
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            keys[f"{prefix}{f.name}"] = value
+            rule = f.metadata.get("bounds") or FIELD_BOUNDS.get(f.name)
+            keys[f"{prefix}{f.name}"] = (value, rule or (">= 0" if f.name.endswith("_weight") else None))
     return keys
 
 
-def _bad_value(name: str, current: float) -> float | None:
-    if name.endswith("_weight") and name not in FIELD_BOUNDS:
-        return -1.0
-    if name not in FIELD_BOUNDS:
+def _bad_value(rule: str | None, current: float) -> float | None:
+    if rule is None:
         return None
-    text, low, high = FIELD_BOUNDS[name]
-    bad = low - 1 if text != "in [0, 1]" else high + 0.5
-    if text == "> 0":
-        bad = low
+    low, _, (closed_low, _) = _parse_rule(rule)
+    bad = low - 1 if closed_low else low
     return int(bad) if isinstance(current, int) and float(bad).is_integer() else float(bad)
 
 
 CASES = []
 for recipe_name, entry in RECIPES.items():
     spec = entry.load_spec()
-    for key, value in _numeric_keys(spec.config("smoke" if "smoke" in spec.presets else "default")).items():
-        bad = _bad_value(key.rsplit(".", 1)[-1], value)
+    for key, (value, rule) in _numeric_keys(spec.config("smoke" if "smoke" in spec.presets else "default")).items():
+        bad = _bad_value(rule, value)
         if bad is not None:
             CASES.append(pytest.param(recipe_name, key, bad, id=f"{recipe_name}:{key}"))
 
@@ -54,7 +52,7 @@ def test_out_of_range_values_are_refused_at_their_key(recipe, key, bad):
 @pytest.mark.parametrize("recipe", list(RECIPES))
 def test_non_finite_floats_are_refused_everywhere(recipe):
     spec = RECIPES[recipe].load_spec()
-    floats = [k for k, v in _numeric_keys(spec.config()).items() if isinstance(v, float)]
+    floats = [k for k, (v, _) in _numeric_keys(spec.config()).items() if isinstance(v, float)]
     assert floats
     for key in floats:
         for bad in (".nan", ".inf"):
@@ -64,10 +62,29 @@ def test_non_finite_floats_are_refused_everywhere(recipe):
 
 def test_every_bounded_key_is_used_by_some_recipe():
     """The table names real fields: a renamed field would silently lose its check."""
-    used = {
-        key.rsplit(".", 1)[-1]
-        for entry in RECIPES.values()
-        for key in _numeric_keys(entry.load_spec().config())
-    }
+    used = {key.rsplit(".", 1)[-1] for entry in RECIPES.values() for key in _numeric_keys(entry.load_spec().config())}
     assert set(FIELD_BOUNDS) <= used, sorted(set(FIELD_BOUNDS) - used)
-    assert math.inf not in {low for _, low, _ in FIELD_BOUNDS.values()}
+    assert all(math.isfinite(_parse_rule(rule)[0]) for rule in FIELD_BOUNDS.values())
+
+
+def test_a_field_bound_is_refused_at_its_key_with_the_multiple():
+    from dataclasses import dataclass
+
+    from qualcl.recipes.config import bounded, config_from_dict
+
+    @dataclass
+    class Data:
+        image_size: int = bounded(64, ">= 32", multiple_of=16)
+        val_fraction: float = bounded(0.1, "in (0, 1)")
+
+    assert config_from_dict(Data, {"image_size": 48, "val_fraction": 0.5}) == Data(48, 0.5)
+    for key, bad, message in [
+        ("image_size", 40, "must be >= 32 and a multiple of 16, got 40"),
+        ("image_size", 16, "must be >= 32 and a multiple of 16, got 16"),
+        ("val_fraction", 1.0, "must be in \\(0, 1\\), got 1.0"),
+        ("val_fraction", 0, "must be in \\(0, 1\\), got 0"),
+    ]:
+        with pytest.raises(ValueError, match=f"config.{key} {message}"):
+            config_from_dict(Data, {key: bad})
+    with pytest.raises(ValueError, match="bounds rule"):
+        bounded(1, "between 0 and 1")

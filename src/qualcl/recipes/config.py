@@ -34,6 +34,7 @@ __all__ = [
     "TrainerConfig",
     "Variant",
     "apply_overrides",
+    "bounded",
     "check_cnn_encoder",
     "config_from_dict",
     "config_to_dict",
@@ -47,6 +48,7 @@ __all__ = [
 ]
 
 C = TypeVar("C")
+T = TypeVar("T")
 
 #: The ``"cnn"`` encoders of :data:`qualcl.models.ENCODERS`, in its order: configs check their
 #: encoder names against this copy, so that building a config does not import torch (a test keeps
@@ -90,6 +92,39 @@ def check_cnn_encoder(name: str, where: str) -> None:
         )
 
 
+def bounded(default: T, rule: str, *, multiple_of: int | None = None) -> T:
+    """A config field with its own bounds, refused at its key when the config is built.
+
+    Args:
+        default: The field's default.
+        rule: ``">= 32"``, ``"> 0"`` or an interval ``"in (0, 1)"`` / ``"in [0, 1)"`` (brackets:
+            closed ends); it replaces the field name's entry in :data:`FIELD_BOUNDS`.
+        multiple_of: The value must also be a multiple of this.
+
+    Examples:
+        >>> @dataclass
+        ... class Data:
+        ...     image_size: int = bounded(64, ">= 32", multiple_of=16)
+        >>> config_from_dict(Data, {"image_size": 40})
+        Traceback (most recent call last):
+        ValueError: config.image_size must be >= 32 and a multiple of 16, got 40
+    """
+    _parse_rule(rule)  # a malformed rule fails where it is written
+    value: T = field(default=default, metadata={"bounds": rule, "multiple_of": multiple_of})
+    return value
+
+
+def _parse_rule(rule: str) -> tuple[float, float, tuple[bool, bool]]:
+    """``">= 1"`` → ``(1, inf, (True, False))``; ``"in (0, 1]"`` → ``(0, 1, (False, True))``."""
+    text = rule.strip()
+    if text.startswith((">=", ">")):
+        return float(text.lstrip(">=").strip()), math.inf, (text.startswith(">="), False)
+    if text.startswith("in ") and text[3] in "([" and text[-1] in ")]":
+        low, high = (float(part) for part in text[4:-1].split(","))
+        return low, high, (text[3] == "[", text[-1] == "]")
+    raise ValueError(f"bounds rule must look like '>= 1', '> 0' or 'in [0, 1)', got {rule!r}")
+
+
 @dataclass
 class TrainerConfig:
     """How a run executes: devices, distribution, precision, logging. Shared by every recipe.
@@ -128,12 +163,6 @@ class TrainerConfig:
     small_map_convs: Literal["native", "unfold"] = "native"
     progress: bool = True
 
-    def __post_init__(self) -> None:
-        for name in ("devices", "num_nodes"):
-            value = getattr(self, name)
-            if value < 1:
-                raise ValueError(f"trainer.{name} must be >= 1, got {value}")
-
     @property
     def world_size(self) -> int:
         """Processes of the run: ``devices × num_nodes``."""
@@ -166,17 +195,12 @@ class DataConfig:
     dataset: str = "synthetic"
     data_dir: str | None = None
     num_images: int = 1200
-    image_size: int = 64
+    image_size: int = bounded(64, ">= 8")
     lq_ratio: float = 0.336
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.num_images < 1:
-            raise ValueError(f"data.num_images must be >= 1, got {self.num_images}")
-        if self.image_size < 8:
-            raise ValueError(f"data.image_size must be >= 8, got {self.image_size}")
-        if not 0.0 <= self.lq_ratio <= 1.0:
-            raise ValueError(f"data.lq_ratio must lie in [0, 1], got {self.lq_ratio}")
+        """Where a recipe's section checks what depends on several of its fields (bounds: :func:`bounded`)."""
 
 
 def dataset_choices(config_class: type[Any]) -> tuple[str, ...]:
@@ -286,7 +310,7 @@ def _coerce(kind: Any, value: Any, where: str) -> Any:
 #: Bounds by field name, the same in every section of every recipe config: a value outside them is
 #: refused when the config is built, at its key (``config.train.lr must be > 0, got -0.1``), not deep
 #: inside an optimiser or a layer. A recipe's ``__post_init__`` adds what depends on its own fields.
-FIELD_BOUNDS: dict[str, tuple[str, float, float]] = {
+FIELD_BOUNDS: dict[str, str] = {
     **dict.fromkeys(
         (
             "lr",
@@ -300,7 +324,7 @@ FIELD_BOUNDS: dict[str, tuple[str, float, float]] = {
             "discriminator_lr_ratio",
             "landmark_sigma",
         ),
-        ("> 0", 0.0, math.inf),
+        "> 0",
     ),
     **dict.fromkeys(
         (
@@ -321,7 +345,7 @@ FIELD_BOUNDS: dict[str, tuple[str, float, float]] = {
             "few_shot_seeds",
             "slice_length",
         ),
-        (">= 1", 1.0, math.inf),
+        ">= 1",
     ),
     **dict.fromkeys(
         (
@@ -343,7 +367,7 @@ FIELD_BOUNDS: dict[str, tuple[str, float, float]] = {
             "labelled",
             "rotation",
         ),
-        (">= 0", 0.0, math.inf),
+        ">= 0",
     ),
     **dict.fromkeys(
         (
@@ -355,24 +379,31 @@ FIELD_BOUNDS: dict[str, tuple[str, float, float]] = {
             "text_mask_ratio",
             "detector_min_score",
         ),
-        ("in [0, 1]", 0.0, 1.0),
+        "in [0, 1]",
     ),
 }
 
 
-def _check_bounds(name: str, value: Any, where: str) -> None:
-    """Refuse a non-finite float anywhere, and a value outside :data:`FIELD_BOUNDS` (or a weight below 0)."""
+def _check_bounds(name: str, value: Any, where: str, own: Mapping[str, Any] | None = None) -> None:
+    """Refuse a non-finite float anywhere, and a value outside its bounds.
+
+    The bounds are the field's own (:func:`bounded`), else :data:`FIELD_BOUNDS`' entry for its name,
+    else ``>= 0`` for a ``*_weight``.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{where} must be a finite number, got {value}")
-    rule = FIELD_BOUNDS.get(name) or ((">= 0", 0.0, math.inf) if name.endswith("_weight") else None)
+    own = own or {}
+    rule = own.get("bounds") or FIELD_BOUNDS.get(name) or (">= 0" if name.endswith("_weight") else None)
     if rule is None:
         return
-    text, low, high = rule
-    inside = value > low if text == "> 0" else low <= value <= high
-    if not inside:
-        raise ValueError(f"{where} must be {text}, got {value}")
+    low, high, (closed_low, closed_high) = _parse_rule(rule)
+    inside = (value >= low if closed_low else value > low) and (value <= high if closed_high else value < high)
+    step = own.get("multiple_of")
+    if not inside or (step and value % step):
+        rule += f" and a multiple of {step}" if step else ""
+        raise ValueError(f"{where} must be {rule}, got {value}")
 
 
 def config_from_dict(cls: type[C], data: Mapping[str, Any], *, _where: str = "config") -> C:
@@ -386,8 +417,12 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any], *, _where: str = "co
         hint = did_you_mean(unknown[0], names) if len(unknown) == 1 else ""
         raise ValueError(f"{_where}: unknown key(s) {unknown}{hint}; known keys: {sorted(names)}")
     kwargs = {k: _coerce(hints[k], v, f"{_where}.{k}") for k, v in data.items()}
+    own = {f.name: f.metadata for f in dataclasses.fields(cls)}
+    for base in cls.__mro__[1:]:  # a field re-declared with another default keeps its base's bounds
+        if dataclasses.is_dataclass(base):
+            own |= {f.name: f.metadata for f in dataclasses.fields(base) if f.metadata and not own.get(f.name)}
     for key, value in kwargs.items():
-        _check_bounds(key, value, f"{_where}.{key}")
+        _check_bounds(key, value, f"{_where}.{key}", own[key])
     try:
         return cls(**kwargs)
     except ValueError as error:
