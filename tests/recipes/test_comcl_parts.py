@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from qualcl.data.loading import patient_split
 from qualcl.recipes.ablation import ablation_table, variant_config
 from qualcl.recipes.comcl import (
     ABLATIONS,
@@ -13,7 +14,6 @@ from qualcl.recipes.comcl import (
     comcl_config,
     train_detector,
 )
-from qualcl.recipes.comcl.data import patient_split
 from qualcl.recipes.config import config_from_dict, config_to_dict
 
 
@@ -151,7 +151,7 @@ def test_detector_recipe_trains_from_synthetic_masks(tmp_path):
 
     config = detector_config("smoke")
     metrics = run_comcl_detector(config, tmp_path / "det")
-    assert metrics["train_images"] + metrics["test_images"] == config.num_images
+    assert metrics["train_images"] + metrics["test_images"] == config.data.num_images
     assert set(metrics["test"]) == {"recall_iou50", "precision_iou50", "boxes_per_image"}
     detector = FasterRCNNDetector.load(tmp_path / "det" / "weights" / "detector.safetensors")
     assert detector.classes == ("MA", "HE", "EX", "NV")

@@ -113,13 +113,9 @@ def test_eyeq_layout_with_detector_boxes_runs(smoke, tmp_path):
     from qualcl.recipes.comcl import detector_config as make_detector_config
     from qualcl.recipes.comcl import run_comcl_detector
 
-    detector_config = dataclasses.replace(
-        make_detector_config("smoke"),
-        data_dir=smoke.data.data_dir,
-        num_images=smoke.data.num_images,
-        image_size=smoke.data.image_size,
-        steps=1,
-    )
+    detector_config = make_detector_config("smoke", data_dir=smoke.data.data_dir, overrides=["steps=1"])
+    shared = {"num_images": smoke.data.num_images, "image_size": smoke.data.image_size}  # CoMCL's synthetic set
+    detector_config = dataclasses.replace(detector_config, data=dataclasses.replace(detector_config.data, **shared))
     run_comcl(smoke, tmp_path / "make-data")  # makes sure the shared synthetic folder exists
     run_comcl_detector(detector_config, tmp_path / "det")
     weights = tmp_path / "det" / "weights" / "detector.safetensors"

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from qualcl.recipes.config import DataConfig as BaseDataConfig
-from qualcl.recipes.config import RecipeConfig, RecipeSpec, TrainerConfig, Variant, check_cnn_encoder
+from qualcl.recipes.config import RecipeConfig, RecipeSpec, TrainerConfig, Variant, bounded, check_cnn_encoder
 
 __all__ = [
     "ABLATIONS",
@@ -18,7 +17,7 @@ __all__ = [
     "ComclConfig",
     "DataConfig",
     "DetectorConfig",
-    "DetectorSpec",
+    "DetectorData",
     "FinetuneConfig",
     "PretrainConfig",
     "dataset_settings",
@@ -28,14 +27,12 @@ __all__ = [
 
 @dataclass
 class DataConfig(BaseDataConfig):
-    """Where the images come from (the six shared fields: :class:`qualcl.recipes.config.DataConfig`).
+    """The six shared fields (:class:`qualcl.recipes.config.DataConfig`), CoMCL's datasets, where boxes come from.
 
     Attributes:
-        dataset: ``"synthetic"`` (generated and cached in the run folder), ``"eyeq"`` or ``"nih-cxr14"``.
-        lq_ratio: Low-quality fraction of the synthetic set (EyeQ train: 0.336), or of the simulated
-            quality of NIH ChestX-ray14 when it has no ``quality.csv`` (paper: 0.432).
+        lq_ratio: Also the simulated low-quality share of NIH ChestX-ray14 without ``quality.csv`` (paper: 0.432).
         boxes: ``"ground_truth"`` (synthetic lesion boxes; NIH's ``BBox_List_2017.csv``) or a path to
-            detector weights (EyeQ).
+            detector weights (EyeQ: ``qualcl run comcl-detector``).
         detector_min_score: Confidence threshold for detector boxes.
         max_images: Real datasets: a seeded subset of at most this many images per split (``None``: all).
     """
@@ -48,24 +45,21 @@ class DataConfig(BaseDataConfig):
 
 @dataclass
 class PretrainConfig:
-    """Contrastive pre-training on patches.
+    """Contrastive pre-training on level-balanced patch pairs.
 
     Attributes:
-        method: ``"comcl"`` (multi-level InfoNCE), ``"simclr"`` (basic CL: NT-Xent on patches),
-            or ``"none"`` (no pre-training: the baseline).
+        method: ``"comcl"`` (multi-level InfoNCE), ``"simclr"`` (basic CL: NT-Xent on patches) or
+            ``"none"`` (no pre-training: the baseline).
         pairs: Level pairs of the multi-level loss: CoMCL's four levels
             (:data:`qualcl.data.levels.LEVEL_NAMES`) or, for "w/o multi-level", lesion vs healthy
             (:data:`qualcl.recipes.comcl.data.BINARY_LEVELS`); checked by ``ComclRecipe.check``.
-        miner: ``"self_paced"`` or ``"none"`` (CoMCL w/o SPL).
-        spl_threshold: ``"quantile"``, ``"literal"``, ``"scaled"`` or ``"off"``.
+        miner: ``"self_paced"`` or ``"none"`` (CoMCL w/o SPL); ``spl_threshold`` its threshold rule.
         patch_size: Patch side in pixels (paper: 128 on 512-px images, a quarter of the side).
-        augmentation: ``"paper"`` (CoMCL's strong augmentation) or ``"light"`` (for small patches; see
-            :func:`qualcl.recipes.comcl.data.patch_augmentation`).
+        augmentation: ``"paper"`` or ``"light"`` (small patches): see
+            :class:`~qualcl.recipes.comcl.data.PatchAugmentation`.
         per_level: Patches per level in a batch (paper: 100).
-        steps: Optimisation steps ``T_max``.
-        temperature: ``tau``.
+        steps: Optimisation steps ``T_max``; ``temperature`` is ``tau``, ``weight_decay`` ``r(w)``.
         lr: AdamW learning rate (paper: Adam, 1e-3).
-        weight_decay: ``r(w)``.
         projection_dim: Output of the projection head (paper: 128).
         negatives_from: ``"view2"`` or ``"both"``.
     """
@@ -77,29 +71,17 @@ class PretrainConfig:
     patch_size: int = 24
     augmentation: Literal["paper", "light"] = "light"
     per_level: int = 16
-    steps: int = 250
+    steps: int = bounded(250, ">= 1")
     temperature: float = 0.07
     lr: float = 1e-3
     weight_decay: float = 5e-4
     projection_dim: int = 128
     negatives_from: Literal["view2", "both"] = "view2"
 
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.per_level < 1:
-            raise ValueError(f"pretrain.steps and pretrain.per_level must be >= 1, got {self.steps}, {self.per_level}")
-
 
 @dataclass
 class FinetuneConfig:
-    """Supervised DR grading on whole images.
-
-    Attributes:
-        epochs: Training epochs.
-        batch_size: Images per batch.
-        lr: AdamW learning rate.
-        weight_decay: Weight decay.
-        val_fraction: Fraction of training patients held out for model selection (by QWK).
-    """
+    """Supervised grading of whole images (AdamW); ``val_fraction`` of the patients select the model by kappa."""
 
     epochs: int = 12
     batch_size: int = 32
@@ -110,25 +92,19 @@ class FinetuneConfig:
 
 @dataclass
 class ComclConfig(RecipeConfig):
-    """The whole CoMCL run (``preset`` and ``seed`` come from :class:`RecipeConfig`).
+    """The whole run: data, pretrain, finetune sections; preset, seed and trainer come from RecipeConfig.
 
     Attributes:
-        trainer: :class:`~qualcl.recipes.config.TrainerConfig`; CoMCL's 32-px patches end in 1 × 1
-            maps, so tiny-map convolutions run as unfold + matmul on CPUs (``small_map_convs``), and
-            the encoder trains in channels-last format (both measured faster on 2 CPU cores:
-            ``benchmarks/step_overhead.py``).
-        backbone: Encoder name for :func:`qualcl.models.build_encoder` (paper: resnet50).
-        pretrained: Optional local weights file for the encoder (nothing is downloaded).
+        backbone: A CNN encoder of :func:`qualcl.models.build_encoder` (paper: resnet50), optionally
+            from the local weights file ``pretrained`` (nothing is downloaded).
         num_classes: DR grades (5), or chest classes (9: No Finding + the ChestX-ray8 findings).
         lq_ratios: Test-time low-quality ratios to evaluate, besides the original (paper: 0.7, 1.0).
-        probe: Also diagnose the frozen pre-trained encoder (linear probes of the class and of low vs
-            high quality, feature geometry by level: :mod:`qualcl.recipes.comcl.probe`) into
+        probe: Also diagnose the frozen pre-trained encoder (:mod:`qualcl.recipes.comcl.probe`) into
             ``metrics.json``'s ``probe``; the ablation turns it on.
-        data: :class:`DataConfig`.
-        pretrain: :class:`PretrainConfig`.
-        finetune: :class:`FinetuneConfig`.
     """
 
+    # 24-px patches end in 1 x 1 maps: unfold + matmul convolutions and channels-last are faster on CPUs
+    # (benchmarks/step_overhead.py)
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(channels_last=True, small_map_convs="unfold"))
     backbone: str = "resnet10"
     pretrained: str | None = None
@@ -143,28 +119,20 @@ class ComclConfig(RecipeConfig):
         check_cnn_encoder(self.backbone, "backbone")
 
 
-#: ``{preset: overrides of the ComclConfig defaults}`` (the defaults are the ``default`` preset).
+#: ``{preset: overrides of the ComclConfig defaults}``: ``smoke`` for tests and CI (seconds), ``default``
+#: the README's main job (minutes on 2 CPU cores), ``paper`` the paper's hyper-parameters (a GPU, real data).
 PRESETS: dict[str, dict[str, Any]] = {
-    # seconds: for tests and CI
     "smoke": {
         "trainer": {"progress": False},
         "data": {"num_images": 48, "image_size": 64},
         "pretrain": {"patch_size": 24, "per_level": 4, "steps": 4, "projection_dim": 32},
         "finetune": {"epochs": 1, "batch_size": 16},
     },
-    # minutes on 2 CPU cores: the README's main job
     "default": {},
-    # the paper's hyper-parameters, for a GPU and the real data
     "paper": {
         "backbone": "resnet50",
         "data": {"dataset": "eyeq", "image_size": 512, "boxes": "detector.safetensors"},
-        "pretrain": {
-            "patch_size": 128,
-            "augmentation": "paper",
-            "per_level": 100,
-            "steps": 800 * 30,
-            "projection_dim": 128,
-        },
+        "pretrain": {"patch_size": 128, "augmentation": "paper", "per_level": 100, "steps": 800 * 30},
         "finetune": {"epochs": 25, "batch_size": 16, "lr": 1e-3},
     },
 }
@@ -201,12 +169,10 @@ def headline_metric(config: ComclConfig) -> str:
     return "kappa" if config.data.dataset == "nih-cxr14" else "qwk"
 
 
-#: What ``qualcl run comcl`` needs before it trains (its options, their help and the config); the
-#: recipe object (``recipe.py``, which imports torch) carries the same attributes.
-SPEC: RecipeSpec[ComclConfig] = RecipeSpec(
-    name="comcl",
-    config_class=ComclConfig,
-    presets=PRESETS,
+SPEC = RecipeSpec(
+    "comcl",
+    ComclConfig,
+    PRESETS,
     data_help="dataset folder (real data, or an existing synthetic set)",
     set_example="pretrain.steps=100",
     dataset_settings=dataset_settings,
@@ -215,27 +181,22 @@ SPEC: RecipeSpec[ComclConfig] = RecipeSpec(
 
 
 @dataclass
-class DetectorConfig(RecipeConfig):
-    """Lesion-detector training (``preset``, ``seed`` and ``trainer`` come from :class:`RecipeConfig`).
-
-    Attributes:
-        dataset: ``"synthetic"`` (masks of the generated set) or ``"idrid"`` (IDRiD segmentation layout).
-        data_dir: Dataset folder (synthetic: generated there if missing).
-        num_images: Synthetic images to generate.
-        lq_ratio: Synthetic low-quality fraction (as CoMCL's ``data.lq_ratio``, so both can share a folder).
-        image_size: Side of the images the detector sees.
-        architecture: ``"mobilenet_v3"`` or ``"resnet50"``.
-        steps: SGD steps.
-        batch_size: Images per step (per process under DDP).
-        lr: Learning rate.
-        test_fraction: Share of images held out for the recall / precision check.
-    """
+class DetectorData(BaseDataConfig):
+    """The six shared fields; ``"idrid"`` reads IDRiD's segmentation layout (the synthetic set: its lesion masks)."""
 
     dataset: Literal["synthetic", "idrid"] = "synthetic"
-    data_dir: str | None = None
     num_images: int = 300
-    lq_ratio: float = 0.336
     image_size: int = 128
+
+
+@dataclass
+class DetectorConfig(RecipeConfig):
+    """The whole detector run: data section, Faster R-CNN ``architecture`` (``"resnet50"``: the paper's R50-FPN).
+
+    SGD ``steps``, ``batch_size`` and ``lr``; ``test_fraction`` of the images are held out for recall / precision.
+    """
+
+    data: DetectorData = field(default_factory=DetectorData)
     architecture: Literal["mobilenet_v3", "resnet50"] = "mobilenet_v3"
     steps: int = 300
     batch_size: int = 4
@@ -245,40 +206,19 @@ class DetectorConfig(RecipeConfig):
 
 #: ``{preset: overrides of the DetectorConfig defaults}`` of ``qualcl run comcl-detector``.
 DETECTOR_PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": {"trainer": {"progress": False}, "num_images": 12, "image_size": 64, "steps": 2, "batch_size": 2},
+    "smoke": {
+        "trainer": {"progress": False},
+        "data": {"num_images": 12, "image_size": 64},
+        "steps": 2,
+        "batch_size": 2,
+    },
     "default": {},
-    "paper": {"dataset": "idrid", "image_size": 1024, "architecture": "resnet50", "steps": 20000},
+    "paper": {"data": {"dataset": "idrid", "image_size": 1024}, "architecture": "resnet50", "steps": 20000},
 }
-
-
-class DetectorSpec(RecipeSpec[DetectorConfig]):
-    """The detector's spec: its fields, ``dataset`` and ``data_dir`` too, are top-level."""
-
-    def config(
-        self,
-        preset: str = "default",
-        *,
-        dataset: str | None = None,
-        data_dir: str | None = None,
-        overrides: Sequence[str] = (),
-        seed: int | None = None,
-    ) -> DetectorConfig:
-        """Defaults ← preset ← ``--dataset`` / ``--data`` ← ``--set`` (as ``DetectorRecipe.config``)."""
-        extra = list(overrides)
-        if dataset is not None:
-            extra.insert(0, f"dataset={dataset}")
-        if data_dir is not None:
-            extra.insert(0, f"data_dir={data_dir}")
-        return super().config(preset, overrides=extra, seed=seed)
-
-
-#: What ``qualcl run comcl-detector`` needs before it trains; the recipe object
-#: (``detector_run.py``, which imports torch) carries the same attributes.
-DETECTOR_SPEC = DetectorSpec(
-    name="comcl-detector",
-    config_class=DetectorConfig,
-    presets=DETECTOR_PRESETS,
-    datasets=("synthetic", "idrid"),
+DETECTOR_SPEC = RecipeSpec(
+    "comcl-detector",
+    DetectorConfig,
+    DETECTOR_PRESETS,
     data_help="dataset folder (synthetic: generated there if missing; idrid: the IDRiD segmentation layout)",
     set_example="steps=100",
 )

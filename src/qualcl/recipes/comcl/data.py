@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -15,10 +16,9 @@ from torch.utils.data import Dataset
 
 from qualcl.data.augment import ColorJitterSpec, apply_color_jitter, item_generator
 from qualcl.data.levels import LEVEL_NAMES, LOW_QUALITY, split_levels
-from qualcl.data.loading import FUNDUS_QUALITY, load_fundus_table, patient_split, read_resized
+from qualcl.data.loading import load_fundus_table, read_resized
 from qualcl.data.readers import (
     CHESTXRAY8_FINDINGS,
-    CXRRecord,
     FundusRecord,
     read_eyeq,
     read_nih_boxes,
@@ -32,6 +32,7 @@ from qualcl.samplers import LesionPatchSampler, RandomPatchSampler
 __all__ = [
     "BINARY_LEVELS",
     "CXR_CLASSES",
+    "EpochDataset",
     "GradingDataset",
     "PatchAugmentation",
     "PatchPairDataset",
@@ -39,25 +40,21 @@ __all__ = [
     "image_levels",
     "level_names",
     "load_eyeq_layout",
-    "load_fundus_table",
     "load_nih_layout",
     "low_dose_tensor",
     "low_quality",
-    "patient_split",
 ]
 
-#: Fundus mean / std of CoMCL's code (``data.py``), for [0, 1] RGB inputs.
-FUNDUS_MEAN = (0.4258, 0.2974, 0.2129)
-FUNDUS_STD = (0.2767, 0.2024, 0.1686)
-#: Grey chest radiographs in [0, 1], replicated to three channels: centred, unit-ish spread.
-CXR_MEAN = (0.5, 0.5, 0.5)
-CXR_STD = (0.25, 0.25, 0.25)
-NORMALIZATION = {"fundus": (FUNDUS_MEAN, FUNDUS_STD), "cxr": (CXR_MEAN, CXR_STD)}
+T = TypeVar("T")
+#: ``(mean, std)`` per modality for [0, 1] RGB inputs: fundus as CoMCL's code (``data.py``); grey chest
+#: radiographs replicated to three channels, centred with a unit-ish spread.
+NORMALIZATION = {
+    "fundus": ((0.4258, 0.2974, 0.2129), (0.2767, 0.2024, 0.1686)),
+    "cxr": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+}
 #: CoMCL's chest X-ray classes (a decision, docs/comcl.md "Chest X-ray"): "healthy" = No Finding (class 0, the
 #: H levels), then the eight ChestX-ray8 findings; images with a single finding among them.
 CXR_CLASSES = ("No Finding", *CHESTXRAY8_FINDINGS)
-#: Names of the quality codes, per modality (the strata of the per-quality metrics).
-QUALITY_LEVELS = {"fundus": FUNDUS_QUALITY, "cxr": ("HQ", "LQ")}
 #: The levels of CoMCL "w/o multi-level": lesion (ids 0, 1 of :data:`~qualcl.data.levels.LEVEL_NAMES`) and healthy.
 BINARY_LEVELS = ("lesion", "healthy")
 #: Whose low-quality codes CoMCL uses (:data:`qualcl.data.levels.LOW_QUALITY`): EyeQ's Usable and Reject,
@@ -95,34 +92,27 @@ def image_levels(data: ImageTable, names: Sequence[str] = LEVEL_NAMES) -> Tensor
     return (four >= 2).long() if tuple(names) == BINARY_LEVELS else four
 
 
-def synthetic_boxes(root: Path, records: Sequence[FundusRecord]) -> list[Tensor]:
-    """Ground-truth lesion boxes of a synthetic dataset (``ground_truth.json``) for ``records``."""
-    truth = json.loads((root / "ground_truth.json").read_text())
-    by_name = {Path(r["image"]).name: r for r in truth["images"]}
-    out = []
-    for record in records:
-        entry = by_name.get(record.image.name)
-        if entry is None:
-            raise ValueError(f"{root / 'ground_truth.json'} has no record for {record.image.name}")
-        boxes = [b[:4] for b in entry["boxes"] if b[4] in ("MA", "HE", "EX", "NV")]
-        out.append(torch.tensor(boxes, dtype=torch.float64).view(-1, 4))
-    return out
-
-
 def load_eyeq_layout(root: Path, split: str, size: int, *, with_truth_boxes: bool) -> ImageTable:
-    """Images of an EyeQ-format folder (real EyeQ, or the synthetic set that writes the same CSVs)."""
-    records = read_eyeq(root, split)
-    boxes = synthetic_boxes(root, records) if with_truth_boxes else None
+    """Images of an EyeQ-format folder (real EyeQ, or the synthetic set, whose ``ground_truth.json`` has boxes)."""
+    records: Sequence[FundusRecord] = read_eyeq(root, split)
+    if not with_truth_boxes:
+        return load_fundus_table(records, size)
+    truth = root / "ground_truth.json"
+    by_name = {Path(r["image"]).name: r for r in json.loads(truth.read_text())["images"]}
+    boxes = []
+    for record in records:
+        if record.image.name not in by_name:
+            raise ValueError(f"{truth} has no record for {record.image.name}")
+        found = [b[:4] for b in by_name[record.image.name]["boxes"] if b[4] in ("MA", "HE", "EX", "NV")]
+        boxes.append(torch.tensor(found, dtype=torch.float64).view(-1, 4))
     return load_fundus_table(records, size, boxes)
 
 
-#: Simulated low dose of X-rays (MKCNet's CXR-IQAD reading, :mod:`qualcl.data.readers.low_dose`), applied
-#: at the network's input size: factor 4 keeps a quarter of the resolution.
-LOW_DOSE_FACTOR = 4.0
-
-
-def low_dose_tensor(images: Tensor, factor: float = LOW_DOSE_FACTOR) -> Tensor:
+def low_dose_tensor(images: Tensor, factor: float = 4.0) -> Tensor:
     """Simulated low-dose copies of ``(N, 3, S, S)`` uint8 grey images (bicubic down- and up-sampling).
+
+    MKCNet's CXR-IQAD reading (:mod:`qualcl.data.readers.low_dose`) at the network's input size:
+    factor 4 keeps a quarter of the resolution.
 
     Examples:
         >>> import torch
@@ -138,17 +128,8 @@ def low_dose_tensor(images: Tensor, factor: float = LOW_DOSE_FACTOR) -> Tensor:
     return torch.stack(out) if out else images.clone()
 
 
-def _single_label(records: Sequence[CXRRecord]) -> list[tuple[CXRRecord, int]]:
-    keep = []
-    for record in records:
-        if not record.findings:
-            keep.append((record, 0))
-        elif len(record.findings) == 1 and record.findings[0] in CHESTXRAY8_FINDINGS:
-            keep.append((record, CXR_CLASSES.index(record.findings[0])))
-    return keep
-
-
 def _quality_sidecar(path: Path, names: Sequence[str]) -> Tensor:
+    """The 0 (high) / 1 (low) quality codes of ``names`` in a ``quality.csv``."""
     rows = read_csv_rows(path, ["Image Index", "Quality"])
     codes = {"0": 0, "1": 1, "high": 0, "low": 1, "hq": 0, "lq": 1}
     table = {}
@@ -204,7 +185,11 @@ def load_nih_layout(
     if not 0.0 <= lq_ratio <= 1.0:
         raise ValueError(f"lq_ratio must lie in [0, 1], got {lq_ratio}")
     base = Path(root)
-    chosen = _single_label(read_nih_cxr14(base, splits[split]))
+    chosen = [
+        (record, CXR_CLASSES.index(record.findings[0]) if record.findings else 0)
+        for record in read_nih_cxr14(base, splits[split])
+        if not record.findings or (len(record.findings) == 1 and record.findings[0] in CHESTXRAY8_FINDINGS)
+    ]
     if not chosen:
         raise ValueError(f"{base}: no {split} image has no finding or a single one of {CHESTXRAY8_FINDINGS}")
     generator = torch.Generator().manual_seed(seed * 2 + (split == "test"))
@@ -231,7 +216,7 @@ def load_nih_layout(
         images=images,
         label=torch.tensor([c for _, c in chosen], dtype=torch.long),
         quality=quality,
-        quality_names=QUALITY_LEVELS["cxr"],
+        quality_names=("HQ", "LQ"),
         label_names=CXR_CLASSES,
         modality="cxr",
         path=[str(r.image) for r in records],
@@ -241,10 +226,31 @@ def load_nih_layout(
     )
 
 
-def _normalization(modality: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _normalization(modality: str) -> tuple[Tensor, Tensor]:
+    """``(3, 1, 1)`` mean and std of ``modality``'s images."""
     if modality not in NORMALIZATION:
         raise ValueError(f"modality must be one of {sorted(NORMALIZATION)}, got {modality!r}")
-    return NORMALIZATION[modality]
+    mean, std = NORMALIZATION[modality]
+    return torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
+
+
+class EpochDataset(Dataset[T]):
+    """A dataset whose item ``i`` draws from :func:`~qualcl.data.augment.item_generator` ``(seed, epoch, i)``.
+
+    The training loader calls :meth:`set_epoch` before each epoch, so a resumed epoch draws what an
+    uninterrupted one would.
+    """
+
+    seed = 0
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw anew for ``epoch``."""
+        self.epoch = epoch
+
+    def generator(self, index: int) -> torch.Generator:
+        """The generator of item ``index`` in the current epoch."""
+        return item_generator(self.seed, self.epoch, index)
 
 
 class PatchAugmentation:
@@ -252,15 +258,14 @@ class PatchAugmentation:
 
     ``"paper"`` (CoMCL's code, ``data.py::data_transforms``, made for 128-px patches): flips,
     RandomResizedCrop(scale 0.8–1, ratio 0.8–1.25), RandomAffine(±180°), then ColorJitter(0.4, 0.4,
-    0.4, 0.1) and RandomGrayscale(0.2). ``"light"`` (the CPU presets' 24–32-px patches of 64–96-px
-    images, where the paper's version leaves too little shared content between the two views for a
-    from-scratch encoder to learn in a few hundred steps): flips, a quarter turn, ColorJitter(0.2,
-    0.2, 0.2, 0.02). The geometric part runs per patch in the dataset (:meth:`geometry`); the
-    photometric part is drawn there too (:meth:`color_params`) but applied to the whole batch on its
-    device (:func:`qualcl.data.augment.apply_color_jitter`, then :meth:`normalize`), which is what
-    makes a CPU step cheap. Unlike the code's single ``Compose``, the colour operations come after
-    the geometric ones (they commute with flips and quarter turns; with the paper's crop and
-    rotation only the black corners of a rotated patch are jittered differently).
+    0.4, 0.1) and RandomGrayscale(0.2). ``"light"`` (the CPU presets' 24–32-px patches, where the
+    paper's version leaves the two views too little shared content for a from-scratch encoder to
+    learn in a few hundred steps): flips, a quarter turn, ColorJitter(0.2, 0.2, 0.2, 0.02). The
+    geometric part runs per patch in the dataset (:meth:`geometry`); the photometric part is drawn
+    there too (:meth:`color_params`) but applied to the whole batch on its device (:meth:`normalize`),
+    which makes a CPU step cheap. Unlike the code's single ``Compose``, colour comes after geometry
+    (they commute with flips and quarter turns; with the paper's crop and rotation only the black
+    corners of a rotated patch are jittered differently).
 
     Args:
         patch_size: Output side.
@@ -271,13 +276,11 @@ class PatchAugmentation:
     def __init__(self, patch_size: int, strength: str = "paper", modality: str = "fundus") -> None:
         if strength not in ("paper", "light"):
             raise ValueError(f"augmentation must be 'paper' or 'light', got {strength!r}")
-        self.patch_size = patch_size
-        self.strength = strength
+        self.patch_size, self.strength = patch_size, strength
         self.mean, self.std = _normalization(modality)
+        paper = strength == "paper"
         self.color = (
-            ColorJitterSpec(0.4, 0.4, 0.4, 0.1, grayscale=0.2)
-            if strength == "paper"
-            else ColorJitterSpec(0.2, 0.2, 0.2, 0.02)
+            ColorJitterSpec(0.4, 0.4, 0.4, 0.1, grayscale=0.2) if paper else ColorJitterSpec(0.2, 0.2, 0.2, 0.02)
         )
 
     def geometry(self, patch: Tensor, generator: torch.Generator) -> Tensor:
@@ -310,20 +313,18 @@ class PatchAugmentation:
     def normalize(self, patches: Tensor, params: Tensor) -> Tensor:
         """``(N, 3, S, S)`` uint8 patches and their ``(N, 9)`` parameters → jittered, normalised float32."""
         images = apply_color_jitter(patches.to(torch.float32) / 255, params)
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
-        return (images - mean) / std
+        return (images - self.mean.to(images.device)) / self.std.to(images.device)
 
 
-class PatchPairDataset(Dataset[tuple[Tensor, Tensor, int, Tensor, Tensor]]):
+class PatchPairDataset(EpochDataset[tuple[Tensor, Tensor, int, Tensor, Tensor]]):
     """Item ``i``: two patches of image ``i`` (uint8, geometric augmentation done), its level, their colour draws.
 
     Lesion levels draw two windows around the same lesion box (:class:`LesionPatchSampler`);
     healthy levels, or lesion images without a usable box, draw one random window inside the
     field of view (:class:`RandomPatchSampler`) viewed twice. With ``binary_levels`` the level id
     is 0 for lesion and 1 for healthy images (CoMCL "w/o multi-level"). Every draw comes from the
-    item's generator ``(seed, epoch, index)``; the colour part is applied per batch by
-    :meth:`PatchAugmentation.normalize` (``ContrastivePretraining`` does, on the batch's device).
+    item's generator ``(seed, epoch, index)``; ``ContrastivePretraining`` applies the colour part per
+    batch, on its device (:meth:`PatchAugmentation.normalize`).
 
     Args:
         data: The images.
@@ -342,24 +343,16 @@ class PatchPairDataset(Dataset[tuple[Tensor, Tensor, int, Tensor, Tensor]]):
         binary_levels: bool = False,
         augmentation: str = "paper",
     ) -> None:
-        self.data = data
+        self.data, self.patch_size, self.seed = data, patch_size, seed
         self.levels = image_levels(data, BINARY_LEVELS if binary_levels else LEVEL_NAMES)
-        self.lesion = LesionPatchSampler(patch_size)
-        self.random = RandomPatchSampler(patch_size)
-        self.patch_size = patch_size
+        self.lesion, self.random = LesionPatchSampler(patch_size), RandomPatchSampler(patch_size)
         self.augment = PatchAugmentation(patch_size, augmentation, data.modality)
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Draw new windows and augmentations for ``epoch``."""
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int, Tensor, Tensor]:
-        g = item_generator(self.seed, self.epoch, index)
+        g = self.generator(index)
         image = self.data.images[index]
         size = (image.shape[1], image.shape[2])
         p = self.patch_size
@@ -375,27 +368,18 @@ class PatchPairDataset(Dataset[tuple[Tensor, Tensor, int, Tensor, Tensor]]):
         return first, second, int(self.levels[index]), self.augment.color_params(g), self.augment.color_params(g)
 
 
-class GradingDataset(Dataset[tuple[Tensor, int, int]]):
+class GradingDataset(EpochDataset[tuple[Tensor, int, int]]):
     """Item ``i``: normalised image, class id, quality code; when ``train``, flipped at random.
 
     Fundus images flip both ways, X-rays only left-right (a chest radiograph upside down is not a
     plausible image; a mirrored one nearly is). The flips come from the item's generator
-    ``(seed, epoch, index)``: call :meth:`set_epoch` each epoch.
+    ``(seed, epoch, index)``.
     """
 
     def __init__(self, data: ImageTable, *, train: bool, seed: int = 0) -> None:
-        self.data = data
-        self.train = train
-        self.seed = seed
-        self.epoch = 0
+        self.data, self.train, self.seed = data, train, seed
         self.vertical = data.modality != "cxr"
-        mean, std = _normalization(data.modality)
-        self.mean = torch.tensor(mean).view(-1, 1, 1)
-        self.std = torch.tensor(std).view(-1, 1, 1)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Draw new flips for ``epoch``."""
-        self.epoch = epoch
+        self.mean, self.std = _normalization(data.modality)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -403,7 +387,7 @@ class GradingDataset(Dataset[tuple[Tensor, int, int]]):
     def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
         image = self.data.images[index]
         if self.train:
-            flips = torch.rand(2, generator=item_generator(self.seed, self.epoch, index))
+            flips = torch.rand(2, generator=self.generator(index))
             if flips[0] < 0.5:
                 image = image.flip(-1)
             if self.vertical and flips[1] < 0.5:

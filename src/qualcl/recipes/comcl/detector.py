@@ -17,10 +17,11 @@ import lightning as L
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torchvision.models import detection
 
 from qualcl.recipes.callbacks import EpochSetter
+from qualcl.recipes.comcl.data import EpochDataset
 from qualcl.recipes.modules import History, RecipeModule
 from qualcl.samplers import ShardedShuffleSampler
 
@@ -35,7 +36,6 @@ __all__ = [
     "collate_detection",
     "detect_boxes",
     "train_detector",
-    "usable_images",
 ]
 
 #: IDRiD's lesion classes (label ids 1..4; 0 is background). The synthetic set has NV instead of SE.
@@ -96,20 +96,11 @@ class GroundTruthDetector:
         return out
 
 
-def _build(architecture: str, image_size: int, num_classes: int) -> nn.Module:
-    kwargs = {
-        "weights": None,
-        "weights_backbone": None,
-        "num_classes": num_classes + 1,
-        "min_size": image_size,
-        "max_size": image_size,
-        "box_detections_per_img": 100,
-    }
-    if architecture == "mobilenet_v3":
-        return detection.fasterrcnn_mobilenet_v3_large_fpn(**kwargs)  # type: ignore[no-any-return]
-    if architecture == "resnet50":
-        return detection.fasterrcnn_resnet50_fpn(**kwargs)  # type: ignore[no-any-return]
-    raise ValueError(f"architecture must be 'mobilenet_v3' or 'resnet50', got {architecture!r}")
+#: The Faster R-CNN builders of :class:`FasterRCNNDetector`, by ``architecture``.
+ARCHITECTURES = {
+    "mobilenet_v3": detection.fasterrcnn_mobilenet_v3_large_fpn,
+    "resnet50": detection.fasterrcnn_resnet50_fpn,
+}
 
 
 class FasterRCNNDetector(nn.Module):
@@ -130,11 +121,18 @@ class FasterRCNNDetector(nn.Module):
         classes: Sequence[str] = LESION_CLASSES,
     ) -> None:
         super().__init__()
-        self.architecture = architecture
-        self.image_size = image_size
-        self.score_threshold = score_threshold
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be 'mobilenet_v3' or 'resnet50', got {architecture!r}")
+        self.architecture, self.image_size, self.score_threshold = architecture, image_size, score_threshold
         self.classes = tuple(classes)
-        self.model = _build(architecture, image_size, len(self.classes))
+        self.model: nn.Module = ARCHITECTURES[architecture](
+            weights=None,
+            weights_backbone=None,
+            num_classes=len(self.classes) + 1,
+            min_size=image_size,
+            max_size=image_size,
+            box_detections_per_img=100,
+        )
 
     @torch.no_grad()
     def detect(self, images: Tensor, ids: Sequence[int] | None = None) -> list[Detections]:
@@ -152,13 +150,8 @@ class FasterRCNNDetector(nn.Module):
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(target))
-        meta = {
-            "architecture": self.architecture,
-            "image_size": self.image_size,
-            "score_threshold": self.score_threshold,
-            "classes": list(self.classes),
-        }
-        target.with_suffix(".json").write_text(json.dumps(meta))
+        meta = {k: getattr(self, k) for k in ("architecture", "image_size", "score_threshold")}
+        target.with_suffix(".json").write_text(json.dumps({**meta, "classes": list(self.classes)}))
         return target
 
     @classmethod
@@ -176,36 +169,37 @@ class FasterRCNNDetector(nn.Module):
         return detector
 
 
-class BoxDataset(Dataset[tuple[Tensor, dict[str, Tensor]]]):
-    """Item ``i``: image ``i`` as float in ``[0, 1]`` and its Faster R-CNN target, flipped left-right at random.
+class BoxDataset(EpochDataset[tuple[Tensor, dict[str, Tensor]]]):
+    """Item ``i``: an image with boxes as float in ``[0, 1]`` and its Faster R-CNN target, flipped left-right at random.
 
-    The flip is drawn from ``(seed, epoch, index)``, so an epoch is reproducible (and resumable).
+    Images without boxes are left out (they teach a detector nothing). The flip is drawn from
+    ``(seed, epoch, index)``, so an epoch is reproducible (and resumable).
 
     Args:
         images: ``(N, 3, S, S)`` uint8 or float images.
         boxes: Per image ``(K, 4)`` boxes in pixels.
         labels: Per image ``(K,)`` class ids.
         seed: Seed of the flips.
+
+    Raises:
+        ValueError: No image has a box.
     """
 
     def __init__(self, images: Tensor, boxes: Sequence[Tensor], labels: Sequence[Tensor], seed: int = 0) -> None:
-        self.images, self.boxes, self.labels = images, list(boxes), list(labels)
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Draw new flips for ``epoch``."""
-        self.epoch = epoch
+        usable = [i for i, b in enumerate(boxes) if b.numel() > 0]
+        if not usable:
+            raise ValueError("no image has a lesion box: nothing to train the detector on")
+        self.images, self.seed = images[usable], seed
+        self.boxes, self.labels = [boxes[i] for i in usable], [labels[i] for i in usable]
 
     def __len__(self) -> int:
-        return int(self.images.shape[0])
+        return len(self.boxes)
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
         image = self.images[index]
         image = image.float() / 255 if image.dtype == torch.uint8 else image.float()
         box = self.boxes[index].to(torch.float32).view(-1, 4)
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index)
-        if bool(torch.rand(1, generator=g) < 0.5):
+        if bool(torch.rand(1, generator=self.generator(index)) < 0.5):
             width = image.shape[-1]
             image = image.flip(-1)
             box = torch.stack([width - box[:, 2], box[:, 1], width - box[:, 0], box[:, 3]], dim=1)
@@ -229,23 +223,14 @@ class DetectorTraining(RecipeModule):
         lr: SGD learning rate (weight decay 1e-4).
     """
 
+    terms = ("classifier", "box_reg", "objectness", "rpn_box_reg")
     history = History(
-        every="step",
-        curves={
-            "loss": "sum",
-            **{
-                f"loss/{name}": name.removeprefix("loss_")
-                for name in ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
-            },
-        },
-        title="Faster R-CNN training",
-        ylabel="loss",
+        every="step", curves={"loss": "sum", **{f"loss/loss_{n}": n for n in terms}}, title="Faster R-CNN training"
     )
 
     def __init__(self, detector: FasterRCNNDetector, lr: float = 0.01) -> None:
         super().__init__()
-        self.detector = detector
-        self.lr = lr
+        self.detector, self.lr = detector, lr
 
     def training_step(self, batch: tuple[list[Tensor], list[dict[str, Tensor]]], batch_idx: int) -> Tensor:
         """Sum of the RPN and box-head losses on a batch."""
@@ -260,11 +245,6 @@ class DetectorTraining(RecipeModule):
         """SGD, momentum 0.9, weight decay 1e-4, on the trainable parameters."""
         params = [p for p in self.detector.model.parameters() if p.requires_grad]
         return torch.optim.SGD(params, lr=self.lr, momentum=0.9, weight_decay=1e-4)
-
-
-def usable_images(boxes: Sequence[Tensor]) -> list[int]:
-    """Indices of the images with at least one box (the others teach a detector nothing)."""
-    return [i for i, b in enumerate(boxes) if b.numel() > 0]
 
 
 def train_detector(
@@ -282,8 +262,8 @@ def train_detector(
 ) -> tuple[FasterRCNNDetector, list[float]]:
     """Train a :class:`FasterRCNNDetector` from boxes (e.g. lesion masks converted by ``mask_to_boxes``).
 
-    Images without boxes are skipped. :class:`DetectorTraining` on one device for ``steps`` steps;
-    ``qualcl run comcl-detector`` runs the same module on the recipe driver (devices, DDP, resume).
+    Images without boxes are skipped (:class:`BoxDataset`). :class:`DetectorTraining` on one device for
+    ``steps`` steps; ``qualcl run comcl-detector`` runs the same module on the recipe driver (devices, DDP, resume).
 
     Args:
         images: ``(N, 3, S, S)`` uint8 or float images.
@@ -302,13 +282,9 @@ def train_detector(
     """
     if images.ndim != 4 or images.shape[0] != len(boxes) or len(boxes) != len(labels):
         raise ValueError("images must be (N, 3, S, S) with one boxes and one labels tensor per image")
-    usable = usable_images(boxes)
-    if not usable:
-        raise ValueError("no image has a lesion box: nothing to train the detector on")
+    dataset = BoxDataset(images, boxes, labels, seed)
     torch.manual_seed(seed)
-    detector = FasterRCNNDetector(architecture, images.shape[-1], classes=classes)
-    module = DetectorTraining(detector, lr)
-    dataset = BoxDataset(images[usable], [boxes[i] for i in usable], [labels[i] for i in usable], seed)
+    module = DetectorTraining(FasterRCNNDetector(architecture, images.shape[-1], classes=classes), lr)
     sampler = ShardedShuffleSampler(len(dataset), seed=seed)
     loader = DataLoader(
         dataset, batch_size=min(batch_size, len(dataset)), sampler=sampler, collate_fn=collate_detection
@@ -324,7 +300,7 @@ def train_detector(
         callbacks=[EpochSetter(dataset, sampler)],
     )
     trainer.fit(module, loader)
-    return detector, [row["loss"] for row in module.history_rows]
+    return module.detector, [row["loss"] for row in module.history_rows]
 
 
 def detect_boxes(weights: Path, images: Tensor, *, min_score: float, batch_size: int = 8) -> list[Tensor]:

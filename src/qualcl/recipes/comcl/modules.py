@@ -15,33 +15,7 @@ from qualcl.recipes.comcl.data import PatchAugmentation, level_names
 from qualcl.recipes.modules import GradingFineTuning, History, RecipeModule, gathering
 from qualcl.samplers import CosineCountSchedule, SelfPacedHardNegativeMiner
 
-__all__ = ["ContrastivePretraining", "GradingFineTuning", "build_losses", "pretraining_module"]
-
-
-def build_losses(config: ComclConfig, gather: bool) -> MultiLevelInfoNCE | NTXentLoss:
-    """The pre-training loss: CoMCL's multi-level InfoNCE (with the self-paced miner if configured) or NT-Xent.
-
-    Args:
-        config: The run's config (``pretrain``: method, pairs, miner, temperature).
-        gather: ``gather_distributed`` (:func:`~qualcl.recipes.modules.gathering`): under DDP the
-            negatives and the miner's threshold come from every rank.
-    """
-    cfg = config.pretrain
-    if cfg.method != "comcl":
-        return NTXentLoss(cfg.temperature, gather_distributed=gather)
-    miner = None
-    if cfg.miner == "self_paced":
-        miner = SelfPacedHardNegativeMiner(
-            CosineCountSchedule(None, cfg.steps), threshold=cfg.spl_threshold, gather_distributed=gather
-        )
-    return MultiLevelInfoNCE(
-        pairs=cfg.pairs,
-        level_names=level_names(cfg.pairs),
-        temperature=cfg.temperature,
-        negatives_from=cfg.negatives_from,
-        miner=miner,
-        gather_distributed=gather,
-    )
+__all__ = ["ContrastivePretraining", "GradingFineTuning", "pretraining_module"]
 
 
 class ContrastivePretraining(RecipeModule):
@@ -55,7 +29,7 @@ class ContrastivePretraining(RecipeModule):
         encoder: Patch encoder.
         head: Projection head.
         loss: The multi-level loss, or SimCLR's NT-Xent on the two views (basic CL).
-        temperature: ``tau`` of the loss (logged; each loss carries its own).
+        temperature: ``tau`` (for reference: each loss carries its own).
         lr: AdamW learning rate.
         weight_decay: Weight decay ``r(w)``.
         max_steps: Steps of the cosine learning-rate decay.
@@ -78,14 +52,8 @@ class ContrastivePretraining(RecipeModule):
         augment: PatchAugmentation | None = None,
     ) -> None:
         super().__init__()
-        self.encoder = encoder
-        self.head = head
-        self.augment = augment
-        self.loss_fn = loss
-        self.temperature = temperature
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.max_steps = max_steps
+        self.encoder, self.head, self.augment, self.loss_fn = encoder, head, augment, loss
+        self.temperature, self.lr, self.weight_decay, self.max_steps = temperature, lr, weight_decay, max_steps
         pairs = loss.pair_names if isinstance(loss, MultiLevelInfoNCE) else ()
         self.history = History(
             every="step",
@@ -138,15 +106,28 @@ def pretraining_module(
 ) -> ContrastivePretraining:
     """The pre-training stage's module: ``encoder`` + a new projection head + the configured loss.
 
-    The loss comes from :func:`build_losses`, gathered under DDP, so a step equals one process on
-    the global batch.
+    The loss is CoMCL's multi-level InfoNCE (with the self-paced miner if configured) or SimCLR's
+    NT-Xent; under DDP its negatives and the miner's threshold come from every rank
+    (:func:`~qualcl.recipes.modules.gathering`), so a step equals one process on the global batch.
     """
-    cfg = config.pretrain
+    cfg, gather = config.pretrain, gathering(config.trainer)
+    loss: MultiLevelInfoNCE | NTXentLoss = NTXentLoss(cfg.temperature, gather_distributed=gather)
+    if cfg.method == "comcl":
+        schedule = CosineCountSchedule(None, cfg.steps)
+        miner = SelfPacedHardNegativeMiner(schedule, threshold=cfg.spl_threshold, gather_distributed=gather)
+        loss = MultiLevelInfoNCE(
+            pairs=cfg.pairs,
+            level_names=level_names(cfg.pairs),
+            temperature=cfg.temperature,
+            negatives_from=cfg.negatives_from,
+            miner=miner if cfg.miner == "self_paced" else None,
+            gather_distributed=gather,
+        )
     width = encoder.num_features
     return ContrastivePretraining(
         encoder,
         ProjectionHead((width, width, cfg.projection_dim)),
-        build_losses(config, gathering(config.trainer)),
+        loss,
         temperature=cfg.temperature,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,

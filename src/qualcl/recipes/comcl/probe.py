@@ -24,7 +24,7 @@ from qualcl.recipes.comcl.data import GradingDataset, image_levels, low_quality
 from qualcl.recipes.config import load_config
 from qualcl.recipes.run_folder import RunFolder
 
-__all__ = ["encode", "probe_encoder", "probe_run", "quality_probe"]
+__all__ = ["encode", "pretrained_encoder", "probe_encoder", "probe_run"]
 
 
 @torch.no_grad()
@@ -38,25 +38,11 @@ def encode(encoder: nn.Module, data: ImageTable, batch_size: int = 64) -> Tensor
     return torch.cat(features) if features else torch.zeros(0, 0, dtype=torch.float64)
 
 
-def quality_probe(
-    train_features: Tensor, train: ImageTable, test_features: Tensor, test: ImageTable, *, weight_decay: float = 1e-3
-) -> dict[str, float]:
-    """How linearly readable image quality (low vs high) is from ``(N, D)`` features.
-
-    A pre-training that separates lesions from degradations (CoMCL's ``(L, LQ_L)`` pair) puts
-    quality into the features; a grading head may or may not profit from that.
-
-    Returns:
-        :func:`qualcl.metrics.grading_metrics` of the binary LQ-vs-HQ predictions on ``test``
-        (``qwk`` = ``kappa`` for two classes).
-    """
-    target = low_quality(train).long()
-    preds = linear_probe(train_features, target, test_features, 2, weight_decay=weight_decay)
-    return grading_metrics(preds, low_quality(test).long(), 2)
-
-
 def probe_encoder(encoder: nn.Module, num_classes: int, train: ImageTable, test: ImageTable) -> dict[str, Any]:
     """Linear probes of a frozen encoder, and the geometry of its test features by CoMCL level.
+
+    A pre-training that separates lesions from degradations (CoMCL's ``(L, LQ_L)`` pair) puts
+    quality into the features, which the quality probe reads; a grading head may or may not profit.
 
     Args:
         encoder: The encoder (its mode is restored afterwards).
@@ -65,24 +51,31 @@ def probe_encoder(encoder: nn.Module, num_classes: int, train: ImageTable, test:
         test: Images they are scored on.
 
     Returns:
-        ``{"grade": stratified metrics of a linear probe of the class, "low_quality":
-        quality_probe(...), "geometry": feature_geometry(test features, test levels)}``.
+        ``{"grade": stratified metrics of a linear probe of the class, "low_quality": grading metrics
+        of a linear probe of low vs high quality (``qwk`` = ``kappa`` for two classes), "geometry":
+        feature_geometry(test features, test levels)}``.
     """
     train_features, test_features = encode(encoder, train), encode(encoder, test)
     preds = linear_probe(train_features, train.label, test_features, num_classes)
+    lq = linear_probe(train_features, low_quality(train).long(), test_features, 2, weight_decay=1e-3)
     return {
         "grade": stratified_grading_metrics(preds, test.label, num_classes, test.quality, test.quality_names),
-        "low_quality": quality_probe(train_features, train, test_features, test),
+        "low_quality": grading_metrics(lq, low_quality(test).long(), 2),
         "geometry": feature_geometry(test_features, image_levels(test)),
     }
 
 
-def probe_run(folder: str | Path, train: ImageTable, test: ImageTable) -> dict[str, Any]:
-    """:func:`probe_encoder` of a finished CoMCL run's pre-trained encoder.
+def pretrained_encoder(run: RunFolder, config: ComclConfig) -> nn.Module:
+    """A run's pre-trained encoder; the baseline's (no pre-training): the initialisation ``config.seed`` gives."""
+    L.seed_everything(config.seed, verbose=False)
+    encoder = build_encoder(config.backbone, pretrained=config.pretrained)
+    if config.pretrain.method != "none":
+        run.load_weights(encoder, "pretrain_encoder")
+    return encoder
 
-    Runs without pre-training (the baseline) are probed with the randomly initialised encoder that
-    ``config.seed`` gives, the reference every pre-training should beat. (``probe=true`` has the run
-    write the same into its ``metrics.json``.)
+
+def probe_run(folder: str | Path, train: ImageTable, test: ImageTable) -> dict[str, Any]:
+    """:func:`probe_encoder` of a finished CoMCL run's :func:`pretrained_encoder` (``probe=true`` runs write it too).
 
     Args:
         folder: Run folder written by :func:`~qualcl.recipes.comcl.run_comcl`.
@@ -91,8 +84,4 @@ def probe_run(folder: str | Path, train: ImageTable, test: ImageTable) -> dict[s
     """
     run = RunFolder(folder, writable=False)
     config = load_config(ComclConfig, run.path("config.yaml"))
-    L.seed_everything(config.seed, verbose=False)
-    encoder = build_encoder(config.backbone, pretrained=config.pretrained)
-    if config.pretrain.method != "none":
-        run.load_weights(encoder, "pretrain_encoder")
-    return probe_encoder(encoder, config.num_classes, train, test)
+    return probe_encoder(pretrained_encoder(run, config), config.num_classes, train, test)

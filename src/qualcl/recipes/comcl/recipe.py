@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -14,6 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from qualcl.data.levels import LEVEL_NAMES
+from qualcl.data.loading import patient_split
 from qualcl.data.table import ImageTable
 from qualcl.metrics import confusion_matrix, stratified_grading_metrics
 from qualcl.models import Encoder, build_encoder
@@ -29,25 +29,15 @@ from qualcl.recipes.comcl.data import (
     level_names,
     load_eyeq_layout,
     load_nih_layout,
-    patient_split,
 )
 from qualcl.recipes.comcl.modules import GradingFineTuning, pretraining_module
-from qualcl.recipes.comcl.probe import probe_encoder
+from qualcl.recipes.comcl.probe import pretrained_encoder, probe_encoder
 from qualcl.recipes.driver import Recipe, RunContext, Stage, eval_loader, train_loader
 from qualcl.recipes.plots import plot_confusion, plot_embedding
 from qualcl.recipes.run_folder import ModelCard, strata_table
 from qualcl.samplers import LevelBalancedBatchSampler
 
-__all__ = [
-    "COMCL",
-    "ComclData",
-    "ComclRecipe",
-    "ComclState",
-    "load_datasets",
-    "pretraining_module",
-    "run_ablation",
-    "run_comcl",
-]
+__all__ = ["COMCL", "ComclData", "ComclRecipe", "ComclState", "pretraining_module", "run_ablation", "run_comcl"]
 
 METRIC_NAMES = {"qwk": "QWK", "kappa": "Kappa"}
 #: The paper's EyeQ figures as (Kappa, ACC); Table 2 prints them as "ACC, Kappa" but they equal
@@ -77,6 +67,7 @@ PAPER = (
     'Hou et al., "A Clinical-oriented Multi-level Contrastive Learning Method for Disease Diagnosis in '
     'Low-quality Medical Images", MICCAI 2024'
 )
+Ctx = RunContext[ComclConfig]
 
 
 class ComclData(NamedTuple):
@@ -94,51 +85,20 @@ class ComclState:
     finetune: GradingFineTuning | None = None
 
 
-def load_datasets(
-    config: ComclConfig, root: Path, *, progress: Callable[[Sequence[Path]], Sequence[Path]] | None = None
-) -> ComclData:
-    """The run's ``(train, test)`` tables from the dataset folder ``root``.
-
-    The synthetic set (generated there beforehand) has its lesion boxes; EyeQ gets detector boxes;
-    NIH ChestX-ray14 is read by :func:`~qualcl.recipes.comcl.data.load_nih_layout`.
-    """
-    cfg = config.data
-    if cfg.dataset == "nih-cxr14":
-        kwargs: dict[str, Any] = {"lq_ratio": cfg.lq_ratio, "seed": cfg.seed, "max_images": cfg.max_images}
-        return ComclData(
-            load_nih_layout(root, "train", cfg.image_size, progress=progress, **kwargs),
-            load_nih_layout(root, "test", cfg.image_size, progress=progress, **kwargs),
-        )
-    truth = cfg.dataset == "synthetic"
-    train = load_eyeq_layout(root, "train", cfg.image_size, with_truth_boxes=truth)
-    test = load_eyeq_layout(root, "test", cfg.image_size, with_truth_boxes=truth)
-    if not truth:  # eyeq: its detector is checked by ComclRecipe.check
-        from qualcl.recipes.comcl.detector import detect_boxes
-
-        train.boxes = detect_boxes(Path(cfg.boxes), train.images, min_score=cfg.detector_min_score)
-        test.boxes = detect_boxes(Path(cfg.boxes), test.images, min_score=cfg.detector_min_score)
-    return ComclData(train, test)
-
-
 class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
-    """CoMCL end to end.
+    """CoMCL end to end (Hou et al., MICCAI 2024: :data:`PAPER`).
 
-    Stages: (1) data — the synthetic set is generated once into ``<run>/data`` (or EyeQ / NIH
-    ChestX-ray14 is read); (2) ``pretrain`` — multi-level contrastive pre-training of
+    Stages: (1) data — the synthetic set (generated once into the dataset cache or ``data.data_dir``),
+    EyeQ or NIH ChestX-ray14; (2) ``pretrain`` — multi-level contrastive pre-training of
     ``config.backbone`` on level-balanced lesion/healthy patch pairs (skipped by the baseline);
     (3) ``finetune`` — encoder + linear classifier for DR grading (or the 9 chest classes) with
     model selection by validation kappa (QWK for grades, unweighted for chest classes); (4)
     evaluation with that kappa and accuracy overall and per quality level, on the original test
     set and with the low-quality ratio raised to each of ``config.lq_ratios``
     (:mod:`qualcl.data.degrade` for fundus, simulated low dose for X-rays).
-
-    Reference:
-        Hou et al., "A Clinical-oriented Multi-level Contrastive Learning Method for Disease
-        Diagnosis in Low-quality Medical Images", MICCAI 2024.
     """
 
-    spec = SPEC
-    paper = PAPER
+    spec, paper = SPEC, PAPER
 
     def check(self, config: ComclConfig) -> None:
         """The pre-training's level names and the dataset's requirements (boxes, classes)."""
@@ -157,11 +117,23 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
                     f"nih-cxr14 has {len(CXR_CLASSES)} classes {CXR_CLASSES}; got num_classes={config.num_classes}"
                 )
 
-    def load_data(self, ctx: RunContext[ComclConfig]) -> ComclData:
-        """Generate (once) or read the images."""
-        return load_datasets(ctx.config, ctx.dataset_root(ctx.config.data), progress=ctx.image_progress)
+    def load_data(self, ctx: Ctx) -> ComclData:
+        """The ``(train, test)`` tables: synthetic lesion boxes, EyeQ's from its detector, NIH's own."""
+        d, root = ctx.config.data, ctx.dataset_root(ctx.config.data)
+        if d.dataset == "nih-cxr14":
+            kwargs: dict[str, Any] = {"lq_ratio": d.lq_ratio, "seed": d.seed, "max_images": d.max_images}
+            kwargs["progress"] = ctx.image_progress
+            return ComclData(*(load_nih_layout(root, s, d.image_size, **kwargs) for s in ("train", "test")))
+        truth = d.dataset == "synthetic"
+        tables = [load_eyeq_layout(root, s, d.image_size, with_truth_boxes=truth) for s in ("train", "test")]
+        if not truth:  # eyeq: its detector is checked by ComclRecipe.check
+            from qualcl.recipes.comcl.detector import detect_boxes
 
-    def setup(self, ctx: RunContext[ComclConfig], data: ComclData) -> ComclState:
+            for table in tables:
+                table.boxes = detect_boxes(Path(d.boxes), table.images, min_score=d.detector_min_score)
+        return ComclData(*tables)
+
+    def setup(self, ctx: Ctx, data: ComclData) -> ComclState:
         """The encoder (random init, or ``config.pretrained``)."""
         return ComclState(build_encoder(ctx.config.backbone, pretrained=ctx.config.pretrained))
 
@@ -170,7 +142,7 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
         stages = [Stage("finetune", self.finetune)]
         return stages if config.pretrain.method == "none" else [Stage("pretrain", self.pretrain), *stages]
 
-    def pretrain(self, ctx: RunContext[ComclConfig], data: ComclData, state: ComclState) -> None:
+    def pretrain(self, ctx: Ctx, data: ComclData, state: ComclState) -> None:
         """Contrastive pre-training on level-balanced patch pairs (CoMCL Eq. 1–3, or SimCLR)."""
         config, cfg = ctx.config, ctx.config.pretrain
         binary = level_names(cfg.pairs) == BINARY_LEVELS
@@ -201,7 +173,7 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
             collapse=probe,
         )
 
-    def finetune(self, ctx: RunContext[ComclConfig], data: ComclData, state: ComclState) -> None:
+    def finetune(self, ctx: Ctx, data: ComclData, state: ComclState) -> None:
         """Encoder + linear classifier, model selection by validation kappa on held-out patients."""
         config, cfg = ctx.config, ctx.config.finetune
         metric = headline_metric(config)
@@ -210,38 +182,34 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
         )
         assert data.train.patient is not None
         keep, held = patient_split(data.train.patient, cfg.val_fraction, config.seed)
-        fit_data, val_data = data.train.subset(keep), data.train.subset(held)
-        dataset = GradingDataset(fit_data, train=True, seed=config.seed)
+        dataset = GradingDataset(data.train.subset(keep), train=True, seed=config.seed)
         ctx.fit(
             "finetune",
             state.finetune,
             train_loader(dataset, cfg.batch_size, seed=config.seed, drop_last=False, name="finetune.batch_size"),
-            eval_loader(GradingDataset(val_data, train=False), cfg.batch_size),
+            eval_loader(GradingDataset(data.train.subset(held), train=False), cfg.batch_size),
             weights={"classifier": state.finetune},
             max_epochs=cfg.epochs,
             monitor="val/kappa",
             info={"epochs": cfg.epochs},
         )
 
-    def _predict(self, ctx: RunContext[ComclConfig], module: GradingFineTuning, data: ImageTable) -> dict[str, Tensor]:
+    def evaluate(self, ctx: Ctx, data: ComclData, state: ComclState) -> dict[str, Any]:
+        """Kappa and accuracy per quality level, at the original and at raised low-quality ratios."""
+        config, test, module = ctx.config, data.test, state.finetune
+        assert module is not None
+
         def forward(batch: Any) -> dict[str, Tensor]:
             features = module.encoder(batch[0])
             return {"preds": module.classifier(features).argmax(dim=1), "features": features}
 
-        dataset = GradingDataset(data, train=False)
-        return ctx.predict(forward, dataset, batch_size=ctx.config.finetune.batch_size, modules=[module])
-
-    def evaluate(self, ctx: RunContext[ComclConfig], data: ComclData, state: ComclState) -> dict[str, Any]:
-        """Kappa and accuracy per quality level, at the original and at raised low-quality ratios."""
-        config, test = ctx.config, data.test
-        assert state.finetune is not None
         cxr = test.modality == "cxr"
         classes = list(CXR_CLASSES) if cxr else [str(g) for g in range(config.num_classes)]
         results: dict[str, Any] = {}
         tables = [test, *(degrade_to_ratio(test, r, seed=config.data.seed) for r in config.lq_ratios)]
-        settings = list(zip(_settings(config), tables, strict=True))
-        for name, table in settings:
-            out = self._predict(ctx, state.finetune, table)
+        for name, table in zip(_settings(config), tables, strict=True):
+            shown = GradingDataset(table, train=False)
+            out = ctx.predict(forward, shown, batch_size=config.finetune.batch_size, modules=[module])
             results[name] = stratified_grading_metrics(
                 out["preds"], table.label, config.num_classes, table.quality, table.quality_names
             )
@@ -262,16 +230,10 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
                 )
         metrics: dict[str, Any] = {"test": results, "data": {"train_images": len(data.train), "test_images": len(test)}}
         if config.probe:  # the pre-trained encoder before fine-tuning (the baseline's: its initialisation)
-            L.seed_everything(config.seed, verbose=False)
-            encoder = build_encoder(config.backbone, pretrained=config.pretrained)
-            if config.pretrain.method != "none":
-                ctx.run.load_weights(encoder, "pretrain_encoder")
-            metrics["probe"] = probe_encoder(encoder, config.num_classes, data.train, test)
+            metrics["probe"] = probe_encoder(pretrained_encoder(ctx.run, config), config.num_classes, data.train, test)
         return metrics
 
-    def model_card(
-        self, ctx: RunContext[ComclConfig], data: ComclData, state: ComclState, results: dict[str, Any]
-    ) -> ModelCard:
+    def model_card(self, ctx: Ctx, data: ComclData, state: ComclState, results: dict[str, Any]) -> ModelCard:
         """Headline kappa / accuracy, the strata × test-set table, the plots."""
         config = ctx.config
         metric = headline_metric(config)
@@ -298,11 +260,7 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
             headline={f"test {label}": original[metric], "test accuracy": original["accuracy"]},
             table=strata_table(results["test"], {metric: label, "accuracy": "ACC"}),
             plots=[
-                "pretrain.png",
-                "pretrain_collapse.png",
-                "finetune.png",
-                "confusion_matrix.png",
-                "embedding_map.png",
+                f"{n}.png" for n in ("pretrain", "pretrain_collapse", "finetune", "confusion_matrix", "embedding_map")
             ],
         )
 
@@ -360,8 +318,6 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
 
 #: The CoMCL recipe.
 COMCL = ComclRecipe()
-
-
 #: ``COMCL.run(config, out, *, callbacks=())``: the run end to end into the folder ``out``; re-running resumes.
 run_comcl = COMCL.run
 
