@@ -33,6 +33,7 @@ __all__ = [
     "plot_image_grid",
     "plot_retrieval_grid",
     "plot_variant_dots",
+    "save_figure",
     "wrap_title",
 ]
 
@@ -84,6 +85,19 @@ def figure_problems(fig: Figure) -> list[str]:
         if not any(id(other) in drawn for other in twins if other is not ax):
             problems.append(f"empty axes: {ax.get_title()!r}")
     return problems
+
+
+def save_figure(fig: Figure, path: str | Path, *, tight: bool = False) -> Path:
+    """Lay ``fig`` out, write it to ``path`` (its folder made if needed) and close it; returns the path.
+
+    ``tight``: crop to the drawn content (``bbox_inches="tight"``: legends outside the axes stay whole).
+    """
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, bbox_inches="tight" if tight else None)
+    plt.close(fig)
+    return out
 
 
 def wrap_title(text: str, fig: Figure, fontsize: float = 12.0) -> str:
@@ -143,11 +157,7 @@ def plot_curves(
         ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
     elif handles:
         ax.legend(handles, labels, fontsize=8, loc="best")
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def plot_history(rows: Sequence[Mapping[str, float]], history: History, path: str | Path, *, title: str) -> Path | None:
@@ -198,11 +208,7 @@ def plot_confusion(matrix: Tensor, class_names: Sequence[str], path: str | Path,
     ax.set_xticks(ticks, list(class_names), rotation=45 if long else 0, ha="right" if long else "center")
     ax.set_yticks(ticks, list(class_names))
     ax.set(title=wrap_title(title, fig), xlabel="predicted", ylabel="true (cells: counts)")
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def plot_embedding(
@@ -224,11 +230,7 @@ def plot_embedding(
             ax.scatter(xy[keep, 0].numpy(), xy[keep, 1].numpy(), s=8, color=cmap(index % 10), label=name)
     ax.set(title=wrap_title(title, fig), xlabel="PC 1", ylabel="PC 2")
     ax.legend(fontsize=7, markerscale=2)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def plot_variant_dots(
@@ -274,12 +276,7 @@ def plot_variant_dots(
     fig.suptitle(wrap_title(title, fig, 10), fontsize=10)
     ax.grid(alpha=0.3, axis="x")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return save_figure(fig, path, tight=True)
 
 
 def plot_grouped_bars(
@@ -317,11 +314,7 @@ def plot_grouped_bars(
     ax.grid(alpha=0.3, axis="y")
     if len(series) > 1:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def plot_retrieval_grid(
@@ -369,11 +362,7 @@ def plot_retrieval_grid(
             for side in ax.spines.values():
                 side.set(color=colour, linewidth=3)
     fig.suptitle(wrap_title(title, fig, 9), fontsize=9)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def plot_image_grid(
@@ -393,11 +382,7 @@ def plot_image_grid(
             if c == 0 and r < len(row_titles):
                 ax.set_ylabel(row_titles[r], fontsize=7)
     fig.suptitle(wrap_title(title, fig, 10), fontsize=10)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return save_figure(fig, path, tight=True)
 
 
 def plot_heatmap(
@@ -418,8 +403,4 @@ def plot_heatmap(
     ax.set_yticks(list(range(len(row_labels))), list(row_labels), fontsize=6)
     ax.set(title=wrap_title(title, fig), xlabel=xlabel, ylabel=ylabel)
     fig.colorbar(shown, ax=ax, fraction=0.05)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return save_figure(fig, path, tight=True)
