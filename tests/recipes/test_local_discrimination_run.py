@@ -229,7 +229,7 @@ def test_a_real_layout_runs_without_landmarks_or_shape_prior(tmp_path):
     [
         ("data.image_size=40", "multiple of 16"),
         ("pretrain.method=byol", "pretrain.method"),
-        ("transfer.batch_size=1", "BatchNorm"),
+        ("transfer.batch_size=1", "transfer.batch_size must be >= 2"),
         ("pretrain.grid=5", "multiple of pretrain.grid"),
     ],
 )

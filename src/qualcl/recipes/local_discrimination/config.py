@@ -6,11 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from qualcl.recipes.config import DataConfig as BaseDataConfig
-from qualcl.recipes.config import RecipeConfig, RecipeSpec, Variant, check_cnn_encoder
+from qualcl.recipes.config import RecipeConfig, RecipeSpec, Variant, bounded, check_cnn_encoder
 
 __all__ = [
     "ABLATIONS",
-    "PRESETS",
     "SPEC",
     "DataConfig",
     "EvalConfig",
@@ -24,18 +23,14 @@ __all__ = [
 
 @dataclass
 class DataConfig(BaseDataConfig):
-    """Images for pre-training (unlabelled) and the labelled segmentation splits.
-
-    The shared fields (``data_dir``, ``image_size``, ``lq_ratio``, ``seed``) are
-    :class:`qualcl.recipes.config.DataConfig`'s; ``image_size`` must be a multiple of 16 here (the
-    code: 448 crops of 512-px images).
+    """Images for pre-training (unlabelled) and the labelled segmentation splits (the shared fields: the base's).
 
     Attributes:
         dataset: ``"synthetic"`` (the embedded SynthFundus set: vessel, optic-disc and exudate
             masks, disc and fovea landmarks, quality levels) or a real segmentation set read by
             :func:`qualcl.data.readers.read_segmentation` (``drive`` = DRIVE/RITE, ``stare``,
             ``chase`` = CHASE_DB1, ``hrf``, ``idrid``, ``drishti`` = Drishti-GS1).
-        num_images: Synthetic images to generate.
+        image_size: A multiple of 16, the encoder pools 4 times (the code: 448 crops of 512-px images).
         labelled: Labelled training images of the segmentation transfer (``0``: all of the
             training split; the synthetic default keeps a DRIVE-like few).
         val_fraction: Share of the labelled images held out to select the best epoch (the code: 0.2).
@@ -44,21 +39,10 @@ class DataConfig(BaseDataConfig):
 
     dataset: Literal["synthetic", "drive", "stare", "chase", "hrf", "idrid", "drishti"] = "synthetic"
     num_images: int = 400
+    image_size: int = bounded(64, ">= 32", multiple_of=16)
     labelled: int = 24
-    val_fraction: float = 0.2
-    test_fraction: float = 0.5
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.image_size < 32 or self.image_size % 16:
-            raise ValueError(
-                f"data.image_size must be a multiple of 16 (the encoder pools 4 times), >= 32, got {self.image_size}"
-            )
-        if self.labelled < 0:
-            raise ValueError(f"data.labelled must be >= 0 (0: all), got {self.labelled}")
-        for name in ("val_fraction", "test_fraction"):
-            if not 0.0 < getattr(self, name) < 1.0:
-                raise ValueError(f"data.{name} must lie in (0, 1), got {getattr(self, name)}")
+    val_fraction: float = bounded(0.2, "in (0, 1)")
+    test_fraction: float = bounded(0.5, "in (0, 1)")
 
 
 @dataclass
@@ -73,12 +57,10 @@ class ModelConfig:
 
     encoder: str = "vgg16_bn_tiny"
     dim: int = 32
-    clusters: int = 16
+    clusters: int = bounded(16, ">= 2")
 
     def __post_init__(self) -> None:
         check_cnn_encoder(self.encoder, "model.encoder")
-        if self.clusters < 2:
-            raise ValueError(f"model.clusters must be >= 2, got {self.clusters}")
 
 
 @dataclass
@@ -106,9 +88,9 @@ class PretrainConfig:
     """
 
     method: Literal["ld", "ld_stage1", "simclr", "dense", "none"] = "ld"
-    batch_size: int = 4
+    batch_size: int = bounded(4, ">= 2")
     steps_per_epoch: int = 40
-    stage1_epochs: int = 4
+    stage1_epochs: int = bounded(4, ">= 1")
     stage2_epochs: int = 4
     lr: float = 1e-3
     halve_every: int = 10
@@ -120,15 +102,6 @@ class PretrainConfig:
     crop_scale: float = 0.9
     rotation: float = 180.0
 
-    def __post_init__(self) -> None:
-        if self.batch_size < 2:
-            raise ValueError(f"pretrain.batch_size must be >= 2, got {self.batch_size}")
-        for name in ("steps_per_epoch", "stage1_epochs", "halve_every", "grid"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"pretrain.{name} must be >= 1, got {getattr(self, name)}")
-        if self.stage2_epochs < 0:
-            raise ValueError(f"pretrain.stage2_epochs must be >= 0, got {self.stage2_epochs}")
-
 
 @dataclass
 class TransferConfig:
@@ -138,7 +111,7 @@ class TransferConfig:
         tasks: Masks to segment (``()``: every mask the dataset has; synthetic: vessels, OD, EX).
         frozen_epochs: Epochs with the encoder frozen (the code: 100).
         finetune_epochs: Epochs fine-tuning everything (the code: 100).
-        batch_size: Images per step (the code: 2).
+        batch_size: Images per step, at least 2 for BatchNorm (the code: 2).
         lr: Adam learning rate (1e-3).
         per_image_dice: The soft-Dice loss's form. ``False`` (the code's ``dice_loss``, which
             flattens the batch): one Dice over every pixel of the step's batch, so images weigh by
@@ -147,17 +120,11 @@ class TransferConfig:
     """
 
     tasks: tuple[str, ...] = ()
-    frozen_epochs: int = 15
+    frozen_epochs: int = bounded(15, ">= 1")
     finetune_epochs: int = 15
-    batch_size: int = 4
+    batch_size: int = bounded(4, ">= 2")
     lr: float = 1e-3
     per_image_dice: bool = False
-
-    def __post_init__(self) -> None:
-        if self.frozen_epochs < 1 or self.finetune_epochs < 0:
-            raise ValueError("transfer.frozen_epochs must be >= 1 and transfer.finetune_epochs >= 0")
-        if self.batch_size < 2:
-            raise ValueError(f"transfer.batch_size must be >= 2 (BatchNorm), got {self.batch_size}")
 
 
 @dataclass
@@ -199,7 +166,7 @@ class EvalConfig:
 
 @dataclass
 class LocalDiscriminationConfig(RecipeConfig):
-    """The whole run (``preset``, ``seed`` and ``trainer`` come from :class:`RecipeConfig`)."""
+    """The whole run: its six sections; preset, seed and trainer come from RecipeConfig."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -251,12 +218,10 @@ ABLATIONS: dict[str, Variant] = {
 }
 
 
-#: What ``qualcl run local-discrimination`` needs before it trains (its options, their help and the config); the
-#: recipe object (``recipe.py``, which imports torch) carries the same attributes.
-SPEC: RecipeSpec[LocalDiscriminationConfig] = RecipeSpec(
-    name="local-discrimination",
-    config_class=LocalDiscriminationConfig,
-    presets=PRESETS,
+SPEC = RecipeSpec(
+    "local-discrimination",
+    LocalDiscriminationConfig,
+    PRESETS,
     data_help=(
         "dataset folder: drive (training/, test/), stare (stare-images/, labels-ah/), chase (Image_NNx.jpg + "
         "_1stHO.png), hrf (images/, manual1/), idrid (A. Segmentation/), drishti (Training/, Test/)"

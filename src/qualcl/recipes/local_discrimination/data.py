@@ -16,12 +16,19 @@ from qualcl.data.augment import item_generator
 from qualcl.data.loading import FUNDUS_QUALITY, UNRATED, ImageProgress, patient_split, read_resized
 from qualcl.data.readers import SEGMENTATION_DATASETS, load_segmentation_sample, read_segmentation
 from qualcl.data.synthetic import load_fundus_dataset
+from qualcl.data.views import IMAGENET_MEAN, IMAGENET_STD
 from qualcl.recipes.local_discrimination.config import DataConfig
 
-__all__ = ["SYNTHETIC_TASKS", "LDData", "SegmentationDataset", "SegmentationSet", "load_ld_data"]
+__all__ = ["LDData", "SegmentationDataset", "SegmentationSet", "dataset_tasks", "load_ld_data", "normalised"]
 
 #: Masks of the synthetic set the transfer segments (vessels, optic disc, hard exudates: the code's retinal tasks).
 SYNTHETIC_TASKS = ("vessels", "OD", "EX")
+MEAN, STD = (torch.tensor(values).view(-1, 1, 1) for values in (IMAGENET_MEAN, IMAGENET_STD))
+
+
+def normalised(images: Tensor) -> Tensor:
+    """``(..., 3, S, S)`` uint8 images as the encoders' float input (ImageNet's normalisation, as the code's)."""
+    return (images.float() / 255 - MEAN) / STD
 
 
 class SegmentationSet(NamedTuple):
@@ -80,6 +87,11 @@ class LDData(NamedTuple):
     tasks: tuple[str, ...]
 
 
+def dataset_tasks(dataset: str) -> tuple[str, ...]:
+    """The masks a dataset has (:data:`SYNTHETIC_TASKS`, else the reader's list)."""
+    return SYNTHETIC_TASKS if dataset == "synthetic" else SEGMENTATION_DATASETS[dataset]
+
+
 def _read_mask(path: Path, size: int) -> Tensor:
     """A binary mask file as ``(size, size)`` bool (nearest-neighbour resize when its side differs)."""
     with Image.open(path) as image:
@@ -93,10 +105,8 @@ Splits = tuple[SegmentationSet, SegmentationSet, Tensor]
 
 
 def _synthetic(config: DataConfig, root: Path, progress: ImageProgress) -> Splits:
-    folder = load_fundus_dataset(root)
-    size = config.image_size
-    generated = int(folder.metadata.get("size", size))
-    scale = size / generated
+    folder, size = load_fundus_dataset(root), config.image_size
+    scale = size / int(folder.metadata.get("size", size))
 
     def table(positions: list[int]) -> SegmentationSet:
         records = [folder.records[i] for i in positions]
@@ -156,7 +166,7 @@ def load_ld_data(
         ValueError: An unknown task, or too few images for the splits.
     """
     train, test, priors = (_synthetic if config.dataset == "synthetic" else _real)(config, root, progress)
-    available = SYNTHETIC_TASKS if config.dataset == "synthetic" else SEGMENTATION_DATASETS[config.dataset]
+    available = dataset_tasks(config.dataset)
     chosen = tuple(tasks) or available
     unknown = [t for t in chosen if t not in available]
     if unknown:
@@ -182,27 +192,16 @@ def load_ld_data(
 
 
 class SegmentationDataset(Dataset[tuple[Tensor, Tensor, int]]):
-    """Item ``i``: normalised image, its ``(1, S, S)`` float mask of one task, quality index.
+    """Item ``i``: :func:`normalised` image, its ``(1, S, S)`` float mask of one task, quality index.
 
     With ``train`` the image and mask get the same random flips and quarter turn, drawn from the
     item's generator ``(seed, epoch, index)`` (the code: flips and a rotation in ``[−180°, 180°]``).
     """
 
-    def __init__(
-        self,
-        data: SegmentationSet,
-        task: str,
-        *,
-        mean: Sequence[float],
-        std: Sequence[float],
-        train: bool = False,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, data: SegmentationSet, task: str, *, train: bool = False, seed: int = 0) -> None:
         if task not in data.masks:
             raise ValueError(f"no {task!r} masks; available: {sorted(data.masks)}")
         self.data, self.task, self.train, self.seed, self.epoch = data, task, train, seed, 0
-        self.mean = torch.tensor(list(mean)).view(-1, 1, 1)
-        self.std = torch.tensor(list(std)).view(-1, 1, 1)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw new augmentations for ``epoch``."""
@@ -212,12 +211,10 @@ class SegmentationDataset(Dataset[tuple[Tensor, Tensor, int]]):
         return len(self.data)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int]:
-        image = self.data.images[index].float() / 255
-        mask = self.data.masks[self.task][index][None].float()
+        image, mask = normalised(self.data.images[index]), self.data.masks[self.task][index][None].float()
         if self.train:
             g = item_generator(self.seed, self.epoch, index)
-            flips = torch.rand(2, generator=g)
-            turns = int(torch.randint(4, (), generator=g))
+            flips, turns = torch.rand(2, generator=g), int(torch.randint(4, (), generator=g))
             both = torch.cat([image, mask])
             if flips[0] < 0.5:
                 both = both.flip(-1)
@@ -225,4 +222,4 @@ class SegmentationDataset(Dataset[tuple[Tensor, Tensor, int]]):
                 both = both.flip(-2)
             both = torch.rot90(both, turns, dims=(-2, -1))
             image, mask = both[:3], both[3:]
-        return (image - self.mean) / self.std, mask, int(self.data.quality[index])
+        return image, mask, int(self.data.quality[index])

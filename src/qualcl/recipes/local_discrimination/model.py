@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from qualcl.heads import ClusteringHead, PixelEmbeddingHead, UNetDecoder
 from qualcl.models import Encoder, build_encoder
 
-__all__ = ["LDNet", "LDOutput", "SegmentationNet", "ShapeDiscriminator", "ld_decoder"]
+__all__ = ["LDNet", "LDOutput", "SegmentationNet", "ShapeDiscriminator"]
 
 
 class LDOutput(NamedTuple):
@@ -19,14 +19,10 @@ class LDOutput(NamedTuple):
     assignments: Tensor
 
 
-def ld_decoder(encoder: Encoder) -> UNetDecoder:
-    """The code's decoder over ``encoder``'s five-map pyramid: halved middles, a bare concatenation last."""
-    channels = encoder.pyramid_channels
-    return UNetDecoder(channels, decoder_channels=tuple(channels[:-2]), middle="half", last="concat")
-
-
 class LDNet(nn.Module):
     """Encoder → U-Net decoder → embedding branch and clustering branch (``vgg16_bn_tiny`` in the code).
+
+    The code's decoder over the encoder's five-map pyramid: halved middles, a bare concatenation last.
 
     Args:
         encoder: Encoder name (a pyramid CNN).
@@ -37,7 +33,8 @@ class LDNet(nn.Module):
     def __init__(self, encoder: str = "vgg16_bn_tiny", dim: int = 32, clusters: int = 16) -> None:
         super().__init__()
         self.encoder = build_encoder(encoder)
-        self.decoder = ld_decoder(self.encoder)
+        channels = self.encoder.pyramid_channels
+        self.decoder = UNetDecoder(channels, decoder_channels=tuple(channels[:-2]), middle="half", last="concat")
         self.embedding = PixelEmbeddingHead(self.decoder.channels, dim)
         self.clustering = ClusteringHead(self.decoder.channels, clusters)
 
@@ -85,19 +82,12 @@ class ShapeDiscriminator(nn.Module):
         super().__init__()
         slope = 1.0 if leaky_quirk else 0.2
         layers: list[nn.Module] = []
-        width = 1
-        for _ in range(5):
+        for width in (1, channels, channels, channels, channels):
             layers += [nn.Conv2d(width, channels, 3, padding=1), nn.LeakyReLU(slope), nn.MaxPool2d(2, ceil_mode=True)]
-            width = channels
-        layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.LeakyReLU(slope)]
-        layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.LeakyReLU(slope)]
-        layers += [
-            nn.AdaptiveAvgPool2d(1),
-            nn.Conv2d(channels, channels, 1),
-            nn.LeakyReLU(slope),
-            nn.Conv2d(channels, 1, 1),
-        ]
-        self.net = nn.Sequential(*layers)
+        for _ in range(2):
+            layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.LeakyReLU(slope)]
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, channels, 1), nn.LeakyReLU(slope)]
+        self.net = nn.Sequential(*layers, nn.Conv2d(channels, 1, 1))
 
     def forward(self, masks: Tensor) -> Tensor:
         """``(N, 1, H, W)`` masks → ``(N,)`` logits of "a real prior mask" (apply a sigmoid for the probability)."""

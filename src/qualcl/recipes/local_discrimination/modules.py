@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim import Adam
+from torch.optim.lr_scheduler import StepLR
 
 from qualcl.data.views import LocalBatch, LocalDiscriminationViews, LocalViews, realign_grid
 from qualcl.distributed import gather_no_grad, gather_with_grad, rank, world_size
 from qualcl.functional import assignment_entropy, grid_items, mixup_targets, patch_grid, soft_dice_loss
 from qualcl.heads import ProjectionHead
-from qualcl.losses import (
-    InfoNCE,
-    MixupConsistencyLoss,
-    NTXentLoss,
-    PatchDiscriminationLoss,
-    RegionDiscriminationLoss,
-)
+from qualcl.losses import InfoNCE, MixupConsistencyLoss, NTXentLoss, PatchDiscriminationLoss, RegionDiscriminationLoss
 from qualcl.metrics import binarize, segmentation_metrics
 from qualcl.recipes.local_discrimination.config import PretrainConfig, ShapeConfig
 from qualcl.recipes.local_discrimination.model import LDNet, SegmentationNet, ShapeDiscriminator
@@ -42,10 +39,9 @@ TERMS = {
 def build_losses(config: PretrainConfig, *, gather: bool, per_image_dice: bool = False) -> dict[str, Any]:
     """Every loss of the recipe, built in one place: ``{term: callable}``.
 
-    ``pd``, ``mixup``, ``region`` (LD), ``nt_xent`` (SimCLR), ``dense`` (dense InfoNCE),
-    ``entropy``, ``adversarial`` (the shape stage's BCE on logits, both players) and ``dice`` (the
-    transfer's soft Dice, :func:`qualcl.functional.soft_dice_loss`, one Dice over the batch unless
-    ``per_image_dice``).
+    ``pd``, ``mixup``, ``region`` (LD), ``nt_xent`` (SimCLR), ``dense`` (dense InfoNCE), ``entropy``,
+    ``adversarial`` (the shape stage's BCE on logits, both players) and ``dice`` (the transfer's
+    :func:`qualcl.functional.soft_dice_loss`, one Dice over the batch unless ``per_image_dice``).
 
     With ``gather`` (:func:`qualcl.recipes.modules.gathering`) every batch-global term is computed
     on the global batch under DDP: the contrastive terms contrast with every rank's items, the
@@ -148,9 +144,7 @@ class _SelfSupervisedStage(RecipeModule):
         self, net: LDNet, views: LocalDiscriminationViews, config: PretrainConfig, *, gather_distributed: bool
     ) -> None:
         super().__init__()
-        self.net = net
-        self.views = views
-        self.config = config
+        self.net, self.views, self.config = net, views, config
         self.losses = build_losses(config, gather=gather_distributed)
         self.weights = {"region": config.region_weight, "entropy": config.entropy_weight}
 
@@ -210,9 +204,8 @@ class LDPretraining(_SelfSupervisedStage):
 
     def configure_optimizers(self) -> Any:
         """Adam with the rate halved every ``halve_every`` epochs."""
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.config.lr)
-        schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.config.halve_every, gamma=0.5)
-        return {"optimizer": optimizer, "lr_scheduler": schedule}
+        optimizer = Adam(self.parameters(), lr=self.config.lr)
+        return {"optimizer": optimizer, "lr_scheduler": StepLR(optimizer, step_size=self.config.halve_every, gamma=0.5)}
 
 
 class ShapeGuidedTraining(_SelfSupervisedStage):
@@ -234,11 +227,10 @@ class ShapeGuidedTraining(_SelfSupervisedStage):
         gather_distributed: Under DDP, LD's losses over every rank's batch (see :func:`build_losses`).
     """
 
-    history = History(
+    history = replace(
+        _SelfSupervisedStage.history,
         curves={**TERMS, "adversarial": "adversarial (generator)", "discriminator": "discriminator"},
-        metrics={"loss": "total (weighted)"},
-        ylabel="loss term",
-        metrics_label="total loss",
+        extra=(),
     )
 
     def __init__(
@@ -254,8 +246,7 @@ class ShapeGuidedTraining(_SelfSupervisedStage):
         if priors.ndim != 3 or priors.shape[0] == 0:
             raise ValueError(f"shape-guided training needs (P, S, S) prior masks, got shape {tuple(priors.shape)}")
         super().__init__(net, views, config, gather_distributed=gather_distributed)
-        self.automatic_optimization = False
-        self.shape = shape
+        self.automatic_optimization, self.shape = False, shape
         self.weights["adversarial"] = shape.adversarial_weight
         self.discriminator = ShapeDiscriminator(leaky_quirk=shape.leaky_quirk)
         self.register_buffer("priors", priors.float()[:, None], persistent=False)
@@ -311,14 +302,9 @@ class ShapeGuidedTraining(_SelfSupervisedStage):
 
     def configure_optimizers(self) -> Any:
         """Adam for the network, Adam at ``ratio × lr`` for the discriminator, both halved on schedule."""
-        lr = self.config.lr
-        net_opt = torch.optim.Adam(self.net.parameters(), lr=lr)
-        disc_opt = torch.optim.Adam(self.discriminator.parameters(), lr=lr * self.shape.discriminator_lr_ratio)
-        step = self.config.halve_every
-        return [net_opt, disc_opt], [
-            torch.optim.lr_scheduler.StepLR(net_opt, step, 0.5),
-            torch.optim.lr_scheduler.StepLR(disc_opt, step, 0.5),
-        ]
+        lr, ratio = self.config.lr, self.shape.discriminator_lr_ratio
+        optimizers = [Adam(self.net.parameters(), lr=lr), Adam(self.discriminator.parameters(), lr=lr * ratio)]
+        return optimizers, [StepLR(optimizer, self.config.halve_every, 0.5) for optimizer in optimizers]
 
 
 class SegmentationTransfer(RecipeModule):
@@ -342,9 +328,7 @@ class SegmentationTransfer(RecipeModule):
         self, net: SegmentationNet, *, lr: float, frozen: bool, loss: Callable[[Tensor, Tensor], Tensor] | None = None
     ) -> None:
         super().__init__()
-        self.net = net
-        self.lr = lr
-        self.frozen = frozen
+        self.net, self.lr, self.frozen = net, lr, frozen
         self.dice_loss = loss or functools.partial(soft_dice_loss, per_image=False)
         self.net.encoder.requires_grad_(not frozen)
 
@@ -376,4 +360,4 @@ class SegmentationTransfer(RecipeModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam over the trainable parameters."""
-        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr)
+        return Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr)

@@ -1,10 +1,9 @@
-"""Plots of local discrimination: cluster maps, embedding PCA maps, segmentation overlays, landmark similarity maps."""
+"""Rows of the recipe's image grids (:func:`qualcl.recipes.plots.plot_image_grid`): ``(N, 3, H, W)`` RGB in ``[0, 1]``.
+
+Cluster maps, embedding PCA maps, segmentation overlays and landmark similarity maps with their marks.
+"""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -14,129 +13,61 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
-from qualcl.recipes.plots import wrap_title
-
-__all__ = ["pca_rgb", "plot_assignments", "plot_embedding_pca", "plot_landmarks", "plot_segmentations"]
-
-
-def _rgb(image: Tensor) -> Tensor:
-    """``(3, H, W)`` uint8 or float → ``(H, W, 3)`` float in ``[0, 1]``."""
-    x = image.detach().cpu()
-    x = x.float() / 255 if not x.is_floating_point() else x.float()
-    return x.clamp(0, 1).permute(1, 2, 0)
-
-
-def _grid(rows: int, cols: int) -> tuple[Any, Any]:
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 1.9 * rows + 0.4), dpi=110, squeeze=False)
-    for row in axes:
-        for ax in row:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    return fig, axes
-
-
-def _save(fig: Any, path: str | Path, title: str) -> Path:
-    fig.suptitle(wrap_title(title, fig, 9), fontsize=9)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, bbox_inches="tight")
-    plt.close(fig)
-    return out
+__all__ = ["cluster_rgb", "heat_rgb", "mark_landmarks", "overlay_rgb", "pca_rgb"]
 
 
 def pca_rgb(embeddings: Tensor) -> Tensor:
-    """``(N, D, H, W)`` → ``(N, H, W, 3)``: the first three principal components of all pixels, scaled to ``[0, 1]``.
+    """``(N, D, H, W)`` → ``(N, 3, H, W)``: the first three principal components of all pixels, scaled to ``[0, 1]``.
 
     Examples:
         >>> import torch
         >>> pca_rgb(torch.randn(2, 8, 4, 4)).shape
-        torch.Size([2, 4, 4, 3])
+        torch.Size([2, 3, 4, 4])
     """
     n, d, h, w = embeddings.shape
     x = embeddings.detach().cpu().double().permute(0, 2, 3, 1).reshape(-1, d)
     x = x - x.mean(dim=0)
     k = min(3, d)
-    _, _, v = torch.linalg.svd(x, full_matrices=False)
-    z = x @ v[:k].T
-    if k < 3:
-        z = torch.cat([z, z.new_zeros(z.shape[0], 3 - k)], dim=1)
+    z = x @ torch.linalg.svd(x, full_matrices=False)[2][:k].T
+    z = torch.cat([z, z.new_zeros(z.shape[0], 3 - k)], dim=1)
     low, high = z.min(dim=0).values, z.max(dim=0).values
     z = (z - low) / (high - low).clamp_min(1e-12)
-    colours: Tensor = z.reshape(n, h, w, 3).float()
-    return colours
+    return z.reshape(n, h, w, 3).permute(0, 3, 1, 2).float()
 
 
-def plot_assignments(
-    images: Tensor, assignments: Tensor, captions: Sequence[str], path: str | Path, *, title: str
-) -> Path:
-    """Each image and its hard cluster map (argmax over the ``K`` soft assignments, one colour per cluster)."""
-    n, k = assignments.shape[:2]
-    fig, axes = _grid(2, n)
-    cmap = plt.get_cmap("tab20", k)
-    for i in range(n):
-        axes[0][i].imshow(_rgb(images[i]).numpy())
-        axes[0][i].set_title(captions[i], fontsize=6)
-        axes[1][i].imshow(assignments[i].argmax(dim=0).cpu().numpy(), cmap=cmap, vmin=0, vmax=k - 1)
-    axes[1][0].set_ylabel(f"{k} clusters", fontsize=7)
-    return _save(fig, path, title)
+def cluster_rgb(assignments: Tensor) -> Tensor:
+    """``(N, K, H, W)`` soft assignments → each pixel's hard cluster (argmax) in its own colour of ``tab20``."""
+    k = assignments.shape[1]
+    palette = torch.tensor(plt.get_cmap("tab20", k)(range(k)), dtype=torch.float32)[:, :3]
+    return palette[assignments.detach().cpu().argmax(dim=1)].permute(0, 3, 1, 2)
 
 
-def plot_embedding_pca(
-    images: Tensor, embeddings: Tensor, captions: Sequence[str], path: str | Path, *, title: str
-) -> Path:
-    """Each image and its pixel embeddings' first three principal components shown as RGB (a shared projection)."""
-    n = images.shape[0]
-    colours = pca_rgb(embeddings)
-    fig, axes = _grid(2, n)
-    for i in range(n):
-        axes[0][i].imshow(_rgb(images[i]).numpy())
-        axes[0][i].set_title(captions[i], fontsize=6)
-        axes[1][i].imshow(colours[i].numpy())
-    axes[1][0].set_ylabel("embedding PCA", fontsize=7)
-    return _save(fig, path, title)
+def overlay_rgb(rgb: Tensor, probs: Tensor, masks: Tensor) -> Tensor:
+    """Images darkened, the prediction at 0.5 (``(N, H, W)`` probabilities) red, the truth green: overlap yellow."""
+    out = rgb.cpu() * 0.45
+    out[:, 0] = torch.maximum(out[:, 0], (probs.cpu() > 0.5).float())
+    out[:, 1] = torch.maximum(out[:, 1], masks.cpu().float())
+    return out
 
 
-def plot_segmentations(
-    images: Tensor, probs: Tensor, masks: Tensor, captions: Sequence[str], path: str | Path, *, title: str
-) -> Path:
-    """Images and overlays of the prediction at 0.5 (red) and the truth (green); overlap is yellow."""
-    n = images.shape[0]
-    fig, axes = _grid(2, n)
-    for i in range(n):
-        base = _rgb(images[i])
-        pred, truth = (probs[i].cpu() > 0.5).float(), masks[i].cpu().float()
-        overlay = base * 0.45
-        overlay[..., 0] = torch.maximum(overlay[..., 0], pred)
-        overlay[..., 1] = torch.maximum(overlay[..., 1], truth)
-        axes[0][i].imshow(base.numpy())
-        axes[0][i].set_title(captions[i], fontsize=6)
-        axes[1][i].imshow(overlay.clamp(0, 1).numpy())
-    axes[1][0].set_ylabel("prediction / truth", fontsize=7)
-    return _save(fig, path, title)
+def heat_rgb(maps: Tensor) -> Tensor:
+    """``(N, H, W)`` maps (cosine similarity) → ``magma`` colours, each map scaled to its own range."""
+    x = maps.detach().cpu().double().flatten(1)
+    low, high = x.min(dim=1, keepdim=True).values, x.max(dim=1, keepdim=True).values
+    scaled = ((x - low) / (high - low).clamp_min(1e-12)).view_as(maps)
+    return torch.tensor(plt.get_cmap("magma")(scaled.numpy())[..., :3], dtype=torch.float32).permute(0, 3, 1, 2)
 
 
-def plot_landmarks(
-    images: Tensor,
-    similarity: Tensor,
-    predicted: Tensor,
-    truth: Tensor,
-    captions: Sequence[str],
-    path: str | Path,
-    *,
-    title: str,
-) -> Path:
-    """Images with the predicted (x) and true (o) landmark, and the similarity map the prediction peaks in."""
-    n = images.shape[0]
-    fig, axes = _grid(2, n)
-    for i in range(n):
-        for row in (0, 1):
-            ax = axes[row][i]
-            if row == 0:
-                ax.imshow(_rgb(images[i]).numpy())
-                ax.set_title(captions[i], fontsize=6)
-            else:
-                ax.imshow(similarity[i].cpu().numpy(), cmap="magma")
-            ax.plot(float(truth[i, 0]), float(truth[i, 1]), "o", mfc="none", mec="#2ca02c", ms=7, mew=1.5)
-            ax.plot(float(predicted[i, 0]), float(predicted[i, 1]), "x", color="#1f77b4", ms=7, mew=1.5)
-    axes[1][0].set_ylabel("cosine similarity", fontsize=7)
-    return _save(fig, path, title)
+def mark_landmarks(rgb: Tensor, predicted: Tensor, truth: Tensor) -> Tensor:
+    """A copy of ``(N, 3, S, S)`` images marked at the predicted ``(N, 2)`` ``(x, y)`` (blue x) and true (green o)."""
+    out, size = rgb.clone(), rgb.shape[-1]
+    radius, width = max(2.0, size / 16), max(0.5, size / 96)
+    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    for i in range(len(out)):
+        dx, dy = (xs - float(truth[i, 0])).abs(), (ys - float(truth[i, 1])).abs()
+        ring = ((dx**2 + dy**2).sqrt() - radius).abs() <= width
+        dx, dy = (xs - float(predicted[i, 0])).abs(), (ys - float(predicted[i, 1])).abs()
+        cross = ((dx - dy).abs() <= width) & (dx <= radius)
+        out[i][:, ring] = torch.tensor([0.17, 0.63, 0.17])[:, None]
+        out[i][:, cross] = torch.tensor([0.12, 0.47, 0.71])[:, None]
+    return out

@@ -1,15 +1,10 @@
-"""The local-discrimination recipe on the shared driver: LD pre-training → shape-guided LD → segmentation transfer.
-
-Evaluation: per-image Dice of each task (frozen and fine-tuned encoder) overall and per quality
-stratum, one-shot landmark localisation (qualcl's design), and the shape-guided cluster's Dice.
-"""
+"""The local-discrimination recipe on the shared driver: LD pre-training → shape-guided LD → segmentation transfer."""
 
 from __future__ import annotations
 
 import copy
 import functools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,31 +12,33 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torch.utils.data import TensorDataset
 
 from qualcl.data.loading import FUNDUS_QUALITY
-from qualcl.data.views import IMAGENET_MEAN, IMAGENET_STD, LocalDiscriminationViews
-from qualcl.evaluation import landmark_template, localise_landmarks
+from qualcl.data.views import LocalDiscriminationViews
+from qualcl.evaluation import LandmarkPrediction, landmark_template, localise_landmarks
 from qualcl.functional import grid_items, patch_grid
 from qualcl.metrics import binarize, landmark_metrics, stratified_segmentation_metrics, stratify
 from qualcl.recipes import ablation
 from qualcl.recipes.driver import Recipe, RunContext, Stage, eval_loader, train_loader
 from qualcl.recipes.local_discrimination.config import SPEC, LocalDiscriminationConfig
-from qualcl.recipes.local_discrimination.data import SYNTHETIC_TASKS, LDData, SegmentationDataset, load_ld_data
-from qualcl.recipes.local_discrimination.model import LDNet, SegmentationNet
+from qualcl.recipes.local_discrimination.data import (
+    LDData,
+    SegmentationDataset,
+    dataset_tasks,
+    load_ld_data,
+    normalised,
+)
+from qualcl.recipes.local_discrimination.model import LDNet, LDOutput, SegmentationNet
 from qualcl.recipes.local_discrimination.modules import (
     LDPretraining,
     SegmentationTransfer,
     ShapeGuidedTraining,
     build_losses,
 )
-from qualcl.recipes.local_discrimination.plots import (
-    plot_assignments,
-    plot_embedding_pca,
-    plot_landmarks,
-    plot_segmentations,
-)
+from qualcl.recipes.local_discrimination.plots import cluster_rgb, heat_rgb, mark_landmarks, overlay_rgb, pca_rgb
 from qualcl.recipes.modules import gathering
-from qualcl.recipes.plots import plot_grouped_bars, plot_variant_dots
+from qualcl.recipes.plots import plot_grouped_bars, plot_image_grid, plot_variant_dots
 from qualcl.recipes.run_folder import ModelCard, strata_table
 
 __all__ = ["LOCAL_DISCRIMINATION", "LDState", "LocalDiscriminationRecipe", "run_ablation", "run_local_discrimination"]
@@ -51,18 +48,12 @@ PAPER = (
     "(arXiv 2108.09440; code HuaiChen-1994/LDLearning)"
 )
 LANDMARKS = ("disc", "fovea")
+Ctx = RunContext[LocalDiscriminationConfig]
 
 
 @dataclass
 class LDState:
-    """The run's networks.
-
-    Attributes:
-        net: The pre-trained (or randomly initialised) LD network.
-        stage1: Its weights after stage 1 (the shape-guided stage starts from them).
-        shape: The shape-guided network (``K = shape.clusters``), if trained.
-        segmentation: ``{task: {"frozen" | "finetuned": SegmentationNet}}``.
-    """
+    """The run's networks: the LD net, its stage-1 weights, the shape-guided net, ``{task: {phase: net}}``."""
 
     net: LDNet
     stage1: dict[str, Tensor] | None = None
@@ -70,78 +61,67 @@ class LDState:
     segmentation: dict[str, dict[str, SegmentationNet]] = field(default_factory=dict)
 
 
-def _views(config: LocalDiscriminationConfig, images: Tensor, seed: int) -> LocalDiscriminationViews:
+def _views(config: LocalDiscriminationConfig, images: Tensor, seed: int) -> tuple[LocalDiscriminationViews, Any]:
+    """The pre-training views of ``images`` drawn from ``seed``, and their training loader."""
     p = config.pretrain
-    length = p.steps_per_epoch * p.batch_size
-    return LocalDiscriminationViews(
+    views = LocalDiscriminationViews(
         images,
         size=config.data.image_size,
-        length=length,
+        length=p.steps_per_epoch * p.batch_size,
         seed=seed,
         crop_scale=(p.crop_scale, 1.0),
         rotation=p.rotation,
     )
+    name = "pretrain.batch_size"
+    return views, train_loader(views, p.batch_size, seed=config.seed, collate_fn=views.collate, name=name)
 
 
 class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDState]):
-    """Unsupervised local discrimination, then segmentation transfer, landmarks and shape-guided segmentation.
+    """Unsupervised local discrimination (Chen et al., TPAMI 2023), then segmentation transfer, landmarks, shape prior.
 
     Stages: ``pretrain_pd`` (patch discrimination + mixup), ``pretrain_ld`` (+ region
     discrimination and entropy), ``shape`` (LD with an adversarial vessel-shape prior on cluster
     channel 0, from the stage-1 weights), then per task ``transfer_<task>_frozen`` and
     ``transfer_<task>_finetuned`` (soft Dice; the best frozen epoch is fine-tuned). Baselines swap the
-    pre-training (``pretrain.method``: ``simclr``, ``dense``, ``ld_stage1``, ``none``).
-
-    Reference:
-        Chen et al., "Unsupervised Local Discrimination for Medical Images", TPAMI 2023.
+    pre-training (``pretrain.method``: ``simclr``, ``dense``, ``ld_stage1``, ``none``). Evaluation:
+    per-image Dice of each task and phase overall and per quality stratum, one-shot landmark
+    localisation (qualcl's design), and the shape-guided cluster's Dice.
     """
 
-    spec = SPEC
-    paper = PAPER
+    spec, paper = SPEC, PAPER
 
-    def load_data(self, ctx: RunContext[LocalDiscriminationConfig]) -> LDData:
+    def load_data(self, ctx: Ctx) -> LDData:
         """Generate (once) or read the images, masks and landmarks."""
-        cfg = ctx.config.data
-        return load_ld_data(cfg, ctx.dataset_root(cfg), ctx.config.transfer.tasks, progress=ctx.image_progress)
+        d = ctx.config.data
+        return load_ld_data(d, ctx.dataset_root(d), ctx.config.transfer.tasks, progress=ctx.image_progress)
 
-    def setup(self, ctx: RunContext[LocalDiscriminationConfig], data: LDData) -> LDState:
+    def setup(self, ctx: Ctx, data: LDData) -> LDState:
         """The LD network, randomly initialised."""
         m = ctx.config.model
         return LDState(LDNet(m.encoder, m.dim, m.clusters))
 
-    def _shape_enabled(self, config: LocalDiscriminationConfig) -> bool:
-        return (
-            config.shape.enabled
-            and config.data.dataset == "synthetic"
-            and config.pretrain.method in ("ld", "ld_stage1")
-        )
-
     def stages(self, config: LocalDiscriminationConfig) -> list[Stage]:
         """Pre-training stages of the method, the shape-guided stage, two transfer stages per task."""
-        method = config.pretrain.method
-        stages: list[Stage] = []
+        method, stages = config.pretrain.method, []
         if method in ("ld", "ld_stage1"):
-            stages.append(Stage("pretrain_pd", lambda c, d, s: self.pretrain(c, d, s, "pd")))
+            stages.append(Stage("pretrain_pd", functools.partial(self.pretrain, method="pd")))
             if method == "ld" and config.pretrain.stage2_epochs:
-                stages.append(Stage("pretrain_ld", lambda c, d, s: self.pretrain(c, d, s, "ld")))
+                stages.append(Stage("pretrain_ld", functools.partial(self.pretrain, method="ld")))
         elif method in ("simclr", "dense"):
-            stages.append(Stage(f"pretrain_{method}", lambda c, d, s: self.pretrain(c, d, s, method)))
-        if self._shape_enabled(config):
+            stages.append(Stage(f"pretrain_{method}", functools.partial(self.pretrain, method=method)))
+        if config.shape.enabled and config.data.dataset == "synthetic" and method in ("ld", "ld_stage1"):
             stages.append(Stage("shape", self.shape_guided))
         for task in self._tasks(config):
             for phase in self._phases(config):
-                run = functools.partial(self.transfer, task=task, phase=phase)
-                stages.append(Stage(f"transfer_{task}_{phase}", run))
+                stages.append(
+                    Stage(f"transfer_{task}_{phase}", functools.partial(self.transfer, task=task, phase=phase))
+                )
         return stages
 
     @staticmethod
     def _tasks(config: LocalDiscriminationConfig) -> tuple[str, ...]:
         """The transfer's tasks: ``transfer.tasks``, else every mask the dataset has."""
-        from qualcl.data.readers import SEGMENTATION_DATASETS
-
-        if config.transfer.tasks:
-            return config.transfer.tasks
-        return SYNTHETIC_TASKS if config.data.dataset == "synthetic" else SEGMENTATION_DATASETS[config.data.dataset]
+        return config.transfer.tasks or dataset_tasks(config.data.dataset)
 
     @staticmethod
     def _phases(config: LocalDiscriminationConfig) -> list[str]:
@@ -149,24 +129,16 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
         return ["frozen", "finetuned"] if config.transfer.finetune_epochs else ["frozen"]
 
     # ------------------------------------------------------------------ stages
-    def _loader(self, config: LocalDiscriminationConfig, views: LocalDiscriminationViews) -> Callable[[], Any]:
-        return train_loader(
-            views, config.pretrain.batch_size, seed=config.seed, collate_fn=views.collate, name="pretrain.batch_size"
-        )
-
-    def pretrain(self, ctx: RunContext[LocalDiscriminationConfig], data: LDData, state: LDState, method: str) -> None:
+    def pretrain(self, ctx: Ctx, data: LDData, state: LDState, *, method: str) -> None:
         """One self-supervised stage on the unlabelled training images."""
-        config = ctx.config
-        p = config.pretrain
-        stage = "pretrain_pd" if method == "pd" else f"pretrain_{method}"
+        config, p, net = ctx.config, ctx.config.pretrain, state.net
         epochs = p.stage2_epochs if method == "ld" else p.stage1_epochs
-        views = _views(config, data.pretrain, config.seed)
-        module = LDPretraining(state.net, views, p, method, gather_distributed=gathering(config.trainer))
-        weights: dict[str, nn.Module] = {"ld_stage1" if method == "pd" else f"ld_{method}": state.net}
+        views, loader = _views(config, data.pretrain, config.seed)
+        module = LDPretraining(net, views, p, method, gather_distributed=gathering(config.trainer))
+        weights: dict[str, nn.Module] = {"ld_stage1" if method == "pd" else f"ld_{method}": net}
         if module.projection is not None:
             weights["projection"] = module.projection
-        net = state.net
-        probe_images = self._normalised(data.pretrain[:16])
+        probe_images = normalised(data.pretrain[:16])
 
         def probe(_: L.LightningModule) -> tuple[Tensor, Tensor]:
             # the collapse monitor's probe: 8 x 8 patch features of 16 images, and of their mirror images
@@ -175,9 +147,9 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
             return items, grid_items(patch_grid(net(x.flip(-1)).embeddings).flip(-1))
 
         ctx.fit(
-            stage,
+            "pretrain_pd" if method == "pd" else f"pretrain_{method}",
             module,
-            self._loader(config, views),
+            loader,
             weights=weights,
             max_epochs=epochs,
             find_unused_parameters=True,  # stage 1 leaves the clustering branch unused, SimCLR the decoder
@@ -186,50 +158,31 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
             collapse=probe,
         )
         if method == "pd":
-            state.stage1 = copy.deepcopy(state.net.state_dict())
+            state.stage1 = copy.deepcopy(net.state_dict())
 
-    def shape_guided(self, ctx: RunContext[LocalDiscriminationConfig], data: LDData, state: LDState) -> None:
+    def shape_guided(self, ctx: Ctx, data: LDData, state: LDState) -> None:
         """LD with the adversarial vessel-shape prior, from the stage-1 weights, ``K = shape.clusters``."""
-        config = ctx.config
-        m = config.model
-        net = LDNet(m.encoder, m.dim, config.shape.clusters)
+        config, shape = ctx.config, ctx.config.shape
+        net = LDNet(config.model.encoder, config.model.dim, shape.clusters)
         if state.stage1 is not None:
             own = {k: v for k, v in state.stage1.items() if not k.startswith("clustering.")}
             net.load_state_dict(own, strict=False)  # the clustering branch (K differs) starts afresh, as the code's
-        views = _views(config, data.pretrain, config.seed + 7)
-        module = ShapeGuidedTraining(
-            net, views, data.priors, config.pretrain, config.shape, gather_distributed=gathering(config.trainer)
-        )
+        views, loader = _views(config, data.pretrain, config.seed + 7)
+        gather = gathering(config.trainer)
+        module = ShapeGuidedTraining(net, views, data.priors, config.pretrain, shape, gather_distributed=gather)
+        weights = {"shape_net": net, "shape_discriminator": module.discriminator}
+        info = {"epochs": shape.epochs}
         ctx.fit(
-            "shape",
-            module,
-            self._loader(config, views),
-            weights={"shape_net": net, "shape_discriminator": module.discriminator},
-            max_epochs=config.shape.epochs,
-            find_unused_parameters=True,
-            info={"epochs": config.shape.epochs},
+            "shape", module, loader, weights=weights, max_epochs=shape.epochs, find_unused_parameters=True, info=info
         )
         state.shape = net
 
-    def transfer(
-        self, ctx: RunContext[LocalDiscriminationConfig], data: LDData, state: LDState, *, task: str, phase: str
-    ) -> None:
-        """Soft-Dice segmentation of ``task`` from the encoder: frozen, or fine-tuned from the best frozen epoch.
-
-        The loss is one soft Dice over the batch's pixels, as the code's (``transfer.per_image_dice``:
-        the mean of per-image Dice instead).
-        """
-        config = ctx.config
-        t = config.transfer
-        frozen = phase == "frozen"
+    def transfer(self, ctx: Ctx, data: LDData, state: LDState, *, task: str, phase: str) -> None:
+        """Soft-Dice segmentation of ``task`` from the encoder: frozen, or fine-tuned from the best frozen epoch."""
+        config, t, frozen = ctx.config, ctx.config.transfer, phase == "frozen"
         nets = state.segmentation.setdefault(task, {})
-        if frozen:
-            net = SegmentationNet(copy.deepcopy(state.net.encoder))
-        else:
-            net = copy.deepcopy(nets["frozen"])
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-        train = SegmentationDataset(data.train, task, mean=mean, std=std, train=True, seed=config.seed)
-        val = SegmentationDataset(data.val, task, mean=mean, std=std)
+        net = SegmentationNet(copy.deepcopy(state.net.encoder)) if frozen else copy.deepcopy(nets["frozen"])
+        train = SegmentationDataset(data.train, task, train=True, seed=config.seed)
         net.train()  # the copy arrives in the mode its source was left in; the module sets the modes per epoch
         losses = build_losses(config.pretrain, gather=gathering(config.trainer), per_image_dice=t.per_image_dice)
         module = SegmentationTransfer(net, lr=t.lr, frozen=frozen, loss=losses["dice"])
@@ -238,7 +191,7 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
             f"transfer_{task}_{phase}",
             module,
             train_loader(train, min(t.batch_size, len(train)), seed=config.seed, name="transfer.batch_size"),
-            eval_loader(val, t.batch_size),
+            eval_loader(SegmentationDataset(data.val, task), t.batch_size),
             weights={f"segmentation_{task}_{phase}": net},
             max_epochs=epochs,
             monitor="val/dice",
@@ -250,58 +203,41 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
     def headline(self, metrics: dict[str, Any]) -> dict[str, float]:
         """Overall test Dice per task and phase, and the landmarks' mean radial errors."""
         test = metrics["test"]
-        out = {
-            f"dice {task} ({phase})": strata["overall"]["dice"]
-            for task, phases in test["segmentation"].items()
-            for phase, strata in phases.items()
-        }
+        out = {f"dice {task} ({phase})": strata["overall"]["dice"] for (task, phase), strata in _parts(test).items()}
         out.update({f"mre {name} px": rows["overall"]["mre"] for name, rows in test.get("landmarks", {}).items()})
         if "shape_guided" in test:
             out["dice vessels (shape-guided cluster 0)"] = test["shape_guided"]["overall"]["dice"]
         return out
 
     # ------------------------------------------------------------------ evaluation
-    def _normalised(self, images: Tensor) -> Tensor:
-        mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
-        return (images.float() / 255 - mean) / std
+    def _predict(self, ctx: Ctx, net: LDNet | SegmentationNet, images: Tensor) -> dict[str, Tensor]:
+        """``net``'s float maps of uint8 images (LD: embeddings, assignments; else probs), every rank's gathered."""
 
-    def _maps(self, ctx: RunContext[LocalDiscriminationConfig], net: LDNet, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Embedding maps and assignments of uint8 images (predicted on every rank's share, gathered)."""
-        dataset = torch.utils.data.TensorDataset(self._normalised(images))
-
-        def forward(batch: Any) -> dict[str, Tensor]:
+        def forward(batch: list[Tensor]) -> dict[str, Tensor]:
             out = net(batch[0])
-            return {"embeddings": out.embeddings.float(), "assignments": out.assignments.float()}
+            maps = out._asdict() if isinstance(out, LDOutput) else {"probs": out[:, 0]}
+            return {key: value.float() for key, value in maps.items()}
 
-        result = ctx.predict(forward, dataset, batch_size=16, modules=[net])
-        return result["embeddings"], result["assignments"]
+        return ctx.predict(forward, TensorDataset(normalised(images)), batch_size=16, modules=[net])
 
-    def _segment(self, ctx: RunContext[LocalDiscriminationConfig], net: SegmentationNet, images: Tensor) -> Tensor:
-        dataset = torch.utils.data.TensorDataset(self._normalised(images))
-        result = ctx.predict(lambda b: {"probs": net(b[0]).float()}, dataset, batch_size=16, modules=[net])
-        return result["probs"][:, 0]
-
-    def evaluate(self, ctx: RunContext[LocalDiscriminationConfig], data: LDData, state: LDState) -> dict[str, Any]:
+    def evaluate(self, ctx: Ctx, data: LDData, state: LDState) -> dict[str, Any]:
         """Test Dice per task and phase, landmark errors, the shape-guided cluster's Dice; plots."""
-        config, test = ctx.config, data.test
-        names = list(test.quality_names)
+        test, names = data.test, list(data.test.quality_names)
         segmentation: dict[str, dict[str, Any]] = {}
         predictions: dict[str, Tensor] = {}
         for task, nets in state.segmentation.items():
             for phase, net in nets.items():
-                probs = self._segment(ctx, net, test.images)
+                probs = predictions[f"{task}/{phase}"] = self._predict(ctx, net, test.images)["probs"]
                 segmentation.setdefault(task, {})[phase] = stratified_segmentation_metrics(
                     binarize(probs), test.masks[task], test.quality, names
                 )
-                predictions[f"{task}/{phase}"] = probs
-        embeddings, assignments = self._maps(ctx, state.net, test.images)
+        maps = self._predict(ctx, state.net, test.images)
         results: dict[str, Any] = {"test": {"segmentation": segmentation}}
-        landmarks, located = self._landmarks(ctx, state.net, data, embeddings)
+        landmarks, located = self._landmarks(ctx, state.net, data, maps["embeddings"])
         if landmarks:
             results["test"]["landmarks"] = landmarks
         if state.shape is not None:
-            _, shape_assignments = self._maps(ctx, state.shape, test.images)
-            cluster0 = shape_assignments.argmax(dim=1) == 0
+            cluster0 = self._predict(ctx, state.shape, test.images)["assignments"].argmax(dim=1) == 0
             results["test"]["shape_guided"] = stratified_segmentation_metrics(
                 cluster0, test.masks["vessels"], test.quality, names
             )
@@ -313,102 +249,80 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
             "test_quality": torch.bincount(test.quality, minlength=len(names)).tolist(),
             "tasks": list(data.tasks),
         }
-        results["method"] = config.pretrain.method
+        results["method"] = ctx.config.pretrain.method
         if ctx.run.writable:
-            self._plots(ctx, data, state, embeddings, assignments, predictions, segmentation, located)
+            self._plots(ctx, data, maps, predictions, segmentation, located)
         return results
 
     def _landmarks(
-        self, ctx: RunContext[LocalDiscriminationConfig], net: LDNet, data: LDData, embeddings: Tensor
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        self, ctx: Ctx, net: LDNet, data: LDData, embeddings: Tensor
+    ) -> tuple[dict[str, Any], dict[str, LandmarkPrediction]]:
         """One-shot localisation of each landmark, the template from the first labelled image (qualcl's design).
 
         Returns the metrics ``{landmark: {stratum: ...}}`` and the predictions ``{landmark: LandmarkPrediction}``.
         """
         if not data.test.landmarks or not data.train.landmarks:
             return {}, {}
-        e = ctx.config.eval
-        reference, _ = self._maps(ctx, net, data.train.images[:1])
+        e, test = ctx.config.eval, data.test
+        reference = self._predict(ctx, net, data.train.images[:1])["embeddings"]
         metrics: dict[str, Any] = {}
-        located: dict[str, Any] = {}
-        names = list(data.test.quality_names)
-        for name in LANDMARKS:
-            if name not in data.test.landmarks:
-                continue
+        located: dict[str, LandmarkPrediction] = {}
+        for name in (n for n in LANDMARKS if n in test.landmarks):
             template = landmark_template(reference, data.train.landmarks[name][:1], sigma=e.landmark_sigma)[0]
-            pred = localise_landmarks(template, embeddings, sigma=e.landmark_sigma)
-            truth = data.test.landmarks[name]
-
-            def measure(keep: Tensor, points: Tensor = pred.points, truth: Tensor = truth) -> dict[str, float]:
-                return landmark_metrics(points[keep], truth[keep], radii=e.radii)
-
-            metrics[name] = stratify(measure, data.test.quality, names)
-            located[name] = pred
+            pred = located[name] = localise_landmarks(template, embeddings, sigma=e.landmark_sigma)
+            measure = functools.partial(_landmark_metrics, pred.points, test.landmarks[name], e.radii)
+            metrics[name] = stratify(measure, test.quality, list(test.quality_names))
         return metrics, located
 
-    # ------------------------------------------------------------------ plots
     def _plots(
         self,
-        ctx: RunContext[LocalDiscriminationConfig],
+        ctx: Ctx,
         data: LDData,
-        state: LDState,
-        embeddings: Tensor,
-        assignments: Tensor,
+        maps: dict[str, Tensor],
         predictions: dict[str, Tensor],
         segmentation: dict[str, dict[str, Any]],
-        located: dict[str, Any],
+        located: dict[str, LandmarkPrediction],
     ) -> None:
-        run, test = ctx.run, data.test
+        """The image grids (an image row above a map row, for a few test images) and the Dice bars."""
+        test = data.test
         shown = _spread(test.quality, ctx.config.eval.shown)
-        captions = [f"{test.names[i]} · {test.quality_names[int(test.quality[i])]}" for i in shown]
-        plot_assignments(
-            test.images[shown],
-            assignments[shown],
-            captions,
-            run.path("plots", "cluster_assignments.png"),
-            title="Cluster assignments (argmax) of the LD network",
-        )
-        plot_embedding_pca(
-            test.images[shown],
-            embeddings[shown],
-            captions,
-            run.path("plots", "embedding_pca.png"),
-            title="Pixel embeddings, first three principal components as RGB",
-        )
+        rgb, a, e = test.images[shown].float() / 255, maps["assignments"][shown], maps["embeddings"][shown]
+        k = a.shape[1]
+        grids = {  # {plot: (image row, map row, the map row's label, title)}
+            "cluster_assignments": (
+                rgb,
+                cluster_rgb(a),
+                f"{k} clusters",
+                "Cluster assignments (argmax) of the LD network",
+            ),
+            "embedding_pca": (
+                rgb,
+                pca_rgb(e),
+                "embedding PCA",
+                "Pixel embeddings, first three principal components as RGB",
+            ),
+        }
         for key, probs in predictions.items():
             task, phase = key.split("/")
-            plot_segmentations(
-                test.images[shown],
-                probs[shown],
-                test.masks[task][shown],
-                captions,
-                run.path("plots", f"segmentation_{task}_{phase}.png"),
-                title=f"{task}, encoder {phase}: prediction (red) vs truth (green), overlap yellow",
-            )
+            overlay = overlay_rgb(rgb, probs[shown], test.masks[task][shown])
+            title = f"{task}, encoder {phase}: prediction (red) vs truth (green), overlap yellow"
+            grids[f"segmentation_{task}_{phase}"] = (rgb, overlay, "prediction / truth", title)
         for name, pred in located.items():
-            plot_landmarks(
-                test.images[shown],
-                pred.similarity[shown],
-                pred.points[shown],
-                test.landmarks[name][shown],
-                captions,
-                run.path("plots", f"landmarks_{name}.png"),
-                title=f"One-shot {name} localisation: similarity to the template, prediction (x) vs truth (o)",
-            )
-        bars: dict[str, dict[str, float]] = {}
-        for task, phases in segmentation.items():
-            for phase, strata in phases.items():
-                bars[f"{task} ({phase})"] = {
-                    s: v["dice"] for s, v in strata.items() if s != "overall" and v["dice"] == v["dice"]
-                }
+            marks = functools.partial(mark_landmarks, predicted=pred.points[shown], truth=test.landmarks[name][shown])
+            title = f"One-shot {name} localisation: similarity to the template, prediction (x) vs truth (o)"
+            heat = marks(heat_rgb(pred.similarity[shown]))
+            grids[f"landmarks_{name}"] = (marks(rgb), heat, "cosine similarity", title)
+        captions = [f"{test.names[i]} · {test.quality_names[int(test.quality[i])]}" for i in shown]
+        for plot, (top, bottom, label, title) in grids.items():
+            rows, path = torch.stack([top, bottom]), ctx.run.path("plots", f"{plot}.png")
+            plot_image_grid(rows, path, title=title, column_titles=captions, row_titles=["", label])
+        bars = {
+            f"{task} ({phase})": {s: v["dice"] for s, v in strata.items() if s != "overall" and v["dice"] == v["dice"]}
+            for (task, phase), strata in _parts({"segmentation": segmentation}).items()
+        }
         if bars:
-            plot_grouped_bars(
-                bars,
-                run.path("plots", "dice_by_quality.png"),
-                title="Test Dice by quality level",
-                xlabel="quality level",
-                ylabel="Dice",
-            )
+            path = ctx.run.path("plots", "dice_by_quality.png")
+            plot_grouped_bars(bars, path, title="Test Dice by quality level", xlabel="quality level", ylabel="Dice")
 
     # ------------------------------------------------------------------ ablation
     def ablation_columns(self, config: LocalDiscriminationConfig) -> dict[str, str]:
@@ -430,10 +344,9 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
         """``{stratum: {"<task>/<phase>": Dice, "<landmark>_mre": MRE}}``; overall also the first Dice's gap."""
         test = metrics["test"]
         cells: dict[str, dict[str, float]] = {}
-        for task, phases in test["segmentation"].items():
-            for phase, strata in phases.items():
-                for stratum, values in strata.items():
-                    cells.setdefault(stratum, {})[f"{task}/{phase}"] = _number(values["dice"])
+        for (task, phase), strata in _parts(test).items():
+            for stratum, values in strata.items():
+                cells.setdefault(stratum, {})[f"{task}/{phase}"] = _number(values["dice"])
         for name, strata in test.get("landmarks", {}).items():
             for stratum, values in strata.items():
                 cells.setdefault(stratum, {})[f"{name}_mre"] = _number(values["mre"])
@@ -469,52 +382,46 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
             ylabel="Dice",
         )
 
-    def model_card(
-        self, ctx: RunContext[LocalDiscriminationConfig], data: LDData, state: LDState, results: dict[str, Any]
-    ) -> ModelCard:
+    def model_card(self, ctx: Ctx, data: LDData, state: LDState, results: dict[str, Any]) -> ModelCard:
         """Dice per task and quality (frozen / fine-tuned), landmark errors, the shape-guided Dice."""
-        config = ctx.config
-        p, test = config.pretrain, results["test"]
-        settings: dict[str, dict[str, dict[str, float]]] = {}
-        for task, phases in test["segmentation"].items():
-            for phase, strata in phases.items():
-                settings[f"{task} ({phase})"] = {s: {**v, "n": v["images"]} for s, v in strata.items()}
+        c, test, counts = ctx.config, results["test"], results["data"]
+        p, t = c.pretrain, c.transfer
+        parts = {f"{task} ({phase})": strata for (task, phase), strata in _parts(test).items()}
         if "shape_guided" in test:
-            settings["vessels (shape-guided cluster 0)"] = {
-                s: {**v, "n": v["images"]} for s, v in test["shape_guided"].items()
-            }
+            parts["vessels (shape-guided cluster 0)"] = test["shape_guided"]
+        settings = {part: {s: {**v, "n": v["images"]} for s, v in strata.items()} for part, strata in parts.items()}
         table = strata_table(settings, {"dice": "Dice", "dice_std": "± std"})
+        sdr = {f"sdr@{r:g}": f"SDR@{r:g}px" for r in c.eval.radii}
         for name, rows in test.get("landmarks", {}).items():
-            table += "\n\n" + strata_table(
-                {f"{name} (one-shot, qualcl's design)": rows},
-                {"mre": "MRE px", **{f"sdr@{r:g}": f"SDR@{r:g}px" for r in config.eval.radii}},
-            )
+            table += "\n\n" + strata_table({f"{name} (one-shot, qualcl's design)": rows}, {"mre": "MRE px", **sdr})
         summary = (
-            f"Preset `{config.preset}`, seed {config.seed}, dataset `{config.data.dataset}` at "
-            f"{config.data.image_size} px. Pre-training `{p.method}` on {results['data']['pretrain_images']} "
-            f"unlabelled images ({p.stage1_epochs} + {p.stage2_epochs} epochs of {p.steps_per_epoch} steps, "
-            f"batch {p.batch_size} × 5 images, {p.grid}×{p.grid} patch grid). Transfer: "
-            f"{results['data']['labelled']} labelled images ({results['data']['val']} for validation), "
-            f"{config.transfer.frozen_epochs} epochs frozen then {config.transfer.finetune_epochs} fine-tuned; "
-            f"{results['data']['test']} test images. Landmark localisation is qualcl's design (the paper's "
-            "method is not public)."
+            f"Preset `{c.preset}`, seed {c.seed}, dataset `{c.data.dataset}` at {c.data.image_size} px. Pre-training "
+            f"`{p.method}` on {counts['pretrain_images']} unlabelled images ({p.stage1_epochs} + {p.stage2_epochs} "
+            f"epochs of {p.steps_per_epoch} steps, batch {p.batch_size} × 5 images, {p.grid}×{p.grid} patch grid). "
+            f"Transfer: {counts['labelled']} labelled images ({counts['val']} for validation), {t.frozen_epochs} "
+            f"epochs frozen then {t.finetune_epochs} fine-tuned; {counts['test']} test images. Landmark localisation "
+            "is qualcl's design (the paper's method is not public)."
         )
         plots = [
             "dice_by_quality.png",
-            *[f"segmentation_{t}_{ph}.png" for t in test["segmentation"] for ph in test["segmentation"][t]],
+            *[f"segmentation_{task}_{phase}.png" for task, phase in _parts(test)],
             "cluster_assignments.png",
             "embedding_pca.png",
-            *[f"landmarks_{n}.png" for n in test.get("landmarks", {})],
-            *[f"{stage.name}.png" for stage in self.stages(config)],
+            *[f"landmarks_{name}.png" for name in test.get("landmarks", {})],
+            *[f"{stage.name}.png" for stage in self.stages(c)],
         ]
-        return ModelCard(
-            title=f"Local discrimination ({config.model.encoder}) on {config.data.dataset}",
-            paper=PAPER,
-            summary=summary,
-            headline=self.headline(results),
-            table=table,
-            plots=list(dict.fromkeys(plots)),
-        )
+        title = f"Local discrimination ({c.model.encoder}) on {c.data.dataset}"
+        return ModelCard(title, PAPER, summary, self.headline(results), table, list(dict.fromkeys(plots)))
+
+
+def _parts(test: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """``{(task, phase): {stratum: segmentation metrics}}`` of the test metrics."""
+    return {(task, phase): strata for task, phases in test["segmentation"].items() for phase, strata in phases.items()}
+
+
+def _landmark_metrics(points: Tensor, truth: Tensor, radii: tuple[float, ...], keep: Tensor) -> dict[str, float]:
+    """:func:`~qualcl.metrics.landmark_metrics` of the selected rows ``keep``."""
+    return landmark_metrics(points[keep], truth[keep], radii=radii)
 
 
 def _number(value: Any) -> float:
