@@ -10,15 +10,9 @@ from safetensors.torch import load_file
 
 from qualcl.cli import main
 from qualcl.recipes.ablation import quality_rank, variant_config
-from qualcl.recipes.mirror_retrieval import (
-    ABLATIONS,
-    MirrorRetrievalNet,
-    ModelConfig,
-    mirror_images,
-    mirror_retrieval_config,
-    run_ablation,
-    run_mirror_retrieval,
-)
+from qualcl.recipes.mirror_retrieval import mirror_retrieval_config, run_ablation, run_mirror_retrieval
+from qualcl.recipes.mirror_retrieval.config import ABLATIONS, ModelConfig
+from qualcl.recipes.mirror_retrieval.model import MirrorRetrievalNet, mirror_images
 from qualcl.recipes.run_folder import RunFolder
 
 

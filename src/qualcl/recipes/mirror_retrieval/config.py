@@ -6,28 +6,18 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from qualcl.recipes.config import DataConfig as BaseDataConfig
-from qualcl.recipes.config import RecipeConfig, RecipeSpec, Variant, check_cnn_encoder
+from qualcl.recipes.config import RecipeConfig, RecipeSpec, Variant, bounded, check_cnn_encoder
 
-__all__ = [
-    "ABLATIONS",
-    "PRESETS",
-    "SPEC",
-    "DataConfig",
-    "EvalConfig",
-    "MirrorRetrievalConfig",
-    "ModelConfig",
-    "TrainConfig",
-]
+__all__ = ["ABLATIONS", "SPEC", "DataConfig", "EvalConfig", "MirrorRetrievalConfig", "ModelConfig", "TrainConfig"]
 
 
 @dataclass
 class DataConfig(BaseDataConfig):
     """Where the images come from and how database, validation and query sets are formed.
 
-    The shared fields (``data_dir``, ``num_images``, ``lq_ratio``, ``seed``) are
-    :class:`qualcl.recipes.config.DataConfig`'s. The database is the training + validation images,
-    the queries the test images (the public FundusDR code's protocol); validation retrieves within
-    the validation images (leave one out) to select the best epoch.
+    The database is the training + validation images, the queries the test images (the public
+    FundusDR code's protocol); validation retrieves within the validation images (leave one out) to
+    select the best epoch. The shared fields are :class:`qualcl.recipes.config.DataConfig`'s.
 
     Attributes:
         dataset: ``"synthetic"`` (the embedded SynthFundus set, generated once), ``"eyepacs"``
@@ -41,16 +31,9 @@ class DataConfig(BaseDataConfig):
     """
 
     dataset: Literal["synthetic", "eyepacs", "eyeq"] = "synthetic"
-    image_size: int = 96
-    val_fraction: float = 0.1
+    image_size: int = bounded(96, ">= 32")
+    val_fraction: float = bounded(0.1, "in (0, 1)")
     split: Literal["fundusdr", "patient"] = "fundusdr"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.image_size < 32:
-            raise ValueError(f"data.image_size must be >= 32, got {self.image_size}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must lie in (0, 1), got {self.val_fraction}")
 
 
 @dataclass
@@ -81,18 +64,16 @@ class ModelConfig:
 
     encoder: str = "resnet10"
     attention: Literal["none", "official", "intended"] = "intended"
-    reduction: int = 2
+    reduction: int = bounded(2, ">= 1")
     mirrors: Literal["encode", "random", "feature"] = "encode"
     gem_p: float = 3.0
     gem_learnable: bool = True
     reconstruction: bool = False
-    reconstruction_from: int = 0
+    reconstruction_from: int = bounded(0, "in [0, 3]")
     classifier: bool = False
 
     def __post_init__(self) -> None:
         check_cnn_encoder(self.encoder, "model.encoder")
-        if not 0 <= self.reconstruction_from <= 3:
-            raise ValueError(f"model.reconstruction_from must lie in 0..3, got {self.reconstruction_from}")
         if self.reconstruction and self.attention == "none":
             raise ValueError("model.reconstruction decodes the mirror-attention outputs: it needs model.attention")
 
@@ -103,42 +84,38 @@ class TrainConfig:
 
     Attributes:
         epochs: Training epochs.
-        batch_size: Images per batch (the public code: 24).
+        batch_size: Images per batch (at least 4: pairs and BatchNorm; the public code: 24).
         lr: Adam learning rate.
         weight_decay: Adam weight decay.
+        metric_weight: Weight of the metric loss.
+        reconstruction_weight: Weight of the two mirror-reconstruction MSEs.
+        classifier_weight: Weight of the BCE grade loss.
         metric_loss: ``"circle"`` (:class:`qualcl.losses.CircleLoss`), ``"fine_triplet"``
             (:class:`qualcl.losses.FineTripletLoss`: positive pairs weighted by the mirror halves'
             agreement; needs mirror attention), ``"triplet"`` (pytorch-metric-learning's
             ``TripletMarginLoss`` on :func:`qualcl.kernels.batch_hard_triplets`) or ``"none"``.
         margin: Circle / fine-triplet margin ``m``.
         gamma: Circle scale ``γ`` (also the fine triplet loss's ``scale``).
+        triplet_margin: Margin of the triplet loss (cosine similarity).
         aggregate: Circle aggregation, ``"per_anchor"`` (pytorch-metric-learning's) or ``"global"``
             (the public code's one log over all pairs).
         relevance: Fine triplet pair weights: ``"mirror_agreement"`` (``deg_j / deg_i``, the code's)
             or ``"symmetric"`` (``sqrt(deg_i · deg_j)``).
-        triplet_margin: Margin of the triplet loss (cosine similarity).
-        metric_weight: Weight of the metric loss.
-        reconstruction_weight: Weight of the two mirror-reconstruction MSEs.
-        classifier_weight: Weight of the BCE grade loss.
     """
 
     epochs: int = 12
-    batch_size: int = 32
+    batch_size: int = bounded(32, ">= 4")
     lr: float = 1e-3
     weight_decay: float = 1e-5
-    metric_loss: Literal["circle", "fine_triplet", "triplet", "none"] = "fine_triplet"
-    margin: float = 0.25
-    gamma: float = 32.0
-    aggregate: Literal["per_anchor", "global"] = "per_anchor"
-    relevance: Literal["mirror_agreement", "symmetric"] = "mirror_agreement"
-    triplet_margin: float = 0.2
     metric_weight: float = 1.0
     reconstruction_weight: float = 1.0
     classifier_weight: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 4:
-            raise ValueError(f"train.batch_size must be >= 4 (pairs and BatchNorm), got {self.batch_size}")
+    metric_loss: Literal["circle", "fine_triplet", "triplet", "none"] = "fine_triplet"
+    margin: float = 0.25
+    gamma: float = 32.0
+    triplet_margin: float = 0.2
+    aggregate: Literal["per_anchor", "global"] = "per_anchor"
+    relevance: Literal["mirror_agreement", "symmetric"] = "mirror_agreement"
 
 
 @dataclass
@@ -151,22 +128,14 @@ class EvalConfig:
     """
 
     k: int = 10
-    grid_queries: int = 2
-
-    def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ValueError(f"eval.k must be >= 1, got {self.k}")
+    grid_queries: int = bounded(2, ">= 1")
 
 
 @dataclass
 class MirrorRetrievalConfig(RecipeConfig):
-    """The whole run (``preset``, ``seed`` and ``trainer`` come from :class:`RecipeConfig`).
+    """The whole run: data, model, train, eval sections; preset, seed and trainer come from RecipeConfig.
 
-    Attributes:
-        data: :class:`DataConfig`.
-        model: :class:`ModelConfig`.
-        train: :class:`TrainConfig`.
-        eval: :class:`EvalConfig`.
+    Across sections: ``train.metric_loss="fine_triplet"`` needs mirror attention, ``"none"`` a head to train.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -178,9 +147,7 @@ class MirrorRetrievalConfig(RecipeConfig):
         if self.train.metric_loss == "fine_triplet" and self.model.attention == "none":
             raise ValueError("train.metric_loss='fine_triplet' weighs pairs by the mirror halves: set model.attention")
         if self.train.metric_loss == "none" and not (self.model.classifier or self.model.reconstruction):
-            raise ValueError(
-                "train.metric_loss='none' needs model.classifier or model.reconstruction to train anything"
-            )
+            raise ValueError("train.metric_loss='none' needs model.classifier or model.reconstruction to train")
 
 
 #: ``{preset: overrides of the defaults}``.
@@ -205,51 +172,37 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 _PLAIN = ("model.reconstruction=false", "model.classifier=false")
 
+
+def _variant(label: str, attention: str, loss: str, heads: tuple[str, ...] = _PLAIN) -> Variant:
+    """An ablation variant: ``model.attention``, the heads, ``train.metric_loss``."""
+    return Variant(label, (f"model.attention={attention}", *heads, f"train.metric_loss={loss}"))
+
+
 #: The ablation (``qualcl run mirror-retrieval --ablation``): descriptor, loss, mirror attention, heads.
 ABLATIONS: dict[str, Variant] = {
-    "gem_triplet": Variant(
-        "GeM + triplet (PML TripletMarginLoss, batch-hard)",
-        ("model.attention=none", *_PLAIN, "train.metric_loss=triplet"),
-    ),
-    "gem_circle": Variant("GeM + circle loss", ("model.attention=none", *_PLAIN, "train.metric_loss=circle")),
-    "ma_official": Variant(
-        "+ mirror attention (official)", ("model.attention=official", *_PLAIN, "train.metric_loss=circle")
-    ),
-    "ma_intended": Variant(
-        "+ mirror attention (intended)", ("model.attention=intended", *_PLAIN, "train.metric_loss=circle")
-    ),
-    "fine_triplet": Variant(
-        "+ fine triplet loss (relevance-weighted positives)",
-        ("model.attention=intended", *_PLAIN, "train.metric_loss=fine_triplet"),
-    ),
-    "fine_triplet_recon": Variant(
+    "gem_triplet": _variant("GeM + triplet (PML TripletMarginLoss, batch-hard)", "none", "triplet"),
+    "gem_circle": _variant("GeM + circle loss", "none", "circle"),
+    "ma_official": _variant("+ mirror attention (official)", "official", "circle"),
+    "ma_intended": _variant("+ mirror attention (intended)", "intended", "circle"),
+    "fine_triplet": _variant("+ fine triplet loss (relevance-weighted positives)", "intended", "fine_triplet"),
+    "fine_triplet_recon": _variant(
         "+ mirror reconstruction (full method)",
-        (
-            "model.attention=intended",
-            "model.reconstruction=true",
-            "model.classifier=false",
-            "train.metric_loss=fine_triplet",
-        ),
+        "intended",
+        "fine_triplet",
+        ("model.reconstruction=true", "model.classifier=false"),
     ),
-    "public_bce": Variant(
+    "public_bce": _variant(
         "public code's training (official block, random flips, BCE only)",
-        (
-            "model.attention=official",
-            "model.mirrors=random",
-            "model.reconstruction=false",
-            "model.classifier=true",
-            "train.metric_loss=none",
-        ),
+        "official",
+        "none",
+        ("model.mirrors=random", "model.reconstruction=false", "model.classifier=true"),
     ),
 }
 
-
-#: What ``qualcl run mirror-retrieval`` needs before it trains (its options, their help and the config); the
-#: recipe object (``recipe.py``, which imports torch) carries the same attributes.
-SPEC: RecipeSpec[MirrorRetrievalConfig] = RecipeSpec(
-    name="mirror-retrieval",
-    config_class=MirrorRetrievalConfig,
-    presets=PRESETS,
+SPEC = RecipeSpec(
+    "mirror-retrieval",
+    MirrorRetrievalConfig,
+    PRESETS,
     data_help="dataset folder (eyepacs: trainLabels.csv and the images; eyeq: Label_EyeQ_{train,test}.csv)",
     set_example="model.attention=official",
     ablations=ABLATIONS,
