@@ -35,8 +35,7 @@ class RetrievalOutput(NamedTuple):
 
 def mirror_images(images: Tensor, flip: Tensor, dim: int) -> Tensor:
     """``images`` flipped along ``dim`` where ``flip`` (``(N,)`` bool) is set, unchanged elsewhere."""
-    flipped = images.flip(dim)
-    return torch.where(flip.view(-1, *([1] * (images.ndim - 1))), flipped, images)
+    return torch.where(flip.view(-1, *([1] * (images.ndim - 1))), images.flip(dim), images)
 
 
 class MirrorRetrievalNet(nn.Module):
@@ -78,21 +77,6 @@ class MirrorRetrievalNet(nn.Module):
         )
         self.classifier = nn.Linear(self.descriptor_dim, num_grades) if config.classifier else None
 
-    def _mirror_pyramids(
-        self, images: Tensor, pyramid: list[Tensor], flip_h: Tensor, flip_v: Tensor
-    ) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor]:
-        x_h, x_v = mirror_images(images, flip_h, 3), mirror_images(images, flip_v, 2)
-        if self.config.mirrors == "feature":
-            return (
-                [mirror_images(p, flip_h, 3) for p in pyramid],
-                [mirror_images(p, flip_v, 2) for p in pyramid],
-                x_h,
-                x_v,
-            )
-        both = self.encoder.forward_pyramid(torch.cat([x_h, x_v]))
-        n = images.shape[0]
-        return [p[:n] for p in both], [p[n:] for p in both], x_h, x_v
-
     def forward(self, images: Tensor, flip_h: Tensor | None = None, flip_v: Tensor | None = None) -> RetrievalOutput:
         """Descriptors (and head outputs) of ``(N, C, S, S)`` images in ``[0, 1]``.
 
@@ -101,25 +85,30 @@ class MirrorRetrievalNet(nn.Module):
         """
         n = images.shape[0]
         pyramid = self.encoder.forward_pyramid(images)
+        reconstructions = targets = None
         if self.attention is None:
             descriptor = self.gem(pyramid[-1])
-            logits = self.classifier(descriptor) if self.classifier is not None else None
-            return RetrievalOutput(descriptor, logits, None, None)
-        ones = torch.ones(n, dtype=torch.bool, device=images.device)
-        flip_h = ones if flip_h is None else flip_h
-        flip_v = ones if flip_v is None else flip_v
-        pyr_h, pyr_v, x_h, x_v = self._mirror_pyramids(images, pyramid, flip_h, flip_v)
-        out = self.attention(pyramid[-1], pyr_h[-1], pyr_v[-1])
-        descriptor = torch.cat([self.gem(out.horizontal), self.gem(out.vertical)], dim=1)
+        else:
+            ones = torch.ones(n, dtype=torch.bool, device=images.device)
+            flip_h, flip_v = (ones if flip is None else flip for flip in (flip_h, flip_v))
+            x_h, x_v = mirror_images(images, flip_h, 3), mirror_images(images, flip_v, 2)
+            if self.config.mirrors == "feature":  # the image's own pyramid, flipped
+                pyr_h = [mirror_images(p, flip_h, 3) for p in pyramid]
+                pyr_v = [mirror_images(p, flip_v, 2) for p in pyramid]
+            else:  # the mirrors encoded (one batch of both)
+                both = self.encoder.forward_pyramid(torch.cat([x_h, x_v]))
+                pyr_h, pyr_v = [p[:n] for p in both], [p[n:] for p in both]
+            out = self.attention(pyramid[-1], pyr_h[-1], pyr_v[-1])
+            descriptor = torch.cat([self.gem(out.horizontal), self.gem(out.vertical)], dim=1)
+            if self.decoder is not None:
+                start = self.config.reconstruction_from
+                reconstructions = (
+                    self.decoder([*pyr_h[start:-1], out.horizontal]),
+                    self.decoder([*pyr_v[start:-1], out.vertical]),
+                )
+                size = reconstructions[0].shape[-2:]
+                targets = (_resize(x_h, size), _resize(x_v, size))
         logits = self.classifier(descriptor) if self.classifier is not None else None
-        reconstructions = targets = None
-        if self.decoder is not None:
-            start = self.config.reconstruction_from
-            rec_h = self.decoder([*pyr_h[start:-1], out.horizontal])
-            rec_v = self.decoder([*pyr_v[start:-1], out.vertical])
-            size = rec_h.shape[-2:]
-            targets = (_resize(x_h, size), _resize(x_v, size))
-            reconstructions = (rec_h, rec_v)
         return RetrievalOutput(descriptor, logits, reconstructions, targets)
 
 

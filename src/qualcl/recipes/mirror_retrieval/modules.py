@@ -15,7 +15,7 @@ from qualcl.recipes.mirror_retrieval.config import TrainConfig
 from qualcl.recipes.mirror_retrieval.model import MirrorRetrievalNet
 from qualcl.recipes.modules import History, RecipeModule, at_least_float32
 
-__all__ = ["RetrievalTraining", "build_metric_loss", "leave_one_out_metrics"]
+__all__ = ["RetrievalTraining", "build_metric_loss"]
 
 Batch = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
@@ -23,29 +23,23 @@ Batch = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 class _BatchHardTriplet(nn.Module):
     """pytorch-metric-learning's ``TripletMarginLoss`` (cosine similarity) on qualcl's batch-hard triplets.
 
-    With ``gather_distributed`` under DDP every rank mines and averages over the descriptors of
-    every rank (gathered with gradients, which return to their owners): each rank computes the
-    one-process loss of the global batch, so DDP's averaged gradients are that loss's.
+    Under DDP every rank mines and averages over the descriptors of every rank (gathered with
+    gradients, which return to their owners), as the other metric losses do with ``gather_distributed``.
     """
 
-    def __init__(self, margin: float, *, gather_distributed: bool = False) -> None:
+    def __init__(self, margin: float) -> None:
         super().__init__()
-        self.gather_distributed = gather_distributed
-        if not margin >= 0:  # also NaN
-            raise ValueError(
-                f"train.triplet_margin must be >= 0 (a negative margin rewards negatives nearer than positives), "
-                f"got {margin}"
-            )
+        if not margin >= 0:  # also NaN; a negative margin rewards negatives nearer than positives
+            raise ValueError(f"train.triplet_margin must be >= 0, got {margin}")
         from pytorch_metric_learning.distances import CosineSimilarity
         from pytorch_metric_learning.losses import TripletMarginLoss
 
         self.loss = TripletMarginLoss(margin=margin, distance=CosineSimilarity())
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        if self.gather_distributed and is_distributed():
+        if is_distributed():
             embeddings, labels = gather_with_grad(embeddings)[0], gather_no_grad(labels)
-        triplets = batch_hard_triplets(embeddings.detach(), labels)
-        loss: Tensor = self.loss(embeddings, labels, indices_tuple=triplets)
+        loss: Tensor = self.loss(embeddings, labels, indices_tuple=batch_hard_triplets(embeddings.detach(), labels))
         return loss
 
 
@@ -65,20 +59,7 @@ def build_metric_loss(config: TrainConfig) -> nn.Module | None:
             aggregate=config.aggregate,
             gather_distributed=True,
         )
-    if config.metric_loss == "triplet":
-        return _BatchHardTriplet(config.triplet_margin, gather_distributed=True)
-    return None
-
-
-def leave_one_out_metrics(descriptors: Tensor, labels: Tensor, k: int) -> dict[str, float]:
-    """Retrieval metrics of every item against all the others (the validation protocol)."""
-    n = descriptors.shape[0]
-    k = min(k, n - 1)
-    index = RetrievalIndex(descriptors, labels)
-    own = torch.arange(n)
-    hits = index.search(descriptors, k, exclude_index=own)
-    # each item is left out of its own database: R_q and the ideal DCG do not count it
-    return retrieval_metrics(labels, labels, hits.indices, k, exclude_index=own)
+    return _BatchHardTriplet(config.triplet_margin) if config.metric_loss == "triplet" else None
 
 
 class RetrievalTraining(RecipeModule):
@@ -112,10 +93,7 @@ class RetrievalTraining(RecipeModule):
 
     def __init__(self, net: MirrorRetrievalNet, config: TrainConfig, *, k: int, num_grades: int = 5) -> None:
         super().__init__()
-        self.net = net
-        self.config = config
-        self.k = k
-        self.num_grades = num_grades
+        self.net, self.config, self.k, self.num_grades = net, config, k, num_grades
         self.metric_loss = build_metric_loss(config)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -124,8 +102,8 @@ class RetrievalTraining(RecipeModule):
             self.parameters(), lr=self.config.lr, betas=(0.9, 0.999), weight_decay=self.config.weight_decay
         )
 
-    def losses(self, batch: Batch) -> dict[str, Tensor]:
-        """The loss terms the configuration switches on, unweighted."""
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """One optimisation step on the weighted sum of the terms the configuration switches on."""
         images, flip_h, flip_v, grades, _ = batch
         out = self.net(images, flip_h, flip_v)
         terms: dict[str, Tensor] = {}
@@ -141,17 +119,8 @@ class RetrievalTraining(RecipeModule):
             logits = at_least_float32(out.logits)
             target = F.one_hot(grades, self.num_grades).to(logits.dtype)
             terms["classifier"] = F.binary_cross_entropy_with_logits(logits, target)
-        return terms
-
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        """One optimisation step on the weighted sum of the terms."""
-        terms = self.losses(batch)
-        weights = {
-            "metric": self.config.metric_weight,
-            "reconstruction": self.config.reconstruction_weight,
-            "classifier": self.config.classifier_weight,
-        }
-        loss = torch.stack([weights[name] * value for name, value in terms.items()]).sum()
+        # each term weighted by train.<term>_weight
+        loss = torch.stack([getattr(self.config, f"{name}_weight") * value for name, value in terms.items()]).sum()
         self.record(loss=loss, **{f"loss_{name}": value for name, value in terms.items()})
         return loss
 
@@ -161,10 +130,13 @@ class RetrievalTraining(RecipeModule):
         self.collect(descriptors=self.net(images).descriptor.float(), grades=grades)
 
     def validation_metrics(self, outputs: dict[str, Tensor]) -> dict[str, float]:
-        """Leave-one-out mAP@k and P@k of the validation images."""
-        descriptors = outputs["descriptors"]
-        metrics = leave_one_out_metrics(descriptors, outputs["grades"], self.k)
-        k = min(self.k, descriptors.shape[0] - 1)
+        """Leave-one-out mAP@k and P@k: each validation image retrieves among the others."""
+        descriptors, grades = outputs["descriptors"], outputs["grades"]
+        own = torch.arange(descriptors.shape[0])
+        k = min(self.k, len(own) - 1)
+        hits = RetrievalIndex(descriptors, grades).search(descriptors, k, exclude_index=own)
+        # each item is left out of its own database: R_q and the ideal DCG do not count it
+        metrics = retrieval_metrics(grades, grades, hits.indices, k, exclude_index=own)
         return {"map": metrics[f"map@{k}"], "precision": metrics[f"precision@{k}"]}
 
     def epoch_extras(self) -> dict[str, float]:

@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from qualcl.data.table import ImageTable
 from qualcl.evaluation import RetrievalIndex
 from qualcl.metrics import dr_graded_relevance, retrieval_metrics, stratified_retrieval_metrics
 from qualcl.recipes import ablation
@@ -30,16 +29,7 @@ PAPER = (
 GRADES = 5
 #: Largest ``queries × ranks`` the evaluation ranks, so that mAP@R (which needs R ranks per query) stays affordable.
 MAX_RANKED = 20_000_000
-
-
-def _headline_keys(k: int) -> dict[str, str]:
-    return {
-        f"map@{k}": f"mAP@{k}",
-        f"precision@{k}": f"P@{k}",
-        f"ndcg@{k}": f"NDCG@{k}",
-        "precision@1": "P@1",
-        "map@r": "mAP@R",
-    }
+Ctx = RunContext[MirrorRetrievalConfig]
 
 
 class MirrorRetrievalRecipe(Recipe[MirrorRetrievalConfig, RetrievalData, RetrievalTraining]):
@@ -59,28 +49,24 @@ class MirrorRetrievalRecipe(Recipe[MirrorRetrievalConfig, RetrievalData, Retriev
         image retrieval in ophthalmology", BSPC 2023.
     """
 
-    spec = SPEC
-    paper = PAPER
+    spec, paper = SPEC, PAPER
 
-    def load_data(self, ctx: RunContext[MirrorRetrievalConfig]) -> RetrievalData:
+    def load_data(self, ctx: Ctx) -> RetrievalData:
         """Generate (once) or read the images; split database / validation / queries."""
-        cfg = ctx.config.data
-        return load_retrieval_data(cfg, ctx.dataset_root(cfg), progress=ctx.image_progress)
+        return load_retrieval_data(ctx.config.data, ctx.dataset_root(ctx.config.data), progress=ctx.image_progress)
 
-    def setup(self, ctx: RunContext[MirrorRetrievalConfig], data: RetrievalData) -> RetrievalTraining:
+    def setup(self, ctx: Ctx, data: RetrievalData) -> RetrievalTraining:
         """The network (randomly initialised) in its training module."""
-        config = ctx.config
-        net = MirrorRetrievalNet(config.model, num_grades=GRADES, in_chans=data.train.images.shape[1])
-        return RetrievalTraining(net, config.train, k=config.eval.k, num_grades=GRADES)
+        net = MirrorRetrievalNet(ctx.config.model, num_grades=GRADES, in_chans=data.train.images.shape[1])
+        return RetrievalTraining(net, ctx.config.train, k=ctx.config.eval.k, num_grades=GRADES)
 
     def stages(self, config: MirrorRetrievalConfig) -> list[Stage]:
         """One stage, ``train``."""
         return [Stage(STAGE, self.train)]
 
-    def train(self, ctx: RunContext[MirrorRetrievalConfig], data: RetrievalData, module: RetrievalTraining) -> None:
+    def train(self, ctx: Ctx, data: RetrievalData, module: RetrievalTraining) -> None:
         """Metric learning over the training images, the best epoch by validation mAP@k."""
-        config = ctx.config
-        cfg = config.train
+        config, cfg = ctx.config, ctx.config.train
         dataset = RetrievalDataset(data.train, random_mirrors=config.model.mirrors == "random", seed=config.seed)
         ctx.fit(
             STAGE,
@@ -94,56 +80,38 @@ class MirrorRetrievalRecipe(Recipe[MirrorRetrievalConfig, RetrievalData, Retriev
             info={"epochs": cfg.epochs},
         )
 
-    # ------------------------------------------------------------------ evaluation
-    def descriptors(
-        self, ctx: RunContext[MirrorRetrievalConfig], module: RetrievalTraining, table: ImageTable
-    ) -> Tensor:
-        """``(N, D)`` descriptors of ``table`` (deterministic mirrors), gathered from every rank."""
+    def evaluate(self, ctx: Ctx, data: RetrievalData, module: RetrievalTraining) -> dict[str, Any]:
+        """Exact search of the test queries in the database; metrics overall, per grade, per quality."""
+        k, database, queries = ctx.config.eval.k, data.database, data.test
 
         def forward(batch: Any) -> dict[str, Tensor]:
-            return {"descriptor": module.net(batch[0]).descriptor.float()}
+            return {"d": module.net(batch[0]).descriptor.float()}
 
-        out = ctx.predict(
-            forward, RetrievalDataset(table), batch_size=ctx.config.train.batch_size, modules=[module.net]
+        # (N, D) descriptors of the database and the queries (deterministic mirrors), gathered from every rank
+        db, q = (
+            ctx.predict(forward, RetrievalDataset(t), batch_size=ctx.config.train.batch_size, modules=[module.net])["d"]
+            for t in (database, queries)
         )
-        return out["descriptor"]
-
-    def evaluate(
-        self, ctx: RunContext[MirrorRetrievalConfig], data: RetrievalData, module: RetrievalTraining
-    ) -> dict[str, Any]:
-        """Exact search of the test queries in the database; metrics overall, per grade, per quality."""
-        k = ctx.config.eval.k
-        database, queries = data.database, data.test
-        db, q = self.descriptors(ctx, module, database), self.descriptors(ctx, module, queries)
-        index = RetrievalIndex(db, database.label)
         largest_class = int(torch.bincount(database.label).max())
         ranks = max(k, largest_class) if len(queries) * max(k, largest_class) <= MAX_RANKED else k
-        hits = index.search(q, min(ranks, len(database)))
-        ranked = hits.indices
+        ranked = RetrievalIndex(db, database.label).search(q, min(ranks, len(database))).indices
         if ranked.shape[1] < k:  # a database smaller than k: the missing ranks are misses (padding)
             ranked = torch.cat([ranked, ranked.new_full((ranked.shape[0], k - ranked.shape[1]), -1)], dim=1)
         gains = dr_graded_relevance(GRADES)
-        grade_names = [f"grade {g}" for g in range(GRADES)]
-        by_grade = stratified_retrieval_metrics(
-            queries.label, database.label, ranked, k, queries.label, grade_names, graded_relevance=gains
+        strata = [(queries.label, [f"grade {g}" for g in range(GRADES)]), (queries.quality, queries.quality_names)]
+        by_grade, by_quality = (
+            stratified_retrieval_metrics(queries.label, database.label, ranked, k, ids, names, graded_relevance=gains)
+            for ids, names in strata
         )
-        by_quality = stratified_retrieval_metrics(
-            queries.label,
-            database.label,
-            ranked,
-            k,
-            queries.quality,
-            list(queries.quality_names),
-            graded_relevance=gains,
-        )
-        overall = by_grade.pop("overall")
         by_quality.pop("overall")
-        per_query = retrieval_metrics(queries.label, database.label, ranked, k, graded_relevance=gains, per_query=True)
+        test = {"overall": by_grade.pop("overall"), "by_grade": by_grade, "by_quality": by_quality}
         if ctx.run.writable:
-            self._plots(ctx, data, q, ranked, per_query)
-        record = ctx.records.get(STAGE, {})
+            per_query = retrieval_metrics(
+                queries.label, database.label, ranked, k, graded_relevance=gains, per_query=True
+            )
+            self._plots(ctx, data, q, ranked, per_query[f"precision@{k}"])
         return {
-            "test": {"overall": overall, "by_grade": by_grade, "by_quality": by_quality},
+            "test": test,
             "data": {
                 "database_images": len(database),
                 "train_images": len(data.train),
@@ -154,31 +122,22 @@ class MirrorRetrievalRecipe(Recipe[MirrorRetrievalConfig, RetrievalData, Retriev
                 "ranked": int(ranked.shape[1]),
             },
             "descriptor_dim": int(db.shape[1]),
-            "best_epoch": record.get("best_epoch"),
+            "best_epoch": ctx.records.get(STAGE, {}).get("best_epoch"),
         }
 
-    # ------------------------------------------------------------------ plots
-    def _plots(
-        self,
-        ctx: RunContext[MirrorRetrievalConfig],
-        data: RetrievalData,
-        q: Tensor,
-        ranked: Tensor,
-        per_query: dict[str, Tensor],
-    ) -> None:
+    def _plots(self, ctx: Ctx, data: RetrievalData, q: Tensor, ranked: Tensor, precision: Tensor) -> None:
+        """P@k per grade and quality level, the descriptor map, the query + top-k grid."""
         k, queries, database = ctx.config.eval.k, data.test, data.database
         names = list(queries.quality_names)
         # P@k per query grade, one bar series per quality level (does a degraded query still find its grade?)
-        precision = per_query[f"precision@{k}"]
-        bars: dict[str, dict[str, float]] = {}
-        for level, level_name in enumerate(names):
-            row = {}
-            for grade in range(GRADES):
-                keep = (queries.quality == level) & (queries.label == grade) & torch.isfinite(precision)
-                if bool(keep.any()):
-                    row[str(grade)] = float(precision[keep].double().mean())
-            if row:
-                bars[level_name] = row
+        precision = precision.double()
+        bars = {
+            name: {
+                str(g): float(precision[(queries.quality == level) & (queries.label == g)].nanmean())
+                for g in range(GRADES)
+            }
+            for level, name in enumerate(names)
+        }
         plot_grouped_bars(
             bars,
             ctx.run.path("plots", "precision_per_grade.png"),
@@ -199,34 +158,22 @@ class MirrorRetrievalRecipe(Recipe[MirrorRetrievalConfig, RetrievalData, Retriev
         for level in range(len(names)):
             members = [i for i in range(len(queries)) if int(queries.quality[i]) == level]
             members.sort(key=lambda i: (-int(queries.label[i]), i))
-            if members:
-                step = max(1, len(members) // per_level)
-                chosen += members[::step][:per_level]
+            chosen += members[:: max(1, len(members) // per_level)][:per_level]
         if not chosen:
             return
-        shown = min(k, 8)
-        rows = ranked[chosen, :shown]
-        images = torch.stack(
-            [
-                torch.stack(
-                    [database.images[j] if j >= 0 else torch.zeros_like(database.images[0]) for j in r.tolist()]
-                )
-                for r in rows
-            ]
-        )
-        grades = torch.where(rows >= 0, database.label[rows.clamp_min(0)], torch.full_like(rows, -1))
-        hits = grades == queries.label[chosen].unsqueeze(1)
+        rows = ranked[chosen, : min(k, 8)]
+        found = rows >= 0  # padding (a database smaller than k): a black image, "—"
+        grades = torch.where(found, database.label[rows.clamp_min(0)], -1)
         plot_retrieval_grid(
             queries.images[chosen],
-            images,
+            database.images[rows.clamp_min(0)] * found[..., None, None, None],
             [f"grade {int(queries.label[i])} · {names[int(queries.quality[i])]}" for i in chosen],
             [[f"g{int(g)}" if g >= 0 else "—" for g in r.tolist()] for r in grades],
-            hits,
+            grades == queries.label[chosen].unsqueeze(1),
             ctx.run.path("plots", "retrieval_grid.png"),
-            title=f"Top-{shown} results (green: same grade)",
+            title=f"Top-{rows.shape[1]} results (green: same grade)",
         )
 
-    # ------------------------------------------------------------------ ablation
     def ablation_columns(self, config: MirrorRetrievalConfig) -> dict[str, str]:
         """mAP@k first (shown per stratum), then P@k, NDCG@k, mAP@R and the public code's legacy mAP@k."""
         k = config.eval.k
@@ -254,36 +201,27 @@ class MirrorRetrievalRecipe(Recipe[MirrorRetrievalConfig, RetrievalData, Retriev
         )
 
     def model_card(
-        self,
-        ctx: RunContext[MirrorRetrievalConfig],
-        data: RetrievalData,
-        module: RetrievalTraining,
-        results: dict[str, Any],
+        self, ctx: Ctx, data: RetrievalData, module: RetrievalTraining, results: dict[str, Any]
     ) -> ModelCard:
-        """Headline mAP@k / P@k / NDCG@k, the per-grade and per-quality table, the plots."""
+        """Headline metrics (the ablation's and P@1), the per-grade and per-quality table, the plots."""
         config, m, t = ctx.config, ctx.config.model, ctx.config.train
-        k = config.eval.k
-        test = results["test"]
         summary = (
             f"Preset `{config.preset}`, seed {config.seed}, dataset `{config.data.dataset}` at "
             f"{config.data.image_size} px. Encoder `{m.encoder}`, mirror attention `{m.attention}` "
             f"(mirrors `{m.mirrors}`), GeM descriptor of {results['descriptor_dim']} dimensions; metric loss "
             f"`{t.metric_loss}`, reconstruction {m.reconstruction}, grade BCE {m.classifier}. {t.epochs} epochs "
-            f"on {len(data.train)} images; best epoch {results.get('best_epoch')} by validation mAP@{k}. "
+            f"on {len(data.train)} images; best epoch {results.get('best_epoch')} by validation mAP@{config.eval.k}. "
             f"Database {len(data.database)} images (train + validation), {len(data.test)} queries (test)."
         )
-        rows = {"overall": test["overall"], **test["by_grade"], **test["by_quality"]}
-        table = strata_table(
-            {"test queries": {name: {**v, "n": v.get("queries", 0)} for name, v in rows.items()}},
-            _headline_keys(k),
-        )
-        overall = test["overall"]
+        columns = {**self.ablation_columns(config), "precision@1": "P@1"}
+        cells = {name: {**v, "n": v.get("queries", 0)} for name, v in self.ablation_cells(config, results).items()}
+        overall = results["test"]["overall"]
         return ModelCard(
             title=f"Mirror-attention retrieval ({m.encoder}) on {config.data.dataset}",
             paper=PAPER,
             summary=summary,
-            headline={label: overall[key] for key, label in _headline_keys(k).items() if key in overall},
-            table=table,
+            headline={label: overall[key] for key, label in columns.items() if key in overall},
+            table=strata_table({"test queries": cells}, columns),
             plots=[f"{STAGE}.png", "retrieval_grid.png", "precision_per_grade.png", "descriptor_map.png"],
         )
 
