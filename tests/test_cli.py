@@ -53,10 +53,11 @@ def test_every_registered_recipe_loads_and_builds_its_presets():
     for name, entry in RECIPES.items():
         recipe = entry.load()
         assert recipe.name == name
+        assert recipe.spec is entry.load_spec()
         for preset in recipe.presets:
             assert recipe.config(preset).preset == preset
-        if entry.ablation is not None:
-            assert callable(entry.load_ablation())
+        for variant in recipe.spec.ablations.values():  # every ablation variant builds its config
+            recipe.config(overrides=variant.overrides)
 
 
 def test_list_models_names_every_encoder(capsys):

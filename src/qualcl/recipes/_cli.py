@@ -52,31 +52,22 @@ class RecipeEntry(NamedTuple):
         module: Module holding the recipe object.
         attribute: Name of the :class:`~qualcl.recipes.driver.Recipe` instance in it.
         description: One line for ``qualcl list recipes``.
-        ablation: ``"module:function"`` of its ablation runner (``run_ablation(config, out, *, seeds,
-            variants, run_missing)``), if it has one.
         spec: ``"module:attribute"`` of its :class:`~qualcl.recipes.config.RecipeSpec`, in a module that
-            does not import torch (``None``: the options come from the recipe object itself).
+            does not import torch.
     """
 
     module: str
     attribute: str
     description: str
-    ablation: str | None = None
-    spec: str | None = None
+    spec: str
 
     def load(self) -> Any:
         """Import and return the recipe object."""
         return _import(f"{self.module}:{self.attribute}")
 
     def load_spec(self) -> Any:
-        """Import and return what the options and the config come from: the spec, else the recipe."""
-        return self.load() if self.spec is None else _import(self.spec)
-
-    def load_ablation(self) -> Any:
-        """Import and return the ablation runner."""
-        if self.ablation is None:
-            raise ValueError("this recipe has no ablation")
-        return _import(self.ablation)
+        """Import and return the spec the options and the config come from (no torch)."""
+        return _import(self.spec)
 
 
 class SuggestingParser(argparse.ArgumentParser):
@@ -148,11 +139,7 @@ def lazy_exports(
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, recipe: Any, *, ablation: bool) -> None:
-    """Add the options of ``qualcl run <recipe>`` for ``recipe``.
-
-    ``recipe`` is a :class:`~qualcl.recipes.config.RecipeSpec` or a :class:`~qualcl.recipes.driver.Recipe`
-    (both have ``name``, ``presets``, ``datasets``, ``data_help`` and ``set_example``).
-    """
+    """Add the options of ``qualcl run <recipe>`` for ``recipe`` (a :class:`~qualcl.recipes.config.RecipeSpec`)."""
     parser.add_argument("--preset", default="default", choices=sorted(recipe.presets))
     parser.add_argument(
         "--dataset",
@@ -191,10 +178,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, recipe: Any, *, ablation:
 
 
 def config_from_arguments(recipe: Any, args: argparse.Namespace) -> Any:
-    """The recipe's config from parsed options: preset, dataset, folder, seed, scale-out options, ``--set``.
-
-    ``recipe`` is a :class:`~qualcl.recipes.config.RecipeSpec` or a :class:`~qualcl.recipes.driver.Recipe`.
-    """
+    """The config of spec ``recipe`` from parsed options: preset, dataset, folder, seed, scale-out, ``--set``."""
     overrides = [
         f"trainer.{name}={getattr(args, flag[2:].replace('-', '_'))}"
         for flag, name, _, _ in TRAINER_OPTIONS
@@ -213,7 +197,7 @@ def build_recipe_parser(entry: RecipeEntry, name: str) -> tuple[argparse.Argumen
     """The parser of ``qualcl run <name>`` and the recipe's spec (:meth:`RecipeEntry.load_spec`; no torch)."""
     spec = entry.load_spec()
     parser = SuggestingParser(prog=f"qualcl run {name}", description=entry.description)
-    add_run_arguments(parser, spec, ablation=entry.ablation is not None or bool(getattr(spec, "ablations", None)))
+    add_run_arguments(parser, spec, ablation=bool(spec.ablations))
     return parser, spec
 
 
@@ -221,24 +205,19 @@ def main_recipe(entry: RecipeEntry, name: str, argv: Sequence[str]) -> int:
     """Parse ``argv`` for recipe ``name`` and run it (or its ablation).
 
     The options and the config are checked against the recipe's spec before the recipe (torch,
-    Lightning) is imported; the run then gets its config from the recipe itself, as before.
+    Lightning) is imported.
     """
     parser, spec = build_recipe_parser(entry, name)
     args = parser.parse_args(list(argv))
     config = config_from_arguments(spec, args)
     recipe = entry.load()
-    if recipe is not spec:
-        config = config_from_arguments(recipe, args)
     out = Path(args.out)
     if getattr(args, "ablation", False):
+        from qualcl.recipes.ablation import run_ablation
+
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         variants = args.variants.split(",") if args.variants else None
-        if getattr(spec, "ablations", None):  # declared beside the presets: the one runner
-            from qualcl.recipes.ablation import run_ablation
-
-            run_ablation(recipe, config, out, seeds=seeds, variants=variants, run_missing=not args.collect)
-        else:
-            entry.load_ablation()(config, out, seeds=seeds, variants=variants, run_missing=not args.collect)
+        run_ablation(recipe, config, out, seeds=seeds, variants=variants, run_missing=not args.collect)
         print((out / "ablation.md").read_text())
         return 0
     metrics = recipe.run(config, out, overwrite=args.overwrite)

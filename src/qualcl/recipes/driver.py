@@ -36,7 +36,7 @@ from qualcl.models import unfold_small_convs
 from qualcl.recipes.ablation import strata_order
 from qualcl.recipes.callbacks import HistoryWriter, load_best, resume_path
 from qualcl.recipes.collapse import CollapseMonitor, Probe
-from qualcl.recipes.config import RecipeConfig, RecipeSpec, config_to_dict, resolve_config
+from qualcl.recipes.config import RecipeConfig, RecipeSpec, config_to_dict
 from qualcl.recipes.interrupt import GracefulInterrupt
 from qualcl.recipes.modules import RecipeModule
 from qualcl.recipes.plots import plot_history
@@ -511,43 +511,28 @@ class Recipe(ABC, Generic[C, D, S]):
     texts); the methods below are what a recipe writes. ``D`` is its data, ``S`` its models.
     """
 
-    #: The recipe's :class:`~qualcl.recipes.config.RecipeSpec` (its ``config`` module's ``SPEC``): the
-    #: name, config class, presets, datasets and command-line texts below are read from it.
-    spec: ClassVar[RecipeSpec[Any] | None] = None
+    #: The recipe's :class:`~qualcl.recipes.config.RecipeSpec` (its torch-free ``config`` module's ``SPEC``,
+    #: which the CLI reads before any import): ``name``, ``config_class``, ``presets``, ``datasets``,
+    #: ``data_help`` and ``set_example`` are copied from it.
+    spec: ClassVar[RecipeSpec[Any]]
     name: ClassVar[str]
     paper: ClassVar[str]
     config_class: ClassVar[type[Any]]
-    #: ``{preset: nested overrides of config_class's defaults}``; ``"default"`` is usually ``{}``.
     presets: ClassVar[Mapping[str, Mapping[str, Any]]]
     datasets: ClassVar[tuple[str, ...]]
-    data_help: ClassVar[str] = "dataset folder"
-    set_example: ClassVar[str] = "seed=1"
+    data_help: ClassVar[str]
+    set_example: ClassVar[str]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        spec = cls.__dict__.get("spec")
-        if spec is not None:  # one declaration: the torch-free SPEC, which the CLI reads before any import
+        if "spec" in cls.__dict__:
             for attribute in ("name", "config_class", "presets", "datasets", "data_help", "set_example"):
-                setattr(cls, attribute, getattr(spec, attribute))
+                setattr(cls, attribute, getattr(cls.spec, attribute))
 
     # ------------------------------------------------------------------ config
-    def dataset_settings(self, dataset: str, preset: str) -> dict[str, Any]:
-        """Nested overrides a dataset implies (classes, normalisation, ...): the spec's, else none."""
-        settings = self.spec.dataset_settings if self.spec is not None else None
-        return settings(dataset, preset) if settings is not None else {}
-
     def config(self, preset: str = "default", **arguments: Any) -> C:
-        """The recipe's config, as its spec builds it (:meth:`RecipeSpec.config`).
-
-        Defaults ← ``preset`` ← dataset settings ← ``dataset`` / ``data_dir`` ← ``seed`` ← ``overrides``
-        (keyword arguments of :meth:`RecipeSpec.config`).
-        """
-        if self.spec is not None:
-            return self.spec.config(preset, **arguments)  # type: ignore[no-any-return]
-        config: C = resolve_config(
-            self.config_class, self.presets, preset, dataset_settings=self.dataset_settings, **arguments
-        )
-        return config
+        """The recipe's config, as :meth:`RecipeSpec.config` builds it from ``preset`` and its keyword arguments."""
+        return self.spec.config(preset, **arguments)  # type: ignore[no-any-return]
 
     def check(self, config: C) -> None:
         """Reject a config the recipe cannot run (raise ``ValueError``) before anything is written."""
