@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +19,10 @@ from qualcl.recipes.config import Variant, apply_overrides, did_you_mean
 from qualcl.recipes.run_folder import read_metrics
 
 __all__ = [
-    "ablation_plan",
     "ablation_table",
     "mean_std",
     "quality_rank",
     "run_ablation",
-    "run_variants",
     "strata_order",
     "variant_config",
 ]
@@ -71,78 +69,6 @@ def mean_std(values: Sequence[float], expected: int | None = None) -> str:
     std = math.sqrt(sum((v - mean) ** 2 for v in clean) / (len(clean) - 1)) if len(clean) > 1 else 0.0
     count = f" (n={len(clean)})" if expected is not None and len(clean) < expected else ""
     return f"{mean:.3f} ± {std:.3f}{count}"
-
-
-def ablation_plan(
-    out: str | Path, names: Iterable[str], check: Callable[[str], Any], data: Any
-) -> tuple[Path, list[str], str | None]:
-    """An ablation's folder, its variant names and the data folder all its runs share.
-
-    Each name is checked first (``check(name)`` raises on an unknown variant or an impossible
-    combination), so nothing trains before every variant is known to be valid. The runs share
-    ``data.data_dir`` when it names a folder, else the synthetic set in the dataset cache
-    (``None``: :func:`qualcl.data.synthetic.cached_fundus_dataset`).
-
-    Args:
-        out: Folder of the ablation.
-        names: Variant names.
-        check: Raises ``ValueError`` for a variant that cannot run.
-        data: The recipe's data config (``dataset``, ``data_dir``).
-
-    Examples:
-        >>> from types import SimpleNamespace
-        >>> data = SimpleNamespace(dataset="synthetic", data_dir=None)
-        >>> plan = ablation_plan("abl", ["a", "b"], lambda name: None, data)
-        >>> plan[1], plan[2]
-        (['a', 'b'], None)
-    """
-    root = Path(out)
-    chosen = list(names)
-    for name in chosen:
-        check(name)
-    return root, chosen, data.data_dir
-
-
-def run_variants(
-    root: Path,
-    names: Sequence[str],
-    seeds: Sequence[int],
-    run: Callable[[str, int, Path], dict[str, Any]],
-    summarise: Callable[[dict[str, Any]], str],
-    *,
-    progress: bool = True,
-    run_missing: bool = True,
-) -> dict[str, dict[int, dict[str, Any]]]:
-    """Run ``run(name, seed, folder)`` for every variant and seed unless ``folder/metrics.json`` exists.
-
-    Each run lives in ``root/<name>/seed<k>``; a finished one is read back instead of re-run, so
-    an interrupted ablation continues where it stopped. With ``run_missing=False`` nothing is
-    trained: only the finished runs are collected (variants without any are left out).
-
-    Args:
-        root: Folder of the ablation.
-        names: Variant names.
-        seeds: Training seeds.
-        run: Runs one variant with one seed into a folder and returns its metrics.
-        summarise: One line about a run's metrics, printed when ``progress``.
-        progress: Print a line per finished run.
-        run_missing: Train the runs that are not finished yet.
-
-    Returns:
-        ``{name: {seed: metrics}}`` of the finished runs.
-    """
-    results: dict[str, dict[int, dict[str, Any]]] = {}
-    for name in names:
-        for seed in seeds:
-            folder = root / name / f"seed{seed}"
-            done = folder / "metrics.json"
-            if not done.is_file() and not run_missing:
-                continue
-            metrics = read_metrics(done) if done.is_file() else run(name, seed, folder)
-            results.setdefault(name, {})[seed] = metrics
-            if progress:
-                print(f"[ablation] {name} seed {seed}: {summarise(metrics)}", flush=True)
-    return results
 
 
 def variant_config(
@@ -204,38 +130,34 @@ def run_ablation(
     from qualcl.recipes.driver import is_global_zero
     from qualcl.recipes.plots import plot_variant_dots
 
-    declared: Mapping[str, Variant] = recipe.spec.ablations if recipe.spec is not None else {}
+    declared: Mapping[str, Variant] = recipe.spec.ablations
     if not declared:
         raise ValueError(f"recipe {recipe.name!r} declares no ablation")
-
-    def check(name: str) -> None:
+    names = list(declared) if variants is None else list(variants)
+    for name in names:  # every variant is checked before anything trains
         recipe.check(variant_config(config, declared, name, seeds[0] if seeds else 0))
-
-    root, names, data_dir = ablation_plan(
-        out, list(declared) if variants is None else list(variants), check, config.data
-    )
+    root = Path(out)
     columns = recipe.ablation_columns(config)
     first = next(iter(columns))
-
-    def run(name: str, seed: int, folder: Path) -> dict[str, Any]:
-        result: dict[str, Any] = recipe.run(variant_config(config, declared, name, seed, data_dir), folder)
-        return result
-
-    def summarise(metrics: dict[str, Any]) -> str:
-        overall = recipe.ablation_cells(config, metrics).get("overall", {})
-        return ", ".join(f"{label} {overall.get(key, float('nan')):.3f}" for key, label in columns.items())
-
-    raw = run_variants(root, names, seeds, run, summarise, progress=progress, run_missing=run_missing)
     results: dict[str, dict[str, dict[str, list[float]]]] = {}
-    for name, by_seed in raw.items():
-        strata: dict[str, dict[str, list[float]]] = {}
-        for metrics in by_seed.values():
-            for stratum, values in recipe.ablation_cells(config, metrics).items():
-                slot = strata.setdefault(stratum, {})
+    for name in names:
+        for seed in seeds:
+            done = root / name / f"seed{seed}" / "metrics.json"  # a finished run is read back, not re-run
+            if not done.is_file() and not run_missing:
+                continue
+            # every run shares one dataset: the config's data folder, else the cached synthetic set
+            run = variant_config(config, declared, name, seed, config.data.data_dir)
+            metrics = read_metrics(done) if done.is_file() else recipe.run(run, done.parent)
+            cells = recipe.ablation_cells(config, metrics)
+            for stratum, values in cells.items():
+                slot = results.setdefault(name, {}).setdefault(stratum, {})
                 for key in columns:
                     value = values.get(key)
                     slot.setdefault(key, []).append(float("nan") if value is None else float(value))
-        results[name] = strata
+            if progress:
+                overall = cells.get("overall", {})
+                summary = ", ".join(f"{label} {overall.get(k, math.nan):.3f}" for k, label in columns.items())
+                print(f"[ablation] {name} seed {seed}: {summary}", flush=True)
     if not is_global_zero():
         return results
     (root / "ablation.json").write_text(json.dumps(results, indent=2))
