@@ -29,52 +29,34 @@ __all__ = [
 class DataConfig(BaseDataConfig):
     """The six shared fields (:class:`qualcl.recipes.config.DataConfig`), CoMCL's datasets, where boxes come from.
 
-    Attributes:
-        lq_ratio: Also the simulated low-quality share of NIH ChestX-ray14 without ``quality.csv`` (paper: 0.432).
-        boxes: ``"ground_truth"`` (synthetic lesion boxes; NIH's ``BBox_List_2017.csv``) or a path to
-            detector weights (EyeQ: ``qualcl run comcl-detector``).
-        detector_min_score: Confidence threshold for detector boxes.
-        max_images: Real datasets: a seeded subset of at most this many images per split (``None``: all).
+    ``lq_ratio`` is also the simulated low-quality share of NIH ChestX-ray14 without ``quality.csv``
+    (paper: 0.432). ``boxes``: ``"ground_truth"`` (the synthetic set's; NIH's ``BBox_List_2017.csv``) or
+    detector weights (EyeQ: ``qualcl run comcl-detector``), whose boxes count above ``detector_min_score``.
     """
 
     dataset: Literal["synthetic", "eyeq", "nih-cxr14"] = "synthetic"
     boxes: str = "ground_truth"
     detector_min_score: float = 0.8
-    max_images: int | None = None
+    max_images: int | None = None  # real datasets: a seeded subset of at most this many images per split
 
 
 @dataclass
 class PretrainConfig:
-    """Contrastive pre-training on level-balanced patch pairs.
+    """Contrastive pre-training on level-balanced patch pairs (the paper's values in the comments)."""
 
-    Attributes:
-        method: ``"comcl"`` (multi-level InfoNCE), ``"simclr"`` (basic CL: NT-Xent on patches) or
-            ``"none"`` (no pre-training: the baseline).
-        pairs: Level pairs of the multi-level loss: CoMCL's four levels
-            (:data:`qualcl.data.levels.LEVEL_NAMES`) or, for "w/o multi-level", lesion vs healthy
-            (:data:`qualcl.recipes.comcl.data.BINARY_LEVELS`); checked by ``ComclRecipe.check``.
-        miner: ``"self_paced"`` or ``"none"`` (CoMCL w/o SPL); ``spl_threshold`` its threshold rule.
-        patch_size: Patch side in pixels (paper: 128 on 512-px images, a quarter of the side).
-        augmentation: ``"paper"`` or ``"light"`` (small patches): see
-            :class:`~qualcl.recipes.comcl.data.PatchAugmentation`.
-        per_level: Patches per level in a batch (paper: 100).
-        steps: Optimisation steps ``T_max``; ``temperature`` is ``tau``, ``weight_decay`` ``r(w)``.
-        lr: AdamW learning rate (paper: Adam, 1e-3).
-        projection_dim: Output of the projection head (paper: 128).
-        negatives_from: ``"view2"`` or ``"both"``.
-    """
-
-    method: Literal["comcl", "simclr", "none"] = "comcl"
+    method: Literal["comcl", "simclr", "none"] = "comcl"  # simclr: basic CL (NT-Xent on patches); none: the baseline
+    # CoMCL's four levels (qualcl.data.levels.LEVEL_NAMES) or, "w/o multi-level", lesion vs healthy
+    # (qualcl.recipes.comcl.data.BINARY_LEVELS); checked by ComclRecipe.check
     pairs: tuple[tuple[str, str], ...] = (("L", "LQ_L"), ("L", "H"), ("LQ_L", "LQ_H"))
-    miner: Literal["self_paced", "none"] = "self_paced"
+    miner: Literal["self_paced", "none"] = "self_paced"  # none: CoMCL w/o SPL
     spl_threshold: Literal["quantile", "literal", "scaled", "off"] = "quantile"
-    patch_size: int = 24
-    augmentation: Literal["paper", "light"] = "light"
-    per_level: int = 16
-    steps: int = bounded(250, ">= 1")
-    temperature: float = 0.07
-    lr: float = 1e-3
-    weight_decay: float = 5e-4
+    patch_size: int = 24  # 128 on 512-px images: a quarter of the side
+    augmentation: Literal["paper", "light"] = "light"  # light: for small patches (data.PatchAugmentation)
+    per_level: int = 16  # patches per level in a batch: 100
+    steps: int = bounded(250, ">= 1")  # T_max
+    temperature: float = 0.07  # tau
+    lr: float = 1e-3  # AdamW (Adam, 1e-3)
+    weight_decay: float = 5e-4  # r(w)
     projection_dim: int = 128
     negatives_from: Literal["view2", "both"] = "view2"
 
@@ -92,25 +74,15 @@ class FinetuneConfig:
 
 @dataclass
 class ComclConfig(RecipeConfig):
-    """The whole run: data, pretrain, finetune sections; preset, seed and trainer come from RecipeConfig.
-
-    Attributes:
-        backbone: A CNN encoder of :func:`qualcl.models.build_encoder` (paper: resnet50), optionally
-            from the local weights file ``pretrained`` (nothing is downloaded).
-        num_classes: DR grades (5), or chest classes (9: No Finding + the ChestX-ray8 findings).
-        lq_ratios: Test-time low-quality ratios to evaluate, besides the original (paper: 0.7, 1.0).
-        probe: Also diagnose the frozen pre-trained encoder (:mod:`qualcl.recipes.comcl.probe`) into
-            ``metrics.json``'s ``probe``; the ablation turns it on.
-    """
+    """The whole run: data, pretrain, finetune sections; preset, seed and trainer come from RecipeConfig."""
 
     # 24-px patches end in 1 x 1 maps: unfold + matmul convolutions and channels-last are faster on CPUs
-    # (benchmarks/step_overhead.py)
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(channels_last=True, small_map_convs="unfold"))
-    backbone: str = "resnet10"
+    backbone: str = "resnet10"  # a CNN encoder (paper: resnet50), from the local weights file `pretrained` if given
     pretrained: str | None = None
-    num_classes: int = 5
-    lq_ratios: tuple[float, ...] = (0.7, 1.0)
-    probe: bool = False
+    num_classes: int = 5  # DR grades, or the 9 chest classes (No Finding + the ChestX-ray8 findings)
+    lq_ratios: tuple[float, ...] = (0.7, 1.0)  # test sets with the low-quality share raised to these (as the paper)
+    probe: bool = False  # diagnose the frozen pre-trained encoder into metrics.json (comcl.probe); the ablation does
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)

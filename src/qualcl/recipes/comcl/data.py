@@ -171,7 +171,7 @@ def load_nih_layout(
         split: ``"train"`` (``train_val_list.txt``) or ``"test"`` (``test_list.txt``).
         size: Output side.
         lq_ratio: Fraction marked low quality when there is no ``quality.csv``.
-        seed: Seed of the subset and of the simulated quality.
+        seed: Seed of the subset (at most ``max_images`` images) and of the simulated quality.
         max_images: Keep a seeded subset of at most this many images.
         progress: Optional wrapper (e.g. ``tqdm``) around the image loading.
 
@@ -235,11 +235,7 @@ def _normalization(modality: str) -> tuple[Tensor, Tensor]:
 
 
 class EpochDataset(Dataset[T]):
-    """A dataset whose item ``i`` draws from :func:`~qualcl.data.augment.item_generator` ``(seed, epoch, i)``.
-
-    The training loader calls :meth:`set_epoch` before each epoch, so a resumed epoch draws what an
-    uninterrupted one would.
-    """
+    """A dataset whose item ``i`` draws from ``item_generator(seed, epoch, i)``: a resumed epoch draws the same."""
 
     seed = 0
     epoch = 0
@@ -329,19 +325,13 @@ class PatchPairDataset(EpochDataset[tuple[Tensor, Tensor, int, Tensor, Tensor]])
     Args:
         data: The images.
         patch_size: Window side.
-        seed: Seed of the draws (mixed with the epoch and the index).
+        seed: Seed of the draws.
         binary_levels: Use lesion/healthy ids instead of the four levels.
         augmentation: ``"paper"`` or ``"light"`` (see :class:`PatchAugmentation`).
     """
 
     def __init__(
-        self,
-        data: ImageTable,
-        patch_size: int,
-        seed: int,
-        *,
-        binary_levels: bool = False,
-        augmentation: str = "paper",
+        self, data: ImageTable, patch_size: int, seed: int, *, binary_levels: bool = False, augmentation: str = "paper"
     ) -> None:
         self.data, self.patch_size, self.seed = data, patch_size, seed
         self.levels = image_levels(data, BINARY_LEVELS if binary_levels else LEVEL_NAMES)
@@ -397,15 +387,10 @@ class GradingDataset(EpochDataset[tuple[Tensor, int, int]]):
 
 
 def degrade_to_ratio(data: ImageTable, ratio: float, seed: int) -> ImageTable:
-    """A copy of ``data`` whose low-quality fraction is raised to ``ratio`` (CoMCL's 70 % / 100 % test sets).
+    """A copy of ``data`` whose low-quality fraction is raised to ``ratio`` in ``[0, 1]`` (CoMCL's 70 % / 100 % sets).
 
-    :func:`qualcl.data.degrade.raise_low_quality`: fundus images are degraded to Usable or Reject
-    (alternately); X-rays get simulated low dose (:func:`low_dose_tensor`) and quality 1.
-
-    Args:
-        data: Test images.
-        ratio: Target fraction of Usable + Reject images, in ``[0, 1]``.
-        seed: Seed of the choice and of the degradations.
+    :func:`qualcl.data.degrade.raise_low_quality` from ``seed``: fundus images are degraded to Usable or
+    Reject (alternately); X-rays get simulated low dose (:func:`low_dose_tensor`) and quality 1.
     """
     from qualcl.data.degrade import raise_low_quality
 

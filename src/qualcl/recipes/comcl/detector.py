@@ -17,13 +17,12 @@ import lightning as L
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 from torchvision.models import detection
 
 from qualcl.recipes.callbacks import EpochSetter
 from qualcl.recipes.comcl.data import EpochDataset
+from qualcl.recipes.driver import train_loader
 from qualcl.recipes.modules import History, RecipeModule
-from qualcl.samplers import ShardedShuffleSampler
 
 __all__ = [
     "LESION_CLASSES",
@@ -43,13 +42,7 @@ LESION_CLASSES = ("MA", "HE", "EX", "SE")
 
 
 class Detections(NamedTuple):
-    """Boxes found in one image.
-
-    Attributes:
-        boxes: ``(K, 4)`` float ``(x1, y1, x2, y2)`` pixels.
-        scores: ``(K,)`` confidences in ``[0, 1]``.
-        labels: ``(K,)`` class ids (1-based into ``LESION_CLASSES``).
-    """
+    """Boxes found in one image: ``(K, 4)`` float ``(x1, y1, x2, y2)`` pixels, ``(K,)`` scores and 1-based class ids."""
 
     boxes: Tensor
     scores: Tensor
@@ -58,10 +51,7 @@ class Detections(NamedTuple):
 
 @runtime_checkable
 class LesionDetector(Protocol):
-    """Anything that finds lesion boxes in a batch of ``(N, 3, H, W)`` float images in ``[0, 1]``.
-
-    ``ids`` are the images' dataset indices, for detectors that look boxes up (ground truth).
-    """
+    """Finds lesion boxes in ``(N, 3, H, W)`` float images in ``[0, 1]`` (``ids``: dataset indices, for look-ups)."""
 
     def detect(self, images: Tensor, ids: Sequence[int] | None = None) -> list[Detections]:
         """Return one :class:`Detections` per image."""
@@ -88,12 +78,8 @@ class GroundTruthDetector:
         """Look the boxes of ``ids`` up."""
         if ids is None or len(ids) != images.shape[0]:
             raise ValueError("GroundTruthDetector needs one dataset index per image in ids")
-        out = []
-        for i in ids:
-            box = self.boxes[i].to(torch.float32).view(-1, 4)
-            k = box.shape[0]
-            out.append(Detections(box, torch.ones(k), torch.ones(k, dtype=torch.long)))
-        return out
+        boxes = [self.boxes[i].to(torch.float32).view(-1, 4) for i in ids]
+        return [Detections(b, torch.ones(len(b)), torch.ones(len(b), dtype=torch.long)) for b in boxes]
 
 
 #: The Faster R-CNN builders of :class:`FasterRCNNDetector`, by ``architecture``.
@@ -138,12 +124,8 @@ class FasterRCNNDetector(nn.Module):
     def detect(self, images: Tensor, ids: Sequence[int] | None = None) -> list[Detections]:
         """Detect lesions in ``(N, 3, H, W)`` float images in ``[0, 1]``."""
         self.model.eval()
-        outputs = self.model(list(images))
-        result = []
-        for out in outputs:
-            keep = out["scores"] >= self.score_threshold
-            result.append(Detections(out["boxes"][keep], out["scores"][keep], out["labels"][keep]))
-        return result
+        kept = [(out, out["scores"] >= self.score_threshold) for out in self.model(list(images))]
+        return [Detections(out["boxes"][k], out["scores"][k], out["labels"][k]) for out, k in kept]
 
     def save(self, path: str | Path) -> Path:
         """Write weights (safetensors) and a JSON side file with the architecture."""
@@ -170,19 +152,11 @@ class FasterRCNNDetector(nn.Module):
 
 
 class BoxDataset(EpochDataset[tuple[Tensor, dict[str, Tensor]]]):
-    """Item ``i``: an image with boxes as float in ``[0, 1]`` and its Faster R-CNN target, flipped left-right at random.
+    """Item ``i``: the ``i``-th image with boxes, float in ``[0, 1]``, and its target, flipped left-right at random.
 
-    Images without boxes are left out (they teach a detector nothing). The flip is drawn from
-    ``(seed, epoch, index)``, so an epoch is reproducible (and resumable).
-
-    Args:
-        images: ``(N, 3, S, S)`` uint8 or float images.
-        boxes: Per image ``(K, 4)`` boxes in pixels.
-        labels: Per image ``(K,)`` class ids.
-        seed: Seed of the flips.
-
-    Raises:
-        ValueError: No image has a box.
+    ``images`` are ``(N, 3, S, S)`` uint8 or float, ``boxes`` per image ``(K, 4)`` pixels, ``labels`` per
+    image ``(K,)`` class ids. Images without boxes are left out (they teach a detector nothing; none
+    with boxes: ``ValueError``); the flips come from ``(seed, epoch, index)``.
     """
 
     def __init__(self, images: Tensor, boxes: Sequence[Tensor], labels: Sequence[Tensor], seed: int = 0) -> None:
@@ -214,14 +188,7 @@ def collate_detection(
 
 
 class DetectorTraining(RecipeModule):
-    """Faster R-CNN training as a LightningModule: the sum of torchvision's losses, SGD with momentum 0.9.
-
-    Each step's history row holds the sum and each of torchvision's four losses (``loss/<name>``).
-
-    Args:
-        detector: The detector to train.
-        lr: SGD learning rate (weight decay 1e-4).
-    """
+    """Faster R-CNN training: the sum of torchvision's four losses (each in the step's history row), SGD at ``lr``."""
 
     terms = ("classifier", "box_reg", "objectness", "rpn_box_reg")
     history = History(
@@ -262,16 +229,16 @@ def train_detector(
 ) -> tuple[FasterRCNNDetector, list[float]]:
     """Train a :class:`FasterRCNNDetector` from boxes (e.g. lesion masks converted by ``mask_to_boxes``).
 
-    Images without boxes are skipped (:class:`BoxDataset`). :class:`DetectorTraining` on one device for
-    ``steps`` steps; ``qualcl run comcl-detector`` runs the same module on the recipe driver (devices, DDP, resume).
+    :class:`DetectorTraining` on the CPU for ``steps`` steps (``qualcl run comcl-detector`` runs it on
+    the recipe driver: devices, DDP, resume).
 
     Args:
         images: ``(N, 3, S, S)`` uint8 or float images.
-        boxes: Per image ``(K, 4)`` boxes in pixels.
+        boxes: Per image ``(K, 4)`` boxes in pixels (images without any are skipped).
         labels: Per image ``(K,)`` class ids in ``1..len(classes)``.
         classes: Lesion class names.
         architecture: See :class:`FasterRCNNDetector`.
-        steps: Optimisation steps.
+        steps: SGD steps.
         batch_size: Images per step.
         lr: SGD learning rate.
         seed: Seed of sampling and initialisation.
@@ -285,10 +252,8 @@ def train_detector(
     dataset = BoxDataset(images, boxes, labels, seed)
     torch.manual_seed(seed)
     module = DetectorTraining(FasterRCNNDetector(architecture, images.shape[-1], classes=classes), lr)
-    sampler = ShardedShuffleSampler(len(dataset), seed=seed)
-    loader = DataLoader(
-        dataset, batch_size=min(batch_size, len(dataset)), sampler=sampler, collate_fn=collate_detection
-    )
+    batch = min(batch_size, len(dataset))
+    loader = train_loader(dataset, batch, seed=seed, drop_last=False, collate_fn=collate_detection)()
     trainer = L.Trainer(
         max_steps=steps,
         accelerator="cpu",
@@ -297,7 +262,7 @@ def train_detector(
         enable_checkpointing=False,
         enable_progress_bar=progress,
         enable_model_summary=False,
-        callbacks=[EpochSetter(dataset, sampler)],
+        callbacks=[EpochSetter(dataset, loader.sampler)],
     )
     trainer.fit(module, loader)
     return module.detector, [row["loss"] for row in module.history_rows]

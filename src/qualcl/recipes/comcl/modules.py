@@ -19,24 +19,14 @@ __all__ = ["ContrastivePretraining", "GradingFineTuning", "pretraining_module"]
 
 
 class ContrastivePretraining(RecipeModule):
-    """Encoder + projection head trained with :class:`MultiLevelInfoNCE` (or NT-Xent for basic CL).
+    """Encoder + projection head trained with :class:`MultiLevelInfoNCE` (or SimCLR's NT-Xent: basic CL).
 
-    Each step's history row holds the loss, every pair's loss (``loss/<pair>``), the learning rate
-    and, with a self-paced miner, ``K_t``, ``K_t`` as a fraction of its start and the fraction of
-    anchors the miner kept (``plots/pretrain.png`` draws the fractions on its right axis).
-
-    Args:
-        encoder: Patch encoder.
-        head: Projection head.
-        loss: The multi-level loss, or SimCLR's NT-Xent on the two views (basic CL).
-        temperature: ``tau`` (for reference: each loss carries its own).
-        lr: AdamW learning rate.
-        weight_decay: Weight decay ``r(w)``.
-        max_steps: Steps of the cosine learning-rate decay.
-        augment: The patch augmentation whose photometric part runs here, on the batch's device,
-            when batches come as ``(uint8 view1, uint8 view2, levels, colour params 1, 2)``
-            (:class:`~qualcl.recipes.comcl.data.PatchPairDataset`); batches of float views are
-            used as they are.
+    AdamW at ``lr`` with weight decay ``r(w)``, cosine decay over ``max_steps`` (``temperature``: for
+    reference, each loss carries its own). Batches of ``(uint8 view1, uint8 view2, levels, colour
+    params 1, 2)`` (:class:`~qualcl.recipes.comcl.data.PatchPairDataset`) get ``augment``'s photometric
+    part here, on their device; batches of float views are used as they are. Each step's history row
+    holds the loss, every pair's loss (``loss/<pair>``), the learning rate and, with a self-paced
+    miner, ``K_t``, ``K_t`` as a fraction of its start and the fraction of anchors the miner kept.
     """
 
     def __init__(

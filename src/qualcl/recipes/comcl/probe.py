@@ -39,16 +39,11 @@ def encode(encoder: nn.Module, data: ImageTable, batch_size: int = 64) -> Tensor
 
 
 def probe_encoder(encoder: nn.Module, num_classes: int, train: ImageTable, test: ImageTable) -> dict[str, Any]:
-    """Linear probes of a frozen encoder, and the geometry of its test features by CoMCL level.
+    """Linear probes of a frozen ``encoder`` (fitted on ``train``, scored on ``test``), and its test features' geometry.
 
-    A pre-training that separates lesions from degradations (CoMCL's ``(L, LQ_L)`` pair) puts
-    quality into the features, which the quality probe reads; a grading head may or may not profit.
-
-    Args:
-        encoder: The encoder (its mode is restored afterwards).
-        num_classes: Classes of the class probe.
-        train: Images the probes are fitted on.
-        test: Images they are scored on.
+    The class probe has ``num_classes`` classes; the encoder's mode is restored. A pre-training that
+    separates lesions from degradations (CoMCL's ``(L, LQ_L)`` pair) puts quality into the features,
+    which the quality probe reads; a grading head may or may not profit.
 
     Returns:
         ``{"grade": stratified metrics of a linear probe of the class, "low_quality": grading metrics
@@ -75,13 +70,7 @@ def pretrained_encoder(run: RunFolder, config: ComclConfig) -> nn.Module:
 
 
 def probe_run(folder: str | Path, train: ImageTable, test: ImageTable) -> dict[str, Any]:
-    """:func:`probe_encoder` of a finished CoMCL run's :func:`pretrained_encoder` (``probe=true`` runs write it too).
-
-    Args:
-        folder: Run folder written by :func:`~qualcl.recipes.comcl.run_comcl`.
-        train: Its training images (probe fit).
-        test: Its test images.
-    """
+    """:func:`probe_encoder` of a run folder's :func:`pretrained_encoder` (``probe=true`` runs write it too)."""
     run = RunFolder(folder, writable=False)
     config = load_config(ComclConfig, run.path("config.yaml"))
     return probe_encoder(pretrained_encoder(run, config), config.num_classes, train, test)

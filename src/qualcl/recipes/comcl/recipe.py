@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -16,7 +15,7 @@ from qualcl.data.levels import LEVEL_NAMES
 from qualcl.data.loading import patient_split
 from qualcl.data.table import ImageTable
 from qualcl.metrics import confusion_matrix, stratified_grading_metrics
-from qualcl.models import Encoder, build_encoder
+from qualcl.models import build_encoder
 from qualcl.recipes import ablation
 from qualcl.recipes.comcl.config import SPEC, ComclConfig, headline_metric
 from qualcl.recipes.comcl.data import (
@@ -37,7 +36,7 @@ from qualcl.recipes.plots import plot_confusion, plot_embedding
 from qualcl.recipes.run_folder import ModelCard, strata_table
 from qualcl.samplers import LevelBalancedBatchSampler
 
-__all__ = ["COMCL", "ComclData", "ComclRecipe", "ComclState", "pretraining_module", "run_ablation", "run_comcl"]
+__all__ = ["COMCL", "ComclData", "ComclRecipe", "pretraining_module", "run_ablation", "run_comcl"]
 
 METRIC_NAMES = {"qwk": "QWK", "kappa": "Kappa"}
 #: The paper's EyeQ figures as (Kappa, ACC); Table 2 prints them as "ACC, Kappa" but they equal
@@ -77,15 +76,7 @@ class ComclData(NamedTuple):
     test: ImageTable
 
 
-@dataclass
-class ComclState:
-    """The run's models: the encoder, and the classifier once fine-tuning has built it."""
-
-    encoder: Encoder
-    finetune: GradingFineTuning | None = None
-
-
-class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
+class ComclRecipe(Recipe[ComclConfig, ComclData, GradingFineTuning]):
     """CoMCL end to end (Hou et al., MICCAI 2024: :data:`PAPER`).
 
     Stages: (1) data — the synthetic set (generated once into the dataset cache or ``data.data_dir``),
@@ -103,19 +94,13 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
     def check(self, config: ComclConfig) -> None:
         """The pre-training's level names and the dataset's requirements (boxes, classes)."""
         level_names(config.pretrain.pairs)
-        cfg = config.data
-        if cfg.dataset == "eyeq" and cfg.boxes == "ground_truth":
+        d, n = config.data, config.num_classes
+        if d.dataset == "eyeq" and d.boxes == "ground_truth":
             raise ValueError("EyeQ has no lesion boxes: pass data.boxes=<detector weights from comcl-detector>")
-        if cfg.dataset == "nih-cxr14":
-            if cfg.boxes != "ground_truth":
-                raise ValueError(
-                    "nih-cxr14 takes its lesion boxes from BBox_List_2017.csv (data.boxes='ground_truth'); "
-                    "qualcl has no chest X-ray lesion detector"
-                )
-            if config.num_classes != len(CXR_CLASSES):
-                raise ValueError(
-                    f"nih-cxr14 has {len(CXR_CLASSES)} classes {CXR_CLASSES}; got num_classes={config.num_classes}"
-                )
+        if d.dataset == "nih-cxr14" and d.boxes != "ground_truth":
+            raise ValueError("nih-cxr14's boxes are BBox_List_2017.csv's (no X-ray detector): data.boxes=ground_truth")
+        if d.dataset == "nih-cxr14" and n != len(CXR_CLASSES):
+            raise ValueError(f"nih-cxr14 has {len(CXR_CLASSES)} classes {CXR_CLASSES}; got num_classes={n}")
 
     def load_data(self, ctx: Ctx) -> ComclData:
         """The ``(train, test)`` tables: synthetic lesion boxes, EyeQ's from its detector, NIH's own."""
@@ -133,26 +118,30 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
                 table.boxes = detect_boxes(Path(d.boxes), table.images, min_score=d.detector_min_score)
         return ComclData(*tables)
 
-    def setup(self, ctx: Ctx, data: ComclData) -> ComclState:
-        """The encoder (random init, or ``config.pretrained``)."""
-        return ComclState(build_encoder(ctx.config.backbone, pretrained=ctx.config.pretrained))
+    def setup(self, ctx: Ctx, data: ComclData) -> GradingFineTuning:
+        """The encoder (random init, or ``config.pretrained``) and its linear classifier."""
+        c, f = ctx.config, ctx.config.finetune
+        encoder = build_encoder(c.backbone, pretrained=c.pretrained)
+        kappa = headline_metric(c)
+        return GradingFineTuning(
+            encoder, c.num_classes, lr=f.lr, weight_decay=f.weight_decay, epochs=f.epochs, kappa=kappa
+        )
 
     def stages(self, config: ComclConfig) -> list[Stage]:
         """``pretrain`` (unless ``pretrain.method="none"``) and ``finetune``."""
         stages = [Stage("finetune", self.finetune)]
         return stages if config.pretrain.method == "none" else [Stage("pretrain", self.pretrain), *stages]
 
-    def pretrain(self, ctx: Ctx, data: ComclData, state: ComclState) -> None:
+    def pretrain(self, ctx: Ctx, data: ComclData, grader: GradingFineTuning) -> None:
         """Contrastive pre-training on level-balanced patch pairs (CoMCL Eq. 1–3, or SimCLR)."""
-        config, cfg = ctx.config, ctx.config.pretrain
-        binary = level_names(cfg.pairs) == BINARY_LEVELS
-        dataset = PatchPairDataset(
-            data.train, cfg.patch_size, config.seed, binary_levels=binary, augmentation=cfg.augmentation
-        )
+        c, p = ctx.config, ctx.config.pretrain
+        levels = level_names(p.pairs)
+        binary = levels == BINARY_LEVELS
+        dataset = PatchPairDataset(data.train, p.patch_size, c.seed, binary_levels=binary, augmentation=p.augmentation)
         sampler = LevelBalancedBatchSampler(
-            dataset.levels, cfg.per_level, replacement=True, seed=config.seed, num_levels=2 if binary else 4
+            dataset.levels, p.per_level, replacement=True, seed=c.seed, num_levels=len(levels)
         )
-        module = pretraining_module(config, state.encoder, augment=dataset.augment)
+        module = pretraining_module(c, grader.encoder, augment=dataset.augment)
         # the collapse monitor's probe: 64 training images (the encoder is size-agnostic) and their mirror images
         shown = GradingDataset(data.train, train=False)
         probe_images = torch.stack([shown[i][0] for i in range(min(64, len(shown)))])
@@ -165,39 +154,35 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
             "pretrain",
             module,
             DataLoader(dataset, batch_sampler=sampler, num_workers=0),
-            weights={"pretrain_encoder": state.encoder},
-            max_steps=cfg.steps,
-            every_n_train_steps=max(1, min(50, cfg.steps // 4)),
+            weights={"pretrain_encoder": grader.encoder},
+            max_steps=p.steps,
+            every_n_train_steps=max(1, min(50, p.steps // 4)),
             sync_batchnorm=True,
-            info={"steps": cfg.steps},
+            info={"steps": p.steps},
             collapse=probe,
         )
 
-    def finetune(self, ctx: Ctx, data: ComclData, state: ComclState) -> None:
+    def finetune(self, ctx: Ctx, data: ComclData, grader: GradingFineTuning) -> None:
         """Encoder + linear classifier, model selection by validation kappa on held-out patients."""
         config, cfg = ctx.config, ctx.config.finetune
-        metric = headline_metric(config)
-        state.finetune = GradingFineTuning(
-            state.encoder, config.num_classes, lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=cfg.epochs, kappa=metric
-        )
+        grader.classifier.reset_parameters()  # drawn from the stage's seed
         assert data.train.patient is not None
         keep, held = patient_split(data.train.patient, cfg.val_fraction, config.seed)
         dataset = GradingDataset(data.train.subset(keep), train=True, seed=config.seed)
         ctx.fit(
             "finetune",
-            state.finetune,
+            grader,
             train_loader(dataset, cfg.batch_size, seed=config.seed, drop_last=False, name="finetune.batch_size"),
             eval_loader(GradingDataset(data.train.subset(held), train=False), cfg.batch_size),
-            weights={"classifier": state.finetune},
+            weights={"classifier": grader},
             max_epochs=cfg.epochs,
             monitor="val/kappa",
             info={"epochs": cfg.epochs},
         )
 
-    def evaluate(self, ctx: Ctx, data: ComclData, state: ComclState) -> dict[str, Any]:
+    def evaluate(self, ctx: Ctx, data: ComclData, module: GradingFineTuning) -> dict[str, Any]:
         """Kappa and accuracy per quality level, at the original and at raised low-quality ratios."""
-        config, test, module = ctx.config, data.test, state.finetune
-        assert module is not None
+        config, test = ctx.config, data.test
 
         def forward(batch: Any) -> dict[str, Tensor]:
             features = module.encoder(batch[0])
@@ -233,7 +218,7 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
             metrics["probe"] = probe_encoder(pretrained_encoder(ctx.run, config), config.num_classes, data.train, test)
         return metrics
 
-    def model_card(self, ctx: Ctx, data: ComclData, state: ComclState, results: dict[str, Any]) -> ModelCard:
+    def model_card(self, ctx: Ctx, data: ComclData, grader: GradingFineTuning, results: dict[str, Any]) -> ModelCard:
         """Headline kappa / accuracy, the strata × test-set table, the plots."""
         config = ctx.config
         metric = headline_metric(config)
@@ -260,7 +245,11 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
             headline={f"test {label}": original[metric], "test accuracy": original["accuracy"]},
             table=strata_table(results["test"], {metric: label, "accuracy": "ACC"}),
             plots=[
-                f"{n}.png" for n in ("pretrain", "pretrain_collapse", "finetune", "confusion_matrix", "embedding_map")
+                "pretrain.png",
+                "pretrain_collapse.png",
+                "finetune.png",
+                "confusion_matrix.png",
+                "embedding_map.png",
             ],
         )
 
@@ -285,16 +274,11 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, ComclState]):
                     slot = cells.setdefault(stratum, {})
                     slot[f"{setting}/metric"] = values[metric]
                     slot[f"{setting}/accuracy"] = values["accuracy"]
-        probe = metrics.get("probe")
-        if probe is not None:
-            grade, quality = probe["grade"]["overall"], probe["low_quality"]
-            cells["overall"].update(
-                probe_metric=grade[metric],
-                probe_accuracy=grade["accuracy"],
-                probe_lq_kappa=quality["qwk"],
-                probe_lq_accuracy=quality["accuracy"],
-                **probe["geometry"],
-            )
+        if "probe" in metrics:
+            grade, quality = metrics["probe"]["grade"]["overall"], metrics["probe"]["low_quality"]
+            cells["overall"] |= {"probe_metric": grade[metric], "probe_accuracy": grade["accuracy"]}
+            cells["overall"] |= {"probe_lq_kappa": quality["qwk"], "probe_lq_accuracy": quality["accuracy"]}
+            cells["overall"] |= metrics["probe"]["geometry"]
         return cells
 
     def ablation_notes(self, config: ComclConfig) -> str:
