@@ -6,7 +6,7 @@ import torch
 from qualcl.data.synthetic.captions import make_caption
 from qualcl.losses.base import Loss
 from qualcl.models import CaptionTokenizer
-from qualcl.recipes.config import apply_overrides
+from qualcl.recipes.config import apply_overrides, config_from_dict
 from qualcl.recipes.fundus_mm.config import ABLATIONS, FundusMMConfig, ModelConfig, TrainConfig
 from qualcl.recipes.fundus_mm.model import FundusMMNet
 from qualcl.recipes.fundus_mm.modules import ImageTextPretraining, build_objectives
@@ -64,6 +64,9 @@ def test_the_network_computes_representations_and_the_objectives_hold_the_losses
         want = {"contrastive.log_logit_scale"} | ({"contrastive.logit_bias"} if loss == "siglip" else set())
         assert set(objectives.state_dict()) == want
         assert objectives.logit_scale == pytest.approx(1 / 0.07 if loss == "clip" else 10.0)
+        if loss == "siglip":  # one positive per image: class-level labels are refused
+            with pytest.raises(ValueError, match="class_level_positives"):
+                objectives(net(*_batch()), torch.zeros(len(CAPTIONS), dtype=torch.long))
         module = ImageTextPretraining(net, TrainConfig(lr=1e-3), TOK.encode(CAPTIONS[:2])[None], class_level=False)
         module._total_steps = 10
         optimised = {id(p) for g in module.configure_optimizers()["optimizer"].param_groups for p in g["params"]}
@@ -142,8 +145,8 @@ def test_generate_greedy_captions():
 def test_config_errors_are_named():
     with pytest.raises(ValueError, match="at least one objective"):
         ModelConfig(contrastive=False, mim=False, caption="none")
-    with pytest.raises(ValueError, match=r"mask_ratio must lie in \[0, 1\)"):
-        ModelConfig(mask_ratio=1.0)
+    with pytest.raises(ValueError, match=r"mask_ratio must be in \[0, 1\), got 1.0"):
+        config_from_dict(ModelConfig, {"mask_ratio": 1.0})
     with pytest.raises(ValueError, match="fusion_heads must divide"):
         ModelConfig(fusion_dim=30)
 
@@ -200,12 +203,12 @@ def test_the_pretrained_tower_learns_at_its_own_rate_and_frozen_weights_not_at_a
 
 
 def test_text_tower_config_errors_are_named():
-    with pytest.raises(ValueError, match="text_tower must be 'scratch' or 'pretrained'"):
-        ModelConfig(text_tower="bert")
+    with pytest.raises(ValueError, match=r"text_tower must be one of \['scratch', 'pretrained'\]"):
+        config_from_dict(ModelConfig, {"text_tower": "bert"})
     with pytest.raises(ValueError, match="set model.text_tower=pretrained"):
         ModelConfig(text_model="/some/folder")
-    with pytest.raises(ValueError, match="text_lr_scale must be positive"):
-        ModelConfig(text_lr_scale=0.0)
+    with pytest.raises(ValueError, match="text_lr_scale must be > 0"):
+        config_from_dict(ModelConfig, {"text_lr_scale": 0.0})
 
 
 def test_the_conv_stem_vit_keeps_removed_pixels_from_their_reconstruction():

@@ -6,19 +6,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from qualcl.recipes.config import DataConfig as BaseDataConfig
-from qualcl.recipes.config import RecipeConfig, RecipeSpec, Variant
+from qualcl.recipes.config import RecipeConfig, RecipeSpec, Variant, bounded
 
-__all__ = [
-    "ABLATIONS",
-    "PAPER_TABLE",
-    "PRESETS",
-    "SPEC",
-    "DataConfig",
-    "EvalConfig",
-    "FundusMMConfig",
-    "ModelConfig",
-    "TrainConfig",
-]
+__all__ = ["ABLATIONS", "PRESETS", "SPEC", "DataConfig", "EvalConfig", "FundusMMConfig", "ModelConfig", "TrainConfig"]
+
+SIGLIP_ONE_POSITIVE = (
+    "model.contrastive_loss=siglip has one positive per image: set train.class_level_positives=false "
+    "(or use model.contrastive_loss=clip)"
+)
 
 
 @dataclass
@@ -28,25 +23,16 @@ class DataConfig(BaseDataConfig):
     Attributes:
         dataset: ``"synthetic"`` (the embedded SynthFundus set with its per-image captions),
             ``"aptos"``, ``"odir"`` or ``"fives"`` (class-level captions: the class's prompts).
-        num_images: Synthetic images to generate.
+        image_size: A multiple of the ViT's patch size 16.
         val_fraction: Share of the training patients held out for validation.
         test_fraction: Share of the patients held out for testing where the dataset has no test split.
-
-    ``image_size`` must be a multiple of the ViT's patch size 16.
     """
 
     dataset: Literal["synthetic", "aptos", "odir", "fives"] = "synthetic"
     num_images: int = 800
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.image_size < 32 or self.image_size % 16:
-            raise ValueError(f"data.image_size must be a multiple of 16 and >= 32, got {self.image_size}")
-        for name in ("val_fraction", "test_fraction"):
-            if not 0.0 < getattr(self, name) < 1.0:
-                raise ValueError(f"data.{name} must lie in (0, 1), got {getattr(self, name)}")
+    image_size: int = bounded(64, ">= 32", multiple_of=16)
+    val_fraction: float = bounded(0.1, "in (0, 1)")
+    test_fraction: float = bounded(0.2, "in (0, 1)")
 
 
 @dataclass
@@ -64,31 +50,24 @@ class ModelConfig:
         text_freeze: Keep the pretrained tower's weights fixed (its projection still trains).
         text_lr_scale: The pretrained tower's learning rate as a share of ``train.lr`` (BERT-style
             models are fine-tuned at about a tenth of a from-scratch rate).
-        text_width: Width of the scratch text transformer (the pretrained tower brings its own).
-        text_layers: Its blocks.
-        text_heads: Its heads.
+        text_width, text_layers, text_heads: The scratch text transformer (the pretrained tower brings its own).
         fusion: Fuse image and text tokens with :class:`qualcl.heads.CrossAttentionFusion`
             (``False``: each decoder reads the un-fused image tokens).
-        fusion_dim: Width of the fused tokens (and of the decoders' context).
-        fusion_depth: Fusion layers.
-        fusion_heads: Fusion heads.
+        fusion_dim, fusion_depth, fusion_heads: Width of the fused tokens (and of the decoders'
+            context), layers and heads of the fusion.
         mim: Masked image modelling (the MAE decoder and its loss).
         mask_ratio: Share of the patches removed from the image encoder's input (MAE: 0.75).
         contrastive_view: The image the contrastive embedding comes from: ``"full"`` (one more
             encoder pass on the whole image, as CLIP / CoCa) or ``"masked"`` (the visible patches
             of the masked pass, as FLIP: cheaper, but at 64 px four visible patches of sixteen
             hardly identify a caption, and the contrastive loss stays at chance).
-        decoder_dim: MAE decoder width.
-        decoder_depth: MAE decoder blocks.
-        decoder_heads: MAE decoder heads.
+        decoder_dim, decoder_depth, decoder_heads: The MAE decoder.
         norm_pix_loss: Standardise each target patch (MAE).
         loss_on: ``"masked"`` (MAE) or ``"all"`` (the paper's whole-image Eq. 4).
         caption: ``"masked"`` (masked caption reconstruction, the paper's Eq. 5–6),
             ``"autoregressive"`` (CoCa's captioning) or ``"none"``.
         text_mask_ratio: Share of the caption tokens selected in masked mode (BERT: 0.15).
-        caption_width: Caption decoder width.
-        caption_depth: Caption decoder blocks.
-        caption_heads: Caption decoder heads.
+        caption_width, caption_depth, caption_heads: The caption decoder.
         contrastive: Train the contrastive objective.
         contrastive_loss: ``"clip"`` (:class:`qualcl.losses.ClipLoss`: a softmax over the batch,
             class-level positives possible) or ``"siglip"`` (:class:`qualcl.losses.SigLipLoss`: the
@@ -101,7 +80,7 @@ class ModelConfig:
     text_tower: Literal["scratch", "pretrained"] = "scratch"
     text_model: str | None = None
     text_freeze: bool = False
-    text_lr_scale: float = 0.1
+    text_lr_scale: float = bounded(0.1, "> 0")
     text_width: int = 128
     text_layers: int = 2
     text_heads: int = 4
@@ -110,7 +89,7 @@ class ModelConfig:
     fusion_depth: int = 1
     fusion_heads: int = 4
     mim: bool = True
-    mask_ratio: float = 0.75
+    mask_ratio: float = bounded(0.75, "in [0, 1)")
     contrastive_view: Literal["full", "masked"] = "full"
     decoder_dim: int = 128
     decoder_depth: int = 2
@@ -118,7 +97,7 @@ class ModelConfig:
     norm_pix_loss: bool = True
     loss_on: Literal["masked", "all"] = "masked"
     caption: Literal["masked", "autoregressive", "none"] = "masked"
-    text_mask_ratio: float = 0.15
+    text_mask_ratio: float = bounded(0.15, "in (0, 1]")
     caption_width: int = 128
     caption_depth: int = 2
     caption_heads: int = 4
@@ -126,22 +105,17 @@ class ModelConfig:
     contrastive_loss: Literal["clip", "siglip"] = "clip"
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"model.mask_ratio must lie in [0, 1), got {self.mask_ratio}")
-        if not 0.0 < self.text_mask_ratio <= 1.0:
-            raise ValueError(f"model.text_mask_ratio must lie in (0, 1], got {self.text_mask_ratio}")
-        if self.text_tower not in ("scratch", "pretrained"):
-            raise ValueError(f"model.text_tower must be 'scratch' or 'pretrained', got {self.text_tower!r}")
         if self.text_model is not None and self.text_tower != "pretrained":
             raise ValueError("model.text_model is the pretrained tower's folder: set model.text_tower=pretrained")
-        if not self.text_lr_scale > 0.0:
-            raise ValueError(f"model.text_lr_scale must be positive, got {self.text_lr_scale}")
         if not (self.contrastive or self.mim or self.caption != "none"):
             raise ValueError("switch on at least one objective: model.contrastive, model.mim or model.caption")
-        for name, heads in (("fusion", "fusion_heads"), ("decoder", "decoder_heads"), ("caption", "caption_heads")):
-            width = getattr(self, f"{name}_dim" if name != "caption" else "caption_width")
-            if width % getattr(self, heads):
-                raise ValueError(f"model.{heads} must divide the {name} width {width}")
+        for name, width in (
+            ("fusion", self.fusion_dim),
+            ("decoder", self.decoder_dim),
+            ("caption", self.caption_width),
+        ):
+            if width % getattr(self, f"{name}_heads"):
+                raise ValueError(f"model.{name}_heads must divide the {name} width {width}")
 
 
 @dataclass
@@ -150,34 +124,30 @@ class TrainConfig:
 
     Attributes:
         epochs: Pre-training epochs.
-        batch_size: Image–text pairs per batch.
+        batch_size: Image–text pairs per batch (at least 2: the contrastive loss needs negatives).
         lr: Peak learning rate.
         weight_decay: AdamW weight decay.
-        warmup_epochs: Linear warm-up epochs.
+        warmup_epochs: Linear warm-up epochs (at most ``epochs``).
         contrastive_weight: Weight of ``L_con`` (the paper: 1).
-        image_weight: Weight of ``L_img`` (the paper: 1).
-        caption_weight: Weight of ``L_cap`` (the paper: 1; CoCa: 2).
         class_level_positives: Treat every same-class pair as a positive in ``L_con``
             (:class:`qualcl.losses.ClipLoss` with labels). ``None``: on for class-level captions
             (the real datasets), off for the synthetic set's per-image captions.
+        image_weight: Weight of ``L_img`` (the paper: 1).
+        caption_weight: Weight of ``L_cap`` (the paper: 1; CoCa: 2).
     """
 
     epochs: int = 12
-    batch_size: int = 32
+    batch_size: int = bounded(32, ">= 2")
     lr: float = 3e-4
     weight_decay: float = 0.05
     warmup_epochs: int = 1
     contrastive_weight: float = 1.0
+    class_level_positives: bool | None = None
     image_weight: float = 1.0
     caption_weight: float = 1.0
-    class_level_positives: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.batch_size < 2:
-            raise ValueError(
-                f"train.batch_size must be >= 2 (the contrastive loss needs negatives), got {self.batch_size}"
-            )
-        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+        if self.warmup_epochs > self.epochs:
             raise ValueError(f"train.warmup_epochs must lie in [0, train.epochs], got {self.warmup_epochs}")
 
 
@@ -204,25 +174,18 @@ class EvalConfig:
     lq_ratios: tuple[float, ...] = (0.7, 1.0)
 
     def __post_init__(self) -> None:
-        if not self.recall_k or min(self.recall_k) < 1:
-            raise ValueError(f"eval.recall_k must hold positive cut-offs, got {self.recall_k}")
-        if not self.shots or min(self.shots) < 1:
-            raise ValueError(f"eval.shots must hold positive counts, got {self.shots}")
-        if self.few_shot_seeds < 1:
-            raise ValueError(f"eval.few_shot_seeds must be >= 1, got {self.few_shot_seeds}")
+        for name in ("recall_k", "shots"):
+            if not getattr(self, name) or min(getattr(self, name)) < 1:
+                raise ValueError(f"eval.{name} must hold positive counts, got {getattr(self, name)}")
         if any(not 0.0 <= r <= 1.0 for r in self.lq_ratios):
             raise ValueError(f"eval.lq_ratios must lie in [0, 1], got {self.lq_ratios}")
 
 
 @dataclass
 class FundusMMConfig(RecipeConfig):
-    """The whole run (``preset``, ``seed`` and ``trainer`` come from :class:`RecipeConfig`).
+    """The whole run: data, model, train, eval sections; preset, seed and trainer come from RecipeConfig.
 
-    Attributes:
-        data: :class:`DataConfig`.
-        model: :class:`ModelConfig`.
-        train: :class:`TrainConfig`.
-        eval: :class:`EvalConfig`.
+    Across sections: SigLIP has one positive per image, so no class-level positives (the real datasets' default).
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -230,81 +193,57 @@ class FundusMMConfig(RecipeConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self) -> None:
+        class_level = self.train.class_level_positives
+        if class_level is None:  # by default: whether the captions are class-level (those of the real datasets)
+            class_level = self.data.dataset != "synthetic"
+        if class_level and self.model.contrastive_loss == "siglip":
+            raise ValueError(SIGLIP_ONE_POSITIVE)
 
-#: ``{preset: overrides of the defaults}``.
+
+#: ``{preset: overrides of the defaults}``: ``smoke`` (seconds: tests, CI), ``default`` (minutes on 2 CPU
+#: cores: the paper's method at CPU size), ``paper`` (its ViT-B/16 at 224 px, for a GPU and the real data).
+# fmt: off
 PRESETS: dict[str, dict[str, Any]] = {
-    # seconds: for tests and CI
     "smoke": {
         "trainer": {"progress": False},
         "data": {"num_images": 64, "image_size": 48},
-        "model": {
-            "embed_dim": 32,
-            "text_width": 32,
-            "text_layers": 1,
-            "fusion_dim": 32,
-            "decoder_dim": 32,
-            "decoder_depth": 1,
-            "caption_width": 32,
-            "caption_depth": 1,
-        },
+        "model": {"embed_dim": 32, "text_width": 32, "text_layers": 1, "fusion_dim": 32, "decoder_dim": 32,
+                  "decoder_depth": 1, "caption_width": 32, "caption_depth": 1},
         "train": {"epochs": 2, "batch_size": 16},
         "eval": {"shots": (1, 2), "few_shot_seeds": 2, "probe_epochs": 20, "finetune_epochs": 1, "recall_k": (1, 5)},
     },
-    # minutes on 2 CPU cores: the paper's method at CPU size
     "default": {},
-    # the paper's ViT-B/16 at 224 px, for a GPU and the real data
     "paper": {
         "data": {"dataset": "aptos", "image_size": 224},
-        "model": {
-            "encoder": "vit_base",
-            "embed_dim": 512,
-            "text_width": 512,
-            "text_layers": 12,
-            "text_heads": 8,
-            "fusion_dim": 768,
-            "fusion_heads": 12,
-            "decoder_dim": 512,
-            "decoder_depth": 8,
-            "decoder_heads": 16,
-            "caption_width": 512,
-            "caption_depth": 6,
-            "caption_heads": 8,
-        },
+        "model": {"encoder": "vit_base", "embed_dim": 512, "text_width": 512, "text_layers": 12, "text_heads": 8,
+                  "fusion_dim": 768, "fusion_heads": 12, "decoder_dim": 512, "decoder_depth": 8, "decoder_heads": 16,
+                  "caption_width": 512, "caption_depth": 6, "caption_heads": 8},
         "train": {"epochs": 100, "batch_size": 64, "lr": 1.5e-4, "warmup_epochs": 10},
         "eval": {"finetune_epochs": 30, "finetune_lr": 1e-4},
     },
 }
+# fmt: on
 
 #: Baselines and ablation (``qualcl run fundus-mm --ablation``): the paper's Table 1 rows and its parts.
 ABLATIONS: dict[str, Variant] = {
     "clip": Variant("CLIP (contrastive only)", ("model.mim=false", "model.caption=none", "model.fusion=false")),
-    "coca": Variant(
-        "CoCa (contrastive + autoregressive captioning)",
-        ("model.mim=false", "model.caption=autoregressive", "model.fusion=false"),
-    ),
-    "mae": Variant(
-        "MAE only (no text objective: zero-shot and recall at chance by construction)",
-        ("model.contrastive=false", "model.caption=none", "model.fusion=false"),
-    ),
+    "coca": Variant("CoCa (contrastive + autoregressive captioning)",
+                    ("model.mim=false", "model.caption=autoregressive", "model.fusion=false")),
+    "mae": Variant("MAE only (no text objective: zero-shot and recall at chance by construction)",
+                   ("model.contrastive=false", "model.caption=none", "model.fusion=false")),
     "full": Variant("the paper's method (contrastive + masked image + masked caption, fusion)"),
     "no_fusion": Variant("− fusion", ("model.fusion=false",)),
     "no_mim": Variant("− masked image modelling", ("model.mim=false",)),
     "no_caption": Variant("− captioning", ("model.caption=none",)),
-}
+}  # fmt: skip
 #: The paper's Table 1 (zero-shot ODIR acc %, few-shot FIVES acc %, fine-tuned APTOS kappa × 100).
 PAPER_TABLE: dict[str, tuple[str, str, str]] = {
     "clip": ("25.67", "42.33", "74.05"),
     "coca": ("33.56", "40", "74.96"),
     "full": ("36.24", "46.83", "85.07"),
 }
-
-#: What ``qualcl run fundus-mm`` needs before it trains (its options, their help, the config and the
-#: ablation); the recipe object (``recipe.py``, which imports torch) carries the same attributes.
-SPEC: RecipeSpec[FundusMMConfig] = RecipeSpec(
-    name="fundus-mm",
-    config_class=FundusMMConfig,
-    presets=PRESETS,
+SPEC = RecipeSpec(
+    "fundus-mm", FundusMMConfig, PRESETS, ablations=ABLATIONS, set_example="model.caption=autoregressive",
     data_help="dataset folder (aptos: train.csv + train_images/; odir: the annotation sheet; fives: train/, test/)",
-    set_example="model.caption=autoregressive",
-    ablations=ABLATIONS,
-)
+)  # fmt: skip
