@@ -9,7 +9,7 @@ from PIL import Image
 
 from qualcl.recipes.fundus_mm.config import DataConfig
 from qualcl.recipes.fundus_mm.data import PairDataset, load_fundus_mm_data
-from qualcl.recipes.fundus_mm.evaluate import few_shot_indices, prompt_head_predict, text_recall
+from qualcl.recipes.fundus_mm.evaluate import few_shot_indices, prompt_head_classify, prompt_head_fit, text_recall
 from qualcl.recipes.fundus_mm.modules import zero_shot_logits
 from qualcl.recipes.fundus_mm.prompts import class_prompts
 
@@ -93,6 +93,6 @@ def test_few_shot_draws_k_per_class_and_the_prompt_head_starts_at_zero_shot():
     train = torch.nn.functional.normalize(torch.randn(9, 6, generator=g), dim=1)
     y = torch.tensor([0, 1, 2] * 3)
     zero = zero_shot_logits(test, classes).argmax(1)
-    assert torch.equal(prompt_head_predict(train, y, test, classes, scale=10.0, epochs=0), zero)
-    tuned = prompt_head_predict(train, y, train, classes, scale=10.0, epochs=300, lr=0.05)
+    assert torch.equal(prompt_head_classify(prompt_head_fit(train, y, classes, scale=10.0, epochs=0), test), zero)
+    tuned = prompt_head_classify(prompt_head_fit(train, y, classes, scale=10.0, epochs=300, lr=0.05), train)
     assert torch.equal(tuned, y)  # nine points, three classes: the head fits them

@@ -17,6 +17,8 @@ from qualcl.recipes.fundus_mm.prompts import CLASS_DEFINITIONS, class_prompts
 
 __all__ = ["FundusMMData", "PairDataset", "load_fundus_mm_data"]
 
+_Part = tuple[Sequence[Any], Sequence[int], Sequence[int]]  # records, their labels, their quality ids
+
 
 class FundusMMData(NamedTuple):
     """The run's tables (each with a caption per image) and the zero-shot class prompts.
@@ -40,17 +42,11 @@ class FundusMMData(NamedTuple):
 
 
 def _table(
-    paths: Sequence[Path],
-    labels: Sequence[int],
-    quality: Sequence[int],
-    quality_names: tuple[str, ...],
-    class_names: Sequence[str],
-    captions: Sequence[str],
-    patients: Sequence[str],
-    size: int,
-    progress: ImageProgress,
-) -> ImageTable:
-    images, _ = read_resized(list(paths), size, progress=progress)
+    records: Sequence[Any], labels: Sequence[int], quality: Sequence[int], quality_names: tuple[str, ...],
+    class_names: Sequence[str], captions: Sequence[str], size: int, progress: ImageProgress,
+) -> ImageTable:  # fmt: skip
+    paths = [r.image for r in records]
+    images, _ = read_resized(paths, size, progress=progress)
     return ImageTable(
         images=images,
         label=torch.tensor(list(labels), dtype=torch.long),
@@ -58,7 +54,7 @@ def _table(
         quality_names=quality_names,
         label_names=tuple(class_names),
         path=[str(p) for p in paths],
-        patient=list(patients),
+        patient=[r.patient_id for r in records],
         caption=list(captions),
         fov=images.amax(dim=1) > 12,
     )
@@ -79,41 +75,24 @@ def _synthetic(config: DataConfig, root: Path, progress: ImageProgress) -> Fundu
 
     def table(split: str) -> ImageTable:
         records = read_eyeq(root, split)
-        return _table(
-            [r.image for r in records],
-            [r.dr_grade for r in records],
-            [r.quality for r in records],
-            FUNDUS_QUALITY,
-            names,
-            [captions[r.image.name] for r in records],
-            [r.patient_id for r in records],
-            config.image_size,
-            progress,
-        )
+        labels, quality = [r.dr_grade for r in records], [r.quality for r in records]
+        texts = [captions[r.image.name] for r in records]
+        return _table(records, labels, quality, FUNDUS_QUALITY, names, texts, config.image_size, progress)
 
     train, val = _split(table("train"), config.val_fraction, config.seed)
     return FundusMMData(train, val, table("test"), class_prompts("dr"), names, class_level=False)
 
 
 def _class_level(
-    config: DataConfig, records: Sequence[Any], labels: Sequence[int], quality: Sequence[int],
-    quality_names: tuple[str, ...], key: str, progress: ImageProgress, test: Sequence[Any] | None = None,
-    test_labels: Sequence[int] = (), test_quality: Sequence[int] = (),
-) -> FundusMMData:  # fmt: skip
-    prompts = class_prompts(key)
-    names = [n for n, _ in CLASS_DEFINITIONS[key]]
-
-    def table(part: Sequence[Any], y: Sequence[int], q: Sequence[int]) -> ImageTable:
-        return _table(
-            [r.image for r in part], y, q, quality_names, names, [prompts[c][-1] for c in y],
-            [r.patient_id for r in part], config.image_size, progress,
-        )  # fmt: skip
-
-    everything = table(records, labels, quality)
-    if test is None:
-        rest, held_out = _split(everything, config.test_fraction, config.seed)
-    else:
-        rest, held_out = everything, table(test, test_labels, test_quality)
+    config: DataConfig, key: str, quality_names: tuple[str, ...], progress: ImageProgress, *parts: _Part
+) -> FundusMMData:
+    """Tables captioned with their class's definition prompt from one part (test split off) or two (train, test)."""
+    prompts, names = class_prompts(key), [n for n, _ in CLASS_DEFINITIONS[key]]
+    tables = [
+        _table(records, y, q, quality_names, names, [prompts[c][-1] for c in y], config.image_size, progress)
+        for records, y, q in parts
+    ]
+    rest, held_out = tables if len(tables) == 2 else _split(tables[0], config.test_fraction, config.seed)
     train, val = _split(rest, config.val_fraction, config.seed)
     return FundusMMData(train, val, held_out, prompts, names, class_level=True)
 
@@ -143,37 +122,30 @@ def load_fundus_mm_data(config: DataConfig, root: Path, *, progress: ImageProgre
         from qualcl.data.readers import read_aptos
 
         records = read_aptos(root)
-        data = _class_level(config, records, [r.dr_grade for r in records], [0] * len(records), UNRATED, "dr", progress)
+        data = _class_level(
+            config, "dr", UNRATED, progress, (records, [r.dr_grade for r in records], [0] * len(records))
+        )
     elif config.dataset == "odir":
         from qualcl.data.readers import ODIR_QUALITY, read_odir
 
         eyes = read_odir(root)
         data = _class_level(
-            config, eyes, [e.label for e in eyes], [e.quality for e in eyes], ODIR_QUALITY, "odir", progress
+            config, "odir", ODIR_QUALITY, progress, (eyes, [e.label for e in eyes], [e.quality for e in eyes])
         )
     else:
         from qualcl.data.readers import read_fives
 
         train, test = read_fives(root, "train"), read_fives(root, "test")
         rated = all(r.quality is not None for r in train + test)
-        names = ("Good", "Low") if rated else UNRATED
-
-        def quality(part: Sequence[Any]) -> list[int]:
-            return [0 if not rated or r.good_quality else 1 for r in part]
-
-        data = _class_level(
-            config, train, [r.label for r in train], quality(train), names, "fives", progress,
-            test=test, test_labels=[r.label for r in test], test_quality=quality(test),
-        )  # fmt: skip
-    for name in ("train", "val", "test"):
-        if len(getattr(data, name)) < 2:
-            raise ValueError(
-                f"the {name} split of {root} has {len(getattr(data, name))} image(s); at least 2 are needed"
-            )
+        parts = [(p, [r.label for r in p], [0 if not rated or r.good_quality else 1 for r in p]) for p in (train, test)]
+        data = _class_level(config, "fives", ("Good", "Low") if rated else UNRATED, progress, *parts)
+    for name, table in zip(("train", "val", "test"), data[:3], strict=True):
+        if len(table) < 2:
+            raise ValueError(f"the {name} split of {root} has {len(table)} image(s); at least 2 are needed")
     return data
 
 
-class PairDataset(Dataset[tuple[Tensor, Tensor, int, int]]):
+class PairDataset(Dataset[tuple[Any, ...]]):
     """Image–caption pairs: ``(image (3, S, S) float in [0, 1], ids (T,), label, quality)``.
 
     No flip augmentation: a caption names the eye, and a flipped left eye looks like a right
@@ -181,17 +153,18 @@ class PairDataset(Dataset[tuple[Tensor, Tensor, int, int]]):
 
     Args:
         table: Images with captions.
-        ids: ``(N, T)`` caption ids (the tokenizer's encoding of ``table.caption``).
+        ids: ``(N, T)`` caption ids (the tokenizer's encoding of ``table.caption``); ``None``: the
+            items are ``(image, label, quality)``, as :class:`~qualcl.recipes.modules.GradingFineTuning` reads them.
     """
 
-    def __init__(self, table: ImageTable, ids: Tensor) -> None:
-        if ids.shape[0] != len(table):
+    def __init__(self, table: ImageTable, ids: Tensor | None = None) -> None:
+        if ids is not None and ids.shape[0] != len(table):
             raise ValueError(f"ids has {ids.shape[0]} rows for {len(table)} images")
         self.table, self.ids = table, ids
 
     def __len__(self) -> int:
         return len(self.table)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int, int]:
-        image = self.table.images[index].float() / 255.0
-        return image, self.ids[index], int(self.table.label[index]), int(self.table.quality[index])
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        image, text = self.table.images[index].float() / 255.0, () if self.ids is None else (self.ids[index],)
+        return image, *text, int(self.table.label[index]), int(self.table.quality[index])

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["few_shot_indices", "prompt_head_classify", "prompt_head_fit", "prompt_head_predict", "text_recall"]
+__all__ = ["few_shot_indices", "prompt_head_classify", "prompt_head_fit", "text_recall"]
 
 
 def text_recall(
@@ -43,11 +43,9 @@ def text_recall(
     sims = image_embeddings.float() @ text_embeddings.float().T
     out: dict[str, float] = {}
     for k in ks:
-        kk = min(int(k), n)
-        i2t = sims.topk(kk, dim=1).indices
-        t2i = sims.T.topk(kk, dim=1).indices
-        out[f"i2t_r@{k}"] = float(same.gather(1, i2t).any(dim=1).double().mean())
-        out[f"t2i_r@{k}"] = float(same.gather(1, t2i).any(dim=1).double().mean())
+        for name, scores in (("i2t", sims), ("t2i", sims.T)):  # ``same`` is symmetric: it serves both directions
+            hits = same.gather(1, scores.topk(min(int(k), n), dim=1).indices)
+            out[f"{name}_r@{k}"] = float(hits.any(dim=1).double().mean())
     return out
 
 
@@ -68,28 +66,23 @@ def few_shot_indices(labels: Tensor, shots: int, num_classes: int, seed: int) ->
 
 
 def prompt_head_fit(
-    train_embeddings: Tensor,
-    train_labels: Tensor,
-    class_embeddings: Tensor,
-    *,
-    scale: float,
-    epochs: int = 200,
-    lr: float = 1e-2,
+    embeddings: Tensor, labels: Tensor, class_embeddings: Tensor, *, scale: float, epochs: int = 200, lr: float = 1e-2
 ) -> Tensor:
     """A cosine classifier initialised with the class prompts' embeddings, tuned on the few shots.
 
-    ``logits = scale · normalize(x) · normalize(W)ᵀ`` with ``W₀`` = the class text embeddings (so
-    epoch 0 is the zero-shot classifier); full-batch Adam on cross-entropy.
+    ``logits = scale · normalize(x) · normalize(W)ᵀ`` for the ``(K, D)`` shot embeddings ``x`` (classes
+    ``labels``), ``W₀`` = the ``(C, D)`` class text embeddings (so epoch 0 is the zero-shot classifier);
+    full-batch Adam on cross-entropy.
 
     Returns:
         ``(C, D)`` unit class vectors (classify with :func:`prompt_head_classify`).
     """
     weight = class_embeddings.detach().clone().float().requires_grad_()
-    x = F.normalize(train_embeddings.float(), dim=-1)
+    x = F.normalize(embeddings.float(), dim=-1)
     optimizer = torch.optim.Adam([weight], lr=lr)
     with torch.enable_grad():
         for _ in range(epochs):
-            loss = F.cross_entropy(scale * x @ F.normalize(weight, dim=-1).T, train_labels)
+            loss = F.cross_entropy(scale * x @ F.normalize(weight, dim=-1).T, labels)
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
@@ -100,18 +93,3 @@ def prompt_head_classify(weight: Tensor, test_embeddings: Tensor) -> Tensor:
     """``(N_test,)`` class ids of the fitted head ``weight`` (:func:`prompt_head_fit`)."""
     with torch.no_grad():
         return (F.normalize(test_embeddings.float(), dim=-1) @ weight.T).argmax(dim=1)
-
-
-def prompt_head_predict(
-    train_embeddings: Tensor,
-    train_labels: Tensor,
-    test_embeddings: Tensor,
-    class_embeddings: Tensor,
-    *,
-    scale: float,
-    epochs: int = 200,
-    lr: float = 1e-2,
-) -> Tensor:
-    """:func:`prompt_head_fit` on the shots, then ``(N_test,)`` predicted class ids of ``test_embeddings``."""
-    weight = prompt_head_fit(train_embeddings, train_labels, class_embeddings, scale=scale, epochs=epochs, lr=lr)
-    return prompt_head_classify(weight, test_embeddings)

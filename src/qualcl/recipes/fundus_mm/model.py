@@ -1,32 +1,30 @@
 """The image–text model: masked ViT + text transformer, cross-attention fusion, MAE and caption decoders.
 
-The recipe wires qualcl's primitives; the maths lives in them. As open_clip splits ``CoCa`` (the
-model) from its loss, :class:`FundusMMNet` computes representations only: embeddings, predicted
-patches and caption logits with their targets (:class:`PretrainOutput`); the objectives that score
-them are built in one place (:func:`qualcl.recipes.fundus_mm.modules.build_objectives`). One
-pre-training step, for images ``x`` and caption ids ``c``:
+The recipe wires qualcl's primitives; the maths lives in them. As open_clip splits ``CoCa`` (the model) from its loss,
+:class:`FundusMMNet` computes representations only: embeddings, predicted patches and caption logits with their
+targets (:class:`PretrainOutput`); the objectives that score them are built in one place
+(:func:`qualcl.recipes.fundus_mm.modules.build_objectives`). One pre-training step, for images ``x`` and caption ids
+``c``:
 
-1. ``random_masking`` keeps ``round(L·(1 − r))`` patches; the ViT encodes only those
-   (``ViTEncoder.forward_masked``) → tokens ``h_img`` (class token first).
-2. ``z_img = proj(class token)`` of the whole image (``model.contrastive_view="full"``, CLIP) or of
-   the masked pass (``"masked"``, FLIP); ``z_txt`` = the text transformer's end-token embedding of the
-   full caption. ``L_con`` (:class:`~qualcl.losses.ClipLoss` or :class:`~qualcl.losses.SigLipLoss`)
-   scores the *un-fused* pooled embeddings (the fusion cannot leak the caption into the contrastive pair).
-3. Masked captioning: ``mask_tokens`` corrupts 15 % of the words; the text transformer encodes the
-   corrupted caption; :class:`~qualcl.heads.CrossAttentionFusion` fuses image and (corrupted) text
-   tokens; the MAE decoder reconstructs the removed patches from the fused image tokens
-   (``L_img``) and the caption decoder predicts the masked words from the corrupted ids while
-   cross-attending to the fused tokens of both modalities (``L_cap``). Neither fused side has
-   seen a masked word or a removed patch.
-   Autoregressive captioning (CoCa): the caption decoder reads ``c[:, :-1]`` and cross-attends to
-   the *un-fused* image tokens (the fused ones have seen the whole caption); the fusion then only
+1. ``random_masking`` keeps ``round(L·(1 − r))`` patches; the ViT encodes only those (``ViTEncoder.forward_masked``) →
+   tokens ``h_img`` (class token first).
+2. ``z_img = proj(class token)`` of the whole image (``model.contrastive_view="full"``, CLIP) or of the masked pass
+   (``"masked"``, FLIP); ``z_txt`` = the text transformer's end-token embedding of the full caption. ``L_con``
+   (:class:`~qualcl.losses.ClipLoss` or :class:`~qualcl.losses.SigLipLoss`) scores the *un-fused* pooled embeddings
+   (the fusion cannot leak the caption into the contrastive pair).
+3. Masked captioning: ``mask_tokens`` corrupts 15 % of the words; the text transformer encodes the corrupted caption;
+   :class:`~qualcl.heads.CrossAttentionFusion` fuses image and (corrupted) text tokens; the MAE decoder reconstructs
+   the removed patches from the fused image tokens (``L_img``) and the caption decoder predicts the masked words from
+   the corrupted ids while cross-attending to the fused tokens of both modalities (``L_cap``). Neither fused side has
+   seen a masked word or a removed patch. Autoregressive captioning (CoCa): the caption decoder reads ``c[:, :-1]``
+   and cross-attends to the *un-fused* image tokens (the fused ones have seen the whole caption); the fusion then only
    conditions the MAE decoder on the text.
 4. ``L = w_con L_con + w_img L_img + w_cap L_cap``.
 
-Under DDP (``gather_distributed``) the step equals one process on the concatenated batch: the
-network draws the masks for the global batch (every rank draws the same noise from the step's
-generator and keeps its own rows), so each image is masked as one process would mask it; the
-objectives contrast with every rank's pairs and average over every rank's patches and words.
+Under DDP (``gather_distributed``) the step equals one process on the concatenated batch: the network draws the masks
+for the global batch (every rank draws the same noise from the step's generator and keeps its own rows), so each image
+is masked as one process would mask it; the objectives contrast with every rank's pairs and average over every rank's
+patches and words.
 """
 
 from __future__ import annotations
@@ -111,94 +109,48 @@ class FundusMMNet(nn.Module):
         self, config: ModelConfig, tokenizer: CaptionTokenizer, image_size: int, *, gather_distributed: bool = False
     ) -> None:
         super().__init__()
-        self.config = config
-        self.gather_distributed = gather_distributed
-        self.tokenizer = tokenizer
-        self.image = vit_encoder(config.encoder, image_size=image_size)
-        width = self.image.num_features
-        self.image_proj = nn.Linear(width, config.embed_dim)
+        self.config, self.tokenizer, self.gather_distributed = config, tokenizer, gather_distributed
+        c, tok = config, tokenizer
+        self.image = vit_encoder(c.encoder, image_size=image_size)
+        width, patches = self.image.num_features, (self.image.num_patches, self.image.patch_size)
+        self.image_proj = nn.Linear(width, c.embed_dim)
         self.text: TextEncoder | PretrainedTextEncoder
-        if config.text_tower == "pretrained":
+        if c.text_tower == "pretrained":
             self.text = PretrainedTextEncoder(
-                text_model_path(config),
-                tokenizer.base_ids,
-                output_dim=config.embed_dim,
-                pad_id=tokenizer.pad_id,
-                context_length=tokenizer.context_length,
-                freeze=config.text_freeze,
-            )
+                text_model_path(c), tok.base_ids, output_dim=c.embed_dim, pad_id=tok.pad_id,
+                context_length=tok.context_length, freeze=c.text_freeze,
+            )  # fmt: skip
         else:
             self.text = TextEncoder(
-                tokenizer.vocab_size,
-                width=config.text_width,
-                layers=config.text_layers,
-                heads=config.text_heads,
-                context_length=tokenizer.context_length,
-                output_dim=config.embed_dim,
-                pad_id=tokenizer.pad_id,
-                end_id=tokenizer.end_id,
-            )
-        generative = config.mim or config.caption != "none"
-        self.image_tokens = nn.Linear(width, config.fusion_dim) if generative else None
-        self.text_tokens = nn.Linear(self.text.width, config.fusion_dim) if generative and config.fusion else None
-        self.fusion = (
-            # the text side is only read by the masked caption decoder
-            CrossAttentionFusion(
-                config.fusion_dim, config.fusion_heads, config.fusion_depth, bidirectional=config.caption == "masked"
-            )
-            if generative and config.fusion
-            else None
-        )
-        self.mae_decoder = (
-            MAEDecoder(
-                self.image.num_patches,
-                self.image.patch_size,
-                3,
-                encoder_dim=config.fusion_dim,
-                decoder_dim=config.decoder_dim,
-                depth=config.decoder_depth,
-                num_heads=config.decoder_heads,
-            )
-            if config.mim
-            else None
-        )
-        self.caption_decoder = (
-            CaptionDecoder(
-                tokenizer.vocab_size,
-                config.caption_width,
-                config.caption_depth,
-                config.caption_heads,
-                context_length=tokenizer.context_length,
-                context_dim=config.fusion_dim,
-                mode=config.caption,
-                pad_id=tokenizer.pad_id,
-            )
-            if config.caption != "none"
-            else None
-        )
+                tok.vocab_size, width=c.text_width, layers=c.text_layers, heads=c.text_heads,
+                context_length=tok.context_length, output_dim=c.embed_dim, pad_id=tok.pad_id, end_id=tok.end_id,
+            )  # fmt: skip
+        generative = c.mim or c.caption != "none"
+        fused = generative and c.fusion
+        self.image_tokens = nn.Linear(width, c.fusion_dim) if generative else None
+        self.text_tokens = nn.Linear(self.text.width, c.fusion_dim) if fused else None
+        self.fusion = CrossAttentionFusion(  # its text side is only read by the masked caption decoder
+            c.fusion_dim, c.fusion_heads, c.fusion_depth, bidirectional=c.caption == "masked"
+        ) if fused else None  # fmt: skip
+        self.mae_decoder = MAEDecoder(
+            *patches, 3, encoder_dim=c.fusion_dim, decoder_dim=c.decoder_dim, depth=c.decoder_depth,
+            num_heads=c.decoder_heads,
+        ) if c.mim else None  # fmt: skip
+        self.caption_decoder = CaptionDecoder(
+            tok.vocab_size, c.caption_width, c.caption_depth, c.caption_heads, context_length=tok.context_length,
+            context_dim=c.fusion_dim, mode=c.caption, pad_id=tok.pad_id,
+        ) if c.caption != "none" else None  # fmt: skip
 
     # ------------------------------------------------------------------ embeddings
     def encode_image(self, images: Tensor) -> Tensor:
         """``(N, 3, S, S)`` → ``(N, embed_dim)`` L2-normalised embeddings of the whole image (no masking)."""
         return F.normalize(self.image_proj(self.image(images)), dim=-1)
 
-    def image_features(self, images: Tensor) -> Tensor:
-        """``(N, D)`` class tokens of the whole image (the few-shot probes' and fine-tuning's features)."""
-        features: Tensor = self.image(images)
-        return features
-
     def encode_text(self, ids: Tensor) -> Tensor:
         """``(N, T)`` ids → ``(N, embed_dim)`` L2-normalised embeddings."""
         return F.normalize(self.text(ids)[0], dim=-1)
 
     # ------------------------------------------------------------------ pre-training
-    def _global_rows(self, n: int, device: torch.device) -> tuple[int, int]:
-        """Rows of the global batch and this rank's first row (``(n, 0)`` on one process or without gathering)."""
-        if not self.gather_distributed:
-            return n, 0
-        everyone, offset = gather_with_grad(torch.zeros(n, 1, device=device))
-        return everyone.shape[0], offset
-
     def forward(self, images: Tensor, ids: Tensor, *, generator: torch.Generator | None = None) -> PretrainOutput:
         """One pre-training forward: what the switched-on objectives score (see the module docstring).
 
@@ -208,8 +160,11 @@ class FundusMMNet(nn.Module):
             generator: Draws of the image and caption masking.
         """
         config, tok = self.config, self.tokenizer
-        n = images.shape[0]
-        total, offset = self._global_rows(n, images.device)
+        n = total = images.shape[0]
+        offset = 0
+        if self.gather_distributed:  # the global batch's rows and this rank's first row
+            everyone, offset = gather_with_grad(torch.zeros(n, 1, device=images.device))
+            total = everyone.shape[0]
         masking = random_masking(
             images.new_zeros(total, self.image.num_patches, 1), config.mask_ratio, generator=generator
         )

@@ -1,8 +1,7 @@
 """Objectives and pre-training module of the image–text recipe, and the zero-shot classifier it validates with.
 
-As open_clip separates ``CoCa`` from the loss that trains it, :class:`FundusMMNet` computes
-representations and :class:`ImageTextObjectives` (built by :func:`build_objectives`, the one place
-where the recipe's losses are made) scores them; :class:`ImageTextPretraining` combines the two.
+:class:`ImageTextObjectives` (built by :func:`build_objectives`, the one place where the recipe's losses
+are made) scores what :class:`FundusMMNet` computes; :class:`ImageTextPretraining` combines the two.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qualcl.losses import CaptionLoss, ClipLoss, MaskedReconstructionLoss, SigLipLoss
-from qualcl.recipes.fundus_mm.config import ModelConfig, TrainConfig
+from qualcl.recipes.fundus_mm.config import SIGLIP_ONE_POSITIVE, ModelConfig, TrainConfig
 from qualcl.recipes.fundus_mm.model import FundusMMNet, PretrainOutput, per_process
 from qualcl.recipes.modules import History, RecipeModule, at_least_float32
 
@@ -65,9 +64,7 @@ class ImageTextObjectives(nn.Module):
     @property
     def logit_scale(self) -> float:
         """The contrastive logit scale (1/0.07 when the contrastive objective is off)."""
-        if self.contrastive is None:
-            return 1 / 0.07
-        return float(self.contrastive.current_logit_scale().detach())
+        return 1 / 0.07 if self.contrastive is None else float(self.contrastive.current_logit_scale().detach())
 
     def forward(self, out: PretrainOutput, labels: Tensor | None = None) -> dict[str, Tensor]:
         """The unweighted terms of the switched-on objectives, in the order contrastive, image, caption.
@@ -84,10 +81,7 @@ class ImageTextObjectives(nn.Module):
             z_img, z_txt = at_least_float32(out.image_embedding), at_least_float32(out.text_embedding)
             if isinstance(self.contrastive, SigLipLoss):
                 if labels is not None:
-                    raise ValueError(
-                        "model.contrastive_loss=siglip has one positive per image: set "
-                        "train.class_level_positives=false (or use model.contrastive_loss=clip)"
-                    )
+                    raise ValueError(SIGLIP_ONE_POSITIVE)
                 terms["contrastive"] = self.contrastive(z_img, z_txt)
             else:
                 terms["contrastive"] = self.contrastive(z_img, z_txt, labels=labels)
@@ -142,9 +136,6 @@ class ImageTextPretraining(RecipeModule):
         seed: Seed of the masks.
         objectives: The losses (default: :func:`build_objectives` of the network's config, gathering
             as the network does).
-
-    Raises:
-        ValueError: Class-level positives with SigLIP (one positive per image).
     """
 
     history = History(
@@ -172,30 +163,21 @@ class ImageTextPretraining(RecipeModule):
         objectives: ImageTextObjectives | None = None,
     ) -> None:
         super().__init__()
-        self.net = net
+        self.net, self.config, self.class_level, self.seed = net, config, class_level, seed
         if objectives is None:
-            gather = net.gather_distributed
-            objectives = build_objectives(net.config, config, pad_id=net.tokenizer.pad_id, gather=gather)
-        self.objectives = objectives
-        if class_level and isinstance(self.objectives.contrastive, SigLipLoss):
-            raise ValueError(
-                "model.contrastive_loss=siglip has one positive per image: set "
-                "train.class_level_positives=false (or use model.contrastive_loss=clip)"
+            objectives = build_objectives(
+                net.config, config, pad_id=net.tokenizer.pad_id, gather=net.gather_distributed
             )
-        self.config = config
+        self.objectives = objectives
         self.register_buffer("prompt_ids", prompt_ids.clone(), persistent=False)
         self.prompt_ids: Tensor
-        self.class_level = class_level
-        self.seed = seed
         self._total_steps: int | None = None
-
-    def _generator(self, step: int, device: torch.device) -> torch.Generator:
-        return torch.Generator(device=device).manual_seed(zlib.crc32(f"{self.seed}/{step}".encode()))
 
     def terms(self, batch: Batch, step: int) -> dict[str, Tensor]:
         """The unweighted objectives of a batch, its masks drawn from ``(seed, step)``."""
         images, ids, labels, _ = batch
-        out = self.net(images, ids, generator=self._generator(step, images.device))
+        generator = torch.Generator(device=images.device).manual_seed(zlib.crc32(f"{self.seed}/{step}".encode()))
+        out = self.net(images, ids, generator=generator)
         terms: dict[str, Tensor] = self.objectives(out, labels if self.class_level else None)
         return terms
 
@@ -241,28 +223,19 @@ class ImageTextPretraining(RecipeModule):
 
         A pretrained text tower's weights train at ``model.text_lr_scale × lr``.
         """
-        lr = self.config.lr
+        lr, decay, scale = self.config.lr, self.config.weight_decay, self.net.config.text_lr_scale
         pretrained = self.net.config.text_tower == "pretrained"
-        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}  # (no weight decay, the slow text tower)
         for name, param in self.named_parameters():
-            if not param.requires_grad:
-                continue
-            flat = param.ndim <= 1 or "embedding" in name or "mask_token" in name or "logit_scale" in name
-            slow = pretrained and name.startswith("net.text.model.")
-            groups.setdefault((flat, slow), []).append(param)
-        scale = self.net.config.text_lr_scale
-        optimizer = torch.optim.AdamW(
-            [
-                {
-                    "params": params,
-                    "weight_decay": 0.0 if flat else self.config.weight_decay,
-                    "lr": lr * (scale if slow else 1.0),
-                }
-                for (flat, slow), params in sorted(groups.items())
-            ],
-            lr=lr,
-            betas=(0.9, 0.95),
-        )
+            if param.requires_grad:
+                flat = param.ndim <= 1 or "embedding" in name or "mask_token" in name or "logit_scale" in name
+                slow = pretrained and name.startswith("net.text.model.")
+                groups.setdefault((flat, slow), []).append(param)
+        rates = [
+            (p, 0.0 if flat else decay, lr * (scale if slow else 1.0)) for (flat, slow), p in sorted(groups.items())
+        ]
+        params = [{"params": p, "weight_decay": wd, "lr": rate} for p, wd, rate in rates]
+        optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95))
         # the schedule's length is fixed when the stage starts: a resumed run's loader skips the batches
         # already done, so Lightning's estimate would shrink (the checkpoint restores it before this call)
         if self._total_steps is None:
