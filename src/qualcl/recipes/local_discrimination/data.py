@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from qualcl.data.augment import item_generator
+from qualcl.data.images import open_image
 from qualcl.data.loading import FUNDUS_QUALITY, UNRATED, ImageProgress, patient_split, read_resized
 from qualcl.data.readers import SEGMENTATION_DATASETS, load_segmentation_sample, read_segmentation
 from qualcl.data.synthetic import load_fundus_dataset
@@ -94,11 +95,9 @@ def dataset_tasks(dataset: str) -> tuple[str, ...]:
 
 def _read_mask(path: Path, size: int) -> Tensor:
     """A binary mask file as ``(size, size)`` bool (nearest-neighbour resize when its side differs)."""
-    with Image.open(path) as image:
-        grey = image.convert("L")
-        if grey.size != (size, size):
-            grey = grey.resize((size, size), Image.Resampling.NEAREST)
-        return torch.from_numpy(np.array(grey)) > 0
+    grey = open_image(path, "L")
+    grey = grey if grey.size == (size, size) else grey.resize((size, size), Image.Resampling.NEAREST)
+    return torch.from_numpy(np.array(grey)) > 0
 
 
 Splits = tuple[SegmentationSet, SegmentationSet, Tensor]
@@ -112,13 +111,9 @@ def _synthetic(config: DataConfig, root: Path, progress: ImageProgress) -> Split
         records = [folder.records[i] for i in positions]
         paths = [root / r.get("image_path", f"images/{r['image']}") for r in records]
         images, _ = read_resized(paths, size, progress=progress)
-        masks = {
-            task: torch.stack([_read_mask(root / r["masks"][task], size) for r in records]) for task in SYNTHETIC_TASKS
-        }
-        landmarks = {
-            name: torch.tensor([r["landmarks"][name] for r in records], dtype=torch.float32) * scale
-            for name in ("disc", "fovea")
-        }
+        masks = {t: torch.stack([_read_mask(root / r["masks"][t], size) for r in records]) for t in SYNTHETIC_TASKS}
+        points = {n: torch.tensor([r["landmarks"][n] for r in records], dtype=torch.float32) for n in ("disc", "fovea")}
+        landmarks = {name: xy * scale for name, xy in points.items()}
         quality = torch.tensor([int(r["quality"]) for r in records], dtype=torch.long)
         return SegmentationSet(images, masks, quality, FUNDUS_QUALITY, landmarks, [r["image"] for r in records])
 
@@ -127,8 +122,7 @@ def _synthetic(config: DataConfig, root: Path, progress: ImageProgress) -> Split
 
 
 def _real(config: DataConfig, root: Path, progress: ImageProgress) -> Splits:
-    dataset = config.dataset
-    tasks = SEGMENTATION_DATASETS[dataset]
+    dataset, tasks = config.dataset, SEGMENTATION_DATASETS[config.dataset]
 
     def table(records: Sequence[object]) -> SegmentationSet:
         iterator = progress(list(records)) if progress is not None else records  # type: ignore[arg-type]
@@ -171,7 +165,6 @@ def load_ld_data(
     unknown = [t for t in chosen if t not in available]
     if unknown:
         raise ValueError(f"transfer.tasks {unknown} are not masks of {config.dataset}; choose from {list(available)}")
-    pretrain = train.images
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed + 1)).tolist()
     if config.dataset == "synthetic":  # by patient: both eyes on one side
         patients = [train.names[i].split("_")[0] for i in range(len(train))]
@@ -188,7 +181,7 @@ def load_ld_data(
             f"{config.dataset}: {len(labelled)} labelled, {len(val)} validation and {len(test)} test images; "
             "the transfer needs at least 2, 1 and 1 (more images, or a larger data.labelled)"
         )
-    return LDData(pretrain, train.subset(labelled), train.subset(val), test, priors, chosen)
+    return LDData(train.images, train.subset(labelled), train.subset(val), test, priors, chosen)
 
 
 class SegmentationDataset(Dataset[tuple[Tensor, Tensor, int]]):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -129,31 +128,7 @@ def _weighted(terms: dict[str, Tensor], weights: Mapping[str, float]) -> Tensor:
     return torch.stack([weights.get(name, 1.0) * value for name, value in terms.items()]).sum()
 
 
-class _SelfSupervisedStage(RecipeModule):
-    """What both pre-training modules share: network, views, losses, a row of mean terms per epoch, train mode."""
-
-    history = History(
-        curves=TERMS,
-        metrics={"loss": "total (weighted)"},
-        extra=("lr",),
-        ylabel="loss term",
-        metrics_label="total loss",
-    )
-
-    def __init__(
-        self, net: LDNet, views: LocalDiscriminationViews, config: PretrainConfig, *, gather_distributed: bool
-    ) -> None:
-        super().__init__()
-        self.net, self.views, self.config = net, views, config
-        self.losses = build_losses(config, gather=gather_distributed)
-        self.weights = {"region": config.region_weight, "entropy": config.entropy_weight}
-
-    def on_train_epoch_start(self) -> None:
-        """Train mode, whatever mode the network arrived in."""
-        self.train()
-
-
-class LDPretraining(_SelfSupervisedStage):
+class LDPretraining(RecipeModule):
     r"""One pre-training stage: ``"pd"`` (stage 1), ``"ld"`` (stage 2) or a baseline (``"simclr"``, ``"dense"``).
 
     Stage 1: ``L = L_pd + L_mix``; stage 2: ``L = L_pd + L_mix + 10·L_region + 0.1·L_entropy``
@@ -170,6 +145,14 @@ class LDPretraining(_SelfSupervisedStage):
         gather_distributed: Under DDP, losses over every rank's batch (see :func:`build_losses`).
     """
 
+    history = History(
+        curves=TERMS,
+        metrics={"loss": "total (weighted)"},
+        extra=("lr",),
+        ylabel="loss term",
+        metrics_label="total loss",
+    )
+
     def __init__(
         self,
         net: LDNet,
@@ -181,8 +164,10 @@ class LDPretraining(_SelfSupervisedStage):
     ) -> None:
         if method not in ("pd", "ld", "simclr", "dense"):
             raise ValueError(f"method must be 'pd', 'ld', 'simclr' or 'dense', got {method!r}")
-        super().__init__(net, views, config, gather_distributed=gather_distributed)
-        self.method = method
+        super().__init__()
+        self.net, self.views, self.config, self.method = net, views, config, method
+        self.losses = build_losses(config, gather=gather_distributed)
+        self.weights = {"region": config.region_weight, "entropy": config.entropy_weight}
         self.projection = ProjectionHead([net.encoder.num_features, 128, 128]) if method == "simclr" else None
 
     def loss(self, batch: LocalBatch) -> tuple[dict[str, Tensor], Tensor]:
@@ -192,7 +177,11 @@ class LDPretraining(_SelfSupervisedStage):
         )
         return terms, _weighted(terms, self.weights)
 
-    def training_step(self, batch: LocalViews, batch_idx: int) -> Tensor:
+    def on_train_epoch_start(self) -> None:
+        """Train mode, whatever mode the network arrived in."""
+        self.train()
+
+    def training_step(self, batch: LocalViews, batch_idx: int) -> Tensor | None:
         """One step on a collated batch."""
         terms, total = self.loss(self.views.assemble(batch, self.device))
         self.record(**terms, loss=total)
@@ -208,8 +197,8 @@ class LDPretraining(_SelfSupervisedStage):
         return {"optimizer": optimizer, "lr_scheduler": StepLR(optimizer, step_size=self.config.halve_every, gamma=0.5)}
 
 
-class ShapeGuidedTraining(_SelfSupervisedStage):
-    r"""LD stage 2 with an adversarial shape prior: cluster channel 0 should look like a prior mask.
+class ShapeGuidedTraining(LDPretraining):
+    r"""LD stage 2 (``method="ld"``) with an adversarial shape prior: cluster channel 0 should look like a prior mask.
 
     Generator step: ``L_pd + L_mix + 10·L_region + 0.1·L_entropy + w·BCE(D(a_0), 1)``;
     discriminator step: ``BCE(D(prior), 1) + BCE(D(a_0.detach()), 0)`` with its own Adam at
@@ -228,9 +217,8 @@ class ShapeGuidedTraining(_SelfSupervisedStage):
     """
 
     history = replace(
-        _SelfSupervisedStage.history,
+        LDPretraining.history,
         curves={**TERMS, "adversarial": "adversarial (generator)", "discriminator": "discriminator"},
-        extra=(),
     )
 
     def __init__(
@@ -245,7 +233,7 @@ class ShapeGuidedTraining(_SelfSupervisedStage):
     ) -> None:
         if priors.ndim != 3 or priors.shape[0] == 0:
             raise ValueError(f"shape-guided training needs (P, S, S) prior masks, got shape {tuple(priors.shape)}")
-        super().__init__(net, views, config, gather_distributed=gather_distributed)
+        super().__init__(net, views, config, "ld", gather_distributed=gather_distributed)
         self.automatic_optimization, self.shape = False, shape
         self.weights["adversarial"] = shape.adversarial_weight
         self.discriminator = ShapeDiscriminator(leaky_quirk=shape.leaky_quirk)
@@ -318,25 +306,25 @@ class SegmentationTransfer(RecipeModule):
         net: The segmentation network.
         lr: Adam learning rate.
         frozen: Freeze the encoder.
-        loss: The soft-Dice loss (``build_losses(...)["dice"]``; default: one Dice over the batch).
+        loss: The soft-Dice loss (``build_losses(...)["dice"]``).
     """
 
     history = History(curves={"loss": "train soft-Dice loss"}, metrics={"val_dice": "val Dice"}, metrics_label="Dice")
     monitor = "dice"
 
     def __init__(
-        self, net: SegmentationNet, *, lr: float, frozen: bool, loss: Callable[[Tensor, Tensor], Tensor] | None = None
+        self, net: SegmentationNet, *, lr: float, frozen: bool, loss: Callable[[Tensor, Tensor], Tensor]
     ) -> None:
         super().__init__()
         self.net, self.lr, self.frozen = net, lr, frozen
-        self.dice_loss = loss or functools.partial(soft_dice_loss, per_image=False)
+        self.dice_loss = loss
         self.net.encoder.requires_grad_(not frozen)
 
     def on_train_epoch_start(self) -> None:
         """Train mode, but a frozen encoder in eval mode (its BatchNorm statistics untouched).
 
-        Set every epoch, whatever mode the network arrived in (a stage before it, validation, or a
-        reload), so that an interrupted and resumed stage trains exactly as an uninterrupted one.
+        Set every epoch, whatever mode the network arrived in (a stage before it, validation, a reload),
+        so that a resumed stage trains exactly as an uninterrupted one.
         """
         self.net.train()
         if self.frozen:

@@ -62,12 +62,11 @@ def mark_landmarks(rgb: Tensor, predicted: Tensor, truth: Tensor) -> Tensor:
     """A copy of ``(N, 3, S, S)`` images marked at the predicted ``(N, 2)`` ``(x, y)`` (blue x) and true (green o)."""
     out, size = rgb.clone(), rgb.shape[-1]
     radius, width = max(2.0, size / 16), max(0.5, size / 96)
-    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    for i in range(len(out)):
-        dx, dy = (xs - float(truth[i, 0])).abs(), (ys - float(truth[i, 1])).abs()
-        ring = ((dx**2 + dy**2).sqrt() - radius).abs() <= width
-        dx, dy = (xs - float(predicted[i, 0])).abs(), (ys - float(predicted[i, 1])).abs()
-        cross = ((dx - dy).abs() <= width) & (dx <= radius)
-        out[i][:, ring] = torch.tensor([0.17, 0.63, 0.17])[:, None]
-        out[i][:, cross] = torch.tensor([0.12, 0.47, 0.71])[:, None]
+    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")  # (S, S) against (N, 1, 1) points
+    dx, dy = (xs - truth[:, :1, None].cpu()).abs(), (ys - truth[:, 1:, None].cpu()).abs()
+    ring = ((dx**2 + dy**2).sqrt() - radius).abs() <= width
+    dx, dy = (xs - predicted[:, :1, None].cpu()).abs(), (ys - predicted[:, 1:, None].cpu()).abs()
+    pixels = out.permute(0, 2, 3, 1)  # a view of ``out``, (N, S, S, 3)
+    pixels[ring] = torch.tensor([0.17, 0.63, 0.17])
+    pixels[((dx - dy).abs() <= width) & (dx <= radius)] = torch.tensor([0.12, 0.47, 0.71])
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ PAPER = (
 )
 LANDMARKS = ("disc", "fovea")
 Ctx = RunContext[LocalDiscriminationConfig]
+Located = dict[str, LandmarkPrediction]
 
 
 @dataclass
@@ -102,20 +104,14 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
 
     def stages(self, config: LocalDiscriminationConfig) -> list[Stage]:
         """Pre-training stages of the method, the shape-guided stage, two transfer stages per task."""
-        method, stages = config.pretrain.method, []
-        if method in ("ld", "ld_stage1"):
-            stages.append(Stage("pretrain_pd", functools.partial(self.pretrain, method="pd")))
-            if method == "ld" and config.pretrain.stage2_epochs:
-                stages.append(Stage("pretrain_ld", functools.partial(self.pretrain, method="ld")))
-        elif method in ("simclr", "dense"):
-            stages.append(Stage(f"pretrain_{method}", functools.partial(self.pretrain, method=method)))
-        if config.shape.enabled and config.data.dataset == "synthetic" and method in ("ld", "ld_stage1"):
+        p = config.pretrain  # LD: stage 1 ("pd"), then stage 2 ("ld") when it has epochs; or a baseline, or none
+        ld = ["pd", "ld"] if p.stage2_epochs else ["pd"]
+        methods = {"ld": ld, "ld_stage1": ["pd"], "none": []}.get(p.method, [p.method])
+        stages = [Stage(f"pretrain_{m}", functools.partial(self.pretrain, method=m)) for m in methods]
+        if config.shape.enabled and config.data.dataset == "synthetic" and "pd" in methods:
             stages.append(Stage("shape", self.shape_guided))
-        for task in self._tasks(config):
-            for phase in self._phases(config):
-                stages.append(
-                    Stage(f"transfer_{task}_{phase}", functools.partial(self.transfer, task=task, phase=phase))
-                )
+        for task, phase in itertools.product(self._tasks(config), self._phases(config)):
+            stages.append(Stage(f"transfer_{task}_{phase}", functools.partial(self.transfer, task=task, phase=phase)))
         return stages
 
     @staticmethod
@@ -147,13 +143,12 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
             return items, grid_items(patch_grid(net(x.flip(-1)).embeddings).flip(-1))
 
         ctx.fit(
-            "pretrain_pd" if method == "pd" else f"pretrain_{method}",
+            f"pretrain_{method}",
             module,
             loader,
             weights=weights,
             max_epochs=epochs,
             find_unused_parameters=True,  # stage 1 leaves the clustering branch unused, SimCLR the decoder
-            sync_batchnorm=True,
             info={"epochs": epochs, "steps_per_epoch": p.steps_per_epoch},
             collapse=probe,
         )
@@ -224,10 +219,10 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
         """Test Dice per task and phase, landmark errors, the shape-guided cluster's Dice; plots."""
         test, names = data.test, list(data.test.quality_names)
         segmentation: dict[str, dict[str, Any]] = {}
-        predictions: dict[str, Tensor] = {}
+        predictions: dict[tuple[str, str], Tensor] = {}
         for task, nets in state.segmentation.items():
             for phase, net in nets.items():
-                probs = predictions[f"{task}/{phase}"] = self._predict(ctx, net, test.images)["probs"]
+                probs = predictions[task, phase] = self._predict(ctx, net, test.images)["probs"]
                 segmentation.setdefault(task, {})[phase] = stratified_segmentation_metrics(
                     binarize(probs), test.masks[task], test.quality, names
                 )
@@ -254,23 +249,21 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
             self._plots(ctx, data, maps, predictions, segmentation, located)
         return results
 
-    def _landmarks(
-        self, ctx: Ctx, net: LDNet, data: LDData, embeddings: Tensor
-    ) -> tuple[dict[str, Any], dict[str, LandmarkPrediction]]:
-        """One-shot localisation of each landmark, the template from the first labelled image (qualcl's design).
-
-        Returns the metrics ``{landmark: {stratum: ...}}`` and the predictions ``{landmark: LandmarkPrediction}``.
-        """
+    def _landmarks(self, ctx: Ctx, net: LDNet, data: LDData, embeddings: Tensor) -> tuple[dict[str, Any], Located]:
+        """One-shot landmark localisation (qualcl's design) from the first labelled image: metrics, predictions."""
         if not data.test.landmarks or not data.train.landmarks:
             return {}, {}
         e, test = ctx.config.eval, data.test
         reference = self._predict(ctx, net, data.train.images[:1])["embeddings"]
         metrics: dict[str, Any] = {}
-        located: dict[str, LandmarkPrediction] = {}
+        located: Located = {}
         for name in (n for n in LANDMARKS if n in test.landmarks):
             template = landmark_template(reference, data.train.landmarks[name][:1], sigma=e.landmark_sigma)[0]
             pred = located[name] = localise_landmarks(template, embeddings, sigma=e.landmark_sigma)
-            measure = functools.partial(_landmark_metrics, pred.points, test.landmarks[name], e.radii)
+
+            def measure(keep: Tensor, p: Tensor = pred.points, t: Tensor = test.landmarks[name]) -> dict[str, float]:
+                return landmark_metrics(p[keep], t[keep], radii=e.radii)
+
             metrics[name] = stratify(measure, test.quality, list(test.quality_names))
         return metrics, located
 
@@ -279,20 +272,19 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
         ctx: Ctx,
         data: LDData,
         maps: dict[str, Tensor],
-        predictions: dict[str, Tensor],
+        predictions: dict[tuple[str, str], Tensor],
         segmentation: dict[str, dict[str, Any]],
-        located: dict[str, LandmarkPrediction],
+        located: Located,
     ) -> None:
         """The image grids (an image row above a map row, for a few test images) and the Dice bars."""
         test = data.test
         shown = _spread(test.quality, ctx.config.eval.shown)
         rgb, a, e = test.images[shown].float() / 255, maps["assignments"][shown], maps["embeddings"][shown]
-        k = a.shape[1]
         grids = {  # {plot: (image row, map row, the map row's label, title)}
             "cluster_assignments": (
                 rgb,
                 cluster_rgb(a),
-                f"{k} clusters",
+                f"{a.shape[1]} clusters",
                 "Cluster assignments (argmax) of the LD network",
             ),
             "embedding_pca": (
@@ -302,8 +294,7 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
                 "Pixel embeddings, first three principal components as RGB",
             ),
         }
-        for key, probs in predictions.items():
-            task, phase = key.split("/")
+        for (task, phase), probs in predictions.items():
             overlay = overlay_rgb(rgb, probs[shown], test.masks[task][shown])
             title = f"{task}, encoder {phase}: prediction (red) vs truth (green), overlap yellow"
             grids[f"segmentation_{task}_{phase}"] = (rgb, overlay, "prediction / truth", title)
@@ -346,10 +337,10 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
         cells: dict[str, dict[str, float]] = {}
         for (task, phase), strata in _parts(test).items():
             for stratum, values in strata.items():
-                cells.setdefault(stratum, {})[f"{task}/{phase}"] = _number(values["dice"])
+                cells.setdefault(stratum, {})[f"{task}/{phase}"] = values["dice"]
         for name, strata in test.get("landmarks", {}).items():
             for stratum, values in strata.items():
-                cells.setdefault(stratum, {})[f"{name}_mre"] = _number(values["mre"])
+                cells.setdefault(stratum, {})[f"{name}_mre"] = values["mre"]
         first = next(iter(self.ablation_columns(config)))
         levels = [cells[s].get(first, math.nan) for s in cells if s != "overall"]
         if len(levels) > 1:  # best minus worst quality level (NaN, skipped in the means, when one is empty)
@@ -370,17 +361,14 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
         self, config: LocalDiscriminationConfig, results: dict[str, dict[str, dict[str, list[float]]]], root: Path
     ) -> None:
         """``ablation_dice.png``: each task's test Dice per seed (the last transfer phase)."""
-        phase = self._phases(config)[-1]
-        plot_variant_dots(
-            {
-                SPEC.ablations[name].label: {t: strata["overall"].get(f"{t}/{phase}", []) for t in self._tasks(config)}
-                for name, strata in results.items()
-                if name in SPEC.ablations and "overall" in strata
-            },
-            root / "ablation_dice.png",
-            title=f"Test Dice per seed ({phase} encoder), per task",
-            ylabel="Dice",
-        )
+        phase, tasks = self._phases(config)[-1], self._tasks(config)
+        dots = {
+            SPEC.ablations[name].label: {t: strata["overall"].get(f"{t}/{phase}", []) for t in tasks}
+            for name, strata in results.items()
+            if name in SPEC.ablations and "overall" in strata
+        }
+        title = f"Test Dice per seed ({phase} encoder), per task"
+        plot_variant_dots(dots, root / "ablation_dice.png", title=title, ylabel="Dice")
 
     def model_card(self, ctx: Ctx, data: LDData, state: LDState, results: dict[str, Any]) -> ModelCard:
         """Dice per task and quality (frozen / fine-tuned), landmark errors, the shape-guided Dice."""
@@ -419,23 +407,11 @@ def _parts(test: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     return {(task, phase): strata for task, phases in test["segmentation"].items() for phase, strata in phases.items()}
 
 
-def _landmark_metrics(points: Tensor, truth: Tensor, radii: tuple[float, ...], keep: Tensor) -> dict[str, float]:
-    """:func:`~qualcl.metrics.landmark_metrics` of the selected rows ``keep``."""
-    return landmark_metrics(points[keep], truth[keep], radii=radii)
-
-
-def _number(value: Any) -> float:
-    """A metric read back from ``metrics.json`` (``None`` for an empty stratum) as a float."""
-    return math.nan if value is None else float(value)
-
-
 def _spread(quality: Tensor, count: int) -> list[int]:
     """``count`` test rows spread over the quality levels (worst last)."""
-    chosen: list[int] = []
     levels = sorted(set(quality.tolist()))
     per = max(1, count // max(len(levels), 1))
-    for level in levels:
-        chosen += (quality == level).nonzero().flatten()[:per].tolist()
+    chosen = [i for level in levels for i in (quality == level).nonzero().flatten()[:per].tolist()]
     rest = [i for i in range(len(quality)) if i not in chosen]
     return (chosen + rest)[:count]
 
