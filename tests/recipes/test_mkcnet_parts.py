@@ -18,9 +18,7 @@ from qualcl.recipes.config import apply_overrides, load_config, save_config
 from qualcl.recipes.mkcnet import (
     ABLATIONS,
     DATASETS,
-    LQ_SWEEP,
     MKCNET,
-    SWEEP_BASES,
     MkcnetConfig,
     MkcnetTraining,
     ModelConfig,
@@ -30,6 +28,7 @@ from qualcl.recipes.mkcnet import (
     build_task_net,
     mkcnet_config,
 )
+from qualcl.recipes.mkcnet.config import LQ_SWEEP, SWEEP_BASES
 from qualcl.recipes.mkcnet.data import (
     MKCNET_QUALITY,
     MkcnetDataset,
@@ -272,6 +271,10 @@ def test_mode_settings_are_checked_when_the_config_is_built():
     assert mkcnet_config("smoke", overrides=["model.meta=false", "model.assist=none"]).model.meta is False
     with pytest.raises(ValueError, match="data.mean and data.std need 3 values each"):
         mkcnet_config("smoke", overrides=["data.mean=[0.5]", "data.std=[0.2]"])
+    with pytest.raises(ValueError, match=r"config.train.batch_size must be >= 2, got 1"):
+        mkcnet_config("smoke", overrides=["train.batch_size=1"])  # BatchNorm needs two images
+    with pytest.raises(ValueError, match=r"config.data.val_fraction must be in \[0, 1\), got 1.0"):
+        mkcnet_config("smoke", overrides=["data.val_fraction=1.0"])
 
 
 def test_variants_without_meta_train_in_one_pass(monkeypatch):
@@ -288,7 +291,7 @@ def test_variants_without_meta_train_in_one_pass(monkeypatch):
 def test_ct_iqad_splits_load_grey_binary_images(tmp_path):
     config = dataclasses.replace(mkcnet_config("smoke", dataset="ct-iqad").data, data_dir=str(tmp_path))
     ct_tree(tmp_path)
-    train, val, test = load_splits(config, tmp_path)
+    train, val, test, *_ = load_splits(config, tmp_path)
     assert len(train) + len(val) + len(test) == 24
     assert train.images.shape[1:] == (1, 48, 48) and train.images.dtype == torch.uint8
     assert mkcnet_sizes(train) == (2, 2) and train.modality == "ct"

@@ -6,21 +6,18 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 from qualcl.recipes.config import DataConfig as BaseDataConfig
-from qualcl.recipes.config import RecipeConfig, RecipeSpec, Variant, check_cnn_encoder
+from qualcl.recipes.config import RecipeConfig, RecipeSpec, Variant, bounded, check_cnn_encoder
 
 __all__ = [
     "ABLATIONS",
     "DATASETS",
     "LQ_SWEEP",
-    "PRESETS",
     "SPEC",
     "SWEEP_BASES",
     "DataConfig",
-    "DatasetSettings",
     "MkcnetConfig",
     "ModelConfig",
     "TrainConfig",
-    "dataset_settings",
     "sweep_name",
 ]
 
@@ -28,17 +25,9 @@ __all__ = [
 class DatasetSettings(NamedTuple):
     """The official code's per-dataset settings (its ``configs/*.yaml``; docs/mkcnet.md, "Datasets").
 
-    Attributes:
-        scheme: Key of the dataset's :class:`~qualcl.data.readers.QualityScheme`.
-        batch_size: Batch size.
-        epochs: Training epochs.
-        meta_lr: SGD learning rate of the Meta Learner (``φ``).
-        lr_step: StepLR step (epochs) of both learning rates, factor 0.5.
-        slice_length: ``META_LENGTH`` ``L``.
-        entropy_weight: ``LOSS_ENTROPY_WEIGHT``.
-        channels: Input channels (3 fundus, 1 OCTA / CT / X-ray).
-        mean: Fixed normalisation mean per channel (empty: computed from the training images).
-        std: Fixed normalisation std per channel.
+    ``scheme`` is the key of the dataset's :class:`~qualcl.data.readers.QualityScheme`; the other
+    fields set the config fields of the same names (``train.*``, ``model.slice_length``, ``data.*``;
+    an empty ``mean`` computes the normalisation from the training images).
     """
 
     scheme: str
@@ -71,34 +60,29 @@ DATASETS: dict[str, DatasetSettings] = {
 class DataConfig(BaseDataConfig):
     """Where the images come from and how they are split and normalised.
 
-    The shared fields (``data_dir``, ``num_images``, ``image_size``, ``lq_ratio``, ``seed``) are
-    :class:`qualcl.recipes.config.DataConfig`'s; ``image_size`` is the side of the (square) network
-    input (paper: 256). For ``cxr-iqad`` ``data_dir`` holds ``kermany/`` (Kermany ``chest_xray``)
-    and ``nih/`` (NIH ChestX-ray14); for ``ct-iqad`` it holds ``hq/`` (SARS-CoV-2 CT-scan) and
-    ``lq/`` (COVID-CT).
+    ``image_size`` is the side of the (square) network input (paper: 256). For ``cxr-iqad``
+    ``data_dir`` holds ``kermany/`` (Kermany ``chest_xray``) and ``nih/`` (NIH ChestX-ray14); for
+    ``ct-iqad`` it holds ``hq/`` (SARS-CoV-2 CT-scan) and ``lq/`` (COVID-CT).
 
     Attributes:
-        dataset: One of :data:`DATASETS`: ``synthetic`` (generated and cached), ``eyeq``,
-            ``deepdrid``, ``drac``, ``cxr-iqad`` or ``ct-iqad``.
+        dataset: One of :data:`DATASETS` (``synthetic``: generated and cached).
         val_fraction: Share of the training patients held out for model selection (EyeQ: 60/10/30).
-        test_fraction: Share of the images in the test split for sets without an official one
-            (DRAC, CXR-IQAD, CT-IQAD: 70/10/20).
+        test_fraction: Share of the images in the test split of a set without one (DRAC, CXR-IQAD, CT-IQAD: 70/10/20).
         train_lq_fraction: Share of the training LQ images kept, all HQ images kept (paper Fig. 5).
-        channels: Input channels.
+        channels: Input channels (3 fundus, 1 OCTA / CT / X-ray).
         mean: Normalisation mean per channel; empty computes it from the training images.
         std: Normalisation std per channel.
     """
 
     dataset: Literal["synthetic", "eyeq", "deepdrid", "drac", "cxr-iqad", "ct-iqad"] = "synthetic"
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
+    val_fraction: float = bounded(0.1, "in [0, 1)")
+    test_fraction: float = bounded(0.2, "in [0, 1)")
     train_lq_fraction: float = 1.0
     channels: int = 3
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         if self.mean and (len(self.mean) != self.channels or len(self.std) != self.channels):
             raise ValueError(f"data.mean and data.std need {self.channels} values each")
 
@@ -108,15 +92,12 @@ class ModelConfig:
     """Task Net and Meta Learner architecture, with the switches of the paper's ablations.
 
     Attributes:
-        backbone: torchvision backbone of both sub-nets, trained from scratch (paper and default:
-            ``vgg16_bn``; the ``smoke`` and ``default`` presets use ``resnet10``, about ten times
-            cheaper per training epoch on a CPU: ``benchmarks/results/meta_step_cpu.md``).
-        init: ``"xavier"`` (the official code: Xavier-uniform convolutions, zero bias) or
-            ``"torchvision"`` (the library's own initialisation).
+        backbone: CNN of both sub-nets, trained from scratch (paper: ``vgg16_bn``; the ``smoke`` and
+            ``default`` presets: ``resnet10``, ~10× cheaper per CPU epoch, ``benchmarks/results/meta_step_cpu.md``).
+        init: ``"xavier"`` (the official code: Xavier-uniform convolutions, zero bias) or ``"torchvision"``.
         feature_dim: Width of ``f^d``, ``f^ω``, ``f^q`` (0: half the backbone width, 256 for VGG).
         gab: ``"cbam"`` (global attention block) or ``"fc"`` (MKCNet-FC: pooling + linear).
-        gab_input: ``"map"`` (the paper: CBAM on the last feature map) or ``"pooled"`` (the
-            official code: globally pooled first, which makes the spatial gate a per-sample scalar).
+        gab_input: ``"map"`` (the paper: CBAM on the last feature map) or ``"pooled"`` (the official code).
         assist: ``"gated"`` (MAB), ``"concat"`` (MKCNet-Con) or ``"none"`` (w/o MAB: ``f^d`` alone).
         assist_from: ``"co_embedding"`` (``f^ω``) or ``"quality"`` (w/o Meta: ``f^q`` assists).
         quality_head: Train the image-quality branch.
@@ -129,7 +110,7 @@ class ModelConfig:
 
     backbone: str = "vgg16_bn"
     init: Literal["xavier", "torchvision"] = "xavier"
-    feature_dim: int = 0
+    feature_dim: int = bounded(0, ">= 0")
     gab: Literal["cbam", "fc"] = "cbam"
     gab_input: Literal["map", "pooled"] = "map"
     assist: Literal["gated", "concat", "none"] = "gated"
@@ -154,7 +135,7 @@ class TrainConfig:
 
     Attributes:
         epochs: Training epochs (each is two passes over the training set when ``model.meta``).
-        batch_size: Images per batch (a last batch of one image is dropped: BatchNorm needs two).
+        batch_size: Images per batch, at least 2 (a last batch of one image is dropped: BatchNorm needs two).
         lr: Task Net SGD learning rate; also ``α`` of the pseudo update.
         momentum: Task Net SGD momentum (official: 0).
         weight_decay: Task Net weight decay, also inside the pseudo update.
@@ -166,14 +147,13 @@ class TrainConfig:
         focal_gamma: Focal-loss ``γ`` of all three losses.
         meta_mode: ``"second_order"``, ``"finite_difference"`` (the official first-order script)
             or ``"first_order"`` (see :class:`~qualcl.optim.MetaAuxiliaryOptimizer`).
-        meta_batch: ``"same"`` (the official code: inner and outer loss on the same batch) or
-            ``"split"`` (MAXL's held-out data: the inner loss on one half of the batch, the outer on
-            the other).
+        meta_batch: ``"same"`` (the official code: inner and outer loss on the same batch) or ``"split"``
+            (MAXL's held-out data: the inner loss and the entropy on one half of the batch, the outer on the other).
         val_every: Validate (and select the best model by AUC) every this many epochs.
     """
 
     epochs: int = 20
-    batch_size: int = 16
+    batch_size: int = bounded(16, ">= 2")
     lr: float = 0.01
     momentum: float = 0.0
     weight_decay: float = 5e-4
@@ -190,20 +170,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.meta_batch == "split" and self.batch_size < 4:
             raise ValueError(f"train.meta_batch='split' needs train.batch_size >= 4, got {self.batch_size}")
-        if self.batch_size < 2:
-            raise ValueError(f"train.batch_size must be >= 2 (BatchNorm), got {self.batch_size}")
 
 
 @dataclass
 class MkcnetConfig(RecipeConfig):
-    """The whole MKCNet run (``preset``, ``seed`` and ``trainer`` come from :class:`RecipeConfig`).
+    """The whole run: data, model, train sections; preset, seed and trainer come from RecipeConfig.
 
-    Attributes:
-        legacy_auc: Report the official code's hard-label AUC on binary sets (see
-            :func:`qualcl.metrics.diagnosis_metrics`).
-        data: :class:`DataConfig`.
-        model: :class:`ModelConfig`.
-        train: :class:`TrainConfig`.
+    ``legacy_auc`` reports the official code's hard-label AUC on binary sets (:func:`qualcl.metrics.diagnosis_metrics`).
     """
 
     legacy_auc: bool = False
@@ -235,37 +208,28 @@ PRESETS: dict[str, dict[str, Any]] = {
 def dataset_settings(dataset: str, preset: str) -> dict[str, Any]:
     """The dataset's settings (table :data:`DATASETS`) as config overrides.
 
-    Channels, normalisation, entropy weight and meta learning rate always apply, and ``L`` except
-    in ``smoke``; the ``paper`` preset also takes the dataset's batch size, epochs and StepLR step,
-    while ``smoke`` and ``default`` keep their short CPU schedules.
+    Channels, normalisation, entropy weight and meta learning rate always apply, ``L`` except in ``smoke``;
+    only ``paper`` takes the batch size, epochs and StepLR step (``smoke``, ``default``: short CPU schedules).
 
     Examples:
         >>> dataset_settings("drac", "paper")["train"]["epochs"], dataset_settings("drac", "paper")["data"]["channels"]
         (200, 1)
     """
-    if dataset not in DATASETS:
+    s = DATASETS.get(dataset)
+    if s is None:  # an unknown name: the config refuses it at data.dataset
         return {}
-    settings = DATASETS[dataset]
-    out: dict[str, Any] = {
-        "data": {"channels": settings.channels, "mean": settings.mean, "std": settings.std},
-        "train": {"meta_lr": settings.meta_lr, "entropy_weight": settings.entropy_weight},
-    }
-    if preset != "smoke":
-        out["model"] = {"slice_length": settings.slice_length}
+    train = {"meta_lr": s.meta_lr, "entropy_weight": s.entropy_weight}
     if preset == "paper":
-        out["train"].update(batch_size=settings.batch_size, epochs=settings.epochs, lr_step=settings.lr_step)
-    return out
+        train |= {"batch_size": s.batch_size, "epochs": s.epochs, "lr_step": s.lr_step}
+    model = {"slice_length": s.slice_length} if preset != "smoke" else {}
+    return {"data": {"channels": s.channels, "mean": s.mean, "std": s.std}, "model": model, "train": train}
 
 
+_PLAIN = ("model.meta=false", "model.assist=none", "model.gab=fc")  # no Meta Learner, MAB or GAB
 #: The paper's component and masking ablations (Fig. 4 and Fig. 6): name → label and ``--set`` overrides.
 _COMPONENTS: dict[str, Variant] = {
-    "vanilla": Variant(
-        "Vanilla (backbone + diagnosis head)",
-        ("model.quality_head=false", "model.meta=false", "model.assist=none", "model.gab=fc"),
-    ),
-    "multitask": Variant(
-        "+ quality head (plain multi-task)", ("model.meta=false", "model.assist=none", "model.gab=fc")
-    ),
+    "vanilla": Variant("Vanilla (backbone + diagnosis head)", ("model.quality_head=false", *_PLAIN)),
+    "multitask": Variant("+ quality head (plain multi-task)", _PLAIN),
     "wo_meta": Variant(
         "MKCNet w/o Meta (f^q assists through the MAB)", ("model.meta=false", "model.assist_from=quality")
     ),
@@ -295,26 +259,20 @@ def sweep_name(base: str, fraction: float) -> str:
 
 #: The ablation (``qualcl run mkcnet --ablation``): the components, then the sweep ``vanilla@lq0`` …
 #: ``mkcnet@lq75`` (the base variant's overrides and ``data.train_lq_fraction``).
-ABLATIONS: dict[str, Variant] = {
-    **_COMPONENTS,
-    **{
-        sweep_name(base, fraction): Variant(
-            f"{_COMPONENTS[base].label.split(' (')[0]}, {fraction:.0%} of the training LQ images",
-            (*_COMPONENTS[base].overrides, f"data.train_lq_fraction={fraction}"),
-        )
-        for fraction in LQ_SWEEP
-        if fraction < 1.0
-        for base in SWEEP_BASES
-    },
+ABLATIONS: dict[str, Variant] = _COMPONENTS | {
+    sweep_name(base, fraction): Variant(
+        f"{_COMPONENTS[base].label.split(' (')[0]}, {fraction:.0%} of the training LQ images",
+        (*_COMPONENTS[base].overrides, f"data.train_lq_fraction={fraction}"),
+    )
+    for fraction in LQ_SWEEP
+    if fraction < 1.0  # at 100 % the base variant itself
+    for base in SWEEP_BASES
 }
 
-
-#: What ``qualcl run mkcnet`` needs before it trains (its options, their help and the config); the
-#: recipe object (``recipe.py``, which imports torch) carries the same attributes.
-SPEC: RecipeSpec[MkcnetConfig] = RecipeSpec(
-    name="mkcnet",
-    config_class=MkcnetConfig,
-    presets=PRESETS,
+SPEC = RecipeSpec(
+    "mkcnet",
+    MkcnetConfig,
+    PRESETS,
     data_help="dataset folder; cxr-iqad wants kermany/ and nih/ inside it, ct-iqad hq/ and lq/",
     set_example="train.epochs=5",
     dataset_settings=dataset_settings,

@@ -25,11 +25,7 @@ Batch = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
 def step_lr(base: float, epoch: int, step: int, gamma: float) -> float:
-    """StepLR as a function of the epoch: ``base · gamma ** (epoch // step)``.
-
-    Set from the epoch number rather than stepped, so that resuming from any checkpoint (even one
-    written mid-epoch) gives the same schedule.
-    """
+    """StepLR as a function of the epoch, ``base · gamma ** (epoch // step)``: a resumed run gets the same schedule."""
     return base * gamma ** (epoch // max(step, 1))
 
 
@@ -40,10 +36,8 @@ def _total(losses: dict[str, Tensor]) -> Tensor:
 def global_batch_entropy(probs: Tensor) -> Tensor:
     """``H(mean_i p_i)`` with the mean over the rows of every rank (the same value on every rank, gradients to all).
 
-    The batch-global term of MKCNet's outer loss on the loss protocol: the per-rank sums and counts
-    are all-reduced with :func:`~qualcl.distributed.all_reduce_sum` (differentiable), so under DDP
-    it is the entropy of the whole batch's mean target; on one process it is
-    :func:`~qualcl.functional.batch_entropy` of ``probs``.
+    MKCNet's batch-global outer-loss term on the loss protocol: sums and counts are all-reduced with the
+    differentiable :func:`~qualcl.distributed.all_reduce_sum`; on one process :func:`~qualcl.functional.batch_entropy`.
     """
     total = all_reduce_sum(probs.sum(0))
     count = all_reduce_sum(probs.new_tensor(float(probs.shape[0])))
@@ -61,13 +55,10 @@ class MkcnetTraining(RecipeModule):
     2. **Meta Learner** (``φ``): :class:`~qualcl.optim.MetaAuxiliaryOptimizer` with
        ``L_inner = L_θ`` (``y_ω`` attached) at ``θ`` and ``L_outer = FL(p_d, y_d) + FL(p_q, y_q) −
        w_ent · H(mean_i y_ω,i)`` at ``θ̃ = θ − α(∇θ L_inner + wd · θ)``, ``α`` the Task Net's current
-       learning rate; one SGD step of the Meta Learner. ``θ`` is not changed by this pass. With
-       ``config.meta_batch="split"`` the inner loss (and the entropy) use the first half of the batch
-       and the outer loss the second half, MAXL's held-out variant; ``"same"`` is the official code.
+       learning rate; one SGD step of the Meta Learner, ``θ`` unchanged (rows of each loss: ``config.meta_batch``).
 
-    Variants without a Meta Learner have one pass and ``L_θ = FL(p_d, y_d) [+ FL(p_q, y_q)]``.
-    Both learning rates follow StepLR. Validation computes the diagnosis AUC (one-vs-one on
-    probabilities), accuracy and macro F1; ``val/auc`` selects the best checkpoint.
+    Variants without a Meta Learner have one pass and ``L_θ = FL(p_d, y_d) [+ FL(p_q, y_q)]``. Both
+    learning rates follow StepLR; validation AUC (one-vs-one on probabilities) selects the best checkpoint.
 
     Args:
         task: The Task Net.
@@ -76,12 +67,9 @@ class MkcnetTraining(RecipeModule):
         slice_length: ``L`` (the auxiliary loss is divided by it, as the official code).
         mask_by: ``"joint"``, ``"quality"`` or ``"diagnosis"`` (which labels the mask sees).
         legacy_auc: Hard-label AUC on binary sets in validation.
-        gather_distributed: Under DDP, every loss follows the loss protocol: the focal losses are
-            means over the images of every rank (:class:`~qualcl.losses.FocalLoss`) and the entropy
-            is that of the targets averaged over every rank's rows (:func:`global_batch_entropy`),
-            in the Task Net step and in both closures of the Meta Learner step. Both steps then
-            equal one process on the concatenated batch, for any per-rank batch sizes (the meta
-            step all-reduces its inner gradient, see :class:`~qualcl.optim.MetaAuxiliaryOptimizer`).
+        gather_distributed: Under DDP, every loss follows the loss protocol (focal losses averaged over
+            every rank's images, :func:`global_batch_entropy` over every rank's rows), so both steps
+            equal one process on the concatenated batch, for any per-rank batch sizes.
     """
 
     history = History(
@@ -114,29 +102,21 @@ class MkcnetTraining(RecipeModule):
         super().__init__()
         self.automatic_optimization = False
         self.focal = FocalLoss(config.focal_gamma, gather_distributed=gather_distributed)
-        self.task = task
-        self.meta = meta
-        self.config = config
-        self.slice_length = slice_length
-        self.mask_by = mask_by
-        self.legacy_auc = legacy_auc
+        self.task, self.meta, self.config = task, meta, config
+        self.slice_length, self.mask_by, self.legacy_auc = slice_length, mask_by, legacy_auc
         self._meta_step: MetaAuxiliaryOptimizer | None = None
         self._last_entropy = torch.zeros(())
 
     # ------------------------------------------------------------------ losses
     def _targets(self, images: Tensor, diagnosis: Tensor, quality: Tensor) -> Tensor:
         assert self.meta is not None
-        d, q = mask_labels(self.mask_by, diagnosis, quality)
-        target: Tensor = self.meta(images, d, q)
+        target: Tensor = self.meta(images, *mask_labels(self.mask_by, diagnosis, quality))
         return target
 
     def task_losses(
         self, out: TaskOutput, diagnosis: Tensor, quality: Tensor, target: Tensor | None
     ) -> dict[str, Tensor]:
-        """``L_D``, ``L_Q`` and ``L_Ω`` (those the variant has) of Task Net outputs: every focal loss of MKCNet.
-
-        Under DDP with ``gather_distributed`` each is the mean over every rank's images.
-        """
+        """``L_D``, ``L_Q`` and ``L_Ω`` (those the variant has) of Task Net outputs: every focal loss of MKCNet."""
         losses = {"diagnosis": self.focal(out.diagnosis, diagnosis)}
         if out.quality is not None:
             losses["quality"] = self.focal(out.quality, quality)
@@ -152,50 +132,21 @@ class MkcnetTraining(RecipeModule):
     # ------------------------------------------------------------------ training
     def task_step_loss(self, images: Tensor, diagnosis: Tensor, quality: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """``L_θ`` of the Task Net pass and its terms: the Meta Learner's targets (detached), then the focal losses."""
-        target = None
-        if self.meta is not None:
-            with torch.no_grad():
-                target = self._targets(images, diagnosis, quality)
+        with torch.no_grad():
+            target = self._targets(images, diagnosis, quality) if self.meta is not None else None
         losses = self.task_losses(self.task(images), diagnosis, quality, target)
         return _total(losses), losses
-
-    def _task_step(self, images: Tensor, diagnosis: Tensor, quality: Tensor) -> Tensor:
-        loss, losses = self.task_step_loss(images, diagnosis, quality)
-        optimizer = self._optimizer_list()[0]
-        optimizer.zero_grad()
-        self.manual_backward(loss)
-        optimizer.step()
-        self.record(loss=loss, **{f"loss_{k}": v for k, v in losses.items()})
-        return loss.detach()
-
-    def _meta_optimizer(self) -> MetaAuxiliaryOptimizer:
-        if self._meta_step is None:
-            assert self.meta is not None
-            task_opt, meta_opt = self._optimizer_list()
-            self._meta_step = MetaAuxiliaryOptimizer(
-                self.task,
-                self.meta,
-                meta_opt.optimizer,
-                inner_lr=lambda: float(task_opt.optimizer.param_groups[0]["lr"]),
-                weight_decay=self.config.weight_decay,
-                mode=self.config.meta_mode,
-            )
-        return self._meta_step
 
     def meta_closures(
         self, images: Tensor, diagnosis: Tensor, quality: Tensor
     ) -> tuple[Callable[[TaskForward], Tensor], Callable[[TaskForward], Tensor]]:
         """The Meta Learner step's ``(inner, outer)`` loss closures on a batch, on the loss protocol.
 
-        Each closure runs the Meta Learner itself (the finite-difference mode calls the inner loss
-        three times and frees each graph, so the targets cannot be shared between calls).
+        Each closure runs the Meta Learner itself (the finite-difference mode frees each graph).
         """
-        inner_part = outer_part = slice(None)
-        if self.config.meta_batch == "split":  # MAXL's held-out data: inner on one half, outer on the other
-            half = images.shape[0] // 2
-            inner_part, outer_part = slice(0, half), slice(half, None)
-        x_in, d_in, q_in = images[inner_part], diagnosis[inner_part], quality[inner_part]
-        x_out, d_out, q_out = images[outer_part], diagnosis[outer_part], quality[outer_part]
+        half = images.shape[0] // 2 if self.config.meta_batch == "split" else None  # MAXL: inner, outer halves
+        x_in, d_in, q_in = (t[:half] for t in (images, diagnosis, quality))
+        x_out, d_out, q_out = (t[half:] for t in (images, diagnosis, quality))
 
         def inner(forward: TaskForward) -> Tensor:
             target = self._targets(x_in, d_in, q_in)
@@ -210,25 +161,40 @@ class MkcnetTraining(RecipeModule):
         return inner, outer
 
     def _meta_update(self, images: Tensor, diagnosis: Tensor, quality: Tensor) -> Tensor:
-        stats = self._meta_optimizer().step(*self.meta_closures(images, diagnosis, quality))
-        self.record(
-            meta_outer_loss=stats["outer_loss"], meta_grad_norm=stats["meta_grad_norm"], aux_entropy=self._last_entropy
-        )
-        return stats["outer_loss"]
+        if self._meta_step is None:
+            assert self.meta is not None
+            task_opt, meta_opt = self._optimizer_list()
+            self._meta_step = MetaAuxiliaryOptimizer(
+                self.task,
+                self.meta,
+                meta_opt.optimizer,
+                inner_lr=lambda: float(task_opt.optimizer.param_groups[0]["lr"]),
+                weight_decay=self.config.weight_decay,
+                mode=self.config.meta_mode,
+            )
+        stats = self._meta_step.step(*self.meta_closures(images, diagnosis, quality))
+        outer, norm = stats["outer_loss"], stats["meta_grad_norm"]
+        self.record(meta_outer_loss=outer, meta_grad_norm=norm, aux_entropy=self._last_entropy)
+        return outer
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """One batch of the stage its pass id names (0: Task Net, 1: Meta Learner)."""
         images, diagnosis, quality, _, passes = batch
-        if int(passes[0]) == 0:
-            return self._task_step(images, diagnosis, quality)
-        loss = self._meta_update(images, diagnosis, quality)
-        self.log("train/meta_loss", loss, prog_bar=True)
-        return loss
+        if int(passes[0]) != 0:  # the Meta Learner's pass
+            loss = self._meta_update(images, diagnosis, quality)
+            self.log("train/meta_loss", loss, prog_bar=True)
+            return loss
+        loss, losses = self.task_step_loss(images, diagnosis, quality)
+        optimizer = self._optimizer_list()[0]
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+        self.record(loss=loss, **{f"loss_{k}": v for k, v in losses.items()})
+        return loss.detach()
 
     def on_train_epoch_start(self) -> None:
         """Set both learning rates for this epoch (StepLR)."""
-        bases = [self.config.lr, self.config.meta_lr]
-        for optimizer, base in zip(self._optimizer_list(), bases, strict=False):
+        for optimizer, base in zip(self._optimizer_list(), [self.config.lr, self.config.meta_lr], strict=False):
             for group in optimizer.optimizer.param_groups:
                 group["lr"] = step_lr(base, self.current_epoch, self.config.lr_step, self.config.lr_gamma)
 
