@@ -15,12 +15,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from qualcl.recipes.config import Variant, apply_overrides, did_you_mean
+from qualcl.recipes.config import Claim, Variant, apply_overrides, did_you_mean
 from qualcl.recipes.run_folder import read_metrics
 
 __all__ = [
     "ablation_table",
+    "claim_results",
     "mean_std",
+    "paired_difference",
     "quality_rank",
     "run_ablation",
     "strata_order",
@@ -69,6 +71,54 @@ def mean_std(values: Sequence[float], expected: int | None = None) -> str:
     std = math.sqrt(sum((v - mean) ** 2 for v in clean) / (len(clean) - 1)) if len(clean) > 1 else 0.0
     count = f" (n={len(clean)})" if expected is not None and len(clean) < expected else ""
     return f"{mean:.3f} ± {std:.3f}{count}"
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
+    """Mean of ``a[i] - b[i]`` over the pairs where both are finite, with its paired-t interval and a verdict.
+
+    Args:
+        a: One value per seed of the variant claimed better.
+        b: The reference's values for the same seeds, in the same order.
+        confidence: Coverage of the interval.
+
+    Returns:
+        ``{"mean", "low", "high", "pairs", "verdict"}``; the verdict is ``"holds"`` (the interval
+        lies above 0), ``"reversed"`` (below 0), ``"not distinguishable"`` (it holds 0) or ``"too few
+        pairs"`` (under 2).
+
+    Examples:
+        >>> r = paired_difference([0.60, 0.62, 0.65], [0.50, 0.55, 0.52])
+        >>> round(r["mean"], 3), round(r["low"], 3), round(r["high"], 3), r["verdict"]
+        (0.1, 0.025, 0.175, 'holds')
+    """
+    from scipy import stats
+
+    diffs = [x - y for x, y in zip(a, b, strict=True) if math.isfinite(x) and math.isfinite(y)]
+    n = len(diffs)
+    if n < 2:
+        mean = diffs[0] if diffs else math.nan
+        return {"mean": mean, "low": math.nan, "high": math.nan, "pairs": n, "verdict": "too few pairs"}
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+    low, high = mean - half, mean + half
+    verdict = "holds" if low > 0 else "reversed" if high < 0 else "not distinguishable"
+    return {"mean": mean, "low": low, "high": high, "pairs": n, "verdict": verdict}
+
+
+def claim_results(
+    claims: Sequence[Claim], per_seed: Mapping[str, Mapping[int, Mapping[str, Mapping[str, float]]]]
+) -> list[dict[str, Any]]:
+    """Each claim measured on the finished runs: ``{variant: {seed: {stratum: {metric: value}}}}`` paired by seed."""
+    rows = []
+    for claim in claims:
+        mine, theirs = per_seed.get(claim.variant, {}), per_seed.get(claim.reference, {})
+        seeds = sorted(set(mine) & set(theirs))
+        cells = [[runs[s].get(claim.stratum, {}).get(claim.metric) for s in seeds] for runs in (mine, theirs)]
+        a, b = ([math.nan if v is None else float(v) for v in side] for side in cells)
+        result = paired_difference(a, b) if claim.higher_is_better else paired_difference(b, a)
+        rows.append({**dataclasses.asdict(claim), **result, "seeds": seeds})
+    return rows
 
 
 def variant_config(
@@ -140,6 +190,7 @@ def run_ablation(
     columns = recipe.ablation_columns(config)
     first = next(iter(columns))
     results: dict[str, dict[str, dict[str, list[float]]]] = {}
+    per_seed: dict[str, dict[int, dict[str, dict[str, float]]]] = {}
     for name in names:
         for seed in seeds:
             done = root / name / f"seed{seed}" / "metrics.json"  # a finished run is read back, not re-run
@@ -149,6 +200,7 @@ def run_ablation(
             run = variant_config(config, declared, name, seed, config.data.data_dir)
             metrics = read_metrics(done) if done.is_file() else recipe.run(run, done.parent)
             cells = recipe.ablation_cells(config, metrics)
+            per_seed.setdefault(name, {})[seed] = cells
             for stratum, values in cells.items():
                 slot = results.setdefault(name, {}).setdefault(stratum, {})
                 for key in columns:
@@ -160,8 +212,9 @@ def run_ablation(
                 print(f"[ablation] {name} seed {seed}: {summary}", flush=True)
     if not is_global_zero():
         return results
-    (root / "ablation.json").write_text(json.dumps(results, indent=2))
-    (root / "ablation.md").write_text(ablation_table(recipe, config, results, declared, seeds))
+    claims = claim_results(recipe.spec.claims, per_seed)
+    (root / "ablation.json").write_text(json.dumps({**results, "claims": claims}, indent=2, default=_null))
+    (root / "ablation.md").write_text(ablation_table(recipe, config, results, declared, seeds, claims))
     labels = {name: declared[name].label if name in declared else name for name in results}
     plot_variant_dots(
         {labels[n]: {s: cells[first] for s, cells in r.items() if first in cells} for n, r in results.items()},
@@ -179,8 +232,9 @@ def ablation_table(
     results: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]],
     declared: Mapping[str, Variant],
     seeds: Sequence[int],
+    claims: Sequence[Mapping[str, Any]] = (),
 ) -> str:
-    """Markdown: the variants' overall cells (mean ± std over seeds), then per stratum every metric the strata have."""
+    """Markdown: the claims (paired differences), the variants' cells (mean ± std over seeds), per stratum too."""
     columns = recipe.ablation_columns(config)
     first = next(iter(columns))
     n = len(seeds)
@@ -191,9 +245,24 @@ def ablation_table(
         f"Dataset `{d.dataset}` ({d.num_images} images, {d.image_size} px), preset `{config.preset}`; "
         f"mean ± std over seeds {list(seeds)}. {recipe.ablation_notes(config)}".rstrip(),
         "",
-        "| variant | " + " | ".join(columns.values()) + " |",
-        "|---|" + "---|" * len(columns),
     ]
+    if claims:
+        lines += [
+            "## The paper's claims, paired by seed",
+            "",
+            "| claim | comparison | metric (stratum) | pairs | mean difference [95 % CI] | verdict |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c in claims:
+            low, mean, high = (f"{v:+.3f}" if math.isfinite(v) else "n/a" for v in (c["low"], c["mean"], c["high"]))
+            difference = f"{mean} [{low}, {high}]"
+            metric = f"{columns.get(c['metric'], c['metric'])} ({c['stratum']})"
+            comparison = f"{c['variant']} vs {c['reference']}"
+            lines.append(
+                f"| {c['statement']} | {comparison} | {metric} | {c['pairs']} | {difference} | {c['verdict']} |"
+            )
+        lines += ["", "## Variants", ""]
+    lines += ["| variant | " + " | ".join(columns.values()) + " |", "|---|" + "---|" * len(columns)]
     label = {name: declared[name].label if name in declared else name for name in results}
     for name, strata in results.items():
         overall = strata.get("overall", {})
@@ -216,3 +285,8 @@ def ablation_table(
             lines.append(f"| {label[name]} | " + " | ".join(cells) + " |")
     lines += ["", "Command: `qualcl run " + recipe.name + " --ablation --seeds " + ",".join(map(str, seeds)) + "`."]
     return "\n".join(lines) + "\n"
+
+
+def _null(value: Any) -> None:
+    """JSON has no NaN: what ``json.dumps`` cannot write is ``null``."""
+    return None

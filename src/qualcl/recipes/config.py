@@ -28,6 +28,7 @@ import yaml
 
 __all__ = [
     "CNN_ENCODERS",
+    "Claim",
     "DataConfig",
     "RecipeConfig",
     "RecipeSpec",
@@ -233,6 +234,35 @@ class Variant:
 
     label: str
     overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A paper's claim as one paired comparison of two ablation variants, written down before it is measured.
+
+    ``qualcl run NAME --ablation`` pairs the two variants' runs by seed (same data, split and
+    initialisation) and reports the mean difference of ``metric`` with its 95 % interval and a verdict
+    (:func:`qualcl.recipes.ablation.paired_difference`).
+
+    Attributes:
+        statement: The claim in one sentence, as the paper makes it.
+        variant: The ablation variant the paper says is better.
+        reference: The variant it is compared with.
+        metric: A key of the recipe's ``ablation_columns``.
+        stratum: Where it is measured: ``"overall"`` or a quality level.
+        higher_is_better: ``False`` for an error (the difference is then ``reference - variant``).
+
+    Examples:
+        >>> Claim("CoMCL beats basic CL", "comcl", "basic_cl", "qwk").stratum
+        'overall'
+    """
+
+    statement: str
+    variant: str
+    reference: str
+    metric: str
+    stratum: str = "overall"
+    higher_is_better: bool = True
 
 
 @dataclass
@@ -578,7 +608,8 @@ class RecipeSpec(Generic[C]):
         data_help: Help of ``--data``.
         set_example: An example for the help of ``--set``.
         dataset_settings: ``(dataset, preset) -> nested overrides`` a dataset implies, or ``None``.
-        ablations: ``{variant: Variant}``: the recipe's ablation, run by ``qualcl ablate``.
+        ablations: ``{variant: Variant}``: the recipe's ablation (``qualcl run NAME --ablation``).
+        claims: The paper's claims, each a paired comparison of two ablation variants (:class:`Claim`).
     """
 
     name: str
@@ -589,10 +620,15 @@ class RecipeSpec(Generic[C]):
     set_example: str = "seed=1"
     dataset_settings: Callable[[str, str], dict[str, Any]] | None = None
     ablations: Mapping[str, Variant] = field(default_factory=dict)
+    claims: tuple[Claim, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.datasets:
             object.__setattr__(self, "datasets", dataset_choices(self.config_class))
+        for claim in self.claims:  # a claim compares declared variants
+            unknown = {claim.variant, claim.reference} - set(self.ablations)
+            if unknown:
+                raise ValueError(f"{self.name}: claim {claim.statement!r} names unknown variant(s) {sorted(unknown)}")
 
     def config(
         self,

@@ -1,0 +1,93 @@
+"""A paper's claim as a paired comparison: the difference, its paired-t interval, the verdict, the table."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from qualcl.recipes.ablation import ablation_table, claim_results, paired_difference
+from qualcl.recipes.config import Claim, DataConfig, RecipeConfig, RecipeSpec, Variant
+
+values = st.lists(st.floats(-1, 1, allow_nan=False), min_size=2, max_size=8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(values, st.data())
+def test_the_interval_is_scipys_paired_t_interval(a, data):
+    b = data.draw(st.lists(st.floats(-1, 1, allow_nan=False), min_size=len(a), max_size=len(a)))
+    result = paired_difference(a, b)
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    assert result["pairs"] == len(a)
+    assert result["mean"] == pytest.approx(sum(diffs) / len(diffs), abs=1e-12)
+    if len(set(diffs)) > 1:
+        low, high = stats.ttest_rel(a, b).confidence_interval()
+        assert (result["low"], result["high"]) == pytest.approx((low, high), rel=1e-9, abs=1e-12)
+    expected = "holds" if result["low"] > 0 else "reversed" if result["high"] < 0 else "not distinguishable"
+    assert result["verdict"] == expected
+
+
+def test_only_finite_pairs_count_and_too_few_pairs_say_so():
+    assert paired_difference([0.5, math.nan, 0.7], [0.4, 0.3, 0.5])["pairs"] == 2
+    assert paired_difference([0.5], [0.4])["verdict"] == "too few pairs"
+    assert paired_difference([0.5, 0.6, 0.7], [0.6, 0.7, 0.79])["verdict"] == "reversed"
+
+
+def test_claims_pair_runs_by_seed_and_respect_the_metric_direction():
+    per_seed = {
+        "full": {0: {"overall": {"qwk": 0.6, "mre": 2.0}}, 1: {"overall": {"qwk": 0.7, "mre": 2.5}}, 2: {}},
+        "base": {0: {"overall": {"qwk": 0.5, "mre": 3.0}}, 1: {"overall": {"qwk": 0.55, "mre": 3.2}}},
+    }
+    better, error = claim_results(
+        [
+            Claim("full beats base", "full", "base", "qwk"),
+            Claim("lower error", "full", "base", "mre", higher_is_better=False),
+        ],
+        per_seed,
+    )
+    assert better["seeds"] == [0, 1] and better["mean"] == pytest.approx(0.125)
+    assert error["mean"] == pytest.approx(0.85)  # reference - variant for an error
+
+
+@dataclass
+class _Data(DataConfig):
+    dataset: Literal["synthetic"] = "synthetic"
+
+
+@dataclass
+class _Config(RecipeConfig):
+    data: _Data = field(default_factory=_Data)
+
+
+def test_a_claim_must_name_declared_variants():
+    variants = {"a": Variant("A"), "b": Variant("B")}
+    RecipeSpec("toy", _Config, {"default": {}}, ablations=variants, claims=(Claim("a beats b", "a", "b", "m"),))
+    with pytest.raises(ValueError, match=r"unknown variant\(s\) \['c'\]"):
+        RecipeSpec("toy", _Config, {"default": {}}, ablations=variants, claims=(Claim("c beats b", "c", "b", "m"),))
+
+
+def test_the_ablation_table_starts_with_the_claims():
+    class _Recipe:
+        name = "toy"
+
+        def ablation_columns(self, config):
+            return {"qwk": "QWK"}
+
+        def ablation_notes(self, config):
+            return ""
+
+    claims = claim_results(
+        [Claim("full beats base", "full", "base", "qwk")],
+        {"full": {0: {"overall": {"qwk": 0.6}}, 1: {"overall": {"qwk": 0.7}}}, "base": {0: {"overall": {"qwk": 0.5}}}},
+    )
+    results = {"full": {"overall": {"qwk": [0.6, 0.7]}}, "base": {"overall": {"qwk": [0.5]}}}
+    text = ablation_table(
+        _Recipe(), _Config(), results, {"full": Variant("Full"), "base": Variant("Base")}, [0, 1], claims
+    )
+    assert "| full beats base | full vs base | QWK (overall) | 1 | +0.100 [n/a, n/a] | too few pairs |" in text
+    assert text.index("claims") < text.index("| Full |")
