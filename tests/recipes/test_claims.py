@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from qualcl.recipes.ablation import ablation_table, claim_results, paired_difference
+from qualcl.evaluation import paired_difference
+from qualcl.recipes.ablation import ablation_table, claim_results
 from qualcl.recipes.config import Claim, DataConfig, RecipeConfig, RecipeSpec, Variant
 
 values = st.lists(st.floats(-1, 1, allow_nan=False), min_size=2, max_size=8)

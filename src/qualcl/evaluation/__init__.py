@@ -1,4 +1,4 @@
-"""What every recipe evaluates with: probes, kNN, feature geometry, collapse metrics, exact retrieval, landmarks."""
+"""Evaluation: probes, kNN, feature geometry, collapse metrics, exact retrieval, landmarks, statistics over seeds."""
 
 from qualcl.evaluation.collapse import collapse_metrics, effective_rank
 from qualcl.evaluation.geometry import feature_geometry
@@ -11,6 +11,7 @@ from qualcl.evaluation.landmarks import (
 )
 from qualcl.evaluation.probe import LinearProbe, linear_probe
 from qualcl.evaluation.retrieval import RetrievalIndex, SearchResult
+from qualcl.evaluation.seeds import mean_std, paired_difference
 
 __all__ = [
     "KNNResult",
@@ -26,4 +27,6 @@ __all__ = [
     "landmark_template",
     "linear_probe",
     "localise_landmarks",
+    "mean_std",
+    "paired_difference",
 ]
