@@ -343,72 +343,28 @@ def _coerce(kind: Any, value: Any, where: str) -> Any:
 FIELD_BOUNDS: dict[str, str] = {
     **dict.fromkeys(
         (
-            "lr",
-            "meta_lr",
-            "finetune_lr",
-            "temperature",
-            "region_temperature",
-            "gem_p",
-            "gamma",
-            "lr_gamma",
-            "discriminator_lr_ratio",
-            "landmark_sigma",
-        ),
+            "lr meta_lr finetune_lr temperature region_temperature gem_p gamma lr_gamma "
+            "discriminator_lr_ratio landmark_sigma"
+        ).split(),
         "> 0",
     ),
     **dict.fromkeys(
         (
-            "batch_size",
-            "num_images",
-            "devices",
-            "num_nodes",
-            "k",
-            "clusters",
-            "grid",
-            "patch_size",
-            "per_level",
-            "halve_every",
-            "lr_step",
-            "val_every",
-            "steps_per_epoch",
-            "embed_dim",
-            "few_shot_seeds",
-            "slice_length",
-        ),
+            "batch_size num_images devices num_nodes k clusters grid patch_size per_level halve_every lr_step "
+            "val_every steps_per_epoch embed_dim few_shot_seeds slice_length"
+        ).split(),
         ">= 1",
     ),
     **dict.fromkeys(
         (
-            "weight_decay",
-            "meta_weight_decay",
-            "epochs",
-            "finetune_epochs",
-            "frozen_epochs",
-            "probe_epochs",
-            "stage1_epochs",
-            "stage2_epochs",
-            "warmup_epochs",
-            "steps",
-            "margin",
-            "triplet_margin",
-            "focal_gamma",
-            "mask_eps",
-            "seed",
-            "labelled",
-            "rotation",
-        ),
+            "weight_decay meta_weight_decay epochs finetune_epochs frozen_epochs probe_epochs stage1_epochs "
+            "stage2_epochs warmup_epochs steps margin triplet_margin focal_gamma mask_eps seed labelled "
+            "rotation"
+        ).split(),
         ">= 0",
     ),
     **dict.fromkeys(
-        (
-            "lq_ratio",
-            "momentum",
-            "train_lq_fraction",
-            "crop_scale",
-            "mask_ratio",
-            "text_mask_ratio",
-            "detector_min_score",
-        ),
+        "lq_ratio momentum train_lq_fraction crop_scale mask_ratio text_mask_ratio detector_min_score".split(),
         "in [0, 1]",
     ),
 }
