@@ -92,3 +92,14 @@ def test_the_ablation_table_starts_with_the_claims():
     )
     assert "| full beats base | full vs base | QWK (overall) | 1 | +0.100 [n/a, n/a] | too few pairs |" in text
     assert text.index("claims") < text.index("| Full |")
+
+
+@pytest.mark.parametrize("name", ["comcl", "mkcnet", "mirror-retrieval", "fundus-mm", "local-discrimination"])
+def test_every_recipe_declares_claims_it_can_measure(name):
+    from qualcl.recipes import RECIPES
+
+    recipe = RECIPES[name].load()
+    assert recipe.spec.claims, "every paper recipe states its central claim"
+    columns = recipe.ablation_columns(recipe.config())
+    for claim in recipe.spec.claims:  # at the default preset: a metric the ablation table has
+        assert claim.metric in columns, (claim, sorted(columns))

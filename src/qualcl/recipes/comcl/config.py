@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from qualcl.recipes.config import Claim, RecipeConfig, RecipeSpec, TrainerConfig, Variant, bounded, check_cnn_encoder
 from qualcl.recipes.config import DataConfig as BaseDataConfig
-from qualcl.recipes.config import RecipeConfig, RecipeSpec, TrainerConfig, Variant, bounded, check_cnn_encoder
 
 __all__ = [
     "ABLATIONS",
@@ -149,6 +149,11 @@ SPEC = RecipeSpec(
     set_example="pretrain.steps=100",
     dataset_settings=dataset_settings,
     ablations=ABLATIONS,
+    claims=(  # the paper's Table 2: full CoMCL above basic CL and no pre-training, most on low-quality images
+        Claim("CoMCL pre-training grades better than basic CL", "comcl", "basic_cl", "original/metric"),
+        Claim("CoMCL pre-training grades better than none", "comcl", "baseline", "original/metric"),
+        Claim("CoMCL beats basic CL on the 100 % low-quality test set", "comcl", "basic_cl", "lq_100/metric"),
+    ),
 )
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from qualcl.recipes.config import Claim, RecipeConfig, RecipeSpec, Variant, bounded
 from qualcl.recipes.config import DataConfig as BaseDataConfig
-from qualcl.recipes.config import RecipeConfig, RecipeSpec, Variant, bounded
 
 __all__ = ["ABLATIONS", "PRESETS", "SPEC", "DataConfig", "EvalConfig", "FundusMMConfig", "ModelConfig", "TrainConfig"]
 
@@ -246,4 +246,9 @@ PAPER_TABLE: dict[str, tuple[str, str, str]] = {
 SPEC = RecipeSpec(
     "fundus-mm", FundusMMConfig, PRESETS, ablations=ABLATIONS, set_example="model.caption=autoregressive",
     data_help="dataset folder (aptos: train.csv + train_images/; odir: the annotation sheet; fives: train/, test/)",
+    claims=(  # the paper's method above CLIP and CoCa: zero-shot and fine-tuned
+        Claim("the paper's method beats CLIP zero-shot", "full", "clip", "zero_shot"),
+        Claim("the paper's method beats CoCa zero-shot", "full", "coca", "zero_shot"),
+        Claim("the paper's method beats CLIP fine-tuned (QWK)", "full", "clip", "finetune_kappa"),
+    ),
 )  # fmt: skip

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from qualcl.recipes.config import Claim, RecipeConfig, RecipeSpec, Variant, bounded, check_cnn_encoder
 from qualcl.recipes.config import DataConfig as BaseDataConfig
-from qualcl.recipes.config import RecipeConfig, RecipeSpec, Variant, bounded, check_cnn_encoder
 
 __all__ = [
     "ABLATIONS",
@@ -228,4 +228,9 @@ SPEC = RecipeSpec(
     ),
     set_example="pretrain.method=simclr",
     ablations=ABLATIONS,
+    claims=(  # the paper's Table 3: LD above stage 1, SimCLR and random initialisation (fine-tuned Dice)
+        *(Claim(f"LD beats LD stage 1 on {t}", "ld", "ld_stage1", f"{t}/finetuned") for t in ("vessels", "OD", "EX")),
+        Claim("LD beats SimCLR on vessels", "ld", "simclr", "vessels/finetuned"),
+        Claim("LD beats random initialisation on vessels", "ld", "random", "vessels/finetuned"),
+    ),
 )
