@@ -12,12 +12,22 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from qualcl.evaluation.collapse import collapse_metrics
+from qualcl.recipes.modules import History
+from qualcl.recipes.plots import plot_history
 from qualcl.recipes.run_folder import RunFolder
 
 __all__ = ["CollapseMonitor", "Probe", "plot_collapse"]
 
 #: ``probe(module) -> (embeddings, positives or None)`` of a fixed probe batch (called without gradients).
 Probe = Callable[[L.LightningModule], tuple[Tensor, Tensor | None]]
+
+_COLLAPSE_HISTORY = History(
+    every="step",
+    curves={"effective_rank": "effective rank"},
+    metrics={"uniformity": "uniformity", "alignment": "alignment"},
+    ylabel="effective rank",
+    metrics_label="uniformity (0 = collapsed) / alignment",
+)
 
 
 class CollapseMonitor(Callback):
@@ -78,33 +88,6 @@ class CollapseMonitor(Callback):
             plot_collapse(rows, self.run.path("plots", f"{self.name}.png"), title=f"{self.stage}: collapse monitor")
 
 
-def plot_collapse(rows: list[dict[str, float]], path: str | Path, *, title: str) -> Path:
-    """Effective rank (left axis) and uniformity / alignment (right axis) over steps; returns the PNG path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    steps = [r["step"] for r in rows]
-    marker = "o" if len(rows) <= 20 else None
-    fig, left = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    lines = left.plot(
-        steps, [r["effective_rank"] for r in rows], color="tab:blue", marker=marker, label="effective rank"
-    )
-    left.set(title=title, xlabel="step", ylabel="effective rank")
-    left.xaxis.set_major_locator(MaxNLocator(integer=True))
-    left.grid(alpha=0.3)
-    right = left.twinx()
-    lines += right.plot(steps, [r["uniformity"] for r in rows], color="tab:orange", marker=marker, label="uniformity")
-    if all("alignment" in r for r in rows):
-        lines += right.plot(
-            steps, [r["alignment"] for r in rows], color="tab:green", marker=marker, ls="--", label="alignment"
-        )
-    right.set_ylabel("uniformity (0 = collapsed) / alignment")
-    left.legend(lines, [str(line.get_label()) for line in lines], fontsize=8, loc="best")
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+def plot_collapse(rows: list[dict[str, float]], path: str | Path, *, title: str) -> Path | None:
+    """Effective rank (left axis), uniformity and alignment (right axis) over steps; ``None`` without rows."""
+    return plot_history(rows, _COLLAPSE_HISTORY, path, title=title)
