@@ -234,11 +234,7 @@ def plot_embedding(
 
 
 def plot_variant_dots(
-    values: Mapping[str, Mapping[str, Sequence[float]]],
-    path: str | Path,
-    *,
-    title: str,
-    ylabel: str,
+    values: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path, *, title: str, ylabel: str
 ) -> Path:
     """Per variant (rows) and setting (colours): every seed as a dot, the mean as a bar; returns the PNG path.
 
@@ -259,15 +255,8 @@ def plot_variant_dots(
             points = [float(v) for v in values[variant].get(setting, []) if math.isfinite(v)]
             if not points:
                 continue
-            y = i - 0.4 + height * (j + 0.5)
-            ax.barh(
-                y,
-                sum(points) / len(points),
-                height=height * 0.9,
-                color=colours(j),
-                alpha=0.35,
-                label=setting if i == 0 else None,
-            )
+            y, mean = i - 0.4 + height * (j + 0.5), sum(points) / len(points)
+            ax.barh(y, mean, height=height * 0.9, color=colours(j), alpha=0.35, label=setting if i == 0 else None)
             ax.scatter(points, [y] * len(points), color=colours(j), s=14, zorder=3)
     ax.set_yticks(range(len(variants)), variants)
     ax.invert_yaxis()
@@ -293,9 +282,7 @@ def plot_grouped_bars(
     Missing or non-finite values leave a gap. Returns the PNG path.
     """
     series = list(values)
-    categories: list[str] = []
-    for name in series:
-        categories += [c for c in values[name] if c not in categories]
+    categories = list(dict.fromkeys(c for per in values.values() for c in per))
     width = 0.8 / max(len(series), 1)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(categories) + 2), 3.8), dpi=110)
     cmap = plt.get_cmap("tab10")
@@ -340,29 +327,29 @@ def plot_retrieval_grid(
     """
     q, k = hits.shape
     fig, axes = plt.subplots(q, k + 1, figsize=(1.25 * (k + 1), 1.45 * q + 0.5), dpi=110, squeeze=False)
-
-    def show(ax: Any, image: Tensor) -> None:
-        array = image.detach().cpu()
-        array = array.float() / 255.0 if not array.is_floating_point() else array.float()
-        array = array.clamp(0, 1).permute(1, 2, 0)
-        ax.imshow(array.squeeze(-1).numpy() if array.shape[-1] == 1 else array.numpy(), cmap="gray")
-        ax.set_xticks([])
-        ax.set_yticks([])
-
     for i in range(q):
-        show(axes[i, 0], queries[i])
+        _show_image(axes[i, 0], queries[i])
         axes[i, 0].set_title(f"query\n{query_labels[i]}", fontsize=6)
         for side in axes[i, 0].spines.values():
             side.set(color="black", linewidth=2)
         for j in range(k):
             ax = axes[i, j + 1]
-            show(ax, retrieved[i, j])
+            _show_image(ax, retrieved[i, j])
             ax.set_title(f"{j + 1}: {retrieved_labels[i][j]}", fontsize=6)
             colour = "#2ca02c" if bool(hits[i, j]) else "#d62728"
             for side in ax.spines.values():
                 side.set(color=colour, linewidth=3)
     fig.suptitle(wrap_title(title, fig, 9), fontsize=9)
     return save_figure(fig, path)
+
+
+def _show_image(ax: Any, image: Tensor) -> None:
+    """A ``(C, H, W)`` image (uint8, or float in ``[0, 1]``; one channel in grey) without ticks."""
+    array = image.detach().cpu()
+    array = (array.float() if array.is_floating_point() else array.float() / 255.0).clamp(0, 1).permute(1, 2, 0)
+    ax.imshow(array.squeeze(-1).numpy() if array.shape[-1] == 1 else array.numpy(), cmap="gray")
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def plot_image_grid(
@@ -374,9 +361,7 @@ def plot_image_grid(
     for r in range(rows):
         for c in range(cols):
             ax = axes[r][c]
-            ax.imshow(images[r, c].detach().cpu().float().clamp(0, 1).permute(1, 2, 0).numpy())
-            ax.set_xticks([])
-            ax.set_yticks([])
+            _show_image(ax, images[r, c])
             if r == 0 and c < len(column_titles):
                 ax.set_title(column_titles[c], fontsize=8)
             if c == 0 and r < len(row_titles):
