@@ -4,11 +4,8 @@ Every recipe config derives from :class:`RecipeConfig` (``preset``, ``seed`` and
 :class:`TrainerConfig`). Field types are checked when a config is built: ``Literal`` fields accept
 only their listed values, so a wrong ``--set train.meta_batch=...`` fails at once and names the
 allowed values (and the closest one, for a typo); ``__post_init__`` methods check what depends on
-several fields.
-
-This module and every recipe's ``config`` module import neither torch nor Lightning: ``qualcl run
-NAME --help`` and every option or config error answer from them (:class:`RecipeSpec`) before the
-recipe's own module, and with it torch, is imported.
+several fields. Neither this module nor a recipe's ``config`` module imports torch
+(:class:`RecipeSpec`).
 """
 
 from __future__ import annotations
@@ -54,15 +51,8 @@ T = TypeVar("T")
 #: The ``"cnn"`` encoders of :data:`qualcl.models.ENCODERS`, in its order: configs check their
 #: encoder names against this copy, so that building a config does not import torch (a test keeps
 #: the two equal).
-CNN_ENCODERS: tuple[str, ...] = (
-    "resnet10",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "vgg16_bn",
-    "vgg16_bn_tiny",
-    "unet",
-    "unet_small",
+CNN_ENCODERS: tuple[str, ...] = tuple(
+    "resnet10 resnet18 resnet34 resnet50 vgg16_bn vgg16_bn_tiny unet unet_small".split()
 )
 
 
@@ -111,8 +101,7 @@ def bounded(default: T, rule: str, *, multiple_of: int | None = None) -> T:
         ValueError: config.image_size must be >= 32 and a multiple of 16, got 40
     """
     _parse_rule(rule)  # a malformed rule fails where it is written
-    value: T = field(default=default, metadata={"bounds": rule, "multiple_of": multiple_of})
-    return value
+    return field(default=default, metadata={"bounds": rule, "multiple_of": multiple_of})
 
 
 def _parse_rule(rule: str) -> tuple[float, float, tuple[bool, bool]]:
@@ -242,7 +231,7 @@ class Claim:
 
     ``qualcl run NAME --ablation`` pairs the two variants' runs by seed (same data, split and
     initialisation) and reports the mean difference of ``metric`` with its 95 % interval and a verdict
-    (:func:`qualcl.recipes.ablation.paired_difference`).
+    (:func:`qualcl.evaluation.paired_difference`).
 
     Attributes:
         statement: The claim in one sentence, as the paper makes it.
@@ -316,20 +305,16 @@ def _coerce(kind: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ValueError(f"{where} must be a mapping for {kind.__name__}, got {value!r}")
         return config_from_dict(kind, value, _where=where)
-    if origin is tuple:
+    if origin in (tuple, list):
         args = typing.get_args(kind)
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{where} must be a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if origin is list or (len(args) == 2 and args[1] is Ellipsis):  # list[T], tuple[T, ...]
+            items = [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+            return items if origin is list else tuple(items)
         if len(args) != len(value):
             raise ValueError(f"{where} must have {len(args)} items, got {value!r}")
         return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
-    if origin is list:
-        (item,) = typing.get_args(kind)
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where} must be a list, got {value!r}")
-        return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind in (int, float, str, bool) and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
@@ -370,7 +355,7 @@ FIELD_BOUNDS: dict[str, str] = {
 }
 
 
-def _check_bounds(name: str, value: Any, where: str, own: Mapping[str, Any] | None = None) -> None:
+def _check_bounds(name: str, value: Any, where: str, own: Mapping[str, Any]) -> None:
     """Refuse a non-finite float anywhere, and a value outside its bounds.
 
     The bounds are the field's own (:func:`bounded`), else :data:`FIELD_BOUNDS`' entry for its name,
@@ -380,7 +365,6 @@ def _check_bounds(name: str, value: Any, where: str, own: Mapping[str, Any] | No
         return
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{where} must be a finite number, got {value}")
-    own = own or {}
     rule = own.get("bounds") or FIELD_BOUNDS.get(name) or (">= 0" if name.endswith("_weight") else None)
     if rule is None:
         return
@@ -447,11 +431,9 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     """``["a.b=1", "c=x"]`` → ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML, safe tags only)."""
     nested: dict[str, Any] = {}
     for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key.sub=value")
-        key, text = item.split("=", 1)
-        parts = [p for p in key.strip().split(".")]
-        if not all(parts):
+        key, equals, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not equals or not all(parts):
             raise ValueError(f"override {item!r} must look like key.sub=value")
         try:
             value = yaml.safe_load(text)
