@@ -190,7 +190,7 @@ def prepare_run_folder(root: str | Path, config: dict[str, Any], *, overwrite: b
     existing = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"--out {path}: {existing} is not writable")
-    if not path.exists() or not any(path.iterdir()):
+    if _folder_is_new(path):
         return
     if not _is_run_folder(path):
         names = sorted(p.name for p in path.iterdir())[:5]
@@ -238,29 +238,18 @@ def _writes(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _nulls(value: Any) -> Any:
-    """NaN and infinities as ``None`` (JSON ``null``), recursively."""
+def _map_leaves(value: Any, change: Callable[[Any], Any]) -> Any:
+    """``value`` with ``change`` applied to every leaf of its nested dicts and lists."""
     if isinstance(value, dict):
-        return {k: _nulls(v) for k, v in value.items()}
+        return {k: _map_leaves(v, change) for k, v in value.items()}
     if isinstance(value, list):
-        return [_nulls(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _nans(value: Any) -> Any:
-    """``None`` as NaN, recursively (the inverse of :func:`_nulls` for metrics)."""
-    if isinstance(value, dict):
-        return {k: _nans(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_nans(v) for v in value]
-    return math.nan if value is None else value
+        return [_map_leaves(v, change) for v in value]
+    return change(value)
 
 
 def read_metrics(path: str | Path) -> dict[str, Any]:
     """A ``metrics.json`` as written by :meth:`RunFolder.write_metrics`, its ``null`` values as NaN."""
-    metrics: dict[str, Any] = _nans(json.loads(Path(path).read_text()))
+    metrics: dict[str, Any] = _map_leaves(json.loads(Path(path).read_text()), lambda v: math.nan if v is None else v)
     return metrics
 
 
@@ -407,7 +396,8 @@ class RunFolder:
         :func:`read_metrics` reads back as NaN; ``metrics.csv`` writes ``nan`` there.
         """
         clean = json.loads(json.dumps(metrics, default=float, allow_nan=True))
-        (self.root / "metrics.json").write_text(json.dumps(_nulls(clean), indent=2, sort_keys=True, allow_nan=False))
+        nulls = _map_leaves(clean, lambda v: None if isinstance(v, float) and not math.isfinite(v) else v)
+        (self.root / "metrics.json").write_text(json.dumps(nulls, indent=2, sort_keys=True, allow_nan=False))
         with (self.root / "metrics.csv").open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["name", "value"])
@@ -442,12 +432,8 @@ class RunFolder:
 
         Used on resume, to drop the rows written after the checkpoint the run resumes from.
         """
-        rows = [r for r in self.read_history(stage) if r.get(key, -1) < keep_below]
-        if keep_rows is not None:
-            rows = rows[:keep_rows]
-        path = self.root / "history" / f"{stage}.csv"
-        if path.is_file():
-            path.unlink()
+        rows = [r for r in self.read_history(stage) if r.get(key, -1) < keep_below][:keep_rows]
+        (self.root / "history" / f"{stage}.csv").unlink(missing_ok=True)
         for row in rows:
             self.append_history(stage, row)
 
