@@ -1,10 +1,7 @@
 """Paper recipes: each fills in the shared run skeleton (:mod:`qualcl.recipes.driver`).
 
 A recipe brings its config, LightningModules and stages. ``RECIPES`` maps the names accepted by
-``qualcl run NAME`` to where the recipe lives and where its spec lives (options, presets and config,
-in its ``config`` module). Neither this package nor the specs import torch, so ``qualcl list
-recipes``, ``qualcl run NAME --help`` and every option or config error answer at once; the recipe
-itself is imported when its run starts.
+``qualcl run NAME`` to where the recipe and its torch-free spec live (:class:`RecipeEntry`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
-"""``qualcl run <recipe>``: the options every recipe shares, built from the recipe's spec.
+"""``qualcl run <recipe>``: the options every recipe shares, built from its :class:`~qualcl.recipes.config.RecipeSpec`.
 
-Everything up to the start of a run — the options, ``--help``, argument errors and config errors
-— comes from the recipe's :class:`~qualcl.recipes.config.RecipeSpec` (its ``config`` module, which
-imports no torch); the recipe itself, and with it torch and Lightning, is imported only when the
-run starts.
+Everything up to the start of a run (``--help``, argument and config errors) comes from the spec;
+the recipe itself, and with it torch, is imported only when the run starts.
 """
 
 from __future__ import annotations
@@ -14,6 +12,7 @@ import functools
 import importlib
 import json
 import sys
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,15 +27,9 @@ __all__ = [
     "main_recipe",
 ]
 
-#: Command-line options that set ``trainer.*`` fields: ``(flag, field, choices, type)``.
-TRAINER_OPTIONS: tuple[tuple[str, str, tuple[str, ...] | None, type], ...] = (
-    ("--accelerator", "accelerator", ("auto", "cpu", "gpu"), str),
-    ("--devices", "devices", None, int),
-    ("--num-nodes", "num_nodes", None, int),
-    ("--strategy", "strategy", ("auto", "ddp"), str),
-    ("--precision", "precision", ("32", "bf16-mixed", "16-mixed"), str),
-    ("--logger", "logger", ("csv", "tensorboard", "wandb", "mlflow", "none"), str),
-)
+#: The ``trainer.*`` fields with an option of their own (``--num-nodes`` sets ``num_nodes``); a
+#: ``Literal`` field's values are the option's choices.
+TRAINER_OPTIONS = ("accelerator", "devices", "num_nodes", "strategy", "precision", "logger")
 
 
 def _import(target: str) -> Any:
@@ -140,14 +133,13 @@ def lazy_exports(
 
 def add_run_arguments(parser: argparse.ArgumentParser, recipe: Any, *, ablation: bool) -> None:
     """Add the options of ``qualcl run <recipe>`` for ``recipe`` (a :class:`~qualcl.recipes.config.RecipeSpec`)."""
+    from qualcl.recipes.config import TrainerConfig
+
     parser.add_argument("--preset", default="default", choices=sorted(recipe.presets))
     parser.add_argument(
-        "--dataset",
-        default=None,
-        choices=list(recipe.datasets),
-        help="default: the preset's (synthetic for smoke/default)",
+        "--dataset", choices=list(recipe.datasets), help="default: the preset's (synthetic for smoke/default)"
     )
-    parser.add_argument("--data", default=None, help=recipe.data_help)
+    parser.add_argument("--data", help=recipe.data_help)
     out = f"runs/{recipe.name}"
     parser.add_argument(
         "--out", default=out, help=f"run folder (default {out}); re-running with the same config resumes"
@@ -157,10 +149,13 @@ def add_run_arguments(parser: argparse.ArgumentParser, recipe: Any, *, ablation:
         action="store_true",
         help="start over in a run folder made with another config (deletes that run's files, keeps data/)",
     )
-    parser.add_argument("--seed", type=int, default=None, help="training seed")
+    parser.add_argument("--seed", type=int, help="training seed")
     scale = parser.add_argument_group("scale-out (Lightning: devices, DDP under torchrun / SLURM, precision, logging)")
-    for flag, _, choices, kind in TRAINER_OPTIONS:
-        scale.add_argument(flag, default=None, type=kind, choices=choices, help="default: the preset's")
+    hints = typing.get_type_hints(TrainerConfig)
+    for name in TRAINER_OPTIONS:
+        choices = typing.get_args(hints[name]) or None  # a Literal's values
+        kind = str if choices else hints[name]
+        scale.add_argument("--" + name.replace("_", "-"), type=kind, choices=choices, help="default: the preset's")
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -179,11 +174,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, recipe: Any, *, ablation:
 
 def config_from_arguments(recipe: Any, args: argparse.Namespace) -> Any:
     """The config of spec ``recipe`` from parsed options: preset, dataset, folder, seed, scale-out, ``--set``."""
-    overrides = [
-        f"trainer.{name}={getattr(args, flag[2:].replace('-', '_'))}"
-        for flag, name, _, _ in TRAINER_OPTIONS
-        if getattr(args, flag[2:].replace("-", "_")) is not None
-    ]
+    overrides = [f"trainer.{name}={getattr(args, name)}" for name in TRAINER_OPTIONS if getattr(args, name) is not None]
     return recipe.config(
         args.preset,
         dataset=args.dataset,
@@ -202,11 +193,7 @@ def build_recipe_parser(entry: RecipeEntry, name: str) -> tuple[argparse.Argumen
 
 
 def main_recipe(entry: RecipeEntry, name: str, argv: Sequence[str]) -> int:
-    """Parse ``argv`` for recipe ``name`` and run it (or its ablation).
-
-    The options and the config are checked against the recipe's spec before the recipe (torch,
-    Lightning) is imported.
-    """
+    """Parse ``argv`` for recipe ``name`` (checked against its spec, no torch yet) and run it (or its ablation)."""
     parser, spec = build_recipe_parser(entry, name)
     args = parser.parse_args(list(argv))
     config = config_from_arguments(spec, args)
