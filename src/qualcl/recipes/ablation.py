@@ -142,7 +142,6 @@ def run_ablation(
             done = root / name / f"seed{seed}" / "metrics.json"  # a finished run is read back, not re-run
             if not done.is_file() and not run_missing:
                 continue
-            # every run shares one dataset: the config's data folder, else the cached synthetic set
             run = variant_config(config, declared, name, seed, config.data.data_dir)
             metrics = read_metrics(done) if done.is_file() else recipe.run(run, done.parent)
             cells = recipe.ablation_cells(config, metrics)
@@ -150,8 +149,7 @@ def run_ablation(
             for stratum, values in cells.items():
                 slot = results.setdefault(name, {}).setdefault(stratum, {})
                 for key in columns:
-                    value = values.get(key)
-                    slot.setdefault(key, []).append(float("nan") if value is None else float(value))
+                    slot.setdefault(key, []).append(math.nan if values.get(key) is None else float(values[key]))
             if progress:
                 overall = cells.get("overall", {})
                 summary = ", ".join(f"{label} {overall.get(k, math.nan):.3f}" for k, label in columns.items())
@@ -159,7 +157,8 @@ def run_ablation(
     if not is_global_zero():
         return results
     claims = claim_results(recipe.spec.claims, per_seed)
-    (root / "ablation.json").write_text(json.dumps({**results, "claims": claims}, indent=2, default=_null))
+    document = {**results, "claims": claims}
+    (root / "ablation.json").write_text(json.dumps(document, indent=2, default=lambda _: None))  # non-JSON as null
     (root / "ablation.md").write_text(ablation_table(recipe, config, results, declared, seeds, claims))
     labels = {name: declared[name].label if name in declared else name for name in results}
     plot_variant_dots(
@@ -231,8 +230,3 @@ def ablation_table(
             lines.append(f"| {label[name]} | " + " | ".join(cells) + " |")
     lines += ["", "Command: `qualcl run " + recipe.name + " --ablation --seeds " + ",".join(map(str, seeds)) + "`."]
     return "\n".join(lines) + "\n"
-
-
-def _null(value: Any) -> None:
-    """JSON has no NaN: what ``json.dumps`` cannot write is ``null``."""
-    return None

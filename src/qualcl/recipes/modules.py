@@ -1,13 +1,4 @@
-"""What every recipe's Lightning modules share: history rows, running sums, validation gather; grading fine-tuning.
-
-A recipe module derives from :class:`RecipeModule`: it declares its :class:`History` (the row keys,
-how its stage's plot shows them), writes ``training_step`` (reporting its terms with
-:meth:`RecipeModule.record`) and, if it validates, ``validation_step`` (handing outputs to
-:meth:`RecipeModule.collect`) and :meth:`RecipeModule.validation_metrics`. The base does the rest
-the same way everywhere: outputs gathered from every rank, non-finite values guarded in the logged
-metric, no row from Lightning's sanity check, epoch rows from running sums that survive a
-checkpoint, and the history written to ``history/<stage>.csv`` and plotted by the driver.
-"""
+"""What every recipe's Lightning modules share (:class:`RecipeModule`), and grading fine-tuning."""
 
 from __future__ import annotations
 
@@ -108,8 +99,9 @@ class RecipeModule(L.LightningModule):
     ``self.record(loss=..., other_term=...)``; in ``validation_step``, ``self.collect(name=tensor)``;
     and implements :meth:`validation_metrics`. With ``history.every == "step"`` each ``record`` call
     is one row; with ``"epoch"`` the terms are summed over the epoch and the row (their means plus
-    ``val_<metric>`` for each validation metric) is written when validation ends. The sums of an
-    unfinished epoch are saved in every checkpoint, so a resumed epoch's row covers all its batches.
+    ``val_<metric>`` for each validation metric, computed on every rank's outputs) is written when
+    validation ends, never in Lightning's sanity check. The sums of an unfinished epoch are saved in
+    every checkpoint, so a resumed epoch's row covers all its batches.
     """
 
     history: History = History()
@@ -236,14 +228,7 @@ class GradingFineTuning(RecipeModule):
     monitor = "kappa"
 
     def __init__(
-        self,
-        encoder: Encoder,
-        num_classes: int,
-        *,
-        lr: float,
-        weight_decay: float,
-        epochs: int,
-        kappa: str = "qwk",
+        self, encoder: Encoder, num_classes: int, *, lr: float, weight_decay: float, epochs: int, kappa: str = "qwk"
     ) -> None:
         super().__init__()
         if kappa not in ("qwk", "kappa"):
