@@ -356,11 +356,7 @@ FIELD_BOUNDS: dict[str, str] = {
 
 
 def _check_bounds(name: str, value: Any, where: str, own: Mapping[str, Any]) -> None:
-    """Refuse a non-finite float anywhere, and a value outside its bounds.
-
-    The bounds are the field's own (:func:`bounded`), else :data:`FIELD_BOUNDS`' entry for its name,
-    else ``>= 0`` for a ``*_weight``.
-    """
+    """Refuse a non-finite float, and a value outside its bounds (``own``, else :data:`FIELD_BOUNDS`)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     if isinstance(value, float) and not math.isfinite(value):
@@ -464,16 +460,15 @@ def apply_overrides(config: C, overrides: Sequence[str]) -> C:
     data = config_to_dict(config)
     changes = parse_overrides(overrides)
     for item in overrides:  # name the offending override, not just the key
-        key = item.split("=", 1)[0].strip()
+        *sections, last = item.split("=", 1)[0].strip().split(".")
         node: Any = data
-        for part in key.split(".")[:-1]:
+        for part in sections:
             if not isinstance(node.get(part), dict):
-                sections = [k for k, v in node.items() if isinstance(v, dict)]
+                known = [k for k, v in node.items() if isinstance(v, dict)]
                 raise ValueError(
-                    f"override {item!r}: {part!r} is not a section of the config{did_you_mean(part, sections)}"
+                    f"override {item!r}: {part!r} is not a section of the config{did_you_mean(part, known)}"
                 )
             node = node[part]
-        last = key.split(".")[-1]
         if last not in node:
             raise ValueError(
                 f"override {item!r}: unknown key {last!r}{did_you_mean(last, node)}; known: {sorted(node)}"
@@ -568,23 +563,13 @@ class RecipeSpec(Generic[C]):
             if unknown:
                 raise ValueError(f"{self.name}: claim {claim.statement!r} names unknown variant(s) {sorted(unknown)}")
 
-    def config(
-        self,
-        preset: str = "default",
-        *,
-        dataset: str | None = None,
-        data_dir: str | None = None,
-        overrides: Sequence[str] = (),
-        seed: int | None = None,
-    ) -> C:
-        """The config: defaults ← ``preset`` ← dataset settings ← arguments ← ``overrides`` (as the recipe's own)."""
+    def config(self, preset: str = "default", **arguments: Any) -> C:
+        """The config, as :func:`resolve_config` builds it from ``preset`` and its keyword arguments.
+
+        Args:
+            preset: Preset name.
+            **arguments: ``dataset``, ``data_dir``, ``overrides`` (``--set`` strings) and ``seed``.
+        """
         return resolve_config(
-            self.config_class,
-            self.presets,
-            preset,
-            dataset_settings=self.dataset_settings,
-            dataset=dataset,
-            data_dir=data_dir,
-            overrides=overrides,
-            seed=seed,
+            self.config_class, self.presets, preset, dataset_settings=self.dataset_settings, **arguments
         )
