@@ -87,13 +87,9 @@ def strata_table(
     for stratum in rows:
         cells = []
         for setting in settings:
-            entry = results[setting].get(stratum)
-            count = int(entry.get("n", 0)) if entry else 0
-            if not entry or count == 0:
-                cells.append("—")
-                continue
+            entry = results[setting].get(stratum) or {}
             values = " / ".join(_cell(float(entry.get(key, math.nan))) for key in metrics)
-            cells.append(f"{values} (n={count})")
+            cells.append(f"{values} (n={int(entry['n'])})" if entry.get("n") else "—")
         if any(c != "—" for c in cells):
             lines.append(f"| {stratum} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\nCells: " + " / ".join(metrics.values()) + " (n images)."
@@ -170,19 +166,16 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
 def prepare_run_folder(root: str | Path, config: dict[str, Any], *, overwrite: bool = False) -> None:
     """Check ``root`` before a run writes anything into it; with ``overwrite``, clear what an earlier run wrote.
 
-    A run goes into a new or empty folder, or resumes one of its own with the same config (only
-    ``trainer.progress`` and ``trainer.logger`` may change). Refused, with a message that names the
-    option: a path that is a file, a folder that cannot be written, a folder with files qualcl did not
-    write, and a run folder made with another config (the differing keys are listed) unless
-    ``overwrite``, which deletes the earlier run's own files (:data:`ARTEFACTS`, never anything
-    else; a generated ``data/`` is kept) and starts over. A folder is qualcl's only when it holds
-    the :data:`MANIFEST` qualcl writes first (or, for runs of qualcl 0.1, a ``config.yaml`` that starts
-    with :data:`MARKER`); ``overwrite`` deletes files only in a folder with the manifest, so a
-    user's folder that merely looks like a run (its own ``config.yaml``, ``checkpoints/``) is never
-    touched.
+    A run goes into a new or empty folder, or resumes one of its own (its :data:`MANIFEST`, or for
+    qualcl 0.1 a ``config.yaml`` starting with :data:`MARKER`) made with the same config (only
+    :data:`RESUMABLE_CHANGES` may differ). ``overwrite`` starts a run with another config over, deleting
+    the earlier run's :data:`ARTEFACTS` (never ``data/``), and only in a folder with the manifest: a
+    user's folder that merely looks like a run is never touched.
 
     Raises:
-        ValueError: The folder cannot take this run (the message says why and what to do).
+        ValueError: A path that is a file, a folder that cannot be written, one with files qualcl did not
+            write, or a run with another config (the differing keys listed) without ``overwrite``; the
+            message names the option and what to do.
     """
     path = Path(root)
     if path.exists() and not path.is_dir():
