@@ -134,12 +134,10 @@ def plot_curves(
     four entries.
     """
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    colour = 0
     few = max((len(list(x)) for x, _ in [*series.values(), *(secondary or {}).values()]), default=0) <= 20
     marker = "o" if few else None  # a curve of one or a few points shows its points
-    for name, (x, y) in series.items():
+    for colour, (name, (x, y)) in enumerate(series.items()):
         ax.plot(list(x), list(y), label=name, lw=1.4, color=f"C{colour % 10}", marker=marker, ms=3)
-        colour += 1
     ax.set(title=wrap_title(title, fig), xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     if integer_x if integer_x is not None else xlabel in ("step", "epoch"):
@@ -147,9 +145,8 @@ def plot_curves(
     handles, labels = ax.get_legend_handles_labels()
     if secondary:
         right = ax.twinx()
-        for name, (x, y) in secondary.items():
+        for colour, (name, (x, y)) in enumerate(secondary.items(), start=len(series)):
             right.plot(list(x), list(y), label=name, lw=1.2, ls="--", color=f"C{colour % 10}", marker=marker, ms=3)
-            colour += 1
         right.set_ylabel(secondary_label)
         h2, l2 = right.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
@@ -161,11 +158,7 @@ def plot_curves(
 
 
 def plot_history(rows: Sequence[Mapping[str, float]], history: History, path: str | Path, *, title: str) -> Path | None:
-    """A stage's history (``history/<stage>.csv`` rows) as its module declared it; ``None`` without rows.
-
-    The declared curves go on the left axis, the validation metrics on the right one, against the
-    rows' ``step`` or ``epoch`` (:class:`~qualcl.recipes.modules.History`).
-    """
+    """A stage's history rows drawn as its :class:`~qualcl.recipes.modules.History` declares; ``None`` without rows."""
     if not rows:
         return None
     key = history.every
@@ -287,12 +280,8 @@ def plot_grouped_bars(
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(categories) + 2), 3.8), dpi=110)
     cmap = plt.get_cmap("tab10")
     for i, name in enumerate(series):
-        xs, ys = [], []
-        for j, category in enumerate(categories):
-            value = values[name].get(category, math.nan)
-            if math.isfinite(value):
-                xs.append(j - 0.4 + width * (i + 0.5))
-                ys.append(value)
+        kept = [j for j, category in enumerate(categories) if math.isfinite(values[name].get(category, math.nan))]
+        xs, ys = [j - 0.4 + width * (i + 0.5) for j in kept], [values[name][categories[j]] for j in kept]
         ax.bar(xs, ys, width=width * 0.95, color=cmap(i % 10), label=name)
     ax.set_xticks(list(range(len(categories))), categories)
     ax.set(title=wrap_title(title, fig), xlabel=xlabel, ylabel=ylabel)
