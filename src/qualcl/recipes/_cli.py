@@ -13,7 +13,7 @@ import importlib
 import json
 import sys
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -45,8 +45,7 @@ class RecipeEntry(NamedTuple):
         module: Module holding the recipe object.
         attribute: Name of the :class:`~qualcl.recipes.driver.Recipe` instance in it.
         description: One line for ``qualcl list recipes``.
-        spec: ``"module:attribute"`` of its :class:`~qualcl.recipes.config.RecipeSpec`, in a module that
-            does not import torch.
+        spec: ``"module:attribute"`` of its :class:`~qualcl.recipes.config.RecipeSpec` (a torch-free module).
     """
 
     module: str
@@ -100,22 +99,17 @@ def type_checking_exports(path: str | Path) -> dict[str, str]:
     return exports
 
 
-def lazy_exports(
-    package: str, exports: Mapping[str, str] | None = None
-) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+def lazy_exports(package: str) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """A package's ``__getattr__`` and ``__dir__`` that import each exported name on first use.
 
     Args:
-        package: The package's ``__name__``.
-        exports: ``{name: "module"}`` (the name is imported from that module) or ``{name:
-            "module:attribute.path"}``; default: what the package's ``if TYPE_CHECKING:`` block
+        package: The package's ``__name__``; its exports are what its ``if TYPE_CHECKING:`` block
             imports (:func:`type_checking_exports`).
 
     Returns:
         ``(__getattr__, __dir__)`` for the package's namespace (PEP 562).
     """
-    if exports is None:
-        exports = type_checking_exports(str(sys.modules[package].__file__))
+    exports = type_checking_exports(str(sys.modules[package].__file__))
 
     def __getattr__(name: str) -> Any:
         target = exports.get(name)

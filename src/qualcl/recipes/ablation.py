@@ -200,12 +200,9 @@ def ablation_table(
         ]
         for c in claims:
             low, mean, high = (f"{v:+.3f}" if math.isfinite(v) else "n/a" for v in (c["low"], c["mean"], c["high"]))
-            difference = f"{mean} [{low}, {high}]"
             metric = f"{columns.get(c['metric'], c['metric'])} ({c['stratum']})"
-            comparison = f"{c['variant']} vs {c['reference']}"
-            lines.append(
-                f"| {c['statement']} | {comparison} | {metric} | {c['pairs']} | {difference} | {c['verdict']} |"
-            )
+            comparison = f"{c['statement']} | {c['variant']} vs {c['reference']} | {metric} | {c['pairs']}"
+            lines.append(f"| {comparison} | {mean} [{low}, {high}] | {c['verdict']} |")
         lines += ["", "## Variants", ""]
     lines += ["| variant | " + " | ".join(columns.values()) + " |", "|---|" + "---|" * len(columns)]
     label = {name: declared[name].label if name in declared else name for name in results}

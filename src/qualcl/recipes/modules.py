@@ -37,10 +37,8 @@ def at_least_float32(x: Tensor) -> Tensor:
 def gathering(config: TrainerConfig) -> bool:
     """The ``gather_distributed`` every loss of a recipe is built with: on whenever the run has more than one process.
 
-    Under DDP a batch-global loss then contrasts each rank's anchors with the candidates of every
-    rank and a per-sample loss takes its mean over the tokens or pixels of every rank, so one step
-    equals one process on the concatenated batch (see :mod:`qualcl.losses.base`). On one process
-    gathering is a no-op, so the flag changes nothing there.
+    Under DDP one step then equals one process on the concatenated batch (:mod:`qualcl.losses.base`,
+    "Exact under DDP"); on one process gathering is a no-op.
 
     Args:
         config: The run's trainer section.
@@ -170,10 +168,8 @@ class RecipeModule(L.LightningModule):
             self.log(f"val/{name}", value if math.isfinite(value) else 0.0, prog_bar=name == self.monitor)
         if self.trainer.sanity_checking:
             return
-        validation = {f"val_{name}": value for name, value in metrics.items()}
-        self.history_rows.append(
-            {"epoch": float(self.current_epoch), **self.epoch_means(), **validation, **self.epoch_extras()}
-        )
+        row = {"epoch": float(self.current_epoch), **self.epoch_means()}
+        self.history_rows.append(row | {f"val_{name}": value for name, value in metrics.items()} | self.epoch_extras())
 
     def on_train_epoch_end(self) -> None:
         """A module that does not validate writes its epoch row here (one that does, when validation ends)."""
@@ -233,13 +229,9 @@ class GradingFineTuning(RecipeModule):
         super().__init__()
         if kappa not in ("qwk", "kappa"):
             raise ValueError(f"kappa must be 'qwk' or 'kappa', got {kappa!r}")
-        self.kappa = kappa
-        self.encoder = encoder
+        self.kappa, self.encoder, self.num_classes = kappa, encoder, num_classes
         self.classifier = nn.Linear(encoder.num_features, num_classes)
-        self.num_classes = num_classes
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.epochs = epochs
+        self.lr, self.weight_decay, self.epochs = lr, weight_decay, epochs
 
     def forward(self, images: Tensor) -> Tensor:
         """``(N, 3, H, W)`` → ``(N, num_classes)`` logits."""
