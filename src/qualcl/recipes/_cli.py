@@ -170,11 +170,7 @@ def config_from_arguments(recipe: Any, args: argparse.Namespace) -> Any:
     """The config of spec ``recipe`` from parsed options: preset, dataset, folder, seed, scale-out, ``--set``."""
     overrides = [f"trainer.{name}={getattr(args, name)}" for name in TRAINER_OPTIONS if getattr(args, name) is not None]
     return recipe.config(
-        args.preset,
-        dataset=args.dataset,
-        data_dir=args.data,
-        overrides=[*overrides, *args.overrides],
-        seed=args.seed,
+        args.preset, dataset=args.dataset, data_dir=args.data, overrides=[*overrides, *args.overrides], seed=args.seed
     )
 
 

@@ -57,10 +57,7 @@ def _cell(value: float) -> str:
 
 
 def strata_table(
-    results: dict[str, dict[str, dict[str, float]]],
-    metrics: dict[str, str],
-    *,
-    strata: list[str] | None = None,
+    results: dict[str, dict[str, dict[str, float]]], metrics: dict[str, str], *, strata: list[str] | None = None
 ) -> str:
     """Markdown table of strata (rows) × test settings (columns); each cell lists ``metrics`` and ``n``.
 
@@ -319,9 +316,9 @@ class RunFolder:
         return path
 
     # ------------------------------------------------------------------ stages
-    def _stages(self) -> dict[str, Any]:
+    def _stages(self) -> dict[str, dict[str, Any]]:
         path = self.root / "stages.json"
-        data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+        data: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.is_file() else {}
         return data
 
     def stage_done(self, name: str) -> bool:
@@ -330,8 +327,7 @@ class RunFolder:
 
     def stage_info(self, name: str) -> dict[str, Any]:
         """What :meth:`mark_done` recorded for ``name``."""
-        info: dict[str, Any] = self._stages()[name]
-        return info
+        return self._stages()[name]
 
     @_writes
     def mark_done(self, name: str, **info: Any) -> None:
