@@ -19,14 +19,7 @@ from qualcl.evaluation.seeds import mean_std, paired_difference
 from qualcl.recipes.config import Claim, Variant, apply_overrides, did_you_mean
 from qualcl.recipes.run_folder import read_metrics
 
-__all__ = [
-    "ablation_table",
-    "claim_results",
-    "quality_rank",
-    "run_ablation",
-    "strata_order",
-    "variant_config",
-]
+__all__ = ["ablation_table", "claim_results", "quality_rank", "run_ablation", "strata_order", "variant_config"]
 
 
 def quality_rank(level: str) -> tuple[int, str]:
@@ -160,9 +153,8 @@ def run_ablation(
     document = {**results, "claims": claims}
     (root / "ablation.json").write_text(json.dumps(document, indent=2, default=lambda _: None))  # non-JSON as null
     (root / "ablation.md").write_text(ablation_table(recipe, config, results, declared, seeds, claims))
-    labels = {name: declared[name].label if name in declared else name for name in results}
-    plot_variant_dots(
-        {labels[n]: {s: cells[first] for s, cells in r.items() if first in cells} for n, r in results.items()},
+    plot_variant_dots(  # every variant in results is declared: variant_config checked them all
+        {declared[n].label: {s: cells[first] for s, cells in r.items() if first in cells} for n, r in results.items()},
         root / "ablation.png",
         title=f"{recipe.name}: test {columns[first]} per seed, overall and per stratum",
         ylabel=columns[first],

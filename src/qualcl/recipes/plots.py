@@ -319,15 +319,12 @@ def plot_retrieval_grid(
     for i in range(q):
         _show_image(axes[i, 0], queries[i])
         axes[i, 0].set_title(f"query\n{query_labels[i]}", fontsize=6)
-        for side in axes[i, 0].spines.values():
-            side.set(color="black", linewidth=2)
+        plt.setp(list(axes[i, 0].spines.values()), color="black", linewidth=2)
         for j in range(k):
             ax = axes[i, j + 1]
             _show_image(ax, retrieved[i, j])
             ax.set_title(f"{j + 1}: {retrieved_labels[i][j]}", fontsize=6)
-            colour = "#2ca02c" if bool(hits[i, j]) else "#d62728"
-            for side in ax.spines.values():
-                side.set(color=colour, linewidth=3)
+            plt.setp(list(ax.spines.values()), color="#2ca02c" if bool(hits[i, j]) else "#d62728", linewidth=3)
     fig.suptitle(wrap_title(title, fig, 9), fontsize=9)
     return save_figure(fig, path)
 
@@ -337,8 +334,7 @@ def _show_image(ax: Any, image: Tensor) -> None:
     array = image.detach().cpu()
     array = (array.float() if array.is_floating_point() else array.float() / 255.0).clamp(0, 1).permute(1, 2, 0)
     ax.imshow(array.squeeze(-1).numpy() if array.shape[-1] == 1 else array.numpy(), cmap="gray")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set(xticks=[], yticks=[])
 
 
 def plot_image_grid(
