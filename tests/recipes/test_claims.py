@@ -103,3 +103,17 @@ def test_every_recipe_declares_claims_it_can_measure(name):
     columns = recipe.ablation_columns(recipe.config())
     for claim in recipe.spec.claims:  # at the default preset: a metric the ablation table has
         assert claim.metric in columns, (claim, sorted(columns))
+
+
+def test_claims_are_written_as_strict_json():
+    import json
+
+    from qualcl.recipes.run_folder import strict_json
+
+    claims = claim_results([Claim("a beats b", "a", "b", "m")], {"a": {0: {"overall": {"m": 1.0}}}, "b": {}})
+    assert math.isnan(claims[0]["mean"])
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    assert json.loads(strict_json({"claims": claims}), parse_constant=refuse)["claims"][0]["mean"] is None

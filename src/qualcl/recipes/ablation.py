@@ -9,7 +9,6 @@ tables show (:meth:`~qualcl.recipes.driver.Recipe.ablation_cells` and ``ablation
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 from qualcl.evaluation.seeds import mean_std, paired_difference
 from qualcl.recipes.config import Claim, Variant, apply_overrides, did_you_mean
-from qualcl.recipes.run_folder import read_metrics
+from qualcl.recipes.run_folder import read_metrics, strict_json
 
 __all__ = ["ablation_table", "claim_results", "quality_rank", "run_ablation", "strata_order", "variant_config"]
 
@@ -151,7 +150,7 @@ def run_ablation(
         return results
     claims = claim_results(recipe.spec.claims, per_seed)
     document = {**results, "claims": claims}
-    (root / "ablation.json").write_text(json.dumps(document, indent=2, default=lambda _: None))  # non-JSON as null
+    (root / "ablation.json").write_text(strict_json(document, indent=2))
     (root / "ablation.md").write_text(ablation_table(recipe, config, results, declared, seeds, claims))
     plot_variant_dots(  # every variant in results is declared: variant_config checked them all
         {declared[n].label: {s: cells[first] for s, cells in r.items() if first in cells} for n, r in results.items()},

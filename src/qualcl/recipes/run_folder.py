@@ -33,6 +33,7 @@ __all__ = [
     "prepare_run_folder",
     "read_metrics",
     "strata_table",
+    "strict_json",
 ]
 
 #: The first line of every ``config.yaml`` qualcl writes.
@@ -237,6 +238,18 @@ def _map_leaves(value: Any, change: Callable[[Any], Any]) -> Any:
     return change(value)
 
 
+def strict_json(value: Any, **options: Any) -> str:
+    """``json.dumps`` of ``value`` as strict JSON: NaN and infinities (an empty stratum) as ``null``.
+
+    Examples:
+        >>> strict_json({"auc": float("nan"), "n": [1, 2.5]})
+        '{"auc": null, "n": [1, 2.5]}'
+    """
+    plain = json.loads(json.dumps(value, default=float, allow_nan=True))
+    nulls = _map_leaves(plain, lambda v: None if isinstance(v, float) and not math.isfinite(v) else v)
+    return json.dumps(nulls, allow_nan=False, **options)
+
+
 def read_metrics(path: str | Path) -> dict[str, Any]:
     """A ``metrics.json`` as written by :meth:`RunFolder.write_metrics`, its ``null`` values as NaN."""
     metrics: dict[str, Any] = _map_leaves(json.loads(Path(path).read_text()), lambda v: math.nan if v is None else v)
@@ -385,8 +398,7 @@ class RunFolder:
         :func:`read_metrics` reads back as NaN; ``metrics.csv`` writes ``nan`` there.
         """
         clean = json.loads(json.dumps(metrics, default=float, allow_nan=True))
-        nulls = _map_leaves(clean, lambda v: None if isinstance(v, float) and not math.isfinite(v) else v)
-        (self.root / "metrics.json").write_text(json.dumps(nulls, indent=2, sort_keys=True, allow_nan=False))
+        (self.root / "metrics.json").write_text(strict_json(clean, indent=2, sort_keys=True))
         with (self.root / "metrics.csv").open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["name", "value"])
