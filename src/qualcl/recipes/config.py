@@ -563,13 +563,23 @@ class RecipeSpec(Generic[C]):
             if unknown:
                 raise ValueError(f"{self.name}: claim {claim.statement!r} names unknown variant(s) {sorted(unknown)}")
 
-    def config(self, preset: str = "default", **arguments: Any) -> C:
-        """The config, as :func:`resolve_config` builds it from ``preset`` and its keyword arguments.
-
-        Args:
-            preset: Preset name.
-            **arguments: ``dataset``, ``data_dir``, ``overrides`` (``--set`` strings) and ``seed``.
-        """
+    def config(
+        self,
+        preset: str = "default",
+        *,
+        dataset: str | None = None,
+        data_dir: str | None = None,
+        overrides: Sequence[str] = (),
+        seed: int | None = None,
+    ) -> C:
+        """The config, as :func:`resolve_config` builds it (``overrides``: ``--set`` strings, applied last)."""
         return resolve_config(
-            self.config_class, self.presets, preset, dataset_settings=self.dataset_settings, **arguments
+            self.config_class,
+            self.presets,
+            preset,
+            dataset_settings=self.dataset_settings,
+            dataset=dataset,
+            data_dir=data_dir,
+            overrides=overrides,
+            seed=seed,
         )
