@@ -220,13 +220,9 @@ def test_an_unwritable_folder_is_refused(tmp_path, monkeypatch):
     prepare_run_folder(tmp_path / "open" / "run", {})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect (issue 28): a second Ctrl-C raises KeyboardInterrupt mid-step; neither the checkpoint "
-    "Lightning saves then nor the last epoch-boundary one resumes to the uninterrupted run yet",
-)
-@pytest.mark.parametrize("point", ["inside-a-step"])
+@pytest.mark.parametrize("point", ["before-a-step", "inside-a-step", "epoch-end", "mid-validation"])
 def test_a_second_ctrl_c_stops_at_once_and_still_resumes_to_the_same_run(comcl_reference, tmp_path, point):
+    # nothing is saved inside a step (BoundaryCheckpoint): the stage resumes from its last boundary checkpoint
     config, root = comcl_reference
     with pytest.raises(SystemExit) as stopped:
         COMCL.run(config, tmp_path / "run", callbacks=[_SignalAt(signal.SIGINT, *POINTS[point], times=2)])

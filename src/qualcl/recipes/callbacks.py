@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
 from qualcl.recipes.run_folder import RunFolder
 
-__all__ = ["HISTORY_ROWS", "EpochSetter", "HistoryWriter", "load_best", "resume_path"]
+__all__ = [
+    "HISTORY_ROWS",
+    "EpochSetter",
+    "HistoryWriter",
+    "RandomStates",
+    "ResumedEpochStart",
+    "load_best",
+    "resume_path",
+]
 
 #: Checkpoint key: the number of history rows written when the checkpoint was saved.
 HISTORY_ROWS = "qualcl_history_rows"
+#: Checkpoint key: the global random generators' states (:class:`RandomStates`).
+RANDOM_STATES = "qualcl_random_states"
 
 
 class HistoryWriter(Callback):
@@ -65,6 +77,55 @@ class EpochSetter(Callback):
         """Reseed every target for the epoch that starts."""
         for target in self.targets:
             target.set_epoch(trainer.current_epoch)
+
+
+class ResumedEpochStart(Callback):
+    """Calls the module's ``on_train_epoch_start`` when a stage resumes in the middle of an epoch.
+
+    Lightning does not call epoch-start hooks for an epoch it resumes mid-way, so the epoch's setup
+    that a module does there (train/eval modes of its parts, a frozen encoder's BatchNorm kept in eval
+    mode, the epoch's learning rates) would be missing from the resumed batches.
+    """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Redo the module's setup of the epoch being resumed."""
+        if trainer.fit_loop.restarted_mid_epoch:
+            pl_module.on_train_epoch_start()
+
+
+class RandomStates(Callback):
+    """Saves the global random generators in every checkpoint and restores them on resume.
+
+    Draws a library makes from the global generators (torchvision's detector samples its anchors
+    with ``torch.randperm``, say) then continue after a resume where they stopped, as in the
+    uninterrupted run; qualcl's own draws come from generators seeded by ``(seed, epoch, index)``
+    or the step and need none of this. Saved: torch's CPU generator, the CUDA generators, NumPy's
+    and Python's. Under DDP only global rank 0's states are saved and every rank gets them back,
+    which is exact when every rank draws as much as rank 0 (every rank starts from the same seed).
+    """
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Record the generators' states."""
+        kind, keys, *rest = np.random.get_state(legacy=True)  # noqa: NPY002 (the generator others draw from)
+        checkpoint[RANDOM_STATES] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [kind, torch.from_numpy(np.array(keys, dtype=np.uint32)), *rest],
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Put the generators back where the checkpoint left them."""
+        states = checkpoint.get(RANDOM_STATES)
+        if states is None:
+            return
+        torch.set_rng_state(states["torch"])
+        if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states["cuda"])
+        kind, keys, *rest = states["numpy"]
+        np.random.set_state((kind, keys.numpy(), *rest))  # noqa: NPY002
+        version, internal, gauss = states["python"]
+        random.setstate((version, tuple(internal), gauss))
 
 
 def load_best(run: RunFolder, stage: str, module: L.LightningModule) -> int | None:

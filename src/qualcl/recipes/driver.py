@@ -375,9 +375,15 @@ class RunContext(Generic[C]):
         )
         start = time.perf_counter()
 
-        def position() -> tuple[int, int]:  # where the epoch stands, as Lightning counts the batches done
-            progress = trainer.fit_loop.epoch_loop.batch_progress.current
-            return trainer.current_epoch, int(progress.processed)  # type: ignore[attr-defined]
+        def position() -> tuple[int, int]:
+            # the epoch being (or about to be) trained and its batches done, as Lightning counts them: its
+            # processed-epoch count, not current_epoch, which lags by one while a run resumed at an epoch's
+            # end fetches the next epoch's first batch (and in on_train_epoch_end hooks)
+            epochs, batches = (
+                trainer.fit_loop.epoch_progress.current,
+                trainer.fit_loop.epoch_loop.batch_progress.current,
+            )
+            return int(epochs.processed), int(batches.processed)  # type: ignore[attr-defined]
 
         loaders = _TrainLoader(train, position) if val is None else _Loaders(train, val, position)
         resume = resume_path(run, stage, history_key)

@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins import LayerSync
 from torch import nn
 
+from qualcl.recipes.callbacks import RandomStates, ResumedEpochStart
 from qualcl.recipes.config import TrainerConfig
 from qualcl.recipes.run_folder import RunFolder
 
@@ -21,6 +22,7 @@ __all__ = [
     "BANNERS",
     "LOGGER_PACKAGES",
     "BatchNormSync",
+    "BoundaryCheckpoint",
     "EpochProgressBar",
     "StepProgressBar",
     "check_logger",
@@ -186,6 +188,23 @@ class StepProgressBar(_Metrics, TQDMProgressBar):
         """Nothing to close between epochs."""
 
 
+class BoundaryCheckpoint(OnExceptionCheckpoint):
+    """Lightning's ``last.ckpt`` on an exception, saved only at a batch boundary.
+
+    An exception inside a step or a validation pass (a second Ctrl-C, an out-of-memory error in the
+    backward pass) leaves half of it applied: BatchNorm statistics moved, running sums, history rows
+    or validation outputs grown, perhaps the optimiser stepped, while Lightning would replay it on
+    resume. Then nothing is saved and the stage resumes from its last checkpoint saved at a boundary
+    (every ``every_n_train_steps`` steps or epoch end): the steps since are lost, the run stays exact.
+    """
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """Save ``last.ckpt`` unless a training batch or a validation pass is in flight."""
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current
+        if batches.started == batches.completed and not trainer.validating:  # type: ignore[attr-defined]
+            super().on_exception(trainer, pl_module, exception)
+
+
 def _on_gpu(config: TrainerConfig) -> bool:
     """Whether the run's accelerator is a CUDA GPU (torch's SyncBatchNorm runs only there)."""
     import torch
@@ -251,8 +270,9 @@ def make_trainer(
 ) -> L.Trainer:
     """A Lightning trainer for one stage, writing resumable checkpoints into ``checkpoints/<stage>``.
 
-    ``last.ckpt`` is refreshed every ``every_n_train_steps`` steps (or every epoch) and on any
-    exception, including an interruption, so a re-run continues from there; with ``monitor`` the
+    ``last.ckpt`` is refreshed every ``every_n_train_steps`` steps (or every epoch) and on an
+    exception at a batch boundary (SIGTERM, a first Ctrl-C; :class:`BoundaryCheckpoint`), so a re-run
+    continues from there; with ``monitor`` the
     best epoch is kept as ``best.ckpt``. ``config`` chooses accelerator, devices, nodes, strategy
     (DDP with ``find_unused_parameters`` when the stage leaves parameters without gradient, e.g. a
     second optimiser's model), precision and logger. Samplers are the recipes' own rank-aware ones,
@@ -296,6 +316,13 @@ def make_trainer(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         check_val_every_n_epoch=check_val_every_n_epoch,
-        callbacks=[checkpoint, OnExceptionCheckpoint(directory, filename="last"), *bars, *(callbacks or [])],
+        callbacks=[
+            checkpoint,
+            BoundaryCheckpoint(directory, filename="last"),
+            ResumedEpochStart(),
+            RandomStates(),
+            *bars,
+            *(callbacks or []),
+        ],
         deterministic=False,
     )
