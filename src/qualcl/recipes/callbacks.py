@@ -141,22 +141,17 @@ def load_best(run: RunFolder, stage: str, module: L.LightningModule) -> int | No
     return int(state["epoch"])
 
 
-def resume_path(run: RunFolder, stage: str, key: str) -> Path | None:
+def resume_path(run: RunFolder, stage: str) -> Path | None:
     """The stage's ``last.ckpt`` if an earlier run was interrupted, after trimming its history.
 
     The history keeps the rows the checkpoint recorded (:class:`HistoryWriter`); rows written after
-    it are removed, since the resumed run writes them again. Checkpoints without that record (qualcl
-    0.1) keep the rows whose ``key`` (``step`` or ``epoch``) is before the checkpoint's position.
-    Without a checkpoint the stage starts over, with an empty history.
+    it are removed, since the resumed run writes them again. Without a checkpoint the stage starts
+    over, with an empty history.
     """
     path = run.last_checkpoint(stage)
     if path is None:
-        run.truncate_history(stage, keep_below=float("-inf"), key=key)
+        run.truncate_history(stage, keep_rows=0)
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if HISTORY_ROWS in state:
-        run.truncate_history(stage, keep_rows=int(state[HISTORY_ROWS]))
-        return path
-    position = state["global_step"] if key == "step" else state["epoch"]
-    run.truncate_history(stage, keep_below=float(position), key=key)
+    run.truncate_history(stage, keep_rows=int(state[HISTORY_ROWS]))
     return path

@@ -283,7 +283,7 @@ class RunContext(Generic[C]):
     def fit(
         self,
         stage: str,
-        module: L.LightningModule,
+        module: RecipeModule,
         train: Loader,
         val: Loader | None = None,
         *,
@@ -291,8 +291,6 @@ class RunContext(Generic[C]):
         max_steps: int = -1,
         max_epochs: int | None = None,
         monitor: str | None = None,
-        history: str | None = None,
-        history_key: str = "epoch",
         every_n_train_steps: int | None = None,
         check_val_every_n_epoch: int = 1,
         find_unused_parameters: bool = False,
@@ -319,11 +317,6 @@ class RunContext(Generic[C]):
             max_steps: Step budget (``-1``: by epochs).
             max_epochs: Epoch budget.
             monitor: Logged metric that selects the best checkpoint.
-            history: Attribute of ``module`` holding rows for ``history/<stage>.csv``; a
-                :class:`~qualcl.recipes.modules.RecipeModule` needs none: its declared history is
-                written, and plotted as ``plots/<stage>.png`` when the stage ends.
-            history_key: ``"step"`` or ``"epoch"``: the rows' position key (for resume; a
-                ``RecipeModule``'s from its history).
             every_n_train_steps: Refresh ``last.ckpt`` every this many steps (default every epoch).
             check_val_every_n_epoch: Validation period in epochs.
             find_unused_parameters: DDP: the stage leaves some parameters without gradient.
@@ -351,11 +344,7 @@ class RunContext(Generic[C]):
             module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if self.config.trainer.small_map_convs == "unfold":
             unfold_small_convs(module)
-        callbacks: list[Callback] = []
-        if history is None and isinstance(module, RecipeModule):  # the module declares its history
-            history, history_key = "history_rows", module.history.every
-        if history is not None:
-            callbacks.append(HistoryWriter(run, stage, history))
+        callbacks: list[Callback] = [HistoryWriter(run, stage, "history_rows")]  # as the module declares it
         if collapse is not None:
             every = max(1, max_steps // 20) if max_steps > 0 else 10
             callbacks.append(CollapseMonitor(run, stage, collapse, every=every))
@@ -386,7 +375,7 @@ class RunContext(Generic[C]):
             return int(epochs.processed), int(batches.processed)  # type: ignore[attr-defined]
 
         loaders = _TrainLoader(train, position) if val is None else _Loaders(train, val, position)
-        resume = resume_path(run, stage, history_key)
+        resume = resume_path(run, stage)
         count, unit = (max_steps, "step") if max_steps > 0 else (max_epochs or 0, "epoch")
         budget = f"{count} {unit}{'' if count == 1 else 's'}"
         self.say(f"stage {stage}: {budget}" + (", resuming from its last checkpoint" if resume else ""))
@@ -405,7 +394,7 @@ class RunContext(Generic[C]):
         for name, part in weights.items():
             run.save_weights(part, name)
         record = {"seconds": round(time.perf_counter() - start, 1), "best_epoch": best_epoch, **(info or {})}
-        if isinstance(module, RecipeModule) and run.writable:
+        if run.writable:
             plot_history(run.read_history(stage), module.history, run.path("plots", f"{stage}.png"), title=stage)
         run.mark_done(stage, **record)
         run.drop_checkpoints(stage)

@@ -299,6 +299,7 @@ def make_trainer(
     if config.progress:  # one style of bar for every stage: the stage's name, its numbers, nothing else
         bars.append(StepProgressBar(stage) if max_steps > 0 else EpochProgressBar(stage))
     layer_sync = batchnorm_sync(config, requested=sync_batchnorm, double_backward=double_backward)
+    resume = [ResumedEpochStart(), RandomStates()]  # what an exact resume needs beside the checkpoint
     return L.Trainer(
         default_root_dir=str(run.root),
         max_steps=max_steps,
@@ -316,13 +317,6 @@ def make_trainer(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         check_val_every_n_epoch=check_val_every_n_epoch,
-        callbacks=[
-            checkpoint,
-            BoundaryCheckpoint(directory, filename="last"),
-            ResumedEpochStart(),
-            RandomStates(),
-            *bars,
-            *(callbacks or []),
-        ],
+        callbacks=[checkpoint, BoundaryCheckpoint(directory, filename="last"), *resume, *bars, *(callbacks or [])],
         deterministic=False,
     )
