@@ -24,7 +24,7 @@ def _check_every_saved_figure() -> None:
         from matplotlib.figure import Figure
     except ImportError:  # a core install without the recipe extras
         return
-    from qualcl.recipes.plots import figure_problems
+    from figures import figure_problems
 
     save = Figure.savefig
 
