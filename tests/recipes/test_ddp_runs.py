@@ -21,7 +21,7 @@ pytestmark = pytest.mark.distributed
 RECIPES = {
     "comcl": ["--set", "pretrain.steps=2", "--set", "data.num_images=32"],
     "mkcnet": ["--set", "train.epochs=1", "--set", "data.num_images=40"],
-    "comcl-detector": ["--set", "num_images=8"],
+    "comcl-detector": ["--set", "data.num_images=8"],
 }
 
 
