@@ -117,3 +117,10 @@ def test_claims_are_written_as_strict_json():
         raise ValueError(constant)
 
     assert json.loads(strict_json({"claims": claims}), parse_constant=refuse)["claims"][0]["mean"] is None
+
+
+def test_bad_input_is_refused_with_the_argument_named():
+    with pytest.raises(ValueError, match="a and b must hold one value per seed each, got 2 and 3"):
+        paired_difference([0.1, 0.2], [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match=r"confidence must lie in \(0, 1\), got 1.5"):
+        paired_difference([0.1, 0.2], [0.0, 0.1], confidence=1.5)

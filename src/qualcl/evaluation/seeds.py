@@ -49,6 +49,10 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
     """
     from scipy import stats
 
+    if len(a) != len(b):
+        raise ValueError(f"a and b must hold one value per seed each, got {len(a)} and {len(b)} values")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
     diffs = [x - y for x, y in zip(a, b, strict=True) if math.isfinite(x) and math.isfinite(y)]
     n = len(diffs)
     if n < 2:
