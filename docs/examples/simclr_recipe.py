@@ -27,7 +27,7 @@ from qualcl.recipes.run_folder import ModelCard, strata_table
 
 @dataclass
 class SimCLRData(DataConfig):
-    """The six shared fields; the datasets this recipe reads (their one list); the validation share of patients."""
+    """The shared fields; the datasets this recipe reads (their one list); the validation share of patients."""
 
     dataset: Literal["synthetic", "eyeq"] = "synthetic"
     val_fraction: float = 0.2

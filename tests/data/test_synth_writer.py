@@ -256,6 +256,8 @@ def test_progress_bar_is_shown(tmp_path, capsys):
         ({"test_fraction": 1.0}, "test_fraction"),
         ({"seed": -2}, "seed"),
         ({"grade_prior": "flat"}, "grade_prior"),
+        ({"extra_test": -1}, "extra_test"),
+        ({"extra_test": 1.5}, "extra_test"),
     ],
 )
 def test_bad_arguments_are_rejected_before_writing(tmp_path, kwargs, name):
@@ -274,3 +276,34 @@ def test_ensure_fundus_dataset_reuses_only_a_matching_folder(tmp_path):
     assert (root / "ground_truth.json").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="generated with"):
         ensure_fundus_dataset(root, 6, size=64, seed=1, progress=False)
+
+
+def test_extra_test_images_enlarge_the_test_split_only(written, truth, tmp_path):
+    """Further patients' images all go to the test split; the training split is the same images."""
+    root, _ = written
+    summary = write_fundus_dataset(tmp_path, N, size=SIZE, seed=5, lq_ratio=0.5, progress=False, extra_test=5)
+    assert (summary.num_images, summary.num_patients) == (N + 5, 11 + 3)
+    assert _read_csv(tmp_path / "Label_EyeQ_train.csv") == _read_csv(root / "Label_EyeQ_train.csv")
+    before, after = _read_csv(root / "Label_EyeQ_test.csv"), _read_csv(tmp_path / "Label_EyeQ_test.csv")
+    assert after[: len(before)] == before and len(after) == len(before) + 5
+    extra = json.loads((tmp_path / "ground_truth.json").read_text())
+    assert extra["metadata"]["extra_test"] == 5 and "extra_test" not in truth["metadata"]
+    new = extra["images"][N:]
+    assert [r["split"] for r in new] == ["test"] * 5
+    assert [int(r["patient_id"]) for r in new] == [11, 11, 12, 12, 13]
+    for record in truth["images"]:  # the first N images are byte-identical
+        name = record["image_path"]
+        assert (tmp_path / name).read_bytes() == (root / name).read_bytes()
+
+
+def test_ensure_and_cache_tell_extra_test_sets_apart(tmp_path):
+    from qualcl.data.synthetic import cached_fundus_dataset, ensure_fundus_dataset
+
+    plain = cached_fundus_dataset(4, size=48, progress=False, cache=tmp_path)
+    more = cached_fundus_dataset(4, size=48, progress=False, cache=tmp_path, extra_test=2)
+    assert more.name == plain.name + "-xt2"
+    assert len(json.loads((more / "ground_truth.json").read_text())["images"]) == 6
+    with pytest.raises(ValueError, match="generated with"):
+        ensure_fundus_dataset(plain, 4, size=48, progress=False, extra_test=2)
+    with pytest.raises(ValueError, match="generated with"):
+        ensure_fundus_dataset(more, 4, size=48, progress=False)

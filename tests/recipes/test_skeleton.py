@@ -42,7 +42,12 @@ def test_the_datasets_are_declared_once_in_the_data_config():
 
 @pytest.mark.parametrize(
     ("override", "key"),
-    [("data.num_images=0", "data.num_images"), ("data.lq_ratio=1.5", "data.lq_ratio"), ("data.image_size=4", "image")],
+    [
+        ("data.num_images=0", "data.num_images"),
+        ("data.lq_ratio=1.5", "data.lq_ratio"),
+        ("data.image_size=4", "image"),
+        ("data.extra_test_images=-1", "data.extra_test_images"),
+    ],
 )
 def test_shared_data_fields_are_checked_at_their_key(override, key):
     spec = RecipeSpec(name="toy", config_class=_Config, presets={"default": {}})
@@ -55,6 +60,21 @@ def test_a_real_dataset_needs_its_folder():
     with pytest.raises(ValueError, match="--data DIR is required with --dataset eyeq"):
         check_data(_Config(data=_Data(dataset="eyeq")))
     check_data(_Config(data=_Data(dataset="eyeq", data_dir="somewhere")))
+
+
+@pytest.mark.parametrize("name", ["comcl", "mkcnet", "mirror-retrieval", "fundus-mm", "local-discrimination"])
+def test_extra_test_images_join_the_test_split_of_every_recipes_synthetic_set(name, tmp_path):
+    from qualcl.data.synthetic import load_fundus_dataset
+    from qualcl.recipes import RECIPES
+    from qualcl.recipes.driver import RunContext
+
+    spec = RECIPES[name].load_spec()
+    roots = []
+    for n in (0, 6):
+        config = spec.config("smoke", overrides=[f"data.extra_test_images={n}"])
+        roots.append(RunContext(config, tmp_path / str(n)).dataset_root(config.data))
+    plain, more = (load_fundus_dataset(root).splits for root in roots)
+    assert more["train"] == plain["train"] and len(more["test"]) == len(plain["test"]) + 6
 
 
 def test_train_loader_shards_shuffles_and_names_the_batch_size():

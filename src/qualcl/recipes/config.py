@@ -180,6 +180,7 @@ class DataConfig:
         image_size: Side of the network input, in pixels.
         lq_ratio: Synthetic low-quality fraction (EyeQ's training set: 0.336).
         seed: Seed of the data (synthetic generation, splits): fixed across training seeds.
+        extra_test_images: Synthetic test-only images added to the test split (training set unchanged).
     """
 
     dataset: str = "synthetic"
@@ -188,6 +189,7 @@ class DataConfig:
     image_size: int = bounded(64, ">= 8")
     lq_ratio: float = 0.336
     seed: int = 0
+    extra_test_images: int = bounded(0, ">= 0")
 
     def __post_init__(self) -> None:
         """Where a recipe's section checks what depends on several of its fields (bounds: :func:`bounded`)."""

@@ -214,10 +214,8 @@ class RunContext(Generic[C]):
         return torch.device("cpu")
 
     # ------------------------------------------------------------------ data
-    def synthetic_fundus(
-        self, folder: str | Path | None, *, num_images: int, size: int, seed: int, lq_ratio: float
-    ) -> Path:
-        """The embedded SynthFundus set: generated once into ``folder``, or by default into the cache.
+    def synthetic_fundus(self, data: Any) -> Path:
+        """The embedded SynthFundus set of a ``data`` config: generated once into ``data.data_dir`` or the cache.
 
         By default the set lives in the dataset cache (:func:`qualcl.data.synthetic.cached_fundus_dataset`:
         ``$QUALCL_CACHE``, else ``~/.cache/qualcl``), shared by every run with the same data
@@ -227,34 +225,33 @@ class RunContext(Generic[C]):
         from qualcl.data.synthetic import cached_fundus_dataset, ensure_fundus_dataset
 
         settings = {
-            "num_images": num_images,
-            "size": size,
-            "seed": seed,
-            "lq_ratio": lq_ratio,
+            "num_images": data.num_images,
+            "size": data.image_size,
+            "seed": data.seed,
+            "lq_ratio": data.lq_ratio,
             "progress": self.progress,
+            "extra_test": data.extra_test_images,
         }
-        if folder is None:
-            root = cached_fundus_dataset(**settings)  # type: ignore[arg-type]
+        if data.data_dir is None:
+            root = cached_fundus_dataset(**settings)
             self.say(f"synthetic data: {root}")
             return root
+        folder = Path(str(data.data_dir))
         if not self.run.writable:  # rank 0 writes a named folder; the others wait for its last file
             deadline = time.monotonic() + 3600
-            while not (Path(folder) / "ground_truth.json").is_file():
+            while not (folder / "ground_truth.json").is_file():
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"rank 0 did not finish generating {folder} within an hour")
                 time.sleep(1.0)
-        return ensure_fundus_dataset(Path(folder), num_images, size, seed, lq_ratio, progress=self.progress)
+        return ensure_fundus_dataset(folder, **settings)
 
     def dataset_root(self, data: Any) -> Path:
-        """The folder of a recipe's ``data`` config: the embedded SynthFundus set or ``data.data_dir``.
+        """The folder of a recipe's ``data`` config (a :class:`~qualcl.recipes.config.DataConfig`).
 
-        ``data`` has ``dataset`` and ``data_dir``, and for ``dataset == "synthetic"`` the generator's
-        ``num_images``, ``image_size``, ``seed`` and ``lq_ratio`` (see :meth:`synthetic_fundus`).
+        The embedded SynthFundus set (:meth:`synthetic_fundus`) or a real dataset's ``data.data_dir``.
         """
         if data.dataset == "synthetic":
-            return self.synthetic_fundus(
-                data.data_dir, num_images=data.num_images, size=data.image_size, seed=data.seed, lq_ratio=data.lq_ratio
-            )
+            return self.synthetic_fundus(data)
         if data.data_dir is None:
             raise ValueError(f"--data DIR is required with --dataset {data.dataset}")
         return Path(str(data.data_dir))

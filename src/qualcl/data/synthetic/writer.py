@@ -182,6 +182,7 @@ def write_fundus_dataset(
     progress: bool = True,
     *,
     grade_prior: str | Sequence[float] = "balanced",
+    extra_test: int = 0,
 ) -> FundusDatasetSummary:
     """Generate ``num_images`` SynthFundus images and write them in EyeQ's format.
 
@@ -194,9 +195,11 @@ def write_fundus_dataset(
         test_fraction: Fraction of *patients* in ``Label_EyeQ_test.csv``, in ``[0, 1)``.
         progress: Show a tqdm progress bar.
         grade_prior: ``"balanced"`` (default), ``"eyepacs"`` (≈ 73 % grade 0) or five weights.
+        extra_test: Images of further patients (after the ``num_images``), all in the test split: a larger
+            test set with the same training images (evaluation noise shrinks; training is unchanged).
 
     Returns:
-        A :class:`FundusDatasetSummary`.
+        A :class:`FundusDatasetSummary` (``num_images`` counts the extra test images too).
 
     Raises:
         ValueError: An argument is out of range (the message names it).
@@ -216,18 +219,20 @@ def write_fundus_dataset(
     size = check_size(size)
     lq_ratio = check_lq_ratio(lq_ratio)
     prior = grading.grade_prior(grade_prior)
+    if isinstance(extra_test, bool) or not isinstance(extra_test, (int, np.integer)) or extra_test < 0:
+        raise ValueError(f"extra_test must be an integer >= 0, got {extra_test!r}")
     patients = math.ceil(num_images / 2)
-    test_patients = split_patients(patients, test_fraction, seed)
+    test_patients = split_patients(patients, test_fraction, seed) | frozenset(range(patients, patients + extra_test))
+    eye_counts = [2] * (num_images // 2) + [1] * (num_images % 2) + [2] * (extra_test // 2) + [1] * (extra_test % 2)
     root = Path(out_dir)
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
 
     records: list[dict[str, Any]] = []
-    with tqdm(total=num_images, desc="SynthFundus", unit="img", disable=not progress) as bar:
-        for patient in range(patients):
-            eyes = EYES if 2 * patient + 1 < num_images else EYES[:1]
+    with tqdm(total=num_images + extra_test, desc="SynthFundus", unit="img", disable=not progress) as bar:
+        for patient, count in enumerate(eye_counts):
             for sample in generate_patient(
-                patient, size=size, seed=seed, grade_prior=prior.tolist(), lq_ratio=lq_ratio, eyes=eyes
+                patient, size=size, seed=seed, grade_prior=prior.tolist(), lq_ratio=lq_ratio, eyes=EYES[:count]
             ):
                 _write_sample(sample, root)
                 record = sample.to_record()
@@ -249,9 +254,10 @@ def write_fundus_dataset(
         "seed": seed,
         "size": size,
         "num_images": num_images,
-        "num_patients": patients,
+        "num_patients": len(eye_counts),
         "lq_ratio": lq_ratio,
         "test_fraction": test_fraction,
+        **({"extra_test": int(extra_test)} if extra_test else {}),  # absent when 0: older sets stay valid
         "grade_prior": [round(float(p), 6) for p in prior],
         "fov_radius": FOV_RADIUS,
         "lesion_types": list(LESION_TYPES),
@@ -270,8 +276,8 @@ def write_fundus_dataset(
     qualities = np.bincount([r["quality"] for r in records], minlength=3)
     return FundusDatasetSummary(
         root=root,
-        num_images=num_images,
-        num_patients=patients,
+        num_images=len(records),
+        num_patients=len(eye_counts),
         num_train=len(train),
         num_test=len(test),
         grade_counts=tuple(int(v) for v in grades),
@@ -367,12 +373,13 @@ def ensure_fundus_dataset(
     seed: int = 0,
     lq_ratio: float = 0.34,
     progress: bool = True,
+    extra_test: int = 0,
 ) -> Path:
     """Return ``out_dir`` holding this SynthFundus set, generating it only if it is not there yet.
 
     A complete folder (``ground_truth.json`` present) is reused when it was written with the same
-    ``num_images``, ``size``, ``seed`` and ``lq_ratio``; one written with other arguments raises
-    instead of being silently reused or overwritten.
+    ``num_images``, ``size``, ``seed``, ``lq_ratio`` and ``extra_test``; one written with other arguments
+    raises instead of being silently reused or overwritten.
 
     Args:
         out_dir: Dataset folder.
@@ -381,6 +388,7 @@ def ensure_fundus_dataset(
         seed: Master seed.
         lq_ratio: Low-quality probability.
         progress: Show a progress bar while generating.
+        extra_test: Test-only images of further patients (:func:`write_fundus_dataset`).
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
@@ -399,8 +407,9 @@ def ensure_fundus_dataset(
     root = Path(out_dir)
     truth = root / "ground_truth.json"
     wanted = {"num_images": num_images, "size": size, "seed": seed, "lq_ratio": round(float(lq_ratio), _JSON_DIGITS)}
+    wanted["extra_test"] = extra_test
     if truth.is_file():
-        metadata = json.loads(truth.read_text(encoding="utf-8")).get("metadata", {})
+        metadata = {"extra_test": 0, **json.loads(truth.read_text(encoding="utf-8")).get("metadata", {})}
         found = {key: metadata.get(key) for key in wanted}
         if found != wanted:
             raise ValueError(
@@ -408,7 +417,7 @@ def ensure_fundus_dataset(
                 "choose another folder or delete this one"
             )
         return root
-    write_fundus_dataset(root, num_images, size=size, seed=seed, lq_ratio=lq_ratio, progress=progress)
+    write_fundus_dataset(root, num_images, size, seed, lq_ratio, progress=progress, extra_test=extra_test)
     return root
 
 
@@ -456,10 +465,12 @@ def cached_fundus_dataset(
     *,
     progress: bool = True,
     cache: str | Path | None = None,
+    extra_test: int = 0,
 ) -> Path:
     """The SynthFundus set with these arguments, generated once into the cache and reused by every run.
 
-    The folder is ``<cache>/synthetic/synthfundus-v<generator>-n<images>-s<size>-seed<seed>-lq<ratio>``,
+    The folder is ``<cache>/synthetic/synthfundus-v<generator>-n<images>-s<size>-seed<seed>-lq<ratio>``
+    (and ``-xt<extra_test>`` when there are extra test images),
     so runs, ablations and tests with the same data share one copy and run folders hold results
     only. Processes that ask for the same set at once (the ranks of a DDP run, parallel runs) wait
     on a lock file while the first one generates it; a set interrupted half-way is completed by the
@@ -472,6 +483,7 @@ def cached_fundus_dataset(
         lq_ratio: Low-quality probability.
         progress: Show a progress bar while generating.
         cache: The cache folder (default :func:`cache_dir`).
+        extra_test: Test-only images of further patients (:func:`write_fundus_dataset`).
 
     Returns:
         The dataset's folder.
@@ -485,8 +497,7 @@ def cached_fundus_dataset(
     """
     root = (Path(cache) if cache is not None else cache_dir()) / "synthetic"
     key = f"synthfundus-v{GENERATOR_VERSION}-n{num_images}-s{size}-seed{seed}-lq{round(float(lq_ratio), _JSON_DIGITS)}"
+    key += f"-xt{extra_test}" if extra_test else ""
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root / f"{key}.lock"):
-        return ensure_fundus_dataset(
-            root / key, num_images=num_images, size=size, seed=seed, lq_ratio=lq_ratio, progress=progress
-        )
+        return ensure_fundus_dataset(root / key, num_images, size, seed, lq_ratio, progress, extra_test)

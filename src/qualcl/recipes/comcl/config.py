@@ -27,7 +27,7 @@ __all__ = [
 
 @dataclass
 class DataConfig(BaseDataConfig):
-    """The six shared fields (:class:`qualcl.recipes.config.DataConfig`), CoMCL's datasets, where boxes come from.
+    """The shared fields (:class:`qualcl.recipes.config.DataConfig`), CoMCL's datasets, where boxes come from.
 
     ``lq_ratio`` is also the simulated low-quality share of NIH ChestX-ray14 without ``quality.csv``
     (paper: 0.432). ``boxes``: ``"ground_truth"`` (the synthetic set's; NIH's ``BBox_List_2017.csv``) or
@@ -159,7 +159,7 @@ SPEC = RecipeSpec(
 
 @dataclass
 class DetectorData(BaseDataConfig):
-    """The six shared fields; ``"idrid"`` reads IDRiD's segmentation layout (the synthetic set: its lesion masks)."""
+    """The shared fields; ``"idrid"`` reads IDRiD's segmentation layout (the synthetic set: its lesion masks)."""
 
     dataset: Literal["synthetic", "idrid"] = "synthetic"
     num_images: int = 300
