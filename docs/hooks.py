@@ -6,6 +6,11 @@
 * One page per ``benchmarks/results/*.md`` (the committed benchmark tables), under ``benchmarks/``.
 * MathJax served by the site itself (``mathjax/``, copied at build time from the
   ``jupyter-server-mathjax`` package): nothing is fetched from another host when a page is read.
+* Executed notebook pages checked: a notebook that prints to standard error (a warning, a library's
+  banner) or prints a path of the build machine fails the build.
+* Tables of results (a cell with ``±``) wrapped in ``<div class="qualcl-numbers">``, whose cells
+  ``stylesheets/extra.css`` keeps on one line: a wide table scrolls sideways instead of breaking
+  ``0.604 ± 0.028`` over two lines.
 * ``images/synthetic_grid.png`` (one synthetic image per DR grade and quality level) and
   ``images/synthetic_degradations.png`` (one image under each degradation factor), drawn from the
   generator at build time, so the pictures always show what the code generates.
@@ -108,6 +113,43 @@ def on_files(files: Files, config: Any) -> Files:
     for picture in sorted(figures.glob("*.png")):
         files.append(File.generated(config, f"images/{picture.name}", abs_src_path=str(picture)))
     return files
+
+
+_TABLE = re.compile(r"<table>.*?</table>", flags=re.S)
+
+
+def number_tables(html: str) -> str:
+    """``html`` with every table that holds a ``±`` cell wrapped in ``<div class="qualcl-numbers">``."""
+    return _TABLE.sub(lambda m: f'<div class="qualcl-numbers">{m[0]}</div>' if "±" in m[0] else m[0], html)
+
+
+_OUTPUT = re.compile(
+    r'<div class="jp-RenderedText jp-OutputArea-output[^"]*" data-mime-type="([^"]+)"[^>]*>(.*?)</div>', re.S
+)
+_MACHINE_PATH = re.compile(r"(?:/root|/home|/Users|/usr|/tmp|/work)/|site-packages")
+
+
+def notebook_problems(html: str) -> list[str]:
+    """What an executed notebook page must not show: standard-error output, or a path of the machine."""
+    problems = []
+    for mime, text in _OUTPUT.findall(html):
+        text = re.sub(r"<[^>]+>", "", text).strip()
+        if mime == "application/vnd.jupyter.stderr":
+            problems.append(f"standard error: {text[:200]}")
+        elif _MACHINE_PATH.search(text):
+            problems.append(f"a machine path: {text[:200]}")
+    return problems
+
+
+def on_page_content(html: str, page: Any, config: Any, files: Files) -> str:
+    """Refuse a notebook page with :func:`notebook_problems`; mark the tables of results (:func:`number_tables`)."""
+    if page.file.src_uri.startswith("recipes/") and page.file.src_uri.endswith(".py"):
+        problems = notebook_problems(html)
+        if problems:
+            from mkdocs.exceptions import PluginError
+
+            raise PluginError(f"docs/{page.file.src_uri} shows " + "; ".join(problems))
+    return number_tables(html)
 
 
 def mathjax_source() -> Path:

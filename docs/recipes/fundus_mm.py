@@ -22,6 +22,18 @@
 # shows the primitives one by one, then runs the recipe at smoke size. Open it with
 # `jupytext --to notebook docs/recipes/fundus_mm.py`, or run it as a script.
 
+# %% tags=["remove-input"]
+# Set-up for the docs build, its input hidden on the site: this kernel has no ipywidgets (tqdm's
+# notebook bars warn and fall back to text ones), and the synthetic data goes to a relative cache
+# folder, so no path of the machine that built the site is printed.
+import os
+import tempfile
+import warnings
+
+warnings.filterwarnings("ignore", message="IProgress not found")
+os.chdir(tempfile.mkdtemp())
+os.environ["QUALCL_CACHE"] = "qualcl-cache"
+
 # %%
 import json
 import tempfile
@@ -34,7 +46,7 @@ from qualcl.heads import CaptionDecoder, CrossAttentionFusion, MAEDecoder
 from qualcl.losses import CaptionLoss, ClipLoss, MaskedReconstructionLoss
 from qualcl.models import CaptionTokenizer, TextEncoder, build_encoder
 
-torch.manual_seed(0)
+_ = torch.manual_seed(0)
 
 # %% [markdown]
 # ## 1. Masked image modelling
@@ -90,9 +102,9 @@ caption_decoder = CaptionDecoder(tok.vocab_size, 64, 1, 4, context_length=tok.co
                                  mode="masked", pad_id=tok.pad_id)  # fmt: skip
 logits = caption_decoder(corrupted.ids, torch.cat([fused_image, fused_text], 1))
 labels = ids.masked_fill(~corrupted.selected, tok.pad_id)
-print("caption loss:", round(float(CaptionLoss(pad_id=tok.pad_id)(logits, labels)), 3))
+print("caption loss:", round(CaptionLoss(pad_id=tok.pad_id)(logits, labels).item(), 3))
 z_img = torch.nn.Linear(192, 64)(tokens[:, 0])
-print("contrastive loss:", round(float(ClipLoss()(z_img, pooled)), 3))
+print("contrastive loss:", round(ClipLoss()(z_img, pooled).item(), 3))
 
 # %% [markdown]
 # In the recipe, as open_clip splits `CoCa` from its loss, `FundusMMNet` wires these parts and
@@ -122,10 +134,14 @@ print({name: round(value.item(), 3) for name, value in terms.items()}, "total:",
 # ratios.
 
 # %%
+import contextlib
+import sys
+
 from qualcl.recipes.fundus_mm import run_fundus_mm
 
 out_dir = Path(tempfile.mkdtemp()) / "fundus-mm-smoke"
-results = run_fundus_mm(fundus_mm_config("smoke"), out_dir)
+with contextlib.redirect_stderr(sys.stdout):  # the run's "qualcl: ..." lines (standard error) as output
+    results = run_fundus_mm(fundus_mm_config("smoke"), out_dir)
 zero = results["test"]["zero_shot"]
 print(json.dumps({s: round(v["overall"]["accuracy"], 3) for s, v in zero.items()}, indent=2))
 print(json.dumps({k: round(v, 3) for k, v in results["test"]["recall"].items()}))

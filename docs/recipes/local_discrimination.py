@@ -25,6 +25,18 @@
 # This notebook shows the primitives, then runs the recipe at smoke size. Open it with
 # `jupytext --to notebook docs/recipes/local_discrimination.py`, or run it as a script.
 
+# %% tags=["remove-input"]
+# Set-up for the docs build, its input hidden on the site: this kernel has no ipywidgets (tqdm's
+# notebook bars warn and fall back to text ones), and the synthetic data goes to a relative cache
+# folder, so no path of the machine that built the site is printed.
+import os
+import tempfile
+import warnings
+
+warnings.filterwarnings("ignore", message="IProgress not found")
+os.chdir(tempfile.mkdtemp())
+os.environ["QUALCL_CACHE"] = "qualcl-cache"
+
 # %%
 import json
 import tempfile
@@ -38,7 +50,7 @@ from qualcl.functional import assignment_entropy, grid_items, patch_grid
 from qualcl.heads import ClusteringHead, PixelEmbeddingHead
 from qualcl.losses import MixupConsistencyLoss, PatchDiscriminationLoss, RegionDiscriminationLoss
 
-torch.manual_seed(0)
+_ = torch.manual_seed(0)
 
 # %% [markdown]
 # ## 1. Views with recorded turns
@@ -97,10 +109,14 @@ print("predicted:", localise_landmarks(template, target, sigma=1.5).points.tolis
 # drive|stare|chase|hrf|idrid|drishti --data DIR` runs on the real segmentation sets.
 
 # %%
+import contextlib
+import sys
+
 from qualcl.recipes.local_discrimination import local_discrimination_config, run_local_discrimination
 
 out_dir = Path(tempfile.mkdtemp()) / "local-discrimination-smoke"
-results = run_local_discrimination(local_discrimination_config("smoke"), out_dir)
+with contextlib.redirect_stderr(sys.stdout):  # the run's "qualcl: ..." lines (standard error) as output
+    results = run_local_discrimination(local_discrimination_config("smoke"), out_dir)
 dice = {
     f"{task} ({phase})": round(strata["overall"]["dice"], 3)
     for task, phases in results["test"]["segmentation"].items()

@@ -24,6 +24,18 @@
 # descriptor agree). This notebook shows the primitives, then runs the recipe at smoke size. Open
 # it with `jupytext --to notebook docs/recipes/mirror_retrieval.py`, or run it as a script.
 
+# %% tags=["remove-input"]
+# Set-up for the docs build, its input hidden on the site: this kernel has no ipywidgets (tqdm's
+# notebook bars warn and fall back to text ones), and the synthetic data goes to a relative cache
+# folder, so no path of the machine that built the site is printed.
+import os
+import tempfile
+import warnings
+
+warnings.filterwarnings("ignore", message="IProgress not found")
+os.chdir(tempfile.mkdtemp())
+os.environ["QUALCL_CACHE"] = "qualcl-cache"
+
 # %%
 import json
 import tempfile
@@ -37,7 +49,7 @@ from qualcl.heads import GeM, MirrorAttention
 from qualcl.losses import CircleLoss, FineTripletLoss
 from qualcl.metrics import dr_graded_relevance, retrieval_metrics
 
-torch.manual_seed(0)
+_ = torch.manual_seed(0)
 
 # %% [markdown]
 # ## 1. Mirror attention and GeM
@@ -53,7 +65,7 @@ block = MirrorAttention(16, reduction=2, variant="intended")
 with torch.no_grad():
     out = block(feature_map, return_attention=True)
 print("identity at init:", torch.equal(out.horizontal, feature_map), torch.equal(out.vertical, feature_map))
-print("attention:", tuple(out.attention_h.shape), "rows sum to", float(out.attention_h[0].sum(-1).mean()))
+print("attention:", tuple(out.attention_h.shape), "rows sum to", out.attention_h[0].sum(-1).mean().item())
 gem = GeM(p=3.0)
 descriptor = torch.cat([gem(out.horizontal), gem(out.vertical)], dim=1)
 print("descriptor:", tuple(descriptor.shape))
@@ -69,12 +81,12 @@ print("descriptor:", tuple(descriptor.shape))
 # %%
 embeddings = torch.randn(12, 32, requires_grad=True)
 grades = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 4, 4])
-print("circle (per anchor):", float(CircleLoss(gamma=32.0)(embeddings, grades)))
-print("circle (global, public form):", float(CircleLoss(gamma=1.0, aggregate="global")(embeddings, grades)))
+print("circle (per anchor):", CircleLoss(gamma=32.0)(embeddings, grades).item())
+print("circle (global, public form):", CircleLoss(gamma=1.0, aggregate="global")(embeddings, grades).item())
 print("relevance degrees:", relevance_degrees(embeddings.abs())[:4].tolist())
 loss = FineTripletLoss(scale=32.0, aggregate="per_anchor")(embeddings.abs(), grades)
 loss.backward()
-print("fine triplet:", float(loss), "gradient norm:", float(embeddings.grad.norm()))
+print("fine triplet:", loss.item(), "gradient norm:", embeddings.grad.norm().item())
 
 # %% [markdown]
 # ## 3. Exact search and the metrics
@@ -99,10 +111,14 @@ print({key: round(value, 3) for key, value in metrics.items() if "@10" in key})
 # runs on the real data, and `--ablation` the variants of `docs/mirror_retrieval.md` over three seeds.
 
 # %%
+import contextlib
+import sys
+
 from qualcl.recipes.mirror_retrieval import mirror_retrieval_config, run_mirror_retrieval
 
 out_dir = Path(tempfile.mkdtemp()) / "mirror-retrieval-smoke"
-results = run_mirror_retrieval(mirror_retrieval_config("smoke"), out_dir)
+with contextlib.redirect_stderr(sys.stdout):  # the run's "qualcl: ..." lines (standard error) as output
+    results = run_mirror_retrieval(mirror_retrieval_config("smoke"), out_dir)
 k = 5
 print(json.dumps({name: round(v[f"map@{k}"], 3) for name, v in results["test"]["by_quality"].items()}, indent=2))
 
