@@ -155,7 +155,7 @@ def test_bad_tensors_name_the_argument():
     st.integers(0, 2**31 - 1),
 )
 def test_streaming_chunks_equal_the_dense_stable_sort(n, m, k, cols, use_labels, largest, seed):
-    """Many chunks: group screening, the dense group merge, pending candidates, estimates and their re-runs."""
+    """Many chunks: the first chunk's rank bound, group screening, pending candidates and their merges."""
     k = min(k, m)
     q, c = _ints(seed, n, 3), _ints(seed + 1, m, 3)  # few distinct dot products: ties everywhere
     g = torch.Generator().manual_seed(seed + 2)
@@ -174,9 +174,9 @@ def test_streaming_chunks_equal_the_dense_stable_sort(n, m, k, cols, use_labels,
 
 
 @pytest.mark.parametrize("order", ["descending", "random"])
-def test_an_estimated_threshold_that_hides_the_top_k_is_detected_and_the_rows_recomputed(order):
-    # 200-column chunks (not whole 16-column groups): the first chunk's 20th value estimates the 40th of 800;
-    # with the candidates sorted by similarity it is far too high, and only a re-run can be exact
+def test_candidates_sorted_by_similarity_or_shuffled_stream_exactly(order):
+    # 200-column chunks (not whole 16-column groups): sorted by similarity, the first chunk holds the whole
+    # top-40 and every later chunk misses the threshold; shuffled, every chunk raises it
     g = torch.Generator().manual_seed(0)
     c = torch.linspace(1.0, -1.0, 800, dtype=torch.float64)[:, None]
     if order == "random":
@@ -202,3 +202,40 @@ def test_half_and_memory_mapped_candidates_are_converted_chunk_by_chunk(tmp_path
     half = topk_similarity(q.half(), c.half(), 10, impl="torch", column_chunk_size=256)
     assert half[0].dtype == torch.float32
     assert torch.equal(half[1], topk_similarity(q.half(), c.half(), 10, impl="naive")[1])
+
+
+@pytest.mark.parametrize("n", [1, 5])
+@pytest.mark.parametrize("cols", [256, 512, 300])
+@pytest.mark.parametrize("k", [1, 10, 300])
+def test_streaming_blocks_equal_the_dense_stable_sort_with_ties_across_chunks(n, cols, k):
+    # 1,300 candidates (not a multiple of the chunk): two-level screening in whole 256-column chunks,
+    # one level at 300, a tail chunk; k = 300 exceeds a 256-column chunk; few distinct values tie across chunks
+    q, c = _ints(n, n, 2), _ints(n + 1, 1300, 2)
+    want = topk_similarity(q, c, k, normalize=False, impl="naive")
+    got = topk_similarity(q, c, k, normalize=False, impl="torch", column_chunk_size=cols)
+    assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+    g = torch.Generator().manual_seed(k)
+    q, c = torch.randn(n, 16, generator=g, dtype=torch.float64), torch.randn(1300, 16, generator=g, dtype=torch.float64)
+    want = topk_similarity(q, c, k, impl="naive")
+    got = topk_similarity(q, c, k, impl="torch", column_chunk_size=cols)
+    assert got[0].dtype == torch.float64
+    assert torch.equal(got[1], want[1])
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("m", [2000, 2003])
+@pytest.mark.parametrize("k", [8, 64])
+@pytest.mark.parametrize("ties", [False, True])
+def test_one_chunk_group_selection_equals_the_dense_stable_sort(m, k, ties):
+    # one chunk of all candidates: the members of each row's k + 1 best column groups, plus the tail
+    # columns when M is not a multiple of the group size; with ties the group choice is redone exactly
+    g = torch.Generator().manual_seed(m + k)
+    if ties:
+        q, c = _ints(k, 6, 3), _ints(k + 1, m, 3)
+    else:
+        q, c = torch.randn(6, 8, generator=g), torch.randn(m, 8, generator=g)
+    exclude = torch.randint(-1, m, (6,), generator=g)
+    for largest in (True, False):
+        want = topk_similarity(q, c, k, exclude_index=exclude, largest=largest, normalize=False, impl="naive")
+        got = topk_similarity(q, c, k, exclude_index=exclude, largest=largest, normalize=False, impl="torch")
+        assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])

@@ -21,15 +21,15 @@ from qualcl.kernels._topk_torch import GROUP, finish_topk, stable_topk, streamin
 __all__ = ["topk_block_shape", "topk_checked", "topk_similarity"]
 
 LABEL_RELATIONS = {"different": DROP_SAME, "same": DROP_DIFFERENT}
-CHUNK_BYTES = 1 << 21
-"""Default bytes of one candidate chunk (``cols × D``): it stays in cache while every query block meets it."""
-BLOCK_SCORES = 1 << 21
-"""Default scores per ``rows × cols`` block (8 MiB in float32)."""
-DENSE_BLOCK_SCORES = 1 << 22
-"""Scores per row block in that one-chunk case (16 MiB in float32)."""
+BLOCK_SCORES = 1 << 22
+"""Scores per ``rows × cols`` block of the torch path (16 MiB in float32)."""
+CHUNK_BYTES = 1 << 23
+"""Most bytes of one normalised candidate chunk (``cols × D``): 4,096 rows at D = 512 in float32."""
+SUPER_GROUP = GROUP * GROUP
+"""Streaming chunks are whole 256-column super-groups (two screening levels, ``_topk_torch.screen``)."""
 MAX_COLUMN_BLOCK = 65_536
-"""Up to this many candidates the default is one chunk of all of them and one ``torch.topk`` per query block
-(the K = 64 miner at M = 8,192); beyond it (retrieval databases) cache-sized chunks stream past."""
+"""Up to this many candidates the default is one chunk of all of them (the K = 64 miner at M = 8,192:
+each row block selected at once); beyond it (retrieval databases) chunks stream past every query."""
 
 
 def topk_block_shape(
@@ -43,11 +43,12 @@ def topk_block_shape(
 ) -> tuple[int, int]:
     """Queries per block and candidates per chunk of the torch path of :func:`topk_similarity`.
 
-    Each chunk of ``cols`` candidates is read from memory once and met by every block of ``rows``
-    queries while it is in cache. Up to 65,536 candidates the chunk is all of them and a block holds
-    2^22 scores (one ``torch.topk`` per block); beyond, the chunk is cache-sized (``cols · D ·
-    itemsize`` about 2 MiB: 1,024 rows at D = 512 in float32) and a block holds about 2^21 scores
-    (all of 1,000 queries against one chunk).
+    Up to 65,536 candidates the chunk is all of them and a row block holds about 2^22 scores. Beyond,
+    every query meets a chunk while it is in cache, in as few row blocks as fit 2^22 scores (one
+    block up to 16,384 queries), so each chunk is read and normalised once and each block pays its
+    fixed per-op costs once: the chunk is as wide as that allows (2^22 / N columns, in whole
+    256-column super-groups, at least 256) and at most 8 MiB (``cols · D · itemsize``; 4,096
+    candidates at D = 512 in float32).
 
     Args:
         n: Queries ``N``.
@@ -63,14 +64,13 @@ def topk_block_shape(
     """
     if column_chunk_size is not None:
         cols = column_chunk_size
-    elif m <= MAX_COLUMN_BLOCK:  # up to 65,536 candidates: one chunk, one torch.topk per row block
+    elif m <= MAX_COLUMN_BLOCK:  # one chunk, each row block selected at once
         cols = m
     else:
-        cols = max(CHUNK_BYTES // max(d * itemsize, 1), 256)
-        cols = -(-cols // GROUP) * GROUP  # whole groups
+        widest = max(CHUNK_BYTES // max(d * itemsize, 1) // SUPER_GROUP, 1)
+        cols = SUPER_GROUP * max(1, min(BLOCK_SCORES // max(n, 1) // SUPER_GROUP, widest))
     cols = max(1, min(cols, m))
-    budget = DENSE_BLOCK_SCORES if cols >= m else BLOCK_SCORES
-    rows = chunk_size or max(1, budget // cols)
+    rows = chunk_size or max(1, BLOCK_SCORES // cols)
     return max(1, min(rows, n)), cols
 
 
@@ -194,14 +194,14 @@ def topk_similarity(
     with ``normalize``, L2-normalised chunk by chunk: a memory-mapped bank is never copied whole),
     and every block of ``chunk_size`` queries meets a chunk while it is in cache. Up to
     ``M = 65,536`` candidates (e.g. the K = 64 miner at 8,192) the default is one chunk of all
-    candidates and one ``torch.topk`` per query block. Beyond (retrieval: k = 10 of 100,000) the
-    default chunk is cache-sized (:func:`topk_block_shape`) and each query
-    block keeps a running top-``k``: a block of scores is screened by the maxima of its 16-column
-    groups against the row's running ``k``-th value, and only the few entries that reach it are
-    gathered and merged; the first chunk seeds the threshold (with the members of each row's
-    ``k + 1`` best groups, or an estimate that is checked and, if it hid part of a row's top-``k``,
-    followed by an exact re-run of that row). Memory O(N·k + chunk_size · column_chunk_size +
-    column_chunk_size · D).
+    candidates: each query block keeps the members of its rows' ``k + 1`` best column groups (by
+    group maximum, groups of about ``sqrt(M / k)`` columns) and one ``torch.topk`` over those
+    selects. Beyond (retrieval: k = 10 of 100,000) all queries meet each chunk in as few blocks as
+    fit (:func:`topk_block_shape`) and keep a running top-``k``: the first chunk's group maxima give
+    each row a lower bound on its ``k``-th value, and every block is screened by the maxima of its
+    16-column groups and 256-column super-groups against the row's running threshold, so that only
+    the few entries that reach it are gathered and merged. Memory O(N·k + chunk_size ·
+    column_chunk_size + column_chunk_size · D).
 
     Exactness: indices and ties are exact for any chunk sizes (the lowest columns win, as a stable
     sort would). The values are those of ``F.normalize(q) @ F.normalize(c).T`` *as this call computes
