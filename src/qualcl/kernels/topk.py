@@ -27,6 +27,10 @@ CHUNK_BYTES = 1 << 23
 """Most bytes of one normalised candidate chunk (``cols × D``): 4,096 rows at D = 512 in float32."""
 SUPER_GROUP = GROUP * GROUP
 """Streaming chunks are whole 256-column super-groups (two screening levels, ``_topk_torch.screen``)."""
+MIN_STREAM_COLUMNS = 4 * SUPER_GROUP
+"""Streaming chunks hold at least 1,024 candidates (fewer, larger blocks: 10,000 queries × 1,024)."""
+MAX_STREAM_ROWS = 16_384
+"""Queries per streaming block: all of them up to this many (a block of at most 64 MiB of float32 scores)."""
 MAX_COLUMN_BLOCK = 65_536
 """Up to this many candidates the default is one chunk of all of them (the K = 64 miner at M = 8,192:
 each row block selected at once); beyond it (retrieval databases) chunks stream past every query."""
@@ -44,11 +48,10 @@ def topk_block_shape(
     """Queries per block and candidates per chunk of the torch path of :func:`topk_similarity`.
 
     Up to 65,536 candidates the chunk is all of them and a row block holds about 2^22 scores. Beyond,
-    every query meets a chunk while it is in cache, in as few row blocks as fit 2^22 scores (one
-    block up to 16,384 queries), so each chunk is read and normalised once and each block pays its
-    fixed per-op costs once: the chunk is as wide as that allows (2^22 / N columns, in whole
-    256-column super-groups, at least 256) and at most 8 MiB (``cols · D · itemsize``; 4,096
-    candidates at D = 512 in float32).
+    all queries (up to 16,384 per block) meet each chunk while it is in cache, so each chunk is read
+    and normalised once and each block pays its fixed per-op costs once: the chunk holds about
+    2^22 / N candidates, in whole 256-column super-groups, at least 1,024 and at most 8 MiB
+    (``cols · D · itemsize``; 4,096 candidates at D = 512 in float32).
 
     Args:
         n: Queries ``N``.
@@ -67,10 +70,14 @@ def topk_block_shape(
     elif m <= MAX_COLUMN_BLOCK:  # one chunk, each row block selected at once
         cols = m
     else:
-        widest = max(CHUNK_BYTES // max(d * itemsize, 1) // SUPER_GROUP, 1)
-        cols = SUPER_GROUP * max(1, min(BLOCK_SCORES // max(n, 1) // SUPER_GROUP, widest))
+        widest = max(CHUNK_BYTES // max(d * itemsize, 1), SUPER_GROUP)
+        cols = max(BLOCK_SCORES // max(n, 1), MIN_STREAM_COLUMNS)
+        cols = SUPER_GROUP * max(1, min(cols, widest) // SUPER_GROUP)
     cols = max(1, min(cols, m))
-    rows = chunk_size or max(1, BLOCK_SCORES // cols)
+    if chunk_size is not None:
+        rows = chunk_size
+    else:
+        rows = max(1, BLOCK_SCORES // cols) if cols >= m else MAX_STREAM_ROWS
     return max(1, min(rows, n)), cols
 
 
