@@ -17,6 +17,15 @@ def test_readme_example_runs():
     exec(compile(blocks[0], "README.md", "exec"), {})
 
 
+def test_the_docs_home_page_starts_with_the_readme_install_and_example():
+    page, readme = (ROOT / "docs" / "index.md").read_text(), (ROOT / "README.md").read_text()
+    head = page.split("\n## ")[0]  # before the first section
+    install = re.search(r"## Install\n\n(```bash\n.*?```)", readme, flags=re.S)
+    example = re.search(r"```python\n.*?```", readme, flags=re.S)
+    assert install and example
+    assert re.findall(r"```(?:bash|python)\n.*?```", head, flags=re.S) == [install.group(1), example.group(0)]
+
+
 def test_readme_commands_are_the_ci_commands():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
