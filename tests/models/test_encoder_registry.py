@@ -32,7 +32,7 @@ def test_the_torch_free_copy_of_the_cnn_names_matches_the_registry():
 def test_listing_follows_registration_order_and_filters_by_family():
     assert list_encoders() == list(ENCODERS)
     assert list_encoders("cnn") + list_encoders("vit") == list_encoders()
-    assert list_encoders("vit") == ["vit_tiny", "vit_small", "vit_base", "convvit_tiny"]
+    assert list_encoders("vit") == ["vit_micro", "vit_tiny", "vit_small", "vit_base", "convvit_tiny"]
     assert all(isinstance(info, EncoderInfo) for info in ENCODERS.values())
     with pytest.raises(ValueError, match=r"unknown encoder family='rnn'; choose one of \['cnn', 'vit'\]"):
         list_encoders("rnn")
@@ -96,3 +96,15 @@ def test_unknown_names_name_the_argument_and_suggest_the_closest(build):
         build("transformer")
     with pytest.raises(ValueError, match="unknown encoder name=3"):
         build(3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("small", "large", "divisor"), [("resnet10_tiny", "resnet10", 4), ("vgg16_bn_micro", "vgg16_bn_tiny", 2)]
+)
+def test_the_small_smoke_encoders_keep_the_layout_at_a_fraction_of_the_width(small, large, divisor):
+    a, b = create_encoder(small), create_encoder(large)
+    assert a.pyramid_reductions == b.pyramid_reductions
+    assert a.pyramid_channels == tuple(c // divisor for c in b.pyramid_channels)
+    assert [type(m) for m in list(a.modules())[2:]] == [type(m) for m in list(b.modules())[2:]]  # the same layers
+    maps = a.forward_pyramid(torch.randn(1, 3, 64, 64))
+    assert [m.shape[1] for m in maps] == list(a.pyramid_channels)

@@ -95,7 +95,10 @@ class ResNetEncoder(Encoder):
         self.num_features = int(net.fc.in_features)
         net.fc = nn.Identity()  # type: ignore[assignment]
         self.net = net
-        self.pyramid_channels = (64, *(_stage_width(getattr(net, f"layer{i}")) for i in range(1, 5)))
+        self.pyramid_channels = (
+            net.conv1.out_channels,
+            *(_stage_width(getattr(net, f"layer{i}")) for i in range(1, 5)),
+        )
         self.pyramid_reductions = (2, 4, 8, 16, 32)
         self.register_load_state_dict_pre_hook(self._load_legacy)  # type: ignore[no-untyped-call]
 
@@ -249,34 +252,56 @@ def _vgg_layers(cfg: Sequence[int | str], in_chans: int) -> nn.Sequential:
     return trunk
 
 
+class _NarrowResNet(ResNet):  # type: ignore[misc]
+    """torchvision's ResNet with the stem and every stage ``1 / divisor`` as wide (same layout and init)."""
+
+    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: list[int], divisor: int) -> None:
+        self.divisor = divisor  # read by _make_layer while ResNet.__init__ builds the stages
+        super().__init__(block, layers)
+        width = 64 // divisor
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")  # as ResNet's own init
+        self.fc = nn.Linear(512 * block.expansion // divisor, 1000)
+
+    def _make_layer(self, block: Any, planes: int, blocks: int, stride: int = 1, dilate: bool = False) -> nn.Sequential:
+        if planes == 64:  # the first stage: its input is the narrowed stem
+            self.inplanes = 64 // self.divisor
+        layer: nn.Sequential = super()._make_layer(block, planes // self.divisor, blocks, stride, dilate)
+        return layer
+
+
 def resnet_encoder(name: str, *, in_chans: int = 3) -> ResNetEncoder:
     """A randomly initialised ResNet encoder: ``resnet10`` (one basic block per stage), 18, 34 or 50.
 
-    With ``in_chans != 3`` the first convolution is replaced by a new one (default PyTorch init).
+    ``resnet10_tiny`` is ``resnet10`` at a quarter of the width (16–128 channels: quick tests and
+    small smoke runs). With ``in_chans != 3`` the first convolution is replaced by a new one
+    (default PyTorch init).
     """
-    if name not in _RESNET_LAYOUTS:
-        raise ValueError(f"unknown ResNet {name!r}; choose one of {sorted(_RESNET_LAYOUTS)}")
-    block, layers = _RESNET_LAYOUTS[name]
-    net = ResNet(block, layers)
+    if name not in _RESNET_LAYOUTS and name != "resnet10_tiny":
+        raise ValueError(f"unknown ResNet {name!r}; choose one of {sorted([*_RESNET_LAYOUTS, 'resnet10_tiny'])}")
+    net = ResNet(*_RESNET_LAYOUTS[name]) if name != "resnet10_tiny" else _NarrowResNet(BasicBlock, [1, 1, 1, 1], 4)
     if in_chans != 3:
-        net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        net.conv1 = nn.Conv2d(in_chans, net.conv1.out_channels, kernel_size=7, stride=2, padding=3, bias=False)
     return ResNetEncoder(net)
 
 
 def vgg_encoder(name: str, *, in_chans: int = 3) -> VGGEncoder:
-    """A randomly initialised ``vgg16_bn`` (torchvision) or ``vgg16_bn_tiny`` encoder.
+    """A randomly initialised ``vgg16_bn`` (torchvision), ``vgg16_bn_tiny`` or ``vgg16_bn_micro`` encoder.
 
+    ``vgg16_bn_micro`` is ``vgg16_bn_tiny`` at half its width (quick tests and small smoke runs).
     With ``in_chans != 3``, ``vgg16_bn``'s first convolution is replaced by a new one (default
-    PyTorch init); ``vgg16_bn_tiny`` is built for ``in_chans`` directly.
+    PyTorch init); the two small trunks are built for ``in_chans`` directly.
     """
     if name == "vgg16_bn":
         net = models.vgg16_bn(weights=None)
         if in_chans != 3:
             net.features[0] = nn.Conv2d(in_chans, 64, 3, padding=1)
         return VGGEncoder(net)
-    if name == "vgg16_bn_tiny":
-        return VGGEncoder(_VGGTrunk(_vgg_layers(VGG16_BN_TINY_CFG, in_chans)))
-    raise ValueError(f"unknown VGG {name!r}; choose 'vgg16_bn' or 'vgg16_bn_tiny'")
+    if name in ("vgg16_bn_tiny", "vgg16_bn_micro"):
+        cfg = [c if c == "M" or name == "vgg16_bn_tiny" else int(c) // 2 for c in VGG16_BN_TINY_CFG]
+        return VGGEncoder(_VGGTrunk(_vgg_layers(cfg, in_chans)))
+    raise ValueError(f"unknown VGG {name!r}; choose 'vgg16_bn', 'vgg16_bn_tiny' or 'vgg16_bn_micro'")
 
 
 # The registered names (``qualcl.models.create_encoder``); CNNs take any image size and ignore ``image_size``.
@@ -290,6 +315,13 @@ def vgg_encoder(name: str, *, in_chans: int = 3) -> VGGEncoder:
 )
 def _resnet10(*, in_chans: int = 3, image_size: int | None = None) -> ResNetEncoder:
     return resnet_encoder("resnet10", in_chans=in_chans)
+
+
+@register_encoder(
+    "resnet10_tiny", family="cnn", num_features=128, description="ResNet-10 at 1/4 width (0.3 M; smoke runs, tests)"
+)
+def _resnet10_tiny(*, in_chans: int = 3, image_size: int | None = None) -> ResNetEncoder:
+    return resnet_encoder("resnet10_tiny", in_chans=in_chans)
 
 
 @register_encoder("resnet18", family="cnn", num_features=512, description="torchvision ResNet-18 (11.2 M)")
@@ -327,6 +359,13 @@ def _vgg16_bn(*, in_chans: int = 3, image_size: int | None = None) -> VGGEncoder
 )
 def _vgg16_bn_tiny(*, in_chans: int = 3, image_size: int | None = None) -> VGGEncoder:
     return vgg_encoder("vgg16_bn_tiny", in_chans=in_chans)
+
+
+@register_encoder(
+    "vgg16_bn_micro", family="cnn", num_features=64, description="vgg16_bn_tiny at 1/2 width (0.2 M; smoke runs, tests)"
+)
+def _vgg16_bn_micro(*, in_chans: int = 3, image_size: int | None = None) -> VGGEncoder:
+    return vgg_encoder("vgg16_bn_micro", in_chans=in_chans)
 
 
 def backbone_state_dict(encoder: ResNetEncoder | VGGEncoder, state: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -16,6 +16,7 @@ __all__ = ["CONV_STEM_VITS", "VIT_SIZES", "ConvStem", "ViTEncoder", "vit_encoder
 
 #: ``name: (embed_dim, depth, num_heads)`` of the patch-16 ViTs (Dosovitskiy et al.; DeiT's tiny/small).
 VIT_SIZES: dict[str, tuple[int, int, int]] = {
+    "vit_micro": (64, 2, 2),
     "vit_tiny": (192, 12, 3),
     "vit_small": (384, 12, 6),
     "vit_base": (768, 12, 12),
@@ -270,6 +271,11 @@ def vit_encoder(name: str, *, in_chans: int = 3, image_size: int | None = None) 
 
 
 # The registered names (``qualcl.models.create_encoder``); ``image_size`` sizes the position embeddings.
+
+
+@register_encoder("vit_micro", family="vit", num_features=64, description="ViT/16 of width 64, 2 blocks (0.1 M; smoke)")
+def _vit_micro(*, in_chans: int = 3, image_size: int | None = None) -> ViTEncoder:
+    return vit_encoder("vit_micro", in_chans=in_chans, image_size=image_size)
 
 
 @register_encoder("vit_tiny", family="vit", num_features=192, description="ViT-Ti/16 on timm (5.5 M)")

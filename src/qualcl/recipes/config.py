@@ -52,7 +52,7 @@ T = TypeVar("T")
 #: encoder names against this copy, so that building a config does not import torch (a test keeps
 #: the two equal).
 CNN_ENCODERS: tuple[str, ...] = tuple(
-    "resnet10 resnet18 resnet34 resnet50 vgg16_bn vgg16_bn_tiny unet unet_small".split()
+    "resnet10 resnet10_tiny resnet18 resnet34 resnet50 vgg16_bn vgg16_bn_tiny vgg16_bn_micro unet unet_small".split()
 )
 
 

@@ -246,10 +246,7 @@ class RunContext(Generic[C]):
         return ensure_fundus_dataset(folder, **settings)
 
     def dataset_root(self, data: Any) -> Path:
-        """The folder of a recipe's ``data`` config (a :class:`~qualcl.recipes.config.DataConfig`).
-
-        The embedded SynthFundus set (:meth:`synthetic_fundus`) or a real dataset's ``data.data_dir``.
-        """
+        """The folder of a ``data`` config: the embedded SynthFundus set (:meth:`synthetic_fundus`) or ``data_dir``."""
         if data.dataset == "synthetic":
             return self.synthetic_fundus(data)
         if data.data_dir is None:
