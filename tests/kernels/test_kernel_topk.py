@@ -226,9 +226,9 @@ def test_streaming_blocks_equal_the_dense_stable_sort_with_ties_across_chunks(n,
 @pytest.mark.parametrize("m", [2000, 2003])
 @pytest.mark.parametrize("k", [8, 64])
 @pytest.mark.parametrize("ties", [False, True])
-def test_one_chunk_group_selection_equals_the_dense_stable_sort(m, k, ties):
-    # one chunk of all candidates: the members of each row's k + 1 best column groups, plus the tail
-    # columns when M is not a multiple of the group size; with ties the group choice is redone exactly
+def test_one_chunk_selection_equals_the_dense_stable_sort(m, k, ties):
+    # one chunk of all candidates (the default up to 65,536): one torch.topk per row block; rows whose
+    # k-th and (k + 1)-th values tie are redone by a stable sort
     g = torch.Generator().manual_seed(m + k)
     if ties:
         q, c = _ints(k, 6, 3), _ints(k + 1, m, 3)

@@ -9,7 +9,6 @@ from qualcl.kernels._columns import CandidateFilter, drop_block_
 
 __all__ = [
     "finish_topk",
-    "group_size",
     "order_topk",
     "rank_bound",
     "screen",
@@ -24,8 +23,6 @@ GROUP = 16
 """Screening fan-out: a block's scores are screened by the maxima of 16-column groups, and those by the
 maxima of 16-group (256-column) super-groups, so the compare-and-gather work after a block's matmul is
 on tensors 256 times smaller than the block."""
-MAX_GROUP_SIZE = 16
-"""Largest column group of the one-chunk path (whose size is about ``sqrt(M / (k + 1))``)."""
 
 
 def topk_candidates(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -263,7 +260,7 @@ def streaming_topk(
     each chunk while it is in cache and keeps a running top-``k`` (:class:`_RowBlock`): only the
     scores at or above its running threshold are gathered, found through the maxima of column
     groups, so selection costs two max passes, not a sort. With one chunk (``cols >= M``) each row
-    block is selected at once (:func:`_single_block_topk`). Memory O(N·k + rows·cols + cols·D).
+    block is selected by one ``torch.topk`` (:func:`_single_block_topk`). Memory O(N·k + rows·cols + cols·D).
     Rows with fewer than ``k`` kept columns are padded with ``-inf`` (``+inf`` for
     ``largest=False``) and index ``-1``.
 
@@ -319,77 +316,31 @@ def _scores(
     return scores
 
 
-def group_size(m: int, k: int) -> int:
-    """Column group size of the one-chunk path: a power of two near ``sqrt(M / (k + 1))``, or 1 (no groups).
-
-    Selecting the ``k + 1`` best of ``M / s`` group maxima, then the best of their ``(k + 1)·s``
-    members, reads the fewest values at ``s ≈ sqrt(M / (k + 1))``; groups are used only when that
-    leaves at least twice ``k + 1`` of them.
-    """
-    size = 1
-    while size < MAX_GROUP_SIZE and (2 * size) ** 2 * (k + 1) <= 2 * m:
-        size *= 2
-    return size if size > 1 and m // size >= 2 * (k + 1) else 1
-
-
-def _grouped_candidates(scores: Tensor, k: int, size: int) -> tuple[Tensor, Tensor]:
-    """The members of each row's ``k + 1`` best column groups (by group maximum), with the tail columns.
-
-    Group ``j`` holds columns ``j, j + G, ..., j + (size - 1)·G`` of the first ``G·size`` columns
-    (``G = M // size``); the ``M - G·size`` tail columns are candidates of every row. The row's
-    top-``k + 1`` values are among these candidates, and so is its top-``k`` unless its ``k``-th
-    and ``(k + 1)``-th values tie: an unselected group can hold the ``k``-th value only if it equals
-    the smallest selected group maximum, and then two selected groups hold it too, so the
-    candidates' ``k``-th and ``(k + 1)``-th values tie (the caller redoes those rows).
-
-    Returns:
-        ``(values (R, w), columns (R, w))``.
-    """
-    rows, m = scores.shape
-    groups = m // size
-    maxima = scores.as_strided((rows, size, groups), (scores.stride(0), groups, 1)).amax(dim=1)
-    group = torch.topk(maxima, k + 1, dim=1, sorted=False).indices
-    columns = (group[:, :, None] + torch.arange(0, groups * size, groups, device=scores.device)).flatten(1)
-    if groups * size < m:
-        tail = torch.arange(groups * size, m, device=scores.device).expand(rows, m - groups * size)
-        columns = torch.cat([columns, tail], dim=1)
-    return scores.gather(1, columns), columns
-
-
 def _single_block_topk(
     q: Tensor, c: Tensor, filt: CandidateFilter, k: int, *, largest: bool, scale: float, rows: int
 ) -> tuple[Tensor, Tensor]:
-    """Row blocks against all columns: the top-``k + 1`` of each block, ties and ordering settled at the end.
+    """Row blocks against all columns: one ``torch.topk`` per block, ties and ordering settled at the end.
 
-    Each block's top-``k + 1`` comes from one ``torch.topk`` over the members of its best column
-    groups (:func:`_grouped_candidates`; over the whole row when the row is too short for groups)
-    and is written into shared buffers (small per-block ops are what costs on a busy CPU). Rows
-    whose ``k``-th and ``(k + 1)``-th values tie get their block recomputed (same shapes, so the
-    same bits) and settled by a stable sort of the row; then every row is ordered by (value, lower
-    column) in one batched sort.
+    Each block writes its sorted top-``k + 1`` into shared buffers (small per-block ops are what
+    costs on a busy CPU). Rows whose ``k``-th and ``(k + 1)``-th values tie get their block
+    recomputed (same shapes, so the same bits) and settled by a stable sort; then every row is
+    ordered by (value, lower column) in one batched sort.
     """
     n, m = q.shape[0], c.shape[0]
     width = min(k + 1, m)
-    size = group_size(m, k)
     values = q.new_empty(n, width)
     positions = torch.empty(n, width, dtype=torch.long, device=q.device)
     for r0 in range(0, n, rows):
         r1 = min(r0 + rows, n)
-        scores = _scores(q, c, filt, r0, r1, 0, scale, largest)
-        if size == 1:
-            torch.topk(scores, width, dim=1, sorted=False, out=(values[r0:r1], positions[r0:r1]))
-            continue
-        candidates, columns = _grouped_candidates(scores, k, size)
-        best, at = torch.topk(candidates, width, dim=1, sorted=False)
-        values[r0:r1], positions[r0:r1] = best, columns.gather(1, at)
-    # unordered top-(k + 1): its k-th and (k + 1)-th values tie when its minimum repeats
-    tie = (values == values.amin(dim=1, keepdim=True)).sum(dim=1) >= 2 if width > k else None
-    if tie is not None and bool(tie.any()):
-        tied = torch.nonzero(tie).flatten()
-        for r0 in torch.unique(torch.div(tied, rows, rounding_mode="floor") * rows).tolist():
-            r1 = min(r0 + rows, n)
-            block_rows = tied[(tied >= r0) & (tied < r1)]
-            scores = _scores(q, c, filt, r0, r1, 0, scale, largest)[block_rows - r0]
-            tied_values, tied_positions = torch.sort(scores, dim=1, descending=True, stable=True)
-            values[block_rows], positions[block_rows] = tied_values[:, :width], tied_positions[:, :width]
+        torch.topk(_scores(q, c, filt, r0, r1, 0, scale, largest), width, dim=1, out=(values[r0:r1], positions[r0:r1]))
+    if width > k:
+        tie = values[:, k - 1] == values[:, k]
+        if bool(tie.any()):
+            tied = torch.nonzero(tie).flatten()
+            for r0 in torch.unique(torch.div(tied, rows, rounding_mode="floor") * rows).tolist():
+                r1 = min(r0 + rows, n)
+                block_rows = tied[(tied >= r0) & (tied < r1)]
+                scores = _scores(q, c, filt, r0, r1, 0, scale, largest)[block_rows - r0]
+                tied_values, tied_positions = torch.sort(scores, dim=1, descending=True, stable=True)
+                values[block_rows], positions[block_rows] = tied_values[:, :width], tied_positions[:, :width]
     return finish_topk(*order_topk(values, positions, k), largest)

@@ -32,8 +32,8 @@ MIN_STREAM_COLUMNS = 4 * SUPER_GROUP
 MAX_STREAM_ROWS = 16_384
 """Queries per streaming block: all of them up to this many (a block of at most 64 MiB of float32 scores)."""
 MAX_COLUMN_BLOCK = 65_536
-"""Up to this many candidates the default is one chunk of all of them (the K = 64 miner at M = 8,192:
-each row block selected at once); beyond it (retrieval databases) chunks stream past every query."""
+"""Up to this many candidates the default is one chunk of all of them and one ``torch.topk`` per query
+block (the K = 64 miner at M = 8,192); beyond it (retrieval databases) chunks stream past every query."""
 
 
 def topk_block_shape(
@@ -201,14 +201,12 @@ def topk_similarity(
     with ``normalize``, L2-normalised chunk by chunk: a memory-mapped bank is never copied whole),
     and every block of ``chunk_size`` queries meets a chunk while it is in cache. Up to
     ``M = 65,536`` candidates (e.g. the K = 64 miner at 8,192) the default is one chunk of all
-    candidates: each query block keeps the members of its rows' ``k + 1`` best column groups (by
-    group maximum, groups of about ``sqrt(M / k)`` columns) and one ``torch.topk`` over those
-    selects. Beyond (retrieval: k = 10 of 100,000) all queries meet each chunk in as few blocks as
-    fit (:func:`topk_block_shape`) and keep a running top-``k``: the first chunk's group maxima give
-    each row a lower bound on its ``k``-th value, and every block is screened by the maxima of its
-    16-column groups and 256-column super-groups against the row's running threshold, so that only
-    the few entries that reach it are gathered and merged. Memory O(N·k + chunk_size ·
-    column_chunk_size + column_chunk_size · D).
+    candidates and one ``torch.topk`` per query block. Beyond (retrieval: k = 10 of 100,000) all
+    queries meet each chunk in as few blocks as fit (:func:`topk_block_shape`) and keep a running
+    top-``k``: the first chunk's group maxima give each row a lower bound on its ``k``-th value, and
+    every block is screened by the maxima of its 16-column groups and 256-column super-groups
+    against the row's running threshold, so that only the few entries that reach it are gathered
+    and merged. Memory O(N·k + chunk_size · column_chunk_size + column_chunk_size · D).
 
     Exactness: indices and ties are exact for any chunk sizes (the lowest columns win, as a stable
     sort would). The values are those of ``F.normalize(q) @ F.normalize(c).T`` *as this call computes
