@@ -76,3 +76,15 @@ def test_checks_name_the_argument_and_what_came():
         check_weights("w", torch.tensor([1.0, -1.0]), 2)
     with pytest.raises(ValueError, match=r"w must have shape \(3,\)"):
         check_weights("w", torch.ones(2), 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_check_finite_finds_one_bad_value_and_passes_sums_that_overflow(dtype, bad):
+    big = torch.full((64,), torch.finfo(dtype).max, dtype=dtype)  # finite values whose sum overflows
+    check_finite("x", big)
+    for position in (0, 31, 63):
+        x = big.clone()
+        x[position] = bad
+        with pytest.raises(ValueError, match="x contains 1 non-finite"):
+            check_finite("x", x)
