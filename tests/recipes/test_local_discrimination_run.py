@@ -231,6 +231,7 @@ def test_a_real_layout_runs_without_landmarks_or_shape_prior(tmp_path):
         ("pretrain.method=byol", "pretrain.method"),
         ("transfer.batch_size=1", "transfer.batch_size must be >= 2"),
         ("pretrain.grid=5", "multiple of pretrain.grid"),
+        ("model.encoder=resnet10_tiny", "model.encoder needs a full-resolution first map"),
     ],
 )
 def test_wrong_settings_fail_when_the_config_is_built(override, message):

@@ -48,7 +48,7 @@ def test_smoke_run_writes_a_complete_run_folder(smoke, whole):
     # HR@k of the public code is P@k; its legacy mAP@k divides by k, so it is at most mAP@k
     assert overall[f"hit_rate@{k}"] == pytest.approx(overall[f"precision@{k}"])
     assert overall[f"map_legacy@{k}"] <= overall[f"map@{k}"] + 1e-12
-    assert metrics["descriptor_dim"] == 2 * 512  # two mirror-attention branches of resnet10's 512 channels
+    assert metrics["descriptor_dim"] == 2 * 128  # two mirror-attention branches of resnet10_tiny's 128 channels
     history = RunFolder(run).read_history("train")
     assert [r["epoch"] for r in history] == list(range(smoke.train.epochs))
     assert all({"loss_metric", "loss_reconstruction", "val_map", "gem_p"} <= set(r) for r in history)

@@ -96,6 +96,7 @@ class ComclConfig(RecipeConfig):
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "trainer": {"progress": False},
+        "backbone": "resnet10_tiny",
         "data": {"num_images": 48, "image_size": 64},
         "pretrain": {"patch_size": 24, "per_level": 4, "steps": 4, "projection_dim": 32},
         "finetune": {"epochs": 1, "batch_size": 16},

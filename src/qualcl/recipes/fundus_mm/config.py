@@ -40,7 +40,7 @@ class ModelConfig:
     """The image and text towers, the fusion and the two decoders.
 
     Attributes:
-        encoder: ``vit_tiny``, ``vit_small`` or ``vit_base`` (patch 16, random init), or
+        encoder: ``vit_micro`` (smoke), ``vit_tiny``, ``vit_small`` or ``vit_base`` (patch 16, random init), or
             ``convvit_tiny`` (a masked convolutional stem of stride 8 under six ViT blocks).
         embed_dim: Width of the joint (contrastive) embedding.
         text_tower: ``"scratch"`` (open_clip's text transformer, random init) or ``"pretrained"``
@@ -75,7 +75,7 @@ class ModelConfig:
             ``train.class_level_positives`` must be off).
     """
 
-    encoder: Literal["vit_tiny", "vit_small", "vit_base", "convvit_tiny"] = "vit_tiny"
+    encoder: Literal["vit_micro", "vit_tiny", "vit_small", "vit_base", "convvit_tiny"] = "vit_tiny"
     embed_dim: int = 128
     text_tower: Literal["scratch", "pretrained"] = "scratch"
     text_model: str | None = None
@@ -208,8 +208,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "trainer": {"progress": False},
         "data": {"num_images": 64, "image_size": 48},
-        "model": {"embed_dim": 32, "text_width": 32, "text_layers": 1, "fusion_dim": 32, "decoder_dim": 32,
-                  "decoder_depth": 1, "caption_width": 32, "caption_depth": 1},
+        "model": {"encoder": "vit_micro", "embed_dim": 32, "text_width": 32, "text_layers": 1, "fusion_dim": 32,
+                  "decoder_dim": 32, "decoder_depth": 1, "caption_width": 32, "caption_depth": 1},
         "train": {"epochs": 2, "batch_size": 16},
         "eval": {"shots": (1, 2), "few_shot_seeds": 2, "probe_epochs": 20, "finetune_epochs": 1, "recall_k": (1, 5)},
     },

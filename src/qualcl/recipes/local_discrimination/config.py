@@ -50,7 +50,7 @@ class ModelConfig:
     """Encoder, decoder and heads (the code's ``vgg16_bn_tiny`` + U-Net decoder + two branches).
 
     Attributes:
-        encoder: ``vgg16_bn_tiny`` (the code) or another pyramid CNN of :func:`qualcl.models.build_encoder`.
+        encoder: ``vgg16_bn_tiny`` (the code) or a full-resolution pyramid CNN (``vgg16_bn*``, ``unet*``; no ResNet).
         dim: Pixel-embedding size (``low_dim`` = 32).
         clusters: Clusters of the clustering branch (``cluster_num`` = 16).
     """
@@ -61,6 +61,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_cnn_encoder(self.encoder, "model.encoder")
+        if self.encoder.startswith("resnet"):  # its pyramid starts at stride 2: the decoder would end at half size
+            raise ValueError(f"model.encoder needs a full-resolution first map (vgg*, unet*), got {self.encoder!r}")
 
 
 @dataclass
@@ -192,6 +194,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "pretrain": {"steps_per_epoch": 3, "stage1_epochs": 1, "stage2_epochs": 1, "batch_size": 2, "grid": 4},
         "transfer": {"frozen_epochs": 1, "finetune_epochs": 1, "batch_size": 4},
         "shape": {"epochs": 1},
+        "model": {"encoder": "vgg16_bn_micro"},
         "eval": {"shown": 2, "radii": (2.0, 4.0)},
     },
     # minutes on 2 CPU cores

@@ -156,7 +156,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "trainer": {"progress": False},
         "data": {"num_images": 48, "image_size": 64},
-        "model": {"reconstruction": True, "reconstruction_from": 2},
+        "model": {"encoder": "resnet10_tiny", "reconstruction": True, "reconstruction_from": 2},
         "train": {"epochs": 2, "batch_size": 8},
         "eval": {"k": 5, "grid_queries": 1},
     },

@@ -191,7 +191,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "trainer": {"progress": False},
         "data": {"num_images": 48, "image_size": 48},
-        "model": {"backbone": "resnet10", "feature_dim": 32, "slice_length": 2},
+        "model": {"backbone": "resnet10_tiny", "feature_dim": 32, "slice_length": 2},
         "train": {"epochs": 2, "batch_size": 8, "lr_step": 1},
     },
     # minutes on 2 CPU cores (momentum: see docs/mkcnet.md, "Deviations of the default preset")
