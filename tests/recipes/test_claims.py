@@ -124,3 +124,19 @@ def test_bad_input_is_refused_with_the_argument_named():
         paired_difference([0.1, 0.2], [0.1, 0.2, 0.3])
     with pytest.raises(ValueError, match=r"confidence must lie in \(0, 1\), got 1.5"):
         paired_difference([0.1, 0.2], [0.0, 0.1], confidence=1.5)
+
+
+def test_the_claims_page_has_one_row_per_declared_claim_with_a_command_that_runs_both_variants():
+    from pathlib import Path
+
+    from qualcl.recipes import RECIPES
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "results" / "claims.md").read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| ") and not line.startswith("| recipe")]
+    declared = [(name, c) for name in RECIPES for c in RECIPES[name].load_spec().claims]
+    assert len(rows) == len(declared)
+    for name, claim in declared:
+        (row,) = [r for r in rows if r.startswith(f"| {name} | {claim.statement} |")]
+        command = row.rsplit("`qualcl run", 1)[1]
+        variants = command.split("--variants ")[1].split()[0].rstrip("`").split(",")
+        assert claim.variant in variants and claim.reference in variants, row
