@@ -133,7 +133,7 @@ def list_encoders(family: str | None = None) -> list[str]:
 
     Examples:
         >>> list_encoders("vit")
-        ['vit_tiny', 'vit_small', 'vit_base', 'convvit_tiny']
+        ['vit_micro', 'vit_tiny', 'vit_small', 'vit_base', 'convvit_tiny']
         >>> "resnet10" in list_encoders()
         True
     """
