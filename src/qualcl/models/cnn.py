@@ -299,7 +299,8 @@ def vgg_encoder(name: str, *, in_chans: int = 3) -> VGGEncoder:
             net.features[0] = nn.Conv2d(in_chans, 64, 3, padding=1)
         return VGGEncoder(net)
     if name in ("vgg16_bn_tiny", "vgg16_bn_micro"):
-        cfg = [c if c == "M" or name == "vgg16_bn_tiny" else int(c) // 2 for c in VGG16_BN_TINY_CFG]
+        divisor = 1 if name == "vgg16_bn_tiny" else 2
+        cfg = [c if c == "M" else int(c) // divisor for c in VGG16_BN_TINY_CFG]
         return VGGEncoder(_VGGTrunk(_vgg_layers(cfg, in_chans)))
     raise ValueError(f"unknown VGG {name!r}; choose 'vgg16_bn', 'vgg16_bn_tiny' or 'vgg16_bn_micro'")
 
