@@ -36,7 +36,7 @@ from qualcl.models import unfold_small_convs
 from qualcl.recipes.ablation import strata_order
 from qualcl.recipes.callbacks import HistoryWriter, load_best, resume_path
 from qualcl.recipes.collapse import CollapseMonitor, Probe
-from qualcl.recipes.config import RecipeConfig, RecipeSpec, config_to_dict
+from qualcl.recipes.config import DataConfig, RecipeConfig, RecipeSpec, config_to_dict
 from qualcl.recipes.interrupt import GracefulInterrupt
 from qualcl.recipes.modules import RecipeModule
 from qualcl.recipes.plots import plot_history
@@ -214,7 +214,7 @@ class RunContext(Generic[C]):
         return torch.device("cpu")
 
     # ------------------------------------------------------------------ data
-    def synthetic_fundus(self, data: Any) -> Path:
+    def synthetic_fundus(self, data: DataConfig) -> Path:
         """The embedded SynthFundus set of a ``data`` config: generated once into ``data.data_dir`` or the cache.
 
         By default the set lives in the dataset cache (:func:`qualcl.data.synthetic.cached_fundus_dataset`:
@@ -224,7 +224,7 @@ class RunContext(Generic[C]):
         """
         from qualcl.data.synthetic import cached_fundus_dataset, ensure_fundus_dataset
 
-        settings = {
+        settings: dict[str, Any] = {
             "num_images": data.num_images,
             "size": data.image_size,
             "seed": data.seed,
@@ -245,7 +245,7 @@ class RunContext(Generic[C]):
                 time.sleep(1.0)
         return ensure_fundus_dataset(folder, **settings)
 
-    def dataset_root(self, data: Any) -> Path:
+    def dataset_root(self, data: DataConfig) -> Path:
         """The folder of a ``data`` config: the embedded SynthFundus set (:meth:`synthetic_fundus`) or ``data_dir``."""
         if data.dataset == "synthetic":
             return self.synthetic_fundus(data)
