@@ -203,3 +203,10 @@ def test_list_reads_the_same_table_from_the_sources_without_torch(tmp_path):
     answer = _answer(tmp_path, "list")
     assert answer["code"] == 0 and "MultiLevelInfoNCE" in answer["out"]
     assert answer["heavy"] == []
+
+
+def test_a_recipe_without_a_headline_table_prints_its_metrics_aligned_and_missing_ones_as_a_dash():
+    from qualcl.recipes._cli import _metric_lines
+
+    lines = _metric_lines({"recall_iou50": 0.25, "precision_iou50": float("nan"), "note": "x"}).splitlines()
+    assert lines == ["test metrics:", "  recall_iou50     0.250", "  precision_iou50  —", '  note             "x"']

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torchvision.models import detection
 
 from qualcl.data.loading import patient_split
 from qualcl.recipes.ablation import ablation_table, variant_config
@@ -157,6 +158,26 @@ def test_detector_recipe_trains_from_synthetic_masks(tmp_path):
     assert detector.classes == ("MA", "HE", "EX", "NV")
     assert (tmp_path / "det" / "plots" / "detector.png").is_file()  # the stage's declared history
     assert "detector.png" in (tmp_path / "det" / "MODEL_CARD.md").read_text()
+
+
+def test_detector_box_head_width_keeps_torchvision_by_default_and_round_trips_narrow(tmp_path):
+    torch.manual_seed(0)
+    default = FasterRCNNDetector("mobilenet_v3", 64)
+    assert default.model.roi_heads.box_head.fc6.out_features == 1024  # torchvision's head, untouched
+    torch.manual_seed(0)
+    reference = detection.fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=5)
+    ours, theirs = default.model.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    narrow = FasterRCNNDetector("mobilenet_v3", 64, box_head_width=8)
+    assert narrow.model.roi_heads.box_predictor.cls_score.in_features == 8
+    loaded = FasterRCNNDetector.load(narrow.save(tmp_path / "narrow.safetensors"))
+    assert loaded.box_head_width == 8
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(loaded.model.state_dict().values(), narrow.model.state_dict().values(), strict=True)
+    )
+    with pytest.raises(ValueError, match="box_head_width must be >= 1"):
+        FasterRCNNDetector("mobilenet_v3", 64, box_head_width=0)
 
 
 def test_detect_boxes_returns_pixel_boxes_per_image(tmp_path):

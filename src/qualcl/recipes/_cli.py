@@ -11,6 +11,7 @@ import ast
 import functools
 import importlib
 import json
+import math
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -204,7 +205,19 @@ def main_recipe(entry: RecipeEntry, name: str, argv: Sequence[str]) -> int:
         return 0
     try:
         print(recipe.summary(config, metrics))
-    except NotImplementedError:  # a recipe that names no headline metric: its test metrics as JSON
-        print(json.dumps(recipe.headline(metrics), indent=2, default=float))
+    except NotImplementedError:  # a recipe that names no headline metric: its test metrics, one per line
+        print(_metric_lines(recipe.headline(metrics)))
     print(f"everything else: {out}/metrics.json (all metrics), MODEL_CARD.md, plots/, weights/")
     return 0
+
+
+def _metric_lines(headline: dict[str, Any]) -> str:
+    """``test metrics:`` and one aligned ``name  value`` line per metric, "—" where a value is missing or not finite."""
+    width = max((len(k) for k in headline), default=0)
+
+    def text(value: Any) -> str:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return json.dumps(value, default=str)
+        return f"{value:.3f}" if math.isfinite(value) else "—"
+
+    return "\n".join(["test metrics:", *(f"  {k.ljust(width)}  {text(v)}" for k, v in headline.items())])

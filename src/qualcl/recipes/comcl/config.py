@@ -176,6 +176,7 @@ class DetectorConfig(RecipeConfig):
 
     data: DetectorData = field(default_factory=DetectorData)
     architecture: Literal["mobilenet_v3", "resnet50"] = "mobilenet_v3"
+    box_head_width: int = bounded(1024, ">= 1")  # torchvision's; the smoke preset narrows it (small run folders)
     steps: int = 300
     batch_size: int = 4
     lr: float = 0.01
@@ -187,6 +188,7 @@ DETECTOR_PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "trainer": {"progress": False},
         "data": {"num_images": 12, "image_size": 64},
+        "box_head_width": 32,
         "steps": 2,
         "batch_size": 2,
     },

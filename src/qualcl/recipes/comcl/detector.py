@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torchvision.models import detection
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 
 from qualcl.recipes.callbacks import EpochSetter
 from qualcl.recipes.comcl.data import EpochDataset
@@ -97,6 +98,7 @@ class FasterRCNNDetector(nn.Module):
         image_size: Side the images are resized to inside the detector.
         score_threshold: Boxes below it are dropped (CoMCL: 0.05 at test, 0.8–0.9 for patches).
         classes: Lesion class names (label ``i + 1`` is ``classes[i]``).
+        box_head_width: Width of the two-layer box head (torchvision's 1024: 51 MB of weights; small runs narrower).
     """
 
     def __init__(
@@ -105,10 +107,13 @@ class FasterRCNNDetector(nn.Module):
         image_size: int = 512,
         score_threshold: float = 0.05,
         classes: Sequence[str] = LESION_CLASSES,
+        box_head_width: int = 1024,
     ) -> None:
         super().__init__()
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be 'mobilenet_v3' or 'resnet50', got {architecture!r}")
+        if box_head_width < 1:
+            raise ValueError(f"box_head_width must be >= 1, got {box_head_width}")
         self.architecture, self.image_size, self.score_threshold = architecture, image_size, score_threshold
         self.classes = tuple(classes)
         self.model: nn.Module = ARCHITECTURES[architecture](
@@ -119,6 +124,10 @@ class FasterRCNNDetector(nn.Module):
             max_size=image_size,
             box_detections_per_img=100,
         )
+        self.box_head_width, heads = box_head_width, self.model.roi_heads
+        if box_head_width != 1024:  # torchvision's model is built unchanged first: the default stays bitwise the same
+            heads.box_head = TwoMLPHead(heads.box_head.fc6.in_features, box_head_width)
+            heads.box_predictor = FastRCNNPredictor(box_head_width, len(self.classes) + 1)
 
     @torch.no_grad()
     def detect(self, images: Tensor, ids: Sequence[int] | None = None) -> list[Detections]:
@@ -132,7 +141,7 @@ class FasterRCNNDetector(nn.Module):
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(target))
-        meta = {k: getattr(self, k) for k in ("architecture", "image_size", "score_threshold")}
+        meta = {k: getattr(self, k) for k in ("architecture", "image_size", "score_threshold", "box_head_width")}
         target.with_suffix(".json").write_text(json.dumps({**meta, "classes": list(self.classes)}))
         return target
 
@@ -146,7 +155,8 @@ class FasterRCNNDetector(nn.Module):
                 f"detector weights {source} (and {meta_path.name}) not found: run `qualcl run comcl-detector`"
             )
         meta = json.loads(meta_path.read_text())
-        detector = cls(meta["architecture"], meta["image_size"], meta["score_threshold"], meta["classes"])
+        width = meta.get("box_head_width", 1024)  # files written before the option: torchvision's width
+        detector = cls(meta["architecture"], meta["image_size"], meta["score_threshold"], meta["classes"], width)
         detector.model.load_state_dict(load_file(str(source)))
         return detector
 

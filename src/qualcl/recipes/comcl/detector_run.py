@@ -102,7 +102,8 @@ class DetectorRecipe(Recipe[DetectorConfig, DetectorData, DetectorTraining]):
 
     def setup(self, ctx: Ctx, data: DetectorData) -> DetectorTraining:
         """A randomly initialised Faster R-CNN."""
-        detector = FasterRCNNDetector(ctx.config.architecture, ctx.config.data.image_size, classes=data.classes)
+        c = ctx.config
+        detector = FasterRCNNDetector(c.architecture, c.data.image_size, 0.05, data.classes, c.box_head_width)
         return DetectorTraining(detector, ctx.config.lr)
 
     def stages(self, config: DetectorConfig) -> list[Stage]:
