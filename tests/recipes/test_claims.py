@@ -126,17 +126,66 @@ def test_bad_input_is_refused_with_the_argument_named():
         paired_difference([0.1, 0.2], [0.0, 0.1], confidence=1.5)
 
 
-def test_the_claims_page_has_one_row_per_declared_claim_with_a_command_that_runs_both_variants():
+def test_the_claims_page_table_is_the_recorded_measurements_with_a_command_that_runs_both_variants():
     from pathlib import Path
 
     from qualcl.recipes import RECIPES
+    from qualcl.recipes.claims import table
 
     page = (Path(__file__).resolve().parents[2] / "docs" / "results" / "claims.md").read_text()
-    rows = [line for line in page.splitlines() if line.startswith("| ") and not line.startswith("| recipe")]
-    declared = [(name, c) for name in RECIPES for c in RECIPES[name].load_spec().claims]
-    assert len(rows) == len(declared)
-    for name, claim in declared:
-        (row,) = [r for r in rows if r.startswith(f"| {name} | {claim.statement} |")]
-        command = row.rsplit("`qualcl run", 1)[1]
-        variants = command.split("--variants ")[1].split()[0].rstrip("`").split(",")
-        assert claim.variant in variants and claim.reference in variants, row
+    assert table() in page, "regenerate the table: python -m qualcl.recipes.claims table"
+    rows = [line for line in table().splitlines()[2:]]
+    for name in RECIPES:
+        for claim in RECIPES[name].load_spec().claims:
+            mine = [r for r in rows if r.startswith(f"| {name} | {claim.statement} |")]
+            assert mine, (name, claim.statement)
+            for row in mine:
+                command = row.rsplit("`qualcl run", 1)[1]
+                variants = command.split("--variants ")[1].split()[0].rstrip("`").split(",")
+                assert claim.variant in variants and claim.reference in variants, row
+
+
+def _ablation_folder(root, configs, claims):
+    import json
+
+    import yaml
+
+    for variant, config in configs.items():
+        for seed in (1, 0):
+            (root / variant / f"seed{seed}").mkdir(parents=True)
+            (root / variant / f"seed{seed}" / "config.yaml").write_text(yaml.safe_dump({**config, "seed": seed}))
+    (root / "ablation.json").write_text(json.dumps({**{v: {} for v in configs}, "claims": claims}))
+
+
+def test_a_model_card_says_which_measured_variant_its_configuration_is_or_what_differs(tmp_path, monkeypatch):
+    from qualcl.recipes import claims
+
+    monkeypatch.setattr(claims, "MEASURED", tmp_path / "measured.json")
+    assert claims.standing("toy", {"seed": 0}).startswith("No claim of this recipe has been measured")
+    full = {"preset": "default", "trainer": {"devices": 1}, "data": {"image_size": 64, "data_dir": "/x"}, "lr": 0.1}
+    base = {**full, "lr": 0.2}
+    result = {"statement": "full beats base", "variant": "full", "reference": "base", "mean": -0.05}
+    result |= {"low": -0.09, "high": -0.01, "pairs": 5, "verdict": "reversed", "seeds": [0, 1, 2, 3, 4]}
+    _ablation_folder(tmp_path / "abl", {"full": full, "base": base}, [result])
+    command = "qualcl run toy --ablation --seeds 0,1,2,3,4 --variants full,base"
+    entry = claims.record(tmp_path / "abl", "toy", command, "toy.md")
+    assert entry["configs"]["full"] == {"data.image_size": 64, "lr": 0.1}  # seed, data folder, trainer ignored
+    claims.record(tmp_path / "abl", "toy", command, "toy.md")  # the same command replaces, it does not add
+    assert len(claims.measurements("toy")) == 1
+    same = {**full, "seed": 7, "preset": "smoke", "trainer": {"devices": 4}, "data": {"image_size": 64}}
+    text = claims.standing("toy", same)
+    assert text.startswith("This configuration is the `full` variant measured by `" + command)
+    assert "full beats base: -0.050 [-0.090, -0.010], **reversed** (5 paired seeds)" in text
+    text = claims.standing("toy", {**full, "lr": 0.3, "data": {"image_size": 96}})
+    assert text.startswith("This configuration was not measured. The nearest measured one, the `full` variant")
+    assert "`data.image_size` 64 → 96; `lr` 0.1 → 0.3" in text
+
+
+def test_a_run_of_a_recipe_with_claims_writes_the_section_into_its_model_card(tmp_path):
+    from qualcl.recipes.run_folder import ModelCard
+
+    card = ModelCard("t", "p", "s", claims="This configuration was not measured.")
+    assert "## The paper's claims at this configuration\n\nThis configuration was not measured." in card.render(
+        tmp_path
+    )
+    assert "claims" not in ModelCard("t", "p", "s").render(tmp_path)

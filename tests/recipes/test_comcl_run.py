@@ -29,6 +29,8 @@ def test_smoke_run_writes_a_complete_run_folder(smoke, tmp_path):
     for plot in ("pretrain", "finetune", "confusion_matrix", "embedding_map"):  # a stage's plot: its history
         assert (run / "plots" / f"{plot}.png").is_file(), plot
         assert f"plots/{plot}.png" in (run / "MODEL_CARD.md").read_text()
+    card = (run / "MODEL_CARD.md").read_text()  # the smoke preset is not the measured default: what differs
+    assert "## The paper's claims at this configuration" in card and "`backbone` resnet10 → resnet10_tiny" in card
     collapse = RunFolder(run, writable=False).read_history("pretrain_collapse")  # the collapse monitor
     assert collapse and {"effective_rank", "uniformity", "alignment"} <= set(collapse[0])
     assert (run / "plots" / "pretrain_collapse.png").is_file()

@@ -35,6 +35,7 @@ from qualcl.distributed import gather_no_grad, is_distributed, rank, world_size
 from qualcl.models import unfold_small_convs
 from qualcl.recipes.ablation import strata_order
 from qualcl.recipes.callbacks import HistoryWriter, load_best, resume_path
+from qualcl.recipes.claims import standing
 from qualcl.recipes.collapse import CollapseMonitor, Probe
 from qualcl.recipes.config import DataConfig, RecipeConfig, RecipeSpec, config_to_dict
 from qualcl.recipes.interrupt import GracefulInterrupt
@@ -714,6 +715,9 @@ def _run_stages(recipe: Recipe[C, D, S], config: C, ctx: RunContext[C]) -> dict[
     stages = {name: record.get("seconds") for name, record in ctx.records.items()}
     results = {**results, "stages": stages, "seconds": round(time.perf_counter() - ctx.started, 1)}
     ctx.run.write_metrics(results)
-    ctx.run.write_model_card(recipe.model_card(ctx, data, state, results))
+    card = recipe.model_card(ctx, data, state, results)
+    if getattr(recipe, "spec", None) is not None and recipe.spec.claims:
+        card.claims = standing(recipe.name, config_to_dict(config))
+    ctx.run.write_model_card(card)
     ctx.barrier()
     return results

@@ -104,6 +104,8 @@ class ModelCard:
         headline: The run's main numbers, ``{label: value}``.
         table: A markdown results table (:func:`strata_table`).
         plots: File names in ``plots/`` to show.
+        claims: Where the run's configuration stands among the paper's measured claims
+            (:func:`qualcl.recipes.claims.standing`; the driver fills it in for recipes that declare claims).
     """
 
     title: str
@@ -112,6 +114,7 @@ class ModelCard:
     headline: dict[str, float] = field(default_factory=dict)
     table: str = ""
     plots: list[str] = field(default_factory=list)
+    claims: str = ""
 
     def render(self, root: Path) -> str:
         """The card as markdown (plots that exist under ``root/plots`` only)."""
@@ -124,6 +127,8 @@ class ModelCard:
             parts += ["## Results", self.table.strip()]
         if images:
             parts += ["## Plots", "\n".join(f"![{Path(p).stem}](plots/{p})" for p in images)]
+        if self.claims:
+            parts += ["## The paper's claims at this configuration", self.claims.strip()]
         parts += [
             "## Environment",
             f"qualcl {__version__}, torch {torch.__version__}, Python {platform.python_version()}, "

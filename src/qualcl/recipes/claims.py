@@ -1,0 +1,182 @@
+"""The papers' claims as measured, and where a run's configuration stands among those measurements.
+
+A recipe declares its paper's claims (:class:`~qualcl.recipes.config.Claim`); ``qualcl run NAME
+--ablation`` measures them with paired seeds. The measurements published on the claims page
+(``docs/results/claims.md``) are kept in ``claims_measured.json`` next to this module, each with the
+exact configuration of every variant it ran, so a run's model card can say whether its configuration
+is one that was measured, or how it differs from the nearest one: :func:`standing`.
+
+Maintainers add a finished ablation with
+``python -m qualcl.recipes.claims record DIR --recipe NAME --command "qualcl run ..." --page PAGE.md``
+and print the claims page's table with ``python -m qualcl.recipes.claims table``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: The measurements (one per ablation: recipe, command, page, date, each variant's config, the claims).
+MEASURED = Path(__file__).with_name("claims_measured.json")
+#: Config keys that do not change what a measurement measured: the seed (measurements span seeds),
+#: where the data lies, the trainer's scale-out options and what only adds evaluations: the extra test-only
+#: images and CoMCL's frozen-encoder ``probe`` (its ablation variants turn it on).
+IGNORED = ("preset", "seed", "data.seed", "data.data_dir", "data.extra_test_images", "trainer", "probe")
+
+
+def measurements(recipe: str | None = None) -> list[dict[str, Any]]:
+    """The recorded measurements, all or one recipe's, in the order they were recorded."""
+    found = json.loads(MEASURED.read_text()) if MEASURED.is_file() else []
+    return [m for m in found if recipe is None or m["recipe"] == recipe]
+
+
+def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"data.image_size": 64, ...}`` without the :data:`IGNORED` keys."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if name in IGNORED:
+            continue
+        if isinstance(value, Mapping):
+            flat |= _flat(value, f"{name}.")
+        else:
+            flat[name] = list(value) if isinstance(value, tuple | list) else value
+    return flat
+
+
+def _differences(ours: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
+    keys = sorted(set(ours) | set(theirs))
+    return [f"`{k}` {theirs.get(k, '—')} → {ours.get(k, '—')}" for k in keys if ours.get(k) != theirs.get(k)]
+
+
+def _row(claim: dict[str, Any]) -> str:
+    interval = f"{claim['mean']:+.3f} [{claim['low']:+.3f}, {claim['high']:+.3f}]" if claim["pairs"] > 1 else "n/a"
+    return f"{claim['statement']}: {interval}, **{claim['verdict']}** ({claim['pairs']} paired seeds)"
+
+
+def standing(recipe: str, config: Mapping[str, Any]) -> str:
+    """The model card's paragraph on where ``config`` stands among the recipe's measured claims.
+
+    Args:
+        recipe: The recipe's name.
+        config: The run's config as a dict (:func:`~qualcl.recipes.config.config_to_dict`).
+
+    Returns:
+        Markdown: the measured variant this configuration is (seed, data folder, extra test images and
+        trainer options aside) with its claims' intervals and verdicts, or the nearest measured variant
+        and the settings that differ, or that the recipe's claims are not measured yet.
+
+    Examples:
+        >>> standing("no-such-recipe", {"seed": 0}).startswith("No claim of this recipe")
+        True
+    """
+    page = "the claims page (docs/results/claims.md in the repository, *Results* on the documentation site)"
+    ours = _flat(config)
+    best: tuple[int, dict[str, Any], str, list[str]] | None = None
+    for m in measurements(recipe):
+        for variant, theirs in m["configs"].items():
+            diff = _differences(ours, theirs)
+            if best is None or len(diff) < best[0]:
+                best = (len(diff), m, variant, diff)
+    if best is None:
+        return f"No claim of this recipe has been measured with paired seeds yet; its claims are listed on {page}."
+    _, m, variant, diff = best
+    about = [c for c in m["claims"] if variant in (c["variant"], c["reference"])]
+    rows = "\n".join(f"- {_row(c)}" for c in about)
+    where = f"`{m['command']}` ({m['date']}; {page})"
+    if not diff:
+        return f"This configuration is the `{variant}` variant measured by {where}:\n\n{rows}"
+    shown = "; ".join(diff[:6]) + (f"; … ({len(diff)} in all)" if len(diff) > 6 else "")
+    return (
+        f"This configuration was not measured. The nearest measured one, the `{variant}` variant of {where}, "
+        f"differs in {shown}. Its claims there:\n\n{rows}"
+    )
+
+
+def record(folder: str | Path, recipe: str, command: str, page: str) -> dict[str, Any]:
+    """Add (or replace, by command) the measurement of the finished ablation in ``folder``.
+
+    Args:
+        folder: The ablation's ``--out`` (its ``ablation.json`` and ``<variant>/seed<k>/config.yaml``).
+        recipe: The recipe's name.
+        command: The command that made it, as the claims page shows it.
+        page: The results page of the full table (a file name in ``docs/results``).
+
+    Returns:
+        The measurement as recorded.
+    """
+    root = Path(folder)
+    doc = json.loads((root / "ablation.json").read_text())
+    variants = [v for v in doc if v != "claims"]
+    configs = {}
+    for variant in variants:
+        first = min((root / variant).glob("seed*/config.yaml"), key=lambda p: int(p.parent.name[4:]))
+        configs[variant] = _flat(yaml.safe_load(first.read_text()))
+    entry = {
+        "recipe": recipe,
+        "command": command,
+        "page": page,
+        "date": time.strftime("%Y-%m-%d"),
+        "configs": configs,
+        "claims": doc["claims"],
+    }
+    kept = [m for m in measurements() if m["command"] != command]
+    MEASURED.write_text(json.dumps([*kept, entry], indent=1) + "\n")
+    return entry
+
+
+def table() -> str:
+    """The claims page's table: one row per declared claim, measured or not, in declaration order."""
+    from qualcl.recipes import RECIPES
+
+    columns = ("recipe", "claim", "comparison", "metric (stratum)", "pairs (seeds)", "mean difference [95 % CI]")
+    lines = ["| " + " | ".join([*columns, "verdict", "command"]) + " |", "|---" * 8 + "|"]
+    for name in RECIPES:
+        spec = RECIPES[name].load_spec()
+        for claim in spec.claims:
+            found = [(m, c) for m in measurements(name) for c in m["claims"] if c["statement"] == claim.statement]
+            comparison = f"`{claim.variant}` vs `{claim.reference}`"
+            metric = f"`{claim.metric}` ({claim.stratum})"
+            if not found:
+                command = f"qualcl run {name} --ablation --seeds 0,1,2,3,4 --variants {claim.variant},{claim.reference}"
+                lines.append(
+                    f"| {name} | {claim.statement} | {comparison} | {metric} | — | not measured yet | — | `{command}` |"
+                )
+                continue
+            for m, c in found:
+                seeds = ",".join(map(str, c["seeds"]))
+                interval = f"{c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]"
+                lines.append(
+                    f"| {name} | {claim.statement} | {comparison} | {metric} | {c['pairs']} ({seeds}) | {interval} "
+                    f"| **{c['verdict']}** | `{m['command']}` |"
+                )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``record`` a finished ablation or print the claims ``table``."""
+    parser = argparse.ArgumentParser(prog="python -m qualcl.recipes.claims", description=main.__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    add = commands.add_parser("record", help="add a finished ablation's claims and variant configs")
+    add.add_argument("folder")
+    add.add_argument("--recipe", required=True)
+    add.add_argument("--command", required=True, dest="run_command")
+    add.add_argument("--page", required=True)
+    commands.add_parser("table", help="print the claims page's table")
+    args = parser.parse_args(argv)
+    if args.command == "record":
+        entry = record(args.folder, args.recipe, args.run_command, args.page)
+        print(f"recorded {len(entry['claims'])} claims of {args.recipe} in {MEASURED}")
+    else:
+        print(table())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
