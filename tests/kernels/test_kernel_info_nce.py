@@ -298,6 +298,31 @@ def test_low_temperature_float32_is_finite_and_close():
     assert got[:8].mean().item() == pytest.approx(want, rel=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("tau", "scale", "shifted"),
+    [(0.5, 1.0, False), (0.02, 1.0, False), (0.005, 1.0, True), (1.0, 30.0, True)],
+)
+def test_float32_streaming_equals_float64_on_both_sides_of_the_unshifted_bound(tau, scale, shifted):
+    """Small logits are exponentiated without the row maxima, large ones with: both agree with float64."""
+    from qualcl.kernels._info_nce_torch import UNSHIFTED_BOUND, logit_bound
+
+    q64, c64 = _randn(3, 24, 8) * scale, _randn(4, 40, 8) * scale
+    normalize = scale == 1.0
+    unit = torch.nn.functional.normalize
+    q_, c_ = (unit(q64.float(), dim=1), unit(c64.float(), dim=1)) if normalize else (q64.float(), c64.float())
+    assert (logit_bound(q_ / tau, c_) + math.log(40) > UNSHIFTED_BOUND) is shifted
+    q, c = q64.float().requires_grad_(), c64.float().requires_grad_()
+    index = torch.arange(24)
+    got = fused_info_nce(q, c, positive_index=index, temperature=tau, normalize=normalize, impl="torch")
+    got.backward()
+    q64.requires_grad_(), c64.requires_grad_()
+    want = fused_info_nce(q64, c64, positive_index=index, temperature=tau, normalize=normalize, impl="naive")
+    want.backward()
+    assert torch.isfinite(got) and got.item() == pytest.approx(want.item(), rel=1e-5)
+    torch.testing.assert_close(q.grad, q64.grad.float(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(c.grad, c64.grad.float(), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_compute_in_float32(dtype):
     q, c = _randn(0, 8, 16, dtype=torch.float32).to(dtype), _randn(1, 12, 16, dtype=torch.float32).to(dtype)

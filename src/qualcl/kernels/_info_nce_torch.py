@@ -7,11 +7,14 @@ reduction the forward pass also computes the gradient for a unit upstream gradie
 total, backward only scales it). Otherwise the column blocks are combined with an online
 log-sum-exp (after a running top-K pass for ``top_k``) and backward recomputes every block (4 GEMMs).
 The logits of a block are always computed by the same call on the same shapes, so the top-K
-threshold and the recomputed logits agree bit for bit.
+threshold and the recomputed logits agree bit for bit. When the logits are provably small (unit
+vectors and a temperature of at least about 1/70: :data:`UNSHIFTED_BOUND`), a block's exponentials
+need no row-maximum shift, which saves two of the few passes over the block besides its GEMMs.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -105,8 +108,26 @@ def _block(
     return _Block(logits, positive_col, positive_dense, possum, npos, inline)
 
 
-def _exp_rows_(logits: Tensor) -> tuple[Tensor, Tensor]:
-    """``logits <- exp(logits - rowmax)`` in place; returns ``(rowmax, row sum)`` (``-inf`` rows give 0)."""
+#: Largest ``|logit| + log(columns)`` for which a block is exponentiated without its row maxima:
+#: every ``exp`` and row sum then stays a normal float32 (``exp(±80)`` and ``e^80`` summed).
+UNSHIFTED_BOUND = 80.0
+
+
+def logit_bound(scaled: Tensor, c: Tensor) -> float:
+    """Cauchy–Schwarz bound on ``|scaled @ c.T|``: the largest row norm of each side, multiplied."""
+    if not (scaled.numel() and c.numel()):
+        return 0.0
+    return float(torch.linalg.vector_norm(scaled, dim=1).amax() * torch.linalg.vector_norm(c, dim=1).amax())
+
+
+def _exp_rows_(logits: Tensor, shift: bool = True) -> tuple[Tensor, Tensor]:
+    """``logits <- exp(logits - rowmax)`` in place; returns ``(rowmax, row sum)`` (``-inf`` rows give 0).
+
+    ``shift=False`` (the logits are known to be small, :data:`UNSHIFTED_BOUND`) skips the row maxima:
+    ``exp(logits)`` and a zero shift, two passes over the block fewer.
+    """
+    if not shift:
+        return logits.new_zeros(logits.shape[0]), logits.exp_().sum(dim=1)
     top = logits.amax(dim=1)
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
     logits.sub_(top[:, None]).exp_()
@@ -194,6 +215,7 @@ def streaming_forward(
     single = cols >= m
     cache = single and reduction != "none" and (grad_query or grad_candidates or positive_logit is not None)
     scaled = q * scale  # logits are scaled @ c.T: no extra pass over the blocks
+    shift = logit_bound(scaled, c) + math.log(max(m, 1)) > UNSHIFTED_BOUND  # e.g. unit vectors and τ ≥ 1/70
     threshold = None
     if top_k is not None and not single:
         threshold = _thresholds(scaled, c, spec, top_k, rows, cols)
@@ -208,7 +230,7 @@ def streaming_forward(
         r1 = min(r0 + rows, n)
         if single:
             block = _block(scaled[r0:r1], c, spec, r0, 0, top_k, None)
-            top, total_exp = _exp_rows_(block.logits)  # logits now hold exp(logit - top)
+            top, total_exp = _exp_rows_(block.logits, shift)  # logits now hold exp(logit - top)
             block_lse = top + torch.log(total_exp)
             lse[r0:r1], possum[r0:r1], npos[r0:r1] = block_lse, block.possum, block.npos
             if inline_threshold is not None and block.threshold is not None:
@@ -232,7 +254,7 @@ def streaming_forward(
         block_threshold = None if threshold is None else threshold[r0:r1]
         for c0 in range(0, m, cols):
             block = _block(scaled[r0:r1], c[c0 : c0 + cols], spec, r0, c0, top_k, block_threshold)
-            top, total_exp = _exp_rows_(block.logits)
+            top, total_exp = _exp_rows_(block.logits, shift)
             running = torch.logaddexp(running, top + torch.log(total_exp))
             sums += block.possum
             counts += block.npos
