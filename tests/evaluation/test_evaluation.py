@@ -129,6 +129,20 @@ def test_retrieval_index_equals_a_dense_stable_sort_for_any_chunk_size(seed, n, 
     assert torch.equal(hits.labels[finite], labels[order[finite]])
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 300), st.integers(1, 400), st.sampled_from(["float32", "float16"]))
+def test_the_index_divides_by_its_stored_row_norms_bitwise_like_normalising_every_chunk(seed, n, chunk, dtype):
+    from qualcl.kernels import topk_similarity
+
+    g = torch.Generator().manual_seed(seed)
+    database = (torch.randn(n, 24, generator=g) * torch.rand(n, 1, generator=g) * 5 + 0.01).to(getattr(torch, dtype))
+    queries = torch.randn(7, 24, generator=g)
+    k = min(n, 5)
+    hits = RetrievalIndex(database, chunk_size=chunk).search(queries, k)
+    values, indices = topk_similarity(queries, database, k, column_chunk_size=min(chunk, n))
+    assert torch.equal(hits.indices, indices) and torch.equal(hits.similarities, values)
+
+
 def test_retrieval_index_errors():
     index = RetrievalIndex(torch.randn(5, 3))
     assert len(index) == 5 and index.dim == 3

@@ -72,8 +72,13 @@ class RetrievalIndex:
     ) -> None:
         if not isinstance(database, Tensor) or database.ndim != 2 or database.shape[0] == 0:
             check_embeddings("database", database, nonzero=normalize)  # raises, naming what is wrong
+        norms = []  # the row norms, once: a search divides each chunk by them instead of recomputing them
         for start in range(0, database.shape[0], 65_536):  # in slices: no database-sized temporaries
-            check_embeddings("database", database[start : start + 65_536], dim=database.shape[1], nonzero=normalize)
+            piece = database[start : start + 65_536]
+            check_embeddings("database", piece, dim=database.shape[1], nonzero=normalize)
+            if normalize:
+                wide = torch.float64 if piece.dtype == torch.float64 else torch.float32
+                norms.append(torch.linalg.vector_norm(piece.detach().to(wide), dim=1))
         if labels is not None:
             labels = check_labels("labels", labels, database.shape[0])
         self.chunk_size = check_int("chunk_size", chunk_size, minimum=1)
@@ -81,6 +86,7 @@ class RetrievalIndex:
         self.labels = None if labels is None else labels.detach()
         self.normalize = normalize
         self.impl = impl
+        self._norms = torch.cat(norms) if norms else None
 
     def __len__(self) -> int:
         return int(self.database.shape[0])
@@ -119,6 +125,7 @@ class RetrievalIndex:
                 normalize=self.normalize,
                 column_chunk_size=min(auto, self.chunk_size),
                 impl=self.impl,
+                candidate_norms=self._norms if queries.dtype != torch.float64 else None,
             )
         else:
             best, where = self._search_moved(queries, k, exclude_index)

@@ -184,6 +184,13 @@ def screen(levels: list[Tensor], threshold: Tensor) -> tuple[Tensor, Tensor, Ten
     return at, index, values
 
 
+def _unit_rows(x: Tensor, norms: Tensor | None) -> Tensor:
+    """``F.normalize(x, dim=1)``, from the given row norms when there are (bitwise the same result)."""
+    if norms is None:
+        return torch.nn.functional.normalize(x, dim=1)
+    return x / norms.clamp_min(1e-12)[:, None].expand_as(x)
+
+
 class _RowBlock:
     """Running top-``k`` of ``R`` query rows while candidate chunks stream past.
 
@@ -252,6 +259,7 @@ def streaming_topk(
     rows: int,
     cols: int,
     normalize: bool = False,
+    norms: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-row top-``k`` of ``scale * q @ ĉ.T`` over the kept columns, in blocks of ``rows × cols``.
 
@@ -274,14 +282,16 @@ def streaming_topk(
         rows: Queries per block.
         cols: Candidates per chunk.
         normalize: L2-normalise the candidate chunks.
+        norms: ``(M,)`` the candidates' row norms in ``q``'s dtype, computed once by the caller
+            (``torch.linalg.vector_norm(c, dim=1)``): with ``normalize``, each chunk is divided by
+            them instead of computing them again (the same values as ``F.normalize``).
 
     Returns:
         ``(values (N, k), indices (N, k))``.
     """
     n, m = q.shape[0], c.shape[0]
     if cols >= m:  # one chunk: row blocks against every column
-        c = c.to(q.dtype)
-        c = torch.nn.functional.normalize(c, dim=1) if normalize else c
+        c = _unit_rows(c.to(q.dtype), norms) if normalize else c.to(q.dtype)
         return _single_block_topk(q, c, filt, k, largest=largest, scale=scale, rows=rows)
     sign = scale if largest else -scale
     blocks = [(r0, min(r0 + rows, n), _RowBlock(min(r0 + rows, n) - r0, k, q)) for r0 in range(0, n, rows)]
@@ -289,7 +299,7 @@ def streaming_topk(
     for c0 in range(0, m, cols):
         chunk = c[c0 : c0 + cols].to(q.dtype)
         if normalize:
-            chunk = torch.nn.functional.normalize(chunk, dim=1)
+            chunk = _unit_rows(chunk, None if norms is None else norms[c0 : c0 + cols])
         width = chunk.shape[0]
         for r0, r1, block in blocks:
             scores = torch.mm(q[r0:r1], chunk.T, out=score_buffer[: (r1 - r0) * width].view(r1 - r0, width))

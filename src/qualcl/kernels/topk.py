@@ -95,11 +95,12 @@ def _topk_impl(
     rows: int,
     cols: int,
     normalize: bool,
+    norms: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Top-``k`` of ``query @ ĉ.T`` over the kept columns: ``(values (N, k), indices (N, k))``.
 
     ``ĉ``: the candidates in ``query``'s dtype, L2-normalised with ``normalize`` (torch path only:
-    chunk by chunk; the Triton path gets them ready).
+    chunk by chunk, by the row ``norms`` when given; the Triton path gets them ready).
     """
     filt = CandidateFilter(None, exclude_index, labels, candidate_labels, label_mode, None, mask)
     if backend == "triton":
@@ -107,7 +108,7 @@ def _topk_impl(
 
         return _triton_launch.topk(query, candidates, filt, k, largest=largest, scale=1.0)
     return streaming_topk(
-        query, candidates, filt, k, largest=largest, scale=1.0, rows=rows, cols=cols, normalize=normalize
+        query, candidates, filt, k, largest=largest, scale=1.0, rows=rows, cols=cols, normalize=normalize, norms=norms
     )
 
 
@@ -129,6 +130,7 @@ def _topk_fake(
     rows: int,
     cols: int,
     normalize: bool,
+    norms: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     dtype = query.dtype if backend == "torch" else torch.float32
     n = query.shape[0]
@@ -307,6 +309,7 @@ def topk_checked(
     chunk_size: int | None = None,
     column_chunk_size: int | None = None,
     impl: str = "auto",
+    candidate_norms: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """:func:`topk_similarity` on arguments that are already checked (no pass over the inputs).
 
@@ -314,6 +317,8 @@ def topk_checked(
     (:class:`qualcl.evaluation.RetrievalIndex`); the arguments are those of
     :func:`topk_similarity`, with ``labels`` / ``candidate_labels`` / ``exclude_index`` as int64
     tensors on the queries' device and ``label_mode`` in place of ``label_relation``.
+    ``candidate_norms`` (``(M,)``, ``torch.linalg.vector_norm`` of the candidates' rows in the
+    compute dtype) spares the torch path a norm pass over every chunk when normalising.
     """
     n, d = query.shape
     m = candidates.shape[0]
@@ -326,8 +331,11 @@ def topk_checked(
     with torch.no_grad():
         q = query.detach().to(compute)
         q = F.normalize(q, dim=1) if normalize else q
+        norms = None
         if backend == "torch":  # the candidates are converted and normalised chunk by chunk, inside
             c, in_op = candidates.detach(), normalize
+            if normalize and candidate_norms is not None:
+                norms = candidate_norms.to(device=q.device, dtype=compute)
         else:
             c, in_op = candidates.detach().to(compute), False
             c = F.normalize(c, dim=1) if normalize else c
@@ -338,7 +346,6 @@ def topk_checked(
             return _naive_topk(q, c, filt, k, largest)
         rows, cols = topk_block_shape(n, m, d, k, q.element_size(), chunk_size, column_chunk_size)
         op = torch.ops.qualcl.topk_similarity if through_custom_op() else _topk_impl  # eager: no op wrapper
-        values, indices = op(
-            q, c, k, mask, labels, candidate_labels, label_mode, exclude_index, largest, backend, rows, cols, in_op
-        )
+        arguments = (mask, labels, candidate_labels, label_mode, exclude_index, largest, backend, rows, cols)
+        values, indices = op(q, c, k, *arguments, in_op, norms)
     return values, indices
