@@ -75,6 +75,7 @@ def test_a_claim_must_name_declared_variants():
 def test_the_ablation_table_starts_with_the_claims():
     class _Recipe:
         name = "toy"
+        spec = RecipeSpec("toy", _Config, {"default": {}}, ablations={"full": Variant("Full"), "base": Variant("Base")})
 
         def ablation_columns(self, config):
             return {"qwk": "QWK"}
@@ -92,6 +93,7 @@ def test_the_ablation_table_starts_with_the_claims():
     )
     assert "| full beats base | full vs base | QWK (overall) | 1 | +0.100 [n/a, n/a] | too few pairs |" in text
     assert text.index("claims") < text.index("| Full |")
+    assert text.rstrip().endswith("Command: `qualcl run toy --ablation --seeds 0,1`.")
 
 
 @pytest.mark.parametrize("name", ["comcl", "mkcnet", "mirror-retrieval", "fundus-mm", "local-discrimination"])
@@ -189,3 +191,31 @@ def test_a_run_of_a_recipe_with_claims_writes_the_section_into_its_model_card(tm
         tmp_path
     )
     assert "claims" not in ModelCard("t", "p", "s").render(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["comcl", "mkcnet", "mirror-retrieval", "fundus-mm", "local-discrimination"])
+def test_the_ablation_command_rebuilds_the_config_it_was_made_with(name):
+    import shlex
+
+    from qualcl.recipes import RECIPES
+    from qualcl.recipes.ablation import reproduce_command
+    from qualcl.recipes.claims import flat_config
+    from qualcl.recipes.config import config_to_dict
+
+    spec = RECIPES[name].load_spec()
+    base = spec.config("smoke")
+    section = next(k for k, v in config_to_dict(base).items() if isinstance(v, dict) and "epochs" in v)
+    changes = [f"{section}.epochs=3", "data.extra_test_images=12", "trainer.progress=true"]
+    config = spec.config("smoke", overrides=changes)
+    variants = list(spec.ablations)[:2]
+    words = shlex.split(reproduce_command(RECIPES[name].load(), config, [0, 2], variants))
+    assert words[:4] == ["qualcl", "run", name, "--ablation"]
+    options = dict(zip(words[4::2], words[5::2], strict=True)) | {"--set": None}
+    assert (
+        options["--preset"] == "smoke" and options["--seeds"] == "0,2" and options["--variants"] == ",".join(variants)
+    )
+    sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+    assert sorted(sets) == sorted(changes[:2])  # the trainer's options are not part of what was measured
+    rebuilt = spec.config("smoke", overrides=sets)
+    skip = ("seed", "trainer")
+    assert flat_config(config_to_dict(rebuilt), skip) == flat_config(config_to_dict(config), skip)

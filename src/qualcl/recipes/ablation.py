@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,7 @@ def ablation_table(
     lines = [
         f"# {recipe.name} ablation",
         "",
-        f"Dataset `{d.dataset}` ({d.num_images} images, {d.image_size} px), preset `{config.preset}`; "
+        f"Dataset `{d.dataset}` ({d.num_images} images, {d.image_size} px{_extra(d)}), preset `{config.preset}`; "
         f"mean ± std over seeds {list(seeds)}. {recipe.ablation_notes(config)}".rstrip(),
         "",
     ]
@@ -216,5 +217,37 @@ def ablation_table(
         for name, strata in results.items():
             cells = [mean_std(strata.get(s, {}).get(key, []), n) for s in strata_names]
             lines.append(f"| {label[name]} | " + " | ".join(cells) + " |")
-    lines += ["", "Command: `qualcl run " + recipe.name + " --ablation --seeds " + ",".join(map(str, seeds)) + "`."]
+    lines += ["", f"Command: `{reproduce_command(recipe, config, seeds, list(results))}`."]
     return "\n".join(lines) + "\n"
+
+
+def _extra(data: Any) -> str:
+    """The header's ", plus N test-only images" where the data config adds them (``data.extra_test_images``)."""
+    extra = getattr(data, "extra_test_images", 0)
+    return f", plus {extra:,} test-only images" if extra else ""
+
+
+def reproduce_command(recipe: Any, config: Any, seeds: Sequence[int], variants: Sequence[str]) -> str:
+    """The ``qualcl run NAME --ablation`` command that makes a table of ``variants`` over ``seeds``.
+
+    It names the preset, the dataset, the variants and every ``--set`` by which ``config`` differs
+    from its preset (the seed and the trainer's options aside).
+    """
+    import yaml
+
+    from qualcl.recipes.claims import flat_config
+    from qualcl.recipes.config import config_to_dict
+
+    preset = recipe.spec.config(config.preset, dataset=config.data.dataset)
+    ours, theirs = flat_config(config_to_dict(config), ()), flat_config(config_to_dict(preset), ())
+    changed = [k for k in sorted(ours) if ours[k] != theirs.get(k) and k != "seed" and not k.startswith("trainer.")]
+    options = [] if config.preset == "default" else [f"--preset {config.preset}"]
+    if config.data.dataset != recipe.spec.config(config.preset).data.dataset:
+        options.append(f"--dataset {config.data.dataset}")
+    options.append(f"--seeds {','.join(map(str, seeds))}")
+    if list(variants) != list(recipe.spec.ablations):
+        options.append(f"--variants {','.join(variants)}")
+    for key in changed:
+        value = yaml.safe_dump(ours[key], default_flow_style=True).strip().removesuffix("...").strip()
+        options.append(f"--set {shlex.quote(f'{key}={value}')}")
+    return f"qualcl run {recipe.name} --ablation " + " ".join(options)

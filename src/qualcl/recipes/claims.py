@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +36,15 @@ def measurements(recipe: str | None = None) -> list[dict[str, Any]]:
     return [m for m in found if recipe is None or m["recipe"] == recipe]
 
 
-def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"data.image_size": 64, ...}`` without the :data:`IGNORED` keys."""
+def flat_config(config: Mapping[str, Any], ignored: Sequence[str] = IGNORED, prefix: str = "") -> dict[str, Any]:
+    """``{"data.image_size": 64, ...}`` of a nested config dict, without the ``ignored`` keys (or sections)."""
     flat: dict[str, Any] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
-        if name in IGNORED:
+        if name in ignored:
             continue
         if isinstance(value, Mapping):
-            flat |= _flat(value, f"{name}.")
+            flat |= flat_config(value, ignored, f"{name}.")
         else:
             flat[name] = list(value) if isinstance(value, tuple | list) else value
     return flat
@@ -77,7 +77,7 @@ def standing(recipe: str, config: Mapping[str, Any]) -> str:
         True
     """
     page = "the claims page (docs/results/claims.md in the repository, *Results* on the documentation site)"
-    ours = _flat(config)
+    ours = flat_config(config)
     best: tuple[int, dict[str, Any], str, list[str]] | None = None
     for m in measurements(recipe):
         for variant, theirs in m["configs"].items():
@@ -117,7 +117,7 @@ def record(folder: str | Path, recipe: str, command: str, page: str) -> dict[str
     configs = {}
     for variant in variants:
         first = min((root / variant).glob("seed*/config.yaml"), key=lambda p: int(p.parent.name[4:]))
-        configs[variant] = _flat(yaml.safe_load(first.read_text()))
+        configs[variant] = flat_config(yaml.safe_load(first.read_text()))
     entry = {
         "recipe": recipe,
         "command": command,
