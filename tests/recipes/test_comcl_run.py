@@ -71,7 +71,11 @@ def test_resume_after_interruption_continues_from_the_saved_step(smoke, tmp_path
     assert [r["step"] for r in run.read_history("pretrain")] == list(range(smoke.pretrain.steps))
 
 
-def test_ablation_writes_a_table(smoke, tmp_path):
+def test_ablation_writes_a_table(smoke, tmp_path, monkeypatch):
+    import qualcl.recipes.plots as plots
+
+    plotted = {}
+    monkeypatch.setattr(plots, "plot_variant_dots", lambda values, *a, **k: plotted.update(values))
     config = dataclasses.replace(smoke, finetune=dataclasses.replace(smoke.finetune, epochs=1))
     results = run_ablation(
         config, tmp_path / "ablation", seeds=[0], variants=["baseline", "wo_multi_level"], progress=False
@@ -84,7 +88,7 @@ def test_ablation_writes_a_table(smoke, tmp_path):
     assert set(json.loads(probe.read_text())["probe"]) == {"grade", "low_quality", "geometry"}
     table = (tmp_path / "ablation" / "ablation.md").read_text()
     assert "| probe QWK | probe ACC | LQ-probe kappa |" in table
-    assert (tmp_path / "ablation" / "ablation.png").is_file()
+    assert list(plotted["Baseline (no pre-training)"]) == ["overall", "Good", "Usable", "Reject"]  # quality order
     assert not (tmp_path / "ablation" / "weights").exists()  # the ablation root is not a run folder
     assert "Baseline (no pre-training)" in table
     assert "CoMCL w/o multi-level" in table

@@ -154,7 +154,7 @@ def run_ablation(
     (root / "ablation.json").write_text(strict_json(document, indent=2))
     (root / "ablation.md").write_text(ablation_table(recipe, config, results, declared, seeds, claims))
     plot_variant_dots(  # every variant in results is declared: variant_config checked them all
-        {declared[n].label: {s: cells[first] for s, cells in r.items() if first in cells} for n, r in results.items()},
+        {declared[n].label: {s: r[s][first] for s in strata_order(r) if first in r[s]} for n, r in results.items()},
         root / "ablation.png",
         title=f"{recipe.name}: test {columns[first]} per seed, overall and per stratum",
         ylabel=columns[first],
