@@ -88,6 +88,8 @@ def test_ablation_writes_a_table(smoke, tmp_path, monkeypatch):
     assert set(json.loads(probe.read_text())["probe"]) == {"grade", "low_quality", "geometry"}
     table = (tmp_path / "ablation" / "ablation.md").read_text()
     assert "| probe QWK | probe ACC | LQ-probe kappa |" in table
+    plotted.clear()  # tabulated again from the runs' metrics files (their keys sorted by name)
+    run_ablation(config, tmp_path / "ablation", seeds=[0], variants=["baseline"], progress=False, run_missing=False)
     assert list(plotted["Baseline (no pre-training)"]) == ["overall", "Good", "Usable", "Reject"]  # quality order
     assert not (tmp_path / "ablation" / "weights").exists()  # the ablation root is not a run folder
     assert "Baseline (no pre-training)" in table
