@@ -42,6 +42,16 @@ def test_overwrite_deletes_only_what_a_run_writes(tmp_path):
     assert sorted(p.name for p in run.root.iterdir()) == [MANIFEST, "notes.txt"]
 
 
+def test_overwrite_starts_over_with_the_same_config_too(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    run.save_config(COMCL.config("smoke"), "comcl")
+    (run.root / "weights" / "w.safetensors").write_text("x")
+    prepare_run_folder(run.root, config_to_dict(COMCL.config("smoke")))  # the same config resumes: kept
+    assert (run.root / "weights" / "w.safetensors").is_file()
+    prepare_run_folder(run.root, config_to_dict(COMCL.config("smoke")), overwrite=True)
+    assert sorted(p.name for p in run.root.iterdir()) == [MANIFEST]
+
+
 def test_a_failed_start_leaves_no_run_behind(tmp_path):
     recipe = COMCL
     out = tmp_path / "run"

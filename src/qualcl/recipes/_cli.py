@@ -142,7 +142,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, recipe: Any, *, ablation:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="start over in a run folder made with another config (deletes that run's files, keeps data/)",
+        help="start over instead of resuming, with this config or another (deletes the run's files, keeps data/)",
     )
     parser.add_argument("--seed", type=int, help="training seed")
     scale = parser.add_argument_group("scale-out (Lightning: devices, DDP under torchrun / SLURM, precision, logging)")

@@ -659,7 +659,7 @@ def run_recipe(
         config: Its resolved config.
         out: Run folder.
         callbacks: Extra Lightning callbacks for every stage.
-        overwrite: Start over in a run folder made with another config.
+        overwrite: Start over instead of resuming (also with the same config): the earlier run's files go.
 
     Returns:
         The metrics written to ``metrics.json``: the recipe's, plus ``stages`` (seconds per stage)

@@ -171,9 +171,9 @@ def prepare_run_folder(root: str | Path, config: dict[str, Any], *, overwrite: b
 
     A run goes into a new or empty folder, or resumes one of its own (its :data:`MANIFEST`, or for
     qualcl 0.1 a ``config.yaml`` starting with :data:`MARKER`) made with the same config (only
-    :data:`RESUMABLE_CHANGES` may differ). ``overwrite`` starts a run with another config over, deleting
-    the earlier run's :data:`ARTEFACTS` (never ``data/``), and only in a folder with the manifest: a
-    user's folder that merely looks like a run is never touched.
+    :data:`RESUMABLE_CHANGES` may differ). ``overwrite`` starts over instead of resuming, with this config
+    or another, deleting the earlier run's :data:`ARTEFACTS` (never ``data/``), and only in a folder with
+    the manifest: a user's folder that merely looks like a run is never touched.
 
     Raises:
         ValueError: A path that is a file, a folder that cannot be written, one with files qualcl did not
@@ -198,8 +198,8 @@ def prepare_run_folder(root: str | Path, config: dict[str, Any], *, overwrite: b
     except yaml.YAMLError:
         old = {"config.yaml": "unreadable"}
     changed = _differences(old, config)
-    if not changed:
-        return
+    if not changed and not overwrite:
+        return  # the same run: it resumes
     if not overwrite:
         shown = "; ".join(changed[:8]) + (f"; … ({len(changed)} in all)" if len(changed) > 8 else "")
         raise ValueError(
