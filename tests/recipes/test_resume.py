@@ -138,6 +138,7 @@ def test_sigterm_exits_non_zero_and_the_rerun_finishes_the_same_run(comcl_refere
         pytest.skip("the run finished before the signal arrived")
     assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     assert "run the same command again to resume" in stderr
+    assert "weights_only" not in stderr  # the stop's checkpoint is saved without Lightning's notice
     stages = json.loads((tmp_path / "run" / "stages.json").read_text())
     assert "finetune" not in stages and not (tmp_path / "run" / "metrics.json").exists()
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)

@@ -199,10 +199,10 @@ class BoundaryCheckpoint(OnExceptionCheckpoint):
     """
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        """Save ``last.ckpt`` unless a training batch or a validation pass is in flight."""
+        """Save ``last.ckpt`` (a full checkpoint) unless a training batch or a validation pass is in flight."""
         batches = trainer.fit_loop.epoch_loop.batch_progress.current
         if batches.started == batches.completed and not trainer.validating:  # type: ignore[attr-defined]
-            super().on_exception(trainer, pl_module, exception)
+            trainer.save_checkpoint(self.ckpt_path, weights_only=False)  # said, so Lightning prints no notice
 
 
 def _on_gpu(config: TrainerConfig) -> bool:
