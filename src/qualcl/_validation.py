@@ -233,7 +233,9 @@ def check_embeddings(
         raise ValueError(f"{name} must have D = {dim} features to match, got shape {tuple(x.shape)}")
     check_finite(name, x)
     if nonzero and not _tracing() and x.shape[0]:
-        zero = (x == 0).all(dim=1)
+        zero = torch.linalg.vector_norm(x, dim=1) == 0  # one cheap pass; tiny rows whose squares underflow
+        if bool(zero.any()):  # also read 0 here, so the rows are checked exactly before anything is said
+            zero = (x == 0).all(dim=1)
         if bool(zero.any()):
             rows = zero.nonzero().flatten()[:5].tolist()
             raise ValueError(

@@ -418,3 +418,27 @@ def test_old_name_warns_and_is_the_fused_op():
     assert old is fused_info_nce
     with pytest.raises(AttributeError):
         kernels.no_such_op  # noqa: B018
+
+
+def test_unit_rows_is_f_normalize_with_its_gradient_clamped_rows_included():
+    from qualcl.kernels.fused_info_nce import unit_rows
+
+    x = _randn(5, 6, 7)
+    x[2] *= 1e-14  # a norm under the 1e-12 clamp: the gradient is then dy / eps, as F.normalize's
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    assert torch.equal(unit_rows(ours), torch.nn.functional.normalize(theirs, dim=1))
+    upstream = _randn(6, 6, 7)
+    (unit_rows(ours) * upstream).sum().backward()
+    (torch.nn.functional.normalize(theirs, dim=1) * upstream).sum().backward()
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-12, atol=0)
+    assert torch.autograd.gradcheck(unit_rows, (_randn(7, 4, 3).requires_grad_(),))
+
+
+def test_rows_too_small_to_square_are_not_mistaken_for_zero_rows():
+    q, c = _randn(0, 4, 8).float(), _randn(2, 10, 8).float()
+    tiny = c.clone()
+    tiny[3] *= 1e-25  # its squares underflow in float32, its direction is defined
+    assert torch.isfinite(fused_info_nce(q, tiny, positive_index=torch.arange(4)))
+    tiny[3] = 0.0
+    with pytest.raises(ValueError, match="candidates"):
+        fused_info_nce(q, tiny, positive_index=torch.arange(4))

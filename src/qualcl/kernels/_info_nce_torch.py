@@ -144,6 +144,31 @@ def _add_positive_grad_(grad: Tensor, block: _Block, coef_pos: Tensor) -> Tensor
     return grad
 
 
+def _row_scaled_grads(
+    block: _Block, row_scale: Tensor, coef_pos: Tensor, c: Tensor, q: Tensor, dq: Tensor, dc: Tensor, r0: int
+) -> None:
+    """``dq[r0:r1] = G @ c`` and ``dc += G.T @ q`` for ``G = diag(row_scale) · E`` plus ``coef_pos`` at each positive.
+
+    ``E`` (``block.logits``) holds the block's exponentials. The diagonal scale is applied to the
+    ``(R, D)`` result and operand instead of the ``(R, C)`` block (one pass over the block fewer), and
+    the one positive per row is a gather / ``index_add_`` of ``(R, D)`` rows. ``dq`` / ``dc`` empty:
+    not wanted.
+    """
+    rows = block.logits.shape[0]
+    column = weight = None
+    if block.positive_col is not None:
+        column = block.positive_col.clamp(min=0)
+        weight = torch.where(block.positive_col >= 0, coef_pos, 0.0)[:, None]
+    if dq.numel():
+        out = torch.mm(block.logits, c, out=dq[r0 : r0 + rows]).mul_(row_scale[:, None])
+        if column is not None and weight is not None:
+            out.addcmul_(c.index_select(0, column), weight)
+    if dc.numel():
+        dc.addmm_(block.logits.T, q * row_scale[:, None])
+        if column is not None and weight is not None:
+            dc.index_add_(0, column, q * weight)
+
+
 def _softmax_grad_(block: _Block, lse: Tensor, coef_lse: Tensor, coef_pos: Tensor) -> Tensor:
     """Turn the block's logits into ``dL/dlogits`` in place (given the rows' log-sum-exp)."""
     safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
@@ -243,6 +268,9 @@ def streaming_forward(
                     dpos[r0:r1] = coef.positive_logit
                 if grad_query or grad_candidates:
                     inverse = torch.where(total_exp > 0, 1.0 / total_exp, torch.zeros_like(total_exp))
+                    if block.positive_dense is None:  # the row scale goes to the (R, D) operands, not the block
+                        _row_scaled_grads(block, coef.lse * inverse, coef.positive, c, scaled[r0:r1], dq, dc, r0)
+                        continue
                     grad = _add_positive_grad_(block.logits.mul_((coef.lse * inverse)[:, None]), block, coef.positive)
                     if grad_query:
                         torch.mm(grad, c, out=dq[r0:r1])

@@ -210,6 +210,36 @@ def _backward(ctx: Any, grad: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
 _info_nce_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _UnitRows(torch.autograd.Function):
+    """``F.normalize(x, dim=1)``, bitwise, with a backward of three passes over ``x`` (autograd's takes about eight).
+
+    ``y = x / max(|x|, eps)``; ``dx = (dy - y <y, dy>) / |x|`` (``dy / eps`` where the norm was clamped).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
+        norm = x.norm(2, 1, keepdim=True)
+        denom = norm.clamp_min(1e-12)
+        y: Tensor = x / denom.expand_as(x)
+        ctx.save_for_backward(y, denom, norm >= 1e-12)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
+        y, denom, unclamped = ctx.saved_tensors
+        dot = torch.linalg.vecdot(y, grad, dim=1).unsqueeze(1) * unclamped
+        dx: Tensor = torch.addcmul(grad, y, dot, value=-1).div_(denom)
+        return dx
+
+
+def unit_rows(x: Tensor) -> Tensor:
+    """``F.normalize(x, dim=1)`` (the same values) with a cheaper backward when ``x`` needs a gradient."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        out: Tensor = _UnitRows.apply(x)
+        return out
+    return F.normalize(x, dim=1)
+
+
 class _EagerInfoNCE(torch.autograd.Function):
     """``qualcl::info_nce`` for eager calls: the same forward, context and backward, without the op wrapper."""
 
@@ -461,7 +491,7 @@ def fused_info_nce_rows(
 
     def prepare(x: Tensor) -> Tensor:
         x = x.to(compute)
-        return (F.normalize(x, dim=1) if normalize else x).to(storage)
+        return (unit_rows(x) if normalize else x).to(storage)
 
     q, c = prepare(query), prepare(candidates)
     scale: float | Tensor = 1.0 / tau
