@@ -160,6 +160,8 @@ def _ablation_folder(root, configs, claims):
 
 
 def test_a_model_card_says_which_measured_variant_its_configuration_is_or_what_differs(tmp_path, monkeypatch):
+    import json
+
     from qualcl.recipes import claims
 
     monkeypatch.setattr(claims, "MEASURED", tmp_path / "measured.json")
@@ -178,6 +180,10 @@ def test_a_model_card_says_which_measured_variant_its_configuration_is_or_what_d
     text = claims.standing("toy", same)
     assert text.startswith("This configuration is the `full` variant measured by `" + command)
     assert "full beats base: -0.050 [-0.090, -0.010], **reversed** (5 paired seeds)" in text
+    stored = json.loads(claims.MEASURED.read_text())  # a key ignored since it was recorded is ignored there too
+    stored[0]["configs"]["full"]["probe"] = True
+    claims.MEASURED.write_text(json.dumps(stored))
+    assert claims.standing("toy", same).startswith("This configuration is the `full` variant")
     text = claims.standing("toy", {**full, "lr": 0.3, "data": {"image_size": 96}})
     assert text.startswith("This configuration was not measured. The nearest measured one, the `full` variant")
     assert "`data.image_size` 64 → 96; `lr` 0.1 → 0.3" in text

@@ -80,7 +80,8 @@ def standing(recipe: str, config: Mapping[str, Any]) -> str:
     ours = flat_config(config)
     best: tuple[int, dict[str, Any], str, list[str]] | None = None
     for m in measurements(recipe):
-        for variant, theirs in m["configs"].items():
+        for variant, recorded in m["configs"].items():
+            theirs = {k: v for k, v in recorded.items() if not any(k == i or k.startswith(f"{i}.") for i in IGNORED)}
             diff = _differences(ours, theirs)
             if best is None or len(diff) < best[0]:
                 best = (len(diff), m, variant, diff)
