@@ -421,7 +421,7 @@ def test_old_name_warns_and_is_the_fused_op():
 
 
 def test_unit_rows_is_f_normalize_with_its_gradient_clamped_rows_included():
-    from qualcl.kernels.fused_info_nce import unit_rows
+    from qualcl.kernels._rows import unit_rows
 
     x = _randn(5, 6, 7)
     x[2] *= 1e-14  # a norm under the 1e-12 clamp: the gradient is then dy / eps, as F.normalize's

@@ -125,7 +125,7 @@ class RetrievalIndex:
                 normalize=self.normalize,
                 column_chunk_size=min(auto, self.chunk_size),
                 impl=self.impl,
-                candidate_norms=self._norms if queries.dtype != torch.float64 else None,
+                candidate_norms=self._norms,
             )
         else:
             best, where = self._search_moved(queries, k, exclude_index)

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from qualcl.kernels._columns import CandidateFilter, drop_block_
+from qualcl.kernels._rows import unit_rows
 
 __all__ = [
     "finish_topk",
@@ -184,13 +185,6 @@ def screen(levels: list[Tensor], threshold: Tensor) -> tuple[Tensor, Tensor, Ten
     return at, index, values
 
 
-def _unit_rows(x: Tensor, norms: Tensor | None) -> Tensor:
-    """``F.normalize(x, dim=1)``, from the given row norms when there are (bitwise the same result)."""
-    if norms is None:
-        return torch.nn.functional.normalize(x, dim=1)
-    return x / norms.clamp_min(1e-12)[:, None].expand_as(x)
-
-
 class _RowBlock:
     """Running top-``k`` of ``R`` query rows while candidate chunks stream past.
 
@@ -291,7 +285,7 @@ def streaming_topk(
     """
     n, m = q.shape[0], c.shape[0]
     if cols >= m:  # one chunk: row blocks against every column
-        c = _unit_rows(c.to(q.dtype), norms) if normalize else c.to(q.dtype)
+        c = unit_rows(c.to(q.dtype), norms) if normalize else c.to(q.dtype)
         return _single_block_topk(q, c, filt, k, largest=largest, scale=scale, rows=rows)
     sign = scale if largest else -scale
     blocks = [(r0, min(r0 + rows, n), _RowBlock(min(r0 + rows, n) - r0, k, q)) for r0 in range(0, n, rows)]
@@ -299,7 +293,7 @@ def streaming_topk(
     for c0 in range(0, m, cols):
         chunk = c[c0 : c0 + cols].to(q.dtype)
         if normalize:
-            chunk = _unit_rows(chunk, None if norms is None else norms[c0 : c0 + cols])
+            chunk = unit_rows(chunk, None if norms is None else norms[c0 : c0 + cols])
         width = chunk.shape[0]
         for r0, r1, block in blocks:
             scores = torch.mm(q[r0:r1], chunk.T, out=score_buffer[: (r1 - r0) * width].view(r1 - r0, width))

@@ -22,7 +22,14 @@ from qualcl._validation import (
 from qualcl.kernels._columns import ColumnSpec, count_columns
 from qualcl.kernels._dispatch import resolve_impl, through_custom_op
 from qualcl.kernels._info_nce_torch import block_shape, naive_info_nce, streaming_backward, streaming_forward
-from qualcl.kernels._rows import row_coefficients, row_losses, row_totals, upstream_row_grad, weight_grad
+from qualcl.kernels._rows import (
+    row_coefficients,
+    row_losses,
+    row_totals,
+    unit_rows,
+    upstream_row_grad,
+    weight_grad,
+)
 
 __all__ = ["fused_info_nce"]
 
@@ -208,36 +215,6 @@ def _backward(ctx: Any, grad: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
 
 
 _info_nce_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-class _UnitRows(torch.autograd.Function):
-    """``F.normalize(x, dim=1)``, bitwise, with a backward of three passes over ``x`` (autograd's takes about eight).
-
-    ``y = x / max(|x|, eps)``; ``dx = (dy - y <y, dy>) / |x|`` (``dy / eps`` where the norm was clamped).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
-        norm = x.norm(2, 1, keepdim=True)
-        denom = norm.clamp_min(1e-12)
-        y: Tensor = x / denom.expand_as(x)
-        ctx.save_for_backward(y, denom, norm >= 1e-12)
-        return y
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
-        y, denom, unclamped = ctx.saved_tensors
-        dot = torch.linalg.vecdot(y, grad, dim=1).unsqueeze(1) * unclamped
-        dx: Tensor = torch.addcmul(grad, y, dot, value=-1).div_(denom)
-        return dx
-
-
-def unit_rows(x: Tensor) -> Tensor:
-    """``F.normalize(x, dim=1)`` (the same values) with a cheaper backward when ``x`` needs a gradient."""
-    if torch.is_grad_enabled() and x.requires_grad:
-        out: Tensor = _UnitRows.apply(x)
-        return out
-    return F.normalize(x, dim=1)
 
 
 class _EagerInfoNCE(torch.autograd.Function):

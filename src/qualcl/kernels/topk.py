@@ -317,8 +317,9 @@ def topk_checked(
     (:class:`qualcl.evaluation.RetrievalIndex`); the arguments are those of
     :func:`topk_similarity`, with ``labels`` / ``candidate_labels`` / ``exclude_index`` as int64
     tensors on the queries' device and ``label_mode`` in place of ``label_relation``.
-    ``candidate_norms`` (``(M,)``, ``torch.linalg.vector_norm`` of the candidates' rows in the
-    compute dtype) spares the torch path a norm pass over every chunk when normalising.
+    ``candidate_norms`` (``(M,)``, ``torch.linalg.vector_norm`` of the candidates' rows) spares the
+    torch path a norm pass over every chunk when normalising; they are used when computed in the
+    dtype the search computes in (float64 if either input is, else float32), ignored otherwise.
     """
     n, d = query.shape
     m = candidates.shape[0]
@@ -334,8 +335,8 @@ def topk_checked(
         norms = None
         if backend == "torch":  # the candidates are converted and normalised chunk by chunk, inside
             c, in_op = candidates.detach(), normalize
-            if normalize and candidate_norms is not None:
-                norms = candidate_norms.to(device=q.device, dtype=compute)
+            if normalize and candidate_norms is not None and candidate_norms.dtype == compute:
+                norms = candidate_norms.to(q.device)  # norms of another precision would change the values
         else:
             c, in_op = candidates.detach().to(compute), False
             c = F.normalize(c, dim=1) if normalize else c

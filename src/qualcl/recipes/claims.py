@@ -36,12 +36,17 @@ def measurements(recipe: str | None = None) -> list[dict[str, Any]]:
     return [m for m in found if recipe is None or m["recipe"] == recipe]
 
 
+def _ignored(name: str, ignored: Sequence[str]) -> bool:
+    """Whether the dotted key ``name`` is one of ``ignored`` or lies in an ignored section."""
+    return any(name == i or name.startswith(f"{i}.") for i in ignored)
+
+
 def flat_config(config: Mapping[str, Any], ignored: Sequence[str] = IGNORED, prefix: str = "") -> dict[str, Any]:
     """``{"data.image_size": 64, ...}`` of a nested config dict, without the ``ignored`` keys (or sections)."""
     flat: dict[str, Any] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
-        if name in ignored:
+        if _ignored(name, ignored):
             continue
         if isinstance(value, Mapping):
             flat |= flat_config(value, ignored, f"{name}.")
@@ -81,7 +86,7 @@ def standing(recipe: str, config: Mapping[str, Any]) -> str:
     best: tuple[int, dict[str, Any], str, list[str]] | None = None
     for m in measurements(recipe):
         for variant, recorded in m["configs"].items():
-            theirs = {k: v for k, v in recorded.items() if not any(k == i or k.startswith(f"{i}.") for i in IGNORED)}
+            theirs = {k: v for k, v in recorded.items() if not _ignored(k, IGNORED)}  # also keys ignored since
             diff = _differences(ours, theirs)
             if best is None or len(diff) < best[0]:
                 best = (len(diff), m, variant, diff)
