@@ -112,7 +112,7 @@ class TrainConfig:
     classifier_weight: float = 1.0
     metric_loss: Literal["circle", "fine_triplet", "triplet", "none"] = "fine_triplet"
     margin: float = 0.25
-    gamma: float = 32.0
+    gamma: float = 1.0
     triplet_margin: float = 0.2
     aggregate: Literal["per_anchor", "global"] = "per_anchor"
     relevance: Literal["mirror_agreement", "symmetric"] = "mirror_agreement"
