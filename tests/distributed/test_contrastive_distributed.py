@@ -78,7 +78,7 @@ def _module(gather: bool) -> ContrastivePretraining:
     encoder = build_encoder("resnet10").double().eval()  # BatchNorm on running statistics: see the docstring
     loss = MultiLevelInfoNCE(temperature=0.07, miner=_miner("quantile", gather), gather_distributed=gather)
     module = ContrastivePretraining(
-        encoder, ProjectionHead((512, 512, 32)).double(), loss, temperature=0.07, lr=1e-3, weight_decay=0, max_steps=10
+        encoder, ProjectionHead((512, 512, 32)).double(), loss, lr=1e-3, weight_decay=0, max_steps=10
     )
     module.log = lambda *args, **kwargs: None
     return module

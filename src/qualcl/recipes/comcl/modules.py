@@ -21,8 +21,8 @@ __all__ = ["ContrastivePretraining", "GradingFineTuning", "pretraining_module"]
 class ContrastivePretraining(RecipeModule):
     """Encoder + projection head trained with :class:`MultiLevelInfoNCE` (or SimCLR's NT-Xent: basic CL).
 
-    AdamW at ``lr`` with weight decay ``r(w)``, cosine decay over ``max_steps`` (``temperature``: for
-    reference, each loss carries its own). Batches of ``(uint8 view1, uint8 view2, levels, colour
+    AdamW at ``lr`` with weight decay ``r(w)``, cosine decay over ``max_steps`` (the temperature is the
+    loss's own). Batches of ``(uint8 view1, uint8 view2, levels, colour
     params 1, 2)`` (:class:`~qualcl.recipes.comcl.data.PatchPairDataset`) get ``augment``'s photometric
     part here, on their device; batches of float views are used as they are. Each step's history row
     holds the loss, every pair's loss (``loss/<pair>``), the learning rate and, with a self-paced
@@ -35,7 +35,6 @@ class ContrastivePretraining(RecipeModule):
         head: ProjectionHead,
         loss: MultiLevelInfoNCE | NTXentLoss,
         *,
-        temperature: float,
         lr: float,
         weight_decay: float,
         max_steps: int,
@@ -43,7 +42,7 @@ class ContrastivePretraining(RecipeModule):
     ) -> None:
         super().__init__()
         self.encoder, self.head, self.augment, self.loss_fn = encoder, head, augment, loss
-        self.temperature, self.lr, self.weight_decay, self.max_steps = temperature, lr, weight_decay, max_steps
+        self.lr, self.weight_decay, self.max_steps = lr, weight_decay, max_steps
         pairs = loss.pair_names if isinstance(loss, MultiLevelInfoNCE) else ()
         self.history = History(
             every="step",
@@ -118,7 +117,6 @@ def pretraining_module(
         encoder,
         ProjectionHead((width, width, cfg.projection_dim)),
         loss,
-        temperature=cfg.temperature,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         max_steps=cfg.steps,
