@@ -152,14 +152,14 @@ class TrainConfig:
         val_every: Validate (and select the best model by AUC) every this many epochs.
     """
 
-    epochs: int = 10
+    epochs: int = 20
     batch_size: int = bounded(16, ">= 2")
     lr: float = 0.01
     momentum: float = 0.0
     weight_decay: float = 5e-4
     meta_lr: float = 1e-3
     meta_weight_decay: float = 5e-4
-    lr_step: int = 5
+    lr_step: int = 10
     lr_gamma: float = 0.5
     entropy_weight: float = 0.2
     focal_gamma: float = 2.0
