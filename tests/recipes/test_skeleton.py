@@ -225,6 +225,21 @@ def test_the_end_of_run_summary_is_one_aligned_table_with_one_strata_order():
     assert len({len(line) for line in lines[1:]}) == 1  # aligned
 
 
+def test_a_stratum_empty_in_one_test_set_is_shown_in_the_others():
+    """Image-text summary: Good is empty in the 100 % low-quality test set only, not in the original one."""
+    from qualcl.recipes.fundus_mm.recipe import FUNDUS_MM
+
+    config = FUNDUS_MM.config("smoke")
+    zero_shot = {
+        "original": {"overall": {"accuracy": 0.5, "n": 4}, "Good": {"accuracy": 0.75, "n": 2}},
+        "lq_100": {"overall": {"accuracy": 0.25, "n": 4}, "Good": {"accuracy": float("nan"), "n": 0}},
+    }
+    lines = FUNDUS_MM.summary(config, {"test": {"zero_shot": zero_shot}}).splitlines()
+    assert lines[1].split() == ["stratum", "original", "lq_100"]
+    good = next(line for line in lines if line.split()[0] == "Good")
+    assert good.split()[1:] == ["0.750", "—"]
+
+
 def test_lazy_exports_are_the_type_checking_block(tmp_path):
     from qualcl.recipes._cli import type_checking_exports
 

@@ -562,13 +562,13 @@ class Recipe(ABC, Generic[C, D, S]):
         if any(key in cells for part in sets.values() for cells in part.values()):
             title = f"{label} on the test set" + ("s" if len(sets) > 1 else "")
             table = {name: {stratum: cells.get(key) for stratum, cells in part.items()} for name, part in sets.items()}
-            counts = {stratum: cells.get("n", 1) for part in sets.values() for stratum, cells in part.items()}
+            counts = {(name, s): cells.get("n", 1) for name, part in sets.items() for s, cells in part.items()}
         else:
             cells = self.ablation_cells(config, metrics)
             shown = [k for k in columns if any(_finite(c.get(k)) for c in cells.values())][:6] or [key]
             title = "test metrics"
             table = {columns[k]: {stratum: c.get(k) for stratum, c in cells.items()} for k in shown}
-            counts = {stratum: c.get("n", 1) for stratum, c in cells.items()}
+            counts = {(columns[k], stratum): c.get("n", 1) for k in shown for stratum, c in cells.items()}
         strata = strata_order(s for column in table.values() for s in column)
         width = max(len(s) for s in [*strata, "stratum"])
         widths = [max(len(name), 6) for name in table]
@@ -576,9 +576,9 @@ class Recipe(ABC, Generic[C, D, S]):
         lines = [f"{title}:", "  " + "stratum".ljust(width) + header]
         for stratum in strata:
             row = []
-            for column, w in zip(table.values(), widths, strict=True):
+            for (name, column), w in zip(table.items(), widths, strict=True):
                 value = column.get(stratum)
-                text = f"{value:.3f}" if _finite(value) and counts.get(stratum, 1) != 0 else "—"
+                text = f"{value:.3f}" if _finite(value) and counts.get((name, stratum), 1) != 0 else "—"
                 row.append(f"  {text:>{w}}")
             lines.append("  " + stratum.ljust(width) + "".join(row))
         return "\n".join(lines)
