@@ -16,8 +16,9 @@ CAPTIONS = [
     for g in range(5)
 ] * 2
 TOK = CaptionTokenizer.fit(CAPTIONS)
-SMALL = dict(embed_dim=32, text_width=32, text_layers=1, fusion_dim=32, decoder_dim=32, decoder_depth=1,
-             caption_width=32, caption_depth=1)  # fmt: skip
+# vit_tiny: these tests reason about a 2 x 2 grid of 16-px patches at 32 px (the default convvit_tiny has 8-px ones)
+SMALL = dict(encoder="vit_tiny", embed_dim=32, text_width=32, text_layers=1, fusion_dim=32, decoder_dim=32,
+             decoder_depth=1, caption_width=32, caption_depth=1)  # fmt: skip
 
 
 def _net(**overrides):

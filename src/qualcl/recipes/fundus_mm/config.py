@@ -40,8 +40,9 @@ class ModelConfig:
     """The image and text towers, the fusion and the two decoders.
 
     Attributes:
-        encoder: ``vit_micro`` (smoke), ``vit_tiny``, ``vit_small`` or ``vit_base`` (patch 16, random init), or
-            ``convvit_tiny`` (a masked convolutional stem of stride 8 under six ViT blocks).
+        encoder: ``convvit_tiny`` (the default: a masked convolutional stem of stride 8 under six ViT blocks;
+            the patch-16 ViTs do not learn the synthetic grades at 64 px), ``vit_micro`` (smoke), ``vit_tiny``,
+            ``vit_small`` or ``vit_base`` (``paper``; patch 16, random init).
         embed_dim: Width of the joint (contrastive) embedding.
         text_tower: ``"scratch"`` (open_clip's text transformer, random init) or ``"pretrained"``
             (:class:`qualcl.models.PretrainedTextEncoder`: a local Hugging Face model, opt-in).
@@ -75,7 +76,7 @@ class ModelConfig:
             ``train.class_level_positives`` must be off).
     """
 
-    encoder: Literal["vit_micro", "vit_tiny", "vit_small", "vit_base", "convvit_tiny"] = "vit_tiny"
+    encoder: Literal["vit_micro", "vit_tiny", "vit_small", "vit_base", "convvit_tiny"] = "convvit_tiny"
     embed_dim: int = 128
     text_tower: Literal["scratch", "pretrained"] = "scratch"
     text_model: str | None = None
