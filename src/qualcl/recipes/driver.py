@@ -475,6 +475,11 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _shown(cells: dict[str, Any], key: str) -> Any:
+    """The summary's value of ``key`` in a stratum's ``cells``, ``None`` where the stratum has no images."""
+    return None if cells.get("n", 1) == 0 else cells.get(key)
+
+
 def _budget_spent(trainer: L.Trainer, max_steps: int, max_epochs: int | None) -> bool:
     """Whether ``fit`` returned because the stage's step or epoch budget was reached (not stopped early)."""
     if trainer.interrupted:
@@ -561,14 +566,14 @@ class Recipe(ABC, Generic[C, D, S]):
         sets = self.summary_sets(config, metrics)
         if any(key in cells for part in sets.values() for cells in part.values()):
             title = f"{label} on the test set" + ("s" if len(sets) > 1 else "")
-            table = {name: {stratum: cells.get(key) for stratum, cells in part.items()} for name, part in sets.items()}
-            counts = {(name, s): cells.get("n", 1) for name, part in sets.items() for s, cells in part.items()}
+            table = {
+                name: {stratum: _shown(cells, key) for stratum, cells in part.items()} for name, part in sets.items()
+            }
         else:
             cells = self.ablation_cells(config, metrics)
             shown = [k for k in columns if any(_finite(c.get(k)) for c in cells.values())][:6] or [key]
             title = "test metrics"
-            table = {columns[k]: {stratum: c.get(k) for stratum, c in cells.items()} for k in shown}
-            counts = {(columns[k], stratum): c.get("n", 1) for k in shown for stratum, c in cells.items()}
+            table = {columns[k]: {stratum: _shown(c, k) for stratum, c in cells.items()} for k in shown}
         strata = strata_order(s for column in table.values() for s in column)
         width = max(len(s) for s in [*strata, "stratum"])
         widths = [max(len(name), 6) for name in table]
@@ -576,9 +581,9 @@ class Recipe(ABC, Generic[C, D, S]):
         lines = [f"{title}:", "  " + "stratum".ljust(width) + header]
         for stratum in strata:
             row = []
-            for (name, column), w in zip(table.items(), widths, strict=True):
+            for column, w in zip(table.values(), widths, strict=True):
                 value = column.get(stratum)
-                text = f"{value:.3f}" if _finite(value) and counts.get((name, stratum), 1) != 0 else "—"
+                text = f"{value:.3f}" if _finite(value) else "—"
                 row.append(f"  {text:>{w}}")
             lines.append("  " + stratum.ljust(width) + "".join(row))
         return "\n".join(lines)
