@@ -240,6 +240,27 @@ def test_a_stratum_empty_in_one_test_set_is_shown_in_the_others():
     assert good.split()[1:] == ["0.750", "—"]
 
 
+def test_comcl_summary_shows_every_stratum_of_every_test_set():
+    """CoMCL's raised-LQ test sets have strata too: the summary reads them, not the ablation's overall-only cells."""
+    from qualcl.recipes.comcl.recipe import COMCL
+
+    config = COMCL.config("smoke")
+    test = {
+        setting: {
+            "overall": {"qwk": 0.5 + shift, "accuracy": 0.5, "n": 4},
+            "Good": {"qwk": 0.25 + shift, "accuracy": 0.5, "n": 2 if setting != "lq_100" else 0},
+            "Reject": {"qwk": 0.75 + shift, "accuracy": 0.5, "n": 2},
+        }
+        for setting, shift in (("original", 0.0), ("lq_70", 0.01), ("lq_100", 0.02))
+    }
+    lines = COMCL.summary(config, {"test": test}).splitlines()
+    assert lines[0] == "QWK on the test sets:"
+    assert lines[1].split() == ["stratum", "original", "lq_70", "lq_100"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    assert rows["Good"] == ["0.250", "0.260", "—"]
+    assert rows["Reject"] == ["0.750", "0.760", "0.770"]
+
+
 def test_lazy_exports_are_the_type_checking_block(tmp_path):
     from qualcl.recipes._cli import type_checking_exports
 

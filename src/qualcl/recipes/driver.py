@@ -554,15 +554,24 @@ class Recipe(ABC, Generic[C, D, S]):
         }
         return sets or {"test": self.ablation_cells(config, metrics)}
 
+    def summary_metric(self, config: C) -> tuple[str, str]:
+        """``(key, label)`` of the metric the end-of-run summary shows per test set.
+
+        By default the first of :meth:`ablation_columns`; a recipe whose ablation columns name a
+        test set as well as a metric (``original/metric``) gives the metric's key in
+        :meth:`summary_sets`' cells instead.
+        """
+        return next(iter(self.ablation_columns(config).items()))
+
     def summary(self, config: C, metrics: dict[str, Any]) -> str:
         """The end-of-run summary ``qualcl run`` prints: one aligned table, strata as rows, "—" for an empty one.
 
-        The headline metric is the first of :meth:`ablation_columns`. When the test sets of
-        :meth:`summary_sets` hold it, the columns are those test sets; otherwise they are the
-        ablation's metrics (:meth:`ablation_cells`, at most six columns with a value).
+        The headline metric is :meth:`summary_metric`. When the test sets of :meth:`summary_sets`
+        hold it, the columns are those test sets; otherwise they are the ablation's metrics
+        (:meth:`ablation_cells`, at most six columns with a value).
         """
         columns = self.ablation_columns(config)
-        key, label = next(iter(columns.items()))
+        key, label = self.summary_metric(config)
         sets = self.summary_sets(config, metrics)
         if any(key in cells for part in sets.values() for cells in part.values()):
             title = f"{label} on the test set" + ("s" if len(sets) > 1 else "")

@@ -254,6 +254,11 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, GradingFineTuning]):
         )
 
     # ------------------------------------------------------------------ ablation
+    def summary_metric(self, config: ComclConfig) -> tuple[str, str]:
+        """The headline metric (QWK for grades) in every test set's cells, not the ``original/metric`` column."""
+        metric = headline_metric(config)
+        return metric, METRIC_NAMES[metric]
+
     def ablation_columns(self, config: ComclConfig) -> dict[str, str]:
         """Kappa (QWK for grades) and accuracy on each test set, then the frozen-encoder diagnostics."""
         label = METRIC_NAMES[headline_metric(config)]
