@@ -113,7 +113,7 @@ def test_cli_runs_the_smoke_preset(smoke, tmp_path, capsys):
     )
     assert status == 0
     printed = capsys.readouterr().out  # the end-of-run summary: the headline per stratum, then where the rest is
-    assert "QWK original" in printed and "everything else:" in printed
+    assert "QWK on the test sets:" in printed and "everything else:" in printed
 
 
 def test_eyeq_layout_with_detector_boxes_runs(smoke, tmp_path):
