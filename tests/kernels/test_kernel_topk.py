@@ -223,11 +223,12 @@ def test_streaming_blocks_equal_the_dense_stable_sort_with_ties_across_chunks(n,
     torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-15)
 
 
-@pytest.mark.parametrize("m", [2000, 2003])
+@pytest.mark.parametrize("m", [2000, 2003, 8192])
 @pytest.mark.parametrize("k", [8, 64])
 @pytest.mark.parametrize("ties", [False, True])
 def test_one_chunk_selection_equals_the_dense_stable_sort(m, k, ties):
-    # one chunk of all candidates (the default up to 65,536): one torch.topk per row block; rows whose
+    # one chunk of all candidates (the default up to 65,536): one block_topk per row block (grouped at
+    # m = 2000 with k = 8 and at m = 8192, a whole-row torch.topk otherwise); rows whose
     # k-th and (k + 1)-th values tie are redone by a stable sort
     g = torch.Generator().manual_seed(m + k)
     if ties:
@@ -239,3 +240,34 @@ def test_one_chunk_selection_equals_the_dense_stable_sort(m, k, ties):
         want = topk_similarity(q, c, k, exclude_index=exclude, largest=largest, normalize=False, impl="naive")
         got = topk_similarity(q, c, k, exclude_index=exclude, largest=largest, normalize=False, impl="torch")
         assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 12),
+    st.sampled_from([16 * 64, 16 * 100, 16 * 300]),
+    st.integers(1, 70),
+    st.sampled_from(["normal", "ties", "padded", "nan"]),
+    st.integers(0, 2**31 - 1),
+)
+def test_block_topk_is_torch_topk_through_group_maxima(rows, width, k, kind, seed):
+    """The grouped selection returns torch.topk's values, and positions holding them (equal ones when untied)."""
+    from qualcl.kernels._topk_torch import GROUP, block_topk
+
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(rows, width, generator=g, dtype=torch.float64)
+    if kind == "ties":  # few distinct values: ties at and around the k-th place
+        scores = torch.randint(-3, 4, (rows, width), generator=g).double()
+    elif kind == "padded":  # dropped columns: some rows have fewer than k + 1 finite groups
+        scores[torch.rand(rows, width, generator=g) < 0.97] = float("-inf")
+    elif kind == "nan":
+        scores[0, torch.randint(0, width, (3,), generator=g)] = float("nan")
+    k = min(k, width)
+    grouped = width // GROUP >= 4 * k
+    values, positions = block_topk(scores, k)
+    want_values, want_positions = torch.topk(scores, k, dim=1)
+    torch.testing.assert_close(values, want_values, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(scores.gather(1, positions), values, rtol=0, atol=0, equal_nan=True)
+    assert all(len(set(row)) == k for row in positions.tolist())
+    if kind == "normal" and grouped:
+        assert torch.equal(positions, want_positions)

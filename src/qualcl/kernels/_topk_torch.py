@@ -9,7 +9,9 @@ from qualcl.kernels._columns import CandidateFilter, drop_block_
 from qualcl.kernels._rows import unit_rows
 
 __all__ = [
+    "block_topk",
     "finish_topk",
+    "order_sorted_topk",
     "order_topk",
     "rank_bound",
     "screen",
@@ -24,6 +26,51 @@ GROUP = 16
 """Screening fan-out: a block's scores are screened by the maxima of 16-column groups, and those by the
 maxima of 16-group (256-column) super-groups, so the compare-and-gather work after a block's matmul is
 on tensors 256 times smaller than the block."""
+
+
+def block_topk(scores: Tensor, width: int) -> tuple[Tensor, Tensor]:
+    """``torch.topk(scores, width, dim=1)`` of a wide block, read through its column groups' maxima.
+
+    The ``width`` largest entries of a row lie in the ``width`` column groups (:data:`GROUP`
+    slabs, :func:`_group_maxima`) with the largest maxima, and none is below the ``width``-th
+    largest maximum: so one max pass, a ``torch.topk`` over ``W / GROUP`` maxima and a gather of
+    those groups' members replace a ``torch.topk`` over all ``W`` columns. Rows whose ``width``-th
+    and ``(width + 1)``-th group maxima are not strictly ordered (a tie, ``-inf`` padding) or that hold
+    a NaN take ``torch.topk`` of the whole row. Blocks too narrow to gain (fewer than ``4 · width`` groups) take
+    it whole.
+
+    Args:
+        scores: ``(R, W)`` contiguous values.
+        width: ``1 <= width <= W``.
+
+    Returns:
+        ``(values (R, width), positions (R, width))``, sorted by value (descending): the same values as
+        ``torch.topk``, and the same positions up to the order of equal values (as ``torch.topk`` leaves it).
+    """
+    rows = scores.shape[0]
+    maxima = _group_maxima(scores)
+    if maxima is None or maxima.shape[1] < 4 * width:
+        return torch.topk(scores, width, dim=1)
+    span = maxima.shape[1]
+    top, group = torch.topk(maxima, width + 1, dim=1)
+    threshold = top[:, width - 1]  # width groups have a maximum at least this large
+    fallback = ~(threshold > top[:, width]) | top[:, 0].isnan()  # NaN maxima come first; NaN >= t is False
+    group = group[:, :width]
+    members = scores.view(rows, GROUP, span).gather(2, group[:, None, :].expand(rows, GROUP, width))
+    at, slab, j = torch.nonzero(members >= threshold[:, None, None]).unbind(1)  # row-major: rows ascending
+    counts = torch.bincount(at, minlength=rows)
+    slot = torch.arange(at.shape[0], device=scores.device) - (counts.cumsum(0) - counts).index_select(0, at)
+    size = max(int(counts.max()), width)
+    values = scores.new_full((rows, size), float("-inf"))
+    positions = torch.zeros((rows, size), dtype=torch.long, device=scores.device)
+    values[at, slot] = members[at, slab, j]
+    positions[at, slot] = slab * span + group[at, j]
+    values, order = torch.topk(values, width, dim=1)
+    positions = positions.gather(1, order)
+    if bool(fallback.any()):
+        redo = torch.nonzero(fallback).flatten()
+        values[redo], positions[redo] = torch.topk(scores.index_select(0, redo), width, dim=1)
+    return values, positions
 
 
 def topk_candidates(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -57,6 +104,23 @@ def order_topk(values: Tensor, positions: Tensor, k: int) -> tuple[Tensor, Tenso
     positions, order = torch.sort(positions, dim=1)
     values, order = torch.sort(values.gather(1, order), dim=1, descending=True, stable=True)
     return values[:, :k], positions.gather(1, order[:, :k])
+
+
+def order_sorted_topk(values: Tensor, positions: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """:func:`order_topk` of rows already sorted by value (descending), sorting again only rows with ties.
+
+    A row whose first ``k`` values are all distinct is in order already; the others (equal values,
+    ``-inf`` padding) go through :func:`order_topk`. The ``k``-th and ``(k + 1)``-th values of a row
+    must differ, or be settled (by a stable sort) already.
+    """
+    head = values[:, :k]
+    tied = (head[:, 1:] == head[:, :-1]).any(dim=1)
+    if not bool(tied.any()):
+        return head, positions[:, :k]
+    rows = torch.nonzero(tied).flatten()
+    head, chosen = head.clone(), positions[:, :k].clone()
+    head[rows], chosen[rows] = order_topk(values.index_select(0, rows), positions.index_select(0, rows), k)
+    return head, chosen
 
 
 def stable_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -323,12 +387,13 @@ def _scores(
 def _single_block_topk(
     q: Tensor, c: Tensor, filt: CandidateFilter, k: int, *, largest: bool, scale: float, rows: int
 ) -> tuple[Tensor, Tensor]:
-    """Row blocks against all columns: one ``torch.topk`` per block, ties and ordering settled at the end.
+    """Row blocks against all columns: one :func:`block_topk` per block, ties and ordering settled at the end.
 
     Each block writes its sorted top-``k + 1`` into shared buffers (small per-block ops are what
     costs on a busy CPU). Rows whose ``k``-th and ``(k + 1)``-th values tie get their block
-    recomputed (same shapes, so the same bits) and settled by a stable sort; then every row is
-    ordered by (value, lower column) in one batched sort.
+    recomputed (same shapes, so the same bits) and settled by a stable sort; then the rows with equal
+    values among their top ``k`` are ordered by (value, lower column) (:func:`order_sorted_topk`; the
+    others are in order already).
     """
     n, m = q.shape[0], c.shape[0]
     width = min(k + 1, m)
@@ -336,7 +401,7 @@ def _single_block_topk(
     positions = torch.empty(n, width, dtype=torch.long, device=q.device)
     for r0 in range(0, n, rows):
         r1 = min(r0 + rows, n)
-        torch.topk(_scores(q, c, filt, r0, r1, 0, scale, largest), width, dim=1, out=(values[r0:r1], positions[r0:r1]))
+        values[r0:r1], positions[r0:r1] = block_topk(_scores(q, c, filt, r0, r1, 0, scale, largest), width)
     if width > k:
         tie = values[:, k - 1] == values[:, k]
         if bool(tie.any()):
@@ -347,4 +412,4 @@ def _single_block_topk(
                 scores = _scores(q, c, filt, r0, r1, 0, scale, largest)[block_rows - r0]
                 tied_values, tied_positions = torch.sort(scores, dim=1, descending=True, stable=True)
                 values[block_rows], positions[block_rows] = tied_values[:, :width], tied_positions[:, :width]
-    return finish_topk(*order_topk(values, positions, k), largest)
+    return finish_topk(*order_sorted_topk(values, positions, k), largest)
