@@ -326,7 +326,7 @@ def streaming_topk(
     each chunk while it is in cache and keeps a running top-``k`` (:class:`_RowBlock`): only the
     scores at or above its running threshold are gathered, found through the maxima of column
     groups, so selection costs two max passes, not a sort. With one chunk (``cols >= M``) each row
-    block is selected by one ``torch.topk`` (:func:`_single_block_topk`). Memory O(N·k + rows·cols + cols·D).
+    block is selected at once (:func:`_single_block_topk`, :func:`block_topk`). Memory O(N·k + rows·cols + cols·D).
     Rows with fewer than ``k`` kept columns are padded with ``-inf`` (``+inf`` for
     ``largest=False``) and index ``-1``.
 

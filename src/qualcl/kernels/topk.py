@@ -32,8 +32,8 @@ MIN_STREAM_COLUMNS = 4 * SUPER_GROUP
 MAX_STREAM_ROWS = 16_384
 """Queries per streaming block: all of them up to this many (a block of at most 64 MiB of float32 scores)."""
 MAX_COLUMN_BLOCK = 65_536
-"""Up to this many candidates the default is one chunk of all of them and one ``torch.topk`` per query
-block (the K = 64 miner at M = 8,192); beyond it (retrieval databases) chunks stream past every query."""
+"""Up to this many candidates the default is one chunk of all of them and one selection per query block
+(the K = 64 miner at M = 8,192); beyond it (retrieval databases) chunks stream past every query."""
 
 
 def topk_block_shape(
@@ -203,7 +203,9 @@ def topk_similarity(
     with ``normalize``, L2-normalised chunk by chunk: a memory-mapped bank is never copied whole),
     and every block of ``chunk_size`` queries meets a chunk while it is in cache. Up to
     ``M = 65,536`` candidates (e.g. the K = 64 miner at 8,192) the default is one chunk of all
-    candidates and one ``torch.topk`` per query block. Beyond (retrieval: k = 10 of 100,000) all
+    candidates and one selection per query block, read through the maxima of its 16-column groups
+    (a ``torch.topk`` over the maxima, then over the members of the best groups that reach the
+    ``k``-th group maximum). Beyond (retrieval: k = 10 of 100,000) all
     queries meet each chunk in as few blocks as fit (:func:`topk_block_shape`) and keep a running
     top-``k``: the first chunk's group maxima give each row a lower bound on its ``k``-th value, and
     every block is screened by the maxima of its 16-column groups and 256-column super-groups
