@@ -88,3 +88,27 @@ def test_a_field_bound_is_refused_at_its_key_with_the_multiple():
             config_from_dict(Data, {key: bad})
     with pytest.raises(ValueError, match="bounds rule"):
         bounded(1, "between 0 and 1")
+
+
+def _replaced(config: Any, key: str, value: Any) -> Any:
+    """``config`` with the dotted ``key`` set to ``value`` through ``dataclasses.replace`` (no checks)."""
+    head, _, rest = key.partition(".")
+    if not rest:
+        return dataclasses.replace(config, **{head: value})
+    return dataclasses.replace(config, **{head: _replaced(getattr(config, head), rest, value)})
+
+
+# one nested key of each recipe's own sections (not the shared trainer) per recipe
+FIRST_CASE = {c.values[0]: c for c in reversed(CASES) if "." in c.values[1] and not c.values[1].startswith("trainer.")}
+
+
+@pytest.mark.parametrize(("recipe", "key", "bad"), list(FIRST_CASE.values()))
+def test_a_config_built_in_python_is_refused_before_the_run_writes(recipe, key, bad, tmp_path):
+    """``run_recipe`` checks the bounds too: a config from ``dataclasses.replace`` skipped ``config_from_dict``."""
+    from qualcl.recipes.driver import run_recipe
+
+    spec = RECIPES[recipe].load_spec()
+    config = _replaced(spec.config("smoke" if "smoke" in spec.presets else "default"), key, bad)
+    with pytest.raises(ValueError, match=rf"config[.]{key.replace('.', '[.]')} must be"):
+        run_recipe(RECIPES[recipe].load(), config, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -34,6 +34,7 @@ __all__ = [
     "apply_overrides",
     "bounded",
     "check_cnn_encoder",
+    "check_config",
     "config_from_dict",
     "config_to_dict",
     "dataset_choices",
@@ -395,6 +396,33 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any], *, _where: str = "co
         return cls(**kwargs)
     except ValueError as error:
         raise ValueError(f"{_where}: {error}") from None
+
+
+def check_config(config: C) -> C:
+    """Refuse ``config`` where :func:`config_from_dict` would have: bounds, types, allowed values, at their key.
+
+    A config built in Python (``dataclasses.replace``, a constructor) skips those checks; this
+    rebuilds it from its plain ``dict`` so that a run refuses it before anything is written.
+
+    Args:
+        config: A recipe's (nested dataclass) config.
+
+    Returns:
+        The rebuilt config, equal to ``config``.
+
+    Raises:
+        ValueError: A value breaks its field's rule, named by its dotted key (``config.finetune.epochs``).
+
+    Examples:
+        >>> from dataclasses import dataclass
+        >>> @dataclass
+        ... class Train:
+        ...     epochs: int = 1
+        >>> check_config(Train(epochs=-3))
+        Traceback (most recent call last):
+        ValueError: config.epochs must be >= 0, got -3
+    """
+    return config_from_dict(type(config), config_to_dict(config))
 
 
 def save_config(config: Any, path: str | Path) -> Path:

@@ -37,7 +37,7 @@ from qualcl.recipes.ablation import strata_order
 from qualcl.recipes.callbacks import HistoryWriter, load_best, resume_path
 from qualcl.recipes.claims import standing
 from qualcl.recipes.collapse import CollapseMonitor, Probe
-from qualcl.recipes.config import DataConfig, RecipeConfig, RecipeSpec, config_to_dict
+from qualcl.recipes.config import DataConfig, RecipeConfig, RecipeSpec, check_config, config_to_dict
 from qualcl.recipes.interrupt import GracefulInterrupt
 from qualcl.recipes.modules import RecipeModule
 from qualcl.recipes.plots import plot_history
@@ -687,6 +687,7 @@ def run_recipe(
     """
     if not isinstance(config, recipe.config_class):
         raise TypeError(f"{recipe.name} needs a {recipe.config_class.__name__}, got {type(config).__name__}")
+    check_config(config)  # a config built in Python skipped the bounds that config_from_dict checks
     check_trainer(config.trainer)
     check_data(config)
     recipe.check(config)
