@@ -187,6 +187,12 @@ def test_a_model_card_says_which_measured_variant_its_configuration_is_or_what_d
     text = claims.standing("toy", {**full, "lr": 0.3, "data": {"image_size": 96}})
     assert text.startswith("This configuration was not measured. The nearest measured one, the `full` variant")
     assert "`data.image_size` 64 → 96; `lr` 0.1 → 0.3" in text
+    # a setting added after the measurement: at its default it is what was measured, otherwise it differs
+    defaults = {"lr": 0.01, "data": {"image_size": 32}, "projection": 0}
+    assert "`projection` — → 0" in claims.standing("toy", {**same, "projection": 0})
+    assert claims.standing("toy", {**same, "projection": 0}, defaults).startswith("This configuration is the `full`")
+    text = claims.standing("toy", {**same, "projection": 64}, defaults)
+    assert "differs in `projection` 0 → 64" in text
 
 
 def test_a_run_of_a_recipe_with_claims_writes_the_section_into_its_model_card(tmp_path):

@@ -161,6 +161,22 @@ def test_mirror_modes_give_the_same_descriptor_shape_and_feature_mirrors_are_fli
     assert plain(images).descriptor.shape == (3, 512)
 
 
+def test_a_projection_is_the_descriptor_trained_and_searched_and_can_point_anywhere():
+    """model.projection: GeM of ReLU maps has no negative entry; the projected descriptor has, at its width."""
+    torch.manual_seed(0)
+    images = torch.rand(3, 3, 64, 64)
+    plain = MirrorRetrievalNet(ModelConfig(classifier=True)).eval()
+    assert plain.projection is None and (plain(images).descriptor >= 0).all()
+    net = MirrorRetrievalNet(ModelConfig(classifier=True, projection=64)).eval()
+    out = net(images)
+    assert out.descriptor.shape == (3, 64) and net.descriptor_dim == 64
+    assert (out.descriptor < 0).any() and out.logits is not None and out.logits.shape == (3, 5)
+    assert net.classifier is not None and net.classifier.in_features == 64
+    assert set(plain.state_dict()) < set(net.state_dict())  # the default's weights are unchanged
+    with pytest.raises(ValueError, match=r"config[.]model[.]projection must be >= 0, got -1"):
+        mirror_retrieval_config("smoke", overrides=["model.projection=-1"])
+
+
 def test_cli_runs_the_recipe(smoke, tmp_path, capsys):
     code = main(
         [

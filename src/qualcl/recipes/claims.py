@@ -65,12 +65,18 @@ def _row(claim: dict[str, Any]) -> str:
     return f"{claim['statement']}: {interval}, **{claim['verdict']}** ({claim['pairs']} paired seeds)"
 
 
-def standing(recipe: str, config: Mapping[str, Any]) -> str:
+def standing(recipe: str, config: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> str:
     """The model card's paragraph on where ``config`` stands among the recipe's measured claims.
+
+    A setting added to the recipe after a measurement was recorded is absent from its configs; it is
+    taken to have had its default there (``defaults``), since a new option keeps the earlier
+    behaviour by default.
 
     Args:
         recipe: The recipe's name.
         config: The run's config as a dict (:func:`~qualcl.recipes.config.config_to_dict`).
+        defaults: The config class's defaults as such a dict (``config_to_dict(ConfigClass())``),
+            or ``None``: a setting a measurement lacks then differs from any value.
 
     Returns:
         Markdown: the measured variant this configuration is (seed, data folder, extra test images and
@@ -83,10 +89,12 @@ def standing(recipe: str, config: Mapping[str, Any]) -> str:
     """
     page = "the claims page (docs/results/claims.md in the repository, *Results* on the documentation site)"
     ours = flat_config(config)
+    added = flat_config(defaults or {})
     best: tuple[int, dict[str, Any], str, list[str]] | None = None
     for m in measurements(recipe):
         for variant, recorded in m["configs"].items():
-            theirs = {k: v for k, v in recorded.items() if not _ignored(k, IGNORED)}  # also keys ignored since
+            # the keys ignored since it was recorded are ignored there too
+            theirs = {k: v for k, v in {**added, **recorded}.items() if not _ignored(k, IGNORED)}
             diff = _differences(ours, theirs)
             if best is None or len(diff) < best[0]:
                 best = (len(diff), m, variant, diff)

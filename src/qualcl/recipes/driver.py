@@ -732,7 +732,7 @@ def _run_stages(recipe: Recipe[C, D, S], config: C, ctx: RunContext[C]) -> dict[
     ctx.run.write_metrics(results)
     card = recipe.model_card(ctx, data, state, results)
     if getattr(recipe, "spec", None) is not None and recipe.spec.claims:
-        card.claims = standing(recipe.name, config_to_dict(config))
+        card.claims = standing(recipe.name, config_to_dict(config), config_to_dict(recipe.config_class()))
     ctx.run.write_model_card(card)
     ctx.barrier()
     return results

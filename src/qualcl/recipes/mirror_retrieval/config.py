@@ -60,6 +60,10 @@ class ModelConfig:
             (the CPU presets: the full-resolution decoder costs twice the rest of a step).
         classifier: A grade classifier on the descriptor (the public code's Linear + sigmoid, BCE on
             one-hot grades).
+        projection: Width of a linear projection (with bias) of the GeM descriptor, which is then
+            the descriptor that is trained and searched; 0 (default, the paper and the public
+            code): none. GeM of ReLU maps lies in the positive orthant, where no two descriptors are
+            more than 90° apart; a projection lets the metric loss use the whole sphere.
     """
 
     encoder: str = "resnet10"
@@ -71,6 +75,7 @@ class ModelConfig:
     reconstruction: bool = False
     reconstruction_from: int = bounded(0, "in [0, 3]")
     classifier: bool = False
+    projection: int = bounded(0, ">= 0")
 
     def __post_init__(self) -> None:
         check_cnn_encoder(self.encoder, "model.encoder")

@@ -20,7 +20,8 @@ class RetrievalOutput(NamedTuple):
 
     Attributes:
         descriptor: ``(N, D)`` image descriptors (``D = 2C`` with mirror attention: the GeM of the
-            horizontal branch, then of the vertical one; ``C`` without).
+            horizontal branch, then of the vertical one; ``C`` without; ``model.projection`` when set:
+            the linear projection of those).
         logits: ``(N, G)`` grade logits of the classifier, or ``None``.
         reconstructions: ``(N, 3, h, w)`` reconstructions of the horizontal and vertical mirrors,
             or ``None``.
@@ -39,7 +40,7 @@ def mirror_images(images: Tensor, flip: Tensor, dim: int) -> Tensor:
 
 
 class MirrorRetrievalNet(nn.Module):
-    """Encoder → mirror attention (on the last feature map) → GeM descriptor; decoders and classifier optional.
+    """Encoder → mirror attention (on the last feature map) → GeM descriptor; projection, decoders, classifier optional.
 
     With ``mirrors="encode"`` (or ``"random"``) the encoder (shared weights) also encodes the
     horizontal and vertical mirrors of the image, as the public FundusDR code does; with
@@ -64,7 +65,9 @@ class MirrorRetrievalNet(nn.Module):
             else MirrorAttention(channels, reduction=config.reduction, variant=config.attention)
         )
         self.gem = GeM(p=config.gem_p, learnable=config.gem_learnable)
-        self.descriptor_dim = channels if self.attention is None else 2 * channels
+        pooled = channels if self.attention is None else 2 * channels
+        self.projection = nn.Linear(pooled, config.projection) if config.projection else None
+        self.descriptor_dim = config.projection or pooled
         self.decoder = (
             UNetDecoder(
                 self.encoder.pyramid_channels[config.reconstruction_from :],
@@ -108,6 +111,8 @@ class MirrorRetrievalNet(nn.Module):
                 )
                 size = reconstructions[0].shape[-2:]
                 targets = (_resize(x_h, size), _resize(x_v, size))
+        if self.projection is not None:
+            descriptor = self.projection(descriptor)
         logits = self.classifier(descriptor) if self.classifier is not None else None
         return RetrievalOutput(descriptor, logits, reconstructions, targets)
 

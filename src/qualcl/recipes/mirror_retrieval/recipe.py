@@ -208,7 +208,9 @@ class MirrorRetrievalRecipe(Recipe[MirrorRetrievalConfig, RetrievalData, Retriev
         summary = (
             f"Preset `{config.preset}`, seed {config.seed}, dataset `{config.data.dataset}` at "
             f"{config.data.image_size} px. Encoder `{m.encoder}`, mirror attention `{m.attention}` "
-            f"(mirrors `{m.mirrors}`), GeM descriptor of {results['descriptor_dim']} dimensions; metric loss "
+            f"(mirrors `{m.mirrors}`), "
+            + ("GeM descriptor" if not m.projection else "linear projection of the GeM descriptor")
+            + f" ({results['descriptor_dim']} dimensions); metric loss "
             f"`{t.metric_loss}`, reconstruction {m.reconstruction}, grade BCE {m.classifier}. {t.epochs} epochs "
             f"on {len(data.train)} images; best epoch {results.get('best_epoch')} by validation mAP@{config.eval.k}. "
             f"Database {len(data.database)} images (train + validation), {len(data.test)} queries (test)."
