@@ -21,6 +21,10 @@ def test_every_registered_encoder_builds_small_and_has_its_recorded_width(name):
     assert encoder.num_features == info.num_features
     with torch.no_grad():
         assert encoder(torch.randn(2, 1, 32, 32)).shape == (2, info.num_features)
+    if info.family == "cnn":  # the torch-free list of full-resolution pyramids is the encoders' own
+        from qualcl.recipes.config import FULL_RESOLUTION_ENCODERS
+
+        assert (encoder.pyramid_reductions[0] == 1) == (name in FULL_RESOLUTION_ENCODERS)
 
 
 def test_the_torch_free_copy_of_the_cnn_names_matches_the_registry():

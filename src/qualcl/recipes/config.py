@@ -25,6 +25,7 @@ import yaml
 
 __all__ = [
     "CNN_ENCODERS",
+    "FULL_RESOLUTION_ENCODERS",
     "Claim",
     "DataConfig",
     "RecipeConfig",
@@ -55,6 +56,9 @@ T = TypeVar("T")
 CNN_ENCODERS: tuple[str, ...] = tuple(
     "resnet10 resnet10_tiny resnet18 resnet34 resnet50 vgg16_bn vgg16_bn_tiny vgg16_bn_micro unet unet_small".split()
 )
+#: The :data:`CNN_ENCODERS` whose first pyramid map has the input's resolution (``pyramid_reductions[0] == 1``):
+#: what a pixel-level decoder that ends at full size needs (a test keeps it equal to the encoders' own).
+FULL_RESOLUTION_ENCODERS: tuple[str, ...] = tuple("vgg16_bn vgg16_bn_tiny vgg16_bn_micro unet unet_small".split())
 
 
 def did_you_mean(word: object, options: Iterable[object]) -> str:

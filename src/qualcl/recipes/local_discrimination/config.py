@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from qualcl.recipes.config import Claim, RecipeConfig, RecipeSpec, Variant, bounded, check_cnn_encoder
+from qualcl.recipes.config import (
+    FULL_RESOLUTION_ENCODERS,
+    Claim,
+    RecipeConfig,
+    RecipeSpec,
+    Variant,
+    bounded,
+    check_cnn_encoder,
+)
 from qualcl.recipes.config import DataConfig as BaseDataConfig
 
 __all__ = [
@@ -61,8 +69,11 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_cnn_encoder(self.encoder, "model.encoder")
-        if self.encoder.startswith("resnet"):  # its pyramid starts at stride 2: the decoder would end at half size
-            raise ValueError(f"model.encoder needs a full-resolution first map (vgg*, unet*), got {self.encoder!r}")
+        if self.encoder not in FULL_RESOLUTION_ENCODERS:  # a pyramid from stride 2: the decoder would end at half size
+            raise ValueError(
+                f"model.encoder needs a full-resolution first map (one of {list(FULL_RESOLUTION_ENCODERS)}), "
+                f"got {self.encoder!r}"
+            )
 
 
 @dataclass
