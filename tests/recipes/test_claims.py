@@ -84,9 +84,10 @@ def test_the_ablation_table_starts_with_the_claims():
             return ""
 
     claims = claim_results(
-        [Claim("full beats base", "full", "base", "qwk")],
+        [Claim("full beats base", "full", "base", "qwk"), Claim("full beats other", "full", "other", "qwk")],
         {"full": {0: {"overall": {"qwk": 0.6}}, 1: {"overall": {"qwk": 0.7}}}, "base": {0: {"overall": {"qwk": 0.5}}}},
     )
+    assert [c["statement"] for c in claims] == ["full beats base"]  # "other" was not run
     results = {"full": {"overall": {"qwk": [0.6, 0.7]}}, "base": {"overall": {"qwk": [0.5]}}}
     text = ablation_table(
         _Recipe(), _Config(), results, {"full": Variant("Full"), "base": Variant("Base")}, [0, 1], claims
@@ -187,6 +188,12 @@ def test_a_model_card_says_which_measured_variant_its_configuration_is_or_what_d
     text = claims.standing("toy", {**full, "lr": 0.3, "data": {"image_size": 96}})
     assert text.startswith("This configuration was not measured. The nearest measured one, the `full` variant")
     assert "`data.image_size` 64 → 96; `lr` 0.1 → 0.3" in text
+    # a ladder that ran only some variants records only the claims between them
+    unmeasured = {**result, "statement": "full beats other", "reference": "other", "pairs": 0, "verdict": "too few"}
+    unmeasured |= {"mean": None, "low": None, "high": None, "seeds": []}
+    _ablation_folder(tmp_path / "ladder", {"full": full, "base": base}, [result, unmeasured])
+    ladder = claims.record(tmp_path / "ladder", "toy", command + " --set lr=0.5", "toy.md")
+    assert [c["statement"] for c in ladder["claims"]] == ["full beats base"]
     # a setting added after the measurement: at its default it is what was measured, otherwise it differs
     defaults = {"lr": 0.01, "data": {"image_size": 32}, "projection": 0}
     assert "`projection` — → 0" in claims.standing("toy", {**same, "projection": 0})

@@ -48,10 +48,15 @@ def strata_order(strata: Iterable[str]) -> list[str]:
 def claim_results(
     claims: Sequence[Claim], per_seed: Mapping[str, Mapping[int, Mapping[str, Mapping[str, float]]]]
 ) -> list[dict[str, Any]]:
-    """Each claim measured on the finished runs: ``{variant: {seed: {stratum: {metric: value}}}}`` paired by seed."""
+    """Each claim measured on the finished runs: ``{variant: {seed: {stratum: {metric: value}}}}`` paired by seed.
+
+    A claim comparing a variant that was not run (``--variants`` named a subset: a scale ladder) is left out.
+    """
     rows = []
     for claim in claims:
-        mine, theirs = per_seed.get(claim.variant, {}), per_seed.get(claim.reference, {})
+        if claim.variant not in per_seed or claim.reference not in per_seed:
+            continue
+        mine, theirs = per_seed[claim.variant], per_seed[claim.reference]
         seeds = sorted(set(mine) & set(theirs))
         cells = [[runs[s].get(claim.stratum, {}).get(claim.metric) for s in seeds] for runs in (mine, theirs)]
         a, b = ([math.nan if v is None else float(v) for v in side] for side in cells)

@@ -128,6 +128,8 @@ def record(folder: str | Path, recipe: str, command: str, page: str) -> dict[str
     root = Path(folder)
     doc = json.loads((root / "ablation.json").read_text())
     variants = [v for v in doc if v != "claims"]
+    # a ladder may run only some variants: the claims comparing one that did not run measured nothing
+    measured = [c for c in doc["claims"] if c["variant"] in variants and c["reference"] in variants]
     configs = {}
     for variant in variants:
         first = min((root / variant).glob("seed*/config.yaml"), key=lambda p: int(p.parent.name[4:]))
@@ -138,7 +140,7 @@ def record(folder: str | Path, recipe: str, command: str, page: str) -> dict[str
         "page": page,
         "date": time.strftime("%Y-%m-%d"),
         "configs": configs,
-        "claims": doc["claims"],
+        "claims": measured,
     }
     kept = [m for m in measurements() if m["command"] != command]
     MEASURED.write_text(json.dumps([*kept, entry], indent=1) + "\n")
@@ -165,7 +167,7 @@ def table() -> str:
                 continue
             for m, c in found:
                 seeds = ",".join(map(str, c["seeds"]))
-                interval = f"{c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]"
+                interval = f"{c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]" if c["pairs"] > 1 else "n/a"
                 lines.append(
                     f"| {name} | {claim.statement} | {comparison} | {metric} | {c['pairs']} ({seeds}) | {interval} "
                     f"| **{c['verdict']}** | `{m['command']}` |"
