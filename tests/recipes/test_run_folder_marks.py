@@ -83,3 +83,38 @@ def test_metrics_json_is_strict_json_and_reads_back_nan(tmp_path):
     back = read_metrics(path)
     assert back["test"]["overall"]["qwk"] == 0.5 and math.isnan(back["test"]["empty stratum"]["qwk"])
     assert "nan" in (run.root / "metrics.csv").read_text()
+
+
+def test_a_run_folder_another_process_runs_into_is_refused_untouched(tmp_path):
+    import subprocess
+    import sys
+
+    from qualcl.recipes.driver import run_recipe
+
+    config = COMCL.config("smoke")
+    run = RunFolder(tmp_path / "run")
+    run.save_config(config, "comcl")  # the same run: without the other process, this would resume
+    before = sorted(str(p.relative_to(run.root)) for p in run.root.rglob("*"))
+    holder = subprocess.Popen(  # another process holds the folder, as a run into it does
+        [
+            sys.executable,
+            "-c",
+            f"import fcntl, sys, time; h = open({str(run.root / MANIFEST)!r}, 'rb'); "
+            "fcntl.flock(h, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match=r"--out .* is in use by another qualcl run .* choose another --out"):
+            run_recipe(COMCL, config, run.root)
+        assert sorted(str(p.relative_to(run.root)) for p in run.root.rglob("*")) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    with run.exclusive():  # the holder is gone (a killed process leaves no stale lock)
+        with pytest.raises(ValueError, match="in use by another qualcl run"), RunFolder(run.root).exclusive():
+            pass  # a second hold, even from this process, is refused while the first lasts
+    with RunFolder(run.root).exclusive(), RunFolder(run.root, writable=False).exclusive():
+        pass  # released after its block; read-only folders (DDP ranks > 0) hold nothing

@@ -659,7 +659,8 @@ def run_recipe(
 
     A run folder is resumed only with the same config (``trainer.progress`` and ``trainer.logger``
     may differ); another config, a file, an unwritable path or a folder with files qualcl did not
-    write are refused before anything is written (:func:`~qualcl.recipes.run_folder.prepare_run_folder`).
+    write are refused before anything is written (:func:`~qualcl.recipes.run_folder.prepare_run_folder`),
+    and so is a folder another process is running into (:meth:`RunFolder.exclusive`).
     ``overwrite`` deletes an earlier run's own files first.
 
     Order: checks (nothing is written before they pass) → ``config.yaml`` → seeding → data →
@@ -695,18 +696,19 @@ def run_recipe(
         prepare_run_folder(out, config_to_dict(config), overwrite=overwrite)
     interrupt = GracefulInterrupt()
     ctx: RunContext[C] = RunContext(config, out, [*callbacks, interrupt])
-    interrupt.install()
-    try:
-        return _run_stages(recipe, config, ctx)
-    except SystemExit as stop:
-        if interrupt.signal is not None and stop.code not in (0, None):  # Ctrl-C: the shell's code, 130
+    with ctx.run.exclusive():  # a second process into this folder is refused while this one runs
+        interrupt.install()
+        try:
+            return _run_stages(recipe, config, ctx)
+        except SystemExit as stop:
+            if interrupt.signal is not None and stop.code not in (0, None):  # Ctrl-C: the shell's code, 130
+                raise SystemExit(128 + signal.SIGINT) from None
+            raise
+        except KeyboardInterrupt:
+            print("qualcl: interrupted (Ctrl-C); run the same command again to resume", file=sys.stderr)
             raise SystemExit(128 + signal.SIGINT) from None
-        raise
-    except KeyboardInterrupt:
-        print("qualcl: interrupted (Ctrl-C); run the same command again to resume", file=sys.stderr)
-        raise SystemExit(128 + signal.SIGINT) from None
-    finally:
-        interrupt.uninstall()
+        finally:
+            interrupt.uninstall()
 
 
 def _run_stages(recipe: Recipe[C, D, S], config: C, ctx: RunContext[C]) -> dict[str, Any]:

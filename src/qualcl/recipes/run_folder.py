@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import functools
 import json
 import math
@@ -10,7 +12,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -320,6 +322,44 @@ class RunFolder:
         (self.root / MANIFEST).unlink(missing_ok=True)
         if not any(self.root.iterdir()):
             self.root.rmdir()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the folder for this run: a second run into it meanwhile is refused, never interleaved.
+
+        An exclusive ``flock`` on the folder's :data:`MANIFEST`, taken without waiting and released when
+        the block ends (or the process dies: a killed run leaves no stale lock). Two processes writing
+        one run folder (the same command started twice, ablations over overlapping seeds into one
+        ``--out``) would mix their checkpoints and metrics silently. Nothing is held where there is
+        nothing to write (DDP ranks other than 0: :class:`RunFolder` ``writable=False``), where ``fcntl``
+        does not exist (Windows), or where the file system has no locks (some network mounts).
+
+        Raises:
+            ValueError: Another process holds the folder; the message names it and what to do.
+        """
+        handle = None
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock
+            fcntl = None  # type: ignore[assignment]
+        if self.writable and fcntl is not None and (self.root / MANIFEST).is_file():
+            handle = (self.root / MANIFEST).open("rb")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                handle.close()
+                handle = None
+                if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise ValueError(
+                        f"--out {self.root} is in use by another qualcl run (its {MANIFEST} is locked): "
+                        "wait for that run to end, or choose another --out"
+                    ) from None
+                # ENOLCK / EOPNOTSUPP / ENOSYS: a file system without locks; run unguarded
+        try:
+            yield
+        finally:
+            if handle is not None:
+                handle.close()  # closing the descriptor releases the lock
 
     def path(self, *parts: str) -> Path:
         """A path inside the run folder."""
