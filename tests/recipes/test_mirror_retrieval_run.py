@@ -173,8 +173,19 @@ def test_a_projection_is_the_descriptor_trained_and_searched_and_can_point_anywh
     assert (out.descriptor < 0).any() and out.logits is not None and out.logits.shape == (3, 5)
     assert net.classifier is not None and net.classifier.in_features == 64
     assert set(plain.state_dict()) < set(net.state_dict())  # the default's weights are unchanged
+    # the fine triplet loss weighs pairs by the cosine agreement of the descriptor's two halves: with mirror
+    # attention they stay the horizontal and the vertical branch, through one projection shared by both
+    net.load_state_dict({k: v for k, v in plain.state_dict().items() if not k.startswith("classifier")}, strict=False)
+    assert net.projection is not None and net.projection.out_features == 32
+    halves = plain(images).descriptor.split(plain.descriptor_dim // 2, dim=1)
+    shared = torch.cat([net.projection(half) for half in halves], dim=1)
+    torch.testing.assert_close(net(images).descriptor, shared)
+    single = MirrorRetrievalNet(ModelConfig(attention="none", projection=63)).eval()  # one branch: any width
+    assert single(images).descriptor.shape == (3, 63)
     with pytest.raises(ValueError, match=r"config[.]model[.]projection must be >= 0, got -1"):
         mirror_retrieval_config("smoke", overrides=["model.projection=-1"])
+    with pytest.raises(ValueError, match=r"model[.]projection must be even with mirror attention .* got 63"):
+        mirror_retrieval_config("smoke", overrides=["model.projection=63"])
 
 
 def test_cli_runs_the_recipe(smoke, tmp_path, capsys):

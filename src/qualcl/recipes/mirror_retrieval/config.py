@@ -60,10 +60,13 @@ class ModelConfig:
             (the CPU presets: the full-resolution decoder costs twice the rest of a step).
         classifier: A grade classifier on the descriptor (the public code's Linear + sigmoid, BCE on
             one-hot grades).
-        projection: Width of a linear projection (with bias) of the GeM descriptor, which is then
-            the descriptor that is trained and searched; 0 (default, the paper and the public
-            code): none. GeM of ReLU maps lies in the positive orthant, where no two descriptors are
-            more than 90° apart; a projection lets the metric loss use the whole sphere.
+        projection: Width of the descriptor after a linear projection (with bias) of the GeM
+            descriptor, which is then the descriptor that is trained and searched; 0 (default, the
+            paper and the public code): none. With mirror attention one projection to ``P / 2`` is
+            shared by the two branches (``P`` must be even), so the descriptor's halves stay the
+            horizontal and vertical branches in one space: the fine triplet loss weighs pairs by
+            their cosine agreement. GeM of ReLU maps lies in the positive orthant, where no two
+            descriptors are more than 90° apart; a projection lets the metric loss use the whole sphere.
     """
 
     encoder: str = "resnet10"
@@ -81,6 +84,11 @@ class ModelConfig:
         check_cnn_encoder(self.encoder, "model.encoder")
         if self.reconstruction and self.attention == "none":
             raise ValueError("model.reconstruction decodes the mirror-attention outputs: it needs model.attention")
+        if self.projection % 2 and self.attention != "none":
+            raise ValueError(
+                f"model.projection must be even with mirror attention (its two branches share one projection "
+                f"to half the width each), got {self.projection}"
+            )
 
 
 @dataclass

@@ -20,8 +20,9 @@ class RetrievalOutput(NamedTuple):
 
     Attributes:
         descriptor: ``(N, D)`` image descriptors (``D = 2C`` with mirror attention: the GeM of the
-            horizontal branch, then of the vertical one; ``C`` without; ``model.projection`` when set:
-            the linear projection of those).
+            horizontal branch, then of the vertical one; ``C`` without; ``model.projection`` ``P`` when set:
+            each branch's GeM through one shared linear projection to ``P / 2`` with mirror attention,
+            to ``P`` without).
         logits: ``(N, G)`` grade logits of the classifier, or ``None``.
         reconstructions: ``(N, 3, h, w)`` reconstructions of the horizontal and vertical mirrors,
             or ``None``.
@@ -66,7 +67,10 @@ class MirrorRetrievalNet(nn.Module):
         )
         self.gem = GeM(p=config.gem_p, learnable=config.gem_learnable)
         pooled = channels if self.attention is None else 2 * channels
-        self.projection = nn.Linear(pooled, config.projection) if config.projection else None
+        # with mirror attention one projection serves both branches (P / 2 each): the fine triplet loss
+        # compares the descriptor's two halves, which must stay the two branches in one space
+        branches = 1 if self.attention is None else 2
+        self.projection = nn.Linear(channels, config.projection // branches) if config.projection else None
         self.descriptor_dim = config.projection or pooled
         self.decoder = (
             UNetDecoder(
@@ -90,7 +94,7 @@ class MirrorRetrievalNet(nn.Module):
         pyramid = self.encoder.forward_pyramid(images)
         reconstructions = targets = None
         if self.attention is None:
-            descriptor = self.gem(pyramid[-1])
+            descriptor = self._project(self.gem(pyramid[-1]))
         else:
             ones = torch.ones(n, dtype=torch.bool, device=images.device)
             flip_h, flip_v = (ones if flip is None else flip for flip in (flip_h, flip_v))
@@ -102,7 +106,9 @@ class MirrorRetrievalNet(nn.Module):
                 both = self.encoder.forward_pyramid(torch.cat([x_h, x_v]))
                 pyr_h, pyr_v = [p[:n] for p in both], [p[n:] for p in both]
             out = self.attention(pyramid[-1], pyr_h[-1], pyr_v[-1])
-            descriptor = torch.cat([self.gem(out.horizontal), self.gem(out.vertical)], dim=1)
+            descriptor = torch.cat(
+                [self._project(self.gem(out.horizontal)), self._project(self.gem(out.vertical))], dim=1
+            )
             if self.decoder is not None:
                 start = self.config.reconstruction_from
                 reconstructions = (
@@ -111,10 +117,12 @@ class MirrorRetrievalNet(nn.Module):
                 )
                 size = reconstructions[0].shape[-2:]
                 targets = (_resize(x_h, size), _resize(x_v, size))
-        if self.projection is not None:
-            descriptor = self.projection(descriptor)
         logits = self.classifier(descriptor) if self.classifier is not None else None
         return RetrievalOutput(descriptor, logits, reconstructions, targets)
+
+    def _project(self, pooled: Tensor) -> Tensor:
+        """``(N, C)`` GeM descriptor of one branch through ``model.projection`` (unchanged without one)."""
+        return pooled if self.projection is None else self.projection(pooled)
 
 
 def _resize(images: Tensor, size: torch.Size) -> Tensor:
