@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import Callback
 from qualcl.cli import main
 from qualcl.recipes.comcl import comcl_config, run_ablation, run_comcl
 from qualcl.recipes.comcl.modules import ContrastivePretraining
+from qualcl.recipes.comcl.recipe import COMCL
 from qualcl.recipes.run_folder import RunFolder
 
 
@@ -135,3 +136,19 @@ def test_eyeq_layout_with_detector_boxes_runs(smoke, tmp_path):
     with pytest.raises(ValueError, match="data.boxes"):
         run_comcl(dataclasses.replace(smoke, data=dataclasses.replace(smoke.data, dataset="eyeq")), tmp_path / "x")
     assert not (tmp_path / "x").exists()  # checked before anything is written
+
+
+def test_an_ablation_leaves_a_run_another_process_holds_to_it(smoke, tmp_path, capsys):
+    """Several processes may share one ablation: a held run is skipped, not trained twice, and collected later."""
+    from qualcl.recipes.ablation import variant_config
+
+    config = dataclasses.replace(smoke, finetune=dataclasses.replace(smoke.finetune, epochs=1))
+    held = RunFolder(tmp_path / "ablation" / "wo_multi_level" / "seed0")  # as the other process left it
+    held.save_config(variant_config(config, COMCL.spec.ablations, "wo_multi_level", 0, config.data.data_dir), "comcl")
+    with held.exclusive():
+        results = run_ablation(config, tmp_path / "ablation", seeds=[0], variants=["baseline", "wo_multi_level"])
+    assert set(results) == {"baseline"} and not held.path("metrics.json").exists()
+    assert "[ablation] wo_multi_level seed 0: running in another process, left to it" in capsys.readouterr().out
+    rows = [line for line in (tmp_path / "ablation" / "ablation.md").read_text().splitlines() if line.startswith("| ")]
+    assert any(r.startswith("| Baseline (no pre-training) |") for r in rows)
+    assert not any(r.startswith("| CoMCL w/o multi-level") for r in rows)

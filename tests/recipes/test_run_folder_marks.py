@@ -9,7 +9,7 @@ import yaml
 
 from qualcl.recipes.comcl.recipe import COMCL
 from qualcl.recipes.config import config_to_dict
-from qualcl.recipes.run_folder import MANIFEST, MARKER, RunFolder, prepare_run_folder, read_metrics
+from qualcl.recipes.run_folder import MANIFEST, MARKER, RunFolder, RunFolderBusy, prepare_run_folder, read_metrics
 
 
 def test_a_user_folder_that_looks_like_a_run_is_never_deleted(tmp_path):
@@ -107,7 +107,7 @@ def test_a_run_folder_another_process_runs_into_is_refused_untouched(tmp_path):
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        with pytest.raises(ValueError, match=r"--out .* is in use by another qualcl run .* choose another --out"):
+        with pytest.raises(RunFolderBusy, match=r"--out .* is in use by another qualcl run .* choose another --out"):
             run_recipe(COMCL, config, run.root)
         assert sorted(str(p.relative_to(run.root)) for p in run.root.rglob("*")) == before
     finally:

@@ -17,7 +17,7 @@ from typing import Any
 
 from qualcl.evaluation.seeds import mean_std, paired_difference
 from qualcl.recipes.config import Claim, Variant, apply_overrides, did_you_mean
-from qualcl.recipes.run_folder import read_metrics, strict_json
+from qualcl.recipes.run_folder import RunFolderBusy, read_metrics, strict_json
 
 __all__ = ["ablation_table", "claim_results", "quality_rank", "run_ablation", "strata_order", "variant_config"]
 
@@ -107,7 +107,10 @@ def run_ablation(
     Each run lives in ``out/<variant>/seed<k>`` and is read back when finished, so an interrupted
     ablation continues where it stopped; all runs share one dataset (the config's data folder, else
     the cached synthetic set). Every variant is checked (overrides applied, the recipe's
-    :meth:`check`) before anything trains.
+    :meth:`check`) before anything trains. Several processes may share one ablation (the same
+    command started in each, one thread apiece): a run another process holds
+    (:class:`~qualcl.recipes.run_folder.RunFolderBusy`) is left to it and out of this process's
+    table; ``run_missing=False`` (``--collect``) tabulates every finished run once they all end.
 
     Args:
         recipe: The :class:`~qualcl.recipes.driver.Recipe` (its spec declares the variants).
@@ -141,7 +144,11 @@ def run_ablation(
             if not done.is_file() and not run_missing:
                 continue
             run = variant_config(config, declared, name, seed, config.data.data_dir)
-            metrics = read_metrics(done) if done.is_file() else recipe.run(run, done.parent)
+            try:
+                metrics = read_metrics(done) if done.is_file() else recipe.run(run, done.parent)
+            except RunFolderBusy:  # another process runs it (several processes may share one ablation)
+                print(f"[ablation] {name} seed {seed}: running in another process, left to it", flush=True)
+                continue
             cells = recipe.ablation_cells(config, metrics)
             per_seed.setdefault(name, {})[seed] = cells
             for stratum, values in cells.items():

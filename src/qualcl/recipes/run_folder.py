@@ -31,6 +31,7 @@ __all__ = [
     "MARKER",
     "ModelCard",
     "RunFolder",
+    "RunFolderBusy",
     "flatten_metrics",
     "prepare_run_folder",
     "read_metrics",
@@ -53,6 +54,10 @@ ARTEFACTS = (
 RESUMABLE_CHANGES = ("trainer.progress", "trainer.logger")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class RunFolderBusy(ValueError):
+    """A run folder another process is running into (:meth:`RunFolder.exclusive`); nothing was written."""
 
 
 def _cell(value: float) -> str:
@@ -335,7 +340,8 @@ class RunFolder:
         does not exist (Windows), or where the file system has no locks (some network mounts).
 
         Raises:
-            ValueError: Another process holds the folder; the message names it and what to do.
+            RunFolderBusy: Another process holds the folder (a ``ValueError``: the CLI prints it as one
+                line); the message names it and what to do.
         """
         handle = None
         try:
@@ -350,7 +356,7 @@ class RunFolder:
                 handle.close()
                 handle = None
                 if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise ValueError(
+                    raise RunFolderBusy(
                         f"--out {self.root} is in use by another qualcl run (its {MANIFEST} is locked): "
                         "wait for that run to end, or choose another --out"
                     ) from None
