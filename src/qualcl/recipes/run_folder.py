@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import errno
 import functools
 import json
 import math
@@ -23,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from qualcl import __version__
+from qualcl._locks import file_lock
 from qualcl.recipes.config import save_config
 
 __all__ = [
@@ -343,29 +343,16 @@ class RunFolder:
             RunFolderBusy: Another process holds the folder (a ``ValueError``: the CLI prints it as one
                 line); the message names it and what to do.
         """
-        handle = None
-        try:
-            import fcntl
-        except ImportError:  # Windows: no flock
-            fcntl = None  # type: ignore[assignment]
-        if self.writable and fcntl is not None and (self.root / MANIFEST).is_file():
-            handle = (self.root / MANIFEST).open("rb")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as error:
-                handle.close()
-                handle = None
-                if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        with contextlib.ExitStack() as held:
+            if self.writable and (self.root / MANIFEST).is_file():
+                try:
+                    held.enter_context(file_lock(self.root / MANIFEST, wait=False))
+                except BlockingIOError:
                     raise RunFolderBusy(
                         f"--out {self.root} is in use by another qualcl run (its {MANIFEST} is locked): "
                         "wait for that run to end, or choose another --out"
                     ) from None
-                # ENOLCK / EOPNOTSUPP / ENOSYS: a file system without locks; run unguarded
-        try:
             yield
-        finally:
-            if handle is not None:
-                handle.close()  # closing the descriptor releases the lock
 
     def path(self, *parts: str) -> Path:
         """A path inside the run folder."""

@@ -16,11 +16,10 @@ Reference:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from qualcl import __version__
+from qualcl._locks import file_lock
 from qualcl.data.degrade import QUALITY_NAMES
 from qualcl.data.synthetic import grading
 from qualcl.data.synthetic.anatomy import FOV_RADIUS
@@ -441,22 +441,6 @@ def cache_dir() -> Path:
     return (Path(base) if base else Path.home() / ".cache") / "qualcl"
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` (POSIX ``flock``; no lock where ``fcntl`` is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def cached_fundus_dataset(
     num_images: int,
     size: int = 128,
@@ -499,5 +483,5 @@ def cached_fundus_dataset(
     key = f"synthfundus-v{GENERATOR_VERSION}-n{num_images}-s{size}-seed{seed}-lq{round(float(lq_ratio), _JSON_DIGITS)}"
     key += f"-xt{extra_test}" if extra_test else ""
     root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / f"{key}.lock"):
+    with file_lock(root / f"{key}.lock"):
         return ensure_fundus_dataset(root / key, num_images, size, seed, lq_ratio, progress, extra_test)
