@@ -238,3 +238,54 @@ def test_the_ablation_command_rebuilds_the_config_it_was_made_with(name):
     rebuilt = spec.config("smoke", overrides=sets)
     skip = ("seed", "trainer")
     assert flat_config(config_to_dict(rebuilt), skip) == flat_config(config_to_dict(config), skip)
+
+
+def test_publish_writes_the_page_records_the_measurement_and_regenerates_the_table(tmp_path, monkeypatch):
+    import json
+
+    from qualcl.recipes import claims
+
+    monkeypatch.setattr(claims, "MEASURED", tmp_path / "measured.json")
+    docs = tmp_path / "results"
+    docs.mkdir()
+    (docs / "claims.md").write_text("# Claims\n\nprose\n\n| recipe | claim |\n|---|---|\n| old | row |\n\nafter\n")
+    statement = "MKCNet diagnoses better than Vanilla (AUC)"
+    result = {"statement": statement, "variant": "mkcnet", "reference": "vanilla", "mean": 0.02, "low": 0.01}
+    result |= {"high": 0.03, "pairs": 5, "verdict": "holds", "seeds": [0, 1, 2, 3, 4], "metric": "auc"}
+    abl = tmp_path / "abl"
+    _ablation_folder(abl, {"mkcnet": {"lr": 0.1}, "vanilla": {"lr": 0.1, "meta": False}}, [result])
+    command = "qualcl run mkcnet --ablation --seeds 0,1,2,3,4 --variants mkcnet,vanilla --set train.epochs=40"
+    (abl / "ablation.md").write_text(f"# mkcnet ablation\n\n| table |\n\nCommand: `{command}`.\n")
+    (abl / "ablation.png").write_bytes(b"png")
+    with pytest.raises(ValueError, match="docs must be the results folder"):
+        claims.publish(abl, "mkcnet", "mk_e40", "T", "p", docs=tmp_path / "missing")
+    page = claims.publish(abl, "mkcnet", "mk_e40", "MKCNet at 40 epochs", "one thread, code abc", docs=docs)
+    lines = page.read_text().splitlines()
+    plot = "![mkcnet: the claims' metric per seed, overall and per stratum](mk_e40.png)"
+    assert lines[:3] == ["# MKCNet at 40 epochs", "", plot]
+    assert lines[-1] == f"Command: `{command}` (one thread, code abc)" and "| table |" in lines
+    assert (docs / "mk_e40.png").read_bytes() == b"png"
+    assert json.loads((docs / "mk_e40.json").read_text())["claims"] == [result]
+    assert [m["command"] for m in claims.measurements("mkcnet")] == [command]
+    text = (docs / "claims.md").read_text()
+    assert claims.table() in text and "| old | row |" not in text and text.endswith("\nafter\n")
+    assert f"+0.020 [+0.010, +0.030] | **holds** | `{command}`" in text
+    with pytest.raises(ValueError, match="stem 'mk_e40'.*exists"):
+        claims.publish(abl, "mkcnet", "mk_e40", "again", "p", docs=docs)
+    # a lead: the page only, nothing recorded, the table untouched
+    claims.MEASURED.unlink()
+    before = (docs / "claims.md").read_text()
+    claims.publish(abl, "mkcnet", "mk_lead", "A lead", "p", docs=docs, lead=True)
+    assert (docs / "mk_lead.md").is_file() and not claims.MEASURED.exists()
+    assert (docs / "claims.md").read_text() == before
+    (abl / "ablation.md").write_text("# no command line\n")
+    with pytest.raises(ValueError, match="must hold one 'Command:' line, found 0"):
+        claims.publish(abl, "mkcnet", "mk_x", "T", "p", docs=docs)
+
+
+def test_publish_from_the_command_line_refuses_a_folder_without_an_ablation(tmp_path, capsys):
+    from qualcl.recipes.claims import main
+
+    with pytest.raises(SystemExit) as raised:
+        main(["publish", str(tmp_path), "--recipe", "mkcnet", "--stem", "x", "--title", "T", "--provenance", "p"])
+    assert raised.value.code == 2 and "folder must hold a collected ablation" in capsys.readouterr().err

@@ -6,15 +6,18 @@ A recipe declares its paper's claims (:class:`~qualcl.recipes.config.Claim`); ``
 exact configuration of every variant it ran, so a run's model card can say whether its configuration
 is one that was measured, or how it differs from the nearest one: :func:`standing`.
 
-Maintainers add a finished ablation with
-``python -m qualcl.recipes.claims record DIR --recipe NAME --command "qualcl run ..." --page PAGE.md``
-and print the claims page's table with ``python -m qualcl.recipes.claims table``.
+Maintainers publish a finished ablation in one step with
+``python -m qualcl.recipes.claims publish DIR --recipe NAME --stem PAGE --title "..." --provenance "..."``
+(its table, JSON and plot become ``docs/results/PAGE.*``, the measurement is recorded and the claims page's
+table regenerated; ``--lead`` publishes the page without recording it), or run the steps apart:
+``record DIR --recipe NAME --command "qualcl run ..." --page PAGE.md`` and ``table``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -175,8 +178,85 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def replace_table(page: str | Path) -> None:
+    """Replace the claims table in ``page`` (the block of lines from ``| recipe | claim |``) with :func:`table`."""
+    path = Path(page)
+    lines = path.read_text().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("| recipe | claim |")]
+    if len(starts) != 1:
+        raise ValueError(f"page must hold one claims table (a line starting '| recipe | claim |'), found {len(starts)}")
+    end = starts[0]
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    path.write_text("\n".join([*lines[: starts[0]], *table().splitlines(), *lines[end:]]) + "\n")
+
+
+def publish(
+    folder: str | Path,
+    recipe: str,
+    stem: str,
+    title: str,
+    provenance: str,
+    *,
+    docs: str | Path = "docs/results",
+    lead: bool = False,
+    force: bool = False,
+) -> Path:
+    """Publish a finished ablation as a results page and (unless ``lead``) as a claims measurement.
+
+    The ablation's ``ablation.md`` becomes ``docs/STEM.md`` with ``title`` as its heading, its plot
+    (``STEM.png``) shown under it, and its reproduction command followed by ``provenance`` (how and on
+    which code it ran); ``ablation.json`` becomes ``STEM.json``. A claims measurement is then recorded
+    under that command (:func:`record`) and the table of ``docs/claims.md`` regenerated
+    (:func:`replace_table`). A lead (a configuration tested but not a claims measurement) is published
+    without either. The page still has to be added to the site's navigation.
+
+    Args:
+        folder: The ablation's ``--out`` after ``--collect`` (``ablation.md``, ``ablation.json``, ``ablation.png``).
+        recipe: The recipe's name (as ``qualcl run`` takes it).
+        stem: The page's file name without extension, e.g. ``mkcnet_claims_e40``.
+        title: The page's heading.
+        provenance: How the runs ran (threads, processes, code commit, date), appended to the command.
+        docs: The results folder.
+        lead: Publish the page only: record nothing and leave the claims table as it is.
+        force: Replace a page of that name (otherwise refused).
+
+    Returns:
+        The page written.
+
+    Example:
+        >>> publish("runs/abl", "mkcnet", "mkcnet_claims_e40", "MKCNet: 40 epochs", "code abc123")  # doctest: +SKIP
+    """
+    root, docs = Path(folder), Path(docs)
+    if not (root / "ablation.md").is_file() or not (root / "ablation.json").is_file():
+        raise ValueError(f"folder must hold a collected ablation (ablation.md, ablation.json), got {root}")
+    if not docs.is_dir():
+        raise ValueError(f"docs must be the results folder, got {docs} (run from the repository root)")
+    page = docs / f"{stem}.md"
+    if page.exists() and not force:
+        raise ValueError(f"stem {stem!r}: {page} exists (force=True / --force replaces it)")
+    lines = (root / "ablation.md").read_text().rstrip("\n").splitlines()
+    if not lines or not lines[0].startswith("# "):
+        raise ValueError(f"{root / 'ablation.md'} does not start with a heading")
+    commands = [i for i, line in enumerate(lines) if line.startswith("Command: `")]
+    if len(commands) != 1:
+        raise ValueError(f"{root / 'ablation.md'} must hold one 'Command:' line, found {len(commands)}")
+    command = lines[commands[0]].split("`")[1]
+    lines[commands[0]] = f"Command: `{command}` ({provenance})"
+    head = [f"# {title}"]
+    if (root / "ablation.png").is_file():
+        shutil.copyfile(root / "ablation.png", docs / f"{stem}.png")
+        head += ["", f"![{recipe}: the claims' metric per seed, overall and per stratum]({stem}.png)"]
+    page.write_text("\n".join([*head, *lines[1:]]) + "\n")
+    shutil.copyfile(root / "ablation.json", docs / f"{stem}.json")
+    if not lead:
+        record(root, recipe, command, page.name)
+        replace_table(docs / "claims.md")
+    return page
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``record`` a finished ablation or print the claims ``table``."""
+    """``publish`` or ``record`` a finished ablation, or print the claims ``table``."""
     parser = argparse.ArgumentParser(prog="python -m qualcl.recipes.claims", description=main.__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     add = commands.add_parser("record", help="add a finished ablation's claims and variant configs")
@@ -185,8 +265,33 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("--command", required=True, dest="run_command")
     add.add_argument("--page", required=True)
     commands.add_parser("table", help="print the claims page's table")
+    out = commands.add_parser("publish", help="a finished ablation as a results page, recorded, the table regenerated")
+    out.add_argument("folder")
+    out.add_argument("--recipe", required=True)
+    out.add_argument("--stem", required=True, help="the page's file name in docs/results, without .md")
+    out.add_argument("--title", required=True)
+    out.add_argument("--provenance", required=True, help="threads, processes, code commit, date")
+    out.add_argument("--docs", default="docs/results")
+    out.add_argument("--lead", action="store_true", help="publish the page only, not as a claims measurement")
+    out.add_argument("--force", action="store_true", help="replace an existing page")
     args = parser.parse_args(argv)
-    if args.command == "record":
+    if args.command == "publish":
+        try:
+            page = publish(
+                args.folder,
+                args.recipe,
+                args.stem,
+                args.title,
+                args.provenance,
+                docs=args.docs,
+                lead=args.lead,
+                force=args.force,
+            )
+        except ValueError as error:
+            parser.error(str(error))
+        done = "" if args.lead else ", recorded it, regenerated the claims table"
+        print(f"published {page}{done}; add it to mkdocs.yml")
+    elif args.command == "record":
         entry = record(args.folder, args.recipe, args.run_command, args.page)
         print(f"recorded {len(entry['claims'])} claims of {args.recipe} in {MEASURED}")
     else:
