@@ -52,6 +52,19 @@ def test_overwrite_starts_over_with_the_same_config_too(tmp_path):
     assert sorted(p.name for p in run.root.iterdir()) == [MANIFEST]
 
 
+def test_a_run_stopped_before_its_config_was_written_starts_again_or_is_refused_by_name(tmp_path):
+    config = config_to_dict(COMCL.config("smoke"))
+    run = RunFolder(tmp_path / "run")  # the manifest, nothing else yet: the process died here
+    prepare_run_folder(run.root, config)  # nothing to resume: it starts
+    (run.root / "weights" / "w.safetensors").write_text("x")  # files of a run whose config is gone
+    (run.root / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"--out .* holds a run's files \(weights\) but not its config.yaml"):
+        prepare_run_folder(run.root, config)
+    assert (run.root / "weights" / "w.safetensors").is_file()
+    prepare_run_folder(run.root, config, overwrite=True)
+    assert sorted(p.name for p in run.root.iterdir()) == [MANIFEST, "notes.txt"]
+
+
 def test_a_failed_start_leaves_no_run_behind(tmp_path):
     recipe = COMCL
     out = tmp_path / "run"

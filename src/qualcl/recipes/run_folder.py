@@ -157,6 +157,10 @@ def _is_run_folder(root: Path) -> bool:
         return handle.readline().startswith(MARKER)
 
 
+def _folder_has_files(root: Path) -> bool:
+    return root.is_dir() and any(p.is_file() for p in root.rglob("*"))
+
+
 def _folder_is_new(root: Path) -> bool:
     return not root.exists() or (root.is_dir() and not any(root.iterdir()))
 
@@ -200,6 +204,18 @@ def prepare_run_folder(root: str | Path, config: dict[str, Any], *, overwrite: b
         raise ValueError(
             f"--out {path} holds files qualcl did not write ({', '.join(names)}); choose a new or empty folder"
         )
+    if not (path / "config.yaml").is_file():
+        # made, then stopped (or its config deleted) before the config was written
+        files, folders = ARTEFACTS
+        written = [n for n in files if (path / n).exists()] + [n for n in folders if _folder_has_files(path / n)]
+        if written and not overwrite:
+            raise ValueError(
+                f"--out {path} holds a run's files ({', '.join(written[:5])}) but not its config.yaml, so it "
+                "cannot be resumed; use a new --out, or --overwrite to delete those files and start over"
+            )
+        if written:
+            _delete_artefacts(path)
+        return  # nothing to resume: the run starts here
     try:
         old = yaml.safe_load((path / "config.yaml").read_text()) or {}
     except yaml.YAMLError:
