@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,10 @@ class Shape:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return getattr(torch, self.dtype)
+        dtype = getattr(torch, self.dtype, None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"dtype {self.dtype!r} is not a torch dtype")
+        return dtype
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,7 @@ def _mm_forward_backward(shape: Shape) -> Run:
     upstream = torch.ones(shape.n, shape.m, device=shape.device, dtype=shape.torch_dtype)
 
     def run() -> None:
-        (q @ c.T).backward(upstream)
+        (q @ c.T).backward(upstream)  # type: ignore[no-untyped-call]
         _clear(q, c)
 
     return run
@@ -114,23 +118,21 @@ def _naive_info_nce(shape: Shape, *, backward: bool = True) -> Run:
         logits = F.normalize(q.float(), dim=1) @ F.normalize(c.float(), dim=1).T / shape.temperature
         loss = F.cross_entropy(logits, target)
         if backward:
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             _clear(q, c)
 
     return run
 
 
-def _qualcl_info_nce(impl: str, *, backward: bool = True, **options: object) -> Callable[[Shape], Run]:
+def _qualcl_info_nce(impl: str, *, backward: bool = True) -> Callable[[Shape], Run]:
     def build(shape: Shape) -> Run:
         q, c = _inputs(shape, grad=backward)
         index = torch.arange(shape.n, device=shape.device)
 
         def run() -> None:
-            loss = kernels.fused_info_nce(
-                q, c, positive_index=index, temperature=shape.temperature, impl=impl, **options
-            )
+            loss = kernels.fused_info_nce(q, c, positive_index=index, temperature=shape.temperature, impl=impl)
             if backward:
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 _clear(q, c)
 
         return run
@@ -149,9 +151,13 @@ def _flex_info_nce(*, backward: bool = True) -> Callable[[Shape], Run]:
     """
 
     def build(shape: Shape) -> Run:
-        from torch.nn.attention.flex_attention import AuxRequest, flex_attention
+        from torch.nn.attention.flex_attention import AuxOutput, AuxRequest, flex_attention
 
-        attend = torch.compile(flex_attention) if shape.device == "cuda" else flex_attention
+        # torch.compile's stub types a compiled function by its first overload: this names the one called here
+        attend = cast(
+            "Callable[..., tuple[torch.Tensor, AuxOutput]]",
+            torch.compile(flex_attention) if shape.device == "cuda" else flex_attention,
+        )
         q, c = _inputs(shape, grad=backward)
         values = torch.zeros(1, 1, shape.m, 16, device=shape.device, dtype=shape.torch_dtype)
         scale = 1.0 / shape.temperature
@@ -160,10 +166,11 @@ def _flex_info_nce(*, backward: bool = True) -> Callable[[Shape], Run]:
             with torch.set_grad_enabled(backward):
                 qn, cn = F.normalize(q, dim=1), F.normalize(c, dim=1)
                 _, aux = attend(qn[None, None], cn[None, None], values, scale=scale, return_aux=AuxRequest(lse=True))
+                assert aux.lse is not None
                 positive = (qn * cn[: shape.n]).sum(dim=1).float() * scale
                 loss = (aux.lse[0, 0].float() - positive).mean()
                 if backward:
-                    loss.backward()
+                    loss.backward()  # type: ignore[no-untyped-call]
                     _clear(q, c)
 
         return run
@@ -179,7 +186,7 @@ def _naive_info_nce_top_k(shape: Shape) -> Run:
     p = _inputs(replace(shape, m=shape.n), grad=False, seed=1)[1]
 
     def run() -> None:
-        functional_info_nce(q, p, c, temperature=shape.temperature, top_k=shape.k).backward()
+        functional_info_nce(q, p, c, temperature=shape.temperature, top_k=shape.k).backward()  # type: ignore[no-untyped-call]
         _clear(q, c)
 
     return run
@@ -190,7 +197,7 @@ def _qualcl_info_nce_top_k(shape: Shape) -> Run:
     p = _inputs(replace(shape, m=shape.n), grad=False, seed=1)[1]
 
     def run() -> None:
-        kernels.fused_info_nce(q, c, positive=p, temperature=shape.temperature, top_k=shape.k).backward()
+        kernels.fused_info_nce(q, c, positive=p, temperature=shape.temperature, top_k=shape.k).backward()  # type: ignore[no-untyped-call]
         _clear(q, c)
 
     return run
@@ -288,7 +295,7 @@ def _naive_ntxent(shape: Shape) -> Run:
     def run() -> None:
         both = F.normalize(torch.cat([z1, z2]).float(), dim=1)
         logits = (both @ both.T / shape.temperature).fill_diagonal_(float("-inf"))
-        F.cross_entropy(logits, (idx + n) % (2 * n)).backward()
+        F.cross_entropy(logits, (idx + n) % (2 * n)).backward()  # type: ignore[no-untyped-call]
         _clear(z1, z2)
 
     return run
@@ -303,7 +310,7 @@ def _qualcl_ntxent(shape: Shape) -> Run:
         both = torch.cat([z1, z2])
         kernels.fused_info_nce(
             both, both, positive_index=(idx + n) % (2 * n), exclude_index=idx, temperature=shape.temperature
-        ).backward()
+        ).backward()  # type: ignore[no-untyped-call]
         _clear(z1, z2)
 
     return run
@@ -331,7 +338,7 @@ def _qualcl_supcon(shape: Shape) -> Run:
     def run() -> None:
         kernels.fused_info_nce(
             z, z, labels=labels, candidate_labels=labels, exclude_index=rows, temperature=shape.temperature
-        ).backward()
+        ).backward()  # type: ignore[no-untyped-call]
         _clear(z)
 
     return run

@@ -11,7 +11,8 @@ folder of an earlier commit, put first on ``PYTHONPATH``), alternating run by ru
 current one so that both see the same load. A last run of each command under ``python -X
 importtime`` tells whether it imported torch.
 
-Writes ``benchmarks/results/cli_latency_cpu.json`` and ``benchmarks/results/cli_latency_cpu.md``.
+Writes ``benchmarks/results/cli_latency_cpu.json`` and ``benchmarks/results/cli_latency_cpu.md`` (``--out``:
+another folder).
 """
 
 from __future__ import annotations
@@ -117,8 +118,8 @@ def measure(repeat: int, before_src: Path | None) -> dict[str, Any]:
     }
 
 
-def write_table(run: dict[str, Any], before_label: str, note: str) -> Path:
-    """Write ``cli_latency_cpu.md`` from a :func:`measure` result."""
+def write_table(run: dict[str, Any], before_label: str, note: str, out: Path = RESULTS) -> Path:
+    """Write ``cli_latency_cpu.md`` (into the folder ``out``) from a :func:`measure` result."""
     load = " / ".join(str(x) for x in run["load_start"]), " / ".join(str(x) for x in run["load_end"])
     lines = [
         "# Command-line latency (CPU)",
@@ -151,7 +152,7 @@ def write_table(run: dict[str, Any], before_label: str, note: str) -> Path:
                 f"| `{command}` | {old['seconds']:.2f} | {'yes' if old['torch'] else 'no'} | {new['seconds']:.2f} "
                 f"| {'yes' if new['torch'] else 'no'} | {old['seconds'] / new['seconds']:.0f}× |"
             )
-    path = RESULTS / "cli_latency_cpu.md"
+    path = out / "cli_latency_cpu.md"
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -163,11 +164,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--before-src", type=Path, default=None, help="an earlier commit's src folder to compare")
     parser.add_argument("--before-label", default="", help="what --before-src is (e.g. its commit)")
     parser.add_argument("--note", default="", help="a note for the table (what else was running)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results (default benchmarks/results)")
     args = parser.parse_args(argv)
     run = measure(args.repeat, args.before_src)
-    path = RESULTS / "cli_latency_cpu.json"
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "cli_latency_cpu.json"
     path.write_text(json.dumps({**run, "before": args.before_label, "note": args.note}, indent=2) + "\n")
-    print(f"wrote {path} and {write_table(run, args.before_label, args.note)}")
+    print(f"wrote {path} and {write_table(run, args.before_label, args.note, args.out)}")
 
 
 if __name__ == "__main__":

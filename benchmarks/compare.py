@@ -3,6 +3,7 @@
     python -m benchmarks.compare                       # CPU, the sizes, 2 threads
     python -m benchmarks.compare --device cuda         # GPU (bf16, N = M = 65,536 by default)
     python -m benchmarks.compare --groups info_nce topk --quick
+    python -m benchmarks.compare --size 128 --out /tmp/bench   # a smoke check of the script itself
 
 Protocol (``docs/performance.md``, "How to reproduce"): inputs are built once per case; every case is warmed
 up, then the cases of a group are timed interleaved (A, B, C, A, B, C, ...) and the median is
@@ -123,7 +124,7 @@ def time_group(
             for _ in range(warmup - 1 if first < 1.0 else 0):
                 first = _timed(runs[case.name], shape.device)
             rounds[case.name] = max(3, min(repeats, int(budget / max(first, 1e-6))))
-        except (RuntimeError, MemoryError) as error:  # OOM and friends: record, keep going
+        except (RuntimeError, MemoryError, ImportError) as error:  # OOM and friends, a peer not installed: record
             results[case.name].error = _short(error)
             runs.pop(case.name, None)
             _free(shape.device)
@@ -164,7 +165,7 @@ def memory_cuda(case: Case, shape: Shape) -> int | str:
         run()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
-    except (RuntimeError, MemoryError) as error:
+    except (RuntimeError, MemoryError, ImportError) as error:
         return _short(error)
     finally:
         _free("cuda")
@@ -351,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--budget", type=float, default=20.0, help="seconds of timing per case (at least 3 runs)")
     parser.add_argument("--quick", action="store_true", help="N, M divided by 8 (a smoke run, not for the record)")
+    parser.add_argument("--size", type=int, default=None, help="N, M at most this (a smoke check, not for the record)")
     parser.add_argument("--dtype", default=None, help="override the dtype (CUDA default bfloat16)")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -358,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.memory_child:
-        _memory_child(*args.memory_child, threads=args.threads)
+        group_key, case_name, shape_json = args.memory_child
+        _memory_child(group_key, case_name, shape_json, threads=args.threads)
         return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA device")
@@ -371,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         shape = group.cpu if args.device == "cpu" else group.cuda
         if args.quick:
             shape = replace(shape, n=max(64, shape.n // 8), m=max(64, shape.m // 8))
+        if args.size:
+            shape = replace(shape, n=min(shape.n, args.size), m=min(shape.m, args.size))
         if args.dtype:
             shape = replace(shape, dtype=args.dtype)
         cases = [case for case in group.cases if args.device in case.devices]
@@ -396,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m benchmarks.compare " + " ".join(argv if argv is not None else sys.argv[1:])
     text = render(args.device, info, command.strip(), tables, targets(args.device, all_results))
     args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "-quick" if args.quick else ""
+    suffix = "-quick" if args.quick or args.size else ""
     (args.out / f"{args.device}{suffix}.md").write_text(text)
     raw = {key: {name: asdict(m) for name, m in res.items()} for key, res in all_results.items()}
     (args.out / f"{args.device}{suffix}.json").write_text(json.dumps({"machine": info, "results": raw}, indent=1))

@@ -15,7 +15,7 @@ median of ``--repeats`` timed forward + backward calls.
 * ``caption-V``: the caption decoder's logits and :class:`qualcl.losses.CaptionLoss` for a
   vocabulary of ``V`` ids (the recipe's compact BPE vocabulary vs CLIP's 49,408), ``T = 48``.
 
-Results go to ``benchmarks/results/image_text_cpu.md``.
+Results go to ``benchmarks/results/image_text_cpu.md`` (``--out``: another folder).
 """
 
 from __future__ import annotations
@@ -48,16 +48,18 @@ def _case(name: str, args: argparse.Namespace) -> dict[str, float]:
     images = torch.rand(n, 3, size, size, generator=g)
     if name.startswith("encoder"):
         from qualcl.functional import random_masking
-        from qualcl.models import build_encoder
+        from qualcl.models import ViTEncoder, build_encoder
 
         encoder = build_encoder(args.encoder, image_size=size)
+        if not isinstance(encoder, ViTEncoder):
+            raise SystemExit(f"--encoder {args.encoder} is not a ViT (the encoder cases mask its patches)")
         ratio = float(name.split("-")[-1]) if name.startswith("encoder-masked") else 0.0
         masking = random_masking(torch.zeros(n, encoder.num_patches, 1), ratio, generator=g)
 
         def run() -> None:
             encoder.zero_grad(set_to_none=True)
             out = encoder.forward_masked(images, masking.ids_keep) if ratio else encoder.forward_features(images)
-            out.float().pow(2).mean().backward()
+            out.float().pow(2).mean().backward()  # type: ignore[no-untyped-call]
 
     elif name.startswith("step"):
         from qualcl.models import CaptionTokenizer
@@ -103,16 +105,17 @@ def _case(name: str, args: argparse.Namespace) -> dict[str, float]:
     return {"seconds": statistics.median(times), "peak_mib": _rss_mib() - before}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--encoder", default="vit_tiny")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--vocab", default="150,49408", help="caption vocabularies V")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results (default benchmarks/results)")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.case:
         print(json.dumps(_case(args.case, args)))
         return
@@ -154,9 +157,9 @@ def main() -> None:
             continue
         ratio = f"{r['seconds'] / full['seconds']:.2f}" if full and name.startswith("encoder") else ""
         lines.append(f"| {label} | {r['seconds']:.3f} | {ratio} | {r['peak_mib']:.0f} |")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "image_text_cpu.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "image_text_cpu.json").write_text(json.dumps(results, indent=2))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "image_text_cpu.md").write_text("\n".join(lines) + "\n")
+    (args.out / "image_text_cpu.json").write_text(json.dumps(results, indent=2))
     print("\n".join(lines))
 
 

@@ -102,6 +102,11 @@ def decisions(folder: str | Path) -> dict[str, object]:
     }
 
 
-if __name__ == "__main__":
-    for run in sys.argv[1:]:
+def main(argv: list[str] | None = None) -> None:
+    """One JSON line of :func:`decisions` per run folder named on the command line."""
+    for run in sys.argv[1:] if argv is None else argv:
         print(json.dumps(decisions(run)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,6 +3,7 @@
     python -m benchmarks.retrieval                   # CPU, 2 threads: circle loss, then search
     python -m benchmarks.retrieval --search-only     # only the search tables (the circle table is kept)
     python -m benchmarks.retrieval --sizes 1024,4096 --database 20000
+    python -m benchmarks.retrieval --sizes 64 --search 10x300 --results /tmp/bench   # a smoke check of the script
 
 Circle loss: each case runs in a fresh subprocess (so its peak resident memory is its own): one
 warm-up, then the median of ``--repeats`` timed calls; forward + backward on ``(N, 128)`` float32
@@ -16,7 +17,8 @@ in one subprocess; its methods (qualcl ``RetrievalIndex``, FAISS ``IndexFlatIP``
 ``torch.topk``) are timed interleaved, round after round, and the best of ``--search-repeats``
 rounds is reported with the median, wall clock and process CPU time (a shared machine slows calls
 unevenly; interleaving keeps the ratios fair). Every method's indices are compared with plain
-``torch.topk``'s. Results go to ``benchmarks/results/retrieval_cpu.md`` (machine, load, command).
+``torch.topk``'s. Results go to ``benchmarks/results/retrieval_cpu.md`` (machine, load, command), or to
+``--results``' folder.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -71,11 +74,11 @@ def _case(kind: str, impl: str, n: int, repeats: int, threads: int) -> dict[str,
         if impl == "faiss":
             import faiss
 
-            index = faiss.IndexFlatIP(512)
-            index.add(database.numpy())
+            flat = faiss.IndexFlatIP(512)
+            flat.add(database.numpy())
 
             def run() -> object:
-                return torch.from_numpy(index.search(queries.numpy(), 10)[1])
+                return torch.from_numpy(flat.search(queries.numpy(), 10)[1])
 
         elif impl == "dense":
 
@@ -133,9 +136,9 @@ def _search(
     if database_n > 200_000:  # memory-mapped, written in slices
         path = Path(folder) / f"database_{database_n}.npy"
         mapped = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(database_n, 512))
-        for start in range(0, database_n, 100_000):
-            part = torch.randn(min(100_000, database_n - start), 512, generator=g)
-            mapped[start : start + part.shape[0]] = torch.nn.functional.normalize(part, dim=1).numpy()
+        for row in range(0, database_n, 100_000):
+            part = torch.randn(min(100_000, database_n - row), 512, generator=g)
+            mapped[row : row + part.shape[0]] = torch.nn.functional.normalize(part, dim=1).numpy()
         mapped.flush()
         del mapped
         database = torch.from_numpy(np.load(path, mmap_mode="r+"))
@@ -145,7 +148,7 @@ def _search(
     import faiss
 
     faiss.omp_set_num_threads(threads)
-    flat = faiss.IndexFlatIP(512)
+    flat: faiss.Index = faiss.IndexFlatIP(512)
     flat.add(database.numpy())
     faiss_device = "cpu"
     if device == "cuda" and hasattr(faiss, "StandardGpuResources"):
@@ -162,23 +165,30 @@ def _search(
         if device == "cuda":
             torch.cuda.synchronize()
 
-    runs = {
+    def dense() -> torch.Tensor:
+        return (queries @ database.to(queries.device).T).topk(10, dim=1).indices.cpu()
+
+    runs: dict[str, Callable[[], object]] = {
         "qualcl": lambda: index.search(queries, 10).indices.cpu(),
         "faiss": lambda: torch.from_numpy(flat.search(host_queries, 10)[1]),
-        "dense": lambda: (queries @ database.to(queries.device).T).topk(10, dim=1).indices.cpu(),
+        "dense": dense,
         "mm": lambda: torch.mm(queries, database.to(queries.device).T),
     }
     if device == "cpu":
         host_database = database.numpy()
         runs["np_mm"] = lambda: host_queries @ host_database.T
-    reference = runs["dense"]()
+    reference = dense()
     out: dict[str, object] = {"load_before": " ".join(f"{x:.2f}" for x in os.getloadavg())}
     out["faiss_device"] = faiss_device
     wall: dict[str, list[float]] = {name: [] for name in runs}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
     for name, run in runs.items():
         found = run()  # also the warm-up
-        out[f"{name}_agreement"] = None if name.endswith("mm") else float((found == reference).double().mean())
+        if name.endswith("mm"):  # scores, not indices
+            out[f"{name}_agreement"] = None
+        else:
+            assert isinstance(found, torch.Tensor)
+            out[f"{name}_agreement"] = float((found == reference).double().mean())
         del found
     for _ in range(repeats):
         for name, run in runs.items():
@@ -223,8 +233,8 @@ def _search_tables(results: list[tuple[int, int, dict[str, object] | None, str]]
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--sizes", default="1024,2048,4096,8192,16384", help="circle loss batch sizes N")
     parser.add_argument("--database", type=int, default=100_000, help="search database size")
     parser.add_argument("--repeats", type=int, default=3)
@@ -238,9 +248,11 @@ def main() -> None:
     parser.add_argument("--search-only", action="store_true", help="keep the committed circle-loss table")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device of the search queries")
     parser.add_argument("--out", type=Path, default=None, help="search results file (default results/retrieval_cpu.md)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of retrieval_cpu.md and .json")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--search-case", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
     if args.case:  # child process: one case, JSON on stdout
         kind, impl, n = args.case.split(":")
         print(json.dumps(_case(kind, impl, int(n), args.repeats, args.threads)))
@@ -290,9 +302,9 @@ def main() -> None:
             f"{cell(theirs, 'seconds', '.3f', notes[('circle', 'pml', n)])} | {ratio} | "
             f"{cell(ours, 'peak_mib', '.0f', '')} | {cell(theirs, 'peak_mib', '.0f', '')} | {memory} |"
         )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "retrieval_cpu.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "retrieval_cpu.json").write_text(json.dumps([[k, i, n, r] for k, i, n, r, _ in rows], indent=2))
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "retrieval_cpu.md").write_text("\n".join(lines) + "\n")
+    (args.results / "retrieval_cpu.json").write_text(json.dumps([[k, i, n, r] for k, i, n, r, _ in rows], indent=2))
     _write_search(args)
 
 
@@ -313,12 +325,12 @@ def _write_search(args: argparse.Namespace) -> None:
             else:
                 results.append((q, n, json.loads(done.stdout.strip().splitlines()[-1]), ""))
             print(results[-1], flush=True)
-    command = "python -m benchmarks.retrieval " + " ".join(sys.argv[1:])
+    invocation = "python -m benchmarks.retrieval " + " ".join(args.argv)
     lines = [
         "## Exact search: k = 10, cosine, (N, 512) float32 database",
         "",
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}, {platform.machine()} ({cpu_model()}), "
-        f"{os.cpu_count()} logical cores, {args.threads} threads, command `{command.strip()}`. "
+        f"{os.cpu_count()} logical cores, {args.threads} threads, command `{invocation.strip()}`. "
         f"Each shape in its own process; its methods timed interleaved for {args.search_repeats} rounds after "
         "one warm-up; best and median wall seconds, CPU = the process's CPU seconds of the best call "
         "(both threads; a shared machine, see the load averages, stretches wall times unevenly).",
@@ -329,13 +341,15 @@ def _write_search(args: argparse.Namespace) -> None:
     if args.out is not None:  # e.g. the GPU check: a file of its own
         args.out.write_text(f"# Exact retrieval ({args.device})\n\n" + "\n".join(lines))
         return
-    path = RESULTS / "retrieval_cpu.md"
+    args.results.mkdir(parents=True, exist_ok=True)
+    path = args.results / "retrieval_cpu.md"
     text = path.read_text() if path.exists() else "# Circle loss and exact retrieval (cpu)\n"
     head = text.split("## Exact search")[0].rstrip("\n")
     path.write_text(head + "\n\n" + "\n".join(lines))
-    data = json.loads((RESULTS / "retrieval_cpu.json").read_text()) if (RESULTS / "retrieval_cpu.json").exists() else []
+    raw = args.results / "retrieval_cpu.json"
+    data = json.loads(raw.read_text()) if raw.exists() else []
     data = [row for row in data if row[0] != "search"] + [["search", f"{q}x{n}", r] for q, n, r, _ in results]
-    (RESULTS / "retrieval_cpu.json").write_text(json.dumps(data, indent=2))
+    raw.write_text(json.dumps(data, indent=2))
     print("\n".join(lines))
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import resource
 import statistics
@@ -124,7 +125,7 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8192)
     parser.add_argument("--dim", type=int, default=256)
@@ -132,7 +133,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--worker", choices=CASES)
     parser.add_argument("--out", type=Path, default=RESULTS / "siglip_cpu.md")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(_case(args.worker, args.batch, args.dim, args.threads[0])))
         return
@@ -150,8 +151,10 @@ def main() -> None:
                 print(threads, r, name, runs[name][-1], flush=True)
             loads.append(_load())
         base = runs["open_clip"]
+        base_peak = statistics.median(x["peak_mib"] for x in base)
         for name in CASES:
             ratios = [a["seconds"] / b["seconds"] for a, b in zip(runs[name], base, strict=True)]
+            peak = statistics.median(x["peak_mib"] for x in runs[name])
             rows.append(
                 (
                     threads,
@@ -159,13 +162,12 @@ def main() -> None:
                     statistics.median(x["seconds"] for x in runs[name]),
                     statistics.median(ratios),
                     max(ratios),
-                    statistics.median(x["peak_mib"] for x in runs[name]),
-                    statistics.median(x["peak_mib"] for x in runs[name])
-                    / statistics.median(x["peak_mib"] for x in base),
+                    peak,
+                    peak / base_peak if base_peak > 0 else math.nan,  # no growth at all: no ratio (small B)
                     max(abs(a["value"] - b["value"]) / abs(b["value"]) for a, b in zip(runs[name], base, strict=True)),
                 )
             )
-    command = "python -m benchmarks.siglip " + " ".join(sys.argv[1:])
+    command = "python -m benchmarks.siglip " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [
         "# SigLIP: streaming vs open_clip's dense SigLipLoss (cpu)",
         "",

@@ -30,7 +30,7 @@ def _time(impl: str, batch: int, dim: int, device: str, dtype: torch.dtype, repe
     bias = torch.tensor(-10.0, device=device).requires_grad_()
 
     def step() -> None:
-        fused_siglip(image, text, scale, bias, impl=impl).backward()
+        fused_siglip(image, text, scale, bias, impl=impl).backward()  # type: ignore[no-untyped-call]
 
     step()  # warm-up (compiles the kernels)
     cuda = device == "cuda"
@@ -41,7 +41,8 @@ def _time(impl: str, batch: int, dim: int, device: str, dtype: torch.dtype, repe
     times = []
     for _ in range(repeats):
         if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+            end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             start.record()
             step()
             end.record()
@@ -55,15 +56,15 @@ def _time(impl: str, batch: int, dim: int, device: str, dtype: torch.dtype, repe
     return statistics.median(times), peak
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--batch", type=int, default=65536)
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype) if args.device == "cuda" else torch.float32
     impls = ("triton", "naive") if args.device == "cuda" else ("torch", "naive")
     lines = [

@@ -2,6 +2,8 @@
 
     python -m benchmarks.step_overhead            # CPU, 2 threads, the default preset's shapes
     python -m benchmarks.step_overhead --quick    # fewer steps (a smoke run, not for the record)
+    python -m benchmarks.step_overhead --steps 1 --warmup 1 --per-level 1 --batch 2 --image-size 32 --out /tmp/b
+                                                  # tiny shapes: a smoke check of the script itself
 
 Both sides run the recipe's own LightningModule on the same in-memory batches (random images of
 the default preset's shapes): the hand-written loop calls the module's augmentation, forward, loss,
@@ -23,7 +25,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning as L
 import torch
@@ -37,9 +39,13 @@ from qualcl.recipes.comcl import COMCL
 from qualcl.recipes.comcl.data import PatchAugmentation
 from qualcl.recipes.comcl.modules import ContrastivePretraining, GradingFineTuning
 from qualcl.recipes.driver import RunContext
+from qualcl.recipes.modules import RecipeModule
 from qualcl.samplers import CosineCountSchedule, SelfPacedHardNegativeMiner
 
 RESULTS = Path(__file__).parent / "results"
+Step = ContrastivePretraining | GradingFineTuning
+"""The modules whose steps are timed."""
+M = TypeVar("M", bound=RecipeModule)
 
 
 class _Batches(Dataset[Any]):
@@ -78,7 +84,7 @@ def _image_batch(batch: int, size: int) -> Callable[[int], Any]:
     return make
 
 
-def _pretraining(per_level: int, patch: int, steps: int, *, unfold: bool, channels_last: bool) -> L.LightningModule:
+def _pretraining(per_level: int, patch: int, steps: int, *, unfold: bool, channels_last: bool) -> Step:
     torch.manual_seed(0)
     encoder = build_encoder("resnet10")
     miner = SelfPacedHardNegativeMiner(CosineCountSchedule(None, steps))
@@ -86,7 +92,6 @@ def _pretraining(per_level: int, patch: int, steps: int, *, unfold: bool, channe
         encoder,
         ProjectionHead((512, 512, 128)),
         MultiLevelInfoNCE(temperature=0.07, miner=miner),
-        temperature=0.07,
         lr=1e-3,
         weight_decay=5e-4,
         max_steps=steps,
@@ -95,22 +100,22 @@ def _pretraining(per_level: int, patch: int, steps: int, *, unfold: bool, channe
     return _settings(module, unfold=unfold, channels_last=channels_last)
 
 
-def _finetuning(epochs: int, *, unfold: bool, channels_last: bool) -> L.LightningModule:
+def _finetuning(epochs: int, *, unfold: bool, channels_last: bool) -> Step:
     torch.manual_seed(0)
     module = GradingFineTuning(build_encoder("resnet10"), 5, lr=1e-3, weight_decay=5e-4, epochs=epochs)
     return _settings(module, unfold=unfold, channels_last=channels_last)
 
 
-def _settings(module: L.LightningModule, *, unfold: bool, channels_last: bool) -> L.LightningModule:
+def _settings(module: M, *, unfold: bool, channels_last: bool) -> M:
     if unfold:
         unfold_small_convs(module)
     if channels_last:
-        module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        module = module.to(memory_format=torch.channels_last)
     module.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
     return module
 
 
-def _hand_loop(module: L.LightningModule, loader: DataLoader[Any], warmup: int) -> list[float]:
+def _hand_loop(module: Step, loader: DataLoader[Any], warmup: int) -> list[float]:
     """The same step without Lightning: augmentation hook, training_step, backward, AdamW, scheduler."""
     config = module.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]
@@ -122,7 +127,7 @@ def _hand_loop(module: L.LightningModule, loader: DataLoader[Any], warmup: int) 
         batch = module.on_after_batch_transfer(batch, 0)
         loss = module.training_step(batch, index)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         scheduler.step()
         now = time.perf_counter()
@@ -145,7 +150,7 @@ class _StepTimer(Callback):
         self.last = now
 
 
-def _skeleton(module: L.LightningModule, loader: DataLoader[Any], steps: int, warmup: int) -> list[float]:
+def _skeleton(module: Step, loader: DataLoader[Any], steps: int, warmup: int) -> list[float]:
     """The same module through RunContext.fit (the recipes' trainer, checkpoints and callbacks)."""
     timer = _StepTimer(warmup)
     config = COMCL.config("default", overrides=["trainer.progress=false", "trainer.logger=none"])
@@ -166,21 +171,28 @@ def _loader(make: Callable[[int], Any], count: int) -> DataLoader[Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=25, help="measured steps per case (after 5 warm-up steps)")
+    parser.add_argument("--steps", type=int, default=25, help="measured steps per case (after the warm-up steps)")
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up steps per case (default 5, --quick 2)")
     parser.add_argument("--quick", action="store_true")
+    shapes = parser.add_argument_group("smaller shapes than the default preset's (a smoke check, not for the record)")
+    shapes.add_argument("--per-level", type=int, default=None, help="pre-training patch pairs per level")
+    shapes.add_argument("--batch", type=int, default=None, help="fine-tuning images per batch")
+    shapes.add_argument("--image-size", type=int, default=None, help="fine-tuning image side")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     steps = 6 if args.quick else args.steps
-    warmup = 2 if args.quick else 5
+    warmup = args.warmup if args.warmup is not None else 2 if args.quick else 5
     total = steps + warmup + 1
     config = COMCL.config("default")
-    per_level, patch = config.pretrain.per_level, config.pretrain.patch_size
-    size, batch = config.data.image_size, config.finetune.batch_size
+    per_level, patch = args.per_level or config.pretrain.per_level, config.pretrain.patch_size
+    size, batch = args.image_size or config.data.image_size, args.batch or config.finetune.batch_size
+    preset = config.pretrain.per_level, config.data.image_size, config.finetune.batch_size
+    resized = (per_level, size, batch) != preset
     options = {"unfold": config.trainer.small_map_convs == "unfold", "channels_last": config.trainer.channels_last}
 
     rows = []
-    cases: list[tuple[str, Callable[[], L.LightningModule], Callable[[int], Any]]] = [
+    cases: list[tuple[str, Callable[[], Step], Callable[[int], Any]]] = [
         (
             f"pre-training ({4 * per_level} patch pairs of {patch} px)",
             lambda: _pretraining(per_level, patch, total, **options),
@@ -224,13 +236,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"unfold={unfold} channels_last={channels_last}: {pre:.0f} / {fine[size]:.0f} / {fine[96]:.0f} ms")
 
     base = variants[0]
+    described = (
+        "smaller shapes than the default preset's and its settings"
+        if resized
+        else "the default preset's shapes and settings"
+    )
     lines = [
         "# CoMCL steps: the recipe skeleton against a hand-written loop",
         "",
         f"`python -m benchmarks.step_overhead`, {datetime.now(timezone.utc):%Y-%m-%d}, "
         f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, "
         f"lightning {L.__version__}. Median wall time per step over {steps} steps after {warmup} warm-up "
-        "steps, data loading included, the default preset's shapes and settings "
+        f"steps, data loading included, {described} "
         f"(`small_map_convs={config.trainer.small_map_convs}`, `channels_last={config.trainer.channels_last}`).",
         "",
         "| step | hand-written loop | skeleton (`RunContext.fit`) | overhead |",
@@ -250,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / ("step_overhead_cpu_quick.md" if args.quick else "step_overhead_cpu.md")
+    path = args.out / ("step_overhead_cpu_quick.md" if args.quick or resized else "step_overhead_cpu.md")
     path.write_text("\n".join(lines))
     print(f"wrote {path}")
     return 0

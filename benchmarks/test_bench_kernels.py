@@ -15,8 +15,9 @@ from dataclasses import replace
 
 import pytest
 import torch
+from pytest_benchmark.fixture import BenchmarkFixture
 
-from benchmarks.cases import GROUPS
+from benchmarks.cases import GROUPS, Case, Group
 
 SMALL = {"cpu": 1024, "cuda": 8192}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -30,7 +31,7 @@ PARAMS = [
 
 
 @pytest.mark.parametrize(("group", "case", "device"), PARAMS)
-def test_kernel(benchmark, group, case, device):
+def test_kernel(benchmark: BenchmarkFixture, group: Group, case: Case, device: str) -> None:
     shape = group.cpu if device == "cpu" else group.cuda
     size = SMALL[device]
     shape = replace(shape, n=min(shape.n, size), m=min(shape.m, size))
@@ -40,9 +41,9 @@ def test_kernel(benchmark, group, case, device):
     benchmark.group = f"{device}: {group.title}"
     benchmark.extra_info.update(n=shape.n, m=shape.m, d=shape.d, dtype=shape.dtype, role=case.role)
 
-    def step():
+    def step() -> None:
         run()
         if device == "cuda":
             torch.cuda.synchronize()
 
-    benchmark.pedantic(step, rounds=5, warmup_rounds=1, iterations=1)
+    benchmark.pedantic(step, rounds=5, warmup_rounds=1, iterations=1)  # type: ignore[no-untyped-call]

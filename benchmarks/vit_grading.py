@@ -1,6 +1,7 @@
 """Can the image-text recipe's encoder learn the synthetic DR grades at all? Supervised ceilings at CPU size.
 
     python -m benchmarks.vit_grading                 # the default fundus-mm data, 2 threads
+    python -m benchmarks.vit_grading --preset smoke --epochs 1 --out /tmp/vit.md   # a smoke check of the script
 
 Trains each encoder *supervised* (cross-entropy on the grade, AdamW, one-cycle schedule,
 horizontal flips, batch 32) from random init on the training split of the image-text recipe's
@@ -18,7 +19,7 @@ ConvMAE's masked convolutions), and torchvision's ResNet-18 as the convolutional
 ``--cases`` re-measures some cases only: their rows in the results table are replaced, the other
 rows (and the dates they were measured) are kept.
 
-Results go to ``benchmarks/results/vit_grading_cpu.md``.
+Results go to ``benchmarks/results/vit_grading_cpu.md`` (``--out``: another file).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 RESULTS = Path(__file__).parent / "results"
+Data = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]
+"""Training images and grades, test images and grades (images in [0, 1]), and the image side."""
 
 
 class _ChannelNorm(nn.Module):
@@ -45,20 +48,22 @@ class _ChannelNorm(nn.Module):
         self.norm = nn.LayerNorm(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        normed: torch.Tensor = self.norm(x.permute(0, 2, 3, 1))
+        return normed.permute(0, 3, 1, 2)
 
 
 def _model(case: str, size: int) -> nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
     if case == "convvit_tiny":
-        from qualcl.models import vit_encoder
+        from qualcl.models import build_encoder
 
-        return nn.Sequential(vit_encoder("convvit_tiny", image_size=size), nn.Linear(192, 5))
+        return nn.Sequential(build_encoder("convvit_tiny", image_size=size), nn.Linear(192, 5))
     if case == "resnet18":
         import torchvision
 
-        return torchvision.models.resnet18(num_classes=5)
+        resnet: nn.Module = torchvision.models.resnet18(num_classes=5)
+        return resnet
     patch, depth = (8, 6) if case == "vit_p8_d6" else (16, 12)
     net = VisionTransformer(img_size=size, patch_size=patch, num_classes=5, embed_dim=192, depth=depth, num_heads=3)
     if case == "vit_tiny_hmlp":
@@ -80,17 +85,23 @@ CASES = {
 }
 
 
-def _data(root: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+def _data(root: Path, preset: str = "default") -> Data:
+    """The image-text recipe's data of ``preset``, generated into ``root`` (unless it is there already)."""
+    from qualcl.data.synthetic import ensure_fundus_dataset
     from qualcl.recipes.fundus_mm import fundus_mm_config
     from qualcl.recipes.fundus_mm.data import load_fundus_mm_data
 
-    config = fundus_mm_config("default", overrides=[f"data.data_dir={root}"])
-    data = load_fundus_mm_data(config.data, root)
+    config = fundus_mm_config(preset, overrides=[f"data.data_dir={root}"])
+    d = config.data
+    ensure_fundus_dataset(
+        root, d.num_images, d.image_size, d.seed, d.lq_ratio, progress=False, extra_test=d.extra_test_images
+    )
+    data = load_fundus_mm_data(d, root)
     xtr, xte = data.train.images.float() / 255, data.test.images.float() / 255
     return xtr, torch.as_tensor(data.train.label), xte, torch.as_tensor(data.test.label), config.data.image_size
 
 
-def _train(case: str, lr: float, data: tuple, epochs: int, seed: int) -> list[tuple[float, float]]:
+def _train(case: str, lr: float, data: Data, epochs: int, seed: int) -> list[tuple[float, float]]:
     from torchmetrics.functional import cohen_kappa
 
     xtr, ytr, xte, yte, size = data
@@ -109,7 +120,7 @@ def _train(case: str, lr: float, data: tuple, epochs: int, seed: int) -> list[tu
             x = torch.where((torch.rand(len(batch)) < 0.5)[:, None, None, None], x.flip(-1), x)
             loss = F.cross_entropy(net(x), ytr[batch])
             opt.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             schedule.step()
         net.eval()
@@ -120,26 +131,29 @@ def _train(case: str, lr: float, data: tuple, epochs: int, seed: int) -> list[tu
     return scores
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Train every case and write the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--data", default=None, help="fundus-mm data folder (default: generate it in a temp folder)")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cases", default=None, help="case labels separated by semicolons (default: all)")
     parser.add_argument("--note", default="", help="a remark for the measured rows (e.g. 'machine busy')")
-    args = parser.parse_args()
+    parser.add_argument("--preset", default="default", help="the fundus-mm preset whose data is used")
+    parser.add_argument("--out", type=Path, default=RESULTS / "vit_grading_cpu.md", help="the results table")
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     chosen = list(CASES) if args.cases is None else [c.strip() for c in args.cases.split(";")]
     unknown = [c for c in chosen if c not in CASES]
     if unknown:
         raise SystemExit(f"unknown case(s) {unknown}; known: {list(CASES)}")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    table = RESULTS / "vit_grading_cpu.md"
+    table: Path = args.out
     rows = _read_rows(table) if table.is_file() else {}
     with tempfile.TemporaryDirectory() as tmp:
-        data = _data(Path(args.data or tmp))
+        data = _data(Path(args.data or tmp), args.preset)
+        sizes = f"{len(data[1])} training / {len(data[3])} test images at {data[4]} px"
         for label in chosen:
             case, lr = CASES[label]
             start = time.perf_counter()
@@ -158,7 +172,7 @@ def main() -> None:
     lines = [
         "# Supervised grading ceilings of the image-text recipe's encoders (cpu)",
         "",
-        "fundus-mm default data: 576 training / 160 test images at 64 px, five DR grades (chance accuracy "
+        f"fundus-mm {args.preset} data: {sizes}, five DR grades (chance accuracy "
         "about 0.24, QWK 0). Supervised cross-entropy from random init; `python -m benchmarks.vit_grading` "
         "(`--cases` re-measures some rows). Seconds are comparable only between rows measured together.",
         "",
@@ -166,7 +180,7 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     lines += [f"| {label} | " + " | ".join(rows[label]) + " |" for label in CASES if label in rows]
-    RESULTS.mkdir(exist_ok=True)
+    table.parent.mkdir(parents=True, exist_ok=True)
     table.write_text("\n".join(lines) + "\n")
     print(table.read_text())
 
