@@ -4,12 +4,16 @@
     python -m benchmarks.compare --device cuda         # GPU (bf16, N = M = 65,536 by default)
     python -m benchmarks.compare --groups info_nce topk --quick
     python -m benchmarks.compare --size 128 --out /tmp/bench   # a smoke check of the script itself
+    python -m benchmarks.compare --groups topk --processes 5   # each group timed in 5 fresh processes
 
 Protocol (``docs/performance.md``, "How to reproduce"): inputs are built once per case; every case is warmed
 up, then the cases of a group are timed interleaved (A, B, C, A, B, C, ...) and the median is
-reported. Peak memory: on CPU one fresh subprocess per case, the peak RSS of one iteration (the
-kernel's ``VmHWM`` counter behind ``ru_maxrss``, reset once the inputs exist) minus the RSS before
-it (``tracemalloc`` does not see torch tensors); on CUDA
+reported. With ``--processes P`` (CPU) each group is timed so in P fresh processes, one after another: a
+case's time is the median of the processes' medians and a ratio the median of the processes' own ratios,
+with their range (on a shared 2-core VM a whole process can run 10-20 % slower or faster than the next,
+and a ratio measured inside one process cancels that). Peak memory: on CPU one fresh subprocess per case,
+the peak RSS of one iteration (the kernel's ``VmHWM`` counter behind ``ru_maxrss``, reset once the inputs
+exist) minus the RSS before it (``tracemalloc`` does not see torch tensors); on CUDA
 ``torch.cuda.max_memory_allocated`` minus what was allocated before the iteration. Results (and the
 machine) go to ``benchmarks/results/<device>.md`` and ``.json``.
 """
@@ -47,10 +51,38 @@ class Measured:
     times: list[float] = field(default_factory=list)
     memory: int | None = None
     error: str | None = None
+    process_medians: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float | None:
+        """The median time: of the processes' medians when timed in several processes."""
+        if self.process_medians:
+            return statistics.median(self.process_medians)
         return statistics.median(self.times) if self.times else None
+
+
+def ratios(a: Measured | None, b: Measured | None) -> list[float]:
+    """``a``'s time over ``b``'s: one ratio per process when both were timed in the same processes, else one."""
+    if a is None or b is None or a.error or b.error:
+        return []
+    pairs = list(zip(a.process_medians, b.process_medians, strict=False))
+    if pairs and len(a.process_medians) == len(b.process_medians):
+        return [x / y for x, y in pairs if y > 0]
+    return [a.median / b.median] if a.median is not None and b.median else []
+
+
+def ratio(a: Measured | None, b: Measured | None) -> float | None:
+    """The median of :func:`ratios` (``None`` when either did not run)."""
+    found = ratios(a, b)
+    return statistics.median(found) if found else None
+
+
+def _ratio_cell(a: Measured | None, b: Measured | None) -> str:
+    found = ratios(a, b)
+    if not found:
+        return "—"
+    cell = f"{statistics.median(found):.2f}×"
+    return cell + (f" ({min(found):.2f}–{max(found):.2f})" if len(found) > 1 else "")
 
 
 def machine(device: str, threads: int) -> dict[str, str]:
@@ -139,6 +171,46 @@ def time_group(
                 del runs[name]
                 _free(shape.device)
     return results
+
+
+def time_group_in_processes(
+    group: Group,
+    shape: Shape,
+    cases: list[Case],
+    *,
+    processes: int,
+    threads: int,
+    repeats: int,
+    warmup: int,
+    budget: float,
+) -> dict[str, Measured]:
+    """:func:`time_group` in ``processes`` fresh processes, one after another, pooled (see the module's doc)."""
+    results = {case.name: Measured(case.name, case.label, case.role) for case in cases}
+    command = [sys.executable, "-m", "benchmarks.compare", "--timing-child", group.key, json.dumps(asdict(shape))]
+    command += ["--threads", str(threads), "--repeats", str(repeats), "--warmup", str(warmup), "--budget", str(budget)]
+    for _ in range(processes):
+        out = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+        if out.returncode != 0:
+            error = _short(RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"))
+            for measured in results.values():
+                measured.error = measured.error or error
+            break
+        for name, child in json.loads(out.stdout.strip().splitlines()[-1]).items():
+            if child["error"]:
+                results[name].error = child["error"]
+            elif child["times"]:
+                results[name].times += child["times"]
+                results[name].process_medians.append(statistics.median(child["times"]))
+    return results
+
+
+def _timing_child(group_key: str, shape_json: str, *, threads: int, repeats: int, warmup: int, budget: float) -> None:
+    torch.set_num_threads(threads)
+    group = GROUP_BY_KEY[group_key]
+    shape = Shape(**json.loads(shape_json))
+    cases = [case for case in group.cases if shape.device in case.devices]
+    results = time_group(group, shape, cases, repeats=repeats, warmup=warmup, budget=budget)
+    print(json.dumps({name: {"times": m.times, "error": m.error} for name, m in results.items()}))
 
 
 def _short(error: BaseException) -> str:
@@ -232,7 +304,7 @@ def _fmt_bytes(n: int | None) -> str:
     return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
 
 
-def _ratio(a: float | int | None, b: float | int | None) -> str:
+def _memory_ratio(a: float | int | None, b: float | int | None) -> str:
     if a is None or b is None or b == 0:
         return "—"
     return f"{a / b:.2f}×"
@@ -251,7 +323,6 @@ def group_table(group: Group, shape: Shape, results: dict[str, Measured]) -> lis
         "| implementation | median time | × baseline | × bare matmul | peak extra memory | memory × baseline |",
         "|---|---|---|---|---|---|",
     ]
-    base_time = baseline.median if baseline else None
     base_mem = baseline.memory if baseline else None
     for r in results.values():
         if r.error:
@@ -259,9 +330,8 @@ def group_table(group: Group, shape: Shape, results: dict[str, Measured]) -> lis
             continue
         role = " (baseline)" if r.role == "baseline" else " (floor)" if r.role == "floor" else ""
         lines.append(
-            f"| {r.label}{role} | {_fmt_time(r.median)} | {_ratio(r.median, base_time)} | "
-            f"{_ratio(r.median, floor.median if floor else None)} | {_fmt_bytes(r.memory)} | "
-            f"{_ratio(r.memory, base_mem)} |"
+            f"| {r.label}{role} | {_fmt_time(r.median)} | {_ratio_cell(r, baseline)} | "
+            f"{_ratio_cell(r, floor)} | {_fmt_bytes(r.memory)} | {_memory_ratio(r.memory, base_mem)} |"
         )
     lines += ["", *(f"{note}" for note in group.notes), ""] if group.notes else [""]
     return lines
@@ -277,22 +347,17 @@ def targets(device: str, all_results: dict[str, dict[str, Measured]]) -> list[st
     if device == "cpu":
         naive, ours, mm = get("info_nce", "naive"), get("info_nce", "auto"), get("topk", "mm")
         miner = get("topk", "auto")
-        if naive and ours and naive.median and ours.median:
-            ratio = ours.median / naive.median
-            rows.append(("C1 InfoNCE fwd+bwd time ≤ 1.35× naive torch", f"{ratio:.2f}×", "≤ 1.35×", ratio <= 1.35))
+        if (r := ratio(ours, naive)) is not None and naive and ours:
+            rows.append(("C1 InfoNCE fwd+bwd time ≤ 1.35× naive torch", f"{r:.2f}×", "≤ 1.35×", r <= 1.35))
             if naive.memory and ours.memory is not None:
                 mem = ours.memory / naive.memory
                 rows.append(("C1 InfoNCE peak extra memory ≤ 0.25× naive", f"{mem:.3f}×", "≤ 0.25×", mem <= 0.25))
-        if mm and miner and mm.median and miner.median:
-            ratio = miner.median / mm.median
-            rows.append(("C2 top-K miner (K = 64) ≤ 1.8× bare matmul", f"{ratio:.2f}×", "≤ 1.8×", ratio <= 1.8))
-            rows.append(("issue 30: top-K miner (K = 64) ≤ 1.2× bare matmul", f"{ratio:.2f}×", "≤ 1.2×", ratio <= 1.2))
+        if (r := ratio(miner, mm)) is not None:
+            rows.append(("C2 top-K miner (K = 64) ≤ 1.8× bare matmul", f"{r:.2f}×", "≤ 1.8×", r <= 1.8))
+            rows.append(("issue 30: top-K miner (K = 64) ≤ 1.2× bare matmul", f"{r:.2f}×", "≤ 1.2×", r <= 1.2))
         mm_fb = get("info_nce", "mm")
-        if mm_fb and ours and mm_fb.median and ours.median:
-            ratio = ours.median / mm_fb.median
-            rows.append(
-                ("issue 30: InfoNCE fwd+bwd ≤ 1.05× bare matmul fwd+bwd", f"{ratio:.2f}×", "≤ 1.05×", ratio <= 1.05)
-            )
+        if (r := ratio(ours, mm_fb)) is not None:
+            rows.append(("issue 30: InfoNCE fwd+bwd ≤ 1.05× bare matmul fwd+bwd", f"{r:.2f}×", "≤ 1.05×", r <= 1.05))
         nt = get("ntxent_1024", "auto")
         if nt and nt.median:
             rows.append(("C3 NT-Xent, 1024 pairs, < 0.1 s", _fmt_time(nt.median), "< 100 ms", nt.median < 0.1))
@@ -309,22 +374,29 @@ def targets(device: str, all_results: dict[str, dict[str, Measured]]) -> list[st
             ("G4 miner ≤ 1.5× mm fwd", miner, mm, 1.5),
             ("G4 miner ≤ 0.5× mm + topk", miner, mm_topk, 0.5),
         ):
-            if a and b and a.median and b.median:
-                ratio = a.median / b.median
-                rows.append((label, f"{ratio:.2f}×", f"≤ {bound}×", ratio <= bound))
+            if (r := ratio(a, b)) is not None:
+                rows.append((label, f"{r:.2f}×", f"≤ {bound}×", r <= bound))
     lines = ["## Targets", "", "| target | measured | bound | met |", "|---|---|---|---|"]
     lines += [f"| {t} | {m} | {b} | {'yes' if ok else 'no'} |" for t, m, b, ok in rows]
     return [*lines, ""]
 
 
-def render(device: str, info: dict[str, str], command: str, tables: list[str], target_lines: list[str]) -> str:
+def render(
+    device: str, info: dict[str, str], command: str, tables: list[str], target_lines: list[str], processes: int = 1
+) -> str:
     head = [
         f"# qualcl kernel benchmarks — {device.upper()}",
         "",
         f"Command: `{command}`",
         "",
-        "Times are medians of interleaved runs in one process (forward + backward unless stated). "
-        "Peak extra memory: "
+        (
+            "Times are medians of interleaved runs in one process (forward + backward unless stated). "
+            if processes == 1
+            else f"Each group was timed in {processes} fresh processes, one after another: a time is the median of "
+            "the processes' medians of interleaved runs (forward + backward unless stated), a ratio the median of "
+            "the processes' own ratios, with their range in brackets. "
+        )
+        + "Peak extra memory: "
         + (
             "peak RSS of one iteration minus the RSS before it, in a fresh process per case (the `VmHWM` counter "
             "behind `ru_maxrss`, reset after the inputs are built)."
@@ -356,13 +428,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default=None, help="override the dtype (CUDA default bfloat16)")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--processes", type=int, default=1, help="time each group in this many fresh processes (CPU)")
     parser.add_argument("--memory-child", nargs=3, metavar=("GROUP", "CASE", "SHAPE"), help=argparse.SUPPRESS)
+    parser.add_argument("--timing-child", nargs=2, metavar=("GROUP", "SHAPE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.memory_child:
         group_key, case_name, shape_json = args.memory_child
         _memory_child(group_key, case_name, shape_json, threads=args.threads)
         return 0
+    if args.timing_child:
+        group_key, shape_json = args.timing_child
+        kwargs = {"repeats": args.repeats, "warmup": args.warmup, "budget": args.budget}
+        _timing_child(group_key, shape_json, threads=args.threads, **kwargs)
+        return 0
+    if args.processes < 1 or (args.processes > 1 and args.device != "cpu"):
+        parser.error(f"--processes must be at least 1 (more only on --device cpu), got {args.processes}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA device")
     torch.set_num_threads(args.threads)
@@ -380,7 +461,13 @@ def main(argv: list[str] | None = None) -> int:
             shape = replace(shape, dtype=args.dtype)
         cases = [case for case in group.cases if args.device in case.devices]
         print(f"[{group.key}] {shape}", flush=True)
-        results = time_group(group, shape, cases, repeats=args.repeats, warmup=args.warmup, budget=args.budget)
+        timing = {"repeats": args.repeats, "warmup": args.warmup, "budget": args.budget}
+        if args.processes > 1:
+            results = time_group_in_processes(
+                group, shape, cases, processes=args.processes, threads=args.threads, **timing
+            )
+        else:
+            results = time_group(group, shape, cases, **timing)
         _free(args.device)
         if not args.no_memory:
             for case in cases:
@@ -399,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         tables += group_table(group, shape, results)
 
     command = "python -m benchmarks.compare " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = render(args.device, info, command.strip(), tables, targets(args.device, all_results))
+    text = render(args.device, info, command.strip(), tables, targets(args.device, all_results), args.processes)
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if args.quick or args.size else ""
     (args.out / f"{args.device}{suffix}.md").write_text(text)

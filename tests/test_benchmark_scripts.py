@@ -263,3 +263,24 @@ def test_every_benchmark_script_has_a_smoke_test():
 @pytest.mark.parametrize("name", list(SCRIPTS))
 def test_benchmark_script_runs_at_tiny_sizes(name, tmp_path, monkeypatch, in_process):
     SCRIPTS[name](tmp_path, monkeypatch)
+
+
+def test_compare_pools_fresh_processes_by_their_own_ratios(tmp_path, in_process):
+    script = _script("compare")
+    from benchmarks.compare import Measured, ratio, ratios
+
+    slow, fast = Measured("a", "a", "qualcl", process_medians=[2.0, 3.0, 9.0]), Measured("b", "b", "floor")
+    fast.process_medians = [1.0, 2.0, 3.0]
+    assert ratios(slow, fast) == [2.0, 1.5, 3.0] and ratio(slow, fast) == 2.0  # per process, then the median
+    assert slow.median == 3.0 and ratio(slow, Measured("c", "c", "floor", times=[1.5])) == 2.0
+    assert ratio(slow, Measured("d", "d", "floor", error="OOM")) is None
+    command = ["--groups", "topk", "--size", "96", "--threads", "1", "--repeats", "1", "--warmup", "1"]
+    assert script.main([*command, "--budget", "0", "--no-memory", "--processes", "2", "--out", str(tmp_path)]) == 0
+    raw = json.loads((tmp_path / "cpu-quick.json").read_text())["results"]["topk"]
+    assert all(len(m["process_medians"]) == 2 and len(m["times"]) >= 6 for m in raw.values())
+    text = (tmp_path / "cpu-quick.md").read_text()
+    assert "timed in 2 fresh processes" in text
+    floor_cells = [row[3] for row in _rows(text, "### ")]
+    assert all(cell.endswith(")") and "–" in cell for cell in floor_cells), floor_cells  # median (min–max)
+    with pytest.raises(SystemExit):
+        script.main(["--processes", "0"])
