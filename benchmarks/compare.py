@@ -65,9 +65,8 @@ def ratios(a: Measured | None, b: Measured | None) -> list[float]:
     """``a``'s time over ``b``'s: one ratio per process when both were timed in the same processes, else one."""
     if a is None or b is None or a.error or b.error:
         return []
-    pairs = list(zip(a.process_medians, b.process_medians, strict=False))
-    if pairs and len(a.process_medians) == len(b.process_medians):
-        return [x / y for x, y in pairs if y > 0]
+    if a.process_medians and len(a.process_medians) == len(b.process_medians):
+        return [x / y for x, y in zip(a.process_medians, b.process_medians, strict=True) if y > 0]
     return [a.median / b.median] if a.median is not None and b.median else []
 
 
@@ -439,8 +438,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.timing_child:
         group_key, shape_json = args.timing_child
-        kwargs = {"repeats": args.repeats, "warmup": args.warmup, "budget": args.budget}
-        _timing_child(group_key, shape_json, threads=args.threads, **kwargs)
+        _timing_child(
+            group_key, shape_json, threads=args.threads, repeats=args.repeats, warmup=args.warmup, budget=args.budget
+        )
         return 0
     if args.processes < 1 or (args.processes > 1 and args.device != "cpu"):
         parser.error(f"--processes must be at least 1 (more only on --device cpu), got {args.processes}")

@@ -38,6 +38,4 @@ def file_lock(path: Path, *, wait: bool = True) -> Iterator[None]:
         except OSError as error:  # BlockingIOError (held elsewhere, wait=False) is raised
             if error.errno not in _NO_LOCKS:
                 raise
-            yield
-            return
         yield  # closing the handle releases the lock
