@@ -39,6 +39,8 @@ from pathlib import Path
 from benchmarks.compare import cpu_model
 
 RESULTS = Path(__file__).parent / "results"
+MEMORY_MAPPED_ROWS = 200_000
+"""Databases of more rows are written to a ``.npy`` file and searched memory-mapped, as a large index would be."""
 
 
 def _rss_mib() -> float:
@@ -133,11 +135,12 @@ def _search(
 
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)
-    if database_n > 200_000:  # memory-mapped, written in slices
+    if database_n > MEMORY_MAPPED_ROWS:  # memory-mapped, written in slices
         path = Path(folder) / f"database_{database_n}.npy"
         mapped = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(database_n, 512))
-        for row in range(0, database_n, 100_000):
-            part = torch.randn(min(100_000, database_n - row), 512, generator=g)
+        step = max(1, MEMORY_MAPPED_ROWS // 2)
+        for row in range(0, database_n, step):
+            part = torch.randn(min(step, database_n - row), 512, generator=g)
             mapped[row : row + part.shape[0]] = torch.nn.functional.normalize(part, dim=1).numpy()
         mapped.flush()
         del mapped
@@ -156,7 +159,7 @@ def _search(
     host_queries = queries.numpy()
     if device == "cuda":
         queries = queries.cuda()
-        database = database.cuda() if database_n <= 200_000 else database
+        database = database.cuda() if database_n <= MEMORY_MAPPED_ROWS else database
     from qualcl.evaluation import RetrievalIndex
 
     index = RetrievalIndex(database)
@@ -212,7 +215,7 @@ def _search_tables(results: list[tuple[int, int, dict[str, object] | None, str]]
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for q, n, r, error in results:
-        shape = f"{q:,} × {n:,}" + (" (memory-mapped)" if n > 200_000 else "")
+        shape = f"{q:,} × {n:,}" + (" (memory-mapped)" if n > MEMORY_MAPPED_ROWS else "")
         if r is not None and r.get("faiss_device") not in (None, "cpu"):
             shape += f", FAISS on {r['faiss_device']}"
         if r is None:
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--search",
         default="1000x100000,10000x100000,1000x1000000",
-        help="search shapes Q x N (N > 200k: memory-mapped)",
+        help=f"search shapes Q x N (N > {MEMORY_MAPPED_ROWS:,}: memory-mapped)",
     )
     parser.add_argument("--search-repeats", type=int, default=5, help="interleaved rounds per search shape")
     parser.add_argument("--search-only", action="store_true", help="keep the committed circle-loss table")

@@ -191,14 +191,28 @@ def patch_discrimination(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 def retrieval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     script = _script("retrieval", "faiss", "pytorch_metric_learning")
-    sizes = ["--sizes", "64", "--search", "10x300", "--repeats", "1", "--search-repeats", "1", "--threads", "1"]
+    import numpy as np
+
+    monkeypatch.setattr(script, "MEMORY_MAPPED_ROWS", 200)  # the second shape takes the memory-mapped path
+    mapped: list[tuple[str, object]] = []
+    open_memmap = np.lib.format.open_memmap
+
+    def spy(*args, **kwargs):
+        mapped.append((kwargs.get("mode", "r+"), kwargs.get("shape")))  # np.load(mmap_mode=...) opens it too
+        return open_memmap(*args, **kwargs)
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", spy)
+    sizes = ["--sizes", "64", "--search", "10x150,10x300", "--repeats", "1", "--search-repeats", "1", "--threads", "1"]
     script.main([*sizes, "--results", str(tmp_path)])
     text = (tmp_path / "retrieval_cpu.md").read_text()
     circle = _rows(text, "## Circle loss")
     assert [row[0] for row in circle] == ["64"] and "failed" not in " ".join(circle[0])
     search = _rows(text, "## Exact search")
-    assert [row[1] for row in search] == list(script.SEARCH_METHODS.values())
+    assert [row[1] for row in search] == 2 * list(script.SEARCH_METHODS.values())
+    shapes = [row[0] for row in search if row[1] == script.SEARCH_METHODS["qualcl"]]
+    assert shapes == ["10 × 150", "10 × 300 (memory-mapped)"]
     assert {row[7] for row in search} == {"1.0000", "—"}  # every method that returns indices found topk's
+    assert mapped == [("w+", (300, 512)), ("r+", None)]  # only the large database, written then mapped
 
 
 def siglip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -284,3 +298,32 @@ def test_compare_pools_fresh_processes_by_their_own_ratios(tmp_path, in_process)
     assert all(cell.endswith(")") and "–" in cell for cell in floor_cells), floor_cells  # median (min–max)
     with pytest.raises(SystemExit):
         script.main(["--processes", "0"])
+
+
+def test_children_run_as_real_processes(tmp_path):
+    """The smoke tests above run each child in this process; here one script's children are real processes
+    (``python -m benchmarks.compare`` started in the repository root, as a user runs it)."""
+    _script("compare")
+    command = ["--groups", "topk", "--size", "64", "--threads", "1", "--repeats", "1", "--warmup", "1"]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.compare",
+            *command,
+            "--budget",
+            "0",
+            "--processes",
+            "2",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=BENCHMARKS.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    raw = json.loads((tmp_path / "cpu-quick.json").read_text())["results"]["topk"]
+    assert all(len(m["process_medians"]) == 2 and m.get("error") is None for m in raw.values()), raw
