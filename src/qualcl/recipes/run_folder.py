@@ -32,6 +32,7 @@ __all__ = [
     "ModelCard",
     "RunFolder",
     "RunFolderBusy",
+    "count",
     "flatten_metrics",
     "prepare_run_folder",
     "read_metrics",
@@ -58,6 +59,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 class RunFolderBusy(ValueError):
     """A run folder another process is running into (:meth:`RunFolder.exclusive`); nothing was written."""
+
+
+def count(n: int, noun: str) -> str:
+    """``"1 epoch"``, ``"12 epochs"``: a number and its noun, plural unless the number is 1.
+
+    Example:
+        >>> count(1, "epoch"), count(0, "step")
+        ('1 epoch', '0 steps')
+    """
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _cell(value: float) -> str:

@@ -33,7 +33,7 @@ from qualcl.recipes.comcl.modules import GradingFineTuning, pretraining_module
 from qualcl.recipes.comcl.probe import pretrained_encoder, probe_encoder
 from qualcl.recipes.driver import Recipe, RunContext, Stage, eval_loader, train_loader
 from qualcl.recipes.plots import plot_confusion, plot_embedding
-from qualcl.recipes.run_folder import ModelCard, strata_table
+from qualcl.recipes.run_folder import ModelCard, count, strata_table
 from qualcl.samplers import LevelBalancedBatchSampler
 
 __all__ = ["COMCL", "ComclData", "ComclRecipe", "pretraining_module", "run_ablation", "run_comcl"]
@@ -228,15 +228,15 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, GradingFineTuning]):
         pretraining = (
             "none (the baseline)"
             if p.method == "none"
-            else f"{p.method}, pairs {list(p.pairs)}, miner {p.miner} ({p.spl_threshold}), {p.steps} steps of "
+            else f"{p.method}, pairs {list(p.pairs)}, miner {p.miner} ({p.spl_threshold}), {count(p.steps, 'step')} of "
             f"{p.per_level} patches per level ({p.patch_size} px)"
         )
         summary = (
             f"Preset `{config.preset}`, seed {config.seed}, encoder `{config.backbone}`, dataset "
             f"`{config.data.dataset}` ({len(data.train)} training / {len(data.test)} test images at "
-            f"{config.data.image_size} px). Pre-training: {pretraining}. Fine-tuning: {config.finetune.epochs} "
-            f"epochs, model selection by validation {label}. Test sets: the original one and the low-quality "
-            f"ratio raised to {', '.join(f'{r:.0%}' for r in config.lq_ratios)}."
+            f"{config.data.image_size} px). Pre-training: {pretraining}. Fine-tuning: "
+            f"{count(config.finetune.epochs, 'epoch')}, model selection by validation {label}. Test sets: the original "
+            f"one and the low-quality ratio raised to {', '.join(f'{r:.0%}' for r in config.lq_ratios)}."
         )
         return ModelCard(
             title=f"CoMCL ({p.method}, {config.backbone}) on {config.data.dataset}",
@@ -295,13 +295,13 @@ class ComclRecipe(Recipe[ComclConfig, ComclData, GradingFineTuning]):
         )
         where = "Chest X-ray at its original 43.2 % LQ (Table 1)" if cxr else "EyeQ at 33.4 % LQ (Tables 2-3)"
         return (
-            f"Backbone `{config.backbone}`, {config.pretrain.steps} pre-training steps, {config.finetune.epochs} "
-            "fine-tuning epochs. `original` is the test set as generated; `lq_70` / `lq_100` raise its low-quality "
-            "ratio by degrading Good images. The probes are linear probes of the frozen pre-trained encoder's "
-            "whole-image features (fitted on the training images, scored on the original test set; the baseline's "
-            "encoder is its random initialisation) for the class and for low vs high quality; effective rank and "
-            "cosines describe the test features by CoMCL level. "
-            f"The paper's Kappa / ACC, {where}, for reference only (data, resolution and backbone differ): {paper}."
+            f"Backbone `{config.backbone}`, {count(config.pretrain.steps, 'pre-training step')}, "
+            f"{count(config.finetune.epochs, 'fine-tuning epoch')}. `original` is the test set as generated; `lq_70` / "
+            "`lq_100` raise its low-quality ratio by degrading Good images. The probes are linear probes of the "
+            "frozen pre-trained encoder's whole-image features (fitted on the training images, scored on the original "
+            "test set; the baseline's encoder is its random initialisation) for the class and for low vs high "
+            "quality; effective rank and cosines describe the test features by CoMCL level. The paper's Kappa / ACC, "
+            f"{where}, for reference only (data, resolution and backbone differ): {paper}."
         )
 
 

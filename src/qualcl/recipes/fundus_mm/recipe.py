@@ -31,7 +31,7 @@ from qualcl.recipes.fundus_mm.model import FundusMMNet, text_model_path
 from qualcl.recipes.fundus_mm.modules import ImageTextPretraining, class_embeddings, zero_shot_logits
 from qualcl.recipes.modules import GradingFineTuning, gathering
 from qualcl.recipes.plots import plot_confusion, plot_heatmap, plot_image_grid
-from qualcl.recipes.run_folder import ModelCard, strata_table
+from qualcl.recipes.run_folder import ModelCard, count, strata_table
 
 __all__ = ["FUNDUS_MM", "FundusMMRecipe", "FundusMMState", "run_ablation"]
 
@@ -337,9 +337,9 @@ class FundusMMRecipe(Recipe[FundusMMConfig, FundusMMData, FundusMMState]):
         """The encoder and schedule, and the paper's Table 1 for the rows it has."""
         rows = "; ".join(f"{ABLATIONS[n].label.split(' (')[0]} {' / '.join(cells)}" for n, cells in PAPER_TABLE.items())
         return (
-            f"Encoder `{config.model.encoder}`, {config.train.epochs} pre-training epochs. The paper's Table 1 "
-            f"(zero-shot ODIR acc % / few-shot FIVES acc % / fine-tuned APTOS kappa × 100: {rows}) is on other "
-            "data and models."
+            f"Encoder `{config.model.encoder}`, {count(config.train.epochs, 'pre-training epoch')}. The paper's Table "
+            f"1 (zero-shot ODIR acc % / few-shot FIVES acc % / fine-tuned APTOS kappa × 100: {rows}) is on other data "
+            "and models."
         )
 
     def model_card(self, ctx: Ctx, data: FundusMMData, state: FundusMMState, results: dict[str, Any]) -> ModelCard:
@@ -357,11 +357,10 @@ class FundusMMRecipe(Recipe[FundusMMConfig, FundusMMData, FundusMMState]):
             headline[f"fine-tuned {kappa}"] = test["finetune"]["original"]["overall"][kappa]
         summary = (
             f"Preset `{config.preset}`, seed {config.seed}, dataset `{config.data.dataset}` at "
-            f"{config.data.image_size} px ({'class-level' if data.class_level else 'per-image'} captions, "
-            f"vocabulary {state.tokenizer.vocab_size}). "
-            f"`{m.encoder}`, mask ratio {m.mask_ratio}; objectives: contrastive {m.contrastive}, masked image "
-            f"{m.mim}, caption `{m.caption}`; fusion {m.fusion}. {config.train.epochs} epochs on {len(data.train)} "
-            f"images (the last epoch is kept)."
+            f"{config.data.image_size} px ({'class-level' if data.class_level else 'per-image'} captions, vocabulary "
+            f"{state.tokenizer.vocab_size}). `{m.encoder}`, mask ratio {m.mask_ratio}; objectives: contrastive "
+            f"{m.contrastive}, masked image {m.mim}, caption `{m.caption}`; fusion {m.fusion}. "
+            f"{count(config.train.epochs, 'epoch')} on {len(data.train)} images (the last epoch is kept)."
         )
         columns: dict[str, dict[str, dict[str, float]]] = {}
         for label, block in (("zero-shot", test["zero_shot"]), ("fine-tuned", test["finetune"])):

@@ -40,7 +40,7 @@ from qualcl.recipes.local_discrimination.modules import (
 from qualcl.recipes.local_discrimination.plots import cluster_rgb, heat_rgb, mark_landmarks, overlay_rgb, pca_rgb
 from qualcl.recipes.modules import gathering
 from qualcl.recipes.plots import plot_grouped_bars, plot_image_grid, plot_variant_dots
-from qualcl.recipes.run_folder import ModelCard, strata_table
+from qualcl.recipes.run_folder import ModelCard, count, strata_table
 
 __all__ = ["LOCAL_DISCRIMINATION", "LDState", "LocalDiscriminationRecipe", "run_ablation", "run_local_discrimination"]
 
@@ -352,9 +352,9 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
         d, p, t = config.data, config.pretrain, config.transfer
         return (
             f"Encoder `{config.model.encoder}`: pre-training {p.stage1_epochs} (+ {p.stage2_epochs} for LD) epochs of "
-            f"{p.steps_per_epoch} steps on the training split without labels; transfer on {d.labelled} labelled "
-            f"images, {t.frozen_epochs} epochs frozen then {t.finetune_epochs} fine-tuned. Landmarks: one-shot, "
-            "qualcl's design (lower is better)."
+            f"{count(p.steps_per_epoch, 'step')} on the training split without labels; transfer on {d.labelled} "
+            f"labelled images, {count(t.frozen_epochs, 'epoch')} frozen then {t.finetune_epochs} fine-tuned. "
+            "Landmarks: one-shot, qualcl's design (lower is better)."
         )
 
     def ablation_plots(
@@ -385,10 +385,10 @@ class LocalDiscriminationRecipe(Recipe[LocalDiscriminationConfig, LDData, LDStat
         summary = (
             f"Preset `{c.preset}`, seed {c.seed}, dataset `{c.data.dataset}` at {c.data.image_size} px. Pre-training "
             f"`{p.method}` on {counts['pretrain_images']} unlabelled images ({p.stage1_epochs} + {p.stage2_epochs} "
-            f"epochs of {p.steps_per_epoch} steps, batch {p.batch_size} × 5 images, {p.grid}×{p.grid} patch grid). "
-            f"Transfer: {counts['labelled']} labelled images ({counts['val']} for validation), {t.frozen_epochs} "
-            f"epochs frozen then {t.finetune_epochs} fine-tuned; {counts['test']} test images. Landmark localisation "
-            "is qualcl's design (the paper's method is not public)."
+            f"epochs of {count(p.steps_per_epoch, 'step')}, batch {p.batch_size} × 5 images, {p.grid}×{p.grid} patch "
+            f"grid). Transfer: {counts['labelled']} labelled images ({counts['val']} for validation), "
+            f"{count(t.frozen_epochs, 'epoch')} frozen then {t.finetune_epochs} fine-tuned; {counts['test']} test "
+            "images. Landmark localisation is qualcl's design (the paper's method is not public)."
         )
         plots = [
             "dice_by_quality.png",

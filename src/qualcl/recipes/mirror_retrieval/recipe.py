@@ -17,7 +17,7 @@ from qualcl.recipes.mirror_retrieval.data import RetrievalData, RetrievalDataset
 from qualcl.recipes.mirror_retrieval.model import MirrorRetrievalNet
 from qualcl.recipes.mirror_retrieval.modules import RetrievalTraining
 from qualcl.recipes.plots import plot_embedding, plot_grouped_bars, plot_retrieval_grid
-from qualcl.recipes.run_folder import ModelCard, strata_table
+from qualcl.recipes.run_folder import ModelCard, count, strata_table
 
 __all__ = ["MIRROR_RETRIEVAL", "MirrorRetrievalRecipe", "run_ablation", "run_mirror_retrieval"]
 
@@ -194,9 +194,9 @@ class MirrorRetrievalRecipe(Recipe[MirrorRetrievalConfig, RetrievalData, Retriev
         """The protocol, and what the paper publishes."""
         k = config.eval.k
         return (
-            f"Encoder `{config.model.encoder}`, {config.train.epochs} epochs. Database = training + validation "
-            f"images, queries = test images; relevance = same DR grade. mAP@{k} divides by the relevant items "
-            f"retrieved; legacy mAP@{k} is the public FundusDR code's (divides by {k}). The paper publishes no "
+            f"Encoder `{config.model.encoder}`, {count(config.train.epochs, 'epoch')}. Database = training + "
+            f"validation images, queries = test images; relevance = same DR grade. mAP@{k} divides by the relevant "
+            f"items retrieved; legacy mAP@{k} is the public FundusDR code's (divides by {k}). The paper publishes no "
             "numbers (only its abstract is public)."
         )
 
@@ -211,9 +211,10 @@ class MirrorRetrievalRecipe(Recipe[MirrorRetrievalConfig, RetrievalData, Retriev
             f"(mirrors `{m.mirrors}`), "
             + ("GeM descriptor" if not m.projection else "linear projection of the GeM descriptor")
             + f" ({results['descriptor_dim']} dimensions); metric loss "
-            f"`{t.metric_loss}`, reconstruction {m.reconstruction}, grade BCE {m.classifier}. {t.epochs} epochs "
-            f"on {len(data.train)} images; best epoch {results.get('best_epoch')} by validation mAP@{config.eval.k}. "
-            f"Database {len(data.database)} images (train + validation), {len(data.test)} queries (test)."
+            f"`{t.metric_loss}`, reconstruction {m.reconstruction}, grade BCE {m.classifier}. "
+            f"{count(t.epochs, 'epoch')} on {len(data.train)} images; best epoch {results.get('best_epoch')} by "
+            f"validation mAP@{config.eval.k}. Database {len(data.database)} images (train + validation), "
+            f"{len(data.test)} queries (test)."
         )
         columns = {**self.ablation_columns(config), "precision@1": "P@1"}
         cells = {name: {**v, "n": v.get("queries", 0)} for name, v in self.ablation_cells(config, results).items()}

@@ -19,7 +19,7 @@ from qualcl.recipes.mkcnet.model import build_meta_learner, build_task_net
 from qualcl.recipes.mkcnet.modules import MkcnetTraining
 from qualcl.recipes.modules import gathering
 from qualcl.recipes.plots import plot_confusion, plot_curves, plot_embedding
-from qualcl.recipes.run_folder import ModelCard, strata_table
+from qualcl.recipes.run_folder import ModelCard, count, strata_table
 
 __all__ = ["MKCNET", "MkcnetRecipe", "run_ablation", "run_mkcnet"]
 
@@ -125,12 +125,12 @@ class MkcnetRecipe(Recipe[MkcnetConfig, MkcnetData, MkcnetTraining]):
     def ablation_notes(self, config: MkcnetConfig) -> str:
         """The protocol and the paper's EyeQ row (Table 2: 83.83 / 78.01 / 59.68 %) for reference."""
         return (
-            f"Backbone `{config.model.backbone}`, {config.train.epochs} epochs. Test AUC (one-vs-one on "
+            f"Backbone `{config.model.backbone}`, {count(config.train.epochs, 'epoch')}. Test AUC (one-vs-one on "
             "probabilities), accuracy and macro F1; the strata are the quality levels and `low_quality`, the "
             "low-quality test images together (paper Fig. 6 top). `@lqXX` variants keep XX % of the training LQ "
-            "images, all HQ images (paper Fig. 5; curve `ablation_lq_sweep.png`). The paper shows its ablations "
-            "only as plots (Fig. 4–6); its EyeQ Table 2 row for full MKCNet, AUC / ACC / F1 0.838 / 0.780 / 0.597, "
-            "is given for reference: data, resolution and backbone differ."
+            "images, all HQ images (paper Fig. 5; curve `ablation_lq_sweep.png`). The paper shows its ablations only "
+            "as plots (Fig. 4–6); its EyeQ Table 2 row for full MKCNet, AUC / ACC / F1 0.838 / 0.780 / 0.597, is "
+            "given for reference: data, resolution and backbone differ."
         )
 
     def ablation_plots(
@@ -154,9 +154,9 @@ class MkcnetRecipe(Recipe[MkcnetConfig, MkcnetData, MkcnetTraining]):
         summary = (
             f"Preset `{c.preset}`, seed {c.seed}, dataset `{c.data.dataset}`. Task Net (`{m.backbone}`): GAB `{m.gab}` "
             f"on `{m.gab_input}` features, assist `{m.assist}` from `{m.assist_from}`, quality head {m.quality_head}; "
-            f"Meta Learner {m.meta} (mask by {m.mask_by}, L = {m.slice_length}, {c.train.meta_mode}). {c.train.epochs} "
-            f"epochs on {len(data.train)} training images at {c.data.image_size} px; best epoch "
-            f"{results.get('best_epoch')} by validation AUC."
+            f"Meta Learner {m.meta} (mask by {m.mask_by}, L = {m.slice_length}, {c.train.meta_mode}). "
+            f"{count(c.train.epochs, 'epoch')} on {len(data.train)} training images at {c.data.image_size} px; best "
+            f"epoch {results.get('best_epoch')} by validation AUC."
         )
         table = strata_table({"test": results["test"]}, {"auc": "AUC", "accuracy": "ACC", "macro_f1": "F1"})
         headline = {"test AUC": overall["auc"], "test accuracy": overall["accuracy"], "macro F1": overall["macro_f1"]}
