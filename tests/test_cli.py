@@ -60,6 +60,16 @@ def test_every_registered_recipe_loads_and_builds_its_presets():
             recipe.config(overrides=variant.overrides)
 
 
+@pytest.mark.parametrize("what", ["recipes", "models"])
+def test_list_aligns_its_descriptions_whatever_the_longest_name(capsys, what):
+    assert main(["list", what]) == 0
+    first_block = capsys.readouterr().out.split("\n\n")[0]  # `list models` goes on with the models module
+    rows = [line for line in first_block.splitlines() if line.startswith("    ")]
+    names = [row.split()[0] for row in rows]
+    starts = {len(row) - len(row[4 + len(name) :].lstrip()) for row, name in zip(rows, names, strict=True)}
+    assert len(rows) >= 5 and starts == {4 + max(map(len, names)) + 2}  # one column, two spaces after the longest
+
+
 def test_list_models_names_every_encoder(capsys):
     assert main(["list", "models"]) == 0
     out = capsys.readouterr().out

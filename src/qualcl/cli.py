@@ -26,14 +26,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
         from qualcl.recipes import RECIPES
 
         print("qualcl run — recipes (docs: recipes.md and each recipe's page)")
+        width = max(map(len, RECIPES))
         for name, recipe in RECIPES.items():
-            print(f"    {name:18s} {recipe.description}")
+            print(f"    {name:{width}s}  {recipe.description}")
     if args.what == "models":
         from qualcl.models import ENCODERS
 
         print("qualcl.models — build_encoder(name)")
+        width = max(map(len, ENCODERS))
         for name, info in ENCODERS.items():
-            print(f"    {name:18s} {info.family:4s} {info.description}")
+            print(f"    {name:{width}s}  {info.family:4s} {info.description}")
     for item in GROUPS:
         if args.what not in ("all", item.key):
             continue
