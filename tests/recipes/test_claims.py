@@ -289,3 +289,38 @@ def test_publish_from_the_command_line_refuses_a_folder_without_an_ablation(tmp_
     with pytest.raises(SystemExit) as raised:
         main(["publish", str(tmp_path), "--recipe", "mkcnet", "--stem", "x", "--title", "T", "--provenance", "p"])
     assert raised.value.code == 2 and "folder must hold a collected ablation" in capsys.readouterr().err
+
+
+def _recorded():
+    from qualcl.recipes.claims import measurements
+
+    return measurements()
+
+
+@pytest.mark.parametrize("measurement", _recorded(), ids=lambda m: f"{m['recipe']}:{m['page']}")
+def test_every_recorded_command_rebuilds_the_configuration_it_measured(measurement):
+    """The claims page's command column reproduces each measurement at this code: a default changed since
+    it was recorded must be spelled out in its command (``--set key=old``)."""
+    import shlex
+
+    from qualcl.recipes import RECIPES
+    from qualcl.recipes.ablation import variant_config
+    from qualcl.recipes.claims import IGNORED, _ignored, flat_config
+    from qualcl.recipes.config import config_to_dict
+
+    words = shlex.split(measurement["command"])
+    assert words[:2] == ["qualcl", "run"] and words[2] == measurement["recipe"] and "--ablation" in words
+    spec = RECIPES[measurement["recipe"]].load_spec()
+
+    def option(name: str) -> str | None:
+        return words[words.index(name) + 1] if name in words else None
+
+    sets = [words[i + 1] for i, word in enumerate(words) if word == "--set"]
+    dataset = {"dataset": option("--dataset")} if option("--dataset") else {}
+    base = spec.config(option("--preset") or "default", overrides=sets, **dataset)
+    added = flat_config(config_to_dict(spec.config_class()))  # settings added since: at their defaults
+    for variant, recorded in measurement["configs"].items():
+        rebuilt = flat_config(config_to_dict(variant_config(base, spec.ablations, variant, 0)))
+        expected = {k: v for k, v in {**added, **recorded}.items() if not _ignored(k, IGNORED)}
+        differ = {k: (expected.get(k), rebuilt.get(k)) for k in expected.keys() | rebuilt.keys()}
+        assert {k: v for k, v in differ.items() if v[0] != v[1]} == {}, variant
