@@ -304,23 +304,19 @@ def test_every_recorded_command_rebuilds_the_configuration_it_measured(measureme
     import shlex
 
     from qualcl.recipes import RECIPES
+    from qualcl.recipes._cli import build_recipe_parser, config_from_arguments
     from qualcl.recipes.ablation import variant_config
-    from qualcl.recipes.claims import IGNORED, _ignored, flat_config
+    from qualcl.recipes.claims import config_differences, flat_config
     from qualcl.recipes.config import config_to_dict
 
     words = shlex.split(measurement["command"])
-    assert words[:2] == ["qualcl", "run"] and words[2] == measurement["recipe"] and "--ablation" in words
-    spec = RECIPES[measurement["recipe"]].load_spec()
-
-    def option(name: str) -> str | None:
-        return words[words.index(name) + 1] if name in words else None
-
-    sets = [words[i + 1] for i, word in enumerate(words) if word == "--set"]
-    dataset = {"dataset": option("--dataset")} if option("--dataset") else {}
-    base = spec.config(option("--preset") or "default", overrides=sets, **dataset)
-    added = flat_config(config_to_dict(spec.config_class()))  # settings added since: at their defaults
+    assert words[:3] == ["qualcl", "run", measurement["recipe"]]
+    parser, spec = build_recipe_parser(RECIPES[measurement["recipe"]], measurement["recipe"])
+    args = parser.parse_args(words[3:])  # what `qualcl run` parses and builds
+    variants = args.variants.split(",") if args.variants else list(spec.ablations)
+    assert args.ablation and set(measurement["configs"]) <= set(variants)
+    base = config_from_arguments(spec, args)
+    defaults = flat_config(config_to_dict(spec.config_class()))  # settings added since: at their defaults
     for variant, recorded in measurement["configs"].items():
         rebuilt = flat_config(config_to_dict(variant_config(base, spec.ablations, variant, 0)))
-        expected = {k: v for k, v in {**added, **recorded}.items() if not _ignored(k, IGNORED)}
-        differ = {k: (expected.get(k), rebuilt.get(k)) for k in expected.keys() | rebuilt.keys()}
-        assert {k: v for k, v in differ.items() if v[0] != v[1]} == {}, variant
+        assert config_differences(rebuilt, recorded, defaults) == [], variant

@@ -63,6 +63,25 @@ def _differences(ours: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
     return [f"`{k}` {theirs.get(k, '—')} → {ours.get(k, '—')}" for k in keys if ours.get(k) != theirs.get(k)]
 
 
+def config_differences(ours: Mapping[str, Any], recorded: Mapping[str, Any], added: Mapping[str, Any]) -> list[str]:
+    """The settings by which a configuration differs from a measured variant's, as ``"`key` theirs → ours"``.
+
+    Keys ignored now (:data:`IGNORED`) are ignored in the record too, and a setting the record lacks (added to
+    the recipe after it was recorded) is taken at its default, since a new option keeps the earlier behaviour
+    by default.
+
+    Args:
+        ours: The configuration, flattened (:func:`flat_config`).
+        recorded: A variant's recorded configuration (a measurement's ``configs[variant]``).
+        added: The config class's defaults, flattened (``{}``: a setting the record lacks differs from any value).
+
+    Returns:
+        One entry per differing setting, sorted by key; empty when the configuration is the measured one.
+    """
+    theirs = {k: v for k, v in {**added, **recorded}.items() if not _ignored(k, IGNORED)}
+    return _differences(dict(ours), theirs)
+
+
 def _row(claim: dict[str, Any]) -> str:
     interval = f"{claim['mean']:+.3f} [{claim['low']:+.3f}, {claim['high']:+.3f}]" if claim["pairs"] > 1 else "n/a"
     return f"{claim['statement']}: {interval}, **{claim['verdict']}** ({claim['pairs']} paired seeds)"
@@ -96,9 +115,7 @@ def standing(recipe: str, config: Mapping[str, Any], defaults: Mapping[str, Any]
     best: tuple[int, dict[str, Any], str, list[str]] | None = None
     for m in measurements(recipe):
         for variant, recorded in m["configs"].items():
-            # the keys ignored since it was recorded are ignored there too
-            theirs = {k: v for k, v in {**added, **recorded}.items() if not _ignored(k, IGNORED)}
-            diff = _differences(ours, theirs)
+            diff = config_differences(ours, recorded, added)
             if best is None or len(diff) < best[0]:
                 best = (len(diff), m, variant, diff)
     if best is None:
