@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
 
@@ -191,8 +192,6 @@ def patch_discrimination(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 def retrieval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     script = _script("retrieval", "faiss", "pytorch_metric_learning")
-    import numpy as np
-
     monkeypatch.setattr(script, "MEMORY_MAPPED_ROWS", 200)  # the second shape takes the memory-mapped path
     mapped: list[tuple[str, object]] = []
     open_memmap = np.lib.format.open_memmap
@@ -304,26 +303,9 @@ def test_children_run_as_real_processes(tmp_path):
     """The smoke tests above run each child in this process; here one script's children are real processes
     (``python -m benchmarks.compare`` started in the repository root, as a user runs it)."""
     _script("compare")
-    command = ["--groups", "topk", "--size", "64", "--threads", "1", "--repeats", "1", "--warmup", "1"]
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.compare",
-            *command,
-            "--budget",
-            "0",
-            "--processes",
-            "2",
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=BENCHMARKS.parent,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
+    command = [sys.executable, "-m", "benchmarks.compare", "--groups", "topk", "--size", "64", "--threads", "1"]
+    command += ["--repeats", "1", "--warmup", "1", "--budget", "0", "--processes", "2", "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=BENCHMARKS.parent, capture_output=True, text=True, check=False, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     raw = json.loads((tmp_path / "cpu-quick.json").read_text())["results"]["topk"]
     assert all(len(m["process_medians"]) == 2 and m.get("error") is None for m in raw.values()), raw
