@@ -15,14 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from sklearn.metrics import cohen_kappa_score
+from torch import Tensor
 
 from qualcl import functional, kernels
-from qualcl._validation import check_class_ids, check_int, check_number
+from qualcl._validation import check_class_ids, check_int, check_number, check_scalar
 from qualcl.data.images import open_image
 from qualcl.data.levels import split_levels
 from qualcl.data.readers._files import read_csv_rows
 from qualcl.heads import CBAM, ChannelGate, GlobalAttentionBlock, MetaKnowledgeAssistanceBlock, ProjectionHead
-from qualcl.losses import ClipLoss, FocalLoss, InfoNCE, MultiLevelInfoNCE, NTXentLoss
+from qualcl.losses import ClipLoss, FocalLoss, InfoNCE, MultiLevelInfoNCE, NTXentLoss, SigLipLoss
 from qualcl.metrics import (
     binary_auroc,
     cohen_kappa,
@@ -321,6 +322,73 @@ def test_check_number_bounds(value):
     else:
         with pytest.raises(ValueError, match="p must be a finite number >= 0 and <= 1"):
             check_number("p", value, minimum=0, maximum=1)
+
+
+@given(
+    st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.text(max_size=2)),
+    st.sampled_from(["number", "tensor", "row"]),
+    st.booleans(),
+)
+def test_check_scalar_accepts_finite_numbers_and_one_element_tensors(value, form, positive):
+    if form != "number" and isinstance(value, float):
+        value = torch.tensor(value if form == "tensor" else [value], requires_grad=True)
+    number = float(value.detach()) if isinstance(value, Tensor) else value if isinstance(value, float) else None
+    if number is not None and math.isfinite(number) and (number > 0 or not positive):
+        checked = check_scalar("s", value, positive=positive)
+        assert float(checked.detach() if isinstance(checked, Tensor) else checked) == number
+        if isinstance(value, Tensor):  # a 0-dim view: the gradient reaches the caller's tensor
+            assert checked.dim() == 0 and checked.requires_grad
+            checked.backward()
+            assert value.grad is not None and float(value.grad.sum()) == 1.0
+    else:
+        with pytest.raises((TypeError, ValueError), match="^s "):
+            check_scalar("s", value, positive=positive)
+
+
+def _scalar_takers():
+    """Every public entry point that takes a scale, bias or temperature as a number or a tensor."""
+    x, y = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    rows = torch.arange(4)
+    return {
+        "ClipLoss logit_scale": ("logit_scale", lambda s: ClipLoss()(x, y, s)),
+        "ClipLoss logit_bias": ("logit_bias", lambda b: ClipLoss()(x, y, 10.0, b)),
+        "SigLipLoss logit_scale": ("logit_scale", lambda s: SigLipLoss()(x, y, s)),
+        "SigLipLoss logit_bias": ("logit_bias", lambda b: SigLipLoss()(x, y, 10.0, b)),
+        "fused_siglip logit_scale": ("logit_scale", lambda s: kernels.fused_siglip(x, y, s)),
+        "fused_siglip logit_bias": ("logit_bias", lambda b: kernels.fused_siglip(x, y, 10.0, b)),
+        "fused_info_nce temperature": (
+            "temperature",
+            lambda t: kernels.fused_info_nce(x, y, positive_index=rows, temperature=t),
+        ),
+    }
+
+
+@pytest.mark.parametrize("taker", list(_scalar_takers()))
+@pytest.mark.parametrize(
+    ("bad", "error", "what"),
+    [
+        (NAN, ValueError, "must be a finite number"),
+        (INF, ValueError, "must be a finite number"),
+        (
+            torch.tensor([1.0, 2.0]),
+            ValueError,
+            r"floating tensor, got a torch.float32 tensor of shape \(2,\)",
+        ),
+        (torch.tensor(3), ValueError, "one-element floating tensor, got a torch.int64 tensor"),
+        (torch.tensor(NAN), ValueError, "contains 1 non-finite"),
+        ("1", TypeError, "must be a float or a one-element floating tensor, got str '1'"),
+        (True, TypeError, "got bool True"),
+    ],
+)
+def test_scales_biases_and_temperatures_refuse_bad_values_by_name(taker, bad, error, what):
+    name, call = _scalar_takers()[taker]
+    with pytest.raises(error, match=f"^{name} .*{what}"):
+        call(bad)
+    if name != "logit_bias":  # a scale or temperature must be positive, as a number and as a tensor
+        for negative in (-1.0, torch.tensor(-1.0)):
+            with pytest.raises(ValueError, match=f"^{name} must be .*> 0"):
+                call(negative)
+    assert torch.isfinite(call(torch.tensor(2.0, dtype=torch.float64)))  # and a good value passes
 
 
 @given(st.lists(st.integers(-3, 6), min_size=1, max_size=20))

@@ -9,7 +9,8 @@ Groups:
 
 - Python numbers and options: :func:`check_int`, :func:`check_number` (and its shorthands
   :func:`check_positive`, :func:`check_nonnegative`, :func:`check_probability`),
-  :func:`check_choice`, :func:`check_reduction`, :func:`check_pool_types`.
+  :func:`check_choice`, :func:`check_reduction`, :func:`check_pool_types`, and :func:`check_scalar` (a
+  number or a one-element tensor: logit scales and biases, temperatures).
 - Float tensors: :func:`check_float_tensor`, :func:`check_finite`, :func:`check_embeddings`
   (``(N, D)``), :func:`check_features` (``(N, D)``, heads), :func:`check_feature_map`
   (``(N, C, H, W)``), :func:`check_batch_statistics` (a BatchNorm in training needs two samples).
@@ -142,6 +143,39 @@ def check_nonnegative(name: str, value: Any) -> float:
 def check_probability(name: str, value: Any) -> float:
     """A number in ``[0, 1]``."""
     return check_number(name, value, minimum=0.0, maximum=1.0)
+
+
+def check_scalar(name: str, value: Any, *, positive: bool = False) -> Tensor | float:
+    """A logit scale, bias or temperature: a finite number, or a one-element floating tensor kept for its gradient.
+
+    Args:
+        name: Argument name for the message.
+        value: A Python or NumPy real number (bools refused), or a floating tensor with one element.
+        positive: Whether values ``<= 0`` are refused (for a tensor not checked while ``torch.compile``
+            traces: it would read the value).
+
+    Returns:
+        The number as a ``float``, or the tensor as a 0-dim view (its autograd graph kept).
+
+    Example:
+        >>> check_scalar("logit_scale", 10), check_scalar("logit_bias", torch.tensor([-10.0]))
+        (10.0, tensor(-10.))
+    """
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or not value.is_floating_point():
+            raise ValueError(
+                f"{name} must be a float or a one-element floating tensor, "
+                f"got a {value.dtype} tensor of shape {tuple(value.shape)}"
+            )
+        check_finite(name, value)
+        if positive and not _tracing() and float(value.detach()) <= 0:
+            raise ValueError(f"{name} must be > 0, got {float(value.detach())}")
+        return value.reshape(())
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{name} must be a float or a one-element floating tensor, got {type(value).__name__} {value!r}"
+        )
+    return check_number(name, value, minimum=0.0 if positive else None, exclusive_minimum=positive)
 
 
 def check_top_k(top_k: Any, m: int, *, name: str = "top_k", optional: bool = True) -> int | None:

@@ -97,13 +97,6 @@ def test_logit_bias_equals_open_clip_exactly_and_cancels(n, d, seed, bias):
     torch.testing.assert_close(ClipLoss(normalize=False)(img, txt, s), theirs)
 
 
-def test_logit_bias_is_validated():
-    img, txt = _features(0, 4, 8)
-    for bad in (float("nan"), torch.tensor([1.0, 2.0]), torch.tensor(1), "1"):
-        with pytest.raises(ValueError, match="logit_bias"):
-            ClipLoss()(img, txt, None, bad)
-
-
 @pytest.mark.parametrize("impl", ["naive", "torch"])
 def test_one_grade_batch_has_nothing_to_contrast(impl):
     img, txt = (x.double().requires_grad_() for x in _features(0, 5, 8))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -14,8 +13,8 @@ from qualcl._validation import (
     check_index,
     check_labels,
     check_mask,
-    check_positive,
     check_reduction,
+    check_scalar,
     check_top_k,
     check_weights,
 )
@@ -232,14 +231,9 @@ class _EagerInfoNCE(torch.autograd.Function):
 
 
 def _check_temperature(temperature: float | Tensor) -> float | Tensor:
-    if isinstance(temperature, Tensor):
-        if temperature.numel() != 1 or not temperature.is_floating_point():
-            raise ValueError(f"temperature must be a float or a one-element floating tensor, got {temperature!r}")
-        value = float(temperature.detach())
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"temperature must be a finite number > 0, got {value}")
-        return temperature.reshape(()) if temperature.requires_grad else value
-    return check_positive("temperature", temperature)
+    """A positive temperature; a tensor stays one only when a gradient should reach it."""
+    tau = check_scalar("temperature", temperature, positive=True)
+    return float(tau) if isinstance(tau, Tensor) and not tau.requires_grad else tau
 
 
 def _check_chunk(name: str, value: int | None) -> None:

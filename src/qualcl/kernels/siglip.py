@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from qualcl._validation import check_embeddings, check_finite, check_int, check_reduction, check_weights
+from qualcl._validation import check_embeddings, check_int, check_reduction, check_scalar, check_weights
 from qualcl.functional.reduction import weighted_reduce
 from qualcl.kernels._dispatch import resolve_impl, through_custom_op
 
@@ -318,18 +318,10 @@ def naive_siglip(image: Tensor, text: Tensor, scale: Tensor, bias: Tensor | None
 
 
 def _as_scalar_tensor(name: str, value: Tensor | float, like: Tensor, dtype: torch.dtype, *, positive: bool) -> Tensor:
-    if isinstance(value, Tensor):
-        if value.numel() != 1 or not value.is_floating_point():
-            raise ValueError(f"{name} must be a float or a one-element floating tensor, got shape {tuple(value.shape)}")
-        check_finite(name, value)
-        if positive and not torch.compiler.is_compiling() and float(value.detach()) <= 0:
-            raise ValueError(f"{name} must be > 0, got {float(value.detach())}")
-        return value.reshape(()).to(dtype)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a float or a one-element floating tensor, got {type(value).__name__}")
-    if not torch.isfinite(torch.tensor(float(value))) or (positive and value <= 0):
-        raise ValueError(f"{name} must be a finite number{' > 0' if positive else ''}, got {value!r}")
-    return torch.tensor(float(value), dtype=dtype, device=like.device)
+    checked = check_scalar(name, value, positive=positive)
+    if isinstance(checked, Tensor):
+        return checked.to(dtype)
+    return torch.tensor(checked, dtype=dtype, device=like.device)
 
 
 def fused_siglip(

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qualcl._validation import check_embeddings, check_finite, check_labels, check_positive
+from qualcl._validation import check_embeddings, check_labels, check_positive, check_scalar
 from qualcl.functional.info_nce import compute_dtype
 from qualcl.kernels._dispatch import check_impl, prefers_dense
 from qualcl.kernels.fused_info_nce import fused_info_nce_rows
@@ -181,8 +181,12 @@ class ClipLoss(Loss):
         if labels is not None:
             labels = check_labels("labels", labels, n, image_features.device)
         weights = self.checked_weights(weights, n, image_features.device)
-        scale = self._resolve_scale(logit_scale)
-        bias = self._check_bias(logit_bias)
+        scale = (
+            self.current_logit_scale()
+            if logit_scale is None
+            else check_scalar("logit_scale", logit_scale, positive=True)
+        )
+        bias = None if logit_bias is None else check_scalar("logit_bias", logit_bias)
 
         dtype = compute_dtype(image_features, text_features)
         img, txt = image_features.to(dtype), text_features.to(dtype)
@@ -247,28 +251,3 @@ class ClipLoss(Loss):
             reduction="none",
             impl=self.impl,
         )
-
-    @staticmethod
-    def _check_bias(logit_bias: Tensor | float | None) -> Tensor | float | None:
-        if logit_bias is None:
-            return None
-        if isinstance(logit_bias, Tensor):
-            if logit_bias.numel() != 1 or not logit_bias.is_floating_point():
-                raise ValueError(f"logit_bias must be a float or a one-element floating tensor, got {logit_bias!r}")
-            check_finite("logit_bias", logit_bias)
-            return logit_bias.reshape(())
-        if isinstance(logit_bias, bool) or not isinstance(logit_bias, int | float) or not math.isfinite(logit_bias):
-            raise ValueError(f"logit_bias must be a finite number, got {logit_bias!r}")
-        return float(logit_bias)
-
-    def _resolve_scale(self, logit_scale: Tensor | float | None) -> Tensor | float:
-        if logit_scale is None:
-            return self.current_logit_scale()
-        if isinstance(logit_scale, Tensor):
-            if logit_scale.numel() != 1:
-                raise ValueError(f"logit_scale must be a scalar, got shape {tuple(logit_scale.shape)}")
-            check_finite("logit_scale", logit_scale)
-            if float(logit_scale.detach()) <= 0:
-                raise ValueError(f"logit_scale must be > 0, got {float(logit_scale.detach())}")
-            return logit_scale
-        return check_positive("logit_scale", logit_scale)
