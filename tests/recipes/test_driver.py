@@ -1,6 +1,7 @@
 """The shared recipe skeleton: config resolution, ranks, read-only run folders, model cards, loggers, tables."""
 
 import importlib.util
+import pathlib
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -11,7 +12,7 @@ from qualcl.data import ImageTable
 from qualcl.recipes.comcl import COMCL
 from qualcl.recipes.config import RecipeConfig, parse_overrides, resolve_config
 from qualcl.recipes.driver import is_global_zero, stage_seed
-from qualcl.recipes.run_folder import ModelCard, RunFolder, strata_table
+from qualcl.recipes.run_folder import ModelCard, RunFolder, machine_description, strata_table
 from qualcl.recipes.trainer import check_logger, make_logger
 
 
@@ -121,6 +122,18 @@ def test_model_card_shows_headline_table_and_existing_plots(tmp_path):
     (tmp_path / "plots" / "a.png").write_bytes(b"png")
     card = ModelCard("Title", "Paper", "Summary.", {"AUC": 0.75}, "| t |", ["a.png", "missing.png"]).render(tmp_path)
     assert "**AUC** 0.750" in card and "| t |" in card and "![a](plots/a.png)" in card and "missing" not in card
+
+
+def test_model_card_names_the_processor_and_threads_its_numbers_came_from(tmp_path, monkeypatch):
+    # float rounding, and with it a run's training path, depends on the processor and the thread count
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    card = ModelCard("Title", "Paper", "Summary.").render(tmp_path)
+    environment = card.split("## Environment", 1)[1]
+    assert f"{machine_description()}, written" in environment and "(1 thread)" in environment
+    assert "bit for bit on the same kind of processor and thread count" in environment
+    if pathlib.Path("/proc/cpuinfo").is_file():  # Linux names the model
+        model = next(line for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line)
+        assert model.split(":", 1)[1].strip() in environment
 
 
 def test_loggers(tmp_path):

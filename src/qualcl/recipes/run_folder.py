@@ -71,6 +71,26 @@ def count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def machine_description() -> str:
+    """The processor a run's float rounding depends on: its model, architecture, torch threads and any GPU.
+
+    Example:
+        >>> "thread" in machine_description()
+        True
+    """
+    name = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:  # Linux: the marketing name
+            name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
+    except OSError:
+        pass
+    name = name or platform.processor() or "unknown processor"
+    text = f"{name}, {platform.machine()} ({count(torch.get_num_threads(), 'thread')})"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text
+
+
 def _cell(value: float) -> str:
     return "—" if not math.isfinite(value) else f"{value:.3f}"
 
@@ -150,9 +170,10 @@ class ModelCard:
         parts += [
             "## Environment",
             f"qualcl {__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
-            f"{platform.machine()} ({torch.get_num_threads()} threads), written {time.strftime('%Y-%m-%d %H:%M')}. "
-            "Weights are in `weights/` as safetensors; `config.yaml` reproduces the run; all metrics are in "
-            "`metrics.json` / `metrics.csv`.",
+            f"{machine_description()}, written {time.strftime('%Y-%m-%d %H:%M')}. "
+            "Weights are in `weights/` as safetensors; all metrics are in `metrics.json` / `metrics.csv`. "
+            "`config.yaml` reproduces the run bit for bit on the same kind of processor and thread count; "
+            "another one rounds floats differently, and training then takes another path, as another seed would.",
         ]
         return "\n\n".join(parts) + "\n"
 
