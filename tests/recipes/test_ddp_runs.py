@@ -34,9 +34,11 @@ def _qualcl(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def _why(result: subprocess.CompletedProcess[str]) -> str:
-    """The first traceback of a failed run (the root cause; later ones are the other rank's echo) and the end."""
+    """A failed run's one-line errors (a rank's ``qualcl: error: ...``), its first traceback (the root cause; later
+    ones are the other rank's echo) and the end."""
     err, first = result.stderr, result.stderr.find("Traceback")
-    return err[first : first + 3000] + "\n...\n" + err[-1500:] if first >= 0 else err[-3000:]
+    errors = "\n".join(line for line in err.splitlines() if "qualcl: error:" in line)
+    return errors + "\n...\n" + (err[first : first + 3000] + "\n...\n" + err[-1500:] if first >= 0 else err[-3000:])
 
 
 def _layout(root: Path) -> set[str]:
@@ -81,6 +83,6 @@ def test_torchrun_launches_a_recipe_as_written(tmp_path):
     result = subprocess.run(
         [*command, *options, "--out", "run"], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, _why(result)
     assert (tmp_path / "run" / "metrics.json").is_file() and (tmp_path / "run" / "MODEL_CARD.md").is_file()
     assert result.stdout.count("everything else:") == 1  # one summary, from global rank 0

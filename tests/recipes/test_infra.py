@@ -152,3 +152,25 @@ def test_image_tables_concatenate_and_refuse_mismatches():
         ImageTable.concat([a, ImageTable(bigger, b.label, b.quality, ("Good", "Bad"))])
     with pytest.raises(ValueError, match="at least one"):
         ImageTable.concat([])
+
+
+def test_only_the_writing_rank_reads_the_history_at_a_checkpoint(tmp_path):
+    # under DDP rank 0 appends history rows while every rank saves a checkpoint: a rank that does not write the
+    # folder must not read the file (it could meet a half-written row), and its checkpoint dict is not saved
+    from qualcl.recipes.callbacks import HISTORY_ROWS, HistoryWriter
+
+    class Module:
+        def __init__(self) -> None:
+            self.rows: list[dict[str, float]] = []
+
+    writer_rank = RunFolder(tmp_path / "run")
+    writer_rank.append_history("train", {"step": 0.0, "loss": 1.5})
+    with (tmp_path / "run" / "history" / "train.csv").open("a") as handle:
+        handle.write("1.0,1e")  # a row rank 0 is writing right now
+    other, saved = {}, {}
+    HistoryWriter(RunFolder(tmp_path / "run", writable=False), "train", "rows").on_save_checkpoint(
+        None, Module(), other
+    )
+    assert HISTORY_ROWS not in other
+    with pytest.raises(ValueError, match="could not convert"):  # what the other rank met before
+        HistoryWriter(writer_rank, "train", "rows").on_save_checkpoint(None, Module(), saved)

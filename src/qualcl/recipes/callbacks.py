@@ -62,9 +62,14 @@ class HistoryWriter(Callback):
         self._flush(pl_module)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        """Write pending rows, then record how many rows the history holds at this checkpoint."""
+        """Write pending rows, then record how many rows the history holds at this checkpoint.
+
+        Only the rank that writes the run folder counts them (global rank 0 under DDP, whose checkpoint is
+        the one saved): another rank reading the file while rank 0 appends to it could meet a half-written row.
+        """
         self._flush(pl_module)
-        checkpoint[HISTORY_ROWS] = len(self.run.read_history(self.stage))
+        if self.run.writable:
+            checkpoint[HISTORY_ROWS] = len(self.run.read_history(self.stage))
 
 
 class EpochSetter(Callback):
