@@ -111,10 +111,11 @@ def _case(kind: str, impl: str, n: int, repeats: int, threads: int) -> dict[str,
 
 
 SEARCH_METHODS = {
-    "qualcl": "qualcl `RetrievalIndex.search`",
+    "qualcl": "qualcl `RetrievalIndex.search` (default: the bfloat16 screen where this CPU has native bfloat16)",
+    "qualcl_f32": "qualcl `RetrievalIndex(screen=False).search` (float32 matmul path)",
     "faiss": "FAISS `IndexFlatIP.search`",
     "dense": "matmul + `torch.topk`",
-    "mm": "bare matmul, torch (no selection: the floor of qualcl's search)",
+    "mm": "bare matmul, torch (no selection: the floor of the float32 path)",
     "np_mm": "bare matmul, NumPy's BLAS (no selection; CPU only)",
 }
 """The methods timed on each search shape; the two bare matmuls return scores, not indices: they show the
@@ -163,6 +164,7 @@ def _search(
     from qualcl.evaluation import RetrievalIndex
 
     index = RetrievalIndex(database)
+    plain = RetrievalIndex(database, screen=False)
 
     def sync() -> None:
         if device == "cuda":
@@ -173,6 +175,7 @@ def _search(
 
     runs: dict[str, Callable[[], object]] = {
         "qualcl": lambda: index.search(queries, 10).indices.cpu(),
+        "qualcl_f32": lambda: plain.search(queries, 10).indices.cpu(),
         "faiss": lambda: torch.from_numpy(flat.search(host_queries, 10)[1]),
         "dense": dense,
         "mm": lambda: torch.mm(queries, database.to(queries.device).T),
@@ -183,6 +186,9 @@ def _search(
     reference = dense()
     out: dict[str, object] = {"load_before": " ".join(f"{x:.2f}" for x in os.getloadavg())}
     out["faiss_device"] = faiss_device
+    from qualcl.kernels._topk_screen import bf16_matmul_is_native
+
+    out["native_bf16"] = device == "cpu" and bf16_matmul_is_native()
     wall: dict[str, list[float]] = {name: [] for name in runs}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
     for name, run in runs.items():
@@ -234,6 +240,12 @@ def _search_tables(results: list[tuple[int, int, dict[str, object] | None, str]]
                 f"{r['load_before']} / {r['load_after']} |"
             )
     return lines
+
+
+def _native_bf16(results: list[tuple[int, int, dict[str, object] | None, str]]) -> str:
+    """``yes`` / ``no`` from the shapes' records (``unknown`` when none recorded it)."""
+    seen = {bool(r["native_bf16"]) for _, _, r, _ in results if r is not None and "native_bf16" in r}
+    return "unknown" if len(seen) != 1 else ("yes" if seen.pop() else "no")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -333,7 +345,8 @@ def _write_search(args: argparse.Namespace) -> None:
         "## Exact search: k = 10, cosine, (N, 512) float32 database",
         "",
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}, {platform.machine()} ({cpu_model()}), "
-        f"{os.cpu_count()} logical cores, {args.threads} threads, command `{invocation.strip()}`. "
+        f"{os.cpu_count()} logical cores, {args.threads} threads, command `{invocation.strip()}`; native bfloat16 "
+        f"(the default search screens with it): {_native_bf16(results)}. "
         f"Each shape in its own process; its methods timed interleaved for {args.search_repeats} rounds after "
         "one warm-up; best and median wall seconds, CPU = the process's CPU seconds of the best call "
         "(both threads; a shared machine, see the load averages, stretches wall times unevenly).",

@@ -1,6 +1,6 @@
 """The search benchmark's table: bare-matmul rows carry no index agreement, and rows a run lacks are left out."""
 
-from benchmarks.retrieval import SEARCH_METHODS, _search_tables
+from benchmarks.retrieval import SEARCH_METHODS, _native_bf16, _search_tables
 
 
 def _timed(names: list[str]) -> dict[str, object]:
@@ -17,8 +17,17 @@ def test_bare_matmul_rows_show_no_agreement_and_missing_methods_are_skipped():
     lines = _search_tables([(10, 100, everything, ""), (10, 300_000, without_numpy, ""), (10, 50, None, "boom")])
     rows = [line for line in lines[2:] if line.startswith("| 10 × 100 |")]
     assert len(rows) == len(SEARCH_METHODS)
-    assert rows[3].split(" | ")[7] == "—" and rows[0].split(" | ")[7] == "1.0000"
-    assert rows[1].split(" | ")[5] == "1.00×"  # FAISS is the unit of its own column
+    by_method = {row.split(" | ")[1]: row.split(" | ") for row in rows}
+    assert by_method[SEARCH_METHODS["mm"]][7] == "—" and by_method[SEARCH_METHODS["qualcl"]][7] == "1.0000"
+    assert by_method[SEARCH_METHODS["faiss"]][5] == "1.00×"  # FAISS is the unit of its own column
     mapped = [line for line in lines if "(memory-mapped)" in line]
     assert len(mapped) == 4 and not any("NumPy" in line for line in mapped)
     assert lines[-1] == "| 10 × 50 | failed (boom) | | | | | | | |"
+
+
+def test_the_header_says_whether_the_default_search_screened():
+    yes, no = {"native_bf16": True}, {"native_bf16": False}
+    assert _native_bf16([(1, 2, yes, ""), (1, 3, None, "boom")]) == "yes"
+    assert _native_bf16([(1, 2, no, "")]) == "no"
+    assert _native_bf16([(1, 2, yes, ""), (1, 3, no, "")]) == "unknown"
+    assert _native_bf16([(1, 2, {}, "")]) == "unknown"

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
@@ -157,6 +158,23 @@ def test_retrieval_index_errors():
         RetrievalIndex(torch.randn(5, 3), chunk_size=0)
     with pytest.raises(ValueError, match="exclude_index"):
         index.search(torch.randn(2, 3), 1, exclude_index=torch.zeros(3, dtype=torch.long))
+    with pytest.raises(TypeError, match="screen"):
+        RetrievalIndex(torch.randn(5, 3), screen="on")
+
+
+@pytest.mark.parametrize("screen", [True, False])
+def test_the_index_passes_its_screen_choice_to_the_search(screen, monkeypatch):
+    import qualcl.kernels.topk as topk_module
+
+    calls = []
+    original = topk_module.screened_topk
+    monkeypatch.setattr(topk_module, "screened_topk", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    g = torch.Generator().manual_seed(0)
+    database, queries = torch.randn(300, 16, generator=g), torch.randn(9, 16, generator=g)
+    hits = RetrievalIndex(database, chunk_size=64, screen=screen).search(queries, 4)
+    assert calls == ([1] if screen else [])
+    want = torch.topk(F.normalize(queries.double(), dim=1) @ F.normalize(database.double(), dim=1).T, 4)
+    assert torch.equal(hits.indices, want.indices)
 
 
 @settings(max_examples=30, deadline=None)
