@@ -97,7 +97,7 @@ def error_terms(q: Tensor, low: Tensor, candidate_norm: float) -> Tensor:
 
 
 class _Screen:
-    """The candidates of ``R`` query rows while bfloat16 blocks stream past: all within ``2δ`` of the ``k``-th.
+    """The candidates of ``R`` query rows while bfloat16 blocks stream past: every entry the bound cannot rule out.
 
     Like :class:`qualcl.kernels._topk_torch._RowBlock`, but a merge keeps every estimate at or above
     :func:`_floor` of the running ``k``-th estimate (not only ``k`` entries), and the threshold is that
@@ -182,10 +182,10 @@ def screened_topk(
     """Exact per-row top-``k`` of ``±q @ ĉ.T`` over the kept columns, screened by a bfloat16 matmul.
 
     The candidates stream past ``cols`` at a time (converted to float32, normalised with ``normalize``,
-    rounded to bfloat16); each block of ``rows`` queries keeps the entries within ``2δ`` of its running
-    ``k``-th estimate (:class:`_Screen`). The survivors are scored again from the float32 rows,
-    accumulated in float64 and rounded to float32, and the top-``k`` of those values is selected by
-    (value descending, column ascending).
+    rounded to bfloat16); each block of ``rows`` queries keeps the entries at or above :func:`_floor` of
+    its running ``k``-th estimate (:class:`_Screen`). The survivors are scored again from the float32
+    rows (:func:`_rescore`) and the top-``k`` of those values is selected by (value descending, column
+    ascending). Memory O(N · survivors + rows · cols + cols · D).
 
     Args:
         q: ``(N, D)`` float32 queries (normalised if wanted).
