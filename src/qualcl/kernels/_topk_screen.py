@@ -27,7 +27,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qualcl.kernels._columns import CandidateFilter, drop_block_
-from qualcl.kernels._topk_torch import finish_topk, rank_bound, screen, screen_levels, select_topk, streaming_topk
+from qualcl.kernels._topk_torch import (
+    _RowBlock,
+    finish_topk,
+    rank_bound,
+    scatter_rows,
+    select_topk,
+    streaming_topk,
+)
 
 __all__ = ["bf16_matmul_is_native", "error_terms", "screen_pays", "screened_topk"]
 
@@ -96,63 +103,33 @@ def error_terms(q: Tensor, low: Tensor, candidate_norm: float) -> Tensor:
     return terms.mul(1 + 2.0**-20)
 
 
-class _Screen:
+class _Screen(_RowBlock):
     """The candidates of ``R`` query rows while bfloat16 blocks stream past: every entry the bound cannot rule out.
 
-    Like :class:`qualcl.kernels._topk_torch._RowBlock`, but a merge keeps every estimate at or above
-    :func:`_floor` of the running ``k``-th estimate (not only ``k`` entries), and the threshold is that
+    A :class:`qualcl.kernels._topk_torch._RowBlock` whose merge keeps every estimate at or above
+    :func:`_floor` of the running ``k``-th estimate (not only ``k`` entries), and whose threshold is that
     floor: it only rises (the floor increases with the ``k``-th estimate, which only rises), and an
     entry below it is below the floor of the final ``k``-th estimate, so it is not in the exact top-``k``.
+    State: float32 estimates and their columns, ``-inf`` / ``-1`` padded.
     """
 
     def __init__(self, rows: int, k: int, terms: Tensor, like: Tensor) -> None:
-        self.k = k
+        super().__init__(rows, k, like)
         self.terms = terms  # (R,) float64: A of each row
         self.values = like.new_full((rows, 0), float("-inf"), dtype=torch.float32)
-        self.columns = torch.full((rows, 0), -1, dtype=torch.long, device=like.device)
-        self.threshold: Tensor | None = None
-        self.pending: list[tuple[Tensor, Tensor, Tensor]] = []
-        self.pending_count = 0
-        self.capacity = max(k * rows, 4096)
+        self.indices = self.indices[:, :0]
 
-    def add(self, scores: Tensor, c0: int) -> None:
-        levels = screen_levels(scores)
-        if self.threshold is None:
-            self.threshold = _floor(rank_bound(levels, self.k), self.terms)
-        at, cols, values = screen(levels, self.threshold)
-        if at.numel():
-            self.pending.append((at, cols + c0, values.float()))
-            self.pending_count += at.numel()
-            if self.pending_count >= self.capacity:
-                self.flush()
+    def first_threshold(self, levels: list[Tensor]) -> Tensor:
+        return _floor(rank_bound(levels, self.k), self.terms)
 
-    def flush(self) -> None:
-        if not self.pending:
-            return
+    def merge(self, values: Tensor, indices: Tensor) -> None:
         assert self.threshold is not None
-        n, device = self.values.shape[0], self.values.device
-        rows, cols, vals = (torch.cat(parts) for parts in zip(*self.pending, strict=True))
-        self.pending, self.pending_count = [], 0
-        counts = torch.bincount(rows, minlength=n)
-        order = torch.argsort(rows)
-        rows, cols, vals = rows[order], cols[order], vals[order]
-        slot = torch.arange(rows.shape[0], device=device) - (counts.cumsum(0) - counts)[rows]
-        width = int(counts.max())
-        values = self.values.new_full((n, width), float("-inf"))
-        columns = torch.full((n, width), -1, dtype=torch.long, device=device)
-        values[rows, slot], columns[rows, slot] = vals, cols
-        values, columns = torch.cat([self.values, values], dim=1), torch.cat([self.columns, columns], dim=1)
         if values.shape[1] >= self.k:
             kth = torch.topk(values, self.k, dim=1, sorted=False).values.amin(dim=1)
             floor = torch.where(kth > float("-inf"), _floor(kth, self.terms), self.threshold)
             self.threshold = torch.maximum(self.threshold, floor)
         at, slot = torch.nonzero((values >= self.threshold[:, None]) & (values > float("-inf"))).unbind(1)
-        counts = torch.bincount(at, minlength=n)
-        place = torch.arange(at.shape[0], device=device) - (counts.cumsum(0) - counts)[at]
-        width = max(int(counts.max()), 1) if at.numel() else 1
-        self.values = values.new_full((n, width), float("-inf"))
-        self.columns = torch.full((n, width), -1, dtype=torch.long, device=device)
-        self.values[at, place], self.columns[at, place] = values[at, slot], columns[at, slot]
+        self.values, self.indices = scatter_rows(at, indices[at, slot], values[at, slot], values.shape[0])
 
 
 def _floor(kth: Tensor, terms: Tensor) -> Tensor:
@@ -242,7 +219,7 @@ def screened_topk(
     indices = torch.empty(n, k, dtype=torch.long, device=q.device)
     for (r0, r1), found in zip(blocks, screens, strict=True):
         found.flush()
-        values[r0:r1], indices[r0:r1] = _rescore(signed[r0:r1], found.columns, unit, k)
+        values[r0:r1], indices[r0:r1] = _rescore(signed[r0:r1], found.indices, unit, k)
     return finish_topk(values, indices, largest)
 
 

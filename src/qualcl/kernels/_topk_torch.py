@@ -14,6 +14,7 @@ __all__ = [
     "order_sorted_topk",
     "order_topk",
     "rank_bound",
+    "scatter_rows",
     "screen",
     "screen_levels",
     "select_topk",
@@ -249,6 +250,23 @@ def screen(levels: list[Tensor], threshold: Tensor) -> tuple[Tensor, Tensor, Ten
     return at, index, values
 
 
+def scatter_rows(rows: Tensor, columns: Tensor, values: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """Each row's ``(column, value)`` entries as ``(values (n, W), columns (n, W))``, padded with ``(-inf, -1)``.
+
+    Entries may come in any row order; ``W`` is the most entries of one row (at least 1). The order
+    within a row is not kept (callers select by value, then column).
+    """
+    order = torch.argsort(rows)
+    rows, columns, values = rows[order], columns[order], values[order]
+    counts = torch.bincount(rows, minlength=n)
+    slot = torch.arange(rows.shape[0], device=rows.device) - (counts.cumsum(0) - counts)[rows]
+    width = max(int(counts.max()), 1) if rows.numel() else 1
+    padded = values.new_full((n, width), float("-inf"))
+    where = torch.full((n, width), -1, dtype=torch.long, device=rows.device)
+    padded[rows, slot], where[rows, slot] = values, columns
+    return padded, where
+
+
 class _RowBlock:
     """Running top-``k`` of ``R`` query rows while candidate chunks stream past.
 
@@ -257,7 +275,8 @@ class _RowBlock:
     (:func:`screen`), kept as pending (row, column, value) candidates and merged once about ``k`` per
     row are pending. A merge selects by (value descending, column ascending), so ties keep the lower
     column, and raises the threshold to just above the new ``k``-th value (later columns lose ties).
-    Memory O(R·k).
+    Memory O(R·k). Subclasses change :meth:`first_threshold` and :meth:`merge`
+    (:class:`qualcl.kernels._topk_screen._Screen`).
     """
 
     def __init__(self, rows: int, k: int, like: Tensor) -> None:
@@ -269,11 +288,15 @@ class _RowBlock:
         self.pending_count = 0
         self.capacity = max(k * rows, 4096)
 
+    def first_threshold(self, levels: list[Tensor]) -> Tensor:
+        """Each row's threshold from the first block's :func:`screen_levels`."""
+        return rank_bound(levels, self.k)
+
     def add(self, scores: Tensor, c0: int) -> None:
         """Take the candidates of the contiguous ``(R, W)`` block of columns ``c0:c0 + W``."""
         levels = screen_levels(scores)
         if self.threshold is None:
-            self.threshold = rank_bound(levels, self.k)
+            self.threshold = self.first_threshold(levels)
         at, cols, values = screen(levels, self.threshold)
         if at.numel():
             self.pending.append((at, cols + c0, values))
@@ -282,25 +305,21 @@ class _RowBlock:
                 self.flush()
 
     def flush(self) -> None:
-        """Merge the pending candidates into the running top-``k`` and raise the thresholds."""
+        """Merge the pending candidates into the running state and raise the thresholds."""
         if not self.pending:
             return
-        assert self.threshold is not None
-        n, device = self.values.shape[0], self.values.device
         rows, cols, vals = (torch.cat(parts) for parts in zip(*self.pending, strict=True))
         self.pending, self.pending_count = [], 0
-        order = torch.argsort(rows)
-        rows, cols, vals = rows[order], cols[order], vals[order]
-        counts = torch.bincount(rows, minlength=n)
-        slot = torch.arange(rows.shape[0], device=device) - (counts.cumsum(0) - counts)[rows]
-        width = int(counts.max())
-        values = self.values.new_full((n, width), float("-inf"))
-        indices = torch.full((n, width), -1, dtype=torch.long, device=device)
-        values[rows, slot], indices[rows, slot] = vals, cols
-        k = self.k
-        self.values, self.indices = select_topk(
-            torch.cat([self.values, values], dim=1), torch.cat([self.indices, indices], dim=1), k
+        values, indices = scatter_rows(rows, cols, vals, self.values.shape[0])
+        self.merge(
+            torch.cat([self.values, values.to(self.values.dtype)], dim=1), torch.cat([self.indices, indices], dim=1)
         )
+
+    def merge(self, values: Tensor, indices: Tensor) -> None:
+        """Keep the top-``k`` of the state and the new candidates; the threshold rises above the ``k``-th."""
+        assert self.threshold is not None
+        k = self.k
+        self.values, self.indices = select_topk(values, indices, k)
         kth = self.values[:, k - 1]
         above = torch.nextafter(kth, kth.new_tensor(float("inf")))
         self.threshold = torch.where(kth > float("-inf"), above, self.threshold)
