@@ -103,7 +103,7 @@ def _topk_impl(
 
     ``ĉ``: the candidates in ``query``'s dtype, L2-normalised with ``normalize`` (torch path only:
     chunk by chunk, by the row ``norms`` when given; the Triton path gets them ready). ``screen``:
-    the torch path finds the candidates with a bfloat16 matmul and ranks them in float64
+    the torch path finds the candidates with a bfloat16 matmul and re-scores the survivors in float32
     (:func:`qualcl.kernels._topk_screen.screened_topk`).
     """
     filt = CandidateFilter(None, exclude_index, labels, candidate_labels, label_mode, None, mask)
@@ -233,14 +233,15 @@ def topk_similarity(
     block shape is deterministic, run to run.
 
     The bfloat16 screen (``screen``; by default on CPUs with native bfloat16 — AVX512-BF16 or AMX —
-    for float32 calls with ``N · M · D >= 2^27`` and ``M >= 1024 k``, such as retrieval: k = 10 of
-    100,000): the blocks are multiplied in bfloat16 (about 2.8 times float32's speed on an AMD EPYC
-    Zen 4), every estimate is within a proven bound of the exact score, and only the entries that the
-    bound cannot rule out of a row's top-``k`` are scored again in float32 (each as its own sum of
-    products) and ranked. The selection is still exact, ties included (lower columns first), for the
-    re-scored values; these are float32 dot products like the matmul's, but summed in another order,
-    so they can differ from ``torch.topk(q̂ @ ĉ.T, k)``'s values in the last bit (indices then only
-    between candidates that close). Docs: ``docs/performance.md`` (exact search).
+    for calls computed in float32, from float16/bfloat16/float32 inputs, with ``N · M · D >= 2^27``
+    and ``M >= 1024 k``, such as retrieval: k = 10 of 100,000): the blocks are multiplied in bfloat16
+    (about 2.8 times float32's speed on an AMD EPYC Zen 4), every estimate is within a proven bound of
+    the exact score, and only the entries that the bound cannot rule out of a row's top-``k`` are
+    scored again in float32 (each as its own sum of products) and ranked. The selection is still
+    exact, ties included (lower columns first), for the re-scored values; these are float32 dot
+    products like the matmul's, but summed in another order, so they can differ from
+    ``torch.topk(q̂ @ ĉ.T, k)``'s values in the last bit (indices then only between candidates that
+    close). Docs: ``docs/performance.md`` (exact search).
 
     Args:
         query: ``(N, D)`` queries.
@@ -258,7 +259,7 @@ def topk_similarity(
         column_chunk_size: Candidates per chunk of the torch path (default: :func:`topk_block_shape`).
         impl: ``"auto"``, ``"triton"``, ``"torch"`` or ``"naive"``.
         screen: Screen with a bfloat16 matmul on the torch path (see above): ``None`` (default) where
-            it pays (float32 on a CPU with native bfloat16, ``N · M · D >= 2^27``, ``M >= 1024 k``),
+            it pays (float32 compute on a CPU with native bfloat16, ``N · M · D >= 2^27``, ``M >= 1024 k``),
             ``True`` always (float16/bfloat16/float32 inputs), ``False`` never.
 
     Returns:
@@ -267,8 +268,8 @@ def topk_similarity(
 
     Raises:
         ValueError: On mismatched shapes, non-finite inputs, ``k`` outside ``[1, M]``, indices outside
-            ``[-1, M)``, a bad ``label_relation`` or ``impl``.
-        TypeError: On a wrong dtype.
+            ``[-1, M)``, a bad ``label_relation`` or ``impl``, ``screen=True`` on float64 inputs.
+        TypeError: On a wrong dtype, or a ``screen`` that is not a bool or ``None``.
 
     Examples:
         >>> import torch
@@ -349,6 +350,7 @@ def topk_checked(
     ``candidate_norms`` (``(M,)``, ``torch.linalg.vector_norm`` of the candidates' rows) spares the
     torch path a norm pass over every chunk when normalising; they are used when computed in the
     dtype the search computes in (float64 if either input is, else float32), ignored otherwise.
+    ``screen`` is :func:`topk_similarity`'s.
     """
     n, d = query.shape
     m = candidates.shape[0]
