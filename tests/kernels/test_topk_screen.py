@@ -143,6 +143,27 @@ def test_huge_scores_fall_back_to_the_float32_path():
     assert torch.equal(got[1], topk_similarity(q, c, 4, normalize=False, screen=False)[1])
 
 
+@pytest.mark.parametrize("kind", ["collapsed", "duplicated"])
+def test_rows_the_screen_cannot_narrow_fall_back_to_the_float32_path(kind, monkeypatch):
+    """Collapsed embeddings (every estimate within the bound) would leave every column to re-score."""
+    calls = []
+    original = screen.streaming_topk
+    monkeypatch.setattr(screen, "streaming_topk", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(1, 64, generator=g)
+    if kind == "collapsed":
+        c = base + 1e-6 * torch.randn(3000, 64, generator=g)
+    else:  # 900 copies of one row among random ones
+        c = torch.randn(3000, 64, generator=g)
+        c[::3] = base
+    q = base + 0.01 * torch.randn(5, 64, generator=g)
+    got = topk_similarity(q, c, 4, screen=True, column_chunk_size=512)
+    assert calls == [1]
+    assert torch.equal(got[1], topk_similarity(q, c, 4, screen=False, column_chunk_size=512)[1])
+    if kind == "duplicated":
+        assert got[1].tolist() == [[0, 3, 6, 9]] * 5  # equal rows tie: the lowest columns, in order
+
+
 def test_the_default_screens_only_large_float32_calls_with_a_small_k(monkeypatch):
     seen = []
     original = screen.screened_topk

@@ -50,6 +50,10 @@ SCREEN_MIN_COLUMNS_PER_K = 1024
 """``screen=None`` screens only when ``M >= 1024 k``: each row re-scores a few times ``k`` survivors
 from gathered rows, which pays against the matmul's ``M`` columns only when ``k`` is a small share of
 them (retrieval: k = 10 of 100,000 runs at 0.8× the float32 path; the K = 64 miner of 8,192 at 3×)."""
+SURVIVORS_PER_K = 16
+"""A row may keep at most ``16 k + 512`` survivors; beyond, the screen is not selective (near-duplicate
+or collapsed embeddings: every estimate within the bound of the ``k``-th) and the call falls back to the
+float32 path, having spent one flush of bfloat16 blocks."""
 RESCORE_ELEMENTS = 1 << 22
 """Gathered candidate elements (``survivors · D``) per re-scoring step."""
 
@@ -103,6 +107,10 @@ def error_terms(q: Tensor, low: Tensor, candidate_norm: float) -> Tensor:
     return terms.mul(1 + 2.0**-20)
 
 
+class _Unselective(Exception):
+    """A row kept more survivors than :data:`SURVIVORS_PER_K` allows."""
+
+
 class _Screen(_RowBlock):
     """The candidates of ``R`` query rows while bfloat16 blocks stream past: every entry the bound cannot rule out.
 
@@ -122,6 +130,13 @@ class _Screen(_RowBlock):
     def first_threshold(self, levels: list[Tensor]) -> Tensor:
         return _floor(rank_bound(levels, self.k), self.terms)
 
+    def limit(self) -> int:
+        return SURVIVORS_PER_K * self.k + 512
+
+    def check_pending(self) -> None:  # one block's candidates past the limit: give up before merging them
+        if self.pending_count > self.values.shape[0] * self.limit():
+            raise _Unselective
+
     def merge(self, values: Tensor, indices: Tensor) -> None:
         assert self.threshold is not None
         if values.shape[1] >= self.k:
@@ -130,6 +145,8 @@ class _Screen(_RowBlock):
             self.threshold = torch.maximum(self.threshold, floor)
         at, slot = torch.nonzero((values >= self.threshold[:, None]) & (values > float("-inf"))).unbind(1)
         self.values, self.indices = scatter_rows(at, indices[at, slot], values[at, slot], values.shape[0])
+        if self.values.shape[1] > self.limit():
+            raise _Unselective
 
 
 def _floor(kth: Tensor, terms: Tensor) -> Tensor:
@@ -178,8 +195,17 @@ def screened_topk(
 
     Returns:
         ``(values (N, k), indices (N, k))``, padded with ``∓inf`` and ``-1`` like ``streaming_topk``.
+        Scores whose bound nears float32's range, or rows the screen cannot narrow
+        (:data:`SURVIVORS_PER_K`), take ``streaming_topk`` instead: the float32 path, the same exact top-``k``.
     """
     n, m = q.shape[0], c.shape[0]
+
+    def fallback() -> tuple[Tensor, Tensor]:  # the float32 path, with the caller's arguments
+        return streaming_topk(
+            q, c, filt, k, largest=largest, scale=1.0, rows=rows, cols=cols, normalize=normalize, norms=given
+        )
+
+    given = norms
     if normalize and norms is None:
         norms = torch.cat([torch.linalg.vector_norm(c[c0 : c0 + cols].to(q.dtype), dim=1) for c0 in range(0, m, cols)])
     divisors = None if norms is None or not normalize else norms.clamp_min(1e-12)[:, None]
@@ -198,27 +224,29 @@ def screened_topk(
     low = signed.to(torch.bfloat16)
     terms = error_terms(signed, low, candidate_norm)
     if not bool((terms < 2.0**100).all()):  # scores near float32's range: bfloat16 could overflow
-        return streaming_topk(
-            q, c, filt, k, largest=largest, scale=1.0, rows=rows, cols=cols, normalize=normalize, norms=norms
-        )
+        return fallback()
     blocks = [(r0, min(r0 + rows, n)) for r0 in range(0, n, rows)]
     screens = [_Screen(r1 - r0, k, terms[r0:r1], q) for r0, r1 in blocks]
     buffer = low.new_empty(min(cols, m), q.shape[1])
-    for c0 in range(0, m, cols):
-        raw = c[c0 : c0 + cols].to(q.dtype)
-        chunk = buffer[: raw.shape[0]]
-        if divisors is None:
-            chunk.copy_(raw)
-        else:  # unit_rows and the bfloat16 rounding in one pass (computed in float32, rounded on store)
-            torch.div(raw, divisors[c0 : c0 + cols].expand_as(raw), out=chunk)
-        for (r0, r1), found in zip(blocks, screens, strict=True):
-            scores = torch.mm(low[r0:r1], chunk.T)
-            drop_block_(scores, filt, r0, c0)
-            found.add(scores, c0)
+    try:
+        for c0 in range(0, m, cols):
+            raw = c[c0 : c0 + cols].to(q.dtype)
+            chunk = buffer[: raw.shape[0]]
+            if divisors is None:
+                chunk.copy_(raw)
+            else:  # unit_rows and the bfloat16 rounding in one pass (computed in float32, rounded on store)
+                torch.div(raw, divisors[c0 : c0 + cols].expand_as(raw), out=chunk)
+            for (r0, r1), found in zip(blocks, screens, strict=True):
+                scores = torch.mm(low[r0:r1], chunk.T)
+                drop_block_(scores, filt, r0, c0)
+                found.add(scores, c0)
+        for found in screens:
+            found.flush()
+    except _Unselective:
+        return fallback()
     values = q.new_empty(n, k)
     indices = torch.empty(n, k, dtype=torch.long, device=q.device)
     for (r0, r1), found in zip(blocks, screens, strict=True):
-        found.flush()
         values[r0:r1], indices[r0:r1] = _rescore(signed[r0:r1], found.indices, unit, k)
     return finish_topk(values, indices, largest)
 

@@ -301,8 +301,12 @@ class _RowBlock:
         if at.numel():
             self.pending.append((at, cols + c0, values))
             self.pending_count += at.numel()
+            self.check_pending()
             if self.pending_count >= self.capacity:
                 self.flush()
+
+    def check_pending(self) -> None:
+        """Called after each block's candidates are queued (a subclass may give up here)."""
 
     def flush(self) -> None:
         """Merge the pending candidates into the running state and raise the thresholds."""
