@@ -67,16 +67,24 @@ def test_screened_matches_the_loop_reference_exactly_with_ties(n, m, d, seed, da
     g = torch.Generator().manual_seed(seed)
     q, c = torch.randint(-2, 3, (n, d), generator=g).float(), torch.randint(-2, 3, (m, d), generator=g).float()
     mask = torch.rand(n, m, generator=g) > 0.3 if data.draw(st.booleans()) else None
+    labels, column_labels = torch.randint(0, 3, (n,), generator=g), torch.randint(0, 3, (m,), generator=g)
+    relation = data.draw(st.sampled_from([None, "different", "same"]))
     exclude = torch.randint(-1, m, (n,), generator=g)
     largest = data.draw(st.booleans())
     k = data.draw(st.integers(1, m))
     keep = torch.ones(n, m, dtype=torch.bool) if mask is None else mask.clone()
+    if relation is not None:
+        same = labels[:, None] == column_labels[None, :]
+        keep &= ~same if relation == "different" else same
     for i, j in enumerate(exclude.tolist()):
         if j >= 0:
             keep[i, j] = False
     want_values, want_indices = ref.topk(q, c, k, keep=keep, largest=largest, normalize=False)
+    by_label = (
+        {} if relation is None else {"labels": labels, "candidate_labels": column_labels, "label_relation": relation}
+    )
     values, indices = topk_similarity(
-        q, c, k, mask, exclude_index=exclude, largest=largest, normalize=False, screen=True,
+        q, c, k, mask, exclude_index=exclude, largest=largest, normalize=False, screen=True, **by_label,
         chunk_size=data.draw(st.none() | st.integers(1, n)), column_chunk_size=data.draw(st.none() | st.integers(1, m)),
     )  # fmt: skip
     assert indices.tolist() == want_indices
