@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qualcl.kernels._columns import CandidateFilter, drop_block_
+from qualcl.kernels._rows import unit_rows
 from qualcl.kernels._topk_torch import (
     _RowBlock,
     finish_topk,
@@ -191,7 +192,7 @@ def screened_topk(
         rows: Queries per block.
         cols: Candidates per chunk.
         normalize: L2-normalise the candidates.
-        norms: ``(M,)`` float32 row norms of ``c`` (computed here, one chunk at a time, when missing).
+        norms: ``(M,)`` float32 row norms of ``c`` (computed chunk by chunk as they stream past, when missing).
 
     Returns:
         ``(values (N, k), indices (N, k))``, padded with ``∓inf`` and ``-1`` like ``streaming_topk``.
@@ -206,13 +207,12 @@ def screened_topk(
         )
 
     given = norms
-    if normalize and norms is None:
-        norms = torch.cat([torch.linalg.vector_norm(c[c0 : c0 + cols].to(q.dtype), dim=1) for c0 in range(0, m, cols)])
-    divisors = None if norms is None or not normalize else norms.clamp_min(1e-12)[:, None]
+    if normalize and norms is None:  # filled chunk by chunk in the loop below: one read of the candidates
+        norms = q.new_empty(m)
 
-    def unit(index: slice | Tensor) -> Tensor:  # float32 rows of ĉ (unit_rows: the same bits however read)
+    def unit(index: slice | Tensor) -> Tensor:  # float32 rows of ĉ, the same bits however they are read
         x = c[index].to(q.dtype)
-        return x if divisors is None else x / divisors[index].expand_as(x)
+        return unit_rows(x, norms[index]) if normalize and norms is not None else x
 
     if normalize:
         candidate_norm = 1.0 + 2.0**-20  # unit rows, up to rounding
@@ -232,10 +232,13 @@ def screened_topk(
         for c0 in range(0, m, cols):
             raw = c[c0 : c0 + cols].to(q.dtype)
             chunk = buffer[: raw.shape[0]]
-            if divisors is None:
+            if norms is None or not normalize:
                 chunk.copy_(raw)
             else:  # unit_rows and the bfloat16 rounding in one pass (computed in float32, rounded on store)
-                torch.div(raw, divisors[c0 : c0 + cols].expand_as(raw), out=chunk)
+                if given is None:
+                    norms[c0 : c0 + cols] = torch.linalg.vector_norm(raw, dim=1)
+                divisors = norms[c0 : c0 + cols].clamp_min(1e-12)[:, None]
+                torch.div(raw, divisors.expand_as(raw), out=chunk)
             for (r0, r1), found in zip(blocks, screens, strict=True):
                 scores = torch.mm(low[r0:r1], chunk.T)
                 drop_block_(scores, filt, r0, c0)
