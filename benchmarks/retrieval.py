@@ -164,7 +164,6 @@ def _search(
     from qualcl.evaluation import RetrievalIndex
 
     index = RetrievalIndex(database)
-    plain = RetrievalIndex(database, screen=False)
 
     def sync() -> None:
         if device == "cuda":
@@ -180,6 +179,7 @@ def _search(
         "mm": lambda: torch.mm(queries, database.to(queries.device).T),
     }
     if device == "cpu":  # the screen is a CPU path: on CUDA both indexes would run the same kernel
+        plain = RetrievalIndex(database, screen=False)
         runs["qualcl_f32"] = lambda: plain.search(queries, 10).indices.cpu()
         host_database = database.numpy()
         runs["np_mm"] = lambda: host_queries @ host_database.T
