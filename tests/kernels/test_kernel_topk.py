@@ -1,3 +1,5 @@
+from unittest import mock
+
 import kernel_reference as ref
 import pytest
 import torch
@@ -6,6 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qualcl.kernels import topk_similarity
+
+
+@pytest.fixture(autouse=True, scope="module", params=["kernel", "torch selection"])
+def selection(request):
+    """Every test runs with the compiled CPU selection kernel (where it builds) and with the torch path."""
+    if request.param == "kernel":
+        yield request.param
+        return
+    with mock.patch("qualcl.kernels._topk_torch.native_available", return_value=False):
+        yield request.param
 
 
 def _ints(seed: int, *shape: int) -> torch.Tensor:

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from qualcl.kernels._columns import CandidateFilter, drop_block_
+from qualcl.kernels._native import native_available, native_topk_rows
 from qualcl.kernels._rows import unit_rows
 
 __all__ = [
@@ -410,15 +411,24 @@ def _scores(
 def _single_block_topk(
     q: Tensor, c: Tensor, filt: CandidateFilter, k: int, *, largest: bool, scale: float, rows: int
 ) -> tuple[Tensor, Tensor]:
-    """Row blocks against all columns: one :func:`block_topk` per block, ties and ordering settled at the end.
+    """Row blocks against all columns: one selection per block, ties and ordering settled at the end.
 
-    Each block writes its sorted top-``k + 1`` into shared buffers (small per-block ops are what
+    float32 on a CPU with the compiled kernel (:mod:`qualcl.kernels._native`): each block's rows are
+    selected in rank order by it, while the block is in cache. Otherwise one :func:`block_topk` per block:
+    each block writes its sorted top-``k + 1`` into shared buffers (small per-block ops are what
     costs on a busy CPU). Rows whose ``k``-th and ``(k + 1)``-th values tie get their block
     recomputed (same shapes, so the same bits) and settled by a stable sort; then the rows with equal
     values among their top ``k`` are ordered by (value, lower column) (:func:`order_sorted_topk`; the
     others are in order already).
     """
     n, m = q.shape[0], c.shape[0]
+    if native_available(q):
+        values = q.new_empty(n, k)
+        positions = torch.empty(n, k, dtype=torch.long, device=q.device)
+        for r0 in range(0, n, rows):
+            r1 = min(r0 + rows, n)
+            native_topk_rows(_scores(q, c, filt, r0, r1, 0, scale, largest), k, values[r0:r1], positions[r0:r1])
+        return finish_topk(values, positions, largest)
     width = min(k + 1, m)
     values = q.new_empty(n, width)
     positions = torch.empty(n, width, dtype=torch.long, device=q.device)

@@ -214,8 +214,11 @@ def topk_similarity(
     and every block of ``chunk_size`` queries meets a chunk while it is in cache. Up to
     ``M = 65,536`` candidates (e.g. the K = 64 miner at 8,192) the default is one chunk of all
     candidates and one selection per query block, read through the maxima of its 16-column groups
-    (a ``torch.topk`` over the maxima, then over the members of the best groups that reach the
-    ``k``-th group maximum). Beyond (retrieval: k = 10 of 100,000) all
+    (only the members of the best groups, those that reach a bound on the ``k``-th group maximum, are
+    ranked): on the CPU in float32 by a compiled C kernel, built on first use with the system C
+    compiler and cached (:mod:`qualcl.kernels._native`; ``QUALCL_NATIVE=0`` turns it off), while
+    the block is still in cache; elsewhere, or without a compiler, by ``torch.topk`` over the
+    maxima, then over the members (the same result). Beyond (retrieval: k = 10 of 100,000) all
     queries meet each chunk in as few blocks as fit (:func:`topk_block_shape`) and keep a running
     top-``k``: the first chunk's group maxima give each row a lower bound on its ``k``-th value, and
     every block is screened by the maxima of its 16-column groups and 256-column super-groups

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from qualcl import __version__
+from qualcl._cache import CACHE_ENV, cache_dir
 from qualcl._locks import file_lock
 from qualcl.data.degrade import QUALITY_NAMES
 from qualcl.data.synthetic import grading
@@ -419,26 +419,6 @@ def ensure_fundus_dataset(
         return root
     write_fundus_dataset(root, num_images, size, seed, lq_ratio, progress=progress, extra_test=extra_test)
     return root
-
-
-#: Environment variable naming the folder of generated datasets (default ``$XDG_CACHE_HOME/qualcl``,
-#: else ``~/.cache/qualcl``).
-CACHE_ENV = "QUALCL_CACHE"
-
-
-def cache_dir() -> Path:
-    """Where generated datasets are kept: ``$QUALCL_CACHE``, else ``$XDG_CACHE_HOME/qualcl``, else ``~/.cache/qualcl``.
-
-    Examples:
-        >>> import os
-        >>> os.environ["QUALCL_CACHE"] = "/tmp/qc"; str(cache_dir())
-        '/tmp/qc'
-        >>> del os.environ["QUALCL_CACHE"]
-    """
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME")
-    return (Path(base) if base else Path.home() / ".cache") / "qualcl"
 
 
 def cached_fundus_dataset(
