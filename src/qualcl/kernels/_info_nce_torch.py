@@ -28,6 +28,7 @@ __all__ = [
     "BLOCK_ELEMENTS",
     "MAX_COLUMN_BLOCK",
     "Streamed",
+    "block_buffer",
     "block_shape",
     "naive_info_nce",
     "streaming_backward",
@@ -64,13 +65,15 @@ def _block(
     c0: int,
     top_k: int | None,
     threshold: Tensor | None,
+    buffer: Tensor,
 ) -> _Block:
     """Logits ``q @ c.T`` of one block (``q`` already scaled) with non-denominator entries at ``-inf``.
 
     ``threshold`` (``(R,)``) restricts the negatives; without it and with ``top_k`` the block must
     hold every column and the threshold (the ``top_k``-th largest negative logit) is computed here.
+    The logits are written into ``buffer`` (:func:`block_buffer`), so they live until the next block.
     """
-    scores = torch.mm(q, c.T)
+    scores = torch.mm(q, c.T, out=buffer[: q.shape[0] * c.shape[0]].view(q.shape[0], c.shape[0]))
     r1, c1 = r0 + scores.shape[0], c0 + scores.shape[1]
     positive_col, positive_dense = positive_block(spec, r0, r1, c0, c1)
     if positive_dense is not None:
@@ -111,6 +114,15 @@ def _block(
 #: Largest ``|logit| + log(columns)`` for which a block is exponentiated without its row maxima:
 #: every ``exp`` and row sum then stays a normal float32 (``exp(±80)`` and ``e^80`` summed).
 UNSHIFTED_BOUND = 80.0
+
+
+def block_buffer(like: Tensor, rows: int, cols: int) -> Tensor:
+    """One flat buffer for every block's logits (``rows · cols`` elements, like ``like``).
+
+    A fresh 16 MiB block per step would be mapped anew by the allocator and page-faulted on its first
+    write: on a 2-core CPU about 10 % of an 8192 × 8192 InfoNCE forward + backward.
+    """
+    return like.new_empty(rows * cols)
 
 
 def logit_bound(scaled: Tensor, c: Tensor) -> float:
@@ -250,11 +262,12 @@ def streaming_forward(
     dc = torch.zeros_like(c) if cache and grad_candidates else q.new_empty(0)
     dpos = q.new_empty(n) if cache and positive_logit is not None else q.new_empty(0)
     unit = upstream_row_grad(q.new_ones(()), weights, reduction, q.new_empty(n)) if cache else None
+    buffer = block_buffer(q, min(rows, n), min(cols, m))
 
     for r0 in range(0, n, rows):
         r1 = min(r0 + rows, n)
         if single:
-            block = _block(scaled[r0:r1], c, spec, r0, 0, top_k, None)
+            block = _block(scaled[r0:r1], c, spec, r0, 0, top_k, None, buffer)
             top, total_exp = _exp_rows_(block.logits, shift)  # logits now hold exp(logit - top)
             block_lse = top + torch.log(total_exp)
             lse[r0:r1], possum[r0:r1], npos[r0:r1] = block_lse, block.possum, block.npos
@@ -281,7 +294,7 @@ def streaming_forward(
         sums, counts = q.new_zeros(r1 - r0), q.new_zeros(r1 - r0)
         block_threshold = None if threshold is None else threshold[r0:r1]
         for c0 in range(0, m, cols):
-            block = _block(scaled[r0:r1], c[c0 : c0 + cols], spec, r0, c0, top_k, block_threshold)
+            block = _block(scaled[r0:r1], c[c0 : c0 + cols], spec, r0, c0, top_k, block_threshold, buffer)
             top, total_exp = _exp_rows_(block.logits, shift)
             running = torch.logaddexp(running, top + torch.log(total_exp))
             sums += block.possum
@@ -326,12 +339,13 @@ def streaming_backward(
     scaled = q * scale
     dq = torch.zeros_like(q) if grad_query else None
     dc = torch.zeros_like(c) if grad_candidates else None
+    buffer = block_buffer(q, min(rows, n), min(cols, m))
     for r0 in range(0, n, rows):
         r1 = min(r0 + rows, n)
         block_threshold = None if threshold is None else threshold[r0:r1]
         for c0 in range(0, m, cols):
             c_cols = c[c0 : c0 + cols]
-            block = _block(scaled[r0:r1], c_cols, spec, r0, c0, top_k, block_threshold)
+            block = _block(scaled[r0:r1], c_cols, spec, r0, c0, top_k, block_threshold, buffer)
             grad = _softmax_grad_(block, lse[r0:r1], coef_lse[r0:r1], coef_pos[r0:r1])
             if dq is not None:
                 dq[r0:r1].addmm_(grad, c_cols)

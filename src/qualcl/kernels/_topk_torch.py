@@ -398,10 +398,13 @@ def streaming_topk(
 
 
 def _scores(
-    q: Tensor, c: Tensor, filt: CandidateFilter, r0: int, r1: int, c0: int, scale: float, largest: bool
+    q: Tensor, c: Tensor, filt: CandidateFilter, r0: int, r1: int, c0: int, scale: float, largest: bool, buffer: Tensor
 ) -> Tensor:
-    """``±scale * q[r0:r1] @ c.T`` with the dropped entries at ``-inf`` (negated for ``largest=False``)."""
-    scores = torch.mm(q[r0:r1], c.T)
+    """``±scale * q[r0:r1] @ c.T`` with the dropped entries at ``-inf`` (negated for ``largest=False``).
+
+    Written into ``buffer`` (one for every block: a fresh block would be page-faulted anew).
+    """
+    scores = torch.mm(q[r0:r1], c.T, out=buffer[: (r1 - r0) * c.shape[0]].view(r1 - r0, c.shape[0]))
     if scale != 1.0 or not largest:
         scores.mul_(scale if largest else -scale)
     drop_block_(scores, filt, r0, c0)
@@ -422,19 +425,20 @@ def _single_block_topk(
     others are in order already).
     """
     n, m = q.shape[0], c.shape[0]
+    buffer = q.new_empty(min(rows, n) * m)
     if native_available(q):
         values = q.new_empty(n, k)
         positions = torch.empty(n, k, dtype=torch.long, device=q.device)
         for r0 in range(0, n, rows):
             r1 = min(r0 + rows, n)
-            native_topk_rows(_scores(q, c, filt, r0, r1, 0, scale, largest), k, values[r0:r1], positions[r0:r1])
+            native_topk_rows(_scores(q, c, filt, r0, r1, 0, scale, largest, buffer), k, values[r0:r1], positions[r0:r1])
         return finish_topk(values, positions, largest)
     width = min(k + 1, m)
     values = q.new_empty(n, width)
     positions = torch.empty(n, width, dtype=torch.long, device=q.device)
     for r0 in range(0, n, rows):
         r1 = min(r0 + rows, n)
-        values[r0:r1], positions[r0:r1] = block_topk(_scores(q, c, filt, r0, r1, 0, scale, largest), width)
+        values[r0:r1], positions[r0:r1] = block_topk(_scores(q, c, filt, r0, r1, 0, scale, largest, buffer), width)
     if width > k:
         tie = values[:, k - 1] == values[:, k]
         if bool(tie.any()):
@@ -442,7 +446,7 @@ def _single_block_topk(
             for r0 in torch.unique(torch.div(tied, rows, rounding_mode="floor") * rows).tolist():
                 r1 = min(r0 + rows, n)
                 block_rows = tied[(tied >= r0) & (tied < r1)]
-                scores = _scores(q, c, filt, r0, r1, 0, scale, largest)[block_rows - r0]
+                scores = _scores(q, c, filt, r0, r1, 0, scale, largest, buffer)[block_rows - r0]
                 tied_values, tied_positions = torch.sort(scores, dim=1, descending=True, stable=True)
                 values[block_rows], positions[block_rows] = tied_values[:, :width], tied_positions[:, :width]
     return finish_topk(*order_sorted_topk(values, positions, k), largest)
