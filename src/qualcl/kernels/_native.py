@@ -64,12 +64,16 @@ def _cpu_identity() -> str:
 
 
 def _library_path(compiler: str) -> Path:
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    """The build's file, named by a hash of the source, the compiler, the flags and the CPU.
+
+    The compiler is identified by its resolved path, size and modification time (no process started).
+    """
+    real = os.path.realpath(compiler)
+    stat = os.stat(real)
     digest = hashlib.sha256()
     for part in (
         SOURCE.read_bytes(),
-        compiler.encode(),
-        version.encode(),
+        f"{real} {stat.st_size} {stat.st_mtime_ns}".encode(),
         " ".join(FLAGS).encode(),
         _cpu_identity().encode(),
     ):
